@@ -1,0 +1,140 @@
+"""Input checks shared by every loss and method.
+
+Every public loss validates its arguments before any arithmetic, so that a wrong shape, an
+integer tensor, a NaN or a batch too small for a relation fails with a message that names the
+argument and says what was expected, instead of producing a silent NaN or a broadcast answer.
+
+The NaN/Inf scan costs one device synchronisation per tensor. It can be switched off for speed
+with :func:`set_input_checks` (shape and dtype checks stay on; they are free).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+_FINITE_CHECKS = True
+
+
+def set_input_checks(enabled: bool) -> None:
+    """Turn the NaN/Inf scan of loss inputs on (default) or off globally."""
+    global _FINITE_CHECKS
+    _FINITE_CHECKS = bool(enabled)
+
+
+def input_checks_enabled() -> bool:
+    """Whether the NaN/Inf scan of loss inputs is on."""
+    return _FINITE_CHECKS
+
+
+@contextmanager
+def input_checks(enabled: bool) -> Iterator[None]:
+    """Context manager form of :func:`set_input_checks`."""
+    previous = _FINITE_CHECKS
+    set_input_checks(enabled)
+    try:
+        yield
+    finally:
+        set_input_checks(previous)
+
+
+def check_float_tensor(name: str, x: object, ndim: int, shape_doc: str) -> Tensor:
+    """Check that ``x`` is a floating tensor of rank ``ndim`` with finite entries.
+
+    Args:
+        name: the argument's name, used in the error message.
+        x: the value to check.
+        ndim: the required number of dimensions.
+        shape_doc: the expected shape in words, e.g. ``"(B, D)"``.
+
+    Raises:
+        TypeError: not a tensor, or not a floating dtype.
+        ValueError: wrong rank, an empty dimension, or a NaN/Inf entry.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape {shape_doc}, got {type(x).__name__}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}; "
+            f"convert with {name}.float()"
+        )
+    if x.dim() != ndim:
+        raise ValueError(
+            f"{name} must have shape {shape_doc}, got a tensor of shape {tuple(x.shape)}"
+        )
+    if x.numel() == 0:
+        raise ValueError(
+            f"{name} must not be empty: expected shape {shape_doc}, got {tuple(x.shape)}"
+        )
+    if _FINITE_CHECKS and not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return x
+
+
+def check_same_batch(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Check that two tensors describe the same batch (same first dimension)."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same batch size, got {a.shape[0]} and {b.shape[0]}"
+        )
+
+
+def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Check that two tensors have identical shapes (e.g. teacher and student logits)."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+
+
+def check_same_device(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Check that two tensors live on the same device."""
+    if a.device != b.device:
+        raise ValueError(
+            f"{name_a} is on {a.device} but {name_b} is on {b.device}; move both to one device"
+        )
+
+
+def check_min_batch(name: str, x: Tensor, minimum: int, relation: str) -> None:
+    """Check that a batch holds at least ``minimum`` samples for a relation to exist."""
+    if x.shape[0] < minimum:
+        raise ValueError(
+            f"{name} has batch size {x.shape[0]}, but {relation} needs at least {minimum} samples"
+        )
+
+
+def check_labels(name: str, y: object, batch: int, num_classes: int | None = None) -> Tensor:
+    """Check a label vector: integer dtype, shape ``(B,)``, values in ``[-1, num_classes)``.
+
+    ``-1`` marks an unlabelled sample (the transfer setting), and is always allowed.
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape ({batch},), got {type(y).__name__}"
+        )
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"{name} must have an integer dtype (int64), got {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(y.shape)}")
+    if y.numel() and int(y.min()) < -1:
+        raise ValueError(f"{name} has a label below -1 (-1 marks an unlabelled sample)")
+    if num_classes is not None and y.numel() and int(y.max()) >= num_classes:
+        raise ValueError(
+            f"{name} has label {int(y.max())} but there are only {num_classes} classes"
+        )
+    return y
+
+
+def check_positive(name: str, value: float) -> float:
+    """Check that a hyperparameter (temperature, margin, weight scale) is a finite positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
+    if not (value > 0) or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a finite positive number, got {value}")
+    return float(value)

@@ -1,0 +1,141 @@
+"""Relation primitives shared by every relational loss.
+
+A *relation* is a quantity defined on two or more samples (or two classes) rather than on one:
+a distance between two embeddings, the angle they make at a third, the similarity of an embedding
+to every slot of a memory queue, or the teacher's preference of one class over another. Every
+loss in :mod:`relkd_tutorial.losses` builds its relations from the functions below, so there is
+one implementation of each, tested once against a loop written straight from its definition.
+
+Shapes: ``B`` batch, ``D`` feature width, ``K`` queue length, ``C`` classes.
+
+These functions do not validate their inputs; the public losses do (see ``_checks.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-12  # clamp for squared distances before the square root (gradient stays finite)
+
+
+def off_diagonal_mask(n: int, device: torch.device | None = None) -> Tensor:
+    """Boolean ``(n, n)`` mask that is ``False`` on the diagonal and ``True`` elsewhere."""
+    return ~torch.eye(n, dtype=torch.bool, device=device)
+
+
+def pairwise_distances(x: Tensor, squared: bool = False, eps: float = EPS) -> Tensor:
+    """Euclidean distances between all pairs of rows, ``d_ij = ||x_i - x_j||_2``.
+
+    Computed from the Gram matrix, ``d_ij^2 = G_ii + G_jj - 2 G_ij`` with ``G = x x^T``, which needs
+    no ``(B, B, D)`` difference tensor. The squared distance is clamped at ``eps`` before the square
+    root so the gradient is finite when two samples coincide, and the diagonal is set to exactly 0
+    by a multiplication with a mask (not an in-place write on a tensor autograd needs).
+
+    Args:
+        x: ``(B, D)`` embeddings.
+        squared: return ``d_ij^2`` instead of ``d_ij``.
+        eps: clamp for ``d_ij^2``.
+
+    Returns:
+        ``(B, B)`` symmetric matrix with a zero diagonal.
+    """
+    sq_norms = (x * x).sum(dim=1)  # (B,)
+    gram = x @ x.t()  # (B, B)
+    d2 = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * gram).clamp_min(eps)  # (B, B)
+    mask = off_diagonal_mask(x.shape[0], x.device).to(d2.dtype)  # (B, B)
+    if squared:
+        return d2 * mask
+    return d2.sqrt() * mask
+
+
+def mean_off_diagonal(m: Tensor) -> Tensor:
+    """Mean of a square ``(B, B)`` matrix over its ``B (B - 1)`` off-diagonal entries."""
+    n = m.shape[0]
+    return (m * off_diagonal_mask(n, m.device).to(m.dtype)).sum() / (n * (n - 1))
+
+
+def normalized_pairwise_distances(x: Tensor, eps: float = EPS) -> Tensor:
+    """RKD's distance potential ``psi_D(i, j) = d_ij / mu`` (Park et al. 2019, Eq. 4).
+
+    ``mu = mean_{i != j} d_ij`` is the batch's mean pairwise distance, so the potential is invariant
+    to a global rescaling of the embedding. ``mu`` is clamped at ``sqrt(eps)`` so a batch of
+    identical samples gives a zero matrix rather than 0/0.
+
+    Args:
+        x: ``(B, D)`` embeddings, ``B >= 2``.
+
+    Returns:
+        ``(B, B)`` matrix with a zero diagonal and off-diagonal mean 1.
+    """
+    d = pairwise_distances(x, eps=eps)  # (B, B)
+    mu = mean_off_diagonal(d).clamp_min(eps**0.5)  # ()
+    return d / mu
+
+
+def angle_cosines(x: Tensor, eps: float = EPS) -> Tensor:
+    """RKD's angle potential ``psi_A(i, j, k) = <e_ij, e_kj>`` with the vertex at ``j``.
+
+    ``e_ij = (x_i - x_j) / ||x_i - x_j||`` (Park et al. 2019, Eq. 6). The inner product of two
+    differences follows from the Gram matrix ``G = x x^T``:
+
+        <x_i - x_j, x_k - x_j> = G_ik - G_ij - G_jk + G_jj,
+
+    which is divided by ``d_ij d_kj``. No ``(B, B, D)`` tensor is built. Degenerate entries
+    (``i = j`` or ``k = j``) are 0, as in the authors' code.
+
+    Args:
+        x: ``(B, D)`` embeddings.
+
+    Returns:
+        ``(B, B, B)`` tensor ``A[i, j, k]``.
+    """
+    gram = x @ x.t()  # (B, B)
+    d = pairwise_distances(x, eps=eps)  # (B, B), zero diagonal
+    inv_d = torch.where(d > 0, 1.0 / d.clamp_min(eps), torch.zeros_like(d))  # (B, B), 0 on diag
+    diag = gram.diagonal()  # (B,)  G_jj
+    # numerator[i, j, k] = G_ik - G_ij - G_jk + G_jj
+    num = (
+        gram[:, None, :]  # G_ik -> (B, 1, B)
+        - gram[:, :, None]  # G_ij -> (B, B, 1)
+        - gram.t()[None, :, :]  # G_jk -> (1, B, B) indexed [., j, k]
+        + diag[None, :, None]  # G_jj -> (1, B, 1)
+    )  # (B, B, B)
+    return num * inv_d[:, :, None] * inv_d.t()[None, :, :]  # / (d_ij d_kj)
+
+
+def cosine_similarity_matrix(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """Cosine similarities ``S_ik = <a_i, b_k> / (||a_i|| ||b_k||)``.
+
+    Args:
+        a: ``(B, D)``.
+        b: ``(K, D)``; defaults to ``a``.
+
+    Returns:
+        ``(B, K)`` matrix with entries in ``[-1, 1]``.
+    """
+    a_n = F.normalize(a, dim=1, eps=eps)  # (B, D)
+    b_n = a_n if b is None else F.normalize(b, dim=1, eps=eps)  # (K, D)
+    return a_n @ b_n.t()  # (B, K)
+
+
+def preference_mask(t: Tensor) -> Tensor:
+    """The teacher's pairwise preferences ``P_ijk = [t_ij > t_ik]`` (GRKD's preference set).
+
+    Ties give no preference in either direction, and the diagonal is always ``False``.
+
+    Args:
+        t: ``(B, C)`` teacher logits (or any scores; only their order matters).
+
+    Returns:
+        ``(B, C, C)`` boolean tensor.
+    """
+    return t[:, :, None] > t[:, None, :]  # (B, C, C)
+
+
+def topk_membership(t: Tensor, k: int) -> Tensor:
+    """``(B, C)`` boolean mask of the ``k`` largest entries of each row of ``t``."""
+    k = min(int(k), t.shape[1])
+    idx = t.topk(k, dim=1).indices  # (B, k)
+    return torch.zeros_like(t, dtype=torch.bool).scatter(1, idx, True)
