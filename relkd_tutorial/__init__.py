@@ -1,6 +1,7 @@
 """relkd_tutorial: relational knowledge distillation, derived, implemented, tested, benchmarked."""
 
 from ._checks import input_checks, set_input_checks
+from .fastmode import fast_mode
 from .methods import (
     CrossEntropy,
     Method,
@@ -22,6 +23,7 @@ __all__ = [
     "StepInputs",
     "available_methods",
     "build_method",
+    "fast_mode",
     "input_checks",
     "set_input_checks",
     "supervised_cross_entropy",
