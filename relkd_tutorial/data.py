@@ -761,9 +761,6 @@ def crop_and_flip(images: Tensor, padding: int, offsets: Tensor, flip: Tensor) -
     torchvision's ``RandomCrop(size, padding)`` (fill 0) followed by ``RandomHorizontalFlip``, with
     the random draws made by the caller.
 
-    The crop and flip are one ``gather``: output pixel ``(h, w)`` of sample ``b`` reads padded
-    pixel ``(offsets[b,0] + h, offsets[b,1] + w')`` with ``w' = W-1-w`` if flipped, else ``w``.
-
     Args:
         images: ``(B, C, H, W)`` any dtype (uint8 in the loader).
         padding: pixels of zero padding per side, ``>= 0``.
@@ -773,7 +770,7 @@ def crop_and_flip(images: Tensor, padding: int, offsets: Tensor, flip: Tensor) -
     Returns:
         ``(B, C, H, W)``, same dtype and device as ``images``.
     """
-    b, c, h, w = images.shape
+    b, _, h, w = images.shape
     if offsets.shape != (b, 2) or flip.shape != (b,):
         raise ValueError(
             f"offsets must be ({b}, 2) and flip ({b},), got {tuple(offsets.shape)} and "
@@ -782,8 +779,27 @@ def crop_and_flip(images: Tensor, padding: int, offsets: Tensor, flip: Tensor) -
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
-    hp, wp = h + 2 * padding, w + 2 * padding
-    dev = images.device
+    return crop_and_flip_padded(padded, (h, w), offsets, flip)
+
+
+def crop_and_flip_padded(
+    padded: Tensor, size: tuple[int, int], offsets: Tensor, flip: Tensor
+) -> Tensor:
+    """:func:`crop_and_flip` on images that are already padded (the loader pads once, up front).
+
+    The crop and the flip are one ``gather``: output pixel ``(h, w)`` of sample ``b`` reads
+    padded pixel ``(offsets[b, 0] + h, offsets[b, 1] + w')``, with ``w' = W - 1 - w`` if
+    ``flip[b]`` else ``w``.
+
+    Args:
+        padded: ``(B, C, H + 2p, W + 2p)``.
+        size: the output ``(H, W)``.
+        offsets: ``(B, 2)`` int64 top-left corners, in ``[0, 2p]``.
+        flip: ``(B,)`` bool.
+    """
+    b, c, hp, wp = padded.shape
+    h, w = size
+    dev = padded.device
     cols = torch.arange(w, device=dev)  # (W,)
     cols = torch.where(flip[:, None], w - 1 - cols, cols) + offsets[:, 1:2]  # (B, W)
     rows = torch.arange(h, device=dev) + offsets[:, 0:1]  # (B, H)
@@ -798,7 +814,7 @@ def normalization_affine(
 ) -> tuple[Tensor, Tensor]:
     """``(scale, shift)``, each ``(1, C, 1, 1)`` float32, with ``u * scale + shift = (u/255 - mean)/std``.
 
-    ``scale = 1 / (255 std_c)`` and ``shift = -mean_c / std_c``: one fused multiply-add per pixel
+    ``scale = 1 / (255 std_c)`` and ``shift = -mean_c / std_c``: one multiply and one add per pixel
     turns ``uint8`` pixels ``u`` into normalised floats.
     """
     c = len(mean)
@@ -820,7 +836,7 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
             f"and {len(std)}"
         )
     scale, shift = normalization_affine(mean, std, images.device)
-    return torch.addcmul(shift, images.float(), scale)  # (B, C, H, W)
+    return images.float().mul_(scale).add_(shift)  # (B, C, H, W)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -847,13 +863,15 @@ class TensorLoader:
     order a crop offset and a flip. So an epoch's batches are a pure function of
     ``(seed, epoch)``, identical on CPU and GPU, and resuming at epoch ``e`` (``set_epoch(e)``)
     replays the run exactly. As with ``DistributedSampler``, ``set_epoch`` chooses the epoch;
-    unlike it, each ``iter()`` also advances the epoch by one afterwards, so a loop that never
-    calls ``set_epoch`` still sees a new order every epoch.
+    unlike it, each ``iter()`` uses the current epoch and advances it by one, so a loop that
+    never calls ``set_epoch`` still sees a new order every epoch.
 
     Augmentation (training only): zero-padded random crop and random horizontal flip
     (:func:`crop_and_flip`), the RepDistiller CIFAR recipe (padding 4, choice kept for
-    Fashion-MNIST; horizontal mirroring keeps a garment a garment). Turn off with
-    ``augment=False``; :meth:`for_evaluation` builds the unshuffled, unaugmented loader.
+    Fashion-MNIST; horizontal mirroring keeps a garment a garment). The set is zero-padded once,
+    at construction, so a batch costs one index and one gather (memory: ``(H+2p)(W+2p)`` bytes
+    per image and channel instead of ``HW``). Turn off with ``augment=False``;
+    :meth:`for_evaluation` builds the unshuffled, unaugmented loader.
 
     Distributed use: with ``world_size > 1`` every rank iterates the same global batches of
     ``batch_size`` images and keeps its contiguous slice (``batch_size / world_size`` images);
@@ -922,10 +940,13 @@ class TensorLoader:
             )
         self.dataset = data
         self.device = torch.device(device) if device is not None else data.images.device
-        self.images = data.images.to(self.device)  # (N, C, H, W) uint8
         self.labels = data.labels.to(self.device)  # (N,)
         self.shuffle = bool(shuffle)
-        self.crop_padding = crop_padding if augment else 0
+        self.crop_padding = p = crop_padding if augment else 0
+        self.image_size = tuple(data.images.shape[2:])  # (H, W)
+        # The whole set, zero-padded once for the random crop: (N, C, H + 2p, W + 2p) uint8
+        pixels = data.images.to(self.device)
+        self._pixels = F.pad(pixels, (p, p, p, p)) if p else pixels
         self.flip = bool(flip) and bool(augment)
         self.drop_last = bool(drop_last)
         self.seed = _check_non_negative("seed", seed)
@@ -974,7 +995,7 @@ class TensorLoader:
 
     def __len__(self) -> int:
         """Batches per epoch (the same on every rank)."""
-        n = len(self.images)
+        n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -989,7 +1010,7 @@ class TensorLoader:
         image at position ``i`` of that sequence. Without augmentation offsets are the identity
         crop and flips are all ``False``.
         """
-        n, p = len(self.images), self.crop_padding
+        n, p = len(self.labels), self.crop_padding
         generator = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         if p > 0:
@@ -1011,16 +1032,15 @@ class TensorLoader:
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
         order, offsets, flips = (t.to(self.device) for t in self.epoch_plan(epoch))
-        n = len(self.images)
+        n = len(self.labels)
         for b in range(len(self)):
             lo, hi = self._rank_slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
             index = order[lo:hi]  # (B_r,)
-            images = self.images[index]  # (B_r, C, H, W) uint8
+            images = self._pixels[index]  # (B_r, C, H + 2p, W + 2p) uint8
             if self.augments:
-                images = crop_and_flip(images, self.crop_padding, offsets[lo:hi], flips[lo:hi])
-            x = torch.addcmul(
-                self._shift, images.float(), self._scale
-            )  # (B_r, C, H, W), = normalize
+                images = crop_and_flip_padded(images, self.image_size, offsets[lo:hi], flips[lo:hi])
+            # normalize(): (u / 255 - mean) / std as one multiply and one add, (B_r, C, H, W)
+            x = images.float().mul_(self._scale).add_(self._shift)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield Batch(x=x, y=self.labels[index], index=index)
