@@ -50,6 +50,17 @@ class PILFashion(Dataset):
         return self.transform(Image.fromarray(self.images[i], mode="L")), self.labels[i]
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what platform reports."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def time_epochs(loader, epochs: int, n_images: int) -> float:
     """Median images per second over ``epochs`` full passes, after one warm-up pass."""
     for _ in loader:
@@ -75,7 +86,7 @@ def main() -> None:
     train, _ = load_fashion_mnist("subset")
     n = len(train)
     print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"# {cpu_name()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__}, load average at start "
         f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}"
     )
