@@ -216,10 +216,21 @@ class ImageSet:
         return torch.bincount(labelled, minlength=self.num_classes).cpu()
 
     def pixel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and (population) std of the pixels on the [0, 1] scale, in float64."""
-        x = self.images.double().div(255.0).transpose(0, 1).reshape(self.images.shape[1], -1)
-        # x: (C, N*H*W)
-        return tuple(x.mean(dim=1).tolist()), tuple(x.std(dim=1, correction=0).tolist())
+        """Per-channel mean and (population) std of the pixels on the [0, 1] scale.
+
+        Computed from exact integer sums ``S1 = sum u``, ``S2 = sum u^2`` over chunks of images:
+        ``mean = S1 / (255 M)``, ``var = S2 / (255^2 M) - mean^2`` with ``M`` pixels per channel.
+        """
+        s1 = torch.zeros(self.images.shape[1], dtype=torch.int64, device=self.images.device)
+        s2 = torch.zeros_like(s1)
+        for chunk in self.images.split(4096):  # (<=4096, C, H, W)
+            wide = chunk.to(torch.int64)
+            s1 += wide.sum(dim=(0, 2, 3))
+            s2 += (wide * wide).sum(dim=(0, 2, 3))
+        m = self.images.numel() // self.images.shape[1]
+        mean = s1.double().cpu() / (255.0 * m)  # (C,)
+        var = s2.double().cpu() / (255.0**2 * m) - mean**2  # (C,)
+        return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
 
 
 # ---------------------------------------------------------------------------------------------
