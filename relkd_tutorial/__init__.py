@@ -1,6 +1,25 @@
 """relkd_tutorial: relational knowledge distillation, derived, implemented, tested, benchmarked."""
 
 from ._checks import input_checks, set_input_checks
+from .data import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    Batch,
+    ChecksumError,
+    ImageSet,
+    TensorLoader,
+    cross_task_split,
+    labelled_subset,
+    load_cifar100,
+    load_fashion_mnist,
+    partially_labelled,
+    sample_per_class,
+    select_classes,
+    split_validation,
+)
 from .fastmode import fast_mode
 from .methods import (
     CrossEntropy,
@@ -16,6 +35,25 @@ from .methods import (
 __version__ = "0.1.0"
 
 __all__ = [
+    # data
+    "Batch",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "ChecksumError",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "ImageSet",
+    "TensorLoader",
+    "cross_task_split",
+    "labelled_subset",
+    "load_cifar100",
+    "load_fashion_mnist",
+    "partially_labelled",
+    "sample_per_class",
+    "select_classes",
+    "split_validation",
+    # methods and checks
     "CrossEntropy",
     "Method",
     "SetupData",
