@@ -2,8 +2,11 @@
 
 from ._checks import input_checks, set_input_checks
 from .methods import (
+    RRD,
+    RRDKD,
     CrossEntropy,
     Method,
+    Refilled,
     SetupData,
     Stage,
     StepInputs,
@@ -17,6 +20,9 @@ __version__ = "0.1.0"
 __all__ = [
     "CrossEntropy",
     "Method",
+    "RRD",
+    "RRDKD",
+    "Refilled",
     "SetupData",
     "Stage",
     "StepInputs",

@@ -139,3 +139,77 @@ def topk_membership(t: Tensor, k: int) -> Tensor:
     k = min(int(k), t.shape[1])
     idx = t.topk(k, dim=1).indices  # (B, k)
     return torch.zeros_like(t, dtype=torch.bool).scatter(1, idx, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplet relations (added for REFILLED's stage 1; shared so any triplet-based loss reuses them)
+# ---------------------------------------------------------------------------------------------
+
+_TRIPLET_CHUNK = 1 << 24  # entries of the (chunk, B, B) comparison tensor built at once
+
+
+def triplet_label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Which pairs may serve as (anchor, positive) and which as (anchor, negative).
+
+    ``positive[a, p] = (y_a = y_p) and (a != p)``, ``negative[a, n] = (y_a != y_n)``, and both are
+    ``False`` whenever ``y_a`` or the partner's label is ``-1`` (an unlabelled sample takes no
+    part in a labelled relation).
+
+    Args:
+        labels: ``(B,)`` integer labels, ``-1`` = unlabelled.
+
+    Returns:
+        ``(positive, negative)``, two ``(B, B)`` boolean masks.
+    """
+    labelled = labels >= 0  # (B,)
+    both = labelled[:, None] & labelled[None, :]  # (B, B)
+    same = labels[:, None] == labels[None, :]  # (B, B)
+    not_self = off_diagonal_mask(labels.shape[0], labels.device)  # (B, B)
+    return both & same & not_self, both & ~same
+
+
+def semi_hard_triplets(
+    dist: Tensor, labels: Tensor, margin: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """All semi-hard triplets of a batch, mined on a distance matrix.
+
+    A triplet ``(a, p, n)`` is semi-hard when ``y_a = y_p``, ``a != p``, ``y_n != y_a`` and the
+    negative lies beyond the positive but inside the margin:
+
+        0 < d_an - d_ap <= margin.
+
+    (FaceNet's semi-hard condition, in the form pytorch-metric-learning's ``TripletMarginMiner``
+    with ``type_of_triplets="semihard"`` enumerates, which REFILLED's official code uses.)
+    Unlabelled samples (label ``-1``) are never anchor, positive or negative.
+
+    The ``(a, p, n)`` comparison tensor is built in chunks of anchors, so memory stays bounded for
+    large batches. No gradient flows through mining (the result is a set of indices).
+
+    Args:
+        dist: ``(B, B)`` distances (any dissimilarity; only differences are compared).
+        labels: ``(B,)`` integer labels, ``-1`` = unlabelled.
+        margin: ``m > 0``.
+
+    Returns:
+        ``(a, p, n)``: three ``(T,)`` int64 index tensors, sorted lexicographically by
+        ``(a, p, n)``; ``T = 0`` when the batch holds no semi-hard triplet.
+    """
+    dist = dist.detach()
+    b = dist.shape[0]
+    positive, negative = triplet_label_masks(labels)  # (B, B) each
+    step = max(1, _TRIPLET_CHUNK // max(1, b * b))
+    found = []
+    for start in range(0, b, step):
+        d = dist[start : start + step]  # (b', B)  rows = anchors
+        gap = d[:, None, :] - d[:, :, None]  # (b', B, B)  [a, p, n] = d_an - d_ap
+        mask = (
+            positive[start : start + step, :, None]  # (b', B, 1)
+            & negative[start : start + step, None, :]  # (b', 1, B)
+            & (gap > 0)
+            & (gap <= margin)
+        )  # (b', B, B)
+        idx = mask.nonzero()  # (T', 3)
+        idx[:, 0] += start
+        found.append(idx)
+    idx = torch.cat(found)  # (T, 3)
+    return idx[:, 0], idx[:, 1], idx[:, 2]
