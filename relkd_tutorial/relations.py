@@ -145,7 +145,7 @@ def topk_membership(t: Tensor, k: int) -> Tensor:
 # Triplet relations (added for REFILLED's stage 1; shared so any triplet-based loss reuses them)
 # ---------------------------------------------------------------------------------------------
 
-_TRIPLET_CHUNK = 1 << 24  # entries of the (chunk, B, B) comparison tensor built at once
+_TRIPLET_CHUNK = 1 << 24  # entries of the (pairs, B) comparison tensor built at once
 
 
 def triplet_label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -182,8 +182,9 @@ def semi_hard_triplets(
     with ``type_of_triplets="semihard"`` enumerates, which REFILLED's official code uses.)
     Unlabelled samples (label ``-1``) are never anchor, positive or negative.
 
-    The ``(a, p, n)`` comparison tensor is built in chunks of anchors, so memory stays bounded for
-    large batches. No gradient flows through mining (the result is a set of indices).
+    Only the ``P`` (anchor, positive) pairs are compared with all ``B`` candidates, a ``(P, B)``
+    tensor (``P ~ B^2 / C`` for ``C`` balanced classes) instead of ``(B, B, B)``, built in chunks of
+    pairs so memory stays bounded. No gradient flows through mining (the result is indices).
 
     Args:
         dist: ``(B, B)`` distances (any dissimilarity; only differences are compared).
@@ -197,19 +198,18 @@ def semi_hard_triplets(
     dist = dist.detach()
     b = dist.shape[0]
     positive, negative = triplet_label_masks(labels)  # (B, B) each
-    step = max(1, _TRIPLET_CHUNK // max(1, b * b))
-    found = []
-    for start in range(0, b, step):
-        d = dist[start : start + step]  # (b', B)  rows = anchors
-        gap = d[:, None, :] - d[:, :, None]  # (b', B, B)  [a, p, n] = d_an - d_ap
-        mask = (
-            positive[start : start + step, :, None]  # (b', B, 1)
-            & negative[start : start + step, None, :]  # (b', 1, B)
-            & (gap > 0)
-            & (gap <= margin)
-        )  # (b', B, B)
-        idx = mask.nonzero()  # (T', 3)
-        idx[:, 0] += start
-        found.append(idx)
-    idx = torch.cat(found)  # (T, 3)
-    return idx[:, 0], idx[:, 1], idx[:, 2]
+    anchor, pos = positive.nonzero(as_tuple=True)  # (P,) each, sorted by (a, p)
+    # A candidate that is not a negative of the anchor gets d_an = -inf, so its gap fails "> 0".
+    d_an = torch.where(negative, dist, torch.full_like(dist, float("-inf")))  # (B, B)
+    step = max(1, _TRIPLET_CHUNK // max(1, b))
+    found: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    for start in range(0, anchor.shape[0], step):
+        a, p = anchor[start : start + step], pos[start : start + step]  # (P',)
+        gap = d_an[a] - dist[a, p][:, None]  # (P', B)  [pair, n] = d_an - d_ap
+        pair, n = ((gap > 0) & (gap <= margin)).nonzero(as_tuple=True)  # (T',) each
+        for out, idx in zip(found, (a[pair], p[pair], n), strict=True):
+            out.append(idx)
+    if not found[0]:
+        return tuple(labels.new_zeros(0, dtype=torch.long) for _ in range(3))  # type: ignore[return-value]
+    a, p, n = (torch.cat(idx) if len(idx) > 1 else idx[0] for idx in found)  # (T,) each
+    return a, p, n

@@ -100,7 +100,7 @@ def test_mining_primitive_in_chunks(monkeypatch):
     fs, _, y = make_batch(20, 4, 3, 3, seed=7, unlabelled=2)
     d = embedding_distances(fs)
     whole = semi_hard_triplets(d, y, 0.3)
-    monkeypatch.setattr(relations, "_TRIPLET_CHUNK", 3 * 20 * 20)  # 3 anchors per chunk
+    monkeypatch.setattr(relations, "_TRIPLET_CHUNK", 7 * 20)  # 7 (anchor, positive) pairs a chunk
     chunked = semi_hard_triplets(d, y, 0.3)
     for x, z in zip(whole, chunked, strict=True):
         assert torch.equal(x, z)

@@ -118,8 +118,10 @@ def mine_triplets(
 
 def _triplet_form(d_s: Tensor, d_t: Tensor, a: Tensor, p: Tensor, n: Tensor, tau1: float) -> Tensor:
     """``mean_T 1/2 BinaryKL(P^T || P^S)`` with log-sigmoids for stability."""
-    gap_s = (d_s[a, n] - d_s[a, p]) / tau1  # (T,)
-    gap_t = (d_t[a, n] - d_t[a, p]) / tau1  # (T,)
+    b = d_s.shape[0]
+    an, ap = a * b + n, a * b + p  # (T,) positions in the flattened (B, B) matrices
+    gap_s = (d_s.take(an) - d_s.take(ap)) / tau1  # (T,)  (d_an - d_ap) / tau1
+    gap_t = (d_t.take(an) - d_t.take(ap)) / tau1  # (T,)
     log_p_s, log_q_s = F.logsigmoid(gap_s), F.logsigmoid(-gap_s)  # log P^S, log (1 - P^S)
     log_p_t, log_q_t = F.logsigmoid(gap_t), F.logsigmoid(-gap_t)  # log P^T, log (1 - P^T)
     binary_kl = log_p_t.exp() * (log_p_t - log_p_s) + log_q_t.exp() * (log_q_t - log_q_s)  # (T,)
@@ -208,7 +210,8 @@ def refilled_embedding_loss(
             gradient check; by default mined with :func:`mine_triplets`.
 
     Returns:
-        Scalar; exactly 0 (with a gradient path) when there is no triplet.
+        Scalar; exactly 0 (with a gradient path) when there is no triplet. A batch too small to
+        hold one (``B < 3``, e.g. the last batch of an epoch) is that case, not an error.
     """
     check_float_tensor("student_features", student_features, 2, "(B, D_S)")
     check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)")
@@ -344,7 +347,8 @@ def refilled_classifier_kl(
             missing = torch.nonzero(present & ~has_centre).flatten().tolist()
             raise ValueError(
                 f"classes {missing} are in the batch but have no class centre (a zero row in "
-                "centres): the centres were computed on data without them"
+                "centres): the centres were computed on data without these classes, or their "
+                "teacher features average to zero"
             )
         columns = present if restrict_to_batch else has_centre  # (C,)
         z = student_logits.to(dtype)  # (B, C)

@@ -74,6 +74,28 @@ def _check_rrd_inputs(
     check_positive("tau_t", tau_t)
 
 
+def _log_probs(
+    student_emb: Tensor, teacher_emb: Tensor, queue: Tensor, tau_s: float, tau_t: float
+) -> tuple[Tensor, Tensor]:
+    """:func:`rrd_log_probs` without the input checks (for callers that have checked already)."""
+    dtype = loss_dtype(student_emb, teacher_emb, queue)
+    with full_precision(student_emb.device):
+        keys = queue.detach().to(dtype)  # (K, d)
+        log_p_s = F.log_softmax(
+            cosine_similarity_matrix(student_emb.to(dtype), keys) / tau_s, dim=1
+        )  # (B, K)
+        with torch.no_grad():
+            log_p_t = F.log_softmax(
+                cosine_similarity_matrix(teacher_emb.detach().to(dtype), keys) / tau_t, dim=1
+            )  # (B, K)
+    return log_p_s, log_p_t
+
+
+def _cross_entropy(log_p_s: Tensor, log_p_t: Tensor) -> Tensor:
+    """``-(1/B) sum_i sum_k p^T_i(k) log p^S_i(k)`` from the two ``(B, K)`` log-distributions."""
+    return -(log_p_t.exp() * log_p_s).sum(dim=1).mean()
+
+
 def rrd_log_probs(
     student_emb: Tensor,
     teacher_emb: Tensor,
@@ -98,17 +120,7 @@ def rrd_log_probs(
         ``(log_p_s, log_p_t)``, each ``(B, K)`` in float32 or wider; ``log_p_t`` is detached.
     """
     _check_rrd_inputs(student_emb, teacher_emb, queue, tau_s, tau_t)
-    dtype = loss_dtype(student_emb, teacher_emb, queue)
-    with full_precision(student_emb.device):
-        keys = queue.detach().to(dtype)  # (K, d)
-        log_p_s = F.log_softmax(
-            cosine_similarity_matrix(student_emb.to(dtype), keys) / tau_s, dim=1
-        )  # (B, K)
-        with torch.no_grad():
-            log_p_t = F.log_softmax(
-                cosine_similarity_matrix(teacher_emb.detach().to(dtype), keys) / tau_t, dim=1
-            )  # (B, K)
-    return log_p_s, log_p_t
+    return _log_probs(student_emb, teacher_emb, queue, tau_s, tau_t)
 
 
 def rrd_loss(
@@ -134,9 +146,7 @@ def rrd_loss(
     Returns:
         Scalar loss in float32 or wider.
     """
-    log_p_s, log_p_t = rrd_log_probs(student_emb, teacher_emb, queue, tau_s, tau_t)
-    p_t = log_p_t.exp()  # (B, K)
-    return -(p_t * log_p_s).sum(dim=1).mean()
+    return _cross_entropy(*rrd_log_probs(student_emb, teacher_emb, queue, tau_s, tau_t))
 
 
 def rrd_decomposition(
@@ -154,10 +164,9 @@ def rrd_decomposition(
     """
     log_p_s, log_p_t = rrd_log_probs(student_emb, teacher_emb, queue, tau_s, tau_t)
     p_t = log_p_t.exp()  # (B, K)
-    cross_entropy = -(p_t * log_p_s).sum(dim=1).mean()
     kl = (p_t * (log_p_t - log_p_s)).sum(dim=1).mean()
     entropy = -(p_t * log_p_t).sum(dim=1).mean()
-    return {"loss": cross_entropy, "kl": kl, "entropy": entropy}
+    return {"loss": _cross_entropy(log_p_s, log_p_t), "kl": kl, "entropy": entropy}
 
 
 class ProjectionHead(nn.Module):
@@ -321,14 +330,15 @@ class RRDLoss(nn.Module):
         check_same_device(
             "student_features", student_features, "teacher_features", teacher_features
         )
+        u = self.teacher_head(teacher_features)  # (B, d), no gradient
         if self.update == "before":
-            self.update_queue(teacher_features)
+            self.queue.enqueue(u)
         s = self.student_head(student_features)  # (B, d)
-        u = self.teacher_embed(teacher_features)  # (B, d)
         keys = self.queue.valid_keys()  # (K', d)
         if keys.shape[0] == 0:  # nothing written yet: no relation target (choice)
             return s.sum() * 0.0
-        return rrd_loss(s, u, keys, self.tau_s, self.tau_t)
+        # the features were checked above and the queue on every write: skip the re-checks
+        return _cross_entropy(*_log_probs(s, u, keys, self.tau_s, self.tau_t))
 
 
 def _check_dim(name: str, value: int) -> None:
