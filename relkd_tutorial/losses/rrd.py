@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from .._checks import (
     check_float_tensor,
     check_positive,
+    check_same_batch,
     check_same_device,
     check_same_shape,
     check_same_width,
@@ -322,11 +323,7 @@ class RRDLoss(nn.Module):
     def forward(self, student_features: Tensor, teacher_features: Tensor) -> Tensor:
         check_float_tensor("student_features", student_features, 2, "(B, D_S)")
         check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)")
-        if student_features.shape[0] != teacher_features.shape[0]:
-            raise ValueError(
-                "student_features and teacher_features must have the same batch size, got "
-                f"{student_features.shape[0]} and {teacher_features.shape[0]}"
-            )
+        check_same_batch("student_features", student_features, "teacher_features", teacher_features)
         check_same_device(
             "student_features", student_features, "teacher_features", teacher_features
         )
