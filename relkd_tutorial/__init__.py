@@ -22,8 +22,11 @@ from .data import (
 )
 from .fastmode import fast_mode
 from .methods import (
+    RRD,
+    RRDKD,
     CrossEntropy,
     Method,
+    Refilled,
     SetupData,
     Stage,
     StepInputs,
@@ -56,6 +59,9 @@ __all__ = [
     # methods and checks
     "CrossEntropy",
     "Method",
+    "RRD",
+    "RRDKD",
+    "Refilled",
     "SetupData",
     "Stage",
     "StepInputs",
