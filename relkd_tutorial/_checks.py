@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -176,3 +177,19 @@ def full_precision(device: torch.device) -> Iterator[None]:
     """
     with torch.autocast(device_type=device.type, enabled=False):
         yield
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Check that a count (batch size, samples per class, world size) is a positive int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value: object) -> int:
+    """Check that a seed or an epoch number is a non-negative int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import relkd_tutorial.data as data_module
+import relkd_tutorial.data.datasets as datasets_module
 from relkd_tutorial.data import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -267,7 +267,7 @@ def test_full_reads_any_folder_gzipped_or_not(tmp_path):
 
 
 def test_missing_full_data_says_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(datasets_module, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError) as err:
         load_fashion_mnist("full", root=tmp_path)
     message = str(err.value)
