@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -138,3 +139,57 @@ def check_positive(name: str, value: float) -> float:
     if not (value > 0) or value != value or value == float("inf"):
         raise ValueError(f"{name} must be a finite positive number, got {value}")
     return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Added for the embedding losses (RRD, REFILLED): width checks and full-precision loss math
+# ---------------------------------------------------------------------------------------------
+
+
+def check_same_width(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Check that two tensors have the same last dimension (e.g. embeddings and a queue)."""
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same embedding width, got {a.shape[-1]} and "
+            f"{b.shape[-1]} (shapes {tuple(a.shape)} and {tuple(b.shape)})"
+        )
+
+
+def loss_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype a loss computes in: the widest input dtype, and never below float32.
+
+    Low-precision inputs (a bf16 student next to an fp32 teacher cache) are promoted, because
+    temperatures such as ``1/0.04`` amplify bf16's ~3 significant digits into visible errors in
+    a softmax over thousands of entries.
+    """
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+@contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Disable autocast on ``device`` so the loss math runs in the dtype of its operands.
+
+    Under ``torch.autocast`` a matmul of float32 tensors would silently run in bf16/fp16; the
+    losses cast their inputs with :func:`loss_dtype` and compute inside this context.
+    """
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Check that a count (batch size, samples per class, world size) is a positive int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value: object) -> int:
+    """Check that a seed or an epoch number is a non-negative int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)

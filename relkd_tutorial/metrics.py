@@ -27,23 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_float_tensor, check_labels, check_same_batch, check_same_shape
+from .data import FASHION_MNIST_CLASSES as FASHION_MNIST_CLASSES  # re-exported with the groups
 from .relations import pairwise_distances
 from .teacher import TeacherCache, as_batch, split_outputs, teacher_outputs
 
-#: Fashion-MNIST class names, by label.
-FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-#: The confusable groups of Fashion-MNIST: upper-body garments and footwear.
+#: The confusable groups of Fashion-MNIST (class names: ``FASHION_MNIST_CLASSES`` from
+#: :mod:`relkd_tutorial.data`): upper-body garments and footwear.
 FASHION_MNIST_TOPS: tuple[int, ...] = (0, 2, 4, 6)  # T-shirt/top, pullover, coat, shirt
 FASHION_MNIST_FOOTWEAR: tuple[int, ...] = (5, 7, 9)  # sandal, sneaker, ankle boot
 FASHION_MNIST_GROUPS: dict[str, tuple[int, ...]] = {

@@ -28,7 +28,14 @@ Choices, all documented where they are made:
 - **Checkpoints** (``checkpoint_dir/last.pt``) are written atomically after every epoch and hold
   everything needed to continue *exactly*: model, method state, optimizer, scheduler, grad
   scaler, the python/numpy/torch RNG states, epoch, stage, history and config. They load with
-  ``torch.load(..., weights_only=True)``.
+  ``torch.load(..., weights_only=True)``. A checkpoint is never replaced by a worse one: an
+  epoch whose loss terms or weights are NaN/inf raises ``FloatingPointError`` before the write,
+  and a truncated or corrupt file raises a clear ``ValueError`` on resume (never a silent
+  restart from scratch).
+- **Exact resume.** Resuming from the checkpoint of epoch ``e`` (e.g. after a crash, even in the
+  middle of epoch ``e + 1``) gives bit-identical weights and history to the uninterrupted run on
+  the same device: the loop calls ``train_loader.set_epoch(epoch)`` before every epoch and
+  restores every RNG, and a stage boundary is replayed in the same order as in a straight run.
 - **Unlabelled samples** (label ``-1``) are skipped by the training accuracy (and by
   :func:`~relkd_tutorial.methods.supervised_cross_entropy`).
 
@@ -103,6 +110,12 @@ class TrainConfig:
         progress: show ``tqdm`` progress bars (always quiet when the ``CI`` env var is set).
         log_every: refresh the progress bar's running loss terms every this many steps (each
             refresh synchronises with the device).
+        extra: free-form notes saved with the checkpoint (e.g. the data set and method name);
+            plain values only (str, int, float, bool, None and lists/tuples/dicts of them), so
+            the checkpoint stays loadable with ``weights_only=True``.
+
+    Paths (``checkpoint_dir``, ``history_csv``, ``resume``) may be ``str`` or ``os.PathLike``;
+    they are stored as ``str``.
     """
 
     epochs: int = 10
@@ -135,6 +148,15 @@ class TrainConfig:
                     f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}"
                 )
 
+        # Paths as str: a PosixPath in the saved config would break weights_only loading.
+        for name in ("checkpoint_dir", "history_csv"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.resume, os.PathLike):
+            self.resume = os.fspath(self.resume)
+        if not isinstance(self.resume, (bool, str)):
+            raise TypeError(f"resume must be a bool or a checkpoint path, got {self.resume!r}")
+        _check_plain("extra", self.extra)
         choose("optimizer", ("sgd", "adamw"))
         choose("schedule", ("constant", "step", "cosine"))
         choose("amp", ("off", "bf16", "fp16"))
@@ -162,6 +184,26 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be None or positive, got {self.grad_clip}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+def _check_plain(name: str, value: Any) -> None:
+    """Refuse anything ``torch.load(weights_only=True)`` could not read back."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(f"{name}[{i}]", item)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{name} keys must be str or int, got {k!r}")
+            _check_plain(f"{name}[{k!r}]", item)
+        return
+    raise TypeError(
+        f"{name} must hold plain values (str, int, float, bool, None, lists, tuples, dicts) so "
+        f"checkpoints load with weights_only=True; got {type(value).__name__}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,10 +652,16 @@ def fit(
             device.
         method: any :class:`~relkd_tutorial.methods.Method` (``CrossEntropy`` trains a teacher).
         train_loader: an iterable of :class:`~relkd_tutorial.data.Batch` or ``(x, y[, index])``
-            tuples, re-iterated every epoch; ``set_epoch(epoch)`` is called if it has one.
+            tuples, re-iterated every epoch. Before each epoch the loop calls
+            ``train_loader.set_epoch(epoch)`` (0-based), or ``train_loader.sampler.set_epoch``
+            (a ``DistributedSampler``), if there is one: that is what makes a resumed
+            :class:`~relkd_tutorial.data.TensorLoader` replay exactly the batches of the
+            uninterrupted run, even if the same loader object was half-way through an epoch.
         config: :class:`TrainConfig` (default: ``TrainConfig()``).
         teacher: an ``nn.Module`` run live in eval mode, or a :class:`TeacherCache` looked up by
-            ``Batch.index``; required if ``method.needs_teacher`` or ``method.needs_setup``.
+            ``Batch.index``; required if ``method.needs_teacher`` or ``method.needs_setup``. A
+            cache holds the outputs for un-augmented images: a warning is raised if
+            ``train_loader.augments`` is true (as for an augmenting ``TensorLoader``).
         eval_loader: evaluated after every epoch (accuracy and cross-entropy of the student).
         setup_loader: the un-augmented training set, for ``method.needs_setup`` (optional if
             ``teacher`` is a cache, which already holds that pass).
@@ -648,6 +696,14 @@ def fit(
         teacher.to(device=device, memory_format=memory_format).eval()
     elif isinstance(teacher, TeacherCache):
         teacher = teacher.to(device)
+        if method.needs_teacher and getattr(train_loader, "augments", False):
+            warnings.warn(
+                "the teacher's outputs come from a TeacherCache (one pass over the un-augmented "
+                "images) but train_loader augments its batches, so the student and the teacher "
+                "see different images; pass the teacher module to run it live on each batch, or "
+                "a loader with augment=False",
+                stacklevel=2,
+            )
     forward_model = torch.compile(student) if config.compile else student
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
 
@@ -661,29 +717,31 @@ def fit(
     for stage in plan:
         if resume_state is not None and stage.end <= resume_state["epoch"]:
             continue  # finished before the checkpoint
-        if resume_state is None:
+        # The straight run calls set_stage at the stage's first epoch, with the RNGs as the
+        # previous epoch left them, then builds the stage's optimizer. A resumed run replays
+        # that order exactly: if it resumes mid-stage, set_stage comes first (the checkpoint
+        # already holds its effect on tensors; this restores any plain attributes), then the
+        # saved state; at a stage boundary, the saved state (RNGs included) comes first, so a
+        # set_stage that draws random numbers (a re-initialised head) draws the same ones.
+        mid_stage = resume_state is not None and resume_state["epoch"] > stage.first
+        if mid_stage:
             method.set_stage(stage.name)
-        else:
-            # The straight run called set_stage at the stage's first epoch: before that epoch's
-            # state if we resume at a stage start, already reflected in the checkpoint otherwise.
+        if resume_state is not None:
             start = resume_state["epoch"]
-            mid_stage = start > stage.first
-            if mid_stage:
-                method.set_stage(stage.name)
             student.load_state_dict(resume_state["model"])
             method.load_state_dict(resume_state["method"])
-            if not mid_stage:
-                method.set_stage(stage.name)
-            history = list(resume_state["history"])
-        optimizer = build_optimizer(trainable_parameters(student, method), config)
-        scheduler = build_scheduler(optimizer, config, stage.epochs)
-        if resume_state is not None:
-            if start > stage.first:  # same stage: continue its optimizer and schedule
-                optimizer.load_state_dict(resume_state["optimizer"])
-                scheduler.load_state_dict(resume_state["scheduler"])
             scaler.load_state_dict(resume_state["scaler"])
             set_rng_state(resume_state["rng"])
-            resume_state = None
+            history = list(resume_state["history"])
+        if not mid_stage:
+            method.set_stage(stage.name)
+        optimizer = build_optimizer(trainable_parameters(student, method), config)
+        scheduler = build_scheduler(optimizer, config, stage.epochs)
+        if mid_stage:  # same stage: continue its optimizer and schedule
+            assert resume_state is not None
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+        resume_state = None
 
         for epoch in range(max(stage.first, start), stage.end):
             tic = time.perf_counter()
@@ -706,6 +764,7 @@ def fit(
                 )
                 record["eval_loss"], record["eval_acc"] = result["loss"], result["acc"]
             record["seconds"] = time.perf_counter() - tic
+            _check_finite_state(epoch, student, method)  # before anything replaces the checkpoint
             history.append(record)
             if show:
                 tqdm.write(_summary(record))
@@ -766,9 +825,12 @@ def _train_one_epoch(
     correct = torch.zeros((), dtype=torch.long, device=device)
     labelled = torch.zeros((), dtype=torch.long, device=device)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    bar = tqdm(loader, total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+    # The bar is advanced by hand and never given the loader: tqdm.auto's class calls iter() on
+    # an iterable it wraps, which would start a second pass (a DataLoader's workers, a
+    # TensorLoader's epoch counter, a draw from the global RNG) for every epoch.
+    bar = tqdm(total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
     steps = 0
-    for steps, item in enumerate(bar, start=1):
+    for steps, item in enumerate(loader, start=1):
         batch = as_batch(item, device)
         features, logits = student_forward(
             forward_model, batch.x, channels_last=config.channels_last, autocast_dtype=dtype
@@ -801,6 +863,7 @@ def _train_one_epoch(
         keep = batch.y >= 0  # (B,) labelled samples
         correct += (logits.detach().argmax(dim=1) == batch.y)[keep].sum()
         labelled += keep.sum()
+        bar.update(1)
         if show and steps % config.log_every == 0:
             bar.set_postfix({k: f"{float(v) / counts[k]:.4g}" for k, v in sums.items()})
     bar.close()
@@ -820,6 +883,22 @@ def _train_one_epoch(
     count = int(labelled)
     means["train_acc"] = int(correct) / count if count else float("nan")
     return means
+
+
+def _check_finite_state(epoch: int, *modules: nn.Module) -> None:
+    """Raise if a parameter or float buffer holds NaN/inf (e.g. a last step with a NaN gradient).
+
+    The epoch's mean loss can be finite while the weights are not (the loss of the last step is
+    computed before its update), so the loop checks the weights before writing a checkpoint.
+    """
+    for module in modules:
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}: {type(module).__name__}.{name} holds NaN or inf after "
+                    "the epoch; try a lower lr, grad_clip or amp='off' (the last good checkpoint "
+                    "was not replaced)"
+                )
 
 
 def _summary(record: dict[str, Any]) -> str:

@@ -70,6 +70,7 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.crash_at_epoch = crash_at_epoch
         self.epochs_seen: list[int] = []
+        self.passes = 0  # calls of iter()
 
     def __len__(self) -> int:
         return math.ceil(len(self.y) / self.batch_size)
@@ -80,6 +81,7 @@ class TensorLoader:
         self.epochs_seen.append(epoch)
 
     def __iter__(self):
+        self.passes += 1
         n = len(self.y)
         order = torch.randperm(n) if self.shuffle else torch.arange(n)
         for lo in range(0, n, self.batch_size):
@@ -179,6 +181,10 @@ class TwoStageMethod(QueueMethod):
     def set_stage(self, name: str) -> None:
         super().set_stage(name)
         self.stage_log.append(name)
+        if name == "classify":
+            # Draws from the global RNG at the stage boundary: an exact resume must replay it
+            # with the RNG state the uninterrupted run had there.
+            self.head.reset_parameters()
 
     def setup(self, data: SetupData) -> None:
         self.setup_calls += 1
@@ -300,13 +306,15 @@ def test_loss_decreases_and_student_learns():
     xe, ye = make_data(96, seed=0, noise=0.6)
     model = student()
     before = evaluate(model, TensorLoader(xe, ye, shuffle=False), "cpu")["acc"]
+    loader = TensorLoader(x, y)
     history = fit(
         model,
         CrossEntropy(),
-        TensorLoader(x, y),
+        loader,
         quiet(epochs=5, lr=0.1),
         eval_loader=TensorLoader(xe, ye, shuffle=False),
     )
+    assert loader.passes == 5 and loader.epochs_seen == [0, 1, 2, 3, 4]  # one pass per epoch
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert history[-1]["eval_acc"] > 0.9 and history[-1]["eval_acc"] > before + 0.3
@@ -412,9 +420,11 @@ def test_progress_is_quiet_under_ci(monkeypatch, capsys):
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
     monkeypatch.delenv("CI")
-    fit(student(), CrossEntropy(), TensorLoader(x, y), quiet(epochs=1, progress=True, log_every=1))
+    loader = TensorLoader(x, y, batch_size=8)
+    fit(student(), CrossEntropy(), loader, quiet(epochs=2, progress=True, log_every=1))
     out = capsys.readouterr()
-    assert "epoch 1/1" in out.err + out.out
+    assert "epoch 1/2" in out.err + out.out and "epoch 2/2" in out.err + out.out
+    assert loader.passes == 2  # the progress bar never iterates the loader itself
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,3 +684,124 @@ def test_non_finite_loss_stops_before_overwriting_the_checkpoint(tmp_path):
                 quiet(epochs=1, checkpoint_dir=str(tmp_path)),
             )
     assert math.isfinite(load_checkpoint(tmp_path / "last.pt")["history"][0]["loss"])
+
+
+def test_nan_weights_after_a_finite_loss_do_not_replace_the_checkpoint(tmp_path):
+    """A last step with a NaN gradient: the epoch's loss is finite, its weights are not."""
+    x, y = make_data(32)
+    loader = TensorLoader(x, y, batch_size=32)  # one step per epoch
+    fit(student(), CrossEntropy(), loader, quiet(epochs=1, checkpoint_dir=str(tmp_path)))
+    good = load_checkpoint(tmp_path / "last.pt")["model"]
+
+    class NanGradient(CrossEntropy):
+        def loss_terms(self, inputs):
+            terms = dict(super().loss_terms(inputs))
+            terms.pop("loss")
+            # value 0, gradient 0 * d sqrt(u)/du at u = 0 = 0 * inf = NaN
+            terms["zero"] = 0.0 * (0.0 * inputs.student_logits).sqrt().sum()
+            return with_total(terms)
+
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        fit(student(), NanGradient(), loader, quiet(epochs=1, checkpoint_dir=str(tmp_path)))
+    kept = load_checkpoint(tmp_path / "last.pt")["model"]
+    assert all(torch.equal(good[k], kept[k]) for k in good)
+
+
+def test_config_paths_become_str_and_extra_must_be_plain(tmp_path):
+    x, y = make_data(32)
+    config = quiet(
+        epochs=1,
+        checkpoint_dir=tmp_path,
+        history_csv=tmp_path / "h.csv",
+        extra={"data": "synthetic", "sizes": [1, 2.5], "nested": {"ok": None}},
+    )
+    assert config.checkpoint_dir == str(tmp_path) and config.history_csv == str(tmp_path / "h.csv")
+    fit(student(), CrossEntropy(), TensorLoader(x, y), config)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)  # no PosixPath inside
+    assert state["config"]["extra"]["sizes"] == [1, 2.5]
+    assert quiet(resume=tmp_path / "last.pt").resume == str(tmp_path / "last.pt")
+    with pytest.raises(TypeError, match=r"extra\['bad'\] must hold plain values"):
+        quiet(extra={"bad": torch.zeros(1)})
+    with pytest.raises(TypeError, match="resume"):
+        quiet(resume=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The package's own loader: TensorLoader over real Fashion-MNIST images
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fashion_small():
+    """256 training images (the first of the shipped subset) and 200 test images."""
+    from relkd_tutorial.data import load_fashion_mnist
+
+    train_set, test_set = load_fashion_mnist()
+    return train_set.subset(torch.arange(256)), test_set.subset(torch.arange(200))
+
+
+class CrashAfter(CrossEntropy):
+    """CE that raises ``KeyboardInterrupt`` at its ``crash_at_step``-th step (1-based), once."""
+
+    def __init__(self, crash_at_step: int | None = None) -> None:
+        super().__init__()
+        self.crash_at_step, self.steps = crash_at_step, 0
+
+    def loss_terms(self, inputs):
+        self.steps += 1
+        if self.steps == self.crash_at_step:
+            raise KeyboardInterrupt("simulated crash in the middle of an epoch")
+        return super().loss_terms(inputs)
+
+
+def test_fit_with_tensorloader_resumes_exactly_after_a_mid_epoch_crash(tmp_path, fashion_small):
+    """4 epochs straight == 2 epochs + a crash half-way through epoch 3 + resume.
+
+    The resumed fit reuses the *same* TensorLoader object, whose own epoch counter advanced
+    during the crashed epoch: only ``set_epoch`` called by the loop replays the right batches.
+    """
+    from relkd_tutorial.data import TensorLoader as RealLoader
+
+    train_set, test_set = fashion_small
+    eval_loader = RealLoader.for_evaluation(test_set, 100)
+
+    def run(directory, loader, method, resume=False):
+        model = build_model("student_cnn_s", 10, 1, seed=0)
+        config = quiet(epochs=4, lr=0.1, checkpoint_dir=str(directory), resume=resume)
+        history = fit(model, method, loader, config, eval_loader=eval_loader)
+        return model, history
+
+    loader = RealLoader(train_set, 64, augment=True, seed=7)  # 4 steps per epoch
+    ref_model, ref_history = run(tmp_path / "straight", loader, CrossEntropy())
+
+    loader = RealLoader(train_set, 64, augment=True, seed=7)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed", loader, CrashAfter(crash_at_step=2 * 4 + 2))
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
+    assert loader.epoch == 3  # the interrupted epoch's iter() had advanced it
+    model, history = run(tmp_path / "resumed", loader, CrossEntropy(), resume=True)
+
+    for name, ref in ref_model.state_dict().items():
+        assert torch.equal(ref, model.state_dict()[name]), name
+    assert _strip_seconds(history) == _strip_seconds(ref_history)
+    assert 0.1 < history[-1]["eval_acc"] <= 1.0
+
+
+def test_teacher_cache_with_an_augmenting_loader_warns(fashion_small):
+    from relkd_tutorial.data import TensorLoader as RealLoader
+
+    train_set, _ = fashion_small
+    t = build_model("student_cnn_s", 10, 1, seed=2)
+    cache = TeacherCache.build(t, RealLoader.for_evaluation(train_set, 128))
+    one_epoch = quiet(epochs=1)
+    with pytest.warns(UserWarning, match="augments"):
+        fit(student_10(), RecordingMethod(), RealLoader(train_set, 128), one_epoch, teacher=cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = RealLoader(train_set, 128, augment=False)
+        fit(student_10(), RecordingMethod(), plain, one_epoch, teacher=cache)
+        fit(student_10(), RecordingMethod(), RealLoader(train_set, 128), one_epoch, teacher=t)
+
+
+def student_10() -> nn.Module:
+    return build_model("student_cnn_s", 10, 1, seed=1)

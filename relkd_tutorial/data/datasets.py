@@ -1,0 +1,372 @@
+"""Where images come from: the shipped Fashion-MNIST subset, IDX files, torchvision's CIFAR-100.
+
+Every loader returns a ``(train, test)`` pair of :class:`~relkd_tutorial.data.ImageSet`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .imageset import ImageSet
+
+# ---------------------------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------------------------
+
+#: Fashion-MNIST class names, in label order (Zalando Research, github.com/zalandoresearch).
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+#: Per-channel pixel mean and standard deviation of the full 60k Fashion-MNIST training set,
+#: on the [0, 1] scale (population std over all pixels of all images: 0.28604, 0.35302;
+#: ``tests/test_data.py`` re-derives them from the IDX files when they are installed).
+FASHION_MNIST_MEAN: tuple[float, ...] = (0.2860,)
+FASHION_MNIST_STD: tuple[float, ...] = (0.3530,)
+
+#: CIFAR-100 per-channel (R, G, B) mean and std, the values of the RepDistiller/CRD benchmark.
+CIFAR100_MEAN: tuple[float, ...] = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD: tuple[float, ...] = (0.2675, 0.2565, 0.2761)
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the gzipped IDX files.
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+#: The shipped subset inside the data folder (see :func:`data_dir`).
+FASHION_MNIST_SUBSET_FILE = "fashion_mnist_subset.npz"
+
+_FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: the data folder, checksums, the IDX format
+# ---------------------------------------------------------------------------------------------
+
+
+def data_dir() -> Path:
+    """The folder holding the shipped data: ``$RELKD_DATA_DIR`` if set, else the repository's ``data/``.
+
+    The package is meant to be installed editable from a clone (``pip install -e .``), so the
+    repository's ``data/`` folder sits next to the package folder.
+    """
+    override = os.environ.get("RELKD_DATA_DIR")
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parents[2] / "data"
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ChecksumError(ValueError):
+    """A data file's SHA-256 does not match its manifest: the file is corrupted or was edited."""
+
+
+def read_sha256sums(manifest: str | Path) -> dict[str, str]:
+    """Parse a ``sha256sum``-format manifest (``<hex>  <file name>`` per line) into ``{name: hex}``."""
+    entries: dict[str, str] = {}
+    for line in Path(manifest).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        digest, name = line.split(maxsplit=1)
+        entries[name.lstrip("*")] = digest.lower()
+    return entries
+
+
+def verify_sha256(path: str | Path, manifest: str | Path | None = None) -> None:
+    """Check a file against its entry in a ``SHA256SUMS`` manifest (default: same folder).
+
+    Raises:
+        FileNotFoundError: the manifest is missing.
+        ChecksumError: no entry for the file, or the digest differs. The message names the file
+            and says how to restore it.
+    """
+    path = Path(path)
+    manifest = Path(manifest) if manifest is not None else path.parent / "SHA256SUMS"
+    restore = (
+        "Restore the shipped files with `git checkout data/` from the repository root, or "
+        "rebuild them with `python scripts/build_fashion_subset.py` (needs the full IDX files)."
+    )
+    if not manifest.is_file():
+        raise FileNotFoundError(f"checksum manifest {manifest} is missing. {restore}")
+    expected = read_sha256sums(manifest).get(path.name)
+    if expected is None:
+        raise ChecksumError(f"{manifest} has no entry for {path.name}. {restore}")
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{path} is corrupted or was modified: its SHA-256 is {actual}, but {manifest} "
+            f"records {expected}. {restore}"
+        )
+
+
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST/Fashion-MNIST format), gzipped or not.
+
+    The format (yann.lecun.com/exdb/mnist): a 4-byte magic number ``0x00 0x00 <type> <ndim>``,
+    then ``ndim`` big-endian ``uint32`` sizes, then the values in C order, big-endian. ``<type>``
+    is ``0x08`` uint8, ``0x09`` int8, ``0x0B`` int16, ``0x0C`` int32, ``0x0D`` float32 or
+    ``0x0E`` float64. Gzip is recognised by its magic bytes ``1f 8b``, not by the file name.
+
+    Returns:
+        An array of the stored shape, in native byte order.
+
+    Raises:
+        ValueError: the file is not IDX, or its length does not match its header.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path} is truncated: its header needs {header} bytes")
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path} holds {len(raw) - header} data bytes but its header {shape} needs {expected}"
+        )
+    values = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return values.astype(dtype.newbyteorder("="), copy=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST
+# ---------------------------------------------------------------------------------------------
+
+
+def _fashion_imageset(images: np.ndarray | Tensor, labels: Any, name: str) -> ImageSet:
+    """Wrap ``(N, 28, 28)`` uint8 pixels and labels as a one-channel :class:`ImageSet`."""
+    x = torch.as_tensor(np.asarray(images, dtype=np.uint8)).unsqueeze(1).contiguous()
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    return ImageSet(
+        images=x,  # (N, 1, 28, 28)
+        labels=y,
+        class_names=list(FASHION_MNIST_CLASSES),
+        name=name,
+        mean=FASHION_MNIST_MEAN,
+        std=FASHION_MNIST_STD,
+    )
+
+
+def find_idx_folder(candidates: Sequence[str | Path]) -> Path | None:
+    """The first folder holding all four Fashion-MNIST IDX files (each plain or ``.gz``)."""
+    for folder in candidates:
+        folder = Path(folder)
+        if all(_idx_file(folder, stem) is not None for stem in _FASHION_MNIST_FILES.values()):
+            return folder
+    return None
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_fashion_mnist_idx(folder: str | Path) -> dict[str, np.ndarray]:
+    """Read the four Fashion-MNIST IDX files of a folder into ``{train,test}_{images,labels}``."""
+    folder = Path(folder)
+    arrays = {}
+    for key, stem in _FASHION_MNIST_FILES.items():
+        path = _idx_file(folder, stem)
+        if path is None:
+            raise FileNotFoundError(f"{folder} has no {stem} or {stem}.gz")
+        arrays[key] = read_idx(path)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match"
+            )
+    return arrays
+
+
+def _missing_fashion_mnist(searched: Sequence[Path]) -> FileNotFoundError:
+    looked = "\n".join(f"  - {p}" for p in searched)
+    files = ", ".join(f"{stem}[.gz]" for stem in _FASHION_MNIST_FILES.values())
+    return FileNotFoundError(
+        "The full Fashion-MNIST IDX files were not found. Looked in:\n"
+        f"{looked}\n"
+        "Any one of these fixes it:\n"
+        "  1. Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (installs them in "
+        f"{DEBIAN_FASHION_MNIST_DIR}/);\n"
+        f"  2. put the four files ({files}) in a folder and pass root=<that folder> "
+        "(or <root>/FashionMNIST/raw/, torchvision's layout);\n"
+        '  3. with internet: load_fashion_mnist("download", root=<a folder>);\n'
+        '  or use the 10k/2k subset shipped with the repository: load_fashion_mnist("subset").'
+    )
+
+
+def load_fashion_mnist(
+    source: str = "subset", root: str | Path | None = None
+) -> tuple[ImageSet, ImageSet]:
+    """Fashion-MNIST as ``(train, test)`` :class:`ImageSet` s of ``(N, 1, 28, 28)`` uint8 images.
+
+    Args:
+        source: where the images come from:
+
+            - ``"subset"`` (default, offline): the stratified 10,000 train (1,000 per class) /
+              2,000 test (200 per class) subset in ``data/fashion_mnist_subset.npz``, checked
+              against ``data/SHA256SUMS`` first (see :func:`data_dir` for the folder).
+            - ``"full"``: the full 60,000 / 10,000 images from IDX files, gzipped or not. Searched
+              in ``root`` and ``root/FashionMNIST/raw`` (if ``root`` is given), then in
+              ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``).
+            - ``"download"``: ``torchvision.datasets.FashionMNIST(root, download=True)`` (needs
+              internet the first time; default root ``~/.cache/relkd_tutorial``).
+        root: a folder, for ``"full"`` and ``"download"``.
+
+    Raises:
+        FileNotFoundError: the data is missing; the message says what to install or where to
+            put the files.
+        ChecksumError: the shipped subset does not match its checksum.
+    """
+    if source == "subset":
+        if root is not None:
+            raise ValueError(
+                'root is not used with source="subset" (set RELKD_DATA_DIR to move the data folder)'
+            )
+        return _load_fashion_subset()
+    if source == "full":
+        candidates = []
+        if root is not None:
+            candidates += [Path(root), Path(root) / "FashionMNIST" / "raw"]
+        candidates.append(DEBIAN_FASHION_MNIST_DIR)
+        folder = find_idx_folder(candidates)
+        if folder is None:
+            raise _missing_fashion_mnist(candidates)
+        arrays = read_fashion_mnist_idx(folder)
+        return (
+            _fashion_imageset(
+                arrays["train_images"], arrays["train_labels"], "fashion_mnist/train"
+            ),
+            _fashion_imageset(arrays["test_images"], arrays["test_labels"], "fashion_mnist/test"),
+        )
+    if source == "download":
+        from torchvision.datasets import FashionMNIST  # lazy: only this path needs torchvision
+
+        root = Path(root) if root is not None else Path.home() / ".cache" / "relkd_tutorial"
+        sets = []
+        for split, train in (("train", True), ("test", False)):
+            ds = FashionMNIST(str(root), train=train, download=True)
+            sets.append(_fashion_imageset(ds.data.numpy(), ds.targets, f"fashion_mnist/{split}"))
+        return sets[0], sets[1]
+    raise ValueError(f'source must be "subset", "full" or "download", got {source!r}')
+
+
+def _load_fashion_subset() -> tuple[ImageSet, ImageSet]:
+    path = data_dir() / FASHION_MNIST_SUBSET_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The shipped Fashion-MNIST subset {path} is missing. It is part of the git "
+            "repository: install from a clone (`pip install -e .`), restore it with "
+            "`git checkout data/`, or point RELKD_DATA_DIR at a folder holding it and its "
+            'SHA256SUMS. Alternatively use load_fashion_mnist("full") or ("download").'
+        )
+    verify_sha256(path)
+    with np.load(path, allow_pickle=False) as npz:
+        return (
+            _fashion_imageset(
+                npz["train_images"], npz["train_labels"], "fashion_mnist_subset/train"
+            ),
+            _fashion_imageset(npz["test_images"], npz["test_labels"], "fashion_mnist_subset/test"),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-100
+# ---------------------------------------------------------------------------------------------
+
+
+def load_cifar100(
+    root: str | Path | None = None,
+    download: bool = False,
+    *,
+    dataset_class: type | None = None,
+) -> tuple[ImageSet, ImageSet]:
+    """CIFAR-100 as ``(train, test)`` :class:`ImageSet` s of ``(N, 3, 32, 32)`` uint8 images.
+
+    Reads torchvision's copy (``root/cifar-100-python/{train,test,meta}``, md5-checked by
+    torchvision) with the 100 fine labels and their names from ``meta``; channels are R, G, B.
+    Normalisation: the RepDistiller constants :data:`CIFAR100_MEAN` / :data:`CIFAR100_STD`.
+
+    Args:
+        root: the folder holding ``cifar-100-python/`` (default ``~/.cache/relkd_tutorial``).
+        download: let torchvision download the archive (needs internet).
+        dataset_class: the dataset class to read with (default
+            ``torchvision.datasets.CIFAR100``); a subclass lets tests use small fake files.
+
+    Raises:
+        FileNotFoundError: files missing or failing torchvision's md5 check, with what to do.
+    """
+    if dataset_class is None:
+        from torchvision.datasets import CIFAR100  # lazy: only this path needs torchvision
+
+        dataset_class = CIFAR100
+    root = Path(root) if root is not None else Path.home() / ".cache" / "relkd_tutorial"
+    sets = []
+    for split, train in (("train", True), ("test", False)):
+        try:
+            ds = dataset_class(str(root), train=train, download=download)
+        except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
+            raise FileNotFoundError(
+                f"CIFAR-100 was not found, or failed its md5 check, under {root}/cifar-100-python "
+                f"({err}). Pass download=True on a machine with internet, or extract "
+                "cifar-100-python.tar.gz (www.cs.toronto.edu/~kriz/cifar.html) into root."
+            ) from err
+        images = torch.as_tensor(np.asarray(ds.data, dtype=np.uint8))  # (N, 32, 32, 3)
+        sets.append(
+            ImageSet(
+                images=images.permute(0, 3, 1, 2).contiguous(),  # (N, 3, 32, 32)
+                labels=torch.as_tensor(ds.targets, dtype=torch.int64),
+                class_names=list(ds.classes),
+                name=f"cifar100/{split}",
+                mean=CIFAR100_MEAN,
+                std=CIFAR100_STD,
+            )
+        )
+    return sets[0], sets[1]

@@ -1,0 +1,165 @@
+"""The in-memory data set (:class:`ImageSet`) and the :class:`Batch` every loader yields."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """One training batch, as every loader in this package yields it."""
+
+    x: Tensor  # (B, C, H, W) float, normalised, on the training device
+    y: Tensor  # (B,) int64; -1 marks an unlabelled image
+    index: Tensor  # (B,) int64, each image's position in its data set (keys teacher caches)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageSet
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, repr=False)
+class ImageSet:
+    """A whole image data set in memory.
+
+    Attributes:
+        images: ``(N, C, H, W)`` ``uint8`` pixels, 0..255.
+        labels: ``(N,)`` ``int64`` labels in ``[-1, K)``; ``-1`` marks an unlabelled image.
+        class_names: the ``K`` class names, in label order.
+        name: a short identifier (shown in reprs; usable as a cache key).
+        mean, std: per-channel normalisation constants on the [0, 1] scale (``C`` entries each),
+            used by :class:`TensorLoader` unless it is given others. ``None`` if unknown.
+        original_classes: after :func:`select_classes`, the original class id of each label
+            (``K`` entries); ``None`` when labels are the data set's own ids.
+    """
+
+    images: Tensor
+    labels: Tensor
+    class_names: list[str]
+    name: str = "images"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    original_classes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, Tensor) or self.images.dtype != torch.uint8:
+            raise TypeError(
+                "images must be a uint8 torch.Tensor of shape (N, C, H, W), got "
+                f"{getattr(self.images, 'dtype', type(self.images).__name__)}"
+            )
+        if self.images.dim() != 4:
+            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}")
+        n = self.images.shape[0]
+        if not isinstance(self.labels, Tensor) or self.labels.dtype != torch.int64:
+            raise TypeError(
+                f"labels must be an int64 torch.Tensor of shape ({n},), got "
+                f"{getattr(self.labels, 'dtype', type(self.labels).__name__)}"
+            )
+        if self.labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(self.labels.shape)}")
+        self.class_names = [str(c) for c in self.class_names]
+        k = len(self.class_names)
+        if k == 0:
+            raise ValueError("class_names must name at least one class")
+        if n and (int(self.labels.min()) < -1 or int(self.labels.max()) >= k):
+            raise ValueError(
+                f"labels must lie in [-1, {k}) for {k} classes, got values in "
+                f"[{int(self.labels.min())}, {int(self.labels.max())}]"
+            )
+        channels = self.images.shape[1]
+        for field in ("mean", "std"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            value = tuple(float(v) for v in value)
+            if len(value) != channels:
+                raise ValueError(
+                    f"{field} must have one entry per channel ({channels}), got {len(value)}"
+                )
+            setattr(self, field, value)
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.original_classes is not None:
+            self.original_classes = tuple(int(c) for c in self.original_classes)
+            if len(self.original_classes) != k:
+                raise ValueError(
+                    f"original_classes must have one entry per class ({k}), "
+                    f"got {len(self.original_classes)}"
+                )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        n, c, h, w = self.images.shape
+        labelled = int((self.labels >= 0).sum())
+        return (
+            f"ImageSet(name={self.name!r}, images=({n}, {c}, {h}, {w}) uint8 on "
+            f"{self.images.device}, classes={self.num_classes}, labelled={labelled}/{n})"
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """``K``, the number of classes."""
+        return len(self.class_names)
+
+    def _replace(self, **changes: Any) -> ImageSet:
+        fields = {
+            "images": self.images,
+            "labels": self.labels,
+            "class_names": list(self.class_names),
+            "name": self.name,
+            "mean": self.mean,
+            "std": self.std,
+            "original_classes": self.original_classes,
+        }
+        fields.update(changes)
+        return ImageSet(**fields)
+
+    def subset(self, indices: Tensor | Sequence[int]) -> ImageSet:
+        """The images at ``indices`` (an index list/tensor or a boolean mask), in that order."""
+        idx = torch.as_tensor(indices, device=self.images.device)
+        if idx.dtype == torch.bool:
+            if idx.shape != (len(self),):
+                raise ValueError(
+                    f"a boolean mask must have shape ({len(self)},), got {tuple(idx.shape)}"
+                )
+        elif idx.dtype != torch.int64 or idx.dim() != 1:
+            raise TypeError(f"indices must be a 1-D int64 or bool tensor, got {idx.dtype}")
+        return self._replace(images=self.images[idx], labels=self.labels[idx])
+
+    def with_labels(self, labels: Tensor) -> ImageSet:
+        """The same images with other labels (e.g. ``-1`` for images made unlabelled)."""
+        return self._replace(labels=labels)
+
+    def to(self, device: str | torch.device) -> ImageSet:
+        """A copy with images and labels on ``device``."""
+        return self._replace(images=self.images.to(device), labels=self.labels.to(device))
+
+    def class_counts(self) -> Tensor:
+        """``(K,)`` number of labelled images per class (unlabelled ``-1`` images not counted)."""
+        labelled = self.labels[self.labels >= 0]
+        return torch.bincount(labelled, minlength=self.num_classes).cpu()
+
+    def pixel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and (population) std of the pixels on the [0, 1] scale.
+
+        Computed from exact integer sums ``S1 = sum u``, ``S2 = sum u^2`` over chunks of images:
+        ``mean = S1 / (255 M)``, ``var = S2 / (255^2 M) - mean^2`` with ``M`` pixels per channel.
+        """
+        s1 = torch.zeros(self.images.shape[1], dtype=torch.int64, device=self.images.device)
+        s2 = torch.zeros_like(s1)
+        for chunk in self.images.split(4096):  # (<=4096, C, H, W)
+            wide = chunk.to(torch.int64)
+            s1 += wide.sum(dim=(0, 2, 3))
+            s2 += (wide * wide).sum(dim=(0, 2, 3))
+        m = self.images.numel() // self.images.shape[1]
+        mean = s1.double().cpu() / (255.0 * m)  # (C,)
+        var = s2.double().cpu() / (255.0**2 * m) - mean**2  # (C,)
+        return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())

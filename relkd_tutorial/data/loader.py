@@ -1,0 +1,319 @@
+"""Batch transforms (pure functions) and the on-device :class:`TensorLoader`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import check_non_negative_int, check_positive_int
+from .imageset import Batch, ImageSet
+
+# ---------------------------------------------------------------------------------------------
+# Batch transforms (pure functions) and the on-device loader
+# ---------------------------------------------------------------------------------------------
+
+
+def crop_and_flip(images: Tensor, padding: int, offsets: Tensor, flip: Tensor) -> Tensor:
+    """Padded crop and horizontal flip of a whole batch, with no loop over samples.
+
+    Sample ``b`` is zero-padded by ``padding`` pixels on every side, cropped back to ``H x W``
+    starting at row ``offsets[b, 0]`` and column ``offsets[b, 1]`` (each in ``[0, 2 padding]``;
+    ``(padding, padding)`` is the identity), then mirrored left-right if ``flip[b]``. This is
+    torchvision's ``RandomCrop(size, padding)`` (fill 0) followed by ``RandomHorizontalFlip``, with
+    the random draws made by the caller.
+
+    Args:
+        images: ``(B, C, H, W)`` any dtype (uint8 in the loader).
+        padding: pixels of zero padding per side, ``>= 0``.
+        offsets: ``(B, 2)`` int64 top-left corners in the padded image.
+        flip: ``(B,)`` bool.
+
+    Returns:
+        ``(B, C, H, W)``, same dtype and device as ``images``.
+    """
+    b, _, h, w = images.shape
+    if offsets.shape != (b, 2) or flip.shape != (b,):
+        raise ValueError(
+            f"offsets must be ({b}, 2) and flip ({b},), got {tuple(offsets.shape)} and "
+            f"{tuple(flip.shape)}"
+        )
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
+    return crop_and_flip_padded(padded, (h, w), offsets, flip)
+
+
+def crop_and_flip_padded(
+    padded: Tensor, size: tuple[int, int], offsets: Tensor, flip: Tensor
+) -> Tensor:
+    """:func:`crop_and_flip` on images that are already padded (the loader pads once, up front).
+
+    The crop and the flip are one ``gather``: output pixel ``(h, w)`` of sample ``b`` reads
+    padded pixel ``(offsets[b, 0] + h, offsets[b, 1] + w')``, with ``w' = W - 1 - w`` if
+    ``flip[b]`` else ``w``.
+
+    Args:
+        padded: ``(B, C, H + 2p, W + 2p)``.
+        size: the output ``(H, W)``.
+        offsets: ``(B, 2)`` int64 top-left corners, in ``[0, 2p]``.
+        flip: ``(B,)`` bool.
+    """
+    b, c, hp, wp = padded.shape
+    h, w = size
+    dev = padded.device
+    cols = torch.arange(w, device=dev)  # (W,)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + offsets[:, 1:2]  # (B, W)
+    rows = torch.arange(h, device=dev) + offsets[:, 0:1]  # (B, H)
+    flat = rows[:, :, None] * wp + cols[:, None, :]  # (B, H, W) positions in the padded image
+    flat = flat.reshape(b, 1, h * w).expand(b, c, h * w)  # (B, C, H*W)
+    out = padded.reshape(b, c, hp * wp).gather(2, flat)  # (B, C, H*W)
+    return out.reshape(b, c, h, w)
+
+
+def normalization_affine(
+    mean: Sequence[float], std: Sequence[float], device: str | torch.device | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)``, each ``(1, C, 1, 1)`` float32, with ``u * scale + shift = (u/255 - mean)/std``.
+
+    ``scale = 1 / (255 std_c)`` and ``shift = -mean_c / std_c``: one multiply and one add per pixel
+    turns ``uint8`` pixels ``u`` into normalised floats.
+    """
+    c = len(mean)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    return 1.0 / (255.0 * std_t), -mean_t / std_t
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``x = (u / 255 - mean_c) / std_c`` per channel ``c``, in float32.
+
+    Args:
+        images: ``(B, C, H, W)`` pixels ``u`` on the 0..255 scale (uint8 or float).
+        mean, std: ``C`` entries each, on the [0, 1] scale.
+    """
+    if len(mean) != images.shape[1] or len(std) != images.shape[1]:
+        raise ValueError(
+            f"mean and std need one entry per channel ({images.shape[1]}), got {len(mean)} "
+            f"and {len(std)}"
+        )
+    scale, shift = normalization_affine(mean, std, images.device)
+    return images.float().mul_(scale).add_(shift)  # (B, C, H, W)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator whose state is a pure function of ``(seed, epoch)``.
+
+    ``numpy.random.SeedSequence`` mixes the pair into one 64-bit seed, so nearby pairs such as
+    ``(0, 1)`` and ``(1, 0)`` give unrelated streams.
+    """
+    state = np.random.SeedSequence(
+        [check_non_negative_int("seed", seed), check_non_negative_int("epoch", epoch)]
+    ).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class TensorLoader:
+    """Batches of a whole :class:`ImageSet` held on the training device as one uint8 tensor.
+
+    Each pass yields :class:`Batch` ``(x, y, index)``: ``x`` float32 ``(B, C, H, W)`` normalised
+    (optionally ``channels_last``), ``y`` the labels and ``index`` the images' positions in
+    ``data``, so ``x`` is exactly ``normalize(augment(data.images[index]))``.
+
+    Randomness. All draws of an epoch come from a CPU generator seeded by ``(seed, epoch)``
+    (:func:`epoch_generator`): first the order (``randperm(N)``), then for every position of that
+    order a crop offset and a flip. So an epoch's batches are a pure function of
+    ``(seed, epoch)``, identical on CPU and GPU, and resuming at epoch ``e`` (``set_epoch(e)``)
+    replays the run exactly. As with ``DistributedSampler``, ``set_epoch`` chooses the epoch;
+    unlike it, each ``iter()`` uses the current epoch and advances it by one, so a loop that
+    never calls ``set_epoch`` still sees a new order every epoch.
+
+    Augmentation (training only): zero-padded random crop and random horizontal flip
+    (:func:`crop_and_flip`), the RepDistiller CIFAR recipe (padding 4, choice kept for
+    Fashion-MNIST; horizontal mirroring keeps a garment a garment). The set is zero-padded once,
+    at construction, so a batch costs one index and one gather (memory: ``(H+2p)(W+2p)`` bytes
+    per image and channel instead of ``HW``). Turn off with ``augment=False``;
+    :meth:`for_evaluation` builds the unshuffled, unaugmented loader.
+
+    Distributed use: with ``world_size > 1`` every rank iterates the same global batches of
+    ``batch_size`` images and keeps its contiguous slice (``batch_size / world_size`` images);
+    together the ranks see exactly the single-process batch, augmentation included. Every rank
+    yields the same number of batches. With ``drop_last=False`` the last, short batch is split
+    as ``torch.tensor_split`` does (sizes differ by at most one; a rank may get none): use
+    ``drop_last=True`` for DDP training.
+
+    Args:
+        data: the images; moved to ``device`` once.
+        batch_size: global batch size ``B``.
+        shuffle: a new random order each epoch (else the data set's order).
+        augment: apply crop and flip (as configured below).
+        crop_padding: padding of the random crop in pixels (0 = no crop).
+        flip: random horizontal flip with probability 1/2.
+        drop_last: drop the last batch if it is shorter than ``batch_size``.
+        seed: base seed of the epoch generators.
+        device: where batches live (default: where ``data`` is).
+        channels_last: return ``x`` in ``torch.channels_last`` memory format.
+        mean, std: normalisation constants (default: ``data.mean`` / ``data.std``).
+        rank, world_size: this process's shard (see above).
+    """
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        augment: bool = True,
+        crop_padding: int = 4,
+        flip: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        channels_last: bool = False,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not isinstance(data, ImageSet):
+            raise TypeError(f"data must be an ImageSet, got {type(data).__name__}")
+        self.batch_size = check_positive_int("batch_size", batch_size)
+        self.world_size = check_positive_int("world_size", world_size)
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size={batch_size} must be divisible by world_size={world_size} "
+                "(each rank takes an equal slice of every global batch)"
+            )
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+            raise ValueError(f"crop_padding must be an int >= 0, got {crop_padding!r}")
+        mean = data.mean if mean is None else tuple(float(m) for m in mean)
+        std = data.std if std is None else tuple(float(s) for s in std)
+        channels = data.images.shape[1]
+        if mean is None or std is None:
+            raise ValueError(
+                f"{data.name} has no normalisation constants: pass mean= and std= "
+                "(e.g. from data.pixel_stats())"
+            )
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(
+                f"mean and std need {channels} entries (std > 0), got {mean} and {std}"
+            )
+        self.dataset = data
+        self.device = torch.device(device) if device is not None else data.images.device
+        self.labels = data.labels.to(self.device)  # (N,)
+        self.shuffle = bool(shuffle)
+        self.crop_padding = p = crop_padding if augment else 0
+        self.image_size = tuple(data.images.shape[2:])  # (H, W)
+        # The whole set, zero-padded once for the random crop: (N, C, H + 2p, W + 2p) uint8
+        pixels = data.images.to(self.device)
+        self._pixels = F.pad(pixels, (p, p, p, p)) if p else pixels
+        self.flip = bool(flip) and bool(augment)
+        self.drop_last = bool(drop_last)
+        self.seed = check_non_negative_int("seed", seed)
+        self.channels_last = bool(channels_last)
+        self.mean, self.std = mean, std
+        self.rank = rank
+        self.epoch = 0
+        self._scale, self._shift = normalization_affine(mean, std, self.device)  # (1, C, 1, 1)
+
+    @classmethod
+    def for_evaluation(
+        cls,
+        data: ImageSet,
+        batch_size: int = 1000,
+        *,
+        device: str | torch.device | None = None,
+        channels_last: bool = False,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> TensorLoader:
+        """The evaluation loader: data set order, no augmentation, every image exactly once."""
+        return cls(
+            data,
+            batch_size,
+            shuffle=False,
+            augment=False,
+            drop_last=False,
+            device=device,
+            channels_last=channels_last,
+            mean=mean,
+            std=std,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    @property
+    def augments(self) -> bool:
+        """Whether batches are randomly cropped or flipped."""
+        return self.crop_padding > 0 or self.flip
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order and augmentation the next ``iter()`` produces."""
+        self.epoch = check_non_negative_int("epoch", epoch)
+
+    def __len__(self) -> int:
+        """Batches per epoch (the same on every rank)."""
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch = epoch + 1
+        return self._batches(epoch)
+
+    def epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The draws of one epoch, on the CPU: ``(order (N,), offsets (N, 2), flip (N,))``.
+
+        ``order`` is the sequence of image indices; ``offsets[i]`` and ``flip[i]`` augment the
+        image at position ``i`` of that sequence. Without augmentation offsets are the identity
+        crop and flips are all ``False``.
+        """
+        n, p = len(self.labels), self.crop_padding
+        generator = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        if p > 0:
+            offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=generator)
+        else:
+            offsets = torch.zeros(n, 2, dtype=torch.int64)
+        if self.flip:
+            flips = torch.randint(0, 2, (n,), generator=generator).bool()
+        else:
+            flips = torch.zeros(n, dtype=torch.bool)
+        return order, offsets, flips
+
+    def _rank_slice(self, start: int, stop: int) -> tuple[int, int]:
+        """This rank's contiguous part of the global batch ``[start, stop)`` (tensor_split rule)."""
+        size, w, r = stop - start, self.world_size, self.rank
+        base, extra = divmod(size, w)
+        lo = start + r * base + min(r, extra)
+        return lo, lo + base + (1 if r < extra else 0)
+
+    def _batches(self, epoch: int) -> Iterator[Batch]:
+        order, offsets, flips = (t.to(self.device) for t in self.epoch_plan(epoch))
+        n = len(self.labels)
+        for b in range(len(self)):
+            lo, hi = self._rank_slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
+            index = order[lo:hi]  # (B_r,)
+            images = self._pixels[index]  # (B_r, C, H + 2p, W + 2p) uint8
+            if self.augments:
+                images = crop_and_flip_padded(images, self.image_size, offsets[lo:hi], flips[lo:hi])
+            # normalize(): (u / 255 - mean) / std as one multiply and one add, (B_r, C, H, W)
+            x = images.float().mul_(self._scale).add_(self._shift)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield Batch(x=x, y=self.labels[index], index=index)
+
+    def __repr__(self) -> str:
+        return (
+            f"TensorLoader({self.dataset.name!r}, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, crop_padding={self.crop_padding}, flip={self.flip}, "
+            f"drop_last={self.drop_last}, seed={self.seed}, device={self.device}, "
+            f"batches={len(self)})"
+        )
