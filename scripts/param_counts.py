@@ -1,11 +1,14 @@
 """Print a Markdown table of every model: input, parameters, feature width.
 
-    python scripts/param_counts.py                 # the table (a few seconds)
-    python scripts/param_counts.py --throughput    # + training img/s of the CPU nets
+    python scripts/param_counts.py                          # the table (a few seconds)
+    python scripts/param_counts.py --throughput --threads 2  # + training img/s of the CPU nets
 
 ``--throughput`` times forward + backward + SGD step on random 28x28x1 batches of 128 (after a
 warm-up), with and without ``channels_last``, and reports the median of ``--repeats`` timings.
-Other processes on the machine change these numbers: run it on an idle machine.
+It also times whole epochs of :func:`relkd_tutorial.train.fit` (cross-entropy, batch 128) over
+2,048 augmented Fashion-MNIST images from the package's :class:`TensorLoader`, so the loop's and
+the loader's overhead show. Other processes on the machine change these numbers: run it on an
+idle machine (check ``uptime``) and report the load with the numbers.
 """
 
 from __future__ import annotations
@@ -67,6 +70,27 @@ def train_throughput(name: str, channels_last: bool, steps: int, repeats: int) -
     return statistics.median(rates)
 
 
+def fit_throughput(name: str, channels_last: bool, repeats: int) -> float:
+    """Median training images/s of ``fit`` epochs (after a first, warm-up epoch)."""
+    from relkd_tutorial.data import TensorLoader, load_fashion_mnist
+    from relkd_tutorial.methods import CrossEntropy
+    from relkd_tutorial.train import TrainConfig, fit
+
+    train_set, _ = load_fashion_mnist()
+    images = train_set.subset(torch.arange(2048))
+    loader = TensorLoader(images, 128, augment=True, channels_last=channels_last, seed=0)
+    model = build_model(name, num_classes=10, in_channels=1, seed=0)
+    config = TrainConfig(
+        epochs=repeats + 1,
+        schedule="constant",
+        device="cpu",
+        channels_last=channels_last,
+        progress=False,
+    )
+    history = fit(model, CrossEntropy(), loader, config)
+    return statistics.median(len(images) / r["seconds"] for r in history[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--throughput", action="store_true", help="also time the CPU nets")
@@ -82,13 +106,20 @@ def main() -> None:
             f"training img/s, 28x28x1, batch 128, {torch.get_num_threads()} threads, median of {args.repeats}"
         )
         print()
-        print("| model | contiguous | channels_last |")
-        print("|---|---|---|")
+        print(
+            "| model | step, contiguous | step, channels_last "
+            "| fit() epoch, contiguous | fit() epoch, channels_last |"
+        )
+        print("|---|---|---|---|---|")
         for name in CPU_MODEL_NAMES:
             steps = 5 if name == "teacher_cnn" else 20
-            a = train_throughput(name, False, steps, args.repeats)
-            b = train_throughput(name, True, steps, args.repeats)
-            print(f"| `{name}` | {a:,.0f} | {b:,.0f} |")
+            rates = [
+                train_throughput(name, False, steps, args.repeats),
+                train_throughput(name, True, steps, args.repeats),
+                fit_throughput(name, False, args.repeats),
+                fit_throughput(name, True, args.repeats),
+            ]
+            print(f"| `{name}` | " + " | ".join(f"{r:,.0f}" for r in rates) + " |")
 
 
 if __name__ == "__main__":
