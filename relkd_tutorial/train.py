@@ -828,45 +828,44 @@ def _train_one_epoch(
     # The bar is advanced by hand and never given the loader: tqdm.auto's class calls iter() on
     # an iterable it wraps, which would start a second pass (a DataLoader's workers, a
     # TensorLoader's epoch counter, a draw from the global RNG) for every epoch.
-    bar = tqdm(total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
     steps = 0
-    for steps, item in enumerate(loader, start=1):
-        batch = as_batch(item, device)
-        features, logits = student_forward(
-            forward_model, batch.x, channels_last=config.channels_last, autocast_dtype=dtype
-        )
-        t_feat = t_logits = None
-        if method.needs_teacher:
-            assert teacher is not None
-            t_feat, t_logits = teacher_outputs(
-                teacher, batch, channels_last=config.channels_last, autocast_dtype=dtype
+    with tqdm(total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True) as bar:
+        for steps, item in enumerate(loader, start=1):
+            batch = as_batch(item, device)
+            features, logits = student_forward(
+                forward_model, batch.x, channels_last=config.channels_last, autocast_dtype=dtype
             )
-        inputs = make_step_inputs(features, logits, batch, t_feat, t_logits)
-        terms = method.loss_terms(inputs)
-        if "loss" not in terms:
-            raise KeyError(
-                f"{type(method).__name__}.loss_terms must return a dict with a 'loss' entry"
-            )
+            t_feat = t_logits = None
+            if method.needs_teacher:
+                assert teacher is not None
+                t_feat, t_logits = teacher_outputs(
+                    teacher, batch, channels_last=config.channels_last, autocast_dtype=dtype
+                )
+            inputs = make_step_inputs(features, logits, batch, t_feat, t_logits)
+            terms = method.loss_terms(inputs)
+            if "loss" not in terms:
+                raise KeyError(
+                    f"{type(method).__name__}.loss_terms must return a dict with a 'loss' entry"
+                )
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(terms["loss"]).backward()
-        if config.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        method.after_step(inputs)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms["loss"]).backward()
+            if config.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            method.after_step(inputs)
 
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + value.detach().float()
-            counts[name] = counts.get(name, 0) + 1
-        keep = batch.y >= 0  # (B,) labelled samples
-        correct += (logits.detach().argmax(dim=1) == batch.y)[keep].sum()
-        labelled += keep.sum()
-        bar.update(1)
-        if show and steps % config.log_every == 0:
-            bar.set_postfix({k: f"{float(v) / counts[k]:.4g}" for k, v in sums.items()})
-    bar.close()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.detach().float()
+                counts[name] = counts.get(name, 0) + 1
+            keep = batch.y >= 0  # (B,) labelled samples
+            correct += (logits.detach().argmax(dim=1) == batch.y)[keep].sum()
+            labelled += keep.sum()
+            bar.update(1)
+            if show and steps % config.log_every == 0:
+                bar.set_postfix({k: f"{float(v) / counts[k]:.4g}" for k, v in sums.items()})
     if steps == 0:
         raise ValueError("the training loader yielded no batch")
 
