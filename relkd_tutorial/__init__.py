@@ -34,6 +34,27 @@ from .methods import (
     build_method,
     supervised_cross_entropy,
 )
+from .metrics import (
+    FASHION_MNIST_GROUPS,
+    accuracy,
+    collect_outputs,
+    confusion_matrix,
+    distance_matrix_correlation,
+    group_accuracy,
+    kendall_tau,
+    per_class_accuracy,
+)
+from .models import MODEL_NAMES, available_models, build_model, count_parameters
+from .teacher import IndexedDataset, TeacherCache, teacher_outputs
+from .train import (
+    TrainConfig,
+    evaluate,
+    fit,
+    load_checkpoint,
+    resolve_device,
+    seed_everything,
+    seeded,
+)
 
 __version__ = "0.1.0"
 
@@ -56,6 +77,32 @@ __all__ = [
     "sample_per_class",
     "select_classes",
     "split_validation",
+    # models
+    "MODEL_NAMES",
+    "available_models",
+    "build_model",
+    "count_parameters",
+    # teacher outputs
+    "IndexedDataset",
+    "TeacherCache",
+    "teacher_outputs",
+    # training loop
+    "TrainConfig",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "resolve_device",
+    "seed_everything",
+    "seeded",
+    # metrics
+    "FASHION_MNIST_GROUPS",
+    "accuracy",
+    "collect_outputs",
+    "confusion_matrix",
+    "distance_matrix_correlation",
+    "group_accuracy",
+    "kendall_tau",
+    "per_class_accuracy",
     # methods and checks
     "CrossEntropy",
     "Method",

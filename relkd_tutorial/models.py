@@ -1,0 +1,287 @@
+"""Teacher and student networks. Every model returns ``(features, logits)``.
+
+The contract every loss and the training loop rely on (DESIGN.md §1):
+
+- ``features``: ``(B, D)``, the *pooled penultimate* activations: the last feature map after its
+  last ReLU (BN-ReLU for the pre-activation WRN), globally average-pooled and flattened;
+- ``logits``: ``(B, num_classes)`` = ``model.fc(features)``, a single linear layer;
+- ``model.feature_dim == D`` and ``model.num_classes``.
+
+Two families:
+
+- **CPU-sized nets** for 28x28x1 (Fashion-MNIST) and 32x32x3 inputs: ``teacher_cnn`` (~0.29M
+  parameters, a VGG-style net with BN) and the students ``student_cnn_s`` (~6k) and
+  ``student_cnn_m`` (~24k), 3-conv nets that train at thousands of images per second on a laptop.
+- **The standard CIFAR benchmark nets** of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020):
+  ``resnet8x4``, ``resnet32x4`` (post-activation CIFAR ResNet, He et al. 2016) and ``wrn_16_2``,
+  ``wrn_40_2`` (pre-activation Wide ResNet, Zagoruyko & Komodakis 2016), built from their
+  published descriptions. Their parameter counts for 100 classes (1.23M, 7.43M, 0.70M, 2.26M) are
+  tested. They are for GPUs: on a 2-core CPU one epoch of CIFAR-100 takes 13-55 minutes.
+
+Pooling is *global* average pooling (``adaptive_avg_pool2d(., 1)``) everywhere; for 32x32 inputs
+it is exactly the 8x8 average pool of the original CIFAR nets, and it lets every net accept
+28x28 and other sizes too (choice).
+
+Initialisation (choice, the usual one for ReLU nets): Kaiming-normal convolutions (fan-out),
+BN weight 1 / bias 0, PyTorch's default for the linear classifier. Seed it with
+``build_model(..., seed=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class FeatureClassifier(nn.Module):
+    """Base class: a feature extractor ``body`` followed by one linear layer ``fc``.
+
+    Subclasses build ``self.body`` (image -> last feature map, after its last ReLU) and set
+    ``feature_dim``; ``forward`` pools, flattens and classifies, so that ``logits == fc(features)``
+    holds by construction.
+    """
+
+    feature_dim: int
+    num_classes: int
+
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.body = body
+        self.feature_dim = int(feature_dim)
+        self.num_classes = int(num_classes)
+        self.fc = nn.Linear(feature_dim, num_classes)
+        _init_weights(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, C_in, H, W)`` images -> ``(B, D)`` pooled penultimate features."""
+        fmap = self.body(x)  # (B, D, h, w), after the last ReLU
+        return F.adaptive_avg_pool2d(fmap, 1).flatten(1)  # (B, D)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, C_in, H, W)`` -> ``(features (B, D), logits (B, num_classes))``."""
+        features = self.forward_features(x)  # (B, D)
+        return features, self.fc(features)  # (B, D), (B, num_classes)
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution (no bias: BN follows), batch norm, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CPU-sized nets
+# --------------------------------------------------------------------------------------------
+
+
+class PlainCNN(FeatureClassifier):
+    """A VGG-style stack: groups of 3x3 conv-BN-ReLU layers, 2x2 max-pool between groups.
+
+    ``widths`` lists one tuple of channel counts per group, e.g. ``((8,), (16,), (32,))`` is three
+    single-conv groups. The feature is the last group's output (after its ReLU), globally
+    average-pooled: ``D = widths[-1][-1]``. For 28x28 inputs and three groups the last map is 7x7.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[tuple[int, ...], ...],
+        num_classes: int = 10,
+        in_channels: int = 1,
+    ) -> None:
+        layers: list[nn.Module] = []
+        c = in_channels
+        for g, group in enumerate(widths):
+            if g > 0:
+                layers.append(nn.MaxPool2d(2))  # halve the resolution between groups
+            for width in group:
+                layers.append(conv_bn_relu(c, width))
+                c = width
+        super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
+
+
+TEACHER_CNN_WIDTHS = ((32, 32), (64, 64), (128, 128))
+STUDENT_CNN_S_WIDTHS = ((8,), (16,), (32,))
+STUDENT_CNN_M_WIDTHS = ((16,), (32,), (64,))
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR ResNet (post-activation BasicBlock), RepDistiller's resnet8x4 / resnet32x4
+# --------------------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """Post-activation residual block: ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``.
+
+    The shortcut is the identity, or a 1x1 conv + BN when the stride or width changes.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(FeatureClassifier):
+    """CIFAR ResNet of depth ``6n + 2`` (He et al. 2016, §4.2; RepDistiller ``resnetD``).
+
+    Stem: 3x3 conv to ``stem`` channels + BN + ReLU. Three stages of ``n`` BasicBlocks with widths
+    ``widths`` and strides 1, 2, 2. Feature: the last block's output (after its ReLU), pooled:
+    ``D = widths[-1]``. ``resnet8x4``: n=1, stem 32, widths (64, 128, 256); ``resnet32x4``: n=5.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        stem: int = 32,
+        widths: tuple[int, int, int] = (64, 128, 256),
+        num_classes: int = 100,
+        in_channels: int = 3,
+    ) -> None:
+        if (depth - 2) % 6 != 0:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
+        n = (depth - 2) // 6
+        layers: list[nn.Module] = [conv_bn_relu(in_channels, stem)]
+        c = stem
+        for s, width in enumerate(widths):
+            for b in range(n):
+                stride = 2 if (s > 0 and b == 0) else 1
+                layers.append(BasicBlock(c, width, stride))
+                c = width
+        super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# Wide ResNet (pre-activation), RepDistiller's wrn_16_2 / wrn_40_2
+# --------------------------------------------------------------------------------------------
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation block: ``conv(relu(bn(conv(relu(bn(x)))))) + shortcut``.
+
+    When the width or stride changes, the shortcut is a 1x1 conv applied to the pre-activated
+    input ``relu(bn(x))`` (He et al. 2016b, "Identity mappings"); otherwise it is ``x`` itself.
+    Dropout is 0, as in the benchmark, so it is omitted.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = F.relu(self.bn1(x))
+        out = self.conv1(pre)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + (x if self.shortcut is None else self.shortcut(pre))
+
+
+class WideResNet(FeatureClassifier):
+    """WRN-``depth``-``k`` (Zagoruyko & Komodakis 2016), ``n = (depth - 4) / 6`` blocks per stage.
+
+    Stem: 3x3 conv to 16 channels. Stages of widths ``16k, 32k, 64k`` with strides 1, 2, 2. The
+    final BN-ReLU belongs to the body, so the feature is post-activation: ``D = 64k``.
+    """
+
+    def __init__(self, depth: int, k: int, num_classes: int = 100, in_channels: int = 3) -> None:
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+        n = (depth - 4) // 6
+        widths = (16 * k, 32 * k, 64 * k)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)]
+        c = 16
+        for s, width in enumerate(widths):
+            for b in range(n):
+                stride = 2 if (s > 0 and b == 0) else 1
+                layers.append(PreActBlock(c, width, stride))
+                c = width
+        layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]  # final BN-ReLU
+        super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
+
+
+# --------------------------------------------------------------------------------------------
+# Factory
+# --------------------------------------------------------------------------------------------
+
+_BUILDERS: dict[str, Callable[[int, int], FeatureClassifier]] = {
+    "teacher_cnn": lambda c, i: PlainCNN(TEACHER_CNN_WIDTHS, c, i),
+    "student_cnn_s": lambda c, i: PlainCNN(STUDENT_CNN_S_WIDTHS, c, i),
+    "student_cnn_m": lambda c, i: PlainCNN(STUDENT_CNN_M_WIDTHS, c, i),
+    "resnet8x4": lambda c, i: CifarResNet(8, 32, (64, 128, 256), c, i),
+    "resnet32x4": lambda c, i: CifarResNet(32, 32, (64, 128, 256), c, i),
+    "wrn_16_2": lambda c, i: WideResNet(16, 2, c, i),
+    "wrn_40_2": lambda c, i: WideResNet(40, 2, c, i),
+}
+
+#: Names accepted by :func:`build_model`: the CPU-sized nets first, then the CIFAR benchmark nets.
+MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+CPU_MODEL_NAMES: tuple[str, ...] = ("teacher_cnn", "student_cnn_s", "student_cnn_m")
+CIFAR_MODEL_NAMES: tuple[str, ...] = ("resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_2")
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`build_model`."""
+    return list(MODEL_NAMES)
+
+
+def build_model(
+    name: str, num_classes: int = 10, in_channels: int = 1, seed: int | None = None
+) -> FeatureClassifier:
+    """Build a model by name; ``forward(x)`` returns ``(features (B, D), logits (B, num_classes))``.
+
+    Args:
+        name: one of :data:`MODEL_NAMES`.
+        num_classes: width of the classifier.
+        in_channels: 1 for Fashion-MNIST, 3 for CIFAR-format images.
+        seed: if given, the weights are initialised from ``torch.manual_seed(seed)`` inside a
+            forked RNG, so the result does not depend on (and does not disturb) the global RNG.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+    if seed is None:
+        return _BUILDERS[name](num_classes, in_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _BUILDERS[name](num_classes, in_channels)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of a model."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,295 @@
+"""Teacher outputs: run a frozen teacher live, or look its outputs up in a cache by sample index.
+
+A distillation step needs the teacher's pooled features ``(B, D_T)`` and logits ``(B, C_T)`` for
+the images of the batch. There are two ways to get them, and :func:`teacher_outputs` accepts both:
+
+- **live**: the teacher ``nn.Module`` runs on the (augmented) batch in eval mode under
+  ``torch.no_grad()`` — always correct, costs one teacher forward per step;
+- **cached**: a :class:`TeacherCache` holds the outputs of one pass of the teacher over the
+  *un-augmented* training set, and a batch looks its rows up by ``Batch.index``, each image's
+  position in its data set. This is only correct when the student's batches are not augmented
+  (or the augmentation is meant to be ignored), and it is correct under any shuffling because
+  the key is the sample's index, never its position in the batch or the step number — the bug
+  that made cached logits belong to other images in several public KD repos (notes/peers.md).
+
+The same one pass is what methods with ``needs_setup`` (REFILLED's class centres) receive as
+:class:`~relkd_tutorial.methods.SetupData`: :meth:`TeacherCache.setup_data`.
+
+This module also holds :func:`as_batch`, which turns what any loader yields (a
+:class:`~relkd_tutorial.data.Batch`, or a ``(x, y)`` / ``(x, y, index)`` tuple from a plain
+``DataLoader``) into a ``Batch`` on the training device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import input_checks_enabled
+from .data import Batch
+from .methods import SetupData
+
+
+def as_batch(item: object, device: torch.device | str | None = None) -> Batch:
+    """Adapt one loader item to a :class:`Batch` on ``device``.
+
+    Accepts a ``Batch`` or a tuple/list ``(x, y)`` or ``(x, y, index)`` of tensors. A ``(x, y)``
+    tuple has no sample index: the result's ``index`` is ``None``, which is fine for methods
+    without a teacher cache; looking such a batch up in a :class:`TeacherCache` raises a clear
+    error (wrap the data set in :class:`IndexedDataset` to get indices).
+
+    Labels are converted to ``int64``; ``-1`` keeps meaning "unlabelled".
+    """
+    if isinstance(item, Batch):
+        x, y, index = item.x, item.y, item.index
+    elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+        x, y = item[0], item[1]
+        index = item[2] if len(item) == 3 else None
+    else:
+        raise TypeError(
+            "a loader must yield relkd_tutorial.data.Batch or (x, y) / (x, y, index) tuples, got "
+            f"{type(item).__name__}"
+            + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
+        )
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(
+            f"batch x and y must be tensors, got {type(x).__name__} and {type(y).__name__}"
+        )
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if index is not None:
+            index = torch.as_tensor(index).to(device, non_blocking=True)
+    y = y.long()
+    if index is not None:
+        index = torch.as_tensor(index).long()
+    return Batch(x=x, y=y, index=index)  # type: ignore[arg-type]  # index may be None
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Wrap a map-style data set so that item ``i`` is ``(x, y, i)``: the index keys caches."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[object, object, int]:
+        x, y = self.dataset[i][:2]
+        return x, y, i
+
+
+def split_outputs(out: object, who: str) -> tuple[Tensor, Tensor]:
+    """Check a model's output is ``(features (B, D), logits (B, C))`` and return it."""
+    if (
+        not isinstance(out, (tuple, list))
+        or len(out) != 2
+        or not all(isinstance(t, Tensor) for t in out)
+    ):
+        raise TypeError(
+            f"the {who} must return (features (B, D), logits (B, C)) like the models in "
+            f"relkd_tutorial.models; got {type(out).__name__}"
+        )
+    features, logits = out
+    if features.dim() != 2 or logits.dim() != 2 or features.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"the {who} must return features (B, D) and logits (B, C); got shapes "
+            f"{tuple(features.shape)} and {tuple(logits.shape)}"
+        )
+    return features, logits
+
+
+@dataclass
+class TeacherCache:
+    """The teacher's outputs for every sample of a data set, row ``i`` = sample index ``i``.
+
+    Build it with :meth:`build` (one pass over an un-augmented loader), look rows up with
+    :meth:`lookup`. ``labels`` are the labels the loader yielded (the *student's* labels,
+    ``-1`` = unlabelled), kept so the cache can also serve as :class:`SetupData`.
+    """
+
+    features: Tensor  # (N, D_T) float32
+    logits: Tensor  # (N, C_T) float32
+    labels: Tensor  # (N,) int64
+
+    def __post_init__(self) -> None:
+        n = self.features.shape[0]
+        if self.features.dim() != 2 or self.logits.dim() != 2 or self.labels.dim() != 1:
+            raise ValueError(
+                "TeacherCache needs features (N, D), logits (N, C) and labels (N,), got "
+                f"{tuple(self.features.shape)}, {tuple(self.logits.shape)}, "
+                f"{tuple(self.labels.shape)}"
+            )
+        if self.logits.shape[0] != n or self.labels.shape[0] != n:
+            raise ValueError(
+                f"TeacherCache rows disagree: {n} features, {self.logits.shape[0]} logits, "
+                f"{self.labels.shape[0]} labels"
+            )
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
+    def to(self, device: torch.device | str) -> TeacherCache:
+        """A copy on ``device`` (the tensors are not copied if they are already there)."""
+        return TeacherCache(
+            self.features.to(device), self.logits.to(device), self.labels.to(device)
+        )
+
+    def lookup(self, index: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Rows ``index`` of the cache: ``(features (B, D_T), logits (B, C_T))`` on ``index``'s device.
+
+        With input checks on (the default, see :func:`relkd_tutorial.set_input_checks`) an index
+        outside ``[0, N)`` raises instead of silently wrapping around (``-1`` would be the last row).
+        """
+        if index is None:
+            raise ValueError(
+                "this batch has no sample index, so a TeacherCache cannot look up its outputs; "
+                "yield Batch(x, y, index) or (x, y, index) (e.g. wrap the data set in "
+                "relkd_tutorial.teacher.IndexedDataset)"
+            )
+        if input_checks_enabled() and index.numel():
+            lo, hi = int(index.min()), int(index.max())
+            if lo < 0 or hi >= len(self):
+                raise ValueError(
+                    f"batch index has values in [{lo}, {hi}] but the TeacherCache has {len(self)} "
+                    "rows; was it built on the same data set as this loader?"
+                )
+        rows = index.to(self.device)  # (B,)
+        return self.features[rows].to(index.device), self.logits[rows].to(index.device)
+
+    def setup_data(self) -> SetupData:
+        """The whole cache as the :class:`SetupData` a ``needs_setup`` method receives."""
+        return SetupData(
+            teacher_features=self.features, teacher_logits=self.logits, labels=self.labels
+        )
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"features": self.features, "logits": self.logits, "labels": self.labels}
+
+    def save(self, path: str | Path) -> None:
+        """Save to a file loadable with ``torch.load(..., weights_only=True)``."""
+        torch.save({k: v.cpu() for k, v in self.state_dict().items()}, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TeacherCache:
+        """Load a cache written by :meth:`save`."""
+        state = torch.load(Path(path), map_location=device, weights_only=True)
+        return cls(state["features"], state["logits"], state["labels"])
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        teacher: nn.Module | TeacherCache,
+        loader: Iterable[object],
+        device: torch.device | str | None = None,
+        *,
+        channels_last: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        storage_device: torch.device | str = "cpu",
+    ) -> TeacherCache:
+        """One pass of ``teacher`` over ``loader`` (which should not augment), keyed by index.
+
+        Every index in ``[0, N)`` with ``N = max index + 1`` must occur; a gap raises, because a
+        missing row would otherwise be read as zeros. A repeated index keeps its last output.
+        If ``teacher`` is already a cache, the pass re-keys its rows by this loader's indices
+        and labels (useful to get the labels of a cache that was built elsewhere).
+
+        Args:
+            teacher: the frozen teacher (run in eval mode) or a cache.
+            loader: yields ``Batch`` or ``(x, y, index)``; indices are required.
+            device: where the teacher runs (default: where its parameters are).
+            channels_last: feed the teacher ``channels_last`` images.
+            autocast_dtype: run the teacher under autocast with this dtype (e.g. ``bfloat16``).
+            storage_device: where the cache lives (``"cpu"`` by default; move it with :meth:`to`).
+        """
+        if device is None:
+            device = _module_device(teacher) if isinstance(teacher, nn.Module) else teacher.device
+        device = torch.device(device)
+        chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        for item in loader:
+            batch = as_batch(item, device)
+            if batch.index is None:
+                raise ValueError(
+                    "TeacherCache.build needs sample indices: the loader must yield Batch or "
+                    "(x, y, index) (e.g. wrap the data set in relkd_tutorial.teacher.IndexedDataset)"
+                )
+            f, z = teacher_outputs(
+                teacher, batch, channels_last=channels_last, autocast_dtype=autocast_dtype
+            )
+            to = torch.device(storage_device)
+            chunks.append((batch.index.to(to), f.to(to), z.to(to), batch.y.to(to)))
+        if not chunks:
+            raise ValueError("TeacherCache.build got an empty loader")
+        index = torch.cat([c[0] for c in chunks])  # (N',)
+        feats = torch.cat([c[1] for c in chunks])  # (N', D_T)
+        logits = torch.cat([c[2] for c in chunks])  # (N', C_T)
+        labels = torch.cat([c[3] for c in chunks])  # (N',)
+        if int(index.min()) < 0:
+            raise ValueError(f"sample indices must be >= 0, got {int(index.min())}")
+        n = int(index.max()) + 1
+        filled = torch.zeros(n, dtype=torch.bool, device=index.device)
+        filled[index] = True
+        if not bool(filled.all()):
+            missing = int((~filled).sum())
+            raise ValueError(
+                f"the loader's indices leave {missing} of {n} rows of the cache empty; build the "
+                "cache over the whole data set (indices 0..N-1), un-augmented and without drop_last"
+            )
+        out_f = feats.new_zeros(n, feats.shape[1])  # (N, D_T)
+        out_z = logits.new_zeros(n, logits.shape[1])  # (N, C_T)
+        out_y = labels.new_zeros(n)  # (N,)
+        out_f[index], out_z[index], out_y[index] = feats, logits, labels
+        return cls(out_f, out_z, out_y)
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def teacher_outputs(
+    teacher: nn.Module | TeacherCache,
+    batch: Batch,
+    *,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The teacher's ``(features (B, D_T), logits (B, C_T))`` for a batch, float32, no gradient.
+
+    A cache is looked up by ``batch.index``; a module runs on ``batch.x`` in eval mode (it is
+    switched to eval mode if it is not: a teacher is frozen, and BN must use its running
+    statistics) under ``torch.no_grad()``, optionally under autocast.
+    """
+    if isinstance(teacher, TeacherCache):
+        f, z = teacher.lookup(batch.index)
+        return f.float(), z.float()
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(
+            f"teacher must be an nn.Module or a TeacherCache, got {type(teacher).__name__}"
+        )
+    if teacher.training:
+        teacher.eval()
+    x = batch.x
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(
+        device_type=x.device.type,
+        dtype=autocast_dtype or torch.bfloat16,
+        enabled=autocast_dtype is not None,
+    ):
+        f, z = split_outputs(teacher(x), "teacher")
+    return f.float(), z.float()
