@@ -1,10 +1,31 @@
 """relkd_tutorial: relational knowledge distillation, derived, implemented, tested, benchmarked."""
 
 from ._checks import input_checks, set_input_checks
+from .losses import (
+    GRKDLoss,
+    KDLoss,
+    ListwiseRankLoss,
+    RKDLoss,
+    SoftPairwiseRankLoss,
+    grkd_loss,
+    kd_loss,
+    listwise_rank_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    soft_pairwise_rank_loss,
+)
 from .methods import (
+    GRKD,
+    KD,
+    RKD,
     CrossEntropy,
+    GRKDWithKD,
+    ListwiseRank,
     Method,
+    RKDAngle,
+    RKDDistance,
     SetupData,
+    SoftRank,
     Stage,
     StepInputs,
     available_methods,
@@ -15,6 +36,25 @@ from .methods import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRKD",
+    "GRKDLoss",
+    "GRKDWithKD",
+    "KD",
+    "KDLoss",
+    "ListwiseRank",
+    "ListwiseRankLoss",
+    "RKD",
+    "RKDAngle",
+    "RKDDistance",
+    "RKDLoss",
+    "SoftPairwiseRankLoss",
+    "SoftRank",
+    "grkd_loss",
+    "kd_loss",
+    "listwise_rank_loss",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "soft_pairwise_rank_loss",
     "CrossEntropy",
     "Method",
     "SetupData",
