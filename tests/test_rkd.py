@@ -37,7 +37,7 @@ def _naive_distance_loss(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def _naive_cos(x: torch.Tensor, i: int, j: int, k: int) -> torch.Tensor:
     u, w = x[i] - x[j], x[k] - x[j]
     nu, nw = torch.linalg.vector_norm(u), torch.linalg.vector_norm(w)
-    if float(nu) == 0.0 or float(nw) == 0.0:
+    if float(nu.detach()) == 0.0 or float(nw.detach()) == 0.0:
         return x.new_zeros(())  # degenerate: cosine 0 on both sides (authors' convention)
     return (u / nu) @ (w / nw)
 
