@@ -149,7 +149,7 @@ def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
     """Check a student/teacher logit pair: both floating ``(B, C)``, same shape, same device.
 
     The dtypes may differ (an fp32 teacher cache beside a bf16 student); the losses compute in a
-    common precision (see ``relkd_tutorial.losses._common.loss_dtype``).
+    common precision (see :func:`loss_dtype`).
     """
     s = check_float_tensor("student_logits", student, 2, "(B, C)")
     t = check_float_tensor("teacher_logits", teacher, 2, "(B, C)")
@@ -204,3 +204,41 @@ def check_nonnegative(name: str, value: float) -> float:
     if not (value >= 0) or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Added for the embedding losses (RRD, REFILLED): width checks and full-precision loss math
+# ---------------------------------------------------------------------------------------------
+
+
+def check_same_width(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Check that two tensors have the same last dimension (e.g. embeddings and a queue)."""
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same embedding width, got {a.shape[-1]} and "
+            f"{b.shape[-1]} (shapes {tuple(a.shape)} and {tuple(b.shape)})"
+        )
+
+
+def loss_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype a loss computes in: the widest input dtype, and never below float32.
+
+    Low-precision inputs (a bf16 student next to an fp32 teacher cache) are promoted, because
+    temperatures such as ``1/0.04`` amplify bf16's ~3 significant digits into visible errors in
+    a softmax over thousands of entries.
+    """
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+@contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Disable autocast on ``device`` so the loss math runs in the dtype of its operands.
+
+    Under ``torch.autocast`` a matmul of float32 tensors would silently run in bf16/fp16; the
+    losses cast their inputs with :func:`loss_dtype` and compute inside this context.
+    """
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield

@@ -8,7 +8,7 @@ one implementation of each, tested once against a loop written straight from its
 
 Shapes: ``B`` batch, ``D`` feature width, ``K`` queue length, ``C`` classes.
 
-Two families live here:
+Three families live here:
 
 - **Sample relations** (rows of a ``(B, D)`` embedding): distances, RKD's normalised distances,
   angle cosines, cosine similarities. All of them are computed from the Gram matrix of the
@@ -17,6 +17,8 @@ Two families live here:
   counts, its descending order with tie blocks, top-k membership, and the pairwise log-partition
   ``sum_{a<b} log(e^{v_a} + e^{v_b})`` whose gradient is the vector of *soft wins*. The ranking
   losses (GRKD, soft pairwise, listwise) are built from these.
+- **Triplet relations** (labels plus a ``(B, B)`` distance matrix): which pairs may be
+  anchor-positive / anchor-negative, and the semi-hard triplets REFILLED's stage 1 matches.
 
 These functions do not validate their inputs; the public losses do (see ``_checks.py``).
 """
@@ -401,3 +403,77 @@ def soft_wins(v: Tensor) -> Tensor:
         ``(B, C)`` with ``sum_a W_ia = C (C - 1) / 2``.
     """
     return _pairwise_kernel(v.detach(), need_sum=False, need_wins=True)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Triplet relations (added for REFILLED's stage 1; shared so any triplet-based loss reuses them)
+# ---------------------------------------------------------------------------------------------
+
+_TRIPLET_CHUNK = 1 << 24  # entries of the (pairs, B) comparison tensor built at once
+
+
+def triplet_label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Which pairs may serve as (anchor, positive) and which as (anchor, negative).
+
+    ``positive[a, p] = (y_a = y_p) and (a != p)``, ``negative[a, n] = (y_a != y_n)``, and both are
+    ``False`` whenever ``y_a`` or the partner's label is ``-1`` (an unlabelled sample takes no
+    part in a labelled relation).
+
+    Args:
+        labels: ``(B,)`` integer labels, ``-1`` = unlabelled.
+
+    Returns:
+        ``(positive, negative)``, two ``(B, B)`` boolean masks.
+    """
+    labelled = labels >= 0  # (B,)
+    both = labelled[:, None] & labelled[None, :]  # (B, B)
+    same = labels[:, None] == labels[None, :]  # (B, B)
+    not_self = off_diagonal_mask(labels.shape[0], labels.device)  # (B, B)
+    return both & same & not_self, both & ~same
+
+
+def semi_hard_triplets(
+    dist: Tensor, labels: Tensor, margin: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """All semi-hard triplets of a batch, mined on a distance matrix.
+
+    A triplet ``(a, p, n)`` is semi-hard when ``y_a = y_p``, ``a != p``, ``y_n != y_a`` and the
+    negative lies beyond the positive but inside the margin:
+
+        0 < d_an - d_ap <= margin.
+
+    (FaceNet's semi-hard condition, in the form pytorch-metric-learning's ``TripletMarginMiner``
+    with ``type_of_triplets="semihard"`` enumerates, which REFILLED's official code uses.)
+    Unlabelled samples (label ``-1``) are never anchor, positive or negative.
+
+    Only the ``P`` (anchor, positive) pairs are compared with all ``B`` candidates, a ``(P, B)``
+    tensor (``P ~ B^2 / C`` for ``C`` balanced classes) instead of ``(B, B, B)``, built in chunks of
+    pairs so memory stays bounded. No gradient flows through mining (the result is indices).
+
+    Args:
+        dist: ``(B, B)`` distances (any dissimilarity; only differences are compared).
+        labels: ``(B,)`` integer labels, ``-1`` = unlabelled.
+        margin: ``m > 0``.
+
+    Returns:
+        ``(a, p, n)``: three ``(T,)`` int64 index tensors, sorted lexicographically by
+        ``(a, p, n)``; ``T = 0`` when the batch holds no semi-hard triplet.
+    """
+    dist = dist.detach()
+    b = dist.shape[0]
+    positive, negative = triplet_label_masks(labels)  # (B, B) each
+    anchor, pos = positive.nonzero(as_tuple=True)  # (P,) each, sorted by (a, p)
+    # A candidate that is not a negative of the anchor gets d_an = -inf, so its gap fails "> 0".
+    d_an = torch.where(negative, dist, torch.full_like(dist, float("-inf")))  # (B, B)
+    step = max(1, _TRIPLET_CHUNK // max(1, b))
+    found: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    for start in range(0, anchor.shape[0], step):
+        a, p = anchor[start : start + step], pos[start : start + step]  # (P',)
+        gap = d_an[a] - dist[a, p][:, None]  # (P', B)  [pair, n] = d_an - d_ap
+        pair, n = ((gap > 0) & (gap <= margin)).nonzero(as_tuple=True)  # (T',) each
+        for out, idx in zip(found, (a[pair], p[pair], n), strict=True):
+            out.append(idx)
+    if not found[0]:
+        return tuple(labels.new_zeros(0, dtype=torch.long) for _ in range(3))  # type: ignore[return-value]
+    a, p, n = (torch.cat(idx) if len(idx) > 1 else idx[0] for idx in found)  # (T,) each
+    return a, p, n

@@ -4,8 +4,11 @@
 - :mod:`.rkd`: RKD distance and angle potentials on pooled features.
 - :mod:`.grkd`: GRKD, the pairwise ranking loss on the classes.
 - :mod:`.ranking`: the soft pairwise and the listwise (Plackett-Luce) ranking losses.
+- :mod:`.rrd`: RRD, relations of each embedding to a queue of past teacher embeddings.
+- :mod:`.refilled`: REFILLED's triplet relationship matching and local classifier.
 """
 
+# --- KD, RKD, GRKD and the ranking variants ---
 from .grkd import GRKDLoss, grkd_loss
 from .kd import KDLoss, kd_loss
 from .ranking import (
@@ -14,18 +17,51 @@ from .ranking import (
     listwise_rank_loss,
     soft_pairwise_rank_loss,
 )
+
+# --- RRD and REFILLED (embedding-based relational losses) ---
+from .refilled import (
+    batch_classes,
+    class_centres,
+    mine_triplets,
+    refilled_classifier_kl,
+    refilled_embedding_loss,
+)
 from .rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss
+from .rrd import (
+    EmbeddingQueue,
+    ProjectionHead,
+    RRDLoss,
+    rrd_decomposition,
+    rrd_log_probs,
+    rrd_loss,
+)
 
 __all__ = [
-    "GRKDLoss",
+    # KD
     "KDLoss",
-    "ListwiseRankLoss",
-    "RKDLoss",
-    "SoftPairwiseRankLoss",
-    "grkd_loss",
     "kd_loss",
-    "listwise_rank_loss",
+    # RKD
+    "RKDLoss",
     "rkd_angle_loss",
     "rkd_distance_loss",
+    # GRKD and ranking
+    "GRKDLoss",
+    "ListwiseRankLoss",
+    "SoftPairwiseRankLoss",
+    "grkd_loss",
+    "listwise_rank_loss",
     "soft_pairwise_rank_loss",
+    # RRD
+    "EmbeddingQueue",
+    "ProjectionHead",
+    "RRDLoss",
+    "rrd_decomposition",
+    "rrd_log_probs",
+    "rrd_loss",
+    # REFILLED
+    "batch_classes",
+    "class_centres",
+    "mine_triplets",
+    "refilled_classifier_kl",
+    "refilled_embedding_loss",
 ]

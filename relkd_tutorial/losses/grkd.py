@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_logit_pair, check_optional_count, check_positive
+from .._checks import (
+    check_choice,
+    check_logit_pair,
+    check_optional_count,
+    check_positive,
+    full_precision,
+    loss_dtype,
+)
 from ..relations import (
     PAIR_CHUNK_ELEMENTS,
     descending_order,
@@ -36,7 +43,6 @@ from ..relations import (
     preference_counts,
     tie_block_ends,
 )
-from ._common import autocast_off, loss_dtype
 
 WEIGHTINGS = ("uniform", "prob_gap")
 
@@ -158,7 +164,7 @@ def grkd_loss(
     check_choice("weighting", weighting, WEIGHTINGS)
     b, c = z.shape
     dtype = loss_dtype(z, t)
-    with autocast_off(z.device):
+    with full_precision(z.device):
         v = z.to(dtype) / temp  # (B, C)
         v = v - v.mean(dim=1, keepdim=True)  # exact (shift invariance); keeps P(v) well scaled
         t = t.detach().to(dtype)  # (B, C)

@@ -16,9 +16,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .._checks import check_logit_pair, check_optional_count, check_positive
+from .._checks import (
+    check_logit_pair,
+    check_optional_count,
+    check_positive,
+    full_precision,
+    loss_dtype,
+)
 from ..relations import descending_order, pairwise_logaddexp_sum, soft_wins
-from ._common import autocast_off, loss_dtype
 
 
 def soft_pairwise_rank_loss(
@@ -61,7 +66,7 @@ def soft_pairwise_rank_loss(
     if c < 2:
         raise ValueError(f"student_logits has C = {c} classes; a pairwise loss needs C >= 2")
     dtype = loss_dtype(z, t)
-    with autocast_off(z.device):
+    with full_precision(z.device):
         v = z.to(dtype) / temp  # (B, C)
         v = v - v.mean(dim=1, keepdim=True)  # exact (shift invariance); keeps P(v) well scaled
         targets = soft_wins(t.detach().to(dtype) / teacher_temp)  # (B, C)  Y_a = sum_b y_ab
@@ -113,7 +118,7 @@ def listwise_rank_loss(
     c = z.shape[1]
     k = c if k is None else min(k, c)
     dtype = loss_dtype(z, t)
-    with autocast_off(z.device):
+    with full_precision(z.device):
         order = descending_order(t.detach())[1]  # (B, C)
         v = (z.to(dtype) / temp).gather(1, order)  # (B, C) student scores in the teacher's order
         # log sum_{s >= r} exp(v_s) for every r: a reversed cumulative logsumexp

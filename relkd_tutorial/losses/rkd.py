@@ -30,9 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_feature_pair, check_nonnegative, check_optional_count
+from .._checks import (
+    check_feature_pair,
+    check_nonnegative,
+    check_optional_count,
+    full_precision,
+    loss_dtype,
+)
 from ..relations import gram_and_inverse_distances, normalized_pairwise_distances
-from ._common import autocast_off, loss_dtype
 
 # Elements of one (vertices, B, B) chunk; 2^16 float32 = 256 KiB keeps a chunk's temporaries in
 # a CPU core's L2 cache, which measured faster than larger chunks on the reference machine.
@@ -58,7 +63,7 @@ def rkd_distance_loss(student_features: Tensor, teacher_features: Tensor) -> Ten
         student_features, teacher_features, 2, "the RKD distance potential (a pair)"
     )
     dtype = loss_dtype(s, t)
-    with autocast_off(s.device):
+    with full_precision(s.device):
         psi_s = normalized_pairwise_distances(s.to(dtype))  # (B, B)
         with torch.no_grad():
             psi_t = normalized_pairwise_distances(t.detach().to(dtype))  # (B, B)
@@ -172,7 +177,7 @@ def rkd_angle_loss(
     b = s.shape[0]
     rows = rows if rows is not None else max(1, ANGLE_CHUNK_ELEMENTS // (b * b))
     dtype = loss_dtype(s, t)
-    with autocast_off(s.device):
+    with full_precision(s.device):
         gram_s, inv_s = gram_and_inverse_distances(s.to(dtype))  # (B, B) each
         with torch.no_grad():
             gram_t, inv_t = gram_and_inverse_distances(t.detach().to(dtype))  # (B, B) each

@@ -1,0 +1,23 @@
+"""Fast mode: one switch that shrinks epochs and data sizes for CI and quick looks.
+
+Fast mode is on when ``RELKD_FAST`` is ``1``/``true``/``yes``, or when ``CI`` is ``true`` and
+``RELKD_FAST`` is not set to ``0``. Notebooks, the benchmark and the main-job command read it, so
+the same code runs at full size on a GPU and at toy size on a 2-core CI machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def fast_mode() -> bool:
+    """Whether fast mode is on (see the module docstring)."""
+    explicit = os.environ.get("RELKD_FAST", "").strip().lower()
+    if explicit in _TRUE:
+        return True
+    if explicit in _FALSE:
+        return False
+    return os.environ.get("CI", "").strip().lower() == "true"
