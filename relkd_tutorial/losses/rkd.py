@@ -121,7 +121,7 @@ class _RKDAngleHuber(torch.autograd.Function):
             j1 = min(j0 + rows, b)
             cos_s, outer = _chunk_cosines(gram_s, r_s[j0:j1], inv_s[j0:j1])  # (n, B, B)
             cos_t, _ = _chunk_cosines(gram_t, r_t[j0:j1], inv_t[j0:j1])  # (n, B, B)
-            err = cos_t.neg_().add_(cos_s)  # (n, B, B)  e = cos^S - cos^T
+            err = torch.sub(cos_s, cos_t, out=cos_t)  # (n, B, B)  e = cos^S - cos^T
             slope = err.clamp(-1.0, 1.0)  # (n, B, B)  g = huber'(e)
             flat = slope.view(-1)
             total += torch.dot(flat, err.view(-1)) - 0.5 * torch.dot(flat, flat)
