@@ -258,6 +258,10 @@ def preference_counts(t: Tensor) -> tuple[Tensor, Tensor]:
     """
     c = t.shape[1]
     ascending, order = _sort_rows(t, descending=False)  # (B, C) each
+    if not bool((ascending[:, 1:] == ascending[:, :-1]).any()):  # no ties: wins = position
+        pos = torch.arange(c, device=t.device).expand_as(order)  # (B, C)
+        wins = torch.empty_like(order).scatter_(1, order, pos)
+        return wins, c - 1 - wins
     first, last = _tie_blocks(ascending)  # (B, C) each
     wins = torch.empty_like(first).scatter_(1, order, first)  # #{b: t_b < t_a}
     losses = torch.empty_like(last).scatter_(1, order, c - 1 - last)  # #{b: t_b > t_a}

@@ -171,11 +171,14 @@ def grkd_loss(
         if (k is None or k >= c) and weighting == "uniform":
             wins, losses = preference_counts(t)  # (B, C) each
             n_pairs = wins.sum(dim=1)  # (B,)
-            targets = wins + 0.5 * (c - 1 - wins - losses)  # (B, C)  Y = wins + ties / 2
-            numerator = pairwise_logaddexp_sum(v) - (targets.to(dtype) * v).sum(dim=1)  # (B,)
-            if bool((wins + losses < c - 1).any()):  # some ties: remove the tied pairs
+            numerator = pairwise_logaddexp_sum(v)  # (B,)  the O(C^2) part: student only
+            if bool((n_pairs == c * (c - 1) // 2).all()):  # no ties: Y = wins
+                numerator = numerator - (wins.to(dtype) * v).sum(dim=1)
+            else:  # Y = wins + ties / 2, then remove the tied pairs
+                targets = wins + 0.5 * (c - 1 - wins - losses)  # (B, C)
                 values, order = descending_order(t)  # (B, C) each
-                numerator = numerator - _tied_pairs_term(v.gather(1, order), tie_block_ends(values))
+                tied = _tied_pairs_term(v.gather(1, order), tie_block_ends(values))  # (B,)
+                numerator = numerator - (targets.to(dtype) * v).sum(dim=1) - tied
         else:
             values, order = descending_order(t)  # (B, C) each
             ends = tie_block_ends(values)  # (B, C)
