@@ -393,7 +393,6 @@ def main(argv: list[str] | None = None) -> None:
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     shown = " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"load average at start: {os.getloadavg()[0]:.2f} (2 = both cores busy)")
     print(f"command: python benchmarks/losses.py {shown}".rstrip())
     results: dict[tuple[str, int, int], Result] = {}
     for kind in ("logits", "features"):
@@ -402,7 +401,6 @@ def main(argv: list[str] | None = None) -> None:
             _table(args, kind, kind_cases, sizes[kind], results)
     end = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"\nload average at end {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}")
-    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
     _report_targets(results)
 
 
