@@ -26,6 +26,9 @@ Method.
   free; a fixed threshold also turns off glibc's adaptive threshold, which would otherwise keep
   freed warm-up blocks on the heap and hide the measured call's reuse of them) and
   ``MALLOC_TRIM_THRESHOLD_=65536``. PyTorch's CPU allocator does not cache blocks itself.
+  Those settings make every medium-sized allocation a fresh ``mmap`` with page faults, which
+  would slow chunked kernels down, so time and memory are measured in two separate subprocesses
+  and only the memory one runs with them.
   ``--check-memory`` measures a known 256 MiB allocation this way. Without ``clear_refs`` the
   worker falls back to ``ru_maxrss`` after minus ``VmRSS`` before (correct only if the warm-up
   peak was lower). On CUDA it uses ``torch.cuda.max_memory_allocated`` instead.
@@ -324,7 +327,9 @@ def _worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
 
     step()  # warm-up (lazy initialisation, thread pools)
-    peak = _measure_peak(step, device)
+    if args.measure == "memory":
+        print(json.dumps({"peak_mib": _measure_peak(step, device)}))
+        return
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < 2000 and (len(times) < 5 or time.perf_counter() - start < args.budget):
@@ -332,8 +337,7 @@ def _worker(args: argparse.Namespace) -> None:
         step()
         times.append(time.perf_counter() - t0)
     note = case.note(b, w) if case.note is not None else ""
-    out = {"ms": 1e3 * statistics.median(times), "peak_mib": peak, "n": len(times), "note": note}
-    print(json.dumps(out))
+    print(json.dumps({"ms": 1e3 * statistics.median(times), "n": len(times), "note": note}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,15 +347,26 @@ def _worker(args: argparse.Namespace) -> None:
 Result = dict[str, float | str]
 
 
-def _run(args: argparse.Namespace, extra: list[str]) -> Result:
+def _run(args: argparse.Namespace, extra: list[str], memory: bool) -> Result:
+    """One worker subprocess; ``memory`` runs it under the glibc settings of the memory method."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", *extra]
     cmd += ["--threads", str(args.threads), "--device", args.device, "--budget", str(args.budget)]
+    cmd += ["--measure", "memory" if memory else "time"]
     path = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    env = dict(os.environ, PYTHONPATH=path, **MALLOC_ENV)
+    env = dict(os.environ, PYTHONPATH=path, **(MALLOC_ENV if memory else {}))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _measure_case(args: argparse.Namespace, extra: list[str]) -> Result:
+    """Time (default malloc) and peak memory (mmap-per-block malloc), in two fresh processes."""
+    timed = _run(args, extra, memory=False)
+    if "error" in timed:
+        return timed
+    memory = _run(args, extra, memory=True)
+    return {**timed, "peak_mib": memory.get("peak_mib", float("nan"))}
 
 
 def _selected(cases: list[Case], only: list[str]) -> list[Case]:
@@ -375,12 +390,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", choices=("time", "memory"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker(args)
         return
     if args.check_memory:
-        got = _run(args, ["--check-memory"])
+        got = _run(args, ["--check-memory"], memory=True)
         print(f"a known allocation of 256 MiB measured as {got.get('peak_mib', got)} MiB")
         return
 
@@ -423,7 +439,7 @@ def _table(
             if _too_big(case, b, w):
                 print(f"{row} skipped (too large) | | | | |", flush=True)
                 continue
-            r = _run(args, ["--case", case.name, "--batch", str(b), "--width", str(w)])
+            r = _measure_case(args, ["--case", case.name, "--batch", str(b), "--width", str(w)])
             results[(case.name, b, w)] = r
             if "error" in r:
                 print(f"{row} error: {r['error']} | | | | |", flush=True)

@@ -14,8 +14,8 @@ Conventions (the authors' code and every reimplementation; published weights car
   ``(B - 1)/B`` resp. about ``((B - 1)/B)^2`` compared with a mean over proper tuples);
 - two *distinct* samples that coincide (duplicate images) behave like a degenerate pair: distance
   0, and a zero direction, hence cosine 0 (the authors get the same 0 from ``F.normalize`` of a
-  zero vector). Pairs closer than the Gram formula's rounding error (about ``4e-4`` of the batch's
-  spread in float32) count as coincident (choice).
+  zero vector). Pairs closer than the Gram formula's rounding error (closer than about ``2e-3`` of
+  their norms in the centred batch, in float32; ``6e-8`` in float64) count as coincident (choice).
 
 Speed: the common implementation builds a ``(B, B, D)`` difference tensor and a ``(B, B, B)``
 batched matmul and back-propagates through both. Here the angle loss reads everything from two
