@@ -141,6 +141,72 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
+# --------------------------------------------------------------------------------------------
+# Teacher/student pairs and hyperparameters (used by the KD, RKD, GRKD and ranking losses)
+# --------------------------------------------------------------------------------------------
+
+
+def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
+    """Check a student/teacher logit pair: both floating ``(B, C)``, same shape, same device.
+
+    The dtypes may differ (an fp32 teacher cache beside a bf16 student); the losses compute in a
+    common precision (see :func:`loss_dtype`).
+    """
+    s = check_float_tensor("student_logits", student, 2, "(B, C)")
+    t = check_float_tensor("teacher_logits", teacher, 2, "(B, C)")
+    check_same_device("student_logits", s, "teacher_logits", t)
+    check_same_batch("student_logits", s, "teacher_logits", t)
+    if s.shape[1] != t.shape[1]:
+        raise ValueError(
+            f"student_logits and teacher_logits must have the same number of classes C, got "
+            f"{s.shape[1]} and {t.shape[1]} (shapes {tuple(s.shape)} and {tuple(t.shape)})"
+        )
+    return s, t
+
+
+def check_feature_pair(
+    student: object, teacher: object, minimum: int, relation: str
+) -> tuple[Tensor, Tensor]:
+    """Check a student/teacher embedding pair: ``(B, D_S)`` and ``(B, D_T)``, same B and device.
+
+    The widths may differ (relations compare samples, not coordinates). ``minimum`` is the batch
+    size the relation needs (2 for distances, 3 for angles).
+    """
+    s = check_float_tensor("student_features", student, 2, "(B, D_S)")
+    t = check_float_tensor("teacher_features", teacher, 2, "(B, D_T)")
+    check_same_device("student_features", s, "teacher_features", t)
+    check_same_batch("student_features", s, "teacher_features", t)
+    check_min_batch("student_features", s, minimum, relation)
+    return s, t
+
+
+def check_optional_count(name: str, value: object) -> int | None:
+    """Check an optional positive integer such as ``top_k`` (``None`` means "all")."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1 (or None for all classes), got {value}")
+    return int(value)
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """Check that a string option is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return str(value)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """Check that a loss weight is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
+    if not (value >= 0) or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Added for the embedding losses (RRD, REFILLED): width checks and full-precision loss math
 # ---------------------------------------------------------------------------------------------

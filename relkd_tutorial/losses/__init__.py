@@ -1,4 +1,22 @@
-"""One module per method; each holds pure loss functions plus a thin ``nn.Module`` where needed."""
+"""One module per method; each holds pure loss functions plus a thin ``nn.Module`` where needed.
+
+- :mod:`.kd`: Hinton KD (pointwise on the class distribution).
+- :mod:`.rkd`: RKD distance and angle potentials on pooled features.
+- :mod:`.grkd`: GRKD, the pairwise ranking loss on the classes.
+- :mod:`.ranking`: the soft pairwise and the listwise (Plackett-Luce) ranking losses.
+- :mod:`.rrd`: RRD, relations of each embedding to a queue of past teacher embeddings.
+- :mod:`.refilled`: REFILLED's triplet relationship matching and local classifier.
+"""
+
+# --- KD, RKD, GRKD and the ranking variants ---
+from .grkd import GRKDLoss, grkd_loss
+from .kd import KDLoss, kd_loss
+from .ranking import (
+    ListwiseRankLoss,
+    SoftPairwiseRankLoss,
+    listwise_rank_loss,
+    soft_pairwise_rank_loss,
+)
 
 # --- RRD and REFILLED (embedding-based relational losses) ---
 from .refilled import (
@@ -8,6 +26,7 @@ from .refilled import (
     refilled_classifier_kl,
     refilled_embedding_loss,
 )
+from .rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss
 from .rrd import (
     EmbeddingQueue,
     ProjectionHead,
@@ -18,6 +37,20 @@ from .rrd import (
 )
 
 __all__ = [
+    # KD
+    "KDLoss",
+    "kd_loss",
+    # RKD
+    "RKDLoss",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    # GRKD and ranking
+    "GRKDLoss",
+    "ListwiseRankLoss",
+    "SoftPairwiseRankLoss",
+    "grkd_loss",
+    "listwise_rank_loss",
+    "soft_pairwise_rank_loss",
     # RRD
     "EmbeddingQueue",
     "ProjectionHead",

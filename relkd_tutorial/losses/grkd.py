@@ -1,0 +1,215 @@
+"""GRKD: group relative knowledge distillation, a pairwise ranking loss on the classes.
+
+Li, Zhou, Chen, "Group Relative Knowledge Distillation", arXiv 2504.20482 (2025). Only the
+abstract is public: the student should preserve the teacher's *pairwise preference orderings*
+among classes instead of fitting its absolute probabilities. The formula below comes from an
+unverified third-party summary of the paper (no code was released); everything marked "(choice)"
+is ours. See ``/work/shared/notes/papers.md`` Sec. 4 and DESIGN Sec. 2.5.
+
+This is the *pairwise* point of the tutorial's axis: KD (:mod:`.kd`) matches each class's
+probability, GRKD the order of every pair, the listwise loss (:mod:`.ranking`) whole orders.
+
+How it is computed. The loss is a pairwise logistic (Bradley-Terry / RankNet) loss with hard
+targets ``y_ab = [t_a > t_b]`` (``1/2`` for ties), minus the tied pairs, so with
+``v = z / tau`` and :func:`~relkd_tutorial.relations.pairwise_logaddexp_sum` ``P(v)``:
+
+    sum_{(a,b) in P} softplus(v_b - v_a) = P(v) - sum_a Y_a v_a - sum_{a<b tied} [lse(v_a, v_b) - (v_a + v_b)/2],
+
+with ``Y_a = wins_a + ties_a / 2`` (:func:`~relkd_tutorial.relations.preference_counts`). The
+``O(C^2)`` term ``P(v)`` depends on the *student only*; the teacher enters through ``O(C)``
+counts. Its gradient is ``soft_wins(v) - Y``: the student's soft win count minus the teacher's hard
+one, i.e. the gradient pushes each class towards its teacher rank. The top-k group and the
+probability-gap weights break that symmetry and use a chunked masked kernel instead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import (
+    check_choice,
+    check_logit_pair,
+    check_optional_count,
+    check_positive,
+    full_precision,
+    loss_dtype,
+)
+from ..relations import (
+    PAIR_CHUNK_ELEMENTS,
+    descending_order,
+    pairwise_logaddexp_sum,
+    preference_counts,
+    tie_block_ends,
+)
+
+WEIGHTINGS = ("uniform", "prob_gap")
+
+
+def _tied_pairs_term(v_sorted: Tensor, ends: Tensor) -> Tensor:
+    """``sum_{a<b tied} [logaddexp(v_a, v_b) - (v_a + v_b) / 2]`` per row, in the teacher's order.
+
+    Tied classes are contiguous in the sorted order, so the tied pairs are ``(a, a + delta)`` with
+    ``a + delta < ends[a]``; the loop runs over ``delta`` up to the longest tie block (no loop
+    without ties). Differentiable through autograd.
+
+    Args:
+        v_sorted: ``(B, C)`` student scores in the teacher's descending order.
+        ends: ``(B, C)`` from :func:`~relkd_tutorial.relations.tie_block_ends`.
+    """
+    b, c = v_sorted.shape
+    span = ends - torch.arange(1, c + 1, device=ends.device)  # (B, C) tied partners after a
+    total = v_sorted.new_zeros(b)
+    for delta in range(1, int(span.max()) + 1):
+        first, second = v_sorted[:, : c - delta], v_sorted[:, delta:]  # (B, C - delta) each
+        term = torch.logaddexp(first, second) - 0.5 * (first + second)  # (B, C - delta)
+        total = total + (term * (span[:, : c - delta] >= delta)).sum(dim=1)
+    return total
+
+
+class _MaskedPairwiseLogistic(torch.autograd.Function):
+    """``sum_{a < rows, b >= ends[a]} w_ab softplus(v_b - v_a)`` per row, with its gradient.
+
+    Works in the teacher's sorted order, one chunk of preferred classes ``a`` at a time, over the
+    columns ``b >= a0`` (only those can be preferred-against). Invalid pairs get ``x = -inf``, so
+    ``softplus`` and ``sigmoid`` give exactly 0 there. The gradient is accumulated in the forward
+    (``d softplus(v_b - v_a) / dv_b = sigma(v_b - v_a) = -d/dv_a``) and saved as one ``(B, C)``
+    tensor; memory ``O(B * C * chunk)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, v_sorted: Tensor, ends: Tensor, rows: int, prob_sorted: Tensor | None
+    ) -> Tensor:
+        b, c = v_sorted.shape
+        v = v_sorted.detach()
+        total = v.new_zeros(b)
+        grad = torch.zeros_like(v)  # (B, C)
+        cols = torch.arange(c, device=v.device)  # (C,)
+        n = max(1, PAIR_CHUNK_ELEMENTS // max(1, b * c))
+        for a0 in range(0, rows, n):
+            a1 = min(a0 + n, rows)
+            x = v[:, None, a0:] - v[:, a0:a1, None]  # (B, n, C - a0)  v_b - v_a
+            invalid = cols[None, None, a0:] < ends[:, a0:a1, None]  # (B, n, C - a0)
+            x.masked_fill_(invalid, float("-inf"))
+            loss_terms = F.softplus(x)  # (B, n, C - a0), 0 on invalid pairs
+            slopes = torch.sigmoid(x)  # (B, n, C - a0), 0 on invalid pairs
+            if prob_sorted is not None:
+                w = prob_sorted[:, a0:a1, None] - prob_sorted[:, None, a0:]  # (B, n, C - a0)
+                w.clamp_min_(0.0)  # >= 0 on valid pairs already; rounding only
+                loss_terms.mul_(w)
+                slopes.mul_(w)
+            total += loss_terms.sum(dim=(1, 2))
+            grad[:, a0:a1] -= slopes.sum(dim=2)
+            grad[:, a0:] += slopes.sum(dim=1)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad_out[:, None] * grad, None, None, None
+
+
+def grkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    weighting: str = "uniform",
+) -> Tensor:
+    """``L_GR = (1/B) sum_i (1/|P_i|) sum_{(j,k) in P_i} w_ijk softplus( -(z_ij - z_ik) / tau )``.
+
+    GRKD (Li, Zhou, Chen 2025; the formula is from an unverified summary of the paper, whose body
+    is not public): ``softplus(-x) = -log sigma(x)``, so each pair ``j`` preferred to ``k`` by the
+    teacher costs ``-log sigma((log q_j - log q_k)/tau)`` (``log q_j - log q_k = z_j - z_k`` for the
+    student's softmax ``q``).
+
+    - ``P_i = {(j, k) : t_ij > t_ik}``: ties give no pair. With ``top_k``, only pairs with at least
+      one member among the teacher's top-k classes (choice) - equivalently, since the preferred
+      class ranks higher, pairs whose preferred class is in the top-k. The top-k is taken in the
+      teacher's stable descending order (ties at the boundary broken by class index).
+    - ``w = 1`` (``weighting="uniform"``, default) or the teacher's probability gap
+      ``p_ij - p_ik`` with ``p = softmax(t)`` at temperature 1 (``"prob_gap"``, choice). The
+      normalisation stays ``1/|P_i|`` (the count of pairs), as written.
+    - A sample whose teacher logits are all tied has ``P_i`` empty: it contributes exactly 0 (and
+      no gradient) and still counts in the ``1/B`` of the batch mean (choice: the formula as
+      written; the loss scale does not depend on how many rows are tied).
+    - ``tau = 1`` default (choice).
+
+    Properties (tested): with uniform weights the loss depends on ``t`` only through its order
+    (invariant under any strictly increasing map of ``t``; the probability gap is *not*); it is
+    invariant to adding a constant to a row of ``z``; each row's gradient sums to 0.
+
+    Cost: uniform weights over all classes need ``O(B C^2)`` work but only ``O(B C)`` memory and
+    one log and one reciprocal per pair (see the module docstring); ``top_k`` costs
+    ``O(B k C)``; ``"prob_gap"`` over all classes uses the masked kernel (about 3x slower).
+    Computed in float32 (float64 for float64 inputs) with autocast off; the teacher is detached.
+
+    Args:
+        student_logits: ``(B, C)`` student logits ``z``.
+        teacher_logits: ``(B, C)`` teacher logits ``t``.
+        temperature: ``tau > 0``.
+        top_k: ``None`` (all ``C`` classes, default) or the group size ``k >= 1``.
+        weighting: ``"uniform"`` or ``"prob_gap"``.
+
+    Returns:
+        Scalar loss.
+    """
+    z, t = check_logit_pair(student_logits, teacher_logits)
+    temp = check_positive("temperature", temperature)
+    k = check_optional_count("top_k", top_k)
+    check_choice("weighting", weighting, WEIGHTINGS)
+    b, c = z.shape
+    dtype = loss_dtype(z, t)
+    with full_precision(z.device):
+        v = z.to(dtype) / temp  # (B, C)
+        v = v - v.mean(dim=1, keepdim=True)  # exact (shift invariance); keeps P(v) well scaled
+        t = t.detach().to(dtype)  # (B, C)
+        if (k is None or k >= c) and weighting == "uniform":
+            wins, losses = preference_counts(t)  # (B, C) each
+            n_pairs = wins.sum(dim=1)  # (B,)
+            numerator = pairwise_logaddexp_sum(v)  # (B,)  the O(C^2) part: student only
+            if bool((n_pairs == c * (c - 1) // 2).all()):  # no ties: Y = wins
+                numerator = numerator - (wins.to(dtype) * v).sum(dim=1)
+            else:  # Y = wins + ties / 2, then remove the tied pairs
+                targets = wins + 0.5 * (c - 1 - wins - losses)  # (B, C)
+                values, order = descending_order(t)  # (B, C) each
+                tied = _tied_pairs_term(v.gather(1, order), tie_block_ends(values))  # (B,)
+                numerator = numerator - (targets.to(dtype) * v).sum(dim=1) - tied
+        else:
+            values, order = descending_order(t)  # (B, C) each
+            ends = tie_block_ends(values)  # (B, C)
+            rows = c if k is None else min(k, c)
+            n_pairs = (c - ends[:, :rows]).sum(dim=1)  # (B,)
+            prob = None
+            if weighting == "prob_gap":
+                prob = F.softmax(t, dim=1).gather(1, order)  # (B, C) teacher probs, sorted
+            numerator = _MaskedPairwiseLogistic.apply(v.gather(1, order), ends, rows, prob)
+        has_pairs = n_pairs > 0  # (B,)
+        per_sample = torch.where(
+            has_pairs, numerator / n_pairs.clamp_min(1).to(dtype), torch.zeros_like(numerator)
+        )  # (B,)
+        return per_sample.mean()
+
+
+class GRKDLoss(nn.Module):
+    """Module form of :func:`grkd_loss` holding its options."""
+
+    def __init__(
+        self, temperature: float = 1.0, top_k: int | None = None, weighting: str = "uniform"
+    ) -> None:
+        super().__init__()
+        self.temperature = check_positive("temperature", temperature)
+        self.top_k = check_optional_count("top_k", top_k)
+        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        return grkd_loss(
+            student_logits, teacher_logits, self.temperature, self.top_k, self.weighting
+        )
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, top_k={self.top_k}, weighting={self.weighting!r}"
