@@ -15,7 +15,8 @@ Two families:
   smaller. Measured: ``teacher_cnn`` reaches 90.8% test accuracy (full 10k test set) after 12
   epochs on a stratified 10k-image Fashion-MNIST training subset (SGD, Nesterov momentum 0.9,
   lr 0.1, weight decay 5e-4, per-epoch cosine, batch 128, random horizontal flips,
-  ``channels_last``), about 20 s per epoch on an idle 2-core CPU.
+  ``channels_last``); an epoch plus a 10k-image evaluation took 22-24 s on the 2-core CPU when
+  it was otherwise idle.
 - **The standard CIFAR benchmark nets** of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020):
   ``resnet8x4``, ``resnet32x4`` (post-activation CIFAR ResNet, He et al. 2016) and ``wrn_16_2``,
   ``wrn_40_2`` (pre-activation Wide ResNet, Zagoruyko & Komodakis 2016), built from their
