@@ -99,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(table())
+    print(table(), flush=True)
     if args.throughput:
         print()
         print(
@@ -112,7 +112,7 @@ def main() -> None:
         )
         print("|---|---|---|---|---|")
         for name in CPU_MODEL_NAMES:
-            steps = 5 if name == "teacher_cnn" else 20
+            steps = 4 if name == "teacher_cnn" else 20
             rates = [
                 train_throughput(name, False, steps, args.repeats),
                 train_throughput(name, True, steps, args.repeats),

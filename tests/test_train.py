@@ -283,6 +283,17 @@ def test_resolve_device_and_seed():
     assert torch.equal(a, torch.rand(3))
 
 
+def test_seeded_block_is_reproducible_and_isolated():
+    torch.manual_seed(0)
+    outside = torch.rand(2)
+    torch.manual_seed(0)
+    with seeded(7):
+        a = nn.Linear(3, 3).weight.detach().clone()
+    assert torch.equal(torch.rand(2), outside)  # the global stream did not move
+    with seeded(7):
+        assert torch.equal(nn.Linear(3, 3).weight, a)
+
+
 def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
     import random
 
