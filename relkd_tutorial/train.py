@@ -630,16 +630,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, unpickling error, ...
+    except Exception as err:  # empty file, truncated zip, unpickling error, ...
+        if "Unsupported global" in str(err):
+            raise ValueError(
+                f"checkpoint {path} holds Python objects that torch.load(weights_only=True) "
+                "refuses to load: it was not written by relkd_tutorial (or was altered); it is "
+                "not loaded, because unpickling it could run arbitrary code"
+            ) from err
+        kind = "empty" if path.stat().st_size == 0 else "truncated or corrupt"
         raise ValueError(
-            f"checkpoint {path} is truncated or corrupt and cannot be loaded "
-            f"({type(err).__name__}: {err})"
+            f"checkpoint {path} is {kind} and cannot be loaded ({type(err).__name__}: "
+            f"{_first_words(err)})"
         ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})"
         )
     return state
+
+
+def _first_words(err: Exception) -> str:
+    """The informative part of a ``torch.load`` error (its unpickler message, if any)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
 
 
 def _check_training_state(state: dict[str, Any], path: Path) -> None:
