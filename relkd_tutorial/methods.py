@@ -60,6 +60,20 @@ class StepInputs:
     teacher_logits: Tensor | None = None  # (B, C_T), no gradient
     index: Tensor | None = None  # (B,) each image's position in its data set
 
+    def __post_init__(self) -> None:
+        """Refuse fields of different batch sizes: features, logits and labels of one step must
+        describe the same images (each loss only checks the tensors it is given, so a method
+        reading features for one term and logits for another would pair different images)."""
+        sizes = {
+            name: value.shape[0]
+            for name, value in vars(self).items()
+            if isinstance(value, Tensor) and value.dim() > 0
+        }
+        if len(set(sizes.values())) > 1:
+            raise ValueError(
+                f"StepInputs fields must share the batch size B (their first dimension), got {sizes}"
+            )
+
 
 @dataclass(frozen=True)
 class Stage:

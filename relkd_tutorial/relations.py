@@ -54,6 +54,32 @@ def off_diagonal_mask(n: int, device: torch.device | None = None) -> Tensor:
     return ~torch.eye(n, dtype=torch.bool, device=device)
 
 
+def rescaled(x: Tensor, dim: int | None = None) -> Tensor:
+    """``x / max|x|``, the maximum over all entries (or along ``dim``, per row), detached.
+
+    For anything invariant to a positive scale - RKD's normalised distances and angles, cosines,
+    unit vectors - the result is unchanged, but the squares inside a Gram matrix or a norm can
+    no longer overflow or underflow: float32 features of size ``1e20`` give ``inf`` in
+    ``x x^T`` (then NaN), features of size ``1e-20`` give 0 (every pair "coincides", every unit
+    vector is 0). All-zero inputs (or rows) are returned unchanged. The maximum is detached, and
+    the gradient is still exactly that of the unscaled expression: a scale-invariant ``f`` has
+    ``grad f(x / c) / c = grad f(x)`` for every constant ``c > 0``.
+    """
+    x_abs = x.detach().abs()
+    top = x_abs.amax() if dim is None else x_abs.amax(dim=dim, keepdim=True)
+    return x / torch.where(top > 0, top, torch.ones_like(top))
+
+
+def unit_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``x_i / ||x_i||`` for every row of ``(N, D)`` ``x`` (zero rows stay zero), at any scale.
+
+    ``F.normalize`` after :func:`rescaled` per row: ``F.normalize`` alone squares the entries,
+    so in float32 a row of size ``1e20`` (or ``1e-25``) comes out as zeros instead of a unit
+    vector.
+    """
+    return F.normalize(rescaled(x, dim=1), dim=1, eps=eps)
+
+
 def _gram_and_squared_distances(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Centred Gram matrix, squared distances and the coincident-pair mask of ``(B, D)`` rows.
 
@@ -175,7 +201,8 @@ def angle_cosines(x: Tensor, eps: float = EPS) -> Tensor:
 def cosine_similarity_matrix(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
     """Cosine similarities ``S_ik = <a_i, b_k> / (||a_i|| ||b_k||)``.
 
-    A zero row (norm below ``eps``) has similarity 0 with everything.
+    A zero row has similarity 0 with everything; rows of any magnitude are normalised exactly
+    (:func:`unit_rows`).
 
     Args:
         a: ``(B, D)``.
@@ -184,8 +211,8 @@ def cosine_similarity_matrix(a: Tensor, b: Tensor | None = None, eps: float = 1e
     Returns:
         ``(B, K)`` matrix with entries in ``[-1, 1]``.
     """
-    a_n = F.normalize(a, dim=1, eps=eps)  # (B, D)
-    b_n = a_n if b is None else F.normalize(b, dim=1, eps=eps)  # (K, D)
+    a_n = unit_rows(a, eps=eps)  # (B, D)
+    b_n = a_n if b is None else unit_rows(b, eps=eps)  # (K, D)
     return a_n @ b_n.t()  # (B, K)
 
 

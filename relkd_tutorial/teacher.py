@@ -111,6 +111,12 @@ class TeacherCache:
     Build it with :meth:`build` (one pass over an un-augmented loader), look rows up with
     :meth:`lookup`. ``labels`` are the labels the loader yielded (the *student's* labels,
     ``-1`` = unlabelled), kept so the cache can also serve as :class:`SetupData`.
+
+    One cache per fixed view: a row is the teacher's output for *one* image as the building
+    loader showed it (un-augmented). A student batch that crops or flips that image gets the
+    un-augmented image's output (``fit`` warns); for augmented training run the teacher live.
+    The key is always the sample's index in its data set - never its position in a batch or
+    the step number, which a shuffling loader changes every epoch.
     """
 
     features: Tensor  # (N, D_T) float32
@@ -197,7 +203,7 @@ class TeacherCache:
         autocast_dtype: torch.dtype | None = None,
         storage_device: torch.device | str = "cpu",
     ) -> TeacherCache:
-        """One pass of ``teacher`` over ``loader`` (which should not augment), keyed by index.
+        """One pass of ``teacher`` over ``loader`` (which must not augment), keyed by index.
 
         Every index in ``[0, N)`` with ``N = max index + 1`` must occur; a gap raises, because a
         missing row would otherwise be read as zeros. A repeated index keeps its last output.
@@ -206,12 +212,20 @@ class TeacherCache:
 
         Args:
             teacher: the frozen teacher (run in eval mode) or a cache.
-            loader: yields ``Batch`` or ``(x, y, index)``; indices are required.
+            loader: yields ``Batch`` or ``(x, y, index)``; indices are required. A loader whose
+                ``augments`` attribute is true (an augmenting ``TensorLoader``) is refused; for
+                other loaders (a ``DataLoader`` with random transforms) it is up to the caller.
             device: where the teacher runs (default: where its parameters are).
             channels_last: feed the teacher ``channels_last`` images.
             autocast_dtype: run the teacher under autocast with this dtype (e.g. ``bfloat16``).
             storage_device: where the cache lives (``"cpu"`` by default; move it with :meth:`to`).
         """
+        if getattr(loader, "augments", False):
+            raise ValueError(
+                "TeacherCache.build got a loader that augments its batches: the cache would hold "
+                "the outputs for one random view of each image. Build it over the un-augmented "
+                "set, e.g. TensorLoader.for_evaluation(data) (one cache per fixed view)"
+            )
         if device is None:
             device = _module_device(teacher) if isinstance(teacher, nn.Module) else teacher.device
         device = torch.device(device)

@@ -31,18 +31,33 @@ Choices, all documented where they are made:
   ``torch.load(..., weights_only=True)``. A checkpoint is never replaced by a worse one: an
   epoch whose loss terms or weights are NaN/inf raises ``FloatingPointError`` before the write,
   and a truncated or corrupt file raises a clear ``ValueError`` on resume (never a silent
-  restart from scratch).
+  restart from scratch). The checkpoint it replaces is kept as ``last.previous.pt`` (choice: one
+  fallback generation, named in the error message if ``last.pt`` cannot be read; the loop never
+  switches to it silently).
 - **Exact resume.** Resuming from the checkpoint of epoch ``e`` (e.g. after a crash, even in the
   middle of epoch ``e + 1``) gives bit-identical weights and history to the uninterrupted run on
   the same device: the loop calls ``train_loader.set_epoch(epoch)`` before every epoch and
   restores every RNG, and a stage boundary is replayed in the same order as in a straight run.
+- **Stopping on a signal** (:mod:`relkd_tutorial.interrupt`). On SIGINT/SIGTERM the loop finishes
+  the current step, writes a *mid-epoch* checkpoint (``step`` = steps done in the epoch, the
+  epoch's running sums, the RNG states at the start of the epoch and now) and raises
+  :class:`~relkd_tutorial.interrupt.TrainingInterrupted`. Resuming restores the epoch-start RNG
+  state, re-creates the epoch's batches, skips the steps already done, restores the later RNG
+  state and continues: the final weights are bit-identical to an uninterrupted run whenever the
+  loader's batches are a function of the epoch (``set_epoch``) and of the RNG state at the start
+  of the epoch - :class:`~relkd_tutorial.data.TensorLoader` and ``DataLoader`` s qualify; a
+  main-process transform drawing from the global RNG *between* batches while the model draws
+  too (dropout) does not.
+- **Several processes** (:mod:`relkd_tutorial.distributed`). Under ``torchrun`` the student is
+  wrapped in DDP, every step's :class:`StepInputs` are all-gathered so that relational losses see
+  the global batch, the method's parameters and buffers are broadcast from rank 0 and its
+  gradients averaged, and only rank 0 writes checkpoints, CSV files and progress bars.
 - **Unlabelled samples** (label ``-1``) are skipped by the training accuracy (and by
   :func:`~relkd_tutorial.methods.supervised_cross_entropy`).
 
-Seams for a distributed helper: the student's forward is :func:`student_forward` (wrap the
-student in DDP, not the teacher or the method), and :func:`make_step_inputs` is the one place a
-``StepInputs`` is built (a differentiable all-gather can wrap it so relational losses see the
-global batch).
+The distributed seams: the student's forward is :func:`student_forward` (the student is wrapped
+in DDP, not the teacher or the method), and :func:`make_step_inputs` is the one place a
+``StepInputs`` is built (:func:`~relkd_tutorial.distributed.gather_step_inputs` follows it).
 """
 
 from __future__ import annotations
@@ -51,6 +66,8 @@ import csv
 import math
 import os
 import random
+import shutil
+import signal
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -66,15 +83,36 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import Batch
+from .distributed import (
+    all_gather_objects,
+    any_rank,
+    average_gradients,
+    broadcast_module_state,
+    check_sharded_loader,
+    gather_step_inputs,
+    get_rank,
+    get_world_size,
+    loader_world_size,
+    sum_over_ranks,
+    wrap_student,
+)
+from .distributed import barrier as _barrier
+from .interrupt import StopSignals, TrainingInterrupted
 from .methods import Method, StepInputs
 from .teacher import TeacherCache, as_batch, split_outputs, teacher_outputs
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "relkd_tutorial.checkpoint/1"
+CHECKPOINT_KEYS = (
+    "format", "epoch", "stage", "model", "method", "optimizer", "scheduler", "scaler", "rng",
+    "history", "config",
+)  # fmt: skip
 RESERVED_KEYS = ("epoch", "stage", "lr", "train_acc", "eval_loss", "eval_acc", "seconds")
 
 # Config fields that may differ between a run and its resumption without changing the result.
-_HARMLESS_ON_RESUME = {"resume", "progress", "checkpoint_dir", "history_csv", "log_every", "device"}
+_HARMLESS_ON_RESUME = {
+    "resume", "progress", "checkpoint_dir", "history_csv", "log_every", "device", "handle_signals",
+}  # fmt: skip
 
 
 @dataclass
@@ -113,6 +151,11 @@ class TrainConfig:
         extra: free-form notes saved with the checkpoint (e.g. the data set and method name);
             plain values only (str, int, float, bool, None and lists/tuples/dicts of them), so
             the checkpoint stays loadable with ``weights_only=True``.
+        handle_signals: on SIGINT/SIGTERM finish the step, write a mid-epoch checkpoint and raise
+            :class:`~relkd_tutorial.interrupt.TrainingInterrupted` (main thread only; see
+            :mod:`relkd_tutorial.interrupt`). ``False`` leaves the signals alone.
+        sync_batchnorm: under ``torchrun``, convert the student's BatchNorm layers to
+            ``SyncBatchNorm`` (statistics of the global batch; CUDA only). Ignored in one process.
 
     Paths (``checkpoint_dir``, ``history_csv``, ``resume``) may be ``str`` or ``os.PathLike``;
     they are stored as ``str``.
@@ -140,6 +183,8 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 10
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with checkpoints
+    handle_signals: bool = True
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         def choose(name: str, allowed: Sequence[str]) -> None:
@@ -439,15 +484,23 @@ def make_step_inputs(
     teacher_features: Tensor | None = None,
     teacher_logits: Tensor | None = None,
 ) -> StepInputs:
-    """Everything a method sees at one step; the network outputs are cast to float32 here."""
+    """Everything a method sees at one step.
+
+    The network outputs are cast to float32 if they are narrower (bf16/fp16 under autocast);
+    float64 outputs stay float64.
+    """
     return StepInputs(
-        student_features=features.float(),  # (B, D_S)
-        student_logits=logits.float(),  # (B, C_S)
+        student_features=_at_least_float32(features),  # (B, D_S)
+        student_logits=_at_least_float32(logits),  # (B, C_S)
         labels=batch.y,  # (B,)
         teacher_features=teacher_features,  # (B, D_T) or None
         teacher_logits=teacher_logits,  # (B, C_T) or None
         index=batch.index,  # (B,) or None
     )
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,9 +582,38 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the file it replaced: ``last.pt`` -> ``last.previous.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def _keep_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` atomically (a hard link where the file system allows)."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (a crash mid-write leaves the old file intact)."""
-    _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    """Write ``state`` to ``path`` atomically; the file it replaces becomes the fallback.
+
+    The new file is written and synced under a temporary name first; then the current ``path``
+    (if any) is kept as :func:`previous_checkpoint` and the new file renamed onto ``path``. At
+    every moment ``path`` holds a complete checkpoint: a crash mid-write leaves the old one.
+    """
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        torch.save(state, tmp)
+        if path.is_file():
+            _keep_copy(path, previous_checkpoint(path))
+
+    _atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -539,23 +621,51 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is truncated, corrupt or not a relkd_tutorial checkpoint.
+        ValueError: the file is empty, truncated, corrupt or not a relkd_tutorial checkpoint;
+            the message names the file. (``fit`` also refuses a checkpoint that lacks an entry
+            it needs to continue.)
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, unpickling error, ...
+    except Exception as err:  # empty file, truncated zip, unpickling error, ...
+        if "Unsupported global" in str(err):
+            raise ValueError(
+                f"checkpoint {path} holds Python objects that torch.load(weights_only=True) "
+                "refuses to load: it was not written by relkd_tutorial (or was altered); it is "
+                "not loaded, because unpickling it could run arbitrary code"
+            ) from err
+        kind = "empty" if path.stat().st_size == 0 else "truncated or corrupt"
         raise ValueError(
-            f"checkpoint {path} is truncated or corrupt and cannot be loaded "
-            f"({type(err).__name__}: {err})"
+            f"checkpoint {path} is {kind} and cannot be loaded ({type(err).__name__}: "
+            f"{_first_words(err)})"
         ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})"
         )
     return state
+
+
+def _first_words(err: Exception) -> str:
+    """The informative part of a ``torch.load`` error (its unpickler message, if any)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
+
+
+def _check_training_state(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint that lacks an entry :func:`fit` needs to continue."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if int(state.get("step", 0)) > 0:
+        missing += [k for k in ("partial", "epoch_rng") if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path} is damaged: it lacks the entries {missing}")
 
 
 def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -657,20 +767,30 @@ def fit(
             (a ``DistributedSampler``), if there is one: that is what makes a resumed
             :class:`~relkd_tutorial.data.TensorLoader` replay exactly the batches of the
             uninterrupted run, even if the same loader object was half-way through an epoch.
+            Under ``torchrun`` it must be sharded over the processes (``TensorLoader(...,
+            rank=get_rank(), world_size=get_world_size(), drop_last=True)`` or a
+            ``DistributedSampler``); ``batch_size`` is then the global batch.
         config: :class:`TrainConfig` (default: ``TrainConfig()``).
         teacher: an ``nn.Module`` run live in eval mode, or a :class:`TeacherCache` looked up by
             ``Batch.index``; required if ``method.needs_teacher`` or ``method.needs_setup``. A
             cache holds the outputs for un-augmented images: a warning is raised if
             ``train_loader.augments`` is true (as for an augmenting ``TensorLoader``).
-        eval_loader: evaluated after every epoch (accuracy and cross-entropy of the student).
+        eval_loader: evaluated after every epoch (accuracy and cross-entropy of the student);
+            under ``torchrun`` either unsharded (every rank evaluates everything) or sharded (the
+            ranks' counts are summed).
         setup_loader: the un-augmented training set, for ``method.needs_setup`` (optional if
-            ``teacher`` is a cache, which already holds that pass).
+            ``teacher`` is a cache, which already holds that pass). Under ``torchrun`` every
+            rank makes the whole pass: do not shard it.
 
     Returns:
         One record per epoch: ``epoch`` (1-based), ``stage``, ``lr``, the epoch mean of every
         loss term the method returned (``loss`` first), ``train_acc`` (over labelled samples;
         NaN if none), ``eval_loss``/``eval_acc`` (if ``eval_loader``), ``seconds``. On resume
         the records of the earlier epochs come from the checkpoint.
+
+    Raises:
+        TrainingInterrupted: SIGINT/SIGTERM arrived (with ``config.handle_signals``); the current
+            step was finished and, with a ``checkpoint_dir``, a mid-epoch checkpoint written.
     """
     config = TrainConfig() if config is None else config
     if not isinstance(method, Method):
@@ -683,17 +803,25 @@ def fit(
         )
 
     device = resolve_device(config.device)
+    world, rank = get_world_size(), get_rank()
+    if world > 1:
+        check_sharded_loader(train_loader)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     dtype = _autocast_dtype(config.amp, device)
     ckpt_path = _checkpoint_path(config)
     resume_state = _resume_state(config, ckpt_path)
 
     if config.seed is not None:
-        seed_everything(config.seed)
+        # Each rank its own stream (dropout masks of different samples stay independent); data
+        # order and augmentation come from the loader's (seed, epoch), the same on every rank.
+        seed_everything(config.seed + rank)
     memory_format = torch.channels_last if config.channels_last else torch.preserve_format
     student.to(device=device, memory_format=memory_format)
     method.to(device)
     if isinstance(teacher, nn.Module):
         teacher.to(device=device, memory_format=memory_format).eval()
+        broadcast_module_state(teacher)  # one frozen teacher on every rank
     elif isinstance(teacher, TeacherCache):
         teacher = teacher.to(device)
         if method.needs_teacher and getattr(train_loader, "augments", False):
@@ -704,89 +832,102 @@ def fit(
                 "a loader with augment=False",
                 stacklevel=2,
             )
-    forward_model = torch.compile(student) if config.compile else student
+    forward_model: nn.Module = student
+    if world > 1:  # the checkpoint keeps saving `student`, the unwrapped module
+        forward_model = wrap_student(student, device, sync_batchnorm=config.sync_batchnorm)
+    if config.compile:
+        forward_model = torch.compile(forward_model)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
 
     if method.needs_setup:
+        if world > 1 and (loader_world_size(setup_loader) or 1) > 1:
+            raise ValueError(
+                "setup_loader must not be sharded: every rank makes the whole setup pass over "
+                "the un-augmented training set"
+            )
         _run_setup(method, teacher, setup_loader, device, config.channels_last, dtype)
 
     history: list[dict[str, Any]] = []
     start = 0
+    progress: _EpochProgress | None = None  # a mid-epoch checkpoint's running sums
     plan = stage_plan(method.stages(), config.epochs)
-    show = _progress_enabled(config.progress)
-    for stage in plan:
-        if resume_state is not None and stage.end <= resume_state["epoch"]:
-            continue  # finished before the checkpoint
-        # The straight run calls set_stage at the stage's first epoch, with the RNGs as the
-        # previous epoch left them, then builds the stage's optimizer. A resumed run replays
-        # that order exactly: if it resumes mid-stage, set_stage comes first (the checkpoint
-        # already holds its effect on tensors; this restores any plain attributes), then the
-        # saved state; at a stage boundary, the saved state (RNGs included) comes first, so a
-        # set_stage that draws random numbers (a re-initialised head) draws the same ones.
-        mid_stage = resume_state is not None and resume_state["epoch"] > stage.first
-        if mid_stage:
-            method.set_stage(stage.name)
-        if resume_state is not None:
-            start = resume_state["epoch"]
-            student.load_state_dict(resume_state["model"])
-            method.load_state_dict(resume_state["method"])
-            scaler.load_state_dict(resume_state["scaler"])
-            set_rng_state(resume_state["rng"])
-            history = list(resume_state["history"])
-        if not mid_stage:
-            method.set_stage(stage.name)
-        optimizer = build_optimizer(trainable_parameters(student, method), config)
-        scheduler = build_scheduler(optimizer, config, stage.epochs)
-        if mid_stage:  # same stage: continue its optimizer and schedule
-            assert resume_state is not None
-            optimizer.load_state_dict(resume_state["optimizer"])
-            scheduler.load_state_dict(resume_state["scheduler"])
-        resume_state = None
-
-        for epoch in range(max(stage.first, start), stage.end):
-            tic = time.perf_counter()
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "stage": stage.name,
-                "lr": optimizer.param_groups[0]["lr"],
-            }
-            record.update(
-                _train_one_epoch(
+    show = rank == 0 and _progress_enabled(config.progress)
+    with StopSignals(config.handle_signals, announce=rank == 0) as stop:
+        for stage in plan:
+            if resume_state is not None and stage.end <= resume_state["epoch"]:
+                continue  # finished before the checkpoint
+            # The straight run calls set_stage at the stage's first epoch, with the RNGs as the
+            # previous epoch left them, then builds the stage's optimizer. A resumed run replays
+            # that order exactly: if it resumes mid-stage (or mid-epoch), set_stage comes first
+            # (the checkpoint already holds its effect on tensors; this restores any plain
+            # attributes), then the saved state; at a stage boundary, the saved state (RNGs
+            # included) comes first, so a set_stage that draws random numbers (a re-initialised
+            # head) draws the same ones.
+            resumed_step = 0 if resume_state is None else int(resume_state.get("step", 0))
+            mid_stage = resume_state is not None and (
+                resume_state["epoch"] > stage.first or resumed_step > 0
+            )
+            if mid_stage:
+                method.set_stage(stage.name)
+            if resume_state is not None:
+                start = resume_state["epoch"]
+                student.load_state_dict(resume_state["model"])
+                method.load_state_dict(resume_state["method"])
+                scaler.load_state_dict(resume_state["scaler"])
+                set_rng_state(_rank_state(resume_state, "rng", rank, world))
+                history = list(resume_state["history"])
+                if resumed_step:
+                    progress = _EpochProgress.from_checkpoint(resume_state, rank, world, device)
+            if not mid_stage:
+                method.set_stage(stage.name)
+            broadcast_module_state(method)  # e.g. a random frozen head, a queue's random start
+            optimizer = build_optimizer(trainable_parameters(student, method), config)
+            scheduler = build_scheduler(optimizer, config, stage.epochs)
+            if mid_stage:  # same stage: continue its optimizer and schedule
+                assert resume_state is not None
+                optimizer.load_state_dict(resume_state["optimizer"])
+                scheduler.load_state_dict(resume_state["scheduler"])
+            resume_state = None
+            parts = _RunParts(student, method, optimizer, scheduler, scaler, stage.name)
+            for epoch in range(max(stage.first, start), stage.end):
+                tic = time.perf_counter() - (progress.seconds if progress is not None else 0.0)
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "stage": stage.name,
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
+                means, stopped = _train_one_epoch(
                     forward_model, student, method, teacher, train_loader, optimizer, scaler,
                     config, device, dtype, epoch,
                     desc=f"epoch {epoch + 1}/{config.epochs} [{stage.name}]", show=show,
-                )
-            )  # fmt: skip
-            scheduler.step()
-            if eval_loader is not None:
-                result = evaluate(
-                    student, eval_loader, device, amp=config.amp, channels_last=config.channels_last
-                )
-                record["eval_loss"], record["eval_acc"] = result["loss"], result["acc"]
-            record["seconds"] = time.perf_counter() - tic
-            _check_finite_state(epoch, student, method)  # before anything replaces the checkpoint
-            history.append(record)
-            if show:
-                tqdm.write(_summary(record))
-            if ckpt_path is not None:
-                save_checkpoint(
-                    ckpt_path,
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "epoch": epoch + 1,
-                        "stage": stage.name,
-                        "model": student.state_dict(),
-                        "method": method.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "rng": get_rng_state(),
-                        "history": history,
-                        "config": asdict(config),
-                    },
-                )
-            if config.history_csv is not None:
-                write_history_csv(history, config.history_csv)
+                    resume=progress, stop=stop if config.handle_signals else None,
+                )  # fmt: skip
+                progress = None
+                if means is None:  # a stop signal: save the epoch so far, then stop
+                    assert stopped is not None
+                    stopped.seconds = time.perf_counter() - tic
+                    _check_finite_state(epoch, student, method)
+                    if ckpt_path is not None:
+                        _write_checkpoint(ckpt_path, parts, history, config, epoch, stopped)
+                        _barrier()  # rank 0's file is complete before any rank exits
+                    raise _interrupted(stop.signum, ckpt_path, epoch, stopped.steps)
+                record.update(means)
+                scheduler.step()
+                if eval_loader is not None:
+                    result = _evaluate_all_ranks(student, eval_loader, device, config)
+                    record["eval_loss"], record["eval_acc"] = result["loss"], result["acc"]
+                record["seconds"] = time.perf_counter() - tic
+                _check_finite_state(epoch, student, method)  # before anything replaces a file
+                history.append(record)
+                if show:
+                    tqdm.write(_summary(record))
+                if ckpt_path is not None:
+                    _write_checkpoint(ckpt_path, parts, history, config, epoch + 1)
+                if config.history_csv is not None and rank == 0:
+                    write_history_csv(history, config.history_csv)
+                if config.handle_signals and any_rank(stop.requested, device):
+                    _barrier()
+                    raise _interrupted(stop.signum, ckpt_path, epoch + 1, 0)
 
     if resume_state is not None:  # the checkpoint had already finished every epoch
         student.load_state_dict(resume_state["model"])
@@ -794,6 +935,156 @@ def fit(
         method.set_stage(plan[-1].name)
         history = list(resume_state["history"])
     return history
+
+
+@dataclass
+class _RunParts:
+    """Everything with state that a checkpoint saves, besides the history and the config."""
+
+    student: nn.Module
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    stage: str
+
+
+def _write_checkpoint(
+    path: Path,
+    parts: _RunParts,
+    history: list[dict[str, Any]],
+    config: TrainConfig,
+    epoch: int,
+    progress: _EpochProgress | None = None,
+) -> None:
+    """Rank 0 writes the state after ``epoch`` epochs (and ``progress.steps`` more steps).
+
+    Every rank must call it: the RNG states of all ranks are gathered (a collective).
+    """
+    rngs = all_gather_objects(get_rng_state())
+    state: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "step": 0 if progress is None else progress.steps,
+        "stage": parts.stage,
+        "model": parts.student.state_dict(),  # the unwrapped student, never the DDP wrapper
+        "method": parts.method.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "rng": rngs[0],
+        "history": history,
+        "config": asdict(config),
+    }
+    if len(rngs) > 1:
+        state["rng_ranks"] = rngs
+    if progress is not None:
+        state.update(progress.checkpoint_entries())
+    if get_rank() == 0:
+        save_checkpoint(path, state)
+
+
+def _interrupted(
+    signum: int | None, ckpt_path: Path | None, epoch: int, step: int
+) -> TrainingInterrupted:
+    """The exception that ends a run stopped by a signal, with a message that says what next."""
+    signum = int(signum) if signum is not None else int(signal.SIGTERM)  # another rank's signal
+    name = signal.Signals(signum).name
+    where = f"after step {step} of epoch {epoch + 1}" if step else f"after epoch {epoch}"
+    if ckpt_path is None:
+        saved = "no checkpoint_dir was set, so nothing was saved"
+    else:
+        saved = (
+            f"checkpoint written to {ckpt_path}; run the same command with resume=True "
+            "(--resume) to continue exactly where it stopped"
+        )
+    return TrainingInterrupted(
+        f"training stopped by {name} {where}: {saved}",
+        signum,
+        None if ckpt_path is None else str(ckpt_path),
+        epoch,
+        step,
+    )
+
+
+@dataclass
+class _EpochProgress:
+    """Where an epoch stands after ``steps`` steps: what a mid-epoch checkpoint must hold.
+
+    ``sums``/``counts``/``correct``/``labelled`` are the running sums behind the epoch's record;
+    ``epoch_rng`` is this rank's RNG state at the start of the epoch (it re-creates the epoch's
+    batches); ``rng`` the state after the last step done (set when resuming).
+    """
+
+    steps: int
+    sums: dict[str, Tensor]
+    counts: dict[str, int]
+    correct: Tensor
+    labelled: Tensor
+    epoch_rng: dict[str, Any]
+    seconds: float = 0.0
+    rng: dict[str, Any] | None = None
+
+    def checkpoint_entries(self) -> dict[str, Any]:
+        epoch_rngs = all_gather_objects(self.epoch_rng)  # collective: every rank calls it
+        entries: dict[str, Any] = {
+            "epoch_rng": epoch_rngs[0],
+            "partial": {
+                "sums": {k: v.detach().cpu() for k, v in self.sums.items()},
+                "counts": dict(self.counts),
+                "correct": int(self.correct),
+                "labelled": int(self.labelled),
+                "seconds": float(self.seconds),
+            },
+        }
+        if len(epoch_rngs) > 1:
+            entries["epoch_rng_ranks"] = epoch_rngs
+        return entries
+
+    @classmethod
+    def from_checkpoint(
+        cls, state: dict[str, Any], rank: int, world: int, device: torch.device
+    ) -> _EpochProgress:
+        partial = state["partial"]
+        return cls(
+            steps=int(state["step"]),
+            sums={k: v.to(device) for k, v in partial["sums"].items()},
+            counts={k: int(v) for k, v in partial["counts"].items()},
+            correct=torch.tensor(int(partial["correct"]), dtype=torch.long, device=device),
+            labelled=torch.tensor(int(partial["labelled"]), dtype=torch.long, device=device),
+            epoch_rng=_rank_state(state, "epoch_rng", rank, world),
+            seconds=float(partial["seconds"]),
+            rng=_rank_state(state, "rng", rank, world),
+        )
+
+
+def _rank_state(state: dict[str, Any], key: str, rank: int, world: int) -> Any:
+    """This rank's entry of a per-rank RNG list if the checkpoint has one for this many ranks,
+    else the rank-0 entry (a run resumed with a different number of processes)."""
+    per_rank = state.get(f"{key}_ranks")
+    if world > 1 and per_rank is not None and len(per_rank) == world:
+        return per_rank[rank]
+    return state[key]
+
+
+def _evaluate_all_ranks(
+    student: nn.Module, loader: Iterable[object], device: torch.device, config: TrainConfig
+) -> dict[str, float]:
+    """:func:`evaluate`; with a loader sharded over the ranks, the ranks' counts are summed."""
+    result = evaluate(student, loader, device, amp=config.amp, channels_last=config.channels_last)
+    if get_world_size() == 1 or (loader_world_size(loader) or 1) == 1:
+        return result
+    count = result["labelled"]
+    correct = round(result["acc"] * count) if count else 0
+    loss_sum = result["loss"] * count if count else 0.0
+    correct, loss_sum, n, count = sum_over_ranks([correct, loss_sum, result["n"], count], device)
+    nan = float("nan")
+    return {
+        "acc": correct / count if count else nan,
+        "loss": loss_sum / count if count else nan,
+        "n": int(n),
+        "labelled": int(count),
+    }
 
 
 def _train_one_epoch(
@@ -811,26 +1102,56 @@ def _train_one_epoch(
     *,
     desc: str,
     show: bool,
-) -> dict[str, float]:
-    """One pass over ``loader``; returns the epoch means of the loss terms and ``train_acc``."""
+    resume: _EpochProgress | None = None,
+    stop: StopSignals | None = None,
+) -> tuple[dict[str, float] | None, _EpochProgress | None]:
+    """One pass over ``loader``.
+
+    Returns ``(means, None)`` with the epoch means of the loss terms and ``train_acc``, or
+    ``(None, progress)`` if ``stop`` was requested (on any rank) after a step. ``resume``
+    continues an epoch from a mid-epoch checkpoint: its first ``resume.steps`` batches are
+    re-created and skipped.
+    """
+    world = get_world_size()
     student.train()
     method.train()
+    if resume is not None:
+        set_rng_state(resume.epoch_rng)  # the loader re-creates this epoch's batches from here
+    epoch_rng = get_rng_state() if stop is not None else {}
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
     elif hasattr(getattr(loader, "sampler", None), "set_epoch"):
         loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    student_ids = {id(p) for p in student.parameters()}
+    method_params = [p for p in params if id(p) not in student_ids]  # synced by hand (world > 1)
     sums: dict[str, Tensor] = {}  # running sums of the detached terms, on the device
     counts: dict[str, int] = {}
     correct = torch.zeros((), dtype=torch.long, device=device)
     labelled = torch.zeros((), dtype=torch.long, device=device)
+    steps = 0
+    batches = iter(loader)
+    if resume is not None:
+        sums, counts = dict(resume.sums), dict(resume.counts)
+        correct, labelled = resume.correct.clone(), resume.labelled.clone()
+        for steps in range(1, resume.steps + 1):
+            if next(batches, None) is None:
+                raise ValueError(
+                    f"the checkpoint stopped after step {resume.steps} of epoch {epoch + 1}, but "
+                    f"the training loader now yields only {steps - 1} batches in that epoch; "
+                    "resume with the same data, batch size and world size"
+                )
+        assert resume.rng is not None
+        set_rng_state(resume.rng)  # as the uninterrupted run was after step `resume.steps`
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     # The bar is advanced by hand and never given the loader: tqdm.auto's class calls iter() on
     # an iterable it wraps, which would start a second pass (a DataLoader's workers, a
     # TensorLoader's epoch counter, a draw from the global RNG) for every epoch.
-    steps = 0
-    with tqdm(total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True) as bar:
-        for steps, item in enumerate(loader, start=1):
+    skipped = steps
+    with tqdm(
+        total=total, initial=skipped, desc=desc, disable=not show, leave=False, dynamic_ncols=True
+    ) as bar:
+        for steps, item in enumerate(batches, start=skipped + 1):
             batch = as_batch(item, device)
             features, logits = student_forward(
                 forward_model, batch.x, channels_last=config.channels_last, autocast_dtype=dtype
@@ -842,6 +1163,8 @@ def _train_one_epoch(
                     teacher, batch, channels_last=config.channels_last, autocast_dtype=dtype
                 )
             inputs = make_step_inputs(features, logits, batch, t_feat, t_logits)
+            if world > 1:
+                inputs = gather_step_inputs(inputs)  # the global batch, on every rank
             terms = method.loss_terms(inputs)
             if "loss" not in terms:
                 raise KeyError(
@@ -849,7 +1172,9 @@ def _train_one_epoch(
                 )
 
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(terms["loss"]).backward()
+            scaler.scale(terms["loss"]).backward()  # DDP averages the student's gradients
+            if world > 1:
+                average_gradients(method_params)  # already global; keeps the ranks identical
             if config.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -860,12 +1185,14 @@ def _train_one_epoch(
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
                 counts[name] = counts.get(name, 0) + 1
-            keep = batch.y >= 0  # (B,) labelled samples
-            correct += (logits.detach().argmax(dim=1) == batch.y)[keep].sum()
+            keep = inputs.labels >= 0  # (B,) labelled samples of the (global) batch
+            correct += (inputs.student_logits.detach().argmax(dim=1) == inputs.labels)[keep].sum()
             labelled += keep.sum()
             bar.update(1)
             if show and steps % config.log_every == 0:
                 bar.set_postfix({k: f"{float(v) / counts[k]:.4g}" for k, v in sums.items()})
+            if stop is not None and any_rank(stop.requested, device):
+                return None, _EpochProgress(steps, sums, counts, correct, labelled, epoch_rng)
     if steps == 0:
         raise ValueError("the training loader yielded no batch")
 
@@ -881,7 +1208,7 @@ def _train_one_epoch(
         )
     count = int(labelled)
     means["train_acc"] = int(correct) / count if count else float("nan")
-    return means
+    return means, None
 
 
 def _check_finite_state(epoch: int, *modules: nn.Module) -> None:
@@ -924,7 +1251,17 @@ def _resume_state(config: TrainConfig, ckpt_path: Path | None) -> dict[str, Any]
         path = ckpt_path
     else:
         path = Path(config.resume)
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+        _check_training_state(state, path)
+    except ValueError as err:
+        fallback = previous_checkpoint(path)
+        if fallback.is_file():
+            raise ValueError(
+                f"{err}. The checkpoint it replaced is {fallback}: continue from it with "
+                f"resume={str(fallback)!r} (the epochs since then are trained again)"
+            ) from err
+        raise
     saved = state.get("config", {})
     differ = sorted(
         k for k, v in asdict(config).items()

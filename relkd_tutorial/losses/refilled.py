@@ -72,7 +72,7 @@ from .._checks import (
     full_precision,
     loss_dtype,
 )
-from ..relations import pairwise_distances, semi_hard_triplets
+from ..relations import pairwise_distances, rescaled, semi_hard_triplets, unit_rows
 
 FORMS = ("triplet", "tuple")
 
@@ -87,7 +87,7 @@ def embedding_distances(features: Tensor) -> Tensor:
 
     Computed in float32 or wider (the caller disables autocast).
     """
-    phi = F.normalize(features.to(loss_dtype(features)), dim=1)  # (B, D)
+    phi = unit_rows(features.to(loss_dtype(features)))  # (B, D), exact at any magnitude
     return pairwise_distances(phi)  # (B, B)
 
 
@@ -276,12 +276,13 @@ def class_centres(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     check_labels("labels", labels, features.shape[0], num_classes)
     check_same_device("features", features, "labels", labels)
     with torch.no_grad(), full_precision(features.device):
-        f = features.detach().to(loss_dtype(features))  # (N, D)
+        f = rescaled(features.detach().to(loss_dtype(features)))  # (N, D); the centres are
+        # unit vectors, so a common scale does not change them, but the sums cannot overflow
         row = torch.where(labels >= 0, labels, torch.full_like(labels, num_classes))  # (N,)
         sums = f.new_zeros(num_classes + 1, f.shape[1]).index_add_(0, row, f)  # (C + 1, D)
         counts = torch.bincount(row, minlength=num_classes + 1).to(f.dtype)  # (C + 1,)
         means = sums[:num_classes] / counts[:num_classes, None].clamp(min=1)  # (C, D)
-        return F.normalize(means, dim=1)  # zero rows stay zero
+        return unit_rows(means)  # zero rows stay zero
 
 
 def batch_classes(labels: Tensor, num_classes: int) -> Tensor:

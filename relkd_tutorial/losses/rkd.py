@@ -16,6 +16,11 @@ Conventions (the authors' code and every reimplementation; published weights car
   0, and a zero direction, hence cosine 0 (the authors get the same 0 from ``F.normalize`` of a
   zero vector). Pairs closer than the Gram formula's rounding error (closer than about ``2e-3`` of
   their norms in the centred batch, in float32; ``6e-8`` in float64) count as coincident (choice).
+- Both potentials are invariant to the scale of the features, so each side is divided by its
+  largest absolute entry first (:func:`~relkd_tutorial.relations.rescaled`): features of any
+  magnitude representable in the dtype give the same loss (without it, float32 features of size
+  ``1e19`` overflowed the Gram matrix into NaN and features of size ``1e-7`` fell under the
+  distance clamp, so every pair looked equidistant).
 
 Speed: the common implementation builds a ``(B, B, D)`` difference tensor and a ``(B, B, B)``
 batched matmul and back-propagates through both. Here the angle loss reads everything from two
@@ -37,7 +42,7 @@ from .._checks import (
     full_precision,
     loss_dtype,
 )
-from ..relations import gram_and_inverse_distances, normalized_pairwise_distances
+from ..relations import gram_and_inverse_distances, normalized_pairwise_distances, rescaled
 
 # Elements of one (vertices, B, B) chunk; 2^16 float32 = 256 KiB keeps a chunk's temporaries in
 # a CPU core's L2 cache, which measured faster than larger chunks on the reference machine.
@@ -64,9 +69,10 @@ def rkd_distance_loss(student_features: Tensor, teacher_features: Tensor) -> Ten
     )
     dtype = loss_dtype(s, t)
     with full_precision(s.device):
-        psi_s = normalized_pairwise_distances(s.to(dtype))  # (B, B)
+        # rescaled(): psi_D is scale invariant; this keeps its squares finite and non-zero
+        psi_s = normalized_pairwise_distances(rescaled(s.to(dtype)))  # (B, B)
         with torch.no_grad():
-            psi_t = normalized_pairwise_distances(t.detach().to(dtype))  # (B, B)
+            psi_t = normalized_pairwise_distances(rescaled(t.detach().to(dtype)))  # (B, B)
         return F.smooth_l1_loss(psi_s, psi_t, reduction="mean", beta=1.0)
 
 
@@ -178,9 +184,10 @@ def rkd_angle_loss(
     rows = rows if rows is not None else max(1, ANGLE_CHUNK_ELEMENTS // (b * b))
     dtype = loss_dtype(s, t)
     with full_precision(s.device):
-        gram_s, inv_s = gram_and_inverse_distances(s.to(dtype))  # (B, B) each
+        # rescaled(): cosines are scale invariant; this keeps the Gram matrix finite, non-zero
+        gram_s, inv_s = gram_and_inverse_distances(rescaled(s.to(dtype)))  # (B, B) each
         with torch.no_grad():
-            gram_t, inv_t = gram_and_inverse_distances(t.detach().to(dtype))  # (B, B) each
+            gram_t, inv_t = gram_and_inverse_distances(rescaled(t.detach().to(dtype)))
         return _RKDAngleHuber.apply(gram_s, inv_s, gram_t, inv_t, rows)
 
 

@@ -53,7 +53,7 @@ from .._checks import (
     full_precision,
     loss_dtype,
 )
-from ..relations import cosine_similarity_matrix
+from ..relations import cosine_similarity_matrix, unit_rows
 
 UPDATE_ORDERS = ("after", "before")
 
@@ -202,11 +202,11 @@ class ProjectionHead(nn.Module):
             )
         if self.trainable:
             h = self.linear(features.to(weight.dtype))  # (B, d)
-            return F.normalize(h.to(loss_dtype(h)), dim=1)
+            return unit_rows(h.to(loss_dtype(h)))
         with torch.no_grad(), full_precision(features.device):
             dtype = loss_dtype(features, weight)
             h = F.linear(features.to(dtype), weight.to(dtype), bias.to(dtype))  # (B, d)
-            return F.normalize(h, dim=1)
+            return unit_rows(h)
 
 
 class EmbeddingQueue(nn.Module):

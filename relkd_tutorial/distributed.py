@@ -1,0 +1,349 @@
+"""Data-parallel training in which relational losses see the *global* batch.
+
+The problem (notes/peers.md Sec. 2). Under ``DistributedDataParallel`` each process runs the
+model on its own shard of the batch. A pointwise loss (cross-entropy, KD) does not care: the mean
+of the per-shard means is the global mean. A *relational* loss does: RKD's distances and angles,
+RRD's queue, REFILLED's triplets and local classes, any batch mean or batch statistic computed per
+shard relates each sample only to the ``B / W`` samples of its own process, so the loss - and the
+trained model - change with the number of processes ``W``.
+
+The fix, in three pieces (all called by :func:`relkd_tutorial.train.fit`):
+
+1. Every rank runs the student (wrapped in DDP, :func:`wrap_student`) and the frozen teacher on
+   its contiguous slice of the global batch (:class:`~relkd_tutorial.data.TensorLoader` with
+   ``rank``/``world_size``; the slices, rank 0 first, concatenate to the single-process batch).
+2. :func:`gather_step_inputs` all-gathers student features and logits (differentiably), teacher
+   features and logits, labels and sample indices, so every rank holds the global batch, in the
+   single-process order, before ``method.loss_terms``. Every rank computes the *same* global loss,
+   and ``method.after_step`` sees the same global inputs (RRD's queue receives the gathered
+   teacher keys identically on every rank).
+3. The backward pass of the gather (:class:`AllGather`) returns this rank's slice of the
+   *all-reduced (summed)* gradient; DDP then averages the parameter gradients over the ranks.
+
+Why summing is right. Let ``Y = [y_0; ...; y_{W-1}]`` be the gathered outputs, ``y_r = f(theta,
+x_r)`` computed on rank ``r``, and ``L(Y)`` the global loss. The single-process gradient is
+
+    dL/dtheta = sum_r J_r^T g_r,    g_r = dL/dy_r (block r of G = dL/dY),  J_r = dy_r/dtheta.
+
+On rank ``r`` autograd reaches ``theta`` only through its own block ``y_r``: the other blocks
+arrived by communication and are constants there. Every rank computes the same ``L`` and so the
+same ``G``. If the gather's backward returned the local block ``g_r``, rank ``r`` would hold
+``J_r^T g_r`` and DDP's average would give ``(1/W) sum_r J_r^T g_r = (1/W) dL/dtheta``: ``W``
+times too small (the symptom in OpenGait #36). The backward returns instead block ``r`` of
+``sum_q G^(q)``, the sum over ranks of each rank's gradient of the gathered tensor. All ``G^(q)``
+equal ``G``, so that block is ``W g_r``, and DDP's average gives
+``(1/W) sum_r W J_r^T g_r = dL/dtheta``, the single-process gradient. ``tests/test_distributed.py``
+checks it for every method, in float64, to 1e-10.
+
+The sum (rather than "multiply by ``W``") is the adjoint of the gather: the gather copies ``y_r``
+to every rank, so its adjoint adds every rank's gradient of that copy. It stays right if ranks
+compute *different* losses ``L_q`` from the gathered tensor (e.g. only their own anchors against
+global keys): the result is then ``d(sum_q L_q)/dy_r``, and DDP's average gives the gradient of
+the mean per-rank loss. "Times ``W``" is only right when every rank computes the same loss.
+
+Method parameters (RRD's student projection head) act on the gathered inputs, so each rank
+computes their *full* gradient from the global loss, identical on every rank; they need no
+DDP wrapper (whose average of ``W`` identical copies would give the same value). The loop still
+all-reduces (averages) them after the backward pass (:func:`average_gradients`): the result is
+unchanged up to rounding, and it keeps the ranks' copies identical *by construction* even when a
+GPU kernel is non-deterministic. The method's parameters and buffers (the frozen random teacher
+head, the queue's random start) are broadcast from rank 0 before training
+(:func:`broadcast_module_state`), as DDP does for the student.
+
+BatchNorm. In training mode each rank normalises with the statistics of its own shard, which
+differ from the global batch's: a BN student does *not* train exactly as in one process. Set
+``TrainConfig(sync_batchnorm=True)`` to convert it to ``torch.nn.SyncBatchNorm`` (global batch
+statistics; CUDA only in PyTorch). The exactness tests use a model without BN.
+
+Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``), e.g. ``torchrun --standalone --nproc_per_node=2 -m relkd_tutorial.distill ...``
+(see :mod:`relkd_tutorial.distill`). In a script: call :func:`init_distributed` first, build the
+training loader with ``rank=get_rank(), world_size=get_world_size(), drop_last=True``, then
+``fit`` as usual; it detects the process group.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .methods import StepInputs
+
+# ---------------------------------------------------------------------------------------------
+# Process group and rank helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """The number of processes (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0: the one process that writes checkpoints, CSV files and progress bars."""
+    return get_rank() == 0
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> torch.device:
+    """Join the process group ``torchrun`` describes in the environment; return this rank's device.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT`` through
+    PyTorch's ``env://`` rendezvous). Backend: ``"nccl"`` if CUDA is available (each process then
+    uses ``cuda:LOCAL_RANK``), else ``"gloo"`` on the CPU. Without ``WORLD_SIZE`` (a plain
+    ``python`` launch) nothing is initialised and the run is single-process. Calling it again is
+    harmless.
+
+    Returns:
+        ``cuda:LOCAL_RANK`` with NCCL, else ``cpu``.
+    """
+    use_cuda = torch.cuda.is_available() and backend in (None, "nccl")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    if "WORLD_SIZE" not in os.environ or not dist.is_available():
+        return device
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend or ("nccl" if use_cuda else "gloo"),
+            timeout=timedelta(seconds=timeout_s),
+            **({"device_id": device} if use_cuda else {}),
+        )
+    return device
+
+
+def cleanup() -> None:
+    """Leave the process group (call at the end of a ``torchrun`` script)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if is_distributed():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# The differentiable all-gather
+# ---------------------------------------------------------------------------------------------
+
+
+def gather_sizes(n: int, device: torch.device) -> list[int]:
+    """Every rank's batch size ``[B_0, ..., B_{W-1}]`` (one small all-gather)."""
+    mine = torch.tensor([n], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(mine) for _ in range(get_world_size())]
+    dist.all_gather(sizes, mine)
+    return [int(s) for s in sizes]
+
+
+def _gather(x: Tensor, sizes: list[int]) -> Tensor:
+    """Concatenate every rank's ``x`` along dim 0, rank 0 first; ranks may hold different sizes.
+
+    Each rank's block is padded to the largest size (all-gather needs equal shapes), then cut.
+    """
+    largest = max(sizes)
+    x = x.contiguous()
+    if x.shape[0] < largest:
+        pad = x.new_zeros((largest - x.shape[0], *x.shape[1:]))
+        x = torch.cat([x, pad])  # (max B_r, ...)
+    blocks = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(blocks, x)
+    return torch.cat([b[:n] for b, n in zip(blocks, sizes, strict=True)])  # (sum B_r, ...)
+
+
+class AllGather(torch.autograd.Function):
+    """``Y = [y_0; ...; y_{W-1}]`` on every rank; backward: block ``r`` of the summed gradient.
+
+    Forward: all-gather along dim 0 (ranks may hold different batch sizes). Backward: all-reduce
+    (sum) the gradient of ``Y`` over ranks and return this rank's rows. See the module docstring
+    for why the sum makes DDP's averaged gradient equal the single-process one.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:  # type: ignore[override]
+        ctx.sizes = sizes
+        ctx.rank = get_rank()
+        return _gather(x, sizes)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        total = grad.contiguous().clone()  # all_reduce works in place; autograd owns ``grad``
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)  # sum_q G^(q)
+        start = sum(ctx.sizes[: ctx.rank])
+        return total[start : start + ctx.sizes[ctx.rank]], None  # block r
+
+
+def all_gather(x: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """Every rank's ``x`` concatenated along dim 0 (rank 0 first), differentiable if ``x`` is.
+
+    Args:
+        x: ``(B_r, ...)``; any dtype (labels and indices are gathered the same way, without
+            gradient).
+        sizes: every rank's ``B_r`` if already known (:func:`gather_sizes`), saving one
+            collective.
+
+    Returns:
+        ``(sum_r B_r, ...)``; ``x`` itself without a process group.
+    """
+    if not is_distributed():
+        return x
+    sizes = gather_sizes(x.shape[0], x.device) if sizes is None else sizes
+    if x.requires_grad:
+        return AllGather.apply(x, sizes)
+    with torch.no_grad():
+        return _gather(x, sizes)
+
+
+def gather_step_inputs(inputs: StepInputs) -> StepInputs:
+    """The global batch's :class:`StepInputs`: every field all-gathered, rank 0's rows first.
+
+    Student features and logits keep their gradient path (:class:`AllGather`); the teacher's
+    outputs, labels and indices are gathered without gradient. ``None`` fields stay ``None``
+    (they are ``None`` on every rank: the same method runs everywhere).
+    """
+    if not is_distributed():
+        return inputs
+    sizes = gather_sizes(inputs.student_logits.shape[0], inputs.student_logits.device)
+
+    def gather(t: Tensor | None) -> Tensor | None:
+        return None if t is None else all_gather(t, sizes)
+
+    return StepInputs(
+        student_features=all_gather(inputs.student_features, sizes),  # (B, D_S)
+        student_logits=all_gather(inputs.student_logits, sizes),  # (B, C_S)
+        labels=all_gather(inputs.labels, sizes),  # (B,)
+        teacher_features=gather(inputs.teacher_features),  # (B, D_T) or None
+        teacher_logits=gather(inputs.teacher_logits),  # (B, C_T) or None
+        index=gather(inputs.index),  # (B,) or None
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Keeping the ranks' copies identical
+# ---------------------------------------------------------------------------------------------
+
+
+def wrap_student(
+    student: nn.Module, device: torch.device, *, sync_batchnorm: bool = False
+) -> nn.Module:
+    """``DistributedDataParallel(student)``; the student itself stays the module to checkpoint.
+
+    DDP broadcasts rank 0's parameters and buffers when it wraps the model and averages the
+    gradients over ranks in the backward pass. Parameters a loss does not use keep no gradient
+    (``find_unused_parameters=True``; it costs one walk of the autograd graph per step). With ``sync_batchnorm=True`` the student's
+    BatchNorm layers are first converted in place to ``SyncBatchNorm`` (statistics over the global
+    batch; PyTorch supports it on CUDA only).
+    """
+    if sync_batchnorm:
+        if device.type != "cuda":
+            raise ValueError(
+                "sync_batchnorm=True needs CUDA (PyTorch's SyncBatchNorm does not run on "
+                f"{device.type}); on the CPU use a model without BatchNorm or accept per-rank "
+                "batch statistics"
+            )
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(student)  # in place below the root
+        if converted is not student:
+            raise TypeError("sync_batchnorm=True: the student itself must not be a BatchNorm layer")
+    ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    # find_unused_parameters: a method may leave part of the student out of the loss (RKD's
+    # metric convention and REFILLED's first stage never use the classifier). DDP must then not
+    # wait for those gradients; they stay None, as in one process (no weight decay, no momentum).
+    return nn.parallel.DistributedDataParallel(student, device_ids=ids, find_unused_parameters=True)
+
+
+@torch.no_grad()
+def broadcast_module_state(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into every rank's ``module`` (in place)."""
+    if not is_distributed():
+        return
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.numel():
+            dist.broadcast(t.data, src=src)
+
+
+def average_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Replace each parameter's gradient by its mean over the ranks (parameters without one skip).
+
+    Every rank must pass the same parameters in the same order.
+    """
+    if not is_distributed():
+        return
+    world = get_world_size()
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """``True`` on every rank if ``flag`` is true on at least one (e.g. a stop request)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), rank 0 first; ``[obj]`` without a process group."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of a list of numbers over the ranks (float64)."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def loader_world_size(loader: object) -> int | None:
+    """How many ranks ``loader`` is sharded over, if it says (TensorLoader, DistributedSampler)."""
+    size = getattr(loader, "world_size", None)
+    if size is None:
+        size = getattr(getattr(loader, "sampler", None), "num_replicas", None)
+    return None if size is None else int(size)
+
+
+def check_sharded_loader(loader: object, name: str = "train_loader") -> None:
+    """Refuse a training loader that is not sharded over exactly the running ranks.
+
+    An unsharded loader would give every rank the whole batch, so the gathered "global" batch
+    would hold every sample ``W`` times.
+    """
+    world = get_world_size()
+    size = loader_world_size(loader)
+    if size is not None and size != world:
+        raise ValueError(
+            f"{name} is sharded over world_size={size} but {world} processes are running; build "
+            f"it with rank=get_rank(), world_size=get_world_size() (TensorLoader) or a "
+            "DistributedSampler"
+        )
+    if size is None:
+        raise ValueError(
+            f"{name} does not say how it is sharded over the {world} processes; use "
+            "TensorLoader(..., rank=get_rank(), world_size=get_world_size(), drop_last=True) or "
+            "a DataLoader with a DistributedSampler"
+        )

@@ -1,0 +1,115 @@
+"""Stop on SIGINT/SIGTERM at a step boundary, so that a killed run can continue exactly.
+
+A run is usually stopped from outside: Ctrl-C (``SIGINT``), the stop button of a notebook
+(``SIGINT``), a cluster scheduler or ``torchrun`` shutting workers down (``SIGTERM``, followed by
+``SIGKILL`` after a grace period: 30 s for ``torchrun``). Python's defaults either raise
+``KeyboardInterrupt`` at an arbitrary byte code (half-way through an optimizer step) or end the
+process at once; both lose the epoch's work.
+
+While :func:`relkd_tutorial.train.fit` runs, :class:`StopSignals` replaces those two handlers: the
+first signal only *records* the request (and says so on stderr); the loop finishes the current
+step, writes a mid-epoch checkpoint and raises :class:`TrainingInterrupted`, whose message names
+the checkpoint and how to continue. The *same* signal a second time restores the previous handler
+and delivers the signal to it, so a second Ctrl-C still stops a loop that hangs (e.g. in a data
+loader). The previous handlers are restored when ``fit`` returns or raises; a signal that arrives
+after the loop's last check is delivered to them then (delayed, never lost). Handlers can only be
+installed from the main thread; elsewhere (``fit`` in a worker thread) signals keep their usual
+behaviour.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit`` stopped cleanly at a step boundary after SIGINT/SIGTERM.
+
+    A ``KeyboardInterrupt`` (so ``except Exception`` does not swallow it). Attributes:
+    ``signum`` (the signal), ``checkpoint`` (the path written, or ``None``), ``epoch`` (0-based)
+    and ``step`` (steps of that epoch completed).
+    """
+
+    def __init__(
+        self, message: str, signum: int, checkpoint: str | None, epoch: int, step: int
+    ) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.epoch = epoch
+        self.step = step
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention for "ended by signal ``signum``": ``128 + signum``."""
+        return 128 + int(self.signum)
+
+
+class StopSignals:
+    """Context manager: while active, SIGINT/SIGTERM set :attr:`signum` instead of stopping.
+
+    Args:
+        enabled: ``False`` installs nothing (``signum`` stays ``None``).
+        announce: print one line to stderr when a signal is recorded.
+    """
+
+    def __init__(self, enabled: bool = True, announce: bool = True) -> None:
+        self.enabled = enabled
+        self.announce = announce
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop signal has arrived."""
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum == signum:  # the same signal again: the user insists
+            self._deliver(signum, frame)
+            return
+        if self.signum is None:
+            self.signum = signum
+            if self.announce:
+                name = signal.Signals(signum).name
+                print(
+                    f"\n[relkd_tutorial] {name} received: finishing the current step, then "
+                    f"saving a checkpoint and stopping (send {name} again to stop at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def _deliver(self, signum: int, frame: FrameType | None) -> None:
+        """Restore the previous handlers and let the previous one act on ``signum``."""
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        self._restore()
+        if callable(previous):
+            previous(signum, frame)  # Python's SIGINT default raises KeyboardInterrupt here
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signum)  # the default action, e.g. terminate on SIGTERM
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def __enter__(self) -> StopSignals:
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                previous = signal.signal(signum, self._handle)
+                # None: a handler installed from C; SIG_DFL is the closest we can restore
+                self._previous[signum] = signal.SIG_DFL if previous is None else previous
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None and self.signum is not None and self._previous:
+            # A signal arrived after the loop's last check: delayed to here, never lost.
+            self._deliver(self.signum, None)
+        self._restore()
