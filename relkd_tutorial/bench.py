@@ -1088,7 +1088,11 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--fast", dest="fast", action="store_true", default=None,
                       help="fast mode (default: on when RELKD_FAST=1 or CI=true)")  # fmt: skip
     fast.add_argument("--no-fast", dest="fast", action="store_false")
-    parser.add_argument("--no-sweep", action="store_true", help="every method at its defaults")
+    sweep = parser.add_mutually_exclusive_group()
+    sweep.add_argument("--sweep", dest="sweep", action="store_true", default=None,
+                       help="run the sweep (default: on in default mode, off in fast mode)")  # fmt: skip
+    sweep.add_argument("--no-sweep", dest="sweep", action="store_false",
+                       help="every method at its paper defaults")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="override every setting's epochs")
     parser.add_argument("--pool-per-class", type=int, default=None,
                         help="shrink the training pool to this many images per class")  # fmt: skip
@@ -1132,8 +1136,8 @@ def configure(args: argparse.Namespace) -> tuple[bool, dict[str, Setting], list[
             changes["seeds"] = tuple(int(x) for x in args.seeds.split(",") if x.strip())
             if not changes["seeds"]:
                 raise SystemExit("--seeds needs at least one seed")
-        if args.no_sweep:
-            changes["sweep"] = False
+        if args.sweep is not None:
+            changes["sweep"] = bool(args.sweep)
         if args.epochs is not None:
             changes["epochs"] = args.epochs
         if args.pool_per_class is not None:
@@ -1142,7 +1146,17 @@ def configure(args: argparse.Namespace) -> tuple[bool, dict[str, Setting], list[
             changes["labelled_per_class"] = args.labelled_per_class
         if args.student is not None:
             changes["student"] = args.student
-        settings[name] = replace(s, **changes)
+        s = replace(s, **changes)
+        if (
+            s.labelled_per_class is not None
+            and s.pool_per_class is not None
+            and s.labelled_per_class > s.pool_per_class
+        ):
+            raise SystemExit(
+                f"{name}: {s.labelled_per_class} labelled images per class do not fit in a pool "
+                f"of {s.pool_per_class} per class; lower --labelled-per-class"
+            )
+        settings[name] = s
     return fast, settings, methods
 
 
@@ -1218,7 +1232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if want_full:
         from .bench_full import run_full
 
-        run_full(args, store, device, progress)
+        specs |= set(run_full(args, store, device, progress))
     wall = time.perf_counter() - tic
     record_invocation(
         out_dir,

@@ -355,7 +355,7 @@ def markdown_report(rows: Sequence[dict[str, Any]], meta: dict[str, Any] | None 
 
 
 def _time_table(summary: Sequence[dict[str, Any]]) -> str:
-    settings = [s for s in SETTING_ORDER if any(e["setting"] == s for e in summary)]
+    settings = _ordered_settings(summary)
     lines = ["| method | " + " | ".join(f"{s} s/run" for s in settings) + " |"]
     lines.append("|---|" + "---|" * len(settings))
     for method in METHODS:
@@ -536,7 +536,7 @@ def plot_curves(
 
 def plot_seconds(summary: Sequence[dict[str, Any]], ax: Any) -> Any:
     """Training seconds per run, per method and setting (where the time goes)."""
-    settings = [s for s in SETTING_ORDER if any(e["setting"] == s for e in summary)]
+    settings = _ordered_settings(summary)
     width = 0.8 / max(1, len(settings))
     for j, s in enumerate(settings):
         values = []
