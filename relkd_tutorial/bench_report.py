@@ -31,9 +31,9 @@ from .bench import (
     METHODS,
     describe_params,
     params_tag,
-    read_runs,
     sweep_candidates,
 )
+from .bench_store import read_runs
 from .stats import describe_difference, mean_std, paired_difference
 
 SETTING_ORDER = ("transfer", "low-data", "standard", "cross-task", "full")
@@ -287,7 +287,9 @@ def summary_table_markdown(
 
 
 def _setting_description(rows: Sequence[dict[str, Any]], setting: str) -> str:
-    finals = [r for r in rows if r["setting"] == setting and r["status"] == "ok"]
+    finals = [
+        r for r in rows if r["setting"] == setting and r["status"] == "ok" and r["phase"] == "final"
+    ]
     if not finals:
         return ""
     r = finals[0]
