@@ -1,0 +1,381 @@
+"""The ``full`` benchmark setting: CIFAR-100 with the RepDistiller recipe (for a GPU).
+
+    python -m relkd_tutorial.bench --settings full --data-root ~/data \\
+        --teacher-checkpoint resnet32x4=ckpt/resnet32x4.pt --teacher-checkpoint wrn_40_2=ckpt/wrn.pt
+
+Two teacher -> student pairs of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020):
+``resnet32x4 -> resnet8x4`` and ``wrn_40_2 -> wrn_16_2``. The recipe (``notes/papers.md`` Sec. 0):
+240 epochs of SGD (momentum 0.9, weight decay 5e-4, batch 64), learning rate 0.05 multiplied by
+0.1 at epochs 150, 180 and 210, random 32x32 crop with 4-pixel padding and horizontal flip, the
+RepDistiller normalisation; the reported accuracy is the last epoch's. Because the images are
+augmented, the teacher runs live on every batch (no cache). Every method runs at its published
+defaults (no sweep: 240-epoch trials are too dear), REFILLED splits the 240 epochs 30% / 70%
+between its stages (choice), RRD keeps the CIFAR queue of 16384 keys.
+
+Teachers: pass ``--teacher-checkpoint NAME=PATH`` (a ``state_dict`` of our ``build_model(NAME)``,
+or a checkpoint written by :func:`relkd_tutorial.train.fit`), or let the benchmark train the
+teacher first with the same recipe (resumable, checkpointed every epoch under
+``<out>/teachers/NAME/``). Cost of that on the project's 2-core CPU, from the measured training
+speed of ``notes/environment.md`` (resnet32x4: about 15 images/s, i.e. about 55 minutes per epoch):
+about 9 days for one teacher, so train it on a GPU (not measured here). The RepDistiller
+checkpoints (``ckpt_epoch_240.pth``) use other parameter names and do not load as they are.
+
+Results are printed beside the published numbers (:data:`PUBLISHED`); with a shortened schedule
+they are not comparable and the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import ImageSet, TensorLoader, labelled_subset, load_cifar100
+from .methods import CrossEntropy, build_method
+from .models import build_model
+from .train import TrainConfig, evaluate, fit, seeded
+
+#: Top-1 (%) on CIFAR-100 as published: teacher, student (CE), KD, RKD, CRD from the CRD paper's
+#: Table 1 (reproduced in the RepDistiller README); RRD and RRD+KD from the RRD authors' README
+#: (giakoumoglou/distillers, Feb 2025). See ``notes/papers.md`` Sec. 5.
+PUBLISHED: dict[str, dict[str, float]] = {
+    "resnet32x4->resnet8x4": {
+        "teacher": 79.42,
+        "ce": 72.50,
+        "kd": 73.33,
+        "rkd": 71.90,
+        "crd": 75.51,
+        "rrd": 74.48,
+        "rrd_kd": 75.08,
+    },
+    "wrn_40_2->wrn_16_2": {
+        "teacher": 75.61,
+        "ce": 73.26,
+        "kd": 74.92,
+        "rkd": 73.35,
+        "crd": 75.48,
+        "rrd": 75.33,
+        "rrd_kd": 75.66,
+    },
+}
+FULL_PAIRS: tuple[str, ...] = tuple(PUBLISHED)
+RECIPE_EPOCHS = 240
+RECIPE_DECAY_EPOCHS = (150, 180, 210)
+RECIPE_BATCH = 64
+RECIPE_CROP_PADDING = 4
+RRD_QUEUE_CIFAR = 16384
+
+
+def recipe_config(
+    epochs: int = RECIPE_EPOCHS, device: str = "auto", amp: str = "off", seed: int = 0
+) -> TrainConfig:
+    """The RepDistiller schedule as a :class:`~relkd_tutorial.train.TrainConfig`.
+
+    The decay epochs are stored as fractions of the run (150/240, 180/240, 210/240), so a
+    shortened run (``epochs < 240``) keeps the same shape.
+    """
+    return TrainConfig(
+        epochs=epochs,
+        optimizer="sgd",
+        lr=0.05,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=5e-4,
+        schedule="step",
+        milestones=tuple(e / RECIPE_EPOCHS for e in RECIPE_DECAY_EPOCHS),
+        gamma=0.1,
+        device=device,
+        amp=amp,
+        seed=seed,
+        progress=False,
+    )
+
+
+@dataclass(frozen=True)
+class FullPlan:
+    """One teacher -> student pair of the full setting: models, recipe, methods, seeds."""
+
+    pair: str
+    teacher: str
+    student: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    epochs: int = RECIPE_EPOCHS
+    batch_size: int = RECIPE_BATCH
+    crop_padding: int = RECIPE_CROP_PADDING
+    flip: bool = True
+    num_classes: int = 100
+    teacher_checkpoint: str | None = None
+    published: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def setting(self) -> str:
+        return f"full:{self.pair}"
+
+    def config(self, seed: int, device: str = "auto", amp: str = "off") -> TrainConfig:
+        return recipe_config(self.epochs, device, amp, seed)
+
+    def method_kwargs(self, method: str) -> dict[str, Any]:
+        """Published defaults plus the pair's sizes (feature widths, queue, class count)."""
+        kwargs: dict[str, Any] = {}
+        if method in ("rrd", "rrd_kd"):
+            kwargs.update(
+                student_dim=_feature_dim(self.student),
+                teacher_dim=_feature_dim(self.teacher),
+                queue_size=RRD_QUEUE_CIFAR,
+            )
+        if method == "refilled":
+            kwargs["num_classes"] = self.num_classes
+        return kwargs
+
+
+_FEATURE_DIMS: dict[str, int] = {}
+
+
+def _feature_dim(name: str) -> int:
+    if name not in _FEATURE_DIMS:
+        _FEATURE_DIMS[name] = build_model(name, 100, 3).feature_dim
+    return _FEATURE_DIMS[name]
+
+
+def parse_teacher_checkpoints(items: list[str], pairs: list[str]) -> dict[str, str]:
+    """``["resnet32x4=path", ...]`` -> ``{teacher name: path}``; a bare path needs one pair."""
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" in item:
+            name, path = item.split("=", 1)
+            out[name.strip()] = path.strip()
+        elif len(pairs) == 1:
+            out[pairs[0].split("->")[0]] = item
+        else:
+            raise SystemExit(
+                f"--teacher-checkpoint {item!r}: write NAME=PATH (e.g. resnet32x4=...) when more "
+                "than one pair runs"
+            )
+    return out
+
+
+def build_full_plan(
+    pairs: list[str] | None = None,
+    methods: tuple[str, ...] | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    teacher_checkpoints: dict[str, str] | None = None,
+    epochs: int = RECIPE_EPOCHS,
+) -> list[FullPlan]:
+    """The full setting's plan (nothing is loaded or trained)."""
+    from .bench import METHODS
+
+    pairs = list(FULL_PAIRS) if pairs is None else pairs
+    unknown = [p for p in pairs if p not in PUBLISHED]
+    if unknown:
+        raise ValueError(f"unknown pairs {unknown}; choose from {list(FULL_PAIRS)}")
+    checkpoints = teacher_checkpoints or {}
+    plans = []
+    for pair in pairs:
+        teacher, student = pair.split("->")
+        plans.append(
+            FullPlan(
+                pair=pair,
+                teacher=teacher,
+                student=student,
+                methods=tuple(methods or METHODS),
+                seeds=tuple(seeds),
+                epochs=epochs,
+                teacher_checkpoint=checkpoints.get(teacher),
+                published=dict(PUBLISHED[pair]),
+            )
+        )
+    return plans
+
+
+def _plan_from_args(args: argparse.Namespace) -> list[FullPlan]:
+    from .bench import METHODS, _parse_list
+
+    pairs = list(FULL_PAIRS) if args.pairs is None else _parse_list(args.pairs, FULL_PAIRS, "pairs")
+    seeds = (0, 1, 2) if args.seeds is None else tuple(int(s) for s in args.seeds.split(","))
+    return build_full_plan(
+        pairs,
+        tuple(_parse_list(args.methods, METHODS, "methods")),
+        seeds,
+        parse_teacher_checkpoints(args.teacher_checkpoint, pairs),
+        args.epochs or RECIPE_EPOCHS,
+    )
+
+
+def describe_full_plan(args: argparse.Namespace) -> str:
+    """Text of the full setting's plan for ``--plan``."""
+    lines = []
+    for plan in _plan_from_args(args):
+        cfg = plan.config(plan.seeds[0])
+        teacher = plan.teacher_checkpoint or "trained first with the same recipe (GPU: hours)"
+        lines.append(
+            f"full {plan.pair}: {plan.epochs} epochs, SGD lr {cfg.lr} momentum {cfg.momentum} "
+            f"wd {cfg.weight_decay}, x{cfg.gamma} at epochs "
+            f"{[round(m * plan.epochs) for m in cfg.milestones]}, batch {plan.batch_size}, "
+            f"crop {plan.crop_padding} + flip; teacher {teacher}; "
+            f"{len(plan.methods)} methods x {len(plan.seeds)} seeds; published {plan.published}"
+        )
+    return "\n".join(lines)
+
+
+def load_or_train_teacher(
+    plan: FullPlan,
+    train: ImageSet,
+    test: ImageSet,
+    out_dir: Path,
+    device: torch.device,
+    amp: str = "off",
+    log: Any = print,
+) -> nn.Module:
+    """The pair's CIFAR teacher: from ``plan.teacher_checkpoint``, a cached file, or trained now."""
+    from .bench import load_teacher_weights
+
+    model = build_model(plan.teacher, plan.num_classes, 3, seed=0)
+    cached = out_dir / "teachers" / f"{plan.teacher}.pt"
+    path = plan.teacher_checkpoint or (cached if cached.exists() else None)
+    if path is not None:
+        return load_teacher_weights(path, model).to(device)
+    log(
+        f"no checkpoint for {plan.teacher}: training it with the recipe ({plan.epochs} epochs; "
+        "about 9 days on a 2-core CPU, hours on a GPU); resumable from "
+        f"{out_dir / 'teachers' / plan.teacher}"
+    )
+    loader = TensorLoader(
+        train, plan.batch_size, augment=True, crop_padding=plan.crop_padding, flip=plan.flip,
+        seed=0, device=device,
+    )  # fmt: skip
+    config = plan.config(0, str(device), amp)
+    config.checkpoint_dir = str(out_dir / "teachers" / plan.teacher)
+    config.resume = True
+    fit(model, CrossEntropy(), loader, config)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), cached)
+    acc = evaluate(model, TensorLoader.for_evaluation(test, 500, device=device))["acc"]
+    log(f"{plan.teacher}: {100 * acc:.2f}% test top-1 (published {plan.published['teacher']})")
+    return model.eval()
+
+
+def run_full(
+    args: argparse.Namespace, store: Any, device: torch.device, progress: Any
+) -> list[str]:
+    """Train every method of every pair on every seed (resumable like the CPU settings).
+
+    Returns the specs (configuration fingerprints) of the pairs, for the summary.
+    """
+    from .bench import (
+        Job,
+        Setting,
+        Workspace,
+        applicable,
+        not_applicable_row,
+        params_tag,
+        teacher_fingerprint,
+    )
+
+    train, test = load_cifar100(args.data_root)
+    if args.pool_per_class is not None:  # a smoke test on a few images per class
+        train = labelled_subset(train, args.pool_per_class, seed=0)
+    out_dir = Path(store.out_dir)
+    specs = []
+    for plan in _plan_from_args(args):
+        teacher = load_or_train_teacher(plan, train, test, out_dir, device, args.amp)
+        setting = Setting(
+            plan.setting, None, False, plan.epochs, plan.batch_size, 0.05, plan.seeds,
+            plan.student, sweep=False,
+        )  # fmt: skip
+        ws = Workspace(
+            setting=setting,
+            pool=train,
+            val=test,
+            test=test,
+            teacher=teacher.eval(),
+            teacher_id=teacher_fingerprint(teacher),
+            shared_classes=True,
+            device=device,
+            groups={},  # CIFAR-100 has no confusable groups defined here
+        )
+        specs.append(ws.spec)
+        progress.total += len(plan.methods) * len(plan.seeds)
+        done = store.done()
+        for method in plan.methods:
+            reason = applicable(method, ws)
+            if reason is not None:
+                row = not_applicable_row(plan.setting, ws.spec, method, reason)
+                if row["key"] not in done:
+                    store.append(row)
+                continue
+            for seed in plan.seeds:
+                job = Job(plan.setting, "final", method, {}, seed)
+                if job.key(ws.spec) in done:
+                    progress.done += 1
+                    continue
+                row, history = _run_full_job(job, plan, ws, args.amp)
+                row["params"] = params_tag({})
+                store.append(row, history)
+                progress.run(job, row)
+        _print_beside_published(plan, store.rows(), ws.spec)
+    return specs
+
+
+def _run_full_job(
+    job: Any, plan: FullPlan, ws: Any, amp: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from .bench import PeakMemory, evaluate_student
+
+    student = build_model(plan.student, plan.num_classes, 3, seed=job.seed)
+    with seeded(job.seed):
+        method = build_method(job.method, **plan.method_kwargs(job.method))
+    loader = TensorLoader(
+        ws.pool, plan.batch_size, augment=True, crop_padding=plan.crop_padding, flip=plan.flip,
+        seed=job.seed, device=ws.device,
+    )  # fmt: skip
+    setup = TensorLoader.for_evaluation(ws.pool, 500, device=ws.device)
+    row: dict[str, Any] = {
+        "key": job.key(ws.spec), "setting": job.setting, "spec": ws.spec, "phase": "final",
+        "method": job.method, "seed": job.seed, "eval_split": "test", "epochs": plan.epochs,
+        "n_train": len(ws.pool), "n_labelled": len(ws.pool), "note": "",
+    }  # fmt: skip
+    tic = time.perf_counter()
+    with PeakMemory(ws.device) as memory:
+        try:
+            history = fit(
+                student, method, loader, plan.config(job.seed, str(ws.device), amp),
+                teacher=ws.teacher, eval_loader=TensorLoader.for_evaluation(ws.test, 500,
+                device=ws.device), setup_loader=setup if method.needs_setup else None,
+            )  # fmt: skip
+            row["status"] = "ok"
+        except FloatingPointError as err:
+            history, row["status"], row["note"] = [], "diverged", str(err)[:160]
+    row["seconds"], row["peak_mem_mb"] = time.perf_counter() - tic, memory.mib
+    row["load1"] = math.nan
+    if row["status"] == "ok":
+        row.update(evaluate_student(student, ws.test, ws))
+        row["train_acc"] = history[-1].get("train_acc", math.nan)
+    return row, history
+
+
+def _print_beside_published(plan: FullPlan, rows: list[dict[str, Any]], spec: str) -> None:
+    from .stats import mean_std
+
+    print(f"\n{plan.pair}: ours (last epoch, mean ± std over seeds) vs published")
+    if plan.epochs != RECIPE_EPOCHS:
+        print(f"  (a {plan.epochs}-epoch run: NOT comparable with the 240-epoch published numbers)")
+    for method in (*plan.methods, "crd"):
+        ours = [
+            100 * r["acc"]
+            for r in rows
+            if r["spec"] == spec and r["method"] == method and r["status"] == "ok"
+        ]
+        text = "not run (not implemented here)" if method == "crd" else "n/a"
+        if ours:
+            mean, std, n = mean_std(ours)
+            text = f"{mean:.2f}" + ("" if n < 2 else f" ± {std:.2f}") + f" (n={n})"
+        published = plan.published.get(method)
+        pub = f"{published:.2f}" if published is not None else "-"
+        print(f"  {method:<14} ours {text:<26} published {pub}")

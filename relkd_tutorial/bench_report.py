@@ -1,0 +1,643 @@
+"""The benchmark's report: tables, paired differences, plain sentences and plots from ``runs.csv``.
+
+Pure functions of the rows written by :mod:`relkd_tutorial.bench` (read them with
+:func:`relkd_tutorial.bench.read_runs`), so the notebook draws the committed results with the same
+code that wrote them:
+
+- :func:`summarize_runs`: one row per (setting, method): mean +- sample std over seeds of every
+  metric, the chosen hyperparameters, seconds and memory; n/a rows keep their reason.
+- :func:`paired_differences`: each method minus a baseline (CE, KD) seed by seed, with the paired
+  t interval and the sentence of :func:`relkd_tutorial.stats.describe_difference`.
+- :func:`markdown_report`, :func:`stdout_summary`: the same numbers as text.
+- ``plot_*``: draw onto a given matplotlib ``Axes`` and return it; :func:`write_report` saves the
+  figures as PNG next to ``summary.csv``, ``differences.csv``, ``sweep.csv`` and ``results.md``.
+
+Accuracies are shown in percent and their differences in percentage points; Kendall tau and the
+distance correlation in their own units (-1..1).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+# bench imports this module lazily; importing bench here at module level is safe.
+from .bench import (
+    METHOD_LABELS,
+    METHODS,
+    describe_params,
+    params_tag,
+    sweep_candidates,
+)
+from .bench_store import read_runs
+from .stats import describe_difference, mean_std, paired_difference
+
+SETTING_ORDER = ("transfer", "low-data", "standard", "cross-task", "full")
+SETTING_TITLES = {
+    "transfer": "transfer (headline): n labelled per class + the rest unlabelled",
+    "low-data": "low-data: n labelled per class, nothing else",
+    "standard": "standard: the whole pool labelled",
+    "cross-task": "cross-task: teacher on classes 0-4, student on 5-9",
+    "full": "full: CIFAR-100, RepDistiller recipe",
+}
+METRICS = ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr")
+METRIC_LABELS = {
+    "acc": "top-1 %",
+    "acc_tops": "tops %",
+    "acc_footwear": "footwear %",
+    "kendall_tau": "Kendall tau",
+    "dist_corr": "dist. corr.",
+}
+PERCENT = {"acc", "acc_tops", "acc_footwear"}
+BASELINES = ("ce", "kd")
+DIFF_METRICS = ("acc", "acc_tops", "acc_footwear", "kendall_tau")
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric in PERCENT else 1.0
+
+
+def latest_specs(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """For each setting, the spec (configuration fingerprint) of its most recently written row."""
+    specs: dict[str, str] = {}
+    for r in rows:
+        specs[r["setting"]] = r["spec"]
+    return specs
+
+
+def select_rows(
+    rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of the given specs (default: the latest spec of each setting)."""
+    keep = set(specs) if specs is not None else set(latest_specs(rows).values())
+    return [r for r in rows if r["spec"] in keep]
+
+
+def _ordered_settings(rows: Iterable[dict[str, Any]]) -> list[str]:
+    present = {r["setting"] for r in rows}
+    return [s for s in SETTING_ORDER if s in present] + sorted(present - set(SETTING_ORDER))
+
+
+def _method_order(method: str) -> int:
+    return METHODS.index(method) if method in METHODS else len(METHODS)
+
+
+def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per (setting, method) over the final runs: ``<metric>_mean``/``_std``, ``n``, ...
+
+    Means and sample standard deviations over the seeds that finished (``status == "ok"``);
+    ``diverged`` counts the seeds that did not; n/a methods get ``status="n/a"`` and the reason.
+    """
+    out = []
+    finals = [r for r in rows if r["phase"] == "final"]
+    for setting in _ordered_settings(finals):
+        in_setting = [r for r in finals if r["setting"] == setting]
+        for method in sorted({r["method"] for r in in_setting}, key=_method_order):
+            runs = [r for r in in_setting if r["method"] == method]
+            na = [r for r in runs if r["status"] == "n/a"]
+            ok = [r for r in runs if r["status"] == "ok"]
+            entry: dict[str, Any] = {
+                "setting": setting,
+                "method": method,
+                "label": METHOD_LABELS.get(method, method),
+            }
+            if na and not ok:
+                entry.update(status="n/a", note=na[0]["note"], n=0)
+                out.append(entry)
+                continue
+            entry["status"] = "ok" if ok else "diverged"
+            entry["params"] = runs[0]["params"]
+            entry["n"] = len(ok)
+            entry["diverged"] = sum(r["status"] == "diverged" for r in runs)
+            entry["seeds"] = sorted(r["seed"] for r in ok)
+            for metric in (*METRICS, "seconds", "peak_mem_mb", "train_acc"):
+                values = [r[metric] for r in ok if not math.isnan(r[metric])]
+                if values:
+                    mean, std, _ = mean_std(values)
+                else:
+                    mean, std = math.nan, math.nan
+                entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean, std
+            out.append(entry)
+    return out
+
+
+def paired_differences(
+    rows: Sequence[dict[str, Any]],
+    baselines: Sequence[str] = BASELINES,
+    metrics: Sequence[str] = DIFF_METRICS,
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Every method minus each baseline, paired by seed, per setting and metric.
+
+    Only seeds where both runs finished take part. Accuracy differences are in percentage points.
+    Returns dicts with ``mean``, ``std``, ``n``, ``low``, ``high``, ``within_noise`` and
+    ``sentence``.
+    """
+    out = []
+    finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
+    for setting in _ordered_settings(finals):
+        in_setting = [r for r in finals if r["setting"] == setting]
+        by_method: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in in_setting:
+            by_method.setdefault(r["method"], {})[r["seed"]] = r
+        for baseline in baselines:
+            if baseline not in by_method:
+                continue
+            for method in sorted(by_method, key=_method_order):
+                if method == baseline:
+                    continue
+                seeds = sorted(set(by_method[method]) & set(by_method[baseline]))
+                for metric in metrics:
+                    pairs = [
+                        (by_method[method][s][metric], by_method[baseline][s][metric])
+                        for s in seeds
+                    ]
+                    pairs = [(a, b) for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
+                    if not pairs:
+                        continue
+                    k = _scale(metric)
+                    diff = paired_difference(
+                        [k * a for a, _ in pairs], [k * b for _, b in pairs], confidence
+                    )
+                    unit = "points" if metric in PERCENT else "in tau"
+                    digits = 2 if metric in PERCENT else 3
+                    what = f"{METRIC_LABELS[metric].replace(' %', '')}"
+                    sentence = describe_difference(
+                        METHOD_LABELS.get(method, method),
+                        METHOD_LABELS.get(baseline, baseline),
+                        diff,
+                        unit=unit,
+                        digits=digits,
+                    )
+                    out.append(
+                        {
+                            "setting": setting,
+                            "method": method,
+                            "baseline": baseline,
+                            "metric": metric,
+                            "mean": diff.mean,
+                            "std": diff.std,
+                            "n": diff.n,
+                            "low": diff.low,
+                            "high": diff.high,
+                            "within_noise": diff.within_noise,
+                            "sentence": f"[{what}] {sentence}",
+                        }
+                    )
+    return out
+
+
+def sweep_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The sweep runs: validation top-1 of every trial and which one was chosen."""
+    out = []
+    sweeps = [r for r in rows if r["phase"] == "sweep"]
+    finals = {
+        (r["setting"], r["method"]): r["params"]
+        for r in rows
+        if r["phase"] == "final" and r["status"] != "n/a"
+    }
+    for setting in _ordered_settings(sweeps):
+        for method in sorted({r["method"] for r in sweeps if r["setting"] == setting},
+                             key=_method_order):  # fmt: skip
+            order = [params_tag(c) for c in sweep_candidates(method)]
+            runs = [r for r in sweeps if r["setting"] == setting and r["method"] == method]
+            runs.sort(key=lambda r: order.index(r["params"]) if r["params"] in order else 99)
+            for r in runs:
+                out.append(
+                    {
+                        "setting": setting,
+                        "method": method,
+                        "params": r["params"],
+                        "val_acc": r["acc"],
+                        "status": r["status"],
+                        "chosen": finals.get((setting, method)) == r["params"],
+                    }
+                )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------
+
+
+def _pm(entry: dict[str, Any], metric: str) -> str:
+    mean, std = entry.get(f"{metric}_mean", math.nan), entry.get(f"{metric}_std", math.nan)
+    if math.isnan(mean):
+        return "n/a"
+    k = _scale(metric)
+    digits = 1 if metric in PERCENT else 3
+    if math.isnan(std):
+        return f"{k * mean:.{digits}f}"
+    return f"{k * mean:.{digits}f} ± {k * std:.{digits}f}"
+
+
+def _diff_cell(diffs: Sequence[dict[str, Any]], setting: str, method: str, baseline: str) -> str:
+    for d in diffs:
+        if (d["setting"], d["method"], d["baseline"], d["metric"]) == (
+            setting, method, baseline, "acc"
+        ):  # fmt: skip
+            if d["n"] < 2:
+                return f"{d['mean']:+.2f}"
+            mark = "" if d["within_noise"] else " *"
+            return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]{mark}"
+    return ""
+
+
+def summary_table_markdown(
+    summary: Sequence[dict[str, Any]], diffs: Sequence[dict[str, Any]], setting: str
+) -> str:
+    """The Markdown table of one setting."""
+    head = (
+        "| method | trial | seeds | top-1 % | Δ vs CE (95% CI) | Δ vs KD (95% CI) | tops % | "
+        "footwear % | Kendall tau | dist. corr. | s / run | peak MiB |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for e in summary:
+        if e["setting"] != setting:
+            continue
+        if e["status"] == "n/a":
+            lines.append(f"| {e['label']} | n/a: {e['note']} |" + " |" * 10)
+            continue
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    e["label"],
+                    describe_params(e["params"]),
+                    str(e["n"]) + (f" (+{e['diverged']} diverged)" if e["diverged"] else ""),
+                    _pm(e, "acc"),
+                    _diff_cell(diffs, setting, e["method"], "ce"),
+                    _diff_cell(diffs, setting, e["method"], "kd"),
+                    _pm(e, "acc_tops"),
+                    _pm(e, "acc_footwear"),
+                    _pm(e, "kendall_tau"),
+                    _pm(e, "dist_corr"),
+                    f"{e['seconds_mean']:.1f}",
+                    "n/a" if math.isnan(e["peak_mem_mb_mean"]) else f"{e['peak_mem_mb_mean']:.0f}",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def _setting_description(rows: Sequence[dict[str, Any]], setting: str) -> str:
+    finals = [
+        r for r in rows if r["setting"] == setting and r["status"] == "ok" and r["phase"] == "final"
+    ]
+    if not finals:
+        return ""
+    r = finals[0]
+    return (
+        f"{r['n_train']} training images ({r['n_labelled']} labelled), {r['epochs']} epochs, "
+        f"evaluated on the {r['eval_split']} split; spec `{r['spec']}`."
+    )
+
+
+def markdown_report(rows: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
+    """The whole ``results.md``: per setting a table, the paired sentences and the sweep."""
+    rows = select_rows(rows)
+    summary = summarize_runs(rows)
+    diffs = paired_differences(rows)
+    sweep = sweep_table(rows)
+    parts = ["# Benchmark results", ""]
+    if meta:
+        parts += _meta_markdown(meta)
+    parts += [
+        "Mean ± sample standard deviation over seeds. Δ columns: top-1 difference in percentage "
+        "points against CE / KD, paired by seed (same labelled subset, initialisation and batch "
+        "order), with the 95% paired t interval; `*` marks an interval that excludes 0. "
+        "Kendall tau: mean over test images of the rank agreement between the teacher's and the "
+        "student's class scores (did the ranking transfer). dist. corr.: Pearson correlation of "
+        "teacher and student pairwise feature distances on a fixed stratified test batch. "
+        "s / run: training wall time. peak MiB: resident memory the run added at its peak (CPU).",
+        "",
+    ]
+    for setting in _ordered_settings(rows):
+        parts += [f"## {SETTING_TITLES.get(setting, setting)}", ""]
+        desc = _setting_description(rows, setting)
+        if desc:
+            parts += [desc, ""]
+        parts += [summary_table_markdown(summary, diffs, setting), ""]
+        for baseline in BASELINES:
+            sentences = [
+                d["sentence"]
+                for d in diffs
+                if d["setting"] == setting and d["baseline"] == baseline and d["metric"] == "acc"
+            ]
+            if sentences:
+                parts += [f"Top-1 against {METHOD_LABELS[baseline]}:", ""]
+                parts += [f"- {s}" for s in sentences] + [""]
+        taus = [
+            d["sentence"]
+            for d in diffs
+            if d["setting"] == setting and d["baseline"] == "ce" and d["metric"] == "kendall_tau"
+        ]
+        if taus:
+            parts += ["Kendall tau against CE (did the ranking transfer):", ""]
+            parts += [f"- {s}" for s in taus] + [""]
+        trials = [t for t in sweep if t["setting"] == setting]
+        if trials:
+            parts += ["Sweep (first seed, validation top-1; **chosen** in bold):", ""]
+            parts += ["| method | trial | val top-1 % |", "|---|---|---|"]
+            for t in trials:
+                acc = "diverged" if t["status"] != "ok" else f"{100 * t['val_acc']:.2f}"
+                trial = describe_params(t["params"])
+                if t["chosen"]:
+                    trial, acc = f"**{trial}**", f"**{acc}**"
+                parts.append(f"| {METHOD_LABELS.get(t['method'], t['method'])} | {trial} | {acc} |")
+            parts.append("")
+    parts += ["## Where the time goes", "", _time_table(summary), ""]
+    return "\n".join(parts)
+
+
+def _time_table(summary: Sequence[dict[str, Any]]) -> str:
+    settings = _ordered_settings(summary)
+    lines = ["| method | " + " | ".join(f"{s} s/run" for s in settings) + " |"]
+    lines.append("|---|" + "---|" * len(settings))
+    for method in METHODS:
+        cells = []
+        for s in settings:
+            e = next((e for e in summary if e["setting"] == s and e["method"] == method), None)
+            cells.append("" if e is None or e["status"] == "n/a" else f"{e['seconds_mean']:.1f}")
+        if any(cells):
+            lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _meta_markdown(meta: dict[str, Any]) -> list[str]:
+    lines = []
+    env = meta.get("environment", {})
+    for inv in meta.get("invocations", []):
+        load = inv.get("load_average_start")
+        load_text = f", load average at start {load[0]:.1f}" if load else ""
+        lines.append(
+            f"- `{inv['command']}` ({inv['mode']} mode, {inv['device']}, {inv['threads']} threads"
+            f"): {inv['runs_trained']} runs in {inv['wall_seconds']:.0f} s{load_text}"
+        )
+    if env:
+        lines.append(
+            f"- torch {env.get('torch')}, Python {env.get('python')}, {env.get('machine')}, "
+            f"{env.get('cpu_count')} CPUs"
+        )
+    return [*lines, ""] if lines else []
+
+
+def stdout_summary(rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None) -> str:
+    """A compact text table per setting for the terminal."""
+    rows = select_rows(rows, specs)
+    summary = summarize_runs(rows)
+    diffs = paired_differences(rows)
+    out = []
+    for setting in _ordered_settings(rows):
+        out.append(f"\n== {setting} ==")
+        out.append(
+            f"{'method':<14}{'top-1 %':>14}{'vs CE (95% CI)':>24}{'tops %':>13}{'footw. %':>13}"
+            f"{'tau':>14}{'s/run':>8}"
+        )
+        for e in summary:
+            if e["setting"] != setting:
+                continue
+            if e["status"] == "n/a":
+                out.append(f"{e['label']:<14}  n/a: {e['note']}")
+                continue
+            out.append(
+                f"{e['label']:<14}{_pm(e, 'acc'):>14}{_diff_cell(diffs, setting, e['method'], 'ce'):>24}"
+                f"{_pm(e, 'acc_tops'):>13}{_pm(e, 'acc_footwear'):>13}"
+                f"{_pm(e, 'kendall_tau'):>14}{e['seconds_mean']:>8.1f}"
+            )
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (each draws onto a given Axes and returns it)
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_accuracy(summary: Sequence[dict[str, Any]], setting: str, ax: Any) -> Any:
+    """Top-1, tops and footwear accuracy (mean ± std over seeds) per method."""
+    entries = [e for e in summary if e["setting"] == setting and e["status"] != "n/a"]
+    x = list(range(len(entries)))
+    for offset, metric, marker in ((-0.2, "acc", "o"), (0.0, "acc_tops", "s"),
+                                   (0.2, "acc_footwear", "^")):  # fmt: skip
+        means = [100 * e[f"{metric}_mean"] for e in entries]
+        stds = [
+            100 * (0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"]) for e in entries
+        ]
+        ax.errorbar([i + offset for i in x], means, yerr=stds, fmt=marker, capsize=3,
+                    label=METRIC_LABELS[metric])  # fmt: skip
+    ax.set_xticks(x, [e["label"] for e in entries], rotation=45, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(setting)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def plot_differences(
+    diffs: Sequence[dict[str, Any]], setting: str, ax: Any, metric: str = "acc"
+) -> Any:
+    """Paired differences against CE and KD with their 95% intervals (horizontal)."""
+    y = 0
+    labels = []
+    for baseline, color in (("ce", "C0"), ("kd", "C1")):
+        chosen = [
+            d for d in diffs
+            if d["setting"] == setting and d["baseline"] == baseline and d["metric"] == metric
+        ]  # fmt: skip
+        for d in chosen:
+            lo = d["mean"] - d["low"] if d["n"] >= 2 else 0.0
+            hi = d["high"] - d["mean"] if d["n"] >= 2 else 0.0
+            ax.errorbar(d["mean"], y, xerr=[[lo], [hi]], fmt="o", color=color, capsize=3)
+            labels.append(
+                f"{METHOD_LABELS.get(d['method'], d['method'])} − {METHOD_LABELS[baseline]}"
+            )
+            y += 1
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    unit = "points" if metric in PERCENT else "tau"
+    ax.set_xlabel(f"paired difference, {METRIC_LABELS[metric]} ({unit}), 95% CI")
+    ax.set_title(setting)
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def plot_metric(summary: Sequence[dict[str, Any]], setting: str, ax: Any, metric: str) -> Any:
+    """One metric (e.g. Kendall tau) per method, mean ± std over seeds."""
+    entries = [
+        e for e in summary
+        if e["setting"] == setting and e["status"] != "n/a" and not math.isnan(e[f"{metric}_mean"])
+    ]  # fmt: skip
+    k = _scale(metric)
+    x = list(range(len(entries)))
+    ax.bar(
+        x,
+        [k * e[f"{metric}_mean"] for e in entries],
+        yerr=[k * (0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"]) for e in entries],
+        capsize=3,
+        color="C2",
+    )
+    ax.set_xticks(x, [e["label"] for e in entries], rotation=45, ha="right")
+    ax.set_ylabel(METRIC_LABELS[metric])
+    ax.set_title(setting)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def read_histories(path: str | Path) -> dict[str, list[dict[str, float]]]:
+    """``histories.csv`` as ``{run key: [epoch records]}``."""
+    path = Path(path)
+    out: dict[str, list[dict[str, float]]] = {}
+    if not path.exists():
+        return out
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            record: dict[str, Any] = {}
+            for k, v in raw.items():
+                if k == "key" or k == "stage":
+                    record[k] = v
+                else:
+                    record[k] = float(v) if v not in ("", None) else math.nan
+            out.setdefault(raw["key"], []).append(record)
+    return out
+
+
+def plot_curves(
+    rows: Sequence[dict[str, Any]],
+    histories: dict[str, list[dict[str, float]]],
+    setting: str,
+    ax: Any,
+    value: str = "eval_acc",
+) -> Any:
+    """Learning curves of the final runs: ``value`` per epoch, mean over seeds, per method."""
+    finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
+              and r["status"] == "ok"]  # fmt: skip
+    for i, method in enumerate(sorted({r["method"] for r in finals}, key=_method_order)):
+        curves = [
+            histories[r["key"]] for r in finals if r["method"] == method and r["key"] in histories
+        ]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        mean = [sum(c[e][value] for c in curves) / len(curves) for e in range(n)]
+        k = 100.0 if value.endswith("acc") else 1.0
+        ax.plot(range(1, n + 1), [k * m for m in mean], label=METHOD_LABELS.get(method, method),
+                color=f"C{i % 10}", ls="-" if i < 10 else "--")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)" if value.endswith("acc") else value)
+    ax.set_title(f"{setting}: learning curves (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def plot_seconds(summary: Sequence[dict[str, Any]], ax: Any) -> Any:
+    """Training seconds per run, per method and setting (where the time goes)."""
+    settings = _ordered_settings(summary)
+    width = 0.8 / max(1, len(settings))
+    for j, s in enumerate(settings):
+        values = []
+        for method in METHODS:
+            e = next((e for e in summary if e["setting"] == s and e["method"] == method), None)
+            values.append(0.0 if e is None or e["status"] == "n/a" else e["seconds_mean"])
+        ax.bar([i + j * width for i in range(len(METHODS))], values, width, label=s)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(METHODS))],
+                  [METHOD_LABELS[m] for m in METHODS], rotation=45, ha="right")  # fmt: skip
+    ax.set_ylabel("seconds per training run")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def _grid(n: int, width: float = 5.0, height: float = 4.0) -> tuple[Any, Any]:
+    """A figure of ``n`` panels, two per row. Built without pyplot (choice): no GUI backend is
+    touched and nothing stays open; a notebook shows it with ``display(fig)``."""
+    from matplotlib.figure import Figure
+
+    cols = min(n, 2)
+    rows = max(1, math.ceil(n / cols))
+    fig = Figure(figsize=(width * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)
+
+
+def report_figures(rows: Sequence[dict[str, Any]], histories: dict[str, Any]) -> dict[str, Any]:
+    """The report's figures by file stem: accuracy, differences, kendall_tau, curves, seconds."""
+    rows = select_rows(rows)
+    summary = summarize_runs(rows)
+    diffs = paired_differences(rows)
+    settings = _ordered_settings([r for r in rows if r["phase"] == "final"])
+    figures: dict[str, Any] = {}
+    if not settings:
+        return figures
+    fig, axes = _grid(len(settings))
+    for s, ax in zip(settings, axes, strict=False):
+        plot_accuracy(summary, s, ax)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    figures["accuracy"] = fig
+    fig, axes = _grid(len(settings), height=5.5)
+    for s, ax in zip(settings, axes, strict=False):
+        plot_differences(diffs, s, ax)
+    fig.tight_layout()
+    figures["differences"] = fig
+    tau_settings = [s for s in settings if any(
+        e["setting"] == s and not math.isnan(e.get("kendall_tau_mean", math.nan)) for e in summary
+    )]  # fmt: skip
+    if tau_settings:
+        fig, axes = _grid(len(tau_settings))
+        for s, ax in zip(tau_settings, axes, strict=False):
+            plot_metric(summary, s, ax, "kendall_tau")
+        fig.tight_layout()
+        figures["kendall_tau"] = fig
+    fig, axes = _grid(len(settings))
+    for s, ax in zip(settings, axes, strict=False):
+        plot_curves(rows, histories, s, ax)
+    fig.tight_layout()
+    figures["curves"] = fig
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4))
+    ax = fig.subplots()
+    plot_seconds(summary, ax)
+    fig.tight_layout()
+    figures["seconds"] = fig
+    return figures
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()}
+            )
+
+
+def write_report(out_dir: str | Path, plots: bool = True) -> None:
+    """Rebuild ``summary.csv``, ``differences.csv``, ``sweep.csv``, ``results.md`` and the PNGs."""
+    out_dir = Path(out_dir)
+    rows = read_runs(out_dir / "runs.csv")
+    if not rows:
+        return
+    meta_path = out_dir / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    chosen = select_rows(rows)
+    _write_csv(out_dir / "summary.csv", summarize_runs(chosen))
+    _write_csv(out_dir / "differences.csv", paired_differences(chosen))
+    _write_csv(out_dir / "sweep.csv", sweep_table(chosen))
+    (out_dir / "results.md").write_text(markdown_report(rows, meta))
+    if plots:
+        for stem, fig in report_figures(rows, read_histories(out_dir / "histories.csv")).items():
+            fig.savefig(out_dir / f"{stem}.png", dpi=110)

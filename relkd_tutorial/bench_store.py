@@ -1,0 +1,222 @@
+"""The benchmark's results folder: one CSV row per finished run, appended at once, and metadata.
+
+``runs.csv`` holds one row per run (:data:`RUN_COLUMNS`), ``histories.csv`` the per-epoch records
+of every run, ``meta.json`` every invocation (command, mode, threads, wall time, load average) and
+the environment (versions, device). A row is appended and flushed to disk as soon as its run ends,
+so an interrupted benchmark loses at most the run in progress; a half-written last line (a crash
+during the append) is dropped when the file is next read. Rows are keyed (``key``) so that a rerun
+skips what is done (:meth:`ResultStore.done`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RUN_COLUMNS: tuple[str, ...] = (
+    "key",
+    "setting",
+    "spec",
+    "phase",
+    "method",
+    "params",
+    "seed",
+    "status",
+    "eval_split",
+    "acc",
+    "acc_tops",
+    "acc_footwear",
+    "kendall_tau",
+    "dist_corr",
+    "train_acc",
+    "seconds",
+    "peak_mem_mb",
+    "epochs",
+    "n_train",
+    "n_labelled",
+    "load1",
+    "note",
+)
+NUMERIC_COLUMNS = (
+    "acc",
+    "acc_tops",
+    "acc_footwear",
+    "kendall_tau",
+    "dist_corr",
+    "train_acc",
+    "seconds",
+    "peak_mem_mb",
+    "load1",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The results folder: append per run, skip what is done
+# ---------------------------------------------------------------------------------------------
+
+HISTORY_COLUMNS = (
+    "key",
+    "epoch",
+    "stage",
+    "lr",
+    "loss",
+    "train_acc",
+    "eval_acc",
+    "eval_loss",
+    "seconds",
+)
+
+
+def _repair_tail(path: Path) -> None:
+    """Drop a half-written last line (an interrupted append) so the next append starts clean."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        cut = data.rfind(b"\n")
+        path.write_bytes(data[: cut + 1] if cut >= 0 else b"")
+
+
+def _append_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    _repair_tail(path)
+    new = not path.exists() or path.stat().st_size == 0
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", restval="")
+    if new:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    with open(path, "a", newline="") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return value
+
+
+def read_runs(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``runs.csv``: numeric columns as floats (NaN for empty), seed as int or None."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    _repair_tail(path)
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            if raw.get("key") in (None, ""):
+                continue
+            row: dict[str, Any] = dict(raw)
+            for c in NUMERIC_COLUMNS:
+                text = row.get(c, "")
+                row[c] = float(text) if text not in ("", None) else math.nan
+            seed = row.get("seed", "")
+            row["seed"] = int(seed) if seed not in ("", None) else None
+            rows.append(row)
+    return rows
+
+
+class ResultStore:
+    """``runs.csv`` and ``histories.csv`` in ``out_dir``, appended one run at a time."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.runs_path = self.out_dir / "runs.csv"
+        self.histories_path = self.out_dir / "histories.csv"
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_runs(self.runs_path)
+
+    def done(self) -> set[str]:
+        """Keys of the finished runs (``ok``, ``diverged`` or ``n/a``): these are skipped."""
+        return {r["key"] for r in self.rows()}
+
+    def append(self, row: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -> None:
+        """Record a finished run: its history first, so a kept row always has its history."""
+        if history:
+            _append_csv(
+                self.histories_path, HISTORY_COLUMNS, ({"key": row["key"], **h} for h in history)
+            )
+        _append_csv(self.runs_path, RUN_COLUMNS, [row])
+
+
+# ---------------------------------------------------------------------------------------------
+# Run metadata
+# ---------------------------------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    """Versions, device and threads, for ``meta.json``."""
+    import numpy
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        import matplotlib
+
+        info["matplotlib"] = matplotlib.__version__
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+    return info
+
+
+def _git_commit() -> str | None:
+    head = Path(__file__).resolve().parent.parent / ".git"
+    try:
+        if head.is_file():  # a worktree: "gitdir: <path>"
+            head = Path(head.read_text().split(":", 1)[1].strip())
+        ref = (head / "HEAD").read_text().strip()
+        if ref.startswith("ref: "):
+            ref_path = head / ref[5:]
+            if ref_path.exists():
+                return ref_path.read_text().strip()
+            common = head / "commondir"
+            base = (head / common.read_text().strip()).resolve() if common.exists() else head
+            packed = base / "packed-refs"
+            ref_file = base / ref[5:]
+            if ref_file.exists():
+                return ref_file.read_text().strip()
+            if packed.exists():
+                for line in packed.read_text().splitlines():
+                    if line.endswith(ref[5:]):
+                        return line.split()[0]
+            return None
+        return ref
+    except (OSError, IndexError):
+        return None
+
+
+def record_invocation(out_dir: Path, entry: dict[str, Any]) -> None:
+    """Append this invocation (command, timing, load) to ``meta.json``'s list of invocations."""
+    path = out_dir / "meta.json"
+    meta: dict[str, Any] = {"invocations": []}
+    if path.exists():
+        try:
+            meta = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            meta = {"invocations": []}
+    meta.setdefault("invocations", []).append(entry)
+    meta["environment"] = environment()
+    meta["git_commit"] = _git_commit()
+    path.write_text(json.dumps(meta, indent=1) + "\n")

@@ -1,0 +1,365 @@
+"""The benchmark: statistics, sweep choice, resume/skip, n/a logic, full config, a tiny CLI run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from relkd_tutorial import bench, bench_full, bench_report
+from relkd_tutorial.data import load_fashion_mnist, select_classes
+from relkd_tutorial.models import build_model
+from relkd_tutorial.stats import (
+    T_975_TABLE,
+    describe_difference,
+    mean_std,
+    paired_difference,
+    regularized_incomplete_beta,
+    t_cdf,
+    t_quantile,
+)
+from relkd_tutorial.train import lr_factor
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("df", sorted(T_975_TABLE))
+def test_t_quantile_matches_the_nist_table(df: int) -> None:
+    # the table prints 3 decimals: agreement to half a unit in the last place
+    assert abs(t_quantile(0.975, df) - T_975_TABLE[df]) <= 5e-4
+
+
+@pytest.mark.parametrize("p", [0.6, 0.9, 0.95, 0.975, 0.995])
+def test_t_quantile_closed_forms(p: float) -> None:
+    # nu = 1 is the Cauchy distribution: F(t) = 1/2 + atan(t)/pi, so t_p = tan(pi (p - 1/2))
+    assert t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
+    # nu = 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2)), inverted: t_p = (2p - 1) / sqrt(2 p (1 - p))
+    assert t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+
+
+def test_t_quantile_tends_to_the_normal_and_inverts_the_cdf() -> None:
+    assert t_quantile(0.975, 1e9) == pytest.approx(1.959963984540054, abs=1e-6)
+    for df in (1, 2, 4, 7.5, 30):
+        for p in (0.01, 0.3, 0.5, 0.8, 0.999):
+            q = t_quantile(p, df)
+            assert t_cdf(q, df) == pytest.approx(p, abs=1e-10)
+            assert t_quantile(1 - p, df) == pytest.approx(-q, abs=1e-9)
+    assert t_cdf(0.0, 3) == 0.5
+    assert t_cdf(math.inf, 3) == 1.0 and t_cdf(-math.inf, 3) == 0.0
+
+
+def test_incomplete_beta_closed_forms() -> None:
+    for x in (0.0, 0.1, 0.5, 0.93, 1.0):
+        assert regularized_incomplete_beta(1, 1, x) == pytest.approx(x, abs=1e-14)
+        assert regularized_incomplete_beta(3, 1, x) == pytest.approx(x**3, abs=1e-14)
+        assert regularized_incomplete_beta(1, 4, x) == pytest.approx(1 - (1 - x) ** 4, abs=1e-14)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: t_quantile(0.0, 3),
+        lambda: t_quantile(1.0, 3),
+        lambda: t_quantile(0.9, 0),
+        lambda: t_cdf(1.0, -1),
+        lambda: paired_difference([1.0, 2.0], [1.0]),
+        lambda: paired_difference([1.0, math.nan], [1.0, 2.0]),
+        lambda: paired_difference([1.0, 2.0], [1.0, 2.0], confidence=1.0),
+        lambda: mean_std([]),
+    ],
+)
+def test_bad_input_raises(call) -> None:
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_paired_interval_on_a_hand_computed_example() -> None:
+    # d = a - b = (2, 3, 4): mean 3, sample std sqrt(((2-3)^2 + 0 + (4-3)^2) / 2) = 1,
+    # standard error 1/sqrt(3); t_{0.975, 2} = 0.95 / sqrt(2 * 0.975 * 0.025) = 4.302652729...
+    # half width = 4.302652729749 / sqrt(3) = 2.484138...  ->  CI (0.515862, 5.484138)
+    diff = paired_difference([82.0, 83.0, 85.0], [80.0, 80.0, 81.0])
+    half = 0.95 / math.sqrt(2 * 0.975 * 0.025) / math.sqrt(3)
+    assert (diff.mean, diff.std, diff.n) == (pytest.approx(3.0), pytest.approx(1.0), 3)
+    assert diff.low == pytest.approx(3.0 - half, rel=1e-9)
+    assert diff.high == pytest.approx(3.0 + half, rel=1e-9)
+    assert half == pytest.approx(2.484138, abs=1e-6)
+    assert not diff.within_noise
+    # the interval is paired: the unpaired spread of a and b (about 1.5) does not enter
+    assert paired_difference([1.0, 5.0, 9.0], [0.0, 4.0, 8.0]).low == pytest.approx(1.0)
+
+
+def test_the_sentences_say_within_noise_when_the_interval_holds_zero() -> None:
+    beats = describe_difference("GRKD", "CE", paired_difference([82, 83, 85], [80, 80, 81]))
+    assert beats.startswith("GRKD beats CE by 3.00 points (95% CI +0.52 to +5.48, 3 paired seeds)")
+    trails = describe_difference("KD", "CE", paired_difference([80, 80, 81], [82, 83, 85]))
+    assert trails.startswith("KD trails CE by 3.00 points")
+    noisy = paired_difference([80.0, 82.0, 81.0], [81.0, 80.0, 81.5])
+    assert noisy.low < 0 < noisy.high and noisy.within_noise
+    text = describe_difference("RKD", "CE", noisy)
+    assert "within noise" in text and "do not separate" in text and "beats" not in text
+    single = describe_difference("RRD", "CE", paired_difference([80.0], [79.0]))
+    assert "single seed" in single and "no claim" in single
+    assert paired_difference([80.0], [79.0]).within_noise
+
+
+def test_mean_std_uses_the_sample_standard_deviation() -> None:
+    mean, std, n = mean_std([1.0, 2.0, 3.0, 4.0])
+    assert (mean, n) == (2.5, 4)
+    assert std == pytest.approx(math.sqrt(5.0 / 3.0))
+    assert math.isnan(mean_std([7.0])[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep, keys, n/a logic
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_distillation_method_gets_the_same_sweep_budget() -> None:
+    for method in bench.METHODS:
+        candidates = bench.sweep_candidates(method)
+        assert candidates[0] == {}, "the paper default is tried (first)"
+        assert len({bench.params_tag(c) for c in candidates}) == len(candidates)
+        assert len(candidates) == (1 if method == "ce" else bench.SWEEP_TRIALS)
+    assert any("temperature" in c for c in bench.sweep_candidates("grkd"))
+    assert bench.describe_params({}) == "defaults"
+    assert bench.describe_params('{"temperature":2.0,"grkd_weight":3.0}') == (
+        "grkd_weight=3, temperature=2"
+    )
+
+
+def _sweep_row(method: str, params: dict, acc: float, status: str = "ok") -> dict:
+    return {
+        "setting": "transfer",
+        "spec": "s1",
+        "phase": "sweep",
+        "method": method,
+        "params": bench.params_tag(params),
+        "status": status,
+        "acc": acc,
+    }
+
+
+def test_choose_params_best_validation_accuracy_ties_to_the_default() -> None:
+    c = bench.sweep_candidates("kd")
+    rows = [
+        _sweep_row("kd", c[0], 0.80),
+        _sweep_row("kd", c[1], 0.82),
+        _sweep_row("kd", c[2], 0.82),
+    ]
+    assert bench.choose_params(rows, "transfer", "s1", "kd") == c[1]
+    tie = [_sweep_row("kd", c[1], 0.80), _sweep_row("kd", c[0], 0.80)]
+    assert bench.choose_params(tie, "transfer", "s1", "kd") == {}
+    diverged = [_sweep_row("kd", c[0], 0.5), _sweep_row("kd", c[3], math.nan, "diverged")]
+    assert bench.choose_params(diverged, "transfer", "s1", "kd") == {}
+    assert bench.choose_params(rows, "transfer", "other-spec", "kd") == {}
+
+
+def test_fingerprint_tracks_what_changes_a_result() -> None:
+    s = bench.default_settings(fast=True)["transfer"]
+    base = s.fingerprint("teacherA")
+    assert base == bench.replace(s, seeds=(7,), sweep=True, curves=True).fingerprint("teacherA")
+    assert base != bench.replace(s, epochs=s.epochs + 1).fingerprint("teacherA")
+    assert base != s.fingerprint("teacherB")
+
+
+class _FakeWorkspace:
+    def __init__(self, shared: bool, epochs: int = 5) -> None:
+        self.shared_classes = shared
+        self.setting = bench.default_settings(fast=True)["transfer"]
+        self.setting = bench.replace(self.setting, epochs=epochs)
+
+
+def test_cross_task_marks_exactly_the_logit_methods_not_applicable() -> None:
+    cross, same = _FakeWorkspace(shared=False), _FakeWorkspace(shared=True)
+    for method in bench.METHODS:
+        assert bench.applicable(method, same) is None
+        reason = bench.applicable(method, cross)
+        assert (reason is not None) == (method in bench.NEEDS_SHARED_CLASSES)
+    assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd"} == set(
+        bench.NEEDS_SHARED_CLASSES
+    )
+    for method in ("ce", "rkd", "rrd", "refilled"):
+        assert bench.applicable(method, cross) is None
+    assert "2 epochs" in bench.applicable("refilled", _FakeWorkspace(shared=True, epochs=1))
+
+
+def test_groups_follow_the_class_selection() -> None:
+    _, test = load_fashion_mnist("subset")
+    assert bench.class_groups(test) == {"tops": (0, 2, 4, 6), "footwear": (5, 7, 9)}
+    student = select_classes(test, bench.CROSS_TASK_STUDENT_CLASSES)  # sandal, shirt, ...
+    assert bench.class_groups(student) == {"footwear": (0, 2, 4)}  # one top: nothing to confuse
+
+
+def test_peak_memory_is_measured_on_cpu() -> None:
+    with bench.PeakMemory(torch.device("cpu")) as memory:
+        block = torch.ones(8 * 2**20 // 4)  # 8 MiB, touched
+        block += 1
+    assert math.isnan(memory.mib) or memory.mib >= 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The results store: append, skip, repair
+# ---------------------------------------------------------------------------------------------
+
+
+def _row(key: str, **extra) -> dict:
+    row = {c: "" for c in bench.RUN_COLUMNS}
+    row.update(key=key, setting="transfer", spec="s", phase="final", method="ce", params="{}")
+    row.update(seed=0, status="ok", acc=0.5)
+    row.update(extra)
+    return row
+
+
+def test_store_appends_skips_and_repairs_an_interrupted_line(tmp_path: Path) -> None:
+    store = bench.ResultStore(tmp_path)
+    store.append(_row("a"), [{"epoch": 1, "loss": 1.0}])
+    store.append(_row("b", seed=1, acc=math.nan, status="diverged"))
+    assert store.done() == {"a", "b"}
+    rows = store.rows()
+    assert rows[0]["acc"] == 0.5 and math.isnan(rows[1]["acc"]) and rows[1]["seed"] == 1
+    with open(store.runs_path, "a") as f:  # a crash in the middle of an append
+        f.write("c,transfer,s,final,ce,{},2,o")
+    assert store.done() == {"a", "b"}
+    store.append(_row("d", seed=3))
+    assert [r["key"] for r in store.rows()] == ["a", "b", "d"]
+    assert store.histories_path.read_text().splitlines()[1].startswith("a,1")
+
+
+# ---------------------------------------------------------------------------------------------
+# The full (CIFAR-100) setting: built, never run here
+# ---------------------------------------------------------------------------------------------
+
+
+def test_full_plan_is_the_repdistiller_recipe() -> None:
+    plans = bench_full.build_full_plan(teacher_checkpoints={"resnet32x4": "/x/r.pt"})
+    assert [p.pair for p in plans] == ["resnet32x4->resnet8x4", "wrn_40_2->wrn_16_2"]
+    first = plans[0]
+    assert (first.teacher, first.student, first.teacher_checkpoint) == (
+        "resnet32x4",
+        "resnet8x4",
+        "/x/r.pt",
+    )
+    assert plans[1].teacher_checkpoint is None
+    assert (first.epochs, first.batch_size, first.crop_padding, first.flip) == (240, 64, 4, True)
+    assert first.methods == bench.METHODS and first.seeds == (0, 1, 2)
+    cfg = first.config(seed=1)
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov) == (
+        "sgd",
+        0.05,
+        0.9,
+        5e-4,
+        False,
+    )
+    assert (cfg.schedule, cfg.gamma, cfg.epochs, cfg.seed) == ("step", 0.1, 240, 1)
+    factors = {e: lr_factor(cfg, e, 240) for e in (0, 149, 150, 179, 180, 209, 210, 239)}
+    expected = {0: 1, 149: 1, 150: 0.1, 179: 0.1, 180: 0.01, 209: 0.01, 210: 1e-3, 239: 1e-3}
+    assert factors == pytest.approx(expected)
+    assert first.published == {
+        "teacher": 79.42,
+        "ce": 72.50,
+        "kd": 73.33,
+        "rkd": 71.90,
+        "crd": 75.51,
+        "rrd": 74.48,
+        "rrd_kd": 75.08,
+    }
+    rrd = first.method_kwargs("rrd_kd")
+    assert rrd == {"student_dim": 256, "teacher_dim": 256, "queue_size": 16384}
+    assert plans[1].method_kwargs("rrd")["teacher_dim"] == 128
+    assert first.method_kwargs("refilled") == {"num_classes": 100}
+    assert first.setting == "full:resnet32x4->resnet8x4"
+    assert bench_full.parse_teacher_checkpoints(["/p.pt"], ["wrn_40_2->wrn_16_2"]) == {
+        "wrn_40_2": "/p.pt"
+    }
+    with pytest.raises(SystemExit):
+        bench_full.parse_teacher_checkpoints(["/p.pt"], list(bench_full.FULL_PAIRS))
+    with pytest.raises(ValueError, match="unknown pairs"):
+        bench_full.build_full_plan(["resnet56->resnet20"])
+
+
+def test_plan_flag_prints_the_full_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        bench.main(["--plan", "--settings", "transfer,full", "--pairs", "wrn_40_2->wrn_16_2"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "full wrn_40_2->wrn_16_2: 240 epochs" in out and "[150, 180, 210]" in out
+    assert "transfer:" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny CLI run, then the same command again (everything skipped)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tiny_cli_run_resumes_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    teacher = tmp_path / "teacher.pt"
+    torch.save(build_model("teacher_cnn", 10, 1, seed=0).state_dict(), teacher)
+    out = tmp_path / "out"
+    argv = [
+        "--fast", "--sweep", "--settings", "transfer,cross-task", "--methods", "ce,kd", "--seeds", "0,1",
+        "--epochs", "1", "--pool-per-class", "6", "--labelled-per-class", "3", "--teacher", str(teacher), "--out", str(out),
+    ]  # fmt: skip
+    calls: list[str] = []
+    real_run_job = bench.run_job
+
+    def counting_run_job(job, ws):
+        calls.append(job.key(ws.spec))
+        return real_run_job(job, ws)
+
+    monkeypatch.setattr(bench, "run_job", counting_run_job)
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    # transfer: 4 KD sweep trials + 2 methods x 2 seeds; cross-task: CE x 2 seeds, KD is n/a
+    assert len(calls) == 10
+    assert "== transfer ==" in printed and "n/a: matches the teacher's class" in printed
+    rows = bench.read_runs(out / "runs.csv")
+    assert len(rows) == 11 and sum(r["status"] == "n/a" for r in rows) == 1
+    finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
+    assert all(0.0 <= r["acc"] <= 1.0 for r in finals)
+    assert all(-1.0 <= r["kendall_tau"] <= 1.0 for r in finals if r["setting"] == "transfer")
+    assert all(math.isnan(r["kendall_tau"]) for r in finals if r["setting"] == "cross-task")
+    assert all(r["eval_split"] == "val" for r in rows if r["phase"] == "sweep")
+    for name in ("results.md", "summary.csv", "differences.csv", "sweep.csv", "meta.json",
+                 "accuracy.png", "differences.png", "kendall_tau.png", "curves.png"):  # fmt: skip
+        assert (out / name).exists(), name
+    report = (out / "results.md").read_text()
+    assert "n/a:" in report and "paired seeds" in report
+
+    calls.clear()
+    assert bench.main(argv) == 0  # the same command: every run is already there
+    printed = capsys.readouterr().out
+    assert calls == [] and "0 runs trained" in printed
+    assert len(bench.read_runs(out / "runs.csv")) == 11
+
+
+def test_report_functions_on_synthetic_rows() -> None:
+    rows = []
+    for seed, (ce, grkd) in enumerate([(0.70, 0.74), (0.72, 0.75), (0.71, 0.76)]):
+        for method, acc in (("ce", ce), ("grkd", grkd)):
+            rows.append(
+                _row(
+                    f"{method}{seed}",
+                    method=method,
+                    seed=seed,
+                    acc=acc,
+                    kendall_tau=0.5,
+                    acc_tops=acc,
+                    acc_footwear=acc,
+                    dist_corr=0.3,
+                    seconds=1.0,
+                    peak_mem_mb=1.0,
+                    train_acc=0.9,
+                )  # fmt: skip
+            )
+    summary = bench_report.summarize_runs(rows)
+    assert [e["method"] for e in summary] == ["ce", "grkd"]
+    assert summary[1]["acc_mean"] == pytest.approx(0.75)
+    diffs = bench_report.paired_differences(rows, baselines=("ce",), metrics=("acc",))
+    assert len(diffs) == 1 and diffs[0]["mean"] == pytest.approx(4.0)
+    assert diffs[0]["sentence"].startswith("[top-1] GRKD beats CE by 4.00 points")
