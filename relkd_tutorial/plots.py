@@ -1,0 +1,400 @@
+"""What the notebooks draw: functions that draw onto a given matplotlib ``Axes`` and return it.
+
+Design (the other half of :mod:`relkd_tutorial.widgets`). A plot function
+
+- receives the ``Axes`` (or ``Figure``) to draw on and plain data (NumPy arrays, floats, dicts
+  from a :mod:`~relkd_tutorial.widgets` function, training histories from
+  :func:`relkd_tutorial.train.fit`); it never trains, loads or computes a loss itself;
+- draws, labels, and returns what it drew on, so a notebook can add to it and a unit test can
+  inspect it (``tests/test_widgets.py`` checks titles, bar heights, image data);
+- never calls ``plt.show()`` or creates global state: the caller decides where the figure goes
+  (an ``ipywidgets`` output, a static cell, a file).
+
+So a widget callback in a notebook is three lines: compute with a ``widgets`` function, make a
+figure, draw with a ``plots`` function; and the same functions draw the static copy that the
+committed notebook shows without a running kernel.
+
+Sections are headed by the notebook they serve (``# --- 01 KD ---``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+
+def _array(name: str, x: object, ndim: int) -> np.ndarray:
+    a = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)  # type: ignore[union-attr]
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    return a
+
+
+# --- shared -------------------------------------------------------------------------------------
+
+
+def plot_heatmap(
+    ax: Axes,
+    matrix: object,
+    labels: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    annotate: bool = False,
+    fmt: str = "{:.2f}",
+    colorbar: bool = True,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+) -> Axes:
+    """A matrix as an image, optionally with its values written in the cells.
+
+    Args:
+        ax: where to draw.
+        matrix: ``(R, C)``; NaN cells are left blank.
+        labels: tick labels for a square matrix (rows and columns), or ``None``.
+        annotate: write each value with ``fmt`` (white on dark cells, black on light ones).
+    """
+    m = _array("matrix", matrix, 2).astype(float)
+    im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if labels is not None:
+        if len(labels) != m.shape[0] or m.shape[0] != m.shape[1]:
+            raise ValueError(f"{len(labels)} labels for a matrix of shape {m.shape}")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    if annotate:
+        finite = m[np.isfinite(m)]
+        lo = vmin if vmin is not None else (finite.min() if finite.size else 0.0)
+        hi = vmax if vmax is not None else (finite.max() if finite.size else 1.0)
+        mid = (lo + hi) / 2
+        for (r, c), v in np.ndenumerate(m):
+            if np.isfinite(v):
+                color = "white" if v < mid else "black"
+                ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=7, color=color)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        ax.set_title(title)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    return ax
+
+
+def outline_blocks(ax: Axes, sizes: Sequence[int], *, color: str = "red") -> Axes:
+    """Outline consecutive diagonal blocks of the given sizes on a heatmap (e.g. class groups).
+
+    Use it after reordering the matrix with :func:`relkd_tutorial.widgets.group_order`, so the
+    first ``sizes[0]`` classes form the first group, and so on.
+    """
+    start = 0
+    for size in sizes:
+        if size < 1:
+            raise ValueError(f"block sizes must be >= 1, got {list(sizes)}")
+        ax.add_patch(
+            Rectangle(
+                (start - 0.5, start - 0.5), size, size, fill=False, edgecolor=color, linewidth=2
+            )
+        )
+        start += size
+    return ax
+
+
+def plot_histories(
+    ax: Axes,
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    key: str = "eval_acc",
+    *,
+    title: str | None = None,
+    ylabel: str | None = None,
+) -> Axes:
+    """One line per run: ``record[key]`` against ``record["epoch"]`` for histories from ``fit``.
+
+    Args:
+        histories: ``{run name: fit(...) history}``; a run name seen twice with a suffix such as
+            ``"kd (seed 1)"`` is just another line.
+        key: the record field to plot (``"eval_acc"``, ``"loss"``, ...).
+    """
+    if not histories:
+        raise ValueError("histories is empty: nothing to plot")
+    for name, history in histories.items():
+        if not history or any(key not in r for r in history):
+            raise ValueError(f"run {name!r} has no {key!r} in every record")
+        epochs = [r.get("epoch", i + 1) for i, r in enumerate(history)]
+        ax.plot(epochs, [r[key] for r in history], marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel or key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_mean_std(
+    ax: Axes,
+    x: Sequence[float],
+    runs: Mapping[str, object],
+    *,
+    xlabel: str = "epoch",
+    ylabel: str = "",
+    title: str | None = None,
+) -> Axes:
+    """Mean line and a +-1 std band over seeds, one per method.
+
+    Args:
+        x: ``(E,)`` x values.
+        runs: ``{method: (S, E) array}`` (``S`` seeds; the band is omitted if ``S == 1``).
+    """
+    xs = np.asarray(x, dtype=float)
+    if not runs:
+        raise ValueError("runs is empty: nothing to plot")
+    for name, values in runs.items():
+        v = _array(f"runs[{name!r}]", values, 2).astype(float)
+        if v.shape[1] != xs.shape[0]:
+            raise ValueError(f"runs[{name!r}] has {v.shape[1]} columns for {xs.shape[0]} x values")
+        mean = v.mean(axis=0)
+        (line,) = ax.plot(xs, mean, label=f"{name} (n={v.shape[0]})")
+        if v.shape[0] > 1:
+            std = v.std(axis=0)
+            ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# --- 00 setup and data --------------------------------------------------------------------------
+
+
+def plot_image_grid(
+    fig: Figure,
+    images: object,
+    labels: object,
+    class_names: Sequence[str],
+    per_class: int = 6,
+) -> Figure:
+    """A grid with one row per class: the first ``per_class`` images of each class.
+
+    Args:
+        fig: an empty figure (the grid's axes are added to it).
+        images: ``(N, 1, H, W)`` or ``(N, H, W)`` pixels (any range; shown in grey).
+        labels: ``(N,)`` class ids.
+        class_names: the ``C`` names (row titles).
+        per_class: columns; a class with fewer images leaves blank cells.
+    """
+    x = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)  # type: ignore[union-attr]
+    if x.ndim == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"images must have one channel, got shape {x.shape}")
+        x = x[:, 0]
+    if x.ndim != 3:
+        raise ValueError(f"images must be (N, 1, H, W) or (N, H, W), got shape {x.shape}")
+    y = _array("labels", labels, 1)
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    c = len(class_names)
+    axes = fig.subplots(c, per_class, squeeze=False)
+    for k in range(c):
+        picked = np.flatnonzero(y == k)[:per_class]
+        for j in range(per_class):
+            ax = axes[k, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(picked):
+                ax.imshow(x[picked[j]], cmap="gray_r")
+        axes[k, 0].set_ylabel(class_names[k], rotation=0, ha="right", va="center", fontsize=9)
+    return fig
+
+
+def plot_class_counts(
+    ax: Axes, counts: Mapping[str, object], class_names: Sequence[str], *, title: str | None = None
+) -> Axes:
+    """Grouped bars: images per class for each split (``{"train": (C,), "test": (C,)}``)."""
+    if not counts:
+        raise ValueError("counts is empty")
+    c = len(class_names)
+    width = 0.8 / len(counts)
+    for s, (split, values) in enumerate(counts.items()):
+        v = _array(f"counts[{split!r}]", values, 1)
+        if v.shape[0] != c:
+            raise ValueError(f"counts[{split!r}] has {v.shape[0]} entries for {c} classes")
+        ax.bar(np.arange(c) + (s - (len(counts) - 1) / 2) * width, v, width, label=split)
+    ax.set_xticks(range(c), class_names, rotation=45, ha="right")
+    ax.set_ylabel("images")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# --- 01 KD --------------------------------------------------------------------------------------
+
+
+def plot_soft_targets(
+    ax: Axes,
+    view: Mapping[str, Any],
+    class_names: Sequence[str],
+    *,
+    true_class: int | None = None,
+) -> Axes:
+    """Bar chart of a softened distribution from :func:`relkd_tutorial.widgets.softened_distribution`.
+
+    The teacher's top class is dark, the true class (if given and different) outlined in red; the
+    title carries ``T`` and the entropy against its maximum ``log C``.
+    """
+    p = _array("view['probs']", view["probs"], 1)
+    if len(class_names) != p.shape[0]:
+        raise ValueError(f"{len(class_names)} class names for {p.shape[0]} probabilities")
+    colors = ["tab:blue"] * p.shape[0]
+    colors[int(view["top"])] = "navy"
+    bars = ax.bar(range(p.shape[0]), p, color=colors)
+    if true_class is not None and true_class != int(view["top"]):
+        bars[int(true_class)].set_edgecolor("red")
+        bars[int(true_class)].set_linewidth(2)
+    ax.set_ylim(0, 1)
+    ax.set_xticks(range(p.shape[0]), class_names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(r"$p_c = \mathrm{softmax}(t/T)_c$")
+    ax.set_title(
+        f"T = {view['temperature']:.2g}:  H(p) = {view['entropy']:.3f} nats "
+        f"(max log C = {view['max_entropy']:.3f})"
+    )
+    return ax
+
+
+# --- 02 RKD -------------------------------------------------------------------------------------
+
+
+def plot_point_clouds(
+    ax: Axes,
+    teacher_points: object,
+    student_points: object,
+    *,
+    highlight: int | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Teacher and student 2-D clouds on one plot, points numbered, one point highlighted."""
+    t = _array("teacher_points", teacher_points, 2)
+    s = _array("student_points", student_points, 2)
+    if t.shape[1] != 2 or s.shape != t.shape:
+        raise ValueError(f"need two (N, 2) clouds, got {t.shape} and {s.shape}")
+    ax.scatter(t[:, 0], t[:, 1], c="tab:blue", label="teacher", s=40)
+    ax.scatter(s[:, 0], s[:, 1], c="tab:orange", marker="s", label="student", s=40)
+    for i, (p, q) in enumerate(zip(t, s, strict=True)):
+        ax.annotate(str(i), p, textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(str(i), q, textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if highlight is not None:
+        ax.scatter(*s[int(highlight)], s=160, facecolors="none", edgecolors="red", linewidths=2)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_rkd_relations(
+    axes: Sequence[Axes],
+    teacher_points: object,
+    student_points: object,
+    relations: Mapping[str, Any],
+    *,
+    highlight: int | None = None,
+) -> Sequence[Axes]:
+    """Three panels: the two clouds, the teacher's ``psi_D`` and the student's ``psi_D``.
+
+    ``relations`` comes from :func:`relkd_tutorial.widgets.rkd_relations`; both heatmaps share one
+    colour scale, and the student's title shows the two RKD losses.
+    """
+    if len(axes) != 3:
+        raise ValueError(f"need 3 axes, got {len(axes)}")
+    plot_point_clouds(axes[0], teacher_points, student_points, highlight=highlight)
+    psi_t = _array("psi_teacher", relations["psi_teacher"], 2)
+    psi_s = _array("psi_student", relations["psi_student"], 2)
+    hi = float(max(psi_t.max(), psi_s.max()))
+    plot_heatmap(axes[1], psi_t, vmin=0, vmax=hi, title=r"teacher $\psi_D = d_{ij}/\mu$")
+    plot_heatmap(
+        axes[2],
+        psi_s,
+        vmin=0,
+        vmax=hi,
+        title=(
+            f"student $\\psi_D$: $L_D$ = {relations['distance_loss']:.4f}, "
+            f"$L_A$ = {relations['angle_loss']:.4f}"
+        ),
+    )
+    return axes
+
+
+def plot_timings(
+    ax: Axes,
+    batch_sizes: Sequence[int],
+    times_ms: Mapping[str, Sequence[float]],
+    *,
+    title: str | None = None,
+) -> Axes:
+    """Log-log lines of time (ms) against batch size, one per implementation."""
+    b = np.asarray(batch_sizes, dtype=float)
+    if not times_ms:
+        raise ValueError("times_ms is empty")
+    for name, times in times_ms.items():
+        t = np.asarray(times, dtype=float)
+        if t.shape != b.shape:
+            raise ValueError(f"times_ms[{name!r}] has {t.shape[0]} entries for {b.shape[0]} sizes")
+        ax.plot(b, t, marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size B")
+    ax.set_ylabel("time per call (ms)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+# --- 03 RRD -------------------------------------------------------------------------------------
+
+
+def plot_queue_distributions(
+    ax: Axes, view: Mapping[str, Any], *, top: int | None = 60, log: bool = False
+) -> Axes:
+    """Teacher and student distributions over the queue slots, sorted by the teacher's.
+
+    ``view`` comes from :func:`relkd_tutorial.widgets.rrd_sample_view`. Only the ``top`` slots
+    the teacher ranks highest are drawn (``None`` = all); the title carries the loss and its parts
+    ``L = KL(p^T || p^S) + H(p^T)``.
+    """
+    p_t = _array("p_teacher", view["p_teacher"], 1)
+    p_s = _array("p_student", view["p_student"], 1)
+    n = p_t.shape[0] if top is None else min(int(top), p_t.shape[0])
+    if n < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    ranks = np.arange(n)
+    ax.bar(ranks, p_t[:n], width=1.0, alpha=0.5, color="tab:blue", label=r"teacher $p^T$")
+    ax.step(ranks, p_s[:n], where="mid", color="tab:orange", label=r"student $p^S$")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(f"queue slot, by decreasing teacher probability (first {n} of {p_t.shape[0]})")
+    ax.set_ylabel("probability")
+    ax.legend(fontsize=8)
+    ax.set_title(
+        rf"$\tau_s$={view['tau_s']:.3g}, $\tau_t$={view['tau_t']:.3g}:  "
+        f"L = {view['loss']:.3f} = KL {view['kl']:.3f} + H(p^T) {view['entropy']:.3f}",
+        fontsize=10,
+    )
+    return ax

@@ -1,0 +1,398 @@
+"""What the notebooks' widgets compute: pure functions from plain inputs to plain outputs.
+
+Design. A notebook widget is three things: sliders, a *computation* and a *picture*. Only the
+sliders belong to the notebook. The computation lives here, the drawing in
+:mod:`relkd_tutorial.plots`, and the notebook wires them together with
+``ipywidgets.interactive_output``. Every function here
+
+- takes all of its state as arguments (no globals, no hidden caches, no model objects that change
+  between calls), so the same call gives the same answer with or without a Jupyter front end;
+- returns plain data: a ``dict`` of Python floats and NumPy arrays (or one array), which a plot
+  function draws and a unit test checks (``tests/test_widgets.py``) across the sliders' range;
+- validates its inputs and raises a ``ValueError``/``TypeError`` naming the argument, like the
+  losses do, so a slider at an extreme value fails loudly rather than drawing a NaN.
+
+The math is never re-implemented here: a widget calls the package's losses and relations (in
+float64, so the numbers a reader sees are not float32 rounding) and rearranges their outputs for
+display.
+
+Sections are headed by the notebook they serve (``# --- 01 KD ---``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .losses.rkd import rkd_angle_loss, rkd_distance_loss
+from .losses.rrd import rrd_decomposition
+from .relations import normalized_pairwise_distances
+
+
+def _as_float64(name: str, x: object, ndim: int, shape_doc: str) -> Tensor:
+    """``x`` (a tensor or array-like) as a finite float64 CPU tensor of rank ``ndim``."""
+    if isinstance(x, Tensor):
+        t = x.detach().to("cpu", torch.float64)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be numeric with shape {shape_doc}") from exc
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have shape {shape_doc}, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} must not be empty (shape {shape_doc})")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t
+
+
+def _as_labels(name: str, y: object, n: int) -> Tensor:
+    t = torch.as_tensor(y.detach().cpu() if isinstance(y, Tensor) else np.asarray(y))
+    if t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer labels, got dtype {t.dtype}")
+    if t.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+    return t.long()
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def _num_classes(labels: Tensor, num_classes: int | None) -> int:
+    labelled = labels[labels >= 0]
+    if labelled.numel() == 0:
+        raise ValueError("labels hold no labelled sample (all are -1)")
+    c = int(labelled.max()) + 1 if num_classes is None else int(num_classes)
+    if c < int(labelled.max()) + 1:
+        raise ValueError(f"num_classes={c} but labels go up to {int(labelled.max())}")
+    return c
+
+
+# --- shared -------------------------------------------------------------------------------------
+
+
+def entropy(probs: object) -> float:
+    """Shannon entropy ``H(p) = -sum_c p_c log p_c`` in nats (``0 log 0 = 0``).
+
+    Args:
+        probs: ``(C,)`` non-negative, summing to 1 (within 1e-6).
+    """
+    p = _as_float64("probs", probs, 1, "(C,)")
+    if bool((p < 0).any()) or abs(float(p.sum()) - 1.0) > 1e-6:
+        raise ValueError("probs must be non-negative and sum to 1")
+    return float(-(torch.special.xlogy(p, p)).sum())
+
+
+def group_order(groups: Mapping[str, Sequence[int]], num_classes: int) -> list[int]:
+    """A class order that puts each group's members next to each other, the rest last.
+
+    ``group_order({"tops": (0, 2, 4, 6), "footwear": (5, 7, 9)}, 10)`` is
+    ``[0, 2, 4, 6, 5, 7, 9, 1, 3, 8]``: reorder a class-by-class matrix with it and the groups
+    become visible blocks on its diagonal.
+
+    Raises:
+        ValueError: a class outside ``[0, num_classes)`` or in two groups.
+    """
+    order: list[int] = []
+    for name, members in groups.items():
+        for c in members:
+            c = int(c)
+            if not 0 <= c < num_classes:
+                raise ValueError(f"group {name!r} has class {c} outside [0, {num_classes})")
+            if c in order:
+                raise ValueError(f"class {c} is in more than one group")
+            order.append(c)
+    return order + [c for c in range(num_classes) if c not in order]
+
+
+def block_contrast(
+    matrix: object, groups: Mapping[str, Sequence[int]], *, skip_diagonal: bool = True
+) -> dict[str, float]:
+    """Mean of a class-by-class similarity matrix inside the groups vs between groups.
+
+    ``within`` averages the entries ``M_jk`` with ``j`` and ``k`` in the same group (``j != k`` if
+    ``skip_diagonal``); ``between`` averages the entries with ``j`` in a group and ``k`` in another
+    group or in no group (and vice versa). A similarity that has learnt the groups has
+    ``within > between``; ``ratio = within / between``.
+
+    Args:
+        matrix: ``(C, C)``.
+        groups: e.g. :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`.
+
+    Returns:
+        ``{"within", "between", "ratio"}`` (``ratio`` is ``inf`` if ``between`` is 0).
+    """
+    m = _as_float64("matrix", matrix, 2, "(C, C)")
+    c = m.shape[0]
+    if m.shape != (c, c):
+        raise ValueError(f"matrix must be square (C, C), got {tuple(m.shape)}")
+    group_order(groups, c)  # validates: classes in range, no class in two groups
+    group_of = torch.full((c,), -1, dtype=torch.long)  # (C,) group id, -1 = none
+    for g, members in enumerate(groups.values()):
+        group_of[[int(k) for k in members]] = g
+    if int((group_of >= 0).sum()) == 0:
+        raise ValueError("groups must contain at least one class")
+    same = (group_of[:, None] == group_of[None, :]) & (group_of[:, None] >= 0)  # (C, C)
+    if skip_diagonal:
+        same &= ~torch.eye(c, dtype=torch.bool)
+    in_some = group_of >= 0  # (C,)
+    between = (in_some[:, None] | in_some[None, :]) & (group_of[:, None] != group_of[None, :])
+    if not bool(same.any()) or not bool(between.any()):
+        raise ValueError("need a group of >= 2 classes and a class outside it")
+    within_v, between_v = float(m[same].mean()), float(m[between].mean())
+    ratio = within_v / between_v if between_v != 0 else math.inf
+    return {"within": within_v, "between": between_v, "ratio": ratio}
+
+
+# --- 00 setup and data --------------------------------------------------------------------------
+
+
+def class_soft_confusion(
+    logits: object, labels: object, temperature: float = 1.0, num_classes: int | None = None
+) -> np.ndarray:
+    """The teacher's mean softened distribution per true class: a "soft" confusion matrix.
+
+    ``M_kj = mean_{i : y_i = k} softmax(t_i / T)_j``. Row ``k`` says how much probability the
+    teacher gives to class ``j`` on images of class ``k``; each row sums to 1. Off the diagonal it
+    is the "dark knowledge" KD transfers: a coat that looks a bit like a pullover. Raising ``T``
+    flattens every row and makes the small entries visible.
+
+    Args:
+        logits: ``(N, C)`` teacher logits.
+        labels: ``(N,)`` true classes (``-1`` = unlabelled, ignored).
+        temperature: ``T > 0``.
+        num_classes: ``C`` rows (default: the logits' width).
+
+    Returns:
+        ``(C, C)`` float64 array; a class with no sample has a NaN row.
+    """
+    t = _as_float64("logits", logits, 2, "(N, C)")
+    y = _as_labels("labels", labels, t.shape[0])
+    temp = _positive("temperature", temperature)
+    c = t.shape[1] if num_classes is None else _num_classes(y, num_classes)
+    if c != t.shape[1]:
+        raise ValueError(f"num_classes={c} but logits have {t.shape[1]} columns")
+    if int(y.max()) >= c:
+        raise ValueError(f"labels go up to {int(y.max())} but there are {c} classes")
+    probs = F.softmax(t / temp, dim=1)  # (N, C)
+    keep = y >= 0  # (N,)
+    sums = torch.zeros(c, c, dtype=torch.float64).index_add_(0, y[keep], probs[keep])  # (C, C)
+    counts = torch.bincount(y[keep], minlength=c).double()  # (C,)
+    out = sums / counts.clamp_min(1)[:, None]  # (C, C)
+    out[counts == 0] = math.nan
+    return out.numpy()
+
+
+def class_mean_cosine(
+    features: object, labels: object, num_classes: int | None = None
+) -> np.ndarray:
+    """Cosine similarity of the class-mean features: ``S_jk = cos(mu_j, mu_k)``.
+
+    ``mu_k = mean_{i : y_i = k} f_i``. The teacher's penultimate features are what the relational
+    methods (RKD, RRD, REFILLED) transfer; this matrix summarises their geometry class by class.
+    With post-ReLU features every entry is in ``[0, 1]``.
+
+    Args:
+        features: ``(N, D)``.
+        labels: ``(N,)`` (``-1`` ignored).
+        num_classes: ``C`` (default: largest label + 1).
+
+    Returns:
+        ``(C, C)`` float64 array; NaN rows/columns for classes without a sample.
+    """
+    f = _as_float64("features", features, 2, "(N, D)")
+    y = _as_labels("labels", labels, f.shape[0])
+    c = _num_classes(y, num_classes)
+    keep = y >= 0  # (N,)
+    sums = torch.zeros(c, f.shape[1], dtype=torch.float64).index_add_(0, y[keep], f[keep])
+    counts = torch.bincount(y[keep], minlength=c).double()  # (C,)
+    means = sums / counts.clamp_min(1)[:, None]  # (C, D)
+    unit = F.normalize(means, dim=1, eps=1e-12)  # (C, D)
+    out = unit @ unit.t()  # (C, C)
+    out[counts == 0, :] = math.nan
+    out[:, counts == 0] = math.nan
+    return out.numpy()
+
+
+# --- 01 KD --------------------------------------------------------------------------------------
+
+
+def softened_distribution(logits: object, temperature: float) -> dict[str, object]:
+    """One image's softened teacher distribution ``p = softmax(t / T)`` and its entropy.
+
+    Args:
+        logits: ``(C,)`` teacher logits of one image.
+        temperature: ``T > 0`` (the slider).
+
+    Returns:
+        ``probs`` ``(C,)`` array; ``entropy`` ``H(p)`` in nats; ``max_entropy`` ``log C`` (the
+        uniform distribution, reached as ``T -> inf``); ``normalized_entropy`` ``H / log C`` in
+        ``[0, 1]``; ``top`` the argmax (the same at every ``T``); ``top_prob``.
+    """
+    t = _as_float64("logits", logits, 1, "(C,)")
+    temp = _positive("temperature", temperature)
+    c = t.shape[0]
+    if c < 2:
+        raise ValueError(f"logits need at least 2 classes, got {c}")
+    p = F.softmax(t / temp, dim=0)  # (C,)
+    h = float(-(torch.special.xlogy(p, p)).sum())
+    top = int(t.argmax())
+    return {
+        "probs": p.numpy(),
+        "entropy": h,
+        "max_entropy": math.log(c),
+        "normalized_entropy": h / math.log(c),
+        "top": top,
+        "top_prob": float(p[top]),
+        "temperature": temp,
+    }
+
+
+def entropy_curve(logits: object, temperatures: Sequence[float]) -> np.ndarray:
+    """``H(softmax(t / T))`` for each ``T`` in ``temperatures`` (non-decreasing in ``T``)."""
+    return np.array([softened_distribution(logits, T)["entropy"] for T in temperatures])
+
+
+# --- 02 RKD -------------------------------------------------------------------------------------
+
+
+def transform_points(
+    points: object,
+    *,
+    scale: float = 1.0,
+    angle_deg: float = 0.0,
+    shift: Sequence[float] = (0.0, 0.0),
+    moved_index: int | None = None,
+    move: Sequence[float] = (0.0, 0.0),
+) -> np.ndarray:
+    """A student copy of a 2-D teacher cloud: ``x' = s R(angle) x + shift``, then one point moved.
+
+    The first three are a *similarity transform* (every distance scaled by ``s``, every angle kept);
+    moving one point is *non-rigid*: it changes the relations that involve that point.
+
+    Args:
+        points: ``(N, 2)`` teacher points.
+        scale: ``s > 0``.
+        angle_deg: rotation in degrees (counter-clockwise).
+        shift: ``(2,)`` translation.
+        moved_index: the point to move afterwards (``None`` = none), in ``[0, N)``.
+        move: ``(2,)`` displacement of that point.
+
+    Returns:
+        ``(N, 2)`` float64 array.
+    """
+    x = _as_float64("points", points, 2, "(N, 2)")
+    if x.shape[1] != 2:
+        raise ValueError(f"points must have shape (N, 2), got {tuple(x.shape)}")
+    s = _positive("scale", scale)
+    theta = math.radians(float(angle_deg))
+    rot = torch.tensor(
+        [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
+        dtype=torch.float64,
+    )  # (2, 2)
+    out = s * x @ rot.t() + _as_float64("shift", shift, 1, "(2,)")  # (N, 2)
+    if moved_index is not None:
+        i = int(moved_index)
+        if not 0 <= i < x.shape[0]:
+            raise ValueError(f"moved_index must be in [0, {x.shape[0]}), got {moved_index}")
+        out[i] += _as_float64("move", move, 1, "(2,)")
+    return out.numpy()
+
+
+def rkd_relations(teacher_points: object, student_points: object) -> dict[str, object]:
+    """Both sides' RKD distance potentials and the two RKD losses, in float64.
+
+    ``psi_D(i, j) = d_ij / mu`` (:func:`~relkd_tutorial.relations.normalized_pairwise_distances`),
+    ``L_D = mean_{i,j} huber(psi_D^S - psi_D^T)``, ``L_A = mean_{i,j,k} huber(psi_A^S - psi_A^T)``
+    (:mod:`relkd_tutorial.losses.rkd`). The widths of the two sides may differ.
+
+    Args:
+        teacher_points: ``(N, D_T)``, ``N >= 3``.
+        student_points: ``(N, D_S)``.
+
+    Returns:
+        ``psi_teacher``, ``psi_student`` ``(N, N)`` arrays, ``distance_loss``, ``angle_loss``.
+    """
+    t = _as_float64("teacher_points", teacher_points, 2, "(N, D_T)")
+    s = _as_float64("student_points", student_points, 2, "(N, D_S)")
+    if t.shape[0] != s.shape[0]:
+        raise ValueError(
+            f"teacher_points and student_points need the same N, got {t.shape[0]} and {s.shape[0]}"
+        )
+    if t.shape[0] < 3:
+        raise ValueError(f"need N >= 3 points for an angle, got {t.shape[0]}")
+    return {
+        "psi_teacher": normalized_pairwise_distances(t).numpy(),
+        "psi_student": normalized_pairwise_distances(s).numpy(),
+        "distance_loss": float(rkd_distance_loss(s, t)),
+        "angle_loss": float(rkd_angle_loss(s, t)),
+    }
+
+
+# --- 03 RRD -------------------------------------------------------------------------------------
+
+
+def rrd_sample_view(
+    student_emb: object,
+    teacher_emb: object,
+    queue: object,
+    tau_s: float,
+    tau_t: float,
+) -> dict[str, object]:
+    """One sample's two distributions over the queue, sorted by the teacher, and the loss parts.
+
+    ``p^T(k) = softmax_k(<u, q_k> / tau_t)``, ``p^S(k) = softmax_k(<s, q_k> / tau_s)`` (inputs are
+    L2-normalised), ``L = -sum_k p^T(k) log p^S(k) = KL(p^T || p^S) + H(p^T)``, all from
+    :func:`~relkd_tutorial.losses.rrd.rrd_decomposition` with a batch of one.
+
+    Args:
+        student_emb: ``(d,)`` student embedding ``s``.
+        teacher_emb: ``(d,)`` teacher embedding ``u``.
+        queue: ``(K, d)`` keys.
+        tau_s, tau_t: temperatures ``> 0`` (the sliders).
+
+    Returns:
+        ``order`` ``(K,)`` queue slots by decreasing ``p^T``; ``p_teacher``, ``p_student`` ``(K,)``
+        in that order; ``loss``, ``kl``, ``entropy`` (``H(p^T)``), ``student_entropy``
+        (``H(p^S)``); ``effective_slots_teacher`` / ``_student`` = ``exp(H)``, the number of
+        slots a uniform distribution with the same entropy would spread over.
+    """
+    s = _as_float64("student_emb", student_emb, 1, "(d,)")
+    u = _as_float64("teacher_emb", teacher_emb, 1, "(d,)")
+    q = _as_float64("queue", queue, 2, "(K, d)")
+    tau_s, tau_t = _positive("tau_s", tau_s), _positive("tau_t", tau_t)
+    if s.shape != u.shape or q.shape[1] != s.shape[0]:
+        raise ValueError(
+            f"student_emb {tuple(s.shape)}, teacher_emb {tuple(u.shape)} and queue "
+            f"{tuple(q.shape)} must share the width d"
+        )
+    parts = rrd_decomposition(s[None], u[None], q, tau_s, tau_t)
+    keys = F.normalize(q, dim=1)  # (K, d)
+    p_t = F.softmax(keys @ F.normalize(u, dim=0) / tau_t, dim=0)  # (K,)
+    p_s = F.softmax(keys @ F.normalize(s, dim=0) / tau_s, dim=0)  # (K,)
+    order = torch.sort(p_t, descending=True, stable=True).indices  # (K,)
+    h_s = float(-(torch.special.xlogy(p_s, p_s)).sum())
+    return {
+        "order": order.numpy(),
+        "p_teacher": p_t[order].numpy(),
+        "p_student": p_s[order].numpy(),
+        "loss": float(parts["loss"]),
+        "kl": float(parts["kl"]),
+        "entropy": float(parts["entropy"]),
+        "student_entropy": h_s,
+        "effective_slots_teacher": math.exp(float(parts["entropy"])),
+        "effective_slots_student": math.exp(h_s),
+        "tau_s": tau_s,
+        "tau_t": tau_t,
+    }
