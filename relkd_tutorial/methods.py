@@ -324,14 +324,36 @@ class GRKDWithKD(GRKD):
         return _total(terms, z)
 
 
-class SoftRank(Method):
+class _RankingMethod(Method):
+    """Shared shape of the ranking variants: ``ce_weight CE + rank_weight L_rank`` (1 / 1, choice).
+
+    Subclasses set ``self.loss`` (a ranking loss module taking ``(student_logits, teacher_logits)``).
+    Terms: ``"ce"``, ``"rank"``.
+    """
+
+    needs_teacher = True
+    loss: nn.Module
+
+    def __init__(self, ce_weight: float, rank_weight: float) -> None:
+        super().__init__()
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        self.rank_weight = check_nonnegative("rank_weight", rank_weight)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        terms: dict[str, Tensor] = {}
+        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        _weighted(terms, "rank", self.rank_weight, lambda: self.loss(z, t))
+        return _total(terms, z)
+
+
+class SoftRank(_RankingMethod):
     """Soft pairwise ranking: ``ce_weight CE + rank_weight L_soft`` (weights 1 / 1, choice).
 
     See :func:`~relkd_tutorial.losses.ranking.soft_pairwise_rank_loss`. Terms: ``"ce"``, ``"rank"``.
     """
 
     name = "rank_soft"
-    needs_teacher = True
 
     def __init__(
         self,
@@ -340,27 +362,17 @@ class SoftRank(Method):
         temperature: float = 1.0,
         teacher_temperature: float = 1.0,
     ) -> None:
-        super().__init__()
-        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
-        self.rank_weight = check_nonnegative("rank_weight", rank_weight)
+        super().__init__(ce_weight, rank_weight)
         self.loss = SoftPairwiseRankLoss(temperature, teacher_temperature)
 
-    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
-        _weighted(terms, "rank", self.rank_weight, lambda: self.loss(z, t))
-        return _total(terms, z)
 
-
-class ListwiseRank(Method):
+class ListwiseRank(_RankingMethod):
     """Listwise (Plackett-Luce) ranking: ``ce_weight CE + rank_weight L_PL`` (1 / 1, choice).
 
     See :func:`~relkd_tutorial.losses.ranking.listwise_rank_loss`. Terms: ``"ce"``, ``"rank"``.
     """
 
     name = "rank_listwise"
-    needs_teacher = True
 
     def __init__(
         self,
@@ -369,17 +381,8 @@ class ListwiseRank(Method):
         temperature: float = 1.0,
         top_k: int | None = None,
     ) -> None:
-        super().__init__()
-        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
-        self.rank_weight = check_nonnegative("rank_weight", rank_weight)
+        super().__init__(ce_weight, rank_weight)
         self.loss = ListwiseRankLoss(temperature, top_k)
-
-    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
-        _weighted(terms, "rank", self.rank_weight, lambda: self.loss(z, t))
-        return _total(terms, z)
 
 
 _LOGIT_AND_RELATION_METHODS: dict[str, type[Method]] = {
@@ -391,20 +394,6 @@ _LOGIT_AND_RELATION_METHODS: dict[str, type[Method]] = {
 # ---------------------------------------------------------------------------------------------
 # Embedding-based relational methods: RRD (DESIGN 2.3) and REFILLED (DESIGN 2.4)
 # ---------------------------------------------------------------------------------------------
-
-
-def _teacher_features(inputs: StepInputs, method: str) -> Tensor:
-    if inputs.teacher_features is None:
-        raise ValueError(f"{method} needs StepInputs.teacher_features, shape (B, D_T); got None")
-    return inputs.teacher_features
-
-
-def _check_weight(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (0 <= value < float("inf")):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
 
 
 class RRD(Method):
@@ -443,12 +432,12 @@ class RRD(Method):
         update: str = "after",
     ) -> None:
         super().__init__()
-        self.ce_weight = _check_weight("ce_weight", ce_weight)
-        self.rrd_weight = _check_weight("rrd_weight", rrd_weight)
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        self.rrd_weight = check_nonnegative("rrd_weight", rrd_weight)
         self.rrd = RRDLoss(student_dim, teacher_dim, embed_dim, queue_size, tau_s, tau_t, update)
 
     def _rrd_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        teacher_features = _teacher_features(inputs, self.name)
+        teacher_features = _teacher(inputs, "teacher_features", self.name)
         return {
             "ce": self.ce_weight * supervised_cross_entropy(inputs.student_logits, inputs.labels),
             "rrd": self.rrd_weight * self.rrd(inputs.student_features, teacher_features),
@@ -461,7 +450,7 @@ class RRD(Method):
     def after_step(self, inputs: StepInputs) -> None:
         """Write the batch's teacher embeddings into the queue (``update="after"`` only)."""
         if self.rrd.update == "after":
-            self.rrd.update_queue(_teacher_features(inputs, self.name))
+            self.rrd.update_queue(_teacher(inputs, "teacher_features", self.name))
 
 
 class RRDKD(RRD):
@@ -499,7 +488,7 @@ class RRDKD(RRD):
             rrd_weight,
             update,
         )
-        self.kd_weight = _check_weight("kd_weight", kd_weight)
+        self.kd_weight = check_nonnegative("kd_weight", kd_weight)
         self.kd_temperature = check_positive("kd_temperature", kd_temperature)
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
@@ -579,9 +568,9 @@ class Refilled(Method):
         self.margin = check_positive("margin", margin)
         self.tau1 = check_positive("tau1", tau1)
         self.tau2 = check_positive("tau2", tau2)
-        self.lambda1 = _check_weight("lambda1", lambda1)
-        self.lambda2 = _check_weight("lambda2", lambda2)
-        self.ce_weight = _check_weight("ce_weight", ce_weight)
+        self.lambda1 = check_nonnegative("lambda1", lambda1)
+        self.lambda2 = check_nonnegative("lambda2", lambda2)
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
         self.num_classes = num_classes
         self.restrict_to_batch = bool(restrict_to_batch)
         # (C, D_T); empty until setup() (its shape is only known then; see _load_from_state_dict)
@@ -635,7 +624,7 @@ class Refilled(Method):
         return torch.cat([centres, pad]) if pad.shape[0] else centres  # (C, D_T)
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        teacher_features = _teacher_features(inputs, self.name)
+        teacher_features = _teacher(inputs, "teacher_features", self.name)
         if self.stage == "embedding":
             a, p, n = mine_triplets(inputs.student_features, inputs.labels, self.margin)
             self.last_num_triplets = int(a.shape[0])
