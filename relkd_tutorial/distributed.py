@@ -56,10 +56,10 @@ differ from the global batch's: a BN student does *not* train exactly as in one 
 statistics; CUDA only in PyTorch). The exactness tests use a model without BN.
 
 Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-``MASTER_PORT``), e.g. ``torchrun --standalone --nproc_per_node=2 -m relkd_tutorial.distill ...``
-(see :mod:`relkd_tutorial.distill`). In a script: call :func:`init_distributed` first, build the
-training loader with ``rank=get_rank(), world_size=get_world_size(), drop_last=True``, then
-``fit`` as usual; it detects the process group.
+``MASTER_PORT``), e.g. ``torchrun --standalone --nproc_per_node=2 my_distill.py``. In the script:
+call :func:`init_distributed` first, build the training loader with ``rank=get_rank(),
+world_size=get_world_size(), drop_last=True``, then ``fit`` as usual; it detects the process
+group. ``tests/_dist_worker.py`` is a complete, runnable example of such a script.
 """
 
 from __future__ import annotations
