@@ -376,9 +376,11 @@ def _meta_markdown(meta: dict[str, Any]) -> list[str]:
     for inv in meta.get("invocations", []):
         load = inv.get("load_average_start")
         load_text = f", load average at start {load[0]:.1f}" if load else ""
+        preset = f", {inv['preset']} preset" if inv.get("preset") else ""
         lines.append(
-            f"- `{inv['command']}` ({inv['mode']} mode, {inv['device']}, {inv['threads']} threads"
-            f"): {inv['runs_trained']} runs in {inv['wall_seconds']:.0f} s{load_text}"
+            f"- `{inv['command']}` ({inv['mode']} mode{preset}, {inv['device']}, "
+            f"{inv['threads']} threads): {inv['runs_trained']} runs in "
+            f"{inv['wall_seconds']:.0f} s{load_text}"
         )
     if env:
         lines.append(
