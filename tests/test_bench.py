@@ -492,3 +492,14 @@ def test_report_functions_on_synthetic_rows() -> None:
     diffs = bench_report.paired_differences(rows, baselines=("ce",), metrics=("acc",))
     assert len(diffs) == 1 and diffs[0]["mean"] == pytest.approx(4.0)
     assert diffs[0]["sentence"].startswith("[top-1] GRKD beats CE by 4.00 points")
+
+
+def test_curves_fall_back_to_training_accuracy_without_test_curves() -> None:
+    rows = [_row("a", setting="standard"), _row("b", setting="transfer")]
+    histories = {
+        "a": [{"epoch": 1.0, "eval_acc": 0.5, "train_acc": 0.4}],
+        "b": [{"epoch": 1.0, "eval_acc": math.nan, "train_acc": 0.4}],
+    }
+    assert bench_report.curve_value(rows, histories, "standard") == "eval_acc"
+    assert bench_report.curve_value(rows, histories, "transfer") == "train_acc"
+    assert bench_report.curve_value(rows, {}, "standard") == "train_acc"
