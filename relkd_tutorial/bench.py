@@ -1,8 +1,9 @@
 """The benchmark: every method on the same teacher, data, schedule and seeds, with honest statistics.
 
-    python -m relkd_tutorial.bench                        # default mode (CPU, about 30 min)
+    python -m relkd_tutorial.bench                        # the main job (cpu preset, ~10-15 min)
+    python -m relkd_tutorial.bench --preset large         # the bigger sizes (about an hour or more)
     RELKD_FAST=1 python -m relkd_tutorial.bench           # fast mode (CI, a few minutes)
-    python -m relkd_tutorial.bench --settings standard    # one setting (see --help)
+    python -m relkd_tutorial.bench --settings cross-task  # one setting (see --help)
 
 What is compared. CE (no teacher), Hinton KD, RKD, RRD, RRD+KD, REFILLED, GRKD, GRKD+KD and the
 two ranking variants (soft pairwise, listwise) train the same student (``student_cnn_s``, about 6k
@@ -13,7 +14,8 @@ two methods with the same seed are *paired* (:mod:`relkd_tutorial.stats`).
 
 Settings (Fashion-MNIST, the shipped 10k/2k subset; a stratified validation split of
 ``val_per_class`` images per class is carved out of the training set first and is never trained
-on):
+on). ``transfer``, ``low-data`` and ``standard`` run by default (:data:`DEFAULT_SETTINGS`);
+``cross-task`` and ``full`` are opt-in (``--settings``):
 
 - ``transfer`` (headline): ``n`` labelled images per class, the rest of the training pool kept
   *unlabelled* (label ``-1``): cross-entropy on the labelled images, the distillation terms on all.
@@ -33,7 +35,15 @@ and the student's class rankings per test image: "did the ranking transfer"; and
 correlation of their pairwise feature-distance matrices on a fixed stratified test batch), the
 training wall time and the peak memory.
 
-Hyperparameters (choice, an equal budget): each distillation method gets :data:`SWEEP_TRIALS`
+Sizes (``--preset``, see :func:`default_settings`): ``cpu`` (the default on a CPU) is sized so
+the main job finishes in about 10-15 minutes on a quiet 2-core CPU with one torch thread: a
+3,000-image pool, every method at its paper defaults, a few seeds. ``large`` (the default on a
+GPU) is the bigger configuration: the whole 9,000-image pool, longer schedules, five seeds and the
+hyperparameter sweep. On a CPU the benchmark uses one torch thread unless ``--threads`` says
+otherwise (the small students gain nothing from a second thread, and the machine stays usable).
+
+Hyperparameters (choice, an equal budget; on by default in the ``large`` preset, opt-in with
+``--sweep`` in the ``cpu`` preset): each distillation method gets :data:`SWEEP_TRIALS`
 trials on the first seed, scored by top-1 on the *validation* split; the best trial (ties go to the
 paper default) then runs on every seed and is reported. One-knob methods scale their main weight by
 ``1/3, 1, 3, 10`` around the paper default; GRKD and GRKD+KD spend the same four trials on their
@@ -223,7 +233,8 @@ def describe_params(params: dict[str, float] | str) -> str:
 
 FASHION_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard", "cross-task")
 ALL_SETTINGS: tuple[str, ...] = (*FASHION_SETTINGS, "full")
-DEFAULT_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "cross-task")
+DEFAULT_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard")
+PRESETS: tuple[str, ...] = ("cpu", "large")
 CROSS_TASK_TEACHER_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4)
 CROSS_TASK_STUDENT_CLASSES: tuple[int, ...] = (5, 6, 7, 8, 9)
 
@@ -273,14 +284,27 @@ class Setting:
         return hashlib.sha1(blob).hexdigest()[:8]
 
 
-def default_settings(fast: bool) -> dict[str, Setting]:
-    """The CPU settings of default mode (``fast=False``) or of fast mode (``fast=True``).
+def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
+    """The Fashion-MNIST settings of fast mode (``fast=True``) or of a size ``preset``.
 
-    Default mode (measured on a 2-core CPU, see ``results/meta.json``): transfer 50 labels per
-    class + 8,500 unlabelled images, 15 epochs; low-data 50 per class, 60 epochs, 5 seeds;
-    standard 9,000 labelled, 30 epochs; cross-task 50 per class of 4,500 images, 15 epochs.
-    Fast mode shrinks the pool to 150 images per class, the epochs to a few, two seeds, no sweep.
+    ``preset="cpu"`` (the main job on a CPU, about 10-15 minutes on a quiet 2-core CPU with one
+    thread): a 3,000-image training pool (300 per class, stratified), every method at its paper
+    defaults (no sweep; ``--sweep`` opts in). Transfer: 50 labels per class + the other 2,500
+    pool images unlabelled, 8 epochs, 4 seeds. Low-data: the 50 labels per class alone, 20 epochs
+    (batch 64), 3 seeds. Standard: 2,000 labelled images (200 per class), 10 epochs, 1 seed, with
+    learning curves. Cross-task (opt-in): classes 5-9 of the pool, 50 labels per class, 8 epochs,
+    3 seeds, a 6-epoch teacher on classes 0-4.
+
+    ``preset="large"`` (the default on a GPU): the whole 9,000-image pool, the sweep on transfer,
+    low-data and cross-task; transfer 50 labels per class + 8,500 unlabelled images, 15 epochs,
+    5 seeds; low-data 60 epochs, 5 seeds; standard 9,000 labelled, 30 epochs, 3 seeds;
+    cross-task 15 epochs, 3 seeds.
+
+    Fast mode (any preset) shrinks the pool to 150 images per class, the epochs to a few, two
+    seeds, no sweep.
     """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if fast:
         common = dict(pool_per_class=150, val_per_class=30, seeds=(0, 1), sweep=False)
         return {
@@ -288,6 +312,27 @@ def default_settings(fast: bool) -> dict[str, Setting]:
             "low-data": Setting("low-data", 20, False, epochs=10, batch_size=64, **common),
             "standard": Setting("standard", None, False, epochs=6, curves=True, **common),
             "cross-task": Setting("cross-task", 20, True, epochs=4, teacher_epochs=2, **common),
+        }
+    if preset == "cpu":
+        common = dict(pool_per_class=300, sweep=False)
+        return {
+            "transfer": Setting("transfer", 50, True, epochs=8, seeds=(0, 1, 2, 3), **common),
+            "low-data": Setting(
+                "low-data", 50, False, epochs=20, batch_size=64, seeds=(0, 1, 2), **common
+            ),
+            "standard": Setting(
+                "standard",
+                None,
+                False,
+                epochs=10,
+                seeds=(0,),
+                curves=True,
+                pool_per_class=200,
+                sweep=False,
+            ),
+            "cross-task": Setting(
+                "cross-task", 50, True, epochs=8, teacher_epochs=6, seeds=(0, 1, 2), **common
+            ),
         }
     return {
         "transfer": Setting("transfer", 50, True, epochs=15, seeds=(0, 1, 2, 3, 4)),
@@ -887,7 +932,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--settings",
         default=None,
         help=f"comma-separated, from {list(ALL_SETTINGS)} or 'all' (default: "
-        f"{','.join(DEFAULT_SETTINGS)}; 'standard' is opt-in, 'full' needs a GPU)",
+        f"{','.join(DEFAULT_SETTINGS)}; 'cross-task' is opt-in, 'full' needs a GPU)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="sizes: 'cpu' (3,000-image pool, paper defaults, a few seeds: ~10-15 min on a quiet "
+        "2-core CPU) or 'large' (9,000-image pool, longer schedules, 5 seeds, the sweep); "
+        "default: cpu on a CPU, large on a GPU. Fast mode overrides both.",
     )
     parser.add_argument("--methods", default="all", help=f"comma-separated from {list(METHODS)}")
     parser.add_argument("--seeds", default=None, help="comma-separated ints (default: per setting)")
@@ -898,7 +951,8 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--no-fast", dest="fast", action="store_false")
     sweep = parser.add_mutually_exclusive_group()
     sweep.add_argument("--sweep", dest="sweep", action="store_true", default=None,
-                       help="run the sweep (default: on in default mode, off in fast mode)")  # fmt: skip
+                       help="run the sweep (default: on in the large preset, off in the cpu "
+                       "preset and in fast mode)")  # fmt: skip
     sweep.add_argument("--no-sweep", dest="sweep", action="store_false",
                        help="every method at its paper defaults")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="override every setting's epochs")
@@ -910,7 +964,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--teacher", default=None,
                         help="teacher_cnn weights to use instead of the shipped teacher")  # fmt: skip
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: 1 on a CPU, torch's own on a GPU)")  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild tables and plots from --out without training")  # fmt: skip
     parser.add_argument("--plan", action="store_true", help="print the runs and exit")
@@ -924,16 +979,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure(args: argparse.Namespace) -> tuple[bool, dict[str, Setting], list[str]]:
-    """``(fast, settings to run, methods)`` from the parsed arguments."""
+def default_preset(device: torch.device | str) -> str:
+    """``"cpu"`` on a CPU (or Apple MPS), ``"large"`` on a CUDA GPU."""
+    return "large" if torch.device(device).type == "cuda" else "cpu"
+
+
+def default_threads(device: torch.device | str, threads: int | None) -> int | None:
+    """Torch threads to set: ``threads`` if given, else 1 on a CPU, else ``None`` (leave as is)."""
+    if threads is not None:
+        return threads
+    return 1 if torch.device(device).type == "cpu" else None
+
+
+def configure(
+    args: argparse.Namespace, device: torch.device | str = "cpu"
+) -> tuple[bool, dict[str, Setting], list[str]]:
+    """``(fast, settings to run, methods)`` from the parsed arguments.
+
+    ``args.preset`` (``None``: :func:`default_preset` of ``device``) picks the sizes; fast mode
+    overrides the preset; explicit flags (``--seeds``, ``--epochs``, ...) override both.
+    """
     fast = fast_mode() if args.fast is None else bool(args.fast)
+    preset = args.preset or default_preset(device)
     names = (
         list(DEFAULT_SETTINGS)
         if args.settings is None
         else _parse_list(args.settings, ALL_SETTINGS, "settings")
     )
     methods = _parse_list(args.methods, METHODS, "methods")
-    base = default_settings(fast)
+    base = default_settings(fast, preset)
     settings: dict[str, Setting] = {}
     for name in names:
         if name == "full":
@@ -971,20 +1045,24 @@ def configure(args: argparse.Namespace) -> tuple[bool, dict[str, Setting], list[
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``relkd-bench`` / ``python -m relkd_tutorial.bench`` command."""
     args = build_parser().parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    fast, settings, methods = configure(args)
+    device = resolve_device(args.device)
+    threads = default_threads(device, args.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    fast, settings, methods = configure(args, device)
+    preset = args.preset or default_preset(device)
     out_dir = Path(args.out or ("runs/bench-fast" if fast else "runs/bench"))
     names = list(settings)
     want_full = args.settings is not None and "full" in _parse_list(
         args.settings, ALL_SETTINGS, "settings"
     )
     command = " ".join(["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])])
-    mode = "fast" if fast else "default"
+    mode = "fast mode" if fast else f"default mode, {preset} preset"
 
     from . import bench_report
 
     if args.plan:
+        print(f"{mode}, {torch.get_num_threads()} torch thread(s)")
         for name, s in settings.items():
             print(f"{name}: {s}")
             print(f"  up to {plan_counts(s, methods)} training runs")
@@ -1000,12 +1078,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(bench_report.stdout_summary(store.rows()))
         return 0
 
-    device = resolve_device(args.device)
     started = time.time()
     tic = time.perf_counter()
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(
-        f"relkd_tutorial benchmark, {mode} mode: settings {', '.join(names) or '-'}"
+        f"relkd_tutorial benchmark, {mode}: settings {', '.join(names) or '-'}"
         f"{' + full' if want_full else ''}; methods {', '.join(methods)}; device {device}, "
         f"{torch.get_num_threads()} threads; results in {out_dir}/",
         flush=True,
@@ -1027,26 +1104,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"resuming: {done_before} of these runs are already in {store.runs_path}; skipped",
             flush=True,
         )
-    for ws in workspaces:
-        s = ws.setting
+    try:
+        for ws in workspaces:
+            s = ws.setting
+            print(
+                f"-- {s.name}: {len(ws.train_set(s.seeds[0]))} training images "
+                f"({'all' if s.labelled_per_class is None else s.labelled_per_class} labelled per "
+                f"class), {s.epochs} epochs, seeds {list(s.seeds)}, "
+                f"{'sweep on the validation split' if s.sweep else 'paper defaults (no sweep)'}",
+                flush=True,
+            )
+            run_setting(ws, methods, store, progress)
+        if want_full:
+            from .bench_full import run_full
+
+            specs |= set(run_full(args, store, device, progress))
+    except KeyboardInterrupt as err:  # Ctrl-C, or TrainingInterrupted from fit (SIGINT/SIGTERM)
         print(
-            f"-- {s.name}: {len(ws.train_set(s.seeds[0]))} training images "
-            f"({'all' if s.labelled_per_class is None else s.labelled_per_class} labelled per "
-            f"class), {s.epochs} epochs, seeds {list(s.seeds)}, "
-            f"{'sweep on the validation split' if s.sweep else 'paper defaults (no sweep)'}",
+            f"\nstopped: the {progress.trained} runs finished by this invocation are kept in "
+            f"{store.runs_path} (the run in progress is lost); run the same command again to "
+            "resume where it stopped",
+            file=sys.stderr,
             flush=True,
         )
-        run_setting(ws, methods, store, progress)
-    if want_full:
-        from .bench_full import run_full
-
-        specs |= set(run_full(args, store, device, progress))
+        return int(getattr(err, "exit_code", 130))
     wall = time.perf_counter() - tic
     record_invocation(
         out_dir,
         {
             "command": command,
-            "mode": mode,
+            "mode": "fast" if fast else "default",
+            "preset": None if fast else preset,
             "settings": {name: asdict(s) for name, s in settings.items()},
             "methods": methods,
             "device": str(device),

@@ -376,9 +376,11 @@ def _meta_markdown(meta: dict[str, Any]) -> list[str]:
     for inv in meta.get("invocations", []):
         load = inv.get("load_average_start")
         load_text = f", load average at start {load[0]:.1f}" if load else ""
+        preset = f", {inv['preset']} preset" if inv.get("preset") else ""
         lines.append(
-            f"- `{inv['command']}` ({inv['mode']} mode, {inv['device']}, {inv['threads']} threads"
-            f"): {inv['runs_trained']} runs in {inv['wall_seconds']:.0f} s{load_text}"
+            f"- `{inv['command']}` ({inv['mode']} mode{preset}, {inv['device']}, "
+            f"{inv['threads']} threads): {inv['runs_trained']} runs in "
+            f"{inv['wall_seconds']:.0f} s{load_text}"
         )
     if env:
         lines.append(
@@ -489,6 +491,26 @@ def plot_metric(summary: Sequence[dict[str, Any]], setting: str, ax: Any, metric
     return ax
 
 
+CURVE_LABELS = {
+    "eval_acc": "test accuracy (%)",
+    "train_acc": "training accuracy (%, labelled images)",
+}
+
+
+def curve_value(
+    rows: Sequence[dict[str, Any]], histories: dict[str, list[dict[str, float]]], setting: str
+) -> str:
+    """``"eval_acc"`` if the setting's final runs recorded test accuracy per epoch, else
+    ``"train_acc"`` (so a setting without ``curves`` still gets a meaningful panel)."""
+    for r in rows:
+        if r["setting"] == setting and r["phase"] == "final" and r["status"] == "ok":
+            if any(
+                not math.isnan(h.get("eval_acc", math.nan)) for h in histories.get(r["key"], [])
+            ):
+                return "eval_acc"
+    return "train_acc"
+
+
 def read_histories(path: str | Path) -> dict[str, list[dict[str, float]]]:
     """``histories.csv`` as ``{run key: [epoch records]}``."""
     path = Path(path)
@@ -514,7 +536,12 @@ def plot_curves(
     ax: Any,
     value: str = "eval_acc",
 ) -> Any:
-    """Learning curves of the final runs: ``value`` per epoch, mean over seeds, per method."""
+    """Learning curves of the final runs: ``value`` per epoch, mean over seeds, per method.
+
+    ``value`` is a column of ``histories.csv``: ``"eval_acc"`` (test accuracy after each epoch,
+    recorded only in settings with ``curves=True``) or ``"train_acc"`` (accuracy on the labelled
+    training images of each epoch's batches, recorded for every run).
+    """
     finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
               and r["status"] == "ok"]  # fmt: skip
     for i, method in enumerate(sorted({r["method"] for r in finals}, key=_method_order)):
@@ -529,7 +556,7 @@ def plot_curves(
         ax.plot(range(1, n + 1), [k * m for m in mean], label=METHOD_LABELS.get(method, method),
                 color=f"C{i % 10}", ls="-" if i < 10 else "--")  # fmt: skip
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy (%)" if value.endswith("acc") else value)
+    ax.set_ylabel(CURVE_LABELS.get(value, value))
     ax.set_title(f"{setting}: learning curves (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -599,7 +626,7 @@ def report_figures(rows: Sequence[dict[str, Any]], histories: dict[str, Any]) ->
         figures["kendall_tau"] = fig
     fig, axes = _grid(len(settings))
     for s, ax in zip(settings, axes, strict=False):
-        plot_curves(rows, histories, s, ax)
+        plot_curves(rows, histories, s, ax, value=curve_value(rows, histories, s))
     fig.tight_layout()
     figures["curves"] = fig
     from matplotlib.figure import Figure

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,96 @@ def test_peak_memory_is_measured_on_cpu() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Presets: what the main job runs (plan contents only, no training)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cpu_preset_is_the_main_job() -> None:
+    cpu = bench.default_settings(fast=False, preset="cpu")
+    assert bench.DEFAULT_SETTINGS == ("transfer", "low-data", "standard")
+    assert set(bench.DEFAULT_SETTINGS) < set(cpu) and "cross-task" in cpu  # opt-in, but defined
+    assert not any(s.sweep for s in cpu.values()), "the cpu preset runs the paper defaults"
+    t, low, std = cpu["transfer"], cpu["low-data"], cpu["standard"]
+    assert (t.labelled_per_class, t.keep_unlabelled, t.pool_per_class) == (50, True, 300)
+    assert (t.epochs, t.seeds) == (8, (0, 1, 2, 3))
+    assert (low.labelled_per_class, low.keep_unlabelled, low.epochs, low.seeds) == (
+        50, False, 20, (0, 1, 2)
+    )  # fmt: skip
+    assert (std.labelled_per_class, std.pool_per_class, std.epochs, std.seeds, std.curves) == (
+        None, 200, 10, (0,), True
+    )  # fmt: skip
+    # 10 methods x seeds, no sweep: 40 + 30 + 10 runs
+    counts = [bench.plan_counts(cpu[n], bench.METHODS) for n in bench.DEFAULT_SETTINGS]
+    assert counts == [40, 30, 10]
+    # the data sizes the presets promise (the shipped subset, no teacher, no training)
+    pool, val, _ = bench._fashion_splits(t)
+    assert (len(pool), len(val)) == (3000, 1000)
+    transfer_set = bench.partially_labelled(pool, t.labelled_per_class, seed=0)
+    assert int((transfer_set.labels >= 0).sum()) == 500 and len(transfer_set) == 3000
+    assert len(bench._fashion_splits(std)[0]) == 2000
+    assert {s.fingerprint("T") for s in cpu.values()}.isdisjoint(
+        {s.fingerprint("T") for s in bench.default_settings(False, "large").values()}
+    ), "results of the two presets are never mixed"
+
+
+def test_large_preset_is_bigger_and_sweeps() -> None:
+    cpu = bench.default_settings(fast=False, preset="cpu")
+    large = bench.default_settings(fast=False, preset="large")
+    assert set(large) == set(cpu)
+    assert large["transfer"].pool_per_class is None and large["transfer"].sweep
+    assert large["low-data"].sweep and len(large["transfer"].seeds) == 5
+    for name in cpu:
+        assert large[name].epochs > cpu[name].epochs, name
+    with pytest.raises(ValueError, match="preset"):
+        bench.default_settings(fast=False, preset="huge")
+    # fast mode ignores the preset
+    assert bench.default_settings(True, "cpu") == bench.default_settings(True, "large")
+
+
+def test_preset_and_threads_follow_the_device() -> None:
+    assert bench.default_preset("cpu") == "cpu" and bench.default_preset("cuda") == "large"
+    assert bench.default_threads("cpu", None) == 1
+    assert bench.default_threads("cpu", 2) == 2
+    assert bench.default_threads("cuda", None) is None
+
+
+def _configure(argv: list[str], device: str = "cpu"):
+    return bench.configure(bench.build_parser().parse_args(argv), device)
+
+
+def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
+    cpu = bench.default_settings(fast=False, preset="cpu")
+    large = bench.default_settings(fast=False, preset="large")
+    fast, settings, methods = _configure(["--no-fast"])
+    assert not fast and list(settings) == list(bench.DEFAULT_SETTINGS)
+    assert settings == {n: cpu[n] for n in bench.DEFAULT_SETTINGS}
+    assert methods == list(bench.METHODS)
+    assert _configure(["--no-fast"], device="cuda")[1]["transfer"] == large["transfer"]
+    assert _configure(["--no-fast", "--preset", "large"])[1]["low-data"] == large["low-data"]
+    swept = _configure(["--no-fast", "--sweep"])[1]
+    assert all(s.sweep for s in swept.values())
+    assert bench.plan_counts(swept["transfer"], bench.METHODS) == 9 * bench.SWEEP_TRIALS + 40
+    opt_in = _configure(["--no-fast", "--settings", "cross-task"])[1]
+    assert opt_in == {"cross-task": cpu["cross-task"]}
+    quick = _configure(["--fast", "--preset", "large"])[1]
+    assert quick["transfer"] == bench.default_settings(True)["transfer"]
+
+
+def test_plan_flag_prints_the_cpu_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--plan", "--no-fast", "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == 1  # one thread on a CPU unless --threads says otherwise
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "default mode, cpu preset, 1 torch thread" in out
+    assert "transfer:" in out and "low-data:" in out and "standard:" in out
+    assert "cross-task:" not in out
+    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == [40, 30, 10]
+
+
+# ---------------------------------------------------------------------------------------------
 # The results store: append, skip, repair
 # ---------------------------------------------------------------------------------------------
 
@@ -338,6 +429,44 @@ def test_tiny_cli_run_resumes_and_reports(
     assert len(bench.read_runs(out / "runs.csv")) == 11
 
 
+def test_an_interrupted_benchmark_keeps_its_runs_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the plumbing only: run_job is replaced by a stand-in that trains nothing
+    from relkd_tutorial.interrupt import TrainingInterrupted
+
+    out = tmp_path / "out"
+    argv = [
+        "--fast", "--settings", "low-data", "--methods", "ce,kd", "--seeds", "0,1", "--epochs", "1",
+        "--pool-per-class", "6", "--labelled-per-class", "3", "--out", str(out), "--no-plots",
+    ]  # fmt: skip
+    calls: list[str] = []
+    stop_at = [3]
+
+    def fake_run_job(job, ws):
+        calls.append(job.key(ws.spec))
+        if len(calls) == stop_at[0]:
+            raise TrainingInterrupted("stopped by SIGTERM", 15, None, 0, 1)
+        row = _row(job.key(ws.spec), setting=job.setting, spec=ws.spec, method=job.method,
+                   params=bench.params_tag(job.params), seed=job.seed, eval_split="test")  # fmt: skip
+        row.update({c: 0.5 for c in bench.NUMERIC_COLUMNS})
+        return row, [{"epoch": 1, "loss": 1.0}]
+
+    monkeypatch.setattr(bench, "run_job", fake_run_job)
+    assert bench.main(argv) == 128 + 15
+    assert "run the same command again" in capsys.readouterr().err
+    kept = bench.read_runs(out / "runs.csv")
+    assert [r["key"] for r in kept] == calls[:2]
+
+    calls.clear()
+    stop_at[0] = 0
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "resuming: 2 of these runs" in printed and "[3/4]" in printed and "[4/4]" in printed
+    assert len(calls) == 2 and not set(calls) & {r["key"] for r in kept}
+    assert len(bench.read_runs(out / "runs.csv")) == 4
+
+
 def test_report_functions_on_synthetic_rows() -> None:
     rows = []
     for seed, (ce, grkd) in enumerate([(0.70, 0.74), (0.72, 0.75), (0.71, 0.76)]):
@@ -363,3 +492,14 @@ def test_report_functions_on_synthetic_rows() -> None:
     diffs = bench_report.paired_differences(rows, baselines=("ce",), metrics=("acc",))
     assert len(diffs) == 1 and diffs[0]["mean"] == pytest.approx(4.0)
     assert diffs[0]["sentence"].startswith("[top-1] GRKD beats CE by 4.00 points")
+
+
+def test_curves_fall_back_to_training_accuracy_without_test_curves() -> None:
+    rows = [_row("a", setting="standard"), _row("b", setting="transfer")]
+    histories = {
+        "a": [{"epoch": 1.0, "eval_acc": 0.5, "train_acc": 0.4}],
+        "b": [{"epoch": 1.0, "eval_acc": math.nan, "train_acc": 0.4}],
+    }
+    assert bench_report.curve_value(rows, histories, "standard") == "eval_acc"
+    assert bench_report.curve_value(rows, histories, "transfer") == "train_acc"
+    assert bench_report.curve_value(rows, {}, "standard") == "train_acc"
