@@ -139,7 +139,12 @@ def test_subset_sizes_dtypes_and_strata(subset):
 
 def test_manifest_covers_shipped_files():
     manifest = read_sha256sums(data_dir() / "SHA256SUMS")
-    assert set(manifest) == {"fashion_mnist_subset.npz", "LICENSE-fashion-mnist.txt"}
+    assert set(manifest) == {
+        "fashion_mnist_subset.npz",
+        "LICENSE-fashion-mnist.txt",
+        "teacher_cnn_fashion_mnist.pt",  # the shipped teacher (tests/test_pretrained.py)
+        "teacher_cnn_fashion_mnist.json",
+    }
     for name, digest in manifest.items():
         assert sha256_of(data_dir() / name) == digest
     assert "Copyright (c) 2017 Zalando SE" in (data_dir() / "LICENSE-fashion-mnist.txt").read_text()
