@@ -52,8 +52,8 @@ ANGLE_CHUNK_ELEMENTS = 1 << 16
 def rkd_distance_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
     """``L_RKD-D = mean_{i,j} huber( psi_D^S(i,j), psi_D^T(i,j) )``, ``psi_D = d_ij / mu``.
 
-    Park et al. 2019, Sec. 3.2.1 (the distance-wise potential and loss); ``mu = mean_{i != j} d_ij`` is computed separately
-    for teacher and student (:func:`~relkd_tutorial.relations.normalized_pairwise_distances`).
+    Park et al. 2019, Sec. 3.2.1 (the distance-wise potential and loss);
+    ``mu = mean_{i != j} d_ij`` is computed separately for teacher and student (:func:`~relkd_tutorial.relations.normalized_pairwise_distances`).
     Huber with ``delta = 1``; mean over all ``B^2`` pairs including ``i = j`` (see the module
     docstring). The teacher is detached; computed in float32 (float64 for float64 inputs).
 
@@ -157,8 +157,8 @@ def rkd_angle_loss(
 ) -> Tensor:
     """``L_RKD-A = mean_{i,j,k} huber( psi_A^S(i,j,k), psi_A^T(i,j,k) )``, vertex at ``j``.
 
-    Park et al. 2019, Sec. 3.2.2 (the angle-wise potential and loss): ``psi_A(i,j,k) = <e_ij, e_kj>``,
-    ``e_ij = (x_i - x_j) / ||x_i - x_j||``. Huber with ``delta = 1``; mean over all ``B^3``
+    Park et al. 2019, Sec. 3.2.2 (the angle-wise potential and loss):
+    ``psi_A(i,j,k) = <e_ij, e_kj>``, ``e_ij = (x_i - x_j) / ||x_i - x_j||``. Huber with ``delta = 1``; mean over all ``B^3``
     ordered triplets, degenerate ones (cosine 0 on both sides) included.
 
     The cosines come from the Gram identity ``<x_i - x_j, x_k - x_j> = G_ik - G_ij - G_jk + G_jj``
