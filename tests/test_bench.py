@@ -503,3 +503,31 @@ def test_curves_fall_back_to_training_accuracy_without_test_curves() -> None:
     assert bench_report.curve_value(rows, histories, "standard") == "eval_acc"
     assert bench_report.curve_value(rows, histories, "transfer") == "train_acc"
     assert bench_report.curve_value(rows, {}, "standard") == "train_acc"
+
+
+# ---------------------------------------------------------------------------------------------
+# The main job itself, in fast mode: every default setting, every method, the shipped teacher
+# ---------------------------------------------------------------------------------------------
+
+
+def test_main_job_fast_mode_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m relkd_tutorial.bench --fast`` (what CI can afford of the README's main job)."""
+    out = tmp_path / "bench-fast"
+    assert bench.main(["--fast", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    settings = bench.default_settings(fast=True)
+    rows = bench.read_runs(out / "runs.csv")
+    finals = [r for r in rows if r["phase"] == "final"]
+    for name in bench.DEFAULT_SETTINGS:
+        assert f"== {name} ==" in printed, name
+        for method in bench.METHODS:
+            seeds = sorted(
+                r["seed"] for r in finals if r["setting"] == name and r["method"] == method
+            )
+            assert seeds == list(settings[name].seeds), (name, method, seeds)
+    ok = [r for r in finals if r["status"] == "ok"]
+    assert len(ok) == len(finals), [r for r in finals if r["status"] != "ok"]
+    assert all(0.1 <= r["acc"] <= 1.0 for r in ok)  # ten classes: every student beats chance
+    assert all(-1.0 <= r["kendall_tau"] <= 1.0 for r in ok)
+    for name in ("results.md", "summary.csv", "differences.csv", "meta.json", "accuracy.png"):
+        assert (out / name).stat().st_size > 0, name
