@@ -157,6 +157,9 @@ def test_without_a_checkpoint_dir_the_stop_says_nothing_was_saved():
 def test_stop_signals_record_wait_insist_and_never_lose_a_signal():
     pid, delivered = os.getpid(), []
     original = signal.signal(signal.SIGTERM, lambda signum, frame: delivered.append(signum))
+    # A process started in the background by a non-interactive shell inherits SIGINT *ignored*,
+    # and Python then installs no KeyboardInterrupt handler: install it, as in a terminal.
+    original_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with StopSignals(announce=False) as stop:
             os.kill(pid, signal.SIGTERM)
@@ -168,11 +171,12 @@ def test_stop_signals_record_wait_insist_and_never_lose_a_signal():
             os.kill(pid, signal.SIGTERM)
             os.kill(pid, signal.SIGTERM)  # the same signal again: to the previous handler now
             assert delivered == [signal.SIGTERM] * 2
+        with StopSignals(announce=False), pytest.raises(KeyboardInterrupt):
+            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGINT)  # Python's default handler: KeyboardInterrupt at once
     finally:
         signal.signal(signal.SIGTERM, original)
-    with StopSignals(announce=False), pytest.raises(KeyboardInterrupt):
-        os.kill(pid, signal.SIGINT)
-        os.kill(pid, signal.SIGINT)  # Python's default handler: KeyboardInterrupt at once
+        signal.signal(signal.SIGINT, original_int)
 
 
 # ---------------------------------------------------------------------------------------------
