@@ -34,6 +34,8 @@ from ._checks import (
     check_labels,
     check_nonnegative,
     check_positive,
+    full_precision,
+    loss_dtype,
 )
 from .losses.grkd import GRKDLoss
 from .losses.kd import kd_loss
@@ -97,6 +99,7 @@ def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
     ``CE = -(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}``, ``L = {i : y_i >= 0}``. A batch with no
     labelled sample gives exactly 0 with a gradient path (``0 * logits.sum()``), never 0/0.
+    Computed in float32 (float64 for float64 logits) with autocast off (``_checks.loss_dtype``).
 
     Args:
         logits: ``(B, C)`` student logits.
@@ -107,7 +110,8 @@ def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     labelled = labels >= 0  # (B,)
     if not bool(labelled.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[labelled].float(), labels[labelled])
+    with full_precision(logits.device):
+        return F.cross_entropy(logits[labelled].to(loss_dtype(logits)), labels[labelled])
 
 
 def with_total(terms: dict[str, Tensor]) -> dict[str, Tensor]:
