@@ -282,8 +282,9 @@ class RKDAngle(RKD):
 class GRKD(Method):
     """GRKD: ``ce_weight CE + grkd_weight L_GR`` (lambda = 1, tau = 1; DESIGN Sec. 2.5).
 
-    ``top_k`` / ``weighting`` select the group and the pair weights of
-    :func:`~relkd_tutorial.losses.grkd.grkd_loss`. Terms: ``"ce"``, ``"grkd"``.
+    ``temperature`` / ``top_k`` / ``weighting`` / ``reduction`` select the temperature, the group,
+    the pair weights and mean-or-sum over pairs of :func:`~relkd_tutorial.losses.grkd.grkd_loss`.
+    Terms: ``"ce"``, ``"grkd"``.
     """
 
     name = "grkd"
@@ -296,11 +297,12 @@ class GRKD(Method):
         temperature: float = 1.0,
         top_k: int | None = None,
         weighting: str = "uniform",
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         self.ce_weight = check_nonnegative("ce_weight", ce_weight)
         self.grkd_weight = check_nonnegative("grkd_weight", grkd_weight)
-        self.loss = GRKDLoss(temperature, top_k, weighting)
+        self.loss = GRKDLoss(temperature, top_k, weighting, reduction)
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
@@ -328,8 +330,9 @@ class GRKDWithKD(GRKD):
         kd_temperature: float = 4.0,
         top_k: int | None = None,
         weighting: str = "uniform",
+        reduction: str = "mean",
     ) -> None:
-        super().__init__(ce_weight, grkd_weight, temperature, top_k, weighting)
+        super().__init__(ce_weight, grkd_weight, temperature, top_k, weighting, reduction)
         self.kd_weight = check_nonnegative("kd_weight", kd_weight)
         self.kd_temperature = check_positive("kd_temperature", kd_temperature)
 

@@ -178,3 +178,32 @@ def test_supervised_cross_entropy_float64_in_float64_out() -> None:
     assert torch.autograd.gradcheck(
         lambda x: supervised_cross_entropy(x, y), (z.clone().requires_grad_(True),)
     )
+
+
+# The GRKD ablation as the benchmark builds it: build_method kwargs -> grkd_loss options.
+GRKD_ABLATION = [
+    {},
+    {"top_k": 5},
+    {"top_k": 3},
+    {"weighting": "prob_gap"},
+    {"temperature": 0.5},
+    {"temperature": 2.0},
+    {"temperature": 4.0},
+    {"reduction": "sum"},
+]
+
+
+@pytest.mark.parametrize("name", ["grkd", "grkd_kd"])
+def test_grkd_methods_pass_every_ablation_knob_through(name: str) -> None:
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    t = 3 * torch.randn(6, 10, generator=g, dtype=torch.float64)
+    inputs = StepInputs(torch.zeros(6, 2, dtype=torch.float64), z, torch.arange(6), None, t)
+    seen = set()
+    for options in GRKD_ABLATION:
+        terms = build_method(name, **options)(inputs)
+        torch.testing.assert_close(terms["grkd"], grkd_loss(z, t, **options), rtol=1e-12, atol=0)
+        seen.add(round(float(terms["grkd"]), 8))
+    assert len(seen) == len(GRKD_ABLATION)  # each variant gives its own value: no knob ignored
+    with pytest.raises(ValueError, match="reduction"):
+        build_method(name, reduction="none")
