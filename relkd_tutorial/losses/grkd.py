@@ -4,7 +4,8 @@ Li, Zhou, Chen, "Group Relative Knowledge Distillation", arXiv 2504.20482 (2025)
 abstract is public: the student should preserve the teacher's *pairwise preference orderings*
 among classes instead of fitting its absolute probabilities. The formula below comes from an
 unverified third-party summary of the paper (no code was released); everything marked "(choice)"
-is ours. See the project notes (``notes/papers.md`` Sec. 4, DESIGN Sec. 2.5).
+is ours, and the choices the benchmark ablates are the loss's options: the group (``top_k``), the
+pair weights (``weighting``), the temperature and the ``1/|P_i|`` normalisation (``reduction``).
 
 This is the *pairwise* point of the tutorial's axis: KD (:mod:`.kd`) matches each class's
 probability, GRKD the order of every pair, the listwise loss (:mod:`.ranking`) whole orders.
