@@ -34,6 +34,8 @@ from ._checks import (
     check_labels,
     check_nonnegative,
     check_positive,
+    full_precision,
+    loss_dtype,
 )
 from .losses.grkd import GRKDLoss
 from .losses.kd import kd_loss
@@ -97,6 +99,7 @@ def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
     ``CE = -(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}``, ``L = {i : y_i >= 0}``. A batch with no
     labelled sample gives exactly 0 with a gradient path (``0 * logits.sum()``), never 0/0.
+    Computed in float32 (float64 for float64 logits) with autocast off (``_checks.loss_dtype``).
 
     Args:
         logits: ``(B, C)`` student logits.
@@ -107,7 +110,8 @@ def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     labelled = labels >= 0  # (B,)
     if not bool(labelled.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[labelled].float(), labels[labelled])
+    with full_precision(logits.device):
+        return F.cross_entropy(logits[labelled].to(loss_dtype(logits)), labels[labelled])
 
 
 def with_total(terms: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -278,8 +282,9 @@ class RKDAngle(RKD):
 class GRKD(Method):
     """GRKD: ``ce_weight CE + grkd_weight L_GR`` (lambda = 1, tau = 1; DESIGN Sec. 2.5).
 
-    ``top_k`` / ``weighting`` select the group and the pair weights of
-    :func:`~relkd_tutorial.losses.grkd.grkd_loss`. Terms: ``"ce"``, ``"grkd"``.
+    ``temperature`` / ``top_k`` / ``weighting`` / ``reduction`` select the temperature, the group,
+    the pair weights and mean-or-sum over pairs of :func:`~relkd_tutorial.losses.grkd.grkd_loss`.
+    Terms: ``"ce"``, ``"grkd"``.
     """
 
     name = "grkd"
@@ -292,11 +297,12 @@ class GRKD(Method):
         temperature: float = 1.0,
         top_k: int | None = None,
         weighting: str = "uniform",
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         self.ce_weight = check_nonnegative("ce_weight", ce_weight)
         self.grkd_weight = check_nonnegative("grkd_weight", grkd_weight)
-        self.loss = GRKDLoss(temperature, top_k, weighting)
+        self.loss = GRKDLoss(temperature, top_k, weighting, reduction)
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
@@ -324,8 +330,9 @@ class GRKDWithKD(GRKD):
         kd_temperature: float = 4.0,
         top_k: int | None = None,
         weighting: str = "uniform",
+        reduction: str = "mean",
     ) -> None:
-        super().__init__(ce_weight, grkd_weight, temperature, top_k, weighting)
+        super().__init__(ce_weight, grkd_weight, temperature, top_k, weighting, reduction)
         self.kd_weight = check_nonnegative("kd_weight", kd_weight)
         self.kd_temperature = check_positive("kd_temperature", kd_temperature)
 

@@ -25,8 +25,9 @@ def _tied(b: int, c: int, seed: int) -> torch.Tensor:
     return t
 
 
-def _naive_grkd(z, t, temperature=1.0, top_k=None, weighting="uniform"):
-    """The equation as written: (1/B) sum_i (1/|P_i|) sum_{(j,k) in P_i} w softplus(-(z_j - z_k)/tau)."""
+def _naive_grkd(z, t, temperature=1.0, top_k=None, weighting="uniform", reduction="mean"):
+    """The equation as written: (1/B) sum_i (1/|P_i|) sum_{(j,k) in P_i} w softplus(-(z_j - z_k)/tau);
+    ``reduction="sum"`` without the 1/|P_i|."""
     b, c = z.shape
     p = F.softmax(t, dim=1)
     per_sample = []
@@ -41,7 +42,7 @@ def _naive_grkd(z, t, temperature=1.0, top_k=None, weighting="uniform"):
                     w = 1.0 if weighting == "uniform" else p[i, j] - p[i, k]
                     total = total + w * F.softplus(-(z[i, j] - z[i, k]) / temperature)
                     count += 1
-        per_sample.append(total / count if count else total)
+        per_sample.append(total / count if count and reduction == "mean" else total)
     return torch.stack(per_sample).mean()
 
 
@@ -52,6 +53,11 @@ OPTIONS = [
     {"top_k": 3},
     {"weighting": "prob_gap"},
     {"top_k": 2, "weighting": "prob_gap", "temperature": 0.5},
+    {"temperature": 0.5},
+    {"top_k": 5},
+    {"reduction": "sum"},
+    {"top_k": 3, "reduction": "sum"},
+    {"weighting": "prob_gap", "reduction": "sum", "temperature": 4.0},
 ]
 
 
@@ -67,7 +73,9 @@ def test_matches_naive_loop(options: dict, b: int, c: int, ties: bool) -> None:
     torch.testing.assert_close(g, g_naive, rtol=1e-6, atol=1e-12)
 
 
-@pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"weighting": "prob_gap"}], ids=str)
+@pytest.mark.parametrize(
+    "options", [{}, {"top_k": 3}, {"weighting": "prob_gap"}, {"reduction": "sum"}], ids=str
+)
 @pytest.mark.parametrize("ties", [False, True])
 def test_gradcheck(options: dict, ties: bool) -> None:
     z = _rand(3, 6, seed=1).requires_grad_(True)
@@ -84,11 +92,13 @@ def test_fast_path_equals_masked_kernel_across_chunks(monkeypatch) -> None:
     monkeypatch.setattr(grkd_module, "PAIR_CHUNK_ELEMENTS", 500)
     z = _rand(6, 120, seed=4, scale=3.0).requires_grad_(True)
     for t in (_rand(6, 120, seed=5), _tied(6, 120, seed=6)):
-        fast, masked = grkd_loss(z, t), grkd_loss(z, t, top_k=119)
-        torch.testing.assert_close(fast, masked, rtol=1e-10, atol=1e-12)
-        (g_fast,) = torch.autograd.grad(fast, z)
-        (g_masked,) = torch.autograd.grad(masked, z)
-        torch.testing.assert_close(g_fast, g_masked, rtol=1e-9, atol=1e-14)
+        for reduction in ("mean", "sum"):
+            fast = grkd_loss(z, t, reduction=reduction)
+            masked = grkd_loss(z, t, top_k=119, reduction=reduction)
+            torch.testing.assert_close(fast, masked, rtol=1e-10, atol=1e-12)
+            (g_fast,) = torch.autograd.grad(fast, z)
+            (g_masked,) = torch.autograd.grad(masked, z)
+            torch.testing.assert_close(g_fast, g_masked, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("options", [{}, {"top_k": 4}], ids=str)
@@ -140,12 +150,13 @@ def test_swapping_a_misordered_pair_decreases_the_loss() -> None:
 def test_all_tied_sample_contributes_zero_and_counts_in_the_mean() -> None:
     z = _rand(2, 5, seed=14).requires_grad_(True)
     t = torch.stack([torch.full((5,), 1.5, dtype=torch.float64), _rand(5, seed=15)])
-    for options in ({}, {"top_k": 2}, {"weighting": "prob_gap"}):
+    for options in ({}, {"top_k": 2}, {"weighting": "prob_gap"}, {"reduction": "sum"}):
         loss = grkd_loss(z, t, **options)
         torch.testing.assert_close(loss, grkd_loss(z[1:], t[1:], **options) / 2)  # 1/B, B = 2
         (g,) = torch.autograd.grad(loss, z)
         assert torch.all(g[0] == 0)
     assert float(grkd_loss(z[:1], t[:1]).detach()) == 0.0
+    assert float(grkd_loss(z[:1], t[:1], reduction="sum").detach()) == 0.0
     assert float(grkd_loss(_rand(3, 1, seed=16), _rand(3, 1, seed=17))) == 0.0  # C = 1: no pairs
 
 
@@ -186,6 +197,13 @@ def test_module_and_bad_input() -> None:
     module = GRKDLoss(temperature=2.0, top_k=2, weighting="prob_gap")
     torch.testing.assert_close(module(z, t), grkd_loss(z, t, 2.0, 2, "prob_gap"))
     assert "top_k=2" in repr(module)
+    summed = GRKDLoss(temperature=2.0, top_k=2, weighting="prob_gap", reduction="sum")
+    torch.testing.assert_close(summed(z, t), grkd_loss(z, t, 2.0, 2, "prob_gap", "sum"))
+    assert "reduction='sum'" in repr(summed)
+    with pytest.raises(ValueError, match="reduction"):
+        grkd_loss(z, t, reduction="none")
+    with pytest.raises(ValueError, match="reduction"):
+        GRKDLoss(reduction="batchmean")
     assert_rejects_bad_pairs(grkd_loss, "student_logits", "teacher_logits", width_must_match=True)
     with pytest.raises(ValueError, match="weighting"):
         grkd_loss(z, t, weighting="gap")
@@ -195,3 +213,41 @@ def test_module_and_bad_input() -> None:
         grkd_loss(z, t, top_k=2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="temperature"):
         grkd_loss(z, t, temperature=-1.0)
+
+
+# The benchmark's GRKD ablation (issue 11): one knob changed from the default per variant.
+ABLATION = {
+    "default (all classes, uniform, tau 1, mean)": {},
+    "top-5": {"top_k": 5},
+    "top-3": {"top_k": 3},
+    "prob-gap weights": {"weighting": "prob_gap"},
+    "tau 0.5": {"temperature": 0.5},
+    "tau 2": {"temperature": 2.0},
+    "tau 4": {"temperature": 4.0},
+    "sum over pairs": {"reduction": "sum"},
+}
+
+
+def test_every_ablation_variant_matches_its_equation_and_moves_the_loss() -> None:
+    z = _rand(8, 10, seed=21, scale=2.0)
+    t = _rand(8, 10, seed=22, scale=3.0)  # no ties
+    values = {}
+    for name, options in ABLATION.items():
+        got = grkd_loss(z, t, **options)
+        torch.testing.assert_close(got, _naive_grkd(z, t, **options), rtol=1e-10, atol=1e-14)
+        values[name] = float(got)
+    ordered = sorted(values.values())
+    gaps = [b - a for a, b in zip(ordered, ordered[1:], strict=False)]
+    assert min(gaps) > 1e-4, values  # every knob changes the value: none is ignored
+
+
+@pytest.mark.parametrize("top_k", [None, 5, 3])
+def test_sum_over_pairs_is_the_mean_times_the_pair_count(top_k: int | None) -> None:
+    # without ties |P_i| = C(C-1)/2 (all classes) or k(2C - k - 1)/2 (pairs led by the top k)
+    c = 10
+    z, t = _rand(5, c, seed=23), _rand(5, c, seed=24)
+    k = c if top_k is None else top_k
+    n_pairs = k * (2 * c - k - 1) // 2
+    assert n_pairs == (45 if top_k is None else {5: 35, 3: 24}[top_k])
+    mean = grkd_loss(z, t, top_k=top_k)
+    torch.testing.assert_close(grkd_loss(z, t, top_k=top_k, reduction="sum"), n_pairs * mean)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ from relkd_tutorial.methods import (
     StepInputs,
     available_methods,
     build_method,
+    supervised_cross_entropy,
 )
 
 EXPECTED = {
@@ -143,3 +146,64 @@ def test_bad_constructor_arguments() -> None:
         build_method("grkd", weighting="margin")
     with pytest.raises(ValueError, match="temperature"):
         build_method("rank_soft", teacher_temperature=0.0)
+
+
+def _naive_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """``-(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}`` with Python floats (double precision)."""
+    terms = []
+    for row, y in zip(logits.tolist(), labels.tolist(), strict=True):
+        if y < 0:
+            continue
+        m = max(row)
+        log_z = m + math.log(sum(math.exp(v - m) for v in row))
+        terms.append(log_z - row[y])
+    return sum(terms) / len(terms)
+
+
+def test_supervised_cross_entropy_float64_in_float64_out() -> None:
+    g = torch.Generator().manual_seed(3)
+    z = 20 * torch.randn(9, 7, generator=g, dtype=torch.float64)  # large logits: f32 rounds visibly
+    y = torch.tensor([0, 6, -1, 3, 3, -1, 1, 5, 2])
+    got = supervised_cross_entropy(z, y)
+    assert got.dtype == torch.float64
+    assert abs(float(got) - _naive_cross_entropy(z, y)) < 1e-12 * abs(_naive_cross_entropy(z, y))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast does not lower it either
+        assert supervised_cross_entropy(z, y).dtype == torch.float64
+    # float32 and bf16 inputs compute in float32 (the package's loss_dtype rule)
+    assert supervised_cross_entropy(z.float(), y).dtype == torch.float32
+    assert supervised_cross_entropy(z.bfloat16(), y).dtype == torch.float32
+    # and the CE method's term is that value
+    inputs = StepInputs(torch.zeros(9, 2, dtype=torch.float64), z, y)
+    assert build_method("ce")(inputs)["ce"].dtype == torch.float64
+    assert torch.autograd.gradcheck(
+        lambda x: supervised_cross_entropy(x, y), (z.clone().requires_grad_(True),)
+    )
+
+
+# The GRKD ablation as the benchmark builds it: build_method kwargs -> grkd_loss options.
+GRKD_ABLATION = [
+    {},
+    {"top_k": 5},
+    {"top_k": 3},
+    {"weighting": "prob_gap"},
+    {"temperature": 0.5},
+    {"temperature": 2.0},
+    {"temperature": 4.0},
+    {"reduction": "sum"},
+]
+
+
+@pytest.mark.parametrize("name", ["grkd", "grkd_kd"])
+def test_grkd_methods_pass_every_ablation_knob_through(name: str) -> None:
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(6, 10, generator=g, dtype=torch.float64)
+    t = 3 * torch.randn(6, 10, generator=g, dtype=torch.float64)
+    inputs = StepInputs(torch.zeros(6, 2, dtype=torch.float64), z, torch.arange(6), None, t)
+    seen = set()
+    for options in GRKD_ABLATION:
+        terms = build_method(name, **options)(inputs)
+        torch.testing.assert_close(terms["grkd"], grkd_loss(z, t, **options), rtol=1e-12, atol=0)
+        seen.add(round(float(terms["grkd"]), 8))
+    assert len(seen) == len(GRKD_ABLATION)  # each variant gives its own value: no knob ignored
+    with pytest.raises(ValueError, match="reduction"):
+        build_method(name, reduction="none")

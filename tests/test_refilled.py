@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import relkd_tutorial.relations as relations
-from relkd_tutorial import input_checks
+from relkd_tutorial import Refilled, StepInputs, input_checks
 from relkd_tutorial.losses.refilled import (
     batch_classes,
     class_centres,
@@ -69,7 +69,7 @@ def naive_stage1(fs, ft, labels, margin, tau1, form):
             return [x / sum(e) for x in e]
 
         pis, pit = pi(ds), pi(dt)
-        total += 0.5 * sum(t * math.log(t / s) for t, s in zip(pit, pis, strict=True))
+        total += sum(t * math.log(t / s) for t, s in zip(pit, pis, strict=True))  # no 1/2
     return total / len(tuples)
 
 
@@ -145,7 +145,9 @@ def test_stage1_matches_naive_loop(form, b, ds, dt, classes, tau1):
     assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_tuple_form_with_one_negative_equals_triplet_form():
+def test_tuple_form_with_one_negative_is_twice_the_triplet_form():
+    # softmax over [-d_ap, -d_an] / tau1 is (P, 1 - P): the tuple KL is the binary KL, and the 1/2
+    # belongs to the triplet form only (the official code), so one negative gives exactly 2x
     fs, ft, y = make_batch(16, 5, 6, 3, seed=3)
     a, p, n = mine_triplets(fs, y, 0.5)
     # keep the first negative of every (anchor, positive): one negative per tuple
@@ -156,12 +158,72 @@ def test_tuple_form_with_one_negative_equals_triplet_form():
     assert one[0].shape[0] < a.shape[0]  # some tuples did have several negatives
     triplet = refilled_embedding_loss(fs, ft, y, form="triplet", triplets=one)
     tuple_ = refilled_embedding_loss(fs, ft, y, form="tuple", triplets=one)
-    torch.testing.assert_close(tuple_, triplet, rtol=1e-12, atol=0)
-    # with several negatives the forms differ
+    torch.testing.assert_close(tuple_, 2.0 * triplet, rtol=1e-12, atol=0)
+    # with several negatives the forms differ beyond that factor
     assert not torch.allclose(
         refilled_embedding_loss(fs, ft, y, 0.5, form="tuple"),
-        refilled_embedding_loss(fs, ft, y, 0.5, form="triplet"),
+        2.0 * refilled_embedding_loss(fs, ft, y, 0.5, form="triplet"),
     )
+
+
+def official_tuple_loss(fs, ft, triplets, tau1, lambda1):
+    """The official tuple form, written from its equation with plain floats:
+
+    ``L1 = lambda1 * (1/G) sum_(a,p) sum_j pi^T_j log(pi^T_j / pi^S_j)``,
+    ``pi(a,p) = softmax([-d_ap, -d_an_1, ..., -d_an_M] / tau1)`` (no 1/2).
+    """
+    ds, dt = naive_distances(fs), naive_distances(ft)
+    groups = {}  # (a, p) -> its negatives, in first-seen order
+    for a, p, n in zip(*(t.tolist() for t in triplets), strict=True):
+        groups.setdefault((a, p), []).append(n)
+    per_tuple = []
+    for (a, p), negatives in groups.items():
+        kl = 0.0
+        scores_t = [-dt[a][p] / tau1] + [-dt[a][n] / tau1 for n in negatives]
+        scores_s = [-ds[a][p] / tau1] + [-ds[a][n] / tau1 for n in negatives]
+        zt = sum(math.exp(v) for v in scores_t)
+        zs = sum(math.exp(v) for v in scores_s)
+        for vt, vs in zip(scores_t, scores_s, strict=True):
+            pt, ps = math.exp(vt) / zt, math.exp(vs) / zs
+            kl += pt * math.log(pt / ps)
+        per_tuple.append(kl)
+    return lambda1 * sum(per_tuple) / len(per_tuple)
+
+
+@pytest.mark.parametrize(("seed", "tau1"), [(11, 4.0), (12, 0.5)])
+def test_tuple_form_matches_the_official_loss_at_the_same_lambda1(seed, tau1):
+    """Refilled(form="tuple")'s stage-1 term is the official lambda1 * mean_tuples sum KL."""
+    fs, ft, y = make_batch(14, 5, 7, 3, seed=seed)
+    triplets = mine_triplets(fs, y, 0.5)
+    counts = torch.unique_consecutive(triplets[0] * 14 + triplets[1], return_counts=True)[1]
+    assert counts.max() > 1  # some tuple has several negatives
+    expected = official_tuple_loss(fs, ft, triplets, tau1, 1000.0)
+    got = 1000.0 * refilled_embedding_loss(fs, ft, y, 0.5, tau1, "tuple", triplets=triplets)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+    method = Refilled(form="tuple", margin=0.5, tau1=tau1, lambda1=1000.0)
+    method.set_stage("embedding")
+    inputs = StepInputs(
+        student_features=fs,
+        student_logits=torch.zeros(14, 3, dtype=D64),
+        labels=y,
+        teacher_features=ft,
+    )
+    terms = method.loss_terms(inputs)
+    assert terms["loss"].item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_tuple_form_does_not_depend_on_the_order_of_user_supplied_triplets():
+    fs, ft, y = make_batch(16, 5, 6, 3, seed=3)
+    triplets = mine_triplets(fs, y, 0.5)
+    sorted_loss = refilled_embedding_loss(fs, ft, y, 0.5, form="tuple", triplets=triplets)
+    for seed in range(3):
+        perm = torch.randperm(triplets[0].shape[0], generator=torch.Generator().manual_seed(seed))
+        permuted = tuple(t[perm] for t in triplets)
+        got = refilled_embedding_loss(fs, ft, y, 0.5, form="tuple", triplets=permuted)
+        torch.testing.assert_close(got, sorted_loss, rtol=1e-12, atol=0)
+    # and the expected value is the official loss of the set, whatever its order
+    expected = official_tuple_loss(fs, ft, triplets, 4.0, 1.0)
+    assert sorted_loss.item() == pytest.approx(expected, rel=1e-10)
 
 
 @pytest.mark.parametrize("form", ["triplet", "tuple"])

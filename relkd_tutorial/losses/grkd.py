@@ -4,7 +4,8 @@ Li, Zhou, Chen, "Group Relative Knowledge Distillation", arXiv 2504.20482 (2025)
 abstract is public: the student should preserve the teacher's *pairwise preference orderings*
 among classes instead of fitting its absolute probabilities. The formula below comes from an
 unverified third-party summary of the paper (no code was released); everything marked "(choice)"
-is ours. See the project notes (``notes/papers.md`` Sec. 4, DESIGN Sec. 2.5).
+is ours, and the choices the benchmark ablates are the loss's options: the group (``top_k``), the
+pair weights (``weighting``), the temperature and the ``1/|P_i|`` normalisation (``reduction``).
 
 This is the *pairwise* point of the tutorial's axis: KD (:mod:`.kd`) matches each class's
 probability, GRKD the order of every pair, the listwise loss (:mod:`.ranking`) whole orders.
@@ -45,6 +46,7 @@ from ..relations import (
 )
 
 WEIGHTINGS = ("uniform", "prob_gap")
+REDUCTIONS = ("mean", "sum")
 
 
 def _tied_pairs_term(v_sorted: Tensor, ends: Tensor) -> Tensor:
@@ -119,6 +121,7 @@ def grkd_loss(
     temperature: float = 1.0,
     top_k: int | None = None,
     weighting: str = "uniform",
+    reduction: str = "mean",
 ) -> Tensor:
     """``L_GR = (1/B) sum_i (1/|P_i|) sum_{(j,k) in P_i} w_ijk softplus( -(z_ij - z_ik) / tau )``.
 
@@ -134,6 +137,10 @@ def grkd_loss(
     - ``w = 1`` (``weighting="uniform"``, default) or the teacher's probability gap
       ``p_ij - p_ik`` with ``p = softmax(t)`` at temperature 1 (``"prob_gap"``, choice). The
       normalisation stays ``1/|P_i|`` (the count of pairs), as written.
+    - ``reduction="mean"`` (default) is the equation above, the mean over each sample's pairs;
+      ``"sum"`` drops the ``1/|P_i|``, ``L = (1/B) sum_i sum_{(j,k) in P_i} w_ijk softplus(...)``
+      (choice, for the ablation: the scale then grows with the number of pairs, ``~C^2/2``, or
+      ``~kC`` with ``top_k``). Both average over the batch.
     - A sample whose teacher logits are all tied has ``P_i`` empty: it contributes exactly 0 (and
       no gradient) and still counts in the ``1/B`` of the batch mean (choice: the formula as
       written; the loss scale does not depend on how many rows are tied).
@@ -154,6 +161,7 @@ def grkd_loss(
         temperature: ``tau > 0``.
         top_k: ``None`` (all ``C`` classes, default) or the group size ``k >= 1``.
         weighting: ``"uniform"`` or ``"prob_gap"``.
+        reduction: ``"mean"`` (``1/|P_i|`` over each sample's pairs) or ``"sum"``.
 
     Returns:
         Scalar loss.
@@ -162,6 +170,7 @@ def grkd_loss(
     temp = check_positive("temperature", temperature)
     k = check_optional_count("top_k", top_k)
     check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("reduction", reduction, REDUCTIONS)
     b, c = z.shape
     dtype = loss_dtype(z, t)
     with full_precision(z.device):
@@ -189,9 +198,9 @@ def grkd_loss(
                 prob = F.softmax(t, dim=1).gather(1, order)  # (B, C) teacher probs, sorted
             numerator = _MaskedPairwiseLogistic.apply(v.gather(1, order), ends, rows, prob)
         has_pairs = n_pairs > 0  # (B,)
-        per_sample = torch.where(
-            has_pairs, numerator / n_pairs.clamp_min(1).to(dtype), torch.zeros_like(numerator)
-        )  # (B,)
+        if reduction == "mean":
+            numerator = numerator / n_pairs.clamp_min(1).to(dtype)
+        per_sample = torch.where(has_pairs, numerator, torch.zeros_like(numerator))  # (B,)
         return per_sample.mean()
 
 
@@ -199,17 +208,30 @@ class GRKDLoss(nn.Module):
     """Module form of :func:`grkd_loss` holding its options."""
 
     def __init__(
-        self, temperature: float = 1.0, top_k: int | None = None, weighting: str = "uniform"
+        self,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        weighting: str = "uniform",
+        reduction: str = "mean",
     ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.top_k = check_optional_count("top_k", top_k)
         self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         return grkd_loss(
-            student_logits, teacher_logits, self.temperature, self.top_k, self.weighting
+            student_logits,
+            teacher_logits,
+            self.temperature,
+            self.top_k,
+            self.weighting,
+            self.reduction,
         )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, top_k={self.top_k}, weighting={self.weighting!r}"
+        return (
+            f"temperature={self.temperature}, top_k={self.top_k}, weighting={self.weighting!r}, "
+            f"reduction={self.reduction!r}"
+        )

@@ -16,7 +16,7 @@ the batch, no gradient through mining). Each triplet has a comparison probabilit
 and the student matches the teacher's probabilities:
 
     triplet form:  L1 = mean_triplets 1/2 [P^T log(P^T/P^S) + (1-P^T) log((1-P^T)/(1-P^S))]
-    tuple form:    L1 = mean_(a,p) 1/2 KL(pi^T(a,p) || pi^S(a,p)),
+    tuple form:    L1 = mean_(a,p) KL(pi^T(a,p) || pi^S(a,p)),
                    pi(a,p) = softmax([-d_ap, -d_an_1, ..., -d_an_M] / tau1)  over the negatives
                    n_1..n_M mined for that (anchor, positive).
 
@@ -31,13 +31,14 @@ embedding-induced local classifier is ``zeta_ik = <f^T_i, c_k>``, ``k in C_B``, 
 
 ``tau2 = 2``, ``lambda2 = 100``, no ``tau2^2`` factor.
 
-Where we chose (the papers' method sections were not available to us; see notes/papers.md):
+Where we chose (the papers' method sections were not available to us):
 
-- (choice, follows the official code) the 1/2 in the triplet form: the code concatenates
+- (follows the official code) the 1/2 in the triplet form only: the code concatenates
   ``[P, 1-P]`` along the batch axis before a ``batchmean`` KL, which averages the binary KL over
-  its two entries. ``lambda1 = 1000`` was tuned with that 1/2, so we keep it, and we put the same
-  1/2 in the tuple form: then a tuple with one negative gives exactly the triplet value (softmax
-  over two entries is the sigmoid of their difference) and ``lambda1`` means the same in both.
+  its two entries; ``lambda1 = 1000`` was tuned with that 1/2, so we keep it. The tuple form is
+  the official one at the same ``lambda1``: the mean over tuples of the summed KL, no 1/2. So a
+  tuple with one negative gives exactly *twice* the triplet value (softmax over two entries is the
+  sigmoid of their difference, and that KL is the binary KL).
 - (choice) the tuple form averages over (anchor, positive) tuples; padded slots get probability
   exactly 0 (masked, not a large distance).
 - (choice) a batch with no semi-hard triplet gives ``L1 = 0`` with a gradient path, not 0/0.
@@ -132,14 +133,15 @@ def _tuple_layout(a: Tensor, p: Tensor, batch: int) -> tuple[Tensor, Tensor, Ten
     """Where each triplet goes when its (anchor, positive)'s negatives are padded into one row.
 
     Row ``g`` of the padded layout is ``[-d_ap, -d_an_1, ..., -d_an_M]`` for the ``g``-th
-    (anchor, positive) tuple; slot 0 holds the positive, slots ``1..`` the negatives.
+    (anchor, positive) tuple; slot 0 holds the positive, slots ``1..`` the negatives. The triplets
+    must be grouped by (anchor, positive) (:func:`_tuple_form` sorts them first).
 
     Returns:
         ``group`` ``(T,)`` the tuple of each triplet, ``slot`` ``(T,)`` its column (``>= 1``),
         ``first`` ``(G,)`` the index of each tuple's first triplet, and ``valid`` ``(G, 1 + M)``
         boolean (``False`` on padding).
     """
-    key = a * batch + p  # (T,)  one integer per (anchor, positive); sorted because (a, p, n) is
+    key = a * batch + p  # (T,)  one integer per (anchor, positive); grouped: the caller sorts
     _, group, counts = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
     g, m = counts.shape[0], int(counts.max())
     first = torch.cumsum(counts, 0) - counts  # (G,)
@@ -177,14 +179,18 @@ def _masked_log_softmax(scores: Tensor, valid: Tensor) -> Tensor:
 
 
 def _tuple_form(d_s: Tensor, d_t: Tensor, a: Tensor, p: Tensor, n: Tensor, tau1: float) -> Tensor:
-    """``mean_(a,p) 1/2 KL(pi^T || pi^S)`` over padded, masked tuples."""
+    """``mean_(a,p) KL(pi^T || pi^S)`` over padded, masked tuples (the official form, no 1/2)."""
+    # group each (anchor, positive)'s negatives together: user-supplied triplets may come in any
+    # order, and the loss is a function of the set (the mined ones are sorted already)
+    order = torch.argsort(a * d_s.shape[0] + p, stable=True)  # (T,)
+    a, p, n = a[order], p[order], n[order]
     group, slot, first, valid = _tuple_layout(a, p, d_s.shape[0])
     m1 = valid.shape[1]
     scores_s = _tuple_scores(d_s, a, p, n, group, slot, first, m1)  # (G, 1 + M)
     scores_t = _tuple_scores(d_t, a, p, n, group, slot, first, m1)  # (G, 1 + M)
     log_pi_s = _masked_log_softmax(scores_s / tau1, valid)
     log_pi_t = _masked_log_softmax(scores_t / tau1, valid)
-    return 0.5 * _masked_kl(log_pi_t, log_pi_s, valid).mean()
+    return _masked_kl(log_pi_t, log_pi_s, valid).mean()
 
 
 def refilled_embedding_loss(
@@ -207,7 +213,8 @@ def refilled_embedding_loss(
         form: ``"triplet"`` (binary KL per triplet) or ``"tuple"`` (softmax over each
             (anchor, positive)'s negatives).
         triplets: optional fixed ``(a, p, n)`` index tensors, e.g. to hold the mined set fixed in a
-            gradient check; by default mined with :func:`mine_triplets`.
+            gradient check; by default mined with :func:`mine_triplets`. Any order: the loss is a
+            function of the set (the tuple form groups them by (anchor, positive) itself).
 
     Returns:
         Scalar; exactly 0 (with a gradient path) when there is no triplet. A batch too small to

@@ -21,13 +21,19 @@ What we fixed where the paper (as far as its abstract and the authors' code show
 
 - (choice) the loss functions L2-normalise their inputs themselves, so they are defined for any
   non-zero vectors and agree with the equation for unit vectors (normalising twice is harmless).
-- (choice) defaults ``tau_s = 0.04``, ``tau_t = 0.10``: the student is sharper, as the abstract
-  says; the authors' later training script swaps them (``DESIGN.md`` section 2.3).
+- (choice) defaults ``tau_s = 0.04 < tau_t = 0.10``: the student is sharper, as the abstract says,
+  and these are the values of the authors' first code release. The current official code changed
+  them (a change, not a swap of those values): its training script uses ``tau_s = 0.1``,
+  ``tau_t = 0.02`` (a sharper *teacher*), and its ``RRD.py`` docstring says ``tau_s = 0.02``,
+  ``tau_t = 0.1``.
 - (choice) the queue is written *after* the loss by default, so a batch is never its own
   positive (the authors' first release); ``update="before"`` is the later code's order.
 - (choice) the queue starts as random unit vectors but, until it has been filled once, only the
   written slots take part; on the very first "after" step nothing is written yet and the RRD
-  term is exactly 0 (with a gradient path).
+  term is exactly 0 (with a gradient path); with ``update="before"`` the first step compares
+  with that batch's own ``B`` rows only. The official code starts differently: its queue starts
+  as random rows and *all* ``K`` of them take part in the loss from step 1, random rows being
+  replaced only as batches overwrite them (after ``K / B`` steps).
 - (choice) the teacher head is a fixed random projection (``requires_grad=False``): in the
   authors' code its output is only ever used detached, so it never receives a gradient and never
   moves; we make that explicit instead of leaving a dead parameter in the optimizer.
@@ -131,7 +137,7 @@ def rrd_loss(
     tau_s: float = 0.04,
     tau_t: float = 0.10,
 ) -> Tensor:
-    """RRD's loss, ``L = -(1/B) sum_i sum_k p^T_i(k) log p^S_i(k)`` (DESIGN section 2.3).
+    """RRD's loss, ``L = -(1/B) sum_i sum_k p^T_i(k) log p^S_i(k)`` (the module docstring).
 
     See :func:`rrd_log_probs` for the distributions. The value includes the teacher's entropy
     ``H(p^T)`` (a constant for the student), exactly as the equation is written; use
