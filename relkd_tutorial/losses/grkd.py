@@ -4,7 +4,7 @@ Li, Zhou, Chen, "Group Relative Knowledge Distillation", arXiv 2504.20482 (2025)
 abstract is public: the student should preserve the teacher's *pairwise preference orderings*
 among classes instead of fitting its absolute probabilities. The formula below comes from an
 unverified third-party summary of the paper (no code was released); everything marked "(choice)"
-is ours. See the project notes (``notes/papers.md`` Sec. 4, DESIGN Sec. 2.5).
+is ours. ``docs/grkd.md`` states what is public and every choice.
 
 This is the *pairwise* point of the tutorial's axis: KD (:mod:`.kd`) matches each class's
 probability, GRKD the order of every pair, the listwise loss (:mod:`.ranking`) whole orders.

@@ -1,4 +1,4 @@
-"""Beyond GRKD: a soft pairwise and a listwise ranking loss on the classes (DESIGN Sec. 2.5).
+"""Beyond GRKD: a soft pairwise and a listwise ranking loss on the classes (``docs/ranking.md``).
 
 These are our extensions, not from a paper on distillation; they complete the axis the tutorial
 draws through KD (pointwise: each class's probability), GRKD (pairwise: the order of every pair of

@@ -22,7 +22,7 @@ What we fixed where the paper (as far as its abstract and the authors' code show
 - (choice) the loss functions L2-normalise their inputs themselves, so they are defined for any
   non-zero vectors and agree with the equation for unit vectors (normalising twice is harmless).
 - (choice) defaults ``tau_s = 0.04``, ``tau_t = 0.10``: the student is sharper, as the abstract
-  says; the authors' later training script swaps them (``DESIGN.md`` section 2.3).
+  says; the authors' later training script swaps them (``docs/rrd.md``).
 - (choice) the queue is written *after* the loss by default, so a batch is never its own
   positive (the authors' first release); ``update="before"`` is the later code's order.
 - (choice) the queue starts as random unit vectors but, until it has been filled once, only the
@@ -131,7 +131,7 @@ def rrd_loss(
     tau_s: float = 0.04,
     tau_t: float = 0.10,
 ) -> Tensor:
-    """RRD's loss, ``L = -(1/B) sum_i sum_k p^T_i(k) log p^S_i(k)`` (DESIGN section 2.3).
+    """RRD's loss, ``L = -(1/B) sum_i sum_k p^T_i(k) log p^S_i(k)`` (``docs/rrd.md``).
 
     See :func:`rrd_log_probs` for the distributions. The value includes the teacher's entropy
     ``H(p^T)`` (a constant for the student), exactly as the equation is written; use
