@@ -181,9 +181,9 @@ def distance_matrix_correlation(
 ) -> float:
     """Pearson correlation of the teacher's and student's pairwise distances over a batch.
 
-    With ``d^T_ij = ||f^T_i - f^T_j||`` and ``d^S_ij = ||f^S_i - f^S_j||`` (feature widths may
+    With ``d^t_ij = ||f^t_i - f^t_j||`` and ``d^s_ij = ||f^s_i - f^s_j||`` (feature widths may
     differ), the ``P = N (N - 1) / 2`` pairs ``i < j`` give two vectors; the result is their Pearson
-    correlation ``r = cov(d^T, d^S) / (std(d^T) std(d^S))``. It is 1 when the student's distances
+    correlation ``r_D = cov(d^t, d^s) / (std(d^t) std(d^s))``. It is 1 when the student's distances
     are an increasing affine function of the teacher's (e.g. a rotated, rescaled copy), and it
     ignores the global scale of each feature space, like RKD's normalised distances.
     Computed in float64. This is *not* Székely's distance correlation (dCor), which double-centres

@@ -1,6 +1,6 @@
 """Teacher and student networks. Every model returns ``(features, logits)``.
 
-The contract every loss and the training loop rely on (DESIGN.md §1):
+The contract every loss and the training loop rely on (``docs/notation.md``):
 
 - ``features``: ``(B, D)``, the *pooled penultimate* activations: the last feature map after its
   last ReLU (BN-ReLU for the pre-activation WRN), globally average-pooled and flattened;

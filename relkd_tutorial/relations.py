@@ -222,7 +222,7 @@ def cosine_similarity_matrix(a: Tensor, b: Tensor | None = None, eps: float = 1e
 
 
 def preference_mask(t: Tensor) -> Tensor:
-    """The teacher's pairwise preferences ``P_ijk = [t_ij > t_ik]`` (GRKD's preference set).
+    """The teacher's pairwise preferences ``P_ijk = [z^t_ij > z^t_ik]`` (GRKD's preference set).
 
     Ties give no preference in either direction, and the diagonal is always ``False``.
 

@@ -10,7 +10,7 @@ the images of the batch. There are two ways to get them, and :func:`teacher_outp
   position in its data set. This is only correct when the student's batches are not augmented
   (or the augmentation is meant to be ignored), and it is correct under any shuffling because
   the key is the sample's index, never its position in the batch or the step number — the bug
-  that made cached logits belong to other images in several public KD repos (notes/peers.md).
+  that made cached logits belong to other images in several public KD repos (``docs/pitfalls.md``).
 
 The same one pass is what methods with ``needs_setup`` (REFILLED's class centres) receive as
 :class:`~relkd_tutorial.methods.SetupData`: :meth:`TeacherCache.setup_data`.

@@ -15,8 +15,8 @@ from relkd_tutorial.models import (
     count_parameters,
 )
 
-# Published parameter counts (millions) for 100 classes: RepDistiller / CRD (Tian et al. 2020),
-# as listed in notes/papers.md §0. Our count must round to the same 0.01M.
+# Published parameter counts (millions) for 100 classes: RepDistiller / CRD (Tian et al. 2020;
+# the GPU setting of docs/benchmark.md). Our count must round to the same 0.01M.
 PUBLISHED_M = {"resnet8x4": 1.23, "resnet32x4": 7.43, "wrn_16_2": 0.70, "wrn_40_2": 2.26}
 FEATURE_DIM = {
     "teacher_cnn": 128,

@@ -1,6 +1,6 @@
 """A teacher cache keyed by sample index follows every sample through any shuffling.
 
-The classic bug (notes/peers.md Sec. 2, haitongli/knowledge-distillation-pytorch #4, #9, #23):
+The classic bug (docs/pitfalls.md; haitongli/knowledge-distillation-pytorch #4, #9, #23):
 teacher outputs computed once and then read back by *iteration number* while the loader
 shuffles, so from the second epoch on the student learns from other images' outputs. Here each
 shuffled batch's cached outputs are compared with running the teacher on that very batch.

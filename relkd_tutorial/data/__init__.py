@@ -16,7 +16,7 @@ Everything a training run needs between "files on disk" and "a normalised batch 
    ``(seed, epoch)``, so resuming from a checkpoint replays exactly the same batches.
 
 Small data sets fit in memory, so we never decode images one by one in Python: a batch is an
-index into one tensor, and augmentation is one ``gather`` over the batch (DESIGN.md section 3).
+index into one tensor, and augmentation is one ``gather`` over the batch (``docs/data.md``).
 
 Shapes: ``N`` images, ``B`` batch, ``C`` channels, ``H x W`` pixels, ``K`` classes.
 """

@@ -4,13 +4,15 @@ Li, Zhou, Chen, "Group Relative Knowledge Distillation", arXiv 2504.20482 (2025)
 abstract is public: the student should preserve the teacher's *pairwise preference orderings*
 among classes instead of fitting its absolute probabilities. The formula below comes from an
 unverified third-party summary of the paper (no code was released); everything marked "(choice)"
-is ours, and the choices the benchmark ablates are the loss's options: the group (``top_k``), the
-pair weights (``weighting``), the temperature and the ``1/|P_i|`` normalisation (``reduction``).
+is ours (``docs/grkd.md`` states what is public and every choice), and the choices the benchmark
+ablates are the loss's options: the group (``top_k``), the pair weights (``weighting``), the
+temperature and the ``1/|P_i|`` normalisation (``reduction``).
 
 This is the *pairwise* point of the tutorial's axis: KD (:mod:`.kd`) matches each class's
 probability, GRKD the order of every pair, the listwise loss (:mod:`.ranking`) whole orders.
 
-How it is computed. The loss is a pairwise logistic (Bradley-Terry / RankNet) loss with hard
+How it is computed (``z``, ``t``: short for the student's and the teacher's logits ``z^s``,
+``z^t`` of ``docs/notation.md``). The loss is a pairwise logistic (Bradley-Terry / RankNet) loss with hard
 targets ``y_ab = [t_a > t_b]`` (``1/2`` for ties), minus the tied pairs, so with
 ``v = z / tau`` and :func:`~relkd_tutorial.relations.pairwise_logaddexp_sum` ``P(v)``:
 
@@ -123,19 +125,19 @@ def grkd_loss(
     weighting: str = "uniform",
     reduction: str = "mean",
 ) -> Tensor:
-    """``L_GR = (1/B) sum_i (1/|P_i|) sum_{(j,k) in P_i} w_ijk softplus( -(z_ij - z_ik) / tau )``.
+    """``L_GR = (1/B) sum_i (1/|P_i|) sum_{(j,k) in P_i} w_ijk softplus( -(z^s_ij - z^s_ik) / tau )``.
 
     GRKD (Li, Zhou, Chen 2025; the formula is from an unverified summary of the paper, whose body
     is not public): ``softplus(-x) = -log sigma(x)``, so each pair ``j`` preferred to ``k`` by the
     teacher costs ``-log sigma((log q_j - log q_k)/tau)`` (``log q_j - log q_k = z_j - z_k`` for the
     student's softmax ``q``).
 
-    - ``P_i = {(j, k) : t_ij > t_ik}``: ties give no pair. With ``top_k``, only pairs with at least
+    - ``P_i = {(j, k) : z^t_ij > z^t_ik}``: ties give no pair. With ``top_k``, only pairs with at least
       one member among the teacher's top-k classes (choice) - equivalently, since the preferred
       class ranks higher, pairs whose preferred class is in the top-k. The top-k is taken in the
       teacher's stable descending order (ties at the boundary broken by class index).
     - ``w = 1`` (``weighting="uniform"``, default) or the teacher's probability gap
-      ``p_ij - p_ik`` with ``p = softmax(t)`` at temperature 1 (``"prob_gap"``, choice). The
+      ``p^t_ij - p^t_ik`` with ``p^t = softmax(z^t)`` at temperature 1 (``"prob_gap"``, choice). The
       normalisation stays ``1/|P_i|`` (the count of pairs), as written.
     - ``reduction="mean"`` (default) is the equation above, the mean over each sample's pairs;
       ``"sum"`` drops the ``1/|P_i|``, ``L = (1/B) sum_i sum_{(j,k) in P_i} w_ijk softplus(...)``
@@ -156,8 +158,8 @@ def grkd_loss(
     Computed in float32 (float64 for float64 inputs) with autocast off; the teacher is detached.
 
     Args:
-        student_logits: ``(B, C)`` student logits ``z``.
-        teacher_logits: ``(B, C)`` teacher logits ``t``.
+        student_logits: ``(B, C)`` student logits ``z^s`` (``z`` above).
+        teacher_logits: ``(B, C)`` teacher logits ``z^t`` (``t`` above).
         temperature: ``tau > 0``.
         top_k: ``None`` (all ``C`` classes, default) or the group size ``k >= 1``.
         weighting: ``"uniform"`` or ``"prob_gap"``.

@@ -14,11 +14,11 @@ from .._checks import check_logit_pair, check_positive, full_precision, loss_dty
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
-    """``L_KD = T^2 (1/B) sum_i KL( softmax(t_i / T) || softmax(z_i / T) )``.
+    """``L_KD = T^2 (1/B) sum_i KL( softmax(z^t_i / T) || softmax(z^s_i / T) )``.
 
     Hinton et al. 2015, Sec. 2; the ``T^2`` factor keeps the gradient's scale independent of
-    ``T`` (its gradient wrt ``z_i`` is ``T (q_i - p_i) / B`` with ``q = softmax(z/T)``,
-    ``p = softmax(t/T)``). The reduction is over the batch (``batchmean``), never over ``B * C``
+    ``T`` (its gradient wrt ``z^s_i`` is ``T (p^s_i - p^t_i) / B`` with ``p^s = softmax(z^s/T)``,
+    ``p^t = softmax(z^t/T)``; symbols as in ``docs/notation.md``, equations in ``docs/kd.md``). The reduction is over the batch (``batchmean``), never over ``B * C``
     (``nn.KLDivLoss``'s default ``mean`` divides by ``B * C``, a classic bug that silently rescales
     the loss by ``1/C``). ``T = 4`` is the CIFAR benchmark's value (RepDistiller).
 
@@ -26,8 +26,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     off; log-probabilities come from ``log_softmax``, so logits of +-1e4 stay finite.
 
     Args:
-        student_logits: ``(B, C)`` student logits ``z``.
-        teacher_logits: ``(B, C)`` teacher logits ``t`` (no gradient flows into them).
+        student_logits: ``(B, C)`` student logits ``z^s``.
+        teacher_logits: ``(B, C)`` teacher logits ``z^t`` (no gradient flows into them).
         temperature: ``T > 0``.
 
     Returns:

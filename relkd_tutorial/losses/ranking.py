@@ -1,10 +1,11 @@
-"""Beyond GRKD: a soft pairwise and a listwise ranking loss on the classes (DESIGN Sec. 2.5).
+"""Beyond GRKD: a soft pairwise and a listwise ranking loss on the classes (``docs/ranking.md``).
 
 These are our extensions, not from a paper on distillation; they complete the axis the tutorial
 draws through KD (pointwise: each class's probability), GRKD (pairwise: the order of every pair of
 classes, hard targets) and ranking (the soft pairwise variant keeps the teacher's *margins*; the
 listwise one scores whole orders). All three take ``(student_logits, teacher_logits,
-temperature, ...)`` and return a batch mean.
+temperature, ...)`` and return a batch mean. Below, ``z`` and ``t`` are short for the student's
+and the teacher's logits ``z^s`` and ``z^t`` (``docs/notation.md``).
 
 - Soft pairwise: RankNet (Burges et al., ICML 2005) with the teacher's pairwise probabilities as
   targets.

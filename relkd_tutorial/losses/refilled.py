@@ -31,7 +31,7 @@ embedding-induced local classifier is ``zeta_ik = <f^T_i, c_k>``, ``k in C_B``, 
 
 ``tau2 = 2``, ``lambda2 = 100``, no ``tau2^2`` factor.
 
-Where we chose (the papers' method sections were not available to us):
+Where we chose (the papers' method sections were not available to us; see ``docs/refilled.md``):
 
 - (follows the official code) the 1/2 in the triplet form only: the code concatenates
   ``[P, 1-P]`` along the batch axis before a ``batchmean`` KL, which averages the binary KL over

@@ -50,7 +50,7 @@ ANGLE_CHUNK_ELEMENTS = 1 << 16
 
 
 def rkd_distance_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
-    """``L_RKD-D = mean_{i,j} huber( psi_D^S(i,j), psi_D^T(i,j) )``, ``psi_D = d_ij / mu``.
+    """``L_RKD-D = mean_{i,j} huber( psi_D^s(i,j), psi_D^t(i,j) )``, ``psi_D = d_ij / mu``.
 
     Park et al. 2019, Sec. 3.2.1 (the distance-wise potential and loss);
     ``mu = mean_{i != j} d_ij`` is computed separately for teacher and student (:func:`~relkd_tutorial.relations.normalized_pairwise_distances`).
@@ -95,10 +95,10 @@ def _chunk_cosines(gram: Tensor, r: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class _RKDAngleHuber(torch.autograd.Function):
-    """``mean_{i,j,k} huber(cos^S_ijk - cos^T_ijk)`` and its gradient wrt ``(G^S, A^S)``.
+    """``mean_{i,j,k} huber(cos^s_ijk - cos^t_ijk)`` and its gradient wrt ``(G^s, A^s)``.
 
     Forward, for each chunk of vertices ``j``: the cosines of both sides (``_chunk_cosines``),
-    ``e = cos^S - cos^T``, ``huber(e) = g (e - g/2)`` with ``g = huber'(e) = clamp(e, -1, 1)``.
+    ``e = cos^s - cos^t``, ``huber(e) = g (e - g/2)`` with ``g = huber'(e) = clamp(e, -1, 1)``.
     With ``cos_jik = a_ji a_jk N_jik`` and ``N_jik = G_ik - G_ij - G_jk + G_jj``, the chain rule
     gives, with ``M_jik = g_jik a_ji a_jk / B^3`` (symmetric in ``i, k``):
 
@@ -127,7 +127,7 @@ class _RKDAngleHuber(torch.autograd.Function):
             j1 = min(j0 + rows, b)
             cos_s, outer = _chunk_cosines(gram_s, r_s[j0:j1], inv_s[j0:j1])  # (n, B, B)
             cos_t, _ = _chunk_cosines(gram_t, r_t[j0:j1], inv_t[j0:j1])  # (n, B, B)
-            err = torch.sub(cos_s, cos_t, out=cos_t)  # (n, B, B)  e = cos^S - cos^T
+            err = torch.sub(cos_s, cos_t, out=cos_t)  # (n, B, B)  e = cos^s - cos^t
             slope = err.clamp(-1.0, 1.0)  # (n, B, B)  g = huber'(e)
             flat = slope.view(-1)
             total += torch.dot(flat, err.view(-1)) - 0.5 * torch.dot(flat, flat)
@@ -155,7 +155,7 @@ class _RKDAngleHuber(torch.autograd.Function):
 def rkd_angle_loss(
     student_features: Tensor, teacher_features: Tensor, *, chunk_size: int | None = None
 ) -> Tensor:
-    """``L_RKD-A = mean_{i,j,k} huber( psi_A^S(i,j,k), psi_A^T(i,j,k) )``, vertex at ``j``.
+    """``L_RKD-A = mean_{i,j,k} huber( psi_A^s(i,j,k), psi_A^t(i,j,k) )``, vertex at ``j``.
 
     Park et al. 2019, Sec. 3.2.2 (the angle-wise potential and loss):
     ``psi_A(i,j,k) = <e_ij, e_kj>``, ``e_ij = (x_i - x_j) / ||x_i - x_j||``. Huber with ``delta = 1``; mean over all ``B^3``

@@ -25,7 +25,7 @@ What we fixed where the paper (as far as its abstract and the authors' code show
   and these are the values of the authors' first code release. The current official code changed
   them (a change, not a swap of those values): its training script uses ``tau_s = 0.1``,
   ``tau_t = 0.02`` (a sharper *teacher*), and its ``RRD.py`` docstring says ``tau_s = 0.02``,
-  ``tau_t = 0.1``.
+  ``tau_t = 0.1`` (``docs/rrd.md``).
 - (choice) the queue is written *after* the loss by default, so a batch is never its own
   positive (the authors' first release); ``update="before"`` is the later code's order.
 - (choice) the queue starts as random unit vectors but, until it has been filled once, only the
@@ -137,7 +137,7 @@ def rrd_loss(
     tau_s: float = 0.04,
     tau_t: float = 0.10,
 ) -> Tensor:
-    """RRD's loss, ``L = -(1/B) sum_i sum_k p^T_i(k) log p^S_i(k)`` (the module docstring).
+    """RRD's loss, ``L = -(1/B) sum_i sum_k p^T_i(k) log p^S_i(k)`` (``docs/rrd.md``).
 
     See :func:`rrd_log_probs` for the distributions. The value includes the teacher's entropy
     ``H(p^T)`` (a constant for the student), exactly as the equation is written; use
