@@ -105,7 +105,6 @@ MODES: tuple[Mode, ...] = (
     Mode("compile", compile=True),
 )
 
-
 #: Nets and inputs of a run (teacher, student: build_model names; square images; batch size).
 Size = namedtuple("Size", "teacher student num_classes image_size batch_size")
 CIFAR = Size("resnet32x4", "resnet8x4", 100, 32, 128)
@@ -162,8 +161,7 @@ def _tf32(enabled: bool) -> Iterator[None]:
 
 
 def _outputs(model: nn.Module, x: Tensor, mode: Mode | None) -> tuple[Tensor, Tensor]:
-    """``(features, logits)`` as the loop computes them: autocast around the forward pass, then
-    float32 copies of narrower outputs. ``mode=None``: the float64 reference, no autocast."""
+    """``(features, logits)`` as the loop has them (``mode=None``: float64, no autocast)."""
     if mode is None:
         return model(x)
     if mode.channels_last:
@@ -183,7 +181,8 @@ def _terms(
     if method.needs_setup:
         method.setup(SetupData(t_feat, t_logits, y))
     features, logits = _outputs(student, x, mode)
-    inputs = StepInputs(features, logits, y, t_feat, t_logits, torch.arange(len(y)))
+    index = torch.arange(len(y), device=y.device)  # (B,)
+    inputs = StepInputs(features, logits, y, t_feat, t_logits, index)
     method.after_step(inputs)  # a stateful method's state is not empty (RRD's queue)
     out: dict[str, float] = {}
     stages = method.stages()
@@ -194,11 +193,17 @@ def _terms(
     return out
 
 
+def reference_terms(student: nn.Module, teacher: nn.Module, method: Method, batch: Any) -> dict:
+    """The check's reference: every loss term on copies of the modules in float64 on the CPU."""
+    s, t, m = (copy.deepcopy(module).cpu().double() for module in (student, teacher, method))
+    return _terms(s, t.eval(), m, batch.x.cpu().double(), batch.y.cpu(), None)
+
+
 def loss_check(
-    student: nn.Module, teacher: nn.Module, method: Method, batch: Any, mode: Mode
+    student: nn.Module, teacher: nn.Module, method: Method, batch: Any, mode: Mode, ref: dict
 ) -> dict[str, Any]:
-    """Every loss term on ``batch``'s device in ``mode`` against its CPU float64 value (on copies
-    of the three modules). Returns the terms, the worst error over tolerance and ``ok``."""
+    """Every loss term on ``batch``'s device in ``mode`` (on copies) against ``ref``, from
+    :func:`reference_terms`. Returns the terms, the worst error over tolerance and ``ok``."""
     layout = torch.channels_last if mode.channels_last else torch.preserve_format
     student_d = copy.deepcopy(student).to(batch.x.device, memory_format=layout)
     teacher_d = copy.deepcopy(teacher).to(batch.x.device, memory_format=layout).eval()
@@ -206,9 +211,6 @@ def loss_check(
     forward = torch.compile(student_d) if mode.compile else student_d
     with _tf32(mode.amp != "off"):  # fp32 modes: no TF32 in the comparison
         got = _terms(forward, teacher_d, method_d, batch.x, batch.y, mode)
-    student_r, teacher_r = copy.deepcopy(student).cpu().double(), copy.deepcopy(teacher).cpu()
-    method_r, x_r = copy.deepcopy(method).cpu().double(), batch.x.cpu().double()
-    ref = _terms(student_r, teacher_r.double().eval(), method_r, x_r, batch.y.cpu(), None)
     terms, worst = {}, 0.0
     for name, r in ref.items():
         d = got.get(name, math.nan)
@@ -218,19 +220,20 @@ def loss_check(
     return {"terms": terms, "err_over_tol": worst, "ok": worst <= 1.0 and set(got) == set(ref)}
 
 
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
+def _peak_mib(device: torch.device, reset: bool = False) -> float | None:
+    """Peak CUDA memory since the last reset in MiB (``None`` off CUDA); ``reset``: reset it."""
+    if device.type != "cuda":
+        return None
+    if reset:
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_mib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def check_row(
-    name: str, mode: Mode, size: Size, device: torch.device, data: ImageSet, steps: int
+    name: str, mode: Mode, size: Size, device: torch.device, data: ImageSet, steps: int, refs: dict
 ) -> dict[str, Any]:
-    """One row: the loss check, then 2 epochs of ``steps`` batches with ``fit``."""
+    """One row: the loss check, then 2 epochs of ``steps`` batches with ``fit``. ``refs`` caches
+    each method's float64 reference (the same weights, batch and method state in every mode)."""
     row: dict[str, Any] = {"method": name, "mode": mode.name, "rtol": mode.rtol, "atol": mode.atol}
     reason = skip_reason(mode, device)
     if reason is not None:
@@ -242,7 +245,10 @@ def check_row(
         method = method_for(name, student, teacher, len(data))
     plain = TensorLoader(data, size.batch_size, shuffle=False, augment=False, device=device)
     try:
-        check = loss_check(student, teacher, method, next(iter(plain)), mode)
+        batch = next(iter(plain))
+        if name not in refs:
+            refs[name] = reference_terms(student, teacher, method, batch)
+        check = loss_check(student, teacher, method, batch, mode, refs[name])
         loader = TensorLoader(
             data, size.batch_size, crop_padding=size.image_size // 8, drop_last=True,
             device=device, channels_last=mode.channels_last,
@@ -250,7 +256,7 @@ def check_row(
         config = TrainConfig(
             epochs=2, lr=0.01, schedule="constant", device=str(device), **mode.knobs, **QUIET
         )
-        _reset_peak(device)
+        _peak_mib(device, reset=True)
         history = fit(student, method, loader, config, teacher=teacher, setup_loader=plain)
         peak = _peak_mib(device)
     except Exception as exc:  # a row that raises is reported, never dropped
@@ -280,13 +286,10 @@ def run_selfcheck(
     chosen = [m for m in MODES if modes is None or m.name in modes]
     names = list(methods) if methods is not None else available_methods()
     data = random_cifar_images(steps * size.batch_size, size.num_classes, size.image_size)
-    rows = [check_row(n, m, size, device, data, steps) for n in names for m in chosen]
-    return {
-        "environment": environment(device),
-        "size": size._asdict(),
-        "steps": steps,
-        "rows": rows,
-    }
+    refs: dict[str, dict[str, float]] = {}
+    rows = [check_row(n, m, size, device, data, steps, refs) for n in names for m in chosen]
+    report = {"environment": environment(device), "size": size._asdict(), "steps": steps}
+    return {**report, "rows": rows}
 
 
 def cifar_epoch(
@@ -307,7 +310,7 @@ def cifar_epoch(
     teacher = build_model("resnet32x4", 100, 3, seed=0)
     student = build_model("resnet8x4", 100, 3, seed=1)
     config = TrainConfig(epochs=1, device=str(device), **knobs, **QUIET)
-    _reset_peak(device)
+    _peak_mib(device, reset=True)
     tic = time.perf_counter()
     history = fit(student, build_method("kd"), loader, config, teacher=teacher)
     seconds = time.perf_counter() - tic
@@ -373,9 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             amp=args.epoch_amp, channels_last=args.epoch_channels_last,
         )  # fmt: skip
         e = report["epoch"]
-        print(
-            f"one CIFAR-100-shaped epoch of resnet32x4 -> resnet8x4 KD on {report['environment']}"
-        )
+        print(f"one epoch of resnet32x4 -> resnet8x4 KD on {report['environment']}")
         print(f"{e['images']:,} images, batch {e['batch_size']}, amp={e['amp']}, channels_last="
               f"{e['channels_last']}: {e['seconds']:.1f} s, {e['images_per_s']:,.0f} images/s, "
               f"peak MiB {_fmt(e['peak_mib'], ',.0f')}, loss {e['loss']:.4g}")  # fmt: skip
