@@ -1,9 +1,11 @@
-"""The teacher shipped in ``data/``: load it instead of retraining it.
+"""The teacher shipped as package data: load it instead of retraining it.
 
-``data/teacher_cnn_fashion_mnist.pt`` is the ``state_dict`` of a ``teacher_cnn`` trained on the
-shipped Fashion-MNIST subset by ``scripts/train_teacher.py``; ``data/teacher_cnn_fashion_mnist.json``
-records its test accuracy, the exact command, the package versions and the training history.
-The weights file is covered by ``data/SHA256SUMS`` and read with ``torch.load(weights_only=True)``.
+``relkd_tutorial/shipped/teacher_cnn_fashion_mnist.pt`` is the ``state_dict`` of a ``teacher_cnn``
+trained on the shipped Fashion-MNIST subset by ``scripts/train_teacher.py``; the ``.json`` beside
+it records its test accuracy, the exact command, the package versions and the training history.
+The weights file is covered by ``SHA256SUMS`` in the same folder and read with
+``torch.load(weights_only=True)``. ``RELKD_DATA_DIR`` moves the folder (see
+:func:`relkd_tutorial.data.data_dir`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .data import data_dir, verify_sha256
+from .data import RESTORE_SHIPPED, data_dir, verify_sha256
 from .models import FeatureClassifier, build_model
 
-SHIPPED_TEACHER = "teacher_cnn_fashion_mnist"  # file stem inside data/
+SHIPPED_TEACHER = "teacher_cnn_fashion_mnist"  # file stem inside the data folder
 SHIPPED_TEACHER_MODEL = "teacher_cnn"
 
 
@@ -32,7 +34,7 @@ def shipped_teacher_info() -> dict[str, Any]:
     _, info_path = shipped_teacher_paths()
     if not info_path.exists():
         raise FileNotFoundError(
-            f"{info_path} is missing; restore it with `git checkout data/` or rebuild it with "
+            f"{info_path} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
             "`python scripts/train_teacher.py`"
         )
     return json.loads(info_path.read_text())
@@ -43,12 +45,12 @@ def load_shipped_teacher(device: str | torch.device = "cpu") -> FeatureClassifie
 
     Raises:
         FileNotFoundError: the weights are missing (says how to restore or rebuild them).
-        relkd_tutorial.data.ChecksumError: the file does not match ``data/SHA256SUMS``.
+        relkd_tutorial.data.ChecksumError: the file does not match its ``SHA256SUMS``.
     """
     weights, _ = shipped_teacher_paths()
     if not weights.exists():
         raise FileNotFoundError(
-            f"{weights} is missing; restore it with `git checkout data/` or rebuild it with "
+            f"{weights} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
             "`python scripts/train_teacher.py`"
         )
     verify_sha256(weights)

@@ -1,10 +1,10 @@
-"""Build the Fashion-MNIST subset shipped in ``data/`` from the full IDX files.
+"""Build the Fashion-MNIST subset shipped in ``relkd_tutorial/shipped/`` from the full IDX files.
 
     python scripts/build_fashion_subset.py [--source DIR] [--out DIR] [--seed 0]
 
 Reads the four IDX files (gzipped or not; default: Debian's ``dataset-fashion-mnist`` folder
-``/usr/share/datasets/fashion-mnist``) and writes into ``--out`` (default: the repository's
-``data/``):
+``/usr/share/datasets/fashion-mnist``) and writes into ``--out`` (default: the data folder,
+``relkd_tutorial/shipped/`` unless ``RELKD_DATA_DIR`` is set):
 
 - ``fashion_mnist_subset.npz``: a stratified random subset, 1,000 training and 200 test images
   per class by default, with the positions of the chosen images in the original files
@@ -128,8 +128,8 @@ Licence: Fashion-MNIST is released under the MIT licence, Copyright (c) 2017 Zal
 text is in `{LICENSE_FILE}`.
 
 Integrity: `SHA256SUMS` (`sha256sum` format) lists the data files; the loader checks the `.npz`
-against it on every load. Check by hand with `cd data && sha256sum -c SHA256SUMS`. If a file
-was damaged, restore it with `git checkout data/`.
+against it on every load. Check by hand with `cd relkd_tutorial/shipped && sha256sum -c SHA256SUMS`.
+If a file was damaged, restore it with `git checkout relkd_tutorial/shipped/`.
 
 ## How it was built
 
@@ -151,7 +151,9 @@ Source files (read from `{source}`; Debian's `dataset-fashion-mnist` installs th
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=DEBIAN_FASHION_MNIST_DIR)
-    parser.add_argument("--out", type=Path, default=None, help="default: the repository's data/")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: the data folder (relkd_tutorial/shipped/)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-per-class", type=int, default=1000)
     parser.add_argument("--test-per-class", type=int, default=200)

@@ -1,6 +1,6 @@
-"""Train the teacher shipped in data/ (teacher_cnn on the shipped Fashion-MNIST subset).
+"""Train the teacher shipped in relkd_tutorial/shipped/ (teacher_cnn on the Fashion-MNIST subset).
 
-    python scripts/train_teacher.py            # the shipped run (see data/teacher_cnn_fashion_mnist.json)
+    python scripts/train_teacher.py            # the shipped run (see relkd_tutorial/shipped/*.json)
     python scripts/train_teacher.py --epochs 2 --out /tmp/t   # a quick try
 
 Writes ``<out>/teacher_cnn_fashion_mnist.pt`` (a float32 state_dict) and ``.json`` (accuracy,

@@ -8,6 +8,7 @@ import importlib.util
 import pickle
 import shutil
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from relkd_tutorial.data import (
     sample_per_class,
     select_classes,
     sha256_of,
+    shipped_data_dir,
     split_validation,
     verify_sha256,
 )
@@ -153,7 +155,24 @@ def test_manifest_covers_shipped_files():
 
 def test_data_dir_points_at_repository_and_honours_override(monkeypatch, tmp_path):
     monkeypatch.delenv("RELKD_DATA_DIR", raising=False)
-    assert data_dir() == REPO / "data"
+    assert data_dir() == shipped_data_dir() == REPO / "relkd_tutorial" / "shipped"
+    monkeypatch.setenv("RELKD_DATA_DIR", str(tmp_path))
+    assert data_dir() == tmp_path
+
+
+def test_shipped_data_in_a_zip_archive_says_to_set_the_override(monkeypatch, tmp_path):
+    # importlib.resources gives a zipfile.Path, not a folder on disk, for a zip-imported package
+    archive = tmp_path / "pkg.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("relkd_tutorial/shipped/SHA256SUMS", "")
+    monkeypatch.setattr(
+        datasets_module.importlib.resources,
+        "files",
+        lambda name: zipfile.Path(archive, f"{name}/"),
+    )
+    monkeypatch.delenv("RELKD_DATA_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="archive.*RELKD_DATA_DIR"):
+        data_dir()
     monkeypatch.setenv("RELKD_DATA_DIR", str(tmp_path))
     assert data_dir() == tmp_path
 
@@ -172,15 +191,15 @@ def test_corrupted_subset_fails_naming_the_file(monkeypatch, tmp_path):
         load_fashion_mnist("subset")
     message = str(err.value)
     assert str(tmp_path / "fashion_mnist_subset.npz") in message
-    assert "git checkout data/" in message
+    assert "git checkout relkd_tutorial/shipped/" in message
 
 
 def test_missing_subset_and_manifest_say_how_to_restore(monkeypatch, tmp_path):
     monkeypatch.setenv("RELKD_DATA_DIR", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="git checkout data/"):
+    with pytest.raises(FileNotFoundError, match="git checkout relkd_tutorial/shipped/"):
         load_fashion_mnist("subset")
-    shutil.copy(REPO / "data" / "fashion_mnist_subset.npz", tmp_path)
-    with pytest.raises(FileNotFoundError, match="SHA256SUMS.*git checkout data/"):
+    shutil.copy(shipped_data_dir() / "fashion_mnist_subset.npz", tmp_path)
+    with pytest.raises(FileNotFoundError, match="SHA256SUMS.*git checkout relkd_tutorial/shipped/"):
         load_fashion_mnist("subset")
     (tmp_path / "SHA256SUMS").write_text("00  other.npz\n")
     with pytest.raises(ChecksumError, match="no entry for fashion_mnist_subset.npz"):

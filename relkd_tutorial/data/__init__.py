@@ -6,8 +6,8 @@ Everything a training run needs between "files on disk" and "a normalised batch 
 1. :class:`ImageSet`: a whole data set held as one ``uint8`` tensor ``(N, C, H, W)`` plus its
    labels (``-1`` marks an unlabelled image), class names and normalisation constants.
 2. Loaders that build an :class:`ImageSet` pair ``(train, test)``:
-   :func:`load_fashion_mnist` (the offline default: a 10k/2k stratified subset shipped in the
-   repository's ``data/`` folder, the full set from IDX files, or torchvision's download) and
+   :func:`load_fashion_mnist` (the offline default: a 10k/2k stratified subset shipped as package
+   data in ``relkd_tutorial/shipped/``, the full set from IDX files, or torchvision's download) and
    :func:`load_cifar100` (torchvision's CIFAR-100 files, the papers' benchmark).
 3. Split helpers for the benchmark settings: a validation split, the low-data and transfer
    (partially labelled) regimes, and class splits for cross-task distillation.
@@ -29,6 +29,8 @@ from .datasets import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     FASHION_MNIST_SUBSET_FILE,
+    RESTORE_SHIPPED,
+    SHIPPED_DATA_FOLDER,
     ChecksumError,
     data_dir,
     find_idx_folder,
@@ -38,6 +40,7 @@ from .datasets import (
     read_idx,
     read_sha256sums,
     sha256_of,
+    shipped_data_dir,
     verify_sha256,
 )
 from .imageset import Batch, ImageSet
@@ -66,6 +69,8 @@ __all__ = [
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "FASHION_MNIST_SUBSET_FILE",
+    "RESTORE_SHIPPED",
+    "SHIPPED_DATA_FOLDER",
     "Batch",
     "ChecksumError",
     "ImageSet",
@@ -88,6 +93,7 @@ __all__ = [
     "sample_per_class",
     "select_classes",
     "sha256_of",
+    "shipped_data_dir",
     "split_validation",
     "verify_sha256",
 ]

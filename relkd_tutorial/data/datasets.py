@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.resources
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,15 @@ CIFAR100_STD: tuple[float, ...] = (0.2675, 0.2565, 0.2761)
 #: Where Debian's ``dataset-fashion-mnist`` package installs the gzipped IDX files.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
+#: The package-data folder inside ``relkd_tutorial/`` (see :func:`shipped_data_dir`).
+SHIPPED_DATA_FOLDER = "shipped"
+
+#: How to get the shipped files back, for error messages.
+RESTORE_SHIPPED = (
+    f"`git checkout relkd_tutorial/{SHIPPED_DATA_FOLDER}/` in a clone, or reinstall the package "
+    "(pip install --force-reinstall relkd_tutorial)"
+)
+
 #: The shipped subset inside the data folder (see :func:`data_dir`).
 FASHION_MNIST_SUBSET_FILE = "fashion_mnist_subset.npz"
 
@@ -65,16 +75,33 @@ _FASHION_MNIST_FILES = {
 # ---------------------------------------------------------------------------------------------
 
 
-def data_dir() -> Path:
-    """The folder holding the shipped data: ``$RELKD_DATA_DIR`` if set, else the repository's ``data/``.
+def shipped_data_dir() -> Path:
+    """The package-data folder ``relkd_tutorial/shipped/``, found with :mod:`importlib.resources`.
 
-    The package is meant to be installed editable from a clone (``pip install -e .``), so the
-    repository's ``data/`` folder sits next to the package folder.
+    It holds the Fashion-MNIST subset, its licence, ``SHA256SUMS`` and the shipped teacher, and
+    travels inside the package, so a clone (``PYTHONPATH`` or ``pip install -e .``), ``pip
+    install .`` and an installed wheel all find it the same way.
+
+    Raises:
+        FileNotFoundError: the package is imported from a zip archive, where the files have no
+            folder on disk (point ``RELKD_DATA_DIR`` at a folder holding them instead).
     """
+    folder = importlib.resources.files("relkd_tutorial") / SHIPPED_DATA_FOLDER
+    if not isinstance(folder, Path):
+        raise FileNotFoundError(
+            f"relkd_tutorial is imported from an archive ({folder}), so its shipped data has no "
+            "folder on disk; install the package normally (pip install .) or set RELKD_DATA_DIR "
+            f"to a folder holding the files of relkd_tutorial/{SHIPPED_DATA_FOLDER}/"
+        )
+    return folder
+
+
+def data_dir() -> Path:
+    """The folder holding the shipped data: ``$RELKD_DATA_DIR`` if set, else :func:`shipped_data_dir`."""
     override = os.environ.get("RELKD_DATA_DIR")
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parents[2] / "data"
+    return shipped_data_dir()
 
 
 def sha256_of(path: str | Path) -> str:
@@ -113,8 +140,8 @@ def verify_sha256(path: str | Path, manifest: str | Path | None = None) -> None:
     path = Path(path)
     manifest = Path(manifest) if manifest is not None else path.parent / "SHA256SUMS"
     restore = (
-        "Restore the shipped files with `git checkout data/` from the repository root, or "
-        "rebuild them with `python scripts/build_fashion_subset.py` (needs the full IDX files)."
+        f"Restore the shipped files with {RESTORE_SHIPPED}, or rebuild them with "
+        "`python scripts/build_fashion_subset.py` (needs the full IDX files)."
     )
     if not manifest.is_file():
         raise FileNotFoundError(f"checksum manifest {manifest} is missing. {restore}")
@@ -251,8 +278,8 @@ def load_fashion_mnist(
         source: where the images come from:
 
             - ``"subset"`` (default, offline): the stratified 10,000 train (1,000 per class) /
-              2,000 test (200 per class) subset in ``data/fashion_mnist_subset.npz``, checked
-              against ``data/SHA256SUMS`` first (see :func:`data_dir` for the folder).
+              2,000 test (200 per class) subset in ``fashion_mnist_subset.npz``, checked
+              against ``SHA256SUMS`` first (see :func:`data_dir` for the folder).
             - ``"full"``: the full 60,000 / 10,000 images from IDX files, gzipped or not. Searched
               in ``root`` and ``root/FashionMNIST/raw`` (if ``root`` is given), then in
               ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``).
@@ -302,10 +329,10 @@ def _load_fashion_subset() -> tuple[ImageSet, ImageSet]:
     path = data_dir() / FASHION_MNIST_SUBSET_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"The shipped Fashion-MNIST subset {path} is missing. It is part of the git "
-            "repository: install from a clone (`pip install -e .`), restore it with "
-            "`git checkout data/`, or point RELKD_DATA_DIR at a folder holding it and its "
-            'SHA256SUMS. Alternatively use load_fashion_mnist("full") or ("download").'
+            f"The shipped Fashion-MNIST subset {path} is missing. It is package data of "
+            f"relkd_tutorial: restore it with {RESTORE_SHIPPED}, or point RELKD_DATA_DIR at a "
+            'folder holding it and its SHA256SUMS. Alternatively use load_fashion_mnist("full") '
+            'or ("download").'
         )
     verify_sha256(path)
     with np.load(path, allow_pickle=False) as npz:
