@@ -67,7 +67,7 @@ from .metrics import (
 )
 from .models import MODEL_NAMES, available_models, build_model, count_parameters
 from .teacher import IndexedDataset, TeacherCache, teacher_outputs
-from .train import (
+from .training import (
     TrainConfig,
     evaluate,
     fit,

@@ -5,7 +5,7 @@
 
 ``--throughput`` times forward + backward + SGD step on random 28x28x1 batches of 128 (after a
 warm-up), with and without ``channels_last``, and reports the median of ``--repeats`` timings.
-It also times whole epochs of :func:`relkd_tutorial.train.fit` (cross-entropy, batch 128) over
+It also times whole epochs of :func:`relkd_tutorial.training.fit` (cross-entropy, batch 128) over
 2,048 augmented Fashion-MNIST images from the package's :class:`TensorLoader`, so the loop's and
 the loader's overhead show. Other processes on the machine change these numbers: run it on an
 idle machine (check ``uptime``) and report the load with the numbers.
@@ -74,7 +74,7 @@ def fit_throughput(name: str, channels_last: bool, repeats: int) -> float:
     """Median training images/s of ``fit`` epochs (after a first, warm-up epoch)."""
     from relkd_tutorial.data import TensorLoader, load_fashion_mnist
     from relkd_tutorial.methods import CrossEntropy
-    from relkd_tutorial.train import TrainConfig, fit
+    from relkd_tutorial.training import TrainConfig, fit
 
     train_set, _ = load_fashion_mnist()
     images = train_set.subset(torch.arange(2048))

@@ -24,7 +24,7 @@ from relkd_tutorial.data import TensorLoader, data_dir, load_fashion_mnist, sha2
 from relkd_tutorial.methods import CrossEntropy
 from relkd_tutorial.models import build_model, count_parameters
 from relkd_tutorial.pretrained import SHIPPED_TEACHER, SHIPPED_TEACHER_MODEL
-from relkd_tutorial.train import TrainConfig, evaluate, fit
+from relkd_tutorial.training import TrainConfig, evaluate, fit
 
 
 def _command(args: list[str]) -> str:

@@ -1,11 +1,11 @@
 """Shared pieces of the distributed tests, and the worker each spawned process runs.
 
 Everything is float64 and without BatchNorm (per-rank BN statistics would differ from the
-single-process ones by design, see ``relkd_tutorial.distributed``), so a 2-process result can be
+single-process ones by design, see ``relkd_tutorial.training.distributed``), so a 2-process result can be
 compared with the 1-process one to 1e-10.
 
 The worker (:func:`worker`) joins a gloo process group through
-:func:`relkd_tutorial.distributed.init_distributed`, as under ``torchrun``, and saves what it
+:func:`relkd_tutorial.training.distributed.init_distributed`, as under ``torchrun``, and saves what it
 computed into ``out_dir`` (one file per rank); ``tests/test_distributed.py`` computes the
 single-process references and compares.
 """
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from relkd_tutorial.data import ImageSet, TensorLoader
 from relkd_tutorial.methods import Method, SetupData, StepInputs, build_method
 from relkd_tutorial.teacher import TeacherCache
-from relkd_tutorial.train import TrainConfig, fit, seeded
+from relkd_tutorial.training import TrainConfig, fit, seeded
 
 N, C, D_S, D_T, HW = 32, 3, 6, 5, 6  # samples, classes, feature widths, image side
 GLOBAL_BATCH = 12  # the step of part (a): each of 2 ranks holds 6 rows
@@ -177,7 +177,7 @@ def fit_case(name: str, rank: int, world: int, out: Path) -> tuple[nn.Module, Me
 
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     """Entry point of each spawned process (``torch.multiprocessing.spawn`` passes ``rank``)."""
-    from relkd_tutorial import distributed
+    from relkd_tutorial.training import distributed
 
     torch.set_num_threads(1)
     os.environ.update(

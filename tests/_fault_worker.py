@@ -4,7 +4,7 @@
 
 trains RRD (a learnable head and a queue: state that must survive a resume) on 96 tiny images,
 3 epochs of 12 steps, printing ``step`` after every step (``DELAY`` seconds later, so a test can
-signal it mid-run). A :class:`~relkd_tutorial.interrupt.TrainingInterrupted` ends the process
+signal it mid-run). A :class:`~relkd_tutorial.training.signals.TrainingInterrupted` ends the process
 with its message on stderr and the exit code ``128 + signal``; a finished run exits with 0.
 """
 
@@ -17,11 +17,10 @@ import warnings
 import torch
 
 from relkd_tutorial.data import ImageSet, TensorLoader
-from relkd_tutorial.interrupt import TrainingInterrupted
 from relkd_tutorial.methods import RRD, StepInputs
 from relkd_tutorial.models import build_model
 from relkd_tutorial.teacher import TeacherCache
-from relkd_tutorial.train import TrainConfig, fit, seeded
+from relkd_tutorial.training import TrainConfig, TrainingInterrupted, fit, seeded
 
 N, C, HW = 96, 4, 12
 

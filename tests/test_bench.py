@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from relkd_tutorial import bench, bench_full, bench_report
-from relkd_tutorial.data import load_fashion_mnist, select_classes
+from relkd_tutorial.bench import cli, figures, full, report, runner, workspace
+from relkd_tutorial.bench import settings as bench_settings
+from relkd_tutorial.bench import store as bench_store
+from relkd_tutorial.data import load_fashion_mnist, partially_labelled, select_classes
 from relkd_tutorial.models import build_model
 from relkd_tutorial.stats import (
     T_975_TABLE,
@@ -21,7 +24,7 @@ from relkd_tutorial.stats import (
     t_cdf,
     t_quantile,
 )
-from relkd_tutorial.train import lr_factor
+from relkd_tutorial.training import lr_factor
 
 # ---------------------------------------------------------------------------------------------
 # Statistics
@@ -120,14 +123,14 @@ def test_mean_std_uses_the_sample_standard_deviation() -> None:
 
 
 def test_every_distillation_method_gets_the_same_sweep_budget() -> None:
-    for method in bench.METHODS:
-        candidates = bench.sweep_candidates(method)
+    for method in bench_settings.METHODS:
+        candidates = bench_settings.sweep_candidates(method)
         assert candidates[0] == {}, "the paper default is tried (first)"
-        assert len({bench.params_tag(c) for c in candidates}) == len(candidates)
-        assert len(candidates) == (1 if method == "ce" else bench.SWEEP_TRIALS)
-    assert any("temperature" in c for c in bench.sweep_candidates("grkd"))
-    assert bench.describe_params({}) == "defaults"
-    assert bench.describe_params('{"temperature":2.0,"grkd_weight":3.0}') == (
+        assert len({bench_settings.params_tag(c) for c in candidates}) == len(candidates)
+        assert len(candidates) == (1 if method == "ce" else bench_settings.SWEEP_TRIALS)
+    assert any("temperature" in c for c in bench_settings.sweep_candidates("grkd"))
+    assert bench_settings.describe_params({}) == "defaults"
+    assert bench_settings.describe_params('{"temperature":2.0,"grkd_weight":3.0}') == (
         "grkd_weight=3, temperature=2"
     )
 
@@ -138,65 +141,67 @@ def _sweep_row(method: str, params: dict, acc: float, status: str = "ok") -> dic
         "spec": "s1",
         "phase": "sweep",
         "method": method,
-        "params": bench.params_tag(params),
+        "params": bench_settings.params_tag(params),
         "status": status,
         "acc": acc,
     }
 
 
 def test_choose_params_best_validation_accuracy_ties_to_the_default() -> None:
-    c = bench.sweep_candidates("kd")
+    c = bench_settings.sweep_candidates("kd")
     rows = [
         _sweep_row("kd", c[0], 0.80),
         _sweep_row("kd", c[1], 0.82),
         _sweep_row("kd", c[2], 0.82),
     ]
-    assert bench.choose_params(rows, "transfer", "s1", "kd") == c[1]
+    assert runner.choose_params(rows, "transfer", "s1", "kd") == c[1]
     tie = [_sweep_row("kd", c[1], 0.80), _sweep_row("kd", c[0], 0.80)]
-    assert bench.choose_params(tie, "transfer", "s1", "kd") == {}
+    assert runner.choose_params(tie, "transfer", "s1", "kd") == {}
     diverged = [_sweep_row("kd", c[0], 0.5), _sweep_row("kd", c[3], math.nan, "diverged")]
-    assert bench.choose_params(diverged, "transfer", "s1", "kd") == {}
-    assert bench.choose_params(rows, "transfer", "other-spec", "kd") == {}
+    assert runner.choose_params(diverged, "transfer", "s1", "kd") == {}
+    assert runner.choose_params(rows, "transfer", "other-spec", "kd") == {}
 
 
 def test_fingerprint_tracks_what_changes_a_result() -> None:
-    s = bench.default_settings(fast=True)["transfer"]
+    s = bench_settings.default_settings(fast=True)["transfer"]
     base = s.fingerprint("teacherA")
-    assert base == bench.replace(s, seeds=(7,), sweep=True, curves=True).fingerprint("teacherA")
-    assert base != bench.replace(s, epochs=s.epochs + 1).fingerprint("teacherA")
+    assert base == dataclasses.replace(s, seeds=(7,), sweep=True, curves=True).fingerprint(
+        "teacherA"
+    )
+    assert base != dataclasses.replace(s, epochs=s.epochs + 1).fingerprint("teacherA")
     assert base != s.fingerprint("teacherB")
 
 
 class _FakeWorkspace:
     def __init__(self, shared: bool, epochs: int = 5) -> None:
         self.shared_classes = shared
-        self.setting = bench.default_settings(fast=True)["transfer"]
-        self.setting = bench.replace(self.setting, epochs=epochs)
+        self.setting = bench_settings.default_settings(fast=True)["transfer"]
+        self.setting = dataclasses.replace(self.setting, epochs=epochs)
 
 
 def test_cross_task_marks_exactly_the_logit_methods_not_applicable() -> None:
     cross, same = _FakeWorkspace(shared=False), _FakeWorkspace(shared=True)
-    for method in bench.METHODS:
-        assert bench.applicable(method, same) is None
-        reason = bench.applicable(method, cross)
-        assert (reason is not None) == (method in bench.NEEDS_SHARED_CLASSES)
+    for method in bench_settings.METHODS:
+        assert runner.applicable(method, same) is None
+        reason = runner.applicable(method, cross)
+        assert (reason is not None) == (method in bench_settings.NEEDS_SHARED_CLASSES)
     assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd"} == set(
-        bench.NEEDS_SHARED_CLASSES
+        bench_settings.NEEDS_SHARED_CLASSES
     )
     for method in ("ce", "rkd", "rrd", "refilled"):
-        assert bench.applicable(method, cross) is None
-    assert "2 epochs" in bench.applicable("refilled", _FakeWorkspace(shared=True, epochs=1))
+        assert runner.applicable(method, cross) is None
+    assert "2 epochs" in runner.applicable("refilled", _FakeWorkspace(shared=True, epochs=1))
 
 
 def test_groups_follow_the_class_selection() -> None:
     _, test = load_fashion_mnist("subset")
-    assert bench.class_groups(test) == {"tops": (0, 2, 4, 6), "footwear": (5, 7, 9)}
-    student = select_classes(test, bench.CROSS_TASK_STUDENT_CLASSES)  # sandal, shirt, ...
-    assert bench.class_groups(student) == {"footwear": (0, 2, 4)}  # one top: nothing to confuse
+    assert workspace.class_groups(test) == {"tops": (0, 2, 4, 6), "footwear": (5, 7, 9)}
+    student = select_classes(test, bench_settings.CROSS_TASK_STUDENT_CLASSES)  # sandal, shirt, ...
+    assert workspace.class_groups(student) == {"footwear": (0, 2, 4)}  # one top: nothing to confuse
 
 
 def test_peak_memory_is_measured_on_cpu() -> None:
-    with bench.PeakMemory(torch.device("cpu")) as memory:
+    with runner.PeakMemory(torch.device("cpu")) as memory:
         block = torch.ones(8 * 2**20 // 4)  # 8 MiB, touched
         block += 1
     assert math.isnan(memory.mib) or memory.mib >= 0.0
@@ -208,9 +213,11 @@ def test_peak_memory_is_measured_on_cpu() -> None:
 
 
 def test_cpu_preset_is_the_main_job() -> None:
-    cpu = bench.default_settings(fast=False, preset="cpu")
-    assert bench.DEFAULT_SETTINGS == ("transfer", "low-data", "standard")
-    assert set(bench.DEFAULT_SETTINGS) < set(cpu) and "cross-task" in cpu  # opt-in, but defined
+    cpu = bench_settings.default_settings(fast=False, preset="cpu")
+    assert bench_settings.DEFAULT_SETTINGS == ("transfer", "low-data", "standard")
+    assert (
+        set(bench_settings.DEFAULT_SETTINGS) < set(cpu) and "cross-task" in cpu
+    )  # opt-in, but defined
     assert not any(s.sweep for s in cpu.values()), "the cpu preset runs the paper defaults"
     t, low, std = cpu["transfer"], cpu["low-data"], cpu["standard"]
     assert (t.labelled_per_class, t.keep_unlabelled, t.pool_per_class) == (50, True, 300)
@@ -222,66 +229,73 @@ def test_cpu_preset_is_the_main_job() -> None:
         None, 200, 10, (0,), True
     )  # fmt: skip
     # 10 methods x seeds, no sweep: 40 + 30 + 10 runs
-    counts = [bench.plan_counts(cpu[n], bench.METHODS) for n in bench.DEFAULT_SETTINGS]
+    counts = [
+        runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
+    ]
     assert counts == [40, 30, 10]
     # the data sizes the presets promise (the shipped subset, no teacher, no training)
-    pool, val, _ = bench._fashion_splits(t)
+    pool, val, _ = workspace._fashion_splits(t)
     assert (len(pool), len(val)) == (3000, 1000)
-    transfer_set = bench.partially_labelled(pool, t.labelled_per_class, seed=0)
+    transfer_set = partially_labelled(pool, t.labelled_per_class, seed=0)
     assert int((transfer_set.labels >= 0).sum()) == 500 and len(transfer_set) == 3000
-    assert len(bench._fashion_splits(std)[0]) == 2000
+    assert len(workspace._fashion_splits(std)[0]) == 2000
     assert {s.fingerprint("T") for s in cpu.values()}.isdisjoint(
-        {s.fingerprint("T") for s in bench.default_settings(False, "large").values()}
+        {s.fingerprint("T") for s in bench_settings.default_settings(False, "large").values()}
     ), "results of the two presets are never mixed"
 
 
 def test_large_preset_is_bigger_and_sweeps() -> None:
-    cpu = bench.default_settings(fast=False, preset="cpu")
-    large = bench.default_settings(fast=False, preset="large")
+    cpu = bench_settings.default_settings(fast=False, preset="cpu")
+    large = bench_settings.default_settings(fast=False, preset="large")
     assert set(large) == set(cpu)
     assert large["transfer"].pool_per_class is None and large["transfer"].sweep
     assert large["low-data"].sweep and len(large["transfer"].seeds) == 5
     for name in cpu:
         assert large[name].epochs > cpu[name].epochs, name
     with pytest.raises(ValueError, match="preset"):
-        bench.default_settings(fast=False, preset="huge")
+        bench_settings.default_settings(fast=False, preset="huge")
     # fast mode ignores the preset
-    assert bench.default_settings(True, "cpu") == bench.default_settings(True, "large")
+    assert bench_settings.default_settings(True, "cpu") == bench_settings.default_settings(
+        True, "large"
+    )
 
 
 def test_preset_and_threads_follow_the_device() -> None:
-    assert bench.default_preset("cpu") == "cpu" and bench.default_preset("cuda") == "large"
-    assert bench.default_threads("cpu", None) == 1
-    assert bench.default_threads("cpu", 2) == 2
-    assert bench.default_threads("cuda", None) is None
+    assert cli.default_preset("cpu") == "cpu" and cli.default_preset("cuda") == "large"
+    assert cli.default_threads("cpu", None) == 1
+    assert cli.default_threads("cpu", 2) == 2
+    assert cli.default_threads("cuda", None) is None
 
 
 def _configure(argv: list[str], device: str = "cpu"):
-    return bench.configure(bench.build_parser().parse_args(argv), device)
+    return cli.configure(cli.build_parser().parse_args(argv), device)
 
 
 def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
-    cpu = bench.default_settings(fast=False, preset="cpu")
-    large = bench.default_settings(fast=False, preset="large")
+    cpu = bench_settings.default_settings(fast=False, preset="cpu")
+    large = bench_settings.default_settings(fast=False, preset="large")
     fast, settings, methods = _configure(["--no-fast"])
-    assert not fast and list(settings) == list(bench.DEFAULT_SETTINGS)
-    assert settings == {n: cpu[n] for n in bench.DEFAULT_SETTINGS}
-    assert methods == list(bench.METHODS)
+    assert not fast and list(settings) == list(bench_settings.DEFAULT_SETTINGS)
+    assert settings == {n: cpu[n] for n in bench_settings.DEFAULT_SETTINGS}
+    assert methods == list(bench_settings.METHODS)
     assert _configure(["--no-fast"], device="cuda")[1]["transfer"] == large["transfer"]
     assert _configure(["--no-fast", "--preset", "large"])[1]["low-data"] == large["low-data"]
     swept = _configure(["--no-fast", "--sweep"])[1]
     assert all(s.sweep for s in swept.values())
-    assert bench.plan_counts(swept["transfer"], bench.METHODS) == 9 * bench.SWEEP_TRIALS + 40
+    assert (
+        runner.plan_counts(swept["transfer"], bench_settings.METHODS)
+        == 9 * bench_settings.SWEEP_TRIALS + 40
+    )
     opt_in = _configure(["--no-fast", "--settings", "cross-task"])[1]
     assert opt_in == {"cross-task": cpu["cross-task"]}
     quick = _configure(["--fast", "--preset", "large"])[1]
-    assert quick["transfer"] == bench.default_settings(True)["transfer"]
+    assert quick["transfer"] == bench_settings.default_settings(True)["transfer"]
 
 
 def test_plan_flag_prints_the_cpu_preset(capsys: pytest.CaptureFixture[str]) -> None:
     threads = torch.get_num_threads()
     try:
-        assert bench.main(["--plan", "--no-fast", "--device", "cpu"]) == 0
+        assert cli.main(["--plan", "--no-fast", "--device", "cpu"]) == 0
         assert torch.get_num_threads() == 1  # one thread on a CPU unless --threads says otherwise
     finally:
         torch.set_num_threads(threads)
@@ -298,7 +312,7 @@ def test_plan_flag_prints_the_cpu_preset(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def _row(key: str, **extra) -> dict:
-    row = {c: "" for c in bench.RUN_COLUMNS}
+    row = {c: "" for c in bench_store.RUN_COLUMNS}
     row.update(key=key, setting="transfer", spec="s", phase="final", method="ce", params="{}")
     row.update(seed=0, status="ok", acc=0.5)
     row.update(extra)
@@ -306,7 +320,7 @@ def _row(key: str, **extra) -> dict:
 
 
 def test_store_appends_skips_and_repairs_an_interrupted_line(tmp_path: Path) -> None:
-    store = bench.ResultStore(tmp_path)
+    store = bench_store.ResultStore(tmp_path)
     store.append(_row("a"), [{"epoch": 1, "loss": 1.0}])
     store.append(_row("b", seed=1, acc=math.nan, status="diverged"))
     assert store.done() == {"a", "b"}
@@ -326,7 +340,7 @@ def test_store_appends_skips_and_repairs_an_interrupted_line(tmp_path: Path) -> 
 
 
 def test_full_plan_is_the_repdistiller_recipe() -> None:
-    plans = bench_full.build_full_plan(teacher_checkpoints={"resnet32x4": "/x/r.pt"})
+    plans = full.build_full_plan(teacher_checkpoints={"resnet32x4": "/x/r.pt"})
     assert [p.pair for p in plans] == ["resnet32x4->resnet8x4", "wrn_40_2->wrn_16_2"]
     first = plans[0]
     assert (first.teacher, first.student, first.teacher_checkpoint) == (
@@ -336,7 +350,7 @@ def test_full_plan_is_the_repdistiller_recipe() -> None:
     )
     assert plans[1].teacher_checkpoint is None
     assert (first.epochs, first.batch_size, first.crop_padding, first.flip) == (240, 64, 4, True)
-    assert first.methods == bench.METHODS and first.seeds == (0, 1, 2)
+    assert first.methods == bench_settings.METHODS and first.seeds == (0, 1, 2)
     cfg = first.config(seed=1)
     assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov) == (
         "sgd",
@@ -363,19 +377,17 @@ def test_full_plan_is_the_repdistiller_recipe() -> None:
     assert plans[1].method_kwargs("rrd")["teacher_dim"] == 128
     assert first.method_kwargs("refilled") == {"num_classes": 100}
     assert first.setting == "full:resnet32x4->resnet8x4"
-    assert bench_full.parse_teacher_checkpoints(["/p.pt"], ["wrn_40_2->wrn_16_2"]) == {
+    assert full.parse_teacher_checkpoints(["/p.pt"], ["wrn_40_2->wrn_16_2"]) == {
         "wrn_40_2": "/p.pt"
     }
     with pytest.raises(SystemExit):
-        bench_full.parse_teacher_checkpoints(["/p.pt"], list(bench_full.FULL_PAIRS))
+        full.parse_teacher_checkpoints(["/p.pt"], list(full.FULL_PAIRS))
     with pytest.raises(ValueError, match="unknown pairs"):
-        bench_full.build_full_plan(["resnet56->resnet20"])
+        full.build_full_plan(["resnet56->resnet20"])
 
 
 def test_plan_flag_prints_the_full_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        bench.main(["--plan", "--settings", "transfer,full", "--pairs", "wrn_40_2->wrn_16_2"]) == 0
-    )
+    assert cli.main(["--plan", "--settings", "transfer,full", "--pairs", "wrn_40_2->wrn_16_2"]) == 0
     out = capsys.readouterr().out
     assert "full wrn_40_2->wrn_16_2: 240 epochs" in out and "[150, 180, 210]" in out
     assert "transfer:" in out
@@ -397,19 +409,19 @@ def test_tiny_cli_run_resumes_and_reports(
         "--epochs", "1", "--pool-per-class", "6", "--labelled-per-class", "3", "--teacher", str(teacher), "--out", str(out),
     ]  # fmt: skip
     calls: list[str] = []
-    real_run_job = bench.run_job
+    real_run_job = runner.run_job
 
     def counting_run_job(job, ws):
         calls.append(job.key(ws.spec))
         return real_run_job(job, ws)
 
-    monkeypatch.setattr(bench, "run_job", counting_run_job)
-    assert bench.main(argv) == 0
+    monkeypatch.setattr(runner, "run_job", counting_run_job)
+    assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     # transfer: 4 KD sweep trials + 2 methods x 2 seeds; cross-task: CE x 2 seeds, KD is n/a
     assert len(calls) == 10
     assert "== transfer ==" in printed and "n/a: matches the teacher's class" in printed
-    rows = bench.read_runs(out / "runs.csv")
+    rows = bench_store.read_runs(out / "runs.csv")
     assert len(rows) == 11 and sum(r["status"] == "n/a" for r in rows) == 1
     finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
     assert all(0.0 <= r["acc"] <= 1.0 for r in finals)
@@ -423,17 +435,17 @@ def test_tiny_cli_run_resumes_and_reports(
     assert "n/a:" in report and "paired seeds" in report
 
     calls.clear()
-    assert bench.main(argv) == 0  # the same command: every run is already there
+    assert cli.main(argv) == 0  # the same command: every run is already there
     printed = capsys.readouterr().out
     assert calls == [] and "0 runs trained" in printed
-    assert len(bench.read_runs(out / "runs.csv")) == 11
+    assert len(bench_store.read_runs(out / "runs.csv")) == 11
 
 
 def test_an_interrupted_benchmark_keeps_its_runs_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # the plumbing only: run_job is replaced by a stand-in that trains nothing
-    from relkd_tutorial.interrupt import TrainingInterrupted
+    from relkd_tutorial.training import TrainingInterrupted
 
     out = tmp_path / "out"
     argv = [
@@ -448,23 +460,23 @@ def test_an_interrupted_benchmark_keeps_its_runs_and_resumes(
         if len(calls) == stop_at[0]:
             raise TrainingInterrupted("stopped by SIGTERM", 15, None, 0, 1)
         row = _row(job.key(ws.spec), setting=job.setting, spec=ws.spec, method=job.method,
-                   params=bench.params_tag(job.params), seed=job.seed, eval_split="test")  # fmt: skip
-        row.update({c: 0.5 for c in bench.NUMERIC_COLUMNS})
+                   params=bench_settings.params_tag(job.params), seed=job.seed, eval_split="test")  # fmt: skip
+        row.update({c: 0.5 for c in bench_store.NUMERIC_COLUMNS})
         return row, [{"epoch": 1, "loss": 1.0}]
 
-    monkeypatch.setattr(bench, "run_job", fake_run_job)
-    assert bench.main(argv) == 128 + 15
+    monkeypatch.setattr(runner, "run_job", fake_run_job)
+    assert cli.main(argv) == 128 + 15
     assert "run the same command again" in capsys.readouterr().err
-    kept = bench.read_runs(out / "runs.csv")
+    kept = bench_store.read_runs(out / "runs.csv")
     assert [r["key"] for r in kept] == calls[:2]
 
     calls.clear()
     stop_at[0] = 0
-    assert bench.main(argv) == 0
+    assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "resuming: 2 of these runs" in printed and "[3/4]" in printed and "[4/4]" in printed
     assert len(calls) == 2 and not set(calls) & {r["key"] for r in kept}
-    assert len(bench.read_runs(out / "runs.csv")) == 4
+    assert len(bench_store.read_runs(out / "runs.csv")) == 4
 
 
 def test_report_functions_on_synthetic_rows() -> None:
@@ -486,10 +498,10 @@ def test_report_functions_on_synthetic_rows() -> None:
                     train_acc=0.9,
                 )  # fmt: skip
             )
-    summary = bench_report.summarize_runs(rows)
+    summary = report.summarize_runs(rows)
     assert [e["method"] for e in summary] == ["ce", "grkd"]
     assert summary[1]["acc_mean"] == pytest.approx(0.75)
-    diffs = bench_report.paired_differences(rows, baselines=("ce",), metrics=("acc",))
+    diffs = report.paired_differences(rows, baselines=("ce",), metrics=("acc",))
     assert len(diffs) == 1 and diffs[0]["mean"] == pytest.approx(4.0)
     assert diffs[0]["sentence"].startswith("[top-1] GRKD beats CE by 4.00 points")
 
@@ -500,9 +512,9 @@ def test_curves_fall_back_to_training_accuracy_without_test_curves() -> None:
         "a": [{"epoch": 1.0, "eval_acc": 0.5, "train_acc": 0.4}],
         "b": [{"epoch": 1.0, "eval_acc": math.nan, "train_acc": 0.4}],
     }
-    assert bench_report.curve_value(rows, histories, "standard") == "eval_acc"
-    assert bench_report.curve_value(rows, histories, "transfer") == "train_acc"
-    assert bench_report.curve_value(rows, {}, "standard") == "train_acc"
+    assert figures.curve_value(rows, histories, "standard") == "eval_acc"
+    assert figures.curve_value(rows, histories, "transfer") == "train_acc"
+    assert figures.curve_value(rows, {}, "standard") == "train_acc"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,14 +525,14 @@ def test_curves_fall_back_to_training_accuracy_without_test_curves() -> None:
 def test_main_job_fast_mode_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``python -m relkd_tutorial.bench --fast`` (what CI can afford of the README's main job)."""
     out = tmp_path / "bench-fast"
-    assert bench.main(["--fast", "--out", str(out), "--device", "cpu"]) == 0
+    assert cli.main(["--fast", "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    settings = bench.default_settings(fast=True)
-    rows = bench.read_runs(out / "runs.csv")
+    settings = bench_settings.default_settings(fast=True)
+    rows = bench_store.read_runs(out / "runs.csv")
     finals = [r for r in rows if r["phase"] == "final"]
-    for name in bench.DEFAULT_SETTINGS:
+    for name in bench_settings.DEFAULT_SETTINGS:
         assert f"== {name} ==" in printed, name
-        for method in bench.METHODS:
+        for method in bench_settings.METHODS:
             seeds = sorted(
                 r["seed"] for r in finals if r["setting"] == name and r["method"] == method
             )

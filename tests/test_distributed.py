@@ -32,9 +32,8 @@ from _dist_worker import (
     worker,
 )
 
-from relkd_tutorial import distributed
 from relkd_tutorial.data import TensorLoader
-from relkd_tutorial.train import load_checkpoint, read_history_csv
+from relkd_tutorial.training import distributed, load_checkpoint, read_history_csv
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 

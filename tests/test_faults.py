@@ -23,12 +23,13 @@ import torch
 from _fault_worker import run
 from torch.utils.data import DataLoader, TensorDataset
 
-from relkd_tutorial.interrupt import StopSignals, TrainingInterrupted
 from relkd_tutorial.methods import KD
 from relkd_tutorial.models import build_model
 from relkd_tutorial.teacher import IndexedDataset
-from relkd_tutorial.train import (
+from relkd_tutorial.training import (
+    StopSignals,
     TrainConfig,
+    TrainingInterrupted,
     fit,
     load_checkpoint,
     previous_checkpoint,

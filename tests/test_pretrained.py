@@ -11,7 +11,7 @@ import torch
 from relkd_tutorial import pretrained
 from relkd_tutorial.data import ChecksumError, TensorLoader, load_fashion_mnist
 from relkd_tutorial.models import count_parameters
-from relkd_tutorial.train import evaluate
+from relkd_tutorial.training import evaluate
 
 
 def test_shipped_teacher_reaches_its_recorded_test_accuracy():

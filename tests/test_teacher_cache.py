@@ -16,7 +16,7 @@ from relkd_tutorial.data import ImageSet, TensorLoader
 from relkd_tutorial.methods import KD
 from relkd_tutorial.models import build_model
 from relkd_tutorial.teacher import IndexedDataset, TeacherCache, as_batch
-from relkd_tutorial.train import TrainConfig, fit
+from relkd_tutorial.training import TrainConfig, fit
 
 N, C = 60, 3
 

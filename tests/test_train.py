@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relkd_tutorial import train
 from relkd_tutorial.data import Batch
 from relkd_tutorial.methods import (
     CrossEntropy,
@@ -31,14 +30,17 @@ from relkd_tutorial.methods import (
 from relkd_tutorial.models import build_model
 from relkd_tutorial.relations import normalized_pairwise_distances
 from relkd_tutorial.teacher import IndexedDataset, TeacherCache
-from relkd_tutorial.train import (
+from relkd_tutorial.training import (
     TrainConfig,
+    checkpoint,
     evaluate,
     fit,
     load_checkpoint,
+    loop,
     lr_factor,
     read_history_csv,
     resolve_device,
+    rng,
     save_checkpoint,
     seed_everything,
     seeded,
@@ -300,10 +302,10 @@ def test_rng_state_round_trip_is_weights_only_safe(tmp_path):
     import numpy as np
 
     seed_everything(5)
-    state = train.get_rng_state()
+    state = rng.get_rng_state()
     torch.save(state, tmp_path / "rng.pt")
     expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
-    train.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    rng.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
 
 
@@ -506,8 +508,8 @@ def test_stages_setup_and_fresh_optimizer_per_stage(monkeypatch):
     s, t = student(), teacher()
     method = TwoStageMethod(s.feature_dim, t.feature_dim, NUM_CLASSES)
     built = []
-    real = train.build_optimizer
-    monkeypatch.setattr(train, "build_optimizer", lambda p, c: built.append(1) or real(p, c))
+    real = loop.build_optimizer
+    monkeypatch.setattr(loop, "build_optimizer", lambda p, c: built.append(1) or real(p, c))
     setup_loader = TensorLoader(x, y, shuffle=False)
     history = fit(
         s,
@@ -643,11 +645,11 @@ def test_resume_with_a_different_config_warns(tmp_path):
 
 def test_crash_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
     path = tmp_path / "last.pt"
-    good = {"format": train.CHECKPOINT_FORMAT, "epoch": 1, "w": torch.arange(1000.0)}
+    good = {"format": checkpoint.CHECKPOINT_FORMAT, "epoch": 1, "w": torch.arange(1000.0)}
     save_checkpoint(path, good)
     with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails after bytes are written
         save_checkpoint(
-            path, {"format": train.CHECKPOINT_FORMAT, "w": torch.zeros(10**5), "f": lambda: 0}
+            path, {"format": checkpoint.CHECKPOINT_FORMAT, "w": torch.zeros(10**5), "f": lambda: 0}
         )
     state = load_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(state["w"], good["w"])

@@ -1,5 +1,5 @@
-"""The widget callbacks of notebooks 00-03 (``relkd_tutorial.widgets``) and their plots
-(``relkd_tutorial.plots``): values derived by hand, slider extremes, degenerate and bad input.
+"""The widget callbacks of notebooks 00-03 (``relkd_tutorial.tutorial.widgets``) and their plots
+(``relkd_tutorial.tutorial.plots``): values derived by hand, slider extremes, degenerate and bad input.
 
 Each test names the notebook it serves (``test_00_...``, ``test_01_...``); ``test_shared_...``
 covers helpers several notebooks use.
@@ -19,9 +19,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from relkd_tutorial import plots, widgets  # noqa: E402
 from relkd_tutorial.losses.rrd import rrd_loss  # noqa: E402
 from relkd_tutorial.metrics import FASHION_MNIST_GROUPS  # noqa: E402
+from relkd_tutorial.tutorial import plots, widgets  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

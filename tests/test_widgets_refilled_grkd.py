@@ -15,15 +15,15 @@ import torch  # noqa: E402
 
 from relkd_tutorial.losses.grkd import grkd_loss  # noqa: E402
 from relkd_tutorial.losses.refilled import refilled_embedding_loss  # noqa: E402
-from relkd_tutorial.plots import (  # noqa: E402
+from relkd_tutorial.tutorial.plots import plot_method_comparison  # noqa: E402
+from relkd_tutorial.tutorial.plots_refilled_grkd import (  # noqa: E402
     plot_grkd_view,
     plot_loss_gradients,
-    plot_method_comparison,
     plot_preference_matrix,
     plot_refilled_anchor,
     plot_stage_curves,
 )
-from relkd_tutorial.widgets import (  # noqa: E402
+from relkd_tutorial.tutorial.widgets_refilled_grkd import (  # noqa: E402
     RANKING_LOSSES,
     grkd_pair_view,
     pca_2d,

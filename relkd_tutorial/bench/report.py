@@ -1,16 +1,17 @@
 """The benchmark's report: tables, paired differences, plain sentences and plots from ``runs.csv``.
 
-Pure functions of the rows written by :mod:`relkd_tutorial.bench` (read them with
-:func:`relkd_tutorial.bench.read_runs`), so the notebook draws the committed results with the same
-code that wrote them:
+Pure functions of the rows written by :mod:`relkd_tutorial.bench.runner` (read them with
+:func:`relkd_tutorial.bench.store.read_runs`), so the notebook draws the committed results with
+the same code that wrote them:
 
 - :func:`summarize_runs`: one row per (setting, method): mean +- sample std over seeds of every
   metric, the chosen hyperparameters, seconds and memory; n/a rows keep their reason.
 - :func:`paired_differences`: each method minus a baseline (CE, KD) seed by seed, with the paired
   t interval and the sentence of :func:`relkd_tutorial.stats.describe_difference`.
 - :func:`markdown_report`, :func:`stdout_summary`: the same numbers as text.
-- ``plot_*``: draw onto a given matplotlib ``Axes`` and return it; :func:`write_report` saves the
-  figures as PNG next to ``summary.csv``, ``differences.csv``, ``sweep.csv`` and ``results.md``.
+- ``plot_*`` (:mod:`relkd_tutorial.bench.figures`): draw onto a given matplotlib ``Axes``;
+  :func:`report_figures` composes them and :func:`write_report` saves the figures as PNG next
+  to ``summary.csv``, ``differences.csv``, ``sweep.csv`` and ``results.md``.
 
 Accuracies are shown in percent and their differences in percentage points; Kendall tau and the
 distance correlation in their own units (-1..1).
@@ -25,40 +26,36 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-# bench imports this module lazily; importing bench here at module level is safe.
-from .bench import (
+from ..stats import describe_difference, mean_std, paired_difference
+from .figures import (
+    _grid,
+    curve_value,
+    plot_accuracy,
+    plot_curves,
+    plot_differences,
+    plot_metric,
+    plot_seconds,
+    read_histories,
+)
+from .settings import (
+    BASELINES,
+    DIFF_METRICS,
     METHOD_LABELS,
     METHODS,
+    METRIC_LABELS,
+    METRICS,
+    PERCENT,
+    SETTING_TITLES,
+    _method_order,
+    _ordered_settings,
+    _scale,
     describe_params,
     params_tag,
     sweep_candidates,
 )
-from .bench_store import read_runs
-from .stats import describe_difference, mean_std, paired_difference
-
-SETTING_ORDER = ("transfer", "low-data", "standard", "cross-task", "full")
-SETTING_TITLES = {
-    "transfer": "transfer (headline): n labelled per class + the rest unlabelled",
-    "low-data": "low-data: n labelled per class, nothing else",
-    "standard": "standard: the whole pool labelled",
-    "cross-task": "cross-task: teacher on classes 0-4, student on 5-9",
-    "full": "full: CIFAR-100, RepDistiller recipe",
-}
-METRICS = ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr")
-METRIC_LABELS = {
-    "acc": "top-1 %",
-    "acc_tops": "tops %",
-    "acc_footwear": "footwear %",
-    "kendall_tau": "Kendall tau",
-    "dist_corr": "dist. corr.",
-}
-PERCENT = {"acc", "acc_tops", "acc_footwear"}
-BASELINES = ("ce", "kd")
-DIFF_METRICS = ("acc", "acc_tops", "acc_footwear", "kendall_tau")
-
-
-def _scale(metric: str) -> float:
-    return 100.0 if metric in PERCENT else 1.0
+from .store import (
+    read_runs,
+)
 
 
 def latest_specs(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
@@ -75,15 +72,6 @@ def select_rows(
     """Rows of the given specs (default: the latest spec of each setting)."""
     keep = set(specs) if specs is not None else set(latest_specs(rows).values())
     return [r for r in rows if r["spec"] in keep]
-
-
-def _ordered_settings(rows: Iterable[dict[str, Any]]) -> list[str]:
-    present = {r["setting"] for r in rows}
-    return [s for s in SETTING_ORDER if s in present] + sorted(present - set(SETTING_ORDER))
-
-
-def _method_order(method: str) -> int:
-    return METHODS.index(method) if method in METHODS else len(METHODS)
 
 
 def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -414,185 +402,6 @@ def stdout_summary(rows: Sequence[dict[str, Any]], specs: Iterable[str] | None =
                 f"{_pm(e, 'kendall_tau'):>14}{e['seconds_mean']:>8.1f}"
             )
     return "\n".join(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# Plots (each draws onto a given Axes and returns it)
-# ---------------------------------------------------------------------------------------------
-
-
-def plot_accuracy(summary: Sequence[dict[str, Any]], setting: str, ax: Any) -> Any:
-    """Top-1, tops and footwear accuracy (mean ± std over seeds) per method."""
-    entries = [e for e in summary if e["setting"] == setting and e["status"] != "n/a"]
-    x = list(range(len(entries)))
-    for offset, metric, marker in ((-0.2, "acc", "o"), (0.0, "acc_tops", "s"),
-                                   (0.2, "acc_footwear", "^")):  # fmt: skip
-        means = [100 * e[f"{metric}_mean"] for e in entries]
-        stds = [
-            100 * (0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"]) for e in entries
-        ]
-        ax.errorbar([i + offset for i in x], means, yerr=stds, fmt=marker, capsize=3,
-                    label=METRIC_LABELS[metric])  # fmt: skip
-    ax.set_xticks(x, [e["label"] for e in entries], rotation=45, ha="right")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(setting)
-    ax.grid(axis="y", alpha=0.3)
-    return ax
-
-
-def plot_differences(
-    diffs: Sequence[dict[str, Any]], setting: str, ax: Any, metric: str = "acc"
-) -> Any:
-    """Paired differences against CE and KD with their 95% intervals (horizontal)."""
-    y = 0
-    labels = []
-    for baseline, color in (("ce", "C0"), ("kd", "C1")):
-        chosen = [
-            d for d in diffs
-            if d["setting"] == setting and d["baseline"] == baseline and d["metric"] == metric
-        ]  # fmt: skip
-        for d in chosen:
-            lo = d["mean"] - d["low"] if d["n"] >= 2 else 0.0
-            hi = d["high"] - d["mean"] if d["n"] >= 2 else 0.0
-            ax.errorbar(d["mean"], y, xerr=[[lo], [hi]], fmt="o", color=color, capsize=3)
-            labels.append(
-                f"{METHOD_LABELS.get(d['method'], d['method'])} − {METHOD_LABELS[baseline]}"
-            )
-            y += 1
-    ax.axvline(0.0, color="k", lw=0.8)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.invert_yaxis()
-    unit = "points" if metric in PERCENT else "tau"
-    ax.set_xlabel(f"paired difference, {METRIC_LABELS[metric]} ({unit}), 95% CI")
-    ax.set_title(setting)
-    ax.grid(axis="x", alpha=0.3)
-    return ax
-
-
-def plot_metric(summary: Sequence[dict[str, Any]], setting: str, ax: Any, metric: str) -> Any:
-    """One metric (e.g. Kendall tau) per method, mean ± std over seeds."""
-    entries = [
-        e for e in summary
-        if e["setting"] == setting and e["status"] != "n/a" and not math.isnan(e[f"{metric}_mean"])
-    ]  # fmt: skip
-    k = _scale(metric)
-    x = list(range(len(entries)))
-    ax.bar(
-        x,
-        [k * e[f"{metric}_mean"] for e in entries],
-        yerr=[k * (0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"]) for e in entries],
-        capsize=3,
-        color="C2",
-    )
-    ax.set_xticks(x, [e["label"] for e in entries], rotation=45, ha="right")
-    ax.set_ylabel(METRIC_LABELS[metric])
-    ax.set_title(setting)
-    ax.grid(axis="y", alpha=0.3)
-    return ax
-
-
-CURVE_LABELS = {
-    "eval_acc": "test accuracy (%)",
-    "train_acc": "training accuracy (%, labelled images)",
-}
-
-
-def curve_value(
-    rows: Sequence[dict[str, Any]], histories: dict[str, list[dict[str, float]]], setting: str
-) -> str:
-    """``"eval_acc"`` if the setting's final runs recorded test accuracy per epoch, else
-    ``"train_acc"`` (so a setting without ``curves`` still gets a meaningful panel)."""
-    for r in rows:
-        if r["setting"] == setting and r["phase"] == "final" and r["status"] == "ok":
-            if any(
-                not math.isnan(h.get("eval_acc", math.nan)) for h in histories.get(r["key"], [])
-            ):
-                return "eval_acc"
-    return "train_acc"
-
-
-def read_histories(path: str | Path) -> dict[str, list[dict[str, float]]]:
-    """``histories.csv`` as ``{run key: [epoch records]}``."""
-    path = Path(path)
-    out: dict[str, list[dict[str, float]]] = {}
-    if not path.exists():
-        return out
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            record: dict[str, Any] = {}
-            for k, v in raw.items():
-                if k == "key" or k == "stage":
-                    record[k] = v
-                else:
-                    record[k] = float(v) if v not in ("", None) else math.nan
-            out.setdefault(raw["key"], []).append(record)
-    return out
-
-
-def plot_curves(
-    rows: Sequence[dict[str, Any]],
-    histories: dict[str, list[dict[str, float]]],
-    setting: str,
-    ax: Any,
-    value: str = "eval_acc",
-) -> Any:
-    """Learning curves of the final runs: ``value`` per epoch, mean over seeds, per method.
-
-    ``value`` is a column of ``histories.csv``: ``"eval_acc"`` (test accuracy after each epoch,
-    recorded only in settings with ``curves=True``) or ``"train_acc"`` (accuracy on the labelled
-    training images of each epoch's batches, recorded for every run).
-    """
-    finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
-              and r["status"] == "ok"]  # fmt: skip
-    for i, method in enumerate(sorted({r["method"] for r in finals}, key=_method_order)):
-        curves = [
-            histories[r["key"]] for r in finals if r["method"] == method and r["key"] in histories
-        ]
-        if not curves:
-            continue
-        n = min(len(c) for c in curves)
-        mean = [sum(c[e][value] for c in curves) / len(curves) for e in range(n)]
-        k = 100.0 if value.endswith("acc") else 1.0
-        ax.plot(range(1, n + 1), [k * m for m in mean], label=METHOD_LABELS.get(method, method),
-                color=f"C{i % 10}", ls="-" if i < 10 else "--")  # fmt: skip
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(CURVE_LABELS.get(value, value))
-    ax.set_title(f"{setting}: learning curves (mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    return ax
-
-
-def plot_seconds(summary: Sequence[dict[str, Any]], ax: Any) -> Any:
-    """Training seconds per run, per method and setting (where the time goes)."""
-    settings = _ordered_settings(summary)
-    width = 0.8 / max(1, len(settings))
-    for j, s in enumerate(settings):
-        values = []
-        for method in METHODS:
-            e = next((e for e in summary if e["setting"] == s and e["method"] == method), None)
-            values.append(0.0 if e is None or e["status"] == "n/a" else e["seconds_mean"])
-        ax.bar([i + j * width for i in range(len(METHODS))], values, width, label=s)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(METHODS))],
-                  [METHOD_LABELS[m] for m in METHODS], rotation=45, ha="right")  # fmt: skip
-    ax.set_ylabel("seconds per training run")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return ax
-
-
-def _grid(n: int, width: float = 5.0, height: float = 4.0) -> tuple[Any, Any]:
-    """A figure of ``n`` panels, two per row. Built without pyplot (choice): no GUI backend is
-    touched and nothing stays open; a notebook shows it with ``display(fig)``."""
-    from matplotlib.figure import Figure
-
-    cols = min(n, 2)
-    rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(width * cols, height * rows))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat)
 
 
 def report_figures(rows: Sequence[dict[str, Any]], histories: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """Data-parallel training in which relational losses see the *global* batch.
 
-The problem (notes/peers.md Sec. 2). Under ``DistributedDataParallel`` each process runs the
+The problem (``docs/pitfalls.md``). Under ``DistributedDataParallel`` each process runs the
 model on its own shard of the batch. A pointwise loss (cross-entropy, KD) does not care: the mean
 of the per-shard means is the global mean. A *relational* loss does: RKD's distances and angles,
 RRD's queue, REFILLED's triplets and local classes, any batch mean or batch statistic computed per
 shard relates each sample only to the ``B / W`` samples of its own process, so the loss - and the
 trained model - change with the number of processes ``W``.
 
-The fix, in three pieces (all called by :func:`relkd_tutorial.train.fit`):
+The fix, in three pieces (all called by :func:`relkd_tutorial.training.fit`):
 
 1. Every rank runs the student (wrapped in DDP, :func:`wrap_student`) and the frozen teacher on
    its contiguous slice of the global batch (:class:`~relkd_tutorial.data.TensorLoader` with
@@ -73,7 +73,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .methods import StepInputs
+from ..methods import StepInputs
 
 # ---------------------------------------------------------------------------------------------
 # Process group and rank helpers

@@ -6,7 +6,7 @@ A run is usually stopped from outside: Ctrl-C (``SIGINT``), the stop button of a
 ``KeyboardInterrupt`` at an arbitrary byte code (half-way through an optimizer step) or end the
 process at once; both lose the epoch's work.
 
-While :func:`relkd_tutorial.train.fit` runs, :class:`StopSignals` replaces those two handlers: the
+While :func:`~relkd_tutorial.training.fit` runs, :class:`StopSignals` replaces those two handlers: the
 first signal only *records* the request (and says so on stderr); the loop finishes the current
 step, writes a mid-epoch checkpoint and raises :class:`TrainingInterrupted`, whose message names
 the checkpoint and how to continue. The *same* signal a second time restores the previous handler
@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -113,3 +114,26 @@ class StopSignals:
             # A signal arrived after the loop's last check: delayed to here, never lost.
             self._deliver(self.signum, None)
         self._restore()
+
+
+def _interrupted(
+    signum: int | None, ckpt_path: Path | None, epoch: int, step: int
+) -> TrainingInterrupted:
+    """The exception that ends a run stopped by a signal, with a message that says what next."""
+    signum = int(signum) if signum is not None else int(signal.SIGTERM)  # another rank's signal
+    name = signal.Signals(signum).name
+    where = f"after step {step} of epoch {epoch + 1}" if step else f"after epoch {epoch}"
+    if ckpt_path is None:
+        saved = "no checkpoint_dir was set, so nothing was saved"
+    else:
+        saved = (
+            f"checkpoint written to {ckpt_path}; run the same command with resume=True "
+            "(--resume) to continue exactly where it stopped"
+        )
+    return TrainingInterrupted(
+        f"training stopped by {name} {where}: {saved}",
+        signum,
+        None if ckpt_path is None else str(ckpt_path),
+        epoch,
+        step,
+    )

@@ -4,7 +4,7 @@
         --teacher-checkpoint resnet32x4=ckpt/resnet32x4.pt --teacher-checkpoint wrn_40_2=ckpt/wrn.pt
 
 Two teacher -> student pairs of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020):
-``resnet32x4 -> resnet8x4`` and ``wrn_40_2 -> wrn_16_2``. The recipe (``notes/papers.md`` Sec. 0):
+``resnet32x4 -> resnet8x4`` and ``wrn_40_2 -> wrn_16_2``. The recipe (``docs/benchmark.md``):
 240 epochs of SGD (momentum 0.9, weight decay 5e-4, batch 64), learning rate 0.05 multiplied by
 0.1 at epochs 150, 180 and 210, random 32x32 crop with 4-pixel padding and horizontal flip, the
 RepDistiller normalisation; the reported accuracy is the last epoch's. Because the images are
@@ -13,10 +13,10 @@ defaults (no sweep: 240-epoch trials are too dear), REFILLED splits the 240 epoc
 between its stages (choice), RRD keeps the CIFAR queue of 16384 keys.
 
 Teachers: pass ``--teacher-checkpoint NAME=PATH`` (a ``state_dict`` of our ``build_model(NAME)``,
-or a checkpoint written by :func:`relkd_tutorial.train.fit`), or let the benchmark train the
+or a checkpoint written by :func:`relkd_tutorial.training.fit`), or let the benchmark train the
 teacher first with the same recipe (resumable, checkpointed every epoch under
 ``<out>/teachers/NAME/``). Cost of that on the project's 2-core CPU, from the measured training
-speed of ``notes/environment.md`` (resnet32x4: about 15 images/s, i.e. about 55 minutes per epoch):
+speed on that machine (resnet32x4: about 15 images/s, i.e. about 55 minutes per epoch):
 about 9 days for one teacher, so train it on a GPU (not measured here). The RepDistiller
 checkpoints (``ckpt_epoch_240.pth``) use other parameter names and do not load as they are.
 
@@ -36,14 +36,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import ImageSet, TensorLoader, labelled_subset, load_cifar100
-from .methods import CrossEntropy, build_method
-from .models import build_model
-from .train import TrainConfig, evaluate, fit, seeded
+from ..data import ImageSet, TensorLoader, labelled_subset, load_cifar100
+from ..methods import CrossEntropy, build_method
+from ..models import build_model
+from ..stats import mean_std
+from ..training import TrainConfig, evaluate, fit, seeded
+from .runner import Job, PeakMemory, applicable, evaluate_student, not_applicable_row
+from .settings import METHODS, Setting, _parse_list, params_tag
+from .workspace import Workspace, load_teacher_weights, teacher_fingerprint
 
 #: Top-1 (%) on CIFAR-100 as published: teacher, student (CE), KD, RKD, CRD from the CRD paper's
 #: Table 1 (reproduced in the RepDistiller README); RRD and RRD+KD from the RRD authors' README
-#: (giakoumoglou/distillers, Feb 2025). See ``notes/papers.md`` Sec. 5.
+#: (giakoumoglou/distillers, Feb 2025). See ``docs/benchmark.md``.
 PUBLISHED: dict[str, dict[str, float]] = {
     "resnet32x4->resnet8x4": {
         "teacher": 79.42,
@@ -75,7 +79,7 @@ RRD_QUEUE_CIFAR = 16384
 def recipe_config(
     epochs: int = RECIPE_EPOCHS, device: str = "auto", amp: str = "off", seed: int = 0
 ) -> TrainConfig:
-    """The RepDistiller schedule as a :class:`~relkd_tutorial.train.TrainConfig`.
+    """The RepDistiller schedule as a :class:`~relkd_tutorial.training.TrainConfig`.
 
     The decay epochs are stored as fractions of the run (150/240, 180/240, 210/240), so a
     shortened run (``epochs < 240``) keeps the same shape.
@@ -169,7 +173,6 @@ def build_full_plan(
     epochs: int = RECIPE_EPOCHS,
 ) -> list[FullPlan]:
     """The full setting's plan (nothing is loaded or trained)."""
-    from .bench import METHODS
 
     pairs = list(FULL_PAIRS) if pairs is None else pairs
     unknown = [p for p in pairs if p not in PUBLISHED]
@@ -195,7 +198,6 @@ def build_full_plan(
 
 
 def _plan_from_args(args: argparse.Namespace) -> list[FullPlan]:
-    from .bench import METHODS, _parse_list
 
     pairs = list(FULL_PAIRS) if args.pairs is None else _parse_list(args.pairs, FULL_PAIRS, "pairs")
     seeds = (0, 1, 2) if args.seeds is None else tuple(int(s) for s in args.seeds.split(","))
@@ -234,7 +236,6 @@ def load_or_train_teacher(
     log: Any = print,
 ) -> nn.Module:
     """The pair's CIFAR teacher: from ``plan.teacher_checkpoint``, a cached file, or trained now."""
-    from .bench import load_teacher_weights
 
     model = build_model(plan.teacher, plan.num_classes, 3, seed=0)
     cached = out_dir / "teachers" / f"{plan.teacher}.pt"
@@ -268,15 +269,6 @@ def run_full(
 
     Returns the specs (configuration fingerprints) of the pairs, for the summary.
     """
-    from .bench import (
-        Job,
-        Setting,
-        Workspace,
-        applicable,
-        not_applicable_row,
-        params_tag,
-        teacher_fingerprint,
-    )
 
     train, test = load_cifar100(args.data_root)
     if args.pool_per_class is not None:  # a smoke test on a few images per class
@@ -326,7 +318,6 @@ def run_full(
 def _run_full_job(
     job: Any, plan: FullPlan, ws: Any, amp: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from .bench import PeakMemory, evaluate_student
 
     student = build_model(plan.student, plan.num_classes, 3, seed=job.seed)
     with seeded(job.seed):
@@ -361,7 +352,6 @@ def _run_full_job(
 
 
 def _print_beside_published(plan: FullPlan, rows: list[dict[str, Any]], spec: str) -> None:
-    from .stats import mean_std
 
     print(f"\n{plan.pair}: ours (last epoch, mean ± std over seeds) vs published")
     if plan.epochs != RECIPE_EPOCHS:

@@ -1,0 +1,38 @@
+"""The benchmark: every method on the same teacher, data, schedule and seeds (see :mod:`.cli`).
+
+    python -m relkd_tutorial.bench            # or the ``relkd-bench`` script
+
+Modules; the arrows point from a module to those it imports, never back:
+
+    cli -> report -> figures -> settings        settings: methods, defaults, sweep, settings, labels
+    cli -> full -> runner -> workspace -> settings    store: runs.csv, histories.csv, meta.json
+    runner -> store, report -> store            workspace: splits, the teacher, its cached outputs
+                                                runner: one run, a setting's runs
+"""
+
+from .cli import main
+from .settings import (
+    DEFAULT_SETTINGS,
+    METHOD_LABELS,
+    METHODS,
+    PAPER_DEFAULTS,
+    Setting,
+    default_settings,
+    describe_params,
+)
+from .store import ResultStore, read_runs
+from .workspace import teacher_fingerprint
+
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "METHODS",
+    "METHOD_LABELS",
+    "PAPER_DEFAULTS",
+    "ResultStore",
+    "Setting",
+    "default_settings",
+    "describe_params",
+    "main",
+    "read_runs",
+    "teacher_fingerprint",
+]

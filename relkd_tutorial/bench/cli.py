@@ -1,0 +1,344 @@
+"""The benchmark: every method on the same teacher, data, schedule and seeds, with honest statistics.
+
+    python -m relkd_tutorial.bench                        # the main job (cpu preset, ~10-15 min)
+    python -m relkd_tutorial.bench --preset large         # the bigger sizes (about an hour or more)
+    RELKD_FAST=1 python -m relkd_tutorial.bench           # fast mode (CI, a few minutes)
+    python -m relkd_tutorial.bench --settings cross-task  # one setting (see --help)
+
+What is compared. CE (no teacher), Hinton KD, RKD, RRD, RRD+KD, REFILLED, GRKD, GRKD+KD and the
+two ranking variants (soft pairwise, listwise) train the same student (``student_cnn_s``, about 6k
+parameters) against the same frozen teacher (the shipped ``teacher_cnn``), on the same data, with
+the same optimiser, schedule and number of epochs, for the same seeds. Seed ``s`` fixes the
+labelled subset, the student's initialisation, the batch order and any learnable head, so runs of
+two methods with the same seed are *paired* (:mod:`relkd_tutorial.stats`).
+
+Settings (Fashion-MNIST, the shipped 10k/2k subset; a stratified validation split of
+``val_per_class`` images per class is carved out of the training set first and is never trained
+on). ``transfer``, ``low-data`` and ``standard`` run by default (:data:`DEFAULT_SETTINGS`);
+``cross-task`` and ``full`` are opt-in (``--settings``):
+
+- ``transfer`` (headline): ``n`` labelled images per class, the rest of the training pool kept
+  *unlabelled* (label ``-1``): cross-entropy on the labelled images, the distillation terms on all.
+- ``low-data``: the same ``n`` labelled images per class and nothing else.
+- ``standard``: the whole pool labelled, trained long enough to converge; learning curves are
+  saved (a short schedule measures convergence speed, not distillation).
+- ``cross-task``: REFILLED's generalized setting. A 5-class teacher trained once on classes 0-4 of
+  the pool (cached in the output folder) teaches a student on classes 5-9 (transfer-style labels).
+  Methods that read the teacher's *logits* need shared classes and are reported as n/a.
+- ``full`` (GPU): CIFAR-100 with the RepDistiller recipe, see :mod:`relkd_tutorial.bench.full`.
+
+Fine-grained accuracy on the confusable groups (tops {0, 2, 4, 6}, footwear {5, 7, 9}) is reported
+beside top-1 in every setting (a group with fewer than two of the student's classes is n/a).
+
+Per run: test top-1, group accuracies, relational fidelity (mean Kendall tau between the teacher's
+and the student's class rankings per test image: "did the ranking transfer"; and the Pearson
+correlation of their pairwise feature-distance matrices on a fixed stratified test batch), the
+training wall time and the peak memory.
+
+Sizes (``--preset``, see :func:`default_settings`): ``cpu`` (the default on a CPU) is sized so
+the main job finishes in about 10-15 minutes on a quiet 2-core CPU with one torch thread: a
+3,000-image pool, every method at its paper defaults, a few seeds. ``large`` (the default on a
+GPU) is the bigger configuration: the whole 9,000-image pool, longer schedules, five seeds and the
+hyperparameter sweep. On a CPU the benchmark uses one torch thread unless ``--threads`` says
+otherwise (the small students gain nothing from a second thread, and the machine stays usable).
+
+Hyperparameters (choice, an equal budget; on by default in the ``large`` preset, opt-in with
+``--sweep`` in the ``cpu`` preset): each distillation method gets :data:`SWEEP_TRIALS`
+trials on the first seed, scored by top-1 on the *validation* split; the best trial (ties go to the
+paper default) then runs on every seed and is reported. One-knob methods scale their main weight by
+``1/3, 1, 3, 10`` around the paper default; GRKD and GRKD+KD spend the same four trials on their
+weight (``1, 3, 10``) and temperature (``tau = 2`` at weight 3). Published defaults are in
+:data:`PAPER_DEFAULTS` (their sources: the method pages indexed by ``docs/README.md``).
+
+Speed: the student trains without augmentation against the teacher's outputs precomputed once per
+image set and looked up by sample index (:class:`~relkd_tutorial.teacher.TeacherCache`), from the
+on-device :class:`~relkd_tutorial.data.TensorLoader`.
+
+Resume: every finished run is appended to ``<out>/runs.csv`` (and its per-epoch history to
+``histories.csv``) at once; re-running the same command skips the runs already there, so an
+interruption loses at most the run in progress. A run's key holds a fingerprint of its setting
+(data sizes, schedule, student, teacher weights), so results of a different configuration are
+never mixed in. The report (``results.md``, ``summary.csv``, ``differences.csv``, PNG plots) is
+rebuilt from ``runs.csv`` at the end of every invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..fastmode import fast_mode
+from ..training import resolve_device
+from . import report
+from .full import describe_full_plan, run_full
+from .runner import (
+    Progress,
+    _clock,
+    plan_counts,
+    run_setting,
+)
+from .settings import (
+    ALL_SETTINGS,
+    DEFAULT_SETTINGS,
+    METHODS,
+    PRESETS,
+    Setting,
+    _parse_list,
+    default_settings,
+)
+from .store import (
+    ResultStore,
+    record_invocation,
+)
+from .workspace import (
+    Workspace,
+    build_workspace,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m relkd_tutorial.bench",
+        description=(
+            "Benchmark CE, KD, RKD, RRD, RRD+KD, REFILLED, GRKD, GRKD+KD and two ranking losses on "
+            "the same teacher, data, schedule and seeds; writes runs.csv, summary.csv, "
+            "differences.csv, results.md and PNG plots to --out, and resumes from them."
+        ),
+    )
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help=f"comma-separated, from {list(ALL_SETTINGS)} or 'all' (default: "
+        f"{','.join(DEFAULT_SETTINGS)}; 'cross-task' is opt-in, 'full' needs a GPU)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="sizes: 'cpu' (3,000-image pool, paper defaults, a few seeds: ~10-15 min on a quiet "
+        "2-core CPU) or 'large' (9,000-image pool, longer schedules, 5 seeds, the sweep); "
+        "default: cpu on a CPU, large on a GPU. Fast mode overrides both.",
+    )
+    parser.add_argument("--methods", default="all", help=f"comma-separated from {list(METHODS)}")
+    parser.add_argument("--seeds", default=None, help="comma-separated ints (default: per setting)")
+    parser.add_argument("--out", default=None, help="results folder (default runs/bench[-fast])")
+    fast = parser.add_mutually_exclusive_group()
+    fast.add_argument("--fast", dest="fast", action="store_true", default=None,
+                      help="fast mode (default: on when RELKD_FAST=1 or CI=true)")  # fmt: skip
+    fast.add_argument("--no-fast", dest="fast", action="store_false")
+    sweep = parser.add_mutually_exclusive_group()
+    sweep.add_argument("--sweep", dest="sweep", action="store_true", default=None,
+                       help="run the sweep (default: on in the large preset, off in the cpu "
+                       "preset and in fast mode)")  # fmt: skip
+    sweep.add_argument("--no-sweep", dest="sweep", action="store_false",
+                       help="every method at its paper defaults")  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=None, help="override every setting's epochs")
+    parser.add_argument("--pool-per-class", type=int, default=None,
+                        help="shrink the training pool to this many images per class")  # fmt: skip
+    parser.add_argument("--labelled-per-class", type=int, default=None,
+                        help="override n, the labelled images per class")  # fmt: skip
+    parser.add_argument("--student", default=None, help="student architecture (student_cnn_s)")
+    parser.add_argument("--teacher", default=None,
+                        help="teacher_cnn weights to use instead of the shipped teacher")  # fmt: skip
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: 1 on a CPU, torch's own on a GPU)")  # fmt: skip
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild tables and plots from --out without training")  # fmt: skip
+    parser.add_argument("--plan", action="store_true", help="print the runs and exit")
+    parser.add_argument("--no-plots", action="store_true")
+    # full (CIFAR-100) options, see relkd_tutorial.bench.full
+    parser.add_argument("--pairs", default=None, help="full: teacher->student pairs")
+    parser.add_argument("--teacher-checkpoint", action="append", default=[],
+                        help="full: NAME=PATH of a trained CIFAR teacher (repeatable)")  # fmt: skip
+    parser.add_argument("--data-root", default=None, help="full: folder with cifar-100-python/")
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    return parser
+
+
+def default_preset(device: torch.device | str) -> str:
+    """``"cpu"`` on a CPU (or Apple MPS), ``"large"`` on a CUDA GPU."""
+    return "large" if torch.device(device).type == "cuda" else "cpu"
+
+
+def default_threads(device: torch.device | str, threads: int | None) -> int | None:
+    """Torch threads to set: ``threads`` if given, else 1 on a CPU, else ``None`` (leave as is)."""
+    if threads is not None:
+        return threads
+    return 1 if torch.device(device).type == "cpu" else None
+
+
+def configure(
+    args: argparse.Namespace, device: torch.device | str = "cpu"
+) -> tuple[bool, dict[str, Setting], list[str]]:
+    """``(fast, settings to run, methods)`` from the parsed arguments.
+
+    ``args.preset`` (``None``: :func:`default_preset` of ``device``) picks the sizes; fast mode
+    overrides the preset; explicit flags (``--seeds``, ``--epochs``, ...) override both.
+    """
+    fast = fast_mode() if args.fast is None else bool(args.fast)
+    preset = args.preset or default_preset(device)
+    names = (
+        list(DEFAULT_SETTINGS)
+        if args.settings is None
+        else _parse_list(args.settings, ALL_SETTINGS, "settings")
+    )
+    methods = _parse_list(args.methods, METHODS, "methods")
+    base = default_settings(fast, preset)
+    settings: dict[str, Setting] = {}
+    for name in names:
+        if name == "full":
+            continue
+        s = base[name]
+        changes: dict[str, Any] = {}
+        if args.seeds is not None:
+            changes["seeds"] = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+            if not changes["seeds"]:
+                raise SystemExit("--seeds needs at least one seed")
+        if args.sweep is not None:
+            changes["sweep"] = bool(args.sweep)
+        if args.epochs is not None:
+            changes["epochs"] = args.epochs
+        if args.pool_per_class is not None:
+            changes["pool_per_class"] = args.pool_per_class
+        if args.labelled_per_class is not None and s.labelled_per_class is not None:
+            changes["labelled_per_class"] = args.labelled_per_class
+        if args.student is not None:
+            changes["student"] = args.student
+        s = replace(s, **changes)
+        if (
+            s.labelled_per_class is not None
+            and s.pool_per_class is not None
+            and s.labelled_per_class > s.pool_per_class
+        ):
+            raise SystemExit(
+                f"{name}: {s.labelled_per_class} labelled images per class do not fit in a pool "
+                f"of {s.pool_per_class} per class; lower --labelled-per-class"
+            )
+        settings[name] = s
+    return fast, settings, methods
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``relkd-bench`` / ``python -m relkd_tutorial.bench`` command."""
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    threads = default_threads(device, args.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    fast, settings, methods = configure(args, device)
+    preset = args.preset or default_preset(device)
+    out_dir = Path(args.out or ("runs/bench-fast" if fast else "runs/bench"))
+    names = list(settings)
+    want_full = args.settings is not None and "full" in _parse_list(
+        args.settings, ALL_SETTINGS, "settings"
+    )
+    command = " ".join(["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])])
+    mode = "fast mode" if fast else f"default mode, {preset} preset"
+
+    if args.plan:
+        print(f"{mode}, {torch.get_num_threads()} torch thread(s)")
+        for name, s in settings.items():
+            print(f"{name}: {s}")
+            print(f"  up to {plan_counts(s, methods)} training runs")
+        if want_full:
+            print(describe_full_plan(args))
+        return 0
+
+    store = ResultStore(out_dir)
+    if args.report_only:
+        report.write_report(out_dir, plots=not args.no_plots)
+        print(report.stdout_summary(store.rows()))
+        return 0
+
+    started = time.time()
+    tic = time.perf_counter()
+    load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(
+        f"relkd_tutorial benchmark, {mode}: settings {', '.join(names) or '-'}"
+        f"{' + full' if want_full else ''}; methods {', '.join(methods)}; device {device}, "
+        f"{torch.get_num_threads()} threads; results in {out_dir}/",
+        flush=True,
+    )
+    workspaces: list[Workspace] = []
+    for name in names:
+        ws = build_workspace(settings[name], out_dir, device, args.teacher)
+        workspaces.append(ws)
+    total = sum(plan_counts(ws.setting, methods, ws) for ws in workspaces)
+    specs = {ws.spec for ws in workspaces}
+    done_before = sum(
+        1
+        for r in store.rows()
+        if r["spec"] in specs and r["status"] != "n/a" and r["method"] in methods
+    )
+    progress = Progress(total=total, done=min(done_before, total))
+    if done_before:
+        print(
+            f"resuming: {done_before} of these runs are already in {store.runs_path}; skipped",
+            flush=True,
+        )
+    try:
+        for ws in workspaces:
+            s = ws.setting
+            print(
+                f"-- {s.name}: {len(ws.train_set(s.seeds[0]))} training images "
+                f"({'all' if s.labelled_per_class is None else s.labelled_per_class} labelled per "
+                f"class), {s.epochs} epochs, seeds {list(s.seeds)}, "
+                f"{'sweep on the validation split' if s.sweep else 'paper defaults (no sweep)'}",
+                flush=True,
+            )
+            run_setting(ws, methods, store, progress)
+        if want_full:
+            specs |= set(run_full(args, store, device, progress))
+    except KeyboardInterrupt as err:  # Ctrl-C, or TrainingInterrupted from fit (SIGINT/SIGTERM)
+        print(
+            f"\nstopped: the {progress.trained} runs finished by this invocation are kept in "
+            f"{store.runs_path} (the run in progress is lost); run the same command again to "
+            "resume where it stopped",
+            file=sys.stderr,
+            flush=True,
+        )
+        return int(getattr(err, "exit_code", 130))
+    wall = time.perf_counter() - tic
+    record_invocation(
+        out_dir,
+        {
+            "command": command,
+            "mode": "fast" if fast else "default",
+            "preset": None if fast else preset,
+            "settings": {name: asdict(s) for name, s in settings.items()},
+            "methods": methods,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "wall_seconds": round(wall, 1),
+            "runs_trained": progress.trained,
+            "teacher_cache_seconds": round(sum(ws.cache_seconds for ws in workspaces), 1),
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+    )
+    report.write_report(out_dir, plots=not args.no_plots)
+    print(report.stdout_summary(store.rows(), specs=specs))
+    print(
+        f"{progress.trained} runs trained in {_clock(wall)}; tables, plots and meta.json in {out_dir}/",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

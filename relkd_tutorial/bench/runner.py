@@ -1,0 +1,416 @@
+"""One benchmark run (:func:`run_job`) and the runs of a setting (:func:`run_setting`).
+
+A run trains one student with one method at one seed against the workspace's cached teacher
+outputs, measures it (:func:`evaluate_student`: top-1, group accuracies, Kendall tau, distance
+correlation), its time and its peak memory (:class:`PeakMemory`), and returns a row for
+``runs.csv``; the sweep chooses each method's trial on the validation split first
+(:func:`choose_params`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import (
+    ImageSet,
+    TensorLoader,
+    sample_per_class,
+)
+from ..methods import build_method
+from ..metrics import (
+    FASHION_MNIST_GROUPS,
+    accuracy,
+    collect_outputs,
+    distance_matrix_correlation,
+    group_accuracy,
+    kendall_tau,
+)
+from ..models import build_model
+from ..training import TrainConfig, fit, seeded
+from .settings import (
+    METHOD_LABELS,
+    MULTI_STAGE,
+    NEEDS_SHARED_CLASSES,
+    Setting,
+    describe_params,
+    params_tag,
+    sweep_candidates,
+)
+from .store import (
+    NUMERIC_COLUMNS,
+    ResultStore,
+)
+from .workspace import (
+    Workspace,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory of a run
+# ---------------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class PeakMemory:
+    """Peak memory of a block, in MiB: CUDA's peak allocation, or the CPU's resident-set peak.
+
+    On CUDA: ``torch.cuda.max_memory_allocated`` after a reset (exact). On CPU (choice): a thread
+    samples the process's resident set size every ``interval`` seconds (Linux ``/proc``) and the
+    result is the peak minus the size at the start, i.e. what the block added at its worst. It
+    includes allocator slack and misses peaks shorter than the interval; ``nan`` where ``/proc``
+    is missing.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.005) -> None:
+        self.device = device
+        self.interval = interval
+        self.mib = math.nan
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start = 0
+        self._peak = 0
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = _rss_bytes()
+            if rss is not None:
+                self._peak = max(self._peak, rss)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        start = _rss_bytes()
+        if start is not None:
+            self._start = self._peak = start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.mib = (peak - self._start) / 2**20
+            return
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            rss = _rss_bytes()
+            if rss is not None:
+                self._peak = max(self._peak, rss)
+            self.mib = (self._peak - self._start) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------
+
+DIST_CORR_PER_CLASS = 50  # the fixed test batch for the distance correlation: 50 images per class
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run: a method with its hyperparameter overrides, a seed, a phase.
+
+    ``phase="sweep"`` runs score the validation split; ``phase="final"`` runs the test set.
+    """
+
+    setting: str
+    phase: str
+    method: str
+    params: dict[str, float]
+    seed: int
+
+    def key(self, spec: str) -> str:
+        return "|".join(
+            [self.setting, spec, self.phase, self.method, params_tag(self.params), str(self.seed)]
+        )
+
+
+def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train: int) -> dict:
+    """Constructor arguments: the setting-dependent sizes plus the trial's overrides.
+
+    RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice: the CIFAR 16384 is larger
+    than these training sets, and ``K <= N`` keeps each image once; ``docs/rrd.md``). REFILLED gets
+    the student's class count.
+    """
+    kwargs: dict[str, Any] = {}
+    if method in ("rrd", "rrd_kd"):
+        student_dim = build_model(ws.setting.student, ws.num_classes, 1).feature_dim
+        teacher_dim = int(ws.teacher_cache(ws.test).features.shape[1])
+        kwargs.update(
+            student_dim=student_dim, teacher_dim=teacher_dim, queue_size=min(4096, n_train)
+        )
+    if method == "refilled":
+        kwargs["num_classes"] = ws.num_classes
+    kwargs.update(params)
+    return kwargs
+
+
+def student_config(setting: Setting, seed: int, device: torch.device) -> TrainConfig:
+    """The one schedule every method trains with in a setting."""
+    return TrainConfig(
+        epochs=setting.epochs,
+        optimizer="sgd",
+        lr=setting.lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        schedule="cosine",
+        device=str(device),
+        seed=seed,
+        progress=False,
+    )
+
+
+def evaluate_student(
+    student: nn.Module, data: ImageSet, ws: Workspace, seed_batch: int = DIST_CORR_PER_CLASS
+) -> dict[str, float]:
+    """Top-1, group accuracies, mean Kendall tau and distance correlation on ``data``."""
+    loader = TensorLoader.for_evaluation(data, 1000, device=ws.device)
+    out = collect_outputs(student, loader)
+    teacher = ws.teacher_cache(data)
+    result = {"acc": accuracy(out.logits, out.labels)}
+    for name in FASHION_MNIST_GROUPS:
+        group = ws.groups.get(name)
+        result[f"acc_{name}"] = group_accuracy(out.logits, out.labels, group) if group else math.nan
+    if ws.shared_classes:
+        tau = kendall_tau(teacher.logits.cpu(), out.logits)
+        result["kendall_tau"] = float(tau.nanmean())
+    else:
+        result["kendall_tau"] = math.nan
+    per_class = min(seed_batch, int(data.class_counts().min()))
+    rows = sample_per_class(data.labels, per_class, seed=0, num_classes=data.num_classes)
+    result["dist_corr"] = distance_matrix_correlation(
+        teacher.features.cpu()[rows], out.features[rows]
+    )
+    return result
+
+
+def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one student and measure it; returns ``(row, per-epoch history)``.
+
+    A run whose loss or weights become NaN/inf (``FloatingPointError`` from the loop) is a result,
+    not a crash: status ``"diverged"``, metrics NaN.
+    """
+    setting = ws.setting
+    train = ws.train_set(job.seed)
+    eval_set = ws.val if job.phase == "sweep" else ws.test
+    n_labelled = int((train.labels >= 0).sum())
+    row: dict[str, Any] = {
+        "key": job.key(ws.spec),
+        "setting": job.setting,
+        "spec": ws.spec,
+        "phase": job.phase,
+        "method": job.method,
+        "params": params_tag(job.params),
+        "seed": job.seed,
+        "eval_split": "val" if job.phase == "sweep" else "test",
+        "epochs": setting.epochs,
+        "n_train": len(train),
+        "n_labelled": n_labelled,
+        "note": "",
+    }
+    cache = ws.teacher_cache(train)
+    eval_loader = (
+        TensorLoader.for_evaluation(eval_set, 1000, device=ws.device) if setting.curves else None
+    )
+    student = build_model(setting.student, ws.num_classes, 1, seed=job.seed)
+    with seeded(job.seed):
+        method = build_method(job.method, **method_kwargs(job.method, job.params, ws, len(train)))
+    loader = TensorLoader(train, setting.batch_size, augment=False, seed=job.seed, device=ws.device)
+    history: list[dict[str, Any]] = []
+    tic = time.perf_counter()
+    with PeakMemory(ws.device) as memory:
+        try:
+            history = fit(
+                student,
+                method,
+                loader,
+                student_config(setting, job.seed, ws.device),
+                teacher=cache,
+                eval_loader=eval_loader,
+            )
+            row["status"] = "ok"
+        except FloatingPointError as err:
+            row["status"] = "diverged"
+            row["note"] = str(err).split(";")[0][:160]
+    row["seconds"] = time.perf_counter() - tic
+    row["peak_mem_mb"] = memory.mib
+    row["load1"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+    if row["status"] == "ok":
+        row.update(evaluate_student(student, eval_set, ws))
+        row["train_acc"] = history[-1].get("train_acc", math.nan) if history else math.nan
+    else:
+        for k in ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc"):
+            row[k] = math.nan
+    return row, history
+
+
+def not_applicable_row(setting: str, spec: str, method: str, reason: str) -> dict[str, Any]:
+    """The row recorded for a method that cannot run in a setting (no training)."""
+    row = {c: math.nan for c in NUMERIC_COLUMNS}
+    row.update(
+        key="|".join([setting, spec, "final", method, "n/a", ""]),
+        setting=setting,
+        spec=spec,
+        phase="final",
+        method=method,
+        params="",
+        seed="",
+        status="n/a",
+        eval_split="test",
+        epochs="",
+        n_train="",
+        n_labelled="",
+        note=reason,
+    )
+    return row
+
+
+def applicable(method: str, ws: Workspace) -> str | None:
+    """``None`` if ``method`` can run in ``ws``'s setting, else the reason it cannot."""
+    if not ws.shared_classes and method in NEEDS_SHARED_CLASSES:
+        return NEEDS_SHARED_CLASSES[method]
+    stages = MULTI_STAGE.get(method, 1)
+    if ws.setting.epochs < stages:
+        return f"trains in {stages} stages, so it needs at least {stages} epochs"
+    return None
+
+
+def choose_params(rows: Iterable[dict[str, Any]], setting: str, spec: str, method: str) -> dict:
+    """The sweep's winner: the best validation top-1 among ``method``'s sweep runs.
+
+    Candidates are compared in :func:`sweep_candidates` order with a strict ``>``, so a tie goes
+    to the earlier candidate (the paper default first). Diverged trials never win.
+    """
+    scores = {
+        r["params"]: r["acc"]
+        for r in rows
+        if r["setting"] == setting
+        and r["spec"] == spec
+        and r["phase"] == "sweep"
+        and r["method"] == method
+        and r["status"] == "ok"
+        and not math.isnan(r["acc"])
+    }
+    best, best_acc = {}, -math.inf
+    for candidate in sweep_candidates(method):
+        acc = scores.get(params_tag(candidate))
+        if acc is not None and acc > best_acc:
+            best, best_acc = candidate, acc
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """One line per run: ``[ 12/86] transfer final grkd (grkd_weight=3) seed 2: ...``."""
+
+    total: int
+    stream: Any = None
+    done: int = 0
+    trained: int = 0  # runs trained by this invocation
+    started: float = field(default_factory=time.perf_counter)
+
+    def line(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def run(self, job: Job, row: dict[str, Any]) -> None:
+        self.done += 1
+        self.trained += 1
+        width = len(str(self.total))
+        elapsed = time.perf_counter() - self.started
+        split = row.get("eval_split", "test")
+        if row["status"] == "ok":
+            tau = row.get("kendall_tau", math.nan)
+            tau_text = "" if math.isnan(tau) else f"  tau {tau:.3f}"
+            result = f"{split} acc {100 * row['acc']:.2f}%{tau_text}"
+        else:
+            result = row["status"]
+        self.line(
+            f"[{self.done:>{width}}/{self.total}] {job.setting} {job.phase} "
+            f"{METHOD_LABELS[job.method]} ({describe_params(job.params)}) seed {job.seed}: "
+            f"{result}  {row['seconds']:.1f} s  (elapsed {_clock(elapsed)})"
+        )
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s"
+
+
+def plan_counts(setting: Setting, methods: Sequence[str], ws: Workspace | None = None) -> int:
+    """Number of training runs a setting needs (sweep + final; n/a methods excluded)."""
+    runnable = [m for m in methods if ws is None or applicable(m, ws) is None]
+    sweep = sum(len(sweep_candidates(m)) for m in runnable if m != "ce") if setting.sweep else 0
+    # the sweep's default trial on the first seed is not the same run as the final one (val vs
+    # test split), so nothing is shared
+    return sweep + len(runnable) * len(setting.seeds)
+
+
+def run_setting(
+    ws: Workspace,
+    methods: Sequence[str],
+    store: ResultStore,
+    progress: Progress,
+) -> None:
+    """Sweep (first seed, validation split), then the chosen trial of every method on every seed."""
+    setting = ws.setting
+    done = store.done()
+    for method in methods:
+        reason = applicable(method, ws)
+        if reason is not None:
+            row = not_applicable_row(setting.name, ws.spec, method, reason)
+            if row["key"] not in done:
+                store.append(row)
+            continue
+    runnable = [m for m in methods if applicable(m, ws) is None]
+    if setting.sweep:
+        for method in runnable:
+            if method == "ce":
+                continue
+            for params in sweep_candidates(method):
+                _run_or_skip(Job(setting.name, "sweep", method, params, setting.seeds[0]), ws,
+                             store, done, progress)  # fmt: skip
+    rows = store.rows()
+    for method in runnable:
+        params = choose_params(rows, setting.name, ws.spec, method) if setting.sweep else {}
+        for seed in setting.seeds:
+            _run_or_skip(
+                Job(setting.name, "final", method, params, seed), ws, store, done, progress
+            )
+
+
+def _run_or_skip(
+    job: Job, ws: Workspace, store: ResultStore, done: set[str], progress: Progress
+) -> None:
+    if job.key(ws.spec) in done:
+        return
+    row, history = run_job(job, ws)
+    store.append(row, history)
+    done.add(row["key"])
+    progress.run(job, row)

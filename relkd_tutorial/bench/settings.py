@@ -1,0 +1,290 @@
+"""What the benchmark compares: methods, their defaults and sweep, settings, the report's labels.
+
+Nothing here trains or reads a file: the names, the paper defaults (:data:`PAPER_DEFAULTS`), the
+sweep's trials (:func:`sweep_candidates`), the Fashion-MNIST settings and their sizes
+(:class:`Setting`, :func:`default_settings`), the command line's list parser, and the orders and
+labels the report and its figures share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------
+# Methods: names, labels, paper defaults, the sweep
+# ---------------------------------------------------------------------------------------------
+
+METHODS: tuple[str, ...] = (
+    "ce",
+    "kd",
+    "rkd",
+    "rrd",
+    "rrd_kd",
+    "refilled",
+    "grkd",
+    "grkd_kd",
+    "rank_soft",
+    "rank_listwise",
+)
+
+METHOD_LABELS: dict[str, str] = {
+    "ce": "CE",
+    "kd": "KD",
+    "rkd": "RKD",
+    "rrd": "RRD",
+    "rrd_kd": "RRD+KD",
+    "refilled": "REFILLED",
+    "grkd": "GRKD",
+    "grkd_kd": "GRKD+KD",
+    "rank_soft": "Rank-soft",
+    "rank_listwise": "Rank-listwise",
+}
+
+#: The published (or our, where a paper is silent) defaults each method runs at, and where they
+#: come from (``docs/benchmark.md``). The loss weights
+#: are the constructor defaults of :mod:`relkd_tutorial.methods`; listed here for the report.
+PAPER_DEFAULTS: dict[str, tuple[dict[str, float], str]] = {
+    "ce": ({}, "plain cross-entropy"),
+    "kd": ({"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}, "CRD/RepDistiller KD"),
+    "rkd": ({"distance_weight": 25.0, "angle_weight": 50.0}, "RepDistiller RKD (CE + 25 D + 50 A)"),
+    "rrd": ({"rrd_weight": 1.0, "tau_s": 0.04, "tau_t": 0.10}, "RRD code (Sept 2024)"),
+    "rrd_kd": ({"rrd_weight": 1.0, "kd_weight": 1.0}, "RRD README (RRD+KD)"),
+    "refilled": ({"lambda1": 1000.0, "lambda2": 100.0, "tau2": 2.0}, "REFILLED code"),
+    "grkd": ({"grkd_weight": 1.0, "temperature": 1.0}, "docs/grkd.md (paper silent)"),
+    "grkd_kd": ({"grkd_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0}, "docs/grkd.md"),
+    "rank_soft": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
+    "rank_listwise": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
+}
+
+#: Methods that read the teacher's logits, so they need the teacher and the student to share
+#: their classes; in the cross-task setting they are n/a, for this reason.
+NEEDS_SHARED_CLASSES: dict[str, str] = {
+    "kd": "matches the teacher's class distribution; the teacher has none of the student's classes",
+    "rrd_kd": "its KD term needs the teacher's logits over the student's classes (RRD alone runs)",
+    "grkd": "ranks the student's classes by the teacher's logits; the teacher has none of them",
+    "grkd_kd": "ranks and matches the teacher's logits; the teacher has none of the student's classes",
+    "rank_soft": "ranks the teacher's logits; the teacher has none of the student's classes",
+    "rank_listwise": "ranks the teacher's logits; the teacher has none of the student's classes",
+}
+
+#: Methods trained in several stages (REFILLED: embedding, then classifier) and their count.
+MULTI_STAGE: dict[str, int] = {"refilled": 2}
+
+SWEEP_TRIALS = 4
+_WEIGHT_SCALES = (1.0, 1.0 / 3.0, 3.0, 10.0)  # the default first: ties go to it
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def sweep_candidates(method: str) -> list[dict[str, float]]:
+    """The hyperparameter trials of a method: overrides of its defaults, the default (``{}``) first.
+
+    Every distillation method gets :data:`SWEEP_TRIALS` trials (CE has no knob: one trial).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    if method == "ce":
+        return [{}]
+    if method in ("grkd", "grkd_kd"):
+        return [
+            {},
+            {"grkd_weight": 3.0},
+            {"grkd_weight": 10.0},
+            {"grkd_weight": 3.0, "temperature": 2.0},
+        ]
+    knobs = {
+        "kd": {"kd_weight": 0.9},
+        "rkd": {"distance_weight": 25.0, "angle_weight": 50.0},
+        "rrd": {"rrd_weight": 1.0},
+        "rrd_kd": {"rrd_weight": 1.0},
+        "refilled": {"lambda2": 100.0},
+        "rank_soft": {"rank_weight": 1.0},
+        "rank_listwise": {"rank_weight": 1.0},
+    }[method]
+    out: list[dict[str, float]] = []
+    for scale in _WEIGHT_SCALES:
+        out.append({} if scale == 1.0 else {k: _round(v * scale) for k, v in knobs.items()})
+    return out
+
+
+def params_tag(params: dict[str, float]) -> str:
+    """Canonical text of a trial's overrides (``"{}"`` for the paper defaults)."""
+    return json.dumps({k: params[k] for k in sorted(params)}, separators=(",", ":"))
+
+
+def describe_params(params: dict[str, float] | str) -> str:
+    """Short human form: ``"defaults"`` or ``"grkd_weight=3, temperature=2"``."""
+    if isinstance(params, str):
+        params = json.loads(params) if params else {}
+    if not params:
+        return "defaults"
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(params.items()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+FASHION_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard", "cross-task")
+ALL_SETTINGS: tuple[str, ...] = (*FASHION_SETTINGS, "full")
+DEFAULT_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard")
+PRESETS: tuple[str, ...] = ("cpu", "large")
+CROSS_TASK_TEACHER_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4)
+CROSS_TASK_STUDENT_CLASSES: tuple[int, ...] = (5, 6, 7, 8, 9)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark setting on the shipped Fashion-MNIST subset.
+
+    Attributes:
+        name: one of :data:`FASHION_SETTINGS`.
+        labelled_per_class: ``n`` labelled images per class (``None`` = all labelled).
+        keep_unlabelled: keep the rest of the pool with label ``-1`` (transfer) or drop it.
+        epochs, batch_size, lr: the student's schedule (SGD + Nesterov, momentum 0.9, weight
+            decay 5e-4, cosine decay; identical for every method).
+        seeds: the seeds of the final runs (the sweep uses the first).
+        student: student architecture (:func:`~relkd_tutorial.models.build_model`).
+        pool_per_class: images per class of the training pool (``None`` = the whole subset minus
+            the validation split; fast mode uses a smaller pool).
+        val_per_class: validation images per class carved out of the training subset.
+        teacher_epochs: cross-task only: epochs of the 5-class teacher.
+        sweep: run the hyperparameter sweep (else every method at its defaults).
+        curves: evaluate on the run's evaluation split after every epoch (learning curves; does
+            not change the training, so it is not part of the fingerprint).
+    """
+
+    name: str
+    labelled_per_class: int | None
+    keep_unlabelled: bool
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.05
+    seeds: tuple[int, ...] = (0, 1, 2)
+    student: str = "student_cnn_s"
+    pool_per_class: int | None = None
+    val_per_class: int = 100
+    teacher_epochs: int = 0
+    sweep: bool = True
+    curves: bool = False
+
+    def fingerprint(self, teacher_id: str) -> str:
+        """8 hex digits identifying everything that changes a run's result except method and seed."""
+        spec = asdict(self)
+        for k in ("seeds", "sweep", "curves"):
+            spec.pop(k)
+        spec["teacher"] = teacher_id
+        blob = json.dumps(spec, sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:8]
+
+
+def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
+    """The Fashion-MNIST settings of fast mode (``fast=True``) or of a size ``preset``.
+
+    ``preset="cpu"`` (the main job on a CPU, about 10-15 minutes on a quiet 2-core CPU with one
+    thread): a 3,000-image training pool (300 per class, stratified), every method at its paper
+    defaults (no sweep; ``--sweep`` opts in). Transfer: 50 labels per class + the other 2,500
+    pool images unlabelled, 8 epochs, 4 seeds. Low-data: the 50 labels per class alone, 20 epochs
+    (batch 64), 3 seeds. Standard: 2,000 labelled images (200 per class), 10 epochs, 1 seed, with
+    learning curves. Cross-task (opt-in): classes 5-9 of the pool, 50 labels per class, 8 epochs,
+    3 seeds, a 6-epoch teacher on classes 0-4.
+
+    ``preset="large"`` (the default on a GPU): the whole 9,000-image pool, the sweep on transfer,
+    low-data and cross-task; transfer 50 labels per class + 8,500 unlabelled images, 15 epochs,
+    5 seeds; low-data 60 epochs, 5 seeds; standard 9,000 labelled, 30 epochs, 3 seeds;
+    cross-task 15 epochs, 3 seeds.
+
+    Fast mode (any preset) shrinks the pool to 150 images per class, the epochs to a few, two
+    seeds, no sweep.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    if fast:
+        common = dict(pool_per_class=150, val_per_class=30, seeds=(0, 1), sweep=False)
+        return {
+            "transfer": Setting("transfer", 20, True, epochs=4, **common),
+            "low-data": Setting("low-data", 20, False, epochs=10, batch_size=64, **common),
+            "standard": Setting("standard", None, False, epochs=6, curves=True, **common),
+            "cross-task": Setting("cross-task", 20, True, epochs=4, teacher_epochs=2, **common),
+        }
+    if preset == "cpu":
+        common = dict(pool_per_class=300, sweep=False)
+        return {
+            "transfer": Setting("transfer", 50, True, epochs=8, seeds=(0, 1, 2, 3), **common),
+            "low-data": Setting(
+                "low-data", 50, False, epochs=20, batch_size=64, seeds=(0, 1, 2), **common
+            ),
+            "standard": Setting(
+                "standard",
+                None,
+                False,
+                epochs=10,
+                seeds=(0,),
+                curves=True,
+                pool_per_class=200,
+                sweep=False,
+            ),
+            "cross-task": Setting(
+                "cross-task", 50, True, epochs=8, teacher_epochs=6, seeds=(0, 1, 2), **common
+            ),
+        }
+    return {
+        "transfer": Setting("transfer", 50, True, epochs=15, seeds=(0, 1, 2, 3, 4)),
+        "low-data": Setting("low-data", 50, False, epochs=60, batch_size=64, seeds=(0, 1, 2, 3, 4)),
+        "standard": Setting("standard", None, False, epochs=30, sweep=False, curves=True),
+        "cross-task": Setting("cross-task", 50, True, epochs=15, teacher_epochs=6),
+    }
+
+
+def _parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if "all" in items:
+        return list(allowed)
+    bad = [t for t in items if t not in allowed]
+    if bad:
+        raise SystemExit(f"unknown {what} {bad}; choose from {list(allowed)} (comma-separated)")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's orders and labels (tables and figures)
+# ---------------------------------------------------------------------------------------------
+
+SETTING_ORDER = ("transfer", "low-data", "standard", "cross-task", "full")
+SETTING_TITLES = {
+    "transfer": "transfer (headline): n labelled per class + the rest unlabelled",
+    "low-data": "low-data: n labelled per class, nothing else",
+    "standard": "standard: the whole pool labelled",
+    "cross-task": "cross-task: teacher on classes 0-4, student on 5-9",
+    "full": "full: CIFAR-100, RepDistiller recipe",
+}
+METRICS = ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr")
+METRIC_LABELS = {
+    "acc": "top-1 %",
+    "acc_tops": "tops %",
+    "acc_footwear": "footwear %",
+    "kendall_tau": "Kendall tau",
+    "dist_corr": "dist. corr.",
+}
+PERCENT = {"acc", "acc_tops", "acc_footwear"}
+BASELINES = ("ce", "kd")
+DIFF_METRICS = ("acc", "acc_tops", "acc_footwear", "kendall_tau")
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric in PERCENT else 1.0
+
+
+def _ordered_settings(rows: Iterable[dict[str, Any]]) -> list[str]:
+    present = {r["setting"] for r in rows}
+    return [s for s in SETTING_ORDER if s in present] + sorted(present - set(SETTING_ORDER))
+
+
+def _method_order(method: str) -> int:
+    return METHODS.index(method) if method in METHODS else len(METHODS)

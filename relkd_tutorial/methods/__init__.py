@@ -1,0 +1,56 @@
+"""Distillation methods: what the training loop calls at every step.
+
+- :mod:`~relkd_tutorial.methods.base`: :class:`Method` (the seams the loop uses: ``needs_teacher``,
+  ``needs_setup``/``setup``, ``stages``/``set_stage``, ``loss_terms``, ``after_step``),
+  :class:`StepInputs`, :class:`Stage`, :class:`SetupData`, :class:`CrossEntropy`;
+- :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD and the ranking variants;
+- :mod:`~relkd_tutorial.methods.embedding`: RRD and REFILLED (heads, a queue, stages, a setup pass);
+- :mod:`~relkd_tutorial.methods.registry`: :func:`build_method` by short name.
+"""
+
+from .base import (
+    CrossEntropy,
+    Method,
+    SetupData,
+    Stage,
+    StepInputs,
+    supervised_cross_entropy,
+    with_total,
+)
+from .embedding import RRD, RRDKD, Refilled
+from .logit_relation import (
+    GRKD,
+    KD,
+    RKD,
+    RKD_CONVENTIONS,
+    GRKDWithKD,
+    ListwiseRank,
+    RKDAngle,
+    RKDDistance,
+    SoftRank,
+)
+from .registry import available_methods, build_method
+
+__all__ = [
+    "CrossEntropy",
+    "GRKD",
+    "GRKDWithKD",
+    "KD",
+    "ListwiseRank",
+    "Method",
+    "RKD",
+    "RKDAngle",
+    "RKDDistance",
+    "RKD_CONVENTIONS",
+    "RRD",
+    "RRDKD",
+    "Refilled",
+    "SetupData",
+    "SoftRank",
+    "Stage",
+    "StepInputs",
+    "available_methods",
+    "build_method",
+    "supervised_cross_entropy",
+    "with_total",
+]

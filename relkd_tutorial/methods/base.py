@@ -1,0 +1,183 @@
+"""Distillation methods: what the training loop calls at every step.
+
+A *method* turns one step's network outputs into a dict of named loss terms. The training loop
+(:mod:`relkd_tutorial.training`) knows no method by name: it asks ``method.loss_terms(inputs)`` for
+the dict, back-propagates ``terms["loss"]``, logs every other entry, and calls
+``method.after_step(inputs)`` so that stateful methods (RRD's queue) can update. Everything a
+method needs beyond the step's tensors is declared through attributes and hooks:
+
+- ``needs_teacher``: the loop supplies teacher features and logits (``StepInputs.teacher_*``).
+- ``stages()``: a multi-stage schedule (REFILLED); the loop splits the epochs by each stage's
+  ``fraction``, builds a fresh optimizer and schedule per stage and calls ``set_stage`` first.
+- ``needs_setup`` / ``setup(data)``: one pass of the teacher over the whole un-augmented training
+  set before training (REFILLED's global class centres).
+- learnable parts (projection heads) are sub-modules, so ``method.parameters()`` joins the
+  optimizer; state (a queue) lives in buffers, so ``method.state_dict()`` joins the checkpoint.
+
+Convention for the returned dict: ``"loss"`` is the scalar to back-propagate; every other entry
+is a *weighted* contribution (``weight * term``), and the contributions sum to ``"loss"``. So a
+plot of the entries shows exactly what the optimizer saw.
+
+This module holds the base class, the step's inputs and the helpers every method shares; the
+methods are in :mod:`~relkd_tutorial.methods.logit_relation` (KD, RKD, GRKD, ranking) and
+:mod:`~relkd_tutorial.methods.embedding` (RRD, REFILLED), the names in
+:mod:`~relkd_tutorial.methods.registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import (
+    check_float_tensor,
+    check_labels,
+    full_precision,
+    loss_dtype,
+)
+
+
+@dataclass
+class StepInputs:
+    """Everything a method may use at one training step (all tensors on the training device)."""
+
+    student_features: Tensor  # (B, D_S) pooled penultimate activations
+    student_logits: Tensor  # (B, C_S)
+    labels: Tensor  # (B,) int64, -1 marks an unlabelled image
+    teacher_features: Tensor | None = None  # (B, D_T), no gradient
+    teacher_logits: Tensor | None = None  # (B, C_T), no gradient
+    index: Tensor | None = None  # (B,) each image's position in its data set
+
+    def __post_init__(self) -> None:
+        """Refuse fields of different batch sizes: features, logits and labels of one step must
+        describe the same images (each loss only checks the tensors it is given, so a method
+        reading features for one term and logits for another would pair different images)."""
+        sizes = {
+            name: value.shape[0]
+            for name, value in vars(self).items()
+            if isinstance(value, Tensor) and value.dim() > 0
+        }
+        if len(set(sizes.values())) > 1:
+            raise ValueError(
+                f"StepInputs fields must share the batch size B (their first dimension), got {sizes}"
+            )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a multi-stage schedule: a name and its share of the epochs."""
+
+    name: str
+    fraction: float = 1.0
+
+
+@dataclass
+class SetupData:
+    """The teacher's outputs over the whole un-augmented training set, for ``Method.setup``."""
+
+    teacher_features: Tensor  # (N, D_T)
+    teacher_logits: Tensor  # (N, C_T)
+    labels: Tensor  # (N,) student labels, -1 = unlabelled
+
+
+def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy over the labelled samples of a batch (label ``-1`` = unlabelled).
+
+    ``CE = -(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}``, ``L = {i : y_i >= 0}``. A batch with no
+    labelled sample gives exactly 0 with a gradient path (``0 * logits.sum()``), never 0/0.
+    Computed in float32 (float64 for float64 logits) with autocast off (``_checks.loss_dtype``).
+
+    Args:
+        logits: ``(B, C)`` student logits.
+        labels: ``(B,)`` integer labels in ``[-1, C)``.
+    """
+    check_float_tensor("logits", logits, 2, "(B, C)")
+    check_labels("labels", labels, logits.shape[0], logits.shape[1])
+    labelled = labels >= 0  # (B,)
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0
+    with full_precision(logits.device):
+        return F.cross_entropy(logits[labelled].to(loss_dtype(logits)), labels[labelled])
+
+
+def with_total(terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Add ``"loss"`` = the sum of the weighted contributions to a dict of terms."""
+    total = sum(terms.values())
+    assert isinstance(total, Tensor)
+    return {"loss": total, **terms}
+
+
+class Method(nn.Module):
+    """Base class of all methods. Subclasses implement :meth:`loss_terms`."""
+
+    name: str = "method"
+    needs_teacher: bool = False
+    needs_setup: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage = self.stages()[0].name
+
+    def stages(self) -> list[Stage]:
+        """The schedule: one stage covering all epochs unless a method says otherwise."""
+        return [Stage("main", 1.0)]
+
+    def set_stage(self, name: str) -> None:
+        """Switch to the named stage (called by the loop before each stage's first epoch)."""
+        names = [s.name for s in self.stages()]
+        if name not in names:
+            raise ValueError(f"{type(self).__name__} has stages {names}, not {name!r}")
+        self.stage = name
+
+    def setup(self, data: SetupData) -> None:  # noqa: B027 - optional hook
+        """Optional one-off pass over the training set's teacher outputs (see ``needs_setup``)."""
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        """Return ``{"loss": total, name: weighted term, ...}`` for one step."""
+        raise NotImplementedError
+
+    def after_step(self, inputs: StepInputs) -> None:  # noqa: B027 - optional hook
+        """Optional per-step state update after the optimizer step (e.g. a queue write)."""
+
+    def forward(self, inputs: StepInputs) -> dict[str, Tensor]:
+        return self.loss_terms(inputs)
+
+
+class CrossEntropy(Method):
+    """Plain supervised training: ``L = CE(z, y)``. The baseline every method is compared with."""
+
+    name = "ce"
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        return with_total({"ce": supervised_cross_entropy(inputs.student_logits, inputs.labels)})
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers the methods share
+# --------------------------------------------------------------------------------------------
+
+
+def _teacher(inputs: StepInputs, field: str, method: str) -> Tensor:
+    """The teacher tensor a method needs, or a clear error if the loop did not supply it."""
+    value = getattr(inputs, field)
+    if value is None:
+        raise ValueError(f"method {method!r} needs StepInputs.{field} (it has needs_teacher=True)")
+    return value.detach()
+
+
+def _weighted(
+    terms: dict[str, Tensor], name: str, weight: float, compute: Callable[[], Tensor]
+) -> None:
+    """Add ``weight * compute()`` as ``terms[name]``; a weight of 0 skips the term entirely."""
+    if weight > 0:
+        terms[name] = weight * compute()
+
+
+def _total(terms: dict[str, Tensor], student_logits: Tensor) -> dict[str, Tensor]:
+    """``with_total(terms)``; if every weight was 0, a zero ``"loss"`` that still has a graph."""
+    if not terms:
+        return {"loss": 0.0 * student_logits.sum()}
+    return with_total(terms)

@@ -1,0 +1,291 @@
+"""Embedding-based relational methods: RRD and REFILLED.
+
+The stateful ones: RRD has a learnable projection head and a queue of teacher embeddings
+(updated in ``after_step``); REFILLED trains in two stages (``stages``/``set_stage``) and
+needs the teacher's class centres from a setup pass (``needs_setup``/``setup``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import (
+    check_float_tensor,
+    check_labels,
+    check_nonnegative,
+    check_positive,
+)
+from ..losses.kd import kd_loss
+from ..losses.refilled import (
+    FORMS,
+    class_centres,
+    mine_triplets,
+    refilled_classifier_kl,
+    refilled_embedding_loss,
+)
+from ..losses.rrd import RRDLoss
+from .base import (
+    Method,
+    SetupData,
+    Stage,
+    StepInputs,
+    _teacher,
+    supervised_cross_entropy,
+    with_total,
+)
+
+
+class RRD(Method):
+    """RRD: ``L = ce_weight * CE + rrd_weight * L_RRD`` (``docs/rrd.md``; defaults 1 and 1).
+
+    Learnable part: the student projection head (in ``parameters()``); the teacher head is a frozen
+    random projection. State: the queue of teacher embeddings (buffers, so it checkpoints). With
+    ``update="after"`` (default) the batch is written in :meth:`after_step`, after the optimizer
+    step; with ``update="before"`` it is written inside :meth:`loss_terms`, before the loss.
+
+    Args:
+        student_dim: ``D_S``, width of the student's pooled features.
+        teacher_dim: ``D_T``, width of the teacher's pooled features.
+        embed_dim: projection width ``d`` (128).
+        queue_size: ``K`` (16384 as on CIFAR; choose ``K`` at most the training-set size).
+        tau_s: student temperature (0.04).
+        tau_t: teacher temperature (0.10).
+        ce_weight: weight of the cross-entropy on labelled samples (1).
+        rrd_weight: weight of ``L_RRD`` (1); RRD uses every sample, labelled or not.
+        update: ``"after"`` or ``"before"``.
+    """
+
+    name = "rrd"
+    needs_teacher = True
+
+    def __init__(
+        self,
+        student_dim: int,
+        teacher_dim: int,
+        embed_dim: int = 128,
+        queue_size: int = 16384,
+        tau_s: float = 0.04,
+        tau_t: float = 0.10,
+        ce_weight: float = 1.0,
+        rrd_weight: float = 1.0,
+        update: str = "after",
+    ) -> None:
+        super().__init__()
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        self.rrd_weight = check_nonnegative("rrd_weight", rrd_weight)
+        self.rrd = RRDLoss(student_dim, teacher_dim, embed_dim, queue_size, tau_s, tau_t, update)
+
+    def _rrd_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        teacher_features = _teacher(inputs, "teacher_features", self.name)
+        return {
+            "ce": self.ce_weight * supervised_cross_entropy(inputs.student_logits, inputs.labels),
+            "rrd": self.rrd_weight * self.rrd(inputs.student_features, teacher_features),
+        }
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        return with_total(self._rrd_terms(inputs))
+
+    @torch.no_grad()
+    def after_step(self, inputs: StepInputs) -> None:
+        """Write the batch's teacher embeddings into the queue (``update="after"`` only)."""
+        if self.rrd.update == "after":
+            self.rrd.update_queue(_teacher(inputs, "teacher_features", self.name))
+
+
+class RRDKD(RRD):
+    """RRD+KD: ``L = ce_weight * CE + kd_weight * L_KD(T) + rrd_weight * L_RRD``.
+
+    Defaults 1, 1 (T = 4), 1 as in the RRD authors' CIFAR runs. ``L_KD`` is Hinton's
+    ``T^2 (1/B) sum_i KL(softmax(t_i/T) || softmax(z_i/T))`` from :mod:`relkd_tutorial.losses.kd`,
+    applied to every sample (the teacher needs no label). Other arguments as :class:`RRD`.
+    """
+
+    name = "rrd_kd"
+
+    def __init__(
+        self,
+        student_dim: int,
+        teacher_dim: int,
+        embed_dim: int = 128,
+        queue_size: int = 16384,
+        tau_s: float = 0.04,
+        tau_t: float = 0.10,
+        ce_weight: float = 1.0,
+        rrd_weight: float = 1.0,
+        kd_weight: float = 1.0,
+        kd_temperature: float = 4.0,
+        update: str = "after",
+    ) -> None:
+        super().__init__(
+            student_dim,
+            teacher_dim,
+            embed_dim,
+            queue_size,
+            tau_s,
+            tau_t,
+            ce_weight,
+            rrd_weight,
+            update,
+        )
+        self.kd_weight = check_nonnegative("kd_weight", kd_weight)
+        self.kd_temperature = check_positive("kd_temperature", kd_temperature)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        if inputs.teacher_logits is None:
+            raise ValueError("rrd_kd needs StepInputs.teacher_logits, shape (B, C); got None")
+        terms = self._rrd_terms(inputs)
+        kd = kd_loss(inputs.student_logits, inputs.teacher_logits, self.kd_temperature)
+        return with_total({"ce": terms["ce"], "kd": self.kd_weight * kd, "rrd": terms["rrd"]})
+
+
+class Refilled(Method):
+    """REFILLED (``docs/refilled.md``): two stages, ``"embedding"`` then ``"classifier"``.
+
+    - ``"embedding"`` (the first ``embedding_fraction`` of the epochs, default 0.3):
+      ``L = lambda1 * L1`` (no cross-entropy), relationship matching on semi-hard triplets mined on
+      the student; ``form="triplet"`` or ``"tuple"``.
+    - ``"classifier"`` (the rest): ``L = ce_weight * CE + lambda2 * KL`` against the teacher's
+      embedding-induced local classifier over the batch's classes.
+
+    Class centres: ``centres="global"`` (default) computes them once in :meth:`setup` from the
+    teacher's features over the whole training set (``needs_setup`` is then ``True``) and keeps
+    them in the ``class_centres`` buffer (checkpointed); ``centres="local"`` computes them from each
+    batch (the CVPR version). The teacher's logits are never used, so the teacher may have been
+    trained on other classes.
+
+    Args:
+        embedding_fraction: share of the epochs for stage 1, in ``(0, 1)`` (0.3; the papers train
+            each stage for 200 epochs, i.e. 0.5 of an equal budget).
+        form: ``"triplet"`` or ``"tuple"`` stage-1 loss.
+        centres: ``"global"`` or ``"local"``.
+        margin: semi-hard margin ``m`` (0.2).
+        tau1: stage-1 temperature (4).
+        tau2: stage-2 temperature (2).
+        lambda1: stage-1 weight (1000).
+        lambda2: stage-2 KL weight (100).
+        ce_weight: stage-2 cross-entropy weight (1).
+        num_classes: student class count for the global centres; by default the largest label in
+            the setup data plus one (classes beyond it have no centre and raise if they occur).
+        restrict_to_batch: ``True`` (the paper) uses only the batch's classes as columns;
+            ``False`` uses every class with a centre.
+    """
+
+    name = "refilled"
+    needs_teacher = True
+    class_centres: Tensor
+
+    def __init__(
+        self,
+        embedding_fraction: float = 0.3,
+        form: str = "triplet",
+        centres: str = "global",
+        margin: float = 0.2,
+        tau1: float = 4.0,
+        tau2: float = 2.0,
+        lambda1: float = 1000.0,
+        lambda2: float = 100.0,
+        ce_weight: float = 1.0,
+        num_classes: int | None = None,
+        restrict_to_batch: bool = True,
+    ) -> None:
+        if isinstance(embedding_fraction, bool) or not isinstance(embedding_fraction, (int, float)):
+            raise TypeError("embedding_fraction must be a number in (0, 1)")
+        if not 0 < embedding_fraction < 1:
+            raise ValueError(f"embedding_fraction must lie in (0, 1), got {embedding_fraction}")
+        # set before Method.__init__, which reads stages()
+        self.embedding_fraction = float(embedding_fraction)
+        super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        if centres not in ("global", "local"):
+            raise ValueError(f"centres must be 'global' or 'local', got {centres!r}")
+        if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive int or None, got {num_classes}")
+        self.form = form
+        self.centre_mode = centres
+        self.needs_setup = centres == "global"
+        self.margin = check_positive("margin", margin)
+        self.tau1 = check_positive("tau1", tau1)
+        self.tau2 = check_positive("tau2", tau2)
+        self.lambda1 = check_nonnegative("lambda1", lambda1)
+        self.lambda2 = check_nonnegative("lambda2", lambda2)
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        self.num_classes = num_classes
+        self.restrict_to_batch = bool(restrict_to_batch)
+        # (C, D_T); empty until setup() (its shape is only known then; see _load_from_state_dict)
+        self.register_buffer("class_centres", torch.zeros(0, 0))
+        self.last_num_triplets = 0  # diagnostics: triplets mined at the last stage-1 step
+
+    def stages(self) -> list[Stage]:
+        f1 = self.embedding_fraction
+        return [Stage("embedding", f1), Stage("classifier", 1.0 - f1)]
+
+    @torch.no_grad()
+    def setup(self, data: SetupData) -> None:
+        """Global class centres from the teacher's features on the student's training set.
+
+        Does nothing with ``centres="local"``. Labels ``-1`` are ignored.
+        """
+        if self.centre_mode != "global":
+            return
+        check_float_tensor("data.teacher_features", data.teacher_features, 2, "(N, D_T)")
+        check_labels("data.labels", data.labels, data.teacher_features.shape[0])
+        if not bool((data.labels >= 0).any()):
+            raise ValueError("data.labels has no labelled sample: no class centre can be computed")
+        num_classes = max(self.num_classes or 0, int(data.labels.max()) + 1)
+        centres = class_centres(
+            data.teacher_features, data.labels.to(data.teacher_features.device), num_classes
+        )
+        self.class_centres = centres.to(self.class_centres.device)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # the centres' shape is only known after setup(): adopt the checkpoint's shape
+        key = prefix + "class_centres"
+        if key in state_dict:
+            self.class_centres = torch.empty_like(state_dict[key], device=self.class_centres.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _centres_for(self, inputs: StepInputs, teacher_features: Tensor) -> Tensor:
+        num_classes = inputs.student_logits.shape[1]
+        if self.centre_mode == "local":
+            return class_centres(teacher_features, inputs.labels, num_classes)
+        centres = self.class_centres  # (C', D_T)
+        if centres.numel() == 0:
+            raise RuntimeError(
+                "refilled with centres='global' needs setup(SetupData) before the classifier stage"
+            )
+        if centres.shape[0] > num_classes:
+            raise ValueError(
+                f"the global centres cover {centres.shape[0]} classes but student_logits has "
+                f"{num_classes} columns"
+            )
+        pad = centres.new_zeros(num_classes - centres.shape[0], centres.shape[1])  # no centre
+        return torch.cat([centres, pad]) if pad.shape[0] else centres  # (C, D_T)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        teacher_features = _teacher(inputs, "teacher_features", self.name)
+        if self.stage == "embedding":
+            a, p, n = mine_triplets(inputs.student_features, inputs.labels, self.margin)
+            self.last_num_triplets = int(a.shape[0])
+            l1 = refilled_embedding_loss(
+                inputs.student_features,
+                teacher_features,
+                inputs.labels,
+                self.margin,
+                self.tau1,
+                self.form,
+                triplets=(a, p, n),
+            )
+            return with_total({"relation": self.lambda1 * l1})
+        centres = self._centres_for(inputs, teacher_features)
+        kl = refilled_classifier_kl(
+            inputs.student_logits,
+            teacher_features,
+            inputs.labels,
+            centres,
+            self.tau2,
+            self.restrict_to_batch,
+        )
+        ce = supervised_cross_entropy(inputs.student_logits, inputs.labels)
+        return with_total({"ce": self.ce_weight * ce, "local_kl": self.lambda2 * kl})

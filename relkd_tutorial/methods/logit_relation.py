@@ -1,0 +1,245 @@
+"""Logit and relation methods: KD, RKD, GRKD and the ranking variants.
+
+Losses in :mod:`relkd_tutorial.losses` (``kd``, ``rkd``, ``grkd``, ``ranking``); each method
+weights them with the supervised cross-entropy and returns the weighted terms
+(:mod:`relkd_tutorial.methods.base`). None of them keeps state from one step to the next.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .._checks import (
+    check_choice,
+    check_nonnegative,
+    check_positive,
+)
+from ..losses.grkd import GRKDLoss
+from ..losses.kd import kd_loss
+from ..losses.ranking import ListwiseRankLoss, SoftPairwiseRankLoss
+from ..losses.rkd import rkd_angle_loss, rkd_distance_loss
+from .base import (
+    Method,
+    StepInputs,
+    _teacher,
+    _total,
+    _weighted,
+    supervised_cross_entropy,
+)
+
+
+class KD(Method):
+    """Hinton KD: ``L = ce_weight * CE + kd_weight * L_KD(T)``.
+
+    Defaults are the CRD/RepDistiller benchmark convention ``0.1 CE + 0.9 KD`` with ``T = 4``
+    (``docs/kd.md``). Terms: ``"ce"``, ``"kd"``; CE on the labelled samples only, KD on all.
+    """
+
+    name = "kd"
+    needs_teacher = True
+
+    def __init__(self, ce_weight: float = 0.1, kd_weight: float = 0.9, temperature: float = 4.0):
+        super().__init__()
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        self.kd_weight = check_nonnegative("kd_weight", kd_weight)
+        self.temperature = check_positive("temperature", temperature)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        terms: dict[str, Tensor] = {}
+        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        _weighted(terms, "kd", self.kd_weight, lambda: kd_loss(z, t, self.temperature))
+        return _total(terms, z)
+
+
+RKD_CONVENTIONS = {"cifar": (1.0, 25.0, 50.0), "metric": (0.0, 1.0, 2.0)}
+
+
+class RKD(Method):
+    """RKD on the pooled penultimate features: ``ce_weight CE + distance_weight L_D + angle_weight L_A``.
+
+    ``convention="cifar"`` (default): weights 1 / 25 / 50 (RepDistiller, mdistiller);
+    ``convention="metric"``: the authors' metric-learning setting 0 / 1 / 2 (no CE). An explicit
+    weight overrides the convention's. A term with weight 0 is neither computed nor reported
+    (the angle term is the expensive one). Terms: ``"ce"``, ``"rkd_distance"``, ``"rkd_angle"``.
+    """
+
+    name = "rkd"
+    needs_teacher = True
+    default_weights: tuple[float | None, float | None, float | None] = (None, None, None)
+
+    def __init__(
+        self,
+        ce_weight: float | None = None,
+        distance_weight: float | None = None,
+        angle_weight: float | None = None,
+        convention: str = "cifar",
+    ) -> None:
+        super().__init__()
+        base = RKD_CONVENTIONS[check_choice("convention", convention, tuple(RKD_CONVENTIONS))]
+        given = (ce_weight, distance_weight, angle_weight)
+        ce, dist, angle = (
+            g if g is not None else d if d is not None else b
+            for g, d, b in zip(given, self.default_weights, base, strict=True)
+        )
+        self.convention = convention
+        self.ce_weight = check_nonnegative("ce_weight", ce)
+        self.distance_weight = check_nonnegative("distance_weight", dist)
+        self.angle_weight = check_nonnegative("angle_weight", angle)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        f_s = inputs.student_features
+        f_t = _teacher(inputs, "teacher_features", self.name)
+        z = inputs.student_logits
+        terms: dict[str, Tensor] = {}
+        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        _weighted(terms, "rkd_distance", self.distance_weight, lambda: rkd_distance_loss(f_s, f_t))
+        _weighted(terms, "rkd_angle", self.angle_weight, lambda: rkd_angle_loss(f_s, f_t))
+        return _total(terms, z)
+
+
+class RKDDistance(RKD):
+    """RKD-D: the distance potential only (``angle_weight`` defaults to 0)."""
+
+    name = "rkd_d"
+    default_weights = (None, None, 0.0)
+
+
+class RKDAngle(RKD):
+    """RKD-A: the angle potential only (``distance_weight`` defaults to 0)."""
+
+    name = "rkd_a"
+    default_weights = (None, 0.0, None)
+
+
+class GRKD(Method):
+    """GRKD: ``ce_weight CE + grkd_weight L_GR`` (lambda = 1, tau = 1; ``docs/grkd.md``).
+
+    ``temperature`` / ``top_k`` / ``weighting`` / ``reduction`` select the temperature, the group,
+    the pair weights and mean-or-sum over pairs of :func:`~relkd_tutorial.losses.grkd.grkd_loss`.
+    Terms: ``"ce"``, ``"grkd"``.
+    """
+
+    name = "grkd"
+    needs_teacher = True
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        grkd_weight: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        weighting: str = "uniform",
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        self.grkd_weight = check_nonnegative("grkd_weight", grkd_weight)
+        self.loss = GRKDLoss(temperature, top_k, weighting, reduction)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        terms: dict[str, Tensor] = {}
+        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        _weighted(terms, "grkd", self.grkd_weight, lambda: self.loss(z, t))
+        return _total(terms, z)
+
+
+class GRKDWithKD(GRKD):
+    """GRKD+KD: ``ce_weight CE + kd_weight L_KD(T=4) + grkd_weight L_GR``, weights 1 / 1 / 1.
+
+    (choice: the RRD+KD / CRD+KD convention of weight 1 for each term.)
+    Terms: ``"ce"``, ``"kd"``, ``"grkd"``.
+    """
+
+    name = "grkd_kd"
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        grkd_weight: float = 1.0,
+        kd_weight: float = 1.0,
+        temperature: float = 1.0,
+        kd_temperature: float = 4.0,
+        top_k: int | None = None,
+        weighting: str = "uniform",
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(ce_weight, grkd_weight, temperature, top_k, weighting, reduction)
+        self.kd_weight = check_nonnegative("kd_weight", kd_weight)
+        self.kd_temperature = check_positive("kd_temperature", kd_temperature)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        terms: dict[str, Tensor] = {}
+        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        _weighted(terms, "kd", self.kd_weight, lambda: kd_loss(z, t, self.kd_temperature))
+        _weighted(terms, "grkd", self.grkd_weight, lambda: self.loss(z, t))
+        return _total(terms, z)
+
+
+class _RankingMethod(Method):
+    """Shared shape of the ranking variants: ``ce_weight CE + rank_weight L_rank`` (1 / 1, choice).
+
+    Subclasses set ``self.loss`` (a ranking loss module taking ``(student_logits, teacher_logits)``).
+    Terms: ``"ce"``, ``"rank"``.
+    """
+
+    needs_teacher = True
+    loss: nn.Module
+
+    def __init__(self, ce_weight: float, rank_weight: float) -> None:
+        super().__init__()
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        self.rank_weight = check_nonnegative("rank_weight", rank_weight)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        terms: dict[str, Tensor] = {}
+        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        _weighted(terms, "rank", self.rank_weight, lambda: self.loss(z, t))
+        return _total(terms, z)
+
+
+class SoftRank(_RankingMethod):
+    """Soft pairwise ranking: ``ce_weight CE + rank_weight L_soft`` (weights 1 / 1, choice).
+
+    See :func:`~relkd_tutorial.losses.ranking.soft_pairwise_rank_loss`. Terms: ``"ce"``, ``"rank"``.
+    """
+
+    name = "rank_soft"
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        rank_weight: float = 1.0,
+        temperature: float = 1.0,
+        teacher_temperature: float = 1.0,
+    ) -> None:
+        super().__init__(ce_weight, rank_weight)
+        self.loss = SoftPairwiseRankLoss(temperature, teacher_temperature)
+
+
+class ListwiseRank(_RankingMethod):
+    """Listwise (Plackett-Luce) ranking: ``ce_weight CE + rank_weight L_PL`` (1 / 1, choice).
+
+    See :func:`~relkd_tutorial.losses.ranking.listwise_rank_loss`. Terms: ``"ce"``, ``"rank"``.
+    """
+
+    name = "rank_listwise"
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        rank_weight: float = 1.0,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+    ) -> None:
+        super().__init__(ce_weight, rank_weight)
+        self.loss = ListwiseRankLoss(temperature, top_k)
+
+
+_LOGIT_AND_RELATION_METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (KD, RKD, RKDDistance, RKDAngle, GRKD, GRKDWithKD, SoftRank, ListwiseRank)
+}

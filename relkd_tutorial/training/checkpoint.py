@@ -1,0 +1,279 @@
+"""Checkpoints and history files: atomic writes, loading with clear errors, the resume state.
+
+- **Checkpoints** (``checkpoint_dir/last.pt``) are written atomically after every epoch and hold
+  everything needed to continue *exactly*: model, method state, optimizer, scheduler, grad
+  scaler, the python/numpy/torch RNG states, epoch, stage, history and config. They load with
+  ``torch.load(..., weights_only=True)``. A checkpoint is never replaced by a worse one: an
+  epoch whose loss terms or weights are NaN/inf raises ``FloatingPointError`` before the write,
+  and a truncated or corrupt file raises a clear ``ValueError`` on resume (never a silent
+  restart from scratch). The checkpoint it replaces is kept as ``last.previous.pt`` (choice: one
+  fallback generation, named in the error message if ``last.pt`` cannot be read; the loop never
+  switches to it silently).
+- **Exact resume.** Resuming from the checkpoint of epoch ``e`` (e.g. after a crash, even in the
+  middle of epoch ``e + 1``) gives bit-identical weights and history to the uninterrupted run on
+  the same device: the loop calls ``train_loader.set_epoch(epoch)`` before every epoch and
+  restores every RNG, and a stage boundary is replayed in the same order as in a straight run.
+- Under ``torchrun`` only rank 0 writes checkpoints and CSV files; every rank's RNG state is saved.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..methods import Method
+from .config import TrainConfig
+from .distributed import all_gather_objects, get_rank
+from .progress import _EpochProgress
+from .rng import get_rng_state
+
+CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = "relkd_tutorial.checkpoint/1"
+CHECKPOINT_KEYS = (
+    "format", "epoch", "stage", "model", "method", "optimizer", "scheduler", "scaler", "rng",
+    "history", "config",
+)  # fmt: skip
+
+# Config fields that may differ between a run and its resumption without changing the result.
+_HARMLESS_ON_RESUME = {
+    "resume", "progress", "checkpoint_dir", "history_csv", "log_every", "device", "handle_signals",
+}  # fmt: skip
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then ``os.replace`` it onto ``path`` (same directory, so atomic).
+
+    If writing fails half-way, the temporary file is removed and ``path`` is untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the file it replaced: ``last.pt`` -> ``last.previous.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.previous{path.suffix}")
+
+
+def _keep_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` atomically (a hard link where the file system allows)."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically; the file it replaces becomes the fallback.
+
+    The new file is written and synced under a temporary name first; then the current ``path``
+    (if any) is kept as :func:`previous_checkpoint` and the new file renamed onto ``path``. At
+    every moment ``path`` holds a complete checkpoint: a crash mid-write leaves the old one.
+    """
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        torch.save(state, tmp)
+        if path.is_file():
+            _keep_copy(path, previous_checkpoint(path))
+
+    _atomic_write(path, write)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`fit` (with ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is empty, truncated, corrupt or not a relkd_tutorial checkpoint;
+            the message names the file. (``fit`` also refuses a checkpoint that lacks an entry
+            it needs to continue.)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # empty file, truncated zip, unpickling error, ...
+        if "Unsupported global" in str(err):
+            raise ValueError(
+                f"checkpoint {path} holds Python objects that torch.load(weights_only=True) "
+                "refuses to load: it was not written by relkd_tutorial (or was altered); it is "
+                "not loaded, because unpickling it could run arbitrary code"
+            ) from err
+        kind = "empty" if path.stat().st_size == 0 else "truncated or corrupt"
+        raise ValueError(
+            f"checkpoint {path} is {kind} and cannot be loaded ({type(err).__name__}: "
+            f"{_first_words(err)})"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})"
+        )
+    return state
+
+
+def _first_words(err: Exception) -> str:
+    """The informative part of a ``torch.load`` error (its unpickler message, if any)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
+
+
+def _check_training_state(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint that lacks an entry :func:`fit` needs to continue."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if int(state.get("step", 0)) > 0:
+        missing += [k for k in ("partial", "epoch_rng") if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path} is damaged: it lacks the entries {missing}")
+
+
+def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Write the per-epoch records as CSV (columns: the union of keys, in first-seen order)."""
+    columns: list[str] = []
+    for record in history:
+        columns += [k for k in record if k not in columns]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(history)
+
+    _atomic_write(Path(path), write)
+
+
+def read_history_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read a history CSV back: numbers as int/float, empty cells dropped."""
+    records = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            record: dict[str, Any] = {}
+            for k, v in row.items():
+                if v == "":
+                    continue
+                try:
+                    record[k] = int(v)
+                except ValueError:
+                    try:
+                        record[k] = float(v)
+                    except ValueError:
+                        record[k] = v
+            records.append(record)
+    return records
+
+
+@dataclass
+class _RunParts:
+    """Everything with state that a checkpoint saves, besides the history and the config."""
+
+    student: nn.Module
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    stage: str
+
+
+def _write_checkpoint(
+    path: Path,
+    parts: _RunParts,
+    history: list[dict[str, Any]],
+    config: TrainConfig,
+    epoch: int,
+    progress: _EpochProgress | None = None,
+) -> None:
+    """Rank 0 writes the state after ``epoch`` epochs (and ``progress.steps`` more steps).
+
+    Every rank must call it: the RNG states of all ranks are gathered (a collective).
+    """
+    rngs = all_gather_objects(get_rng_state())
+    state: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "step": 0 if progress is None else progress.steps,
+        "stage": parts.stage,
+        "model": parts.student.state_dict(),  # the unwrapped student, never the DDP wrapper
+        "method": parts.method.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "rng": rngs[0],
+        "history": history,
+        "config": asdict(config),
+    }
+    if len(rngs) > 1:
+        state["rng_ranks"] = rngs
+    if progress is not None:
+        state.update(progress.checkpoint_entries())
+    if get_rank() == 0:
+        save_checkpoint(path, state)
+
+
+def _checkpoint_path(config: TrainConfig) -> Path | None:
+    return None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / CHECKPOINT_NAME
+
+
+def _resume_state(config: TrainConfig, ckpt_path: Path | None) -> dict[str, Any] | None:
+    """The checkpoint to continue from, or ``None`` for a fresh start."""
+    if config.resume is False or config.resume is None:
+        return None
+    if config.resume is True:
+        if ckpt_path is None:
+            raise ValueError("resume=True needs checkpoint_dir (or pass resume=<checkpoint path>)")
+        if not ckpt_path.exists():
+            return None  # nothing to resume yet: the same command starts and restarts a run
+        path = ckpt_path
+    else:
+        path = Path(config.resume)
+    try:
+        state = load_checkpoint(path)
+        _check_training_state(state, path)
+    except ValueError as err:
+        fallback = previous_checkpoint(path)
+        if fallback.is_file():
+            raise ValueError(
+                f"{err}. The checkpoint it replaced is {fallback}: continue from it with "
+                f"resume={str(fallback)!r} (the epochs since then are trained again)"
+            ) from err
+        raise
+    saved = state.get("config", {})
+    differ = sorted(
+        k for k, v in asdict(config).items()
+        if k not in _HARMLESS_ON_RESUME and k in saved and _normal(saved[k]) != _normal(v)
+    )  # fmt: skip
+    if differ:
+        warnings.warn(
+            f"resuming from {path} with a different config ({', '.join(differ)}); the run will "
+            "not match an uninterrupted one",
+            stacklevel=3,
+        )
+    return state
+
+
+def _normal(value: Any) -> Any:
+    return list(value) if isinstance(value, (tuple, list)) else value

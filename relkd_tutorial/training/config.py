@@ -1,0 +1,176 @@
+"""What a training run is configured with: :class:`TrainConfig` and the device it runs on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class TrainConfig:
+    """Everything the loop needs besides the models, the method and the data.
+
+    Attributes:
+        epochs: total number of epochs (split among a method's stages).
+        optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``.
+        lr: base learning rate of every stage.
+        momentum: SGD momentum.
+        nesterov: SGD with Nesterov momentum.
+        weight_decay: L2 weight decay (SGD) / decoupled weight decay (AdamW), applied to every
+            trainable parameter, BN included (as in the CIFAR benchmark recipe).
+        schedule: ``"constant"``, ``"step"`` (times ``gamma`` at each milestone) or ``"cosine"``;
+            see :func:`lr_factor`.
+        milestones: for ``"step"``: *fractions* of each stage's epochs after which the rate is
+            multiplied by ``gamma`` (default: the CIFAR recipe's 150/180/210 of 240 epochs).
+        gamma: step-schedule decay factor.
+        warmup_epochs: linear warm-up over the first epochs of each stage (0 = none).
+        grad_clip: clip the global gradient norm of the trainable parameters (``None`` = off).
+        device: ``"auto"`` (cuda, then mps, then cpu), or any ``torch.device`` string.
+        amp: ``"off"``, ``"bf16"`` (CPU, CUDA) or ``"fp16"`` (CUDA only, with a GradScaler).
+        channels_last: use the ``channels_last`` memory format for the networks and images
+            (about 25% faster CNN training on a modern CPU; also good on GPUs with AMP).
+        compile: run the student's forward through ``torch.compile``.
+        seed: seeds python, numpy and torch at the start (``None`` = leave the RNGs alone).
+            Model *initialisation* is seeded by the caller (``build_model(..., seed=...)``).
+        checkpoint_dir: where ``last.pt`` is written after every epoch (``None`` = no checkpoint).
+        resume: ``True`` continues from ``checkpoint_dir/last.pt`` if it exists (else starts
+            fresh); a path continues from that file (which must exist); ``False`` starts fresh.
+        history_csv: write the per-epoch history to this CSV file after every epoch.
+        progress: show ``tqdm`` progress bars (always quiet when the ``CI`` env var is set).
+        log_every: refresh the progress bar's running loss terms every this many steps (each
+            refresh synchronises with the device).
+        extra: free-form notes saved with the checkpoint (e.g. the data set and method name);
+            plain values only (str, int, float, bool, None and lists/tuples/dicts of them), so
+            the checkpoint stays loadable with ``weights_only=True``.
+        handle_signals: on SIGINT/SIGTERM finish the step, write a mid-epoch checkpoint and raise
+            :class:`~relkd_tutorial.training.signals.TrainingInterrupted` (main thread only; see
+            :mod:`relkd_tutorial.training.signals`). ``False`` leaves the signals alone.
+        sync_batchnorm: under ``torchrun``, convert the student's BatchNorm layers to
+            ``SyncBatchNorm`` (statistics of the global batch; CUDA only). Ignored in one process.
+
+    Paths (``checkpoint_dir``, ``history_csv``, ``resume``) may be ``str`` or ``os.PathLike``;
+    they are stored as ``str``.
+    """
+
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    grad_clip: float | None = None
+    device: str = "auto"
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int | None = 0
+    checkpoint_dir: str | None = None
+    resume: bool | str = False
+    history_csv: str | None = None
+    progress: bool = True
+    log_every: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes saved with checkpoints
+    handle_signals: bool = True
+    sync_batchnorm: bool = False
+
+    def __post_init__(self) -> None:
+        def choose(name: str, allowed: Sequence[str]) -> None:
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}"
+                )
+
+        # Paths as str: a PosixPath in the saved config would break weights_only loading.
+        for name in ("checkpoint_dir", "history_csv"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.resume, os.PathLike):
+            self.resume = os.fspath(self.resume)
+        if not isinstance(self.resume, (bool, str)):
+            raise TypeError(f"resume must be a bool or a checkpoint path, got {self.resume!r}")
+        _check_plain("extra", self.extra)
+        choose("optimizer", ("sgd", "adamw"))
+        choose("schedule", ("constant", "step", "cosine"))
+        choose("amp", ("off", "bf16", "fp16"))
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
+        if not (self.lr > 0):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ValueError("momentum and weight_decay must be >= 0")
+        if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
+            raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
+        self.milestones = tuple(float(m) for m in self.milestones)
+        if any(not (0 < m < 1) for m in self.milestones) or list(self.milestones) != sorted(
+            self.milestones
+        ):
+            raise ValueError(
+                f"milestones are increasing fractions of a stage's epochs in (0, 1), got "
+                f"{self.milestones}"
+            )
+        if not (0 < self.gamma <= 1):
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.grad_clip is not None and not (self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be None or positive, got {self.grad_clip}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+def _check_plain(name: str, value: Any) -> None:
+    """Refuse anything ``torch.load(weights_only=True)`` could not read back."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(f"{name}[{i}]", item)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{name} keys must be str or int, got {k!r}")
+            _check_plain(f"{name}[{k!r}]", item)
+        return
+    raise TypeError(
+        f"{name} must hold plain values (str, int, float, bool, None, lists, tuples, dicts) so "
+        f"checkpoints load with weights_only=True; got {type(value).__name__}"
+    )
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` -> cuda if available, else mps if available, else cpu; otherwise as given."""
+    if isinstance(name, torch.device):
+        return name
+    if name is None or name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'"
+        )
+    return device
+
+
+def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off":
+        return None
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"amp='fp16' needs a CUDA device (fp16 training needs a GradScaler and fp16 kernels), "
+            f"got {device}; use amp='bf16' on {device.type}"
+        )
+    return torch.float16 if amp == "fp16" else torch.bfloat16

@@ -1,0 +1,190 @@
+"""What the loop runs around the optimizer step: the forward, a step's inputs, evaluation.
+
+- **Mixed precision.** The forward passes run under autocast (``bf16`` on CPU/CUDA, or ``fp16`` with
+  a ``GradScaler`` on CUDA); the *losses* are computed outside autocast on float32 copies of the
+  outputs (:func:`make_step_inputs`), so relational losses never see bf16 distances.
+- The distributed seams: the student's forward is :func:`student_forward` (the student is wrapped
+  in DDP, not the teacher or the method), and :func:`make_step_inputs` is the one place a
+  ``StepInputs`` is built (:func:`.distributed.gather_step_inputs` follows it).
+- :func:`evaluate` measures accuracy and cross-entropy; the setup pass (:func:`_run_setup`) gives a
+  method with ``needs_setup`` the teacher's outputs over the whole training set; and
+  :func:`_check_finite_state` refuses NaN/inf weights before a checkpoint is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import Batch
+from ..methods import Method, StepInputs
+from ..teacher import TeacherCache, as_batch, split_outputs
+from .config import TrainConfig, _autocast_dtype, resolve_device
+from .distributed import get_world_size, loader_world_size, sum_over_ranks
+
+
+def student_forward(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The student's ``(features (B, D), logits (B, C))``: the one place the student runs."""
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(
+        device_type=x.device.type,
+        dtype=autocast_dtype or torch.bfloat16,
+        enabled=autocast_dtype is not None,
+    ):
+        return split_outputs(model(x), "student")
+
+
+def make_step_inputs(
+    features: Tensor,
+    logits: Tensor,
+    batch: Batch,
+    teacher_features: Tensor | None = None,
+    teacher_logits: Tensor | None = None,
+) -> StepInputs:
+    """Everything a method sees at one step.
+
+    The network outputs are cast to float32 if they are narrower (bf16/fp16 under autocast);
+    float64 outputs stay float64.
+    """
+    return StepInputs(
+        student_features=_at_least_float32(features),  # (B, D_S)
+        student_logits=_at_least_float32(logits),  # (B, C_S)
+        labels=batch.y,  # (B,)
+        teacher_features=teacher_features,  # (B, D_T) or None
+        teacher_logits=teacher_logits,  # (B, C_T) or None
+        index=batch.index,  # (B,) or None
+    )
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[object],
+    device: str | torch.device | None = None,
+    *,
+    amp: str = "off",
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` over the labelled samples of ``loader``.
+
+    Runs in eval mode (the model's previous mode is restored). Returns ``{"acc", "loss", "n",
+    "labelled"}``; ``acc`` and ``loss`` are NaN if no sample is labelled.
+    """
+    device = _first_device(model) if device is None else resolve_device(device)
+    dtype = _autocast_dtype(amp, device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    labelled = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    try:
+        for item in loader:
+            batch = as_batch(item, device)
+            _, logits = student_forward(
+                model, batch.x, channels_last=channels_last, autocast_dtype=dtype
+            )
+            keep = batch.y >= 0  # (B,) labelled samples
+            logits, y = logits.float()[keep], batch.y[keep]  # (L, C), (L,)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == y).sum()
+            labelled += keep.sum()
+            n += batch.y.shape[0]
+    finally:
+        model.train(was_training)
+    count = int(labelled)
+    nan = float("nan")
+    return {
+        "acc": int(correct) / count if count else nan,
+        "loss": float(loss_sum) / count if count else nan,
+        "n": n,
+        "labelled": count,
+    }
+
+
+def _first_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _evaluate_all_ranks(
+    student: nn.Module, loader: Iterable[object], device: torch.device, config: TrainConfig
+) -> dict[str, float]:
+    """:func:`evaluate`; with a loader sharded over the ranks, the ranks' counts are summed."""
+    result = evaluate(student, loader, device, amp=config.amp, channels_last=config.channels_last)
+    if get_world_size() == 1 or (loader_world_size(loader) or 1) == 1:
+        return result
+    count = result["labelled"]
+    correct = round(result["acc"] * count) if count else 0
+    loss_sum = result["loss"] * count if count else 0.0
+    correct, loss_sum, n, count = sum_over_ranks([correct, loss_sum, result["n"], count], device)
+    nan = float("nan")
+    return {
+        "acc": correct / count if count else nan,
+        "loss": loss_sum / count if count else nan,
+        "n": int(n),
+        "labelled": int(count),
+    }
+
+
+def _run_setup(
+    method: Method,
+    teacher: nn.Module | TeacherCache | None,
+    setup_loader: Iterable[object] | None,
+    device: torch.device,
+    channels_last: bool,
+    autocast_dtype: torch.dtype | None,
+) -> None:
+    """Give ``method.setup`` the teacher's outputs over the whole un-augmented training set."""
+    name = type(method).__name__
+    if teacher is None:
+        raise ValueError(f"{name} needs a setup pass of the teacher, but no teacher was given")
+    if setup_loader is not None:
+        cache = TeacherCache.build(
+            teacher,
+            setup_loader,
+            device,
+            channels_last=channels_last,
+            autocast_dtype=autocast_dtype,
+            storage_device=device,
+        )
+    elif isinstance(teacher, TeacherCache):
+        cache = teacher  # built by one pass over the un-augmented training set
+    else:
+        raise ValueError(
+            f"{name} needs the teacher's outputs over the whole un-augmented training set before "
+            "training: pass setup_loader=<the training set without augmentation, yielding "
+            "Batch or (x, y, index)>, or teacher=TeacherCache.build(teacher, that_loader)"
+        )
+    method.setup(cache.setup_data())
+
+
+def _check_finite_state(epoch: int, *modules: nn.Module) -> None:
+    """Raise if a parameter or float buffer holds NaN/inf (e.g. a last step with a NaN gradient).
+
+    The epoch's mean loss can be finite while the weights are not (the loss of the last step is
+    computed before its update), so the loop checks the weights before writing a checkpoint.
+    """
+    for module in modules:
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise FloatingPointError(
+                    f"epoch {epoch + 1}: {type(module).__name__}.{name} holds NaN or inf after "
+                    "the epoch; try a lower lr, grad_clip or amp='off' (the last good checkpoint "
+                    "was not replaced)"
+                )
