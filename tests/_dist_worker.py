@@ -175,8 +175,8 @@ def fit_case(name: str, rank: int, world: int, out: Path) -> tuple[nn.Module, Me
     return model, method, history
 
 
-def worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    """Entry point of each spawned process (``torch.multiprocessing.spawn`` passes ``rank``)."""
+def join_group(rank: int, world: int, port: int) -> torch.device:
+    """Join a gloo process group as ``torchrun`` would set it up (one thread per process)."""
     from relkd_tutorial.training import distributed
 
     torch.set_num_threads(1)
@@ -186,6 +186,14 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     )  # fmt: skip
     device = distributed.init_distributed()
     assert device.type == "cpu" and distributed.get_world_size() == world
+    return device
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Entry point of each spawned process (``torch.multiprocessing.spawn`` passes ``rank``)."""
+    from relkd_tutorial.training import distributed
+
+    device = join_group(rank, world, port)
     out = Path(out_dir)
     try:
         # The bare gather with uneven shards (3 and 2 rows): value and gradient.
@@ -227,5 +235,61 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 {"model": model.state_dict(), "method": method.state_dict(), "history": history},
                 out / f"fit_{name}_r{rank}.pt",
             )
+    finally:
+        distributed.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranks that build their parts with different seeds (tests/test_distributed_seed.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def seeded_parts(seed_offset: int) -> tuple[nn.Module, Method, nn.Module]:
+    """Student, RRD (a random frozen head, a random learnable head, random initial keys) and a
+    live teacher module, each built under a seed shifted by ``seed_offset`` (the rank)."""
+    with seeded(10 + seed_offset):
+        student = TinyNet().double()
+    with seeded(20 + seed_offset):
+        method = build_method(
+            "rrd", student_dim=D_S, teacher_dim=D_S, embed_dim=4, queue_size=12
+        ).double()
+    with seeded(30 + seed_offset):
+        teacher = TinyNet().double()
+    return student, method, teacher
+
+
+def seeded_fit(seed_offset: int, rank: int, world: int) -> dict[str, Any]:
+    """Two epochs of ``fit`` on parts seeded by ``seed_offset``; their final states."""
+    student, method, teacher = seeded_parts(seed_offset)
+    loader = TensorLoader(image_set(), 8, drop_last=True, seed=7, rank=rank, world_size=world)
+    config = TrainConfig(
+        epochs=2, lr=0.1, device="cpu", progress=False, seed=0, schedule="constant"
+    )
+    history = fit(student, method, loader, config, teacher=teacher)
+    return {
+        "model": student.state_dict(),
+        "method": method.state_dict(),
+        "teacher": teacher.state_dict(),
+        "loss": [r["loss"] for r in history],
+    }
+
+
+def seeds_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Each rank builds student, method and teacher with *its own* seed, then trains: ``fit``
+    must broadcast rank 0's copies (and refuse ``sync_batchnorm`` on the CPU)."""
+    from relkd_tutorial.training import distributed
+
+    join_group(rank, world, port)
+    try:
+        result = seeded_fit(rank, rank, world)
+        student, method, teacher = seeded_parts(rank)
+        loader = TensorLoader(image_set(), 8, drop_last=True, rank=rank, world_size=world)
+        config = TrainConfig(epochs=1, device="cpu", progress=False, sync_batchnorm=True)
+        try:
+            fit(student, method, loader, config, teacher=teacher)
+            result["sync_batchnorm_error"] = ""
+        except ValueError as err:
+            result["sync_batchnorm_error"] = str(err)
+        torch.save(result, Path(out_dir) / f"seeds_r{rank}.pt")
     finally:
         distributed.cleanup()

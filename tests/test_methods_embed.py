@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,19 +9,6 @@ import torch.nn.functional as F
 from relkd_tutorial import RRD, RRDKD, Refilled, SetupData, StepInputs, build_method
 from relkd_tutorial.losses.refilled import class_centres, refilled_classifier_kl
 from relkd_tutorial.losses.rrd import rrd_loss
-
-try:  # the KD module is written on another branch; until it is merged, stand in for it here
-    import relkd_tutorial.losses.kd  # noqa: F401
-except ImportError:  # pragma: no cover - placeholder, removed by the merge
-
-    def _placeholder_kd_loss(student_logits, teacher_logits, temperature=4.0):
-        log_q = F.log_softmax(student_logits / temperature, dim=1)
-        log_p = F.log_softmax(teacher_logits / temperature, dim=1)
-        return temperature**2 * (log_p.exp() * (log_p - log_q)).sum(1).mean()
-
-    _kd = types.ModuleType("relkd_tutorial.losses.kd")
-    _kd.kd_loss = _placeholder_kd_loss  # type: ignore[attr-defined]
-    sys.modules["relkd_tutorial.losses.kd"] = _kd
 
 
 def step(b=8, ds=6, dt=10, cs=4, ct=7, seed=0, unlabelled=0):

@@ -353,12 +353,30 @@ def test_plain_dataloader_tuples_are_adapted():
         fit(student(), RecordingMethod(), loader, quiet(epochs=1), teacher=cache)
 
 
+class SeenAccuracy(CrossEntropy):
+    """CE that records, per step, which labelled samples its logits classify right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits: list[torch.Tensor] = []
+
+    def loss_terms(self, inputs: StepInputs):
+        keep = inputs.labels >= 0  # (B,)
+        right = inputs.student_logits.detach().argmax(1) == inputs.labels  # (B,)
+        self.hits.append(right[keep])
+        return super().loss_terms(inputs)
+
+
 def test_unlabelled_samples_are_skipped():
     x, y = make_data(64)
     y_half = y.clone()
     y_half[::2] = -1
-    history = fit(student(), CrossEntropy(), TensorLoader(x, y_half), quiet(epochs=1))
-    assert 0.0 <= history[0]["train_acc"] <= 1.0 and math.isfinite(history[0]["loss"])
+    seen = SeenAccuracy()
+    history = fit(student(), seen, TensorLoader(x, y_half), quiet(epochs=1))
+    hits = torch.cat(seen.hits)  # (32,) one entry per labelled sample of the epoch
+    assert hits.numel() == 32 and 0 < int(hits.sum()) < 32
+    assert history[0]["train_acc"] == pytest.approx(float(hits.float().mean()), rel=1e-12)
+    assert math.isfinite(history[0]["loss"])
 
     y_none = torch.full_like(y, -1)
     history = fit(student(), CrossEntropy(), TensorLoader(x, y_none), quiet(epochs=1))
@@ -397,7 +415,13 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused():
     history = fit(model, CrossEntropy(), TensorLoader(x, y), quiet(epochs=1, amp="bf16"))
     assert math.isfinite(history[0]["loss"])
     assert dtypes and all(d == torch.bfloat16 for d in dtypes)
-    assert 0 <= evaluate(model, TensorLoader(x, y), "cpu", amp="bf16")["acc"] <= 1
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, logits = model(x)  # the evaluation by hand: eval mode, bf16 forward, one batch
+    expected = float((logits.float().argmax(1) == y).double().mean())
+    result = evaluate(model.train(), TensorLoader(x, y, batch_size=64, shuffle=False), "cpu",
+                      amp="bf16")  # fmt: skip
+    assert result["acc"] == pytest.approx(expected, rel=1e-12) and 0.0 < expected < 1.0
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="fp16"):
             fit(student(), CrossEntropy(), TensorLoader(x, y), quiet(epochs=1, amp="fp16"))

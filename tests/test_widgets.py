@@ -307,7 +307,9 @@ def test_03_rrd_sample_view_matches_the_package_and_sums() -> None:
     view = widgets.rrd_sample_view(s, u, q, 0.04, 0.1)
     assert view["loss"] == pytest.approx(float(rrd_loss(s[None], u[None], q, 0.04, 0.1)))
     assert view["loss"] == pytest.approx(view["kl"] + view["entropy"], rel=1e-12)
-    assert view["kl"] >= 0
+    p_t, p_s = view["p_teacher"], view["p_student"]  # the same slot order
+    kl = float(np.sum(np.where(p_t > 0, p_t * (np.log(p_t) - np.log(p_s)), 0.0)))
+    assert view["kl"] == pytest.approx(kl, rel=1e-9) and kl > 1e-6  # KL(p^T || p^S), s != u
     assert view["p_teacher"].sum() == pytest.approx(1.0)
     assert view["p_student"].sum() == pytest.approx(1.0)
     assert (np.diff(view["p_teacher"]) <= 0).all()  # sorted by the teacher
