@@ -13,11 +13,13 @@ single-process references and compares.
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -175,8 +177,20 @@ def fit_case(name: str, rank: int, world: int, out: Path) -> tuple[nn.Module, Me
     return model, method, history
 
 
-def worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    """Entry point of each spawned process (``torch.multiprocessing.spawn`` passes ``rank``)."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(entry, out_dir: str | Path, world: int = WORLD) -> None:
+    """Run ``entry(rank, world, port, out_dir)`` in ``world`` spawned processes (the launcher of
+    every distributed test; ``entry`` must be importable, e.g. :func:`worker`)."""
+    mp.spawn(entry, args=(world, free_port(), str(out_dir)), nprocs=world, join=True)
+
+
+def join_process_group(rank: int, world: int, port: int) -> torch.device:
+    """Join the gloo group on loopback as ``torchrun`` would (one thread per process)."""
     from relkd_tutorial import distributed
 
     torch.set_num_threads(1)
@@ -186,6 +200,14 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     )  # fmt: skip
     device = distributed.init_distributed()
     assert device.type == "cpu" and distributed.get_world_size() == world
+    return device
+
+
+def worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Entry point of each spawned process (``torch.multiprocessing.spawn`` passes ``rank``)."""
+    from relkd_tutorial import distributed
+
+    device = join_process_group(rank, world, port)
     out = Path(out_dir)
     try:
         # The bare gather with uneven shards (3 and 2 rows): value and gradient.
