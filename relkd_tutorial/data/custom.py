@@ -82,13 +82,17 @@ class _Decoder:
     def __call__(self, image: Any, i: int) -> Tensor:
         if isinstance(image, np.ndarray) and image.ndim == 2:
             image = image[:, :, None]  # (H, W) -> (H, W, 1), as ToImage expects
+        what = (
+            f"image {i} is a {type(image).__name__}; expected a PIL image, a (C, H, W) tensor "
+            "(uint8, or float in [0, 1]) or an (H, W[, C]) uint8 array"
+        )
         try:
-            pixels = self.transform(image).as_subclass(Tensor)  # (C, H, W) uint8
-        except TypeError as err:
-            raise TypeError(
-                f"image {i} is a {type(image).__name__}; expected a PIL image, a (C, H, W) "
-                f"tensor or an (H, W[, C]) array ({err})"
-            ) from err
+            pixels = self.transform(image)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{what} ({err})") from err
+        if not isinstance(pixels, Tensor):  # v2 passes unknown types through unchanged
+            raise TypeError(what)
+        pixels = pixels.as_subclass(Tensor)  # (C, H, W) uint8
         if self.shape is None:
             self.shape = tuple(pixels.shape)
         elif tuple(pixels.shape) != self.shape:
