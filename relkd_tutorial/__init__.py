@@ -10,8 +10,12 @@ from .data import (
     Batch,
     ChecksumError,
     ImageSet,
+    ImageStream,
     TensorLoader,
     cross_task_split,
+    from_torchvision,
+    image_folder,
+    image_loader,
     labelled_subset,
     load_cifar100,
     load_fashion_mnist,
@@ -76,6 +80,7 @@ from .training import (
     seed_everything,
     seeded,
 )
+from .wrap import WrappedClassifier, wrap_classifier
 
 __version__ = "0.1.0"
 
@@ -89,8 +94,12 @@ __all__ = [
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "ImageSet",
+    "ImageStream",
     "TensorLoader",
     "cross_task_split",
+    "from_torchvision",
+    "image_folder",
+    "image_loader",
     "labelled_subset",
     "load_cifar100",
     "load_fashion_mnist",
@@ -103,6 +112,8 @@ __all__ = [
     "available_models",
     "build_model",
     "count_parameters",
+    "WrappedClassifier",
+    "wrap_classifier",
     # teacher outputs
     "IndexedDataset",
     "TeacherCache",

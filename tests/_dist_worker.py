@@ -13,11 +13,13 @@ single-process references and compares.
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -173,6 +175,18 @@ def fit_case(name: str, rank: int, world: int, out: Path) -> tuple[nn.Module, Me
             model, method, loader, config, teacher=teacher_cache(), eval_loader=evaluation
         )
     return model, method, history
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(entry, out_dir: str | Path, world: int = WORLD) -> None:
+    """Run ``entry(rank, world, port, out_dir)`` in ``world`` spawned processes (the launcher of
+    every distributed test; ``entry`` must be importable, e.g. :func:`worker`)."""
+    mp.spawn(entry, args=(world, free_port(), str(out_dir)), nprocs=world, join=True)
 
 
 def join_group(rank: int, world: int, port: int) -> torch.device:

@@ -12,12 +12,10 @@ single-process reference on the concatenated batch and compare, in float64 (no B
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from _dist_worker import (
     FIT_CASES,
     GLOBAL_BATCH,
@@ -26,6 +24,7 @@ from _dist_worker import (
     build_case,
     fit_case,
     grads,
+    launch,
     step,
     step_batch,
     tiny_net,
@@ -38,16 +37,10 @@ from relkd_tutorial.training import distributed, load_checkpoint, read_history_c
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=True)
+    launch(worker, out)
     return out
 
 

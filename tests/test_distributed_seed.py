@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from _dist_worker import WORLD, seeded_fit, seeded_parts, seeds_worker
-from test_distributed import free_port
+from _dist_worker import WORLD, launch, seeded_fit, seeded_parts, seeds_worker
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
 def test_ranks_seeded_differently_train_rank_0s_parts(tmp_path) -> None:
-    mp.spawn(seeds_worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    launch(seeds_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"seeds_r{r}.pt", weights_only=True) for r in range(WORLD)]
 
     # the parts really differ between the ranks before training

@@ -11,7 +11,11 @@ Everything a training run needs between "files on disk" and "a normalised batch 
    :func:`load_cifar100` (torchvision's CIFAR-100 files, the papers' benchmark).
 3. Split helpers for the benchmark settings: a validation split, the low-data and transfer
    (partially labelled) regimes, and class splits for cross-task distillation.
-4. :class:`TensorLoader`: shuffles, augments (padded random crop, horizontal flip) and normalises
+4. Your own images (:mod:`.custom`): :func:`from_torchvision` / :func:`image_folder` turn any
+   torchvision dataset or a folder of class sub-folders into an :class:`ImageSet` (or, beyond a
+   memory budget, an :class:`ImageStream` for a ``DataLoader``); :func:`image_loader` builds
+   the loader for either.
+5. :class:`TensorLoader`: shuffles, augments (padded random crop, horizontal flip) and normalises
    whole batches on the training device. An epoch's order and augmentation are a pure function of
    ``(seed, epoch)``, so resuming from a checkpoint replays exactly the same batches.
 
@@ -21,6 +25,14 @@ index into one tensor, and augmentation is one ``gather`` over the batch (``docs
 Shapes: ``N`` images, ``B`` batch, ``C`` channels, ``H x W`` pixels, ``K`` classes.
 """
 
+from .custom import (
+    DEFAULT_MAX_BYTES,
+    EpochSampler,
+    ImageStream,
+    from_torchvision,
+    image_folder,
+    image_loader,
+)
 from .datasets import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -62,6 +74,12 @@ from .splits import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "EpochSampler",
+    "ImageStream",
+    "from_torchvision",
+    "image_folder",
+    "image_loader",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "DEBIAN_FASHION_MNIST_DIR",

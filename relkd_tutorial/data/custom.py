@@ -1,0 +1,371 @@
+"""Your own images: any torchvision dataset or an ``ImageFolder`` -> the package's data path.
+
+:func:`from_torchvision` decodes a map-style dataset of ``(image, label)`` pairs (PIL images,
+``(C, H, W)`` tensors or ``(H, W[, C])`` arrays; integer labels) into fixed-size ``uint8``
+images with torchvision's ``transforms.v2`` (optional resize to ``size``, optional conversion to
+1 or 3 channels). What it returns depends on a memory budget (choice: decoded pixels, ``N C H W``
+bytes, against ``max_bytes``):
+
+- it fits: an :class:`~relkd_tutorial.data.ImageSet`, whole in memory, for the on-device
+  :class:`~relkd_tutorial.data.TensorLoader` (the package's fast path: a batch is one index);
+- it does not: an :class:`ImageStream`, a ``torch.utils.data.Dataset`` that decodes each image
+  when asked and yields ``(x, y, index)`` (normalised float ``x``), for a ``DataLoader``.
+
+:func:`image_loader` builds the training or evaluation loader for either (a ``TensorLoader`` or a
+``DataLoader`` whose sampler has ``set_epoch``, which ``fit`` calls each epoch); ``fit`` reads
+both (it accepts ``Batch`` and ``(x, y, index)`` items). :func:`image_folder` is
+``from_torchvision(torchvision.datasets.ImageFolder(root), ...)``: one sub-folder per class,
+classes in sorted folder order.
+
+Normalisation: ``mean``/``std`` given (e.g. the training set's for the test set, or ImageNet's
+for pretrained weights), or computed from the decoded pixels (population std per channel, on
+the [0, 1] scale, as :meth:`ImageSet.pixel_stats`).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .._checks import check_non_negative_int, check_positive_int
+from .imageset import ImageSet
+from .loader import TensorLoader, epoch_generator, normalize
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "EpochSampler",
+    "ImageStream",
+    "from_torchvision",
+    "image_folder",
+    "image_loader",
+]
+
+#: Default memory budget of :func:`from_torchvision`: 2 GiB of decoded uint8 pixels.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+def _size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) and not isinstance(size, bool) else tuple(size)
+    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in pair):
+        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+    return pair[0], pair[1]
+
+
+class _Decoder:
+    """One image -> ``(C, H, W)`` uint8 tensor (resize, channel conversion), with clear errors."""
+
+    def __init__(self, size: tuple[int, int] | None, channels: int | None) -> None:
+        from torchvision.transforms import v2  # lazy: only this path needs torchvision
+
+        if channels not in (None, 1, 3):
+            raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.uint8, scale=True)]
+        if channels == 1:
+            steps.append(v2.Grayscale(1))
+        elif channels == 3:
+            steps.append(v2.RGB())
+        if size is not None:
+            steps.append(v2.Resize(size, antialias=True))
+        self.transform = v2.Compose(steps)
+        self.size, self.channels = size, channels
+        self.shape: tuple[int, ...] | None = None  # of the first image, which all must share
+
+    def __call__(self, image: Any, i: int) -> Tensor:
+        if isinstance(image, np.ndarray) and image.ndim == 2:
+            image = image[:, :, None]  # (H, W) -> (H, W, 1), as ToImage expects
+        what = (
+            f"image {i} is a {type(image).__name__}; expected a PIL image, a (C, H, W) tensor "
+            "(uint8, or float in [0, 1]) or an (H, W[, C]) uint8 array"
+        )
+        try:
+            pixels = self.transform(image)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{what} ({err})") from err
+        if not isinstance(pixels, Tensor):  # v2 passes unknown types through unchanged
+            raise TypeError(what)
+        pixels = pixels.as_subclass(Tensor)  # (C, H, W) uint8
+        if self.shape is None:
+            self.shape = tuple(pixels.shape)
+        elif tuple(pixels.shape) != self.shape:
+            hint = (
+                "pass size=(H, W) to resize every image"
+                if pixels.shape[0] == self.shape[0]
+                else "pass channels=1 or channels=3 to convert every image"
+            )
+            raise ValueError(
+                f"image {i} has shape (C, H, W) = {tuple(pixels.shape)} but image 0 has "
+                f"{self.shape}: images of one data set must share a shape; {hint}"
+            )
+        return pixels
+
+
+def _label(value: Any, i: int) -> int:
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"label {i} is {value!r} ({type(value).__name__}); labels must be integer class "
+            "indices (0..K-1, -1 = unlabelled): map them with the dataset's target_transform"
+        )
+    return int(value)
+
+
+def _class_names(dataset: Any, labels: Tensor, class_names: Sequence[str] | None) -> list[str]:
+    if class_names is None:
+        class_names = getattr(dataset, "classes", None)
+    if class_names is None:
+        k = int(labels.max()) + 1 if labels.numel() else 1
+        class_names = [str(c) for c in range(k)]
+    return [str(c) for c in class_names]
+
+
+def _pixel_sums(images: Tensor) -> tuple[Tensor, Tensor, int]:
+    wide = images.to(torch.int64)  # (B, C, H, W)
+    return wide.sum(dim=(0, 2, 3)), (wide * wide).sum(dim=(0, 2, 3)), wide[:, 0].numel()
+
+
+def _stats(s1: Tensor, s2: Tensor, m: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean = s1.double() / (255.0 * m)  # (C,)
+    var = s2.double() / (255.0**2 * m) - mean**2  # (C,)
+    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
+
+
+class ImageStream(Dataset):
+    """A dataset too big for memory, decoded image by image: item ``i`` is ``(x, y, i)``.
+
+    ``x`` is ``(C, H, W)`` float32, normalised with ``mean``/``std``; ``y`` an int64 label.
+    With ``augment=True`` (the training view) ``x`` is randomly cropped (zero padding
+    ``crop_padding``) and flipped, the :class:`TensorLoader` recipe, drawing from torch's RNG
+    (in a ``DataLoader`` worker: the worker's seed).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        labels: Tensor,
+        class_names: list[str],
+        decoder: _Decoder,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        name: str,
+        *,
+        augment: bool = False,
+        crop_padding: int = 4,
+    ) -> None:
+        self.dataset, self.labels, self.class_names = dataset, labels, class_names
+        self.decoder, self.mean, self.std, self.name = decoder, mean, std, name
+        self.augment, self.crop_padding = (
+            bool(augment),
+            check_non_negative_int("crop_padding", crop_padding),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def with_augmentation(self, augment: bool = True, crop_padding: int = 4) -> ImageStream:
+        """The same images, with or without the random crop and flip."""
+        return ImageStream(
+            self.dataset, self.labels, self.class_names, self.decoder, self.mean, self.std,
+            self.name, augment=augment, crop_padding=crop_padding,
+        )  # fmt: skip
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        pixels = self.decoder(self.dataset[i][0], i)  # (C, H, W) uint8
+        if self.augment:
+            from torchvision.transforms import v2
+
+            h, w = pixels.shape[1:]
+            pixels = v2.RandomCrop((h, w), padding=self.crop_padding)(pixels)
+            pixels = v2.RandomHorizontalFlip()(pixels)
+        x = normalize(pixels[None], self.mean, self.std)[0]  # (C, H, W) float32
+        return x, self.labels[i], torch.tensor(i)
+
+    def __repr__(self) -> str:
+        shape = self.decoder.shape
+        return (
+            f"ImageStream(name={self.name!r}, n={len(self)}, image shape={shape}, "
+            f"classes={self.num_classes}, augment={self.augment})"
+        )
+
+
+def from_torchvision(
+    dataset: Any,
+    *,
+    size: int | Sequence[int] | None = None,
+    channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    class_names: Sequence[str] | None = None,
+    name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ImageSet | ImageStream:
+    """Turn a map-style dataset of ``(image, label)`` pairs into the package's data path.
+
+    Args:
+        dataset: any torchvision dataset (``ImageFolder``, ``CIFAR10``, ``FashionMNIST``, ...) or
+            an object with ``__len__`` and ``__getitem__`` giving ``(image, int label)``; build
+            it *without* a ``transform`` that normalises (this function does that).
+        size: resize every image to ``(H, W)`` (an int for squares); required when the images'
+            sizes differ.
+        channels: convert every image to 1 (grayscale) or 3 (RGB) channels; ``None`` keeps them.
+        mean, std: per-channel normalisation constants on the [0, 1] scale; computed from the
+            decoded pixels if ``None``.
+        class_names: the ``K`` class names (default ``dataset.classes``, else ``"0".."K-1"``).
+        name: a short identifier (default: the dataset's class name).
+        max_bytes: memory budget for the decoded ``uint8`` pixels, ``N * C * H * W`` bytes: an
+            :class:`ImageSet` within it, an :class:`ImageStream` beyond it.
+
+    Raises:
+        ValueError: an empty dataset, images of different shapes without ``size``/``channels``.
+        TypeError: a label that is not an integer class index, an image that is not an image.
+    """
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the dataset is empty: it holds no images")
+    max_bytes = check_positive_int("max_bytes", max_bytes)
+    decoder = _Decoder(_size_pair(size), channels)
+    name = name or type(dataset).__name__
+    first = decoder(dataset[0][0], 0)  # fixes the shape every image must have
+    if n * first.numel() <= max_bytes:
+        images = torch.empty((n, *first.shape), dtype=torch.uint8)  # (N, C, H, W)
+        labels = torch.empty(n, dtype=torch.int64)
+        for i in range(n):
+            image, label = dataset[i]
+            images[i] = first if i == 0 else decoder(image, i)
+            labels[i] = _label(label, i)
+        names = _class_names(dataset, labels, class_names)
+        data = ImageSet(images, labels, names, name, mean, std)
+        if mean is None or std is None:
+            stats = data.pixel_stats()
+            data = data._replace(
+                mean=stats[0] if mean is None else mean, std=stats[1] if std is None else std
+            )
+        return data
+    # Too big: one pass for the labels (and the pixel statistics when they are not given).
+    labels = torch.empty(n, dtype=torch.int64)
+    s1 = s2 = torch.zeros(first.shape[0], dtype=torch.int64)
+    m = 0
+    for i in range(n):
+        image, label = dataset[i]
+        labels[i] = _label(label, i)
+        if mean is None or std is None:
+            a, b, c = _pixel_sums(decoder(image, i)[None])
+            s1, s2, m = s1 + a, s2 + b, m + c
+    names = _class_names(dataset, labels, class_names)
+    got_mean, got_std = _stats(s1, s2, m) if m else (None, None)
+    mean_t = tuple(float(v) for v in (mean if mean is not None else got_mean))  # type: ignore[union-attr]
+    std_t = tuple(float(v) for v in (std if std is not None else got_std))  # type: ignore[union-attr]
+    # the ImageSet checks (label range, one mean/std entry per channel, std > 0) on one image
+    ImageSet(first[None], labels[:1], names, name, mean_t, std_t)
+    if int(labels.min()) < -1 or int(labels.max()) >= len(names):
+        raise ValueError(
+            f"labels must lie in [-1, {len(names)}) for {len(names)} classes, got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+    return ImageStream(dataset, labels, names, decoder, mean_t, std_t, name)
+
+
+def image_folder(
+    root: str | Path,
+    *,
+    size: int | Sequence[int] | None = None,
+    channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ImageSet | ImageStream:
+    """A folder with one sub-folder of images per class (``root/<class>/<image>``) as
+    :func:`from_torchvision` returns it (torchvision's ``ImageFolder``: classes in sorted order,
+    every image read as RGB; pass ``channels=1`` for grayscale).
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or holds no class folder with an image.
+    """
+    from torchvision.datasets import ImageFolder  # lazy: only this path needs torchvision
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    try:
+        dataset = ImageFolder(str(root))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{root} holds no images in the expected layout root/<class name>/<image file> "
+            f"(one sub-folder per class; extensions .png, .jpg, ...): {err}"
+        ) from None
+    return from_torchvision(
+        dataset, size=size, channels=channels, mean=mean, std=std, name=root.name,
+        max_bytes=max_bytes,
+    )  # fmt: skip
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffling sampler whose order is a pure function of ``(seed, epoch)``; ``fit`` calls
+    :meth:`set_epoch` before each epoch (as for ``DistributedSampler``)."""
+
+    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0) -> None:
+        self.n, self.shuffle = n, bool(shuffle)
+        self.seed = check_non_negative_int("seed", seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = check_non_negative_int("epoch", epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
+        return iter(order.tolist())
+
+
+def image_loader(
+    data: ImageSet | ImageStream,
+    batch_size: int,
+    *,
+    train: bool = True,
+    augment: bool | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+) -> TensorLoader | DataLoader:
+    """The training (``train=True``: shuffled, augmented, last short batch dropped) or evaluation
+    loader of ``data``: a :class:`TensorLoader` for an :class:`ImageSet`, a ``DataLoader`` over
+    an :class:`ImageStream` (``num_workers`` processes decode; ``fit`` moves batches to its
+    device). ``augment`` defaults to ``train`` (random crop with padding 4 and horizontal flip).
+    """
+    augment = train if augment is None else bool(augment)
+    if isinstance(data, ImageSet):
+        if not train:
+            return TensorLoader.for_evaluation(data, batch_size, device=device)
+        return TensorLoader(
+            data, batch_size, augment=augment, drop_last=len(data) > batch_size, seed=seed,
+            device=device,
+        )  # fmt: skip
+    if not isinstance(data, ImageStream):
+        raise TypeError(f"data must be an ImageSet or an ImageStream, got {type(data).__name__}")
+    batch_size = check_positive_int("batch_size", batch_size)
+    stream = data.with_augmentation(augment)
+    return DataLoader(
+        stream,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(stream), shuffle=train, seed=seed),
+        drop_last=train and len(stream) > batch_size,
+        num_workers=check_non_negative_int("num_workers", num_workers),
+        generator=torch.Generator().manual_seed(seed),
+    )
