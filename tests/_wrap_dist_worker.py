@@ -74,7 +74,7 @@ def run(case: str, rank: int, world: int) -> tuple[torch.nn.Module, list]:
 
 
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    from relkd_tutorial import distributed
+    from relkd_tutorial.training import distributed
 
     join_group(rank, world, port)
     try:

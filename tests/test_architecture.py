@@ -36,6 +36,7 @@ CORE = (
     "training",
     "_checks",
     "fastmode",
+    "wrap",
 )
 TOP = ("bench", "tutorial", "selfcheck")  # what the core must not import
 
