@@ -399,8 +399,9 @@ def test_notebook_runs_and_its_widget_redraws_in_a_browser(lab: Lab, path: Path)
             readout = widget.find_element(By.CSS_SELECTOR, ".widget-readout").text
             if shown_first is not None and readout != shown_first:
                 _fail(lab, name, f"the slider {label!r} reads {readout!r}, not {shown_first!r}")
-            handle.click()
-            handle.send_keys(Keys.ARROW_RIGHT)
+            at_max = handle.get_attribute("aria-valuenow") == handle.get_attribute("aria-valuemax")
+            handle.click()  # focus the handle; an arrow key then moves it one step
+            handle.send_keys(Keys.ARROW_LEFT if at_max else Keys.ARROW_RIGHT)
             wait.until(
                 lambda d: widget.find_element(By.CSS_SELECTOR, ".widget-readout").text != readout
             )
