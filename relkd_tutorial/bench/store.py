@@ -128,6 +128,50 @@ def read_runs(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+RESULTS_ENV = "RELKD_RESULTS_DIR"
+
+
+def find_results_dir(start: str | Path | None = None, name: str = "results") -> Path:
+    """The committed benchmark results folder (the one holding ``runs.csv``), found robustly.
+
+    Looked for, in order: ``$RELKD_RESULTS_DIR`` (must hold ``runs.csv``, else an error); a folder
+    ``name`` in ``start`` (default: the current directory) or any of its parents, so a notebook
+    finds the repository's ``results/`` from ``notebooks/`` or from a copy of the notebooks folder
+    placed next to it; then the ``results/`` of the source checkout this package was imported
+    from (an editable install). Returns an absolute path (the override as given). Raises
+    :class:`FileNotFoundError` naming every place searched and the variable to set when none holds
+    ``runs.csv``.
+    """
+    override = os.environ.get(RESULTS_ENV, "").strip()
+    if override:
+        folder = Path(override).expanduser()
+        if not (folder / "runs.csv").is_file():
+            raise FileNotFoundError(
+                f"{RESULTS_ENV}={override!r} does not hold runs.csv; point it at the benchmark's "
+                "results folder (the repository's results/, written by "
+                "`python -m relkd_tutorial.bench --out results`)"
+            )
+        return folder
+    here = Path.cwd() if start is None else Path(start)
+    searched: list[Path] = []
+    for parent in (here.resolve(), *here.resolve().parents):
+        candidate = parent / name
+        searched.append(candidate)
+        if (candidate / "runs.csv").is_file():
+            return candidate
+    checkout = Path(__file__).resolve().parents[2] / name
+    if checkout not in searched:
+        searched.append(checkout)
+        if (checkout / "runs.csv").is_file():
+            return checkout
+    raise FileNotFoundError(
+        f"no benchmark results folder ({name}/ holding runs.csv) in {here} or any folder above it, "
+        f"nor in this package's source checkout; searched {', '.join(str(p) for p in searched)}. "
+        f"Set {RESULTS_ENV} to the folder holding runs.csv (the repository's results/), or open "
+        "the notebook from inside a clone of the repository"
+    )
+
+
 class ResultStore:
     """``runs.csv`` and ``histories.csv`` in ``out_dir``, appended one run at a time."""
 

@@ -271,7 +271,7 @@ def plot_soft_targets(
     ax.set_xticks(range(p.shape[0]), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(r"$p_c = \mathrm{softmax}(t/T)_c$")
     ax.set_title(
-        f"T = {view['temperature']:.2g}:  H(p) = {view['entropy']:.3f} nats "
+        f"T = {view['temperature']:.3g}:  H(p) = {view['entropy']:.3f} nats "
         f"(max log C = {view['max_entropy']:.3f})"
     )
     return ax
