@@ -468,3 +468,11 @@ def test_a_tiny_ablation_run_builds_every_variant_and_reports_it(
     assert (out / "ablation.csv").exists()
     meta = (out / "meta.json").read_text()
     assert '"ablation": "grkd"' in meta
+
+
+def test_the_cifar_setting_has_no_kd_control_for_the_combinations() -> None:
+    # full (CIFAR-100) trains the combinations at the published 1 / 1 / 1 weights
+    entries = verdict.comparisons(_rows(_synthetic(0), setting="full"), metrics=("acc",))
+    control = {(e["method"], e["baseline"]) for e in entries if e["family"] == "control"}
+    assert ("grkd_kd", "kd") not in control and ("rrd_kd", "kd") not in control
+    assert ("grkd", "ce") in control
