@@ -476,3 +476,11 @@ def test_the_cifar_setting_has_no_kd_control_for_the_combinations() -> None:
     control = {(e["method"], e["baseline"]) for e in entries if e["family"] == "control"}
     assert ("grkd_kd", "kd") not in control and ("rrd_kd", "kd") not in control
     assert ("grkd", "ce") in control
+
+
+def test_the_control_weights_are_part_of_every_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # rows trained with the old 1 / 1 / 1 combinations are never resumed as the new protocol's
+    s = bs.default_settings(fast=False)["transfer"]
+    before = s.fingerprint("T")
+    monkeypatch.setattr(bs, "CONTROL_WEIGHTS", {"grkd_kd": {"ce_weight": 1.0, "kd_weight": 1.0}})
+    assert s.fingerprint("T") != before

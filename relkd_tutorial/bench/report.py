@@ -265,7 +265,8 @@ def _setting_description(rows: Sequence[dict[str, Any]], setting: str, phase: st
 def _protocol_note(confidence: float = 0.95) -> list[str]:
     """How to read the tables (the protocol's constants, from :mod:`.settings`, no results)."""
     combos = ", ".join(
-        f"{METHOD_LABELS[m]} = {describe_params(w)} + its term" for m, w in CONTROL_WEIGHTS.items()
+        f"{METHOD_LABELS[m]}: {describe_params(w)} plus its own term"
+        for m, w in CONTROL_WEIGHTS.items()
     )
     return [
         "Mean ± sample standard deviation over seeds. Δ columns: top-1 difference in percentage "

@@ -309,6 +309,9 @@ class Setting:
         for k in ("seeds", "sweep", "curves"):
             spec.pop(k)
         spec["teacher"] = teacher_id
+        # the combinations' weights changed what their runs mean (1 / 1 / 1 before): rows of the
+        # old protocol are never mixed with the new ones
+        spec["control_weights"] = CONTROL_WEIGHTS
         blob = json.dumps(spec, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:8]
 
