@@ -163,6 +163,21 @@ def test_choose_params_best_validation_accuracy_ties_to_the_default() -> None:
     assert runner.choose_params(rows, "transfer", "other-spec", "kd") == {}
 
 
+def test_choose_params_scores_the_mean_over_the_sweep_seeds() -> None:
+    c = bench_settings.sweep_candidates("kd")
+    # trial 1 wins seed 0 alone, trial 2 wins on the mean of two seeds
+    rows = [
+        _sweep_row("kd", c[0], 0.80), _sweep_row("kd", c[0], 0.80),
+        _sweep_row("kd", c[1], 0.85), _sweep_row("kd", c[1], 0.77),
+        _sweep_row("kd", c[2], 0.83), _sweep_row("kd", c[2], 0.82),
+    ]  # fmt: skip
+    assert runner.choose_params(rows, "transfer", "s1", "kd") == c[2]
+    # one diverged seed disqualifies the trial
+    rows.append(_sweep_row("kd", c[2], math.nan, "diverged"))
+    assert runner.choose_params(rows, "transfer", "s1", "kd") == c[1]
+    assert bench_settings.sweep_seeds((4, 5, 6)) == (4, 5)
+
+
 def test_fingerprint_tracks_what_changes_a_result() -> None:
     s = bench_settings.default_settings(fast=True)["transfer"]
     base = s.fingerprint("teacherA")
@@ -222,7 +237,7 @@ def test_peak_memory_is_measured_on_cpu() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_cpu_preset_is_the_main_job() -> None:
+def test_cpu_preset_is_the_powered_main_job() -> None:
     cpu = bench_settings.default_settings(fast=False, preset="cpu")
     assert bench_settings.DEFAULT_SETTINGS == ("transfer", "low-data", "standard")
     assert (
@@ -230,28 +245,45 @@ def test_cpu_preset_is_the_main_job() -> None:
     )  # opt-in, but defined
     assert not any(s.sweep for s in cpu.values()), "the cpu preset runs the paper defaults"
     t, low, std = cpu["transfer"], cpu["low-data"], cpu["standard"]
-    assert (t.labelled_per_class, t.keep_unlabelled, t.pool_per_class) == (50, True, 300)
-    assert (t.epochs, t.seeds) == (8, (0, 1, 2, 3))
-    assert (low.labelled_per_class, low.keep_unlabelled, low.epochs, low.seeds) == (
-        50, False, 20, (0, 1, 2)
+    assert all(s.pool_per_class is None and s.val_per_class == 100 for s in cpu.values())
+    assert (t.labelled_per_class, t.keep_unlabelled) == (50, True)
+    assert (t.epochs, t.seeds) == (5, tuple(range(8)))  # >= 8 paired seeds
+    assert (low.labelled_per_class, low.keep_unlabelled, low.epochs, low.batch_size) == (
+        50, False, 30, 64
     )  # fmt: skip
-    assert (std.labelled_per_class, std.pool_per_class, std.epochs, std.seeds, std.curves) == (
-        None, 200, 10, (0,), True
+    assert low.seeds == tuple(range(5))  # >= 5 seeds
+    assert (std.labelled_per_class, std.epochs, std.seeds, std.curves) == (
+        None, 10, (0, 1, 2), True
     )  # fmt: skip
-    # 10 methods x seeds, no sweep: 40 + 30 + 10 runs
+    # 10 methods x seeds, no sweep: 80 + 50 + 30 runs
     counts = [
         runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
     ]
-    assert counts == [40, 30, 10]
-    # the data sizes the presets promise (the shipped subset, no teacher, no training)
+    assert counts == [80, 50, 30]
+    # the data sizes the preset promises: the whole subset beside the validation split
     pool, val, _ = workspace._fashion_splits(t)
-    assert (len(pool), len(val)) == (3000, 1000)
+    assert (len(pool), len(val)) == (9000, 1000)
+    assert pool.class_counts().tolist() == [900] * 10 and val.class_counts().tolist() == [100] * 10
     transfer_set = partially_labelled(pool, t.labelled_per_class, seed=0)
-    assert int((transfer_set.labels >= 0).sum()) == 500 and len(transfer_set) == 3000
-    assert len(workspace._fashion_splits(std)[0]) == 2000
-    assert {s.fingerprint("T") for s in cpu.values()}.isdisjoint(
-        {s.fingerprint("T") for s in bench_settings.default_settings(False, "large").values()}
-    ), "results of the two presets are never mixed"
+    assert int((transfer_set.labels >= 0).sum()) == 500 and len(transfer_set) == 9000
+    assert len(workspace._fashion_splits(std)[0]) == 9000
+    assert len(workspace._fashion_splits(low)[0]) == 9000  # low-data keeps 50 per class of it
+    fingerprints = {
+        name: {s.fingerprint("T") for s in bench_settings.default_settings(False, name).values()}
+        for name in bench_settings.PRESETS
+    }
+    for a, b in [("cpu", "quick"), ("cpu", "large"), ("quick", "large")]:
+        assert fingerprints[a].isdisjoint(fingerprints[b]), "results of presets are never mixed"
+
+
+def test_quick_preset_is_the_previous_default() -> None:
+    quick = bench_settings.default_settings(fast=False, preset="quick")
+    t, low, std = quick["transfer"], quick["low-data"], quick["standard"]
+    assert (t.labelled_per_class, t.pool_per_class, t.epochs, t.seeds) == (50, 300, 8, (0, 1, 2, 3))
+    assert (low.epochs, low.seeds, std.pool_per_class, std.epochs, std.seeds) == (
+        20, (0, 1, 2), 200, 10, (0,)
+    )  # fmt: skip
+    assert len(workspace._fashion_splits(t)[0]) == 3000
 
 
 def test_large_preset_is_bigger_and_sweeps() -> None:
@@ -259,9 +291,10 @@ def test_large_preset_is_bigger_and_sweeps() -> None:
     large = bench_settings.default_settings(fast=False, preset="large")
     assert set(large) == set(cpu)
     assert large["transfer"].pool_per_class is None and large["transfer"].sweep
-    assert large["low-data"].sweep and len(large["transfer"].seeds) == 5
+    assert large["low-data"].sweep and len(large["transfer"].seeds) == 8
     for name in cpu:
         assert large[name].epochs > cpu[name].epochs, name
+        assert len(large[name].seeds) >= min(3, len(cpu[name].seeds)), name
     with pytest.raises(ValueError, match="preset"):
         bench_settings.default_settings(fast=False, preset="huge")
     # fast mode ignores the preset
@@ -294,8 +327,9 @@ def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
     assert all(s.sweep for s in swept.values())
     assert (
         runner.plan_counts(swept["transfer"], bench_settings.METHODS)
-        == 9 * bench_settings.SWEEP_TRIALS + 40
+        == 9 * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 80
     )
+    assert bench_settings.SWEEP_SEEDS >= 2
     opt_in = _configure(["--no-fast", "--settings", "cross-task"])[1]
     assert opt_in == {"cross-task": cpu["cross-task"]}
     quick = _configure(["--fast", "--preset", "large"])[1]
@@ -313,7 +347,7 @@ def test_plan_flag_prints_the_cpu_preset(capsys: pytest.CaptureFixture[str]) -> 
     assert "default mode, cpu preset, 1 torch thread" in out
     assert "transfer:" in out and "low-data:" in out and "standard:" in out
     assert "cross-task:" not in out
-    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == [40, 30, 10]
+    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == [80, 50, 30]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,11 +462,14 @@ def test_tiny_cli_run_resumes_and_reports(
     monkeypatch.setattr(runner, "run_job", counting_run_job)
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    # transfer: 4 KD sweep trials + 2 methods x 2 seeds; cross-task: CE x 2 seeds, KD is n/a
-    assert len(calls) == 10
+    # transfer: 4 KD sweep trials x 2 seeds + 2 methods x 2 seeds; cross-task: CE x 2 seeds,
+    # KD is n/a
+    assert len(calls) == 14
     assert "== transfer ==" in printed and "n/a: matches the teacher's class" in printed
     rows = bench_store.read_runs(out / "runs.csv")
-    assert len(rows) == 11 and sum(r["status"] == "n/a" for r in rows) == 1
+    assert len(rows) == 15 and sum(r["status"] == "n/a" for r in rows) == 1
+    sweep_seeds = {r["seed"] for r in rows if r["phase"] == "sweep"}
+    assert sweep_seeds == {0, 1}  # every trial on two seeds
     finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
     assert all(0.0 <= r["acc"] <= 1.0 for r in finals)
     assert all(-1.0 <= r["kendall_tau"] <= 1.0 for r in finals if r["setting"] == "transfer")
@@ -448,7 +485,7 @@ def test_tiny_cli_run_resumes_and_reports(
     assert cli.main(argv) == 0  # the same command: every run is already there
     printed = capsys.readouterr().out
     assert calls == [] and "0 runs trained" in printed
-    assert len(bench_store.read_runs(out / "runs.csv")) == 11
+    assert len(bench_store.read_runs(out / "runs.csv")) == 15
 
 
 def test_an_interrupted_benchmark_keeps_its_runs_and_resumes(

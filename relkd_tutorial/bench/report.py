@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..stats import describe_difference, mean_std, paired_difference
+from ..stats import mean_std
 from .figures import (
     _grid,
     curve_value,
@@ -38,11 +38,15 @@ from .figures import (
     read_histories,
 )
 from .settings import (
+    ABLATIONS,
+    ALPHA,
     BASELINES,
+    CONTROL_DIFFERS,
+    CONTROL_WEIGHTS,
     DIFF_METRICS,
+    HEADLINE_BASELINE,
     METHOD_LABELS,
     METHODS,
-    METRIC_LABELS,
     METRICS,
     PERCENT,
     SETTING_TITLES,
@@ -55,6 +59,14 @@ from .settings import (
 )
 from .store import (
     read_runs,
+)
+from .verdict import (
+    ablation_comparisons,
+    ablation_paragraph,
+    ablation_table,
+    comparisons,
+    family_table,
+    verdict_paragraph,
 )
 
 
@@ -119,68 +131,27 @@ def paired_differences(
     metrics: Sequence[str] = DIFF_METRICS,
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """Every method minus each baseline, paired by seed, per setting and metric.
+    """Every method minus each baseline (CE, KD), paired by seed, per setting and metric.
 
-    Only seeds where both runs finished take part. Accuracy differences are in percentage points.
-    Returns dicts with ``mean``, ``std``, ``n``, ``low``, ``high``, ``within_noise`` and
-    ``sentence``.
+    The ``"ce"`` and ``"kd"`` families of :func:`relkd_tutorial.bench.verdict.comparisons`: each
+    with its paired t interval, p-value, Holm-adjusted p-value over the family and sentence.
+    Accuracy differences are in percentage points.
     """
-    out = []
-    finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
-    for setting in _ordered_settings(finals):
-        in_setting = [r for r in finals if r["setting"] == setting]
-        by_method: dict[str, dict[int, dict[str, Any]]] = {}
-        for r in in_setting:
-            by_method.setdefault(r["method"], {})[r["seed"]] = r
-        for baseline in baselines:
-            if baseline not in by_method:
-                continue
-            for method in sorted(by_method, key=_method_order):
-                if method == baseline:
-                    continue
-                seeds = sorted(set(by_method[method]) & set(by_method[baseline]))
-                for metric in metrics:
-                    pairs = [
-                        (by_method[method][s][metric], by_method[baseline][s][metric])
-                        for s in seeds
-                    ]
-                    pairs = [(a, b) for a, b in pairs if not (math.isnan(a) or math.isnan(b))]
-                    if not pairs:
-                        continue
-                    k = _scale(metric)
-                    diff = paired_difference(
-                        [k * a for a, _ in pairs], [k * b for _, b in pairs], confidence
-                    )
-                    unit = "points" if metric in PERCENT else "in tau"
-                    digits = 2 if metric in PERCENT else 3
-                    what = f"{METRIC_LABELS[metric].replace(' %', '')}"
-                    sentence = describe_difference(
-                        METHOD_LABELS.get(method, method),
-                        METHOD_LABELS.get(baseline, baseline),
-                        diff,
-                        unit=unit,
-                        digits=digits,
-                    )
-                    out.append(
-                        {
-                            "setting": setting,
-                            "method": method,
-                            "baseline": baseline,
-                            "metric": metric,
-                            "mean": diff.mean,
-                            "std": diff.std,
-                            "n": diff.n,
-                            "low": diff.low,
-                            "high": diff.high,
-                            "within_noise": diff.within_noise,
-                            "sentence": f"[{what}] {sentence}",
-                        }
-                    )
-    return out
+    return [
+        e
+        for e in comparisons(
+            rows, families=tuple(baselines), metrics=metrics, confidence=confidence
+        )  # fmt: skip
+        if e["family"] in baselines
+    ]
 
 
 def sweep_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The sweep runs: validation top-1 of every trial and which one was chosen."""
+    """The sweep: per trial, the mean validation top-1 over its seeds and whether it was chosen.
+
+    A trial with a diverged seed has status ``"diverged"`` (it never wins,
+    :func:`~relkd_tutorial.bench.runner.choose_params`).
+    """
     out = []
     sweeps = [r for r in rows if r["phase"] == "sweep"]
     finals = {
@@ -193,16 +164,20 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                              key=_method_order):  # fmt: skip
             order = [params_tag(c) for c in sweep_candidates(method)]
             runs = [r for r in sweeps if r["setting"] == setting and r["method"] == method]
-            runs.sort(key=lambda r: order.index(r["params"]) if r["params"] in order else 99)
-            for r in runs:
+            tags = sorted({r["params"] for r in runs},
+                          key=lambda t: order.index(t) if t in order else 99)  # fmt: skip
+            for tag in tags:
+                trial = [r for r in runs if r["params"] == tag]
+                ok = all(r["status"] == "ok" and not math.isnan(r["acc"]) for r in trial)
                 out.append(
                     {
                         "setting": setting,
                         "method": method,
-                        "params": r["params"],
-                        "val_acc": r["acc"],
-                        "status": r["status"],
-                        "chosen": finals.get((setting, method)) == r["params"],
+                        "params": tag,
+                        "seeds": sorted(r["seed"] for r in trial),
+                        "val_acc": sum(r["acc"] for r in trial) / len(trial) if ok else math.nan,
+                        "status": "ok" if ok else "diverged",
+                        "chosen": finals.get((setting, method)) == tag,
                     }
                 )
     return out
@@ -274,9 +249,9 @@ def summary_table_markdown(
     return "\n".join(lines)
 
 
-def _setting_description(rows: Sequence[dict[str, Any]], setting: str) -> str:
+def _setting_description(rows: Sequence[dict[str, Any]], setting: str, phase: str = "final") -> str:
     finals = [
-        r for r in rows if r["setting"] == setting and r["status"] == "ok" and r["phase"] == "final"
+        r for r in rows if r["setting"] == setting and r["status"] == "ok" and r["phase"] == phase
     ]
     if not finals:
         return ""
@@ -287,61 +262,132 @@ def _setting_description(rows: Sequence[dict[str, Any]], setting: str) -> str:
     )
 
 
-def markdown_report(rows: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
-    """The whole ``results.md``: per setting a table, the paired sentences and the sweep."""
-    rows = select_rows(rows)
-    summary = summarize_runs(rows)
-    diffs = paired_differences(rows)
-    sweep = sweep_table(rows)
-    parts = ["# Benchmark results", ""]
-    if meta:
-        parts += _meta_markdown(meta)
-    parts += [
+def _protocol_note(confidence: float = 0.95) -> list[str]:
+    """How to read the tables (the protocol's constants, from :mod:`.settings`, no results)."""
+    combos = ", ".join(
+        f"{METHOD_LABELS[m]}: {describe_params(w)} plus its own term"
+        for m, w in CONTROL_WEIGHTS.items()
+    )
+    return [
         "Mean ± sample standard deviation over seeds. Δ columns: top-1 difference in percentage "
-        "points against CE / KD, paired by seed (same labelled subset, initialisation and batch "
-        "order), with the 95% paired t interval; `*` marks an interval that excludes 0. "
+        f"points against CE / KD, paired by seed (same labelled subset, initialisation and batch "
+        f"order), with the {100 * confidence:g}% paired t interval; `*` marks a difference that "
+        f"survives Holm's correction over its family at level {ALPHA:g} (the interval excludes 0 "
+        "and the Holm-adjusted p-value is at most the level). "
         "Kendall tau: mean over test images of the rank agreement between the teacher's and the "
         "student's class scores (did the ranking transfer). dist. corr.: Pearson correlation of "
         "teacher and student pairwise feature distances on a fixed stratified test batch. "
         "s / run: training wall time. peak MiB: resident memory the run added at its peak (CPU).",
         "",
+        f"Controls: every method is also compared with the run that differs from it in one thing. "
+        f"The combinations train with KD's CE and KD weights ({combos}), so their control is KD; "
+        "each relational term alone has CE weight 1, like CE, so its control is CE. "
+        "Multiple comparisons: each family (every method against KD; against CE; against its "
+        "control; GRKD against the other relational methods) is corrected with Holm's step-down "
+        "method, so the chance of any false claim in a family stays at the level.",
+        "",
     ]
-    for setting in _ordered_settings(rows):
+
+
+def markdown_report(rows: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
+    """The whole ``results.md``: per setting the verdict, the tables, the sentences and the sweep.
+
+    Every result sentence is generated from the computed values (:mod:`.verdict`).
+    """
+    rows = select_rows(rows)
+    summary = summarize_runs(rows)
+    entries = comparisons(rows)
+    diffs = [e for e in entries if e["family"] in BASELINES]
+    sweep = sweep_table(rows)
+    parts = ["# Benchmark results", ""]
+    if meta:
+        parts += _meta_markdown(meta)
+    parts += _protocol_note()
+    finals = [r for r in rows if r["phase"] == "final"]
+    for setting in _ordered_settings(finals):
         parts += [f"## {SETTING_TITLES.get(setting, setting)}", ""]
         desc = _setting_description(rows, setting)
         if desc:
             parts += [desc, ""]
+        verdict = verdict_paragraph(entries, setting)
+        if any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
+            parts += [verdict, ""]
         parts += [summary_table_markdown(summary, diffs, setting), ""]
-        for baseline in BASELINES:
+        for family, title in (
+            ("control", "Each method against its one-thing-different control"),
+            (HEADLINE_BASELINE, f"Every method against {METHOD_LABELS[HEADLINE_BASELINE]}"),
+            ("mission", "GRKD against the other relational methods"),
+        ):
+            table = family_table(entries, setting, family, CONTROL_DIFFERS)
+            if table:
+                parts += [f"{title} (Holm over the family):", "", table, ""]
+        for family, title in (
+            ("control", "Top-1 against the control"),
+            (HEADLINE_BASELINE, f"Top-1 against {METHOD_LABELS[HEADLINE_BASELINE]}"),
+            ("ce", "Top-1 against CE"),
+        ):
             sentences = [
-                d["sentence"]
-                for d in diffs
-                if d["setting"] == setting and d["baseline"] == baseline and d["metric"] == "acc"
+                e["sentence"]
+                for e in entries
+                if e["setting"] == setting and e["family"] == family and e["metric"] == "acc"
             ]
             if sentences:
-                parts += [f"Top-1 against {METHOD_LABELS[baseline]}:", ""]
-                parts += [f"- {s}" for s in sentences] + [""]
+                parts += [f"{title}:", ""] + [f"- {x}" for x in sentences] + [""]
         taus = [
-            d["sentence"]
-            for d in diffs
-            if d["setting"] == setting and d["baseline"] == "ce" and d["metric"] == "kendall_tau"
+            e["sentence"]
+            for e in entries
+            if e["setting"] == setting and e["family"] == "ce" and e["metric"] == "kendall_tau"
         ]
         if taus:
             parts += ["Kendall tau against CE (did the ranking transfer):", ""]
-            parts += [f"- {s}" for s in taus] + [""]
+            parts += [f"- {x}" for x in taus] + [""]
         trials = [t for t in sweep if t["setting"] == setting]
         if trials:
-            parts += ["Sweep (first seed, validation top-1; **chosen** in bold):", ""]
-            parts += ["| method | trial | val top-1 % |", "|---|---|---|"]
+            parts += [
+                "Sweep (mean validation top-1 over each trial's seeds; **chosen** in bold):",
+                "",
+                "| method | trial | seeds | val top-1 % |",
+                "|---|---|---|---|",
+            ]
             for t in trials:
                 acc = "diverged" if t["status"] != "ok" else f"{100 * t['val_acc']:.2f}"
                 trial = describe_params(t["params"])
                 if t["chosen"]:
                     trial, acc = f"**{trial}**", f"**{acc}**"
-                parts.append(f"| {METHOD_LABELS.get(t['method'], t['method'])} | {trial} | {acc} |")
+                seeds = ", ".join(str(x) for x in t["seeds"])
+                parts.append(
+                    f"| {METHOD_LABELS.get(t['method'], t['method'])} | {trial} | {seeds} | {acc} |"
+                )
             parts.append("")
-    parts += ["## Where the time goes", "", _time_table(summary), ""]
+    parts += _ablation_markdown(rows)
+    if summary:
+        parts += ["## Where the time goes", "", _time_table(summary), ""]
     return "\n".join(parts)
+
+
+def ablation_entries(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`~relkd_tutorial.bench.verdict.ablation_comparisons` of every ablated method present."""
+    out: list[dict[str, Any]] = []
+    for method in sorted(ABLATIONS):
+        out += ablation_comparisons(rows, method)
+    return out
+
+
+def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    parts: list[str] = []
+    runs = [r for r in rows if r["phase"] == "ablation"]
+    for method in sorted({r["method"] for r in runs if r["method"] in ABLATIONS}):
+        entries = ablation_comparisons(rows, method)
+        for setting in _ordered_settings([r for r in runs if r["method"] == method]):
+            parts += [f"## {METHOD_LABELS.get(method, method)} ablation ({setting})", ""]
+            desc = _setting_description(rows, setting, phase="ablation")
+            if desc:
+                parts += [desc, ""]
+            paragraph = ablation_paragraph(entries, setting)
+            if paragraph:
+                parts += [paragraph, ""]
+            parts += [ablation_table(rows, entries, method, setting), ""]
+    return parts
 
 
 def _time_table(summary: Sequence[dict[str, Any]]) -> str:
@@ -462,7 +508,8 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def write_report(out_dir: str | Path, plots: bool = True) -> None:
-    """Rebuild ``summary.csv``, ``differences.csv``, ``sweep.csv``, ``results.md`` and the PNGs."""
+    """Rebuild ``summary.csv``, ``differences.csv`` (every family), ``sweep.csv``, ``ablation.csv``
+    (if there are ablation runs), ``results.md`` and the PNGs."""
     out_dir = Path(out_dir)
     rows = read_runs(out_dir / "runs.csv")
     if not rows:
@@ -471,7 +518,10 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
     chosen = select_rows(rows)
     _write_csv(out_dir / "summary.csv", summarize_runs(chosen))
-    _write_csv(out_dir / "differences.csv", paired_differences(chosen))
+    _write_csv(out_dir / "differences.csv", comparisons(chosen))
+    ablation = ablation_entries(chosen)
+    if ablation:
+        _write_csv(out_dir / "ablation.csv", ablation)
     _write_csv(out_dir / "sweep.csv", sweep_table(chosen))
     (out_dir / "results.md").write_text(markdown_report(rows, meta))
     if plots:

@@ -38,13 +38,16 @@ from ..metrics import (
 from ..models import build_model
 from ..training import TrainConfig, fit, seeded
 from .settings import (
+    CONTROL_WEIGHTS,
     METHOD_LABELS,
     MULTI_STAGE,
     NEEDS_SHARED_CLASSES,
     Setting,
+    ablation_variants,
     describe_params,
     params_tag,
     sweep_candidates,
+    sweep_seeds,
 )
 from .store import (
     NUMERIC_COLUMNS,
@@ -131,7 +134,8 @@ DIST_CORR_PER_CLASS = 50  # the fixed test batch for the distance correlation: 5
 class Job:
     """One training run: a method with its hyperparameter overrides, a seed, a phase.
 
-    ``phase="sweep"`` runs score the validation split; ``phase="final"`` runs the test set.
+    ``phase="sweep"`` runs score the validation split; ``phase="final"`` (the comparison) and
+    ``phase="ablation"`` (a method's variants, :func:`ablation_jobs`) the test set.
     """
 
     setting: str
@@ -151,9 +155,11 @@ def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train:
 
     RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice: the CIFAR 16384 is larger
     than these training sets, and ``K <= N`` keeps each image once; ``docs/rrd.md``). REFILLED gets
-    the student's class count.
+    the student's class count. The combinations get KD's CE and KD weights
+    (:data:`~relkd_tutorial.bench.settings.CONTROL_WEIGHTS`), so ``X + KD`` differs from KD by
+    the ``X`` term only; a trial's overrides come last.
     """
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(CONTROL_WEIGHTS.get(method, {}))
     if method in ("rrd", "rrd_kd"):
         student_dim = build_model(ws.setting.student, ws.num_classes, 1).feature_dim
         teacher_dim = int(ws.teacher_cache(ws.test).features.shape[1])
@@ -298,27 +304,50 @@ def applicable(method: str, ws: Workspace) -> str | None:
 
 
 def choose_params(rows: Iterable[dict[str, Any]], setting: str, spec: str, method: str) -> dict:
-    """The sweep's winner: the best validation top-1 among ``method``'s sweep runs.
+    """The sweep's winner: the best mean validation top-1 over the sweep seeds of each trial.
 
     Candidates are compared in :func:`sweep_candidates` order with a strict ``>``, so a tie goes
-    to the earlier candidate (the paper default first). Diverged trials never win.
+    to the earlier candidate (the paper default first). A trial with a diverged seed never wins.
     """
-    scores = {
-        r["params"]: r["acc"]
-        for r in rows
-        if r["setting"] == setting
-        and r["spec"] == spec
-        and r["phase"] == "sweep"
-        and r["method"] == method
-        and r["status"] == "ok"
-        and not math.isnan(r["acc"])
-    }
+    scores: dict[str, list[float]] = {}
+    failed: set[str] = set()
+    for r in rows:
+        if (r["setting"], r["spec"], r["phase"], r["method"]) != (setting, spec, "sweep", method):
+            continue
+        if r["status"] != "ok" or math.isnan(r["acc"]):
+            failed.add(r["params"])
+        else:
+            scores.setdefault(r["params"], []).append(r["acc"])
     best, best_acc = {}, -math.inf
     for candidate in sweep_candidates(method):
-        acc = scores.get(params_tag(candidate))
-        if acc is not None and acc > best_acc:
+        tag = params_tag(candidate)
+        if tag in failed or tag not in scores:
+            continue
+        acc = sum(scores[tag]) / len(scores[tag])
+        if acc > best_acc:
             best, best_acc = candidate, acc
     return best
+
+
+def ablation_jobs(setting: Setting, method: str) -> list[Job]:
+    """Every variant of ``method``'s ablation on every seed of ``setting`` (``phase="ablation"``).
+
+    The variants' ``params`` go to ``build_method`` like a sweep trial's and are recorded in the
+    ``params`` column, so each variant's rows are told apart in ``runs.csv``; the seeds are the
+    setting's, so a variant pairs with the default seed by seed.
+    """
+    return [
+        Job(setting.name, "ablation", method, dict(v.params), seed)
+        for v in ablation_variants(method)
+        for seed in setting.seeds
+    ]
+
+
+def run_ablation(ws: Workspace, method: str, store: ResultStore, progress: Progress) -> None:
+    """Train (or skip, if already in ``store``) every job of :func:`ablation_jobs`."""
+    done = store.done()
+    for job in ablation_jobs(ws.setting, method):
+        _run_or_skip(job, ws, store, done, progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,9 +395,9 @@ def _clock(seconds: float) -> str:
 def plan_counts(setting: Setting, methods: Sequence[str], ws: Workspace | None = None) -> int:
     """Number of training runs a setting needs (sweep + final; n/a methods excluded)."""
     runnable = [m for m in methods if ws is None or applicable(m, ws) is None]
-    sweep = sum(len(sweep_candidates(m)) for m in runnable if m != "ce") if setting.sweep else 0
-    # the sweep's default trial on the first seed is not the same run as the final one (val vs
-    # test split), so nothing is shared
+    trials = sum(len(sweep_candidates(m)) for m in runnable if m != "ce")
+    sweep = trials * len(sweep_seeds(setting.seeds)) if setting.sweep else 0
+    # a sweep run is not the same run as a final one (val vs test split), so nothing is shared
     return sweep + len(runnable) * len(setting.seeds)
 
 
@@ -378,7 +407,7 @@ def run_setting(
     store: ResultStore,
     progress: Progress,
 ) -> None:
-    """Sweep (first seed, validation split), then the chosen trial of every method on every seed."""
+    """Sweep (first seeds, validation split), then the chosen trial of every method on every seed."""
     setting = ws.setting
     done = store.done()
     for method in methods:
@@ -394,8 +423,9 @@ def run_setting(
             if method == "ce":
                 continue
             for params in sweep_candidates(method):
-                _run_or_skip(Job(setting.name, "sweep", method, params, setting.seeds[0]), ws,
-                             store, done, progress)  # fmt: skip
+                for seed in sweep_seeds(setting.seeds):
+                    _run_or_skip(Job(setting.name, "sweep", method, params, seed), ws,
+                                 store, done, progress)  # fmt: skip
     rows = store.rows()
     for method in runnable:
         params = choose_params(rows, setting.name, ws.spec, method) if setting.sweep else {}

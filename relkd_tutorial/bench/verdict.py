@@ -1,0 +1,480 @@
+"""The benchmark's comparisons, their multiple-comparison correction and the verdict sentences.
+
+Pure functions of the rows of ``runs.csv`` (:func:`relkd_tutorial.bench.store.read_runs`). Every
+comparison is a paired difference by seed (:func:`relkd_tutorial.stats.paired_difference`) with
+its two-sided paired t p-value, and belongs to one **family**: the comparisons that are read
+together and so are corrected together (Holm's step-down method, :func:`~relkd_tutorial.stats.
+holm_adjust`, at family-wise level :data:`~relkd_tutorial.bench.settings.ALPHA`), per setting and
+metric:
+
+- ``"control"``: each method against the run that differs from it in exactly one thing
+  (:data:`~relkd_tutorial.bench.settings.CONTROLS`: a relational term alone against CE, ``X + KD``
+  against KD, KD against CE);
+- ``"kd"``: every method against KD, the headline (nine comparisons with all ten methods);
+- ``"ce"``: every method against CE;
+- ``"mission"``: GRKD against RKD, RRD and REFILLED (the project's question);
+- ``"ablation"``: each variant of an ablated method against its default
+  (:data:`~relkd_tutorial.bench.settings.ABLATIONS`).
+
+Nine comparisons at 95% each would produce a "significant" difference by chance alone in about
+a third of the families (``1 - 0.95^9``); Holm keeps that chance at 5% per family. A difference is
+claimed ("beats" / "trails") only when its interval excludes 0 *and* its Holm-adjusted p-value
+is at most the level; otherwise it is "within noise". The verdict paragraphs
+(:func:`verdict_paragraph`, :func:`ablation_paragraph`) are generated from these entries: every
+number in them is one of the entries' values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..stats import (
+    claim,
+    describe_corrected,
+    format_p,
+    holm_adjust,
+    paired_difference,
+)
+from .settings import (
+    ALPHA,
+    CONTROL_WEIGHTS,
+    CONTROLS,
+    DIFF_METRICS,
+    FASHION_SETTINGS,
+    HEADLINE_BASELINE,
+    METHOD_LABELS,
+    METRIC_LABELS,
+    MISSION_METHOD,
+    MISSION_RIVALS,
+    PERCENT,
+    _method_order,
+    _ordered_settings,
+    _scale,
+    ablation_variants,
+    describe_params,
+    params_tag,
+)
+
+FAMILIES: tuple[str, ...] = ("control", "kd", "ce", "mission")
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _unit(metric: str) -> tuple[str, int]:
+    return ("points", 2) if metric in PERCENT else ("in tau", 3)
+
+
+def family_pairs(family: str, methods: Iterable[str]) -> list[tuple[str, str]]:
+    """The ``(method, baseline)`` pairs of a family among the ``methods`` present."""
+    present = sorted(set(methods), key=_method_order)
+    if family == "control":
+        return [(m, CONTROLS[m]) for m in present if m in CONTROLS and CONTROLS[m] in present]
+    if family in ("kd", "ce"):
+        return [(m, family) for m in present if m != family] if family in present else []
+    if family == "mission":
+        if MISSION_METHOD not in present:
+            return []
+        return [(MISSION_METHOD, r) for r in MISSION_RIVALS if r in present]
+    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+
+
+def _paired(
+    a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], metric: str, confidence: float
+):
+    seeds = sorted(set(a) & set(b))
+    pairs = [(a[s][metric], b[s][metric]) for s in seeds]
+    pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
+    if not pairs:
+        return None
+    k = _scale(metric)
+    return paired_difference([k * x for x, _ in pairs], [k * y for _, y in pairs], confidence)
+
+
+def _correct(entries: list[dict[str, Any]], alpha: float) -> None:
+    """Holm within each (setting, family, metric) group of ``entries``, in place."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault((e["setting"], e["family"], e["metric"]), []).append(e)
+    for group in groups.values():
+        adjusted = holm_adjust([e["p"] for e in group])
+        size = sum(not math.isnan(e["p"]) for e in group)
+        for e, p_holm in zip(group, adjusted, strict=True):
+            diff = e.pop("_diff")
+            e["p_holm"] = p_holm
+            e["family_size"] = size
+            e["claim"] = claim(diff, p_holm, alpha)
+            e["within_noise"] = e["claim"] == "within noise"
+            unit, digits = _unit(e["metric"])
+            what = METRIC_LABELS[e["metric"]].replace(" %", "")
+            e["sentence"] = f"[{what}] " + describe_corrected(
+                e["a_label"], e["b_label"], diff, p_holm, size, unit, digits, alpha
+            )
+
+
+def _entry(setting: str, family: str, metric: str, diff, **extra: Any) -> dict[str, Any]:
+    return {
+        "setting": setting,
+        "family": family,
+        **extra,
+        "metric": metric,
+        "mean": diff.mean,
+        "std": diff.std,
+        "n": diff.n,
+        "low": diff.low,
+        "high": diff.high,
+        "interval_excludes_zero": not diff.within_noise,
+        "p": diff.p_value,
+        "_diff": diff,
+    }
+
+
+def comparisons(
+    rows: Sequence[dict[str, Any]],
+    families: Sequence[str] = FAMILIES,
+    metrics: Sequence[str] = DIFF_METRICS,
+    confidence: float = 0.95,
+    alpha: float = ALPHA,
+) -> list[dict[str, Any]]:
+    """Every comparison of every family, per setting and metric, over the final runs.
+
+    Only seeds where both runs finished take part; accuracy differences are in percentage points.
+    Each dict holds ``setting``, ``family``, ``method``, ``baseline``, ``metric``, ``mean``,
+    ``std``, ``n``, ``low``, ``high``, ``p``, ``p_holm``, ``family_size``, ``claim``,
+    ``within_noise`` and ``sentence``.
+    """
+    out: list[dict[str, Any]] = []
+    finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
+    for setting in _ordered_settings(finals):
+        by_method: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in finals:
+            if r["setting"] == setting:
+                by_method.setdefault(r["method"], {})[r["seed"]] = r
+        for family in families:
+            for method, baseline in family_pairs(family, by_method):
+                if (
+                    family == "control"
+                    and method in CONTROL_WEIGHTS
+                    and setting not in FASHION_SETTINGS
+                ):
+                    continue  # the CIFAR setting keeps the published weights: not a control there
+                for metric in metrics:
+                    diff = _paired(by_method[method], by_method[baseline], metric, confidence)
+                    if diff is None:
+                        continue
+                    out.append(
+                        _entry(
+                            setting,
+                            family,
+                            metric,
+                            diff,
+                            method=method,
+                            baseline=baseline,
+                            a_label=_label(method),
+                            b_label=_label(baseline),
+                        )  # fmt: skip
+                    )
+    _correct(out, alpha)
+    for e in out:
+        e.pop("a_label"), e.pop("b_label")
+    return out
+
+
+def ablation_comparisons(
+    rows: Sequence[dict[str, Any]],
+    method: str,
+    metrics: Sequence[str] = ("acc", "kendall_tau"),
+    confidence: float = 0.95,
+    alpha: float = ALPHA,
+) -> list[dict[str, Any]]:
+    """Each variant of ``method``'s ablation minus its default, paired by seed (family "ablation").
+
+    Reads the ``phase == "ablation"`` rows; a variant is told apart by its ``params`` tag. Each
+    dict also holds ``variant`` (its name), ``choice`` and ``params``.
+    """
+    out: list[dict[str, Any]] = []
+    runs = [
+        r
+        for r in rows
+        if r["phase"] == "ablation" and r["method"] == method and r["status"] == "ok"
+    ]
+    variants = ablation_variants(method)
+    default_tag = params_tag(variants[0].params)
+    for setting in _ordered_settings(runs):
+        by_tag: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in runs:
+            if r["setting"] == setting:
+                by_tag.setdefault(r["params"], {})[r["seed"]] = r
+        if default_tag not in by_tag:
+            continue
+        for v in variants[1:]:
+            tag = params_tag(v.params)
+            if tag not in by_tag:
+                continue
+            for metric in metrics:
+                diff = _paired(by_tag[tag], by_tag[default_tag], metric, confidence)
+                if diff is None:
+                    continue
+                out.append(
+                    _entry(
+                        setting,
+                        "ablation",
+                        metric,
+                        diff,
+                        method=method,
+                        baseline=method,
+                        variant=v.name,
+                        choice=v.choice,
+                        params=tag,
+                        a_label=v.name,
+                        b_label="the default",
+                    )  # fmt: skip
+                )
+    _correct(out, alpha)
+    for e in out:
+        e.pop("a_label"), e.pop("b_label")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentences and tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _short(e: dict[str, Any]) -> str:
+    """``+0.61 points, 95% CI +0.20 to +1.02, Holm p 0.031`` (the numbers of one entry)."""
+    unit, digits = _unit(e["metric"])
+    f = f"{{:+.{digits}f}}"
+    if e["n"] < 2:
+        return f"{f.format(e['mean'])} {unit}, one seed"
+    return (
+        f"{f.format(e['mean'])} {unit}, CI {f.format(e['low'])} to {f.format(e['high'])}, "
+        f"Holm p {format_p(e['p_holm'])}"
+    )
+
+
+def _grouped(entries: Sequence[dict[str, Any]], name: Any) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {"beats": [], "trails": [], "within noise": []}
+    for e in entries:
+        groups[e["claim"]].append(f"{name(e)} ({_short(e)})")
+    return groups
+
+
+def _join(items: Sequence[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return "; ".join(items[:-1]) + "; and " + items[-1]
+
+
+def _seeds_text(entries: Sequence[dict[str, Any]]) -> str:
+    ns = sorted({e["n"] for e in entries})
+    return " or ".join(str(n) for n in ns)
+
+
+def _family_sentence(
+    entries: Sequence[dict[str, Any]], name: Any, phrases: tuple[str, str], confidence: float
+) -> str:
+    """``phrases``: the heads of the "beats" and "trails" lists (e.g. "beat KD", "trail KD")."""
+    g = _grouped(entries, name)
+    size = max(e["family_size"] for e in entries)
+    parts = []
+    if g["beats"]:
+        parts.append(f"{phrases[0]}: {_join(g['beats'])}")
+    if g["trails"]:
+        parts.append(f"{phrases[1]}: {_join(g['trails'])}")
+    if g["within noise"]:
+        parts.append(f"within noise: {_join(g['within noise'])}")
+    head = (
+        f"{size} comparisons, {_seeds_text(entries)} paired seeds, {100 * confidence:g}% paired "
+        f"t intervals, Holm-corrected"
+    )
+    return f"{head}. " + ". ".join(p[0].upper() + p[1:] for p in parts) + "."
+
+
+def verdict_paragraph(
+    entries: Sequence[dict[str, Any]],
+    setting: str,
+    metric: str = "acc",
+    alpha: float = ALPHA,
+    confidence: float = 0.95,
+) -> str:
+    """The verdict of one setting, generated from :func:`comparisons`' entries (no typed number).
+
+    Three sentences: against KD (the headline family), against each method's one-thing-different
+    control, and the mission's question (GRKD against RKD, RRD and REFILLED). A method is said to
+    beat or trail only when its Holm-adjusted p-value is at most ``alpha``.
+    """
+    chosen = [e for e in entries if e["setting"] == setting and e["metric"] == metric]
+    what = METRIC_LABELS[metric].replace(" %", "")
+    out = [
+        f"**Verdict ({what}, {setting}; a difference is claimed only where its Holm-adjusted "
+        f"p-value is at most {alpha:g}).**"
+    ]
+    kd = [e for e in chosen if e["family"] == HEADLINE_BASELINE]
+    if kd:
+        base = _label(HEADLINE_BASELINE)
+        out.append(
+            f"Against {base}: "
+            + _family_sentence(
+                kd, lambda e: _label(e["method"]), (f"beat {base}", f"trail {base}"), confidence
+            )  # fmt: skip
+        )
+    ctl = [e for e in chosen if e["family"] == "control"]
+    if ctl:
+        out.append(
+            "Against each method's one-thing-different control: "
+            + _family_sentence(
+                ctl,
+                lambda e: f"{_label(e['method'])} vs {_label(e['baseline'])}",
+                ("beat their control", "trail their control"),
+                confidence,
+            )  # fmt: skip
+        )
+    mission = [e for e in chosen if e["family"] == "mission"]
+    if mission:
+        who = _label(MISSION_METHOD)
+        out.append(
+            f"The question, {who} against "
+            + ", ".join(_label(e["baseline"]) for e in mission)
+            + ": "
+            + _family_sentence(
+                mission,
+                lambda e: _label(e["baseline"]),
+                (f"{who} beats", f"{who} trails"),
+                confidence,
+            )  # fmt: skip
+        )
+    return " ".join(out)
+
+
+def ablation_paragraph(
+    entries: Sequence[dict[str, Any]], setting: str, alpha: float = ALPHA, confidence: float = 0.95
+) -> str:
+    """Which choices matter, in top-1 and in Kendall tau, from :func:`ablation_comparisons`."""
+    chosen = [e for e in entries if e["setting"] == setting]
+    if not chosen:
+        return ""
+    out = [
+        f"**Which choices matter ({setting}; each variant against the default, a difference is "
+        f"claimed only where its Holm-adjusted p-value is at most {alpha:g}).**"
+    ]
+    for metric in ("acc", "kendall_tau"):
+        these = [e for e in chosen if e["metric"] == metric]
+        if these:
+            what = METRIC_LABELS[metric].replace(" %", "")
+            out.append(
+                f"In {what}: "
+                + _family_sentence(
+                    these,
+                    lambda e: e["variant"],
+                    ("above the default", "below the default"),
+                    confidence,
+                )  # fmt: skip
+            )
+    scale = [e for e in chosen if e["choice"].endswith("(scale)")]
+    if scale:
+        out.append(
+            f"'{scale[0]['variant']}' is the default with its weight multiplied by the number of "
+            "pairs (identical losses up to that factor), so its row measures the loss weight, "
+            "not a different loss."
+        )
+    return " ".join(out)
+
+
+def _cell(e: dict[str, Any] | None) -> str:
+    if e is None:
+        return ""
+    unit, digits = _unit(e["metric"])
+    f = f"{{:+.{digits}f}}"
+    if e["n"] < 2:
+        return f"{f.format(e['mean'])} (1 seed)"
+    mark = "" if e["within_noise"] else " *"
+    return f"{f.format(e['mean'])} [{f.format(e['low'])}, {f.format(e['high'])}]{mark}"
+
+
+def _find(entries: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
+    for e in entries:
+        if all(e.get(k) == v for k, v in keys.items()):
+            return e
+    return None
+
+
+def family_table(
+    entries: Sequence[dict[str, Any]], setting: str, family: str, differs: dict[str, str]
+) -> str:
+    """A Markdown table of one family: top-1 and Kendall tau differences, p and Holm p."""
+    chosen = [e for e in entries if e["setting"] == setting and e["family"] == family]
+    pairs = []
+    for e in chosen:
+        if (e["method"], e["baseline"]) not in pairs:
+            pairs.append((e["method"], e["baseline"]))
+    if not pairs:
+        return ""
+    lines = [
+        "| method | baseline | differs in | Δ top-1 (95% CI) | p | Holm p | Δ Kendall tau (95% CI) "
+        "| Holm p | top-1 verdict |",
+        "|" + "---|" * 9,
+    ]
+    for method, baseline in pairs:
+        acc = _find(chosen, method=method, baseline=baseline, metric="acc")
+        tau = _find(chosen, method=method, baseline=baseline, metric="kendall_tau")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    _label(method),
+                    _label(baseline),
+                    differs.get(method, "") if family == "control" else "",
+                    _cell(acc),
+                    format_p(acc["p"]) if acc else "",
+                    format_p(acc["p_holm"]) if acc else "",
+                    _cell(tau),
+                    format_p(tau["p_holm"]) if tau else "",
+                    acc["claim"] if acc else "",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def ablation_table(
+    rows: Sequence[dict[str, Any]], entries: Sequence[dict[str, Any]], method: str, setting: str
+) -> str:
+    """The ablation's Markdown table: each variant, its kwargs, its means and its differences."""
+    from ..stats import mean_std
+
+    lines = [
+        "| variant | choice | kwargs | seeds | top-1 % | Δ top-1 vs default (95% CI) | Holm p "
+        "| Kendall tau | Δ tau vs default (95% CI) | Holm p |",
+        "|" + "---|" * 10,
+    ]
+    runs = [
+        r
+        for r in rows
+        if r["phase"] == "ablation"
+        and r["method"] == method
+        and r["setting"] == setting
+        and r["status"] == "ok"
+    ]
+    for v in ablation_variants(method):
+        tag = params_tag(v.params)
+        these = [r for r in runs if r["params"] == tag]
+        if not these:
+            continue
+        cells = []
+        for metric, k, digits in (("acc", 100.0, 2), ("kendall_tau", 1.0, 3)):
+            vals = [k * r[metric] for r in these if not math.isnan(r[metric])]
+            mean, std, n = mean_std(vals) if vals else (math.nan, math.nan, 0)
+            text = f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+            e = _find(entries, setting=setting, params=tag, metric=metric)
+            cells += [text, _cell(e) if e else "—", format_p(e["p_holm"]) if e else "—"]
+        lines.append(
+            f"| {v.name} | {v.choice} | `{describe_params(v.params)}` | {len(these)} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
