@@ -138,6 +138,8 @@ def test_not_a_result_marker_exempts_only_its_block():
     found = find_typed_results(text)
     assert [f.match for f in found] == ["0.756"]
     assert find_typed_results("<!-- not-a-result -->\nlr 0.05, momentum 0.9") == []
+    shown = "Write `<!-- not-a-result -->` or `<!-- generated:x begin -->`; KD reaches 0.756."
+    assert [f.match for f in find_typed_results(shown, generated_blocks=True)] == ["0.756"]
 
 
 def test_asserted_block_needs_the_number_in_the_next_cells_asserts():
@@ -264,7 +266,9 @@ def test_readme_blocks_hold_the_results_and_change_with_them(tmp_path):
     shutil.copytree(REPO / "results", tmp_path / "results")
     text = "x\n<!-- generated:results begin -->\nstale text\n<!-- generated:results end -->\ny\n"
     before = render_readme(text, tmp_path)
-    assert "stale text" not in before and before.startswith("x\n") and before.endswith("end -->\ny\n")
+    assert (
+        "stale text" not in before and before.startswith("x\n") and before.endswith("end -->\ny\n")
+    )
     path = tmp_path / "results" / "summary.csv"
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))

@@ -205,12 +205,14 @@ def find_typed_results(
     """
     lines = text.split("\n")
     masked = mask_markup(text).split("\n")
+    # markers count only outside code (a page may show a marker in backticks)
+    marked = _MASKS[2].sub(_blank, _MASKS[0].sub(_blank, text)).split("\n")
     skip: set[int] = set()
     asserted: set[int] = set()
     findings: list[Finding] = []
     if generated_blocks:
         open_at: tuple[int, str] | None = None
-        for i, line in enumerate(lines):
+        for i, line in enumerate(marked):
             for m in GENERATED.finditer(line):
                 if m.group(2) == "begin":
                     open_at = (i, m.group(1))
@@ -222,7 +224,7 @@ def find_typed_results(
                 Finding(open_at[0] + 1, lines[open_at[0]], open_at[1], "unclosed generated block")
             )
     for first, last in _blocks(lines):
-        block = "\n".join(lines[first : last + 1])
+        block = "\n".join(marked[first : last + 1])
         if NOT_A_RESULT.search(block):
             skip.update(range(first, last + 1))
         elif ASSERTED.search(block):
