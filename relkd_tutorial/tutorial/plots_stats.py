@@ -123,11 +123,10 @@ def plot_paired(
     ax.set_xlim(min(0.0, low), max(0.0, high))
     baseline = next((r.get("baseline") for r in rows if r.get("baseline")), None)
     metric = getattr(diffs, "metric", None)
-    default = METRIC_LABELS.get(metric, "difference").replace(" %", "") if metric else "difference"
-    if metric in PERCENT:
-        default += " (points)"
-    if baseline:
-        default += f" minus {METHOD_LABELS.get(baseline, baseline)}, paired 95% interval"
+    name = METRIC_LABELS.get(metric, "difference").replace(" %", "") if metric else "difference"
+    unit = "points, " if metric in PERCENT else ""
+    vs = f" minus {METHOD_LABELS.get(baseline, baseline)}" if baseline else ""
+    default = f"{name}{vs} ({unit}95% paired CI)"
     ax.set_xlabel(xlabel or default)
     if title:
         ax.set_title(title)
