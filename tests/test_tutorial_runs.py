@@ -318,3 +318,19 @@ def test_tables_need_one_setting():
     assert len(summary_table(rows, setting="low-data")) == 3
     with pytest.raises(ValueError, match="no rows of setting 'standard'"):
         paired_table(rows, setting="standard")
+
+
+def test_printed_paths_do_not_leak_the_machines_layout(tmp_path, specs, monkeypatch, capsys):
+    """Committed notebook outputs may not show absolute paths (``tests/test_notebooks.py``)."""
+    repo = tmp_path / "repo"
+    results = write(repo / "results", committed(specs))
+    (repo / "notebooks").mkdir()
+    monkeypatch.chdir(repo / "notebooks")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    got = benchmark_runs("transfer", ("ce", "kd"), fast=False, results_dir=results,
+                         cache_dir=tmp_path / "home" / ".cache" / "x", train=False)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "8 from ../results/runs.csv" in out and str(tmp_path) not in out
+    assert runs.shown(tmp_path / "home" / ".cache" / "x") == "~/.cache/x"
+    assert runs.shown(repo / "notebooks" / "a.csv") == "a.csv"
+    assert str(tmp_path) not in got.describe()

@@ -105,6 +105,23 @@ def find_results_dir(start: str | Path | None = None) -> Path:
     )
 
 
+def shown(path: str | Path) -> str:
+    """``path`` as a notebook output may show it: relative to the current folder when close by
+    (``../results/runs.csv``), else under ``~``, else absolute (committed outputs must not leak
+    a machine's layout)."""
+    path = Path(path).resolve()
+    try:
+        rel = os.path.relpath(path, Path.cwd())
+    except ValueError:  # another drive (Windows)
+        rel = str(path)
+    if not rel.startswith(os.pardir + os.sep + os.pardir) and rel != os.pardir:
+        return rel
+    home = Path.home().resolve()
+    if path == home or home in path.parents:
+        return str(Path("~") / path.relative_to(home))
+    return str(path)
+
+
 def default_cache_dir(fast: bool) -> Path:
     """``$RELKD_CACHE_DIR/bench-<fast|default>``, or under ``$XDG_CACHE_HOME`` or ``~/.cache``
     in ``relkd_tutorial/``."""
@@ -158,7 +175,7 @@ class Runs(list):
 
     def describe(self) -> str:
         """One line: how many runs, of which setting and spec, from where."""
-        parts = [f"{n} from {src}" for src, n in self.sources.items() if n]
+        parts = [f"{n} from {shown(src)}" for src, n in self.sources.items() if n]
         return (
             f"{len(self)} runs of {self.setting.name} (spec {self.spec}, seeds "
             f"{list(self.setting.seeds)}): {', '.join(parts) or 'none'}"
@@ -285,7 +302,7 @@ def benchmark_runs(
     if results is not None and not committed:
         other = sorted({r["spec"] for r in committed_rows if r["setting"] == s.name})
         if other:
-            print(f"{results / 'runs.csv'} holds {s.name} runs of another configuration "
+            print(f"{shown(results / 'runs.csv')} holds {s.name} runs of another configuration "
                   f"(spec {', '.join(other)}, now {spec}); they are not used", file=out)  # fmt: skip
     store = ResultStore(cache)
     cached = _wanted(store.rows(), s.name, spec, methods, s.seeds)
@@ -306,7 +323,7 @@ def benchmark_runs(
             count = sum(len(v) for v in missing.values())
             if missing:
                 print(f"training {count} benchmark runs of {s.name} ({s.epochs} epochs) into "
-                      f"{cache} (once per machine)", file=out, flush=True)  # fmt: skip
+                      f"{shown(cache)} (once per machine)", file=out, flush=True)  # fmt: skip
                 progress = Progress(total=count, stream=out)
                 for method, seeds in missing.items():
                     # the fingerprint ignores seeds, so a workspace over the missing seeds keeps
