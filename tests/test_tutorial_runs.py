@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from relkd_tutorial.bench import cli
+from relkd_tutorial.bench import cli, store
 from relkd_tutorial.bench.report import paired_differences
 from relkd_tutorial.bench.runner import Job
 from relkd_tutorial.bench.settings import default_settings
@@ -203,15 +203,17 @@ def test_results_dir_is_found_from_the_env_or_by_walking_up(tmp_path, monkeypatc
     monkeypatch.setenv("RELKD_RESULTS_DIR", str(repo / "results"))
     assert find_results_dir(tmp_path) == repo / "results"
     monkeypatch.setenv("RELKD_RESULTS_DIR", str(tmp_path / "empty"))
-    with pytest.raises(ResultsNotFoundError, match="has no runs.csv"):
+    with pytest.raises(ResultsNotFoundError, match="does not hold runs.csv"):
         find_results_dir()
 
 
 def test_no_results_anywhere_is_a_clear_error_not_a_stopiteration(tmp_path, monkeypatch):
     monkeypatch.delenv("RELKD_RESULTS_DIR", raising=False)
-    monkeypatch.setattr(runs, "__file__", str(tmp_path / "site" / "relkd_tutorial" / "runs.py"))
+    monkeypatch.setattr(
+        store, "__file__", str(tmp_path / "site" / "relkd_tutorial" / "bench" / "store.py")
+    )
     (tmp_path / "elsewhere").mkdir()
-    with pytest.raises(ResultsNotFoundError, match="set RELKD_RESULTS_DIR"):
+    with pytest.raises(ResultsNotFoundError, match="Set RELKD_RESULTS_DIR"):
         find_results_dir(tmp_path / "elsewhere")
     monkeypatch.chdir(tmp_path / "elsewhere")
     with pytest.raises(ResultsNotFoundError, match="results_dir=False"):

@@ -50,13 +50,13 @@ from ..bench.settings import (
     Setting,
     default_settings,
 )
-from ..bench.store import ResultStore, read_runs
+from ..bench.store import RESULTS_ENV, ResultStore, read_runs  # noqa: F401 (re-exported)
+from ..bench.store import find_results_dir as _find_results_dir
 from ..bench.workspace import build_workspace
 from ..fastmode import fast_mode
 from ..stats import mean_std, paired_difference
 from ..training import resolve_device
 
-RESULTS_ENV = "RELKD_RESULTS_DIR"
 CACHE_ENV = "RELKD_CACHE_DIR"
 
 
@@ -74,35 +74,20 @@ class MissingRunsError(RuntimeError):
 
 
 def find_results_dir(start: str | Path | None = None) -> Path:
-    """The committed results folder: ``$RELKD_RESULTS_DIR``, else the first ``results/`` with a
-    ``runs.csv`` in ``start`` (default: the current folder) or a parent of it, else in a parent
-    of this package (an editable install inside the repository).
+    """The committed results folder: :func:`relkd_tutorial.bench.store.find_results_dir`
+    (``$RELKD_RESULTS_DIR``, else ``results/`` in ``start`` or a folder above it, else the
+    package's source checkout).
 
     Raises:
         ResultsNotFoundError: nothing found; the message names the variable to set.
     """
-    env = os.environ.get(RESULTS_ENV, "").strip()
-    if env:
-        path = Path(env).expanduser()
-        if not (path / "runs.csv").is_file():
-            raise ResultsNotFoundError(
-                f"{RESULTS_ENV}={env} has no runs.csv; point it at a benchmark results folder "
-                "(the repository's results/)"
-            )
-        return path
-    here = Path(start) if start is not None else Path.cwd()
-    tried = []
-    for base in (here.resolve(), Path(__file__).resolve().parent):
-        for folder in (base, *base.parents):
-            candidate = folder / "results"
-            tried.append(str(candidate))
-            if (candidate / "runs.csv").is_file():
-                return candidate
-    raise ResultsNotFoundError(
-        "no committed benchmark results (results/runs.csv) above "
-        f"{here.resolve()} or the package; set {RESULTS_ENV} to the repository's results/ "
-        "folder, pass results_dir=..., or results_dir=False to train every run into the cache"
-    )
+    try:
+        return _find_results_dir(start)
+    except FileNotFoundError as err:
+        raise ResultsNotFoundError(
+            f"{err}; or call benchmark_runs(..., results_dir=False) to train every run into the "
+            "cache"
+        ) from err
 
 
 def shown(path: str | Path) -> str:
