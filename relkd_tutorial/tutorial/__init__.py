@@ -1,6 +1,41 @@
-"""What exists only to serve the notebooks: widget computations and plots.
+"""What exists only to serve the notebooks: shared runs, result sentences, widget computations, plots.
 
-:mod:`~relkd_tutorial.tutorial.widgets` computes (pure functions, plain outputs) and
-:mod:`~relkd_tutorial.tutorial.plots` draws (onto a given ``Axes``); the ``*_refilled_grkd``
-modules do the same for notebooks 04 and 05. Nothing in the core imports this package.
+- :mod:`~relkd_tutorial.tutorial.runs`: :func:`benchmark_runs` gives every chapter the
+  benchmark's own runs (committed ``results/`` first, then an on-disk cache trained once per
+  machine), and :func:`summary_table` / :func:`paired_table` / :func:`paired_vs` their statistics.
+- :mod:`~relkd_tutorial.tutorial.prose`: :func:`say` renders a result sentence from computed
+  values; the rule it shares with ``tests/test_generated_prose.py`` (no typed result numbers).
+- :mod:`~relkd_tutorial.tutorial.plots_stats`: dot-and-interval plots of those tables.
+- :mod:`~relkd_tutorial.tutorial.readme`: the README's result blocks, rendered from ``results/``.
+- :mod:`~relkd_tutorial.tutorial.widgets` computes (pure functions, plain outputs) and
+  :mod:`~relkd_tutorial.tutorial.plots` draws (onto a given ``Axes``); the ``*_refilled_grkd``
+  modules do the same for notebooks 04 and 05.
+
+Nothing in the core imports this package. The names below are imported on first use, so
+``from relkd_tutorial.tutorial import say`` does not load the benchmark.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "say": "prose",
+    "Sentence": "prose",
+    "benchmark_runs": "runs",
+    "summary_table": "runs",
+    "paired_table": "runs",
+    "paired_vs": "runs",
+    "verdict": "runs",
+    "plot_intervals": "plots_stats",
+    "plot_paired": "plots_stats",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

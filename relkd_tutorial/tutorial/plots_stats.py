@@ -1,0 +1,133 @@
+"""Dot-and-interval plots: the one way the course draws a comparison of methods.
+
+Each method is a dot at its mean over seeds with a line for its 95% interval (from
+:func:`relkd_tutorial.tutorial.runs.summary_table`), and each paired difference against a
+baseline a dot with its 95% paired ``t`` interval beside a line at zero
+(:func:`relkd_tutorial.tutorial.runs.paired_table`). With one seed there is no interval: the dot
+is drawn hollow and nothing else. Bars, where wanted (``style="bar"``), always start at zero:
+a bar's length is its value, so an axis that starts above zero would exaggerate every gap.
+
+Like :mod:`relkd_tutorial.tutorial.plots`, a function draws onto a given ``Axes`` and returns
+it; the interval lines are one ``LineCollection`` with the gid ``"intervals"`` (its segments are
+exactly the table's ``low`` and ``high``, which the tests check).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from matplotlib.axes import Axes
+
+from ..bench.settings import METHOD_LABELS, METRIC_LABELS, PERCENT
+
+INTERVALS_GID = "intervals"
+
+
+def _label(table: Any, default: str) -> str:
+    metric = getattr(table, "metric", None)
+    return METRIC_LABELS.get(metric, default) if metric else default
+
+
+def _entries(table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    rows = [r for r in table if not math.isnan(float(r.get("mean", math.nan)))]
+    if not rows:
+        raise ValueError("nothing to draw: no row of the table has a finite mean")
+    return rows
+
+
+def _draw(ax: Axes, rows: Sequence[Mapping[str, Any]], colors: Sequence[str]) -> None:
+    ys = list(range(len(rows)))[::-1]  # the first row on top
+    segments = [
+        (y, r["low"], r["high"])
+        for y, r in zip(ys, rows, strict=True)
+        if not (math.isnan(r["low"]) or math.isnan(r["high"]))
+    ]
+    seg_colors = [
+        c for c, r in zip(colors, rows, strict=True)
+        if not (math.isnan(r["low"]) or math.isnan(r["high"]))
+    ]  # fmt: skip
+    lines = ax.hlines(
+        [s[0] for s in segments], [s[1] for s in segments], [s[2] for s in segments],
+        colors=seg_colors or "k", linewidth=2,
+    )  # fmt: skip
+    lines.set_gid(INTERVALS_GID)
+    for y, r, c in zip(ys, rows, colors, strict=True):
+        hollow = math.isnan(r["low"])
+        ax.plot([r["mean"]], [y], "o", color=c, markerfacecolor="white" if hollow else c,
+                markersize=7, zorder=3)  # fmt: skip
+    ax.set_yticks(ys, [str(r.get("label", r.get("method", ""))) for r in rows])
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def plot_intervals(
+    ax: Axes,
+    table: Sequence[Mapping[str, Any]],
+    *,
+    style: str = "dot",
+    zero: bool = False,
+    title: str | None = None,
+    xlabel: str | None = None,
+) -> Axes:
+    """Each method's mean (dot, or bar from zero) and its 95% interval, one row per method.
+
+    Args:
+        table: rows with ``label``, ``mean``, ``low``, ``high`` (:func:`summary_table`).
+        style: ``"dot"`` (the default) or ``"bar"`` (a bar from zero under each dot; the axis
+            then always includes zero).
+        zero: include zero on the axis in the dot style too.
+        xlabel: default: the table's metric label (e.g. ``top-1 %``).
+    """
+    if style not in ("dot", "bar"):
+        raise ValueError(f"style must be 'dot' or 'bar', got {style!r}")
+    rows = _entries(table)
+    colors = [f"C{i % 10}" for i in range(len(rows))]
+    if style == "bar":
+        ys = list(range(len(rows)))[::-1]
+        ax.barh(ys, [r["mean"] for r in rows], color=colors, alpha=0.35, height=0.6)
+    _draw(ax, rows, colors)
+    if style == "bar" or zero:
+        low, high = ax.get_xlim()
+        ax.set_xlim(min(0.0, low), max(0.0, high))
+    ax.set_xlabel(xlabel or _label(table, "mean"))
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_paired(
+    ax: Axes,
+    diffs: Sequence[Mapping[str, Any]],
+    *,
+    title: str | None = None,
+    xlabel: str | None = None,
+) -> Axes:
+    """Paired differences against a baseline: dot, 95% interval and a line at zero.
+
+    An interval that excludes zero is drawn in colour (green above, red below), one that covers
+    it in grey ("within noise"); a difference from one seed is a hollow dot with no interval.
+
+    Args:
+        diffs: rows with ``label``, ``mean``, ``low``, ``high``, ``within_noise``
+            (:func:`paired_table`).
+    """
+    rows = _entries(diffs)
+    colors = [
+        "0.5" if r["within_noise"] else ("tab:green" if r["mean"] > 0 else "tab:red") for r in rows
+    ]
+    ax.axvline(0.0, color="k", linewidth=1, zorder=1)
+    _draw(ax, rows, colors)
+    low, high = ax.get_xlim()
+    ax.set_xlim(min(0.0, low), max(0.0, high))
+    baseline = next((r.get("baseline") for r in rows if r.get("baseline")), None)
+    metric = getattr(diffs, "metric", None)
+    name = METRIC_LABELS.get(metric, "difference").replace(" %", "") if metric else "difference"
+    unit = "points, " if metric in PERCENT else ""
+    vs = f" minus {METHOD_LABELS.get(baseline, baseline)}" if baseline else ""
+    default = f"{name}{vs} ({unit}95% paired CI)"
+    ax.set_xlabel(xlabel or default)
+    if title:
+        ax.set_title(title)
+    return ax

@@ -1,0 +1,276 @@
+"""The README's result paragraphs, rendered from the committed ``results/`` (never typed).
+
+The README holds its results between markers::
+
+    <!-- generated:results begin -->
+    ... rendered from results/summary.csv and results/differences.csv ...
+    <!-- generated:results end -->
+
+and likewise ``<!-- generated:results/sweep-transfer begin -->`` for the equal-budget sweep. The
+name is the results folder, relative to the repository root. ``python
+scripts/render_readme_results.py`` rewrites every block from the folders' ``summary.csv``,
+``differences.csv``, ``sweep.csv``, ``runs.csv`` and ``meta.json`` (``--check`` only compares);
+``tests/test_generated_prose.py`` fails when the committed README differs from what it renders.
+
+Wording follows ``docs/benchmark.md``: "beats" / "trails" only when the 95% paired ``t`` interval
+excludes zero, otherwise "within noise"; with one seed, no claim.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..bench.settings import METHOD_LABELS, describe_params
+from ..bench.store import read_runs
+from ..stats import paired_difference
+
+BLOCK = re.compile(
+    r"(<!-- generated:(?P<name>[\w./-]+) begin -->\n)(?P<body>.*?)(<!-- generated:(?P=name) end -->)",
+    re.DOTALL,
+)
+SCRIPT = "scripts/render_readme_results.py"
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; rebuild it with python -m relkd_tutorial.bench "
+                                f"--report-only --out {path.parent}")  # fmt: skip
+    out = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for k, v in raw.items():
+                if k in ("within_noise", "chosen"):
+                    row[k] = v == "True"
+                elif k == "n":
+                    row[k] = int(v) if v else 0
+                elif k.endswith(("_mean", "_std")) or k in (
+                    "mean",
+                    "std",
+                    "low",
+                    "high",
+                    "val_acc",
+                ):
+                    row[k] = float(v) if v not in ("", None) else math.nan
+                else:
+                    row[k] = v
+            out.append(row)
+    return out
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _pm(entry: dict[str, Any], metric: str, scale: float, digits: int) -> str:
+    mean, std = entry[f"{metric}_mean"], entry[f"{metric}_std"]
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(std):
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def _interval(d: dict[str, Any] | None, digits: int = 1) -> str:
+    if d is None:
+        return ""
+    if d["n"] < 2:
+        return f"{d['mean']:+.{digits}f} (one seed)"
+    text = f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+    return text if d["within_noise"] else f"**{text}**"
+
+
+def _ci(d: dict[str, Any], digits: int = 1) -> str:
+    return f"{d['mean']:+.{digits}f}, CI {d['low']:+.{digits}f} to {d['high']:+.{digits}f}"
+
+
+def _diff(diffs, setting: str, method: str, baseline: str, metric: str = "acc"):
+    for d in diffs:
+        if (d["setting"], d["method"], d["baseline"], d["metric"]) == (
+            setting, method, baseline, metric
+        ):  # fmt: skip
+            return d
+    return None
+
+
+def _verdicts(diffs, setting: str, baseline: str, digits: int = 2) -> str:
+    """One sentence: who beats, trails, or is within noise of ``baseline`` in top-1."""
+    mine = [d for d in diffs if d["setting"] == setting and d["baseline"] == baseline
+            and d["metric"] == "acc"]  # fmt: skip
+    if not mine:
+        return f"no paired difference against {_label(baseline)}"
+    if all(d["n"] < 2 for d in mine):
+        return "one seed, so no interval and no claim either way"
+    beats = [f"{_label(d['method'])} ({_ci(d, digits)})" for d in mine
+             if not d["within_noise"] and d["mean"] > 0]  # fmt: skip
+    trails = [_label(d["method"]) for d in mine if not d["within_noise"] and d["mean"] < 0]
+    noise = [_label(d["method"]) for d in mine if d["within_noise"]]
+    parts = [
+        f"beats it: {_join(beats) if beats else 'none'}",
+        f"trails it: {_join(trails) if trails else 'none'}",
+        f"within noise: {_join(noise) if noise else 'none'}",
+    ]
+    return "; ".join(parts)
+
+
+def _seeds(summary, setting: str) -> int:
+    return max((e["n"] for e in summary if e["setting"] == setting and e["status"] == "ok"),
+               default=0)  # fmt: skip
+
+
+def render_main(folder: Path, link: str) -> str:
+    """The main job's paragraph: the headline setting's table, verdicts, the other settings."""
+    summary = _read_csv(folder / "summary.csv")
+    diffs = _read_csv(folder / "differences.csv")
+    if not summary:
+        raise ValueError(f"{folder / 'summary.csv'} has no rows")
+    settings = list(dict.fromkeys(e["setting"] for e in summary))
+    head = settings[0]
+    rows = [e for e in summary if e["setting"] == head and e["status"] == "ok"]
+    lines = [
+        f"**What the committed run says** ({head}, {_seeds(summary, head)} paired seeds; every "
+        f"number is in [`{link}/results.md`]({link}/results.md)). Top-1 and Kendall tau: mean ± "
+        "sample standard deviation over seeds. Δ: the paired difference in top-1 points with its "
+        "95% paired t interval, **bold** where the interval excludes zero.",
+        "",
+        "| method | top-1 % | Δ vs CE | Δ vs KD | Kendall tau |",
+        "|---|---|---|---|---|",
+    ]
+    for e in rows:
+        m = e["method"]
+        lines.append(
+            f"| {_label(m)} | {_pm(e, 'acc', 100, 1)} | {_interval(_diff(diffs, head, m, 'ce'))} "
+            f"| {_interval(_diff(diffs, head, m, 'kd'))} | {_pm(e, 'kendall_tau', 1, 3)} |"
+        )
+    lines += ["", f"- Top-1 against CE: {_verdicts(diffs, head, 'ce')}."]
+    lines.append(f"- Top-1 against KD: {_verdicts(diffs, head, 'kd')}.")
+    taus = [e for e in rows if not math.isnan(e["kendall_tau_mean"])]
+    if taus:
+        best = max(taus, key=lambda e: e["kendall_tau_mean"])
+        base = {e["method"]: e["kendall_tau_mean"] for e in taus}
+        ref = ", ".join(f"{_label(m)} {base[m]:.3f}" for m in ("ce", "kd") if m in base)
+        lines.append(
+            f"- The teacher's class ranking transfers best with {_label(best['method'])} "
+            f"(Kendall tau {best['kendall_tau_mean']:.3f}; {ref})."
+        )
+    for s in settings[1:]:
+        lines.append(
+            f"- {s} ({_seeds(summary, s)} seed{'s' if _seeds(summary, s) != 1 else ''}), top-1 "
+            f"against KD: {_verdicts(diffs, s, 'kd')}."
+        )
+    return "\n".join(lines)
+
+
+def _paired_gain(tuned: Path, untuned: Path, setting: str) -> list[tuple[str, Any]]:
+    """Per method: tuned minus untuned top-1 (points), paired by seed, same spec only."""
+    a = [r for r in read_runs(tuned / "runs.csv") if r["phase"] == "final" and r["status"] == "ok"
+         and r["setting"] == setting]  # fmt: skip
+    b = [r for r in read_runs(untuned / "runs.csv") if r["phase"] == "final"
+         and r["status"] == "ok" and r["setting"] == setting]  # fmt: skip
+    out = []
+    for method in dict.fromkeys(r["method"] for r in a):
+        ra = {(r["spec"], r["seed"]): r["acc"] for r in a if r["method"] == method}
+        rb = {(r["spec"], r["seed"]): r["acc"] for r in b if r["method"] == method}
+        keys = sorted(set(ra) & set(rb))
+        if len(keys) >= 2:
+            out.append((method, paired_difference([100 * ra[k] for k in keys],
+                                                  [100 * rb[k] for k in keys])))  # fmt: skip
+    return out
+
+
+def render_sweep(folder: Path, link: str, untuned: Path | None) -> str:
+    """The sweep's paragraph: chosen trials, top-1 against tuned KD, the gain from tuning."""
+    summary = _read_csv(folder / "summary.csv")
+    diffs = _read_csv(folder / "differences.csv")
+    if not summary:
+        raise ValueError(f"{folder / 'summary.csv'} has no rows")
+    meta = json.loads((folder / "meta.json").read_text())
+    command = meta["invocations"][-1]["command"]
+    setting = summary[0]["setting"]
+    rows = [e for e in summary if e["setting"] == setting and e["status"] == "ok"]
+    gains = dict(_paired_gain(folder, untuned, setting)) if untuned is not None else {}
+    lines = [
+        f"**With an equal-budget sweep** (`{command}`: each distillation method's trials run on "
+        "the first seed and the best on a validation split carved from the training images, "
+        f"never the test set, runs on every seed; every number is in [`{link}/results.md`]"
+        f"({link}/results.md)). Top-1: mean ± sample standard deviation over "
+        f"{_seeds(summary, setting)} seeds; Δ and the gain from tuning (against the same method "
+        "and seeds at its paper defaults) are paired differences in points with their 95% t "
+        "interval, **bold** where it excludes zero.",
+        "",
+        "| method | chosen trial | top-1 % | Δ vs tuned KD | gain from tuning | Kendall tau |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in rows:
+        m = e["method"]
+        gain = gains.get(m) if e["params"] not in ("", "{}") else None
+        gain_text = "none (defaults chosen)" if e["params"] in ("", "{}") else ""
+        if gain is not None:
+            gain_text = _interval(
+                {
+                    "mean": gain.mean,
+                    "low": gain.low,
+                    "high": gain.high,
+                    "n": gain.n,
+                    "within_noise": gain.within_noise,
+                }  # fmt: skip
+            )
+        lines.append(
+            f"| {_label(m)} | {describe_params(e['params'])} | {_pm(e, 'acc', 100, 1)} | "
+            f"{_interval(_diff(diffs, setting, m, 'kd'))} | {gain_text} | "
+            f"{_pm(e, 'kendall_tau', 1, 3)} |"
+        )
+    lines += ["", f"- Top-1 against tuned KD: {_verdicts(diffs, setting, 'kd')}."]
+    if gains:
+        tuned = {e["method"] for e in rows if e["params"] not in ("", "{}")}
+        ranked = sorted(((m, g) for m, g in gains.items() if m in tuned),
+                        key=lambda kv: kv[1].mean, reverse=True)  # fmt: skip
+        top = ", then ".join(f"{_label(m)} ({g.mean:+.2f} points)" for m, g in ranked[:2])
+        if top:
+            lines.append(f"- Tuning gained the most for {top}.")
+    return "\n".join(lines)
+
+
+def render_block(name: str, repo: str | Path) -> str:
+    """The body of the block ``name`` (a results folder relative to ``repo``)."""
+    repo = Path(repo)
+    folder = repo / name
+    if not folder.is_dir():
+        raise ValueError(f"generated block {name!r}: no folder {folder}")
+    note = (
+        f"<!-- Rendered by `python {SCRIPT}` from {name}/: edit relkd_tutorial/tutorial/readme.py, "
+        "not this text. -->"
+    )
+    if (folder / "sweep.csv").is_file() and len(_read_csv(folder / "sweep.csv")):
+        base = repo / "results"
+        body = render_sweep(folder, name, base if base != folder and base.is_dir() else None)
+    else:
+        body = render_main(folder, name)
+    return f"{note}\n{body}\n"
+
+
+def render_readme(text: str, repo: str | Path) -> str:
+    """``text`` with the body of every generated block rendered anew."""
+
+    def sub(m: re.Match[str]) -> str:
+        return m.group(1) + render_block(m.group("name"), repo) + m.group(4)
+
+    return BLOCK.sub(sub, text)
+
+
+def block_names(text: str) -> list[str]:
+    """The names of the generated blocks in ``text``, in order."""
+    return [m.group("name") for m in BLOCK.finditer(text)]

@@ -1,0 +1,468 @@
+"""Shared benchmark runs for the chapters: one protocol, so a method has one number everywhere.
+
+Every chapter that compares methods reads the runs of ``python -m relkd_tutorial.bench`` (the same
+teacher, pool, schedule, optimiser, seeds and student; ``docs/benchmark.md``) through
+:func:`benchmark_runs`, instead of training its own CE and KD:
+
+1. **Committed results first** (default mode only): the rows of ``results/runs.csv`` whose spec
+   (the fingerprint of the setting and the teacher's weights) is the one the benchmark's default
+   preset gives now; rows of any other configuration are ignored, never mixed in. The folder is
+   ``$RELKD_RESULTS_DIR``, else the first ``results/runs.csv`` found walking up from the current
+   folder (a notebook runs in ``notebooks/``) or from this package's folder.
+2. **Then an on-disk cache** (``$RELKD_CACHE_DIR/bench-<fast|default>``, default
+   ``~/.cache/relkd_tutorial/bench-<fast|default>``): a benchmark results folder of its own.
+   What neither holds is trained there by the benchmark's own runner
+   (:func:`relkd_tutorial.bench.runner.run_setting`), one row appended per finished run, so an
+   interrupted chapter resumes and CE and KD are trained at most once per machine.
+
+Fast mode (:func:`relkd_tutorial.fast_mode`) uses the benchmark's fast settings and only the
+cache (the committed results are default-size). :func:`summary_table`, :func:`paired_vs` and
+:func:`paired_table` are thin wrappers over the benchmark's report
+(:func:`~relkd_tutorial.bench.report.summarize_runs`,
+:func:`~relkd_tutorial.bench.report.paired_differences`) and :mod:`relkd_tutorial.stats`: sample
+standard deviations (``n - 1``) and 95% paired ``t`` intervals, in the report's units (accuracies
+in percent, their differences in percentage points).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..bench.cli import default_preset, default_threads
+from ..bench.report import paired_differences, summarize_runs
+from ..bench.runner import Progress, run_setting
+from ..bench.settings import (
+    FASHION_SETTINGS,
+    METHOD_LABELS,
+    METHODS,
+    METRIC_LABELS,
+    PERCENT,
+    Setting,
+    default_settings,
+)
+from ..bench.store import RESULTS_ENV, ResultStore, read_runs  # noqa: F401 (re-exported)
+from ..bench.store import find_results_dir as _find_results_dir
+from ..bench.workspace import build_workspace
+from ..fastmode import fast_mode
+from ..stats import mean_std, paired_difference
+from ..training import resolve_device
+
+CACHE_ENV = "RELKD_CACHE_DIR"
+
+
+class ResultsNotFoundError(FileNotFoundError):
+    """No committed ``results/runs.csv`` was found (the message says what to set)."""
+
+
+class MissingRunsError(RuntimeError):
+    """Runs the chapter needs are neither committed nor cached, and training was not allowed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the runs live
+# ---------------------------------------------------------------------------------------------
+
+
+def find_results_dir(start: str | Path | None = None) -> Path:
+    """The committed results folder: :func:`relkd_tutorial.bench.store.find_results_dir`
+    (``$RELKD_RESULTS_DIR``, else ``results/`` in ``start`` or a folder above it, else the
+    package's source checkout).
+
+    Raises:
+        ResultsNotFoundError: nothing found; the message names the variable to set.
+    """
+    try:
+        return _find_results_dir(start)
+    except FileNotFoundError as err:
+        raise ResultsNotFoundError(
+            f"{err}; or call benchmark_runs(..., results_dir=False) to train every run into the "
+            "cache"
+        ) from err
+
+
+def shown(path: str | Path) -> str:
+    """``path`` as a notebook output may show it: relative to the current folder when close by
+    (``../results/runs.csv``), else under ``~``, else absolute (committed outputs must not leak
+    a machine's layout)."""
+    path = Path(path).resolve()
+    try:
+        rel = os.path.relpath(path, Path.cwd())
+    except ValueError:  # another drive (Windows)
+        rel = str(path)
+    if not rel.startswith(os.pardir + os.sep + os.pardir) and rel != os.pardir:
+        return rel
+    home = Path.home().resolve()
+    if path == home or home in path.parents:
+        return str(Path("~") / path.relative_to(home))
+    return str(path)
+
+
+def default_cache_dir(fast: bool) -> Path:
+    """``$RELKD_CACHE_DIR/bench-<fast|default>``, or under ``$XDG_CACHE_HOME`` or ``~/.cache``
+    in ``relkd_tutorial/``."""
+    root = os.environ.get(CACHE_ENV, "").strip()
+    if root:
+        base = Path(root).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        base = (Path(xdg) if xdg else Path.home() / ".cache") / "relkd_tutorial"
+    return base / ("bench-fast" if fast else "bench-default")
+
+
+def protocol_setting(
+    setting: str, *, fast: bool | None = None, preset: str | None = None
+) -> Setting:
+    """The benchmark's :class:`~relkd_tutorial.bench.settings.Setting` that the chapters share.
+
+    Fast mode: the benchmark's fast settings. Otherwise ``preset`` (default: the benchmark's
+    default preset on a CPU, the one the committed results are made with).
+    """
+    fast = fast_mode() if fast is None else bool(fast)
+    if setting not in FASHION_SETTINGS:
+        raise ValueError(
+            f"setting must be one of {list(FASHION_SETTINGS)}, got {setting!r} (the CIFAR-100 "
+            "'full' setting needs a GPU and runs only from the benchmark command)"
+        )
+    return default_settings(fast, preset or default_preset("cpu"))[setting]
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs
+# ---------------------------------------------------------------------------------------------
+
+
+class Runs(list):
+    """``runs.csv`` rows (a ``list`` of dicts) with where they came from.
+
+    Attributes:
+        setting: the benchmark setting they belong to.
+        spec: its fingerprint (setting and teacher).
+        sources: ``{folder: number of rows taken from it}``.
+        trained: runs trained by this call.
+    """
+
+    def __init__(
+        self, rows: Sequence[dict[str, Any]], setting: Setting, spec: str,
+        sources: dict[str, int], trained: int,
+    ) -> None:  # fmt: skip
+        super().__init__(rows)
+        self.setting, self.spec, self.sources, self.trained = setting, spec, sources, trained
+
+    def describe(self) -> str:
+        """One line: how many runs, of which setting and spec, from where."""
+        parts = [f"{n} from {shown(src)}" for src, n in self.sources.items() if n]
+        return (
+            f"{len(self)} runs of {self.setting.name} (spec {self.spec}, seeds "
+            f"{list(self.setting.seeds)}): {', '.join(parts) or 'none'}"
+        )
+
+
+def _wanted(rows: Sequence[dict[str, Any]], setting: str, spec: str, methods: Sequence[str],
+            seeds: Sequence[int]) -> dict[tuple[str, int | None], dict[str, Any]]:  # fmt: skip
+    """``{(method, seed): row}`` of the final runs (and n/a rows, seed ``None``) wanted."""
+    out: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for r in rows:
+        if r["setting"] != setting or r["spec"] != spec or r["phase"] != "final":
+            continue
+        if r["method"] not in methods:
+            continue
+        if r["status"] == "n/a":
+            out.setdefault((r["method"], None), r)
+        elif r["seed"] in seeds:
+            out.setdefault((r["method"], r["seed"]), r)
+    return out
+
+
+def _missing(found: dict[tuple[str, int | None], Any], methods: Sequence[str],
+             seeds: Sequence[int]) -> dict[str, list[int]]:  # fmt: skip
+    out = {}
+    for m in methods:
+        if (m, None) in found:  # n/a in this setting: nothing to train
+            continue
+        gap = [s for s in seeds if (m, s) not in found]
+        if gap:
+            out[m] = gap
+    return out
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (two kernels must not train the same runs at once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _threads(device: torch.device) -> Iterator[None]:
+    """The benchmark's torch threads while training (one on a CPU), restored afterwards."""
+    before = torch.get_num_threads()
+    wanted = default_threads(device, None)
+    if wanted is not None:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _copy_cross_task_teachers(results: Path, cache: Path) -> None:
+    """Reuse a committed cross-task teacher (trained once) instead of training it again."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for src in results.glob("cross_task_teacher_*"):
+        if src.suffix in (".pt", ".json") and not (cache / src.name).exists():
+            shutil.copy2(src, cache / src.name)
+
+
+def benchmark_runs(
+    setting: str = "transfer",
+    methods: Sequence[str] = ("ce", "kd"),
+    *,
+    fast: bool | None = None,
+    preset: str | None = None,
+    results_dir: str | Path | bool | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    train: bool = True,
+    stream: Any = None,
+) -> Runs:
+    """The benchmark's final runs of ``methods`` in ``setting``: committed, cached or trained now.
+
+    Args:
+        setting: a Fashion-MNIST setting (``"transfer"``, ``"low-data"``, ``"standard"``,
+            ``"cross-task"``).
+        methods: benchmark method names (:data:`~relkd_tutorial.bench.settings.METHODS`).
+        fast: fast mode (default: :func:`~relkd_tutorial.fast_mode`); fast mode never reads the
+            committed results.
+        preset: the benchmark preset (default: the benchmark's default on a CPU).
+        results_dir: the committed results folder (``None``: :func:`find_results_dir`;
+            ``False``: do not read committed results).
+        cache_dir: the cache folder (``None``: :func:`default_cache_dir`).
+        device: where missing runs train (``"cpu"``, as the committed runs did; ``"auto"``).
+        train: train what is missing (``False``: raise :class:`MissingRunsError` instead).
+        stream: where progress lines go (default ``sys.stdout``).
+
+    Returns:
+        :class:`Runs`: one row per (method, seed) as in ``runs.csv``, in ``methods`` order then
+        by seed; a method that cannot run in the setting gives its one ``n/a`` row.
+    """
+    fast = fast_mode() if fast is None else bool(fast)
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown methods {unknown or methods}; choose from {list(METHODS)}")
+    s = protocol_setting(setting, fast=fast, preset=preset)
+    out = sys.stdout if stream is None else stream
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(fast)
+    results: Path | None = None
+    if not fast and results_dir is not False:
+        results = find_results_dir() if results_dir in (None, True) else Path(results_dir)
+        if results is not None and not (results / "runs.csv").is_file():
+            raise ResultsNotFoundError(f"{results} has no runs.csv (results_dir={results_dir!r})")
+        _copy_cross_task_teachers(results, cache)
+    dev = resolve_device(device)
+    ws = build_workspace(s, cache, dev, log=lambda text: print(text, file=out, flush=True))
+    spec = ws.spec
+    committed_rows = read_runs(results / "runs.csv") if results is not None else []
+    committed = _wanted(committed_rows, s.name, spec, methods, s.seeds)
+    if results is not None and not committed:
+        other = sorted({r["spec"] for r in committed_rows if r["setting"] == s.name})
+        if other:
+            print(f"{shown(results / 'runs.csv')} holds {s.name} runs of another configuration "
+                  f"(spec {', '.join(other)}, now {spec}); they are not used", file=out)  # fmt: skip
+    store = ResultStore(cache)
+    cached = _wanted(store.rows(), s.name, spec, methods, s.seeds)
+    found = {**cached, **committed}  # the committed row wins where both hold one
+    missing = _missing(found, methods, s.seeds)
+    trained = 0
+    if missing:
+        count = sum(len(v) for v in missing.values())
+        if not train:
+            raise MissingRunsError(
+                f"{count} runs of {s.name} (spec {spec}) are neither committed nor cached: "
+                f"{missing}; call with train=True or run python -m relkd_tutorial.bench "
+                f"--settings {s.name} --methods {','.join(missing)} --out {cache}"
+            )
+        with _locked(cache), _threads(dev):
+            cached = _wanted(store.rows(), s.name, spec, methods, s.seeds)  # another kernel?
+            missing = _missing({**cached, **committed}, methods, s.seeds)
+            count = sum(len(v) for v in missing.values())
+            if missing:
+                print(f"training {count} benchmark runs of {s.name} ({s.epochs} epochs) into "
+                      f"{shown(cache)} (once per machine)", file=out, flush=True)  # fmt: skip
+                progress = Progress(total=count, stream=out)
+                for method, seeds in missing.items():
+                    # the fingerprint ignores seeds, so a workspace over the missing seeds keeps
+                    # the spec; with the sweep on, the whole setting (its sweep uses seed 0)
+                    part = ws if s.sweep else replace(ws, setting=replace(s, seeds=tuple(seeds)))
+                    run_setting(part, [method], store, progress)
+                trained = progress.trained
+        cached = _wanted(store.rows(), s.name, spec, methods, s.seeds)
+        found = {**cached, **committed}
+        left = _missing(found, methods, s.seeds)
+        if left:
+            raise MissingRunsError(f"runs still missing after training: {left}")
+    order = {m: i for i, m in enumerate(methods)}
+    keys = sorted(found, key=lambda k: (order[k[0]], -1 if k[1] is None else k[1]))
+    rows = [found[k] for k in keys]
+    sources: dict[str, int] = {}
+    if results is not None:
+        sources[str(results / "runs.csv")] = sum(k in committed for k in keys)
+    sources[str(cache / "runs.csv")] = sum(k not in committed for k in keys)
+    runs = Runs(rows, s, spec, sources, trained)
+    print(runs.describe(), file=out, flush=True)
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables: thin wrappers over the report and stats
+# ---------------------------------------------------------------------------------------------
+
+
+class Table(list):
+    """Rows (dicts) that a notebook displays as a Markdown table; ``columns`` pick and order."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], columns: Sequence[str], metric: str,
+                 unit: str) -> None:  # fmt: skip
+        super().__init__(rows)
+        self.columns, self.metric, self.unit = list(columns), metric, unit
+
+    def _repr_markdown_(self) -> str:
+        digits = 3 if self.metric not in PERCENT else 2
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        for r in self:
+            cells = []
+            for c in self.columns:
+                v = r.get(c, "")
+                if isinstance(v, float):
+                    v = "" if math.isnan(v) else f"{v:.{digits}f}"
+                cells.append(str(v))
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _one_setting(rows: Sequence[dict[str, Any]], setting: str | None) -> list[dict[str, Any]]:
+    names = sorted({r["setting"] for r in rows})
+    if setting is not None:
+        rows = [r for r in rows if r["setting"] == setting]
+        if not rows:
+            raise ValueError(f"no rows of setting {setting!r}; the rows hold {names}")
+        return list(rows)
+    if len(names) != 1:
+        raise ValueError(f"the rows hold settings {names}; pass setting= to pick one")
+    return list(rows)
+
+
+def _check_metric(metric: str) -> float:
+    if metric not in METRIC_LABELS:
+        raise ValueError(f"metric must be one of {list(METRIC_LABELS)}, got {metric!r}")
+    return 100.0 if metric in PERCENT else 1.0
+
+
+def summary_table(
+    rows: Sequence[dict[str, Any]],
+    metric: str = "acc",
+    *,
+    setting: str | None = None,
+    confidence: float = 0.95,
+) -> Table:
+    """Per method: mean, sample std (``n - 1``) and the ``t`` interval of the mean over seeds.
+
+    Rows of :func:`benchmark_runs` (or ``read_runs``); methods in the report's order
+    (:func:`~relkd_tutorial.bench.report.summarize_runs`). Accuracies in percent. The interval is
+    :func:`~relkd_tutorial.stats.paired_difference` against zero, i.e. the one-sample ``t``
+    interval ``mean -+ t s / sqrt(n)``; NaN with one seed. A method n/a in the setting keeps
+    its reason in ``note``.
+    """
+    rows = _one_setting(rows, setting)
+    k = _check_metric(metric)
+    out = []
+    for entry in summarize_runs(rows):
+        row: dict[str, Any] = {
+            "method": entry["method"],
+            "label": entry["label"],
+            "status": entry["status"],
+            "note": entry.get("note", ""),
+            "n": entry.get("n", 0),
+        }
+        values = [
+            k * r[metric]
+            for r in rows
+            if r["method"] == entry["method"] and r["phase"] == "final" and r["status"] == "ok"
+            and not math.isnan(r[metric])
+        ]  # fmt: skip
+        if values:
+            mean, std, n = mean_std(values)
+            ci = paired_difference(values, [0.0] * n, confidence)
+            row.update(mean=mean, std=std, n=n, low=ci.low, high=ci.high)
+        else:
+            row.update(mean=math.nan, std=math.nan, low=math.nan, high=math.nan)
+        out.append(row)
+    unit = "%" if metric in PERCENT else ""
+    return Table(out, ["label", "n", "mean", "std", "low", "high"], metric, unit)
+
+
+def paired_table(
+    rows: Sequence[dict[str, Any]],
+    baseline: str = "ce",
+    metric: str = "acc",
+    *,
+    setting: str | None = None,
+    confidence: float = 0.95,
+) -> Table:
+    """Every method minus ``baseline``, paired by seed: the report's
+    :func:`~relkd_tutorial.bench.report.paired_differences` (percentage points for accuracies),
+    with ``label``, ``mean``, ``std``, ``n``, ``low``, ``high``, ``within_noise``, ``sentence``."""
+    rows = _one_setting(rows, setting)
+    _check_metric(metric)
+    diffs = paired_differences(rows, baselines=[baseline], metrics=[metric], confidence=confidence)
+    for d in diffs:
+        d["label"] = METHOD_LABELS.get(d["method"], d["method"])
+    unit = "points" if metric in PERCENT else ""
+    return Table(diffs, ["label", "n", "mean", "low", "high", "within_noise"], metric, unit)
+
+
+def paired_vs(
+    rows: Sequence[dict[str, Any]],
+    method: str,
+    baseline: str = "ce",
+    metric: str = "acc",
+    *,
+    setting: str | None = None,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """``method`` minus ``baseline`` paired by seed (one entry of :func:`paired_table`)."""
+    for d in paired_table(rows, baseline, metric, setting=setting, confidence=confidence):
+        if d["method"] == method:
+            return d
+    present = sorted({r["method"] for r in rows})
+    raise ValueError(
+        f"no paired difference {method!r} - {baseline!r} for {metric!r}: both need finished runs "
+        f"on common seeds (methods in the rows: {present})"
+    )
+
+
+def verdict(diff: dict[str, Any]) -> str:
+    """``"beats"`` / ``"trails"`` when the interval excludes 0, else ``"is within noise of"``."""
+    if diff["within_noise"]:
+        return "is within noise of"
+    return "beats" if diff["mean"] > 0 else "trails"
