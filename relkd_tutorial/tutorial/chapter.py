@@ -29,8 +29,10 @@ def protocol_sentence(runs: Runs) -> Sentence:
     n_train = int(rows[0]["n_train"])
     n_labelled = int(rows[0]["n_labelled"])
     seeds = list(s.seeds)
-    seed_text = f"{seeds[0]}–{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else (
-        ", ".join(map(str, seeds))
+    seed_text = (
+        f"{seeds[0]}–{seeds[-1]}"
+        if seeds == list(range(seeds[0], seeds[-1] + 1))
+        else (", ".join(map(str, seeds)))
     )
     return say(
         "The benchmark's `{name}` setting ({src}): a pool of {n_train:,} training images of which "
