@@ -7,6 +7,8 @@
   values; the rule it shares with ``tests/test_generated_prose.py`` (no typed result numbers).
 - :mod:`~relkd_tutorial.tutorial.plots_stats`: dot-and-interval plots of those tables.
 - :mod:`~relkd_tutorial.tutorial.readme`: the README's result blocks, rendered from ``results/``.
+- :mod:`~relkd_tutorial.tutorial.schematics`: :func:`draw_schematic`, one boxes-and-arrows
+  figure per method (what flows from the teacher to the student).
 - :mod:`~relkd_tutorial.tutorial.widgets` computes (pure functions, plain outputs) and
   :mod:`~relkd_tutorial.tutorial.plots` draws (onto a given ``Axes``); the ``*_refilled_grkd``
   modules do the same for notebooks 04 and 05.
@@ -30,6 +32,8 @@ _LAZY = {
     "verdict": "runs",
     "plot_intervals": "plots_stats",
     "plot_paired": "plots_stats",
+    "draw_schematic": "schematics",
+    "available_schematics": "schematics",
 }
 
 __all__ = sorted(_LAZY)
