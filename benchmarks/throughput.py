@@ -17,7 +17,9 @@ Each invocation writes to a fresh results folder (nothing resumed), so every run
 One round is ``before, after cold, after warm``; with ``--rounds 2`` a second round in the
 reverse order follows (interleaved, so a change in the machine's load hits both sides). Runs per
 minute = runs trained / the invocation's wall time (process start to exit: imports, workspace,
-training, report). Also printed: the load average at each start and end, the median training
+training, report). CPU seconds per run = the user + system CPU time of the invocation and its
+worker processes (``getrusage(RUSAGE_CHILDREN)``) / runs trained: the work a run costs, which
+other processes on a shared machine change far less than the wall time. Also printed: the load average at each start and end, the median training
 time of one run (``seconds`` in ``runs.csv``), and the workspace time (``meta.json``).
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -55,9 +58,12 @@ def invoke(label: str, code: Path, out: Path, extra: list[str], env: dict[str, s
     env.pop("RELKD_FAST", None)
     cmd = [sys.executable, "-m", "relkd_tutorial.bench", *PLAN, *extra, "--out", str(out)]
     load0 = os.getloadavg()[0]
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     tic = time.perf_counter()
     proc = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - tic
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the invocation and its workers
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     load1 = os.getloadavg()[0]
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -71,14 +77,15 @@ def invoke(label: str, code: Path, out: Path, extra: list[str], env: dict[str, s
         "runs": len(rows),
         "wall": wall,
         "per_minute": 60.0 * len(rows) / wall,
+        "cpu_per_run": cpu / len(rows),
         "run_seconds": statistics.median(float(r["seconds"]) for r in rows),
         "workspace": meta.get("teacher_cache_seconds"),
         "jobs": meta.get("jobs", 1),
         "load": (load0, load1),
     }
     print(
-        f"{label}: {result['runs']} runs in {wall:.0f} s = {result['per_minute']:.2f} runs/min "
-        f"(load {load0:.1f} -> {load1:.1f})",
+        f"{label}: {result['runs']} runs in {wall:.0f} s = {result['per_minute']:.2f} runs/min, "
+        f"{result['cpu_per_run']:.1f} CPU s per run (load {load0:.1f} -> {load1:.1f})",
         flush=True,
     )
     return result
@@ -124,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_minute": statistics.median(x["per_minute"] for x in mine),
             "wall": statistics.median(x["wall"] for x in mine),
             "run_seconds": statistics.median(x["run_seconds"] for x in mine),
+            "cpu_per_run": statistics.median(x["cpu_per_run"] for x in mine),
             "workspace": statistics.median(float(x["workspace"] or 0.0) for x in mine),
             "jobs": mine[0]["jobs"],
             "runs": mine[0]["runs"],
@@ -145,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         s = summary(label)
         print(
             f"| {label} | {s['jobs']} | {s['runs']} | {s['wall']:.0f} | {s['per_minute']:.2f} | "
-            f"{s['per_minute'] / base['per_minute']:.2f} | {s['run_seconds']:.1f} | "
+            f"{s['per_minute'] / base['per_minute']:.2f} | {s['cpu_per_run']:.1f} | "
+            f"{base['cpu_per_run'] / s['cpu_per_run']:.2f} | {s['run_seconds']:.1f} | "
             f"{s['workspace']:.1f} |"
         )
     return 0
