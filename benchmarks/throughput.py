@@ -146,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         f"session; {os.cpu_count()} CPUs, usable {len(os.sched_getaffinity(0))}\n"
     )
     print(
-        "| code | jobs | runs | wall s | runs / min | x before | s / run (median) | teacher outputs s |"
+        "| code | jobs | runs | wall s | runs / min | x before | CPU s / run | x before (CPU) "
+        "| s / run (median) | teacher outputs s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label in ("before", "after, cold cache", "after, warm cache"):
         s = summary(label)
         print(
