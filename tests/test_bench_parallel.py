@@ -36,13 +36,13 @@ def _histories(path: Path) -> dict[tuple[str, str], dict]:
 
 
 def test_the_rows_do_not_depend_on_the_number_of_jobs(tmp_path: Path, capsys) -> None:
-    # the sweep is on: KD's and RRD's final runs must wait for their trials (seed 0, validation)
+    # the sweep is on: KD's and RRD's final runs wait for their trials (2 seeds, validation)
     argv = [*SMALL, "--sweep", "--methods", "ce,kd,rrd"]
     assert cli.main([*argv, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
     assert cli.main([*argv, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
     assert "2 jobs" in capsys.readouterr().out
     one, two = _by_key(tmp_path / "one/runs.csv"), _by_key(tmp_path / "two/runs.csv")
-    assert len(one) == 4 + 4 + 3 * 2 and one.keys() == two.keys()
+    assert len(one) == 2 * (4 + 4) + 3 * 2 and one.keys() == two.keys()  # 2-seed sweep trials
     for key, row in one.items():
         for column in bench_store.RUN_COLUMNS:
             if column not in HOST_COLUMNS:
@@ -60,7 +60,7 @@ def test_the_rows_do_not_depend_on_the_number_of_jobs(tmp_path: Path, capsys) ->
         chosen = runner.choose_params(rows, "transfer", rows[0]["spec"], method)
         finals = [r for r in rows if r["method"] == method and r["phase"] == "final"]
         trials = [r for r in rows if r["method"] == method and r["phase"] == "sweep"]
-        assert len(trials) == 4 and len(finals) == 2
+        assert len(trials) == 4 * 2 and len(finals) == 2  # 4 trials x 2 sweep seeds
         assert all(r["params"] == bench_settings.params_tag(chosen) for r in finals)
         last_trial = max(order.index(r["key"]) for r in trials)
         assert all(order.index(r["key"]) > last_trial for r in finals)
