@@ -3,6 +3,9 @@
 - :mod:`~relkd_tutorial.tutorial.runs`: :func:`benchmark_runs` gives every chapter the
   benchmark's own runs (committed ``results/`` first, then an on-disk cache trained once per
   machine), and :func:`summary_table` / :func:`paired_table` / :func:`paired_vs` their statistics.
+- :mod:`~relkd_tutorial.tutorial.committed`: notebook 06's view of the committed ``results/``,
+  setting by setting (complete, partial or absent, with the command that adds what is missing),
+  a family of comparisons as a table for :func:`plot_paired`, and the verdict summary.
 - :mod:`~relkd_tutorial.tutorial.prose`: :func:`say` renders a result sentence from computed
   values; the rule it shares with ``tests/test_generated_prose.py`` (no typed result numbers).
 - :mod:`~relkd_tutorial.tutorial.plots_stats`: dot-and-interval plots of those tables.
