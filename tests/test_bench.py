@@ -451,6 +451,7 @@ def test_tiny_cli_run_resumes_and_reports(
     argv = [
         "--fast", "--sweep", "--settings", "transfer,cross-task", "--methods", "ce,kd", "--seeds", "0,1",
         "--epochs", "1", "--pool-per-class", "6", "--labelled-per-class", "3", "--teacher", str(teacher), "--out", str(out),
+        "--jobs", "1",  # in this process, so that the patched run_job is the one called
     ]  # fmt: skip
     calls: list[str] = []
     real_run_job = runner.run_job
@@ -498,6 +499,7 @@ def test_an_interrupted_benchmark_keeps_its_runs_and_resumes(
     argv = [
         "--fast", "--settings", "low-data", "--methods", "ce,kd", "--seeds", "0,1", "--epochs", "1",
         "--pool-per-class", "6", "--labelled-per-class", "3", "--out", str(out), "--no-plots",
+        "--jobs", "1",  # the patched run_job runs in this process (tests/test_bench_parallel.py: 2)
     ]  # fmt: skip
     calls: list[str] = []
     stop_at = [3]

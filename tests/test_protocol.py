@@ -451,6 +451,7 @@ def test_a_tiny_ablation_run_builds_every_variant_and_reports_it(
     argv = [
         "--fast", "--ablation", "grkd", "--seeds", "0,1", "--epochs", "1", "--pool-per-class", "6",
         "--labelled-per-class", "3", "--teacher", str(teacher), "--out", str(out), "--no-plots",
+        "--jobs", "1",  # in this process, where the recording build_method is patched in
     ]  # fmt: skip
     assert cli.main(argv) == 0
     capsys.readouterr()

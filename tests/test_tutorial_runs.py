@@ -35,6 +35,17 @@ from relkd_tutorial.tutorial.runs import (
     verdict,
 )
 
+#: The synthetic runs below have 4 seeds: the tests pin the chapters' default preset to one whose
+#: transfer setting has seeds 0-3 (``quick``), so they test the mechanism (committed, cached,
+#: trained) independently of the default preset's sizes (the ``cpu`` preset has 8 seeds).
+PRESET = "quick"
+assert default_settings(False, PRESET)["transfer"].seeds == (0, 1, 2, 3)
+
+
+@pytest.fixture(autouse=True)
+def _four_seed_preset(monkeypatch):
+    monkeypatch.setattr(runs, "default_preset", lambda device: PRESET)
+
 
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory) -> dict[bool, str]:
@@ -42,7 +53,10 @@ def specs(tmp_path_factory) -> dict[bool, str]:
     out = tmp_path_factory.mktemp("ws")
     return {
         fast: build_workspace(
-            protocol_setting("transfer", fast=fast), out, torch.device("cpu"), log=lambda _: None
+            protocol_setting("transfer", fast=fast, preset=PRESET),
+            out,
+            torch.device("cpu"),
+            log=lambda _: None,
         ).spec  # fmt: skip
         for fast in (False, True)
     }
@@ -96,7 +110,8 @@ def committed(specs) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_protocol_setting_is_the_benchmarks_setting():
+def test_protocol_setting_is_the_benchmarks_setting(monkeypatch):
+    monkeypatch.setattr(runs, "default_preset", cli.default_preset)  # the real default
     assert protocol_setting("transfer", fast=True) == default_settings(True)["transfer"]
     assert protocol_setting("low-data", fast=False) == default_settings(False, "cpu")["low-data"]
     assert (

@@ -58,6 +58,22 @@ def test_shared_group_order_puts_groups_first_in_given_order() -> None:
         widgets.group_order({"a": (0, 1), "b": (1, 2)}, 5)
 
 
+def test_within_group_share_counts_only_off_diagonal_mass_inside_a_group() -> None:
+    m = np.array([[0.5, 0.3, 0.2], [0.1, 0.8, 0.1], [0.25, 0.25, 0.5]])
+    # group {0, 1}: inside 0.3 + 0.1, all off-diagonal 0.3 + 0.2 + 0.1 + 0.1 + 0.25 + 0.25
+    share = widgets.within_group_share(m, {"g": (0, 1)})
+    assert share == pytest.approx(0.4 / 1.2, rel=1e-12)
+    # the diagonal never counts, whatever its size
+    m2 = m.copy()
+    m2[np.diag_indices(3)] = 7.0
+    assert widgets.within_group_share(m2, {"g": (0, 1)}) == pytest.approx(share, rel=1e-12)
+    assert widgets.within_group_share(m, {"g": (0, 1, 2)}) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        widgets.within_group_share(-m, {"g": (0, 1)})
+    with pytest.raises(ValueError, match="off-diagonal"):
+        widgets.within_group_share(np.eye(3), {"g": (0, 1)})
+
+
 def test_shared_block_contrast_on_a_block_matrix() -> None:
     # classes {0, 1} form a group; within = 0.8, between = 0.1, the rest 0.5 and diagonal 1
     m = np.full((4, 4), 0.5)

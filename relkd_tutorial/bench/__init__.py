@@ -7,8 +7,9 @@ Modules; the arrows point from a module to those it imports, never back:
     cli -> report -> figures -> settings        settings: methods, defaults, sweep, settings, labels
     report -> verdict -> settings               verdict: comparison families, Holm, the verdicts
     cli -> full -> runner -> workspace -> settings    store: runs.csv, histories.csv, meta.json
-    runner -> store, report -> store            workspace: splits, the teacher, its cached outputs
-                                                runner: one run, a setting's runs
+    cli -> parallel -> runner                   workspace: splits, the teacher, its cached outputs
+    runner -> store, report -> store            runner: one run, the settings' runs, scheduled
+                                                parallel: --jobs, runs in worker processes
 """
 
 from .cli import main

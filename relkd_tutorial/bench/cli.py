@@ -55,13 +55,18 @@ paper default) then runs on every seed and is reported. One-knob methods scale t
 weight (``1, 3, 10``) and temperature (``tau = 2`` at weight 3). Published defaults are in
 :data:`PAPER_DEFAULTS` (their sources: the method pages indexed by ``docs/README.md``).
 
-Speed: the student trains without augmentation against the teacher's outputs precomputed once per
-image set and looked up by sample index (:class:`~relkd_tutorial.teacher.TeacherCache`), from the
-on-device :class:`~relkd_tutorial.data.TensorLoader`.
+Speed: the student trains without augmentation, in the ``channels_last`` memory format, against
+the teacher's outputs precomputed once per image set and looked up by sample index
+(:class:`~relkd_tutorial.teacher.TeacherCache`), from the on-device
+:class:`~relkd_tutorial.data.TensorLoader`. The splits, the teacher and its outputs are cached on
+disk (``<out>/cache/`` or ``$RELKD_CACHE_DIR``, keyed by their fingerprints, checked on load:
+:mod:`.workspace`), so a later invocation does not run the teacher again. Independent runs train
+concurrently in ``--jobs`` worker processes (default: the usable cores on a CPU, 1 on a GPU), one
+torch thread each (:mod:`.parallel`); a run's result does not depend on how many run at once.
 
 Resume: every finished run is appended to ``<out>/runs.csv`` (and its per-epoch history to
 ``histories.csv``) at once; re-running the same command skips the runs already there, so an
-interruption loses at most the run in progress. A run's key holds a fingerprint of its setting
+interruption loses at most the runs in progress. A run's key holds a fingerprint of its setting
 (data sizes, schedule, student, teacher weights), so results of a different configuration are
 never mixed in. The report (``results.md``, ``summary.csv``, ``differences.csv``, PNG plots) is
 rebuilt from ``runs.csv`` at the end of every invocation.
@@ -85,13 +90,13 @@ from ..fastmode import fast_mode
 from ..training import resolve_device
 from . import report
 from .full import describe_full_plan, run_full
+from .parallel import WorkerPool, WorkspaceRef, default_jobs
 from .runner import (
     Progress,
     _clock,
     ablation_jobs,
     plan_counts,
-    run_ablation,
-    run_setting,
+    run_settings,
 )
 from .settings import (
     ABLATION_SETTING,
@@ -111,6 +116,8 @@ from .store import (
 from .workspace import (
     Workspace,
     build_workspace,
+    cache_dir,
+    prepare_workspace,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -169,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: 1 on a CPU, torch's own on a GPU)")  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="runs trained at once, in worker processes with --threads threads "
+                        "each (default: the usable cores on a CPU, 1 on a GPU)")  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild tables and plots from --out without training")  # fmt: skip
     parser.add_argument("--plan", action="store_true", help="print the runs and exit")
@@ -253,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threads is not None:
         torch.set_num_threads(threads)
     fast, settings, methods = configure(args, device)
+    jobs = default_jobs(device) if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {jobs}")
     preset = args.preset or default_preset(device)
     out_dir = Path(args.out or ("runs/bench-fast" if fast else "runs/bench"))
     names = list(settings)
@@ -263,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "fast mode" if fast else f"default mode, {preset} preset"
 
     if args.plan:
-        print(f"{mode}, {torch.get_num_threads()} torch thread(s)")
+        print(f"{mode}, {torch.get_num_threads()} torch thread(s), {jobs} job(s)")
         for name, s in settings.items():
             print(f"{name}: {s}")
             count = (
@@ -289,12 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"relkd_tutorial benchmark, {mode}: settings {', '.join(names) or '-'}"
         f"{' + full' if want_full else ''}; methods {', '.join(methods)}; device {device}, "
-        f"{torch.get_num_threads()} threads; results in {out_dir}/",
+        f"{torch.get_num_threads()} threads, {jobs} jobs; results in {out_dir}/",
         flush=True,
     )
     workspaces: list[Workspace] = []
+    paths = []
     for name in names:
         ws = build_workspace(settings[name], out_dir, device, args.teacher)
+        paths.append(prepare_workspace(ws, cache_dir(out_dir)))
         workspaces.append(ws)
     if args.ablation:
         methods = [args.ablation]
@@ -316,32 +331,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"resuming: {done_before} of these runs are already in {store.runs_path}; skipped",
             flush=True,
         )
+    for ws in workspaces:
+        s = ws.setting
+        print(
+            f"-- {s.name}: {len(ws.train_set(s.seeds[0]))} training images "
+            f"({'all' if s.labelled_per_class is None else s.labelled_per_class} labelled per "
+            f"class), {s.epochs} epochs, seeds {list(s.seeds)}, "
+            + (
+                f"the {args.ablation} ablation"
+                if args.ablation
+                else "sweep on the validation split"
+                if s.sweep
+                else "paper defaults (no sweep)"
+            ),
+            flush=True,
+        )
+    workers = min(jobs, max(0, total - progress.done))
     try:
-        for ws in workspaces:
-            s = ws.setting
-            print(
-                f"-- {s.name}: {len(ws.train_set(s.seeds[0]))} training images "
-                f"({'all' if s.labelled_per_class is None else s.labelled_per_class} labelled per "
-                f"class), {s.epochs} epochs, seeds {list(s.seeds)}, "
-                + (
-                    f"the {args.ablation} ablation"
-                    if args.ablation
-                    else "sweep on the validation split"
-                    if s.sweep
-                    else "paper defaults (no sweep)"
-                ),
-                flush=True,
-            )
-            if args.ablation:
-                run_ablation(ws, args.ablation, store, progress)
-            else:
-                run_setting(ws, methods, store, progress)
+        if workers > 1:
+            refs = [
+                WorkspaceRef(str(p), ws.setting, ws.channels_last, str(device))
+                for p, ws in zip(paths, workspaces, strict=True)
+            ]
+            with WorkerPool(workers, refs, threads=torch.get_num_threads()) as pool:
+                run_settings(
+                    workspaces, methods, store, progress, executor=pool, ablation=args.ablation
+                )
+        else:
+            run_settings(workspaces, methods, store, progress, ablation=args.ablation)
         if want_full:
             specs |= set(run_full(args, store, device, progress))
     except KeyboardInterrupt as err:  # Ctrl-C, or TrainingInterrupted from fit (SIGINT/SIGTERM)
         print(
             f"\nstopped: the {progress.trained} runs finished by this invocation are kept in "
-            f"{store.runs_path} (the run in progress is lost); run the same command again to "
+            f"{store.runs_path} (the runs in progress are lost); run the same command again to "
             "resume where it stopped",
             file=sys.stderr,
             flush=True,
@@ -359,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ablation": args.ablation,
             "device": str(device),
             "threads": torch.get_num_threads(),
+            "jobs": workers,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "wall_seconds": round(wall, 1),
             "runs_trained": progress.trained,

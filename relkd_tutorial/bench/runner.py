@@ -1,16 +1,25 @@
-"""One benchmark run (:func:`run_job`) and the runs of a setting (:func:`run_setting`).
+"""One benchmark run (:func:`run_job`) and the runs of the settings (:func:`run_settings`).
 
 A run trains one student with one method at one seed against the workspace's cached teacher
 outputs, measures it (:func:`evaluate_student`: top-1, group accuracies, Kendall tau, distance
 correlation), its time and its peak memory (:class:`PeakMemory`), and returns a row for
 ``runs.csv``; the sweep chooses each method's trial on the validation split first
 (:func:`choose_params`).
+
+:func:`run_settings` schedules the runs of several settings: in the order of a sequential
+benchmark, each run as soon as what it depends on is done (a final run of a swept method waits
+for that method's sweep trials, whose validation scores choose its parameters). It runs them one
+at a time in this process, or concurrently through an executor such as
+:class:`~relkd_tutorial.bench.parallel.WorkerPool` (``--jobs``). A run is a pure function of its
+job and workspace (every random draw is seeded by the job's seed), so the rows do not depend on
+how many run at once; the rows are appended to ``runs.csv`` as the runs finish.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -36,7 +45,7 @@ from ..metrics import (
     kendall_tau,
 )
 from ..models import build_model
-from ..training import TrainConfig, fit, seeded
+from ..training import TrainConfig, TrainingInterrupted, fit, seeded
 from .settings import (
     CONTROL_WEIGHTS,
     METHOD_LABELS,
@@ -172,8 +181,15 @@ def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train:
     return kwargs
 
 
-def student_config(setting: Setting, seed: int, device: torch.device) -> TrainConfig:
-    """The one schedule every method trains with in a setting."""
+#: ``False`` in a worker process of :mod:`.parallel`: there the parent process handles SIGINT and
+#: SIGTERM (it stops the workers), so ``fit`` leaves the signals alone.
+HANDLE_SIGNALS = True
+
+
+def student_config(
+    setting: Setting, seed: int, device: torch.device, channels_last: bool = False
+) -> TrainConfig:
+    """The one schedule every method trains with in a setting (``channels_last``: the layout)."""
     return TrainConfig(
         epochs=setting.epochs,
         optimizer="sgd",
@@ -185,6 +201,8 @@ def student_config(setting: Setting, seed: int, device: torch.device) -> TrainCo
         device=str(device),
         seed=seed,
         progress=False,
+        channels_last=channels_last,
+        handle_signals=HANDLE_SIGNALS,
     )
 
 
@@ -192,7 +210,9 @@ def evaluate_student(
     student: nn.Module, data: ImageSet, ws: Workspace, seed_batch: int = DIST_CORR_PER_CLASS
 ) -> dict[str, float]:
     """Top-1, group accuracies, mean Kendall tau and distance correlation on ``data``."""
-    loader = TensorLoader.for_evaluation(data, 1000, device=ws.device)
+    loader = TensorLoader.for_evaluation(
+        data, 1000, device=ws.device, channels_last=getattr(ws, "channels_last", False)
+    )
     out = collect_outputs(student, loader)
     teacher = ws.teacher_cache(data)
     result = {"acc": accuracy(out.logits, out.labels)}
@@ -252,7 +272,7 @@ def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any
                 student,
                 method,
                 loader,
-                student_config(setting, job.seed, ws.device),
+                student_config(setting, job.seed, ws.device, ws.channels_last),
                 teacher=cache,
                 eval_loader=eval_loader,
             )
@@ -345,9 +365,7 @@ def ablation_jobs(setting: Setting, method: str) -> list[Job]:
 
 def run_ablation(ws: Workspace, method: str, store: ResultStore, progress: Progress) -> None:
     """Train (or skip, if already in ``store``) every job of :func:`ablation_jobs`."""
-    done = store.done()
-    for job in ablation_jobs(ws.setting, method):
-        _run_or_skip(job, ws, store, done, progress)
+    run_settings([ws], [method], store, progress, ablation=method)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,46 +419,152 @@ def plan_counts(setting: Setting, methods: Sequence[str], ws: Workspace | None =
     return sweep + len(runnable) * len(setting.seeds)
 
 
+@dataclass(frozen=True)
+class Task:
+    """A run to schedule: ``params=None`` means the sweep's choice, known once ``after`` is done."""
+
+    ws_index: int
+    phase: str
+    method: str
+    seed: int
+    params: dict[str, float] | None
+    after: frozenset[str] = frozenset()  # keys of the runs this one waits for
+
+
+def plan_tasks(
+    workspaces: Sequence[Workspace],
+    methods: Sequence[str],
+    store: ResultStore,
+    ablation: str | None = None,
+) -> list[Task]:
+    """The runs of every setting in sequential order; records the n/a rows on the way.
+
+    Per setting: the sweep's trials (first seeds, validation split), then the chosen trial of
+    every method on every seed, each waiting for its method's trials. With ``ablation`` (a
+    method name): only that method's ablation variants on every seed (:func:`ablation_jobs`).
+    """
+    done = store.done()
+    tasks: list[Task] = []
+    for i, ws in enumerate(workspaces):
+        setting = ws.setting
+        if ablation is not None:
+            for job in ablation_jobs(setting, ablation):
+                tasks.append(Task(i, job.phase, job.method, job.seed, job.params))
+            continue
+        for method in methods:
+            reason = applicable(method, ws)
+            if reason is not None:
+                row = not_applicable_row(setting.name, ws.spec, method, reason)
+                if row["key"] not in done:
+                    store.append(row)
+                    done.add(row["key"])
+        runnable = [m for m in methods if applicable(m, ws) is None]
+        trials: dict[str, frozenset[str]] = {m: frozenset() for m in runnable}
+        if setting.sweep:
+            for method in runnable:
+                if method == "ce":
+                    continue
+                keys = []
+                for params in sweep_candidates(method):
+                    for seed in sweep_seeds(setting.seeds):
+                        job = Job(setting.name, "sweep", method, params, seed)
+                        tasks.append(Task(i, "sweep", method, seed, params))
+                        keys.append(job.key(ws.spec))
+                trials[method] = frozenset(keys)
+        for method in runnable:
+            for seed in setting.seeds:
+                params = None if setting.sweep else {}
+                tasks.append(Task(i, "final", method, seed, params, trials[method]))
+    return tasks
+
+
+class InlineExecutor:
+    """Runs each job at once, in this process (``--jobs 1``)."""
+
+    capacity = 1
+
+    def __init__(self, workspaces: Sequence[Workspace]) -> None:
+        self.workspaces = workspaces
+        self._results: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
+
+    def submit(self, tid: int, job: Job, ws_index: int) -> None:
+        row, history = run_job(job, self.workspaces[ws_index])  # the module's (patchable) run_job
+        self._results.append((tid, row, history))
+
+    def wait(self) -> tuple[list[tuple[int, dict[str, Any], list[dict[str, Any]]]], int | None]:
+        results, self._results = self._results, []
+        return results, None
+
+
+def run_settings(
+    workspaces: Sequence[Workspace],
+    methods: Sequence[str],
+    store: ResultStore,
+    progress: Progress,
+    executor: Any = None,
+    ablation: str | None = None,
+) -> None:
+    """Every run of every workspace's setting that ``store`` does not hold yet.
+
+    With ``ablation`` (a method name), the runs of that method's ablation instead
+    (:func:`plan_tasks`).
+
+    ``executor`` (default :class:`InlineExecutor`) has ``capacity`` (runs at once),
+    ``submit(tid, job, ws_index)`` and ``wait() -> (results, signum)``, ``results`` a list of
+    ``(tid, row, history)`` and ``signum`` a stop signal received (or ``None``). Each finished
+    run is appended to ``store`` at once; after a stop signal the finished runs are appended,
+    then :class:`~relkd_tutorial.training.TrainingInterrupted` is raised.
+    """
+    executor = InlineExecutor(workspaces) if executor is None else executor
+    rows = store.rows()
+    done = {r["key"] for r in rows}
+    pending = plan_tasks(workspaces, methods, store, ablation)
+    rows = store.rows()  # with the n/a rows
+    done |= {r["key"] for r in rows}
+    running: dict[int, Job] = {}
+    next_tid = 0
+    while pending or running:
+        for task in list(pending):
+            if len(running) >= executor.capacity:
+                break
+            if not task.after <= done:
+                continue  # a final run waiting for its method's sweep trials
+            ws = workspaces[task.ws_index]
+            params = task.params
+            if params is None:
+                params = choose_params(rows, ws.setting.name, ws.spec, task.method)
+            job = Job(ws.setting.name, task.phase, task.method, params, task.seed)
+            pending.remove(task)
+            key = job.key(ws.spec)
+            if key in done or any(j.key(ws.spec) == key for j in running.values()):
+                continue
+            running[next_tid] = job
+            executor.submit(next_tid, job, task.ws_index)
+            next_tid += 1
+        if not running:
+            if pending:  # cannot happen: every dependency is planned before its dependants
+                raise RuntimeError(f"{len(pending)} runs wait for runs that are not planned")
+            break
+        results, signum = executor.wait()
+        for tid, row, history in results:
+            job = running.pop(tid)
+            store.append(row, history)
+            rows.append(row)
+            done.add(row["key"])
+            progress.run(job, row)
+        if signum is not None:
+            raise TrainingInterrupted(
+                f"benchmark stopped by {signal.Signals(signum).name}: {len(running)} runs in "
+                "progress were stopped and are lost",
+                signum, None, 0, 0,
+            )  # fmt: skip
+
+
 def run_setting(
     ws: Workspace,
     methods: Sequence[str],
     store: ResultStore,
     progress: Progress,
 ) -> None:
-    """Sweep (first seeds, validation split), then the chosen trial of every method on every seed."""
-    setting = ws.setting
-    done = store.done()
-    for method in methods:
-        reason = applicable(method, ws)
-        if reason is not None:
-            row = not_applicable_row(setting.name, ws.spec, method, reason)
-            if row["key"] not in done:
-                store.append(row)
-            continue
-    runnable = [m for m in methods if applicable(m, ws) is None]
-    if setting.sweep:
-        for method in runnable:
-            if method == "ce":
-                continue
-            for params in sweep_candidates(method):
-                for seed in sweep_seeds(setting.seeds):
-                    _run_or_skip(Job(setting.name, "sweep", method, params, seed), ws,
-                                 store, done, progress)  # fmt: skip
-    rows = store.rows()
-    for method in runnable:
-        params = choose_params(rows, setting.name, ws.spec, method) if setting.sweep else {}
-        for seed in setting.seeds:
-            _run_or_skip(
-                Job(setting.name, "final", method, params, seed), ws, store, done, progress
-            )
-
-
-def _run_or_skip(
-    job: Job, ws: Workspace, store: ResultStore, done: set[str], progress: Progress
-) -> None:
-    if job.key(ws.spec) in done:
-        return
-    row, history = run_job(job, ws)
-    store.append(row, history)
-    done.add(row["key"])
-    progress.run(job, row)
+    """Sweep (first seed, validation split), then the chosen trial of every method on every seed."""
+    run_settings([ws], methods, store, progress)

@@ -4,15 +4,25 @@ The splits come from the shipped Fashion-MNIST subset; the teacher is the shippe
 (or given weights), or, for the cross-task setting, a 5-class teacher trained once and cached in
 the output folder. The teacher's outputs over each image set are computed once and memoised
 (:meth:`Workspace.teacher_cache`).
+
+On disk (:func:`save_workspace`, :func:`load_workspace`, :func:`attach_cached_outputs`): the
+splits, the teacher's weights and its outputs are saved once per workspace under
+``<out>/cache/`` (or ``$RELKD_CACHE_DIR``), in a file named by :func:`workspace_key` (the
+setting's fingerprint, the teacher's fingerprint, the digests of the splits' images and labels).
+The file is written atomically and carries a SHA-256 checksum of its contents; a file that does
+not load, whose key does not match (stale) or whose checksum does not (corrupt) is rebuilt, with
+a message, never used. The next invocation, and every worker process of ``--jobs``, loads it
+instead of running the teacher again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +46,7 @@ from ..metrics import (
 from ..models import build_model
 from ..teacher import TeacherCache
 from ..training import TrainConfig, evaluate, fit
+from ..training.checkpoint import _atomic_write
 from .settings import (
     CROSS_TASK_STUDENT_CLASSES,
     CROSS_TASK_TEACHER_CLASSES,
@@ -50,6 +61,10 @@ from .settings import (
 
 def _digest(data: ImageSet) -> str:
     return hashlib.sha1(data.images.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _labels_digest(data: ImageSet) -> str:
+    return hashlib.sha1(data.labels.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def teacher_fingerprint(model: nn.Module) -> str:
@@ -91,6 +106,8 @@ class Workspace:
     groups: dict[str, tuple[int, ...]] = field(default_factory=dict)
     _caches: dict[str, TeacherCache] = field(default_factory=dict)
     cache_seconds: float = 0.0
+    teacher_arch: str = "teacher_cnn"  # what load_workspace rebuilds the teacher as
+    channels_last: bool = False  # the students train in channels_last (part of the spec)
 
     @property
     def num_classes(self) -> int:
@@ -98,7 +115,13 @@ class Workspace:
 
     @property
     def spec(self) -> str:
-        return self.setting.fingerprint(self.teacher_id)
+        """The runs' configuration fingerprint: the setting's, with the teacher and the layout.
+
+        The students' memory layout changes their results in the last bits (other kernels), so
+        runs in ``channels_last`` get another fingerprint than contiguous ones.
+        """
+        teacher = f"{self.teacher_id}+channels_last" if self.channels_last else self.teacher_id
+        return self.setting.fingerprint(teacher)
 
     def train_set(self, seed: int) -> ImageSet:
         """The student's training set for ``seed`` (only the labelled subset depends on it)."""
@@ -121,6 +144,18 @@ class Workspace:
             self.cache_seconds += time.perf_counter() - tic
         cache = self._caches[key]
         return TeacherCache(cache.features, cache.logits, data.labels.to(self.device))
+
+    def image_sets(self) -> list[ImageSet]:
+        """Every image set the runs of the setting read: the seeds' training sets, val, test."""
+        sets = [self.train_set(seed) for seed in self.setting.seeds]
+        return [*sets, self.val, self.test]
+
+    def precompute(self) -> int:
+        """Compute the teacher's outputs over :meth:`image_sets`; returns how many were new."""
+        before = len(self._caches)
+        for data in self.image_sets():
+            self.teacher_cache(data)
+        return len(self._caches) - before
 
 
 def _fashion_splits(setting: Setting) -> tuple[ImageSet, ImageSet, ImageSet]:
@@ -214,8 +249,13 @@ def build_workspace(
     teacher_path: str | Path | None = None,
     log: Callable[[str], None] = print,
     teacher: nn.Module | None = None,
+    channels_last: bool = True,
 ) -> Workspace:
-    """Splits and teacher of a Fashion-MNIST setting (``teacher`` overrides the shipped one)."""
+    """Splits and teacher of a Fashion-MNIST setting (``teacher`` overrides the shipped one).
+
+    ``channels_last`` (default): the students train in the ``channels_last`` memory format,
+    measured faster for the small CNNs on a CPU (``benchmarks/step.py``).
+    """
     if setting.name not in FASHION_SETTINGS:
         raise ValueError(f"setting must be one of {FASHION_SETTINGS}, got {setting.name!r}")
     pool, val, test = _fashion_splits(setting)
@@ -241,4 +281,224 @@ def build_workspace(
         shared_classes=shared,
         device=device,
         groups=class_groups(test),
+        channels_last=channels_last,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The workspace on disk: keyed by fingerprints, written atomically, checked on load
+# ---------------------------------------------------------------------------------------------
+
+CACHE_FORMAT = 1
+CACHE_ENV = "RELKD_CACHE_DIR"
+
+
+def cache_dir(out_dir: str | Path) -> Path:
+    """``$RELKD_CACHE_DIR`` if set, else ``<out_dir>/cache``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(out_dir) / "cache"
+
+
+def workspace_key(ws: Workspace) -> str:
+    """16 hex digits: the setting's fingerprint, the teacher's, the splits' images and labels."""
+    parts = {
+        "format": CACHE_FORMAT,
+        "setting": ws.setting.name,
+        "spec": ws.setting.fingerprint(ws.teacher_id),
+        "teacher": ws.teacher_id,
+        "data": {
+            name: [_digest(data), _labels_digest(data), len(data)]
+            for name, data in (("pool", ws.pool), ("val", ws.val), ("test", ws.test))
+        },
+    }
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def workspace_path(ws: Workspace, directory: str | Path) -> Path:
+    """Where :func:`save_workspace` writes ``ws``: ``<directory>/workspace_<setting>_<key>.pt``."""
+    return Path(directory) / f"workspace_{ws.setting.name}_{workspace_key(ws)}.pt"
+
+
+def _tree_digest(obj: Any, h: Any) -> None:
+    """Feed a nested dict/list of tensors and plain values into the hash ``h``, canonically."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj):
+            h.update(repr(k).encode())
+            _tree_digest(obj[k], h)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for item in obj:
+            _tree_digest(item, h)
+        h.update(b"]")
+    else:
+        h.update(repr(obj).encode())
+
+
+def _checksum(payload: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    _tree_digest(payload, h)
+    return h.hexdigest()
+
+
+def _imageset_state(data: ImageSet) -> dict[str, Any]:
+    return {
+        "images": data.images.cpu(),
+        "labels": data.labels.cpu(),
+        "class_names": list(data.class_names),
+        "name": data.name,
+        "mean": None if data.mean is None else list(data.mean),
+        "std": None if data.std is None else list(data.std),
+        "original_classes": None if data.original_classes is None else list(data.original_classes),
+    }
+
+
+def _imageset_from(state: dict[str, Any]) -> ImageSet:
+    def tup(v: Any) -> tuple | None:
+        return None if v is None else tuple(v)
+
+    return ImageSet(
+        state["images"], state["labels"], list(state["class_names"]), state["name"],
+        tup(state["mean"]), tup(state["std"]), tup(state["original_classes"]),
+    )  # fmt: skip
+
+
+def _payload(ws: Workspace) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT,
+        "key": workspace_key(ws),
+        "setting": json.dumps(asdict(ws.setting), sort_keys=True),
+        "splits": {
+            n: _imageset_state(d)
+            for n, d in (("pool", ws.pool), ("val", ws.val), ("test", ws.test))
+        },  # fmt: skip
+        "teacher": {
+            "arch": ws.teacher_arch,
+            "num_classes": int(getattr(ws.teacher, "num_classes", 0)),
+            "state": {k: v.detach().cpu() for k, v in ws.teacher.state_dict().items()},
+            "id": ws.teacher_id,
+        },
+        "shared_classes": ws.shared_classes,
+        "outputs": {
+            k: {"features": c.features.cpu(), "logits": c.logits.cpu()}
+            for k, c in sorted(ws._caches.items())
+        },
+    }
+
+
+def save_workspace(ws: Workspace, directory: str | Path) -> Path:
+    """Write ``ws`` (splits, teacher weights, its outputs) atomically with a checksum."""
+    path = workspace_path(ws, directory)
+    payload = _payload(ws)
+    payload["checksum"] = _checksum(payload)
+    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return path
+
+
+class CacheError(ValueError):
+    """A workspace file that cannot be used: unreadable, stale (another key) or corrupt."""
+
+
+def _read_payload(path: Path, key: str | None) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, ...
+        raise CacheError(f"{path.name} does not load ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
+        raise CacheError(f"{path.name} is not a format-{CACHE_FORMAT} workspace file (stale)")
+    if key is not None and payload.get("key") != key:
+        raise CacheError(f"{path.name} holds workspace {payload.get('key')}, not {key} (stale)")
+    stored = payload.pop("checksum", None)
+    if stored != _checksum(payload):
+        raise CacheError(f"{path.name}: the checksum does not match its contents (corrupt)")
+    return payload
+
+
+def attach_cached_outputs(
+    ws: Workspace, directory: str | Path, log: Callable[[str], None] = print
+) -> bool:
+    """Load the teacher's outputs of ``ws`` from its file in ``directory``, if it is valid.
+
+    Returns whether a valid file was found. A file that does not load, is stale or corrupt is
+    reported through ``log`` and ignored (it is rebuilt by the next :func:`save_workspace`).
+    """
+    path = workspace_path(ws, directory)
+    if not path.exists():
+        return False
+    try:
+        payload = _read_payload(path, workspace_key(ws))
+    except CacheError as err:
+        log(f"workspace cache: {err}; rebuilding it")
+        return False
+    for k, out in payload["outputs"].items():
+        ws._caches[k] = TeacherCache(
+            out["features"].to(ws.device), out["logits"].to(ws.device),
+            torch.zeros(out["features"].shape[0], dtype=torch.long, device=ws.device),
+        )  # fmt: skip
+    return True
+
+
+def load_workspace(
+    path: str | Path,
+    device: torch.device | str,
+    setting: Setting | None = None,
+    channels_last: bool = True,
+) -> Workspace:
+    """The :class:`Workspace` saved in ``path`` (splits, teacher, outputs), checked.
+
+    ``setting`` replaces the saved setting (whose seeds, sweep and learning curves are those of
+    the invocation that wrote the file); it must have the same fingerprint.
+
+    Raises :class:`CacheError` if the file is unreadable or corrupt, if its teacher does not
+    rebuild to the same fingerprint, or if ``setting`` is another configuration.
+    """
+    path = Path(path)
+    device = torch.device(device)
+    payload = _read_payload(path, None)
+    spec = json.loads(payload["setting"])
+    spec["seeds"] = tuple(spec["seeds"])
+    saved = Setting(**spec)
+    if setting is None:
+        setting = saved
+    elif setting.fingerprint(payload["teacher"]["id"]) != saved.fingerprint(
+        payload["teacher"]["id"]
+    ):
+        raise CacheError(f"{path.name} holds another configuration of {saved.name} (stale)")
+    splits = {n: _imageset_from(s) for n, s in payload["splits"].items()}
+    t = payload["teacher"]
+    teacher = build_model(t["arch"], t["num_classes"], splits["pool"].images.shape[1])
+    teacher.load_state_dict(t["state"])
+    teacher = teacher.to(device).eval()
+    if teacher_fingerprint(teacher) != t["id"]:
+        raise CacheError(f"{path.name}: its teacher does not rebuild to fingerprint {t['id']}")
+    ws = Workspace(
+        setting=setting, pool=splits["pool"], val=splits["val"], test=splits["test"],
+        teacher=teacher, teacher_id=t["id"], shared_classes=bool(payload["shared_classes"]),
+        device=device, groups=class_groups(splits["test"]), teacher_arch=t["arch"],
+        channels_last=channels_last,
+    )  # fmt: skip
+    if workspace_key(ws) != payload["key"]:
+        raise CacheError(f"{path.name}: its contents do not match its key (stale)")
+    for k, out in payload["outputs"].items():
+        ws._caches[k] = TeacherCache(
+            out["features"].to(device), out["logits"].to(device),
+            torch.zeros(out["features"].shape[0], dtype=torch.long, device=device),
+        )  # fmt: skip
+    return ws
+
+
+def prepare_workspace(
+    ws: Workspace, directory: str | Path, log: Callable[[str], None] = print
+) -> Path:
+    """Load ``ws``'s outputs from disk, compute the missing ones, save if anything was new."""
+    found = attach_cached_outputs(ws, directory, log)
+    new = ws.precompute()
+    path = workspace_path(ws, directory)
+    if new or not found:
+        save_workspace(ws, directory)
+    return path

@@ -3,10 +3,15 @@
 - :mod:`~relkd_tutorial.tutorial.runs`: :func:`benchmark_runs` gives every chapter the
   benchmark's own runs (committed ``results/`` first, then an on-disk cache trained once per
   machine), and :func:`summary_table` / :func:`paired_table` / :func:`paired_vs` their statistics.
+- :mod:`~relkd_tutorial.tutorial.committed`: notebook 06's view of the committed ``results/``,
+  setting by setting (complete, partial or absent, with the command that adds what is missing),
+  a family of comparisons as a table for :func:`plot_paired`, and the verdict summary.
 - :mod:`~relkd_tutorial.tutorial.prose`: :func:`say` renders a result sentence from computed
   values; the rule it shares with ``tests/test_generated_prose.py`` (no typed result numbers).
 - :mod:`~relkd_tutorial.tutorial.plots_stats`: dot-and-interval plots of those tables.
 - :mod:`~relkd_tutorial.tutorial.readme`: the README's result blocks, rendered from ``results/``.
+- :mod:`~relkd_tutorial.tutorial.schematics`: :func:`draw_schematic`, one boxes-and-arrows
+  figure per method (what flows from the teacher to the student).
 - :mod:`~relkd_tutorial.tutorial.widgets` computes (pure functions, plain outputs) and
   :mod:`~relkd_tutorial.tutorial.plots` draws (onto a given ``Axes``); the ``*_refilled_grkd``
   modules do the same for notebooks 04 and 05.
@@ -30,6 +35,8 @@ _LAZY = {
     "verdict": "runs",
     "plot_intervals": "plots_stats",
     "plot_paired": "plots_stats",
+    "draw_schematic": "schematics",
+    "available_schematics": "schematics",
 }
 
 __all__ = sorted(_LAZY)

@@ -11,9 +11,13 @@ name is the results folder, relative to the repository root. ``python
 scripts/render_readme_results.py`` rewrites every block from the folders' ``summary.csv``,
 ``differences.csv``, ``sweep.csv``, ``runs.csv`` and ``meta.json`` (``--check`` only compares);
 ``tests/test_generated_prose.py`` fails when the committed README differs from what it renders.
+A block whose folder is not in the repository (a run still pending) renders as one HTML comment
+and shows nothing, so the README shows only the results that exist.
 
 Wording follows ``docs/benchmark.md``: "beats" / "trails" only when the 95% paired ``t`` interval
-excludes zero, otherwise "within noise"; with one seed, no claim.
+excludes zero *and* the comparison survives Holm's correction over its family
+(:mod:`relkd_tutorial.bench.verdict`, whose generated verdict paragraph the main block quotes),
+otherwise "within noise"; with one seed, no claim.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..bench.report import select_rows
 from ..bench.settings import METHOD_LABELS, describe_params
 from ..bench.store import read_runs
+from ..bench.verdict import comparisons, verdict_paragraph
 from ..stats import paired_difference
 
 BLOCK = re.compile(
@@ -97,18 +103,25 @@ def _ci(d: dict[str, Any], digits: int = 1) -> str:
     return f"{d['mean']:+.{digits}f}, CI {d['low']:+.{digits}f} to {d['high']:+.{digits}f}"
 
 
+def _in_family(d: dict[str, Any], baseline: str) -> bool:
+    """``d`` is of the "every method against ``baseline``" family (``differences.csv`` holds every
+    family, so ``GRKD+KD - KD`` is there twice: as a control and against KD, Holm-corrected over
+    different families; older files have no ``family`` column)."""
+    return d["baseline"] == baseline and d.get("family", baseline) == baseline
+
+
 def _diff(diffs, setting: str, method: str, baseline: str, metric: str = "acc"):
     for d in diffs:
-        if (d["setting"], d["method"], d["baseline"], d["metric"]) == (
-            setting, method, baseline, metric
-        ):  # fmt: skip
+        if (d["setting"], d["method"], d["metric"]) == (setting, method, metric) and _in_family(
+            d, baseline
+        ):
             return d
     return None
 
 
 def _verdicts(diffs, setting: str, baseline: str, digits: int = 2) -> str:
     """One sentence: who beats, trails, or is within noise of ``baseline`` in top-1."""
-    mine = [d for d in diffs if d["setting"] == setting and d["baseline"] == baseline
+    mine = [d for d in diffs if d["setting"] == setting and _in_family(d, baseline)
             and d["metric"] == "acc"]  # fmt: skip
     if not mine:
         return f"no paired difference against {_label(baseline)}"
@@ -132,7 +145,13 @@ def _seeds(summary, setting: str) -> int:
 
 
 def render_main(folder: Path, link: str) -> str:
-    """The main job's paragraph: the headline setting's table, verdicts, the other settings."""
+    """The main job's paragraph: the headline setting's table and verdict, the other settings'.
+
+    The table: top-1 and Kendall tau (mean +- sample std), the paired differences to CE and to
+    KD (their families' Holm correction decides the bold). The verdict paragraph is the report's
+    own (:func:`relkd_tutorial.bench.verdict.verdict_paragraph`, as in ``results.md``), computed
+    from ``runs.csv``; every other setting present gets one line against KD.
+    """
     summary = _read_csv(folder / "summary.csv")
     diffs = _read_csv(folder / "differences.csv")
     if not summary:
@@ -140,11 +159,14 @@ def render_main(folder: Path, link: str) -> str:
     settings = list(dict.fromkeys(e["setting"] for e in summary))
     head = settings[0]
     rows = [e for e in summary if e["setting"] == head and e["status"] == "ok"]
+    entries = comparisons(select_rows(read_runs(folder / "runs.csv")))
     lines = [
-        f"**What the committed run says** ({head}, {_seeds(summary, head)} paired seeds; every "
-        f"number is in [`{link}/results.md`]({link}/results.md)). Top-1 and Kendall tau: mean ± "
-        "sample standard deviation over seeds. Δ: the paired difference in top-1 points with its "
-        "95% paired t interval, **bold** where the interval excludes zero.",
+        f"**What the committed run says** ({head}, {_seeds(summary, head)} paired seeds; settings "
+        f"in the committed run: {', '.join(settings)}; every number is in "
+        f"[`{link}/results.md`]({link}/results.md)). Top-1 and Kendall tau: mean ± sample "
+        "standard deviation over seeds. Δ: the paired difference in top-1 points with its 95% "
+        "paired t interval, **bold** where the difference survives Holm's correction over its "
+        "family (every method against CE; every method against KD).",
         "",
         "| method | top-1 % | Δ vs CE | Δ vs KD | Kendall tau |",
         "|---|---|---|---|---|",
@@ -155,8 +177,9 @@ def render_main(folder: Path, link: str) -> str:
             f"| {_label(m)} | {_pm(e, 'acc', 100, 1)} | {_interval(_diff(diffs, head, m, 'ce'))} "
             f"| {_interval(_diff(diffs, head, m, 'kd'))} | {_pm(e, 'kendall_tau', 1, 3)} |"
         )
-    lines += ["", f"- Top-1 against CE: {_verdicts(diffs, head, 'ce')}."]
-    lines.append(f"- Top-1 against KD: {_verdicts(diffs, head, 'kd')}.")
+    if any(e["setting"] == head and e["metric"] == "acc" for e in entries):
+        lines += ["", verdict_paragraph(entries, head)]
+    lines.append("")
     taus = [e for e in rows if not math.isnan(e["kendall_tau_mean"])]
     if taus:
         best = max(taus, key=lambda e: e["kendall_tau_mean"])
@@ -164,14 +187,14 @@ def render_main(folder: Path, link: str) -> str:
         ref = ", ".join(f"{_label(m)} {base[m]:.3f}" for m in ("ce", "kd") if m in base)
         lines.append(
             f"- The teacher's class ranking transfers best with {_label(best['method'])} "
-            f"(Kendall tau {best['kendall_tau_mean']:.3f}; {ref})."
+            f"(mean Kendall tau {best['kendall_tau_mean']:.3f}; {ref})."
         )
     for s in settings[1:]:
         lines.append(
             f"- {s} ({_seeds(summary, s)} seed{'s' if _seeds(summary, s) != 1 else ''}), top-1 "
-            f"against KD: {_verdicts(diffs, s, 'kd')}."
+            f"against KD (Holm over the family): {_verdicts(diffs, s, 'kd')}."
         )
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip()
 
 
 def _paired_gain(tuned: Path, untuned: Path, setting: str) -> list[tuple[str, Any]]:
@@ -245,11 +268,15 @@ def render_sweep(folder: Path, link: str, untuned: Path | None) -> str:
 
 
 def render_block(name: str, repo: str | Path) -> str:
-    """The body of the block ``name`` (a results folder relative to ``repo``)."""
+    """The body of the block ``name`` (a results folder relative to ``repo``); one HTML comment,
+    which shows nothing, when the folder (its ``summary.csv``) is not there."""
     repo = Path(repo)
     folder = repo / name
-    if not folder.is_dir():
-        raise ValueError(f"generated block {name!r}: no folder {folder}")
+    if not (folder / "summary.csv").is_file():
+        return (
+            f"<!-- {name}/ is not in the repository yet (its run is pending): nothing to show. "
+            f"Rendered by `python {SCRIPT}`. -->\n"
+        )
     note = (
         f"<!-- Rendered by `python {SCRIPT}` from {name}/: edit relkd_tutorial/tutorial/readme.py, "
         "not this text. -->"

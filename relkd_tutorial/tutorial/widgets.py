@@ -156,6 +156,39 @@ def block_contrast(
     return {"within": within_v, "between": between_v, "ratio": ratio}
 
 
+def within_group_share(matrix: object, groups: Mapping[str, Sequence[int]]) -> float:
+    """The share of a row-stochastic matrix's off-diagonal mass that stays inside a group.
+
+    ``share = sum_{j != k, g(j) = g(k)} M_jk / sum_{j != k} M_jk`` over every row ``j`` (rows of
+    classes in no group count in the denominator only). For the soft confusion matrix ``M(T)`` it
+    answers "of the probability the teacher gives to wrong classes, how much goes to a class of
+    the true class's own group?".
+
+    Args:
+        matrix: ``(C, C)``, non-negative.
+        groups: e.g. :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`.
+
+    Raises:
+        ValueError: not square, negative entries, or no off-diagonal mass.
+    """
+    m = _as_float64("matrix", matrix, 2, "(C, C)")
+    c = m.shape[0]
+    if m.shape != (c, c):
+        raise ValueError(f"matrix must be square (C, C), got {tuple(m.shape)}")
+    if bool((m < 0).any()):
+        raise ValueError("matrix must be non-negative")
+    group_order(groups, c)  # validates the groups
+    group_of = torch.full((c,), -1, dtype=torch.long)  # (C,) group id, -1 = none
+    for g, members in enumerate(groups.values()):
+        group_of[[int(k) for k in members]] = g
+    off = ~torch.eye(c, dtype=torch.bool)  # (C, C)
+    same = (group_of[:, None] == group_of[None, :]) & (group_of[:, None] >= 0) & off
+    total = float(m[off].sum())
+    if total <= 0:
+        raise ValueError("the matrix has no off-diagonal mass")
+    return float(m[same].sum()) / total
+
+
 # --- 00 setup and data --------------------------------------------------------------------------
 
 

@@ -1,0 +1,159 @@
+"""Notebook 06's view of the committed results (:mod:`relkd_tutorial.tutorial.committed`).
+
+Synthetic ``runs.csv`` files stand for ``results/``: a setting is complete, partial or absent;
+rows of another spec are counted and never used; the ablation is found in its own folder or in the
+main one; a family becomes a table that ``plot_paired`` draws; the verdict summary follows the
+numbers (a change of the data flips its words).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import pytest
+import torch
+
+from relkd_tutorial.bench.settings import METHODS, ablation_variants, params_tag
+from relkd_tutorial.bench.store import RUN_COLUMNS, ResultStore
+from relkd_tutorial.bench.verdict import ablation_comparisons, comparisons
+from relkd_tutorial.bench.workspace import build_workspace
+from relkd_tutorial.tutorial.committed import (
+    committed_ablation,
+    committed_results,
+    comparison_table,
+    verdict_summary,
+)
+from relkd_tutorial.tutorial.plots_stats import INTERVALS_GID, plot_paired
+from relkd_tutorial.tutorial.prose import find_typed_results
+from relkd_tutorial.tutorial.runs import protocol_setting
+
+matplotlib.use("Agg")
+
+SEEDS = range(8)
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("ws")
+    setting = protocol_setting("transfer", fast=False)
+    return build_workspace(setting, out, torch.device("cpu"), log=lambda _: None).spec
+
+
+def row(spec, method, seed, acc, phase="final", params="{}", setting="transfer"):
+    r = {c: "" for c in RUN_COLUMNS}
+    r.update(
+        key=f"{spec}|{setting}|{phase}|{method}|{params}|{seed}", setting=setting, spec=spec,
+        phase=phase, method=method, params=params, seed=seed, status="ok", eval_split="test",
+        acc=acc, acc_tops=acc - 0.1, acc_footwear=acc + 0.1, kendall_tau=0.5 + acc / 4,
+        dist_corr=0.7, train_acc=0.8, seconds=1.0, peak_mem_mb=1.0, load1=1.0, epochs=5,
+        n_train=9000, n_labelled=500,
+    )  # fmt: skip
+    return r
+
+
+def accuracy(method: str, seed: int, lift: dict[str, float]) -> float:
+    """A seed effect shared by every method, a per-method lift, and a little per-run noise."""
+    noise = ((seed * 7 + METHODS.index(method) * 3) % 5 - 2) / 1000
+    return 0.70 + seed / 200 + lift.get(method, 0.0) + noise
+
+
+def write(folder, rows):
+    store = ResultStore(folder)
+    for r in rows:
+        store.append(r)
+    return folder
+
+
+def full_transfer(spec, lift):
+    return [row(spec, m, s, accuracy(m, s, lift)) for m in METHODS for s in SEEDS]
+
+
+LIFT = {"kd": 0.10, "grkd_kd": 0.10, "rrd_kd": 0.13, "grkd": 0.02, "rkd": 0.05, "rrd": 0.05,
+        "refilled": 0.06, "rank_soft": 0.02, "rank_listwise": 0.08}  # fmt: skip
+
+
+def test_complete_partial_absent_and_stale_settings(tmp_path, spec):
+    stale = [row("deadbeef", "ce", s, 0.1) for s in range(4)]
+    results = write(tmp_path / "results", stale + full_transfer(spec, LIFT))
+    got = committed_results(results)
+    t = got["transfer"]
+    assert t.present and t.complete and t.spec == spec and t.stale == 4
+    assert len(t.finished) == len(METHODS) * len(SEEDS) == t.expected
+    assert all(r["spec"] == spec for r in t.rows)
+    assert "80 of its 80 runs" in t.describe() and "Incomplete" not in t.describe()
+    for name in ("low-data", "standard"):
+        assert not got[name].present and not got[name].complete
+        text = got[name].describe()
+        assert "not in the committed results yet" in text
+        assert f"--settings {name} --out results" in text
+        assert find_typed_results(text) == []
+
+    partial = write(tmp_path / "partial", full_transfer(spec, LIFT)[:30])
+    t = committed_results(partial, settings=("transfer",))["transfer"]
+    assert t.present and not t.complete and "30 of its 80 runs" in t.describe()
+    assert "Incomplete: `python -m relkd_tutorial.bench --settings transfer" in t.describe()
+    with pytest.raises(ValueError, match="cross-task"):
+        committed_results(results, settings=("cross-task",))
+
+
+def test_ablation_is_found_in_its_folder_or_the_main_one(tmp_path, spec):
+    variants = ablation_variants("grkd")
+    rows = [row(spec, "grkd", s, 0.7 + i / 100, phase="ablation", params=params_tag(v.params))
+            for i, v in enumerate(variants) for s in SEEDS]  # fmt: skip
+    main = write(tmp_path / "a" / "results", rows)
+    got = committed_ablation(main)
+    assert got.present and got.complete and got.source == main / "runs.csv"
+    own = write(tmp_path / "b" / "results" / "grkd-ablation", rows[:16])
+    got = committed_ablation(own.parent)
+    assert got.source == own / "runs.csv" and not got.complete and len(got.rows) == 16
+    none = committed_ablation(write(tmp_path / "c" / "results", full_transfer(spec, LIFT)))
+    assert not none.present and "--ablation grkd" in none.describe()
+    entries = ablation_comparisons(rows, "grkd")
+    table = comparison_table(entries, "transfer", "ablation")
+    assert [r["label"] for r in table] == [v.name for v in variants[1:]]
+    assert all("baseline" not in r for r in table)
+
+
+def test_comparison_table_is_the_family_and_plot_paired_draws_it(tmp_path, spec):
+    rows = full_transfer(spec, LIFT)
+    entries = comparisons(rows)
+    kd = comparison_table(entries, "transfer", "kd")
+    assert [r["method"] for r in kd] == [m for m in METHODS if m != "kd"]
+    assert kd.metric == "acc" and kd.unit == "points" and all(r["baseline"] == "kd" for r in kd)
+    ref = {e["method"]: e for e in entries if e["family"] == "kd" and e["metric"] == "acc"}
+    for r in kd:
+        assert r["mean"] == ref[r["method"]]["mean"] and r["claim"] == ref[r["method"]]["claim"]
+    control = comparison_table(entries, "transfer", "control", "kendall_tau")
+    assert "GRKD+KD vs KD" in [r["label"] for r in control] and "GRKD vs CE" in [
+        r["label"] for r in control
+    ]
+    assert all("baseline" not in r for r in control)  # mixed baselines: CE and KD
+    mission = comparison_table(entries, "transfer", "mission")
+    assert [r["label"] for r in mission] == ["GRKD vs RKD", "GRKD vs RRD", "GRKD vs REFILLED"]
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    plot_paired(ax, kd)
+    (lines,) = [c for c in ax.collections if c.get_gid() == INTERVALS_GID]
+    assert sorted(seg[0][0] for seg in lines.get_segments()) == pytest.approx(
+        sorted(r["low"] for r in kd)
+    )
+    with pytest.raises(ValueError, match="metric must be one of"):
+        comparison_table(entries, "transfer", "kd", "nope")
+
+
+def test_verdict_summary_follows_the_numbers(tmp_path, spec):
+    same = verdict_summary(comparisons(full_transfer(spec, LIFT)), "transfer")
+    assert "trail KD: CE" in same and "GRKD+KD is within noise of KD" in same
+    assert "RRD+KD beats KD" in same  # +3 points on every seed
+    assert "The question of this project: GRKD trails RKD" in same
+    assert find_typed_results(same.split("(")[0]) == []
+    better = verdict_summary(comparisons(full_transfer(spec, {**LIFT, "grkd_kd": 0.12})),
+                             "transfer")  # fmt: skip
+    assert "GRKD+KD beats KD (+" in better and "beat KD: RRD+KD and GRKD+KD" in better
+    e = next(x for x in comparisons(full_transfer(spec, LIFT))
+             if x["family"] == "control" and x["method"] == "grkd_kd" and x["metric"] == "acc")  # fmt: skip
+    assert f"{e['mean']:+.2f} points" in same and not math.isnan(e["p_holm"])
+    with pytest.raises(ValueError, match="no comparison against KD"):
+        verdict_summary([], "transfer")
