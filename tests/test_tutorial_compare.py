@@ -1,4 +1,4 @@
-"""The chapters' statistics helpers (``relkd_tutorial.tutorial.chapters``) and the shipped
+"""The comparison helpers of chapters 03-05 (``relkd_tutorial.tutorial.compare``) and the shipped
 cross-task teacher's loader (``relkd_tutorial.pretrained``)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from relkd_tutorial.pretrained import (
 )
 from relkd_tutorial.stats import T_975_TABLE, mean_std, paired_difference
 from relkd_tutorial.training import evaluate
-from relkd_tutorial.tutorial.chapters import against, control_table, paired_rows, seed_table
+from relkd_tutorial.tutorial.compare import against, control_table, paired_rows, seed_table
 from tests.test_tutorial_runs import read_back, row
 
 SEEDS = range(4)
