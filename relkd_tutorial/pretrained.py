@@ -1,4 +1,4 @@
-"""The teacher shipped as package data: load it instead of retraining it.
+"""The teachers shipped as package data: load them instead of retraining them.
 
 ``relkd_tutorial/shipped/teacher_cnn_fashion_mnist.pt`` is the ``state_dict`` of a ``teacher_cnn``
 trained on the shipped Fashion-MNIST subset by ``scripts/train_teacher.py``; the ``.json`` beside
@@ -6,11 +6,18 @@ it records its test accuracy, the exact command, the package versions and the tr
 The weights file is covered by ``SHA256SUMS`` in the same folder and read with
 ``torch.load(weights_only=True)``. ``RELKD_DATA_DIR`` moves the folder (see
 :func:`relkd_tutorial.data.data_dir`).
+
+A second, **cross-task** teacher is shipped beside it (``classes=CROSS_TASK_TEACHER_CLASSES``):
+the same ``teacher_cnn``, recipe, epochs and seed, trained only on classes 0-4
+(``python scripts/train_teacher.py --classes 0,1,2,3,4``), so that notebook 04 compares a
+teacher that has seen the student's classes with one that has not, and not a long-trained
+teacher with a short-trained one.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +28,38 @@ from .models import FeatureClassifier, build_model
 
 SHIPPED_TEACHER = "teacher_cnn_fashion_mnist"  # file stem inside the data folder
 SHIPPED_TEACHER_MODEL = "teacher_cnn"
+#: The classes of the shipped cross-task teacher (notebook 04: the student learns 5-9).
+CROSS_TASK_TEACHER_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4)
 
 
-def shipped_teacher_paths() -> tuple[Path, Path]:
-    """``(weights .pt, info .json)`` of the shipped teacher."""
+def shipped_teacher_stem(classes: Sequence[int] | None = None) -> str:
+    """The file stem of the shipped teacher trained on ``classes`` (``None``: all ten).
+
+    ``(0, 1, 2, 3, 4)`` gives ``teacher_cnn_fashion_mnist_classes0-4``; a class list that is not a
+    run of consecutive classes is written out (``classes0_2_5``).
+    """
+    if classes is None:
+        return SHIPPED_TEACHER
+    classes = [int(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes) or not all(0 <= c < 10 for c in classes):
+        raise ValueError(f"classes must be distinct Fashion-MNIST classes 0..9, got {classes}")
+    if len(classes) == 10 and classes == list(range(10)):
+        return SHIPPED_TEACHER
+    if classes == list(range(classes[0], classes[-1] + 1)):
+        return f"{SHIPPED_TEACHER}_classes{classes[0]}-{classes[-1]}"
+    return f"{SHIPPED_TEACHER}_classes" + "_".join(map(str, classes))
+
+
+def shipped_teacher_paths(classes: Sequence[int] | None = None) -> tuple[Path, Path]:
+    """``(weights .pt, info .json)`` of the shipped teacher (of ``classes``; ``None``: all ten)."""
     folder = data_dir()
-    return folder / f"{SHIPPED_TEACHER}.pt", folder / f"{SHIPPED_TEACHER}.json"
+    stem = shipped_teacher_stem(classes)
+    return folder / f"{stem}.pt", folder / f"{stem}.json"
 
 
-def shipped_teacher_info() -> dict[str, Any]:
+def shipped_teacher_info(classes: Sequence[int] | None = None) -> dict[str, Any]:
     """The shipped teacher's record: accuracy, command, versions, history."""
-    _, info_path = shipped_teacher_paths()
+    _, info_path = shipped_teacher_paths(classes)
     if not info_path.exists():
         raise FileNotFoundError(
             f"{info_path} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
@@ -40,24 +68,32 @@ def shipped_teacher_info() -> dict[str, Any]:
     return json.loads(info_path.read_text())
 
 
-def load_shipped_teacher(device: str | torch.device = "cpu") -> FeatureClassifier:
+def load_shipped_teacher(
+    device: str | torch.device = "cpu", classes: Sequence[int] | None = None
+) -> FeatureClassifier:
     """Build ``teacher_cnn`` and load the shipped weights (checksum verified), in eval mode.
+
+    ``classes``: the cross-task teacher of those classes (``CROSS_TASK_TEACHER_CLASSES``, whose
+    outputs are ``len(classes)`` logits, class ``classes[j]`` as logit ``j``); ``None``: the
+    ten-class teacher.
 
     Raises:
         FileNotFoundError: the weights are missing (says how to restore or rebuild them).
         relkd_tutorial.data.ChecksumError: the file does not match its ``SHA256SUMS``.
     """
-    weights, _ = shipped_teacher_paths()
+    weights, _ = shipped_teacher_paths(classes)
     if not weights.exists():
         raise FileNotFoundError(
             f"{weights} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
             "`python scripts/train_teacher.py`"
+            + ("" if classes is None else f" --classes {','.join(map(str, classes))}")
         )
     verify_sha256(weights)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise ValueError(f"{weights} is not a readable state_dict ({exc}); restore it") from exc
-    model = build_model(SHIPPED_TEACHER_MODEL, num_classes=10, in_channels=1)
+    num_classes = 10 if classes is None else len(list(classes))
+    model = build_model(SHIPPED_TEACHER_MODEL, num_classes=num_classes, in_channels=1)
     model.load_state_dict(state)
     return model.to(device).eval()

@@ -1,7 +1,14 @@
-"""Train the teacher shipped in relkd_tutorial/shipped/ (teacher_cnn on the Fashion-MNIST subset).
+"""Train the teachers shipped in relkd_tutorial/shipped/ (teacher_cnn on the Fashion-MNIST subset).
 
     python scripts/train_teacher.py            # the shipped run (see relkd_tutorial/shipped/*.json)
+    python scripts/train_teacher.py --classes 0,1,2,3,4   # the shipped cross-task teacher
     python scripts/train_teacher.py --epochs 2 --out /tmp/t   # a quick try
+
+``--classes`` trains on those classes only (relabelled ``0..k-1`` in the order given, as
+``relkd_tutorial.select_classes`` does) and evaluates on the same classes of the test set: the
+cross-task teacher of notebook 04, with the same recipe, epochs and seed as the ten-class one, so
+that the two differ in their label set and not in how long they were trained. Its files are
+``teacher_cnn_fashion_mnist_classes0-4.{pt,json}``.
 
 Writes ``<out>/teacher_cnn_fashion_mnist.pt`` (a float32 state_dict) and ``.json`` (accuracy,
 command, versions, history) and, when ``out`` is the data folder, updates ``SHA256SUMS``.
@@ -20,10 +27,16 @@ from pathlib import Path
 
 import torch
 
-from relkd_tutorial.data import TensorLoader, data_dir, load_fashion_mnist, sha256_of
+from relkd_tutorial.data import (
+    TensorLoader,
+    data_dir,
+    load_fashion_mnist,
+    select_classes,
+    sha256_of,
+)
 from relkd_tutorial.methods import CrossEntropy
 from relkd_tutorial.models import build_model, count_parameters
-from relkd_tutorial.pretrained import SHIPPED_TEACHER, SHIPPED_TEACHER_MODEL
+from relkd_tutorial.pretrained import SHIPPED_TEACHER, SHIPPED_TEACHER_MODEL, shipped_teacher_stem
 from relkd_tutorial.training import TrainConfig, evaluate, fit
 
 
@@ -60,11 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: the data folder")
     parser.add_argument("--checkpoint-dir", default="runs/teacher")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--classes", default=None, help="comma-separated classes to train on (default: all ten)"
+    )
     args = parser.parse_args(argv)
+    classes = None if args.classes is None else [int(c) for c in args.classes.split(",")]
+    stem = SHIPPED_TEACHER if classes is None else shipped_teacher_stem(classes)
     out = args.out or data_dir()
     out.mkdir(parents=True, exist_ok=True)
 
     train, test = load_fashion_mnist("subset")
+    if classes is not None:
+        train, test = select_classes(train, classes), select_classes(test, classes)
     train_loader = TensorLoader(
         train,
         args.batch_size,
@@ -74,7 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     test_loader = TensorLoader.for_evaluation(test)
-    model = build_model(SHIPPED_TEACHER_MODEL, num_classes=10, in_channels=1, seed=args.seed)
+    model = build_model(
+        SHIPPED_TEACHER_MODEL, num_classes=train.num_classes, in_channels=1, seed=args.seed
+    )
     config = TrainConfig(
         epochs=args.epochs,
         optimizer="sgd",
@@ -96,11 +118,18 @@ def main(argv: list[str] | None = None) -> None:
 
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     state = {k: v.to(model.state_dict()[k].dtype) for k, v in state.items()}  # keep int buffers
-    torch.save(state, out / f"{SHIPPED_TEACHER}.pt")
+    torch.save(state, out / f"{stem}.pt")
+    data = "shipped Fashion-MNIST subset (10,000 train / 2,000 test)"
+    if classes is not None:
+        data = (
+            f"shipped Fashion-MNIST subset, classes {classes} only ({len(train):,} train / "
+            f"{len(test):,} test), relabelled 0..{len(classes) - 1} in that order"
+        )
     info = {
         "model": SHIPPED_TEACHER_MODEL,
         "parameters": count_parameters(model),
-        "data": "shipped Fashion-MNIST subset (10,000 train / 2,000 test)",
+        "data": data,
+        "classes": classes if classes is not None else list(range(10)),
         "test_accuracy": result["acc"],
         "command": _command(argv or sys.argv[1:]),
         "seconds": round(seconds, 1),
@@ -111,9 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "history": history,
     }
-    (out / f"{SHIPPED_TEACHER}.json").write_text(json.dumps(info, indent=1) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(info, indent=1) + "\n")
     if out.resolve() == data_dir().resolve():
-        update_manifest(out, [f"{SHIPPED_TEACHER}.pt"])
+        update_manifest(out, [f"{stem}.pt"])
     print(f"teacher test accuracy {result['acc']:.4f} after {args.epochs} epochs, {seconds:.0f} s")
 
 

@@ -146,6 +146,9 @@ def test_manifest_covers_shipped_files():
         "LICENSE-fashion-mnist.txt",
         "teacher_cnn_fashion_mnist.pt",  # the shipped teacher (tests/test_pretrained.py)
         "teacher_cnn_fashion_mnist.json",
+        # the cross-task teacher, classes 0-4 (notebook 04, tests/test_tutorial_chapters.py)
+        "teacher_cnn_fashion_mnist_classes0-4.pt",
+        "teacher_cnn_fashion_mnist_classes0-4.json",
     }
     for name, digest in manifest.items():
         assert sha256_of(data_dir() / name) == digest
