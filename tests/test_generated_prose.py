@@ -52,13 +52,20 @@ ENFORCED: tuple[str, ...] = (
     "notebooks/05_grkd.ipynb",
     "notebooks/06_benchmark.ipynb",
     "notebooks/07_distil_your_own_model.ipynb",
+    "README.md",
     "results/README.md",
+    "docs/README.md",
     "docs/architecture.md",
+    "docs/benchmark.md",
     "docs/data.md",
     "docs/grkd.md",
+    "docs/kd.md",
+    "docs/notation.md",
     "docs/pitfalls.md",
     "docs/ranking.md",
+    "docs/refilled.md",
     "docs/rkd.md",
+    "docs/rrd.md",
 )
 
 
