@@ -328,34 +328,15 @@ def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
     curves. Cross-task (opt-in): classes 5-9 of the pool, 50 labels per class, 5 epochs, 5 seeds,
     a 6-epoch teacher on classes 0-4.
 
-    Its time (the arithmetic behind the epochs; one torch thread per run). Measured once, on this
-    2-core machine while other jobs loaded it (load average 4-6): one transfer run of KD at 9,000
-    images, 10 epochs (``python -m relkd_tutorial.bench --settings transfer --methods kd --seeds
-    0 --epochs 10``) took 61.4 s, i.e. 6.14 s per epoch, about 1,470 images/s with the evaluation
-    (the tiny student's ~1,700 images/s of training). The other methods cost more per epoch: in
-    the committed 3,000-image run the ten methods' seconds per run summed to 14.76 times KD's, so
-    one seed of all ten methods costs 14.76 x 6.14 = 90.6 s per transfer epoch. Today, serially:
+    Its time: the epochs were chosen from one calibration run (KD on transfer at this size) and
+    the methods' relative costs, so that the default job fits about half an hour on a 2-core CPU
+    with ``--jobs 2``; what the committed run took (command, wall and CPU time, load) is recorded
+    in ``results/README.md``, not here, so that no measured number in a docstring can go stale.
+    The price is paid in ``standard``: 10 epochs there stop short of the plateau (the committed
+    learning curves, ``results/curves.png``, show how far); ``--settings standard --epochs 30``
+    is the converged version.
 
-    - transfer: 8 seeds x 5 epochs x 90.6 s = 3,625 s;
-    - standard: the same per-epoch cost plus a 2,000-image test pass per epoch for the curves
-      (about +7%, forward only): 3 seeds x 10 epochs x 97 s = 2,910 s;
-    - low-data: 500 images per epoch; the committed low-data runs cost 0.52 of a transfer run
-      there for 10,000 against 24,000 images trained, scaled to this load (1.33x slower than the
-      committed run): 0.63 s per run-epoch, 10 methods x 5 seeds x 30 epochs = 942 s;
-    - the workspace (splits, teacher outputs on 12,000 images): about 70 s.
-
-    Total 7,547 s, i.e. 126 minutes at today's throughput and 31 minutes at 4x (the throughput
-    goal of ``benchmarks/README.md``: parallel runs on both cores and faster steps). On an
-    otherwise idle machine the same epochs ran about 2.5x faster than at this load (CE on the
-    standard setting: 2.1-2.4 s per epoch against 6 s), so this is an upper estimate.
-
-    What the epochs cost in accuracy (measured, CE on the standard setting, seed 0): 81.5% after
-    8 epochs, 85.0% after 16, 86.4% after 30. Ten epochs is what the budget allows beside an
-    8-seed transfer; the learning curves show how far from the plateau it stops, and
-    ``--settings standard --epochs 30`` is the converged version (about 36 minutes more at 4x).
-
-    ``preset="quick"``: the previous default, a 3,000-image pool (300 per class), about 10-15
-    minutes today. Transfer 50 labels per class + 2,500 unlabelled, 8 epochs, 4 seeds; low-data
+    ``preset="quick"``: the previous default, a 3,000-image pool (300 per class). Transfer 50 labels per class + 2,500 unlabelled, 8 epochs, 4 seeds; low-data
     20 epochs (batch 64), 3 seeds; standard 2,000 labelled images (200 per class), 10 epochs,
     1 seed, curves; cross-task 8 epochs, 3 seeds, a 6-epoch teacher.
 
