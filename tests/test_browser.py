@@ -360,8 +360,11 @@ def test_notebook_runs_and_its_widget_redraws_in_a_browser(lab: Lab, path: Path)
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = lab.driver
+    # a code cell whose source is collapsed (an exercise's solution) shows no input prompt
     n_code = sum(
-        c["cell_type"] == "code" for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+        c["cell_type"] == "code"
+        and not c.get("metadata", {}).get("jupyter", {}).get("source_hidden")
+        for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
     )
     wait = WebDriverWait(driver, 60, poll_frequency=POLL)
     tic = time.monotonic()
@@ -381,6 +384,8 @@ def test_notebook_runs_and_its_widget_redraws_in_a_browser(lab: Lab, path: Path)
             return bool(_tracebacks(d)) or all(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
 
         run_wait.until(finished)
+        # the collapsed cells (no prompt to watch) run last: wait until the kernel is idle
+        run_wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, KERNEL_IDLE)))
         errors = _tracebacks(driver)
         if errors:
             _fail(lab, name, f"a cell shows an error after Run All:\n{errors[0][-2000:]}")

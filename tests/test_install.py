@@ -31,6 +31,8 @@ SHIPPED = {
     "SHA256SUMS",
     "teacher_cnn_fashion_mnist.pt",
     "teacher_cnn_fashion_mnist.json",
+    "teacher_cnn_fashion_mnist_classes0-4.pt",  # notebook 04's cross-task teacher
+    "teacher_cnn_fashion_mnist_classes0-4.json",
 }
 
 # Runs in the fresh interpreter: everything it imports must come from the installed wheel.
