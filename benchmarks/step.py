@@ -16,6 +16,8 @@ Variants (each its own student, same seed, own optimizer):
   batch in ``torch.channels_last`` memory format;
 - ``checks off``: :func:`relkd_tutorial.set_input_checks` ``(False)`` during the step (the
   NaN/Inf scans of the loss inputs and the cache index range check);
+- ``bf16 autocast``: ``TrainConfig(amp="bf16")``: the student's forward under CPU autocast in
+  bfloat16 (the losses stay float32, :func:`make_step_inputs`);
 - ``compile`` (with ``--compile``): ``torch.compile`` of the student's forward, in both layouts;
   its warm-up (the first, compiling, steps) is timed separately and printed.
 
@@ -59,6 +61,7 @@ class Variant:
     channels_last: bool = False
     checks: bool = True
     compile: bool = False
+    bf16: bool = False
 
 
 VARIANTS = (
@@ -66,6 +69,7 @@ VARIANTS = (
     Variant("channels_last, checks on", channels_last=True),
     Variant("contiguous, checks off", checks=False),
     Variant("channels_last, checks off", channels_last=True, checks=False),
+    Variant("channels_last, checks on, bf16 autocast", channels_last=True, bf16=True),
 )
 COMPILED = (
     Variant("compile, contiguous, checks on", compile=True),
@@ -91,7 +95,10 @@ def make_step(variant: Variant, method_name: str, batch, t_feat, t_logits) -> Ca
     def step() -> None:
         with input_checks(variant.checks):
             features, logits = student_forward(
-                forward, batch.x, channels_last=variant.channels_last
+                forward,
+                batch.x,
+                channels_last=variant.channels_last,
+                autocast_dtype=torch.bfloat16 if variant.bf16 else None,
             )
             inputs = make_step_inputs(features, logits, batch, t_feat, t_logits)
             terms = method.loss_terms(inputs)

@@ -247,19 +247,19 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
     t, low, std = cpu["transfer"], cpu["low-data"], cpu["standard"]
     assert all(s.pool_per_class is None and s.val_per_class == 100 for s in cpu.values())
     assert (t.labelled_per_class, t.keep_unlabelled) == (50, True)
-    assert (t.epochs, t.seeds) == (5, tuple(range(8)))  # >= 8 paired seeds
+    assert (t.epochs, t.seeds) == (5, tuple(range(16)))  # >= 8 paired seeds
     assert (low.labelled_per_class, low.keep_unlabelled, low.epochs, low.batch_size) == (
         50, False, 30, 64
     )  # fmt: skip
     assert low.seeds == tuple(range(5))  # >= 5 seeds
     assert (std.labelled_per_class, std.epochs, std.seeds, std.curves) == (
-        None, 10, (0, 1, 2), True
+        None, 20, (0, 1, 2), True
     )  # fmt: skip
-    # 10 methods x seeds, no sweep: 80 + 50 + 30 runs
+    # 10 methods x seeds, no sweep: 160 + 50 + 30 runs
     counts = [
         runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
     ]
-    assert counts == [80, 50, 30]
+    assert counts == [160, 50, 30]
     # the data sizes the preset promises: the whole subset beside the validation split
     pool, val, _ = workspace._fashion_splits(t)
     assert (len(pool), len(val)) == (9000, 1000)
@@ -327,7 +327,7 @@ def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
     assert all(s.sweep for s in swept.values())
     assert (
         runner.plan_counts(swept["transfer"], bench_settings.METHODS)
-        == 9 * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 80
+        == 9 * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 160
     )
     assert bench_settings.SWEEP_SEEDS >= 2
     opt_in = _configure(["--no-fast", "--settings", "cross-task"])[1]
@@ -347,7 +347,7 @@ def test_plan_flag_prints_the_cpu_preset(capsys: pytest.CaptureFixture[str]) -> 
     assert "default mode, cpu preset, 1 torch thread" in out
     assert "transfer:" in out and "low-data:" in out and "standard:" in out
     assert "cross-task:" not in out
-    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == [80, 50, 30]
+    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == [160, 50, 30]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -289,10 +289,78 @@ def _protocol_note(confidence: float = 0.95) -> list[str]:
     ]
 
 
-def markdown_report(rows: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
+def plateau_sentence(
+    rows: Sequence[dict[str, Any]],
+    histories: dict[str, list[dict[str, float]]],
+    setting: str,
+    fraction: float = 0.2,
+) -> str:
+    """How much the test top-1 still rose over the last ``fraction`` of each run's epochs.
+
+    For every method of ``setting`` with per-epoch test accuracy (``curves=True``), the gain
+    ``acc[E] - acc[E - k]`` with ``k = round(fraction * E)`` (at least 1; a multi-stage method's
+    last stage), averaged over seeds: a rough convergence check, the one the learning curves
+    (``curves.png``) show. A cosine schedule flattens towards its end by design, so a small gain
+    means "little left in this schedule", not "no better schedule exists". ``""`` if the setting
+    recorded no curves.
+    """
+    finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
+              and r["status"] == "ok"]  # fmt: skip
+    gains: dict[str, float] = {}
+    windows: set[tuple[int, int]] = set()
+    for method in sorted({r["method"] for r in finals}, key=_method_order):
+        per_seed = []
+        for r in finals:
+            if r["method"] != method:
+                continue
+            h = [
+                e
+                for e in histories.get(r["key"], [])
+                if not math.isnan(e.get("eval_acc", math.nan))
+            ]
+            if not h:
+                continue
+            stage = h[-1].get("stage")
+            h = [e for e in h if e.get("stage") == stage]  # the last stage's epochs
+            n = len(h)
+            k = max(1, round(fraction * n))
+            if n <= k:
+                continue
+            per_seed.append(h[-1]["eval_acc"] - h[n - 1 - k]["eval_acc"])
+            windows.add((k, n))
+        if per_seed:
+            gains[method] = 100.0 * sum(per_seed) / len(per_seed)
+    if not gains:
+        return ""
+    lo = min(gains, key=gains.__getitem__)
+    hi = max(gains, key=gains.__getitem__)
+    window = (
+        "the last {} of its {} epochs".format(*next(iter(windows)))
+        if len(windows) == 1
+        else f"the last {round(100 * fraction)}% of its epochs"
+    )
+    label = METHOD_LABELS.get
+    text = (
+        f"Learning curves (`curves.png`): over {window}, a run's test top-1 (mean over seeds) "
+        f"changed by {gains[lo]:+.2f} points ({label(lo, lo)})"
+    )
+    if hi != lo:
+        text += f" to {gains[hi]:+.2f} points ({label(hi, hi)})"
+    if "ce" in gains and "ce" not in (lo, hi):
+        text += f"; CE {gains['ce']:+.2f}"
+    return text + "."
+
+
+def markdown_report(
+    rows: Sequence[dict[str, Any]],
+    meta: dict[str, Any] | None = None,
+    histories: dict[str, list[dict[str, float]]] | None = None,
+) -> str:
     """The whole ``results.md``: per setting the verdict, the tables, the sentences and the sweep.
 
-    Every result sentence is generated from the computed values (:mod:`.verdict`).
+    Every result sentence is generated from the computed values (:mod:`.verdict`);
+    ``histories`` (``histories.csv``, :func:`read_histories`) adds the learning-curve sentence
+    (:func:`plateau_sentence`) of the settings that recorded curves.
     """
     rows = select_rows(rows)
     summary = summarize_runs(rows)
@@ -313,6 +381,9 @@ def markdown_report(rows: Sequence[dict[str, Any]], meta: dict[str, Any] | None 
         if any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
             parts += [verdict, ""]
         parts += [summary_table_markdown(summary, diffs, setting), ""]
+        plateau = plateau_sentence(rows, histories or {}, setting)
+        if plateau:
+            parts += [plateau, ""]
         for family, title in (
             ("control", "Each method against its one-thing-different control"),
             (HEADLINE_BASELINE, f"Every method against {METHOD_LABELS[HEADLINE_BASELINE]}"),
@@ -523,7 +594,8 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
     if ablation:
         _write_csv(out_dir / "ablation.csv", ablation)
     _write_csv(out_dir / "sweep.csv", sweep_table(chosen))
-    (out_dir / "results.md").write_text(markdown_report(rows, meta))
+    histories = read_histories(out_dir / "histories.csv")
+    (out_dir / "results.md").write_text(markdown_report(rows, meta, histories))
     if plots:
-        for stem, fig in report_figures(rows, read_histories(out_dir / "histories.csv")).items():
+        for stem, fig in report_figures(rows, histories).items():
             fig.savefig(out_dir / f"{stem}.png", dpi=110)

@@ -52,6 +52,7 @@ from .settings import (
     MULTI_STAGE,
     NEEDS_SHARED_CLASSES,
     Setting,
+    ablation_seeds,
     ablation_variants,
     describe_params,
     params_tag,
@@ -350,16 +351,17 @@ def choose_params(rows: Iterable[dict[str, Any]], setting: str, spec: str, metho
 
 
 def ablation_jobs(setting: Setting, method: str) -> list[Job]:
-    """Every variant of ``method``'s ablation on every seed of ``setting`` (``phase="ablation"``).
+    """Every variant of ``method``'s ablation on its seeds (``phase="ablation"``).
 
     The variants' ``params`` go to ``build_method`` like a sweep trial's and are recorded in the
     ``params`` column, so each variant's rows are told apart in ``runs.csv``; the seeds are the
-    setting's, so a variant pairs with the default seed by seed.
+    first :data:`~.settings.ABLATION_SEEDS` of the setting's (:func:`~.settings.ablation_seeds`),
+    the same for every variant, so a variant pairs with the default seed by seed.
     """
     return [
         Job(setting.name, "ablation", method, dict(v.params), seed)
         for v in ablation_variants(method)
-        for seed in setting.seeds
+        for seed in ablation_seeds(setting.seeds)
     ]
 
 

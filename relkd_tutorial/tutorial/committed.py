@@ -35,6 +35,7 @@ from ..bench.settings import (
     METRIC_LABELS,
     PERCENT,
     Setting,
+    ablation_seeds,
     ablation_variants,
 )
 from ..bench.store import read_runs
@@ -185,7 +186,7 @@ def committed_ablation(
             best = ([], None, len(mine))
     return CommittedSetting(
         name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=spec, rows=best[0],
-        expected=len(variants) * len(s.seeds), stale=best[2], command=command, source=best[1],
+        expected=len(variants) * len(ablation_seeds(s.seeds)), stale=best[2], command=command, source=best[1],
         phase="ablation", methods=(method,),
     )  # fmt: skip
 
