@@ -1,7 +1,7 @@
 """One tiny-student SGD step under the benchmark's per-step choices: layout, input checks, compile.
 
     python benchmarks/step.py [--method kd] [--batch-size 128] [--rounds 15] [--steps 10]
-                              [--threads 1] [--compile] [--only WORD ...]
+                              [--threads 1] [--compile] [--only WORD ...] [--ops]
 
 What one step is: the benchmark's training step for ``student_cnn_s`` on a fixed batch of the
 shipped Fashion-MNIST subset (``TensorLoader``, no augmentation), the method's loss against the
@@ -20,6 +20,9 @@ Variants (each its own student, same seed, own optimizer):
   bfloat16 (the losses stay float32, :func:`make_step_inputs`);
 - ``compile`` (with ``--compile``): ``torch.compile`` of the student's forward, in both layouts;
   its warm-up (the first, compiling, steps) is timed separately and printed.
+
+``--ops`` prints ``torch.profiler``'s per-operator table (self CPU time) of ``--steps`` steps of
+each variant instead of the timing table.
 
 Timing: one warm-up round, then ``--rounds`` rounds; in each round every variant runs
 ``--steps`` steps back to back, the variants in a rotating order (interleaved, so a change in the
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="add the torch.compile variants")
     parser.add_argument("--only", action="append", default=[], help="keep variants naming WORD")
+    parser.add_argument("--ops", action="store_true",
+                        help="print torch.profiler's per-operator table of each variant instead")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -140,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
             steps[v.name]()  # warm-up (compiles)
         if v.compile:
             print(f"{v.name}: warm-up (3 steps, compiling) {time.perf_counter() - tic:.1f} s")
+    if args.ops:  # where one step's time goes, operator by operator
+        from torch.profiler import ProfilerActivity, profile
+
+        for v in variants:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(args.steps):
+                    steps[v.name]()
+            print(f"\n{v.name}: {args.steps} steps\n")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        return 0
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     for r in range(args.rounds + 1):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]

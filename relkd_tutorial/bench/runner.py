@@ -568,5 +568,6 @@ def run_setting(
     store: ResultStore,
     progress: Progress,
 ) -> None:
-    """Sweep (first seed, validation split), then the chosen trial of every method on every seed."""
+    """Sweep (the first ``SWEEP_SEEDS`` seeds, validation split), then the chosen trial of every
+    method on every seed."""
     run_settings([ws], methods, store, progress)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.report import select_rows
-from ..bench.settings import METHOD_LABELS, describe_params
+from ..bench.settings import METHOD_LABELS, SWEEP_SEEDS, describe_params
 from ..bench.store import read_runs
 from ..bench.verdict import comparisons, verdict_paragraph
 from ..stats import paired_difference
@@ -227,8 +227,9 @@ def render_sweep(folder: Path, link: str, untuned: Path | None) -> str:
     gains = dict(_paired_gain(folder, untuned, setting)) if untuned is not None else {}
     lines = [
         f"**With an equal-budget sweep** (`{command}`: each distillation method's trials run on "
-        "the first seed and the best on a validation split carved from the training images, "
-        f"never the test set, runs on every seed; every number is in [`{link}/results.md`]"
+        f"the first {SWEEP_SEEDS} seeds and the best by mean top-1 on a validation split carved "
+        "from the training images, never the test set, runs on every seed; every number is in "
+        f"[`{link}/results.md`]"
         f"({link}/results.md)). Top-1: mean ± sample standard deviation over "
         f"{_seeds(summary, setting)} seeds; Δ and the gain from tuning (against the same method "
         "and seeds at its paper defaults) are paired differences in points with their 95% t "
