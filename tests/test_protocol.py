@@ -529,3 +529,26 @@ def test_the_plateau_sentence_uses_a_multi_stage_methods_last_stage() -> None:
     # stage 2 has 5 epochs: k = 1, gain = 0.01 -> +1.00 point (stage 1's +20 is not counted)
     text = report.plateau_sentence(rows, hist, "standard")
     assert "the last 1 of its 5 epochs" in text and "+1.00 points (REFILLED)" in text
+
+
+def test_the_precision_sentence_counts_the_intervals_within_the_target() -> None:
+    entries = verdict.comparisons(_rows(_synthetic(0)), metrics=("acc",))
+    kd = [e for e in entries if e["family"] == "kd" and e["setting"] == "transfer"]
+    half = {e["method"]: (e["high"] - e["low"]) / 2 for e in kd}
+    narrow = min(half, key=half.__getitem__)
+    wide = max(half, key=half.__getitem__)
+    text = verdict.precision_sentence(entries, "transfer")
+    assert f"from {half[narrow]:.2f} points ({bs.METHOD_LABELS[narrow]})" in text
+    assert f"to {half[wide]:.2f} points ({bs.METHOD_LABELS[wide]})" in text
+    assert "8 paired seeds" in text
+    # the count follows the target: between the narrowest and the widest, some are in, some out
+    mid = sorted(half.values())[4]
+    n_in = sum(h <= mid for h in half.values())
+    text = verdict.precision_sentence(entries, "transfer", target=mid)
+    assert f"{n_in} of 9 are within the target" in text and "(wider: " in text
+    assert "9 of 9" in verdict.precision_sentence(entries, "transfer", target=half[wide])
+    assert "0 of 9" in verdict.precision_sentence(entries, "transfer", target=half[narrow] / 2)
+    assert verdict.precision_sentence(entries, "low-data") == ""  # no such setting: no sentence
+    assert verdict.precision_sentence(entries, "transfer") in report.markdown_report(
+        _rows(_synthetic(0))
+    )

@@ -66,6 +66,7 @@ from .verdict import (
     ablation_table,
     comparisons,
     family_table,
+    precision_sentence,
     verdict_paragraph,
 )
 
@@ -380,6 +381,9 @@ def markdown_report(
         verdict = verdict_paragraph(entries, setting)
         if any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
             parts += [verdict, ""]
+            precision = precision_sentence(entries, setting)
+            if precision:
+                parts += [precision, ""]
         parts += [summary_table_markdown(summary, diffs, setting), ""]
         plateau = plateau_sentence(rows, histories or {}, setting)
         if plateau:

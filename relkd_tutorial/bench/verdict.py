@@ -350,6 +350,45 @@ def verdict_paragraph(
     return " ".join(out)
 
 
+#: The protocol's precision target (``docs/benchmark.md``): a method-vs-KD 95% interval no wider
+#: than this many points either side, in the headline setting's top-1.
+TARGET_HALF_WIDTH = 1.0
+
+
+def precision_sentence(
+    entries: Sequence[dict[str, Any]],
+    setting: str,
+    family: str = HEADLINE_BASELINE,
+    metric: str = "acc",
+    target: float = TARGET_HALF_WIDTH,
+) -> str:
+    """How wide the family's 95% intervals are, against the target half width (generated).
+
+    The half width of an entry is ``(high - low) / 2``; the sentence names the narrowest and the
+    widest, and which entries meet ``target``. ``""`` when the family has no interval.
+    """
+    chosen = [e for e in entries if e["setting"] == setting and e["family"] == family
+              and e["metric"] == metric and e["n"] >= 2]  # fmt: skip
+    if not chosen:
+        return ""
+    unit, digits = _unit(metric)
+    half = {e["method"]: (e["high"] - e["low"]) / 2 for e in chosen}
+    lo = min(half, key=half.__getitem__)
+    hi = max(half, key=half.__getitem__)
+    met = [m for m in half if half[m] <= target]
+    missed = [m for m in half if half[m] > target]
+    f = f"{{:.{digits}f}}"
+    text = (
+        f"Precision (against {_label(family)}, {_seeds_text(chosen)} paired seeds): the 95% "
+        f"intervals' half widths run from {f.format(half[lo])} {unit} ({_label(lo)}) to "
+        f"{f.format(half[hi])} {unit} ({_label(hi)}); {len(met)} of {len(half)} are within "
+        f"the target of ±{target:g} {unit}"
+    )
+    if missed and met:
+        text += f" (wider: {', '.join(_label(m) for m in missed)})"
+    return text + "."
+
+
 def ablation_paragraph(
     entries: Sequence[dict[str, Any]], setting: str, alpha: float = ALPHA, confidence: float = 0.95
 ) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 from ..bench.report import select_rows
 from ..bench.settings import METHOD_LABELS, SWEEP_SEEDS, describe_params
 from ..bench.store import read_runs
-from ..bench.verdict import comparisons, verdict_paragraph
+from ..bench.verdict import comparisons, precision_sentence, verdict_paragraph
 from ..stats import paired_difference
 
 BLOCK = re.compile(
@@ -179,6 +179,9 @@ def render_main(folder: Path, link: str) -> str:
         )
     if any(e["setting"] == head and e["metric"] == "acc" for e in entries):
         lines += ["", verdict_paragraph(entries, head)]
+        precision = precision_sentence(entries, head)
+        if precision:
+            lines += ["", precision]
     lines.append("")
     taus = [e for e in rows if not math.isnan(e["kendall_tau_mean"])]
     if taus:
