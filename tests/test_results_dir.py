@@ -86,3 +86,19 @@ def test_the_environment_variable_overrides(
     monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="does not hold runs.csv"):
         find_results_dir(REPO / "notebooks")
+
+
+def test_meta_records_the_checkouts_commit() -> None:
+    """``meta.json``'s ``git_commit`` is this checkout's HEAD (it was ``None`` when ``.git`` was
+    looked for one folder too low, inside the package)."""
+    import subprocess
+
+    from relkd_tutorial.bench import store
+
+    repo = Path(store.__file__).resolve().parents[2]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout (an installed package has no commit to record)")
+    head = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert store._git_commit() == head

@@ -226,7 +226,7 @@ def environment() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
-    head = Path(__file__).resolve().parent.parent / ".git"
+    head = Path(__file__).resolve().parents[2] / ".git"  # relkd_tutorial/bench/store.py -> repo
     try:
         if head.is_file():  # a worktree: "gitdir: <path>"
             head = Path(head.read_text().split(":", 1)[1].strip())
