@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from relkd_tutorial.bench.figures import read_histories
 from relkd_tutorial.bench.report import markdown_report
 from relkd_tutorial.bench.store import read_runs
 from relkd_tutorial.tutorial import prose
@@ -338,7 +339,8 @@ def test_results_markdown_is_the_reports_rendering():
             if (folder / "meta.json").exists()
             else None
         )
-        expected = markdown_report(read_runs(folder / "runs.csv"), meta)
+        histories = read_histories(folder / "histories.csv")
+        expected = markdown_report(read_runs(folder / "runs.csv"), meta, histories)
         assert md.read_text(encoding="utf-8") == expected, (
             f"{md.relative_to(REPO)} differs from the report: python -m relkd_tutorial.bench "
             f"--report-only --out {folder.relative_to(REPO)}"
