@@ -28,7 +28,9 @@ import pytest
 
 from relkd_tutorial.bench.figures import read_histories
 from relkd_tutorial.bench.report import markdown_report
+from relkd_tutorial.bench.settings import METHOD_LABELS
 from relkd_tutorial.bench.store import read_runs
+from relkd_tutorial.stats import paired_difference
 from relkd_tutorial.tutorial import prose
 from relkd_tutorial.tutorial.prose import (
     Sentence,
@@ -345,3 +347,38 @@ def test_results_markdown_is_the_reports_rendering():
             f"{md.relative_to(REPO)} differs from the report: python -m relkd_tutorial.bench "
             f"--report-only --out {folder.relative_to(REPO)}"
         )
+
+
+def test_the_sweep_block_names_the_committed_folder_and_pairs_the_gain(tmp_path):
+    """The sweep's block: its command writes into the committed folder (the recorded one was a
+    scratch folder), a tuned method's gain is its paired difference to the same seeds of the main
+    job, and a method whose defaults won says so instead of a number."""
+    sweep = REPO / "results" / "sweep-transfer"
+    if not (sweep / "summary.csv").is_file():
+        pytest.skip("results/sweep-transfer/ is not committed")
+    shutil.copytree(REPO / "results", tmp_path / "results")
+    text = "<!-- generated:results/sweep-transfer begin -->\n<!-- generated:results/sweep-transfer end -->\n"
+    body = render_readme(text, tmp_path)
+    assert "--out results/sweep-transfer`" in body and "/work/" not in body
+    summary = list(csv.DictReader(open(sweep / "summary.csv", newline="")))
+    tuned = next(e for e in summary if e["params"] not in ("", "{}") and e["status"] == "ok")
+    untuned = [e for e in summary if e["params"] in ("", "{}") and e["method"] != "ce"]
+    main = read_runs(tmp_path / "results" / "runs.csv")
+    sw = read_runs(sweep / "runs.csv")
+
+    def accs(rows, method):
+        return {r["seed"]: 100 * r["acc"] for r in rows if r["phase"] == "final"
+                and r["method"] == method and r["setting"] == "transfer" and r["status"] == "ok"}  # fmt: skip
+
+    a, b = accs(sw, tuned["method"]), accs(main, tuned["method"])
+    seeds = sorted(set(a) & set(b))
+    gain = paired_difference([a[s] for s in seeds], [b[s] for s in seeds])
+    line = next(
+        x for x in body.split("\n") if x.startswith(f"| {METHOD_LABELS[tuned['method']]} |")
+    )
+    assert f"{gain.mean:+.1f} [{gain.low:+.1f}, {gain.high:+.1f}]" in line
+    for e in untuned:
+        line = next(
+            x for x in body.split("\n") if x.startswith(f"| {METHOD_LABELS[e['method']]} |")
+        )
+        assert "none (defaults chosen)" in line

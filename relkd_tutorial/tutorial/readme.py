@@ -224,7 +224,8 @@ def render_sweep(folder: Path, link: str, untuned: Path | None) -> str:
     if not summary:
         raise ValueError(f"{folder / 'summary.csv'} has no rows")
     meta = json.loads((folder / "meta.json").read_text())
-    command = meta["invocations"][-1]["command"]
+    # the recorded command wrote into a scratch folder; the reader's writes into the committed one
+    command = re.sub(r"--out \S+", f"--out {link}", meta["invocations"][-1]["command"])
     setting = summary[0]["setting"]
     rows = [e for e in summary if e["setting"] == setting and e["status"] == "ok"]
     gains = dict(_paired_gain(folder, untuned, setting)) if untuned is not None else {}
