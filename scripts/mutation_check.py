@@ -409,6 +409,24 @@ MUTANTS: list[Mutant] = [
         "self.mib = (self._peak - self._start) / 2**10",
         ("tests/test_bench.py::test_peak_memory_is_measured_on_cpu",),
     ),
+    Mutant(
+        "ablation_seeds_ignored", "bench",
+        "for seed in ablation_seeds(setting.seeds)",
+        "for seed in setting.seeds",
+        ("tests/test_protocol.py::test_ablation_jobs_cover_every_variant_on_the_main_transfer_seeds",),
+    ),
+    Mutant(
+        "precision_target_ignored", "report",
+        "met = [m for m in half if half[m] <= target]",
+        "met = [m for m in half if half[m] <= TARGET_HALF_WIDTH]",
+        ("tests/test_protocol.py::test_the_precision_sentence_counts_the_intervals_within_the_target",),
+    ),
+    Mutant(
+        "plateau_window_off_by_one", "report",
+        "per_seed.append(h[-1][\"eval_acc\"] - h[n - 1 - k][\"eval_acc\"])",
+        "per_seed.append(h[-1][\"eval_acc\"] - h[n - k][\"eval_acc\"])",
+        ("tests/test_protocol.py::test_the_plateau_sentence_reports_the_gain_over_the_last_fifth",),
+    ),
 ]  # fmt: skip
 
 
