@@ -382,3 +382,20 @@ def test_the_sweep_block_names_the_committed_folder_and_pairs_the_gain(tmp_path)
             x for x in body.split("\n") if x.startswith(f"| {METHOD_LABELS[e['method']]} |")
         )
         assert "none (defaults chosen)" in line
+
+
+def test_the_readme_block_says_what_the_run_took_from_meta_json(tmp_path):
+    """The main block's time line is meta.json's: the invocations' training wall time and runs."""
+    shutil.copytree(REPO / "results", tmp_path / "results")
+    meta_path = tmp_path / "results" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    text = "<!-- generated:results begin -->\n<!-- generated:results end -->\n"
+    runs = sum(i["runs_trained"] for i in meta["invocations"])
+    minutes = sum(i["wall_seconds"] for i in meta["invocations"]) / 60
+    assert f"{runs} runs trained in {minutes:.1f} minutes" in render_readme(text, tmp_path)
+    meta["invocations"] = meta["invocations"] + [dict(meta["invocations"][-1], wall_seconds=600.0,
+                                                      runs_trained=7)]  # fmt: skip
+    meta_path.write_text(json.dumps(meta))
+    after = render_readme(text, tmp_path)
+    assert f"{runs + 7} runs trained in {minutes + 10:.1f} minutes" in after
+    assert "invocations, `meta.json`" in after

@@ -197,7 +197,30 @@ def render_main(folder: Path, link: str) -> str:
             f"- {s} ({_seeds(summary, s)} seed{'s' if _seeds(summary, s) != 1 else ''}), top-1 "
             f"against KD (Holm over the family): {_verdicts(diffs, s, 'kd')}."
         )
+    timing = _time_line(folder)
+    if timing:
+        lines.append(timing)
     return "\n".join(lines).rstrip()
+
+
+def _time_line(folder: Path) -> str:
+    """What the folder's invocations took, from ``meta.json`` (training wall time, runs, jobs)."""
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return ""
+    invocations = json.loads(meta_path.read_text()).get("invocations", [])
+    if not invocations:
+        return ""
+    seconds = sum(float(i.get("wall_seconds") or 0.0) for i in invocations)
+    runs = sum(int(i.get("runs_trained") or 0) for i in invocations)
+    jobs = sorted({int(i.get("jobs", 1)) for i in invocations})
+    how = "one invocation" if len(invocations) == 1 else f"{len(invocations)} invocations"
+    return (
+        f"- Its time ({how}, `meta.json`): {runs} runs trained in {seconds / 60:.1f} minutes of "
+        f"wall time with {' or '.join(str(j) for j in jobs)} worker process"
+        f"{'es' if jobs != [1] else ''} (the whole process, the machine and its load: "
+        "[`results/README.md`](results/README.md))."
+    )
 
 
 def _paired_gain(tuned: Path, untuned: Path, setting: str) -> list[tuple[str, Any]]:
