@@ -225,13 +225,14 @@ MUTANTS: list[Mutant] = [
         '"rrd": self.rrd_weight * self.rrd(', '"rrd": self.rrd(', (KNOBS_METHODS,),
     ),
     Mutant(
-        "rrd_kd_weight_dropped", "method", '"kd": self.kd_weight * kd,', '"kd": kd,',
+        "rrd_kd_weight_dropped", "method", '_weighted(kd, "kd", self.kd_weight,',
+        '_weighted(kd, "kd", 1.0,',
         (KNOBS_METHODS,),
     ),
     Mutant(
         "rrd_kd_default_kd_temperature", "method",
-        "kd_weight: float = 1.0,\n        kd_temperature: float = 4.0,\n        update",
-        "kd_weight: float = 1.0,\n        kd_temperature: float = 2.0,\n        update",
+        "*args: Any, kd_weight: float = 1.0, kd_temperature: float = 4.0,",
+        "*args: Any, kd_weight: float = 1.0, kd_temperature: float = 2.0,",
         (KNOBS_METHODS,),
     ),
     Mutant(

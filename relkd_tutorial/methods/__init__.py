@@ -5,6 +5,8 @@
   :class:`StepInputs`, :class:`Stage`, :class:`SetupData`, :class:`CrossEntropy`;
 - :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD and the ranking variants;
 - :mod:`~relkd_tutorial.methods.embedding`: RRD and REFILLED (heads, a queue, stages, a setup pass);
+- :mod:`~relkd_tutorial.methods.compose`: any method + KD (:func:`with_kd`; ``"rrd_kd"``,
+  ``"grkd_kd"``, ``"<name>+kd"``);
 - :mod:`~relkd_tutorial.methods.registry`: :func:`build_method` by short name.
 """
 
@@ -17,13 +19,13 @@ from .base import (
     supervised_cross_entropy,
     with_total,
 )
-from .embedding import RRD, RRDKD, Refilled
+from .compose import RRDKD, GRKDWithKD, WithKD, with_kd
+from .embedding import RRD, Refilled
 from .logit_relation import (
     GRKD,
     KD,
     RKD,
     RKD_CONVENTIONS,
-    GRKDWithKD,
     ListwiseRank,
     RKDAngle,
     RKDDistance,
@@ -51,6 +53,8 @@ __all__ = [
     "StepInputs",
     "available_methods",
     "build_method",
+    "WithKD",
     "supervised_cross_entropy",
+    "with_kd",
     "with_total",
 ]

@@ -114,6 +114,7 @@ class Method(nn.Module):
     """Base class of all methods. Subclasses implement :meth:`loss_terms`."""
 
     name: str = "method"
+    ce_weight: float  # the methods with a supervised CE term (see _ce_terms)
     needs_teacher: bool = False
     needs_setup: bool = False
 
@@ -142,6 +143,23 @@ class Method(nn.Module):
     def after_step(self, inputs: StepInputs) -> None:  # noqa: B027 - optional hook
         """Optional per-step state update after the optimizer step (e.g. a queue write)."""
 
+    #: ``(name, weight, compute)`` of a term to add right after the CE term, set for one call by a
+    #: composition (:class:`~relkd_tutorial.methods.compose.WithKD`) and cleared when added.
+    _after_ce: tuple[str, float, Callable[[], Tensor]] | None = None
+
+    def _ce_terms(self, inputs: StepInputs, keep_zero: bool = False) -> dict[str, Tensor]:
+        """``{"ce": ce_weight * CE}`` (no term at weight 0 unless ``keep_zero``), then
+        ``_after_ce``: the terms every method with a ``ce_weight`` starts from, in this order."""
+        terms: dict[str, Tensor] = {}
+        if keep_zero or self.ce_weight > 0:
+            ce = supervised_cross_entropy(inputs.student_logits, inputs.labels)
+            terms["ce"] = self.ce_weight * ce
+        if self._after_ce is not None:
+            name, weight, compute = self._after_ce
+            self._after_ce = None
+            _weighted(terms, name, weight, compute)
+        return terms
+
     def forward(self, inputs: StepInputs) -> dict[str, Tensor]:
         return self.loss_terms(inputs)
 
@@ -150,9 +168,10 @@ class CrossEntropy(Method):
     """Plain supervised training: ``L = CE(z, y)``. The baseline every method is compared with."""
 
     name = "ce"
+    ce_weight = 1.0
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        return with_total({"ce": supervised_cross_entropy(inputs.student_logits, inputs.labels)})
+        return with_total(self._ce_terms(inputs, keep_zero=True))
 
 
 # --------------------------------------------------------------------------------------------

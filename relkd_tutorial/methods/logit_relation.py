@@ -24,7 +24,6 @@ from .base import (
     _teacher,
     _total,
     _weighted,
-    supervised_cross_entropy,
 )
 
 
@@ -46,8 +45,7 @@ class KD(Method):
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        terms = self._ce_terms(inputs)
         _weighted(terms, "kd", self.kd_weight, lambda: kd_loss(z, t, self.temperature))
         return _total(terms, z)
 
@@ -91,8 +89,7 @@ class RKD(Method):
         f_s = inputs.student_features
         f_t = _teacher(inputs, "teacher_features", self.name)
         z = inputs.student_logits
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        terms = self._ce_terms(inputs)
         _weighted(terms, "rkd_distance", self.distance_weight, lambda: rkd_distance_loss(f_s, f_t))
         _weighted(terms, "rkd_angle", self.angle_weight, lambda: rkd_angle_loss(f_s, f_t))
         return _total(terms, z)
@@ -139,41 +136,7 @@ class GRKD(Method):
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
-        _weighted(terms, "grkd", self.grkd_weight, lambda: self.loss(z, t))
-        return _total(terms, z)
-
-
-class GRKDWithKD(GRKD):
-    """GRKD+KD: ``ce_weight CE + kd_weight L_KD(T=4) + grkd_weight L_GR``, weights 1 / 1 / 1.
-
-    (choice: the RRD+KD / CRD+KD convention of weight 1 for each term.)
-    Terms: ``"ce"``, ``"kd"``, ``"grkd"``.
-    """
-
-    name = "grkd_kd"
-
-    def __init__(
-        self,
-        ce_weight: float = 1.0,
-        grkd_weight: float = 1.0,
-        kd_weight: float = 1.0,
-        temperature: float = 1.0,
-        kd_temperature: float = 4.0,
-        top_k: int | None = None,
-        weighting: str = "uniform",
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__(ce_weight, grkd_weight, temperature, top_k, weighting, reduction)
-        self.kd_weight = check_nonnegative("kd_weight", kd_weight)
-        self.kd_temperature = check_positive("kd_temperature", kd_temperature)
-
-    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
-        _weighted(terms, "kd", self.kd_weight, lambda: kd_loss(z, t, self.kd_temperature))
+        terms = self._ce_terms(inputs)
         _weighted(terms, "grkd", self.grkd_weight, lambda: self.loss(z, t))
         return _total(terms, z)
 
@@ -195,8 +158,7 @@ class _RankingMethod(Method):
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        terms = self._ce_terms(inputs)
         _weighted(terms, "rank", self.rank_weight, lambda: self.loss(z, t))
         return _total(terms, z)
 
@@ -240,6 +202,5 @@ class ListwiseRank(_RankingMethod):
 
 
 _LOGIT_AND_RELATION_METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (KD, RKD, RKDDistance, RKDAngle, GRKD, GRKDWithKD, SoftRank, ListwiseRank)
+    cls.name: cls for cls in (KD, RKD, RKDDistance, RKDAngle, GRKD, SoftRank, ListwiseRank)
 }

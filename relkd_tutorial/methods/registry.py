@@ -2,29 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .base import CrossEntropy, Method
-from .embedding import RRD, RRDKD, Refilled
+from .compose import RRDKD, GRKDWithKD, WithKD
+from .embedding import RRD, Refilled
 from .logit_relation import _LOGIT_AND_RELATION_METHODS
 
 
-def _registry() -> dict[str, type[Method]]:
+def _registry() -> dict[str, Callable[..., Method]]:
     return {
         "ce": CrossEntropy,
         **_LOGIT_AND_RELATION_METHODS,
+        "grkd_kd": GRKDWithKD,  # = "grkd+kd"
         "rrd": RRD,
-        "rrd_kd": RRDKD,
+        "rrd_kd": RRDKD,  # = "rrd+kd"
         "refilled": Refilled,
     }
 
 
 def build_method(name: str, **kwargs: object) -> Method:
-    """Build a method by its short name (``"ce"``, ``"kd"``, ``"rkd"``, ``"grkd"``, ...)."""
+    """Build a method by its short name (``"ce"``, ``"kd"``, ``"rkd"``, ``"grkd"``, ...).
+
+    ``"<name>+kd"`` is any method plus Hinton KD (:class:`~.compose.WithKD`): ``kd_weight`` (1)
+    and ``kd_temperature`` (4) go to the KD term, every other argument to the method.
+    """
     registry = _registry()
+    base, plus, kd = name.partition("+")
+    if plus and kd == "kd" and base in registry:
+        kd_kwargs = {k: kwargs.pop(k) for k in ("kd_weight", "kd_temperature") if k in kwargs}
+        return WithKD(registry[base](**kwargs), **kd_kwargs)  # type: ignore[arg-type]
     if name not in registry:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(registry)}")
-    return registry[name](**kwargs)  # type: ignore[arg-type]
+        raise ValueError(
+            f"unknown method {name!r}; choose one of {sorted(registry)}, or '<name>+kd'"
+        )
+    return registry[name](**kwargs)
 
 
 def available_methods() -> list[str]:
-    """Short names accepted by :func:`build_method`."""
+    """Short names accepted by :func:`build_method` (and each of them with ``"+kd"``)."""
     return sorted(_registry())
