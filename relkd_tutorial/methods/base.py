@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -88,7 +89,9 @@ def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
     ``CE = -(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}``, ``L = {i : y_i >= 0}``. A batch with no
     labelled sample gives exactly 0 with a gradient path (``0 * logits.sum()``), never 0/0.
-    Computed in float32 (float64 for float64 logits) with autocast off (``_checks.loss_dtype``).
+    Computed in float32 (float64 for float64 logits) with autocast off (``_checks.loss_dtype``),
+    with no host synchronisation: the labelled rows are moved to the front (a stable sort) and the
+    rest ignored, so the mean adds the same numbers in the same order as over ``logits[L]``.
 
     Args:
         logits: ``(B, C)`` student logits.
@@ -97,10 +100,11 @@ def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     check_float_tensor("logits", logits, 2, "(B, C)")
     check_labels("labels", labels, logits.shape[0], logits.shape[1])
     labelled = labels >= 0  # (B,)
-    if not bool(labelled.any()):
-        return logits.sum() * 0.0
+    first = torch.argsort((~labelled).to(torch.uint8), stable=True)  # (B,) labelled rows first
     with full_precision(logits.device):
-        return F.cross_entropy(logits[labelled].to(loss_dtype(logits)), labels[labelled])
+        z = logits[first].to(loss_dtype(logits))  # (B, C)
+        ce = F.cross_entropy(z, labels[first], ignore_index=-1)  # 0/0 if nothing is labelled
+    return torch.where(labelled.any(), ce, logits.sum() * 0.0)
 
 
 def with_total(terms: dict[str, Tensor]) -> dict[str, Tensor]:
