@@ -2,7 +2,7 @@
 
 :class:`_Run` is what ``fit`` sets up once and consults at each stage, epoch and step:
 
-- :meth:`_Run.start`: the checks of the method and the teacher, the device (one per process under
+- :meth:`_Run.start_run`: the checks of the method and the teacher, the device (one per process under
   ``torchrun``), the checkpoint to resume from, the seeds, the networks on the device (DDP,
   ``torch.compile``), the grad scaler and a method's setup pass;
 - :meth:`_Run.enter_stage` / :meth:`_Run.resume_optimizer`: a stage's entry, replayed exactly
