@@ -56,9 +56,9 @@ def shipped():
     return data, teacher, cache
 
 
-def reads(shipped, monkeypatch, name: str, steps_per_epoch: int, log_every: int) -> int:
+def reads(shipped, monkeypatch, name: str, steps_per_epoch: int, log_every: int) -> tuple:
     """Host reads of one ``fit`` of ``name`` (one epoch per stage), bar refreshed every
-    ``log_every`` steps (``0``: no bar)."""
+    ``log_every`` steps (``0``: no bar); and the number of stages."""
     data, teacher, cache = shipped
     data = data.subset(torch.arange(steps_per_epoch * BATCH))
     student = build_model("student_cnn_s", 10, 1, seed=0)
@@ -82,21 +82,18 @@ def reads(shipped, monkeypatch, name: str, steps_per_epoch: int, log_every: int)
     loader = TensorLoader(data, BATCH, augment=False, seed=0)
     with counter:
         fit(student, method, loader, config, teacher=cache)
-    return counter.count
+    return counter.count, len(method.stages())
 
 
 @pytest.mark.parametrize("name", available_methods())
 def test_no_host_read_on_a_step_that_logs_nothing(shipped, monkeypatch, name: str) -> None:
-    few = reads(shipped, monkeypatch, name, 3, log_every=0)
-    more = reads(shipped, monkeypatch, name, 7, log_every=0)
+    (few, _), (more, _) = (reads(shipped, monkeypatch, name, n, log_every=0) for n in (3, 7))
     assert more - few == 0, f"{name}: {more - few} host reads in 4 steps that log nothing"
 
 
 @pytest.mark.parametrize("name", available_methods())
 def test_at_most_one_host_read_on_a_step_that_logs(shipped, monkeypatch, name: str) -> None:
-    few = reads(shipped, monkeypatch, name, 3, log_every=1)
-    more = reads(shipped, monkeypatch, name, 7, log_every=1)
-    stages = len(build_method(name, **({"student_dim": 1, "teacher_dim": 1} if name.startswith("rrd") else {})).stages())  # fmt: skip
+    (few, _), (more, stages) = (reads(shipped, monkeypatch, name, n, log_every=1) for n in (3, 7))
     assert 0 < more - few <= 4 * stages, f"{name}: {more - few} host reads in {4 * stages} steps"
 
 
