@@ -44,7 +44,9 @@ def child(method_name: str, steps: int, batch_size: int, threads: int) -> None:
     train, _ = load_fashion_mnist("subset")
     data = train.subset(torch.arange(steps * batch_size))
     teacher = load_shipped_teacher("cpu")
-    cache = TeacherCache.build(teacher, TensorLoader(data, batch_size, shuffle=False, augment=False))
+    cache = TeacherCache.build(
+        teacher, TensorLoader(data, batch_size, shuffle=False, augment=False)
+    )
     config = TrainConfig(epochs=1, device="cpu", progress=False, handle_signals=False)
     seconds = []
     for _ in range(4):  # the first is a warm-up
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     for r in range(args.rounds):
         for m in methods:
-            for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
+            for side in ("before", "after") if r % 2 == 0 else ("after", "before"):
                 times[m, side].append(measure(sides[side], args, m))
     load_end = os.getloadavg()
     print(
@@ -107,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for m in methods:
         before, after = (statistics.median(times[m, s]) for s in sides)
-        print(f"| {m} | {args.steps / before:.1f} | {args.steps / after:.1f} | {before / after:.2f} |")
+        print(
+            f"| {m} | {args.steps / before:.1f} | {args.steps / after:.1f} | {before / after:.2f} |"
+        )
     return 0
 
 
