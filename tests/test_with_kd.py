@@ -4,6 +4,8 @@ former per-combination classes computed them from the pure losses."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -100,6 +102,7 @@ def test_the_composition_keeps_the_methods_seams_and_state() -> None:
     assert r.needs_setup and [s.name for s in r.stages()] == ["embedding", "classifier"]
     r.set_stage("classifier")
     assert r.stage == r.base.stage == "classifier" and r.lambda1 == 5.0
+    assert list(inspect.signature(GRKDWithKD).parameters)[-3:] == ["reduction", "kd_weight", "kd_temperature"]  # fmt: skip
     with pytest.raises(TypeError, match="positional"):
         GRKDWithKD(1.0, 2.0)  # the former third positional was kd_weight: refused, not rebound
     with pytest.raises(TypeError, match="KD term"):
