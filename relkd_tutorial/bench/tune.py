@@ -17,10 +17,9 @@ A grid at a useful resolution grows as the product of the knobs' steps (two knob
 points each is 49 trials, REFILLED's four knobs far more), so equal budgets would mean coarser
 grids for the methods with more knobs; TPE gives every method the same trial count whatever its
 number of knobs, places the trials after its first random ones where the scores were good, and
-lets a range grow without restarting. TPE samples each knob independently (``multivariate`` off:
-a range that grows would drop the knob from a joint model) with ``constant_liar`` (concurrent
-workers do not propose the same point). The search is not bit-reproducible (its random start
-differs per process); its result, the recipe file, is what the main job reads.
+lets a range grow without restarting. Each knob is sampled independently (a grown range would
+drop it from a joint model), with ``constant_liar`` (concurrent workers propose different points).
+The search is not bit-reproducible; its result, the recipe file, is what the main job reads.
 
 Edges: when a study has its trials, the best trial's value of each knob is checked against the
 knob's range (:meth:`~.search_space.Knob.at_edge`); a value near an extendable bound grows that
@@ -37,9 +36,8 @@ Storage: the studies live in Optuna's storage, a journal file (``<out>/tuning.jo
 default or any database URL (``--storage postgresql://...``, with Optuna's heartbeat). Running
 the command again resumes: finished trials are kept and only the missing ones run. ``--jobs N``
 starts N worker processes on the same studies; the same command on other machines with the same
-``--storage`` adds workers to the same studies (Optuna shares the trials; a trial whose worker
-died on this machine is marked failed and rerun). The recipes are written at the end of every
-invocation from everything in the storage.
+``--storage`` adds workers to them (a trial whose worker died on this machine is marked failed
+and rerun). The recipes are written at the end of every invocation from the whole storage.
 """
 
 from __future__ import annotations
@@ -218,11 +216,11 @@ def validation_run(
 
 
 def _sample(trial: Any, knobs: dict[str, Knob]) -> dict[str, float]:
-    params = {
+    """The trial's knobs, rounded to 4 significant digits (what runs is what the recipe says)."""
+    return {
         k: float(f"{trial.suggest_float(k, v.low, v.high, log=v.log):.4g}")
         for k, v in knobs.items()
     }
-    return params
 
 
 def make_objective(
@@ -246,12 +244,13 @@ def make_objective(
         trial.set_user_attr("round", r)
         params = _sample(trial, knobs)
         trial.set_user_attr("params", params)
-        epochs = ws.setting.epochs
         scores = []
         for i, seed in enumerate(seeds):
 
             def report(record: dict[str, Any], i: int = i, seed: int = seed) -> None:
-                trial.report(float(record["eval_acc"]), i * epochs + int(record["epoch"]))
+                trial.report(
+                    float(record["eval_acc"]), i * ws.setting.epochs + int(record["epoch"])
+                )
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"seed {seed} epoch {record['epoch']}")
 
@@ -300,24 +299,16 @@ def best_trial(trials: Sequence[Any]) -> Any | None:
     return max(complete, key=lambda t: (t.value, -t.number), default=None)
 
 
-def _extensions(study: Any, knobs: dict[str, Knob]) -> list[list[str]]:
-    out: list[list[str]] = []
-    for r in range(1, _round_of(study) + 1):
-        out.extend(study.user_attrs.get(f"extended_{r}", []))
-    return out
+def _extensions(study: Any) -> list[list[str]]:
+    attrs = study.user_attrs
+    return [e for r in range(1, _round_of(study) + 1) for e in attrs.get(f"extended_{r}", [])]
 
 
 def edges(best: Any, knobs: dict[str, Knob]) -> dict[str, str]:
     """``{knob: "low" | "high"}`` for the best trial's values near a bound of their range."""
-    if best is None:
-        return {}
-    params = best.user_attrs.get("params", best.params)
-    out = {}
-    for k, knob in knobs.items():
-        side = knob.at_edge(params[k]) if k in params else None
-        if side is not None:
-            out[k] = side
-    return out
+    params = {} if best is None else best.user_attrs.get("params", best.params)
+    sides = {k: knob.at_edge(params[k]) for k, knob in knobs.items() if k in params}
+    return {k: side for k, side in sides.items() if side is not None}
 
 
 def tune_study(study: Any, ws: Workspace, method: str, trials: int, log: Callable) -> bool:
@@ -335,7 +326,7 @@ def tune_study(study: Any, ws: Workspace, method: str, trials: int, log: Callabl
         if _count(study, "RUNNING"):  # another worker's trial: it decides the edges when done
             return did
         sides = edges(best_trial(selected_trials(study, target)), knobs)
-        done = _extensions(study, knobs)
+        done = _extensions(study)
         grow = [
             [k, side]
             for k, side in sorted(sides.items())
@@ -419,11 +410,10 @@ def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
     best = best_trial(chosen)
     if best is None:
         return None
-    history: dict[str, list[list[float]]] = {}
-    for k in knobs:
-        ranges = [study.user_attrs[f"space_{i}"][k] for i in range(r + 1)]
-        if any(x != ranges[0] for x in ranges):
-            history[k] = [list(x) for i, x in enumerate(ranges) if i == 0 or x != ranges[i - 1]]
+    ranges = {k: [study.user_attrs[f"space_{i}"][k] for i in range(r + 1)] for k in knobs}
+    history = {
+        k: [x for i, x in enumerate(v) if i == 0 or x != v[i - 1]] for k, v in ranges.items()
+    }
     default = [t for t in chosen if t.number == 0 and t.value is not None]
     return {
         "params": dict(best.user_attrs.get("params", best.params)),
@@ -432,24 +422,20 @@ def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
         "default_score": round(float(default[0].value), 6) if default else None,
         "trials": len(chosen),
         "pruned": sum(1 for t in chosen if t.state.name == "PRUNED"),
-        "trial_seconds": round(
-            sum((t.duration.total_seconds() if t.duration else 0.0) for t in chosen), 1
-        ),
-        "extended": history,
+        "trial_seconds": round(sum(t.duration.total_seconds() for t in chosen if t.duration), 1),
+        "extended": {k: v for k, v in history.items() if len(v) > 1},
         "at_edge": sorted(edges(best, knobs)),
     }
 
 
 def _cpu() -> tuple[str, str]:
     """The CPU model and the instruction set torch's CPU kernels use."""
-    model = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        lines = []
+    names = [x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")]
+    model = names[0] if names else platform.processor() or platform.machine()
     return model, str(torch.backends.cpu.get_cpu_capability())
 
 
@@ -546,18 +532,17 @@ def run_tuning(
         out_dir / "recipes.json" if fast else RECIPES_PATH
     )  # fmt: skip
     jobs = max(1, args.jobs or 1)
-    wanted = [m for m in methods if any(m in tunable([m], ws) for ws in workspaces)]
-    storage = open_storage(storage_url)
+    wanted = [m for m in methods if any(tunable([m], ws) for ws in workspaces)]
+    storage, done = open_storage(storage_url), 0
     for ws in workspaces:  # create the studies and enqueue the defaults before any worker runs
         for method in tunable(wanted, ws):
             name = study_name(ws, method, args.prune, SELECTION_SEEDS)
             steps = ws.setting.epochs * len(SELECTION_SEEDS)
             study = _load_study(storage, name, args.prune, args.trials, steps)
             prepare_study(study, method_space(method) or {})
-            done = _count(study, "COMPLETE", "PRUNED")
-            print(f"{ws.setting.name} {method}: {done} trials already in the storage", flush=True)
+            done += _count(study, "COMPLETE", "PRUNED")
     print(
-        f"tuning {', '.join(wanted)} on {', '.join(ws.setting.name for ws in workspaces)}: "
+        f"{done} trials already in the storage (kept); tuning {', '.join(wanted)} on {', '.join(ws.setting.name for ws in workspaces)}: "
         f"{args.trials} trials each, selection seeds {list(SELECTION_SEEDS)} on the validation "
         f"split, pruning {'on' if args.prune else 'off'}, {jobs} worker(s); storage {storage_url}",
         flush=True,
@@ -578,12 +563,8 @@ def run_tuning(
                 for future in [pool.submit(_work, job) for _ in range(jobs)]:
                     future.result()
     except KeyboardInterrupt:
-        print(
-            "\nstopped: the finished trials are kept in the storage (the trials in progress are "
-            "marked failed); run the same command again to resume",
-            file=sys.stderr,
-            flush=True,
-        )
+        print("\nstopped: the finished trials are kept in the storage (those in progress are "
+              "marked failed); run the same command again to resume", file=sys.stderr)  # fmt: skip
         return 130
     entries = collect_recipes(storage, workspaces, wanted, args.trials, args.prune)
     model, capability = _cpu()
