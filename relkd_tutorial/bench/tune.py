@@ -91,6 +91,7 @@ def open_storage(where: str | Path) -> Any:
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     text = str(where)
     if "://" in text:
         return optuna.storages.RDBStorage(text, heartbeat_interval=60, grace_period=180)
@@ -524,9 +525,6 @@ def run_tuning(
     """Tune every method on every workspace (``--jobs`` workers), then write the recipes."""
     if args.trials < 1:
         raise SystemExit(f"--trials must be >= 1, got {args.trials}")
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage_url = args.storage or str(out_dir / "tuning.journal")
     recipes = Path(args.recipes) if args.recipes else (
         out_dir / "recipes.json" if fast else RECIPES_PATH
