@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,10 +58,10 @@ def test_every_weight_spans_a_tenth_to_a_hundred_times_its_default() -> None:
                 assert knob.high >= 100 * knob.default * 0.9999
             if scale is space.TEMPERATURE:
                 assert knob.log and knob.low < knob.default < knob.high
-        # every temperature the constructor takes is searched
-        if "temperature" in (space.method_defaults(method) or {}) and method != "ce":
-            if "temperature" in space.SEARCH_SPACE.get(method, {}):
-                assert "temperature" in knobs
+        # every temperature of the paper defaults is searched (the combinations' KD part is not)
+        for name in PAPER_DEFAULTS[method][0]:
+            if name == "temperature" or name.startswith("tau"):
+                assert name in knobs, (method, name)
     grkd = space.method_space("grkd")["grkd_weight"]
     assert grkd.low <= 45 * grkd.default <= grkd.high  # the sum over the 45 class pairs
 
@@ -237,6 +238,22 @@ def test_pruning_stops_weak_trials_only_when_asked(
     assert (pruned > 0) == prune
     assert tune._count(study, "COMPLETE", "PRUNED") == 8
     assert tune.recipe_entry(study, "grkd", 8)["pruned"] == pruned
+
+
+def test_a_running_trial_whose_worker_died_is_marked_failed(tmp_path: Path) -> None:
+    import socket
+
+    storage = tune.open_storage(tmp_path / "d.journal")
+    study = _study(storage, _fake_ws(), 3)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    for pid in (int(dead.stdout), os.getpid()):
+        trial = study.ask()
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", pid)
+    tune._fail_dead_trials(storage, study)
+    states = [t.state.name for t in study.trials]
+    assert states == ["FAIL", "RUNNING"]
 
 
 def test_diff_recipes_flags_a_changed_choice() -> None:
