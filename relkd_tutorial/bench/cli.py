@@ -88,7 +88,7 @@ import torch
 
 from ..fastmode import fast_mode
 from ..training import resolve_device
-from . import report
+from . import report, tune
 from .full import describe_full_plan, run_full
 from .parallel import WorkerPool, WorkspaceRef, default_jobs
 from .runner import (
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="full: NAME=PATH of a trained CIFAR teacher (repeatable)")  # fmt: skip
     parser.add_argument("--data-root", default=None, help="full: folder with cifar-100-python/")
     parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    tune.add_arguments(parser)
     return parser
 
 
@@ -262,7 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = default_threads(device, args.threads)
     if threads is not None:
         torch.set_num_threads(threads)
+    if args.tune and args.settings is None:
+        args.settings = ",".join(tune.TUNE_SETTINGS)
     fast, settings, methods = configure(args, device)
+    if args.tune or args.diff_recipes:
+        command = " ".join(
+            ["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])]
+        )
+        args.jobs = default_jobs(device) if args.jobs is None else args.jobs
+        return tune.main_tune(args, settings, methods, fast, device, command)
     jobs = default_jobs(device) if args.jobs is None else args.jobs
     if jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {jobs}")

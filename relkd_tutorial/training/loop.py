@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -90,6 +90,7 @@ def fit(
     teacher: nn.Module | TeacherCache | None = None,
     eval_loader: Iterable[object] | None = None,
     setup_loader: Iterable[object] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``student`` with ``method``; return the per-epoch history.
 
@@ -131,6 +132,9 @@ def fit(
         setup_loader: the un-augmented training set, for ``method.needs_setup`` (optional if
             ``teacher`` is a cache, which already holds that pass). Under ``torchrun`` every
             rank makes the whole pass: do not shard it.
+        on_epoch: called with each epoch's record once it is recorded and saved (on every rank
+            under ``torchrun``); an exception it raises stops the training and propagates (e.g.
+            a tuner pruning a weak trial, :mod:`relkd_tutorial.bench.tune`).
 
     Returns:
         One record per epoch: ``epoch`` (1-based), ``stage``, ``lr``, the epoch mean of every
@@ -281,6 +285,8 @@ def fit(
                     _write_checkpoint(ckpt_path, parts, history, config, epoch + 1)
                 if config.history_csv is not None and rank == 0:
                     write_history_csv(history, config.history_csv)
+                if on_epoch is not None:
+                    on_epoch(record)
                 if config.handle_signals and any_rank(stop.requested, device):
                     _barrier()
                     raise _interrupted(stop.signum, ckpt_path, epoch + 1, 0)
