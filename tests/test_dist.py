@@ -218,7 +218,9 @@ def test_method_terms_and_registry() -> None:
     assert set(terms) == {"loss", "ce", "dist_inter", "dist_intra"}
     torch.testing.assert_close(terms["dist_inter"], 2.0 * dist_inter_loss(z, t, 2.0))
     torch.testing.assert_close(terms["dist_intra"], 3.0 * dist_intra_loss(z, t, 2.0))
-    torch.testing.assert_close(terms["loss"], terms["ce"] + terms["dist_inter"] + terms["dist_intra"])
+    torch.testing.assert_close(
+        terms["loss"], terms["ce"] + terms["dist_inter"] + terms["dist_intra"]
+    )
     only_inter = build_method("dist", gamma=0.0).loss_terms(x)
     assert set(only_inter) == {"loss", "ce", "dist_inter"}  # a zero weight: no term
     with pytest.raises(ValueError, match="teacher_logits"):
