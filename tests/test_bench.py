@@ -201,7 +201,7 @@ def test_cross_task_marks_exactly_the_logit_methods_not_applicable() -> None:
         assert runner.applicable(method, same) is None
         reason = runner.applicable(method, cross)
         assert (reason is not None) == (method in bench_settings.NEEDS_SHARED_CLASSES)
-    assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd"} == set(
+    assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd", "dist"} == set(
         bench_settings.NEEDS_SHARED_CLASSES
     )
     for method in ("ce", "rkd", "rrd", "refilled"):
@@ -255,11 +255,11 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
     assert (std.labelled_per_class, std.epochs, std.seeds, std.curves) == (
         None, 20, (0, 1, 2), True
     )  # fmt: skip
-    # 10 methods x seeds, no sweep: 160 + 50 + 30 runs
+    # 11 methods x seeds, no sweep: 176 + 55 + 33 runs
     counts = [
         runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
     ]
-    assert counts == [160, 50, 30]
+    assert counts == [176, 55, 33]
     # the data sizes the preset promises: the whole subset beside the validation split
     pool, val, _ = workspace._fashion_splits(t)
     assert (len(pool), len(val)) == (9000, 1000)
@@ -327,7 +327,7 @@ def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
     assert all(s.sweep for s in swept.values())
     assert (
         runner.plan_counts(swept["transfer"], bench_settings.METHODS)
-        == 9 * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 160
+        == 10 * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 176
     )
     assert bench_settings.SWEEP_SEEDS >= 2
     opt_in = _configure(["--no-fast", "--settings", "cross-task"])[1]
@@ -347,7 +347,7 @@ def test_plan_flag_prints_the_cpu_preset(capsys: pytest.CaptureFixture[str]) -> 
     assert "default mode, cpu preset, 1 torch thread" in out
     assert "transfer:" in out and "low-data:" in out and "standard:" in out
     assert "cross-task:" not in out
-    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == [160, 50, 30]
+    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == [176, 55, 33]
 
 
 # ---------------------------------------------------------------------------------------------

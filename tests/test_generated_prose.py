@@ -61,6 +61,7 @@ ENFORCED: tuple[str, ...] = (
     "docs/architecture.md",
     "docs/benchmark.md",
     "docs/data.md",
+    "docs/dist.md",
     "docs/grkd.md",
     "docs/kd.md",
     "docs/notation.md",

@@ -29,6 +29,7 @@ METHODS: tuple[str, ...] = (
     "grkd_kd",
     "rank_soft",
     "rank_listwise",
+    "dist",
 )
 
 METHOD_LABELS: dict[str, str] = {
@@ -42,6 +43,7 @@ METHOD_LABELS: dict[str, str] = {
     "grkd_kd": "GRKD+KD",
     "rank_soft": "Rank-soft",
     "rank_listwise": "Rank-listwise",
+    "dist": "DIST",
 }
 
 #: The published (or our, where a paper is silent) defaults each method runs at, and where they
@@ -65,6 +67,10 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, float], str]] = {
     ),
     "rank_soft": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
     "rank_listwise": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
+    "dist": (
+        {"ce_weight": 1.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0},
+        "DIST paper Sec. 3 and authors' code (docs/dist.md)",
+    ),
 }
 
 #: The combinations train with KD's own CE and KD weights (0.1 CE + 0.9 KD, T = 4) plus their
@@ -92,6 +98,7 @@ CONTROLS: dict[str, str] = {
     "grkd_kd": "kd",
     "rank_soft": "ce",
     "rank_listwise": "ce",
+    "dist": "ce",
 }
 
 #: What a method adds to its control (the report's "differs in" column).
@@ -105,14 +112,16 @@ CONTROL_DIFFERS: dict[str, str] = {
     "grkd_kd": "+ GRKD term",
     "rank_soft": "+ soft pairwise rank term",
     "rank_listwise": "+ listwise rank term",
+    "dist": "+ DIST inter- and intra-class terms",
 }
 
 #: The headline comparison: every method against KD (the strong, simple baseline).
 HEADLINE_BASELINE = "kd"
 
-#: The mission's question: does GRKD beat the other relational methods? (one family, Holm).
+#: The mission's question: does GRKD beat the other relational methods, and DIST, its nearest
+#: published rival (relations among class probabilities)? (one family, Holm).
 MISSION_METHOD = "grkd"
-MISSION_RIVALS: tuple[str, ...] = ("rkd", "rrd", "refilled")
+MISSION_RIVALS: tuple[str, ...] = ("rkd", "rrd", "refilled", "dist")
 
 #: Family-wise error level of the verdicts (Holm over each family of comparisons).
 ALPHA = 0.05
@@ -126,6 +135,7 @@ NEEDS_SHARED_CLASSES: dict[str, str] = {
     "grkd_kd": "ranks and matches the teacher's logits; the teacher has none of the student's classes",
     "rank_soft": "ranks the teacher's logits; the teacher has none of the student's classes",
     "rank_listwise": "ranks the teacher's logits; the teacher has none of the student's classes",
+    "dist": "correlates the teacher's class probabilities; the teacher has none of the student's classes",
 }
 
 #: Methods trained in several stages (REFILLED: embedding, then classifier) and their count.
@@ -166,6 +176,7 @@ def sweep_candidates(method: str) -> list[dict[str, float]]:
         "refilled": {"lambda2": 100.0},
         "rank_soft": {"rank_weight": 1.0},
         "rank_listwise": {"rank_weight": 1.0},
+        "dist": {"beta": 1.0, "gamma": 1.0},
     }[method]
     out: list[dict[str, float]] = []
     for scale in _WEIGHT_SCALES:

@@ -10,9 +10,9 @@ metric:
 - ``"control"``: each method against the run that differs from it in exactly one thing
   (:data:`~relkd_tutorial.bench.settings.CONTROLS`: a relational term alone against CE, ``X + KD``
   against KD, KD against CE);
-- ``"kd"``: every method against KD, the headline (nine comparisons with all ten methods);
+- ``"kd"``: every method against KD, the headline (ten comparisons with all eleven methods);
 - ``"ce"``: every method against CE;
-- ``"mission"``: GRKD against RKD, RRD and REFILLED (the project's question);
+- ``"mission"``: GRKD against RKD, RRD, REFILLED and DIST (the project's question);
 - ``"ablation"``: each variant of an ablated method against its default
   (:data:`~relkd_tutorial.bench.settings.ABLATIONS`).
 
@@ -304,7 +304,7 @@ def verdict_paragraph(
     """The verdict of one setting, generated from :func:`comparisons`' entries (no typed number).
 
     Three sentences: against KD (the headline family), against each method's one-thing-different
-    control, and the mission's question (GRKD against RKD, RRD and REFILLED). A method is said to
+    control, and the mission's question (GRKD against RKD, RRD, REFILLED and DIST). A method is said to
     beat or trail only when its Holm-adjusted p-value is at most ``alpha``.
     """
     chosen = [e for e in entries if e["setting"] == setting and e["metric"] == metric]

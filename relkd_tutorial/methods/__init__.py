@@ -3,7 +3,7 @@
 - :mod:`~relkd_tutorial.methods.base`: :class:`Method` (the seams the loop uses: ``needs_teacher``,
   ``needs_setup``/``setup``, ``stages``/``set_stage``, ``loss_terms``, ``after_step``),
   :class:`StepInputs`, :class:`Stage`, :class:`SetupData`, :class:`CrossEntropy`;
-- :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD and the ranking variants;
+- :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD, the ranking variants and DIST;
 - :mod:`~relkd_tutorial.methods.embedding`: RRD and REFILLED (heads, a queue, stages, a setup pass);
 - :mod:`~relkd_tutorial.methods.registry`: :func:`build_method` by short name.
 """
@@ -19,6 +19,7 @@ from .base import (
 )
 from .embedding import RRD, RRDKD, Refilled
 from .logit_relation import (
+    DIST,
     GRKD,
     KD,
     RKD,
@@ -33,6 +34,7 @@ from .registry import available_methods, build_method
 
 __all__ = [
     "CrossEntropy",
+    "DIST",
     "GRKD",
     "GRKDWithKD",
     "KD",
