@@ -63,6 +63,7 @@ ENFORCED: tuple[str, ...] = (
     "docs/data.md",
     "docs/grkd.md",
     "docs/kd.md",
+    "docs/models.md",
     "docs/notation.md",
     "docs/pitfalls.md",
     "docs/ranking.md",
