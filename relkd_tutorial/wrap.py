@@ -337,6 +337,13 @@ def _width(module: nn.Module, *, inputs: bool) -> int | None:
     return None
 
 
+def _uninitialized(module: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
+        for m in module.modules()
+    )
+
+
 def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> WrappedClassifier:
     """Wrap a classifier ``model(x) -> logits`` so that it returns ``(features, logits)``.
 
@@ -382,6 +389,12 @@ def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> Wr
             raise _no_head_error(model, "it has no nn.Linear layer")
         names = (linears[-1],)
     heads = [model.get_submodule(n) for n in names]
+    lazy = [n for n, h in zip(names, heads, strict=True) if _uninitialized(h)]
+    if lazy:
+        raise ValueError(
+            f"the head(s) {lazy} of {type(model).__name__} are lazy layers whose shapes are not "
+            "known yet: run one forward pass (model(example_batch)) before wrap_classifier"
+        )
     widths = [_width(h, inputs=True) for h in heads]
     classes = {_width(h, inputs=False) for h in heads}
     if None in widths or None in classes or len(classes) != 1:
