@@ -64,6 +64,7 @@ ENFORCED: tuple[str, ...] = (
     "docs/dist.md",
     "docs/grkd.md",
     "docs/kd.md",
+    "docs/models.md",
     "docs/notation.md",
     "docs/pitfalls.md",
     "docs/ranking.md",

@@ -68,12 +68,21 @@ from .distributed import (
 from .distributed import barrier as _barrier
 from .progress import _EpochProgress, _progress_enabled, _summary
 from .rng import _rank_state, get_rng_state, seed_everything, set_rng_state
-from .schedule import build_optimizer, build_scheduler, stage_plan, trainable_parameters
+from .schedule import (
+    build_optimizer,
+    build_scheduler,
+    check_resume_plan,
+    restore_schedule,
+    stage_plan,
+    trainable_parameters,
+)
 from .signals import StopSignals, _interrupted
 from .steps import (
     _check_finite_state,
     _evaluate_all_ranks,
     _run_setup,
+    check_first_batch,
+    check_models_have_data,
     make_step_inputs,
     student_forward,
 )
@@ -167,8 +176,10 @@ def fit(
     dtype = _autocast_dtype(config.amp, device)
     ckpt_path = _checkpoint_path(config)
     resume_state = _resume_state(config, ckpt_path)
+    check_resume_plan(method.stages(), config, resume_state)  # a resume with other epochs
 
     # 3. seeds; the networks and the method on the device
+    check_models_have_data(student=student, teacher=teacher, method=method)
     if config.seed is not None:
         # Each rank its own stream (dropout masks of different samples stay independent); data
         # order and augmentation come from the loader's (seed, epoch), the same on every rank.
@@ -245,7 +256,7 @@ def fit(
             if mid_stage:  # same stage: continue its optimizer and schedule
                 assert resume_state is not None
                 optimizer.load_state_dict(resume_state["optimizer"])
-                scheduler.load_state_dict(resume_state["scheduler"])
+                restore_schedule(scheduler, resume_state["scheduler"])
             resume_state = None
             parts = _RunParts(student, method, optimizer, scheduler, scaler, stage.name)
             # 6. epoch by epoch: train, schedule, evaluate, check, record, save
@@ -366,6 +377,8 @@ def _train_one_epoch(
     ) as bar:
         for steps, item in enumerate(batches, start=skipped + 1):
             batch = as_batch(item, device)
+            if steps == skipped + 1:
+                check_first_batch(batch.x, epoch)
             features, logits = student_forward(
                 forward_model, batch.x, channels_last=config.channels_last, autocast_dtype=dtype
             )
@@ -421,4 +434,10 @@ def _train_one_epoch(
         )
     count = int(labelled)
     means["train_acc"] = int(correct) / count if count else float("nan")
+    if not count and not method.needs_teacher:
+        warnings.warn(
+            f"epoch {epoch + 1}: no training sample was labelled (every label is -1), so "
+            f"{type(method).__name__} had nothing to learn from",
+            stacklevel=3,
+        )
     return means, None
