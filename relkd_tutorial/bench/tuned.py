@@ -176,7 +176,7 @@ def tuning_paragraph(
             "Each tuned method minus itself at its paper defaults: "
             + _family_sentence(
                 mine,
-                lambda e: f"{_label(e['method'])} ({describe_params(e['params'])})",
+                lambda e: f"{_label(e['method'])} at {describe_params(e['params'])}",
                 ("tuning raised", "tuning lowered"),
                 confidence,
             )  # fmt: skip
@@ -270,14 +270,16 @@ def recipe_table(recipes: Recipes | None, setting: str) -> str:
     ]
     for method, r in sorted(mine, key=lambda kv: _method_order(kv[0])):
         lines.append(
-            f"| {_label(method)} | {describe_params(dict(r.params))} | "
+            f"| {_label(method)} | {describe_params(dict(r.params))}"
+            + ("" if r.run_params else " (its defaults)")
+            + " | "
             + ", ".join(f"{k} {span(v)}" for k, v in sorted(r.space.items()))
             + " | "
             + "; ".join(
                 f"{k}: " + " then ".join(span(x) for x in v) for k, v in sorted(r.extended.items())
             )  # fmt: skip
             + f" | {', '.join(r.at_edge) or 'none'} | "
-            + ("" if r.selection_score is None else f"{100 * r.selection_score:.2f}")
+            + ("" if r.selection_score is None else f"{r.selection_score:.4g}")
             + f" | {'' if r.trials is None else r.trials} |"
         )
     return "\n".join(lines)
@@ -344,12 +346,15 @@ def out_of_the_box(
     setting: str,
     tuned_entries: Sequence[dict[str, Any]],
     second: tuple[Sequence[dict[str, Any]], str] | None = None,
+    brief: bool = False,
 ) -> list[str]:
     """The report's sections after a setting's tuned verdict: the defaults, tuning, the recipes.
 
     ``rows`` are every row of the folder (both arms); ``tuned_entries`` the headline's
     comparisons (already through :func:`~.verdict.mark_fragile`); ``second`` the rows of a second
-    run set and its name, whose verdicts make a verdict that differs there fragile.
+    run set and its name, whose verdicts make a verdict that differs there fragile. ``brief``
+    (the README): no headings, no defaults verdict paragraph, the recipes' flags without their
+    table.
     """
     parts: list[str] = []
     if tuned_methods(recipes, setting):
@@ -358,22 +363,24 @@ def out_of_the_box(
         tuning = mark_fragile(tuning_comparisons(rows, recipes), *_second(second, recipes, None))
         methods = sorted({r["method"] for r in base if r["setting"] == setting
                           and r["phase"] == "final"}, key=_method_order)  # fmt: skip
-        parts += ["### Out of the box: every method at its paper defaults", ""]
-        if any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
+        lead = (
+            "**Out of the box**: every method at its paper defaults (the tuned methods on the "
+            "first seeds only); `*` marks a difference that survives Holm's correction and is "
+            "not fragile."
+        )
+        parts += (
+            [lead, ""] if brief else ["### Out of the box: every method at its paper defaults", ""]
+        )
+        if not brief and any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
             parts += [verdict_paragraph(entries, setting), ""]
         parts += [defaults_table(base, entries, tuning, setting), ""]
-        parts += ["### What tuning does to the comparison", ""]
+        parts += [] if brief else ["### What tuning does to the comparison", ""]
         parts += [tuning_paragraph(tuning, entries, tuned_entries, setting, recipes, methods), ""]
-    table = recipe_table(recipes, setting)
-    if table:
-        parts += [
-            "### The recipes (`meta.json`)",
-            "",
-            recipe_flags(recipes, setting),
-            "",
-            table,
-            "",
-        ]
+    flags, table = recipe_flags(recipes, setting), recipe_table(recipes, setting)
+    if table and brief:
+        parts += [flags, ""]
+    elif table:
+        parts += ["### The recipes (`meta.json`)", "", flags, "", table, ""]
     return parts
 
 

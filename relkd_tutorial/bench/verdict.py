@@ -370,9 +370,10 @@ def verdict_paragraph(
     """
     chosen = [e for e in entries if e["setting"] == setting and e["metric"] == metric]
     what = METRIC_LABELS[metric].replace(" %", "")
+    low, high = fragile_band(alpha)
     fragile = (
-        f" and the verdict is not fragile (Holm p between {fragile_band(alpha)[0]:g} and "
-        f"{fragile_band(alpha)[1]:g}, or another verdict in a second run set of the same runs)"
+        f" and it is not fragile: its Holm p is not between {low:g} and {high:g}, and a second "
+        "run set of the same runs, where there is one, gives the same verdict"
         if any("fragile" in e for e in chosen)
         else ""
     )
