@@ -409,6 +409,11 @@ def headline_note(recipes: Recipes | None, setting: str, methods: Sequence[str])
     status = {m: recipe_status(recipes, setting, m) for m in methods}
     groups = {s: [_label(m) for m in methods if status[m] == s]
               for s in ("tuned", "tuned: its defaults", "not tuned")}  # fmt: skip
+    if not groups["tuned"] and not groups["tuned: its defaults"]:
+        return (
+            "**Not tuned**: no method has a recipe in this setting, so every method runs at its "
+            "paper defaults."
+        )
     text = (
         "**Tuned against tuned**: every method at its tuned recipe (the table *The recipes* below)"
     )

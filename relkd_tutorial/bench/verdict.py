@@ -166,7 +166,8 @@ def mark_fragile(
                 f"[{what}] {_label(e['method'])} vs {_label(e['baseline'])}: "
                 f"{f.format(e['mean'])} {unit} ({100 * CONFIDENCE:g}% CI {f.format(e['low'])} to "
                 f"{f.format(e['high'])}, {e['n']} paired seeds; Holm p {format_p(e['p_holm'])} "
-                f"over {e['family_size']}): fragile, {e['claim']} here ({e['fragile']})."
+                f"over {e['family_size']}): fragile, claimed neither way ({e['fragile']}; "
+                f"this run set alone: {e['claim']})."
             )
     return entries
 
@@ -316,7 +317,9 @@ def _grouped(entries: Sequence[dict[str, Any]], name: Any) -> dict[str, list[str
     groups: dict[str, list[str]] = {"beats": [], "trails": [], "within noise": [], "fragile": []}
     for e in entries:
         if e.get("fragile"):  # :func:`mark_fragile`: never a firm "beats" / "trails"
-            groups["fragile"].append(f"{name(e)} ({_short(e)}; {e['claim']} here: {e['fragile']})")
+            groups["fragile"].append(
+                f"{name(e)} ({_short(e)}; {e['fragile']}; alone: {e['claim']})"
+            )
         else:
             groups[e["claim"]].append(f"{name(e)} ({_short(e)})")
     return groups
@@ -494,7 +497,7 @@ def ablation_paragraph(
 def _claim_cell(e: dict[str, Any] | None) -> str:
     if e is None:
         return ""
-    return f"fragile ({e['claim']} here: {e['fragile']})" if e.get("fragile") else e["claim"]
+    return f"fragile ({e['fragile']}; alone: {e['claim']})" if e.get("fragile") else e["claim"]
 
 
 def _cell(e: dict[str, Any] | None) -> str:
