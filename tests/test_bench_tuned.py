@@ -343,7 +343,11 @@ def test_the_precision_cost_sentence_follows_the_numbers() -> None:
         in text
     )
     assert (
-        f"about 40 s each on this machine: about {(need - 3) * 3 * 40 / 3600:.1f} CPU-hours" in text
+        f"about 40 s each on this machine: about {(need - 3) * 3 * 40 / 60:.0f} CPU-minutes" in text
+    )
+    slow = [dict(r, seconds=400.0) for r in rows]  # an hour or more: in hours
+    assert f"about {(need - 3) * 3 * 400 / 3600:.1f} CPU-hours." in tuned.precision_cost_sentence(
+        entries, slow, "standard"
     )
     for e in entries:  # every interval within the target: nothing to say
         e["low"], e["high"] = e["mean"] - 0.9, e["mean"] + 0.9
@@ -389,6 +393,15 @@ def test_the_report_puts_the_tuned_verdict_first(tmp_path: Path) -> None:
     # without recipes in meta.json the report is the one before recipes
     legacy = markdown_report(tuned.arm_rows(rows, REC, "defaults"), None, None)
     assert "Tuned against tuned" not in legacy and "fragile" not in legacy
+
+
+def test_a_folder_without_the_default_runs_says_so() -> None:
+    rows = tuned.arm_rows(synthetic(), REC, "tuned")  # as with --no-defaults
+    parts = tuned.out_of_the_box(rows, REC, "transfer", [])
+    assert parts[0].startswith("The tuned methods' paper-default runs are not in this folder")
+    assert not any("What tuning does" in p for p in parts) and any(
+        "The recipes" in p for p in parts
+    )
 
 
 def test_write_report_and_the_readme_block_of_a_tuned_folder(tmp_path: Path) -> None:

@@ -39,14 +39,21 @@ training wall time and the peak memory.
 
 Sizes (``--preset``, see :func:`default_settings`, whose docstring has the time estimate):
 ``cpu`` (the default on a CPU) is the powered main job: the whole 9,000-image pool beside the
-validation split, 8 paired seeds in transfer, 5 in low-data, 3 in standard, every method at its
-paper defaults; about 30 minutes on the 2-core CPU at the throughput goal of
-``benchmarks/README.md``. ``quick`` is the previous default (a 3,000-image pool, 4 / 3 / 1 seeds,
+validation split, 16 paired seeds in transfer, 8 in low-data, 3 in standard, every method at its
+tuned recipe (below), the tuned methods also at their paper defaults on the first 8 transfer
+seeds; ``--plan`` estimates its time from the seconds per run already in ``--out``. ``quick`` is the previous default (a 3,000-image pool, 4 / 3 / 1 seeds,
 10-15 minutes today). ``large`` (the default on a GPU) is the bigger configuration: longer
 schedules and the hyperparameter sweep. On a CPU the benchmark uses one torch thread unless ``--threads`` says
 otherwise (the small students gain nothing from a second thread, and the machine stays usable).
 
-Hyperparameters (choice, an equal budget; on by default in the ``large`` preset, opt-in with
+Tuned against tuned (:mod:`.recipes`, :mod:`.tuned`): every method runs at the recipe its tuning
+chose, from ``--recipes`` (default ``relkd_tutorial/bench/recipes.json``; ``none``: every method
+at its paper defaults); a method without a recipe runs at its defaults, "not tuned". Beside them
+the tuned methods run at their paper defaults on the first ``Setting.default_seeds`` seeds (the
+report's out-of-the-box table; ``--no-defaults`` skips them); a recipe equal to the defaults is
+the same run key, trained once. ``meta.json`` records the recipes each invocation used.
+
+The sweep (choice, an equal budget; on by default in the ``large`` preset, opt-in with
 ``--sweep`` in the ``cpu`` preset): each distillation method gets :data:`SWEEP_TRIALS`
 trials, each on the first :data:`SWEEP_SEEDS` seeds, scored by mean top-1 on the *validation*
 split; the best trial (ties go to the

@@ -251,7 +251,11 @@ def precision_cost_sentence(
         f"paired standard deviation here is {sd:.2f} points ({_label(widest['method'])}), so about "
         f"{need} paired seeds instead of {have}, i.e. {more} more runs of the {len(methods)} "
         f"methods at about {per_run:.0f} s each on this machine: about "
-        f"{more * per_run / 3600:.1f} CPU-hours."
+        + (
+            f"{more * per_run / 3600:.1f} CPU-hours."
+            if more * per_run >= 3600
+            else f"{more * per_run / 60:.0f} CPU-minutes."
+        )  # fmt: skip
     )
 
 
@@ -357,7 +361,13 @@ def out_of_the_box(
     table.
     """
     parts: list[str] = []
-    if tuned_methods(recipes, setting):
+    tuned_here = tuned_methods(recipes, setting)
+    ran = any((r["setting"], r["phase"], r["params"]) == (setting, "final", "{}")
+              and r["method"] in tuned_here for r in rows)  # fmt: skip
+    if tuned_here and not ran:
+        parts += ["The tuned methods' paper-default runs are not in this folder (`--no-defaults`, "
+                  "or no `default_seeds` in this setting): no out-of-the-box table.", ""]  # fmt: skip
+    if ran:
         base = arm_rows(rows, recipes, "defaults")
         entries = mark_fragile(comparisons(base), *_second(second, recipes, "defaults"))
         tuning = mark_fragile(tuning_comparisons(rows, recipes), *_second(second, recipes, None))
