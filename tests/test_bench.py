@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import math
 import re
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch
 from relkd_tutorial.bench import cli, figures, full, report, runner, workspace
 from relkd_tutorial.bench import settings as bench_settings
 from relkd_tutorial.bench import store as bench_store
+from relkd_tutorial.bench.recipes import recipes_of_meta
+from relkd_tutorial.bench.tuned import arm_rows
 from relkd_tutorial.data import load_fashion_mnist, partially_labelled, select_classes
 from relkd_tutorial.models import build_model
 from relkd_tutorial.stats import (
@@ -583,7 +586,9 @@ def test_main_job_fast_mode_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     printed = capsys.readouterr().out
     settings = bench_settings.default_settings(fast=True)
     rows = bench_store.read_runs(out / "runs.csv")
-    finals = [r for r in rows if r["phase"] == "final"]
+    # the headline arm: every method at its shipped recipe (or its defaults) on every seed
+    recipes = recipes_of_meta(json.loads((out / "meta.json").read_text()))
+    finals = [r for r in arm_rows(rows, recipes, "tuned") if r["phase"] == "final"]
     for name in bench_settings.DEFAULT_SETTINGS:
         assert f"== {name} ==" in printed, name
         for method in bench_settings.METHODS:
@@ -591,8 +596,9 @@ def test_main_job_fast_mode_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
                 r["seed"] for r in finals if r["setting"] == name and r["method"] == method
             )
             assert seeds == list(settings[name].seeds), (name, method, seeds)
-    ok = [r for r in finals if r["status"] == "ok"]
-    assert len(ok) == len(finals), [r for r in finals if r["status"] != "ok"]
+    everything = [r for r in rows if r["phase"] == "final"]  # both arms
+    ok = [r for r in everything if r["status"] == "ok"]
+    assert len(ok) == len(everything), [r for r in everything if r["status"] != "ok"]
     assert all(0.1 <= r["acc"] <= 1.0 for r in ok)  # ten classes: every student beats chance
     assert all(-1.0 <= r["kendall_tau"] <= 1.0 for r in ok)
     for name in ("results.md", "summary.csv", "differences.csv", "meta.json", "accuracy.png"):

@@ -428,3 +428,21 @@ def test_write_report_and_the_readme_block_of_a_tuned_folder(tmp_path: Path) -> 
     assert "At the edge of its range" in body and "- low-data (8 seeds)" in body
     for line in body.splitlines():  # a fragile difference is never bold
         assert not re.search(r"\*\*[^*]*\*\* \(fragile\)", line)
+
+
+def test_the_notebooks_read_the_headline_arm_of_a_tuned_folder(tmp_path: Path, monkeypatch) -> None:
+    from relkd_tutorial.tutorial import committed
+
+    monkeypatch.setattr(committed, "_spec", lambda setting, cache: "S")
+    store = ResultStore(tmp_path)
+    for r in synthetic():
+        store.append(r)
+    plain = committed.committed_results(tmp_path, settings=("transfer",))["transfer"]
+    assert len(plain.rows) == 6 * 16 + 3 * 8  # no meta.json: one arm, every row
+    (tmp_path / "meta.json").write_text(json.dumps(META))
+    assert committed.folder_recipes(tmp_path).params == REC.params
+    top = committed.committed_results(tmp_path, settings=("transfer",))["transfer"]
+    assert len(top.rows) == 6 * 16
+    assert {r["params"] for r in top.rows if r["method"] == "grkd"} == {'{"grkd_weight":30.0}'}
+    out = committed.committed_results(tmp_path, settings=("transfer",), arm="defaults")["transfer"]
+    assert {r["params"] for r in out.rows} == {"{}"} and len(out.rows) == 3 * 16 + 3 * 8
