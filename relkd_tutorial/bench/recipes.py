@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..methods.registry import _registry
+from ..methods.registry import _registry  # the classes, for their constructors' arguments
 from .settings import ALL_SETTINGS, CONTROL_WEIGHTS, METHODS, PAPER_DEFAULTS
 
 #: The shipped recipes (package data); ``"settings": {}`` until a tuning is committed.
