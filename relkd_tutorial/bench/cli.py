@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipes", default=None, metavar="PATH",
                         help="the tuned recipes every method runs at (default: the shipped "
                         "relkd_tutorial/bench/recipes.json; 'none': every method at its paper "
-                        "defaults, the protocol before recipes)")  # fmt: skip
+                        "defaults, the protocol before recipes); with --tune, the file the "
+                        "tuning writes (default: the same shipped file; <out>/recipes.json in "
+                        "fast mode)")  # fmt: skip
     parser.add_argument("--no-defaults", action="store_true",
                         help="skip the paper-default runs of the tuned methods (the 'out of the "
                         "box' table); the tuned runs alone")  # fmt: skip

@@ -390,9 +390,6 @@ def add_arguments(parser: Any) -> None:
                    "<out>/tuning.journal); rerun to resume, share it to add workers")  # fmt: skip
     g.add_argument("--prune", action="store_true",
                    help="stop weak trials early (Hyperband on the per-epoch validation top-1)")  # fmt: skip
-    g.add_argument("--recipes", default=None,
-                   help=f"recipe file to write (default: {RECIPES_PATH.name} in the package; "
-                   "<out>/recipes.json in fast mode)")  # fmt: skip
     g.add_argument("--diff-recipes", nargs=2, metavar=("A", "B"), default=None,
                    help="compare two recipe files (e.g. with and without --prune) and exit")  # fmt: skip
 
