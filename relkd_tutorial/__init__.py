@@ -26,11 +26,13 @@ from .data import (
 )
 from .fastmode import fast_mode
 from .losses import (
+    DISTLoss,
     GRKDLoss,
     KDLoss,
     ListwiseRankLoss,
     RKDLoss,
     SoftPairwiseRankLoss,
+    dist_loss,
     grkd_loss,
     kd_loss,
     listwise_rank_loss,
@@ -39,6 +41,7 @@ from .losses import (
     soft_pairwise_rank_loss,
 )
 from .methods import (
+    DIST,
     GRKD,
     KD,
     RKD,
@@ -137,12 +140,14 @@ __all__ = [
     "group_accuracy",
     "kendall_tau",
     "per_class_accuracy",
-    # logit and relation losses (KD, RKD, GRKD, ranking)
+    # logit and relation losses (KD, RKD, GRKD, DIST, ranking)
+    "DISTLoss",
     "GRKDLoss",
     "KDLoss",
     "ListwiseRankLoss",
     "RKDLoss",
     "SoftPairwiseRankLoss",
+    "dist_loss",
     "grkd_loss",
     "kd_loss",
     "listwise_rank_loss",
@@ -151,6 +156,7 @@ __all__ = [
     "soft_pairwise_rank_loss",
     # methods and checks
     "CrossEntropy",
+    "DIST",
     "GRKD",
     "GRKDWithKD",
     "KD",

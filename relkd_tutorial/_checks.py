@@ -15,6 +15,7 @@ checks the loss it logs instead.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -128,6 +129,8 @@ def check_min_batch(name: str, x: Tensor, minimum: int, relation: str) -> None:
     if x.shape[0] < minimum:
         raise ValueError(
             f"{name} has batch size {x.shape[0]}, but {relation} needs at least {minimum} samples"
+            " (if it is the last, smaller batch of an epoch, build the loader with "
+            "drop_last=True)"
         )
 
 
@@ -158,7 +161,7 @@ def check_labels(name: str, y: object, batch: int, num_classes: int | None = Non
 
 def check_positive(name: str, value: float) -> float:
     """Check that a hyperparameter (temperature, margin, weight scale) is a finite positive number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
     if not (value > 0) or value != value or value == float("inf"):
         raise ValueError(f"{name} must be a finite positive number, got {value}")
@@ -224,7 +227,7 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
 
 def check_nonnegative(name: str, value: float) -> float:
     """Check that a loss weight is a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
     if not (value >= 0) or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")

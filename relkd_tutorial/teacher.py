@@ -59,15 +59,60 @@ def as_batch(item: object, device: torch.device | str | None = None) -> Batch:
         raise TypeError(
             f"batch x and y must be tensors, got {type(x).__name__} and {type(y).__name__}"
         )
+    if index is not None:
+        index = torch.as_tensor(index)
+    _check_batch(x, y, index)
     if device is not None:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if index is not None:
-            index = torch.as_tensor(index).to(device, non_blocking=True)
+            index = index.to(device, non_blocking=True)
     y = y.long()
     if index is not None:
-        index = torch.as_tensor(index).long()
+        index = index.long()
     return Batch(x=x, y=y, index=index)  # type: ignore[arg-type]  # index may be None
+
+
+def _is_integer(t: Tensor) -> bool:
+    return not (t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex())
+
+
+def _check_batch(x: Tensor, y: Tensor, index: Tensor | None) -> None:
+    """Refuse a batch the loop would silently misread; dtypes, shapes and devices only (no sync).
+
+    Float labels would be truncated by ``.long()`` (``0.7 -> 0``), boolean ones read as classes
+    0/1, uint8 pixels would reach the network unnormalised, and meta tensors hold no data.
+    """
+    for name, t in (("x", x), ("y", y), ("index", index)):
+        if t is not None and t.device.type == "meta":
+            raise ValueError(
+                f"the loader yields batch {name} on the meta device, which holds no data: "
+                "build the data set from real tensors"
+            )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"batch images x must be floating-point (normalised pixels), got {x.dtype}: raw "
+            "pixels need x.float() / 255 and a normalisation; TensorLoader and image_loader "
+            "do both"
+        )
+    if not _is_integer(y):
+        raise TypeError(
+            f"batch labels y must be integer class indices (int64; -1 = unlabelled), got "
+            f"{y.dtype}: float labels would be truncated (0.7 -> class 0), booleans read as "
+            "classes 0 and 1, and one-hot or soft labels are not supported; convert class "
+            "indices with y.long(), or one-hot rows with y.argmax(dim=1)"
+        )
+    if y.dim() != 1 or (x.dim() > 0 and y.shape[0] != x.shape[0]):
+        raise ValueError(
+            f"batch labels y must have shape (B,) = ({x.shape[0] if x.dim() else '?'},), got "
+            f"{tuple(y.shape)} (for images of shape {tuple(x.shape)}); flatten (B, 1) labels "
+            "with y.view(-1)"
+        )
+    if index is not None and (not _is_integer(index) or index.shape != y.shape):
+        raise TypeError(
+            f"batch index must be integer sample positions of shape {tuple(y.shape)}, got "
+            f"{index.dtype} of shape {tuple(index.shape)}"
+        )
 
 
 class IndexedDataset(torch.utils.data.Dataset):

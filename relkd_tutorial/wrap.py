@@ -4,43 +4,65 @@ Every loss and the training loop want a model that returns ``(features (B, D), l
 (see :mod:`relkd_tutorial.models`). A torchvision or timm classifier returns only the logits
 ``z = W f + b``, computed by a final ``nn.Linear`` (the *head*) from its input ``f``. That input
 is the feature the package means: the pooled, flattened penultimate activation (after the
-network's last normalisation, dropout or hidden layer, whatever feeds the head).
+network's last normalisation, dropout or hidden layer, whatever feeds the head); timm calls it
+the *pre-logits* (``model.forward_head(model.forward_features(x), pre_logits=True)``).
 
-How it is read out, exactly. :class:`WrappedClassifier` registers a forward hook on the head that
-keeps the head's input ``f`` and output while the wrapper runs the *unchanged* model:
+How it is read out, exactly. :class:`WrappedClassifier` registers a forward hook on the head (on
+each head, for a model with two) that keeps the head's input and output while the wrapper runs
+the *unchanged* model once:
 
     logits   = model(x)          # the model's own forward: bit-identical to calling it directly
-    features = input of head     # (B, D), D = head.in_features
+    features = input of head     # (B, D)
 
-Nothing is recomputed, so ``logits`` is ``model(x)`` bit for bit, in training and evaluation
-mode, under autocast, ``channels_last``, DDP and ``torch.compile``, and ``logits == head(features)``
-holds by construction (as for :class:`~relkd_tutorial.models.FeatureClassifier`). Each forward
-checks that the head ran exactly once and that the model returned the head's output unchanged
-(the same tensor); otherwise the chosen layer is not the final classifier and a clear error says
-what to pass.
+Nothing is recomputed and no layer runs twice, so ``logits`` is ``model(x)`` bit for bit, in
+training and evaluation mode (the same dropout draws, the same BatchNorm statistics updates),
+under autocast, ``channels_last``, DDP and ``torch.compile``. For a single ``nn.Linear`` head
+``logits == head(features)`` holds by construction (as for
+:class:`~relkd_tutorial.models.FeatureClassifier`). Each forward checks that every head ran
+exactly once and that the model returned the head's output unchanged (the same tensor);
+otherwise the chosen layer is not the final classifier and a clear error says what to pass.
 
 Finding the head (choice: from the model's structure, checked at the first forward):
 
 1. ``head=`` given: a submodule name such as ``"classifier.3"`` or ``"heads.head"`` (as in
    ``model.named_modules()``), or the module itself; it must be an ``nn.Linear``.
-2. a timm model (it has ``get_classifier()``): the module it returns if that is an ``nn.Linear``,
-   else the last ``nn.Linear`` inside it. If the classifier holds no ``nn.Linear`` (a 1x1
-   convolution), the wrapper uses timm's documented split instead: ``features =
-   model.forward_head(model.forward_features(x), pre_logits=True)``, ``logits =
-   model.forward_head(model.forward_features(x))`` (one ``forward_features`` pass; logits equal
-   ``model(x)`` for every timm model, whose ``forward`` is exactly that composition).
+2. a timm model (it has ``get_classifier()``): the module(s) it returns, whatever they are, so
+   that the features are timm's pre-logits:
+
+   - one ``nn.Linear`` (ResNet, ViT, ConvNeXt, and the last layer of an MLP head such as
+     MaxViT's or InceptionNeXt's): its input;
+   - a block holding ``nn.Linear`` layers (a ``ClassifierHead`` that pools, then applies its
+     ``fc``, as in Sequencer): its last ``nn.Linear``'s input;
+   - a module without one (a 1x1 convolution applied to the pooled map, as in DLA): its
+     input, flattened from ``(B, D, 1, 1)`` to ``(B, D)``; the model must return that
+     module's output (flattened);
+   - two heads (the distilled models, DeiT / PiT distilled, LeViT, EfficientFormer(V2),
+     whose logits are the mean of a class head and a distillation head; CrossViT's
+     per-branch heads): their inputs, combined as timm's ``pre_logits`` combines them: one
+     tensor if both heads read the same one (LeViT, EfficientFormer(V2)); their mean if they
+     read different tensors of one width (the class and distillation tokens of DeiT / PiT);
+     their concatenation otherwise (CrossViT's branches). The logits are then not one linear
+     layer of the features (``fc`` is undefined; ``heads`` lists the heads).
+
+   A timm model built with ``num_classes=0`` has no classifier (``get_classifier()`` returns
+   ``nn.Identity``) and is refused with a message saying so.
 3. otherwise the last ``nn.Linear`` in ``model.modules()`` (registration order, which is forward
    order in torchvision's classifiers: ``fc``, ``classifier[-1]``, ``heads.head``, ``head``).
 
+The timm architectures this is tested on, and how each is read, are listed in
+``docs/models.md``.
+
 The wrapped model keeps the original's parameters (the very same tensors, in the same order) and
 its state dict under the prefix ``model.``; ``wrapped.model`` is the original module, trained in
-place, and :meth:`WrappedClassifier.unwrap` removes the hook and returns it.
+place, and :meth:`WrappedClassifier.unwrap` removes the hooks and returns it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["WrappedClassifier", "wrap_classifier"]
@@ -52,10 +74,11 @@ class WrappedClassifier(nn.Module):
 
     Attributes:
         model: the original module (its parameters are this module's parameters).
-        head_name: the name of the final linear layer in ``model`` (``None`` on timm's
-            ``forward_head`` path).
-        feature_dim: ``D``, the head's ``in_features``.
-        num_classes: ``C``, the head's ``out_features``.
+        head_names: the names in ``model`` of the head(s) whose input is read (one for most
+            models, two for a distilled timm model).
+        head_name: the head's name if there is one head, else ``None``.
+        feature_dim: ``D``, the width of the features.
+        num_classes: ``C``, the width of the logits.
     """
 
     feature_dim: int
@@ -64,40 +87,50 @@ class WrappedClassifier(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        head_name: str | None,
+        head_names: str | Sequence[str],
         *,
         feature_dim: int,
         num_classes: int,
+        from_timm: bool = False,
     ) -> None:
         super().__init__()
+        self._from_timm = bool(from_timm)  # the heads came from timm's get_classifier()
         self.model = model
-        self.head_name = head_name
+        self.head_names = (head_names,) if isinstance(head_names, str) else tuple(head_names)
+        if not self.head_names:
+            raise ValueError("a WrappedClassifier needs at least one head")
+        self.head_name = self.head_names[0] if len(self.head_names) == 1 else None
         self.feature_dim = int(feature_dim)
         self.num_classes = int(num_classes)
-        self._active = False  # the hook records only while this wrapper runs the model
-        self._seen: list[tuple[Tensor, Any]] = []
-        self._handle = None
-        if head_name is not None:
-            self._handle = model.get_submodule(head_name).register_forward_hook(self._record)
+        self._active = False  # the hooks record only while this wrapper runs the model
+        self._seen: list[tuple[nn.Module, Tensor, Any]] = []
+        self._handles = [
+            model.get_submodule(name).register_forward_hook(self._record)
+            for name in self.head_names
+        ]
+
+    @property
+    def heads(self) -> tuple[nn.Module, ...]:
+        """The head module(s), in the order of ``head_names``."""
+        return tuple(self.model.get_submodule(name) for name in self.head_names)
 
     @property
     def fc(self) -> nn.Module:
-        """The final linear layer (as ``FeatureClassifier.fc``): ``logits == fc(features)``."""
+        """The head (as ``FeatureClassifier.fc``): ``logits == fc(features)`` for a linear head."""
         if self.head_name is None:
-            return self.model.get_classifier()  # type: ignore[operator,no-any-return]
+            raise TypeError(
+                f"{type(self.model).__name__} has {len(self.head_names)} heads "
+                f"{list(self.head_names)} whose outputs are combined into the logits, so no "
+                "single layer maps the features to the logits; use .heads"
+            )
         return self.model.get_submodule(self.head_name)
 
     def _record(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self._active:
-            self._seen.append((args[0], output))
+            self._seen.append((module, args[0], output))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C_in, H, W)`` images -> ``(features (B, D), logits (B, C))``."""
-        if self.head_name is None:  # timm's documented split (module docstring, case 2)
-            pooled = self.model.forward_features(x)  # type: ignore[operator]
-            features = self.model.forward_head(pooled, pre_logits=True)  # type: ignore[operator]
-            logits = self.model.forward_head(pooled)  # type: ignore[operator]
-            return self._checked(features, logits), logits
         self._seen.clear()
         self._active = True
         try:
@@ -106,50 +139,111 @@ class WrappedClassifier(nn.Module):
         finally:
             self._active = False
             self._seen.clear()
+        model_name = type(self.model).__name__
         if not isinstance(logits, Tensor):
             raise TypeError(
-                f"{type(self.model).__name__} returned {type(logits).__name__}, not a logits "
-                "tensor; wrap_classifier needs a model whose forward returns (B, C) logits (e.g. "
-                "build GoogLeNet/Inception with aux_logits=False, or call it in eval mode)"
+                f"{model_name} returned {type(logits).__name__}, not a logits tensor; "
+                "wrap_classifier needs a model whose forward returns (B, C) logits (e.g. build "
+                "GoogLeNet/Inception with aux_logits=False, call "
+                "model.set_distilled_training(False) on a distilled timm model, or call it in "
+                "eval mode)"
             )
-        if len(seen) != 1:
+        inputs = []
+        for name, head in zip(self.head_names, self.heads, strict=True):
+            runs = [(inp, out) for module, inp, out in seen if module is head]
+            if len(runs) != 1:
+                raise ValueError(
+                    f"the head {name!r} ran {len(runs)} times in one forward pass; "
+                    "wrap_classifier needs the final layer that computes the logits once: pass "
+                    "head='<the name of the final nn.Linear in model.named_modules()>'"
+                )
+            inputs.append(runs[0][0])
+            output = runs[0][1]
+        if len(self.heads) == 1 and not _is_returned(output, logits) and self._from_timm:
             raise ValueError(
-                f"the head {self.head_name!r} ran {len(seen)} times in one forward pass; "
-                "wrap_classifier needs the final nn.Linear that computes the logits once: pass "
-                "head='<its name in model.named_modules()>'"
+                f"{model_name} does not return the output of its classifier "
+                f"{self.head_name!r} (from get_classifier()) as its logits: something is added "
+                "after it (VOLO adds its aux_head's token scores), so no layer's input "
+                "determines the logits. Build the model without that term (VOLO: "
+                "timm.create_model(..., use_aux_head=False)), or write a module returning "
+                "(features, logits) like relkd_tutorial.models.FeatureClassifier"
             )
-        features, head_output = seen[0]
-        if head_output is not logits:
+        if len(self.heads) == 1 and not _is_returned(output, logits):
             raise ValueError(
-                f"{type(self.model).__name__} does not return the output of {self.head_name!r} "
-                "as its logits (something runs after that layer), so it is not the final "
-                "classifier: pass head='<name of the nn.Linear whose output the model returns>'"
+                f"{model_name} does not return the output of {self.head_name!r} as its logits "
+                "(something runs after that layer, or the logits combine several layers), so it "
+                "is not the final classifier: pass head='<name of the nn.Linear whose output "
+                "the model returns>'; for a timm model whose logits average two heads (a "
+                "distilled model), leave head=None"
             )
-        return self._checked(features, logits), logits
+        return self._checked(_pre_logits(inputs), logits), logits
 
     def _checked(self, features: Any, logits: Tensor) -> Tensor:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features)
         if not isinstance(features, Tensor) or features.dim() != 2 or logits.dim() != 2:
-            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features)
             raise ValueError(
                 f"the head's input must be (B, D) pooled features and the logits (B, C), got "
-                f"{shape} and {tuple(logits.shape)}; the head found ({self.head_name!r}) is "
+                f"{shape} and {tuple(logits.shape)}; the head found ({self.head_names}) is "
                 "applied to a feature map or tokens, not a pooled vector: pass head='<name of "
                 "the final nn.Linear>'"
+            )
+        if features.shape[1] != self.feature_dim or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"{type(self.model).__name__} gave features {shape} and logits "
+                f"{tuple(logits.shape)}, but its head(s) {list(self.head_names)} declare "
+                f"feature_dim={self.feature_dim} and num_classes={self.num_classes}"
             )
         return features
 
     def unwrap(self) -> nn.Module:
-        """Remove the hook and return the original model (trained in place)."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        """Remove the hooks and return the original model (trained in place)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
         return self.model
 
     def extra_repr(self) -> str:
         return (
-            f"head={self.head_name!r}, feature_dim={self.feature_dim}, "
+            f"heads={list(self.head_names)}, feature_dim={self.feature_dim}, "
             f"num_classes={self.num_classes}"
         )
+
+
+def _is_returned(output: Any, logits: Tensor) -> bool:
+    """The model returned the head's output: the same tensor, or a ``(B, C, 1, 1)`` map flattened."""
+    if output is logits:
+        return True
+    return (
+        isinstance(output, Tensor)
+        and output.dim() == 4
+        and tuple(output.shape[2:]) == (1, 1)
+        and tuple(output.shape[:2]) == tuple(logits.shape)
+    )
+
+
+def _pre_logits(inputs: list[Any]) -> Any:
+    """The features from the heads' inputs, combined as timm's ``pre_logits`` combines them.
+
+    One head: its input. Several: the one tensor they all read; else their mean (equal widths:
+    DeiT's class and distillation tokens, ``(a + b) / 2``); else their concatenation along
+    ``D`` (CrossViT's branches). A pooled map ``(B, D, 1, 1)`` is flattened to ``(B, D)``.
+    """
+    if all(t is inputs[0] for t in inputs):
+        inputs = inputs[:1]
+    flat = [
+        t.flatten(1) if isinstance(t, Tensor) and t.dim() == 4 and t.shape[2:] == (1, 1) else t
+        for t in inputs
+    ]
+    if len(flat) == 1:
+        return flat[0]
+    if any(not isinstance(t, Tensor) or t.dim() != 2 for t in flat):
+        return flat[0]  # refused by _checked, with the shape
+    if all(t.shape == flat[0].shape for t in flat):
+        total = flat[0]
+        for t in flat[1:]:
+            total = total + t
+        return total / len(flat)
+    return torch.cat(flat, dim=1)
 
 
 def _linear_names(model: nn.Module) -> list[str]:
@@ -165,7 +259,7 @@ def _no_head_error(model: nn.Module, why: str) -> ValueError:
             "convolution). Append an nn.Linear classifier, or write a module returning "
             "(features, logits) like relkd_tutorial.models.FeatureClassifier"
         )
-    listed = ", ".join(repr(n) for n in linears[-5:]) if linears else "none"
+    listed = ", ".join(repr(n) for n in linears[-5:])
     return ValueError(
         f"wrap_classifier could not find the head of {type(model).__name__}: {why}. Pass "
         "head='<name>' with the name (as in model.named_modules()) of the final nn.Linear whose "
@@ -182,74 +276,97 @@ def _name_of(model: nn.Module, module: nn.Module) -> str | None:
     return None
 
 
-def _resolve_head(model: nn.Module, head: str | nn.Module | None) -> str | None:
-    """The head's name in ``model``; ``None`` selects timm's ``forward_head`` path."""
-    if head is not None:
-        if isinstance(head, nn.Module):
-            name = _name_of(model, head)
-            if name is None:
-                raise ValueError("head= is a module that is not part of the model")
-        elif isinstance(head, str):
-            name = head
-            try:
-                module = model.get_submodule(name)
-            except AttributeError:
-                raise _no_head_error(model, f"it has no submodule {name!r}") from None
-        else:
-            raise TypeError(f"head must be a submodule name, a module or None, got {head!r}")
-        module = model.get_submodule(name)
-        if not isinstance(module, nn.Linear):
-            raise _no_head_error(model, f"{name!r} is a {type(module).__name__}, not an nn.Linear")
-        return name
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):  # timm's API
-        classifier = get_classifier()
-        if isinstance(classifier, nn.Module) and not isinstance(classifier, nn.Identity):
-            inside = _linear_names(classifier)
-            if isinstance(classifier, nn.Linear) or inside:
-                target = classifier if isinstance(classifier, nn.Linear) else None
-                if target is None:
-                    target = classifier.get_submodule(inside[-1])
-                name = _name_of(model, target)
-                if name is not None:
-                    return name
-            elif callable(getattr(model, "forward_head", None)) and callable(
-                getattr(model, "forward_features", None)
-            ):
-                return None
-        raise _no_head_error(
-            model,
-            f"get_classifier() returned {type(classifier).__name__} (a timm model built with "
-            "num_classes=0 has no head: build it with num_classes > 0)",
+def _named_head(model: nn.Module, head: str | nn.Module) -> str:
+    """The name of the layer passed as ``head=`` (it must be an ``nn.Linear`` of ``model``)."""
+    if isinstance(head, nn.Module):
+        name = _name_of(model, head)
+        if name is None:
+            raise ValueError("head= is a module that is not part of the model")
+    elif isinstance(head, str):
+        name = head
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise _no_head_error(model, f"it has no submodule {name!r}") from None
+    else:
+        raise TypeError(f"head must be a submodule name, a module or None, got {head!r}")
+    module = model.get_submodule(name)
+    if not isinstance(module, nn.Linear):
+        raise _no_head_error(model, f"{name!r} is a {type(module).__name__}, not an nn.Linear")
+    return name
+
+
+def _timm_heads(model: nn.Module, classifier: Any) -> tuple[str, ...]:
+    """The names of the module(s) ``model.get_classifier()`` returned (case 2 of the docstring)."""
+    found = (
+        tuple(classifier) if isinstance(classifier, (tuple, list, nn.ModuleList)) else (classifier,)
+    )
+    kinds = ", ".join(type(m).__name__ for m in found) or "nothing"
+    if not found or any(not isinstance(m, nn.Module) for m in found):
+        raise _no_head_error(model, f"get_classifier() returned {kinds}, not modules")
+    if any(isinstance(m, nn.Identity) for m in found):
+        raise ValueError(
+            f"{type(model).__name__} has no classifier: get_classifier() returned {kinds}, which "
+            f"is what a timm model built with num_classes=0 has (its num_classes is "
+            f"{getattr(model, 'num_classes', '?')!r}). Build it with num_classes=<number of "
+            "classes> (timm.create_model(name, num_classes=10)), or call "
+            "model.reset_classifier(<number of classes>)"
         )
-    linears = _linear_names(model)
-    if not linears:
-        raise _no_head_error(model, "it has no nn.Linear layer")
-    return linears[-1]
+    if len(found) == 1 and not isinstance(found[0], nn.Linear):
+        inside = [m for m in found[0].modules() if isinstance(m, nn.Linear)]
+        if inside:  # a classifier block that pools, normalises, ... then applies an nn.Linear
+            found = (inside[-1],)
+    names = tuple(_name_of(model, m) for m in found)
+    if any(n is None or n == "" for n in names):
+        raise _no_head_error(model, "get_classifier() returned a module that is not a submodule")
+    return names  # type: ignore[return-value]
+
+
+def _width(module: nn.Module, *, inputs: bool) -> int | None:
+    """A head's input width (``inputs``) or output width: its first / last layer that states one."""
+    layers = list(module.modules())
+    for m in layers if inputs else reversed(layers):
+        if isinstance(m, nn.Linear):
+            return m.in_features if inputs else m.out_features
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels if inputs else m.out_channels
+        if inputs and isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            return m.num_features
+        if inputs and isinstance(m, nn.LayerNorm):
+            return int(m.normalized_shape[-1])
+    return None
+
+
+def _uninitialized(module: nn.Module) -> bool:
+    return any(
+        isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
+        for m in module.modules()
+    )
 
 
 def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> WrappedClassifier:
     """Wrap a classifier ``model(x) -> logits`` so that it returns ``(features, logits)``.
 
-    ``features`` ``(B, D)`` is the input of the final linear layer, ``logits`` ``(B, C)`` is
-    ``model(x)``, bit-identical (the model's own forward runs unchanged; see the module docstring
-    for how the head is found and checked).
+    ``features`` ``(B, D)`` is the input of the final linear layer (timm's pre-logits),
+    ``logits`` ``(B, C)`` is ``model(x)``, bit-identical (the model's own forward runs unchanged,
+    once; see the module docstring for how the head is found and checked).
 
     Args:
         model: a torchvision classification model (ResNet, MobileNetV3, EfficientNet, ConvNeXt,
-            ViT, RegNet, DenseNet, ...), a timm model, or any module whose forward ends in an
-            ``nn.Linear`` whose output it returns.
+            ViT, RegNet, DenseNet, ...), a timm model (any with ``num_classes > 0``, distilled
+            two-head models included; see ``docs/models.md``), or any module whose forward ends
+            in an ``nn.Linear`` whose output it returns.
         head: the final linear layer, by name in ``model.named_modules()`` (``"fc"``,
             ``"classifier.3"``, ``"heads.head"``) or as the module; found from the model's
             structure when ``None``.
 
     Returns:
-        A :class:`WrappedClassifier` with ``feature_dim``, ``num_classes``, ``fc`` (the head) and
-        ``model`` (the original module, sharing its parameters).
+        A :class:`WrappedClassifier` with ``feature_dim``, ``num_classes``, ``heads``, ``fc``
+        (the head, if there is one) and ``model`` (the original module, sharing its parameters).
 
     Raises:
-        ValueError: no head can be found, or the named layer is not an ``nn.Linear`` (the message
-            lists the model's linear layers and says what to pass).
+        ValueError: no head can be found, the named layer is not an ``nn.Linear``, or a timm
+            model was built without a classifier (the message says what to pass).
         TypeError: ``model`` is not an ``nn.Module``.
 
     Example:
@@ -261,17 +378,35 @@ def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> Wr
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, WrappedClassifier):
         raise TypeError("model is already wrapped (a WrappedClassifier)")
-    name = _resolve_head(model, head)
-    if name is None:  # timm without a linear classifier
-        width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
-        classes = getattr(model, "num_classes", None)
-        if not isinstance(width, int) or not isinstance(classes, int):
-            raise _no_head_error(
-                model, "its classifier has no nn.Linear and it states no num_features/num_classes"
-            )
-        return WrappedClassifier(model, None, feature_dim=width, num_classes=classes)
-    linear = model.get_submodule(name)
-    assert isinstance(linear, nn.Linear)
+    get_classifier = getattr(model, "get_classifier", None)
+    if head is not None:
+        names: tuple[str, ...] = (_named_head(model, head),)
+    elif callable(get_classifier):  # timm's API
+        names = _timm_heads(model, get_classifier())
+    else:
+        linears = _linear_names(model)
+        if not linears:
+            raise _no_head_error(model, "it has no nn.Linear layer")
+        names = (linears[-1],)
+    heads = [model.get_submodule(n) for n in names]
+    lazy = [n for n, h in zip(names, heads, strict=True) if _uninitialized(h)]
+    if lazy:
+        raise ValueError(
+            f"the head(s) {lazy} of {type(model).__name__} are lazy layers whose shapes are not "
+            "known yet: run one forward pass (model(example_batch)) before wrap_classifier"
+        )
+    widths = [_width(h, inputs=True) for h in heads]
+    classes = {_width(h, inputs=False) for h in heads}
+    if None in widths or None in classes or len(classes) != 1:
+        raise _no_head_error(
+            model, f"the widths of its head(s) {list(names)} cannot be read from their layers"
+        )
+    distinct = set(widths)
+    feature_dim = widths[0] if len(distinct) == 1 else sum(widths)  # type: ignore[arg-type]
     return WrappedClassifier(
-        model, name, feature_dim=linear.in_features, num_classes=linear.out_features
+        model,
+        names,
+        feature_dim=feature_dim,  # type: ignore[arg-type]
+        num_classes=classes.pop(),  # type: ignore[arg-type]
+        from_timm=head is None and callable(get_classifier),
     )

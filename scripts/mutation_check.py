@@ -162,6 +162,33 @@ MUTANTS: list[Mutant] = [
         "ce = F.cross_entropy(z, labels[first].clamp_min(0))",
         (KNOBS_METHODS,),
     ),
+    Mutant(
+        "dist_inter_missing_tau2", "loss",
+        "return temp**2 * _one_minus_pearson(y_s, y_t)", "return _one_minus_pearson(y_s, y_t)",
+        ("tests/test_dist.py",),
+    ),
+    Mutant(
+        "dist_teacher_temperature_missing", "loss",
+        "y_t = F.softmax(t.detach().to(dtype) / temp, dim=1)  # (B, C) teacher",
+        "y_t = F.softmax(t.detach().to(dtype), dim=1)  # (B, C) teacher",
+        ("tests/test_dist.py",),
+    ),
+    Mutant(
+        "dist_intra_not_transposed", "loss",
+        "_one_minus_pearson(y_s.T, y_t.T)", "_one_minus_pearson(y_s, y_t)",
+        ("tests/test_dist.py",),
+    ),
+    Mutant(
+        "dist_pearson_not_centred", "loss",
+        "a_c = a - a.mean(dim=1, keepdim=True)  # (R, K)", "a_c = a  # (R, K)",
+        ("tests/test_dist.py",),
+    ),
+    Mutant(
+        "gradient_norms_in_eval_mode", "loss",
+        "student.train()\n    method.train()\n    try:",
+        "student.eval()\n    method.train()\n    try:",
+        ("tests/test_diagnostics.py",),
+    ),
     # ------------------------------------------------------------------ method weights, defaults
     Mutant(
         "kd_default_temperature", "method",
@@ -187,6 +214,17 @@ MUTANTS: list[Mutant] = [
         "rkd_explicit_weight_ignored", "method",
         "g if g is not None else d if d is not None else b",
         "d if d is not None else b",
+        (KNOBS_METHODS,),
+    ),
+    Mutant(
+        "dist_beta_dropped", "method",
+        '_weighted(terms, "dist_inter", self.beta,', '_weighted(terms, "dist_inter", 1.0,',
+        (KNOBS_METHODS,),
+    ),
+    Mutant(
+        "dist_default_gamma", "method",
+        "beta: float = 1.0,\n        gamma: float = 1.0,",
+        "beta: float = 1.0,\n        gamma: float = 2.0,",
         (KNOBS_METHODS,),
     ),
     Mutant(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import math
 import re
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch
 from relkd_tutorial.bench import cli, figures, full, report, runner, workspace
 from relkd_tutorial.bench import settings as bench_settings
 from relkd_tutorial.bench import store as bench_store
+from relkd_tutorial.bench.recipes import recipes_of_meta
+from relkd_tutorial.bench.tuned import arm_rows
 from relkd_tutorial.data import load_fashion_mnist, partially_labelled, select_classes
 from relkd_tutorial.models import build_model
 from relkd_tutorial.stats import (
@@ -201,7 +204,7 @@ def test_cross_task_marks_exactly_the_logit_methods_not_applicable() -> None:
         assert runner.applicable(method, same) is None
         reason = runner.applicable(method, cross)
         assert (reason is not None) == (method in bench_settings.NEEDS_SHARED_CLASSES)
-    assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd"} == set(
+    assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd", "dist"} == set(
         bench_settings.NEEDS_SHARED_CLASSES
     )
     for method in ("ce", "rkd", "rrd", "refilled"):
@@ -251,15 +254,17 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
     assert (low.labelled_per_class, low.keep_unlabelled, low.epochs, low.batch_size) == (
         50, False, 30, 64
     )  # fmt: skip
-    assert low.seeds == tuple(range(5))  # >= 5 seeds
+    assert low.seeds == tuple(range(8))  # >= 8 seeds
+    # the paper-default runs of the tuned methods: the first 8 transfer seeds, nowhere else
+    assert (t.default_seeds, low.default_seeds, std.default_seeds) == (8, 0, 0)
     assert (std.labelled_per_class, std.epochs, std.seeds, std.curves) == (
         None, 20, (0, 1, 2), True
     )  # fmt: skip
-    # 10 methods x seeds, no sweep: 160 + 50 + 30 runs
+    # every method x seeds, no sweep, no recipe: 16 + 8 + 3 seeds each
     counts = [
         runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
     ]
-    assert counts == [160, 50, 30]
+    assert counts == [len(bench_settings.METHODS) * k for k in (16, 8, 3)]
     # the data sizes the preset promises: the whole subset beside the validation split
     pool, val, _ = workspace._fashion_splits(t)
     assert (len(pool), len(val)) == (9000, 1000)
@@ -327,7 +332,7 @@ def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
     assert all(s.sweep for s in swept.values())
     assert (
         runner.plan_counts(swept["transfer"], bench_settings.METHODS)
-        == 9 * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 160
+        == 10 * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 176
     )
     assert bench_settings.SWEEP_SEEDS >= 2
     opt_in = _configure(["--no-fast", "--settings", "cross-task"])[1]
@@ -347,7 +352,10 @@ def test_plan_flag_prints_the_cpu_preset(capsys: pytest.CaptureFixture[str]) -> 
     assert "default mode, cpu preset, 1 torch thread" in out
     assert "transfer:" in out and "low-data:" in out and "standard:" in out
     assert "cross-task:" not in out
-    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == [160, 50, 30]
+    n = len(bench_settings.METHODS)  # the shipped recipes may tune some: at least these runs
+    counts = [int(x) for x in re.findall(r"up to (\d+) training runs", out)]
+    assert len(counts) == 3 and all(c >= n * k for c, k in zip(counts, (16, 8, 3), strict=True))
+    assert "at their recipes" in out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,7 +586,9 @@ def test_main_job_fast_mode_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     printed = capsys.readouterr().out
     settings = bench_settings.default_settings(fast=True)
     rows = bench_store.read_runs(out / "runs.csv")
-    finals = [r for r in rows if r["phase"] == "final"]
+    # the headline arm: every method at its shipped recipe (or its defaults) on every seed
+    recipes = recipes_of_meta(json.loads((out / "meta.json").read_text()))
+    finals = [r for r in arm_rows(rows, recipes, "tuned") if r["phase"] == "final"]
     for name in bench_settings.DEFAULT_SETTINGS:
         assert f"== {name} ==" in printed, name
         for method in bench_settings.METHODS:
@@ -586,8 +596,9 @@ def test_main_job_fast_mode_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
                 r["seed"] for r in finals if r["setting"] == name and r["method"] == method
             )
             assert seeds == list(settings[name].seeds), (name, method, seeds)
-    ok = [r for r in finals if r["status"] == "ok"]
-    assert len(ok) == len(finals), [r for r in finals if r["status"] != "ok"]
+    everything = [r for r in rows if r["phase"] == "final"]  # both arms
+    ok = [r for r in everything if r["status"] == "ok"]
+    assert len(ok) == len(everything), [r for r in everything if r["status"] != "ok"]
     assert all(0.1 <= r["acc"] <= 1.0 for r in ok)  # ten classes: every student beats chance
     assert all(-1.0 <= r["kendall_tau"] <= 1.0 for r in ok)
     for name in ("results.md", "summary.csv", "differences.csv", "meta.json", "accuracy.png"):

@@ -29,6 +29,8 @@ from torch import Tensor
 from relkd_tutorial import SetupData, StepInputs, build_method, seeded
 from relkd_tutorial.losses import (
     class_centres,
+    dist_inter_loss,
+    dist_intra_loss,
     grkd_loss,
     kd_loss,
     listwise_rank_loss,
@@ -54,6 +56,8 @@ WEIGHT_TERM = {
     "rrd_weight": "rrd",
     "lambda1": "relation",
     "lambda2": "local_kl",
+    "beta": "dist_inter",
+    "gamma": "dist_intra",
 }
 
 
@@ -146,6 +150,15 @@ def listwise_terms(m, x, ce_weight=1.0, rank_weight=1.0, temperature=1.0, top_k=
     return {"ce": ce_weight * ce(x), "rank": rank_weight * rank}
 
 
+def dist_terms(m, x, ce_weight=1.0, beta=1.0, gamma=1.0, temperature=1.0):
+    z, t = x.student_logits, x.teacher_logits
+    return {
+        "ce": ce_weight * ce(x),
+        "dist_inter": beta * dist_inter_loss(z, t, temperature),
+        "dist_intra": gamma * dist_intra_loss(z, t, temperature),
+    }
+
+
 def _rrd(m, x, tau_s, tau_t):
     """RRD's loss from the method's own heads and queue, with the temperatures given here."""
     s = m.rrd.student_head(x.student_features)  # (B, d)
@@ -210,6 +223,8 @@ SPECS: dict[str, Spec] = {
                    "teacher_temperature": 0.5}),
     "rank_listwise": ("rank_listwise", {}, None, listwise_terms,
                       {"ce_weight": 0.5, "rank_weight": 3.0, "temperature": 2.0, "top_k": 2}),
+    "dist": ("dist", {}, None, dist_terms,
+             {"ce_weight": 0.5, "beta": 3.0, "gamma": 0.25, "temperature": 2.0}),
     "rrd": ("rrd", RRD_DIMS, None, rrd_terms,
             {"tau_s": 0.2, "tau_t": 0.3, "ce_weight": 0.5, "rrd_weight": 3.0}),
     "rrd_kd": ("rrd_kd", RRD_DIMS, None, rrd_kd_terms,

@@ -152,7 +152,7 @@ def test_combinations_get_kds_weights_plus_their_term() -> None:
 
 
 def test_each_relational_term_alone_has_ces_weight_and_ce_as_control() -> None:
-    for method in ("rkd", "rrd", "grkd", "rank_soft", "rank_listwise", "refilled"):
+    for method in ("rkd", "rrd", "grkd", "rank_soft", "rank_listwise", "refilled", "dist"):
         assert _built(method).ce_weight == 1.0, method
         assert bs.CONTROLS[method] == "ce", method
     assert bs.CONTROLS["kd"] == "ce"
@@ -193,12 +193,13 @@ def test_the_report_pairs_each_method_with_its_control() -> None:
     assert control == {
         ("kd", "ce"), ("rkd", "ce"), ("rrd", "ce"), ("rrd_kd", "kd"), ("refilled", "ce"),
         ("grkd", "ce"), ("grkd_kd", "kd"), ("rank_soft", "ce"), ("rank_listwise", "ce"),
+        ("dist", "ce"),
     }  # fmt: skip
     headline = [e for e in entries if e["family"] == "kd"]
     assert {e["method"] for e in headline} == set(bs.METHODS) - {"kd"}
-    assert all(e["baseline"] == "kd" and e["family_size"] == 9 for e in headline)
+    assert all(e["baseline"] == "kd" and e["family_size"] == 10 for e in headline)
     mission = {(e["method"], e["baseline"]) for e in entries if e["family"] == "mission"}
-    assert mission == {("grkd", "rkd"), ("grkd", "rrd"), ("grkd", "refilled")}
+    assert mission == {("grkd", "rkd"), ("grkd", "rrd"), ("grkd", "refilled"), ("grkd", "dist")}
     # Holm is applied within each family: the adjusted p-values are holm_adjust of the raw ones
     for family in verdict.FAMILIES:
         group = [e for e in entries if e["family"] == family]
@@ -545,9 +546,10 @@ def test_the_precision_sentence_counts_the_intervals_within_the_target() -> None
     mid = sorted(half.values())[4]
     n_in = sum(h <= mid for h in half.values())
     text = verdict.precision_sentence(entries, "transfer", target=mid)
-    assert f"{n_in} of 9 are within the target" in text and "(wider: " in text
-    assert "9 of 9" in verdict.precision_sentence(entries, "transfer", target=half[wide])
-    assert "0 of 9" in verdict.precision_sentence(entries, "transfer", target=half[narrow] / 2)
+    n = len(half)  # every method but KD
+    assert f"{n_in} of {n} are within the target" in text and "(wider: " in text
+    assert f"{n} of {n}" in verdict.precision_sentence(entries, "transfer", target=half[wide])
+    assert f"0 of {n}" in verdict.precision_sentence(entries, "transfer", target=half[narrow] / 2)
     assert verdict.precision_sentence(entries, "low-data") == ""  # no such setting: no sentence
     assert verdict.precision_sentence(entries, "transfer") in report.markdown_report(
         _rows(_synthetic(0))

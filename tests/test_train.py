@@ -379,7 +379,8 @@ def test_unlabelled_samples_are_skipped():
     assert math.isfinite(history[0]["loss"])
 
     y_none = torch.full_like(y, -1)
-    history = fit(student(), CrossEntropy(), TensorLoader(x, y_none), quiet(epochs=1))
+    with pytest.warns(UserWarning, match="no training sample was labelled"):
+        history = fit(student(), CrossEntropy(), TensorLoader(x, y_none), quiet(epochs=1))
     assert math.isnan(history[0]["train_acc"]) and history[0]["loss"] == 0.0
     result = evaluate(student(), TensorLoader(x, y_none), "cpu")
     assert math.isnan(result["acc"]) and result["labelled"] == 0 and result["n"] == 64

@@ -71,7 +71,7 @@ def full_transfer(spec, lift):
 
 
 LIFT = {"kd": 0.10, "grkd_kd": 0.10, "rrd_kd": 0.13, "grkd": 0.02, "rkd": 0.05, "rrd": 0.05,
-        "refilled": 0.06, "rank_soft": 0.02, "rank_listwise": 0.08}  # fmt: skip
+        "refilled": 0.06, "rank_soft": 0.02, "rank_listwise": 0.08, "dist": 0.04}  # fmt: skip
 
 
 def test_complete_partial_absent_and_stale_settings(tmp_path, spec):
@@ -82,7 +82,8 @@ def test_complete_partial_absent_and_stale_settings(tmp_path, spec):
     assert t.present and t.complete and t.spec == spec and t.stale == 4
     assert len(t.finished) == len(METHODS) * len(SEEDS) == t.expected
     assert all(r["spec"] == spec for r in t.rows)
-    assert "160 of its 160 runs" in t.describe() and "Incomplete" not in t.describe()
+    n = len(METHODS) * len(SEEDS)
+    assert f"{n} of its {n} runs" in t.describe() and "Incomplete" not in t.describe()
     for name in ("low-data", "standard"):
         assert not got[name].present and not got[name].complete
         text = got[name].describe()
@@ -92,7 +93,8 @@ def test_complete_partial_absent_and_stale_settings(tmp_path, spec):
 
     partial = write(tmp_path / "partial", full_transfer(spec, LIFT)[:30])
     t = committed_results(partial, settings=("transfer",))["transfer"]
-    assert t.present and not t.complete and "30 of its 160 runs" in t.describe()
+    n = len(METHODS) * len(SEEDS)
+    assert t.present and not t.complete and f"30 of its {n} runs" in t.describe()
     assert "Incomplete: `python -m relkd_tutorial.bench --settings transfer" in t.describe()
     with pytest.raises(ValueError, match="cross-task"):
         committed_results(results, settings=("cross-task",))
@@ -131,7 +133,9 @@ def test_comparison_table_is_the_family_and_plot_paired_draws_it(tmp_path, spec)
     ]
     assert all("baseline" not in r for r in control)  # mixed baselines: CE and KD
     mission = comparison_table(entries, "transfer", "mission")
-    assert [r["label"] for r in mission] == ["GRKD vs RKD", "GRKD vs RRD", "GRKD vs REFILLED"]
+    assert [r["label"] for r in mission] == [
+        "GRKD vs RKD", "GRKD vs RRD", "GRKD vs REFILLED", "GRKD vs DIST"
+    ]  # fmt: skip
     from matplotlib.figure import Figure
 
     ax = Figure().subplots()

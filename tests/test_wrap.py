@@ -213,7 +213,7 @@ def test_compile_autocast_and_channels_last_keep_the_logits():
 
 
 # --------------------------------------------------------------------------------------------
-# timm's API, mimicked (timm is an optional extra, not installed in the tests)
+# timm's API, mimicked (independent of timm; tests/test_timm.py runs the real models)
 # --------------------------------------------------------------------------------------------
 
 
@@ -271,16 +271,24 @@ def test_a_timm_model_is_wrapped_through_get_classifier():
         assert torch.equal(model.head(features), logits)
 
 
-def test_a_timm_model_without_a_linear_classifier_uses_forward_head_pre_logits():
-    model = build(lambda: FakeTimm(conv_head=True)).eval()
+def test_a_timm_model_with_a_conv_classifier_is_read_at_its_input_in_one_forward():
+    model = build(lambda: FakeTimm(conv_head=True))
     wrapped = wrap_classifier(model)
-    assert wrapped.head_name is None and (wrapped.feature_dim, wrapped.num_classes) == (6, 3)
-    x = torch.randn(4, 3, 8, 8)
-    features, logits = wrapped(x)
-    assert torch.equal(logits, model(x))
-    assert torch.equal(features, model.forward_head(model.forward_features(x), pre_logits=True))
+    assert wrapped.head_name == "head" and (wrapped.feature_dim, wrapped.num_classes) == (6, 3)
     assert wrapped.fc is model.head
-    with pytest.raises(ValueError, match="num_classes=0 has no head"):
+    x = torch.randn(4, 3, 8, 8)
+    for mode in (False, True):  # train: the head dropout draws once, as in model(x)
+        model.train(mode)
+        torch.manual_seed(3)
+        expected = model(x)
+        after = torch.rand(1)  # the RNG stream after the model's own forward
+        torch.manual_seed(3)
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.manual_seed(3)
+        features, logits = wrapped(x)
+        assert torch.equal(logits, expected) and torch.equal(features, pre)
+        assert torch.equal(torch.rand(1), after)
+    with pytest.raises(ValueError, match="num_classes=0.*Build it with num_classes="):
         wrap_classifier(FakeTimm(num_classes=0))
 
 

@@ -9,7 +9,10 @@ Modules; the arrows point from a module to those it imports, never back:
     cli -> full -> runner -> workspace -> settings    store: runs.csv, histories.csv, meta.json
     cli -> parallel -> runner                   workspace: splits, the teacher, its cached outputs
     runner -> store, report -> store            runner: one run, the settings' runs, scheduled
-                                                parallel: --jobs, runs in worker processes
+    cli -> tune -> runner, tune -> search_space parallel: --jobs, runs in worker processes
+    report -> tuned -> verdict, store           search_space, tune: --tune (Optuna), recipes
+    tuned -> recipes -> settings, runner -> recipes   recipes: the tuned recipes file
+                                                tuned: the tuned and default arms, what tuning does
 """
 
 from .cli import main

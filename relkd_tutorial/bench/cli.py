@@ -39,14 +39,21 @@ training wall time and the peak memory.
 
 Sizes (``--preset``, see :func:`default_settings`, whose docstring has the time estimate):
 ``cpu`` (the default on a CPU) is the powered main job: the whole 9,000-image pool beside the
-validation split, 8 paired seeds in transfer, 5 in low-data, 3 in standard, every method at its
-paper defaults; about 30 minutes on the 2-core CPU at the throughput goal of
-``benchmarks/README.md``. ``quick`` is the previous default (a 3,000-image pool, 4 / 3 / 1 seeds,
+validation split, 16 paired seeds in transfer, 8 in low-data, 3 in standard, every method at its
+tuned recipe (below), the tuned methods also at their paper defaults on the first 8 transfer
+seeds; ``--plan`` estimates its time from the seconds per run already in ``--out``. ``quick`` is the previous default (a 3,000-image pool, 4 / 3 / 1 seeds,
 10-15 minutes today). ``large`` (the default on a GPU) is the bigger configuration: longer
 schedules and the hyperparameter sweep. On a CPU the benchmark uses one torch thread unless ``--threads`` says
 otherwise (the small students gain nothing from a second thread, and the machine stays usable).
 
-Hyperparameters (choice, an equal budget; on by default in the ``large`` preset, opt-in with
+Tuned against tuned (:mod:`.recipes`, :mod:`.tuned`): every method runs at the recipe its tuning
+chose, from ``--recipes`` (default ``relkd_tutorial/bench/recipes.json``; ``none``: every method
+at its paper defaults); a method without a recipe runs at its defaults, "not tuned". Beside them
+the tuned methods run at their paper defaults on the first ``Setting.default_seeds`` seeds (the
+report's out-of-the-box table; ``--no-defaults`` skips them); a recipe equal to the defaults is
+the same run key, trained once. ``meta.json`` records the recipes each invocation used.
+
+The sweep (choice, an equal budget; on by default in the ``large`` preset, opt-in with
 ``--sweep`` in the ``cpu`` preset): each distillation method gets :data:`SWEEP_TRIALS`
 trials, each on the first :data:`SWEEP_SEEDS` seeds, scored by mean top-1 on the *validation*
 split; the best trial (ties go to the
@@ -75,6 +82,7 @@ rebuilt from ``runs.csv`` at the end of every invocation.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -88,13 +96,16 @@ import torch
 
 from ..fastmode import fast_mode
 from ..training import resolve_device
-from . import report
+from . import report, tune
 from .full import describe_full_plan, run_full
 from .parallel import WorkerPool, WorkspaceRef, default_jobs
+from .recipes import Recipes, load_recipes
 from .runner import (
+    Job,
     Progress,
     _clock,
     ablation_jobs,
+    arm_params,
     plan_counts,
     run_settings,
 )
@@ -179,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=None,
                         help="runs trained at once, in worker processes with --threads threads "
                         "each (default: the usable cores on a CPU, 1 on a GPU)")  # fmt: skip
+    parser.add_argument("--recipes", default=None, metavar="PATH",
+                        help="the tuned recipes every method runs at (default: the shipped "
+                        "relkd_tutorial/bench/recipes.json; 'none': every method at its paper "
+                        "defaults, the protocol before recipes); with --tune, the file the "
+                        "tuning writes (default: the same shipped file; <out>/recipes.json in "
+                        "fast mode)")  # fmt: skip
+    parser.add_argument("--no-defaults", action="store_true",
+                        help="skip the paper-default runs of the tuned methods (the 'out of the "
+                        "box' table); the tuned runs alone")  # fmt: skip
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild tables and plots from --out without training")  # fmt: skip
     parser.add_argument("--plan", action="store_true", help="print the runs and exit")
@@ -189,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="full: NAME=PATH of a trained CIFAR teacher (repeatable)")  # fmt: skip
     parser.add_argument("--data-root", default=None, help="full: folder with cifar-100-python/")
     parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    tune.add_arguments(parser)
     return parser
 
 
@@ -255,6 +276,97 @@ def configure(
     return fast, settings, methods
 
 
+def recipes_for(args: argparse.Namespace, settings: dict[str, Setting]) -> Recipes | None:
+    """The recipes the runs use: ``--recipes`` (default :data:`~.recipes.RECIPES_FILE`).
+
+    ``None`` (every method at its paper defaults, the protocol before recipes) for
+    ``--recipes none``, for an ablation, and when no setting to run can use them (a swept
+    setting chooses its own trials).
+    """
+    path = getattr(args, "recipes", None)
+    if getattr(args, "ablation", None) or (path or "").lower() == "none":
+        return None
+    if not any(not s.sweep for s in settings.values()):
+        return None
+    try:
+        return load_recipes(path)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--recipes: {err}") from err
+
+
+def recipes_record(recipes: Recipes | None, settings: dict[str, Setting]) -> dict[str, Any]:
+    """What ``meta.json`` keeps of the recipes: those of the settings that ran under them (a
+    setting without a recipe as ``{}``), so that the report reads the runs as they were meant."""
+    if recipes is None:
+        return {}
+    names = [n for n, s in settings.items() if not s.sweep]
+    return {"recipes": recipes.to_json(names), "recipes_file": recipes.path}
+
+
+def plan_lines(
+    settings: dict[str, Setting],
+    methods: Sequence[str],
+    recipes: Recipes | None,
+    defaults: bool,
+    out_dir: Path,
+    jobs: int,
+) -> list[str]:
+    """``--plan``'s lines: per setting its runs, by arm, and what they should take.
+
+    The time is estimated from the ``ok`` rows already in ``<out>/runs.csv`` (mean seconds per
+    setting and method, else per setting), a guide for the same machine only; runs already
+    there are counted as done.
+    """
+    rows = (
+        [r for r in ResultStore(out_dir).rows() if r["status"] == "ok"] if out_dir.exists() else []
+    )
+    done = {r["key"] for r in rows}
+    spec = {r["setting"]: r["spec"] for r in rows}  # the latest spec of each setting there
+    lines, seconds, every, known = [], 0.0, 0.0, True
+    for name, s in settings.items():
+        arms = {m: arm_params(s, m, recipes, defaults) for m in methods}
+        tuned = [m for m in methods if recipes is not None and recipes.get(name, m) is not None]
+        extra = sum(len(a[1][1]) for a in arms.values() if len(a) > 1)
+        total = plan_counts(s, methods, None, recipes, defaults)
+        lines.append(f"{name}: {s}")
+        text = f"  up to {total} training runs"
+        if recipes is not None and not s.sweep:
+            text += (
+                f": {len(methods)} methods x {len(s.seeds)} seeds at their recipes ({len(tuned)} "
+                f"tuned, {len(methods) - len(tuned)} not tuned: at their defaults)"
+                + (
+                    f", {extra} at the paper defaults (first {s.default_seeds} seeds)"
+                    if extra
+                    else ", no paper-default runs beside them"
+                )  # fmt: skip
+            )
+        lines.append(text)
+        mine = [r for r in rows if r["setting"] == name]
+        if not mine:
+            known = False
+            continue
+        mean = sum(r["seconds"] for r in mine) / len(mine)
+        per = {m: [r["seconds"] for r in mine if r["method"] == m] for m in methods}
+        for m, a in arms.items():
+            for params, seeds in a:
+                key = Job(name, "final", m, params, 0).key(spec[name]).rsplit("|", 1)[0]
+                todo = [x for x in seeds if f"{key}|{x}" not in done]
+                each = sum(per[m]) / len(per[m]) if per[m] else mean
+                seconds, every = seconds + len(todo) * each, every + len(seeds) * each
+    if known and every:
+        lines.append(
+            f"time, from the seconds per run in {out_dir / 'runs.csv'} (this machine): about "
+            f"{every / 60:.0f} CPU-minutes for the whole plan ({every / 60 / jobs:.0f} minutes "
+            f"with {jobs} job(s)), about {seconds / 60:.0f} of them still to train"
+        )
+    return lines
+
+
+def _meta(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``relkd-bench`` / ``python -m relkd_tutorial.bench`` command."""
     args = build_parser().parse_args(argv)
@@ -262,7 +374,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = default_threads(device, args.threads)
     if threads is not None:
         torch.set_num_threads(threads)
+    if args.tune and args.settings is None:
+        args.settings = ",".join(tune.TUNE_SETTINGS)
     fast, settings, methods = configure(args, device)
+    if args.tune or args.diff_recipes:
+        command = " ".join(
+            ["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])]
+        )
+        args.jobs = default_jobs(device) if args.jobs is None else args.jobs
+        return tune.main_tune(args, settings, methods, fast, device, command)
     jobs = default_jobs(device) if args.jobs is None else args.jobs
     if jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {jobs}")
@@ -275,17 +395,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])])
     mode = "fast mode" if fast else f"default mode, {preset} preset"
 
+    recipes = recipes_for(args, settings)
+    defaults = not args.no_defaults
     if args.plan:
         print(f"{mode}, {torch.get_num_threads()} torch thread(s), {jobs} job(s)")
-        for name, s in settings.items():
-            print(f"{name}: {s}")
-            count = (
-                len(ablation_jobs(s, args.ablation)) if args.ablation else plan_counts(s, methods)
-            )
-            print(
-                f"  up to {count} training runs"
-                + (f" ({args.ablation} ablation)" if args.ablation else "")
-            )
+        if args.ablation:
+            for name, s in settings.items():
+                print(f"{name}: {s}")
+                print(f"  up to {len(ablation_jobs(s, args.ablation))} training runs "
+                      f"({args.ablation} ablation)")  # fmt: skip
+        else:
+            print("\n".join(plan_lines(settings, methods, recipes, defaults, out_dir, jobs)))
         if want_full:
             print(describe_full_plan(args))
         return 0
@@ -293,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = ResultStore(out_dir)
     if args.report_only:
         report.write_report(out_dir, plots=not args.no_plots)
-        print(report.stdout_summary(store.rows()))
+        print(report.stdout_summary(store.rows(), meta=_meta(out_dir)))
         return 0
 
     started = time.time()
@@ -315,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = [args.ablation]
         total = sum(len(ablation_jobs(ws.setting, args.ablation)) for ws in workspaces)
     else:
-        total = sum(plan_counts(ws.setting, methods, ws) for ws in workspaces)
+        total = sum(plan_counts(ws.setting, methods, ws, recipes, defaults) for ws in workspaces)
     specs = {ws.spec for ws in workspaces}
     done_before = sum(
         1
@@ -343,6 +463,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else "sweep on the validation split"
                 if s.sweep
                 else "paper defaults (no sweep)"
+                if recipes is None
+                else f"tuned recipes of {recipes.path}"
+                + (
+                    f", paper defaults on the first {s.default_seeds} seeds"
+                    if defaults and s.default_seeds
+                    else ""
+                )  # fmt: skip
             ),
             flush=True,
         )
@@ -354,11 +481,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for p, ws in zip(paths, workspaces, strict=True)
             ]
             with WorkerPool(workers, refs, threads=torch.get_num_threads()) as pool:
-                run_settings(
-                    workspaces, methods, store, progress, executor=pool, ablation=args.ablation
-                )
+                run_settings(workspaces, methods, store, progress, executor=pool,
+                             ablation=args.ablation, recipes=recipes, defaults=defaults)  # fmt: skip
         else:
-            run_settings(workspaces, methods, store, progress, ablation=args.ablation)
+            run_settings(workspaces, methods, store, progress, ablation=args.ablation,
+                         recipes=recipes, defaults=defaults)  # fmt: skip
         if want_full:
             specs |= set(run_full(args, store, device, progress))
     except KeyboardInterrupt as err:  # Ctrl-C, or TrainingInterrupted from fit (SIGINT/SIGTERM)
@@ -389,10 +516,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "teacher_cache_seconds": round(sum(ws.cache_seconds for ws in workspaces), 1),
             "load_average_start": load_start,
             "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "defaults_arm": defaults and recipes is not None,
+            **recipes_record(recipes, settings),
         },
     )
     report.write_report(out_dir, plots=not args.no_plots)
-    print(report.stdout_summary(store.rows(), specs=specs))
+    print(report.stdout_summary(store.rows(), specs=specs, meta=_meta(out_dir)))
     print(
         f"{progress.trained} runs trained in {_clock(wall)}; tables, plots and meta.json in {out_dir}/",
         flush=True,

@@ -37,6 +37,7 @@ from .figures import (
     plot_seconds,
     read_histories,
 )
+from .recipes import recipes_of_meta
 from .settings import (
     ABLATIONS,
     ALPHA,
@@ -57,8 +58,20 @@ from .settings import (
     params_tag,
     sweep_candidates,
 )
-from .store import (
+from .store import (  # noqa: F401 (latest_specs, select_rows: re-exported, their old home)
+    latest_specs,
     read_runs,
+    select_rows,
+)
+from .tuned import (
+    SECOND_RUN_SET,  # noqa: F401 (re-exported)
+    arm_rows,
+    headline_note,
+    headline_rows,
+    out_of_the_box,
+    precision_cost_sentence,
+    second_run_set,
+    tuning_comparisons,
 )
 from .verdict import (
     ablation_comparisons,
@@ -66,25 +79,10 @@ from .verdict import (
     ablation_table,
     comparisons,
     family_table,
+    mark_fragile,
     precision_sentence,
     verdict_paragraph,
 )
-
-
-def latest_specs(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """For each setting, the spec (configuration fingerprint) of its most recently written row."""
-    specs: dict[str, str] = {}
-    for r in rows:
-        specs[r["setting"]] = r["spec"]
-    return specs
-
-
-def select_rows(
-    rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None
-) -> list[dict[str, Any]]:
-    """Rows of the given specs (default: the latest spec of each setting)."""
-    keep = set(specs) if specs is not None else set(latest_specs(rows).values())
-    return [r for r in rows if r["spec"] in keep]
 
 
 def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -112,6 +110,8 @@ def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             entry["status"] = "ok" if ok else "diverged"
             entry["params"] = runs[0]["params"]
+            if "recipe" in runs[0]:
+                entry["recipe"] = runs[0]["recipe"]
             entry["n"] = len(ok)
             entry["diverged"] = sum(r["status"] == "diverged" for r in runs)
             entry["seeds"] = sorted(r["seed"] for r in ok)
@@ -232,7 +232,8 @@ def summary_table_markdown(
             + " | ".join(
                 [
                     e["label"],
-                    describe_params(e["params"]),
+                    describe_params(e["params"])
+                    + (f" ({e['recipe']})" if e.get("recipe", "tuned") != "tuned" else ""),
                     str(e["n"]) + (f" (+{e['diverged']} diverged)" if e["diverged"] else ""),
                     _pm(e, "acc"),
                     _diff_cell(diffs, setting, e["method"], "ce"),
@@ -356,16 +357,26 @@ def markdown_report(
     rows: Sequence[dict[str, Any]],
     meta: dict[str, Any] | None = None,
     histories: dict[str, list[dict[str, float]]] | None = None,
+    second: tuple[Sequence[dict[str, Any]], str] | None = None,
 ) -> str:
     """The whole ``results.md``: per setting the verdict, the tables, the sentences and the sweep.
 
     Every result sentence is generated from the computed values (:mod:`.verdict`);
     ``histories`` (``histories.csv``, :func:`read_histories`) adds the learning-curve sentence
-    (:func:`plateau_sentence`) of the settings that recorded curves.
+    (:func:`plateau_sentence`) of the settings that recorded curves. Where ``meta`` records
+    recipes (:func:`~.recipes.recipes_of_meta`), the tables and verdicts are the tuned arm's,
+    each verdict is marked fragile or firm (``second``: :func:`second_run_set`), and each setting
+    run under recipes adds the defaults, what tuning changed and the recipes
+    (:func:`~.tuned.out_of_the_box`).
     """
-    rows = select_rows(rows)
+    recipes = recipes_of_meta(meta)
+    everything = select_rows(rows)
+    rows = headline_rows(rows, recipes)
     summary = summarize_runs(rows)
     entries = comparisons(rows)
+    if recipes is not None:
+        theirs = comparisons(arm_rows(second[0], recipes, "tuned")) if second else None
+        mark_fragile(entries, theirs, second[1] if second else "")
     diffs = [e for e in entries if e["family"] in BASELINES]
     sweep = sweep_table(rows)
     parts = ["# Benchmark results", ""]
@@ -379,11 +390,18 @@ def markdown_report(
         if desc:
             parts += [desc, ""]
         verdict = verdict_paragraph(entries, setting)
+        tuned_here = recipes is not None and setting in recipes.settings
+        if tuned_here:
+            methods = [e["method"] for e in summary if e["setting"] == setting]
+            parts += [headline_note(recipes, setting, methods), ""]
         if any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
             parts += [verdict, ""]
             precision = precision_sentence(entries, setting)
             if precision:
                 parts += [precision, ""]
+            cost = precision_cost_sentence(entries, rows, setting) if tuned_here else ""
+            if cost:
+                parts += [cost, ""]
         parts += [summary_table_markdown(summary, diffs, setting), ""]
         plateau = plateau_sentence(rows, histories or {}, setting)
         if plateau:
@@ -434,6 +452,8 @@ def markdown_report(
                     f"| {METHOD_LABELS.get(t['method'], t['method'])} | {trial} | {seeds} | {acc} |"
                 )
             parts.append("")
+        if tuned_here:
+            parts += out_of_the_box(everything, recipes, setting, entries, second)
     parts += _ablation_markdown(rows)
     if summary:
         parts += ["## Where the time goes", "", _time_table(summary), ""]
@@ -499,9 +519,11 @@ def _meta_markdown(meta: dict[str, Any]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
-def stdout_summary(rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None) -> str:
-    """A compact text table per setting for the terminal."""
-    rows = select_rows(rows, specs)
+def stdout_summary(
+    rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None, meta: dict | None = None
+) -> str:
+    """A compact text table per setting for the terminal (the headline arm, ``meta``'s recipes)."""
+    rows = arm_rows(select_rows(rows, specs), recipes_of_meta(meta), "tuned")
     summary = summarize_runs(rows)
     diffs = paired_differences(rows)
     out = []
@@ -525,9 +547,12 @@ def stdout_summary(rows: Sequence[dict[str, Any]], specs: Iterable[str] | None =
     return "\n".join(out)
 
 
-def report_figures(rows: Sequence[dict[str, Any]], histories: dict[str, Any]) -> dict[str, Any]:
-    """The report's figures by file stem: accuracy, differences, kendall_tau, curves, seconds."""
-    rows = select_rows(rows)
+def report_figures(
+    rows: Sequence[dict[str, Any]], histories: dict[str, Any], meta: dict | None = None
+) -> dict[str, Any]:
+    """The report's figures by file stem: accuracy, differences, kendall_tau, curves, seconds
+    (the headline arm of ``meta``'s recipes)."""
+    rows = arm_rows(select_rows(rows), recipes_of_meta(meta), "tuned")
     summary = summarize_runs(rows)
     diffs = paired_differences(rows)
     settings = _ordered_settings([r for r in rows if r["phase"] == "final"])
@@ -584,22 +609,35 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def write_report(out_dir: str | Path, plots: bool = True) -> None:
     """Rebuild ``summary.csv``, ``differences.csv`` (every family), ``sweep.csv``, ``ablation.csv``
-    (if there are ablation runs), ``results.md`` and the PNGs."""
+    (if there are ablation runs), ``results.md`` and the PNGs; with recipes (``meta.json``), the
+    headline arm's, plus ``summary-defaults.csv``, ``differences-defaults.csv`` and ``tuning.csv``
+    (:mod:`.tuned`); a :data:`SECOND_RUN_SET` beside them marks verdicts that differ there."""
     out_dir = Path(out_dir)
     rows = read_runs(out_dir / "runs.csv")
     if not rows:
         return
     meta_path = out_dir / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
-    chosen = select_rows(rows)
+    recipes = recipes_of_meta(meta)
+    second = second_run_set(out_dir)
+    chosen = headline_rows(rows, recipes)
     _write_csv(out_dir / "summary.csv", summarize_runs(chosen))
-    _write_csv(out_dir / "differences.csv", comparisons(chosen))
+    entries = comparisons(chosen)
+    if recipes is not None:
+        theirs = comparisons(arm_rows(second[0], recipes, "tuned")) if second else None
+        mark_fragile(entries, theirs, second[1] if second else "")
+        everything = select_rows(rows)
+        defaults = arm_rows(everything, recipes, "defaults")
+        _write_csv(out_dir / "summary-defaults.csv", summarize_runs(defaults))
+        _write_csv(out_dir / "differences-defaults.csv", comparisons(defaults))
+        _write_csv(out_dir / "tuning.csv", tuning_comparisons(everything, recipes))
+    _write_csv(out_dir / "differences.csv", entries)
     ablation = ablation_entries(chosen)
     if ablation:
         _write_csv(out_dir / "ablation.csv", ablation)
     _write_csv(out_dir / "sweep.csv", sweep_table(chosen))
     histories = read_histories(out_dir / "histories.csv")
-    (out_dir / "results.md").write_text(markdown_report(rows, meta, histories))
+    (out_dir / "results.md").write_text(markdown_report(rows, meta, histories, second))
     if plots:
-        for stem, fig in report_figures(rows, histories).items():
+        for stem, fig in report_figures(rows, histories, meta).items():
             fig.savefig(out_dir / f"{stem}.png", dpi=110)

@@ -46,6 +46,7 @@ from ..metrics import (
 )
 from ..models import build_model
 from ..training import TrainConfig, TrainingInterrupted, fit, seeded
+from .recipes import Recipes
 from .settings import (
     CONTROL_WEIGHTS,
     METHOD_LABELS,
@@ -412,13 +413,42 @@ def _clock(seconds: float) -> str:
     return f"{m}m{s:02d}s"
 
 
-def plan_counts(setting: Setting, methods: Sequence[str], ws: Workspace | None = None) -> int:
-    """Number of training runs a setting needs (sweep + final; n/a methods excluded)."""
+def arm_params(
+    setting: Setting, method: str, recipes: Recipes | None, defaults: bool = True
+) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
+    """The final runs of ``method`` in ``setting``: ``(params, seeds)`` per arm, headline first.
+
+    Without ``recipes`` (or with the sweep on): the paper defaults (``{}``) on every seed, the
+    protocol before recipes. With them: the method's tuned recipe (canonical, so a recipe equal
+    to the defaults is ``{}``; a method without one runs at ``{}``, "not tuned") on every seed,
+    then, with ``defaults``, its paper defaults on the first ``setting.default_seeds`` seeds,
+    only where they differ from the recipe (same params, same run key: never trained twice).
+    """
+    if recipes is None or setting.sweep:
+        return [({}, tuple(setting.seeds))]
+    tuned = recipes.run_params(setting.name, method)
+    arms: list[tuple[dict[str, Any], tuple[int, ...]]] = [(tuned, tuple(setting.seeds))]
+    if defaults and tuned and setting.default_seeds > 0:
+        arms.append(({}, tuple(setting.seeds[: setting.default_seeds])))
+    return arms
+
+
+def plan_counts(
+    setting: Setting,
+    methods: Sequence[str],
+    ws: Workspace | None = None,
+    recipes: Recipes | None = None,
+    defaults: bool = True,
+) -> int:
+    """Number of training runs a setting needs (sweep + final arms; n/a methods excluded)."""
     runnable = [m for m in methods if ws is None or applicable(m, ws) is None]
     trials = sum(len(sweep_candidates(m)) for m in runnable if m != "ce")
     sweep = trials * len(sweep_seeds(setting.seeds)) if setting.sweep else 0
     # a sweep run is not the same run as a final one (val vs test split), so nothing is shared
-    return sweep + len(runnable) * len(setting.seeds)
+    finals = sum(
+        len(seeds) for m in runnable for _, seeds in arm_params(setting, m, recipes, defaults)
+    )
+    return sweep + finals
 
 
 @dataclass(frozen=True)
@@ -438,12 +468,16 @@ def plan_tasks(
     methods: Sequence[str],
     store: ResultStore,
     ablation: str | None = None,
+    recipes: Recipes | None = None,
+    defaults: bool = True,
 ) -> list[Task]:
     """The runs of every setting in sequential order; records the n/a rows on the way.
 
     Per setting: the sweep's trials (first seeds, validation split), then the chosen trial of
-    every method on every seed, each waiting for its method's trials. With ``ablation`` (a
-    method name): only that method's ablation variants on every seed (:func:`ablation_jobs`).
+    every method on every seed, each waiting for its method's trials. With ``recipes`` (no
+    sweep): every method's arms of :func:`arm_params`, the tuned runs of every method before the
+    paper-default ones. With ``ablation`` (a method name): only that method's ablation variants
+    on every seed (:func:`ablation_jobs`).
     """
     done = store.done()
     tasks: list[Task] = []
@@ -473,10 +507,16 @@ def plan_tasks(
                         tasks.append(Task(i, "sweep", method, seed, params))
                         keys.append(job.key(ws.spec))
                 trials[method] = frozenset(keys)
-        for method in runnable:
-            for seed in setting.seeds:
-                params = None if setting.sweep else {}
-                tasks.append(Task(i, "final", method, seed, params, trials[method]))
+        if setting.sweep:
+            for method in runnable:
+                for seed in setting.seeds:
+                    tasks.append(Task(i, "final", method, seed, None, trials[method]))
+            continue
+        arms = {m: arm_params(setting, m, recipes, defaults) for m in runnable}
+        for arm in range(2):  # the headline (tuned) runs of every method, then the defaults
+            for method in runnable:
+                for params, seeds in arms[method][arm : arm + 1]:
+                    tasks += [Task(i, "final", method, seed, dict(params)) for seed in seeds]
     return tasks
 
 
@@ -505,10 +545,13 @@ def run_settings(
     progress: Progress,
     executor: Any = None,
     ablation: str | None = None,
+    recipes: Recipes | None = None,
+    defaults: bool = True,
 ) -> None:
     """Every run of every workspace's setting that ``store`` does not hold yet.
 
-    With ``ablation`` (a method name), the runs of that method's ablation instead
+    With ``ablation`` (a method name), the runs of that method's ablation instead; with
+    ``recipes``, every method at its tuned recipe and (``defaults``) at its paper defaults
     (:func:`plan_tasks`).
 
     ``executor`` (default :class:`InlineExecutor`) has ``capacity`` (runs at once),
@@ -520,7 +563,7 @@ def run_settings(
     executor = InlineExecutor(workspaces) if executor is None else executor
     rows = store.rows()
     done = {r["key"] for r in rows}
-    pending = plan_tasks(workspaces, methods, store, ablation)
+    pending = plan_tasks(workspaces, methods, store, ablation, recipes, defaults)
     rows = store.rows()  # with the n/a rows
     done |= {r["key"] for r in rows}
     running: dict[int, Job] = {}

@@ -29,6 +29,7 @@ METHODS: tuple[str, ...] = (
     "grkd_kd",
     "rank_soft",
     "rank_listwise",
+    "dist",
 )
 
 METHOD_LABELS: dict[str, str] = {
@@ -42,6 +43,7 @@ METHOD_LABELS: dict[str, str] = {
     "grkd_kd": "GRKD+KD",
     "rank_soft": "Rank-soft",
     "rank_listwise": "Rank-listwise",
+    "dist": "DIST",
 }
 
 #: The published (or our, where a paper is silent) defaults each method runs at, and where they
@@ -65,6 +67,10 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, float], str]] = {
     ),
     "rank_soft": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
     "rank_listwise": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
+    "dist": (
+        {"ce_weight": 1.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0},
+        "DIST paper Sec. 3 and authors' code (docs/dist.md)",
+    ),
 }
 
 #: The combinations train with KD's own CE and KD weights (0.1 CE + 0.9 KD, T = 4) plus their
@@ -92,6 +98,7 @@ CONTROLS: dict[str, str] = {
     "grkd_kd": "kd",
     "rank_soft": "ce",
     "rank_listwise": "ce",
+    "dist": "ce",
 }
 
 #: What a method adds to its control (the report's "differs in" column).
@@ -105,14 +112,16 @@ CONTROL_DIFFERS: dict[str, str] = {
     "grkd_kd": "+ GRKD term",
     "rank_soft": "+ soft pairwise rank term",
     "rank_listwise": "+ listwise rank term",
+    "dist": "+ DIST inter- and intra-class terms",
 }
 
 #: The headline comparison: every method against KD (the strong, simple baseline).
 HEADLINE_BASELINE = "kd"
 
-#: The mission's question: does GRKD beat the other relational methods? (one family, Holm).
+#: The mission's question: does GRKD beat the other relational methods, and DIST, its nearest
+#: published rival (relations among class probabilities)? (one family, Holm).
 MISSION_METHOD = "grkd"
-MISSION_RIVALS: tuple[str, ...] = ("rkd", "rrd", "refilled")
+MISSION_RIVALS: tuple[str, ...] = ("rkd", "rrd", "refilled", "dist")
 
 #: Family-wise error level of the verdicts (Holm over each family of comparisons).
 ALPHA = 0.05
@@ -126,6 +135,7 @@ NEEDS_SHARED_CLASSES: dict[str, str] = {
     "grkd_kd": "ranks and matches the teacher's logits; the teacher has none of the student's classes",
     "rank_soft": "ranks the teacher's logits; the teacher has none of the student's classes",
     "rank_listwise": "ranks the teacher's logits; the teacher has none of the student's classes",
+    "dist": "correlates the teacher's class probabilities; the teacher has none of the student's classes",
 }
 
 #: Methods trained in several stages (REFILLED: embedding, then classifier) and their count.
@@ -166,6 +176,7 @@ def sweep_candidates(method: str) -> list[dict[str, float]]:
         "refilled": {"lambda2": 100.0},
         "rank_soft": {"rank_weight": 1.0},
         "rank_listwise": {"rank_weight": 1.0},
+        "dist": {"beta": 1.0, "gamma": 1.0},
     }[method]
     out: list[dict[str, float]] = []
     for scale in _WEIGHT_SCALES:
@@ -273,6 +284,9 @@ FASHION_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard", "cross-
 ALL_SETTINGS: tuple[str, ...] = (*FASHION_SETTINGS, "full")
 DEFAULT_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard")
 PRESETS: tuple[str, ...] = ("cpu", "quick", "large")
+#: The cpu preset's paper-default runs of the tuned methods: the first 8 transfer seeds (the
+#: tuned runs use all 16; ``docs/benchmark.md`` says why: the main job's time).
+DEFAULT_ARM_SEEDS = 8
 CROSS_TASK_TEACHER_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4)
 CROSS_TASK_STUDENT_CLASSES: tuple[int, ...] = (5, 6, 7, 8, 9)
 
@@ -296,6 +310,10 @@ class Setting:
         sweep: run the hyperparameter sweep (else every method at its defaults).
         curves: evaluate on the run's evaluation split after every epoch (learning curves; does
             not change the training, so it is not part of the fingerprint).
+        default_seeds: with tuned recipes (``bench/recipes.py``), the paper-default runs of every
+            tuned method (the "out of the box" table) train on the first ``default_seeds`` seeds
+            (``0``: none); a method whose recipe is its defaults is never trained twice. Not part
+            of the fingerprint (like ``seeds``).
     """
 
     name: str
@@ -311,11 +329,12 @@ class Setting:
     teacher_epochs: int = 0
     sweep: bool = True
     curves: bool = False
+    default_seeds: int = 0
 
     def fingerprint(self, teacher_id: str) -> str:
         """8 hex digits identifying everything that changes a run's result except method and seed."""
         spec = asdict(self)
-        for k in ("seeds", "sweep", "curves"):
+        for k in ("seeds", "sweep", "curves", "default_seeds"):
             spec.pop(k)
         spec["teacher"] = teacher_id
         # the combinations' weights changed what their runs mean (1 / 1 / 1 before): rows of the
@@ -330,12 +349,15 @@ def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
 
     ``preset="cpu"`` (the main job on a CPU; powered): the whole training pool beside the
     validation split, i.e. 900 images per class (9,000) of the shipped 10,000-image subset after
-    100 per class (1,000) are carved out for validation; every method at its paper defaults (no
-    sweep; ``--sweep`` opts in). Transfer: 50 labels per class + the other 8,500 pool images
-    unlabelled, 5 epochs, 16 paired seeds. Low-data: the 50 labels per class alone, 30 epochs
-    (batch 64), 5 seeds. Standard: the 9,000 images labelled, 20 epochs, 3 seeds, with learning
-    curves. Cross-task (opt-in): classes 5-9 of the pool, 50 labels per class, 5 epochs, 5 seeds,
-    a 6-epoch teacher on classes 0-4.
+    100 per class (1,000) are carved out for validation; every method at its tuned recipe where
+    ``bench/recipes.json`` has one, else at its paper defaults (no sweep; ``--sweep`` opts in).
+    Transfer: 50 labels per class + the other 8,500 pool images unlabelled, 5 epochs, 16 paired
+    seeds, and the paper-default runs of the tuned methods on the first 8 of them
+    (``default_seeds``, the "out of the box" table). Low-data: the 50 labels per class alone,
+    30 epochs (batch 64), 8 seeds. Standard: the 9,000 images labelled, 20 epochs, 3 seeds, with
+    learning curves (the report says what intervals of about one point would cost there).
+    Cross-task (opt-in): classes 5-9 of the pool, 50 labels per class, 5 epochs, 5 seeds, a
+    6-epoch teacher on classes 0-4.
 
     Its time: the epochs were chosen from one calibration run (KD on transfer at this size) and
     the methods' relative costs, so that the default job fits about half an hour on a 2-core CPU
@@ -354,14 +376,14 @@ def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
     30 epochs, 3 seeds; cross-task 15 epochs, 3 seeds.
 
     Fast mode (any preset) shrinks the pool to 150 images per class, the epochs to a few, two
-    seeds, no sweep.
+    seeds (in transfer both also for the tuned methods' paper defaults), no sweep.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if fast:
         common = dict(pool_per_class=150, val_per_class=30, seeds=(0, 1), sweep=False)
         return {
-            "transfer": Setting("transfer", 20, True, epochs=4, **common),
+            "transfer": Setting("transfer", 20, True, epochs=4, default_seeds=2, **common),
             "low-data": Setting("low-data", 20, False, epochs=10, batch_size=64, **common),
             "standard": Setting("standard", None, False, epochs=6, curves=True, **common),
             "cross-task": Setting("cross-task", 20, True, epochs=4, teacher_epochs=2, **common),
@@ -369,11 +391,17 @@ def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
     if preset == "cpu":
         return {
             "transfer": Setting(
-                "transfer", 50, True, epochs=5, seeds=tuple(range(16)), sweep=False
+                "transfer",
+                50,
+                True,
+                epochs=5,
+                seeds=tuple(range(16)),
+                sweep=False,
+                default_seeds=DEFAULT_ARM_SEEDS,
             ),
             "low-data": Setting(
-                "low-data", 50, False, epochs=30, batch_size=64, seeds=tuple(range(5)), sweep=False
-            ),
+                "low-data", 50, False, epochs=30, batch_size=64, seeds=tuple(range(8)), sweep=False
+            ),  # fmt: skip
             "standard": Setting(
                 "standard", None, False, epochs=20, seeds=(0, 1, 2), curves=True, sweep=False
             ),

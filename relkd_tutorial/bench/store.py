@@ -128,6 +128,22 @@ def read_runs(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def latest_specs(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """For each setting, the spec (configuration fingerprint) of its most recently written row."""
+    specs: dict[str, str] = {}
+    for r in rows:
+        specs[r["setting"]] = r["spec"]
+    return specs
+
+
+def select_rows(
+    rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of the given specs (default: the latest spec of each setting)."""
+    keep = set(specs) if specs is not None else set(latest_specs(rows).values())
+    return [r for r in rows if r["spec"] in keep]
+
+
 RESULTS_ENV = "RELKD_RESULTS_DIR"
 
 

@@ -10,9 +10,9 @@ metric:
 - ``"control"``: each method against the run that differs from it in exactly one thing
   (:data:`~relkd_tutorial.bench.settings.CONTROLS`: a relational term alone against CE, ``X + KD``
   against KD, KD against CE);
-- ``"kd"``: every method against KD, the headline (nine comparisons with all ten methods);
+- ``"kd"``: every method against KD, the headline (ten comparisons with all eleven methods);
 - ``"ce"``: every method against CE;
-- ``"mission"``: GRKD against RKD, RRD and REFILLED (the project's question);
+- ``"mission"``: GRKD against RKD, RRD, REFILLED and DIST (the project's question);
 - ``"ablation"``: each variant of an ablated method against its default
   (:data:`~relkd_tutorial.bench.settings.ABLATIONS`).
 
@@ -58,6 +58,7 @@ from .settings import (
 )
 
 FAMILIES: tuple[str, ...] = ("control", "kd", "ce", "mission")
+CONFIDENCE = 0.95
 
 
 def _label(method: str) -> str:
@@ -113,6 +114,62 @@ def _correct(entries: list[dict[str, Any]], alpha: float) -> None:
             e["sentence"] = f"[{what}] " + describe_corrected(
                 e["a_label"], e["b_label"], diff, p_holm, size, unit, digits, alpha
             )
+
+
+#: A verdict is fragile when its Holm-adjusted p-value lies within this factor of the level on
+#: either side (``ALPHA / 5 < p_holm < 5 * ALPHA``: 0.01 to 0.25 at 0.05). Choice: p-values of
+#: replicated runs scatter by about that much (the same 240 runs on another instruction set moved
+#: a Holm p from 0.0023 to 0.087 and another across the level; ``results/README.md``), so a
+#: verdict in that band is one perturbation away from the other side.
+FRAGILE_FACTOR = 5.0
+
+
+def fragile_band(alpha: float = ALPHA, factor: float = FRAGILE_FACTOR) -> tuple[float, float]:
+    """The Holm p-values ``(low, high)`` between which a verdict is fragile."""
+    return alpha / factor, alpha * factor
+
+
+def _key(e: dict[str, Any]) -> tuple[Any, ...]:
+    return (e["setting"], e["family"], e["method"], e["baseline"], e["metric"], e.get("params"))
+
+
+def mark_fragile(
+    entries: list[dict[str, Any]],
+    second: Sequence[dict[str, Any]] | None = None,
+    second_name: str = "the second run set",
+    alpha: float = ALPHA,
+    factor: float = FRAGILE_FACTOR,
+) -> list[dict[str, Any]]:
+    """Mark each entry's verdict fragile, in place: ``e["fragile"]`` says why (``""``: firm).
+
+    Fragile when its Holm-adjusted p-value is inside :func:`fragile_band`, or when ``second``
+    (the entries of a second run set of the same runs, e.g. measured under
+    ``ATEN_CPU_CAPABILITY=avx2``) has the same comparison with another verdict. A fragile entry's
+    ``sentence`` says "fragile" instead of "beats" / "trails", and so do the verdict paragraphs
+    and tables built from it. Returns ``entries``.
+    """
+    low, high = fragile_band(alpha, factor)
+    other = {_key(e): e for e in second or ()}
+    for e in entries:
+        why = []
+        if e["n"] >= 2 and low < e["p_holm"] < high:
+            why.append(f"Holm p within a factor of {factor:g} of {alpha:g}")
+        twin = other.get(_key(e))
+        if twin is not None and twin["claim"] != e["claim"]:
+            why.append(f"{twin['claim']} in {second_name} (Holm p {format_p(twin['p_holm'])})")
+        e["fragile"] = "; ".join(why)
+        if why:
+            unit, digits = _unit(e["metric"])
+            f = f"{{:+.{digits}f}}"
+            what = METRIC_LABELS[e["metric"]].replace(" %", "")
+            e["sentence"] = (
+                f"[{what}] {_label(e['method'])} vs {_label(e['baseline'])}: "
+                f"{f.format(e['mean'])} {unit} ({100 * CONFIDENCE:g}% CI {f.format(e['low'])} to "
+                f"{f.format(e['high'])}, {e['n']} paired seeds; Holm p {format_p(e['p_holm'])} "
+                f"over {e['family_size']}): fragile, claimed neither way ({e['fragile']}; "
+                f"this run set alone: {e['claim']})."
+            )
+    return entries
 
 
 def _entry(setting: str, family: str, metric: str, diff, **extra: Any) -> dict[str, Any]:
@@ -257,9 +314,14 @@ def _short(e: dict[str, Any]) -> str:
 
 
 def _grouped(entries: Sequence[dict[str, Any]], name: Any) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {"beats": [], "trails": [], "within noise": []}
+    groups: dict[str, list[str]] = {"beats": [], "trails": [], "within noise": [], "fragile": []}
     for e in entries:
-        groups[e["claim"]].append(f"{name(e)} ({_short(e)})")
+        if e.get("fragile"):  # :func:`mark_fragile`: never a firm "beats" / "trails"
+            groups["fragile"].append(
+                f"{name(e)} ({_short(e)}; {e['fragile']}; alone: {e['claim']})"
+            )
+        else:
+            groups[e["claim"]].append(f"{name(e)} ({_short(e)})")
     return groups
 
 
@@ -287,6 +349,8 @@ def _family_sentence(
         parts.append(f"{phrases[1]}: {_join(g['trails'])}")
     if g["within noise"]:
         parts.append(f"within noise: {_join(g['within noise'])}")
+    if g["fragile"]:
+        parts.append(f"fragile, claimed neither way: {_join(g['fragile'])}")
     head = (
         f"{size} comparisons, {_seeds_text(entries)} paired seeds, {100 * confidence:g}% paired "
         f"t intervals, Holm-corrected"
@@ -304,14 +368,21 @@ def verdict_paragraph(
     """The verdict of one setting, generated from :func:`comparisons`' entries (no typed number).
 
     Three sentences: against KD (the headline family), against each method's one-thing-different
-    control, and the mission's question (GRKD against RKD, RRD and REFILLED). A method is said to
+    control, and the mission's question (GRKD against RKD, RRD, REFILLED and DIST). A method is said to
     beat or trail only when its Holm-adjusted p-value is at most ``alpha``.
     """
     chosen = [e for e in entries if e["setting"] == setting and e["metric"] == metric]
     what = METRIC_LABELS[metric].replace(" %", "")
+    low, high = fragile_band(alpha)
+    fragile = (
+        f" and it is not fragile: its Holm p is not between {low:g} and {high:g}, and a second "
+        "run set of the same runs, where there is one, gives the same verdict"
+        if any("fragile" in e for e in chosen)
+        else ""
+    )
     out = [
         f"**Verdict ({what}, {setting}; a difference is claimed only where its Holm-adjusted "
-        f"p-value is at most {alpha:g}).**"
+        f"p-value is at most {alpha:g}{fragile}).**"
     ]
     kd = [e for e in chosen if e["family"] == HEADLINE_BASELINE]
     if kd:
@@ -423,6 +494,12 @@ def ablation_paragraph(
     return " ".join(out)
 
 
+def _claim_cell(e: dict[str, Any] | None) -> str:
+    if e is None:
+        return ""
+    return f"fragile ({e['fragile']}; alone: {e['claim']})" if e.get("fragile") else e["claim"]
+
+
 def _cell(e: dict[str, Any] | None) -> str:
     if e is None:
         return ""
@@ -472,7 +549,7 @@ def family_table(
                     format_p(acc["p_holm"]) if acc else "",
                     _cell(tau),
                     format_p(tau["p_holm"]) if tau else "",
-                    acc["claim"] if acc else "",
+                    _claim_cell(acc),
                 ]
             )
             + " |"

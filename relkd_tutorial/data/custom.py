@@ -25,6 +25,7 @@ the [0, 1] scale, as :meth:`ImageSet.pixel_stats`).
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,14 @@ class _Decoder:
             f"image {i} is a {type(image).__name__}; expected a PIL image, a (C, H, W) tensor "
             "(uint8, or float in [0, 1]) or an (H, W[, C]) uint8 array"
         )
+        if isinstance(image, Tensor) and image.is_floating_point() and image.numel():
+            low, high = float(image.min()), float(image.max())
+            if not (0.0 <= low and high <= 1.0):
+                raise ValueError(
+                    f"image {i} is a float tensor with values in [{low:.3g}, {high:.3g}], not "
+                    "[0, 1]: it looks normalised already (a Normalize transform); build the "
+                    "dataset without it, the package normalises the raw pixels itself"
+                )
         try:
             pixels = self.transform(image)
         except (TypeError, ValueError) as err:
@@ -201,6 +210,36 @@ class ImageStream(Dataset):
         )
 
 
+_RANDOM_TRANSFORMS = ("ColorJitter", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix")
+
+
+def _check_transform(transform: Any) -> None:
+    """Refuse a normalising ``dataset.transform``; warn about a random one.
+
+    The images are decoded once into uint8 pixels and normalised by the package: a ``Normalize``
+    in the dataset's transform would be clipped away silently, and a random augmentation would be
+    frozen into an :class:`ImageSet` (and redrawn at every access of an :class:`ImageStream`,
+    pixel statistics included).
+    """
+    if transform is None:
+        return
+    names = [type(t).__name__ for t in getattr(transform, "transforms", [transform])]
+    if "Normalize" in names:
+        raise ValueError(
+            f"the dataset's transform normalises the images ({names}); from_torchvision needs "
+            "the raw images and normalises them itself: build the dataset without Normalize"
+        )
+    random = [n for n in names if n.startswith("Random") or n in _RANDOM_TRANSFORMS]
+    if random:
+        warnings.warn(
+            f"the dataset's transform draws random augmentations {random}: from_torchvision "
+            "decodes each image once, so they would be frozen into the data set (or redrawn on "
+            "every access of an ImageStream); build the dataset without them and augment with "
+            "TensorLoader(augment=True) or ImageStream.with_augmentation()",
+            stacklevel=3,
+        )
+
+
 def from_torchvision(
     dataset: Any,
     *,
@@ -235,6 +274,7 @@ def from_torchvision(
     n = len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty: it holds no images")
+    _check_transform(getattr(dataset, "transform", None))
     max_bytes = check_positive_int("max_bytes", max_bytes)
     decoder = _Decoder(_size_pair(size), channels)
     name = name or type(dataset).__name__

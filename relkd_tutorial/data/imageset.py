@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ class ImageSet:
         if self.images.dim() != 4:
             raise ValueError(f"images must have shape (N, C, H, W), got {tuple(self.images.shape)}")
         n = self.images.shape[0]
+        if self.images.is_meta:
+            raise ValueError("images are on the meta device, which holds no pixels")
         if not isinstance(self.labels, Tensor) or self.labels.dtype != torch.int64:
             raise TypeError(
                 f"labels must be an int64 torch.Tensor of shape ({n},), got "
@@ -63,10 +66,22 @@ class ImageSet:
             )
         if self.labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {tuple(self.labels.shape)}")
+        if self.labels.device != self.images.device:
+            raise ValueError(
+                f"images are on {self.images.device} but labels on {self.labels.device}: keep "
+                "both on one device"
+            )
+        if isinstance(self.class_names, str):
+            raise TypeError(
+                f"class_names must be a list of names, got the string {self.class_names!r}"
+            )
         self.class_names = [str(c) for c in self.class_names]
         k = len(self.class_names)
         if k == 0:
             raise ValueError("class_names must name at least one class")
+        twice = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+        if twice:
+            raise ValueError(f"class_names must be distinct; named more than once: {twice}")
         if n and (int(self.labels.min()) < -1 or int(self.labels.max()) >= k):
             raise ValueError(
                 f"labels must lie in [-1, {k}) for {k} classes, got values in "
@@ -83,6 +98,10 @@ class ImageSet:
                     f"{field} must have one entry per channel ({channels}), got {len(value)}"
                 )
             setattr(self, field, value)
+        for field in ("mean", "std"):
+            value = getattr(self, field)
+            if value is not None and not all(math.isfinite(v) for v in value):
+                raise ValueError(f"{field} must be finite, got {value}")
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.original_classes is not None:

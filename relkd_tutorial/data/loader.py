@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -202,6 +203,15 @@ class TensorLoader:
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
             raise ValueError(
                 f"mean and std need {channels} entries (std > 0), got {mean} and {std}"
+            )
+        if not all(math.isfinite(v) for v in (*mean, *std)):
+            raise ValueError(f"mean and std must be finite, got {mean} and {std}")
+        if len(data) == 0:
+            raise ValueError(f"{data.name} is empty: a loader needs at least one image")
+        if drop_last and len(data) < self.batch_size:
+            raise ValueError(
+                f"drop_last=True with batch_size={self.batch_size} and {len(data)} images in "
+                f"{data.name} yields no batch: use a batch size <= {len(data)} or drop_last=False"
             )
         self.dataset = data
         self.device = torch.device(device) if device is not None else data.images.device

@@ -3,12 +3,14 @@
 - :mod:`.kd`: Hinton KD (pointwise on the class distribution).
 - :mod:`.rkd`: RKD distance and angle potentials on pooled features.
 - :mod:`.grkd`: GRKD, the pairwise ranking loss on the classes.
+- :mod:`.dist`: DIST, Pearson correlations of class probabilities per image and per class.
 - :mod:`.ranking`: the soft pairwise and the listwise (Plackett-Luce) ranking losses.
 - :mod:`.rrd`: RRD, relations of each embedding to a queue of past teacher embeddings.
 - :mod:`.refilled`: REFILLED's triplet relationship matching and local classifier.
 """
 
-# --- KD, RKD, GRKD and the ranking variants ---
+# --- KD, RKD, GRKD, DIST and the ranking variants ---
+from .dist import DISTLoss, dist_inter_loss, dist_intra_loss, dist_loss
 from .grkd import GRKDLoss, grkd_loss
 from .kd import KDLoss, kd_loss
 from .ranking import (
@@ -44,6 +46,11 @@ __all__ = [
     "RKDLoss",
     "rkd_angle_loss",
     "rkd_distance_loss",
+    # DIST
+    "DISTLoss",
+    "dist_inter_loss",
+    "dist_intra_loss",
+    "dist_loss",
     # GRKD and ranking
     "GRKDLoss",
     "ListwiseRankLoss",

@@ -3,7 +3,7 @@
 - :mod:`~relkd_tutorial.methods.base`: :class:`Method` (the seams the loop uses: ``needs_teacher``,
   ``needs_setup``/``setup``, ``stages``/``set_stage``, ``loss_terms``, ``after_step``),
   :class:`StepInputs`, :class:`Stage`, :class:`SetupData`, :class:`CrossEntropy`;
-- :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD and the ranking variants;
+- :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD, the ranking variants and DIST;
 - :mod:`~relkd_tutorial.methods.embedding`: RRD and REFILLED (heads, a queue, stages, a setup pass);
 - :mod:`~relkd_tutorial.methods.compose`: any method + KD (:func:`with_kd`; ``"rrd_kd"``,
   ``"grkd_kd"``, ``"<name>+kd"``);
@@ -22,6 +22,7 @@ from .base import (
 from .compose import RRDKD, GRKDWithKD, WithKD, with_kd
 from .embedding import RRD, Refilled
 from .logit_relation import (
+    DIST,
     GRKD,
     KD,
     RKD,
@@ -35,6 +36,7 @@ from .registry import available_methods, build_method
 
 __all__ = [
     "CrossEntropy",
+    "DIST",
     "GRKD",
     "GRKDWithKD",
     "KD",

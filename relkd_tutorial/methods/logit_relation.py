@@ -1,6 +1,6 @@
-"""Logit and relation methods: KD, RKD, GRKD and the ranking variants.
+"""Logit and relation methods: KD, RKD, GRKD, the ranking variants and DIST.
 
-Losses in :mod:`relkd_tutorial.losses` (``kd``, ``rkd``, ``grkd``, ``ranking``); each method
+Losses in :mod:`relkd_tutorial.losses` (``kd``, ``rkd``, ``grkd``, ``ranking``, ``dist``); each method
 weights them with the supervised cross-entropy and returns the weighted terms
 (:mod:`relkd_tutorial.methods.base`). None of them keeps state from one step to the next.
 """
@@ -14,6 +14,7 @@ from .._checks import (
     check_nonnegative,
     check_positive,
 )
+from ..losses.dist import dist_inter_loss, dist_intra_loss
 from ..losses.grkd import GRKDLoss
 from ..losses.kd import kd_loss
 from ..losses.ranking import ListwiseRankLoss, SoftPairwiseRankLoss
@@ -201,6 +202,42 @@ class ListwiseRank(_RankingMethod):
         self.loss = ListwiseRankLoss(temperature, top_k)
 
 
+class DIST(Method):
+    """DIST: ``ce_weight CE + beta tau^2 L_inter + gamma tau^2 L_intra`` (Huang et al. 2022).
+
+    Pearson correlations of the softened class probabilities, per image (inter-class) and per
+    class across the batch (intra-class); :func:`~relkd_tutorial.losses.dist.dist_loss`. Defaults
+    1 / 1 / 1 with ``tau = 1``: the paper's loss weights and the authors' code's default
+    (``docs/dist.md``). CE on the labelled samples only, the DIST terms on all. A term with weight
+    0 is neither computed nor reported. Terms: ``"ce"``, ``"dist_inter"``, ``"dist_intra"``
+    (each already multiplied by its weight and ``tau^2``).
+    """
+
+    name = "dist"
+    needs_teacher = True
+
+    def __init__(
+        self,
+        ce_weight: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 1.0,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        self.beta = check_nonnegative("beta", beta)
+        self.gamma = check_nonnegative("gamma", gamma)
+        self.temperature = check_positive("temperature", temperature)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        tau = self.temperature
+        terms = self._ce_terms(inputs)
+        _weighted(terms, "dist_inter", self.beta, lambda: dist_inter_loss(z, t, tau))
+        _weighted(terms, "dist_intra", self.gamma, lambda: dist_intra_loss(z, t, tau))
+        return _total(terms, z)
+
+
 _LOGIT_AND_RELATION_METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (KD, RKD, RKDDistance, RKDAngle, GRKD, SoftRank, ListwiseRank)
+    cls.name: cls for cls in (KD, RKD, RKDDistance, RKDAngle, GRKD, SoftRank, ListwiseRank, DIST)
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from .base import CrossEntropy, Method
@@ -25,18 +26,44 @@ def build_method(name: str, **kwargs: object) -> Method:
     """Build a method by its short name (``"ce"``, ``"kd"``, ``"rkd"``, ``"grkd"``, ...).
 
     ``"<name>+kd"`` is any method plus Hinton KD (:class:`~.compose.WithKD`): ``kd_weight`` (1)
-    and ``kd_temperature`` (4) go to the KD term, every other argument to the method.
+    and ``kd_temperature`` (4) go to the KD term, every other argument to the method. An option
+    the method does not have, or a required one left out, is a ``TypeError`` that lists its
+    options.
     """
     registry = _registry()
     base, plus, kd = name.partition("+")
     if plus and kd == "kd" and base in registry:
         kd_kwargs = {k: kwargs.pop(k) for k in ("kd_weight", "kd_temperature") if k in kwargs}
-        return WithKD(registry[base](**kwargs), **kd_kwargs)  # type: ignore[arg-type]
+        return WithKD(_build(base, registry[base], kwargs), **kd_kwargs)  # type: ignore[arg-type]
     if name not in registry:
         raise ValueError(
             f"unknown method {name!r}; choose one of {sorted(registry)}, or '<name>+kd'"
         )
-    return registry[name](**kwargs)
+    return _build(name, registry[name], kwargs)
+
+
+def _build(name: str, builder: Callable[..., Method], kwargs: dict[str, object]) -> Method:
+    """``builder(**kwargs)``, after checking ``kwargs`` against its signature (a class or a
+    builder function): an unknown or a missing option names the method's options."""
+    params = inspect.signature(builder).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        options = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+        unknown = sorted(set(kwargs) - set(options))
+        if unknown:
+            raise TypeError(
+                f"method {name!r} has no option {', '.join(map(repr, unknown))}; its options "
+                f"are {options}"
+            )
+        missing = [
+            n for n, p in params.items()
+            if p.default is inspect.Parameter.empty and n not in kwargs
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]  # fmt: skip
+        if missing:
+            raise TypeError(
+                f"method {name!r} needs the option(s) {missing}; its options are {options}"
+            )
+    return builder(**kwargs)
 
 
 def available_methods() -> list[str]:

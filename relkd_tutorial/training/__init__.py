@@ -9,7 +9,8 @@
 - :mod:`~relkd_tutorial.training.progress`: an epoch's running sums, a mid-epoch state, the bar;
 - :mod:`~relkd_tutorial.training.rng`: seeds and RNG states;
 - :mod:`~relkd_tutorial.training.signals`: stopping cleanly on SIGINT/SIGTERM;
-- :mod:`~relkd_tutorial.training.distributed`: several processes under ``torchrun``.
+- :mod:`~relkd_tutorial.training.distributed`: several processes under ``torchrun``;
+- :mod:`~relkd_tutorial.training.diagnostics`: each loss term's gradient norm and share.
 """
 
 from .checkpoint import (
@@ -20,6 +21,7 @@ from .checkpoint import (
     write_history_csv,
 )
 from .config import TrainConfig, resolve_device
+from .diagnostics import gradient_shares, term_gradient_norms
 from .loop import fit
 from .rng import get_rng_state, seed_everything, seeded, set_rng_state
 from .schedule import build_optimizer, build_scheduler, lr_factor, stage_plan
@@ -35,6 +37,7 @@ __all__ = [
     "evaluate",
     "fit",
     "get_rng_state",
+    "gradient_shares",
     "load_checkpoint",
     "lr_factor",
     "make_step_inputs",
@@ -47,5 +50,6 @@ __all__ = [
     "set_rng_state",
     "stage_plan",
     "student_forward",
+    "term_gradient_norms",
     "write_history_csv",
 ]

@@ -6,7 +6,8 @@
   ``torch.load(..., weights_only=True)``. A checkpoint is never replaced by a worse one: an
   epoch whose loss terms or weights are NaN/inf raises ``FloatingPointError`` before the write,
   and a truncated or corrupt file raises a clear ``ValueError`` on resume (never a silent
-  restart from scratch). The checkpoint it replaces is kept as ``last.previous.pt`` (choice: one
+  restart from scratch), as does one whose entries have the wrong type, whose history does not
+  match its epoch, whose weights are NaN/inf, or whose format is another version's. The checkpoint it replaces is kept as ``last.previous.pt`` (choice: one
   fallback generation, named in the error message if ``last.pt`` cannot be read; the loop never
   switches to it silently).
 - **Exact resume.** Resuming from the checkpoint of epoch ``e`` (e.g. after a crash, even in the
@@ -47,6 +48,8 @@ CHECKPOINT_KEYS = (
 _HARMLESS_ON_RESUME = {
     "resume", "progress", "checkpoint_dir", "history_csv", "log_every", "device", "handle_signals",
 }  # fmt: skip
+# Config fields a resume may change with a warning of its own (schedule.check_resume_plan).
+_CHECKED_ON_RESUME = {"epochs"}
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -110,6 +113,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             it needs to continue.)
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
@@ -126,6 +131,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} is {kind} and cannot be loaded ({type(err).__name__}: "
             f"{_first_words(err)})"
         ) from err
+    found = state.get("format") if isinstance(state, dict) else None
+    if (
+        isinstance(found, str)
+        and found.startswith("relkd_tutorial.checkpoint/")
+        and found != CHECKPOINT_FORMAT
+    ):
+        raise ValueError(
+            f"checkpoint {path} has format {found!r}, which this version of relkd_tutorial "
+            f"does not read (it reads {CHECKPOINT_FORMAT!r}): load it with the version that "
+            "wrote it"
+        )
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})"
@@ -150,6 +166,38 @@ def _check_training_state(state: dict[str, Any], path: Path) -> None:
         missing += [k for k in ("partial", "epoch_rng") if k not in state]
     if missing:
         raise ValueError(f"checkpoint {path} is damaged: it lacks the entries {missing}")
+    wrong = [
+        f"{key} is {type(state[key]).__name__}"
+        for key, kind in _ENTRY_TYPES.items()
+        if key in state and (not isinstance(state[key], kind) or isinstance(state[key], bool))
+    ]
+    if not wrong:
+        epoch, step, history = state["epoch"], int(state.get("step", 0)), state["history"]
+        if epoch < 0 or step < 0:
+            wrong.append(f"epoch {epoch} and step {step} must be >= 0")
+        elif len(history) != epoch or not all(isinstance(r, dict) for r in history):
+            wrong.append(f"history holds {len(history)} records for {epoch} epochs")
+    if wrong:
+        raise ValueError(f"checkpoint {path} is damaged: {'; '.join(wrong)}")
+    bad = [
+        f"{part}.{name}"
+        for part in ("model", "method")
+        for name, t in state[part].items()
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(t.isfinite().all())
+    ]
+    if bad:  # once per resume: a run continued from NaN weights would fail an epoch later
+        raise ValueError(
+            f"checkpoint {path} holds NaN or inf weights ({', '.join(bad[:5])}); it cannot be "
+            "continued"
+        )
+
+
+# The type every entry of a training checkpoint must have (a damaged or hand-edited file is
+# refused by name instead of failing somewhere in the loop).
+_ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "step": int, "stage": str, "model": dict, "method": dict, "optimizer": dict,
+    "scheduler": dict, "scaler": dict, "rng": dict, "history": list, "config": dict,
+}  # fmt: skip
 
 
 def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> None:
@@ -235,6 +283,15 @@ def _write_checkpoint(
 
 
 def _checkpoint_path(config: TrainConfig) -> Path | None:
+    """Where the run's checkpoint goes; a path that cannot be written is refused before training."""
+    for name, want_dir in (("checkpoint_dir", True), ("history_csv", False)):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if want_dir and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"checkpoint_dir {value!r} is a file, not a directory")
+        if not want_dir and Path(value).is_dir():
+            raise ValueError(f"history_csv {value!r} is a directory; name a .csv file in it")
     return None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / CHECKPOINT_NAME
 
 
@@ -264,13 +321,13 @@ def _resume_state(config: TrainConfig, ckpt_path: Path | None) -> dict[str, Any]
     saved = state.get("config", {})
     differ = sorted(
         k for k, v in asdict(config).items()
-        if k not in _HARMLESS_ON_RESUME and k in saved and _normal(saved[k]) != _normal(v)
+        if k not in _HARMLESS_ON_RESUME | _CHECKED_ON_RESUME and k in saved and _normal(saved[k]) != _normal(v)
     )  # fmt: skip
     if differ:
         warnings.warn(
             f"resuming from {path} with a different config ({', '.join(differ)}); the run will "
             "not match an uninterrupted one",
-            stacklevel=3,
+            stacklevel=4,  # _resume_state < _Run.start_run < fit < the caller
         )
     return state
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -39,6 +42,10 @@ class TrainConfig:
         checkpoint_dir: where ``last.pt`` is written after every epoch (``None`` = no checkpoint).
         resume: ``True`` continues from ``checkpoint_dir/last.pt`` if it exists (else starts
             fresh); a path continues from that file (which must exist); ``False`` starts fresh.
+            With more ``epochs`` than the checkpoint's run, the remaining epochs follow the
+            schedule of a straight run of the new length (with a warning); fewer epochs than
+            trained, or a moved stage boundary, are refused
+            (:func:`~relkd_tutorial.training.schedule.check_resume_plan`).
         history_csv: write the per-epoch history to this CSV file after every epoch.
         progress: show ``tqdm`` progress bars (always quiet when the ``CI`` env var is set).
         log_every: refresh the progress bar's running loss terms every this many steps (each
@@ -53,7 +60,10 @@ class TrainConfig:
             ``SyncBatchNorm`` (statistics of the global batch; CUDA only). Ignored in one process.
 
     Paths (``checkpoint_dir``, ``history_csv``, ``resume``) may be ``str`` or ``os.PathLike``;
-    they are stored as ``str``.
+    they are stored as ``str``. Numbers must be finite and of the right kind (an int for counts
+    and the seed, a real number for rates; numpy scalars are stored as Python numbers so that
+    checkpoints load with ``weights_only=True``), and switches must be ``bool`` (the string
+    ``"False"`` would be true): anything else is refused with a message naming the field.
     """
 
     epochs: int = 10
@@ -97,18 +107,35 @@ class TrainConfig:
         if not isinstance(self.resume, (bool, str)):
             raise TypeError(f"resume must be a bool or a checkpoint path, got {self.resume!r}")
         _check_plain("extra", self.extra)
+        for name in ("nesterov", "channels_last", "compile", "progress", "handle_signals",
+                     "sync_batchnorm"):  # fmt: skip
+            # a string such as "False" (from a command line) would silently mean True
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            setattr(self, name, bool(getattr(self, name)))
         choose("optimizer", ("sgd", "adamw"))
         choose("schedule", ("constant", "step", "cosine"))
         choose("amp", ("off", "bf16", "fp16"))
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+        # plain Python numbers: a numpy scalar in the saved config would make the checkpoint
+        # unloadable with weights_only=True
+        self.epochs = _integer("epochs", self.epochs)
+        if self.epochs < 1:
             raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
+        self.lr = _finite("lr", self.lr)
         if not (self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr}")
+        self.momentum = _finite("momentum", self.momentum)
+        self.weight_decay = _finite("weight_decay", self.weight_decay)
         if self.momentum < 0 or self.weight_decay < 0:
             raise ValueError("momentum and weight_decay must be >= 0")
         if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
             raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
-        self.milestones = tuple(float(m) for m in self.milestones)
+        if isinstance(self.milestones, (str, bytes)) or not hasattr(self.milestones, "__iter__"):
+            raise TypeError(
+                f"milestones must be a sequence of fractions of a stage, e.g. (0.5, 0.75), got "
+                f"{self.milestones!r}"
+            )
+        self.milestones = tuple(_finite("milestones", m) for m in self.milestones)
         if any(not (0 < m < 1) for m in self.milestones) or list(self.milestones) != sorted(
             self.milestones
         ):
@@ -116,14 +143,46 @@ class TrainConfig:
                 f"milestones are increasing fractions of a stage's epochs in (0, 1), got "
                 f"{self.milestones}"
             )
+        self.gamma = _finite("gamma", self.gamma)
         if not (0 < self.gamma <= 1):
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs)
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.grad_clip is not None and not (self.grad_clip > 0):
-            raise ValueError(f"grad_clip must be None or positive, got {self.grad_clip}")
+        if self.grad_clip is not None:
+            self.grad_clip = _finite("grad_clip", self.grad_clip)
+            if not (self.grad_clip > 0):
+                raise ValueError(f"grad_clip must be None or positive, got {self.grad_clip}")
+        self.log_every = _integer("log_every", self.log_every)
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if self.seed is not None:
+            self.seed = _integer("seed", self.seed)
+            if self.seed < 0:
+                raise ValueError(f"seed must be None or an int >= 0, got {self.seed}")
+        if not isinstance(self.device, (str, torch.device)):
+            raise TypeError(f"device must be a str or torch.device, got {self.device!r}")
+        if isinstance(self.device, torch.device):
+            self.device = str(self.device)  # a plain value in the saved config
+        for name in ("checkpoint_dir", "history_csv"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be None or a path, got {getattr(self, name)!r}")
+
+
+def _finite(name: str, value: Any) -> float:
+    """A finite real number as a Python float (NaN, inf, strings, tensors and bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def _integer(name: str, value: Any) -> int:
+    """An int (numpy integers accepted) as a Python int; floats, bools and strings refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
 
 
 def _check_plain(name: str, value: Any) -> None:
@@ -148,8 +207,6 @@ def _check_plain(name: str, value: Any) -> None:
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` -> cuda if available, else mps if available, else cpu; otherwise as given."""
-    if isinstance(name, torch.device):
-        return name
     if name is None or name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -157,10 +214,21 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = name if isinstance(name, torch.device) else torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device {name!r} is not a torch device ({err})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'"
+        )
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError(f"device {name!r} requested but MPS is not available; use 'auto' or 'cpu'")
+    if device.type == "meta":
+        raise ValueError(
+            "device 'meta' holds no data, so nothing can be trained or evaluated on it; use "
+            "'auto', 'cpu' or 'cuda'"
         )
     return device
 

@@ -21,7 +21,9 @@ terms and the accuracy are summed on the device and read once per progress-bar r
 before a checkpoint is replaced (:mod:`~relkd_tutorial.training.progress`). The losses' own value
 checks (NaN/Inf, label ranges: a host read each) run on the run's first step only
 (:func:`relkd_tutorial.set_input_checks`: ``(True, every_step=True)`` on every step, ``(False)``
-never).
+never). The first step of every epoch also reads whether its images are finite
+(:func:`~relkd_tutorial.training.steps.check_first_batch`: a NaN pixel is named as the data's
+fault, not the network's).
 
 The plumbing is called from :func:`fit`, not woven into it (:mod:`~relkd_tutorial.training.run`):
 the device, resuming from a checkpoint (even mid-epoch, bit-exactly), stopping on SIGINT/SIGTERM
@@ -44,7 +46,7 @@ module that makes them: :mod:`~relkd_tutorial.training.config` (``TrainConfig``,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -60,7 +62,7 @@ from .progress import RESERVED_KEYS  # noqa: F401 - the history's own columns, r
 from .run import _Run
 from .schedule import build_optimizer, build_scheduler, trainable_parameters
 from .signals import StopSignals
-from .steps import _evaluate_all_ranks, make_step_inputs, student_forward
+from .steps import _evaluate_all_ranks, check_first_batch, make_step_inputs, student_forward
 
 
 def fit(
@@ -72,6 +74,7 @@ def fit(
     teacher: nn.Module | TeacherCache | None = None,
     eval_loader: Iterable[object] | None = None,
     setup_loader: Iterable[object] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``student`` with ``method``; return the per-epoch history.
 
@@ -101,6 +104,9 @@ def fit(
             under ``torchrun`` unsharded (every rank evaluates all) or sharded (counts summed).
         setup_loader: the un-augmented training set, for ``method.needs_setup`` (optional if
             ``teacher`` is a cache); under ``torchrun`` every rank makes the whole pass.
+        on_epoch: called with each epoch's record once it is recorded and saved (on every rank
+            under ``torchrun``); an exception it raises stops the training and propagates (e.g.
+            a tuner pruning a weak trial, :mod:`relkd_tutorial.bench.tune`).
 
     Returns:
         One record per epoch: ``epoch`` (1-based), ``stage``, ``lr``, the epoch mean of every
@@ -136,8 +142,10 @@ def fit(
                 progress = None
                 desc = f"epoch {epoch + 1}/{config.epochs} [{stage.name}]"
                 with run.bar(train_loader, meter, desc) as bar:
-                    for item in batches:
+                    for i, item in enumerate(batches):
                         batch = as_batch(item, run.device)
+                        if i == 0:
+                            check_first_batch(batch.x, epoch)  # finite pixels: one read an epoch
                         features, logits = student_forward(
                             run.model, batch.x, channels_last=config.channels_last,
                             autocast_dtype=run.dtype,
@@ -176,7 +184,7 @@ def fit(
                     result = _evaluate_all_ranks(student, eval_loader, run.device, config)
                     record["eval_loss"], record["eval_acc"] = result["loss"], result["acc"]
                 record["seconds"] = time.perf_counter() - tic
-                run.end_epoch(parts, record, epoch, stop)  # the checkpoint, the CSV, a signal
+                run.end_epoch(parts, record, epoch, stop, on_epoch)  # checkpoint, CSV, signal
     return run.finish()
 
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..methods import StepInputs
+from ..methods import Method, StepInputs
 from .distributed import all_gather_objects
 from .rng import _rank_state
 from .steps import _check_finite_state, _finite, to_host
@@ -80,10 +81,11 @@ class _EpochProgress:
         values = to_host(torch.stack(list(self.sums.values())))
         return {k: f"{v / self.counts[k]:.4g}" for k, v in zip(self.sums, values, strict=True)}
 
-    def means(self, epoch: int, *modules: nn.Module) -> dict[str, float]:
+    def means(self, epoch: int, student: nn.Module, method: Method) -> dict[str, float]:
         """The epoch's record: the mean of every term and ``train_acc`` (NaN if nothing was
-        labelled), in one host read that also checks that the terms and ``modules``' weights are
-        finite: a ``FloatingPointError`` before anything replaces a checkpoint."""
+        labelled, with a warning if ``method`` learns from labels only), in one host read that
+        also checks that the terms and the weights of ``student`` and ``method`` are finite: a
+        ``FloatingPointError`` before anything replaces a checkpoint."""
         if self.steps == 0:
             raise ValueError("the training loader yielded no batch")
         clash = set(self.sums) & set(RESERVED_KEYS)
@@ -91,7 +93,7 @@ class _EpochProgress:
             raise ValueError(
                 f"loss term names {sorted(clash)} clash with history columns; rename them"
             )
-        finite = _finite(*modules).to(self.correct.device)
+        finite = _finite(student, method).to(self.correct.device)
         tail = torch.stack([self.correct, self.labelled, finite]).double()
         sums = torch.stack(list(self.sums.values())).double()  # float32 sums: exact in float64
         *sums, correct, labelled, finite = to_host(torch.cat([sums, tail]))
@@ -103,8 +105,14 @@ class _EpochProgress:
                 "amp='off' (the last good checkpoint was not replaced)"
             )
         if not finite:
-            _check_finite_state(epoch, *modules)  # names the tensor and raises
+            _check_finite_state(epoch, student, method)  # names the tensor and raises
         means["train_acc"] = int(correct) / int(labelled) if labelled else float("nan")
+        if not labelled and not method.needs_teacher:
+            warnings.warn(
+                f"epoch {epoch + 1}: no training sample was labelled (every label is -1), so "
+                f"{type(method).__name__} had nothing to learn from",
+                stacklevel=3,  # means < fit < the caller
+            )
         return means
 
     def checkpoint_entries(self) -> dict[str, Any]:

@@ -3,14 +3,15 @@
 :class:`_Run` is what ``fit`` sets up once and consults at each stage, epoch and step:
 
 - :meth:`_Run.start_run`: the checks of the method and the teacher, the device (one per process under
-  ``torchrun``), the checkpoint to resume from, the seeds, the networks on the device (DDP,
+  ``torchrun``), the checkpoint to resume from (and a resume plan with other epochs), the
+  networks' data (none on the meta device), the seeds, the networks on the device (DDP,
   ``torch.compile``), the grad scaler and a method's setup pass;
 - :meth:`_Run.enter_stage` / :meth:`_Run.resume_optimizer`: a stage's entry, replayed exactly
   when resuming (:mod:`~relkd_tutorial.training.checkpoint`);
 - :meth:`_Run.epoch_batches`: an epoch's batches (``set_epoch``; a mid-epoch resume re-creates
   and skips the steps already done, :mod:`~relkd_tutorial.training.progress`);
-- :meth:`_Run.stop_mid_epoch` / :meth:`_Run.end_epoch`: the checkpoint and history files, and
-  stopping on a signal (:mod:`~relkd_tutorial.training.signals`);
+- :meth:`_Run.stop_mid_epoch` / :meth:`_Run.end_epoch`: the checkpoint and history files, a
+  caller's ``on_epoch`` (a tuner's report), and stopping on a signal (:mod:`~relkd_tutorial.training.signals`);
 - :meth:`_Run.finish`: a run resumed from a checkpoint of its last epoch only loads that state.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,9 @@ from .distributed import (
 from .distributed import barrier as _barrier
 from .progress import _EpochProgress, _progress_enabled, _summary
 from .rng import _rank_state, get_rng_state, seed_everything, set_rng_state
-from .schedule import StagePlan, stage_plan
+from .schedule import StagePlan, check_resume_plan, restore_schedule, stage_plan
 from .signals import StopSignals, TrainingInterrupted, _interrupted
-from .steps import _check_finite_state, _run_setup
+from .steps import _check_finite_state, _run_setup, check_models_have_data
 
 
 @dataclass
@@ -107,6 +108,8 @@ class _Run:
         dtype = _autocast_dtype(config.amp, device)
         ckpt_path = _checkpoint_path(config)
         resume_state = _resume_state(config, ckpt_path)
+        check_resume_plan(method.stages(), config, resume_state)  # a resume with other epochs
+        check_models_have_data(student=student, teacher=teacher, method=method)
         if config.seed is not None:
             # Each rank its own stream (dropout masks of different samples stay independent); data
             # order and augmentation come from the loader's (seed, epoch), the same on every rank.
@@ -183,7 +186,7 @@ class _Run:
         if self._mid_stage:
             assert self.resume_state is not None
             optimizer.load_state_dict(self.resume_state["optimizer"])
-            scheduler.load_state_dict(self.resume_state["scheduler"])
+            restore_schedule(scheduler, self.resume_state["scheduler"])
         self.resume_state = None
 
     def epoch_batches(
@@ -243,9 +246,15 @@ class _Run:
         return _interrupted(stop.signum, self.ckpt_path, epoch, meter.steps)
 
     def end_epoch(
-        self, parts: _RunParts, record: dict[str, Any], epoch: int, stop: StopSignals
+        self,
+        parts: _RunParts,
+        record: dict[str, Any],
+        epoch: int,
+        stop: StopSignals,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """Record the epoch, write the checkpoint and the history CSV; stop if a signal came."""
+        """Record the epoch, write the checkpoint and the history CSV, call ``on_epoch`` (an
+        exception it raises stops the run); stop if a signal came."""
         self.history.append(record)
         if self.show:
             tqdm.write(_summary(record))
@@ -253,6 +262,8 @@ class _Run:
             _write_checkpoint(self.ckpt_path, parts, self.history, self.config, epoch + 1)
         if self.config.history_csv is not None and self.rank == 0:
             write_history_csv(self.history, self.config.history_csv)
+        if on_epoch is not None:
+            on_epoch(record)
         if self.stop_requested(stop):
             _barrier()
             raise _interrupted(stop.signum, self.ckpt_path, epoch + 1, 0)

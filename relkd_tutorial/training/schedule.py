@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -124,4 +125,88 @@ def build_scheduler(
     """``LambdaLR`` over :func:`lr_factor`, stepped once per epoch."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: lr_factor(config, epoch, stage_epochs)
+    )
+
+
+def restore_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict[str, Any]) -> None:
+    """Load a saved schedule and set every group's rate from *this* run's :func:`lr_factor`.
+
+    The optimizer's saved rate is the one the saved run's schedule chose for the next epoch; a run
+    resumed with more epochs has another schedule (``lr_factor`` of the new stage length), so the
+    rate is recomputed: ``lr = base_lr * factor(last_epoch)``, exactly what ``LambdaLR`` computes
+    (with an unchanged config, the saved rate bit for bit).
+    """
+    scheduler.load_state_dict(state)
+    groups = scheduler.optimizer.param_groups
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() reports
+
+
+def check_resume_plan(
+    stages: Sequence[Any], config: TrainConfig, state: dict[str, Any] | None
+) -> None:
+    """Refuse, or announce, a resume whose ``epochs`` differ from the checkpoint's run.
+
+    Choice: a run may be continued with another number of epochs when the stages trained so far
+    keep their place (always, for a one-stage method). From the checkpoint on, every epoch gets
+    the rate a straight run of the new length gives it (:func:`restore_schedule`): a 2-epoch
+    cosine run continued to 4 epochs trains epochs 3 and 4 at ``lr_factor(2, 4)`` and
+    ``lr_factor(3, 4)``, as a straight 4-epoch run does (its first 2 epochs followed the 2-epoch
+    schedule, so the weights differ from the straight run's; a warning says so).
+
+    Raises:
+        ValueError: the checkpoint has trained more epochs than ``config.epochs``, or the new
+            length moves a stage boundary the checkpoint has passed (a multi-stage method).
+    """
+    saved = state.get("config", {}).get("epochs") if state is not None else None
+    if state is None or not isinstance(saved, int) or saved == config.epochs:
+        return
+    done, step = int(state["epoch"]), int(state.get("step", 0))
+    where = f"epoch {done}" + (f" and step {step} of epoch {done + 1}" if step else "")
+    if done + (step > 0) > config.epochs:
+        raise ValueError(
+            f"the checkpoint was written after {where} of a {saved}-epoch run, past "
+            f"epochs={config.epochs}: resume with epochs >= {done + (step > 0)}, or start afresh "
+            "(resume=False)"
+        )
+    old, new = stage_plan(stages, saved), stage_plan(stages, config.epochs)
+
+    def started(plan: list[StagePlan]) -> list[StagePlan]:
+        return [s for s in plan if s.first < done or (s.first == done and step > 0)]
+
+    a, b = started(old), started(new)
+    same = [(s.name, s.first) for s in a] == [(s.name, s.first) for s in b] and all(
+        x.epochs == y.epochs for x, y in zip(a[:-1], b[:-1], strict=False)
+    )
+    if not same:
+        shown = ", ".join
+        raise ValueError(
+            f"cannot continue the checkpoint ({where} of a {saved}-epoch run) as a "
+            f"{config.epochs}-epoch run: the method's stages split {saved} epochs as "
+            f"[{shown(f'{s.name}: {s.epochs}' for s in old)}] and {config.epochs} as "
+            f"[{shown(f'{s.name}: {s.epochs}' for s in new)}], which moves a stage boundary the "
+            f"checkpoint has passed; resume with epochs={saved}, or start afresh (resume=False)"
+        )
+    rest = (
+        f"epochs {done + 1}..{config.epochs} get the learning rates of a straight "
+        f"{config.epochs}-epoch run ({config.schedule} schedule over each stage's new length)"
+        if done < config.epochs or step
+        else "nothing is left to train"
+    )
+    same_rates = all(
+        lr_factor(config, e - x.first, x.epochs) == lr_factor(config, e - y.first, y.epochs)
+        for x, y in zip(a, b, strict=True)
+        for e in range(x.first, min(done + (step > 0), x.end))
+    )
+    past = (
+        f"the epochs already trained had the same rates, so the run is a straight "
+        f"{config.epochs}-epoch run"
+        if same_rates
+        else f"the epochs already trained followed the {saved}-epoch schedule, so the weights "
+        f"will not equal those of a straight {config.epochs}-epoch run"
+    )
+    warnings.warn(
+        f"resuming a {saved}-epoch run as a {config.epochs}-epoch run from {where}: {rest}; {past}",
+        stacklevel=4,  # check_resume_plan < _Run.start_run < fit < the caller
     )

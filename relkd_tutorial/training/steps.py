@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -62,7 +63,25 @@ def make_step_inputs(
 
     The network outputs are cast to float32 if they are narrower (bf16/fp16 under autocast);
     float64 outputs stay float64.
+
+    Raises:
+        ValueError: the student has fewer than 2 outputs (a shape check; no device sync): the
+            cross-entropy and softmax of one class are constant, so nothing would be learnt.
     """
+    if logits.dim() == 2 and logits.shape[1] < 2:
+        raise ValueError(
+            f"the student returns {logits.shape[1]} logit per sample (logits of shape "
+            f"{tuple(logits.shape)}): a softmax over one class is always 1 and its cross-entropy "
+            "0, so nothing would be learnt; build it with num_classes >= 2 (a data set needs at "
+            "least two classes)"
+        )
+    if torch.is_grad_enabled() and logits.requires_grad and not features.requires_grad:
+        warnings.warn(
+            "the student's features do not require grad (detached, or computed under no_grad) "
+            "while its logits do: a loss on the features (RKD, RRD, REFILLED, ...) cannot "
+            "train the student; return the features without .detach()",
+            stacklevel=3,
+        )
     return StepInputs(
         student_features=_at_least_float32(features),  # (B, D_S)
         student_logits=_at_least_float32(logits),  # (B, C_S)
@@ -214,3 +233,34 @@ def _check_finite_state(epoch: int, *modules: nn.Module) -> None:
                     "the epoch; try a lower lr, grad_clip or amp='off' (the last good checkpoint "
                     "was not replaced)"
                 )
+
+
+def check_models_have_data(**modules: object) -> None:
+    """Refuse a module whose parameters or buffers are on the meta device (no data to train).
+
+    A model built under ``torch.device("meta")`` (or with ``device="meta"``) only has shapes;
+    moving it with ``.to()`` fails deep inside PyTorch. Metadata only, no device sync.
+    """
+    for name, module in modules.items():
+        if not isinstance(module, nn.Module):
+            continue
+        meta = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+        if meta:
+            raise ValueError(
+                f"the {name}'s tensors {meta[:3]} are on the meta device and hold no values: "
+                f"materialise the {name} first (module.to_empty(device='cpu') and initialise or "
+                "load its weights), or build it without device='meta'"
+            )
+
+
+def check_first_batch(x: Tensor, epoch: int) -> None:
+    """Once per epoch, the first batch's images must be finite (one device sync).
+
+    Otherwise every loss would report NaN logits or features, naming the network rather than the
+    data (a NaN pixel, or a normalisation by a zero std, in a hand-made data set).
+    """
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"the first training batch of epoch {epoch + 1} has NaN or Inf pixel values in its "
+            "images x: check the data set and its normalisation (a std of 0, a division by 0)"
+        )

@@ -20,6 +20,7 @@ Everything a sentence says is computed here or in the report; the sentences are 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..bench.recipes import Recipes, recipes_of_meta
 from ..bench.settings import (
     ABLATION_SETTING,
     DEFAULT_SETTINGS,
@@ -39,6 +41,7 @@ from ..bench.settings import (
     ablation_variants,
 )
 from ..bench.store import read_runs
+from ..bench.tuned import arm_rows
 from ..bench.workspace import build_workspace
 from ..stats import format_p
 from .prose import Sentence, say
@@ -129,10 +132,18 @@ def _rows(folder: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
     return read_runs(folder / "runs.csv"), folder / "runs.csv"
 
 
+def folder_recipes(folder: str | Path) -> Recipes | None:
+    """The recipes a results folder's runs used (its ``meta.json``; ``None``: every method at its
+    paper defaults, as before recipes existed)."""
+    meta = Path(folder) / "meta.json"
+    return recipes_of_meta(json.loads(meta.read_text()) if meta.is_file() else None)
+
+
 def committed_results(
     results_dir: str | Path | None = None,
     settings: Sequence[str] = DEFAULT_SETTINGS,
     preset: str | None = None,
+    arm: str = "tuned",
 ) -> dict[str, CommittedSetting]:
     """The committed final runs of each of ``settings`` at the current protocol's spec.
 
@@ -140,9 +151,13 @@ def committed_results(
         results_dir: the results folder (default :func:`find_results_dir`).
         settings: Fashion-MNIST settings (not ``"cross-task"``, whose spec needs its teacher).
         preset: the benchmark preset (default: the benchmark's default on a CPU).
+        arm: ``"tuned"`` (the headline: each method at its recipe, or at its defaults where it
+            has none) or ``"defaults"`` (the paper defaults; :func:`~relkd_tutorial.bench.tuned.
+            arm_rows`). A folder written before recipes has one arm, the same for both.
     """
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     rows, source = _rows(folder)
+    rows = arm_rows(rows, folder_recipes(folder), arm)
     out = {}
     for name in settings:
         if name == "cross-task":

@@ -30,10 +30,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..bench.recipes import recipes_of_meta
 from ..bench.report import select_rows
 from ..bench.settings import METHOD_LABELS, SWEEP_SEEDS, describe_params
 from ..bench.store import read_runs
-from ..bench.verdict import comparisons, precision_sentence, verdict_paragraph
+from ..bench.tuned import (
+    arm_rows,
+    headline_rows,
+    out_of_the_box,
+    precision_cost_sentence,
+    second_run_set,
+)
+from ..bench.verdict import comparisons, mark_fragile, precision_sentence, verdict_paragraph
 from ..stats import paired_difference
 
 BLOCK = re.compile(
@@ -96,6 +104,8 @@ def _interval(d: dict[str, Any] | None, digits: int = 1) -> str:
     if d["n"] < 2:
         return f"{d['mean']:+.{digits}f} (one seed)"
     text = f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+    if d.get("fragile"):  # bench.verdict.mark_fragile: never bold
+        return f"{text} (fragile)"
     return text if d["within_noise"] else f"**{text}**"
 
 
@@ -127,6 +137,8 @@ def _verdicts(diffs, setting: str, baseline: str, digits: int = 2) -> str:
         return f"no paired difference against {_label(baseline)}"
     if all(d["n"] < 2 for d in mine):
         return "one seed, so no interval and no claim either way"
+    fragile = [_label(d["method"]) for d in mine if d.get("fragile")]
+    mine = [d for d in mine if not d.get("fragile")]
     beats = [f"{_label(d['method'])} ({_ci(d, digits)})" for d in mine
              if not d["within_noise"] and d["mean"] > 0]  # fmt: skip
     trails = [_label(d["method"]) for d in mine if not d["within_noise"] and d["mean"] < 0]
@@ -136,6 +148,8 @@ def _verdicts(diffs, setting: str, baseline: str, digits: int = 2) -> str:
         f"trails it: {_join(trails) if trails else 'none'}",
         f"within noise: {_join(noise) if noise else 'none'}",
     ]
+    if fragile:
+        parts.append(f"fragile, claimed neither way: {_join(fragile)}")
     return "; ".join(parts)
 
 
@@ -156,6 +170,10 @@ def render_main(folder: Path, link: str) -> str:
     diffs = _read_csv(folder / "differences.csv")
     if not summary:
         raise ValueError(f"{folder / 'summary.csv'} has no rows")
+    meta_path = folder / "meta.json"
+    recipes = recipes_of_meta(json.loads(meta_path.read_text()) if meta_path.is_file() else None)
+    if recipes is not None:
+        return render_tuned(folder, link, summary, diffs, recipes)
     settings = list(dict.fromkeys(e["setting"] for e in summary))
     head = settings[0]
     rows = [e for e in summary if e["setting"] == head and e["status"] == "ok"]
@@ -192,6 +210,69 @@ def render_main(folder: Path, link: str) -> str:
             f"- The teacher's class ranking transfers best with {_label(best['method'])} "
             f"(mean Kendall tau {best['kendall_tau_mean']:.3f}; {ref})."
         )
+    for s in settings[1:]:
+        lines.append(
+            f"- {s} ({_seeds(summary, s)} seed{'s' if _seeds(summary, s) != 1 else ''}), top-1 "
+            f"against KD (Holm over the family): {_verdicts(diffs, s, 'kd')}."
+        )
+    timing = _time_line(folder)
+    if timing:
+        lines.append(timing)
+    return "\n".join(lines).rstrip()
+
+
+def render_tuned(
+    folder: Path, link: str, summary: list[dict[str, Any]], diffs: list[dict[str, Any]], recipes
+) -> str:
+    """The main block of a folder run under recipes: tuned against tuned first, then the defaults.
+
+    The headline setting's table (each method at its recipe, or "not tuned"), its verdict with
+    fragile verdicts marked (:func:`~relkd_tutorial.bench.verdict.mark_fragile`, with the
+    folder's second run set where there is one), the out-of-the-box table and what tuning does
+    to the comparison (:func:`~relkd_tutorial.bench.tuned.out_of_the_box`), the recipes' flags,
+    then one line per other setting.
+    """
+    rows = read_runs(folder / "runs.csv")
+    second = second_run_set(folder)
+    entries = comparisons(headline_rows(rows, recipes))
+    theirs = comparisons(arm_rows(second[0], recipes, "tuned")) if second else None
+    mark_fragile(entries, theirs, second[1] if second else "")
+    settings = list(dict.fromkeys(e["setting"] for e in summary))
+    head = settings[0]
+    mine = [e for e in summary if e["setting"] == head and e["status"] == "ok"]
+    lines = [
+        f"**What the committed run says: tuned against tuned** ({head}, {_seeds(summary, head)} "
+        f"paired seeds; settings in the committed run: {', '.join(settings)}; every number is in "
+        f"[`{link}/results.md`]({link}/results.md)). Each method at the recipe its tuning chose on "
+        'the validation split (*recipe*; "not tuned": at its paper defaults). Top-1 and Kendall '
+        "tau: mean ± sample standard deviation over seeds. Δ: the paired difference in top-1 "
+        "points with its 95% paired t interval, **bold** where the difference survives Holm's "
+        "correction over its family (every method against CE; every method against KD) and is "
+        "not fragile.",
+        "",
+        "| method | recipe | top-1 % | Δ vs CE | Δ vs KD | Kendall tau |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in mine:
+        m = e["method"]
+        recipe = describe_params(e["params"]) + (
+            f" ({e['recipe']})" if e.get("recipe", "tuned") != "tuned" else ""
+        )
+        lines.append(
+            f"| {_label(m)} | {recipe} | {_pm(e, 'acc', 100, 1)} | "
+            f"{_interval(_diff(diffs, head, m, 'ce'))} | {_interval(_diff(diffs, head, m, 'kd'))} "
+            f"| {_pm(e, 'kendall_tau', 1, 3)} |"
+        )
+    if any(e["setting"] == head and e["metric"] == "acc" for e in entries):
+        lines += ["", verdict_paragraph(entries, head)]
+        for extra in (
+            precision_sentence(entries, head),
+            precision_cost_sentence(entries, rows, head),
+        ):
+            if extra:
+                lines += ["", extra]
+    box = out_of_the_box(select_rows(rows), recipes, head, entries, second, brief=True)
+    lines += ["", *box] if box else [""]
     for s in settings[1:]:
         lines.append(
             f"- {s} ({_seeds(summary, s)} seed{'s' if _seeds(summary, s) != 1 else ''}), top-1 "

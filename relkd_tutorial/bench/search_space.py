@@ -1,0 +1,159 @@
+"""What the tuning searches: every method's knobs and their ranges, in one table.
+
+:data:`SEARCH_SPACE` names, per method, the constructor arguments the tuning
+(:mod:`.tune`) samples and each one's range *relative to the method's default*
+(:data:`~.settings.PAPER_DEFAULTS`, or the constructor's own default where that table is silent):
+
+- a loss weight spans ``x0.1 ... x100`` of its default on a log scale (:data:`WEIGHT`). For
+  GRKD (the mean over its 45 class pairs, weight 1) that range holds the sum-over-pairs scale,
+  ``x45``, which the ablation found to change the verdict (``docs/grkd.md``);
+- a temperature spans ``x1/4 ... x4`` of its default on a log scale (:data:`TEMPERATURE`);
+- REFILLED's stage-1 share of the epochs is a fraction, ``0.1 ... 0.9`` on a linear scale
+  (:data:`FRACTION`), never extended (the schedule ends there).
+
+A range is where the search *starts*: a chosen value near a bound is extended a decade at a time
+(``Knob.extend``, at most :data:`MAX_EXTENSIONS` times per bound) by the tuning.
+
+CE has no knob. A method missing from ``PAPER_DEFAULTS`` is skipped, and a knob its constructor
+does not accept is dropped (:func:`method_space`), so the table may name methods and knobs that
+other parts of the package add later. The combinations (``X + KD``) tune their added term only:
+their CE and KD weights stay KD's (:data:`~.settings.CONTROL_WEIGHTS`), so ``X + KD`` minus KD is
+still the effect of the ``X`` term.
+
+Selection runs on the validation split with :data:`SELECTION_SEEDS`, which no preset evaluates
+on (tested), so a recipe's validation score is never the test score of the same training run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+from ..methods.registry import _registry
+from .settings import PAPER_DEFAULTS
+
+#: Seeds of the selection runs: each trial is the mean validation top-1 over these. Never an
+#: evaluation seed of any preset (the presets use 0, 1, 2, ...; tested).
+SELECTION_SEEDS: tuple[int, ...] = (1000, 1001, 1002)
+
+#: How many times each bound of a range may grow by a decade (then a value there is flagged).
+MAX_EXTENSIONS = 2
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A range relative to the default (``low``/``high`` are factors) or absolute (``relative=False``)."""
+
+    low: float
+    high: float
+    log: bool = True
+    relative: bool = True
+    extendable: bool = True
+
+
+WEIGHT = Scale(0.1, 100.0)
+TEMPERATURE = Scale(0.25, 4.0)
+FRACTION = Scale(0.1, 0.9, log=False, relative=False, extendable=False)
+
+#: Every method's knobs and their ranges (relative to its default, see the module docstring).
+SEARCH_SPACE: dict[str, dict[str, Scale]] = {
+    "ce": {},
+    "kd": {"kd_weight": WEIGHT, "temperature": TEMPERATURE},
+    "rkd": {"distance_weight": WEIGHT, "angle_weight": WEIGHT},
+    "rrd": {"rrd_weight": WEIGHT, "tau_s": TEMPERATURE, "tau_t": TEMPERATURE},
+    "rrd_kd": {"rrd_weight": WEIGHT, "tau_s": TEMPERATURE, "tau_t": TEMPERATURE},
+    "refilled": {
+        "lambda1": WEIGHT,
+        "lambda2": WEIGHT,
+        "tau2": TEMPERATURE,
+        "embedding_fraction": FRACTION,
+    },
+    "grkd": {"grkd_weight": WEIGHT, "temperature": TEMPERATURE},
+    "grkd_kd": {"grkd_weight": WEIGHT, "temperature": TEMPERATURE},
+    "rank_soft": {"rank_weight": WEIGHT, "temperature": TEMPERATURE},
+    "rank_listwise": {"rank_weight": WEIGHT, "temperature": TEMPERATURE},
+    "dist": {"beta": WEIGHT, "gamma": WEIGHT, "temperature": TEMPERATURE},
+    "pseudo_label": {"pseudo_weight": WEIGHT},
+}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob's current range: ``low ... high`` (log or linear), and how far it may grow."""
+
+    name: str
+    default: float
+    low: float
+    high: float
+    log: bool = True
+    extendable: bool = True
+
+    def at_edge(self, value: float) -> str | None:
+        """``"low"``/``"high"`` if ``value`` is within a factor 1.5 of that bound (log scale) or
+        within a tenth of the range (linear), else ``None``."""
+        if self.log:
+            near_low, near_high = value < self.low * 1.5, value > self.high / 1.5
+        else:
+            step = (self.high - self.low) / 10
+            near_low, near_high = value < self.low + step, value > self.high - step
+        return "low" if near_low else "high" if near_high else None
+
+    def extend(self, side: str) -> Knob:
+        """This range grown by a decade on ``side`` (``"low"`` or ``"high"``)."""
+        if not self.extendable:
+            raise ValueError(f"{self.name}'s range is fixed; it cannot be extended")
+        if side == "low":
+            return Knob(self.name, self.default, self.low / 10, self.high, self.log)
+        if side == "high":
+            return Knob(self.name, self.default, self.low, self.high * 10, self.log)
+        raise ValueError(f"side must be 'low' or 'high', got {side!r}")
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def _knob(name: str, default: float, scale: Scale) -> Knob:
+    if scale.relative:
+        if not default > 0:
+            raise ValueError(f"{name}: a relative range needs a positive default, got {default}")
+        low, high = default * scale.low, default * scale.high
+    else:
+        low, high = scale.low, scale.high
+    return Knob(name, default, _round(low), _round(high), scale.log, scale.extendable)
+
+
+def method_defaults(method: str) -> dict[str, float] | None:
+    """The defaults a method runs at: ``PAPER_DEFAULTS`` over its constructor's defaults.
+
+    ``None`` if the method is not in ``PAPER_DEFAULTS`` or not buildable (not benchmarked yet).
+    """
+    if method not in PAPER_DEFAULTS or method not in _registry():
+        return None
+    signature = inspect.signature(_registry()[method])
+    out = {
+        name: float(p.default)
+        for name, p in signature.parameters.items()
+        if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
+    }
+    out.update({k: float(v) for k, v in PAPER_DEFAULTS[method][0].items()})
+    return out
+
+
+def method_space(method: str) -> dict[str, Knob] | None:
+    """The knobs the tuning samples for ``method``, with their starting ranges.
+
+    ``None`` if the method is not benchmarked (see :func:`method_defaults`) or not in
+    :data:`SEARCH_SPACE`; ``{}`` if it has nothing to tune (CE). A knob of the table that the
+    method's constructor does not accept is dropped.
+    """
+    defaults = method_defaults(method)
+    if defaults is None or method not in SEARCH_SPACE:
+        return None
+    accepted = inspect.signature(_registry()[method]).parameters
+    return {
+        name: _knob(name, defaults.get(name, math.nan), scale)
+        for name, scale in SEARCH_SPACE[method].items()
+        if name in accepted
+    }

@@ -1,0 +1,645 @@
+"""The tuning: each method's recipe chosen on the validation split with Optuna (``--tune``).
+
+    python -m relkd_tutorial.bench --tune --settings transfer,low-data --trials 12 --jobs 2
+    python -m relkd_tutorial.bench --tune --prune --recipes runs/tune/recipes-pruned.json
+    python -m relkd_tutorial.bench --diff-recipes A.json B.json    # did pruning change a choice?
+
+One Optuna study per setting and method. A trial samples the method's knobs from its range
+(:mod:`.search_space`), trains the student with them once per selection seed
+(:data:`~.search_space.SELECTION_SEEDS`, never evaluation seeds) on the setting's training set
+and scores it by the mean top-1 on the **validation** split (the test split is never read).
+Every method gets the same number of trials (``--trials``); its first trial is its default
+(enqueued), so a recipe never scores below the default on validation. A tie goes to the earlier
+trial. A run whose loss diverges scores 0.
+
+Sampler (choice): TPE over continuous ranges, log-uniform for the weights and temperatures.
+A grid at a useful resolution grows as the product of the knobs' steps (two knobs with seven
+points each is 49 trials, REFILLED's four knobs far more), so equal budgets would mean coarser
+grids for the methods with more knobs; TPE gives every method the same trial count whatever its
+number of knobs, places the trials after its first random ones where the scores were good, and
+lets a range grow without restarting. Each knob is sampled independently (a grown range would
+drop it from a joint model), with ``constant_liar`` (concurrent workers propose different points).
+The search is not bit-reproducible; its result, the recipe file, is what the main job reads.
+
+Edges: when a study has its trials, the best trial's value of each knob is checked against the
+knob's range (:meth:`~.search_space.Knob.at_edge`); a value near an extendable bound grows that
+bound by a decade, and the study continues with ``--trials // 3`` more trials (at least two) over
+the grown range; at most :data:`~.search_space.MAX_EXTENSIONS` times per bound. The recipe file
+records every range a knob had and flags a value still at an edge.
+
+Pruning (``--prune``, off by default): a trial reports its validation top-1 after every epoch of
+every seed (step ``seed index * epochs + epoch``) and Optuna's Hyperband pruner stops the weak
+ones. A pruned trial counts as a trial of the budget and is never chosen. Pruned and unpruned
+tunings are different studies in one storage; ``--diff-recipes`` compares their recipe files.
+
+Storage: the studies live in Optuna's storage, a journal file (``<out>/tuning.journal``) by
+default or any database URL (``--storage postgresql://...``, with Optuna's heartbeat). Running
+the command again resumes: finished trials are kept and only the missing ones run. ``--jobs N``
+starts N worker processes on the same studies; the same command on other machines with the same
+``--storage`` adds workers to them (a trial whose worker died on this machine is marked failed
+and rerun). The recipes are written at the end of every invocation from the whole storage.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import TensorLoader
+from ..methods import build_method
+from ..models import build_model
+from ..training import fit, seeded
+from .parallel import WorkspaceRef
+from .runner import _clock, applicable, method_kwargs, student_config
+from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_defaults, method_space
+from .settings import METHOD_LABELS, Setting, describe_params
+from .workspace import Workspace, load_workspace
+
+#: Where the main job reads the committed recipes from (fast mode writes under ``--out``).
+RECIPES_PATH = Path(__file__).with_name("recipes.json")
+RECIPES_FORMAT = 1
+
+
+def extra_trials(trials: int) -> int:
+    """Trials added to a study each time one of its ranges grows."""
+    return max(2, trials // 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage and studies
+# ---------------------------------------------------------------------------------------------
+
+
+def open_storage(where: str | Path) -> Any:
+    """A database URL (``"sqlite:///t.db"``, ``"postgresql://..."``) or a journal file path."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
+    text = str(where)
+    if "://" in text:
+        return optuna.storages.RDBStorage(text, heartbeat_interval=60, grace_period=180)
+    Path(text).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(text))
+
+
+def study_name(ws: Workspace, method: str, prune: bool, seeds: Sequence[int]) -> str:
+    """The study of ``method`` on ``ws``'s configuration; another space, teacher, size or
+    pruning is another study (never mixed)."""
+    space = {k: [v.low, v.high, v.log] for k, v in (method_space(method) or {}).items()}
+    tag = hashlib.sha1(json.dumps(space, sort_keys=True).encode()).hexdigest()[:6]
+    pruning = "hyperband" if prune else "full"
+    seed_text = "-".join(map(str, seeds))
+    return f"relkd|{ws.setting.name}|{ws.spec}|{method}|seeds{seed_text}|{pruning}|space{tag}"
+
+
+def _load_study(storage: Any, name: str, prune: bool, trials: int, steps: int) -> Any:
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(
+        n_startup_trials=max(2, trials // 3), multivariate=False, constant_liar=True
+    )
+    pruner = (
+        optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps, reduction_factor=3)
+        if prune
+        else optuna.pruners.NopPruner()
+    )
+    return optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+
+
+def prepare_study(study: Any, knobs: dict[str, Knob]) -> None:
+    """Record the starting ranges and enqueue the default trial, once per study."""
+    if "space_0" not in study.user_attrs:
+        study.set_user_attr("space_0", {k: [v.low, v.high] for k, v in knobs.items()})
+    if not study.trials:
+        study.enqueue_trial({k: v.default for k, v in knobs.items()}, skip_if_exists=True)
+
+
+def _round_of(study: Any) -> int:
+    attrs = study.user_attrs
+    r = 0
+    while f"space_{r + 1}" in attrs:
+        r += 1
+    return r
+
+
+def _knobs_at(study: Any, knobs: dict[str, Knob], r: int) -> dict[str, Knob]:
+    ranges = study.user_attrs.get(f"space_{r}", {})
+    return {
+        k: replace(v, low=ranges[k][0], high=ranges[k][1]) if k in ranges else v
+        for k, v in knobs.items()
+    }
+
+
+def _states(*names: str) -> tuple:
+    from optuna.trial import TrialState
+
+    return tuple(getattr(TrialState, n) for n in names)
+
+
+def _count(study: Any, *states: str) -> int:
+    return len(study.get_trials(deepcopy=False, states=_states(*states)))
+
+
+def _fail_dead_trials(storage: Any, study: Any) -> None:
+    """Mark failed the running trials of this host whose worker process is gone (killed)."""
+    from optuna.trial import TrialState
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("host") != socket.gethostname() or "pid" not in t.user_attrs:
+            continue
+        try:
+            os.kill(int(t.user_attrs["pid"]), 0)
+        except ProcessLookupError:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except PermissionError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# A trial: the method trained once per selection seed, scored on the validation split
+# ---------------------------------------------------------------------------------------------
+
+
+def validation_run(
+    ws: Workspace,
+    method: str,
+    params: dict[str, float],
+    seed: int,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> float:
+    """Train ``method`` with ``params`` at ``seed`` on the setting's training set; its top-1 on
+    the validation split after the last epoch (``on_epoch`` sees each epoch's record, whose
+    ``eval_acc`` is the validation top-1). 0 if the run diverges."""
+    setting = ws.setting
+    train = ws.train_set(seed)
+    student = build_model(setting.student, ws.num_classes, 1, seed=seed)
+    with seeded(seed):
+        m = build_method(method, **method_kwargs(method, params, ws, len(train)))
+    loader = TensorLoader(train, setting.batch_size, augment=False, seed=seed, device=ws.device)
+    val = TensorLoader.for_evaluation(
+        ws.val, 1000, device=ws.device, channels_last=ws.channels_last
+    )
+    config = student_config(setting, seed, ws.device, ws.channels_last)
+    try:
+        history = fit(
+            student, m, loader, config, teacher=ws.teacher_cache(train), eval_loader=val,
+            on_epoch=on_epoch,
+        )  # fmt: skip
+    except FloatingPointError:
+        return 0.0
+    return float(history[-1]["eval_acc"])
+
+
+def _sample(trial: Any, knobs: dict[str, Knob]) -> dict[str, float]:
+    """The trial's knobs, rounded to 4 significant digits (what runs is what the recipe says)."""
+    return {
+        k: float(f"{trial.suggest_float(k, v.low, v.high, log=v.log):.4g}")
+        for k, v in knobs.items()
+    }
+
+
+def make_objective(
+    ws: Workspace,
+    method: str,
+    knobs: dict[str, Knob],
+    seeds: Sequence[int],
+    r: int,
+    target: int,
+    log: Callable[[str], None] = print,
+) -> Callable[[Any], float]:
+    """Optuna's objective: the mean validation top-1 of the sampled params over ``seeds``."""
+    import optuna
+
+    started = time.perf_counter()
+
+    def objective(trial: Any) -> float:
+        tic = time.perf_counter()
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("round", r)
+        params = _sample(trial, knobs)
+        trial.set_user_attr("params", params)
+        scores = []
+        for i, seed in enumerate(seeds):
+
+            def report(record: dict[str, Any], i: int = i, seed: int = seed) -> None:
+                trial.report(
+                    float(record["eval_acc"]), i * ws.setting.epochs + int(record["epoch"])
+                )
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"seed {seed} epoch {record['epoch']}")
+
+            try:
+                scores.append(validation_run(ws, method, params, seed, report))
+            except optuna.TrialPruned as err:
+                _progress(log, trial, ws, method, params, f"pruned at {err}", tic, started, target)
+                raise
+        value = sum(scores) / len(scores)
+        trial.set_user_attr("diverged", any(s == 0.0 for s in scores))
+        text = f"val acc {100 * value:.2f}% (mean of {len(scores)} seeds)"
+        _progress(log, trial, ws, method, params, text, tic, started, target)
+        return value
+
+    return objective
+
+
+def _progress(log, trial, ws, method, params, text, tic, started, target) -> None:  # noqa: ANN001
+    now = time.perf_counter()
+    log(
+        f"[{trial.number + 1:>3}/{target}] {ws.setting.name} tune {METHOD_LABELS.get(method, method)}"
+        f" ({describe_params(params)}): {text}  {now - tic:.1f} s  (elapsed {_clock(now - started)})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A study: trials up to the budget, edges extended; the workers
+# ---------------------------------------------------------------------------------------------
+
+
+def selected_trials(study: Any, target: int) -> list[Any]:
+    """The first ``target`` finished (complete or pruned) trials: what a study's budget bought.
+
+    With several workers a study may finish a trial or two more than its budget; they are left
+    out, so every method is chosen from the same number of trials.
+    """
+    done = study.get_trials(deepcopy=False, states=_states("COMPLETE", "PRUNED"))
+    return sorted(done, key=lambda t: t.number)[:target]
+
+
+def best_trial(trials: Sequence[Any]) -> Any | None:
+    """The complete trial with the highest score; a tie goes to the earlier one (the default)."""
+    from optuna.trial import TrialState
+
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return max(complete, key=lambda t: (t.value, -t.number), default=None)
+
+
+def _extensions(study: Any) -> list[list[str]]:
+    attrs = study.user_attrs
+    return [e for r in range(1, _round_of(study) + 1) for e in attrs.get(f"extended_{r}", [])]
+
+
+def edges(best: Any, knobs: dict[str, Knob]) -> dict[str, str]:
+    """``{knob: "low" | "high"}`` for the best trial's values near a bound of their range."""
+    params = {} if best is None else best.user_attrs.get("params", best.params)
+    sides = {k: knob.at_edge(params[k]) for k, knob in knobs.items() if k in params}
+    return {k: side for k, side in sides.items() if side is not None}
+
+
+def tune_study(study: Any, ws: Workspace, method: str, trials: int, log: Callable) -> bool:
+    """Run this worker's share of one study; returns whether it ran a trial or grew a range."""
+    first = method_space(method) or {}
+    did = False
+    while True:
+        r = _round_of(study)
+        knobs = _knobs_at(study, first, r)
+        target = trials + r * extra_trials(trials)
+        objective = make_objective(ws, method, knobs, SELECTION_SEEDS, r, target, log)
+        while _count(study, "COMPLETE", "PRUNED", "RUNNING") < target:
+            study.optimize(objective, n_trials=1, catch=())
+            did = True
+        if _count(study, "RUNNING"):  # another worker's trial: it decides the edges when done
+            return did
+        sides = edges(best_trial(selected_trials(study, target)), knobs)
+        done = _extensions(study)
+        grow = [
+            [k, side]
+            for k, side in sorted(sides.items())
+            if knobs[k].extendable and done.count([k, side]) < MAX_EXTENSIONS
+        ]
+        if not grow:
+            return did
+        grown = dict(knobs)
+        for k, side in grow:
+            grown[k] = grown[k].extend(side)
+            log(f"{ws.setting.name} {method}: {k} chosen near its {side} bound; range -> "
+                f"[{grown[k].low:g}, {grown[k].high:g}], {extra_trials(trials)} more trials")  # fmt: skip
+        study.set_user_attr(f"extended_{r + 1}", grow)
+        study.set_user_attr(f"space_{r + 1}", {k: [v.low, v.high] for k, v in grown.items()})
+        did = True
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """What a worker process needs: the workspaces, the methods, the budget, the storage."""
+
+    refs: tuple[WorkspaceRef, ...]
+    methods: tuple[str, ...]
+    trials: int
+    storage: str
+    prune: bool
+    threads: int
+
+
+def _work(job: TuneJob, workspaces: Sequence[Workspace] | None = None) -> None:
+    """A worker: every study in turn, again until a pass neither trains nor grows a range."""
+    if workspaces is None:  # a worker process: load the workspaces its parent prepared
+        torch.set_num_threads(job.threads)
+        workspaces = [
+            load_workspace(r.path, r.device, r.setting, r.channels_last) for r in job.refs
+        ]
+    storage = open_storage(job.storage)
+    while True:
+        did = False
+        for ws in workspaces:
+            for method in job.methods:
+                name = study_name(ws, method, job.prune, SELECTION_SEEDS)
+                steps = ws.setting.epochs * len(SELECTION_SEEDS)
+                study = _load_study(storage, name, job.prune, job.trials, steps)
+                _fail_dead_trials(storage, study)
+                did |= tune_study(study, ws, method, job.trials, print)
+        if not did:
+            return
+
+
+def add_arguments(parser: Any) -> None:
+    """The tuning's options of ``python -m relkd_tutorial.bench`` (see :mod:`.cli`)."""
+    g = parser.add_argument_group("tuning (--tune; relkd_tutorial.bench.tune)")
+    g.add_argument("--tune", action="store_true",
+                   help="choose each method's recipe on the validation split (Optuna) and write "
+                   "--recipes; --jobs worker processes share the studies")  # fmt: skip
+    g.add_argument("--trials", type=int, default=12, help="trials per method and setting (12)")
+    g.add_argument("--storage", default=None,
+                   help="Optuna storage: a database URL or a journal file (default "
+                   "<out>/tuning.journal); rerun to resume, share it to add workers")  # fmt: skip
+    g.add_argument("--prune", action="store_true",
+                   help="stop weak trials early (Hyperband on the per-epoch validation top-1)")  # fmt: skip
+    g.add_argument("--diff-recipes", nargs=2, metavar=("A", "B"), default=None,
+                   help="compare two recipe files (e.g. with and without --prune) and exit")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipes: one entry per setting and method, from the storage
+# ---------------------------------------------------------------------------------------------
+
+
+def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
+    """A study's recipe: the chosen params, the ranges, the score, the extensions, the edges."""
+    first = method_space(method) or {}
+    r = _round_of(study)
+    knobs = _knobs_at(study, first, r)
+    chosen = selected_trials(study, trials + r * extra_trials(trials))
+    best = best_trial(chosen)
+    if best is None:
+        return None
+    ranges = {k: [study.user_attrs[f"space_{i}"][k] for i in range(r + 1)] for k in knobs}
+    history = {
+        k: [x for i, x in enumerate(v) if i == 0 or x != v[i - 1]] for k, v in ranges.items()
+    }
+    default = [t for t in chosen if t.number == 0 and t.value is not None]
+    return {
+        "params": dict(best.user_attrs.get("params", best.params)),
+        "space": {k: [v.low, v.high] for k, v in knobs.items()},
+        "selection_score": round(float(best.value), 6),
+        "default_score": round(float(default[0].value), 6) if default else None,
+        "trials": len(chosen),
+        "pruned": sum(1 for t in chosen if t.state.name == "PRUNED"),
+        "trial_seconds": round(sum(t.duration.total_seconds() for t in chosen if t.duration), 1),
+        "extended": {k: v for k, v in history.items() if len(v) > 1},
+        "at_edge": sorted(edges(best, knobs)),
+    }
+
+
+def _cpu() -> tuple[str, str]:
+    """The CPU model and the instruction set torch's CPU kernels use."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")]
+    model = names[0] if names else platform.processor() or platform.machine()
+    return model, str(torch.backends.cpu.get_cpu_capability())
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocation: dict) -> Path:
+    """Write the recipe file (format :data:`RECIPES_FORMAT`), small and readable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"format": RECIPES_FORMAT, "invocation": invocation, "settings": settings}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    text = json.dumps(doc, indent=1)
+    # a list of numbers on one line: [0.1, 100.0]
+    text = re.sub(
+        r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text
+    )
+    tmp.write_text(text + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _read_recipes(path: str | Path) -> dict[str, Any]:
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != RECIPES_FORMAT:
+        raise ValueError(f"{path}: not a format-{RECIPES_FORMAT} recipe file")
+    return doc
+
+
+def diff_recipes(a: dict[str, Any], b: dict[str, Any], factor: float = 3.0) -> list[str]:
+    """Lines comparing two recipe files: every knob's two choices; ``DIFFERS`` where they are
+    more than ``factor`` apart (about half a decade) or a method is in one file only."""
+    lines = []
+    for setting in sorted(set(a["settings"]) | set(b["settings"])):
+        ea, eb = a["settings"].get(setting, {}), b["settings"].get(setting, {})
+        for method in sorted(set(ea) | set(eb)):
+            if method not in ea or method not in eb:
+                lines.append(f"{setting} {method}: in one file only  DIFFERS")
+                continue
+            pa, pb = ea[method]["params"], eb[method]["params"]
+            for k in sorted(set(pa) | set(pb)):
+                va, vb = pa.get(k, math.nan), pb.get(k, math.nan)
+                ratio = max(va, vb) / min(va, vb) if min(va, vb) > 0 else math.inf
+                flag = "  DIFFERS" if not ratio <= factor else ""
+                lines.append(f"{setting} {method} {k}: {va:g} vs {vb:g} (x{ratio:.2g}){flag}")
+            lines.append(
+                f"{setting} {method} validation score: {ea[method]['selection_score']:.4f} vs "
+                f"{eb[method]['selection_score']:.4f}; trials {ea[method]['trials']} vs "
+                f"{eb[method]['trials']}, pruned {ea[method].get('pruned', 0)} vs "
+                f"{eb[method].get('pruned', 0)}"
+            )
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+def tunable(methods: Sequence[str], ws: Workspace) -> list[str]:
+    """The methods with something to tune (CE has nothing) that can run in ``ws``'s setting."""
+    return [
+        m
+        for m in methods
+        if method_space(m) and method_defaults(m) is not None and applicable(m, ws) is None
+    ]
+
+
+def run_tuning(
+    args: Any,
+    workspaces: Sequence[Workspace],
+    paths: Sequence[Path],
+    methods: Sequence[str],
+    out_dir: Path,
+    fast: bool,
+    command: str,
+) -> int:
+    """Tune every method on every workspace (``--jobs`` workers), then write the recipes."""
+    if args.trials < 1:
+        raise SystemExit(f"--trials must be >= 1, got {args.trials}")
+    storage_url = args.storage or str(out_dir / "tuning.journal")
+    recipes = Path(args.recipes) if args.recipes else (
+        out_dir / "recipes.json" if fast else RECIPES_PATH
+    )  # fmt: skip
+    jobs = max(1, args.jobs or 1)
+    wanted = [m for m in methods if any(tunable([m], ws) for ws in workspaces)]
+    storage, done = open_storage(storage_url), 0
+    for ws in workspaces:  # create the studies and enqueue the defaults before any worker runs
+        for method in tunable(wanted, ws):
+            name = study_name(ws, method, args.prune, SELECTION_SEEDS)
+            steps = ws.setting.epochs * len(SELECTION_SEEDS)
+            study = _load_study(storage, name, args.prune, args.trials, steps)
+            prepare_study(study, method_space(method) or {})
+            done += _count(study, "COMPLETE", "PRUNED")
+    print(
+        f"{done} trials already in the storage (kept); tuning {', '.join(wanted)} on {', '.join(ws.setting.name for ws in workspaces)}: "
+        f"{args.trials} trials each, selection seeds {list(SELECTION_SEEDS)} on the validation "
+        f"split, pruning {'on' if args.prune else 'off'}, {jobs} worker(s); storage {storage_url}",
+        flush=True,
+    )
+    tic = time.perf_counter()
+    try:
+        if jobs == 1:
+            _work(TuneJob((), tuple(wanted), args.trials, storage_url, args.prune, 1), workspaces)
+        else:
+            refs = tuple(
+                WorkspaceRef(str(p), ws.setting, ws.channels_last, str(ws.device))
+                for p, ws in zip(paths, workspaces, strict=True)
+            )
+            job = TuneJob(refs, tuple(wanted), args.trials, storage_url, args.prune,
+                          torch.get_num_threads())  # fmt: skip
+            context = mp.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+                for future in [pool.submit(_work, job) for _ in range(jobs)]:
+                    future.result()
+    except KeyboardInterrupt:
+        print("\nstopped: the finished trials are kept in the storage (those in progress are "
+              "marked failed); run the same command again to resume", file=sys.stderr)  # fmt: skip
+        return 130
+    entries = collect_recipes(storage, workspaces, wanted, args.trials, args.prune)
+    model, capability = _cpu()
+    invocation = {
+        "command": command,
+        "trials": args.trials,
+        "selection_seeds": list(SELECTION_SEEDS),
+        "pruning": bool(args.prune),
+        "git_commit": _git_commit(),
+        "seconds": round(time.perf_counter() - tic, 1),
+        "cpu": model,
+        "cpu_capability": capability,
+        "workers": jobs,
+        "storage": storage_url,
+    }
+    write_recipes(recipes, entries, invocation)
+    for setting, per_method in entries.items():
+        for method, e in per_method.items():
+            flag = f"  AT EDGE: {', '.join(e['at_edge'])}" if e["at_edge"] else ""
+            print(f"{setting} {method}: {describe_params(e['params'])}, validation "
+                  f"{100 * e['selection_score']:.2f}% over {e['trials']} trials{flag}")  # fmt: skip
+    print(f"recipes written to {recipes}", flush=True)
+    return 0
+
+
+def collect_recipes(
+    storage: Any, workspaces: Sequence[Workspace], methods: Sequence[str], trials: int,
+    prune: bool,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Every study's recipe entry, by setting and method."""
+    out: dict[str, dict[str, Any]] = {}
+    for ws in workspaces:
+        for method in tunable(methods, ws):
+            name = study_name(ws, method, prune, SELECTION_SEEDS)
+            study = _load_study(storage, name, prune, trials, 1)
+            entry = recipe_entry(study, method, trials)
+            if entry is not None:
+                out.setdefault(ws.setting.name, {})[method] = entry
+    return out
+
+
+#: The settings ``--tune`` tunes by default (the main job's tuned comparison reads them).
+TUNE_SETTINGS: tuple[str, ...] = ("transfer", "low-data")
+
+
+def tune_setting(setting: Setting) -> Setting:
+    """The setting a tuning trains in: the main job's, with the selection seeds as its seeds
+    (seeds are not part of the fingerprint, so the runs' configuration is the main job's)."""
+    return replace(setting, seeds=SELECTION_SEEDS, sweep=False, curves=False)
+
+
+def main_tune(
+    args: Any,
+    settings: dict[str, Setting],
+    methods: Sequence[str],
+    fast: bool,
+    device: torch.device,
+    command: str,
+) -> int:
+    """``--tune`` and ``--diff-recipes`` of :func:`~.cli.main` (after its ``configure``)."""
+    if args.diff_recipes:
+        a, b = (_read_recipes(p) for p in args.diff_recipes)
+        lines = diff_recipes(a, b)
+        print("\n".join(lines))
+        differs = sum("DIFFERS" in line for line in lines)
+        print(f"{differs} choice(s) differ by more than a factor 3")
+        return 0
+    out_dir = Path(args.out or ("runs/tune-fast" if fast else "runs/tune"))
+    settings = {n: tune_setting(s) for n, s in settings.items()}
+    if args.plan:
+        for name, s in settings.items():
+            print(f"{name}: {s}")
+            print(f"  {args.trials} trials per method x {len(SELECTION_SEEDS)} selection seeds "
+                  f"(+ {extra_trials(args.trials)} per range that grows)")  # fmt: skip
+        return 0
+    from .workspace import build_workspace, cache_dir, prepare_workspace
+
+    workspaces, paths = [], []
+    for s in settings.values():
+        ws = build_workspace(s, out_dir, device, args.teacher)
+        paths.append(prepare_workspace(ws, cache_dir(out_dir)))
+        workspaces.append(ws)
+    return run_tuning(args, workspaces, paths, methods, out_dir, fast, command)

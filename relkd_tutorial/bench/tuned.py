@@ -1,0 +1,461 @@
+"""Tuned against tuned: the main job's two arms, what tuning changes, and what the report says of it.
+
+With recipes (:mod:`.recipes`), a setting's final runs hold two **arms**: every method at its
+tuned recipe on every seed (the headline; a method without a recipe runs at its defaults there and
+is "not tuned"), and the tuned methods at their paper defaults on the first ``default_seeds``
+seeds (the "out of the box" table). Both are ``phase == "final"`` rows told apart by their
+``params``: :func:`arm_rows` selects one arm, so every table and verdict of :mod:`.report` and
+:mod:`.verdict` reads one arm at a time, exactly as it read the runs before recipes. A folder
+without recipes (``meta.json`` records none: :func:`~.recipes.recipes_of_meta`) is one arm, read
+as it always was.
+
+- :func:`tuning_comparisons`: each tuned method minus itself at its defaults, paired by seed
+  (family ``"tuning"``, Holm over the setting's tuned methods);
+- :func:`verdict_changes`: the question family's verdicts that differ between the arms;
+- :func:`tuning_paragraph`, :func:`recipe_table`, :func:`defaults_table`,
+  :func:`precision_cost_sentence`, :func:`out_of_the_box`: the report's generated text; every
+  number in it is one of the computed values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..stats import mean_std, t_quantile
+from .recipes import Recipes
+from .settings import (
+    ALPHA,
+    HEADLINE_BASELINE,
+    METHOD_LABELS,
+    MISSION_METHOD,
+    _method_order,
+    _ordered_settings,
+    describe_params,
+    params_tag,
+)
+from .store import read_runs, select_rows
+from .verdict import (
+    _correct,
+    _entry,
+    _family_sentence,
+    _paired,
+    comparisons,
+    mark_fragile,
+    verdict_paragraph,
+)
+
+ARMS: tuple[str, ...] = ("tuned", "defaults")
+
+#: A second run set of a results folder's runs (the same command measured otherwise, e.g. under
+#: ``ATEN_CPU_CAPABILITY=avx2``), in ``<folder>/replicate/``: a verdict that differs there is
+#: reported as fragile (:func:`~relkd_tutorial.bench.verdict.mark_fragile`).
+SECOND_RUN_SET = "replicate"
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def arm_rows(
+    rows: Sequence[dict[str, Any]], recipes: Recipes | None, arm: str = "tuned"
+) -> list[dict[str, Any]]:
+    """The rows of one arm: ``"tuned"`` (the headline) or ``"defaults"`` (out of the box).
+
+    Only the final runs of the settings that ran under ``recipes`` are filtered: ``"tuned"``
+    keeps each method's runs at its canonical recipe (``{}`` where it has none), ``"defaults"``
+    its runs at ``{}``. n/a rows, sweep and ablation rows, and every row of a setting that did not
+    run under recipes (or of a folder without any: ``recipes=None``) are kept in both.
+    """
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+    if recipes is None:
+        return list(rows)
+    out = []
+    for r in rows:
+        if r["phase"] != "final" or r["status"] == "n/a" or r["setting"] not in recipes.settings:
+            out.append(r)
+            continue
+        wanted = recipes.run_params(r["setting"], r["method"]) if arm == "tuned" else {}
+        if r["params"] == params_tag(wanted):
+            out.append(r)
+    return out
+
+
+def tuned_methods(recipes: Recipes | None, setting: str) -> list[str]:
+    """The methods whose recipe in ``setting`` differs from their defaults (two arms there)."""
+    if recipes is None:
+        return []
+    return sorted((m for m, r in recipes.settings.get(setting, {}).items() if r.run_params),
+                  key=_method_order)  # fmt: skip
+
+
+def tuning_comparisons(
+    rows: Sequence[dict[str, Any]],
+    recipes: Recipes | None,
+    metrics: Sequence[str] = ("acc",),
+    confidence: float = 0.95,
+    alpha: float = ALPHA,
+) -> list[dict[str, Any]]:
+    """Each tuned method at its recipe minus itself at its defaults, paired by seed.
+
+    Family ``"tuning"`` (Holm over the tuned methods of a setting); only the seeds both arms ran
+    take part (the defaults arm's). Each dict is like :func:`~.verdict.comparisons`' with
+    ``baseline`` the method itself and ``params`` the recipe's tag.
+    """
+    out: list[dict[str, Any]] = []
+    finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
+    for setting in _ordered_settings(finals):
+        for method in tuned_methods(recipes, setting):
+            tag = params_tag(recipes.run_params(setting, method))  # type: ignore[union-attr]
+            mine = [r for r in finals if (r["setting"], r["method"]) == (setting, method)]
+            a = {r["seed"]: r for r in mine if r["params"] == tag}
+            b = {r["seed"]: r for r in mine if r["params"] == "{}"}
+            for metric in metrics:
+                diff = _paired(a, b, metric, confidence)
+                if diff is None:
+                    continue
+                label = _label(method)
+                out.append(_entry(setting, "tuning", metric, diff, method=method, baseline=method,
+                                  params=tag, a_label=f"{label} tuned",
+                                  b_label=f"{label} at its defaults"))  # fmt: skip
+    _correct(out, alpha)
+    for e in out:
+        e.pop("a_label"), e.pop("b_label")
+    return out
+
+
+def _claim(e: dict[str, Any]) -> str:
+    return "fragile" if e.get("fragile") else e["claim"]
+
+
+def verdict_changes(
+    defaults: Sequence[dict[str, Any]],
+    tuned: Sequence[dict[str, Any]],
+    setting: str,
+    family: str = "mission",
+    metric: str = "acc",
+) -> list[dict[str, Any]]:
+    """The ``family``'s comparisons present in both arms: ``method``, ``baseline``, the two
+    verdicts (``"fragile"`` where :func:`~.verdict.mark_fragile` said so) and ``changed``."""
+
+    def pick(entries: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(e["method"], e["baseline"]): e for e in entries
+                if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)}  # fmt: skip
+
+    a, b = pick(defaults), pick(tuned)
+    return [
+        {"method": k[0], "baseline": k[1], "defaults": _claim(a[k]), "tuned": _claim(b[k]),
+         "changed": _claim(a[k]) != _claim(b[k])}
+        for k in b if k in a
+    ]  # fmt: skip
+
+
+def tuning_paragraph(
+    tuning: Sequence[dict[str, Any]],
+    defaults: Sequence[dict[str, Any]],
+    tuned: Sequence[dict[str, Any]],
+    setting: str,
+    recipes: Recipes | None,
+    methods: Sequence[str],
+    confidence: float = 0.95,
+) -> str:
+    """What tuning the loss weights does to the comparison, from the computed entries.
+
+    Which tuned methods gained or lost against their own defaults (:func:`tuning_comparisons`),
+    which methods were not tuned, and which verdicts of the question family (GRKD against its
+    rivals) differ between the defaults and the tuned recipes (:func:`verdict_changes`).
+    """
+    mine = [e for e in tuning if e["setting"] == setting and e["metric"] == "acc"]
+    out = [f"**What tuning does to the comparison ({setting}).**"]
+    if mine:
+        out.append(
+            "Each tuned method minus itself at its paper defaults: "
+            + _family_sentence(
+                mine,
+                lambda e: f"{_label(e['method'])} at {describe_params(e['params'])}",
+                ("tuning raised", "tuning lowered"),
+                confidence,
+            )  # fmt: skip
+        )
+    else:
+        out.append("No method has a recipe that differs from its paper defaults here.")
+    untuned = [m for m in methods if m not in tuned_methods(recipes, setting)]
+    if untuned:
+        out.append(
+            "At their paper defaults in both tables (no recipe, or the recipe is the defaults): "
+            + ", ".join(_label(m) for m in untuned)
+            + "."
+        )
+    changes = verdict_changes(defaults, tuned, setting)
+    if changes:
+        who = _label(MISSION_METHOD)
+        moved = [c for c in changes if c["changed"]]
+        kept = [c for c in changes if not c["changed"]]
+        text = f"Of the question's {len(changes)} verdicts ({who} against each rival), "
+        if moved:
+            text += f"{len(moved)} differ between the paper defaults and the tuned recipes: " + (
+                "; ".join(
+                    f"against {_label(c['baseline'])}, {c['defaults']} at the defaults, "
+                    f"{c['tuned']} tuned"
+                    for c in moved
+                )  # fmt: skip
+            )
+        else:
+            text += "none differs between the paper defaults and the tuned recipes"
+        if kept:
+            text += "; the same in both: " + "; ".join(
+                f"against {_label(c['baseline'])}, {c['tuned']}" for c in kept
+            )
+        out.append(text + ".")
+    return " ".join(out)
+
+
+def precision_cost_sentence(
+    entries: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    setting: str,
+    family: str = HEADLINE_BASELINE,
+    target: float = 1.0,
+    confidence: float = 0.95,
+) -> str:
+    """What intervals of ``target`` points would cost: seeds and CPU time, from the runs.
+
+    The seeds ``k`` that bring the widest paired standard deviation ``s`` of the family (top-1,
+    points) to a half width ``t(k - 1) s / sqrt(k) <= target``, and the runs and time that many
+    seeds more would take (every method of the setting, at its mean seconds per run here). ``""``
+    when the family has no interval, or every interval already meets the target.
+    """
+    chosen = [e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family,
+              "acc") and e["n"] >= 2]  # fmt: skip
+    if not chosen or all((e["high"] - e["low"]) / 2 <= target for e in chosen):
+        return ""
+    widest = max(chosen, key=lambda e: e["std"])
+    sd, have = widest["std"], max(e["n"] for e in chosen)
+    q = 0.5 + confidence / 2
+    need = next((k for k in range(2, 100_000) if t_quantile(q, k - 1) * sd / math.sqrt(k) <= target),
+                None)  # fmt: skip
+    if need is None:  # pragma: no cover - only for a standard deviation of hundreds of points
+        return ""
+    ok = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
+          and r["status"] == "ok"]  # fmt: skip
+    methods = {r["method"] for r in ok}
+    seconds = [r["seconds"] for r in ok if not math.isnan(r["seconds"])]
+    per_run = sum(seconds) / len(seconds) if seconds else math.nan
+    more = max(0, need - have) * len(methods)
+    return (
+        f"What ±{target:g} points against {_label(family)} would cost in {setting}: the widest "
+        f"paired standard deviation here is {sd:.2f} points ({_label(widest['method'])}), so about "
+        f"{need} paired seeds instead of {have}, i.e. {more} more runs of the {len(methods)} "
+        f"methods at about {per_run:.0f} s each on this machine: about "
+        + (
+            f"{more * per_run / 3600:.1f} CPU-hours."
+            if more * per_run >= 3600
+            else f"{more * per_run / 60:.0f} CPU-minutes."
+        )  # fmt: skip
+    )
+
+
+def recipe_table(recipes: Recipes | None, setting: str) -> str:
+    """The recipes of ``setting`` and their flags (a Markdown table; ``""`` without recipes)."""
+    mine = (recipes.settings.get(setting, {}) if recipes is not None else {}).items()
+    if not mine:
+        return ""
+
+    def span(pair: tuple[float, float]) -> str:
+        return f"{pair[0]:g} to {pair[1]:g}"
+
+    lines = [
+        "| method | recipe | searched | extended | at the edge | selection score | trials |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, r in sorted(mine, key=lambda kv: _method_order(kv[0])):
+        lines.append(
+            f"| {_label(method)} | {describe_params(dict(r.params))}"
+            + ("" if r.run_params else " (its defaults)")
+            + " | "
+            + ", ".join(f"{k} {span(v)}" for k, v in sorted(r.space.items()))
+            + " | "
+            + "; ".join(
+                f"{k}: " + " then ".join(span(x) for x in v) for k, v in sorted(r.extended.items())
+            )  # fmt: skip
+            + f" | {', '.join(r.at_edge) or 'none'} | "
+            + ("" if r.selection_score is None else f"{r.selection_score:.4g}")
+            + f" | {'' if r.trials is None else r.trials} |"
+        )
+    return "\n".join(lines)
+
+
+def recipe_flags(recipes: Recipes | None, setting: str) -> str:
+    """One sentence: which recipes sit at the edge of their range, which ranges were extended."""
+    mine = recipes.settings.get(setting, {}) if recipes is not None else {}
+    if not mine:
+        return ""
+    order = sorted(mine, key=_method_order)
+    edge = [f"{_label(m)} ({', '.join(mine[m].at_edge)})" for m in order if mine[m].at_edge]
+    ext = [f"{_label(m)} ({', '.join(sorted(mine[m].extended))})" for m in order
+           if mine[m].extended]  # fmt: skip
+    text = (
+        "At the edge of its range (the best value may lie beyond it, so that recipe is a bound, "
+        f"not an optimum): {', '.join(edge)}." if edge else "No recipe sits at the edge of its "
+        "range."
+    )  # fmt: skip
+    if ext:
+        text += f" Ranges extended by the tuning until the choice was interior: {', '.join(ext)}."
+    return text
+
+
+def defaults_table(
+    rows: Sequence[dict[str, Any]],
+    defaults_entries: Sequence[dict[str, Any]],
+    tuning: Sequence[dict[str, Any]],
+    setting: str,
+) -> str:
+    """The out-of-the-box table: each method at its defaults, against KD, and tuning's gain."""
+    finals = [r for r in rows if (r["setting"], r["phase"], r["status"]) == (setting, "final",
+              "ok")]  # fmt: skip
+    lines = [
+        "| method | seeds | top-1 % at the defaults | Δ vs KD at the defaults (95% CI) "
+        "| tuned − defaults (95% CI) |",
+        "|---|---|---|---|---|",
+    ]
+
+    def cell(e: dict[str, Any] | None) -> str:
+        if e is None:
+            return ""
+        mark = " (fragile)" if e.get("fragile") else "" if e["within_noise"] else " *"
+        return f"{e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]{mark}"
+
+    for method in sorted({r["method"] for r in finals}, key=_method_order):
+        accs = [
+            100 * r["acc"] for r in finals if r["method"] == method and not math.isnan(r["acc"])
+        ]
+        mean, std, n = mean_std(accs) if accs else (math.nan, math.nan, 0)
+        kd = next((e for e in defaults_entries if (e["setting"], e["family"], e["method"],
+                   e["metric"]) == (setting, HEADLINE_BASELINE, method, "acc")), None)  # fmt: skip
+        gain = next((e for e in tuning if (e["setting"], e["method"], e["metric"]) == (setting,
+                     method, "acc")), None)  # fmt: skip
+        sd = "" if math.isnan(std) else f" ± {std:.1f}"
+        lines.append(f"| {_label(method)} | {n} | {mean:.1f}{sd} | {cell(kd)} | "
+                     f"{cell(gain) if gain else 'not tuned'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def out_of_the_box(
+    rows: Sequence[dict[str, Any]],
+    recipes: Recipes | None,
+    setting: str,
+    tuned_entries: Sequence[dict[str, Any]],
+    second: tuple[Sequence[dict[str, Any]], str] | None = None,
+    brief: bool = False,
+) -> list[str]:
+    """The report's sections after a setting's tuned verdict: the defaults, tuning, the recipes.
+
+    ``rows`` are every row of the folder (both arms); ``tuned_entries`` the headline's
+    comparisons (already through :func:`~.verdict.mark_fragile`); ``second`` the rows of a second
+    run set and its name, whose verdicts make a verdict that differs there fragile. ``brief``
+    (the README): no headings, no defaults verdict paragraph, the recipes' flags without their
+    table.
+    """
+    parts: list[str] = []
+    tuned_here = tuned_methods(recipes, setting)
+    ran = any((r["setting"], r["phase"], r["params"]) == (setting, "final", "{}")
+              and r["method"] in tuned_here for r in rows)  # fmt: skip
+    if tuned_here and not ran:
+        parts += ["The tuned methods' paper-default runs are not in this folder (`--no-defaults`, "
+                  "or no `default_seeds` in this setting): no out-of-the-box table.", ""]  # fmt: skip
+    if ran:
+        base = arm_rows(rows, recipes, "defaults")
+        entries = mark_fragile(comparisons(base), *_second(second, recipes, "defaults"))
+        tuning = mark_fragile(tuning_comparisons(rows, recipes), *_second(second, recipes, None))
+        methods = sorted({r["method"] for r in base if r["setting"] == setting
+                          and r["phase"] == "final"}, key=_method_order)  # fmt: skip
+        lead = (
+            "**Out of the box**: every method at its paper defaults (the tuned methods on the "
+            "first seeds only); `*` marks a difference that survives Holm's correction and is "
+            "not fragile."
+        )
+        parts += (
+            [lead, ""] if brief else ["### Out of the box: every method at its paper defaults", ""]
+        )
+        if not brief and any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
+            parts += [verdict_paragraph(entries, setting), ""]
+        parts += [defaults_table(base, entries, tuning, setting), ""]
+        parts += [] if brief else ["### What tuning does to the comparison", ""]
+        parts += [tuning_paragraph(tuning, entries, tuned_entries, setting, recipes, methods), ""]
+    flags, table = recipe_flags(recipes, setting), recipe_table(recipes, setting)
+    if table and brief:
+        parts += [flags, ""]
+    elif table:
+        parts += ["### The recipes (`meta.json`)", "", flags, "", table, ""]
+    return parts
+
+
+def _second(
+    second: tuple[Sequence[dict[str, Any]], str] | None, recipes: Recipes | None, arm: str | None
+) -> tuple[list[dict[str, Any]] | None, str]:
+    """The second run set's entries of one arm (``None``: its tuning comparisons), and its name."""
+    if second is None:
+        return None, ""
+    rows, name = second
+    if arm is None:
+        return tuning_comparisons(rows, recipes), name
+    return comparisons(arm_rows(rows, recipes, arm)), name
+
+
+def recipe_status(recipes: Recipes | None, setting: str, method: str) -> str:
+    """``"tuned"``, ``"tuned: its defaults"`` (the recipe is the defaults) or ``"not tuned"``."""
+    recipe = recipes.get(setting, method) if recipes is not None else None
+    if recipe is None:
+        return "not tuned"
+    return "tuned" if recipe.run_params else "tuned: its defaults"
+
+
+def headline_note(recipes: Recipes | None, setting: str, methods: Sequence[str]) -> str:
+    """The sentence before a setting's tuned verdict: which methods run at a recipe."""
+    status = {m: recipe_status(recipes, setting, m) for m in methods}
+    groups = {s: [_label(m) for m in methods if status[m] == s]
+              for s in ("tuned", "tuned: its defaults", "not tuned")}  # fmt: skip
+    if not groups["tuned"] and not groups["tuned: its defaults"]:
+        return (
+            "**Not tuned**: no method has a recipe in this setting, so every method runs at its "
+            "paper defaults."
+        )
+    text = (
+        "**Tuned against tuned**: every method at its tuned recipe (the table *The recipes* below)"
+    )
+    if groups["tuned: its defaults"]:
+        text += (
+            f"; the tuning chose the paper defaults for {', '.join(groups['tuned: its defaults'])}"
+        )
+    if groups["not tuned"]:
+        text += f"; not tuned, at their paper defaults: {', '.join(groups['not tuned'])}"
+    return text + "."
+
+
+def headline_rows(rows: Sequence[dict[str, Any]], recipes: Recipes | None) -> list[dict[str, Any]]:
+    """The latest spec's rows of the headline arm (:func:`~.tuned.arm_rows`), each final row of a
+    setting run under ``recipes`` with its ``recipe`` status (tuned, or not tuned)."""
+    out = []
+    for r in arm_rows(select_rows(rows), recipes, "tuned"):
+        if recipes is not None and r["setting"] in recipes.settings and r["phase"] == "final":
+            r = dict(r, recipe=recipe_status(recipes, r["setting"], r["method"]))
+        out.append(r)
+    return out
+
+
+def second_run_set(folder: str | Path) -> tuple[list[dict[str, Any]], str] | None:
+    """``(rows, name)`` of the folder's :data:`SECOND_RUN_SET`, if it holds a ``runs.csv``."""
+    second = Path(folder) / SECOND_RUN_SET
+    if not (second / "runs.csv").is_file():
+        return None
+    meta = (
+        json.loads((second / "meta.json").read_text()) if (second / "meta.json").is_file() else {}
+    )
+    env = meta.get("environment", {})
+    how = env.get("cpu_capability") or env.get("ATEN_CPU_CAPABILITY")
+    name = f"the second run set `{SECOND_RUN_SET}/`" + (f" (CPU capability {how})" if how else "")
+    return select_rows(read_runs(second / "runs.csv")), name

@@ -1,0 +1,191 @@
+"""DIST: distil the *relations* among class probabilities, not the probabilities themselves.
+
+Huang, You, Wang, Qian, Xu, "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022,
+Sec. 3. KD (:mod:`.kd`) asks the student to match each class probability of the teacher exactly;
+DIST relaxes that "exact match" to a match of relations, measured by the Pearson correlation
+between the teacher's and the student's softened class probabilities:
+
+- **inter-class** relation: per image, the correlation of the two probability vectors over the
+  classes (how the teacher spreads one image over the classes), averaged over the images;
+- **intra-class** relation: per class, the correlation of the two probability columns over the
+  batch (how the teacher ranks the batch's images for one class), averaged over the classes.
+
+Pearson's correlation ignores any positive affine change of either vector, so a student whose
+probabilities are a shifted, rescaled copy of the teacher's pays nothing: the relation, not the
+value, is distilled. GRKD (:mod:`.grkd`) relaxes KD in the same direction, to the teacher's
+*order* of each pair of classes (``docs/dist.md`` compares them).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import (
+    check_logit_pair,
+    check_min_batch,
+    check_nonnegative,
+    check_positive,
+    full_precision,
+    loss_dtype,
+)
+
+#: Floor of the Pearson denominator ``||a - mean a|| * ||b - mean b||`` (the authors' code uses the
+#: same value). Only a constant vector, whose correlation is undefined, reaches it.
+PEARSON_EPS = 1e-8
+
+
+def _one_minus_pearson(a: Tensor, b: Tensor) -> Tensor:
+    """``1 - mean_rows rho(a_r, b_r)``: one minus the Pearson correlation of each row pair, averaged.
+
+    ``rho(a, b) = <a - mean a, b - mean b> / max(||a - mean a|| ||b - mean b||, eps)`` over the
+    last dimension. The floor ``eps`` (:data:`PEARSON_EPS`) is reached only when a row is constant
+    (zero variance: Pearson's correlation is undefined there); such a row then counts as
+    ``rho = 0``. A constant *teacher* row contributes ``1`` and no gradient. Everywhere else the
+    value is Pearson's exactly.
+
+    Args:
+        a: ``(R, K)`` student rows.
+        b: ``(R, K)`` teacher rows (detached by the caller).
+
+    Returns:
+        Scalar ``1 - (1/R) sum_r rho(a_r, b_r)``.
+    """
+    a_c = a - a.mean(dim=1, keepdim=True)  # (R, K)
+    b_c = b - b.mean(dim=1, keepdim=True)  # (R, K)
+    norms = a_c.norm(dim=1) * b_c.norm(dim=1)  # (R,)
+    rho = (a_c * b_c).sum(dim=1) / norms.clamp_min(PEARSON_EPS)  # (R,)
+    return 1.0 - rho.mean()
+
+
+def _probabilities(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float
+) -> tuple[Tensor, Tensor, float]:
+    """Checked inputs softened at ``tau``: ``(Y^s (B, C), Y^t (B, C), tau)``, in the loss dtype."""
+    z, t = check_logit_pair(student_logits, teacher_logits)
+    if z.shape[1] < 2:
+        raise ValueError(
+            f"student_logits has {z.shape[1]} class; DIST's relations need at least 2 classes"
+        )
+    temp = check_positive("temperature", temperature)
+    dtype = loss_dtype(z, t)
+    y_s = F.softmax(z.to(dtype) / temp, dim=1)  # (B, C) student
+    y_t = F.softmax(t.detach().to(dtype) / temp, dim=1)  # (B, C) teacher
+    return y_s, y_t, temp
+
+
+def dist_inter_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """``L_inter = tau^2 (1 - (1/B) sum_i rho(Y^s_i,:, Y^t_i,:))``: DIST's inter-class term.
+
+    ``Y = softmax(z / tau)`` row-wise for the student's ``z^s`` and the teacher's ``z^t``;
+    ``rho`` is Pearson's correlation over the ``C`` classes of image ``i`` (see
+    :func:`dist_loss`). Needs ``C >= 2``; any ``B >= 1``.
+
+    Args:
+        student_logits: ``(B, C)``.
+        teacher_logits: ``(B, C)`` (detached).
+        temperature: ``tau > 0``.
+
+    Returns:
+        Scalar in ``[0, 2 tau^2]``.
+    """
+    with full_precision(student_logits.device):
+        y_s, y_t, temp = _probabilities(student_logits, teacher_logits, temperature)
+        return temp**2 * _one_minus_pearson(y_s, y_t)
+
+
+def dist_intra_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """``L_intra = tau^2 (1 - (1/C) sum_j rho(Y^s_:,j, Y^t_:,j))``: DIST's intra-class term.
+
+    The same as :func:`dist_inter_loss` on the transposed probability matrices: ``rho`` is the
+    correlation over the batch's ``B`` images of class ``j``'s probabilities (softened over the
+    classes first, at ``tau``). Needs ``B >= 2`` images and ``C >= 2`` classes.
+
+    Args:
+        student_logits: ``(B, C)``.
+        teacher_logits: ``(B, C)`` (detached).
+        temperature: ``tau > 0``.
+
+    Returns:
+        Scalar in ``[0, 2 tau^2]``.
+    """
+    with full_precision(student_logits.device):
+        y_s, y_t, temp = _probabilities(student_logits, teacher_logits, temperature)
+        check_min_batch("student_logits", y_s, 2, "DIST's intra-class relation")
+        return temp**2 * _one_minus_pearson(y_s.T, y_t.T)
+
+
+def dist_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+) -> Tensor:
+    """``L_DIST = beta tau^2 L_inter + gamma tau^2 L_intra`` (Huang et al. 2022, Sec. 3).
+
+    With ``Y^s = softmax(z^s / tau)``, ``Y^t = softmax(z^t / tau)`` (row-wise, ``(B, C)``) and
+    Pearson's correlation ``rho(u, v) = <u - mean u, v - mean v> / (||u - mean u|| ||v - mean v||)``,
+
+        L_inter = 1 - (1/B) sum_i rho(Y^s_i,:, Y^t_i,:)   (each image's distribution over classes)
+        L_intra = 1 - (1/C) sum_j rho(Y^s_:,j, Y^t_:,j)   (each class's probabilities over the batch)
+
+    (:func:`dist_inter_loss` and :func:`dist_intra_loss` include the ``tau^2``). Each term lies in
+    ``[0, 2]`` before ``tau^2`` and is 0 when the student's probabilities equal the teacher's, or
+    are any positive affine map of them row by row (inter) or column by column (intra).
+
+    Defaults ``beta = gamma = 1``, ``tau = 1``: the paper's loss weights and the authors' code's
+    default (``docs/dist.md``). A weight of 0 skips its term (so ``gamma = 0`` accepts a batch of
+    one image). Pearson's denominator is floored at :data:`PEARSON_EPS`, reached only by a
+    constant row or column, whose correlation is undefined (it then counts as 0).
+
+    Computed in float32 (float64 for float64 inputs) with autocast off; the teacher is detached.
+
+    Args:
+        student_logits: ``(B, C)`` student logits ``z^s``.
+        teacher_logits: ``(B, C)`` teacher logits ``z^t``.
+        beta: weight of the inter-class term, ``>= 0``.
+        gamma: weight of the intra-class term, ``>= 0``.
+        temperature: ``tau > 0``.
+
+    Returns:
+        Scalar loss.
+    """
+    beta = check_nonnegative("beta", beta)
+    gamma = check_nonnegative("gamma", gamma)
+    z, _ = check_logit_pair(student_logits, teacher_logits)
+    check_positive("temperature", temperature)
+    total = 0.0 * z.to(loss_dtype(z)).sum()  # both weights 0: a zero that keeps the graph
+    if beta > 0:
+        total = beta * dist_inter_loss(student_logits, teacher_logits, temperature)
+    if gamma > 0:
+        intra = gamma * dist_intra_loss(student_logits, teacher_logits, temperature)
+        total = intra if beta == 0 else total + intra
+    return total
+
+
+class DISTLoss(nn.Module):
+    """Module form of :func:`dist_loss` holding ``beta``, ``gamma`` and the temperature."""
+
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.beta = check_nonnegative("beta", beta)
+        self.gamma = check_nonnegative("gamma", gamma)
+        self.temperature = check_positive("temperature", temperature)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        return dist_loss(
+            student_logits,
+            teacher_logits,
+            beta=self.beta,
+            gamma=self.gamma,
+            temperature=self.temperature,
+        )
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, gamma={self.gamma}, temperature={self.temperature}"
