@@ -378,6 +378,34 @@ def test_store_appends_skips_and_repairs_an_interrupted_line(tmp_path: Path) -> 
     assert store.histories_path.read_text().splitlines()[1].startswith("a,1")
 
 
+def test_meta_json_names_the_cpu_and_its_instruction_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU @ 3.00GHz\nflags\t: avx2\n")
+    monkeypatch.setattr(bench_store, "_CPUINFO", cpuinfo)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    bench_store.record_invocation(tmp_path, {"command": "first"})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    capability = torch.backends.cpu.get_cpu_capability()
+    for where in (meta["environment"], meta["invocations"][0]):
+        assert where["cpu_model"] == "Test CPU @ 3.00GHz"
+        assert where["cpu_capability"] == capability
+        assert where["aten_cpu_capability"] == "avx2"
+    # no /proc/cpuinfo: platform.processor(); the variable unset: None; each invocation its own
+    monkeypatch.setattr(bench_store, "_CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr(bench_store.platform, "processor", lambda: "x86_64-fallback")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    bench_store.record_invocation(tmp_path, {"command": "second"})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    first, second = meta["invocations"]
+    assert first["cpu_model"] == "Test CPU @ 3.00GHz" and first["aten_cpu_capability"] == "avx2"
+    assert second["cpu_model"] == meta["environment"]["cpu_model"] == "x86_64-fallback"
+    assert second["aten_cpu_capability"] is None and second["command"] == "second"
+
+
 # ---------------------------------------------------------------------------------------------
 # The full (CIFAR-100) setting: built, never run here
 # ---------------------------------------------------------------------------------------------
