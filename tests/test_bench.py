@@ -201,12 +201,24 @@ def test_cross_task_marks_exactly_the_logit_methods_not_applicable() -> None:
         assert runner.applicable(method, same) is None
         reason = runner.applicable(method, cross)
         assert (reason is not None) == (method in bench_settings.NEEDS_SHARED_CLASSES)
-    assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd"} == set(
+    assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd", "pseudo_label"} <= set(
         bench_settings.NEEDS_SHARED_CLASSES
     )
     for method in ("ce", "rkd", "rrd", "refilled"):
         assert runner.applicable(method, cross) is None
     assert "2 epochs" in runner.applicable("refilled", _FakeWorkspace(shared=True, epochs=1))
+
+
+def test_the_pseudo_label_control_runs_only_where_there_are_unlabelled_images() -> None:
+    ws = _FakeWorkspace(shared=True)
+    for name, setting in bench_settings.default_settings(fast=False).items():
+        ws.setting = setting
+        reason = runner.applicable("pseudo_label", ws)
+        has = name in ("transfer", "cross-task")
+        assert bench_settings.has_unlabelled(setting) == has, name
+        assert (reason is None) == has, name  # low-data, standard: it would be CE exactly
+        assert runner.applicable("ce", ws) is None and runner.applicable("kd", ws) is None
+    assert "CE exactly" in bench_settings.NEEDS_UNLABELLED["pseudo_label"]
 
 
 def test_groups_follow_the_class_selection() -> None:
@@ -255,11 +267,12 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
     assert (std.labelled_per_class, std.epochs, std.seeds, std.curves) == (
         None, 20, (0, 1, 2), True
     )  # fmt: skip
-    # 10 methods x seeds, no sweep: 160 + 50 + 30 runs
+    # every method x seeds, no sweep; without unlabelled images the pseudo-label control is n/a
     counts = [
         runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
     ]
-    assert counts == [160, 50, 30]
+    n, labelled_only = len(bench_settings.METHODS), len(bench_settings.NEEDS_UNLABELLED)
+    assert counts == [16 * n, 5 * (n - labelled_only), 3 * (n - labelled_only)]
     # the data sizes the preset promises: the whole subset beside the validation split
     pool, val, _ = workspace._fashion_splits(t)
     assert (len(pool), len(val)) == (9000, 1000)
@@ -325,10 +338,9 @@ def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
     assert _configure(["--no-fast", "--preset", "large"])[1]["low-data"] == large["low-data"]
     swept = _configure(["--no-fast", "--sweep"])[1]
     assert all(s.sweep for s in swept.values())
-    assert (
-        runner.plan_counts(swept["transfer"], bench_settings.METHODS)
-        == 9 * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 160
-    )
+    assert runner.plan_counts(swept["transfer"], bench_settings.METHODS) == (
+        len(bench_settings.METHODS) - 1
+    ) * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 16 * len(bench_settings.METHODS)
     assert bench_settings.SWEEP_SEEDS >= 2
     opt_in = _configure(["--no-fast", "--settings", "cross-task"])[1]
     assert opt_in == {"cross-task": cpu["cross-task"]}
@@ -347,7 +359,9 @@ def test_plan_flag_prints_the_cpu_preset(capsys: pytest.CaptureFixture[str]) -> 
     assert "default mode, cpu preset, 1 torch thread" in out
     assert "transfer:" in out and "low-data:" in out and "standard:" in out
     assert "cross-task:" not in out
-    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == [160, 50, 30]
+    n = len(bench_settings.METHODS)
+    expected = [16 * n, 5 * (n - 1), 3 * (n - 1)]  # no pseudo-label runs without unlabelled images
+    assert [int(x) for x in re.findall(r"up to (\d+) training runs", out)] == expected
 
 
 # ---------------------------------------------------------------------------------------------

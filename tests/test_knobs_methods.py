@@ -54,6 +54,7 @@ WEIGHT_TERM = {
     "rrd_weight": "rrd",
     "lambda1": "relation",
     "lambda2": "local_kl",
+    "pseudo_weight": "pseudo",
 }
 
 
@@ -186,6 +187,12 @@ def refilled_classifier_terms(m, x, tau2=2.0, lambda2=100.0, ce_weight=1.0, cent
     return {"ce": ce_weight * ce(x), "local_kl": lambda2 * kl}
 
 
+def pseudo_label_terms(m, x, ce_weight=1.0, pseudo_weight=1.0):
+    keep = x.labels < 0  # the unlabelled samples, with the teacher's top class as their label
+    pseudo = F.cross_entropy(x.student_logits[keep], x.teacher_logits[keep].argmax(1))
+    return {"ce": ce_weight * ce(x), "pseudo": pseudo_weight * pseudo}
+
+
 RRD_DIMS = {"student_dim": D_S, "teacher_dim": D_T, "embed_dim": 8, "queue_size": 30}
 
 # name -> (build_method name, fixed kwargs, stage, expected terms, {argument: another value})
@@ -210,6 +217,8 @@ SPECS: dict[str, Spec] = {
                    "teacher_temperature": 0.5}),
     "rank_listwise": ("rank_listwise", {}, None, listwise_terms,
                       {"ce_weight": 0.5, "rank_weight": 3.0, "temperature": 2.0, "top_k": 2}),
+    "pseudo_label": ("pseudo_label", {}, None, pseudo_label_terms,
+                     {"ce_weight": 0.5, "pseudo_weight": 3.0}),
     "rrd": ("rrd", RRD_DIMS, None, rrd_terms,
             {"tau_s": 0.2, "tau_t": 0.3, "ce_weight": 0.5, "rrd_weight": 3.0}),
     "rrd_kd": ("rrd_kd", RRD_DIMS, None, rrd_kd_terms,

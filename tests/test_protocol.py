@@ -191,18 +191,53 @@ def test_the_report_pairs_each_method_with_its_control() -> None:
     entries = verdict.comparisons(_rows(_synthetic(0)), metrics=("acc",))
     control = {(e["method"], e["baseline"]) for e in entries if e["family"] == "control"}
     assert control == {
-        ("kd", "ce"), ("rkd", "ce"), ("rrd", "ce"), ("rrd_kd", "kd"), ("refilled", "ce"),
+        ("pseudo_label", "ce"), ("kd", "ce"), ("rkd", "ce"), ("rrd", "ce"), ("rrd_kd", "kd"), ("refilled", "ce"),
         ("grkd", "ce"), ("grkd_kd", "kd"), ("rank_soft", "ce"), ("rank_listwise", "ce"),
     }  # fmt: skip
     headline = [e for e in entries if e["family"] == "kd"]
     assert {e["method"] for e in headline} == set(bs.METHODS) - {"kd"}
-    assert all(e["baseline"] == "kd" and e["family_size"] == 9 for e in headline)
+    assert all(e["baseline"] == "kd" and e["family_size"] == len(bs.METHODS) - 1 for e in headline)
     mission = {(e["method"], e["baseline"]) for e in entries if e["family"] == "mission"}
     assert mission == {("grkd", "rkd"), ("grkd", "rrd"), ("grkd", "refilled")}
     # Holm is applied within each family: the adjusted p-values are holm_adjust of the raw ones
     for family in verdict.FAMILIES:
         group = [e for e in entries if e["family"] == family]
         assert [e["p_holm"] for e in group] == pytest.approx(holm_adjust([e["p"] for e in group]))
+
+
+def test_the_pseudo_family_is_every_logit_method_against_the_pseudo_label_control() -> None:
+    logit = set(bs.NEEDS_SHARED_CLASSES) - {bs.PSEUDO_LABEL_CONTROL}
+    assert {"kd", "rrd_kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise"} <= logit
+    assert not logit & {"ce", "rkd", "rrd", "refilled"}  # they never read the teacher's logits
+    pairs = verdict.family_pairs("pseudo", bs.METHODS)
+    assert set(pairs) == {(m, "pseudo_label") for m in logit}
+    assert verdict.family_pairs("pseudo", set(bs.METHODS) - {"pseudo_label"}) == []
+    entries = verdict.comparisons(_rows(_synthetic(0)), metrics=("acc",))
+    family = [e for e in entries if e["family"] == "pseudo"]
+    assert {e["method"] for e in family} == logit
+    assert all(e["family_size"] == len(logit) for e in family)
+    assert [e["p_holm"] for e in family] == pytest.approx(holm_adjust([e["p"] for e in family]))
+
+
+def _pseudo_sentence(text: str) -> str:
+    return text.split("Against the Pseudo-label control")[1]
+
+
+def test_the_pseudo_sentence_follows_the_numbers() -> None:
+    level = {m: 0.80 for m in bs.METHODS}
+    ahead = _synthetic(1, {**level, "kd": 0.85, "grkd": 0.75})  # KD 5 points above, GRKD below
+    text, entries = _verdict(ahead)
+    sentence = _pseudo_sentence(text)
+    beat, trail = sentence.split("Trail Pseudo-label: ")
+    assert "Beat Pseudo-label: KD (+" in beat and "GRKD" not in beat
+    assert trail.startswith("GRKD (-")
+    found = set(_NUMBER.findall(sentence.replace("top-1", "top-one")))
+    assert found <= _allowed_numbers(entries)
+    same = _pseudo_sentence(_verdict(_synthetic(1, level))[0])
+    assert "Beat" not in same and "Trail" not in same and "Within noise: " in same
+    # without the control (low-data, standard) there is no such sentence
+    rows = {m: v for m, v in _synthetic(1, level).items() if m != "pseudo_label"}
+    assert "Pseudo-label" not in _verdict(rows)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +277,7 @@ def test_verdict_paragraph_numbers_all_come_from_the_data() -> None:
 def test_verdict_sentences_change_when_the_numbers_change(tmp_path: Path) -> None:
     # two runs.csv files: GRKD well above KD in one, tied with KD in the other
     strong = _synthetic(1, {"grkd": 0.80})
-    tied = _synthetic(1, {"grkd": 0.71})  # KD's mean
+    tied = _synthetic(1, {"grkd": 0.70 + 0.01 * bs.METHODS.index("kd")})  # KD's mean
     texts = []
     for name, values in (("strong", strong), ("tied", tied)):
         out = tmp_path / name
@@ -428,7 +463,7 @@ def test_ablation_rows_are_not_mixed_with_the_final_comparison() -> None:
 
 
 def test_families_are_the_documented_ones() -> None:
-    assert verdict.FAMILIES == ("control", "kd", "ce", "mission")
+    assert verdict.FAMILIES == ("control", "kd", "ce", "mission", "pseudo")
     with pytest.raises(ValueError, match="family"):
         verdict.family_pairs("everything", bs.METHODS)
 
@@ -545,9 +580,10 @@ def test_the_precision_sentence_counts_the_intervals_within_the_target() -> None
     mid = sorted(half.values())[4]
     n_in = sum(h <= mid for h in half.values())
     text = verdict.precision_sentence(entries, "transfer", target=mid)
-    assert f"{n_in} of 9 are within the target" in text and "(wider: " in text
-    assert "9 of 9" in verdict.precision_sentence(entries, "transfer", target=half[wide])
-    assert "0 of 9" in verdict.precision_sentence(entries, "transfer", target=half[narrow] / 2)
+    n = len(half)
+    assert f"{n_in} of {n} are within the target" in text and "(wider: " in text
+    assert f"{n} of {n}" in verdict.precision_sentence(entries, "transfer", target=half[wide])
+    assert f"0 of {n}" in verdict.precision_sentence(entries, "transfer", target=half[narrow] / 2)
     assert verdict.precision_sentence(entries, "low-data") == ""  # no such setting: no sentence
     assert verdict.precision_sentence(entries, "transfer") in report.markdown_report(
         _rows(_synthetic(0))

@@ -51,10 +51,12 @@ from .settings import (
     METHOD_LABELS,
     MULTI_STAGE,
     NEEDS_SHARED_CLASSES,
+    NEEDS_UNLABELLED,
     Setting,
     ablation_seeds,
     ablation_variants,
     describe_params,
+    has_unlabelled,
     params_tag,
     sweep_candidates,
     sweep_seeds,
@@ -318,6 +320,8 @@ def applicable(method: str, ws: Workspace) -> str | None:
     """``None`` if ``method`` can run in ``ws``'s setting, else the reason it cannot."""
     if not ws.shared_classes and method in NEEDS_SHARED_CLASSES:
         return NEEDS_SHARED_CLASSES[method]
+    if method in NEEDS_UNLABELLED and not has_unlabelled(ws.setting):
+        return NEEDS_UNLABELLED[method]
     stages = MULTI_STAGE.get(method, 1)
     if ws.setting.epochs < stages:
         return f"trains in {stages} stages, so it needs at least {stages} epochs"
@@ -413,8 +417,17 @@ def _clock(seconds: float) -> str:
 
 
 def plan_counts(setting: Setting, methods: Sequence[str], ws: Workspace | None = None) -> int:
-    """Number of training runs a setting needs (sweep + final; n/a methods excluded)."""
-    runnable = [m for m in methods if ws is None or applicable(m, ws) is None]
+    """Number of training runs a setting needs (sweep + final; n/a methods excluded).
+
+    Without ``ws`` only what the setting alone decides is excluded (a method that needs unlabelled
+    images where there are none); with it, everything :func:`applicable` says.
+    """
+    runnable = [
+        m
+        for m in methods
+        if (ws is None or applicable(m, ws) is None)
+        and not (m in NEEDS_UNLABELLED and not has_unlabelled(setting))
+    ]
     trials = sum(len(sweep_candidates(m)) for m in runnable if m != "ce")
     sweep = trials * len(sweep_seeds(setting.seeds)) if setting.sweep else 0
     # a sweep run is not the same run as a final one (val vs test split), so nothing is shared

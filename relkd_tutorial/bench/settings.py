@@ -20,6 +20,7 @@ from typing import Any
 
 METHODS: tuple[str, ...] = (
     "ce",
+    "pseudo_label",
     "kd",
     "rkd",
     "rrd",
@@ -33,6 +34,7 @@ METHODS: tuple[str, ...] = (
 
 METHOD_LABELS: dict[str, str] = {
     "ce": "CE",
+    "pseudo_label": "Pseudo-label",
     "kd": "KD",
     "rkd": "RKD",
     "rrd": "RRD",
@@ -50,6 +52,7 @@ METHOD_LABELS: dict[str, str] = {
 #: Fashion-MNIST settings set to KD's (:data:`CONTROL_WEIGHTS`); listed here for the report.
 PAPER_DEFAULTS: dict[str, tuple[dict[str, float], str]] = {
     "ce": ({}, "plain cross-entropy"),
+    "pseudo_label": ({"pseudo_weight": 1.0}, "our control"),
     "kd": ({"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}, "CRD/RepDistiller KD"),
     "rkd": ({"distance_weight": 25.0, "angle_weight": 50.0}, "RepDistiller RKD (CE + 25 D + 50 A)"),
     "rrd": ({"rrd_weight": 1.0, "tau_s": 0.04, "tau_t": 0.10}, "RRD code (Sept 2024)"),
@@ -83,6 +86,7 @@ CONTROL_WEIGHTS: dict[str, dict[str, float]] = {
 #: KD itself (``0.1 CE + 0.9 KD``) is compared with CE: there the KD term *replaces* most of the
 #: CE weight, so that comparison differs in the term and in the CE weight (:data:`CONTROL_DIFFERS`).
 CONTROLS: dict[str, str] = {
+    "pseudo_label": "ce",
     "kd": "ce",
     "rkd": "ce",
     "rrd": "ce",
@@ -96,6 +100,7 @@ CONTROLS: dict[str, str] = {
 
 #: What a method adds to its control (the report's "differs in" column).
 CONTROL_DIFFERS: dict[str, str] = {
+    "pseudo_label": "+ CE on the teacher's top class over the unlabelled images",
     "kd": "0.9 KD term, CE weight 1 -> 0.1",
     "rkd": "+ RKD distance and angle terms",
     "rrd": "+ RRD term (and its projection head)",
@@ -120,6 +125,7 @@ ALPHA = 0.05
 #: Methods that read the teacher's logits, so they need the teacher and the student to share
 #: their classes; in the cross-task setting they are n/a, for this reason.
 NEEDS_SHARED_CLASSES: dict[str, str] = {
+    "pseudo_label": "its labels are the teacher's top class; the teacher has none of the student's classes",
     "kd": "matches the teacher's class distribution; the teacher has none of the student's classes",
     "rrd_kd": "its KD term needs the teacher's logits over the student's classes (RRD alone runs)",
     "grkd": "ranks the student's classes by the teacher's logits; the teacher has none of them",
@@ -127,6 +133,23 @@ NEEDS_SHARED_CLASSES: dict[str, str] = {
     "rank_soft": "ranks the teacher's logits; the teacher has none of the student's classes",
     "rank_listwise": "ranks the teacher's logits; the teacher has none of the student's classes",
 }
+
+#: The control the logit methods are compared with in the ``"pseudo"`` family: CE on the labels
+#: plus CE on the teacher's top class over the unlabelled images (hard labels, no temperature).
+#: A logit method that beats it gains from more than the teacher's labels on the pool.
+PSEUDO_LABEL_CONTROL = "pseudo_label"
+
+#: Methods that only differ from their control on unlabelled images: in a setting without any
+#: (low-data, standard) they would repeat their control's runs exactly, so they are not run there.
+NEEDS_UNLABELLED: dict[str, str] = {
+    "pseudo_label": "no unlabelled images here, so it is CE exactly (its pseudo-label term is 0)",
+}
+
+
+def has_unlabelled(setting: Setting) -> bool:
+    """Whether the setting's training sets hold unlabelled images (transfer, cross-task)."""
+    return setting.keep_unlabelled and setting.labelled_per_class is not None
+
 
 #: Methods trained in several stages (REFILLED: embedding, then classifier) and their count.
 MULTI_STAGE: dict[str, int] = {"refilled": 2}
@@ -160,6 +183,7 @@ def sweep_candidates(method: str) -> list[dict[str, float]]:
         ]
     knobs = {
         "kd": {"kd_weight": 0.9},
+        "pseudo_label": {"pseudo_weight": 1.0},
         "rkd": {"distance_weight": 25.0, "angle_weight": 50.0},
         "rrd": {"rrd_weight": 1.0},
         "rrd_kd": {"rrd_weight": 1.0},
