@@ -19,7 +19,7 @@ from relkd_tutorial.bench import cli, report, runner, verdict
 from relkd_tutorial.bench import settings as bs
 from relkd_tutorial.bench import store as bench_store
 from relkd_tutorial.losses.grkd import grkd_loss
-from relkd_tutorial.methods import build_method
+from relkd_tutorial.methods import RKD_CONVENTIONS, build_method
 from relkd_tutorial.stats import (
     claim,
     describe_corrected,
@@ -158,6 +158,40 @@ def test_each_relational_term_alone_has_ces_weight_and_ce_as_control() -> None:
     assert bs.CONTROLS["kd"] == "ce"
     assert set(bs.CONTROLS) == set(bs.METHODS) - {"ce"}
     assert set(bs.CONTROL_DIFFERS) == set(bs.CONTROLS)
+
+
+#: The benchmark's REFILLED recipe beyond the papers (docs/refilled.md, "In the benchmark").
+REFILLED_BENCH = {"restrict_to_batch": False, "stage1_labels": "teacher", "stage1_fraction": 0.3}
+
+
+def test_paper_defaults_are_what_runs_and_equal_the_constructor_defaults() -> None:
+    import inspect
+
+    from relkd_tutorial.methods.registry import _registry
+
+    for method in bs.METHODS:
+        params = bs.PAPER_DEFAULTS[method][0]
+        signature = inspect.signature(_registry()[method]).parameters
+        for key, value in params.items():
+            assert key in signature, f"{method}: {key} is not a constructor argument"
+            if method == "refilled" and key in REFILLED_BENCH:
+                assert value == REFILLED_BENCH[key], key
+                continue
+            default = bs.CONTROL_WEIGHTS.get(method, {}).get(key, signature[key].default)
+            if default is None and method == "rkd":  # the "cifar" convention's weights
+                default = dict(zip(("ce_weight", "distance_weight", "angle_weight"),
+                                   RKD_CONVENTIONS["cifar"], strict=True))[key]  # fmt: skip
+            assert value == default, (method, key)
+    # REFILLED runs with the benchmark's recipe (not the constructor's), and a trial's override
+    # passes through
+    plain = build_method("refilled")
+    assert plain.restrict_to_batch is True and plain.stage1_labels == "labelled"
+    refilled = _built("refilled")
+    assert refilled.restrict_to_batch is False and refilled.stage1_labels == "teacher"
+    assert [s.fraction for s in refilled.stages()] == pytest.approx([0.3, 0.7])
+    tuned = _built("refilled", {"stage1_fraction": 0.5, "stage1_labels": "labelled"})
+    assert [s.fraction for s in tuned.stages()] == pytest.approx([0.5, 0.5])
+    assert tuned.stage1_labels == "labelled"
 
 
 def _rows(values: dict[str, list[float]], setting: str = "transfer", tau: dict | None = None):

@@ -52,6 +52,7 @@ from .settings import (
     MULTI_STAGE,
     NEEDS_SHARED_CLASSES,
     NEEDS_UNLABELLED,
+    PAPER_DEFAULTS,
     Setting,
     ablation_seeds,
     ablation_variants,
@@ -163,7 +164,11 @@ class Job:
 
 
 def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train: int) -> dict:
-    """Constructor arguments: the setting-dependent sizes plus the trial's overrides.
+    """Constructor arguments: the benchmark's defaults, the setting-dependent sizes, the overrides.
+
+    The defaults are :data:`~relkd_tutorial.bench.settings.PAPER_DEFAULTS` (REFILLED's include
+    the benchmark's global-centre columns and teacher-labelled stage 1; the other entries equal
+    the constructor defaults, tested).
 
     RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice: the CIFAR 16384 is larger
     than these training sets, and ``K <= N`` keeps each image once; ``docs/rrd.md``). REFILLED gets
@@ -171,7 +176,8 @@ def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train:
     (:data:`~relkd_tutorial.bench.settings.CONTROL_WEIGHTS`), so ``X + KD`` differs from KD by
     the ``X`` term only; a trial's overrides come last.
     """
-    kwargs: dict[str, Any] = dict(CONTROL_WEIGHTS.get(method, {}))
+    kwargs: dict[str, Any] = dict(PAPER_DEFAULTS[method][0]) if method in PAPER_DEFAULTS else {}
+    kwargs.update(CONTROL_WEIGHTS.get(method, {}))
     if method in ("rrd", "rrd_kd"):
         student_dim = build_model(ws.setting.student, ws.num_classes, 1).feature_dim
         teacher_dim = int(ws.teacher_cache(ws.test).features.shape[1])
