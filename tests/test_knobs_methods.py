@@ -328,9 +328,7 @@ def test_rrd_update_order_default_after_and_before(kind: str) -> None:
 def test_refilled_stages_default_to_three_tenths_embedding() -> None:
     stages = [(s.name, s.fraction) for s in build_method("refilled").stages()]
     assert stages == [("embedding", pytest.approx(0.3)), ("classifier", pytest.approx(0.7))]
-    stages = [
-        (s.name, s.fraction) for s in build_method("refilled", stage1_fraction=0.6).stages()
-    ]
+    stages = [(s.name, s.fraction) for s in build_method("refilled", stage1_fraction=0.6).stages()]
     assert stages == [("embedding", pytest.approx(0.6)), ("classifier", pytest.approx(0.4))]
 
 
