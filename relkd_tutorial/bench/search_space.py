@@ -67,7 +67,7 @@ SEARCH_SPACE: dict[str, dict[str, Scale]] = {
         "lambda1": WEIGHT,
         "lambda2": WEIGHT,
         "tau2": TEMPERATURE,
-        "embedding_fraction": FRACTION,
+        "stage1_fraction": FRACTION,
     },
     "grkd": {"grkd_weight": WEIGHT, "temperature": TEMPERATURE},
     "grkd_kd": {"grkd_weight": WEIGHT, "temperature": TEMPERATURE},
