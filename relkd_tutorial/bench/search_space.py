@@ -137,7 +137,13 @@ def method_defaults(method: str) -> dict[str, float] | None:
         for name, p in signature.parameters.items()
         if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
     }
-    out.update({k: float(v) for k, v in PAPER_DEFAULTS[method][0].items()})
+    out.update(
+        {
+            k: float(v)
+            for k, v in PAPER_DEFAULTS[method][0].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)  # not a choice like "teacher"
+        }
+    )
     return out
 
 
