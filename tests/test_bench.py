@@ -204,9 +204,16 @@ def test_cross_task_marks_exactly_the_logit_methods_not_applicable() -> None:
         assert runner.applicable(method, same) is None
         reason = runner.applicable(method, cross)
         assert (reason is not None) == (method in bench_settings.NEEDS_SHARED_CLASSES)
-    assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd", "dist", "pseudo_label"} == set(
-        bench_settings.NEEDS_SHARED_CLASSES
-    )
+    assert {
+        "kd",
+        "grkd",
+        "grkd_kd",
+        "rank_soft",
+        "rank_listwise",
+        "rrd_kd",
+        "dist",
+        "pseudo_label",
+    } == set(bench_settings.NEEDS_SHARED_CLASSES)
     for method in ("ce", "rkd", "rrd", "refilled"):
         assert runner.applicable(method, cross) is None
     assert "2 epochs" in runner.applicable("refilled", _FakeWorkspace(shared=True, epochs=1))

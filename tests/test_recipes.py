@@ -93,7 +93,9 @@ def test_a_recipe_equal_to_the_defaults_has_the_default_runs_key(tmp_path: Path)
     assert rc.canonical_params("grkd", {"reduction": "sum"}) == {"reduction": "sum"}
     # the benchmark runs REFILLED with global centres (PAPER_DEFAULTS), not the constructor's True
     assert rc.canonical_params("refilled", {"restrict_to_batch": False}) == {}
-    assert rc.canonical_params("refilled", {"restrict_to_batch": True}) == {"restrict_to_batch": True}
+    assert rc.canonical_params("refilled", {"restrict_to_batch": True}) == {
+        "restrict_to_batch": True
+    }
 
 
 @pytest.mark.parametrize(

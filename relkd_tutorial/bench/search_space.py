@@ -141,7 +141,8 @@ def method_defaults(method: str) -> dict[str, float] | None:
         {
             k: float(v)
             for k, v in PAPER_DEFAULTS[method][0].items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)  # not a choice like "teacher"
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)  # not a choice like "teacher"
         }
     )
     return out
