@@ -12,15 +12,24 @@ the same ``teacher_cnn``, recipe, epochs and seed, trained only on classes 0-4
 (``python scripts/train_teacher.py --classes 0,1,2,3,4``), so that notebook 04 compares a
 teacher that has seen the student's classes with one that has not, and not a long-trained
 teacher with a short-trained one.
+
+A third, **held-out** teacher (``stem=HELDOUT_TEACHER``): the same network, recipe, epochs and
+seed, trained on the shipped training images *minus* the benchmark's validation split
+(``python scripts/train_teacher.py --exclude-validation 100``), so that the split that selects
+hyperparameters is one the teacher never saw. Its record's ``trained_on`` names the rule, the
+count and the SHA-256 of the positions it trained on (:func:`index_digest`). Which teacher the
+benchmark distils from is one switch, ``relkd_tutorial.bench.settings.BENCH_TEACHER``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .data import RESTORE_SHIPPED, data_dir, verify_sha256
@@ -28,8 +37,22 @@ from .models import FeatureClassifier, build_model
 
 SHIPPED_TEACHER = "teacher_cnn_fashion_mnist"  # file stem inside the data folder
 SHIPPED_TEACHER_MODEL = "teacher_cnn"
+#: The ten-class teacher trained without the benchmark's validation split (at 100 per class,
+#: seed 0, a superset of every preset's split): ``train_teacher.py --exclude-validation 100``.
+HELDOUT_TEACHER = f"{SHIPPED_TEACHER}_heldout"
+#: The ten-class teacher trained on 10,000 images of the full training file outside the subset,
+#: so it has seen neither the pool nor the validation split: ``--disjoint-from-subset``.
+DISJOINT_TEACHER = f"{SHIPPED_TEACHER}_disjoint"
+#: The ten-class teachers a ``stem`` may name.
+SHIPPED_TEN_CLASS_TEACHERS: tuple[str, ...] = (SHIPPED_TEACHER, HELDOUT_TEACHER, DISJOINT_TEACHER)
 #: The classes of the shipped cross-task teacher (notebook 04: the student learns 5-9).
 CROSS_TASK_TEACHER_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+
+def index_digest(indices: Sequence[int] | np.ndarray) -> str:
+    """SHA-256 (hex) of a set of positions: sorted, unique, as little-endian int64 bytes."""
+    arr = np.unique(np.asarray(indices, dtype=np.int64)).astype("<i8")
+    return hashlib.sha256(arr.tobytes()).hexdigest()
 
 
 def shipped_teacher_stem(classes: Sequence[int] | None = None) -> str:
@@ -50,16 +73,33 @@ def shipped_teacher_stem(classes: Sequence[int] | None = None) -> str:
     return f"{SHIPPED_TEACHER}_classes" + "_".join(map(str, classes))
 
 
-def shipped_teacher_paths(classes: Sequence[int] | None = None) -> tuple[Path, Path]:
-    """``(weights .pt, info .json)`` of the shipped teacher (of ``classes``; ``None``: all ten)."""
+def _stem(classes: Sequence[int] | None, stem: str | None) -> str:
+    if stem is None:
+        return shipped_teacher_stem(classes)
+    if classes is not None:
+        raise ValueError("give classes or stem, not both")
+    if stem not in SHIPPED_TEN_CLASS_TEACHERS:
+        raise ValueError(
+            f"unknown ten-class teacher {stem!r}; choose from {SHIPPED_TEN_CLASS_TEACHERS}"
+        )
+    return stem
+
+
+def shipped_teacher_paths(
+    classes: Sequence[int] | None = None, stem: str | None = None
+) -> tuple[Path, Path]:
+    """``(weights .pt, info .json)`` of the shipped teacher (of ``classes``; ``None``: all ten;
+    ``stem``: one of :data:`SHIPPED_TEN_CLASS_TEACHERS`)."""
     folder = data_dir()
-    stem = shipped_teacher_stem(classes)
+    stem = _stem(classes, stem)
     return folder / f"{stem}.pt", folder / f"{stem}.json"
 
 
-def shipped_teacher_info(classes: Sequence[int] | None = None) -> dict[str, Any]:
-    """The shipped teacher's record: accuracy, command, versions, history."""
-    _, info_path = shipped_teacher_paths(classes)
+def shipped_teacher_info(
+    classes: Sequence[int] | None = None, stem: str | None = None
+) -> dict[str, Any]:
+    """The shipped teacher's record: accuracy, command, versions, history (what it trained on)."""
+    _, info_path = shipped_teacher_paths(classes, stem)
     if not info_path.exists():
         raise FileNotFoundError(
             f"{info_path} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
@@ -69,24 +109,31 @@ def shipped_teacher_info(classes: Sequence[int] | None = None) -> dict[str, Any]
 
 
 def load_shipped_teacher(
-    device: str | torch.device = "cpu", classes: Sequence[int] | None = None
+    device: str | torch.device = "cpu",
+    classes: Sequence[int] | None = None,
+    stem: str | None = None,
 ) -> FeatureClassifier:
     """Build ``teacher_cnn`` and load the shipped weights (checksum verified), in eval mode.
 
     ``classes``: the cross-task teacher of those classes (``CROSS_TASK_TEACHER_CLASSES``, whose
     outputs are ``len(classes)`` logits, class ``classes[j]`` as logit ``j``); ``None``: the
-    ten-class teacher.
+    ten-class teacher. ``stem``: another ten-class teacher, e.g. :data:`HELDOUT_TEACHER` (the one
+    that never saw the benchmark's validation split).
 
     Raises:
         FileNotFoundError: the weights are missing (says how to restore or rebuild them).
         relkd_tutorial.data.ChecksumError: the file does not match its ``SHA256SUMS``.
     """
-    weights, _ = shipped_teacher_paths(classes)
+    weights, _ = shipped_teacher_paths(classes, stem)
     if not weights.exists():
         raise FileNotFoundError(
             f"{weights} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
             "`python scripts/train_teacher.py`"
             + ("" if classes is None else f" --classes {','.join(map(str, classes))}")
+            + {
+                HELDOUT_TEACHER: " --exclude-validation 100",
+                DISJOINT_TEACHER: " --disjoint-from-subset",
+            }.get(stem or "", "")  # fmt: skip
         )
     verify_sha256(weights)
     try:

@@ -291,8 +291,8 @@ MUTANTS: list[Mutant] = [
         "lambda1: float = 1000.0,", "lambda1: float = 100.0,", (KNOBS_METHODS,),
     ),
     Mutant(
-        "refilled_default_embedding_fraction", "method",
-        "embedding_fraction: float = 0.3,", "embedding_fraction: float = 0.5,", (KNOBS_METHODS,),
+        "refilled_default_stage1_fraction", "method",
+        "stage1_fraction: float = 0.3,", "stage1_fraction: float = 0.5,", (KNOBS_METHODS,),
     ),
     Mutant(
         "refilled_restrict_to_batch_ignored", "method",

@@ -204,12 +204,31 @@ def test_cross_task_marks_exactly_the_logit_methods_not_applicable() -> None:
         assert runner.applicable(method, same) is None
         reason = runner.applicable(method, cross)
         assert (reason is not None) == (method in bench_settings.NEEDS_SHARED_CLASSES)
-    assert {"kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "rrd_kd", "dist"} == set(
-        bench_settings.NEEDS_SHARED_CLASSES
-    )
+    assert {
+        "kd",
+        "grkd",
+        "grkd_kd",
+        "rank_soft",
+        "rank_listwise",
+        "rrd_kd",
+        "dist",
+        "pseudo_label",
+    } == set(bench_settings.NEEDS_SHARED_CLASSES)
     for method in ("ce", "rkd", "rrd", "refilled"):
         assert runner.applicable(method, cross) is None
     assert "2 epochs" in runner.applicable("refilled", _FakeWorkspace(shared=True, epochs=1))
+
+
+def test_the_pseudo_label_control_runs_only_where_there_are_unlabelled_images() -> None:
+    ws = _FakeWorkspace(shared=True)
+    for name, setting in bench_settings.default_settings(fast=False).items():
+        ws.setting = setting
+        reason = runner.applicable("pseudo_label", ws)
+        has = name in ("transfer", "cross-task")
+        assert bench_settings.has_unlabelled(setting) == has, name
+        assert (reason is None) == has, name  # low-data, standard: it would be CE exactly
+        assert runner.applicable("ce", ws) is None and runner.applicable("kd", ws) is None
+    assert "CE exactly" in bench_settings.NEEDS_UNLABELLED["pseudo_label"]
 
 
 def test_groups_follow_the_class_selection() -> None:
@@ -260,11 +279,13 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
     assert (std.labelled_per_class, std.epochs, std.seeds, std.curves) == (
         None, 20, (0, 1, 2), True
     )  # fmt: skip
-    # every method x seeds, no sweep, no recipe: 16 + 8 + 3 seeds each
+    # every method x seeds, no sweep, no recipe; without unlabelled images the pseudo-label
+    # control is one n/a row, not a run per seed
     counts = [
         runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
     ]
-    assert counts == [len(bench_settings.METHODS) * k for k in (16, 8, 3)]
+    n, labelled_only = len(bench_settings.METHODS), len(bench_settings.NEEDS_UNLABELLED)
+    assert counts == [16 * n, 8 * (n - labelled_only), 3 * (n - labelled_only)]
     # the data sizes the preset promises: the whole subset beside the validation split
     pool, val, _ = workspace._fashion_splits(t)
     assert (len(pool), len(val)) == (9000, 1000)
@@ -330,10 +351,9 @@ def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
     assert _configure(["--no-fast", "--preset", "large"])[1]["low-data"] == large["low-data"]
     swept = _configure(["--no-fast", "--sweep"])[1]
     assert all(s.sweep for s in swept.values())
-    assert (
-        runner.plan_counts(swept["transfer"], bench_settings.METHODS)
-        == 10 * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 176
-    )
+    assert runner.plan_counts(swept["transfer"], bench_settings.METHODS) == (
+        len(bench_settings.METHODS) - 1
+    ) * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 16 * len(bench_settings.METHODS)
     assert bench_settings.SWEEP_SEEDS >= 2
     opt_in = _configure(["--no-fast", "--settings", "cross-task"])[1]
     assert opt_in == {"cross-task": cpu["cross-task"]}
@@ -354,7 +374,10 @@ def test_plan_flag_prints_the_cpu_preset(capsys: pytest.CaptureFixture[str]) -> 
     assert "cross-task:" not in out
     n = len(bench_settings.METHODS)  # the shipped recipes may tune some: at least these runs
     counts = [int(x) for x in re.findall(r"up to (\d+) training runs", out)]
-    assert len(counts) == 3 and all(c >= n * k for c, k in zip(counts, (16, 8, 3), strict=True))
+    # no pseudo-label runs without unlabelled images
+    assert len(counts) == 3 and all(
+        c >= k * m for c, k, m in zip(counts, (16, 8, 3), (n, n - 1, n - 1), strict=True)
+    )
     assert "at their recipes" in out
 
 
@@ -384,6 +407,34 @@ def test_store_appends_skips_and_repairs_an_interrupted_line(tmp_path: Path) -> 
     store.append(_row("d", seed=3))
     assert [r["key"] for r in store.rows()] == ["a", "b", "d"]
     assert store.histories_path.read_text().splitlines()[1].startswith("a,1")
+
+
+def test_meta_json_names_the_cpu_and_its_instruction_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU @ 3.00GHz\nflags\t: avx2\n")
+    monkeypatch.setattr(bench_store, "_CPUINFO", cpuinfo)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    bench_store.record_invocation(tmp_path, {"command": "first"})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    capability = torch.backends.cpu.get_cpu_capability()
+    for where in (meta["environment"], meta["invocations"][0]):
+        assert where["cpu_model"] == "Test CPU @ 3.00GHz"
+        assert where["cpu_capability"] == capability
+        assert where["aten_cpu_capability"] == "avx2"
+    # no /proc/cpuinfo: platform.processor(); the variable unset: None; each invocation its own
+    monkeypatch.setattr(bench_store, "_CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr(bench_store.platform, "processor", lambda: "x86_64-fallback")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    bench_store.record_invocation(tmp_path, {"command": "second"})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    first, second = meta["invocations"]
+    assert first["cpu_model"] == "Test CPU @ 3.00GHz" and first["aten_cpu_capability"] == "avx2"
+    assert second["cpu_model"] == meta["environment"]["cpu_model"] == "x86_64-fallback"
+    assert second["aten_cpu_capability"] is None and second["command"] == "second"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,13 +643,19 @@ def test_main_job_fast_mode_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     for name in bench_settings.DEFAULT_SETTINGS:
         assert f"== {name} ==" in printed, name
         for method in bench_settings.METHODS:
-            seeds = sorted(
-                r["seed"] for r in finals if r["setting"] == name and r["method"] == method
-            )
+            mine = [r for r in finals if r["setting"] == name and r["method"] == method]
+            if method in bench_settings.NEEDS_UNLABELLED and name != "transfer":
+                assert [r["status"] for r in mine] == ["n/a"], (name, method)  # CE exactly there
+                continue
+            seeds = sorted(r["seed"] for r in mine)
             assert seeds == list(settings[name].seeds), (name, method, seeds)
     everything = [r for r in rows if r["phase"] == "final"]  # both arms
     ok = [r for r in everything if r["status"] == "ok"]
-    assert len(ok) == len(everything), [r for r in everything if r["status"] != "ok"]
+    not_run = [r for r in everything if r["status"] == "n/a"]
+    assert len(ok) + len(not_run) == len(everything), [
+        r for r in everything if r["status"] not in ("ok", "n/a")
+    ]
+    assert {r["method"] for r in not_run} <= set(bench_settings.NEEDS_UNLABELLED)
     assert all(0.1 <= r["acc"] <= 1.0 for r in ok)  # ten classes: every student beats chance
     assert all(-1.0 <= r["kendall_tau"] <= 1.0 for r in ok)
     for name in ("results.md", "summary.csv", "differences.csv", "meta.json", "accuracy.png"):

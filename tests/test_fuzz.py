@@ -347,7 +347,7 @@ def test_fuzz_supervised_cross_entropy():
 
 D_S, D_T, C = 4, 3, 3
 FIELDS = ("features", "logits", "labels", "teacher_features", "teacher_logits")
-LOGIT_METHODS = ("kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "dist")
+LOGIT_METHODS = ("kd", "grkd", "grkd_kd", "rank_soft", "rank_listwise", "dist", "pseudo_label")
 
 
 def reads(kind: str, stage: str | None) -> tuple[set[str], bool]:

@@ -58,6 +58,7 @@ WEIGHT_TERM = {
     "lambda2": "local_kl",
     "beta": "dist_inter",
     "gamma": "dist_intra",
+    "pseudo_weight": "pseudo",
 }
 
 
@@ -180,9 +181,16 @@ def rrd_kd_terms(m, x, tau_s=0.04, tau_t=0.10, ce_weight=1.0, rrd_weight=1.0, kd
     }
 
 
-def refilled_embedding_terms(m, x, margin=0.2, tau1=4.0, lambda1=1000.0, form="triplet"):
+def refilled_embedding_terms(m, x, margin=0.2, tau1=4.0, lambda1=1000.0, form="triplet",
+                             stage1_labels="labelled"):  # fmt: skip
     f_s, f_t = x.student_features, x.teacher_features
-    return {"relation": lambda1 * refilled_embedding_loss(f_s, f_t, x.labels, margin, tau1, form)}
+    labels = x.labels
+    if stage1_labels == "teacher":  # unlabelled samples: the top class of the global centres
+        data = setup_data()
+        table = class_centres(data.teacher_features, data.labels, C)  # (C, D_T), class 4 zero
+        zeta = (f_t @ table.t()).masked_fill(table.abs().sum(1) == 0, float("-inf"))  # (B, C)
+        labels = torch.where(labels >= 0, labels, zeta.argmax(1))
+    return {"relation": lambda1 * refilled_embedding_loss(f_s, f_t, labels, margin, tau1, form)}
 
 
 def refilled_classifier_terms(m, x, tau2=2.0, lambda2=100.0, ce_weight=1.0, centres="global",
@@ -197,6 +205,12 @@ def refilled_classifier_terms(m, x, tau2=2.0, lambda2=100.0, ce_weight=1.0, cent
         table = torch.cat([table, table.new_zeros(C - k, D_T)])  # (C, D_T): no centre = zeros
     kl = refilled_classifier_kl(x.student_logits, f_t, x.labels, table, tau2, restrict_to_batch)
     return {"ce": ce_weight * ce(x), "local_kl": lambda2 * kl}
+
+
+def pseudo_label_terms(m, x, ce_weight=1.0, pseudo_weight=1.0):
+    keep = x.labels < 0  # the unlabelled samples, with the teacher's top class as their label
+    pseudo = F.cross_entropy(x.student_logits[keep], x.teacher_logits[keep].argmax(1))
+    return {"ce": ce_weight * ce(x), "pseudo": pseudo_weight * pseudo}
 
 
 RRD_DIMS = {"student_dim": D_S, "teacher_dim": D_T, "embed_dim": 8, "queue_size": 30}
@@ -225,13 +239,16 @@ SPECS: dict[str, Spec] = {
                       {"ce_weight": 0.5, "rank_weight": 3.0, "temperature": 2.0, "top_k": 2}),
     "dist": ("dist", {}, None, dist_terms,
              {"ce_weight": 0.5, "beta": 3.0, "gamma": 0.25, "temperature": 2.0}),
+    "pseudo_label": ("pseudo_label", {}, None, pseudo_label_terms,
+                     {"ce_weight": 0.5, "pseudo_weight": 3.0}),
     "rrd": ("rrd", RRD_DIMS, None, rrd_terms,
             {"tau_s": 0.2, "tau_t": 0.3, "ce_weight": 0.5, "rrd_weight": 3.0}),
     "rrd_kd": ("rrd_kd", RRD_DIMS, None, rrd_kd_terms,
                {"tau_s": 0.2, "tau_t": 0.3, "ce_weight": 0.5, "rrd_weight": 3.0,
                 "kd_weight": 0.25, "kd_temperature": 1.5}),
     "refilled_embedding": ("refilled", {}, "embedding", refilled_embedding_terms,
-                           {"margin": 0.5, "tau1": 1.5, "lambda1": 10.0, "form": "tuple"}),
+                           {"margin": 0.5, "tau1": 1.5, "lambda1": 10.0, "form": "tuple",
+                            "stage1_labels": "teacher"}),
     "refilled_classifier": ("refilled", {}, "classifier", refilled_classifier_terms,
                             {"tau2": 0.7, "lambda2": 3.0, "ce_weight": 0.4,
                              "centres": "local",
@@ -326,9 +343,7 @@ def test_rrd_update_order_default_after_and_before(kind: str) -> None:
 def test_refilled_stages_default_to_three_tenths_embedding() -> None:
     stages = [(s.name, s.fraction) for s in build_method("refilled").stages()]
     assert stages == [("embedding", pytest.approx(0.3)), ("classifier", pytest.approx(0.7))]
-    stages = [
-        (s.name, s.fraction) for s in build_method("refilled", embedding_fraction=0.6).stages()
-    ]
+    stages = [(s.name, s.fraction) for s in build_method("refilled", stage1_fraction=0.6).stages()]
     assert stages == [("embedding", pytest.approx(0.6)), ("classifier", pytest.approx(0.4))]
 
 

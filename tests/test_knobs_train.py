@@ -271,7 +271,7 @@ def test_epochs_is_the_number_of_passes(epochs: int) -> None:
 
 
 def test_each_stage_of_a_method_gets_its_share_of_the_epochs_and_a_fresh_schedule() -> None:
-    method = build_method("refilled", centres="local", embedding_fraction=0.5, margin=1.0)
+    method = build_method("refilled", centres="local", stage1_fraction=0.5, margin=1.0)
     history = fit(tiny(), method.double(), batches(), config(epochs=4, lr=0.1, schedule="cosine"),
                   teacher=tiny(seed=9).eval())  # fmt: skip
     assert [r["stage"] for r in history] == ["embedding"] * 2 + ["classifier"] * 2

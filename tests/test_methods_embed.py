@@ -161,7 +161,7 @@ def setup_data(n=60, dt=10, cs=4, ct=7, seed=5):
 
 
 def test_refilled_stages_and_switching():
-    m = Refilled(embedding_fraction=0.25)
+    m = Refilled(stage1_fraction=0.25)
     assert [(s.name, s.fraction) for s in m.stages()] == [("embedding", 0.25), ("classifier", 0.75)]
     assert m.stage == "embedding" and m.needs_setup
     assert not Refilled(centres="local").needs_setup
@@ -240,7 +240,7 @@ def test_refilled_class_absent_from_setup_data():
 def test_refilled_cross_task_teacher_with_other_classes():
     """The teacher was trained on 7 other classes; only its features are used."""
     data = setup_data(cs=4, ct=7)
-    m = Refilled(embedding_fraction=0.5, form="tuple")
+    m = Refilled(stage1_fraction=0.5, form="tuple")
     m.setup(data)
     student = torch.nn.Linear(6, 4)
     opt = torch.optim.SGD(list(student.parameters()) + list(m.parameters()), lr=0.05)
@@ -291,8 +291,8 @@ def test_refilled_setup_ignores_unlabelled_and_local_mode():
 
 
 def test_refilled_bad_configuration():
-    with pytest.raises(ValueError, match="embedding_fraction"):
-        Refilled(embedding_fraction=1.0)
+    with pytest.raises(ValueError, match="stage1_fraction"):
+        Refilled(stage1_fraction=1.0)
     with pytest.raises(ValueError, match="form"):
         Refilled(form="pairs")
     with pytest.raises(ValueError, match="centres"):

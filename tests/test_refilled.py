@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import relkd_tutorial.relations as relations
-from relkd_tutorial import Refilled, StepInputs, input_checks
+from relkd_tutorial import Refilled, SetupData, StepInputs, input_checks
 from relkd_tutorial.losses.refilled import (
     batch_classes,
+    centre_labels,
     class_centres,
     embedding_distances,
     mine_triplets,
@@ -450,3 +451,71 @@ def test_stage2_bad_input():
         refilled_classifier_kl(z, ft, y, centres, tau2=0.0)
     with pytest.raises(ValueError, match=r"labels has a label below -1"):
         class_centres(ft, torch.tensor([0, -2, 1, 1]), 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage-1 labels from the teacher's embedding (beyond the papers: Refilled(stage1_labels=...))
+# ---------------------------------------------------------------------------------------------
+
+
+def test_centre_labels_against_a_naive_loop():
+    g = torch.Generator().manual_seed(3)
+    ft = torch.randn(9, 4, generator=g, dtype=D64)
+    centres = class_centres(torch.randn(20, 4, generator=g, dtype=D64), torch.arange(20) % 4, 5)
+    assert torch.equal(centres[4], torch.zeros(4, dtype=D64))  # class 4 has no centre
+    y = torch.tensor([0, -1, 2, -1, -1, 3, -1, 1, -1])
+    got = centre_labels(ft, y, centres)
+    for i in range(9):
+        if y[i] >= 0:
+            assert int(got[i]) == int(y[i])  # a labelled sample keeps its label
+        else:
+            scores = {k: (ft[i] @ centres[k]).item() for k in range(4)}  # classes with a centre
+            assert int(got[i]) == max(scores, key=scores.get)
+    # a class without a centre is never given, even where its (zero) score would be the largest
+    far = -10.0 * centres[:4].sum(0, keepdim=True)  # (1, 4): negative against every centre
+    assert int(centre_labels(far, torch.tensor([-1]), centres)) != 4
+    with pytest.raises(ValueError, match="no non-zero row"):
+        centre_labels(ft, y, torch.zeros(5, 4, dtype=D64))
+    with pytest.raises(ValueError, match="embedding width"):
+        centre_labels(ft, y, torch.ones(5, 3, dtype=D64))
+    with pytest.raises(ValueError, match="only 5 classes"):
+        centre_labels(ft, torch.full((9,), 5), centres)
+
+
+def _transfer_batch(seed: int = 0):
+    """A transfer-like batch: 64 samples of 4 well-separated classes, 6 of them labelled."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.arange(64) % 4
+    means = 4.0 * torch.eye(8, dtype=D64)[:4]  # (4, 8)
+    ft = means[truth] + 0.3 * torch.randn(64, 8, generator=g, dtype=D64)
+    fs = ft[:, :6] + 0.8 * torch.randn(64, 6, generator=g, dtype=D64)
+    y = torch.full((64,), -1)
+    y[:6] = truth[:6]
+    return fs, ft, y, truth
+
+
+def test_teacher_labelled_stage1_mines_the_unlabelled_samples_too():
+    fs, ft, y, truth = _transfer_batch()
+    setup_feats, setup_labels = ft, truth  # the global centres: the teacher on labelled data
+
+    counts = {}
+    for mode in ("labelled", "teacher"):
+        m = Refilled(stage1_labels=mode, num_classes=4).double()
+        m.setup(SetupData(setup_feats, torch.zeros(64, 4, dtype=D64), setup_labels))
+        terms = m(StepInputs(fs, torch.zeros(64, 4, dtype=D64), y, ft))
+        counts[mode] = m.last_num_triplets
+        # the same as the loss with the triplets mined under those labels
+        labels = y if mode == "labelled" else centre_labels(ft, y, m.class_centres)
+        a, p, n = mine_triplets(fs, labels)
+        assert counts[mode] == a.shape[0]
+        expected = 1000.0 * refilled_embedding_loss(fs, ft, labels, triplets=(a, p, n))
+        torch.testing.assert_close(terms["relation"], expected, rtol=1e-12, atol=0)
+    # separable classes: the teacher's centre labels are the true classes
+    assert torch.equal(centre_labels(ft, y, m.class_centres), truth)
+    assert counts["teacher"] > 20 * max(counts["labelled"], 1)
+    # with local centres the batch's labelled samples give the centres
+    local = Refilled(stage1_labels="teacher", centres="local").double()
+    local(StepInputs(fs, torch.zeros(64, 4, dtype=D64), y, ft))
+    assert local.last_num_triplets > counts["labelled"]
+    with pytest.raises(ValueError, match="stage1_labels"):
+        Refilled(stage1_labels="pseudo")

@@ -87,7 +87,7 @@ def test_edges_and_extension() -> None:
     assert knob.at_edge(0.14) == "low" and knob.at_edge(0.16) is None
     assert knob.at_edge(70.0) == "high" and knob.at_edge(60.0) is None
     assert knob.extend("high").high == 1000.0 and knob.extend("low").low == pytest.approx(0.01)
-    frac = space.method_space("refilled")["embedding_fraction"]
+    frac = space.method_space("refilled")["stage1_fraction"]
     assert not frac.log and frac.at_edge(0.12) == "low" and frac.at_edge(0.5) is None
     with pytest.raises(ValueError, match="fixed"):
         frac.extend("high")

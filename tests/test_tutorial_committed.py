@@ -98,6 +98,9 @@ def test_complete_partial_absent_and_stale_settings(tmp_path, spec):
     assert "Incomplete: `python -m relkd_tutorial.bench --settings transfer" in t.describe()
     with pytest.raises(ValueError, match="cross-task"):
         committed_results(results, settings=("cross-task",))
+    # without unlabelled images the pseudo-label control is one n/a row, not a run per seed
+    low = got["low-data"]
+    assert low.expected == (len(METHODS) - 1) * len(low.setting.seeds) + 1
 
 
 def test_ablation_is_found_in_its_folder_or_the_main_one(tmp_path, spec):

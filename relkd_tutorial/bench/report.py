@@ -410,6 +410,7 @@ def markdown_report(
             ("control", "Each method against its one-thing-different control"),
             (HEADLINE_BASELINE, f"Every method against {METHOD_LABELS[HEADLINE_BASELINE]}"),
             ("mission", "GRKD against the other relational methods"),
+            ("pseudo", "Every logit method against the pseudo-label control"),
         ):
             table = family_table(entries, setting, family, CONTROL_DIFFERS)
             if table:

@@ -52,10 +52,13 @@ from .settings import (
     METHOD_LABELS,
     MULTI_STAGE,
     NEEDS_SHARED_CLASSES,
+    NEEDS_UNLABELLED,
+    PAPER_DEFAULTS,
     Setting,
     ablation_seeds,
     ablation_variants,
     describe_params,
+    has_unlabelled,
     params_tag,
     sweep_candidates,
     sweep_seeds,
@@ -162,7 +165,11 @@ class Job:
 
 
 def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train: int) -> dict:
-    """Constructor arguments: the setting-dependent sizes plus the trial's overrides.
+    """Constructor arguments: the benchmark's defaults, the setting-dependent sizes, the overrides.
+
+    The defaults are :data:`~relkd_tutorial.bench.settings.PAPER_DEFAULTS` (REFILLED's include
+    the benchmark's global-centre columns and teacher-labelled stage 1; the other entries equal
+    the constructor defaults, tested).
 
     RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice: the CIFAR 16384 is larger
     than these training sets, and ``K <= N`` keeps each image once; ``docs/rrd.md``). REFILLED gets
@@ -170,7 +177,8 @@ def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train:
     (:data:`~relkd_tutorial.bench.settings.CONTROL_WEIGHTS`), so ``X + KD`` differs from KD by
     the ``X`` term only; a trial's overrides come last.
     """
-    kwargs: dict[str, Any] = dict(CONTROL_WEIGHTS.get(method, {}))
+    kwargs: dict[str, Any] = dict(PAPER_DEFAULTS[method][0]) if method in PAPER_DEFAULTS else {}
+    kwargs.update(CONTROL_WEIGHTS.get(method, {}))
     if method in ("rrd", "rrd_kd"):
         student_dim = build_model(ws.setting.student, ws.num_classes, 1).feature_dim
         teacher_dim = int(ws.teacher_cache(ws.test).features.shape[1])
@@ -319,6 +327,8 @@ def applicable(method: str, ws: Workspace) -> str | None:
     """``None`` if ``method`` can run in ``ws``'s setting, else the reason it cannot."""
     if not ws.shared_classes and method in NEEDS_SHARED_CLASSES:
         return NEEDS_SHARED_CLASSES[method]
+    if method in NEEDS_UNLABELLED and not has_unlabelled(ws.setting):
+        return NEEDS_UNLABELLED[method]
     stages = MULTI_STAGE.get(method, 1)
     if ws.setting.epochs < stages:
         return f"trains in {stages} stages, so it needs at least {stages} epochs"
@@ -440,8 +450,17 @@ def plan_counts(
     recipes: Recipes | None = None,
     defaults: bool = True,
 ) -> int:
-    """Number of training runs a setting needs (sweep + final arms; n/a methods excluded)."""
-    runnable = [m for m in methods if ws is None or applicable(m, ws) is None]
+    """Number of training runs a setting needs (sweep + final arms; n/a methods excluded).
+
+    Without ``ws`` only what the setting alone decides is excluded (a method that needs unlabelled
+    images where there are none); with it, everything :func:`applicable` says.
+    """
+    runnable = [
+        m
+        for m in methods
+        if (ws is None or applicable(m, ws) is None)
+        and not (m in NEEDS_UNLABELLED and not has_unlabelled(setting))
+    ]
     trials = sum(len(sweep_candidates(m)) for m in runnable if m != "ce")
     sweep = trials * len(sweep_seeds(setting.seeds)) if setting.sweep else 0
     # a sweep run is not the same run as a final one (val vs test split), so nothing is shared

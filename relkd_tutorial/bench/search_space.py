@@ -67,7 +67,7 @@ SEARCH_SPACE: dict[str, dict[str, Scale]] = {
         "lambda1": WEIGHT,
         "lambda2": WEIGHT,
         "tau2": TEMPERATURE,
-        "embedding_fraction": FRACTION,
+        "stage1_fraction": FRACTION,
     },
     "grkd": {"grkd_weight": WEIGHT, "temperature": TEMPERATURE},
     "grkd_kd": {"grkd_weight": WEIGHT, "temperature": TEMPERATURE},
@@ -137,7 +137,14 @@ def method_defaults(method: str) -> dict[str, float] | None:
         for name, p in signature.parameters.items()
         if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
     }
-    out.update({k: float(v) for k, v in PAPER_DEFAULTS[method][0].items()})
+    out.update(
+        {
+            k: float(v)
+            for k, v in PAPER_DEFAULTS[method][0].items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)  # not a choice like "teacher"
+        }
+    )
     return out
 
 

@@ -218,8 +218,35 @@ class ResultStore:
 # ---------------------------------------------------------------------------------------------
 
 
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU and the instruction set torch's CPU kernels use: runs are bit-exact only on the same.
+
+    ``cpu_model``: the first ``model name`` of ``/proc/cpuinfo`` (else ``platform.processor()``,
+    else ``None``); ``cpu_capability``: ``torch.backends.cpu.get_cpu_capability()`` (``"AVX512"``,
+    ``"AVX2"``, ``"DEFAULT"``, ...); ``aten_cpu_capability``: the ``ATEN_CPU_CAPABILITY``
+    environment variable that caps it, ``None`` when unset.
+    """
+    model = None
+    try:
+        for line in _CPUINFO.read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model or platform.processor() or None,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
+    }
+
+
 def environment() -> dict[str, Any]:
-    """Versions, device and threads, for ``meta.json``."""
+    """Versions, device, threads, the CPU and its instruction set (:func:`cpu_info`), for
+    ``meta.json``."""
     import numpy
 
     info: dict[str, Any] = {
@@ -231,6 +258,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **cpu_info(),
     }
     try:
         import matplotlib
@@ -268,7 +296,12 @@ def _git_commit() -> str | None:
 
 
 def record_invocation(out_dir: Path, entry: dict[str, Any]) -> None:
-    """Append this invocation (command, timing, load) to ``meta.json``'s list of invocations."""
+    """Append this invocation (command, timing, load) to ``meta.json``'s list of invocations.
+
+    Each entry also gets the CPU it ran on (:func:`cpu_info`, unless the entry says already), so a
+    folder whose runs came from several machines says which invocation ran where; the top-level
+    ``environment`` is the last invocation's.
+    """
     path = out_dir / "meta.json"
     meta: dict[str, Any] = {"invocations": []}
     if path.exists():
@@ -276,7 +309,7 @@ def record_invocation(out_dir: Path, entry: dict[str, Any]) -> None:
             meta = json.loads(path.read_text())
         except json.JSONDecodeError:
             meta = {"invocations": []}
-    meta.setdefault("invocations", []).append(entry)
+    meta.setdefault("invocations", []).append({**cpu_info(), **entry})
     meta["environment"] = environment()
     meta["git_commit"] = _git_commit()
     path.write_text(json.dumps(meta, indent=1) + "\n")

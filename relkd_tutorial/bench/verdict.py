@@ -13,6 +13,11 @@ metric:
 - ``"kd"``: every method against KD, the headline (ten comparisons with all eleven methods);
 - ``"ce"``: every method against CE;
 - ``"mission"``: GRKD against RKD, RRD, REFILLED and DIST (the project's question);
+- ``"pseudo"``: every logit method (those of
+  :data:`~relkd_tutorial.bench.settings.NEEDS_SHARED_CLASSES`) against the pseudo-label control
+  (:data:`~relkd_tutorial.bench.settings.PSEUDO_LABEL_CONTROL`: CE on the labels plus CE on the
+  teacher's top class over the unlabelled images), which separates the teacher's dark knowledge
+  from its labels on the pool (transfer only: the control is not run without unlabelled images);
 - ``"ablation"``: each variant of an ablated method against its default
   (:data:`~relkd_tutorial.bench.settings.ABLATIONS`).
 
@@ -48,7 +53,9 @@ from .settings import (
     METRIC_LABELS,
     MISSION_METHOD,
     MISSION_RIVALS,
+    NEEDS_SHARED_CLASSES,
     PERCENT,
+    PSEUDO_LABEL_CONTROL,
     _method_order,
     _ordered_settings,
     _scale,
@@ -57,7 +64,7 @@ from .settings import (
     params_tag,
 )
 
-FAMILIES: tuple[str, ...] = ("control", "kd", "ce", "mission")
+FAMILIES: tuple[str, ...] = ("control", "kd", "ce", "mission", "pseudo")
 CONFIDENCE = 0.95
 
 
@@ -80,6 +87,11 @@ def family_pairs(family: str, methods: Iterable[str]) -> list[tuple[str, str]]:
         if MISSION_METHOD not in present:
             return []
         return [(MISSION_METHOD, r) for r in MISSION_RIVALS if r in present]
+    if family == "pseudo":
+        if PSEUDO_LABEL_CONTROL not in present:
+            return []
+        logit = [m for m in present if m in NEEDS_SHARED_CLASSES and m != PSEUDO_LABEL_CONTROL]
+        return [(m, PSEUDO_LABEL_CONTROL) for m in logit]
     raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
 
 
@@ -367,9 +379,10 @@ def verdict_paragraph(
 ) -> str:
     """The verdict of one setting, generated from :func:`comparisons`' entries (no typed number).
 
-    Three sentences: against KD (the headline family), against each method's one-thing-different
-    control, and the mission's question (GRKD against RKD, RRD, REFILLED and DIST). A method is said to
-    beat or trail only when its Holm-adjusted p-value is at most ``alpha``.
+    Up to four sentences: against KD (the headline family), against each method's
+    one-thing-different control, the mission's question (GRKD against RKD, RRD, REFILLED and DIST), and
+    the logit methods against the pseudo-label control (where it ran). A method is said to beat or
+    trail only when its Holm-adjusted p-value is at most ``alpha``.
     """
     chosen = [e for e in entries if e["setting"] == setting and e["metric"] == metric]
     what = METRIC_LABELS[metric].replace(" %", "")
@@ -415,6 +428,19 @@ def verdict_paragraph(
                 mission,
                 lambda e: _label(e["baseline"]),
                 (f"{who} beats", f"{who} trails"),
+                confidence,
+            )  # fmt: skip
+        )
+    pseudo = [e for e in chosen if e["family"] == "pseudo"]
+    if pseudo:
+        base = _label(PSEUDO_LABEL_CONTROL)
+        out.append(
+            f"Against the {base} control (CE on the teacher's top class over the unlabelled "
+            "images: the teacher's labels without its dark knowledge): "
+            + _family_sentence(
+                pseudo,
+                lambda e: _label(e["method"]),
+                (f"beat {base}", f"trail {base}"),
                 confidence,
             )  # fmt: skip
         )

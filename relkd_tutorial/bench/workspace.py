@@ -1,8 +1,8 @@
 """What the runs of a setting share: its data splits and its teacher (:class:`Workspace`).
 
 The splits come from the shipped Fashion-MNIST subset; the teacher is the shipped ``teacher_cnn``
-(or given weights), or, for the cross-task setting, a 5-class teacher trained once and cached in
-the output folder. The teacher's outputs over each image set are computed once and memoised
+named by ``settings.BENCH_TEACHER`` (or given weights), or, for the cross-task setting, a 5-class
+teacher trained once and cached in the output folder. The teacher's outputs over each image set are computed once and memoised
 (:meth:`Workspace.teacher_cache`).
 
 On disk (:func:`save_workspace`, :func:`load_workspace`, :func:`attach_cached_outputs`): the
@@ -48,6 +48,7 @@ from ..teacher import TeacherCache
 from ..training import TrainConfig, evaluate, fit
 from ..training.checkpoint import _atomic_write
 from .settings import (
+    BENCH_TEACHER,
     CROSS_TASK_STUDENT_CLASSES,
     CROSS_TASK_TEACHER_CLASSES,
     FASHION_SETTINGS,
@@ -177,11 +178,11 @@ def load_teacher_weights(path: str | Path, model: nn.Module) -> nn.Module:
 
 
 def fashion_teacher(path: str | Path | None, device: torch.device) -> nn.Module:
-    """The shipped ``teacher_cnn`` (default) or ``teacher_cnn`` weights from ``path``."""
+    """The shipped ``teacher_cnn`` named by ``BENCH_TEACHER`` (default) or weights from ``path``."""
     if path is None:
         from ..pretrained import load_shipped_teacher
 
-        return load_shipped_teacher(device)
+        return load_shipped_teacher(device, stem=BENCH_TEACHER)
     return load_teacher_weights(path, build_model("teacher_cnn", 10, 1)).to(device)
 
 

@@ -23,6 +23,7 @@ from .ranking import (
 # --- RRD and REFILLED (embedding-based relational losses) ---
 from .refilled import (
     batch_classes,
+    centre_labels,
     class_centres,
     mine_triplets,
     refilled_classifier_kl,
@@ -67,6 +68,7 @@ __all__ = [
     "rrd_loss",
     # REFILLED
     "batch_classes",
+    "centre_labels",
     "class_centres",
     "mine_triplets",
     "refilled_classifier_kl",

@@ -46,7 +46,10 @@ Where we chose (the papers' method sections were not available to us; see ``docs
   are. The centre is ``normalize(mean)``, so classes of different sizes weigh the same.
 - (choice) unlabelled samples enter the stage-2 KL (the teacher's classifier gives them a target;
   ``C_B`` comes from the labelled samples only), and the KL is averaged over all ``B`` rows.
-  They take no part in stage-1 mining and no part in the cross-entropy.
+  They take no part in the cross-entropy, and by default none in stage-1 mining; with
+  :func:`centre_labels` (beyond the papers) they are mined under the class the teacher's
+  embedding-induced classifier gives them, ``argmax_k <f^T_i, c_k>`` over the classes with a
+  centre, so that a batch with few labelled samples still has triplets.
 - (choice) a class without a centre (absent from the data the global centres were computed on)
   has a zero row; if such a class is ever present in a batch, the loss raises ``ValueError``
   instead of silently comparing against a zero vector.
@@ -291,6 +294,41 @@ def class_centres(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
         counts = torch.bincount(row, minlength=num_classes + 1).to(f.dtype)  # (C + 1,)
         means = sums[:num_classes] / counts[:num_classes, None].clamp(min=1)  # (C, D)
         return unit_rows(means)  # zero rows stay zero
+
+
+def centre_labels(teacher_features: Tensor, labels: Tensor, centres: Tensor) -> Tensor:
+    """Labels for stage-1 mining from the teacher's embedding: labelled samples keep theirs.
+
+    ``y'_i = y_i`` if ``y_i >= 0``, else ``argmax_k <f^T_i, c_k>`` over the classes ``k`` whose
+    centre is not a zero row: the top class of the teacher's embedding-induced classifier (the
+    stage-2 ``zeta`` over every class with a centre; the teacher's logits are never read, so this
+    works when the teacher was trained on other classes). Ties go to the lowest class. No gradient.
+
+    Args:
+        teacher_features: ``(B, D_T)``.
+        labels: ``(B,)`` student labels in ``[-1, C)``.
+        centres: ``(C, D_T)`` class centres (:func:`class_centres`); zero row = no centre.
+
+    Returns:
+        ``(B,)`` int64 labels in ``[0, C)`` (every sample labelled).
+
+    Raises:
+        ValueError: no class has a centre (nothing to label with).
+    """
+    check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)")
+    check_float_tensor("centres", centres, 2, "(C, D_T)")
+    check_same_width("teacher_features", teacher_features, "centres", centres)
+    check_labels("labels", labels, teacher_features.shape[0], centres.shape[0])
+    check_same_device("teacher_features", teacher_features, "centres", centres)
+    check_same_device("teacher_features", teacher_features, "labels", labels)
+    with torch.no_grad(), full_precision(teacher_features.device):
+        dtype = loss_dtype(teacher_features, centres)
+        has_centre = centres.abs().sum(dim=1) > 0  # (C,)
+        if not bool(has_centre.any()):
+            raise ValueError("centres has no non-zero row: no class to label the samples with")
+        zeta = teacher_features.detach().to(dtype) @ centres.detach().to(dtype).t()  # (B, C)
+        zeta = zeta.masked_fill(~has_centre[None, :], float("-inf"))
+        return torch.where(labels >= 0, labels, zeta.argmax(dim=1))  # (B,)
 
 
 def batch_classes(labels: Tensor, num_classes: int) -> Tensor:

@@ -3,7 +3,8 @@
 - :mod:`~relkd_tutorial.methods.base`: :class:`Method` (the seams the loop uses: ``needs_teacher``,
   ``needs_setup``/``setup``, ``stages``/``set_stage``, ``loss_terms``, ``after_step``),
   :class:`StepInputs`, :class:`Stage`, :class:`SetupData`, :class:`CrossEntropy`;
-- :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD, the ranking variants and DIST;
+- :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD, the ranking variants, DIST and
+  the pseudo-label control;
 - :mod:`~relkd_tutorial.methods.embedding`: RRD and REFILLED (heads, a queue, stages, a setup pass);
 - :mod:`~relkd_tutorial.methods.compose`: any method + KD (:func:`with_kd`; ``"rrd_kd"``,
   ``"grkd_kd"``, ``"<name>+kd"``);
@@ -28,6 +29,7 @@ from .logit_relation import (
     RKD,
     RKD_CONVENTIONS,
     ListwiseRank,
+    PseudoLabel,
     RKDAngle,
     RKDDistance,
     SoftRank,
@@ -42,6 +44,7 @@ __all__ = [
     "KD",
     "ListwiseRank",
     "Method",
+    "PseudoLabel",
     "RKD",
     "RKDAngle",
     "RKDDistance",

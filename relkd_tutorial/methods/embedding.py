@@ -18,6 +18,7 @@ from .._checks import (
 )
 from ..losses.refilled import (
     FORMS,
+    centre_labels,
     class_centres,
     mine_triplets,
     refilled_classifier_kl,
@@ -88,12 +89,20 @@ class RRD(Method):
             self.rrd.update_queue(_teacher(inputs, "teacher_features", self.name))
 
 
+#: Which samples REFILLED's stage 1 mines triplets among (``Refilled(stage1_labels=...)``).
+STAGE1_LABELS = ("labelled", "teacher")
+
+
 class Refilled(Method):
     """REFILLED (``docs/refilled.md``): two stages, ``"embedding"`` then ``"classifier"``.
 
-    - ``"embedding"`` (the first ``embedding_fraction`` of the epochs, default 0.3):
+    - ``"embedding"`` (the first ``stage1_fraction`` of the epochs, default 0.3):
       ``L = lambda1 * L1`` (no cross-entropy), relationship matching on semi-hard triplets mined on
-      the student; ``form="triplet"`` or ``"tuple"``.
+      the student; ``form="triplet"`` or ``"tuple"``. ``stage1_labels="labelled"`` (the papers)
+      mines among the labelled samples only; ``"teacher"`` also mines the unlabelled ones under
+      the class the teacher's embedding-induced classifier gives them
+      (:func:`~relkd_tutorial.losses.refilled.centre_labels`, the same centres as stage 2), so a
+      transfer batch with a handful of labels still has thousands of triplets, not a dozen.
     - ``"classifier"`` (the rest): ``L = ce_weight * CE + lambda2 * KL`` against the teacher's
       embedding-induced local classifier over the batch's classes.
 
@@ -104,8 +113,10 @@ class Refilled(Method):
     trained on other classes.
 
     Args:
-        embedding_fraction: share of the epochs for stage 1, in ``(0, 1)`` (0.3; the papers train
+        stage1_fraction: share of the epochs for stage 1, in ``(0, 1)`` (0.3; the papers train
             each stage for 200 epochs, i.e. 0.5 of an equal budget).
+        stage1_labels: ``"labelled"`` (the papers: unlabelled samples take no part in mining) or
+            ``"teacher"`` (they are mined under the teacher's centre-classifier label).
         form: ``"triplet"`` or ``"tuple"`` stage-1 loss.
         centres: ``"global"`` or ``"local"``.
         margin: semi-hard margin ``m`` (0.2).
@@ -126,7 +137,7 @@ class Refilled(Method):
 
     def __init__(
         self,
-        embedding_fraction: float = 0.3,
+        stage1_fraction: float = 0.3,
         form: str = "triplet",
         centres: str = "global",
         margin: float = 0.2,
@@ -137,18 +148,22 @@ class Refilled(Method):
         ce_weight: float = 1.0,
         num_classes: int | None = None,
         restrict_to_batch: bool = True,
+        stage1_labels: str = "labelled",
     ) -> None:
-        if isinstance(embedding_fraction, bool) or not isinstance(embedding_fraction, (int, float)):
-            raise TypeError("embedding_fraction must be a number in (0, 1)")
-        if not 0 < embedding_fraction < 1:
-            raise ValueError(f"embedding_fraction must lie in (0, 1), got {embedding_fraction}")
+        if isinstance(stage1_fraction, bool) or not isinstance(stage1_fraction, (int, float)):
+            raise TypeError("stage1_fraction must be a number in (0, 1)")
+        if not 0 < stage1_fraction < 1:
+            raise ValueError(f"stage1_fraction must lie in (0, 1), got {stage1_fraction}")
         # set before Method.__init__, which reads stages()
-        self.embedding_fraction = float(embedding_fraction)
+        self.stage1_fraction = float(stage1_fraction)
         super().__init__()
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         if centres not in ("global", "local"):
             raise ValueError(f"centres must be 'global' or 'local', got {centres!r}")
+        if stage1_labels not in STAGE1_LABELS:
+            raise ValueError(f"stage1_labels must be one of {STAGE1_LABELS}, got {stage1_labels!r}")
+        self.stage1_labels = stage1_labels
         if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes}")
         self.form = form
@@ -167,7 +182,7 @@ class Refilled(Method):
         self.last_num_triplets = 0  # diagnostics: triplets mined at the last stage-1 step
 
     def stages(self) -> list[Stage]:
-        f1 = self.embedding_fraction
+        f1 = self.stage1_fraction
         return [Stage("embedding", f1), Stage("classifier", 1.0 - f1)]
 
     @torch.no_grad()
@@ -215,12 +230,18 @@ class Refilled(Method):
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         teacher_features = _teacher(inputs, "teacher_features", self.name)
         if self.stage == "embedding":
-            a, p, n = mine_triplets(inputs.student_features, inputs.labels, self.margin)
+            labels = inputs.labels
+            if self.stage1_labels == "teacher":
+                centres = self._centres_for(inputs, teacher_features)
+                labels = centre_labels(
+                    teacher_features, labels, centres.to(teacher_features.device)
+                )
+            a, p, n = mine_triplets(inputs.student_features, labels, self.margin)
             self.last_num_triplets = int(a.shape[0])
             l1 = refilled_embedding_loss(
                 inputs.student_features,
                 teacher_features,
-                inputs.labels,
+                labels,
                 self.margin,
                 self.tau1,
                 self.form,

@@ -1,4 +1,5 @@
-"""Logit and relation methods: KD, RKD, GRKD, the ranking variants and DIST.
+"""Logit and relation methods: KD, RKD, GRKD, the ranking variants, DIST and the pseudo-label
+control.
 
 Losses in :mod:`relkd_tutorial.losses` (``kd``, ``rkd``, ``grkd``, ``ranking``, ``dist``); each method
 weights them with the supervised cross-entropy and returns the weighted terms
@@ -7,12 +8,18 @@ weights them with the supervised cross-entropy and returns the weighted terms
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import (
     check_choice,
+    check_float_tensor,
+    check_labels,
     check_nonnegative,
     check_positive,
+    full_precision,
+    loss_dtype,
 )
 from ..losses.dist import dist_inter_loss, dist_intra_loss
 from ..losses.grkd import GRKDLoss
@@ -238,6 +245,69 @@ class DIST(Method):
         return _total(terms, z)
 
 
+def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy on the teacher's top class over the unlabelled images of a batch.
+
+    ``L_PL = -(1/|U|) sum_{i in U} log softmax(z_i)_{argmax_c t_ic}``, ``U = {i : y_i = -1}``:
+    hard labels, no temperature (Lee, 2013, with the teacher as the labeller). A batch with no
+    unlabelled image gives exactly 0 with a gradient path (``0 * z.sum()``), never 0/0. Ties in a
+    teacher row go to the lowest class index (``argmax``). Computed in float32 (float64 for float64
+    logits) with autocast off, with no host synchronisation: as in
+    :func:`~relkd_tutorial.methods.supervised_cross_entropy`, the unlabelled rows are moved to the
+    front (a stable sort) and the rest ignored, so the mean adds the same numbers in the same order
+    as over ``z[U]``.
+
+    Args:
+        student_logits: ``(B, C)``.
+        teacher_logits: ``(B, C)``, the teacher's logits over the student's classes.
+        labels: ``(B,)`` integer labels in ``[-1, C)``; ``-1`` marks an unlabelled image.
+    """
+    check_float_tensor("student_logits", student_logits, 2, "(B, C)")
+    check_float_tensor("teacher_logits", teacher_logits, 2, "(B, C)")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            "pseudo-labels need the teacher's logits over the student's classes: teacher_logits "
+            f"{tuple(teacher_logits.shape)} != student_logits {tuple(student_logits.shape)}"
+        )
+    check_labels("labels", labels, student_logits.shape[0], student_logits.shape[1])
+    unlabelled = labels < 0  # (B,)
+    first = torch.argsort(labels.ge(0).to(torch.uint8), stable=True)  # (B,) unlabelled rows first
+    pseudo = torch.where(unlabelled, teacher_logits.argmax(dim=1), -1)[first]  # (B,) -1: ignored
+    with full_precision(student_logits.device):
+        z = student_logits[first].to(loss_dtype(student_logits))  # (B, C)
+        ce = F.cross_entropy(z, pseudo, ignore_index=-1)  # 0/0 if every image is labelled
+    return torch.where(unlabelled.any(), ce, student_logits.sum() * 0.0)
+
+
+class PseudoLabel(Method):
+    """The pseudo-label control: ``ce_weight CE(labels) + pseudo_weight L_PL`` (1 / 1, choice).
+
+    CE on the labelled images' labels plus CE on the teacher's top class over the unlabelled
+    images (:func:`pseudo_label_loss`: hard labels, no temperature). It asks how much of a logit
+    method's gain in transfer is the teacher's *labels* on the pool rather than its dark knowledge.
+    A batch with no unlabelled image (low-data, standard, or a transfer batch that drew only
+    labelled images) is pure CE: the ``"pseudo"`` term is exactly 0 and adds no gradient.
+    Terms: ``"ce"``, ``"pseudo"``.
+    """
+
+    name = "pseudo_label"
+    needs_teacher = True
+
+    def __init__(self, ce_weight: float = 1.0, pseudo_weight: float = 1.0) -> None:
+        super().__init__()
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        self.pseudo_weight = check_nonnegative("pseudo_weight", pseudo_weight)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        terms = self._ce_terms(inputs)
+        _weighted(
+            terms, "pseudo", self.pseudo_weight, lambda: pseudo_label_loss(z, t, inputs.labels)
+        )
+        return _total(terms, z)
+
+
 _LOGIT_AND_RELATION_METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (KD, RKD, RKDDistance, RKDAngle, GRKD, SoftRank, ListwiseRank, DIST)
+    cls.name: cls
+    for cls in (KD, RKD, RKDDistance, RKDAngle, GRKD, SoftRank, ListwiseRank, DIST, PseudoLabel)
 }

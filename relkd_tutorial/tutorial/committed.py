@@ -35,10 +35,12 @@ from ..bench.settings import (
     METHOD_LABELS,
     METHODS,
     METRIC_LABELS,
+    NEEDS_UNLABELLED,
     PERCENT,
     Setting,
     ablation_seeds,
     ablation_variants,
+    has_unlabelled,
 )
 from ..bench.store import read_runs
 from ..bench.tuned import arm_rows
@@ -139,6 +141,15 @@ def folder_recipes(folder: str | Path) -> Recipes | None:
     return recipes_of_meta(json.loads(meta.read_text()) if meta.is_file() else None)
 
 
+def _expected_runs(setting: Setting) -> int:
+    """Runs of a complete setting: every method on every seed, one ``n/a`` row for a method that
+    needs unlabelled images where there are none (``NEEDS_UNLABELLED``)."""
+    return sum(
+        1 if m in NEEDS_UNLABELLED and not has_unlabelled(setting) else len(setting.seeds)
+        for m in METHODS
+    )
+
+
 def committed_results(
     results_dir: str | Path | None = None,
     settings: Sequence[str] = DEFAULT_SETTINGS,
@@ -170,7 +181,7 @@ def committed_results(
             command += f" --preset {preset}"
         out[name] = CommittedSetting(
             name=name, setting=s, spec=spec, rows=[r for r in mine if r["spec"] == spec],
-            expected=len(METHODS) * len(s.seeds), stale=sum(r["spec"] != spec for r in mine),
+            expected=_expected_runs(s), stale=sum(r["spec"] != spec for r in mine),
             command=command, source=source,
         )  # fmt: skip
     return out
