@@ -76,10 +76,19 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
         },
         "REFILLED code; all centred classes as columns, teacher-labelled stage 1 (ours)",
     ),
-    "grkd": ({"grkd_weight": 1.0, "temperature": 1.0}, "docs/grkd.md (paper silent)"),
+    "grkd": (
+        {"grkd_weight": 1.0, "temperature": 1.0, "reduction": "sum"},
+        "the published summary's sum over class pairs (docs/grkd.md: chosen by measurement)",
+    ),
     "grkd_kd": (
-        {"ce_weight": 0.1, "kd_weight": 0.9, "grkd_weight": 1.0, "temperature": 1.0},
-        "KD's weights + the GRKD term (controlled; docs/grkd.md)",
+        {
+            "ce_weight": 0.1,
+            "kd_weight": 0.9,
+            "grkd_weight": 1.0,
+            "temperature": 1.0,
+            "reduction": "sum",
+        },
+        "KD's weights + the GRKD term summed over pairs (controlled; docs/grkd.md)",
     ),
     "rank_soft": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
     "rank_listwise": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
@@ -280,7 +289,7 @@ ABLATIONS: dict[str, tuple[Variant, ...]] = {
         Variant("tau 0.5", "temperature", {"temperature": 0.5}),
         Variant("tau 2", "temperature", {"temperature": 2.0}),
         Variant("tau 4", "temperature", {"temperature": 4.0}),
-        Variant("sum over pairs", "normalisation (scale)", {"reduction": "sum"}),
+        Variant("mean over pairs", "normalisation (scale)", {"reduction": "mean"}),
     ),
 }
 
@@ -324,7 +333,7 @@ def variant_of(method: str, params: dict[str, Any] | str) -> Variant | None:
 #: committed results were made with the first: flip this switch in the same commit as the rerun
 #: of the benchmark (the spec fingerprint includes the teacher's weights, so runs of the two never
 #: mix).
-BENCH_TEACHER = "teacher_cnn_fashion_mnist"
+BENCH_TEACHER = "teacher_cnn_fashion_mnist_heldout"
 
 FASHION_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard", "cross-task")
 ALL_SETTINGS: tuple[str, ...] = (*FASHION_SETTINGS, "full")
