@@ -215,7 +215,9 @@ def test_family_table_and_sentence_follow_the_entries(spec):
     with pytest.raises(ValueError, match="no comparison of family"):
         family_table(entries, "nope")
     sentence = family_sentence(entries, "transfer", "mission")
-    assert sentence.count(";") == len(MISSION_RIVALS) - 1 and sentence.startswith("GRKD trails RKD (")
+    assert sentence.count(";") == len(MISSION_RIVALS) - 1 and sentence.startswith(
+        "GRKD trails RKD ("
+    )
     assert family_sentence(entries, "standard", "mission") == ""
 
 
