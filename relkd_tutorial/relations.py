@@ -11,8 +11,9 @@ Shapes: ``B`` batch, ``D`` feature width, ``K`` queue length, ``C`` classes.
 Three families live here:
 
 - **Sample relations** (rows of a ``(B, D)`` embedding): distances, RKD's normalised distances,
-  angle cosines, cosine similarities. All of them are computed from the Gram matrix of the
-  *centred* batch, so no ``(B, B, D)`` difference tensor is ever built.
+  angle cosines, cosine similarities. Distances come from the Gram matrix of the *centred* batch,
+  cosines from the Gram matrix of the unit-normalised rows (not centred: a translation changes
+  them), so no ``(B, B, D)`` difference tensor is ever built.
 - **Class relations** (entries of a ``(B, C)`` score row): the teacher's preferences and their
   counts, its descending order with tie blocks, top-k membership, and the pairwise log-partition
   ``sum_{a<b} log(e^{v_a} + e^{v_b})`` whose gradient is the vector of *soft wins*. The ranking

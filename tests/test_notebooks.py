@@ -6,7 +6,9 @@
    (execution counts 1..n in order), without an error output, without the bulky
    ``metadata.widgets`` state, small enough to browse (< 1.5 MB), without this machine's absolute
    paths in its outputs, and it must teach and check: at least one Markdown cell with LaTeX and at
-   least one ``assert``.
+   least one ``assert``. No output prints a report as raw Markdown (more than
+   :data:`MAX_RAW_MARKDOWN_LINES` lines of table rows, headings, bold or list items in one printed
+   output): a report is rendered (``display(Markdown(...))``), not printed.
 2. ``jupyter lab`` starts headless on the loopback interface and serves the notebooks: the lab
    page, the contents API listing them, and the python3 kernel spec.
 """
@@ -34,6 +36,49 @@ MAX_BYTES = 1_500_000
 # Absolute paths that would leak this machine's layout into a committed output.
 MACHINE_PATHS = re.compile(r"(/work/|/tmp/|/root/|/home/\w+|/usr/local/lib/python)")
 LATEX = re.compile(r"\$[^$\n]*\\[A-Za-z]+|\$\$|\\begin\{")
+
+
+# A printed output line that is Markdown source: a table row, a heading, a list item or bold text.
+RAW_MARKDOWN = re.compile(r"^\s*(\|.*\|\s*$|#{1,6}\s|[-*+]\s|\d+\.\s)|\*\*\S")
+MAX_RAW_MARKDOWN_LINES = 40
+
+
+def raw_markdown_lines(output: dict) -> int:
+    """How many lines of ``output`` are Markdown source shown as plain text (a stream, or a
+    ``text/plain`` result without a rendered Markdown or HTML form)."""
+    if output.get("output_type") == "stream":
+        text = output.get("text", "")
+    else:
+        data = output.get("data", {})
+        if "text/markdown" in data or "text/html" in data:
+            return 0
+        text = data.get("text/plain", "")
+    text = "".join(text) if isinstance(text, list) else str(text)
+    return sum(bool(RAW_MARKDOWN.match(line)) for line in text.splitlines())
+
+
+def test_raw_markdown_count_sees_a_printed_report_and_not_a_rendered_one() -> None:
+    report = "# Results\n\n**Verdict.** ...\n\n| a | b |\n|---|---|\n" + "| x | 1 |\n" * 50
+    assert raw_markdown_lines({"output_type": "stream", "text": report}) == 54
+    assert (
+        raw_markdown_lines({"output_type": "execute_result", "data": {"text/plain": report}}) == 54
+    )
+    rendered = {"output_type": "display_data", "data": {"text/markdown": report, "text/plain": ""}}
+    assert raw_markdown_lines(rendered) == 0
+    assert raw_markdown_lines({"output_type": "stream", "text": "loss 0.5\n  KD: 0.81\n"}) == 0
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_no_output_prints_a_report_as_raw_markdown(path: Path) -> None:
+    cells = _load(path)["cells"]
+    for i, cell in enumerate(c for c in cells if c["cell_type"] == "code"):
+        for out in cell.get("outputs", []):
+            n = raw_markdown_lines(out)
+            assert n <= MAX_RAW_MARKDOWN_LINES, (
+                f"{path.name}: code cell {i + 1} prints {n} lines of raw Markdown (at most "
+                f"{MAX_RAW_MARKDOWN_LINES}): render it with display(Markdown(...)) and keep the "
+                "table that matters"
+            )
 
 
 def _load(path: Path) -> dict:

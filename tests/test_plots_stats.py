@@ -40,6 +40,17 @@ def drawn_intervals(ax) -> list[tuple[float, float, float]]:
     return sorted(segs, key=lambda s: -s[0])
 
 
+def test_plot_intervals_color_paints_every_row_alike():
+    from matplotlib.colors import to_hex
+
+    table = summary_table(rows(), "acc")
+    for color, expected in ((None, len(table)), ("#555555", 1)):
+        ax = plot_intervals(Figure().subplots(), table, color=color)
+        dots = {to_hex(line.get_color()) for line in ax.get_lines()}
+        assert len(dots) == expected
+    assert dots == {"#555555"}
+
+
 def test_plot_intervals_draws_the_tables_means_and_intervals():
     table = summary_table(rows())
     ax = Figure().subplots()

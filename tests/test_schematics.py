@@ -7,6 +7,7 @@ import itertools
 
 import matplotlib.pyplot as plt
 import pytest
+from matplotlib._pylab_helpers import Gcf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
@@ -37,6 +38,13 @@ KEY_LABELS = {
     "grkd": ["teacher", "student", r"z^t_{ij} > z^t_{ik}", r"z^s_{ij} - z^s_{ik}",
              "pairwise logistic loss", "softplus", "L_{GR}", "top-$k$", "all $C$ classes"],
 }  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """The figures are pyplot's (so ``plt.show()`` draws them): free them after each test."""
+    yield
+    plt.close("all")
 
 
 def _texts(fig: Figure) -> list[Text]:
@@ -110,6 +118,17 @@ def test_the_layout_check_can_fail():
     fig.axes[0].text(8.9, 1.6, "past the right edge")
     with pytest.raises(AssertionError, match="past the right edge"):
         _check_layout(fig)
+
+
+def test_a_new_figure_is_one_plt_show_displays():
+    """``plt.show()`` (the inline backend in a notebook) draws the figures pyplot manages; a bare
+    ``Figure`` is not one of them, so 03-05's ``draw_schematic("rrd"); plt.show()`` showed nothing."""
+    plt.close("all")
+    fig = draw_schematic("rrd")
+    shown = [manager.canvas.figure for manager in Gcf.get_all_fig_managers()]
+    assert shown == [fig] and plt.gcf() is fig
+    plt.close(fig)
+    assert not Gcf.get_all_fig_managers()
 
 
 def test_draws_onto_a_given_axes():

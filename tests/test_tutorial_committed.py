@@ -14,7 +14,7 @@ import matplotlib
 import pytest
 import torch
 
-from relkd_tutorial.bench.settings import METHODS, ablation_variants, params_tag
+from relkd_tutorial.bench.settings import METHODS, MISSION_RIVALS, ablation_variants, params_tag
 from relkd_tutorial.bench.store import RUN_COLUMNS, ResultStore
 from relkd_tutorial.bench.verdict import ablation_comparisons, comparisons
 from relkd_tutorial.bench.workspace import build_workspace
@@ -22,11 +22,15 @@ from relkd_tutorial.tutorial.committed import (
     committed_ablation,
     committed_results,
     comparison_table,
+    family_sentence,
+    family_table,
+    means_table,
+    sweep_table,
     verdict_summary,
 )
 from relkd_tutorial.tutorial.plots_stats import INTERVALS_GID, plot_paired
 from relkd_tutorial.tutorial.prose import find_typed_results
-from relkd_tutorial.tutorial.runs import protocol_setting
+from relkd_tutorial.tutorial.runs import protocol_setting, summary_table
 
 matplotlib.use("Agg")
 
@@ -165,3 +169,69 @@ def test_verdict_summary_follows_the_numbers(tmp_path, spec):
     assert f"{e['mean']:+.2f} points" in same and not math.isnan(e["p_holm"])
     with pytest.raises(ValueError, match="no comparison against KD"):
         verdict_summary([], "transfer")
+
+
+def _cells(table: str, first: str) -> list[str]:
+    """The cells of the Markdown row whose first cell is ``first``."""
+    (line,) = [x for x in table.splitlines() if x.startswith(f"| {first} |")]
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_means_table_puts_the_settings_side_by_side(spec):
+    rows = full_transfer(spec, LIFT)
+    low = [{**r, "setting": "low-data"} for r in rows if r["seed"] < 5]
+    table = means_table({"transfer": rows, "low-data": low})
+    assert table.splitlines()[0] == "| method | transfer (16 seeds) | low-data (5 seeds) |"
+    assert len(table.splitlines()) == 2 + len(METHODS)
+    ref = summary_table(low, setting="low-data")
+    kd = next(r for r in ref if r["label"] == "KD")
+    assert _cells(table, "KD")[2] == f"{kd['mean']:.2f} [{kd['low']:.2f}, {kd['high']:.2f}]"
+    tau = means_table({"transfer": rows}, "kendall_tau")
+    assert _cells(tau, "CE")[1].count(".") == 3 and len(_cells(tau, "CE")[1].split()[0]) == 5
+    with pytest.raises(ValueError, match="no setting"):
+        means_table({})
+
+
+def test_family_table_and_sentence_follow_the_entries(spec):
+    rows = full_transfer(spec, LIFT)
+    low = [{**r, "setting": "low-data", "acc": r["acc"] + (0.05 if r["method"] == "grkd" else 0)}
+           for r in rows if r["seed"] < 5]  # fmt: skip
+    entries = comparisons(rows + low)
+    table = family_table(entries, "mission")
+    assert table.splitlines()[0] == "| comparison (points) | transfer | low-data |"
+    e = next(x for x in entries if (x["setting"], x["family"], x["method"], x["baseline"],
+                                    x["metric"]) == ("low-data", "mission", "grkd", "rkd", "acc"))  # fmt: skip
+    assert _cells(table, "GRKD vs RKD")[2] == (
+        f"{e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}] {e['claim']}"
+    )
+    assert _cells(table, "GRKD vs RKD")[1].endswith("trails")  # the lift: -3 points
+    assert _cells(table, "GRKD vs RKD")[2].endswith("beats")  # +2 points in low-data
+    assert (
+        family_table(entries, "mission", settings=["low-data"])
+        .splitlines()[0]
+        .endswith("| low-data |")
+    )
+    assert _cells(family_table(entries, "kd"), "CE")[0] == "CE"
+    with pytest.raises(ValueError, match="no comparison of family"):
+        family_table(entries, "nope")
+    sentence = family_sentence(entries, "transfer", "mission")
+    assert sentence.count(";") == len(MISSION_RIVALS) - 1 and sentence.startswith(
+        "GRKD trails RKD ("
+    )
+    assert family_sentence(entries, "standard", "mission") == ""
+
+
+def test_sweep_table_is_the_chosen_trials_against_kd(spec):
+    tagged = {"kd": params_tag({"kd_weight": 9.0}), "grkd": params_tag({"grkd_weight": 10.0})}
+    finals = [row(spec, m, s, accuracy(m, s, LIFT), params=tagged.get(m, "{}"))
+              for m in METHODS for s in range(8)]  # fmt: skip
+    trials = [{**r, "phase": "sweep", "eval_split": "val", "acc": 0.1} for r in finals[:20]]
+    table = sweep_table(trials + finals)
+    assert len(table.splitlines()) == 2 + len(METHODS)
+    grkd = _cells(table, "GRKD")
+    assert grkd[1] == "grkd_weight=10" and grkd[2] == "8" and grkd[4].endswith("trails")
+    assert _cells(table, "KD")[1:] == ["kd_weight=9", "8", _cells(table, "KD")[3], "baseline"]
+    mean = sum(100 * accuracy("ce", s, LIFT) for s in range(8)) / 8
+    assert _cells(table, "CE")[3].startswith(f"{mean:.1f} ± ")
+    with pytest.raises(ValueError, match="no finished final run"):
+        sweep_table(trials)

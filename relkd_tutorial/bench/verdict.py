@@ -512,8 +512,9 @@ def ablation_paragraph(
             )
     scale = [e for e in chosen if e["choice"].endswith("(scale)")]
     if scale:
+        how = "multiplied" if "sum" in scale[0]["variant"] else "divided"
         out.append(
-            f"'{scale[0]['variant']}' is the default with its weight multiplied by the number of "
+            f"'{scale[0]['variant']}' is the default with its weight {how} by the number of "
             "pairs (identical losses up to that factor), so its row measures the loss weight, "
             "not a different loss."
         )

@@ -14,6 +14,9 @@ of the setting and the teacher) are counted, never used.
   (against KD, CE, the one-thing-different control, or GRKD against its rivals) as a
   :class:`~relkd_tutorial.tutorial.runs.Table` that
   :func:`~relkd_tutorial.tutorial.plots_stats.plot_paired` draws, with the Holm-adjusted p-values.
+- :func:`means_table`, :func:`family_table`, :func:`sweep_table`: one compact Markdown table
+  each (every setting side by side; the sweep's chosen trials), so the notebook renders a table
+  where a report would print pages.
 
 Everything a sentence says is computed here or in the report; the sentences are :func:`say`'s.
 """
@@ -21,7 +24,8 @@ Everything a sentence says is computed here or in the report; the sentences are 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +44,16 @@ from ..bench.settings import (
     Setting,
     ablation_seeds,
     ablation_variants,
+    describe_params,
     has_unlabelled,
 )
 from ..bench.store import read_runs
 from ..bench.tuned import arm_rows
+from ..bench.verdict import comparisons
 from ..bench.workspace import build_workspace
-from ..stats import format_p
+from ..stats import format_p, mean_std
 from .prose import Sentence, say
-from .runs import Table, find_results_dir, protocol_setting, shown
+from .runs import Table, find_results_dir, protocol_setting, shown, summary_table
 
 #: Where the GRKD ablation may be committed: its own folder (``docs/benchmark.md``) or the main one.
 ABLATION_FOLDERS: tuple[str, ...] = ("grkd-ablation", ".")
@@ -317,12 +323,107 @@ def verdict_summary(
                 items="; ".join(_one(e) for e in picked),
             )  # fmt: skip
         )
-    mission = [e for e in chosen if e["family"] == "mission"]
+    mission = family_sentence(entries, setting, "mission", metric)
     if mission:
-        parts.append(
-            say("The question of this project: {items}.", items="; ".join(_one(e) for e in mission))
-        )
+        parts.append(say("The question of this project: {items}.", items=mission))
     return Sentence(" ".join(parts))
+
+
+def family_sentence(
+    entries: Sequence[dict[str, Any]], setting: str, family: str, metric: str = "acc"
+) -> Sentence:
+    """One family's comparisons as clauses (``GRKD trails RKD (-4.23 points, ...)``), joined by
+    semicolons; empty where the setting has no such family."""
+    chosen = [e for e in entries
+              if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)]  # fmt: skip
+    return Sentence("; ".join(_one(e) for e in chosen))
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Sentence:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return Sentence("\n".join(lines))
+
+
+def _interval(mean: float, low: float, high: float, digits: int, sign: str = "+") -> str:
+    f = f"{{:{sign}.{digits}f}}"
+    return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]"
+
+
+def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
+                metric: str = "acc") -> Sentence:  # fmt: skip
+    """Each method's mean of ``metric`` and its 95% ``t`` interval, every setting side by side.
+
+    ``rows_by_setting``: a setting's finished rows (``CommittedSetting.finished``). One row per
+    method, one column per setting (headed with its number of seeds); a cell is
+    ``mean [low, high]`` (percent for accuracies), as :func:`~.runs.summary_table` computes it.
+    """
+    if not rows_by_setting:
+        raise ValueError("no setting to tabulate")
+    tables = {name: summary_table(rows, metric, setting=name)
+              for name, rows in rows_by_setting.items()}  # fmt: skip
+    digits = 2 if metric in PERCENT else 3
+    labels = list(dict.fromkeys(r["label"] for t in tables.values() for r in t))
+    header = ["method"] + [f"{name} ({max(r['n'] for r in t)} seeds)" for name, t in tables.items()]
+    body = []
+    for label in labels:
+        cells = [label]
+        for t in tables.values():
+            r = next((r for r in t if r["label"] == label), None)
+            ok = r is not None and not math.isnan(r["mean"])
+            cells.append(_interval(r["mean"], r["low"], r["high"], digits, "") if ok else "n/a")
+        body.append(cells)
+    return _markdown(header, body)
+
+
+def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "acc",
+                 settings: Sequence[str] | None = None) -> Sentence:  # fmt: skip
+    """One family of comparisons in every setting: a row per comparison, a column per setting.
+
+    A cell is the mean paired difference, its 95% interval and the claim after Holm's correction
+    over the family in that setting (``beats``, ``trails``, ``within noise``); accuracies in
+    points. ``settings``: which and in what order (default: those of ``entries``).
+    """
+    chosen = [e for e in entries if e["family"] == family and e["metric"] == metric]
+    if not chosen:
+        raise ValueError(f"no comparison of family {family!r} for metric {metric!r}")
+    names = list(settings) if settings is not None else list(
+        dict.fromkeys(e["setting"] for e in chosen))  # fmt: skip
+    digits = 2 if metric in PERCENT else 3
+    pairs = list(dict.fromkeys((e["method"], e["baseline"]) for e in chosen))
+    body = []
+    for method, baseline in pairs:
+        cells = [_pair_label({"method": method, "baseline": baseline}, family)]
+        for name in names:
+            e = next((e for e in chosen if (e["setting"], e["method"], e["baseline"])
+                      == (name, method, baseline)), None)  # fmt: skip
+            cells.append(
+                f"{_interval(e['mean'], e['low'], e['high'], digits)} {e['claim']}" if e else ""
+            )
+        body.append(cells)
+    unit = " (points)" if metric in PERCENT else ""
+    first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
+    return _markdown([first + unit, *names], body)
+
+
+def sweep_table(rows: Sequence[dict[str, Any]], setting: str = "transfer") -> Sentence:
+    """The equal-budget sweep in one table: per method the trial the validation split chose, its
+    seeds, its test top-1 (mean ± sample std, percent) and its paired difference from KD's
+    chosen trial (95% interval; the claim after Holm over the family)."""
+    finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
+              and r["status"] == "ok"]  # fmt: skip
+    if not finals:
+        raise ValueError(f"no finished final run of {setting!r} in the sweep's rows")
+    vs_kd = {e["method"]: e for e in comparisons(finals, families=("kd",), metrics=("acc",))}
+    body = []
+    for method in [m for m in METHODS if any(r["method"] == m for r in finals)]:
+        runs = [r for r in finals if r["method"] == method]
+        mean, std, n = mean_std([100 * r["acc"] for r in runs])
+        e = vs_kd.get(method)
+        diff = f"{_interval(e['mean'], e['low'], e['high'], 2)} {e['claim']}" if e else "baseline"
+        body.append([METHOD_LABELS[method], describe_params(runs[0]["params"]), str(n),
+                     f"{mean:.1f} ± {std:.1f}", diff])  # fmt: skip
+    return _markdown(["method", "chosen trial", "seeds", "test top-1 %", "vs KD (points)"], body)
 
 
 def _scrub(command: str) -> str:

@@ -269,7 +269,7 @@ def plot_soft_targets(
         bars[int(true_class)].set_linewidth(2)
     ax.set_ylim(0, 1)
     ax.set_xticks(range(p.shape[0]), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(r"$p_c = \mathrm{softmax}(t/T)_c$")
+    ax.set_ylabel(r"$p^t_c = \mathrm{softmax}(z^t/T)_c$")
     ax.set_title(
         f"T = {view['temperature']:.3g}:  H(p) = {view['entropy']:.3f} nats "
         f"(max log C = {view['max_entropy']:.3f})"
@@ -378,7 +378,7 @@ def plot_queue_distributions(
 
     ``view`` comes from :func:`.widgets.rrd_sample_view`. Only the ``top`` slots
     the teacher ranks highest are drawn (``None`` = all); the title carries the loss and its parts
-    ``L = KL(p^T || p^S) + H(p^T)``.
+    ``L = KL(p^t || p^s) + H(p^t)``.
     """
     p_t = _array("p_teacher", view["p_teacher"], 1)
     p_s = _array("p_student", view["p_student"], 1)
@@ -386,8 +386,8 @@ def plot_queue_distributions(
     if n < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     ranks = np.arange(n)
-    ax.bar(ranks, p_t[:n], width=1.0, alpha=0.5, color="tab:blue", label=r"teacher $p^T$")
-    ax.step(ranks, p_s[:n], where="mid", color="tab:orange", label=r"student $p^S$")
+    ax.bar(ranks, p_t[:n], width=1.0, alpha=0.5, color="tab:blue", label=r"teacher $p^t$")
+    ax.step(ranks, p_s[:n], where="mid", color="tab:orange", label=r"student $p^s$")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(f"queue slot, by decreasing teacher probability (first {n} of {p_t.shape[0]})")
@@ -395,7 +395,7 @@ def plot_queue_distributions(
     ax.legend(fontsize=8)
     ax.set_title(
         rf"$\tau_s$={view['tau_s']:.3g}, $\tau_t$={view['tau_t']:.3g}:  "
-        f"L = {view['loss']:.3f} = KL {view['kl']:.3f} + H(p^T) {view['entropy']:.3f}",
+        f"L = {view['loss']:.3f} = KL {view['kl']:.3f} + $H(p^t)$ {view['entropy']:.3f}",
         fontsize=10,
     )
     return ax

@@ -75,7 +75,7 @@ def plot_refilled_anchor(
     n = len(view["positive"])
     if n:
         ax_prob.scatter(view["p_teacher"], view["p_student"], s=18, c="tab:blue")
-    # a mined triplet has 0 < d_an - d_ap <= m for the student, so 1/2 < P^S <= sigmoid(m / tau1)
+    # a mined triplet has 0 < d_an - d_ap <= m for the student, so 1/2 < P^s <= sigmoid(m / tau1)
     edge = 1.0 / (1.0 + np.exp(-view["margin"] / view["tau1"]))
     values = np.concatenate([[0.5, edge], view["p_teacher"], view["p_student"]])
     lo, hi = float(values.min()), float(values.max())
@@ -84,8 +84,8 @@ def plot_refilled_anchor(
     ax_prob.plot(span, span, c="0.5", lw=0.8, ls="--")
     ax_prob.set_xlim(span)
     ax_prob.set_ylim(span)
-    ax_prob.set_xlabel(r"teacher $P^T=\sigma((d_{an}-d_{ap})/\tau_1)$")
-    ax_prob.set_ylabel(r"student $P^S$")
+    ax_prob.set_xlabel(r"teacher $P^t=\sigma((d_{an}-d_{ap})/\tau_1)$")
+    ax_prob.set_ylabel(r"student $P^s$")
     ax_prob.set_title(
         f"{n} semi-hard triplets (m={view['margin']:.2f}; batch: {view['batch_triplets']}), "
         f"mean loss term {view['loss']:.2e}",
@@ -111,7 +111,7 @@ def plot_refilled_anchor(
                 ax.set_xlabel(name, fontsize="x-small", labelpad=1)
                 if j == 1:
                     ax.set_title(
-                        f"$P^T$={view['p_teacher'][i]:.3f} $P^S$={view['p_student'][i]:.3f}",
+                        f"$P^t$={view['p_teacher'][i]:.3f} $P^s$={view['p_student'][i]:.3f}",
                         fontsize="x-small",
                     )
     fig.tight_layout()

@@ -70,6 +70,7 @@ def plot_intervals(
     zero: bool = False,
     title: str | None = None,
     xlabel: str | None = None,
+    color: str | None = None,
 ) -> Axes:
     """Each method's mean (dot, or bar from zero) and its 95% interval, one row per method.
 
@@ -79,11 +80,13 @@ def plot_intervals(
             then always includes zero).
         zero: include zero on the axis in the dot style too.
         xlabel: default: the table's metric label (e.g. ``top-1 %``).
+        color: one colour for every row (e.g. beside a :func:`plot_paired` panel, whose red and
+            green mean a verdict); default: one colour per method.
     """
     if style not in ("dot", "bar"):
         raise ValueError(f"style must be 'dot' or 'bar', got {style!r}")
     rows = _entries(table)
-    colors = [f"C{i % 10}" for i in range(len(rows))]
+    colors = [color or f"C{i % 10}" for i in range(len(rows))]
     if style == "bar":
         ys = list(range(len(rows)))[::-1]
         ax.barh(ys, [r["mean"] for r in rows], color=colors, alpha=0.35, height=0.6)

@@ -14,8 +14,10 @@ teacher :data:`TEACHER`, student :data:`STUDENT`, loss :data:`LOSS`, anything el
 :data:`NEUTRAL`. Each box is a text with its own rounded frame (a ``FancyBboxPatch``), so it
 always fits its text; arrows are ``FancyArrowPatch`` clipped at the frames.
 
-Like :mod:`.plots`, nothing here creates global state: without an ``ax`` a new
-:class:`~matplotlib.figure.Figure` of size :data:`FIGSIZE` is made (no ``pyplot``).
+Without an ``ax`` the figure is a new ``pyplot`` figure of size :data:`FIGSIZE`, like
+``plt.subplots``: a notebook's ``plt.show()`` (or the inline backend at the end of the cell)
+draws it. (A bare :class:`~matplotlib.figure.Figure` is unknown to ``pyplot``, so ``plt.show()``
+drew nothing and the chapters' schematics never displayed.) With an ``ax`` nothing is created.
 """
 
 from __future__ import annotations
@@ -278,7 +280,9 @@ def available_schematics() -> list[str]:
 def draw_schematic(method: str, ax: Axes | None = None) -> Figure:
     """Draw the schematic of ``method`` onto ``ax`` (a new figure if ``None``); return its figure.
 
-    ``method`` is one of :func:`available_schematics` (case-insensitive). A given ``ax`` gets
+    ``method`` is one of :func:`available_schematics` (case-insensitive). Without ``ax`` the new
+    figure is registered with ``pyplot`` (the current figure), so ``plt.show()`` displays it and
+    ``plt.close(fig)`` frees it. A given ``ax`` gets
     the schematic's title, limits (the inches of :data:`FIGSIZE`) and no frame; the texts are in
     points, so an ``ax`` much smaller than ``FIGSIZE`` crowds them.
     """
@@ -288,7 +292,9 @@ def draw_schematic(method: str, ax: Axes | None = None) -> Figure:
             f"unknown schematic {method!r}; choose one of {', '.join(available_schematics())}"
         )
     if ax is None:
-        fig = Figure(figsize=FIGSIZE, layout="none")
+        import matplotlib.pyplot as plt  # only here: importing the module selects no backend
+
+        fig = plt.figure(figsize=FIGSIZE, layout="none")
         ax = fig.add_axes((0, 0, 1, 0.92))
     ax.set_xlim(0, _W)
     ax.set_ylim(0, _H)
