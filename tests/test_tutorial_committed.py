@@ -235,3 +235,22 @@ def test_sweep_table_is_the_chosen_trials_against_kd(spec):
     assert _cells(table, "CE")[3].startswith(f"{mean:.1f} ± ")
     with pytest.raises(ValueError, match="no finished final run"):
         sweep_table(trials)
+
+
+def test_an_earlier_protocols_runs_are_shown_and_labelled_when_none_of_the_current_exist(
+    tmp_path, spec
+):
+    """After a protocol change (a new teacher, new defaults) and before the rerun, the newest
+    committed spec is shown, never silently as the current one; a current row always wins."""
+    old = write(tmp_path / "old", full_transfer("0ld5pec0", LIFT))
+    t = committed_results(old, settings=("transfer",))["transfer"]
+    assert t.earlier and t.spec == "0ld5pec0" and t.protocol_spec == spec
+    assert len(t.rows) == len(METHODS) * len(SEEDS) and t.present
+    assert "earlier protocol" in t.describe() and f"`{spec}`" in t.describe()
+    assert find_typed_results(t.describe()) == []
+    both = write(
+        tmp_path / "both", [*full_transfer("0ld5pec0", LIFT), *full_transfer(spec, {})[:3]]
+    )
+    t = committed_results(both, settings=("transfer",))["transfer"]
+    assert not t.earlier and t.spec == spec and len(t.rows) == 3
+    assert "earlier protocol" not in t.describe()

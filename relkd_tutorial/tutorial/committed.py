@@ -84,6 +84,13 @@ class CommittedSetting:
     source: Path | None = None
     phase: str = "final"
     methods: tuple[str, ...] = field(default=METHODS)
+    protocol_spec: str = ""
+
+    @property
+    def earlier(self) -> bool:
+        """Whether the rows are of an earlier protocol (no row of the current spec is committed:
+        the newest committed spec is shown instead, and said so)."""
+        return bool(self.protocol_spec) and self.spec != self.protocol_spec
 
     @property
     def finished(self) -> list[dict[str, Any]]:
@@ -123,6 +130,13 @@ class CommittedSetting:
             name=self.name, n=len(self.rows), expected=self.expected, where=where,
             spec=self.spec, seeds=seeds,
         )  # fmt: skip
+        if self.earlier:
+            return say(
+                "{text} These runs were made under an earlier protocol (the current one, spec "
+                "`{now}`, has a different teacher or defaults; `docs/benchmark.md`): they are "
+                "shown as committed, and `{command}` trains the current protocol's runs.",
+                text=text, now=self.protocol_spec, command=self.command,
+            )  # fmt: skip
         if not self.complete:
             text = say("{text} Incomplete: `{command}` trains the rest.", text=text,
                        command=self.command)  # fmt: skip
@@ -156,6 +170,13 @@ def _expected_runs(setting: Setting) -> int:
     )
 
 
+def _shown_spec(rows: Sequence[dict[str, Any]], spec: str) -> str:
+    """``spec`` if any row has it, else the newest spec the rows hold (an earlier protocol's
+    runs, shown and labelled as such), else ``spec``."""
+    specs = [r["spec"] for r in rows]
+    return spec if spec in specs or not specs else specs[-1]
+
+
 def committed_results(
     results_dir: str | Path | None = None,
     settings: Sequence[str] = DEFAULT_SETTINGS,
@@ -185,10 +206,11 @@ def committed_results(
         command = "python -m relkd_tutorial.bench --settings " + name + " --out results"
         if preset:
             command += f" --preset {preset}"
+        shown_spec = _shown_spec(mine, spec)
         out[name] = CommittedSetting(
-            name=name, setting=s, spec=spec, rows=[r for r in mine if r["spec"] == spec],
-            expected=_expected_runs(s), stale=sum(r["spec"] != spec for r in mine),
-            command=command, source=source,
+            name=name, setting=s, spec=shown_spec, rows=[r for r in mine if r["spec"] == shown_spec],
+            expected=_expected_runs(s), stale=sum(r["spec"] != shown_spec for r in mine),
+            command=command, source=source, protocol_spec=spec,
         )  # fmt: skip
     return out
 
@@ -207,6 +229,7 @@ def committed_ablation(
     variants = ablation_variants(method)
     command = f"python -m relkd_tutorial.bench --ablation {method} --out results/{method}-ablation"
     best: tuple[list[dict[str, Any]], Path | None, int] = ([], None, 0)
+    earlier: tuple[list[dict[str, Any]], Path | None, int] = ([], None, 0)
     for sub in (f"{method}-ablation", "."):
         rows, source = _rows(folder / sub if sub != "." else folder)
         mine = [r for r in rows if r["phase"] == "ablation" and r["method"] == method]
@@ -216,10 +239,15 @@ def committed_ablation(
             break
         if mine and not best[2]:
             best = ([], None, len(mine))
+            older = _shown_spec(mine, spec)  # an earlier protocol's ablation, shown as such
+            earlier = ([r for r in mine if r["spec"] == older], source, 0)
+    if not best[0] and earlier[0]:
+        best = earlier
+    shown_spec = best[0][0]["spec"] if best[0] else spec
     return CommittedSetting(
-        name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=spec, rows=best[0],
+        name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=shown_spec, rows=best[0],
         expected=len(variants) * len(ablation_seeds(s.seeds)), stale=best[2], command=command, source=best[1],
-        phase="ablation", methods=(method,),
+        phase="ablation", methods=(method,), protocol_spec=spec,
     )  # fmt: skip
 
 
