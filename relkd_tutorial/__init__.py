@@ -59,9 +59,11 @@ from .methods import (
     SoftRank,
     Stage,
     StepInputs,
+    WithKD,
     available_methods,
     build_method,
     supervised_cross_entropy,
+    with_kd,
 )
 from .metrics import (
     FASHION_MNIST_GROUPS,
@@ -172,10 +174,12 @@ __all__ = [
     "SoftRank",
     "Stage",
     "StepInputs",
+    "WithKD",
     "available_methods",
     "build_method",
     "fast_mode",
     "input_checks",
     "set_input_checks",
     "supervised_cross_entropy",
+    "with_kd",
 ]

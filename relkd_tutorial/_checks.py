@@ -4,14 +4,19 @@ Every public loss validates its arguments before any arithmetic, so that a wrong
 integer tensor, a NaN or a batch too small for a relation fails with a message that names the
 argument and says what was expected, instead of producing a silent NaN or a broadcast answer.
 
-The NaN/Inf scan costs one device synchronisation per tensor. It can be switched off for speed
-with :func:`set_input_checks` (shape and dtype checks stay on; they are free).
+Two kinds of checks: those of *types and shapes* (free: the host knows them) and those of
+*values* (a NaN/Inf scan, a label or index range): each value check reads a result back from the
+device, a host synchronisation that stalls a GPU's queue. Value checks are on by default, so a
+loss called directly checks everything; :func:`set_input_checks` / :func:`input_checks` switch
+them off (shape and dtype checks stay on). The training loop runs them on the first step of a run
+only (:func:`training_checks`; ``set_input_checks(True, every_step=True)``: on every step), and
+checks the loss it logs instead.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,28 +24,44 @@ import torch
 from torch import Tensor
 
 _FINITE_CHECKS = True
+_EVERY_STEP = False
 
 
-def set_input_checks(enabled: bool) -> None:
-    """Turn the NaN/Inf scan of loss inputs on (default) or off globally."""
-    global _FINITE_CHECKS
-    _FINITE_CHECKS = bool(enabled)
+def set_input_checks(enabled: bool, *, every_step: bool = False) -> None:
+    """Turn the value checks of loss inputs (NaN/Inf, label and index ranges) on (default) or off.
+
+    ``every_step=True`` (a debugging mode) makes the training loop keep them on for every step;
+    by default it checks its first step's inputs only.
+    """
+    global _FINITE_CHECKS, _EVERY_STEP
+    _FINITE_CHECKS, _EVERY_STEP = bool(enabled), bool(every_step)
 
 
 def input_checks_enabled() -> bool:
-    """Whether the NaN/Inf scan of loss inputs is on."""
+    """Whether the value checks of loss inputs (NaN/Inf, label and index ranges) are on."""
     return _FINITE_CHECKS
 
 
 @contextmanager
-def input_checks(enabled: bool) -> Iterator[None]:
+def input_checks(enabled: bool, *, every_step: bool = False) -> Iterator[None]:
     """Context manager form of :func:`set_input_checks`."""
-    previous = _FINITE_CHECKS
-    set_input_checks(enabled)
+    previous = _FINITE_CHECKS, _EVERY_STEP
+    set_input_checks(enabled, every_step=every_step)
     try:
         yield
     finally:
-        set_input_checks(previous)
+        set_input_checks(previous[0], every_step=previous[1])
+
+
+@contextmanager
+def training_checks() -> Iterator[Callable[[], None]]:
+    """What the training loop enters: the checks as they are for its first step; the function it
+    gives, called after a step, turns them off unless ``every_step``. Restored at the end."""
+    previous = _FINITE_CHECKS, _EVERY_STEP
+    try:
+        yield lambda: set_input_checks(previous[0] and previous[1], every_step=previous[1])
+    finally:
+        set_input_checks(previous[0], every_step=previous[1])
 
 
 def check_float_tensor(name: str, x: object, ndim: int, shape_doc: str) -> Tensor:
@@ -116,7 +137,8 @@ def check_min_batch(name: str, x: Tensor, minimum: int, relation: str) -> None:
 def check_labels(name: str, y: object, batch: int, num_classes: int | None = None) -> Tensor:
     """Check a label vector: integer dtype, shape ``(B,)``, values in ``[-1, num_classes)``.
 
-    ``-1`` marks an unlabelled sample (the transfer setting), and is always allowed.
+    ``-1`` marks an unlabelled sample (the transfer setting), and is always allowed. The range is a
+    value check (two host reads; see :func:`set_input_checks`).
     """
     if not isinstance(y, Tensor):
         raise TypeError(
@@ -126,9 +148,11 @@ def check_labels(name: str, y: object, batch: int, num_classes: int | None = Non
         raise TypeError(f"{name} must have an integer dtype (int64), got {y.dtype}")
     if y.dim() != 1 or y.shape[0] != batch:
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(y.shape)}")
-    if y.numel() and int(y.min()) < -1:
+    if not _FINITE_CHECKS or not y.numel():  # the range is a value check
+        return y
+    if int(y.min()) < -1:
         raise ValueError(f"{name} has a label below -1 (-1 marks an unlabelled sample)")
-    if num_classes is not None and y.numel() and int(y.max()) >= num_classes:
+    if num_classes is not None and int(y.max()) >= num_classes:
         raise ValueError(
             f"{name} has label {int(y.max())} but there are only {num_classes} classes"
         )

@@ -286,11 +286,7 @@ def preference_counts(t: Tensor) -> tuple[Tensor, Tensor]:
     """
     c = t.shape[1]
     ascending, order = _sort_rows(t, descending=False)  # (B, C) each
-    if not bool((ascending[:, 1:] == ascending[:, :-1]).any()):  # no ties: wins = position
-        pos = torch.arange(c, device=t.device).expand_as(order)  # (B, C)
-        wins = torch.empty_like(order).scatter_(1, order, pos)
-        return wins, c - 1 - wins
-    first, last = _tie_blocks(ascending)  # (B, C) each
+    first, last = _tie_blocks(ascending)  # (B, C) each; without ties, both are the position
     wins = torch.empty_like(first).scatter_(1, order, first)  # #{b: t_b < t_a}
     losses = torch.empty_like(last).scatter_(1, order, c - 1 - last)  # #{b: t_b > t_a}
     return wins, losses
@@ -348,19 +344,30 @@ def _pairwise_kernel(v: Tensor, need_sum: bool, need_wins: bool) -> tuple[Tensor
     ``E = exp(v - m)`` (``m`` the row's mid-range), ``log(e^{v_a} + e^{v_b}) = log(E_a + E_b) + m``
     and ``sigma(v_a - v_b) = E_a / (E_a + E_b)``. That is exact while ``E`` neither overflows nor
     underflows, i.e. while each row's range stays below ``1.7 log(max float)`` (150 in float32);
-    otherwise the chunk loop falls back to the stable ``logaddexp`` / ``sigmoid`` form.
+    otherwise the chunk loop falls back to the stable ``logaddexp`` / ``sigmoid`` form. Both passes
+    run and each row takes its own (no host synchronisation to decide; choice: the stable pass
+    costs about as much again, which is small beside a network's step).
 
     Speed (the fast form): each chunk is written into two work buffers allocated once per call
     (``E_a + E_b``, and its reciprocal; the log is then taken in place), so the chunk loop
     allocates nothing and a chunk of about ``PAIR_CHUNK_ELEMENTS`` values stays in a CPU core's L2
     cache.
     """
-    b, c = v.shape
     vmax = v.max(dim=1, keepdim=True).values  # (B, 1)
     vmin = v.min(dim=1, keepdim=True).values  # (B, 1)
-    limit = 1.7 * math.log(torch.finfo(v.dtype).max)
-    fast = bool((vmax - vmin).max() <= limit)
-    mid = 0.5 * (vmax + vmin)  # (B, 1)
+    fast = (vmax - vmin) <= 1.7 * math.log(torch.finfo(v.dtype).max)  # (B, 1) rows in range
+    quick = _pairwise_pass(v, need_sum, need_wins, 0.5 * (vmax + vmin))
+    stable = _pairwise_pass(v, need_sum, need_wins, None)
+    return torch.where(fast[:, 0], quick[0], stable[0]), torch.where(fast, quick[1], stable[1])
+
+
+def _pairwise_pass(
+    v: Tensor, need_sum: bool, need_wins: bool, mid: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """:func:`_pairwise_kernel`'s pass over every row: the fast form with the rows' mid-ranges
+    ``mid`` ``(B, 1)`` (rows out of range come out inf/NaN), or the stable one (``mid=None``)."""
+    b, c = v.shape
+    fast = mid is not None
     e = (v - mid).exp() if fast else None  # (B, C)
     full = v.new_zeros(b)  # sum over the full C x C square, diagonal included
     row = v.new_zeros(b, c)  # fast: sum_b 1/(E_a + E_b); stable: sum_b sigma(v_a - v_b)

@@ -102,8 +102,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "grkd_sign_flip", "loss",
-        "numerator = numerator - (wins.to(dtype) * v).sum(dim=1)",
-        "numerator = numerator + (wins.to(dtype) * v).sum(dim=1)",
+        "numerator = numerator - (targets.to(dtype) * v).sum(dim=1) - tied",
+        "numerator = numerator + (targets.to(dtype) * v).sum(dim=1) - tied",
         ("tests/test_grkd.py",),
     ),
     Mutant(
@@ -158,8 +158,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "supervised_ce_counts_unlabelled", "loss",
-        "return F.cross_entropy(logits[labelled].to(loss_dtype(logits)), labels[labelled])",
-        "return F.cross_entropy(logits.to(loss_dtype(logits)), labels.clamp_min(0))",
+        "ce = F.cross_entropy(z, labels[first], ignore_index=-1)",
+        "ce = F.cross_entropy(z, labels[first].clamp_min(0))",
         (KNOBS_METHODS,),
     ),
     Mutant(
@@ -229,8 +229,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "grkd_weight_dropped", "method",
-        'inputs.labels))\n        _weighted(terms, "grkd", self.grkd_weight,',
-        'inputs.labels))\n        _weighted(terms, "grkd", 1.0,',
+        '_weighted(terms, "grkd", self.grkd_weight,',
+        '_weighted(terms, "grkd", 1.0,',
         (KNOBS_METHODS,),
     ),
     Mutant(
@@ -260,16 +260,17 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "rrd_weight_dropped", "method",
-        '"rrd": self.rrd_weight * self.rrd(', '"rrd": self.rrd(', (KNOBS_METHODS,),
+        'terms["rrd"] = self.rrd_weight * self.rrd(', 'terms["rrd"] = self.rrd(', (KNOBS_METHODS,),
     ),
     Mutant(
-        "rrd_kd_weight_dropped", "method", '"kd": self.kd_weight * kd,', '"kd": kd,',
+        "rrd_kd_weight_dropped", "method", 'kd = ("kd", self.kd_weight, lambda',
+        'kd = ("kd", 1.0, lambda',
         (KNOBS_METHODS,),
     ),
     Mutant(
         "rrd_kd_default_kd_temperature", "method",
-        "kd_weight: float = 1.0,\n        kd_temperature: float = 4.0,\n        update",
-        "kd_weight: float = 1.0,\n        kd_temperature: float = 2.0,\n        update",
+        "*args: Any, kd_weight: float = 1.0, kd_temperature: float = 4.0,",
+        "*args: Any, kd_weight: float = 1.0, kd_temperature: float = 2.0,",
         (KNOBS_METHODS,),
     ),
     Mutant(
@@ -332,7 +333,7 @@ MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ loop knobs
     Mutant(
         "lr_schedule_not_stepped", "loop",
-        "record.update(means)\n                scheduler.step()", "record.update(means)",
+        "                scheduler.step()\n                if eval_loader", "                if eval_loader",
         (KNOBS_TRAIN,),
     ),
     Mutant(
@@ -358,8 +359,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "amp_ignored", "loop",
-        "dtype = _autocast_dtype(config.amp, device)\n    ckpt_path",
-        "dtype = None\n    ckpt_path",
+        "dtype = _autocast_dtype(config.amp, device)\n        ckpt_path",
+        "dtype = None\n        ckpt_path",
         (f"{KNOBS_TRAIN}::test_amp_bf16_runs_the_forward_under_autocast_and_the_loss_in_float32",),
     ),
     Mutant(
@@ -370,8 +371,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "compile_ignored", "loop",
-        "if config.compile:\n        forward_model = torch.compile(forward_model)",
-        "if False:\n        forward_model = torch.compile(forward_model)",
+        "if config.compile:\n            model = torch.compile(model)",
+        "if False:\n            model = torch.compile(model)",
         (KNOBS_TRAIN,),
     ),
     Mutant(
@@ -390,26 +391,26 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "history_csv_ignored", "loop",
-        "if config.history_csv is not None and rank == 0:", "if False:", (KNOBS_TRAIN,),
+        "if self.config.history_csv is not None and self.rank == 0:", "if False:", (KNOBS_TRAIN,),
     ),
     Mutant(
         "progress_ignored", "loop",
-        "show = rank == 0 and _progress_enabled(config.progress)",
-        "show = rank == 0 and _progress_enabled(True)",
+        "self.rank == 0 and _progress_enabled(self.config.progress)",
+        "self.rank == 0 and _progress_enabled(True)",
         (KNOBS_TRAIN,),
     ),
     Mutant(
         "log_every_ignored", "loop",
-        "if show and steps % config.log_every == 0:", "if show:", (KNOBS_TRAIN,),
+        "if run.show and meter.steps % config.log_every == 0:", "if run.show:", (KNOBS_TRAIN,),
     ),
     Mutant(
         "handle_signals_ignored", "loop",
-        "with StopSignals(config.handle_signals,", "with StopSignals(True,", (KNOBS_TRAIN,),
+        "signals = StopSignals(config.handle_signals,", "signals = StopSignals(True,", (KNOBS_TRAIN,),
     ),
     Mutant(
         "train_acc_counts_unlabelled", "loop",
-        "labelled += keep.sum()\n            bar.update(1)",
-        "labelled += keep.numel()\n            bar.update(1)",
+        "self.labelled += keep.sum()",
+        "self.labelled += keep.numel()",
         ("tests/test_train.py::test_unlabelled_samples_are_skipped",),
     ),
     # ------------------------------------------------------------------ resume and RNG
@@ -429,7 +430,7 @@ MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ distributed
     Mutant(
         "method_not_broadcast_from_rank0", "distributed",
-        "broadcast_module_state(method)  #", "pass  #", ("tests/test_distributed_seed.py",),
+        "broadcast_module_state(self.method)  #", "pass  #", ("tests/test_distributed_seed.py",),
     ),
     Mutant(
         "teacher_not_broadcast_from_rank0", "distributed",

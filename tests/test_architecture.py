@@ -188,6 +188,25 @@ def test_no_module_over_the_line_limit():
     assert not long_modules(ROOT / PACKAGE), long_modules(ROOT / PACKAGE)
 
 
+FIT_MAX_LINES = 150  # the loop a learner reads at one sitting (docstring included)
+
+
+def function_lines(path: Path, name: str) -> int:
+    """Lines of the top-level function ``name`` of ``path``, from ``def`` to its last line."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node.end_lineno - node.lineno + 1  # type: ignore[operator]
+    raise LookupError(f"{path} defines no function {name}")
+
+
+def test_fit_reads_at_one_sitting(tmp_path):
+    """``fit`` shows the step; resume, signals, DDP and checkpoints are called from it."""
+    n = function_lines(ROOT / PACKAGE / "training" / "loop.py", "fit")
+    assert n < FIT_MAX_LINES, f"training/loop.py: fit has {n} lines (limit {FIT_MAX_LINES})"
+    long = _write(tmp_path, {"m.py": "def fit():\n" + "    x = 1\n" * FIT_MAX_LINES})
+    assert function_lines(long / "m.py", "fit") == FIT_MAX_LINES + 1  # the count sees a long one
+
+
 # ---------------------------------------------------------------------------------------------
 # The checker fails where it should
 # ---------------------------------------------------------------------------------------------

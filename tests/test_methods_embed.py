@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from relkd_tutorial import RRD, RRDKD, Refilled, SetupData, StepInputs, build_method
+from relkd_tutorial import RRD, RRDKD, Refilled, SetupData, StepInputs, WithKD, build_method
 from relkd_tutorial.losses.refilled import class_centres, refilled_classifier_kl
 from relkd_tutorial.losses.rrd import rrd_loss
 
@@ -33,7 +33,7 @@ def assert_terms(terms, names):
 
 def test_registry_builds_the_methods():
     assert isinstance(build_method("rrd", student_dim=6, teacher_dim=10), RRD)
-    assert isinstance(build_method("rrd_kd", student_dim=6, teacher_dim=10), RRDKD)
+    assert isinstance(build_method("rrd_kd", student_dim=6, teacher_dim=10), WithKD)
     assert isinstance(build_method("refilled"), Refilled)
     for name in ("rrd", "rrd_kd", "refilled"):
         assert build_method(

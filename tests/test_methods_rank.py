@@ -27,6 +27,7 @@ from relkd_tutorial.methods import (
     RKDDistance,
     SoftRank,
     StepInputs,
+    WithKD,
     available_methods,
     build_method,
     supervised_cross_entropy,
@@ -38,7 +39,7 @@ EXPECTED = {
     "rkd_d": (RKDDistance, {"ce", "rkd_distance"}),
     "rkd_a": (RKDAngle, {"ce", "rkd_angle"}),
     "grkd": (GRKD, {"ce", "grkd"}),
-    "grkd_kd": (GRKDWithKD, {"ce", "kd", "grkd"}),
+    "grkd_kd": (WithKD, {"ce", "kd", "grkd"}),
     "rank_soft": (SoftRank, {"ce", "rank"}),
     "rank_listwise": (ListwiseRank, {"ce", "rank"}),
 }

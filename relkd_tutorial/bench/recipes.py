@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..methods.registry import _registry  # the classes, for their constructors' arguments
+from ..methods.registry import _registry  # the classes and builders, for their arguments
 from .settings import ALL_SETTINGS, CONTROL_WEIGHTS, METHODS, PAPER_DEFAULTS
 
 #: The shipped recipes (package data); ``"settings": {}`` until a tuning is committed.
@@ -133,8 +133,7 @@ def allowed_params(method: str) -> tuple[str, ...]:
     """The constructor arguments of ``method`` a recipe may set (all but :data:`BENCH_MANAGED`)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
-    cls = _registry()[method]
-    names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    names = inspect.signature(_registry()[method]).parameters  # a class or a builder function
     return tuple(p for p in names if p not in BENCH_MANAGED)
 
 
@@ -145,11 +144,10 @@ def effective_defaults(method: str) -> dict[str, Value]:
     weights (:data:`~.settings.CONTROL_WEIGHTS`), then :data:`~.settings.PAPER_DEFAULTS` (which
     resolves the defaults a constructor leaves to a convention, e.g. RKD's weights).
     """
-    cls = _registry()[method]
     out: dict[str, Value] = {
         name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if name != "self" and p.default is not inspect.Parameter.empty and p.default is not None
+        for name, p in inspect.signature(_registry()[method]).parameters.items()
+        if p.default is not inspect.Parameter.empty and p.default is not None
     }
     out.update(CONTROL_WEIGHTS.get(method, {}))
     out.update(PAPER_DEFAULTS.get(method, ({}, ""))[0])

@@ -131,7 +131,7 @@ def method_defaults(method: str) -> dict[str, float] | None:
     """
     if method not in PAPER_DEFAULTS or method not in _registry():
         return None
-    signature = inspect.signature(_registry()[method].__init__)
+    signature = inspect.signature(_registry()[method])
     out = {
         name: float(p.default)
         for name, p in signature.parameters.items()
@@ -158,7 +158,7 @@ def method_space(method: str) -> dict[str, Knob] | None:
     defaults = method_defaults(method)
     if defaults is None or method not in SEARCH_SPACE:
         return None
-    accepted = inspect.signature(_registry()[method].__init__).parameters
+    accepted = inspect.signature(_registry()[method]).parameters
     return {
         name: _knob(name, defaults.get(name, math.nan), scale)
         for name, scale in SEARCH_SPACE[method].items()

@@ -55,8 +55,8 @@ def _tied_pairs_term(v_sorted: Tensor, ends: Tensor) -> Tensor:
     """``sum_{a<b tied} [logaddexp(v_a, v_b) - (v_a + v_b) / 2]`` per row, in the teacher's order.
 
     Tied classes are contiguous in the sorted order, so the tied pairs are ``(a, a + delta)`` with
-    ``a + delta < ends[a]``; the loop runs over ``delta`` up to the longest tie block (no loop
-    without ties). Differentiable through autograd.
+    ``a + delta < ends[a]``; the loop runs over every ``delta < C`` (a ``delta`` beyond the longest
+    tie block adds exact zeros). Differentiable through autograd.
 
     Args:
         v_sorted: ``(B, C)`` student scores in the teacher's descending order.
@@ -65,7 +65,7 @@ def _tied_pairs_term(v_sorted: Tensor, ends: Tensor) -> Tensor:
     b, c = v_sorted.shape
     span = ends - torch.arange(1, c + 1, device=ends.device)  # (B, C) tied partners after a
     total = v_sorted.new_zeros(b)
-    for delta in range(1, int(span.max()) + 1):
+    for delta in range(1, c):  # up to the longest possible block: no host read of the longest
         first, second = v_sorted[:, : c - delta], v_sorted[:, delta:]  # (B, C - delta) each
         term = torch.logaddexp(first, second) - 0.5 * (first + second)  # (B, C - delta)
         total = total + (term * (span[:, : c - delta] >= delta)).sum(dim=1)
@@ -183,13 +183,11 @@ def grkd_loss(
             wins, losses = preference_counts(t)  # (B, C) each
             n_pairs = wins.sum(dim=1)  # (B,)
             numerator = pairwise_logaddexp_sum(v)  # (B,)  the O(C^2) part: student only
-            if bool((n_pairs == c * (c - 1) // 2).all()):  # no ties: Y = wins
-                numerator = numerator - (wins.to(dtype) * v).sum(dim=1)
-            else:  # Y = wins + ties / 2, then remove the tied pairs
-                targets = wins + 0.5 * (c - 1 - wins - losses)  # (B, C)
-                values, order = descending_order(t)  # (B, C) each
-                tied = _tied_pairs_term(v.gather(1, order), tie_block_ends(values))  # (B,)
-                numerator = numerator - (targets.to(dtype) * v).sum(dim=1) - tied
+            # Y = wins + ties / 2, then remove the tied pairs (without ties: Y = wins, tied = 0)
+            targets = wins + 0.5 * (c - 1 - wins - losses)  # (B, C)
+            values, order = descending_order(t)  # (B, C) each
+            tied = _tied_pairs_term(v.gather(1, order), tie_block_ends(values))  # (B,)
+            numerator = numerator - (targets.to(dtype) * v).sum(dim=1) - tied
         else:
             values, order = descending_order(t)  # (B, C) each
             ends = tie_block_ends(values)  # (B, C)

@@ -74,6 +74,7 @@ from .._checks import (
     check_same_device,
     check_same_width,
     full_precision,
+    input_checks_enabled,
     loss_dtype,
 )
 from ..relations import pairwise_distances, rescaled, semi_hard_triplets, unit_rows
@@ -258,7 +259,7 @@ def _check_triplets(
             raise TypeError(f"triplets[{name!r}] must be a (T,) int64 tensor")
         if t.shape[0] != triplets[0].shape[0]:
             raise ValueError("triplets a, p, n must have the same length T")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= batch):
+        if input_checks_enabled() and t.numel() and (int(t.min()) < 0 or int(t.max()) >= batch):
             raise ValueError(f"triplets[{name!r}] has an index outside [0, {batch})")
         out.append(t.to(device))
     return out[0], out[1], out[2]
@@ -389,7 +390,7 @@ def refilled_classifier_kl(
     with full_precision(student_logits.device):
         has_centre = centres.detach().abs().sum(dim=1) > 0  # (C,)
         present = batch_classes(labels, num_classes)  # (C,)
-        if bool((present & ~has_centre).any()):
+        if input_checks_enabled() and bool((present & ~has_centre).any()):
             missing = torch.nonzero(present & ~has_centre).flatten().tolist()
             raise ValueError(
                 f"classes {missing} are in the batch but have no class centre (a zero row in "
@@ -398,11 +399,10 @@ def refilled_classifier_kl(
             )
         columns = present if restrict_to_batch else has_centre  # (C,)
         z = student_logits.to(dtype)  # (B, C)
-        if not bool(columns.any()):
-            return z.sum() * 0.0
-        valid = columns[None, :].expand_as(z)  # (B, C)
+        some = columns.any()  # no column: 0 with a gradient path (all columns keep it finite)
+        valid = (columns | ~some)[None, :].expand_as(z)  # (B, C)
         with torch.no_grad():
             zeta = teacher_features.detach().to(dtype) @ centres.detach().to(dtype).t()  # (B, C)
             log_p_t = _masked_log_softmax(zeta / tau2, valid)  # (B, C)
         log_p_s = _masked_log_softmax(z / tau2, valid)  # (B, C)
-        return _masked_kl(log_p_t, log_p_s, valid).mean()
+        return torch.where(some, _masked_kl(log_p_t, log_p_s, valid).mean(), z.sum() * 0.0)

@@ -246,6 +246,11 @@ class EmbeddingQueue(nn.Module):
         self.register_buffer("keys", keys)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self._filled = 0  # ``filled`` as the host knows it (it adds batch sizes): no device read
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._filled = int(self.filled)  # one read, when a checkpoint is loaded
 
     @property
     def size(self) -> int:
@@ -264,10 +269,11 @@ class EmbeddingQueue(nn.Module):
         self.keys.index_copy_(0, slots, rows.to(self.keys.device))
         self.ptr.copy_((self.ptr + b) % k)
         self.filled.copy_((self.filled + b).clamp(max=k))
+        self._filled = min(self._filled + b, k)
 
     def valid_keys(self) -> Tensor:
         """The ``(K', d)`` slots that take part in the loss: all ``K`` once full, else the written."""
-        return self.keys[: int(self.filled)]
+        return self.keys[: self._filled]
 
     def chronological(self) -> Tensor:
         """The valid keys, oldest first (for tests and plots)."""

@@ -6,6 +6,8 @@
 - :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD, the ranking variants, DIST and
   the pseudo-label control;
 - :mod:`~relkd_tutorial.methods.embedding`: RRD and REFILLED (heads, a queue, stages, a setup pass);
+- :mod:`~relkd_tutorial.methods.compose`: any method + KD (:func:`with_kd`; ``"rrd_kd"``,
+  ``"grkd_kd"``, ``"<name>+kd"``);
 - :mod:`~relkd_tutorial.methods.registry`: :func:`build_method` by short name.
 """
 
@@ -18,14 +20,14 @@ from .base import (
     supervised_cross_entropy,
     with_total,
 )
-from .embedding import RRD, RRDKD, Refilled
+from .compose import RRDKD, GRKDWithKD, WithKD, with_kd
+from .embedding import RRD, Refilled
 from .logit_relation import (
     DIST,
     GRKD,
     KD,
     RKD,
     RKD_CONVENTIONS,
-    GRKDWithKD,
     ListwiseRank,
     PseudoLabel,
     RKDAngle,
@@ -56,6 +58,8 @@ __all__ = [
     "StepInputs",
     "available_methods",
     "build_method",
+    "WithKD",
     "supervised_cross_entropy",
+    "with_kd",
     "with_total",
 ]

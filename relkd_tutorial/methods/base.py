@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -88,7 +89,9 @@ def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
     ``CE = -(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}``, ``L = {i : y_i >= 0}``. A batch with no
     labelled sample gives exactly 0 with a gradient path (``0 * logits.sum()``), never 0/0.
-    Computed in float32 (float64 for float64 logits) with autocast off (``_checks.loss_dtype``).
+    Computed in float32 (float64 for float64 logits) with autocast off (``_checks.loss_dtype``),
+    with no host synchronisation: the labelled rows are moved to the front (a stable sort) and the
+    rest ignored, so the mean adds the same numbers in the same order as over ``logits[L]``.
 
     Args:
         logits: ``(B, C)`` student logits.
@@ -97,10 +100,11 @@ def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     check_float_tensor("logits", logits, 2, "(B, C)")
     check_labels("labels", labels, logits.shape[0], logits.shape[1])
     labelled = labels >= 0  # (B,)
-    if not bool(labelled.any()):
-        return logits.sum() * 0.0
+    first = torch.argsort((~labelled).to(torch.uint8), stable=True)  # (B,) labelled rows first
     with full_precision(logits.device):
-        return F.cross_entropy(logits[labelled].to(loss_dtype(logits)), labels[labelled])
+        z = logits[first].to(loss_dtype(logits))  # (B, C)
+        ce = F.cross_entropy(z, labels[first], ignore_index=-1)  # 0/0 if nothing is labelled
+    return torch.where(labelled.any(), ce, logits.sum() * 0.0)
 
 
 def with_total(terms: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -114,6 +118,7 @@ class Method(nn.Module):
     """Base class of all methods. Subclasses implement :meth:`loss_terms`."""
 
     name: str = "method"
+    ce_weight: float  # the methods with a supervised CE term (see _ce_terms)
     needs_teacher: bool = False
     needs_setup: bool = False
 
@@ -142,6 +147,23 @@ class Method(nn.Module):
     def after_step(self, inputs: StepInputs) -> None:  # noqa: B027 - optional hook
         """Optional per-step state update after the optimizer step (e.g. a queue write)."""
 
+    #: ``(name, weight, compute)`` of a term to add right after the CE term, set for one call by a
+    #: composition (:class:`~relkd_tutorial.methods.compose.WithKD`) and cleared when added.
+    _after_ce: tuple[str, float, Callable[[], Tensor]] | None = None
+
+    def _ce_terms(self, inputs: StepInputs, keep_zero: bool = False) -> dict[str, Tensor]:
+        """``{"ce": ce_weight * CE}`` (no term at weight 0 unless ``keep_zero``), then
+        ``_after_ce``: the terms every method with a ``ce_weight`` starts from, in this order."""
+        terms: dict[str, Tensor] = {}
+        if keep_zero or self.ce_weight > 0:
+            ce = supervised_cross_entropy(inputs.student_logits, inputs.labels)
+            terms["ce"] = self.ce_weight * ce
+        if self._after_ce is not None:
+            name, weight, compute = self._after_ce
+            self._after_ce = None
+            _weighted(terms, name, weight, compute)
+        return terms
+
     def forward(self, inputs: StepInputs) -> dict[str, Tensor]:
         return self.loss_terms(inputs)
 
@@ -150,9 +172,10 @@ class CrossEntropy(Method):
     """Plain supervised training: ``L = CE(z, y)``. The baseline every method is compared with."""
 
     name = "ce"
+    ce_weight = 1.0
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        return with_total({"ce": supervised_cross_entropy(inputs.student_logits, inputs.labels)})
+        return with_total(self._ce_terms(inputs, keep_zero=True))
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from .._checks import (
     check_nonnegative,
     check_positive,
 )
-from ..losses.kd import kd_loss
 from ..losses.refilled import (
     FORMS,
     centre_labels,
@@ -77,67 +76,17 @@ class RRD(Method):
         self.rrd_weight = check_nonnegative("rrd_weight", rrd_weight)
         self.rrd = RRDLoss(student_dim, teacher_dim, embed_dim, queue_size, tau_s, tau_t, update)
 
-    def _rrd_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        teacher_features = _teacher(inputs, "teacher_features", self.name)
-        return {
-            "ce": self.ce_weight * supervised_cross_entropy(inputs.student_logits, inputs.labels),
-            "rrd": self.rrd_weight * self.rrd(inputs.student_features, teacher_features),
-        }
-
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        return with_total(self._rrd_terms(inputs))
+        teacher_features = _teacher(inputs, "teacher_features", self.name)
+        terms = self._ce_terms(inputs, keep_zero=True)
+        terms["rrd"] = self.rrd_weight * self.rrd(inputs.student_features, teacher_features)
+        return with_total(terms)
 
     @torch.no_grad()
     def after_step(self, inputs: StepInputs) -> None:
         """Write the batch's teacher embeddings into the queue (``update="after"`` only)."""
         if self.rrd.update == "after":
             self.rrd.update_queue(_teacher(inputs, "teacher_features", self.name))
-
-
-class RRDKD(RRD):
-    """RRD+KD: ``L = ce_weight * CE + kd_weight * L_KD(T) + rrd_weight * L_RRD``.
-
-    Defaults 1, 1 (T = 4), 1 as in the RRD authors' CIFAR runs. ``L_KD`` is Hinton's
-    ``T^2 (1/B) sum_i KL(softmax(t_i/T) || softmax(z_i/T))`` from :mod:`relkd_tutorial.losses.kd`,
-    applied to every sample (the teacher needs no label). Other arguments as :class:`RRD`.
-    """
-
-    name = "rrd_kd"
-
-    def __init__(
-        self,
-        student_dim: int,
-        teacher_dim: int,
-        embed_dim: int = 128,
-        queue_size: int = 16384,
-        tau_s: float = 0.04,
-        tau_t: float = 0.10,
-        ce_weight: float = 1.0,
-        rrd_weight: float = 1.0,
-        kd_weight: float = 1.0,
-        kd_temperature: float = 4.0,
-        update: str = "after",
-    ) -> None:
-        super().__init__(
-            student_dim,
-            teacher_dim,
-            embed_dim,
-            queue_size,
-            tau_s,
-            tau_t,
-            ce_weight,
-            rrd_weight,
-            update,
-        )
-        self.kd_weight = check_nonnegative("kd_weight", kd_weight)
-        self.kd_temperature = check_positive("kd_temperature", kd_temperature)
-
-    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        if inputs.teacher_logits is None:
-            raise ValueError("rrd_kd needs StepInputs.teacher_logits, shape (B, C); got None")
-        terms = self._rrd_terms(inputs)
-        kd = kd_loss(inputs.student_logits, inputs.teacher_logits, self.kd_temperature)
-        return with_total({"ce": terms["ce"], "kd": self.kd_weight * kd, "rrd": terms["rrd"]})
 
 
 #: Which samples REFILLED's stage 1 mines triplets among (``Refilled(stage1_labels=...)``).

@@ -8,6 +8,7 @@ weights them with the supervised cross-entropy and returns the weighted terms
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -31,7 +32,6 @@ from .base import (
     _teacher,
     _total,
     _weighted,
-    supervised_cross_entropy,
 )
 
 
@@ -53,8 +53,7 @@ class KD(Method):
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        terms = self._ce_terms(inputs)
         _weighted(terms, "kd", self.kd_weight, lambda: kd_loss(z, t, self.temperature))
         return _total(terms, z)
 
@@ -98,8 +97,7 @@ class RKD(Method):
         f_s = inputs.student_features
         f_t = _teacher(inputs, "teacher_features", self.name)
         z = inputs.student_logits
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        terms = self._ce_terms(inputs)
         _weighted(terms, "rkd_distance", self.distance_weight, lambda: rkd_distance_loss(f_s, f_t))
         _weighted(terms, "rkd_angle", self.angle_weight, lambda: rkd_angle_loss(f_s, f_t))
         return _total(terms, z)
@@ -146,41 +144,7 @@ class GRKD(Method):
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
-        _weighted(terms, "grkd", self.grkd_weight, lambda: self.loss(z, t))
-        return _total(terms, z)
-
-
-class GRKDWithKD(GRKD):
-    """GRKD+KD: ``ce_weight CE + kd_weight L_KD(T=4) + grkd_weight L_GR``, weights 1 / 1 / 1.
-
-    (choice: the RRD+KD / CRD+KD convention of weight 1 for each term.)
-    Terms: ``"ce"``, ``"kd"``, ``"grkd"``.
-    """
-
-    name = "grkd_kd"
-
-    def __init__(
-        self,
-        ce_weight: float = 1.0,
-        grkd_weight: float = 1.0,
-        kd_weight: float = 1.0,
-        temperature: float = 1.0,
-        kd_temperature: float = 4.0,
-        top_k: int | None = None,
-        weighting: str = "uniform",
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__(ce_weight, grkd_weight, temperature, top_k, weighting, reduction)
-        self.kd_weight = check_nonnegative("kd_weight", kd_weight)
-        self.kd_temperature = check_positive("kd_temperature", kd_temperature)
-
-    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
-        _weighted(terms, "kd", self.kd_weight, lambda: kd_loss(z, t, self.kd_temperature))
+        terms = self._ce_terms(inputs)
         _weighted(terms, "grkd", self.grkd_weight, lambda: self.loss(z, t))
         return _total(terms, z)
 
@@ -202,8 +166,7 @@ class _RankingMethod(Method):
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        terms = self._ce_terms(inputs)
         _weighted(terms, "rank", self.rank_weight, lambda: self.loss(z, t))
         return _total(terms, z)
 
@@ -276,8 +239,7 @@ class DIST(Method):
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
         tau = self.temperature
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        terms = self._ce_terms(inputs)
         _weighted(terms, "dist_inter", self.beta, lambda: dist_inter_loss(z, t, tau))
         _weighted(terms, "dist_intra", self.gamma, lambda: dist_intra_loss(z, t, tau))
         return _total(terms, z)
@@ -290,7 +252,10 @@ def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
     hard labels, no temperature (Lee, 2013, with the teacher as the labeller). A batch with no
     unlabelled image gives exactly 0 with a gradient path (``0 * z.sum()``), never 0/0. Ties in a
     teacher row go to the lowest class index (``argmax``). Computed in float32 (float64 for float64
-    logits) with autocast off.
+    logits) with autocast off, with no host synchronisation: as in
+    :func:`~relkd_tutorial.methods.supervised_cross_entropy`, the unlabelled rows are moved to the
+    front (a stable sort) and the rest ignored, so the mean adds the same numbers in the same order
+    as over ``z[U]``.
 
     Args:
         student_logits: ``(B, C)``.
@@ -306,11 +271,12 @@ def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
         )
     check_labels("labels", labels, student_logits.shape[0], student_logits.shape[1])
     unlabelled = labels < 0  # (B,)
-    if not bool(unlabelled.any()):
-        return student_logits.sum() * 0.0
-    pseudo = teacher_logits[unlabelled].argmax(dim=1)  # (|U|,)
+    first = torch.argsort(labels.ge(0).to(torch.uint8), stable=True)  # (B,) unlabelled rows first
+    pseudo = torch.where(unlabelled, teacher_logits.argmax(dim=1), -1)[first]  # (B,) -1: ignored
     with full_precision(student_logits.device):
-        return F.cross_entropy(student_logits[unlabelled].to(loss_dtype(student_logits)), pseudo)
+        z = student_logits[first].to(loss_dtype(student_logits))  # (B, C)
+        ce = F.cross_entropy(z, pseudo, ignore_index=-1)  # 0/0 if every image is labelled
+    return torch.where(unlabelled.any(), ce, student_logits.sum() * 0.0)
 
 
 class PseudoLabel(Method):
@@ -334,8 +300,7 @@ class PseudoLabel(Method):
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms: dict[str, Tensor] = {}
-        _weighted(terms, "ce", self.ce_weight, lambda: supervised_cross_entropy(z, inputs.labels))
+        terms = self._ce_terms(inputs)
         _weighted(
             terms, "pseudo", self.pseudo_weight, lambda: pseudo_label_loss(z, t, inputs.labels)
         )
@@ -344,8 +309,5 @@ class PseudoLabel(Method):
 
 _LOGIT_AND_RELATION_METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (
-        KD, RKD, RKDDistance, RKDAngle, GRKD, GRKDWithKD, SoftRank, ListwiseRank, DIST,
-        PseudoLabel,
-    )
-}  # fmt: skip
+    for cls in (KD, RKD, RKDDistance, RKDAngle, GRKD, SoftRank, ListwiseRank, DIST, PseudoLabel)
+}

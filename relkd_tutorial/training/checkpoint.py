@@ -327,7 +327,7 @@ def _resume_state(config: TrainConfig, ckpt_path: Path | None) -> dict[str, Any]
         warnings.warn(
             f"resuming from {path} with a different config ({', '.join(differ)}); the run will "
             "not match an uninterrupted one",
-            stacklevel=3,
+            stacklevel=4,  # _resume_state < _Run.start_run < fit < the caller
         )
     return state
 

@@ -208,5 +208,5 @@ def check_resume_plan(
     )
     warnings.warn(
         f"resuming a {saved}-epoch run as a {config.epochs}-epoch run from {where}: {rest}; {past}",
-        stacklevel=3,
+        stacklevel=4,  # check_resume_plan < _Run.start_run < fit < the caller
     )

@@ -27,6 +27,13 @@ from .config import TrainConfig, _autocast_dtype, resolve_device
 from .distributed import get_world_size, loader_world_size, sum_over_ranks
 
 
+def to_host(values: Tensor) -> list[float]:
+    """Copy a 1-D tensor to Python floats: the loop's only kind of host synchronisation (on a GPU
+    the host waits for the queue to drain); every read of the loop and of :func:`evaluate` is one
+    call, so a test can count them."""
+    return values.tolist()
+
+
 def student_forward(
     model: nn.Module,
     x: Tensor,
@@ -100,6 +107,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``model`` over the labelled samples of ``loader``.
 
+    One host read, at the end (the sums stay on the device).
+
     Runs in eval mode (the model's previous mode is restored). Returns ``{"acc", "loss", "n",
     "labelled"}``; ``acc`` and ``loss`` are NaN if no sample is labelled.
     """
@@ -118,20 +127,23 @@ def evaluate(
                 model, batch.x, channels_last=channels_last, autocast_dtype=dtype
             )
             keep = batch.y >= 0  # (B,) labelled samples
-            logits, y = logits.float()[keep], batch.y[keep]  # (L, C), (L,)
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == y).sum()
+            # labelled rows first, the rest ignored: the sum adds the labelled rows' losses in
+            # the same order as over logits[keep], with no host read to count them
+            first = torch.argsort((~keep).to(torch.uint8), stable=True)  # (B,)
+            z, y = logits.float()[first], batch.y[first]  # (B, C), (B,)
+            loss_sum += F.cross_entropy(z, y, reduction="sum", ignore_index=-1).double()
+            correct += ((logits.argmax(dim=1) == batch.y) & keep).sum()
             labelled += keep.sum()
             n += batch.y.shape[0]
     finally:
         model.train(was_training)
-    count = int(labelled)
+    loss_total, hits, count = to_host(torch.stack([loss_sum, correct.double(), labelled.double()]))
     nan = float("nan")
     return {
-        "acc": int(correct) / count if count else nan,
-        "loss": float(loss_sum) / count if count else nan,
+        "acc": int(hits) / int(count) if count else nan,
+        "loss": loss_total / count if count else nan,
         "n": n,
-        "labelled": count,
+        "labelled": int(count),
     }
 
 
@@ -193,12 +205,26 @@ def _run_setup(
     method.setup(cache.setup_data())
 
 
+def _finite(*modules: nn.Module) -> Tensor:
+    """``True`` (a 0-dim bool tensor, on the device) if no parameter or float buffer holds NaN/inf."""
+    flags = [
+        torch.isfinite(t).all()
+        for module in modules
+        for t in [*module.parameters(), *module.buffers()]
+        if t.is_floating_point()
+    ]
+    return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
+
+
 def _check_finite_state(epoch: int, *modules: nn.Module) -> None:
     """Raise if a parameter or float buffer holds NaN/inf (e.g. a last step with a NaN gradient).
 
     The epoch's mean loss can be finite while the weights are not (the loss of the last step is
-    computed before its update), so the loop checks the weights before writing a checkpoint.
+    computed before its update), so the loop checks the weights before writing a checkpoint: one
+    host read (:func:`_finite`), then one per tensor only to name the culprit.
     """
+    if bool(_finite(*modules)):
+        return
     for module in modules:
         for name, t in [*module.named_parameters(), *module.named_buffers()]:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):

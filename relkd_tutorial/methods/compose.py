@@ -1,0 +1,142 @@
+"""Any method + Hinton KD, as one composition: ``with_kd(method)`` and ``build_method("grkd+kd")``.
+
+``L = L_method + kd_weight * L_KD(T)``: the wrapped method's weighted terms, with ``"kd"`` placed
+right after its ``"ce"`` (first if it has none), so the total is summed in the order
+``ce + kd + the method's own terms``. ``L_KD`` is Hinton's
+``T^2 (1/B) sum_i KL(softmax(t_i/T) || softmax(z_i/T))`` (:mod:`relkd_tutorial.losses.kd`) on every
+sample (the teacher needs no label). Everything else (stages, setup, the queue written after the
+step, learnable heads, the checkpointed state) is the wrapped method's.
+
+The benchmark's combinations are this composition: ``"rrd_kd"`` is ``with_kd(RRD(...))`` and
+``"grkd_kd"`` is ``with_kd(GRKD(...))``, at the published 1 / 1 / 1 weights with ``T = 4``
+(the Fashion-MNIST settings set KD's 0.1 / 0.9, ``bench.settings.CONTROL_WEIGHTS``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from .._checks import check_nonnegative, check_positive
+from ..losses.kd import kd_loss
+from .base import Method, SetupData, Stage, StepInputs, _teacher, _total, _weighted
+from .embedding import RRD
+from .logit_relation import GRKD
+
+
+class WithKD(Method):
+    """``method`` + ``kd_weight * L_KD(kd_temperature)``; see the module docstring.
+
+    Attributes not set here (``ce_weight``, ``grkd_weight``, ``rrd``, ...) are read from the
+    wrapped method, which is ``base``. Its ``state_dict`` is the wrapped method's, key for key.
+    """
+
+    needs_teacher = True
+
+    def __init__(self, method: Method, kd_weight: float = 1.0, kd_temperature: float = 4.0) -> None:
+        if not isinstance(method, Method) or isinstance(method, WithKD) or method.name == "kd":
+            raise TypeError(f"with_kd wraps a method without a KD term, got {method!r}")
+        nn.Module.__init__(self)  # not Method's: ``stage`` is the wrapped method's
+        self.base = method
+        self.name = f"{method.name}_kd"
+        self.needs_setup = method.needs_setup
+        self.kd_weight = check_nonnegative("kd_weight", kd_weight)
+        self.kd_temperature = check_positive("kd_temperature", kd_temperature)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or "base" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["base"], name)
+
+    @property
+    def stage(self) -> str:  # type: ignore[override]
+        return self.base.stage
+
+    def stages(self) -> list[Stage]:
+        return self.base.stages()
+
+    def set_stage(self, name: str) -> None:
+        self.base.set_stage(name)
+
+    def setup(self, data: SetupData) -> None:
+        self.base.setup(data)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        kd = ("kd", self.kd_weight, lambda: kd_loss(z, t, self.kd_temperature))
+        # computed right after CE (Method._ce_terms), as the former classes did: the gradients
+        # reach the logits in the same order, so training is bitwise the same
+        self.base._after_ce = kd
+        try:
+            terms = {k: v for k, v in self.base.loss_terms(inputs).items() if k != "loss"}
+        finally:
+            added, self.base._after_ce = self.base._after_ce is None, None
+        if not added:  # a method without a CE term of its own (REFILLED, CE): KD after its terms
+            extra: dict[str, Tensor] = {}
+            _weighted(extra, *kd)
+            head = {k: terms.pop(k) for k in ("ce",) if k in terms}
+            terms = {**head, **extra, **terms}
+        return _total(terms, z)
+
+    def after_step(self, inputs: StepInputs) -> None:
+        self.base.after_step(inputs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.base.load_state_dict(state_dict, strict, assign)
+
+
+def with_kd(
+    method: Method,
+    kd_weight: float = 1.0,
+    temperature: float = 4.0,
+    ce_weight: float | None = None,
+) -> WithKD:
+    """``method`` + ``kd_weight * L_KD(temperature)``; ``ce_weight`` (if given) replaces the
+    method's CE weight (e.g. ``with_kd(GRKD(), 0.9, ce_weight=0.1)``: KD's 0.1 / 0.9 + GRKD)."""
+    if ce_weight is not None:
+        if not hasattr(method, "ce_weight"):
+            raise ValueError(f"{type(method).__name__} has no ce_weight to set")
+        method.ce_weight = check_nonnegative("ce_weight", ce_weight)
+    return WithKD(method, kd_weight, temperature)
+
+
+def plus_kd(build: Callable[..., Method], name: str, positional: int = 0) -> Callable[..., WithKD]:
+    """``build(*args, **kwargs)`` + KD: a builder that also takes ``kd_weight``, ``kd_temperature``.
+
+    At most ``positional`` arguments by position (the former classes placed ``kd_weight`` among
+    them, so a longer positional call would silently bind another argument)."""
+
+    def build_with_kd(
+        *args: Any, kd_weight: float = 1.0, kd_temperature: float = 4.0, **kwargs: Any
+    ) -> WithKD:
+        if len(args) > positional:
+            raise TypeError(f"{name} takes {positional} positional arguments, name the others")
+        return WithKD(build(*args, **kwargs), kd_weight, kd_temperature)
+
+    build_with_kd.__name__ = build_with_kd.__qualname__ = name
+    kd = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in
+          (("kd_weight", 1.0), ("kd_temperature", 4.0))]  # fmt: skip
+    own = list(inspect.signature(build).parameters.values())
+    build_with_kd.__signature__ = inspect.Signature(own + kd)  # type: ignore[attr-defined]
+    build_with_kd.__doc__ = (
+        f"``with_kd({getattr(build, '__name__', build)}(*args, **kwargs))`` with ``kd_weight`` "
+        "(1) and ``kd_temperature`` (4) keyword-only: a :class:`WithKD`."
+    )
+    return build_with_kd
+
+
+#: RRD+KD (``"rrd_kd"``): ``ce_weight CE + kd_weight L_KD(T) + rrd_weight L_RRD``, 1 / 1 (T = 4) / 1
+#: as in the RRD authors' CIFAR runs. Formerly a class; the two widths by position, the rest by name.
+RRDKD = plus_kd(RRD, "RRDKD", positional=2)
+#: GRKD+KD (``"grkd_kd"``): ``ce_weight CE + kd_weight L_KD(T=4) + grkd_weight L_GR``, 1 / 1 / 1
+#: (the RRD+KD / CRD+KD convention). Formerly a class; every argument by name.
+GRKDWithKD = plus_kd(GRKD, "GRKDWithKD")
