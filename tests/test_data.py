@@ -149,6 +149,9 @@ def test_manifest_covers_shipped_files():
         # the cross-task teacher, classes 0-4 (notebook 04, tests/test_tutorial_chapters.py)
         "teacher_cnn_fashion_mnist_classes0-4.pt",
         "teacher_cnn_fashion_mnist_classes0-4.json",
+        # the benchmark's teacher: never saw the validation split (tests/test_heldout_teacher.py)
+        "teacher_cnn_fashion_mnist_heldout.pt",
+        "teacher_cnn_fashion_mnist_heldout.json",
     }
     for name, digest in manifest.items():
         assert sha256_of(data_dir() / name) == digest
