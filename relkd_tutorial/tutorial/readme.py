@@ -210,15 +210,7 @@ def render_main(folder: Path, link: str) -> str:
             f"- The teacher's class ranking transfers best with {_label(best['method'])} "
             f"(mean Kendall tau {best['kendall_tau_mean']:.3f}; {ref})."
         )
-    for s in settings[1:]:
-        lines.append(
-            f"- {s} ({_seeds(summary, s)} seed{'s' if _seeds(summary, s) != 1 else ''}), top-1 "
-            f"against KD (Holm over the family): {_verdicts(diffs, s, 'kd')}."
-        )
-    timing = _time_line(folder)
-    if timing:
-        lines.append(timing)
-    return "\n".join(lines).rstrip()
+    return _close(lines, folder, summary, diffs, settings)
 
 
 def render_tuned(
@@ -273,6 +265,17 @@ def render_tuned(
                 lines += ["", extra]
     box = out_of_the_box(select_rows(rows), recipes, head, entries, second, brief=True)
     lines += ["", *box] if box else [""]
+    return _close(lines, folder, summary, diffs, settings)
+
+
+def _close(
+    lines: list[str],
+    folder: Path,
+    summary: list[dict[str, Any]],
+    diffs: list[dict[str, Any]],
+    settings: list[str],
+) -> str:
+    """A block's last lines: one verdict line per setting after the headline, then the time."""
     for s in settings[1:]:
         lines.append(
             f"- {s} ({_seeds(summary, s)} seed{'s' if _seeds(summary, s) != 1 else ''}), top-1 "
