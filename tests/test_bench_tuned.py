@@ -369,6 +369,12 @@ def test_the_recipes_flags_and_the_headline_note() -> None:
     assert "the tuning chose the paper defaults for RKD" in note
     assert "not tuned, at their paper defaults: CE, REFILLED." in note
     assert tuned.headline_note(REC, "low-data", list(MEANS)).startswith("**Not tuned**")
+    # KD is tuned: a combination beside it keeps KD's default part, and the note says so
+    assert "keep KD's default weights" not in note  # no combination among these methods
+    with_combo = tuned.headline_note(REC, "transfer", [*MEANS, "grkd_kd"])
+    assert "GRKD+KD keep KD's default weights and temperature beside their tuned term" in with_combo
+    assert "differs in more than their term" in with_combo
+    assert "keep KD's default" not in tuned.headline_note(REC, "transfer", ["ce", "grkd_kd"])
 
 
 def test_the_report_puts_the_tuned_verdict_first(tmp_path: Path) -> None:

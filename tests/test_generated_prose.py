@@ -58,6 +58,7 @@ ENFORCED: tuple[str, ...] = (
     "notebooks/07_distil_your_own_model.ipynb",
     "README.md",
     "results/README.md",
+    "results/tuning/README.md",
     "docs/README.md",
     "docs/architecture.md",
     "docs/benchmark.md",

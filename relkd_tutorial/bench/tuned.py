@@ -29,6 +29,8 @@ from ..stats import mean_std, t_quantile
 from .recipes import Recipes
 from .settings import (
     ALPHA,
+    CONTROL_WEIGHTS,
+    CONTROLS,
     HEADLINE_BASELINE,
     METHOD_LABELS,
     MISSION_METHOD,
@@ -433,7 +435,15 @@ def headline_note(recipes: Recipes | None, setting: str, methods: Sequence[str])
         )
     if groups["not tuned"]:
         text += f"; not tuned, at their paper defaults: {', '.join(groups['not tuned'])}"
-    return text + "."
+    text += "."
+    combos = [m for m in methods if CONTROLS.get(m) == HEADLINE_BASELINE and m in CONTROL_WEIGHTS]
+    if combos and status.get(HEADLINE_BASELINE) == "tuned":
+        text += (
+            f" {', '.join(map(_label, combos))} keep KD's default weights and temperature beside "
+            f"their tuned term (`CONTROL_WEIGHTS`), while {_label(HEADLINE_BASELINE)} runs at its "
+            "tuned recipe: there, their comparison with it differs in more than their term."
+        )
+    return text
 
 
 def headline_rows(rows: Sequence[dict[str, Any]], recipes: Recipes | None) -> list[dict[str, Any]]:
