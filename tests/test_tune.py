@@ -345,3 +345,19 @@ def test_tune_parser_and_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert "standard" not in out  # the tuned settings by default: transfer and low-data
     with pytest.raises(SystemExit, match="trials"):
         tune.run_tuning(SimpleNamespace(trials=0), [], [], [], Path("."), True, "")
+
+
+def test_a_method_that_cannot_run_in_a_setting_is_not_tuned_there(tmp_path: Path) -> None:
+    """The pseudo-label control is CE exactly without unlabelled images: low-data gets no study
+    for it (its trials would be wasted) and no recipe, and the worker trains nothing."""
+    recipes = tmp_path / "recipes.json"
+    argv = ["--tune", "--fast", "--settings", "low-data", "--methods", "ce,pseudo_label",
+            "--trials", "1", "--epochs", "1", "--jobs", "1", "--out", str(tmp_path),
+            "--recipes", str(recipes)]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert json.loads(recipes.read_text())["settings"] == {}
+    import optuna
+
+    from relkd_tutorial.bench.tune import open_storage
+
+    assert optuna.get_all_study_summaries(open_storage(tmp_path / "tuning.journal")) == []

@@ -368,7 +368,7 @@ def _work(job: TuneJob, workspaces: Sequence[Workspace] | None = None) -> None:
     while True:
         did = False
         for ws in workspaces:
-            for method in job.methods:
+            for method in tunable(job.methods, ws):  # not where it cannot run (n/a there)
                 name = study_name(ws, method, job.prune, SELECTION_SEEDS)
                 steps = ws.setting.epochs * len(SELECTION_SEEDS)
                 study = _load_study(storage, name, job.prune, job.trials, steps)
