@@ -273,7 +273,7 @@ class Variant:
 
 
 #: The GRKD ablation (``--ablation grkd``; ``docs/grkd.md`` lists the choices). The loss's body
-#: is not public, so these are the reconstruction's open choices: the group (all classes or the
+#: was not accessible to us, so these are the reconstruction's open choices: the group (all classes or the
 #: teacher's top-k), the pair weights (uniform or the teacher's probability gap), the
 #: temperature, and the ``1/|P_i|`` normalisation (mean over pairs or sum). Each variant changes
 #: one of them. On all classes with uniform weights and no tied teacher logits, ``"sum"`` (the

@@ -128,7 +128,7 @@ def grkd_loss(
     """``L_GR = (1/B) sum_i (1/|P_i|) sum_{(j,k) in P_i} w_ijk softplus( -(z^s_ij - z^s_ik) / tau )``.
 
     GRKD (Li, Zhou, Chen 2025; the formula is from an unverified summary of the paper, whose body
-    is not public): ``softplus(-x) = -log sigma(x)``, so each pair ``j`` preferred to ``k`` by the
+    was not accessible to us): ``softplus(-x) = -log sigma(x)``, so each pair ``j`` preferred to ``k`` by the
     teacher costs ``-log sigma((log q_j - log q_k)/tau)`` (``log q_j - log q_k = z_j - z_k`` for the
     student's softmax ``q``).
 
