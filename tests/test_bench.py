@@ -274,8 +274,8 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
         50, False, 30, 64
     )  # fmt: skip
     assert low.seeds == tuple(range(8))  # >= 8 seeds
-    # the paper-default runs of the tuned methods: the first 8 transfer seeds, nowhere else
-    assert (t.default_seeds, low.default_seeds, std.default_seeds) == (8, 0, 0)
+    # the paper-default runs of the tuned methods: the first 8 seeds of transfer and low-data
+    assert (t.default_seeds, low.default_seeds, std.default_seeds) == (8, 8, 0)
     assert (std.labelled_per_class, std.epochs, std.seeds, std.curves) == (
         None, 20, (0, 1, 2), True
     )  # fmt: skip
