@@ -14,6 +14,7 @@ import json
 import math
 import random
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ from relkd_tutorial.bench.report import markdown_report, write_report
 from relkd_tutorial.bench.store import NUMERIC_COLUMNS, RUN_COLUMNS, ResultStore
 from relkd_tutorial.bench.verdict import comparisons, mark_fragile, verdict_paragraph
 from relkd_tutorial.stats import paired_difference, t_quantile
-from relkd_tutorial.tutorial.readme import render_block
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from render_readme_results import render_block  # noqa: E402
 
 RECIPES = {
     "format": 1,

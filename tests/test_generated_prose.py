@@ -13,8 +13,8 @@ what it flags and the two escapes, ``<!-- not-a-result -->`` and ``<!-- asserted
    ``<!-- generated:NAME -->`` blocks (``scripts/render_readme_results.py``) and every
    ``results/**/results.md`` (the benchmark report, :func:`relkd_tutorial.bench.report.markdown_report`).
 
-``python -m relkd_tutorial.tutorial.prose notebooks/*.ipynb README.md results/README.md docs/*.md``
-prints every current offender (the report mode).
+``python scripts/check_prose.py notebooks/*.ipynb README.md results/README.md docs/*.md`` prints
+every current offender (the report mode).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,18 +33,14 @@ from relkd_tutorial.bench.settings import METHOD_LABELS
 from relkd_tutorial.bench.store import read_runs
 from relkd_tutorial.bench.tuned import second_run_set
 from relkd_tutorial.stats import paired_difference
-from relkd_tutorial.tutorial import prose
-from relkd_tutorial.tutorial.prose import (
-    Sentence,
-    code_cell_findings,
-    file_offenders,
-    find_typed_results,
-    notebook_offenders,
-    say,
-)
-from relkd_tutorial.tutorial.readme import block_names, render_readme
+from relkd_tutorial.tutorial.prose import Sentence, find_typed_results, say
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import check_prose  # noqa: E402
+from check_prose import code_cell_findings, file_offenders, notebook_offenders  # noqa: E402
+from render_readme_results import block_names, render_readme  # noqa: E402
 
 #: Files the rule is enforced on (relative to the repository). Add a notebook or page here as
 #: soon as it passes (``test_ratchet`` insists); the goal is every file of :func:`_checked_files`.
@@ -88,7 +85,7 @@ def _checked_files() -> list[str]:
     return [str(p.relative_to(REPO)) for p in files]
 
 
-def _report(offenders: list[prose.Offender]) -> str:
+def _report(offenders: list[check_prose.Offender]) -> str:
     return "\n".join(str(o) for o in offenders)
 
 
@@ -215,7 +212,7 @@ def test_notebook_offenders_name_the_cell(tmp_path):
         (5, "4 percentage points"),
     ]
     assert str(found[0]).startswith(f"{path} cell 4, line 1:")
-    assert prose.main([str(path)]) == 1
+    assert check_prose.main([str(path)]) == 1
 
 
 def test_say_renders_values_and_refuses_typed_numbers():

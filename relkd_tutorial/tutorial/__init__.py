@@ -9,7 +9,6 @@
 - :mod:`~relkd_tutorial.tutorial.prose`: :func:`say` renders a result sentence from computed
   values; the rule it shares with ``tests/test_generated_prose.py`` (no typed result numbers).
 - :mod:`~relkd_tutorial.tutorial.plots_stats`: dot-and-interval plots of those tables.
-- :mod:`~relkd_tutorial.tutorial.readme`: the README's result blocks, rendered from ``results/``.
 - :mod:`~relkd_tutorial.tutorial.schematics`: :func:`draw_schematic`, one boxes-and-arrows
   figure per method (what flows from the teacher to the student).
 - :mod:`~relkd_tutorial.tutorial.widgets` computes (pure functions, plain outputs) and

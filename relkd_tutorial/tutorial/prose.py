@@ -1,54 +1,30 @@
 """Generated prose: no sentence that reports a result is typed by hand.
 
-A number in a sentence drifts from the output it describes as soon as a run, a seed or a default
-changes. So the course keeps two kinds of text apart:
-
-- **Typed prose** (Markdown cells of the notebooks, ``README.md``, ``results/README.md``, the
-  ``docs/`` pages) explains, derives and defines. It may hold integers (seeds, epochs, class
-  indices, years) and anything inside LaTeX math (``$...$``, ``$$...$$``) or code (`` `...` ``,
-  fenced blocks), which is where parameters and equations belong.
-- **Results** are rendered from computed values: in a notebook by a code cell (:func:`say`, or
-  ``display(Markdown(...))`` built from variables), in the README by a block between
-  ``<!-- generated:NAME begin -->`` and ``<!-- generated:NAME end -->`` that
-  ``scripts/render_readme_results.py`` rewrites from ``results/``.
+Typed prose (notebook Markdown, ``README.md``, ``results/README.md``, ``docs/``) explains and
+defines; it may hold integers (seeds, epochs, years) and anything in math (``$...$``) or code.
+Results are rendered from computed values: in a notebook by :func:`say` (or ``Markdown(...)``
+built from variables), in the README by the ``<!-- generated:NAME begin/end -->`` blocks of
+``scripts/render_readme_results.py``.
 
 :func:`find_typed_results` is the rule. Outside math, code, HTML comments and link targets it
-flags, with a reason,
-
-- a **decimal number** (``0.692``, ``90.85``), except a dotted version or section number
-  (``2.14.1``, ``3.2.1``) or one right after a word such as ``Sec.``, ``Eq.``, ``Table``,
-  ``Python`` or ``arXiv`` (:data:`ALLOWED_BEFORE_DECIMAL`);
-- a **percentage** (``40%``, ``12 percent``), except a confidence level naming its interval
-  (``95% interval``, ``95% CI``) and the column name ``top-1 %``;
-- a **ratio** (``45.9×``, ``48 times``, ``3-fold``; a size such as ``5×5`` or ``28x28`` is fine);
-- a **difference** (``+3.97 points``, ``4 percentage points``, ``5 pp``) or a **spread**
-  (``± 2``);
-- a **duration** (``24 minutes``, ``1.5 s``).
-
-Escapes, each for one block (a paragraph, list or table: lines up to the next blank line):
-
-- ``<!-- not-a-result -->`` (optionally ``<!-- not-a-result: why -->``): the block's numbers are
-  constants, not results (a table of parameters, a data set's size, a licence year range).
-- ``<!-- asserted -->`` (notebooks only): every flagged number of the block must appear as a
-  literal in an ``assert`` of the next code cell, so a changed result fails the notebook.
-
-In code cells the same rule reads the literal text of :func:`say` templates and of
-``Markdown(...)`` arguments (f-string pieces, ``.format`` templates): moving a typed number into a
-string does not make it computed. ``python -m relkd_tutorial.tutorial.prose FILE...`` prints every
-offender; ``tests/test_generated_prose.py`` enforces the rule.
+flags a **decimal** (``0.692``; not a version or section ``2.14.1``, nor one after a word of
+:data:`ALLOWED_BEFORE_DECIMAL` such as ``Sec.`` or ``Python``), a **percentage** (``40%``; not a
+confidence level naming its interval, ``95% CI``, nor the column ``top-1 %``), a **ratio**
+(``45.9×``, ``48 times``, ``3-fold``; not a size ``28x28``), a **difference** (``+3.97 points``,
+``5 pp``), a **spread** (``± 2``) and a **duration** (``24 minutes``). Escapes, each for one
+block (lines up to the next blank line): ``<!-- not-a-result: why -->`` (constants, not
+results) and, in notebooks, ``<!-- asserted -->`` (every flagged number appears in an ``assert``
+of the next code cell). ``scripts/check_prose.py FILE...`` applies it to files (code cells: the
+literal text of ``say`` / ``Markdown`` templates); ``tests/test_generated_prose.py`` enforces it.
 """
 
 from __future__ import annotations
 
-import ast
-import json
 import math
 import re
 import string
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 # ---------------------------------------------------------------------------------------------
@@ -265,147 +241,16 @@ def _asserted(match: str, literals: Sequence[float]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Code cells: literal text of say(...) and Markdown(...)
+# Writing results: say()
 # ---------------------------------------------------------------------------------------------
 
-PROSE_CALLS = ("say", "Markdown", "display_markdown")
 
-
-def _call_name(func: ast.expr) -> str:
-    if isinstance(func, ast.Name):
-        return func.id
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    return ""
-
-
-def _format_literals(text: str) -> list[str]:
+def format_literals(text: str) -> list[str]:
     """The literal pieces of a ``str.format`` template (the whole text if it is not one)."""
     try:
         return [lit for lit, *_ in string.Formatter().parse(text) if lit]
     except ValueError:
         return [text]
-
-
-def _literal_text(node: ast.expr) -> list[str]:
-    """The typed pieces of a string expression: constants, f-string parts, format templates."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return _format_literals(node.value)
-    if isinstance(node, ast.JoinedStr):
-        return [v.value for v in node.values if isinstance(v, ast.Constant)]
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        return _literal_text(node.left) + _literal_text(node.right)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-        if node.func.attr == "format":
-            return _literal_text(node.func.value)
-    return []
-
-
-def parse_cell(source: str) -> ast.Module | None:
-    """A code cell as Python, IPython magics and shell lines blanked; ``None`` if it is not."""
-    lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.split("\n")]
-    try:
-        return ast.parse("\n".join(lines))
-    except SyntaxError:
-        return None
-
-
-def code_cell_findings(source: str) -> list[Finding]:
-    """Typed result numbers in the literal text of the cell's :data:`PROSE_CALLS`."""
-    tree = parse_cell(source)
-    if tree is None:
-        return []
-    src_lines = source.split("\n")
-    out = []
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and _call_name(node.func) in PROSE_CALLS):
-            continue
-        for arg in node.args[:1]:
-            for piece in _literal_text(arg):
-                for f in find_typed_results(piece):
-                    text = src_lines[node.lineno - 1] if node.lineno <= len(src_lines) else piece
-                    out.append(Finding(node.lineno, text, f.match, f"{f.reason} typed into "
-                                       f"{_call_name(node.func)}()"))  # fmt: skip
-    return out
-
-
-def assert_literals(source: str) -> list[float]:
-    """The numeric literals inside the ``assert`` statements of a code cell."""
-    tree = parse_cell(source)
-    if tree is None:
-        return []
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assert):
-            for sub in ast.walk(node.test):
-                if isinstance(sub, ast.Constant) and type(sub.value) in (int, float):
-                    out.append(float(sub.value))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Offender:
-    """A finding in a file: ``cell`` is the notebook cell index (``None`` in a Markdown file)."""
-
-    path: str
-    cell: int | None
-    finding: Finding
-
-    def __str__(self) -> str:
-        where = self.path if self.cell is None else f"{self.path} cell {self.cell}"
-        return f"{where}, {self.finding}"
-
-
-def _source(cell: dict[str, Any]) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
-
-
-def notebook_offenders(path: str | Path) -> list[Offender]:
-    """Every typed result in a notebook's Markdown cells and in its code cells' prose calls."""
-    path = Path(path)
-    cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
-    out = []
-    for i, cell in enumerate(cells):
-        src = _source(cell)
-        if cell.get("cell_type") == "markdown":
-            nxt = next((c for c in cells[i + 1 :] if c.get("cell_type") == "code"), None)
-            literals = assert_literals(_source(nxt)) if nxt is not None else None
-            findings = find_typed_results(src, asserted_literals=literals)
-        elif cell.get("cell_type") == "code":
-            findings = code_cell_findings(src)
-        else:
-            findings = []
-        out += [Offender(str(path), i, f) for f in findings]
-    return out
-
-
-def markdown_offenders(path: str | Path, *, generated_blocks: bool = False) -> list[Offender]:
-    """Every typed result in a Markdown file (see :func:`find_typed_results`)."""
-    path = Path(path)
-    findings = find_typed_results(
-        path.read_text(encoding="utf-8"), generated_blocks=generated_blocks
-    )
-    return [Offender(str(path), None, f) for f in findings]
-
-
-def file_offenders(path: str | Path) -> list[Offender]:
-    """:func:`notebook_offenders` for ``*.ipynb``, else :func:`markdown_offenders` (generated
-    blocks skipped: whoever generates them checks them)."""
-    path = Path(path)
-    if path.suffix == ".ipynb":
-        return notebook_offenders(path)
-    return markdown_offenders(path, generated_blocks=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing results: say()
-# ---------------------------------------------------------------------------------------------
 
 
 class Sentence(str):
@@ -432,7 +277,7 @@ def say(template: str, /, **values: Any) -> Sentence:
     """
     if not isinstance(template, str):
         raise TypeError(f"template must be a str, got {type(template).__name__}")
-    typed = [f for piece in _format_literals(template) for f in find_typed_results(piece)]
+    typed = [f for piece in format_literals(template) for f in find_typed_results(piece)]
     if typed:
         raise ValueError(
             "say(): the template types a result number; pass it as a value instead: "
@@ -445,23 +290,3 @@ def say(template: str, /, **values: Any) -> Sentence:
         return Sentence(template.format(**values))
     except (KeyError, IndexError) as err:
         raise ValueError(f"say(): the template names {err} but no such value was given") from err
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Print every typed result of the given files; exit status 1 if there is any."""
-    paths = list(sys.argv[1:] if argv is None else argv)
-    if not paths:
-        print("usage: python -m relkd_tutorial.tutorial.prose FILE.ipynb|FILE.md ...")
-        return 2
-    total = 0
-    for p in paths:
-        offenders = file_offenders(p)
-        total += len(offenders)
-        for o in offenders:
-            print(o)
-    print(f"{total} typed result(s) in {len(paths)} file(s)")
-    return 1 if total else 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
