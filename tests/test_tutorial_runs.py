@@ -22,6 +22,7 @@ from relkd_tutorial.bench.store import RUN_COLUMNS, ResultStore, read_runs
 from relkd_tutorial.bench.workspace import build_workspace
 from relkd_tutorial.stats import T_975_TABLE, mean_std
 from relkd_tutorial.tutorial import runs
+from relkd_tutorial.tutorial.compare import verdict
 from relkd_tutorial.tutorial.runs import (
     MissingRunsError,
     ResultsNotFoundError,
@@ -32,7 +33,6 @@ from relkd_tutorial.tutorial.runs import (
     paired_vs,
     protocol_setting,
     summary_table,
-    verdict,
 )
 
 #: The synthetic runs below have 4 seeds: the tests pin the chapters' default preset to one whose

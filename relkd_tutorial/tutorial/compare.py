@@ -1,16 +1,16 @@
-"""Small statistics helpers the method chapters (03-05) share, on top of :mod:`.runs`.
+"""What the method chapters (01-05) say about runs, on top of :mod:`.runs`; every number computed.
 
-- :func:`control_table`: each method of the benchmark's runs against its **control**, the run
-  that differs from it in one loss term (:data:`relkd_tutorial.bench.settings.CONTROLS`; the
-  benchmark's ``"control"`` family of :func:`relkd_tutorial.bench.verdict.comparisons`, paired by
-  seed, Holm-corrected over the methods present).
-- :func:`against`: one such comparison as words for a :func:`~.prose.say` sentence ("beats CE
-  (+2.3 points, 95% CI +0.4 to +4.2, Holm p 0.03)").
-- :func:`seed_table` / :func:`paired_rows`: the same statistics for a chapter's own small
-  experiment (notebook 04's cross-task students): per method the mean, the sample standard
-  deviation (``n - 1``) and the 95% ``t`` interval over seeds, and each method minus a baseline
-  paired by seed, in rows that :func:`~.plots_stats.plot_intervals` and
-  :func:`~.plots_stats.plot_paired` draw.
+- :func:`protocol_sentence`: what the runs are (setting, pool, labels, student, schedule, seeds).
+- :func:`difference_phrase` / :func:`against`: one paired difference in words with its 95%
+  interval and its claim ("beats", "trails", "within noise"): the benchmark's (Holm-corrected
+  within its family; ``docs/benchmark.md``, Statistics) where the row has one, else read from the
+  interval (:func:`verdict`).
+- :func:`control_table`: each method against its **control**, the run that differs from it in
+  one loss term (:data:`relkd_tutorial.bench.settings.CONTROLS`; the ``"control"`` family of
+  :func:`relkd_tutorial.bench.verdict.comparisons`).
+- :func:`seed_table` / :func:`paired_rows`: per name the mean, sample std (``n - 1``) and 95%
+  ``t`` interval over seeds, and each name minus a baseline paired by seed, for a chapter's own
+  small experiment (notebook 04), in rows that :mod:`.plots_stats` draws.
 """
 
 from __future__ import annotations
@@ -22,43 +22,98 @@ from typing import Any
 from ..bench.settings import METHOD_LABELS, PERCENT
 from ..bench.verdict import comparisons
 from ..stats import format_p, mean_std, paired_difference
-from .runs import Table
-
-
-def control_table(
-    rows: Sequence[dict[str, Any]], metric: str = "acc", *, confidence: float = 0.95
-) -> Table:
-    """Every method of ``rows`` minus its control, paired by seed (label ``"RRD − CE"``).
-
-    Accuracies in percentage points. Rows: the benchmark's (:func:`.runs.benchmark_runs`); a
-    method whose control is not among them is left out.
-    """
-    entries = comparisons(rows, families=("control",), metrics=(metric,), confidence=confidence)
-    for e in entries:
-        e["label"] = f"{_name(e['method'])} − {_name(e['baseline'])}"
-    unit = "points" if metric in PERCENT else ""
-    return Table(entries, ["label", "n", "mean", "low", "high", "claim"], metric, unit)
+from .prose import Sentence, say
+from .runs import Runs, Table
 
 
 def _name(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
-def against(diff: Mapping[str, Any], digits: int = 1) -> str:
-    """``"beats CE (+2.3 points, 95% CI +0.4 to +4.2, Holm p 0.03)"`` from a comparison entry.
+def protocol_sentence(runs: Runs) -> Sentence:
+    """One sentence: the setting, pool, labels, student, epochs, batch, learning rate and seeds."""
+    s = runs.setting
+    rows = [r for r in runs if r.get("status") == "ok"]
+    if not rows:
+        raise ValueError("no finished run to describe")
+    seeds = list(s.seeds)
+    seed_text = (
+        f"{seeds[0]}–{seeds[-1]}"
+        if seeds == list(range(seeds[0], seeds[-1] + 1))
+        else (", ".join(map(str, seeds)))
+    )
+    src = ", ".join("the local cache" if "cache" in p else "the committed results"
+                    for p in runs.sources if runs.sources[p])  # fmt: skip
+    return say(
+        "The benchmark's `{name}` setting ({src}): a pool of {n_train:,} training images of which "
+        "{n_labelled:,} keep their label ({per} per class), `{student}` students trained for "
+        "{epochs} epochs with batches of {batch} (SGD with Nesterov momentum, learning rate "
+        "{lr:g} with cosine decay), {n_seeds} paired seeds ({seed_text}), evaluated on the "
+        "test split.",
+        name=s.name, src=src or "none", n_train=int(rows[0]["n_train"]),
+        n_labelled=int(rows[0]["n_labelled"]), per=s.labelled_per_class, student=s.student,
+        epochs=s.epochs, batch=s.batch_size, lr=s.lr, n_seeds=len(seeds), seed_text=seed_text,
+    )  # fmt: skip
 
-    The verb is the benchmark's claim (``"beats"`` / ``"trails"`` only when the interval excludes
-    0 and the Holm-adjusted p-value is at most 0.05), else "is within noise of".
-    """
-    verb = "is within noise of" if diff["claim"] == "within noise" else diff["claim"]
+
+def _claim(diff: Mapping[str, Any]) -> str:
+    """The row's ``claim`` if it has one, else "within noise" unless the interval excludes 0."""
+    if diff.get("claim"):
+        return diff["claim"]
+    if diff.get("within_noise", True):
+        return "within noise"
+    return "beats" if diff["mean"] > 0 else "trails"
+
+
+def verdict(diff: Mapping[str, Any]) -> str:
+    """``"beats"`` / ``"trails"`` (the claim, or the interval excludes 0), else ``"is within
+    noise of"``."""
+    claim = _claim(diff)
+    return "is within noise of" if claim == "within noise" else claim
+
+
+def _numbers(diff: Mapping[str, Any], digits: int) -> tuple[str, str, str]:
+    """Mean (with its unit: points for accuracies), low and high, signed, ``digits`` decimals."""
     unit = " points" if diff.get("metric", "acc") in PERCENT else ""
-    f = f"+.{digits}f"
-    text = f"{verb} {_name(diff['baseline'])} ({format(diff['mean'], f)}{unit}"
+    mean, low, high = (format(float(diff[k]), f"+.{digits}f") for k in ("mean", "low", "high"))
+    return mean + unit, low, high
+
+
+def difference_phrase(diff: Mapping[str, Any]) -> str:
+    """``"+5.32 points (95% paired interval −1.20 to +11.84, 8 seeds): beats"``-like text.
+
+    ``diff``: a row of :func:`~relkd_tutorial.tutorial.runs.paired_table`; accuracies in points
+    with two decimals, other metrics in their own units with three.
+    """
+    if not math.isfinite(float(diff["mean"])):
+        raise ValueError("the difference has no finite mean")
+    mean, low, high = _numbers(diff, 2 if diff.get("metric", "acc") in PERCENT else 3)
+    if not (math.isfinite(float(diff["low"])) and math.isfinite(float(diff["high"]))):
+        return f"{mean} (one seed: no interval)"
+    return f"{mean} (95% paired interval {low} to {high}, {diff['n']} seeds): {_claim(diff)}"
+
+
+def against(diff: Mapping[str, Any], digits: int = 1) -> str:
+    """``"beats CE (+2.3 points, 95% CI +0.4 to +4.2, Holm p 0.03)"`` from a comparison entry."""
+    mean, low, high = _numbers(diff, digits)
+    text = f"{verdict(diff)} {_name(diff['baseline'])} ({mean}"
     if not math.isnan(diff["low"]):
-        text += f", 95% CI {format(diff['low'], f)} to {format(diff['high'], f)}"
+        text += f", 95% CI {low} to {high}"
     if "p_holm" in diff and not math.isnan(diff["p_holm"]):
         text += f", Holm p {format_p(diff['p_holm'])}"
     return text + ")"
+
+
+def control_table(
+    rows: Sequence[dict[str, Any]], metric: str = "acc", *, confidence: float = 0.95
+) -> Table:
+    """Every method of ``rows`` (the benchmark's) minus its control, paired by seed (label
+    ``"RRD − CE"``; accuracies in points); a method whose control is absent is left out."""
+    entries = comparisons(rows, families=("control",), metrics=(metric,), confidence=confidence)
+    for e in entries:
+        e["label"] = f"{_name(e['method'])} − {_name(e['baseline'])}"
+    unit = "points" if metric in PERCENT else ""
+    return Table(entries, ["label", "n", "mean", "low", "high", "claim"], metric, unit)
 
 
 def seed_table(
@@ -90,7 +145,7 @@ def paired_rows(
 
     Rows with ``label`` (``"A − B"``), ``method``, ``baseline``, ``n``, ``mean``, sample ``std``,
     ``low``, ``high``, ``within_noise`` (the interval covers 0, or there is none) and ``claim``
-    (``"beats"`` / ``"trails"`` / ``"within noise"``, no multiple-comparison correction).
+    (no multiple-comparison correction).
     """
     if baseline not in values:
         raise ValueError(f"baseline {baseline!r} is not among {list(values)}")
@@ -100,10 +155,10 @@ def paired_rows(
         if name == baseline:
             continue
         d = paired_difference([scale * float(x) for x in xs], base, confidence)
-        noise = d.within_noise or math.isnan(d.low)
-        out.append({
+        row = {
             "label": f"{name} − {baseline}", "method": name, "baseline": baseline, "n": d.n,
-            "mean": d.mean, "std": d.std, "low": d.low, "high": d.high, "within_noise": noise,
-            "claim": "within noise" if noise else ("beats" if d.mean > 0 else "trails"),
-        })  # fmt: skip
+            "mean": d.mean, "std": d.std, "low": d.low, "high": d.high,
+            "within_noise": d.within_noise or math.isnan(d.low),
+        }  # fmt: skip
+        out.append({**row, "claim": _claim(row)})
     return out

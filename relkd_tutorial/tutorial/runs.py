@@ -459,10 +459,3 @@ def paired_vs(
         f"no paired difference {method!r} - {baseline!r} for {metric!r}: both need finished runs "
         f"on common seeds (methods in the rows: {present})"
     )
-
-
-def verdict(diff: dict[str, Any]) -> str:
-    """``"beats"`` / ``"trails"`` when the interval excludes 0, else ``"is within noise of"``."""
-    if diff["within_noise"]:
-        return "is within noise of"
-    return "beats" if diff["mean"] > 0 else "trails"
