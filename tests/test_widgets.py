@@ -108,7 +108,7 @@ def test_shared_plot_heatmap_and_blocks() -> None:
         plots.outline_blocks(ax, [0])
 
 
-def test_shared_plot_histories_and_mean_std() -> None:
+def test_shared_plot_histories() -> None:
     fig, ax = plt.subplots()
     h = {"ce": [{"epoch": 1, "eval_acc": 0.5}, {"epoch": 2, "eval_acc": 0.6}]}
     plots.plot_histories(ax, h, "eval_acc")
@@ -117,13 +117,6 @@ def test_shared_plot_histories_and_mean_std() -> None:
         plots.plot_histories(ax, h, "loss")
     with pytest.raises(ValueError, match="empty"):
         plots.plot_histories(ax, {}, "loss")
-    fig, ax = plt.subplots()
-    runs = {"kd": np.array([[0.1, 0.2], [0.3, 0.4]]), "ce": np.array([[0.5, 0.5]])}
-    plots.plot_mean_std(ax, [1, 2], runs)
-    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.2, 0.3])
-    assert len(ax.collections) == 1  # a band only for the method with two seeds
-    with pytest.raises(ValueError, match="columns"):
-        plots.plot_mean_std(ax, [1, 2, 3], runs)
 
 
 # --- 00 setup and data --------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import torch  # noqa: E402
 
 from relkd_tutorial.losses.grkd import grkd_loss  # noqa: E402
 from relkd_tutorial.losses.refilled import refilled_embedding_loss  # noqa: E402
-from relkd_tutorial.tutorial.plots import plot_method_comparison  # noqa: E402
 from relkd_tutorial.tutorial.plots_refilled_grkd import (  # noqa: E402
     plot_grkd_view,
     plot_loss_gradients,
@@ -360,15 +359,3 @@ def test_plot_loss_gradients_scales_each_loss_to_one():
     fig, ax = plt.subplots()
     plot_loss_gradients(zero, ax)  # an all-zero gradient draws zero bars, no division by 0
     assert np.allclose([p.get_height() for p in ax.patches], 0.0)
-
-
-def test_plot_method_comparison():
-    results = {
-        "ce": {"acc": [0.7, 0.72], "tau": [0.3, float("nan")]},
-        "grkd": {"acc": [0.75, 0.74], "tau": [0.6, 0.62]},
-    }
-    fig, axes = plt.subplots(1, 2)
-    plot_method_comparison(results, axes)
-    assert len(axes[0].patches) == 2 and axes[1].get_title() == "tau"
-    with pytest.raises(ValueError, match="one Axes per metric"):
-        plot_method_comparison(results, axes[:1])

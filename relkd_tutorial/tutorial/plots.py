@@ -139,42 +139,6 @@ def plot_histories(
     return ax
 
 
-def plot_mean_std(
-    ax: Axes,
-    x: Sequence[float],
-    runs: Mapping[str, object],
-    *,
-    xlabel: str = "epoch",
-    ylabel: str = "",
-    title: str | None = None,
-) -> Axes:
-    """Mean line and a +-1 std band over seeds, one per method.
-
-    Args:
-        x: ``(E,)`` x values.
-        runs: ``{method: (S, E) array}`` (``S`` seeds; the band is omitted if ``S == 1``).
-    """
-    xs = np.asarray(x, dtype=float)
-    if not runs:
-        raise ValueError("runs is empty: nothing to plot")
-    for name, values in runs.items():
-        v = _array(f"runs[{name!r}]", values, 2).astype(float)
-        if v.shape[1] != xs.shape[0]:
-            raise ValueError(f"runs[{name!r}] has {v.shape[1]} columns for {xs.shape[0]} x values")
-        mean = v.mean(axis=0)
-        (line,) = ax.plot(xs, mean, label=f"{name} (n={v.shape[0]})")
-        if v.shape[0] > 1:
-            std = v.std(axis=0)
-            ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
-
-
 # --- 00 setup and data --------------------------------------------------------------------------
 
 
@@ -399,35 +363,3 @@ def plot_queue_distributions(
         fontsize=10,
     )
     return ax
-
-
-def plot_method_comparison(
-    results: Mapping[str, Mapping[str, Sequence[float]]], axes: Sequence[Axes]
-) -> Sequence[Axes]:
-    """One panel per metric: the mean over seeds as a bar, each seed as a dot.
-
-    Args:
-        results: ``{method: {metric: [value per seed]}}``; every method has the same metrics.
-        axes: one Axes per metric, in the metrics' order of the first method.
-
-    Returns:
-        ``axes``.
-    """
-    methods = list(results)
-    metrics = list(results[methods[0]])
-    if len(axes) != len(metrics):
-        raise ValueError(f"need one Axes per metric ({len(metrics)}), got {len(axes)}")
-    for ax, metric in zip(axes, metrics, strict=True):
-        for i, method in enumerate(methods):
-            values = np.asarray(results[method][metric], dtype=float)
-            ax.bar(i, np.nanmean(values), color=f"C{i}", alpha=0.6)
-            ax.scatter(np.full(len(values), i), values, c="k", s=10, zorder=3)
-        finite = np.concatenate([np.asarray(results[m][metric], dtype=float) for m in methods])
-        finite = finite[np.isfinite(finite)]
-        if finite.size:
-            lo, hi = finite.min(), finite.max()
-            pad = max(0.02, 0.3 * (hi - lo))
-            ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
-        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize="small")
-        ax.set_title(metric, fontsize="small")
-    return axes
