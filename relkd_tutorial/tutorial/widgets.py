@@ -1,23 +1,10 @@
 """What the notebooks' widgets compute: pure functions from plain inputs to plain outputs.
 
-Design. A notebook widget is three things: sliders, a *computation* and a *picture*. Only the
-sliders belong to the notebook. The computation lives here, the drawing in
-:mod:`relkd_tutorial.tutorial.plots`, and the notebook wires them together with
-``ipywidgets.interactive_output``. Every function here
-
-- takes all of its state as arguments (no globals, no hidden caches, no model objects that change
-  between calls), so the same call gives the same answer with or without a Jupyter front end;
-- returns plain data: a ``dict`` of Python floats and NumPy arrays (or one array), which a plot
-  function draws and a unit test checks (``tests/test_widgets.py``) across the sliders' range;
-- validates its inputs and raises a ``ValueError``/``TypeError`` naming the argument, like the
-  losses do, so a slider at an extreme value fails loudly rather than drawing a NaN.
-
-The math is never re-implemented here: a widget calls the package's losses and relations (in
-float64, so the numbers a reader sees are not float32 rounding) and rearranges their outputs for
-display.
-
-Sections are headed by the notebook they serve (``# --- 01 KD ---``); notebooks 04 and 05 are
-served by :mod:`.widgets_refilled_grkd`.
+A widget is sliders (in the notebook), a computation (here) and a picture (:mod:`.plots`), wired
+with ``ipywidgets.interactive_output``. A function here takes all its state as arguments, returns
+a ``dict`` of floats and NumPy arrays that a plot draws and ``tests/test_widgets.py`` checks, and
+raises an error naming a bad argument. It calls the package's losses and relations (in float64)
+and never re-implements their math. Notebooks 04 and 05: :mod:`.widgets_refilled_grkd`.
 """
 
 from __future__ import annotations
@@ -30,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_float_tensor, check_labels, check_positive
 from ..losses.rkd import rkd_angle_loss, rkd_distance_loss
 from ..losses.rrd import rrd_decomposition
 from ..relations import normalized_pairwise_distances
@@ -37,37 +25,17 @@ from ..relations import normalized_pairwise_distances
 
 def _as_float64(name: str, x: object, ndim: int, shape_doc: str) -> Tensor:
     """``x`` (a tensor or array-like) as a finite float64 CPU tensor of rank ``ndim``."""
-    if isinstance(x, Tensor):
-        t = x.detach().to("cpu", torch.float64)
-    else:
+    if not isinstance(x, Tensor):
         try:
-            t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{name} must be numeric with shape {shape_doc}") from exc
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have shape {shape_doc}, got shape {tuple(t.shape)}")
-    if t.numel() == 0:
-        raise ValueError(f"{name} must not be empty (shape {shape_doc})")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
-    return t
+    return check_float_tensor(name, x.detach().to("cpu", torch.float64), ndim, shape_doc)
 
 
 def _as_labels(name: str, y: object, n: int) -> Tensor:
-    t = torch.as_tensor(y.detach().cpu() if isinstance(y, Tensor) else np.asarray(y))
-    if t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer labels, got dtype {t.dtype}")
-    if t.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
-    return t.long()
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not (0 < value < math.inf):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
+    t = y.detach().cpu() if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
+    return check_labels(name, t, n).long()
 
 
 def _num_classes(labels: Tensor, num_classes: int | None) -> int:
@@ -84,11 +52,8 @@ def _num_classes(labels: Tensor, num_classes: int | None) -> int:
 
 
 def entropy(probs: object) -> float:
-    """Shannon entropy ``H(p) = -sum_c p_c log p_c`` in nats (``0 log 0 = 0``).
-
-    Args:
-        probs: ``(C,)`` non-negative, summing to 1 (within 1e-6).
-    """
+    """Shannon entropy ``H(p) = -sum_c p_c log p_c`` in nats (``0 log 0 = 0``) of ``(C,)``
+    probabilities (non-negative, summing to 1 within 1e-6)."""
     p = _as_float64("probs", probs, 1, "(C,)")
     if bool((p < 0).any()) or abs(float(p.sum()) - 1.0) > 1e-6:
         raise ValueError("probs must be non-negative and sum to 1")
@@ -100,10 +65,7 @@ def group_order(groups: Mapping[str, Sequence[int]], num_classes: int) -> list[i
 
     ``group_order({"tops": (0, 2, 4, 6), "footwear": (5, 7, 9)}, 10)`` is
     ``[0, 2, 4, 6, 5, 7, 9, 1, 3, 8]``: reorder a class-by-class matrix with it and the groups
-    become visible blocks on its diagonal.
-
-    Raises:
-        ValueError: a class outside ``[0, num_classes)`` or in two groups.
+    become blocks on its diagonal. A class outside ``[0, num_classes)`` or in two groups raises.
     """
     order: list[int] = []
     for name, members in groups.items():
@@ -117,6 +79,19 @@ def group_order(groups: Mapping[str, Sequence[int]], num_classes: int) -> list[i
     return order + [c for c in range(num_classes) if c not in order]
 
 
+def _grouped_matrix(matrix: object, groups: Mapping[str, Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """A square ``(C, C)`` matrix as float64 and each class's group id ``(C,)`` (-1: none)."""
+    m = _as_float64("matrix", matrix, 2, "(C, C)")
+    c = m.shape[0]
+    if m.shape != (c, c):
+        raise ValueError(f"matrix must be square (C, C), got {tuple(m.shape)}")
+    group_order(groups, c)  # validates: classes in range, no class in two groups
+    group_of = torch.full((c,), -1, dtype=torch.long)
+    for g, members in enumerate(groups.values()):
+        group_of[[int(k) for k in members]] = g
+    return m, group_of
+
+
 def block_contrast(
     matrix: object, groups: Mapping[str, Sequence[int]], *, skip_diagonal: bool = True
 ) -> dict[str, float]:
@@ -124,24 +99,13 @@ def block_contrast(
 
     ``within`` averages the entries ``M_jk`` with ``j`` and ``k`` in the same group (``j != k`` if
     ``skip_diagonal``); ``between`` averages the entries with ``j`` in a group and ``k`` in another
-    group or in no group (and vice versa). A similarity that has learnt the groups has
-    ``within > between``; ``ratio = within / between``.
-
-    Args:
-        matrix: ``(C, C)``.
-        groups: e.g. :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`.
-
-    Returns:
-        ``{"within", "between", "ratio"}`` (``ratio`` is ``inf`` if ``between`` is 0).
+    group or in no group (and vice versa); ``matrix`` is ``(C, C)``, ``groups`` e.g.
+    :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`. A similarity that has learnt the groups
+    has ``within > between``. Returns ``within``, ``between`` and ``ratio = within / between``
+    (``inf`` if ``between`` is 0).
     """
-    m = _as_float64("matrix", matrix, 2, "(C, C)")
+    m, group_of = _grouped_matrix(matrix, groups)
     c = m.shape[0]
-    if m.shape != (c, c):
-        raise ValueError(f"matrix must be square (C, C), got {tuple(m.shape)}")
-    group_order(groups, c)  # validates: classes in range, no class in two groups
-    group_of = torch.full((c,), -1, dtype=torch.long)  # (C,) group id, -1 = none
-    for g, members in enumerate(groups.values()):
-        group_of[[int(k) for k in members]] = g
     if int((group_of >= 0).sum()) == 0:
         raise ValueError("groups must contain at least one class")
     same = (group_of[:, None] == group_of[None, :]) & (group_of[:, None] >= 0)  # (C, C)
@@ -162,26 +126,12 @@ def within_group_share(matrix: object, groups: Mapping[str, Sequence[int]]) -> f
     ``share = sum_{j != k, g(j) = g(k)} M_jk / sum_{j != k} M_jk`` over every row ``j`` (rows of
     classes in no group count in the denominator only). For the soft confusion matrix ``M(T)`` it
     answers "of the probability the teacher gives to wrong classes, how much goes to a class of
-    the true class's own group?".
-
-    Args:
-        matrix: ``(C, C)``, non-negative.
-        groups: e.g. :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`.
-
-    Raises:
-        ValueError: not square, negative entries, or no off-diagonal mass.
+    the true class's own group?". ``matrix``: ``(C, C)``, non-negative, with off-diagonal mass.
     """
-    m = _as_float64("matrix", matrix, 2, "(C, C)")
-    c = m.shape[0]
-    if m.shape != (c, c):
-        raise ValueError(f"matrix must be square (C, C), got {tuple(m.shape)}")
+    m, group_of = _grouped_matrix(matrix, groups)
     if bool((m < 0).any()):
         raise ValueError("matrix must be non-negative")
-    group_order(groups, c)  # validates the groups
-    group_of = torch.full((c,), -1, dtype=torch.long)  # (C,) group id, -1 = none
-    for g, members in enumerate(groups.values()):
-        group_of[[int(k) for k in members]] = g
-    off = ~torch.eye(c, dtype=torch.bool)  # (C, C)
+    off = ~torch.eye(m.shape[0], dtype=torch.bool)  # (C, C)
     same = (group_of[:, None] == group_of[None, :]) & (group_of[:, None] >= 0) & off
     total = float(m[off].sum())
     if total <= 0:
@@ -200,20 +150,13 @@ def class_soft_confusion(
     ``M_kj = mean_{i : y_i = k} softmax(t_i / T)_j``. Row ``k`` says how much probability the
     teacher gives to class ``j`` on images of class ``k``; each row sums to 1. Off the diagonal it
     is the "dark knowledge" KD transfers: a coat that looks a bit like a pullover. Raising ``T``
-    flattens every row and makes the small entries visible.
-
-    Args:
-        logits: ``(N, C)`` teacher logits.
-        labels: ``(N,)`` true classes (``-1`` = unlabelled, ignored).
-        temperature: ``T > 0``.
-        num_classes: ``C`` rows (default: the logits' width).
-
-    Returns:
-        ``(C, C)`` float64 array; a class with no sample has a NaN row.
+    flattens every row and makes the small entries visible. ``logits``: ``(N, C)``; ``labels``:
+    ``(N,)`` (``-1``: unlabelled, ignored); ``num_classes`` defaults to ``C``. Returns a ``(C, C)``
+    float64 array; a class with no sample has a NaN row.
     """
     t = _as_float64("logits", logits, 2, "(N, C)")
     y = _as_labels("labels", labels, t.shape[0])
-    temp = _positive("temperature", temperature)
+    temp = check_positive("temperature", temperature)
     c = t.shape[1] if num_classes is None else _num_classes(y, num_classes)
     if c != t.shape[1]:
         raise ValueError(f"num_classes={c} but logits have {t.shape[1]} columns")
@@ -235,15 +178,9 @@ def class_mean_cosine(
 
     ``mu_k = mean_{i : y_i = k} f_i``. The teacher's penultimate features are what the relational
     methods (RKD, RRD, REFILLED) transfer; this matrix summarises their geometry class by class.
-    With post-ReLU features every entry is in ``[0, 1]``.
-
-    Args:
-        features: ``(N, D)``.
-        labels: ``(N,)`` (``-1`` ignored).
-        num_classes: ``C`` (default: largest label + 1).
-
-    Returns:
-        ``(C, C)`` float64 array; NaN rows/columns for classes without a sample.
+    With post-ReLU features every entry is in ``[0, 1]``. ``features``: ``(N, D)``; ``labels``:
+    ``(N,)`` (``-1`` ignored); ``num_classes`` defaults to the largest label + 1. Returns a
+    ``(C, C)`` float64 array, NaN rows and columns for classes without a sample.
     """
     f = _as_float64("features", features, 2, "(N, D)")
     y = _as_labels("labels", labels, f.shape[0])
@@ -265,17 +202,13 @@ def class_mean_cosine(
 def softened_distribution(logits: object, temperature: float) -> dict[str, object]:
     """One image's softened teacher distribution ``p = softmax(t / T)`` and its entropy.
 
-    Args:
-        logits: ``(C,)`` teacher logits of one image.
-        temperature: ``T > 0`` (the slider).
-
-    Returns:
-        ``probs`` ``(C,)`` array; ``entropy`` ``H(p)`` in nats; ``max_entropy`` ``log C`` (the
-        uniform distribution, reached as ``T -> inf``); ``normalized_entropy`` ``H / log C`` in
-        ``[0, 1]``; ``top`` the argmax (the same at every ``T``); ``top_prob``.
+    ``logits``: ``(C,)``; ``temperature``: ``T > 0``. Returns ``probs`` ``(C,)``, ``entropy``
+    ``H(p)`` in nats, ``max_entropy`` ``log C`` (uniform, reached as ``T -> inf``),
+    ``normalized_entropy`` ``H / log C``, ``top`` (the argmax, the same at every ``T``),
+    ``top_prob`` and ``temperature``.
     """
     t = _as_float64("logits", logits, 1, "(C,)")
-    temp = _positive("temperature", temperature)
+    temp = check_positive("temperature", temperature)
     c = t.shape[0]
     if c < 2:
         raise ValueError(f"logits need at least 2 classes, got {c}")
@@ -313,23 +246,14 @@ def transform_points(
     """A student copy of a 2-D teacher cloud: ``x' = s R(angle) x + shift``, then one point moved.
 
     The first three are a *similarity transform* (every distance scaled by ``s``, every angle kept);
-    moving one point is *non-rigid*: it changes the relations that involve that point.
-
-    Args:
-        points: ``(N, 2)`` teacher points.
-        scale: ``s > 0``.
-        angle_deg: rotation in degrees (counter-clockwise).
-        shift: ``(2,)`` translation.
-        moved_index: the point to move afterwards (``None`` = none), in ``[0, N)``.
-        move: ``(2,)`` displacement of that point.
-
-    Returns:
-        ``(N, 2)`` float64 array.
+    moving one point (``moved_index`` in ``[0, N)`` by ``move``) is *non-rigid*: it changes the
+    relations that involve that point. ``points``: ``(N, 2)``; the angle is counter-clockwise in
+    degrees. Returns an ``(N, 2)`` float64 array.
     """
     x = _as_float64("points", points, 2, "(N, 2)")
     if x.shape[1] != 2:
         raise ValueError(f"points must have shape (N, 2), got {tuple(x.shape)}")
-    s = _positive("scale", scale)
+    s = check_positive("scale", scale)
     theta = math.radians(float(angle_deg))
     rot = torch.tensor(
         [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
@@ -349,14 +273,9 @@ def rkd_relations(teacher_points: object, student_points: object) -> dict[str, o
 
     ``psi_D(i, j) = d_ij / mu`` (:func:`~relkd_tutorial.relations.normalized_pairwise_distances`),
     ``L_D = mean_{i,j} huber(psi_D^S - psi_D^T)``, ``L_A = mean_{i,j,k} huber(psi_A^S - psi_A^T)``
-    (:mod:`relkd_tutorial.losses.rkd`). The widths of the two sides may differ.
-
-    Args:
-        teacher_points: ``(N, D_T)``, ``N >= 3``.
-        student_points: ``(N, D_S)``.
-
-    Returns:
-        ``psi_teacher``, ``psi_student`` ``(N, N)`` arrays, ``distance_loss``, ``angle_loss``.
+    (:mod:`relkd_tutorial.losses.rkd`), from ``(N, D_T)`` and ``(N, D_S)`` points (``N >= 3``;
+    the widths may differ). Returns ``psi_teacher``, ``psi_student`` ``(N, N)``,
+    ``distance_loss`` and ``angle_loss``.
     """
     t = _as_float64("teacher_points", teacher_points, 2, "(N, D_T)")
     s = _as_float64("student_points", student_points, 2, "(N, D_S)")
@@ -388,24 +307,18 @@ def rrd_sample_view(
 
     ``p^T(k) = softmax_k(<u, q_k> / tau_t)``, ``p^S(k) = softmax_k(<s, q_k> / tau_s)`` (inputs are
     L2-normalised), ``L = -sum_k p^T(k) log p^S(k) = KL(p^T || p^S) + H(p^T)``, all from
-    :func:`~relkd_tutorial.losses.rrd.rrd_decomposition` with a batch of one.
+    :func:`~relkd_tutorial.losses.rrd.rrd_decomposition` with a batch of one; ``s``, ``u``:
+    ``(d,)``, ``queue``: ``(K, d)``.
 
-    Args:
-        student_emb: ``(d,)`` student embedding ``s``.
-        teacher_emb: ``(d,)`` teacher embedding ``u``.
-        queue: ``(K, d)`` keys.
-        tau_s, tau_t: temperatures ``> 0`` (the sliders).
-
-    Returns:
-        ``order`` ``(K,)`` queue slots by decreasing ``p^T``; ``p_teacher``, ``p_student`` ``(K,)``
-        in that order; ``loss``, ``kl``, ``entropy`` (``H(p^T)``), ``student_entropy``
-        (``H(p^S)``); ``effective_slots_teacher`` / ``_student`` = ``exp(H)``, the number of
-        slots a uniform distribution with the same entropy would spread over.
+    Returns ``order`` ``(K,)`` (queue slots by decreasing ``p^T``); ``p_teacher``, ``p_student``
+    ``(K,)`` in that order; ``loss``, ``kl``, ``entropy`` (``H(p^T)``), ``student_entropy``
+    (``H(p^S)``); ``effective_slots_teacher`` / ``_student`` = ``exp(H)`` (the slots a uniform
+    distribution with the same entropy spreads over); ``tau_s``, ``tau_t``.
     """
     s = _as_float64("student_emb", student_emb, 1, "(d,)")
     u = _as_float64("teacher_emb", teacher_emb, 1, "(d,)")
     q = _as_float64("queue", queue, 2, "(K, d)")
-    tau_s, tau_t = _positive("tau_s", tau_s), _positive("tau_t", tau_t)
+    tau_s, tau_t = check_positive("tau_s", tau_s), check_positive("tau_t", tau_t)
     if s.shape != u.shape or q.shape[1] != s.shape[0]:
         raise ValueError(
             f"student_emb {tuple(s.shape)}, teacher_emb {tuple(u.shape)} and queue "

@@ -1,8 +1,5 @@
-"""The widget computations of notebooks 04 (REFILLED) and 05 (GRKD).
-
-Same design as :mod:`relkd_tutorial.tutorial.widgets` (pure functions, plain outputs, validated
-inputs), whose input helpers they share; drawn by :mod:`.plots_refilled_grkd`.
-"""
+"""The widget computations of notebooks 04 (REFILLED) and 05 (GRKD), designed as
+:mod:`relkd_tutorial.tutorial.widgets`; drawn by :mod:`.plots_refilled_grkd`."""
 
 from __future__ import annotations
 
@@ -26,15 +23,9 @@ from ..metrics import kendall_tau
 def pca_2d(x: Tensor) -> np.ndarray:
     """The first two principal components of the rows of ``x``: ``(N, D)`` -> ``(N, 2)``.
 
-    Centres the rows and projects them on the two leading right singular vectors (computed in
-    float64). The sign of each axis is fixed so that its largest-magnitude coordinate is positive,
-    so the picture does not flip between calls. With ``D = 1`` (or rank 1) the second column is 0.
-
-    Args:
-        x: ``(N, D)`` rows, ``N >= 1``.
-
-    Returns:
-        ``(N, 2)`` float64 array.
+    Centres the rows and projects them on the two leading right singular vectors (in float64).
+    Each axis's sign makes its largest-magnitude coordinate positive, so the picture does not
+    flip between calls. With ``D = 1`` (or rank 1) the second column is 0.
     """
     x = check_float_tensor("x", x, 2, "(N, D)").detach().double().cpu()
     xc = x - x.mean(dim=0, keepdim=True)  # (N, D)
@@ -62,23 +53,15 @@ def refilled_anchor_view(
     each triplet ``(anchor, p, n)`` reports the distances ``d = ||phi_i - phi_j||`` on normalised
     features and the comparison probabilities ``P = sigmoid((d_an - d_ap) / tau1)`` of both
     networks, and the triplet's term of the stage-1 loss,
-    ``1/2 [P^T log(P^T/P^S) + (1 - P^T) log((1 - P^T)/(1 - P^S))]``.
+    ``1/2 [P^T log(P^T/P^S) + (1 - P^T) log((1 - P^T)/(1 - P^S))]``. Features ``(B, D_S)`` and
+    ``(B, D_T)``; ``labels`` ``(B,)`` (``-1``: unlabelled, such an anchor has no triplet);
+    ``anchor`` in ``[0, B)``; margin ``m > 0``; ``tau1 > 0``.
 
-    Args:
-        student_features: ``(B, D_S)``.
-        teacher_features: ``(B, D_T)``.
-        labels: ``(B,)`` student labels, ``-1`` = unlabelled (an unlabelled anchor has no triplet).
-        anchor: index in ``[0, B)``.
-        margin: semi-hard margin ``m > 0``.
-        tau1: temperature ``> 0``.
-
-    Returns:
-        A dict with ``anchor``, ``label``, ``margin``, ``tau1``; ``coords`` ``(B, 2)`` (PCA of the
-        student's normalised features); ``positives`` / ``negatives`` (candidate indices by label);
-        per triplet (arrays of length ``T_a``, in mining order): ``positive``, ``negative``,
-        ``d_ap_student``, ``d_an_student``, ``d_ap_teacher``, ``d_an_teacher``, ``p_student``,
-        ``p_teacher``, ``loss_terms``; ``loss`` (their mean, 0.0 without triplets) and
-        ``batch_triplets`` (the whole batch's count).
+    Returns ``anchor``, ``label``, ``margin``, ``tau1``; ``coords`` ``(B, 2)`` (PCA of the
+    student's normalised features); ``positives`` / ``negatives`` (candidates by label); per
+    triplet (length ``T_a``, mining order) ``positive``, ``negative``, ``d_ap_student``,
+    ``d_an_student``, ``d_ap_teacher``, ``d_an_teacher``, ``p_student``, ``p_teacher``,
+    ``loss_terms``; ``loss`` (their mean, 0.0 without triplets); ``batch_triplets`` (the batch's).
     """
     f_s = check_float_tensor("student_features", student_features, 2, "(B, D_S)").detach()
     f_t = check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)").detach()
@@ -137,16 +120,24 @@ def refilled_anchor_view(
 # --- 05 GRKD -------------------------------------------------------------------------------------
 
 
-def _logit_row(name: str, values: Sequence[float] | Tensor | np.ndarray) -> Tensor:
-    """A float64 ``(1, C)`` row from a sequence of ``C >= 2`` finite numbers."""
-    row = torch.as_tensor(np.asarray(values, dtype=np.float64))
-    if row.dim() != 1 or row.shape[0] < 2:
+def _logit_rows(teacher: object, student: object) -> tuple[Tensor, Tensor]:
+    """Float64 ``(1, C)`` rows of one sample's teacher and student logits (``C >= 2``, finite)."""
+    rows = []
+    for name, values in (("teacher_logits", teacher), ("student_logits", student)):
+        row = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        if row.dim() != 1 or row.shape[0] < 2:
+            raise ValueError(
+                f"{name} must be a flat sequence of C >= 2 numbers, got shape {tuple(row.shape)}"
+            )
+        if not bool(torch.isfinite(row).all()):
+            raise ValueError(f"{name} must be finite, got {row.tolist()}")
+        rows.append(row[None, :])
+    if rows[0].shape != rows[1].shape:
         raise ValueError(
-            f"{name} must be a flat sequence of C >= 2 numbers, got shape {tuple(row.shape)}"
+            f"teacher_logits and student_logits need the same number of classes, got "
+            f"{rows[0].shape[1]} and {rows[1].shape[1]}"
         )
-    if not bool(torch.isfinite(row).all()):
-        raise ValueError(f"{name} must be finite, got {row.tolist()}")
-    return row[None, :]  # (1, C)
+    return rows[0], rows[1]
 
 
 def _loss_and_grad(loss_fn, z: Tensor, t: Tensor) -> tuple[float, np.ndarray]:
@@ -172,26 +163,13 @@ def grkd_pair_view(
     ``z_j <= z_k``. The loss and its gradient come from
     :func:`~relkd_tutorial.losses.grkd.grkd_loss` (so they include the ``1 / |P|``).
 
-    Args:
-        teacher_logits: ``C >= 2`` numbers.
-        student_logits: ``C`` numbers.
-        temperature: ``tau > 0``.
-        top_k: ``None`` (all classes) or ``k >= 1``.
-
-    Returns:
-        A dict with ``teacher``, ``student`` (lists); ``preferred``, ``violated`` (``(C, C)`` bool,
-        row ``j`` = preferred class); ``pair_loss`` (``(C, C)``, 0 outside ``P``); ``n_pairs``,
-        ``n_violated``; ``loss`` (float) and ``grad`` (``(C,)``, sums to 0);
-        ``teacher_order`` (classes from most to least preferred, ties by index); ``kendall_tau``
-        (tau-b of ``t`` and ``z``, NaN if either side is all tied); ``temperature``, ``top_k``.
+    Returns ``teacher``, ``student`` (lists); ``preferred``, ``violated`` (``(C, C)`` bool, row
+    ``j`` = preferred class); ``pair_loss`` (``(C, C)``, 0 outside ``P``); ``n_pairs``,
+    ``n_violated``; ``loss`` and ``grad`` (``(C,)``, sums to 0); ``teacher_order`` (most to least
+    preferred, ties by index); ``kendall_tau`` (tau-b of ``t`` and ``z``, NaN if either side is
+    all tied); ``temperature``, ``top_k``.
     """
-    t = _logit_row("teacher_logits", teacher_logits)  # (1, C)
-    z = _logit_row("student_logits", student_logits)  # (1, C)
-    if t.shape != z.shape:
-        raise ValueError(
-            f"teacher_logits and student_logits need the same number of classes, got "
-            f"{t.shape[1]} and {z.shape[1]}"
-        )
+    t, z = _logit_rows(teacher_logits, student_logits)  # (1, C) each
     tau = check_positive("temperature", temperature)
     c = t.shape[1]
     order = np.argsort(-t[0].numpy(), kind="stable")  # (C,)
@@ -239,20 +217,11 @@ def ranking_loss_gradients(
     (:func:`~relkd_tutorial.losses.grkd.grkd_loss`, pairwise, hard order), soft pairwise
     (:func:`~relkd_tutorial.losses.ranking.soft_pairwise_rank_loss`, pairwise, the teacher's
     margins) and listwise (:func:`~relkd_tutorial.losses.ranking.listwise_rank_loss`, the
-    Plackett-Luce likelihood of the teacher's full order); the ranking losses at ``temperature``
-    (and the soft pairwise teacher at the same temperature).
-
-    Returns:
-        ``{name: {"loss": float, "grad": (C,) array}}`` for the names in :data:`RANKING_LOSSES`;
-        each gradient sums to 0 (every loss is invariant to shifting the student's logits).
+    Plackett-Luce likelihood of the teacher's full order); the ranking losses (and the soft
+    pairwise teacher) at ``temperature``. Returns ``{name: {"loss": float, "grad": (C,)}}`` for
+    :data:`RANKING_LOSSES`; each gradient sums to 0 (every loss is shift-invariant).
     """
-    t = _logit_row("teacher_logits", teacher_logits)  # (1, C)
-    z = _logit_row("student_logits", student_logits)  # (1, C)
-    if t.shape != z.shape:
-        raise ValueError(
-            f"teacher_logits and student_logits need the same number of classes, got "
-            f"{t.shape[1]} and {z.shape[1]}"
-        )
+    t, z = _logit_rows(teacher_logits, student_logits)  # (1, C) each
     kd_t = check_positive("kd_temperature", kd_temperature)
     tau = check_positive("temperature", temperature)
     losses = {
