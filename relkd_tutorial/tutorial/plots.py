@@ -1,21 +1,10 @@
 """What the notebooks draw: functions that draw onto a given matplotlib ``Axes`` and return it.
 
-Design (the other half of :mod:`relkd_tutorial.tutorial.widgets`). A plot function
-
-- receives the ``Axes`` (or ``Figure``) to draw on and plain data (NumPy arrays, floats, dicts
-  from a :mod:`~relkd_tutorial.tutorial.widgets` function, training histories from
-  :func:`relkd_tutorial.training.fit`); it never trains, loads or computes a loss itself;
-- draws, labels, and returns what it drew on, so a notebook can add to it and a unit test can
-  inspect it (``tests/test_widgets.py`` checks titles, bar heights, image data);
-- never calls ``plt.show()`` or creates global state: the caller decides where the figure goes
-  (an ``ipywidgets`` output, a static cell, a file).
-
-So a widget callback in a notebook is three lines: compute with a ``widgets`` function, make a
-figure, draw with a ``plots`` function; and the same functions draw the static copy that the
-committed notebook shows without a running kernel.
-
-Sections are headed by the notebook they serve (``# --- 01 KD ---``); notebooks 04 and 05 are
-served by :mod:`.plots_refilled_grkd`.
+A plot function receives the ``Axes`` (or ``Figure``) and plain data (arrays, the dicts of
+:mod:`.widgets`, ``fit`` histories); it never trains or computes a loss, never calls
+``plt.show()``, and returns what it drew on, for a notebook to add to and a test to inspect. So a
+widget callback is: compute (:mod:`.widgets`), make a figure, draw (here); the same functions draw
+the committed static copy. Notebooks 04 and 05: :mod:`.plots_refilled_grkd`.
 """
 
 from __future__ import annotations
@@ -54,14 +43,8 @@ def plot_heatmap(
     xlabel: str | None = None,
     ylabel: str | None = None,
 ) -> Axes:
-    """A matrix as an image, optionally with its values written in the cells.
-
-    Args:
-        ax: where to draw.
-        matrix: ``(R, C)``; NaN cells are left blank.
-        labels: tick labels for a square matrix (rows and columns), or ``None``.
-        annotate: write each value with ``fmt`` (white on dark cells, black on light ones).
-    """
+    """An ``(R, C)`` matrix as an image (NaN cells blank); ``labels`` tick a square one, and
+    ``annotate`` writes each value with ``fmt`` (white on dark cells, black on light ones)."""
     m = _array("matrix", matrix, 2).astype(float)
     im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     if labels is not None:
@@ -90,11 +73,8 @@ def plot_heatmap(
 
 
 def outline_blocks(ax: Axes, sizes: Sequence[int], *, color: str = "red") -> Axes:
-    """Outline consecutive diagonal blocks of the given sizes on a heatmap (e.g. class groups).
-
-    Use it after reordering the matrix with :func:`.widgets.group_order`, so the
-    first ``sizes[0]`` classes form the first group, and so on.
-    """
+    """Outline consecutive diagonal blocks of the given sizes on a heatmap reordered by
+    :func:`.widgets.group_order` (the first ``sizes[0]`` classes are the first group, ...)."""
     start = 0
     for size in sizes:
         if size < 1:
@@ -116,13 +96,8 @@ def plot_histories(
     title: str | None = None,
     ylabel: str | None = None,
 ) -> Axes:
-    """One line per run: ``record[key]`` against ``record["epoch"]`` for histories from ``fit``.
-
-    Args:
-        histories: ``{run name: fit(...) history}``; a run name seen twice with a suffix such as
-            ``"kd (seed 1)"`` is just another line.
-        key: the record field to plot (``"eval_acc"``, ``"loss"``, ...).
-    """
+    """One line per run of ``{run name: fit(...) history}``: ``record[key]`` (``"eval_acc"``,
+    ``"loss"``, ...) against ``record["epoch"]``."""
     if not histories:
         raise ValueError("histories is empty: nothing to plot")
     for name, history in histories.items():
@@ -149,15 +124,9 @@ def plot_image_grid(
     class_names: Sequence[str],
     per_class: int = 6,
 ) -> Figure:
-    """A grid with one row per class: the first ``per_class`` images of each class.
-
-    Args:
-        fig: an empty figure (the grid's axes are added to it).
-        images: ``(N, 1, H, W)`` or ``(N, H, W)`` pixels (any range; shown in grey).
-        labels: ``(N,)`` class ids.
-        class_names: the ``C`` names (row titles).
-        per_class: columns; a class with fewer images leaves blank cells.
-    """
+    """Onto an empty ``fig``, one row per class (titled by ``class_names``): the first
+    ``per_class`` of its ``(N, 1, H, W)`` or ``(N, H, W)`` ``images`` (in grey; ``labels``
+    ``(N,)``); a class with fewer images leaves blank cells."""
     x = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)  # type: ignore[union-attr]
     if x.ndim == 4:
         if x.shape[1] != 1:
@@ -217,11 +186,8 @@ def plot_soft_targets(
     *,
     true_class: int | None = None,
 ) -> Axes:
-    """Bar chart of a softened distribution from :func:`.widgets.softened_distribution`.
-
-    The teacher's top class is dark, the true class (if given and different) outlined in red; the
-    title carries ``T`` and the entropy against its maximum ``log C``.
-    """
+    """Bars of a :func:`.widgets.softened_distribution`: the top class dark, the true class (if
+    given and different) outlined in red; titled with ``T`` and the entropy against ``log C``."""
     p = _array("view['probs']", view["probs"], 1)
     if len(class_names) != p.shape[0]:
         raise ValueError(f"{len(class_names)} class names for {p.shape[0]} probabilities")
@@ -280,11 +246,8 @@ def plot_rkd_relations(
     *,
     highlight: int | None = None,
 ) -> Sequence[Axes]:
-    """Three panels: the two clouds, the teacher's ``psi_D`` and the student's ``psi_D``.
-
-    ``relations`` comes from :func:`.widgets.rkd_relations`; both heatmaps share one
-    colour scale, and the student's title shows the two RKD losses.
-    """
+    """Three panels: the two clouds, and the teacher's and the student's ``psi_D`` (one colour
+    scale) from :func:`.widgets.rkd_relations`, the student's titled with the two RKD losses."""
     if len(axes) != 3:
         raise ValueError(f"need 3 axes, got {len(axes)}")
     plot_point_clouds(axes[0], teacher_points, student_points, highlight=highlight)
@@ -338,12 +301,8 @@ def plot_timings(
 def plot_queue_distributions(
     ax: Axes, view: Mapping[str, Any], *, top: int | None = 60, log: bool = False
 ) -> Axes:
-    """Teacher and student distributions over the queue slots, sorted by the teacher's.
-
-    ``view`` comes from :func:`.widgets.rrd_sample_view`. Only the ``top`` slots
-    the teacher ranks highest are drawn (``None`` = all); the title carries the loss and its parts
-    ``L = KL(p^t || p^s) + H(p^t)``.
-    """
+    """Teacher and student distributions over the queue slots of :func:`.widgets.rrd_sample_view`,
+    the ``top`` slots by the teacher's (``None``: all); titled ``L = KL(p^t || p^s) + H(p^t)``."""
     p_t = _array("p_teacher", view["p_teacher"], 1)
     p_s = _array("p_student", view["p_student"], 1)
     n = p_t.shape[0] if top is None else min(int(top), p_t.shape[0])

@@ -1,9 +1,5 @@
-"""The plots of notebooks 04 (REFILLED) and 05 (GRKD).
-
-Same design as :mod:`relkd_tutorial.tutorial.plots` (draw onto a given ``Axes`` or ``Figure``,
-return it), whose helpers they share; they draw what :mod:`.widgets_refilled_grkd`
-computes.
-"""
+"""The plots of notebooks 04 (REFILLED) and 05 (GRKD), designed as
+:mod:`relkd_tutorial.tutorial.plots`; they draw what :mod:`.widgets_refilled_grkd` computes."""
 
 from __future__ import annotations
 
@@ -24,23 +20,13 @@ def plot_refilled_anchor(
     images: np.ndarray | None = None,
     max_thumbnails: int = 4,
 ) -> Figure:
-    """Draw one anchor's semi-hard triplets (a dict from ``widgets.refilled_anchor_view``).
+    """One anchor's semi-hard triplets (:func:`.widgets_refilled_grkd.refilled_anchor_view`).
 
-    Left: the batch in the 2-D PCA of the student's normalised embedding; the anchor (star), its
-    candidate positives (green) and negatives (red), and a line to every positive and negative
-    that forms a semi-hard triplet with it. Right: each triplet's comparison probability
-    ``P = sigmoid((d_an - d_ap)/tau1)`` under the teacher (x) against the student (y); the stage-1
-    loss pulls the points onto the diagonal. With ``images`` (``(B, H, W)``), a bottom row shows
-    the anchor, positive and negative of the first ``max_thumbnails`` triplets.
-
-    Args:
-        view: the dict returned by :func:`.widgets_refilled_grkd.refilled_anchor_view`.
-        fig: the figure to draw on (cleared first).
-        images: optional ``(B, H, W)`` array of the batch's images.
-        max_thumbnails: how many triplets to show as thumbnails.
-
-    Returns:
-        ``fig``.
+    Onto ``fig`` (cleared). Left: the batch in the 2-D PCA of the student's normalised embedding;
+    the anchor (star), its candidate positives (green) and negatives (red), and a line to every
+    one in a semi-hard triplet with it. Right: each triplet's ``P = sigmoid((d_an - d_ap)/tau1)``,
+    teacher (x) against student (y); the stage-1 loss pulls them onto the diagonal. With
+    ``images`` ``(B, H, W)``, a bottom row shows the first ``max_thumbnails`` triplets.
     """
     fig.clear()
     show_images = images is not None and len(view["positive"]) > 0 and max_thumbnails > 0
@@ -121,17 +107,7 @@ def plot_refilled_anchor(
 def plot_stage_curves(
     histories: Mapping[str, Sequence[Mapping]], ax: Axes, key: str = "eval_acc"
 ) -> Axes:
-    """Per-epoch curves of ``key`` for several runs, with the epochs where a run's stage changes.
-
-    Args:
-        histories: ``{run name: history}``, each history a list of per-epoch records as
-            :func:`relkd_tutorial.training.fit` returns them (``epoch``, ``stage``, ``key``).
-        ax: the axes to draw on.
-        key: the record field to plot (e.g. ``"eval_acc"``, ``"loss"``).
-
-    Returns:
-        ``ax``.
-    """
+    """Per-epoch ``key`` of ``{run name: fit(...) history}``, marking where a stage changes."""
     for name, history in histories.items():
         epochs = [r["epoch"] for r in history]
         values = [r.get(key, np.nan) for r in history]
@@ -160,15 +136,8 @@ def plot_preference_matrix(
     Cell ``(j, k)`` is coloured when the teacher prefers ``j`` to ``k`` (``(j, k) in P``): blue when
     the student agrees (``z_j > z_k``), red when it does not; the number is that pair's loss
     ``softplus(-(z_j - z_k)/tau)``. Rows and columns are in the teacher's order, most preferred first,
-    so ``P`` is the strict upper triangle when the teacher has no ties.
-
-    Args:
-        view: the dict returned by :func:`.widgets_refilled_grkd.grkd_pair_view`.
-        ax: the axes to draw on.
-        class_names: optional labels (default ``"0"``, ``"1"``, ...).
-
-    Returns:
-        ``ax``.
+    so ``P`` is the strict upper triangle when the teacher has no ties. ``view``:
+    :func:`.widgets_refilled_grkd.grkd_pair_view`.
     """
     order = np.asarray(view["teacher_order"])
     pref = np.asarray(view["preferred"])[np.ix_(order, order)]  # (C, C), teacher order
@@ -194,16 +163,8 @@ def plot_preference_matrix(
 
 
 def plot_grkd_view(view: Mapping, fig: Figure, class_names: Sequence[str] | None = None) -> Figure:
-    """Three panels for one sample: both logit vectors, the preference matrix, GRKD's gradient.
-
-    Args:
-        view: the dict returned by :func:`.widgets_refilled_grkd.grkd_pair_view`.
-        fig: the figure to draw on (cleared first).
-        class_names: optional class labels.
-
-    Returns:
-        ``fig``.
-    """
+    """Onto ``fig`` (cleared), for one sample's :func:`.widgets_refilled_grkd.grkd_pair_view`:
+    both logit vectors, the preference matrix and GRKD's gradient."""
     fig.clear()
     ax_logits, ax_pairs, ax_grad = fig.subplots(1, 3)
     c = len(view["teacher"])
@@ -232,9 +193,6 @@ def plot_loss_gradients(
 
     Each loss's bars are divided by its largest absolute entry, so the *directions* compare even
     though the losses have different scales (the legend gives the scale).
-
-    Returns:
-        ``ax``.
     """
     names = list(grads)
     c = len(next(iter(grads.values()))["grad"])
