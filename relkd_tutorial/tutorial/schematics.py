@@ -1,23 +1,12 @@
 """Schematic figures: what flows from the teacher to the student in each method.
 
-One figure per method of the course, boxes and arrows only (no data, no training):
-
-- ``"overview"``: the teacher's logits and features, used per sample or as relations, and
-  where each method takes its targets from;
-- ``"kd"``, ``"rkd"``, ``"rrd"``, ``"refilled"``, ``"grkd"``: one method, left to right: the
-  input batch, the frozen teacher and the student, what each side computes, the loss that
-  compares them, and the gradient that reaches the student only.
-
-The symbols are those of ``docs/notation.md`` (as mathtext); the equations are in each
-method's page (``docs/kd.md``, ``docs/rkd.md``, ...). The colours are fixed across figures:
-teacher :data:`TEACHER`, student :data:`STUDENT`, loss :data:`LOSS`, anything else
-:data:`NEUTRAL`. Each box is a text with its own rounded frame (a ``FancyBboxPatch``), so it
-always fits its text; arrows are ``FancyArrowPatch`` clipped at the frames.
-
-Without an ``ax`` the figure is a new ``pyplot`` figure of size :data:`FIGSIZE`, like
-``plt.subplots``: a notebook's ``plt.show()`` (or the inline backend at the end of the cell)
-draws it. (A bare :class:`~matplotlib.figure.Figure` is unknown to ``pyplot``, so ``plt.show()``
-drew nothing and the chapters' schematics never displayed.) With an ``ax`` nothing is created.
+One boxes-and-arrows figure per method (no data, no training): ``"overview"`` (the teacher's
+logits and features, used per sample or as relations) and ``"kd"``, ``"rkd"``, ``"rrd"``,
+``"refilled"``, ``"grkd"`` (left to right: the batch, the frozen teacher and the student, what
+each side computes, the loss, and the gradient that reaches the student only). Symbols are those
+of ``docs/notation.md``; colours are fixed: teacher :data:`TEACHER`, student :data:`STUDENT`,
+loss :data:`LOSS`, else :data:`NEUTRAL`. A box is a text in its own rounded frame, so it fits its
+text; arrows are clipped at the frames.
 """
 
 from __future__ import annotations
@@ -105,10 +94,17 @@ def _gradient(ax: Axes, loss: Text, student: Text, y: float = 0.12) -> None:
     _note(ax, (lx + sx) / 2, y + 0.13, "gradient (student only; teacher side detached)", LOSS)
 
 
-def _pipeline(ax: Axes, columns: Sequence[tuple[str, str]], loss_text: str, x0: float = 3.3):
+def _pipeline(
+    ax: Axes,
+    columns: Sequence[tuple[str, str]],
+    loss_text: str,
+    x0: float,
+    note: tuple[float, str],
+) -> None:
     """Teacher and student rows through the same columns of boxes, then one loss box.
 
-    ``columns``: ``(teacher text, student text)`` per column, drawn from ``x0`` on.
+    ``columns``: ``(teacher text, student text)`` per column, drawn from ``x0`` on; ``note``:
+    ``(x, text)`` of a label between the rows.
     """
     _, teacher, student = _nets(ax)
     xs = [x0 + 1.75 * k for k in range(len(columns))]
@@ -122,34 +118,38 @@ def _pipeline(ax: Axes, columns: Sequence[tuple[str, str]], loss_text: str, x0: 
     _arrow(ax, prev_t, loss, TEACHER)
     _arrow(ax, prev_s, loss, STUDENT)
     _gradient(ax, loss, student)
-    return teacher, student, loss
+    _note(ax, note[0], 1.6, note[1])
 
 
-def _kd(ax: Axes) -> None:
-    _pipeline(
-        ax,
+_PIPELINES = {  # the methods whose two sides compute the same thing: _pipeline's arguments
+    "kd": (
         [("logits $z^t$", "logits $z^s$"),
          (r"$p^t = \mathrm{softmax}(z^t/T)$", r"$p^s = \mathrm{softmax}(z^s/T)$")],
         "KD loss\n" r"$L_{KD} = T^2\,\mathrm{KL}(p^t\,\Vert\,p^s)$" "\n"
         r"(batch mean; $+\,\lambda_{CE}\,\mathrm{CE}(z^s, y)$)",
-        x0=3.2,
-    )  # fmt: skip
-    _note(ax, 4.9, 1.6, "softened class distributions,\none per sample (pointwise)")
-
-
-def _rkd(ax: Axes) -> None:
-    _pipeline(
-        ax,
+        3.2, (4.9, "softened class distributions,\none per sample (pointwise)"),
+    ),
+    "rkd": (
         [("features $f^t$\n$(B, D_t)$", "features $f^s$\n$(B, D_s)$"),
          ("distances $\\psi_D(i,j) = d_{ij}/\\mu$\nangles $\\psi_A(i,j,k)$",
           "distances $\\psi_D(i,j) = d_{ij}/\\mu$\nangles $\\psi_A(i,j,k)$")],
         "Huber loss $\\ell_\\delta$\n"
         r"$\lambda_D\,L_{RKD\text{-}D} + \lambda_A\,L_{RKD\text{-}A}$" "\n"
         r"($\psi^s - \psi^t$, every pair, triplet)",
-        x0=3.1,
-    )  # fmt: skip
-    _note(ax, 4.0, 1.6, "relations between the samples of the batch,\n"
-          "each inside one network (widths may differ)")  # fmt: skip
+        3.1, (4.0, "relations between the samples of the batch,\n"
+                   "each inside one network (widths may differ)"),
+    ),
+    "grkd": (
+        [("logits $z^t$", "logits $z^s$"),
+         ("preferences\n$\\mathcal{P}_i = \\{(j,k) : z^t_{ij} > z^t_{ik}\\}$",
+          "logit gaps\n$z^s_{ij} - z^s_{ik}$ for $(j,k) \\in \\mathcal{P}_i$")],
+        "pairwise logistic loss\n"
+        r"$L_{GR} = \mathrm{mean}_{\mathcal{P}_i}\ \mathrm{softplus}$" "\n"
+        r"$(-(z^s_{ij} - z^s_{ik})/\tau)$",
+        3.2, (4.95, "group: all $C$ classes, or pairs whose\n"
+                    "preferred class is in the teacher's top-$k$"),
+    ),
+}  # fmt: skip
 
 
 def _rrd(ax: Axes) -> None:
@@ -212,21 +212,6 @@ def _refilled(ax: Axes) -> None:
         _arrow(ax, net, box[target], color, via=[(x, y_route), (gap, y_route), (gap, y)])
 
 
-def _grkd(ax: Axes) -> None:
-    _pipeline(
-        ax,
-        [("logits $z^t$", "logits $z^s$"),
-         ("preferences\n$\\mathcal{P}_i = \\{(j,k) : z^t_{ij} > z^t_{ik}\\}$",
-          "logit gaps\n$z^s_{ij} - z^s_{ik}$ for $(j,k) \\in \\mathcal{P}_i$")],
-        "pairwise logistic loss\n"
-        r"$L_{GR} = \mathrm{mean}_{\mathcal{P}_i}\ \mathrm{softplus}$" "\n"
-        r"$(-(z^s_{ij} - z^s_{ik})/\tau)$",
-        x0=3.2,
-    )  # fmt: skip
-    _note(ax, 4.95, 1.6, "group: all $C$ classes, or pairs whose\n"
-          "preferred class is in the teacher's top-$k$")  # fmt: skip
-
-
 def _overview(ax: Axes) -> None:
     mid = _H / 2
     teacher = _box(ax, 0.7, mid, "teacher\n(frozen)", TEACHER, fontweight="bold")
@@ -255,11 +240,11 @@ def _overview(ax: Axes) -> None:
 
 _DRAW: dict[str, Callable[[Axes], None]] = {
     "overview": _overview,
-    "kd": _kd,
-    "rkd": _rkd,
+    "kd": lambda ax: _pipeline(ax, *_PIPELINES["kd"]),
+    "rkd": lambda ax: _pipeline(ax, *_PIPELINES["rkd"]),
     "rrd": _rrd,
     "refilled": _refilled,
-    "grkd": _grkd,
+    "grkd": lambda ax: _pipeline(ax, *_PIPELINES["grkd"]),
 }
 _TITLES = {
     "overview": "What a teacher can give: logits or features, per sample or as relations",
@@ -281,10 +266,10 @@ def draw_schematic(method: str, ax: Axes | None = None) -> Figure:
     """Draw the schematic of ``method`` onto ``ax`` (a new figure if ``None``); return its figure.
 
     ``method`` is one of :func:`available_schematics` (case-insensitive). Without ``ax`` the new
-    figure is registered with ``pyplot`` (the current figure), so ``plt.show()`` displays it and
-    ``plt.close(fig)`` frees it. A given ``ax`` gets
-    the schematic's title, limits (the inches of :data:`FIGSIZE`) and no frame; the texts are in
-    points, so an ``ax`` much smaller than ``FIGSIZE`` crowds them.
+    figure (:data:`FIGSIZE`) is registered with ``pyplot``, like ``plt.subplots``, so
+    ``plt.show()`` displays it and ``plt.close(fig)`` frees it. A given ``ax`` gets the title,
+    limits (the inches of ``FIGSIZE``) and no frame; texts are in points, so a much smaller ``ax``
+    crowds them.
     """
     key = method.lower() if isinstance(method, str) else None
     if key not in _DRAW:
