@@ -1,22 +1,12 @@
-"""What exists only to serve the notebooks: shared runs, result sentences, widget computations, plots.
+"""What exists only to serve the notebooks: shared runs, result sentences, widgets, plots.
 
-- :mod:`~relkd_tutorial.tutorial.runs`: :func:`benchmark_runs` gives every chapter the
-  benchmark's own runs (committed ``results/`` first, then an on-disk cache trained once per
-  machine), and :func:`summary_table` / :func:`paired_table` / :func:`paired_vs` their statistics.
-- :mod:`~relkd_tutorial.tutorial.committed`: notebook 06's view of the committed ``results/``,
-  setting by setting (complete, partial or absent, with the command that adds what is missing),
-  a family of comparisons as a table for :func:`plot_paired`, and the verdict summary.
-- :mod:`~relkd_tutorial.tutorial.prose`: :func:`say` renders a result sentence from computed
-  values; the rule it shares with ``tests/test_generated_prose.py`` (no typed result numbers).
-- :mod:`~relkd_tutorial.tutorial.plots_stats`: dot-and-interval plots of those tables.
-- :mod:`~relkd_tutorial.tutorial.schematics`: :func:`draw_schematic`, one boxes-and-arrows
-  figure per method (what flows from the teacher to the student).
-- :mod:`~relkd_tutorial.tutorial.widgets` computes (pure functions, plain outputs) and
-  :mod:`~relkd_tutorial.tutorial.plots` draws (onto a given ``Axes``); the ``*_refilled_grkd``
-  modules do the same for notebooks 04 and 05.
-
-Nothing in the core imports this package. The names below are imported on first use, so
-``from relkd_tutorial.tutorial import say`` does not load the benchmark.
+:mod:`.runs` (the benchmark's runs and their tables), :mod:`.compare` (those results in words,
+per-chapter statistics), :mod:`.committed` (notebook 06's view of ``results/``), :mod:`.prose`
+(:func:`say` and the no-typed-results rule), :mod:`.plots_stats` (dot-and-interval plots),
+:mod:`.schematics` (one figure per method); :mod:`.widgets` computes and :mod:`.plots` draws
+(``*_refilled_grkd``: notebooks 04 and 05). Nothing in the core imports this package; the names
+below load on first use, so ``from relkd_tutorial.tutorial import say`` does not load the
+benchmark.
 """
 
 from __future__ import annotations

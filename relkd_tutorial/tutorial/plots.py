@@ -25,6 +25,16 @@ def _array(name: str, x: object, ndim: int) -> np.ndarray:
     return a
 
 
+def _titled(
+    ax: Axes, title: str | None, xlabel: str | None = None, ylabel: str | None = None
+) -> Axes:
+    """``ax`` with the given title and axis labels set (``None``: left as they are)."""
+    for setter, text in ((ax.set_title, title), (ax.set_xlabel, xlabel), (ax.set_ylabel, ylabel)):
+        if text:
+            setter(text)
+    return ax
+
+
 # --- shared -------------------------------------------------------------------------------------
 
 
@@ -63,13 +73,7 @@ def plot_heatmap(
                 ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=7, color=color)
     if colorbar:
         ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    if title:
-        ax.set_title(title)
-    if xlabel:
-        ax.set_xlabel(xlabel)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    return ax
+    return _titled(ax, title, xlabel, ylabel)
 
 
 def outline_blocks(ax: Axes, sizes: Sequence[int], *, color: str = "red") -> Axes:
@@ -109,9 +113,7 @@ def plot_histories(
     ax.set_ylabel(ylabel or key)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _titled(ax, title)
 
 
 # --- 00 setup and data --------------------------------------------------------------------------
@@ -171,9 +173,7 @@ def plot_class_counts(
     ax.set_xticks(range(c), class_names, rotation=45, ha="right")
     ax.set_ylabel("images")
     ax.legend()
-    if title:
-        ax.set_title(title)
-    return ax
+    return _titled(ax, title)
 
 
 # --- 01 KD --------------------------------------------------------------------------------------
@@ -233,9 +233,7 @@ def plot_point_clouds(
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _titled(ax, title)
 
 
 def plot_rkd_relations(
@@ -290,9 +288,7 @@ def plot_timings(
     ax.set_ylabel("time per call (ms)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _titled(ax, title)
 
 
 # --- 03 RRD -------------------------------------------------------------------------------------

@@ -1,15 +1,12 @@
 """Dot-and-interval plots: the one way the course draws a comparison of methods.
 
-Each method is a dot at its mean over seeds with a line for its 95% interval (from
-:func:`relkd_tutorial.tutorial.runs.summary_table`), and each paired difference against a
-baseline a dot with its 95% paired ``t`` interval beside a line at zero
-(:func:`relkd_tutorial.tutorial.runs.paired_table`). With one seed there is no interval: the dot
-is drawn hollow and nothing else. Bars, where wanted (``style="bar"``), always start at zero:
-a bar's length is its value, so an axis that starts above zero would exaggerate every gap.
-
-Like :mod:`relkd_tutorial.tutorial.plots`, a function draws onto a given ``Axes`` and returns
-it; the interval lines are one ``LineCollection`` with the gid ``"intervals"`` (its segments are
-exactly the table's ``low`` and ``high``, which the tests check).
+A method is a dot at its mean over seeds with a line for its 95% interval
+(:func:`~relkd_tutorial.tutorial.runs.summary_table`); a paired difference against a baseline is
+a dot with its 95% paired ``t`` interval beside a line at zero
+(:func:`~relkd_tutorial.tutorial.runs.paired_table`); with one seed, a hollow dot and no line.
+Bars (``style="bar"``) always start at zero, so an axis never exaggerates a gap. The interval
+lines are one ``LineCollection`` with the gid :data:`INTERVALS_GID` (segments: the table's
+``low`` and ``high``).
 """
 
 from __future__ import annotations
@@ -39,18 +36,10 @@ def _entries(table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 def _draw(ax: Axes, rows: Sequence[Mapping[str, Any]], colors: Sequence[str]) -> None:
     ys = list(range(len(rows)))[::-1]  # the first row on top
-    segments = [
-        (y, r["low"], r["high"])
-        for y, r in zip(ys, rows, strict=True)
-        if not (math.isnan(r["low"]) or math.isnan(r["high"]))
-    ]
-    seg_colors = [
-        c for c, r in zip(colors, rows, strict=True)
-        if not (math.isnan(r["low"]) or math.isnan(r["high"]))
-    ]  # fmt: skip
+    keep = [i for i, r in enumerate(rows) if not (math.isnan(r["low"]) or math.isnan(r["high"]))]
     lines = ax.hlines(
-        [s[0] for s in segments], [s[1] for s in segments], [s[2] for s in segments],
-        colors=seg_colors or "k", linewidth=2,
+        [ys[i] for i in keep], [rows[i]["low"] for i in keep], [rows[i]["high"] for i in keep],
+        colors=[colors[i] for i in keep] or "k", linewidth=2,
     )  # fmt: skip
     lines.set_gid(INTERVALS_GID)
     for y, r, c in zip(ys, rows, colors, strict=True):

@@ -24,7 +24,7 @@ import math
 import re
 import string
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # ---------------------------------------------------------------------------------------------
@@ -210,24 +210,13 @@ def find_typed_results(
         if i in skip:
             continue
         for f in _line_findings(m_line, line, i + 1):
-            if i in asserted:
-                if literals is None:
-                    findings.append(
-                        Finding(
-                            f.line,
-                            f.text,
-                            f.match,
-                            f"{f.reason} (an <!-- asserted --> block needs a following code cell)",
-                        )  # fmt: skip
-                    )
-                elif not _asserted(f.match, literals):
-                    findings.append(
-                        Finding(
-                            f.line, f.text, f.match, f"{f.reason} not in the next cell's asserts"
-                        )
-                    )
-                continue
-            findings.append(f)
+            if i not in asserted:
+                findings.append(f)
+            elif literals is None:
+                why = "(an <!-- asserted --> block needs a following code cell)"
+                findings.append(replace(f, reason=f"{f.reason} {why}"))
+            elif not _asserted(f.match, literals):
+                findings.append(replace(f, reason=f"{f.reason} not in the next cell's asserts"))
     return findings
 
 

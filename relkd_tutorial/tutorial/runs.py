@@ -1,27 +1,14 @@
 """Shared benchmark runs for the chapters: one protocol, so a method has one number everywhere.
 
-Every chapter that compares methods reads the runs of ``python -m relkd_tutorial.bench`` (the same
-teacher, pool, schedule, optimiser, seeds and student; ``docs/benchmark.md``) through
-:func:`benchmark_runs`, instead of training its own CE and KD:
-
-1. **Committed results first** (default mode only): the rows of ``results/runs.csv`` whose spec
-   (the fingerprint of the setting and the teacher's weights) is the one the benchmark's default
-   preset gives now; rows of any other configuration are ignored, never mixed in. The folder is
-   ``$RELKD_RESULTS_DIR``, else the first ``results/runs.csv`` found walking up from the current
-   folder (a notebook runs in ``notebooks/``) or from this package's folder.
-2. **Then an on-disk cache** (``$RELKD_CACHE_DIR/bench-<fast|default>``, default
-   ``~/.cache/relkd_tutorial/bench-<fast|default>``): a benchmark results folder of its own.
-   What neither holds is trained there by the benchmark's own runner
-   (:func:`relkd_tutorial.bench.runner.run_setting`), one row appended per finished run, so an
-   interrupted chapter resumes and CE and KD are trained at most once per machine.
-
-Fast mode (:func:`relkd_tutorial.fast_mode`) uses the benchmark's fast settings and only the
-cache (the committed results are default-size). :func:`summary_table`, :func:`paired_vs` and
-:func:`paired_table` are thin wrappers over the benchmark's report
-(:func:`~relkd_tutorial.bench.report.summarize_runs`,
-:func:`~relkd_tutorial.bench.report.paired_differences`) and :mod:`relkd_tutorial.stats`: sample
-standard deviations (``n - 1``) and 95% paired ``t`` intervals, in the report's units (accuracies
-in percent, their differences in percentage points).
+A chapter that compares methods reads the runs of ``python -m relkd_tutorial.bench`` (same
+teacher, pool, schedule, seeds and student; ``docs/benchmark.md``) through :func:`benchmark_runs`:
+first the committed ``results/runs.csv`` rows whose spec (the fingerprint of the setting and the
+teacher) is the default preset's now (never rows of another configuration), then an on-disk cache
+(:func:`default_cache_dir`) where the benchmark's runner trains what neither holds, once per
+machine, one row per finished run (an interrupted chapter resumes). Fast mode
+(:func:`relkd_tutorial.fast_mode`) uses the fast settings and only the cache. The tables are thin
+wrappers over the benchmark's report and :mod:`relkd_tutorial.stats`: sample standard deviations
+and 95% paired ``t`` intervals, accuracies in percent and their differences in points.
 """
 
 from __future__ import annotations
@@ -52,12 +39,10 @@ from ..bench.settings import (
 )
 from ..bench.store import RESULTS_ENV, ResultStore, read_runs  # noqa: F401 (re-exported)
 from ..bench.store import find_results_dir as _find_results_dir
-from ..bench.workspace import build_workspace
+from ..bench.workspace import CACHE_ENV, build_workspace
 from ..fastmode import fast_mode
 from ..stats import mean_std, paired_difference
 from ..training import resolve_device
-
-CACHE_ENV = "RELKD_CACHE_DIR"
 
 
 class ResultsNotFoundError(FileNotFoundError):
@@ -74,13 +59,8 @@ class MissingRunsError(RuntimeError):
 
 
 def find_results_dir(start: str | Path | None = None) -> Path:
-    """The committed results folder: :func:`relkd_tutorial.bench.store.find_results_dir`
-    (``$RELKD_RESULTS_DIR``, else ``results/`` in ``start`` or a folder above it, else the
-    package's source checkout).
-
-    Raises:
-        ResultsNotFoundError: nothing found; the message names the variable to set.
-    """
+    """The committed results folder (:func:`relkd_tutorial.bench.store.find_results_dir`), or a
+    :class:`ResultsNotFoundError` that names the variable to set."""
     try:
         return _find_results_dir(start)
     except FileNotFoundError as err:
@@ -91,9 +71,8 @@ def find_results_dir(start: str | Path | None = None) -> Path:
 
 
 def shown(path: str | Path) -> str:
-    """``path`` as a notebook output may show it: relative to the current folder when close by
-    (``../results/runs.csv``), else under ``~``, else absolute (committed outputs must not leak
-    a machine's layout)."""
+    """``path`` as a committed output may show it (never a machine's layout): relative to the
+    current folder when close by (``../results/runs.csv``), else under ``~``, else absolute."""
     path = Path(path).resolve()
     try:
         rel = os.path.relpath(path, Path.cwd())
@@ -122,11 +101,8 @@ def default_cache_dir(fast: bool) -> Path:
 def protocol_setting(
     setting: str, *, fast: bool | None = None, preset: str | None = None
 ) -> Setting:
-    """The benchmark's :class:`~relkd_tutorial.bench.settings.Setting` that the chapters share.
-
-    Fast mode: the benchmark's fast settings. Otherwise ``preset`` (default: the benchmark's
-    default preset on a CPU, the one the committed results are made with).
-    """
+    """The benchmark's :class:`~relkd_tutorial.bench.settings.Setting` that the chapters share:
+    the fast one in fast mode, else ``preset``'s (default: the CPU default, the committed one)."""
     fast = fast_mode() if fast is None else bool(fast)
     if setting not in FASHION_SETTINGS:
         raise ValueError(
@@ -142,14 +118,8 @@ def protocol_setting(
 
 
 class Runs(list):
-    """``runs.csv`` rows (a ``list`` of dicts) with where they came from.
-
-    Attributes:
-        setting: the benchmark setting they belong to.
-        spec: its fingerprint (setting and teacher).
-        sources: ``{folder: number of rows taken from it}``.
-        trained: runs trained by this call.
-    """
+    """``runs.csv`` rows (a ``list`` of dicts) with their ``setting``, its ``spec`` (fingerprint),
+    ``sources`` (``{runs.csv path: rows taken from it}``) and how many were ``trained`` now."""
 
     def __init__(
         self, rows: Sequence[dict[str, Any]], setting: Setting, spec: str,
@@ -247,23 +217,13 @@ def benchmark_runs(
 ) -> Runs:
     """The benchmark's final runs of ``methods`` in ``setting``: committed, cached or trained now.
 
-    Args:
-        setting: a Fashion-MNIST setting (``"transfer"``, ``"low-data"``, ``"standard"``,
-            ``"cross-task"``).
-        methods: benchmark method names (:data:`~relkd_tutorial.bench.settings.METHODS`).
-        fast: fast mode (default: :func:`~relkd_tutorial.fast_mode`); fast mode never reads the
-            committed results.
-        preset: the benchmark preset (default: the benchmark's default on a CPU).
-        results_dir: the committed results folder (``None``: :func:`find_results_dir`;
-            ``False``: do not read committed results).
-        cache_dir: the cache folder (``None``: :func:`default_cache_dir`).
-        device: where missing runs train (``"cpu"``, as the committed runs did; ``"auto"``).
-        train: train what is missing (``False``: raise :class:`MissingRunsError` instead).
-        stream: where progress lines go (default ``sys.stdout``).
-
-    Returns:
-        :class:`Runs`: one row per (method, seed) as in ``runs.csv``, in ``methods`` order then
-        by seed; a method that cannot run in the setting gives its one ``n/a`` row.
+    ``setting``: a Fashion-MNIST setting (``"transfer"``, ``"low-data"``, ``"standard"``,
+    ``"cross-task"``); ``methods``: :data:`~relkd_tutorial.bench.settings.METHODS` names;
+    ``results_dir``: ``None`` finds it (:func:`find_results_dir`), ``False`` reads none (nor does
+    fast mode); ``device``: where missing runs train (``"cpu"``, as the committed ones did);
+    ``train=False`` raises :class:`MissingRunsError` instead; progress goes to ``stream``
+    (default ``sys.stdout``). Returns one row per (method, seed) as in ``runs.csv``, in
+    ``methods`` order then by seed; a method that cannot run in the setting gives one ``n/a`` row.
     """
     fast = fast_mode() if fast is None else bool(fast)
     methods = list(dict.fromkeys(methods))
@@ -385,14 +345,9 @@ def summary_table(
     setting: str | None = None,
     confidence: float = 0.95,
 ) -> Table:
-    """Per method: mean, sample std (``n - 1``) and the ``t`` interval of the mean over seeds.
-
-    Rows of :func:`benchmark_runs` (or ``read_runs``); methods in the report's order
-    (:func:`~relkd_tutorial.bench.report.summarize_runs`). Accuracies in percent. The interval is
-    :func:`~relkd_tutorial.stats.paired_difference` against zero, i.e. the one-sample ``t``
-    interval ``mean -+ t s / sqrt(n)``; NaN with one seed. A method n/a in the setting keeps
-    its reason in ``note``.
-    """
+    """Per method (the report's order): mean, sample std (``n - 1``) and the one-sample ``t``
+    interval ``mean -+ t s / sqrt(n)`` over seeds (NaN with one seed), accuracies in percent; a
+    method n/a in the setting keeps its reason in ``note``."""
     rows = _one_setting(rows, setting)
     k = _check_metric(metric)
     out = []
@@ -430,8 +385,7 @@ def paired_table(
     confidence: float = 0.95,
 ) -> Table:
     """Every method minus ``baseline``, paired by seed: the report's
-    :func:`~relkd_tutorial.bench.report.paired_differences` (percentage points for accuracies),
-    with ``label``, ``mean``, ``std``, ``n``, ``low``, ``high``, ``within_noise``, ``sentence``."""
+    :func:`~relkd_tutorial.bench.report.paired_differences` (points for accuracies), labelled."""
     rows = _one_setting(rows, setting)
     _check_metric(metric)
     diffs = paired_differences(rows, baselines=[baseline], metrics=[metric], confidence=confidence)
