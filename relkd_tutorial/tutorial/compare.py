@@ -21,9 +21,9 @@ from typing import Any
 
 from ..bench.settings import METHOD_LABELS, PERCENT
 from ..bench.verdict import comparisons
-from ..stats import format_p, mean_std, paired_difference
+from ..stats import format_p, paired_difference
 from .prose import Sentence, say
-from .runs import Runs, Table
+from .runs import Runs, Table, seed_stats
 
 
 def _name(method: str) -> str:
@@ -119,19 +119,12 @@ def control_table(
 def seed_table(
     values: Mapping[str, Sequence[float]], *, scale: float = 1.0, confidence: float = 0.95
 ) -> list[dict[str, Any]]:
-    """Per name: ``label``, ``n``, ``mean``, sample ``std``, and the ``t`` interval of the mean.
-
-    ``values[name][r]`` is the metric of seed ``r``; ``scale`` multiplies it (100: percent).
-    With one seed ``std``, ``low`` and ``high`` are NaN.
-    """
-    out = []
-    for name, xs in values.items():
-        xs = [scale * float(x) for x in xs]
-        mean, std, n = mean_std(xs)
-        ci = paired_difference(xs, [0.0] * n, confidence)
-        out.append({"label": name, "n": n, "mean": mean, "std": std, "low": ci.low,
-                    "high": ci.high})  # fmt: skip
-    return out
+    """Per name, its ``label`` and :func:`~.runs.seed_stats`; ``values[name][r]`` is the metric
+    of seed ``r``, times ``scale`` (100: percent)."""
+    return [
+        {"label": name, **seed_stats([scale * float(x) for x in xs], confidence)}
+        for name, xs in values.items()
+    ]
 
 
 def paired_rows(

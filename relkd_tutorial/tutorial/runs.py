@@ -338,6 +338,14 @@ def _check_metric(metric: str) -> float:
     return 100.0 if metric in PERCENT else 1.0
 
 
+def seed_stats(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+    """``n``, ``mean``, sample ``std`` (``n - 1``) and the one-sample ``t`` interval ``low``,
+    ``high`` (``mean -+ t s / sqrt(n)``; NaN with one seed) of per-seed values."""
+    mean, std, n = mean_std(values)
+    ci = paired_difference(values, [0.0] * n, confidence)
+    return {"n": n, "mean": mean, "std": std, "low": ci.low, "high": ci.high}
+
+
 def summary_table(
     rows: Sequence[dict[str, Any]],
     metric: str = "acc",
@@ -345,8 +353,7 @@ def summary_table(
     setting: str | None = None,
     confidence: float = 0.95,
 ) -> Table:
-    """Per method (the report's order): mean, sample std (``n - 1``) and the one-sample ``t``
-    interval ``mean -+ t s / sqrt(n)`` over seeds (NaN with one seed), accuracies in percent; a
+    """Per method (the report's order): :func:`seed_stats` over seeds, accuracies in percent; a
     method n/a in the setting keeps its reason in ``note``."""
     rows = _one_setting(rows, setting)
     k = _check_metric(metric)
@@ -366,9 +373,7 @@ def summary_table(
             and not math.isnan(r[metric])
         ]  # fmt: skip
         if values:
-            mean, std, n = mean_std(values)
-            ci = paired_difference(values, [0.0] * n, confidence)
-            row.update(mean=mean, std=std, n=n, low=ci.low, high=ci.high)
+            row.update(seed_stats(values, confidence))
         else:
             row.update(mean=math.nan, std=math.nan, low=math.nan, high=math.nan)
         out.append(row)
