@@ -46,34 +46,20 @@ GENERATED = re.compile(r"<!--\s*generated:([\w./-]+)\s+(begin|end)\s*-->")
 
 _NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
 _START = r"(?<![\w.,])"  # a number starts here, not inside a word or another number
+_I = re.IGNORECASE
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    (
-        "percentage",
-        re.compile(
-            _START + r"(?<!top-)" + _NUM + r"\s?(?:%|percent\b)"
-            r"(?![\s-]*(?:paired[\s-]+)?(?:t[\s-]+)?(?:confidence[\s-]+)?(?:intervals?|CIs?)\b)",
-            re.IGNORECASE,
-        ),
-    ),
+    ("percentage", re.compile(
+        _START + r"(?<!top-)" + _NUM + r"\s?(?:%|percent\b)"
+        r"(?![\s-]*(?:paired[\s-]+)?(?:t[\s-]+)?(?:confidence[\s-]+)?(?:intervals?|CIs?)\b)", _I)),
     ("ratio", re.compile(_START + _NUM + r"\s?(?:×|x)(?!\s?\d)(?!\w)")),
-    ("ratio", re.compile(_START + _NUM + r"(?:\s+times\b|\s?-?fold\b)", re.IGNORECASE)),
-    (
-        "difference in points",
-        re.compile(
-            r"(?:(?<!\w)[-+±−]\s?" + _NUM + r"\s*(?:percentage\s+)?(?:points?|pp|pts)\b"
-            r"|" + _START + _NUM + r"\s*(?:percentage\s+points?|pp)\b)",
-            re.IGNORECASE,
-        ),
-    ),
+    ("ratio", re.compile(_START + _NUM + r"(?:\s+times\b|\s?-?fold\b)", _I)),
+    ("difference in points", re.compile(
+        r"(?:(?<!\w)[-+±−]\s?" + _NUM + r"\s*(?:percentage\s+)?(?:points?|pp|pts)\b"
+        r"|" + _START + _NUM + r"\s*(?:percentage\s+points?|pp)\b)", _I)),
     ("spread (±)", re.compile(r"±\s?" + _NUM)),
-    (
-        "duration",
-        re.compile(
-            _START + _NUM + r"\s?(?:ms|s|secs?|seconds?|mins?|minutes?|h|hrs?|hours?)\b",
-            re.IGNORECASE,
-        ),
-    ),
-)
+    ("duration", re.compile(
+        _START + _NUM + r"\s?(?:ms|s|secs?|seconds?|mins?|minutes?|h|hrs?|hours?)\b", _I)),
+)  # fmt: skip
 _DECIMAL = re.compile(_START + r"\d+(?:\.\d+)+")
 _WORD_BEFORE = re.compile(r"([^\W\d_]+|§)\.?\s*(?:\(|\s)?$", re.UNICODE)
 
@@ -250,6 +236,12 @@ class Sentence(str):
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(str(self))
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Sentence:
+    """A Markdown table of the given header and rows of cell texts."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return Sentence("\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]))
 
 
 def say(template: str, /, **values: Any) -> Sentence:

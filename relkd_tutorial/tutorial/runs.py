@@ -43,6 +43,7 @@ from ..bench.workspace import CACHE_ENV, build_workspace
 from ..fastmode import fast_mode
 from ..stats import mean_std, paired_difference
 from ..training import resolve_device
+from .prose import markdown_table
 
 
 class ResultsNotFoundError(FileNotFoundError):
@@ -308,16 +309,15 @@ class Table(list):
 
     def _repr_markdown_(self) -> str:
         digits = 3 if self.metric not in PERCENT else 2
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        for r in self:
-            cells = []
-            for c in self.columns:
-                v = r.get(c, "")
-                if isinstance(v, float):
-                    v = "" if math.isnan(v) else f"{v:.{digits}f}"
-                cells.append(str(v))
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+
+        def cell(v: Any) -> str:
+            if isinstance(v, float):
+                return "" if math.isnan(v) else f"{v:.{digits}f}"
+            return str(v)
+
+        return markdown_table(
+            self.columns, ([cell(r.get(c, "")) for c in self.columns] for r in self)
+        )
 
 
 def _one_setting(rows: Sequence[dict[str, Any]], setting: str | None) -> list[dict[str, Any]]:

@@ -57,6 +57,10 @@ def entropy(probs: object) -> float:
     p = _as_float64("probs", probs, 1, "(C,)")
     if bool((p < 0).any()) or abs(float(p.sum()) - 1.0) > 1e-6:
         raise ValueError("probs must be non-negative and sum to 1")
+    return _entropy(p)
+
+
+def _entropy(p: Tensor) -> float:
     return float(-(torch.special.xlogy(p, p)).sum())
 
 
@@ -139,6 +143,15 @@ def within_group_share(matrix: object, groups: Mapping[str, Sequence[int]]) -> f
     return float(m[same].sum()) / total
 
 
+def _class_means(x: Tensor, y: Tensor, c: int) -> tuple[Tensor, Tensor]:
+    """Per class ``k < c`` the mean row of ``x`` ``(N, D)`` over ``y == k`` (0 if none; ``-1``
+    ignored), ``(c, D)``, and the counts ``(c,)``."""
+    keep = y >= 0  # (N,)
+    sums = torch.zeros(c, x.shape[1], dtype=torch.float64).index_add_(0, y[keep], x[keep])
+    counts = torch.bincount(y[keep], minlength=c).double()
+    return sums / counts.clamp_min(1)[:, None], counts
+
+
 # --- 00 setup and data --------------------------------------------------------------------------
 
 
@@ -162,11 +175,7 @@ def class_soft_confusion(
         raise ValueError(f"num_classes={c} but logits have {t.shape[1]} columns")
     if int(y.max()) >= c:
         raise ValueError(f"labels go up to {int(y.max())} but there are {c} classes")
-    probs = F.softmax(t / temp, dim=1)  # (N, C)
-    keep = y >= 0  # (N,)
-    sums = torch.zeros(c, c, dtype=torch.float64).index_add_(0, y[keep], probs[keep])  # (C, C)
-    counts = torch.bincount(y[keep], minlength=c).double()  # (C,)
-    out = sums / counts.clamp_min(1)[:, None]  # (C, C)
+    out, counts = _class_means(F.softmax(t / temp, dim=1), y, c)  # (C, C), (C,)
     out[counts == 0] = math.nan
     return out.numpy()
 
@@ -185,10 +194,7 @@ def class_mean_cosine(
     f = _as_float64("features", features, 2, "(N, D)")
     y = _as_labels("labels", labels, f.shape[0])
     c = _num_classes(y, num_classes)
-    keep = y >= 0  # (N,)
-    sums = torch.zeros(c, f.shape[1], dtype=torch.float64).index_add_(0, y[keep], f[keep])
-    counts = torch.bincount(y[keep], minlength=c).double()  # (C,)
-    means = sums / counts.clamp_min(1)[:, None]  # (C, D)
+    means, counts = _class_means(f, y, c)  # (C, D), (C,)
     unit = F.normalize(means, dim=1, eps=1e-12)  # (C, D)
     out = unit @ unit.t()  # (C, C)
     out[counts == 0, :] = math.nan
@@ -213,7 +219,7 @@ def softened_distribution(logits: object, temperature: float) -> dict[str, objec
     if c < 2:
         raise ValueError(f"logits need at least 2 classes, got {c}")
     p = F.softmax(t / temp, dim=0)  # (C,)
-    h = float(-(torch.special.xlogy(p, p)).sum())
+    h = _entropy(p)
     top = int(t.argmax())
     return {
         "probs": p.numpy(),
@@ -329,7 +335,7 @@ def rrd_sample_view(
     p_t = F.softmax(keys @ F.normalize(u, dim=0) / tau_t, dim=0)  # (K,)
     p_s = F.softmax(keys @ F.normalize(s, dim=0) / tau_s, dim=0)  # (K,)
     order = torch.sort(p_t, descending=True, stable=True).indices  # (K,)
-    h_s = float(-(torch.special.xlogy(p_s, p_s)).sum())
+    h_s = _entropy(p_s)
     return {
         "order": order.numpy(),
         "p_teacher": p_t[order].numpy(),
