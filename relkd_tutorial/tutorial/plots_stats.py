@@ -61,16 +61,10 @@ def plot_intervals(
     xlabel: str | None = None,
     color: str | None = None,
 ) -> Axes:
-    """Each method's mean (dot, or bar from zero) and its 95% interval, one row per method.
-
-    Args:
-        table: rows with ``label``, ``mean``, ``low``, ``high`` (:func:`summary_table`).
-        style: ``"dot"`` (the default) or ``"bar"`` (a bar from zero under each dot; the axis
-            then always includes zero).
-        zero: include zero on the axis in the dot style too.
-        xlabel: default: the table's metric label (e.g. ``top-1 %``).
-        color: one colour for every row (e.g. beside a :func:`plot_paired` panel, whose red and
-            green mean a verdict); default: one colour per method.
+    """Each method's mean (dot, or ``style="bar"``: a bar from zero) and its 95% interval, one
+    row per ``label`` of a :func:`summary_table`. The axis includes zero with bars or ``zero``;
+    ``xlabel`` defaults to the metric's label; ``color`` gives every row one colour (e.g. beside
+    a :func:`plot_paired`, whose red and green mean a verdict), else one per method.
     """
     if style not in ("dot", "bar"):
         raise ValueError(f"style must be 'dot' or 'bar', got {style!r}")
@@ -96,14 +90,9 @@ def plot_paired(
     title: str | None = None,
     xlabel: str | None = None,
 ) -> Axes:
-    """Paired differences against a baseline: dot, 95% interval and a line at zero.
-
-    An interval that excludes zero is drawn in colour (green above, red below), one that covers
-    it in grey ("within noise"); a difference from one seed is a hollow dot with no interval.
-
-    Args:
-        diffs: rows with ``label``, ``mean``, ``low``, ``high``, ``within_noise``
-            (:func:`paired_table`).
+    """Paired differences of a :func:`paired_table` against its baseline: dot, 95% interval and
+    a line at zero. An interval that excludes zero is in colour (green above, red below), one
+    that covers it grey ("within noise"); one seed: a hollow dot, no interval.
     """
     rows = _entries(diffs)
     colors = [
