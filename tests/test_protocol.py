@@ -469,6 +469,7 @@ def test_the_ablation_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert args.teacher is None  # the main job's teacher (settings.BENCH_TEACHER)
     main = bs.default_settings(fast=False)["transfer"]
     assert settings["transfer"].fingerprint("t") == main.fingerprint("t")  # the main job's sizes
+    assert settings["transfer"].seeds == space.ABLATION_SEEDS  # what is cached, shown, recorded
     with pytest.raises(SystemExit, match="--seeds does not apply to --ablation"):
         cli.configure(cli.build_parser().parse_args(["--ablation", "grkd", "--seeds", "0,1"]))
 

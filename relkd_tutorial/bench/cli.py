@@ -109,7 +109,7 @@ from .runner import (
     plan_counts,
     run_settings,
 )
-from .search_space import ABLATION_SEEDS
+from .search_space import ABLATION_SEEDS, ablation_seeds
 from .settings import (
     ABLATION_SETTING,
     ABLATIONS,
@@ -270,6 +270,8 @@ def configure(
             changes["labelled_per_class"] = args.labelled_per_class
         if args.student is not None:
             changes["student"] = args.student
+        if ablation:  # its own seeds (selection; like tune.tune_setting): cached, shown, recorded
+            changes.update(seeds=ablation_seeds(s.seeds), default_seeds=0)
         s = replace(s, **changes)
         if (
             s.labelled_per_class is not None
