@@ -452,7 +452,18 @@ MUTANTS: list[Mutant] = [
         "ablation_seeds_ignored", "bench",
         "for seed in ablation_seeds(setting.seeds)",
         "for seed in setting.seeds",
-        ("tests/test_protocol.py::test_ablation_jobs_cover_every_variant_on_the_main_transfer_seeds",),
+        ("tests/test_protocol.py::test_ablation_jobs_cover_every_variant_on_the_selection_seeds",),
+    ),
+    Mutant(
+        "ablation_scored_on_test", "bench",
+        'SELECTION_PHASES: tuple[str, ...] = ("sweep", "ablation")',
+        'SELECTION_PHASES: tuple[str, ...] = ("sweep",)',
+        ("tests/test_protocol.py::test_a_tiny_ablation_run_builds_every_variant_and_reports_it",),
+    ),
+    Mutant(
+        "ablation_on_evaluation_seeds", "bench",
+        "return ABLATION_SEEDS[: len(seeds)]", "return tuple(seeds[:8])",
+        ("tests/test_protocol.py::test_ablation_seeds_are_selection_seeds_and_never_evaluation_seeds",),
     ),
     Mutant(
         "precision_target_ignored", "report",

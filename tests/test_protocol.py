@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from relkd_tutorial.bench import cli, report, runner, verdict
+from relkd_tutorial.bench import search_space as space
 from relkd_tutorial.bench import settings as bs
 from relkd_tutorial.bench import store as bench_store
 from relkd_tutorial.losses.grkd import grkd_loss
@@ -405,15 +406,44 @@ def test_every_variant_reaches_the_method_and_changes_exactly_one_choice() -> No
             assert got[k] == value
 
 
-def test_ablation_jobs_cover_every_variant_on_the_main_transfer_seeds() -> None:
+def _evaluation_seeds() -> set[int]:
+    """Every seed any preset (or fast mode) evaluates on, in any setting, and the full setting's."""
+    seeds = {0, 1, 2}  # full (CIFAR-100): bench/full.py
+    for fast in (True, False):
+        for preset in bs.PRESETS:
+            for s in bs.default_settings(fast, preset).values():
+                seeds |= set(s.seeds)
+    return seeds
+
+
+def test_ablation_seeds_are_selection_seeds_and_never_evaluation_seeds() -> None:
+    assert space.ABLATION_SEEDS == tuple(range(1000, 1008))  # from the selection seeds' base
+    assert space.ABLATION_SEEDS[0] == space.SELECTION_SEEDS[0]
+    assert not set(space.ABLATION_SEEDS) & _evaluation_seeds()
+    for fast in (True, False):
+        for preset in bs.PRESETS:
+            for name, s in bs.default_settings(fast, preset).items():
+                seeds = {j.seed for j in runner.ablation_jobs(s, "grkd")}
+                assert seeds and not seeds & _evaluation_seeds(), (fast, preset, name)
+                assert seeds <= set(space.ABLATION_SEEDS)
+
+
+def test_ablation_runs_score_the_validation_split_and_the_comparison_the_test_set() -> None:
+    assert set(runner.SELECTION_PHASES) == {"sweep", "ablation"}
+    assert "final" not in runner.SELECTION_PHASES
+
+
+def test_ablation_jobs_cover_every_variant_on_the_selection_seeds() -> None:
     setting = bs.default_settings(fast=False)["transfer"]
     jobs = runner.ablation_jobs(setting, "grkd")
     assert len(jobs) == len(EXPECTED_VARIANTS) * 8
     assert all(j.phase == "ablation" and j.method == "grkd" for j in jobs)
-    assert len(setting.seeds) > bs.ABLATION_SEEDS == 8  # the first 8 of the main job's 16
+    assert len(setting.seeds) > len(space.ABLATION_SEEDS) == 8  # 8 (the main job has 16)
     for params in EXPECTED_VARIANTS:
         seeds = sorted(j.seed for j in jobs if j.params == params)
-        assert seeds == list(setting.seeds[:8]), params
+        assert seeds == list(space.ABLATION_SEEDS), params  # every variant pairs with the default
+    fast = runner.ablation_jobs(bs.default_settings(fast=True)["transfer"], "grkd")
+    assert sorted({j.seed for j in fast}) == list(space.ABLATION_SEEDS[:2])  # fast mode: two
     tags = {bs.params_tag(j.params) for j in jobs}
     assert len(tags) == len(EXPECTED_VARIANTS)  # each variant is told apart in runs.csv
     keys = {j.key("spec") for j in jobs}
@@ -432,8 +462,52 @@ def test_the_ablation_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    n = len(EXPECTED_VARIANTS) * bs.ABLATION_SEEDS
+    n = len(EXPECTED_VARIANTS) * len(space.ABLATION_SEEDS)
     assert f"up to {n} training runs (grkd ablation)" in out
+    assert f"8 selection seeds {list(space.ABLATION_SEEDS)}, scored on the validation split" in out
+    assert cli.recipes_for(args, settings) is None  # the paper defaults, not the tuned recipe
+    assert args.teacher is None  # the main job's teacher (settings.BENCH_TEACHER)
+    main = bs.default_settings(fast=False)["transfer"]
+    assert settings["transfer"].fingerprint("t") == main.fingerprint("t")  # the main job's sizes
+    assert settings["transfer"].seeds == space.ABLATION_SEEDS  # what is cached, shown, recorded
+    with pytest.raises(SystemExit, match="--seeds does not apply to --ablation"):
+        cli.configure(cli.build_parser().parse_args(["--ablation", "grkd", "--seeds", "0,1"]))
+
+
+def test_the_ablation_default_is_the_main_jobs_grkd_at_paper_defaults() -> None:
+    from relkd_tutorial.bench.recipes import load_recipes
+
+    setting = bs.default_settings(fast=False)["transfer"]
+    paper = runner.arm_params(setting, "grkd", load_recipes())[-1][0]  # the paper-default arm
+    assert paper == {} == bs.ablation_variants("grkd")[0].params
+    default = runner.method_kwargs("grkd", bs.ablation_variants("grkd")[0].params, None, 0)
+    assert default == runner.method_kwargs("grkd", paper, None, 0) == bs.PAPER_DEFAULTS["grkd"][0]
+    assert default["reduction"] == "sum"
+    assert runner.method_kwargs("grkd", {"reduction": "mean"}, None, 0)["reduction"] == "mean"
+
+
+def test_an_earlier_test_split_ablation_is_refused_not_mixed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "grkd-ablation"
+    store = bench_store.ResultStore(old)
+    for r in _ablation_rows({}, split="test", seeds=range(8)):
+        store.append(r)
+    argv = ["--fast", "--ablation", "grkd", "--out", str(old), "--jobs", "1", "--device", "cpu"]
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main([*argv, "--plan"]) == 0
+        assert f"note: this command will stop: {old / 'runs.csv'} holds 64 grkd ablation runs " \
+            "scored on the test split" in capsys.readouterr().out  # fmt: skip
+        with pytest.raises(SystemExit, match="runs scored on the test split") as err:
+            cli.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    assert str(old / "runs.csv") in str(err.value)
+    assert len(store.rows()) == 64  # nothing trained, nothing appended
+    mixed = _ablation_rows({}, split="test", seeds=range(8)) + _ablation_rows({})
+    with pytest.raises(ValueError, match="earlier protocol"):
+        verdict.ablation_comparisons(mixed, "grkd")
 
 
 def test_sum_over_all_pairs_is_the_mean_times_the_pair_count() -> None:
@@ -448,18 +522,18 @@ def test_sum_over_all_pairs_is_the_mean_times_the_pair_count() -> None:
     assert grkd_loss(z, t, top_k=3, reduction="sum") == pytest.approx(24 * float(m3), rel=1e-6)
 
 
-def _ablation_rows(shift: dict[str, float], n: int = 8):
+def _ablation_rows(shift: dict[str, float], split: str = "val", seeds=space.ABLATION_SEEDS):
     gen = torch.Generator().manual_seed(3)
-    seed_effect = (0.01 * torch.randn(n, generator=gen)).tolist()
+    seed_effect = (0.01 * torch.randn(len(seeds), generator=gen)).tolist()
     rows = []
     for v in bs.ablation_variants("grkd"):
         tag = bs.params_tag(v.params)
-        for seed, e in enumerate(seed_effect):
+        for seed, e in zip(seeds, seed_effect, strict=True):
             acc = 0.75 + shift.get(v.name, 0.0) + e + 0.002 * float(torch.randn(1, generator=gen))
             row = {c: "" for c in bench_store.RUN_COLUMNS}
-            row.update(key=f"a|{tag}|{seed}", setting="transfer", spec="s", phase="ablation",
-                       method="grkd", params=tag, seed=seed, status="ok", eval_split="test",
-                       n_train=9000, n_labelled=500, epochs=5)  # fmt: skip
+            row.update(key=f"a|{tag}|{split}|{seed}", setting="transfer", spec="s",
+                       phase="ablation", method="grkd", params=tag, seed=seed, status="ok",
+                       eval_split=split, n_train=9000, n_labelled=500, epochs=5)  # fmt: skip
             row.update({c: 0.5 for c in bench_store.NUMERIC_COLUMNS})
             row.update(acc=acc, kendall_tau=0.6 + shift.get(v.name, 0.0) + e)
             rows.append(row)
@@ -477,6 +551,11 @@ def test_ablation_report_table_and_sentences_follow_the_numbers() -> None:
     assert [e["p_holm"] for e in acc] == pytest.approx(holm_adjust([e["p"] for e in acc]))
     texts = [report.markdown_report(r) for r in (worse, same)]
     assert all("## GRKD ablation (transfer)" in t for t in texts)
+    scored = "Scored on the validation split with the selection seeds 1000, 1001, 1002, 1003"
+    assert all(scored in t and "paired with the default on the same seeds" in t for t in texts)
+    earlier = report.markdown_report(_ablation_rows({}, split="test", seeds=range(8)))
+    assert "Scored on the test split with the seeds 0, 1, 2" in earlier
+    assert "an earlier protocol" in earlier and scored not in earlier
     assert all("| top-5 group | group | `top_k=5` | 8 |" in t for t in texts)
     paragraphs = [next(x for x in t.splitlines() if x.startswith("**Which choices")) for t in texts]
     assert "Below the default: top-3 group" in paragraphs[0]
@@ -523,8 +602,17 @@ def test_a_tiny_ablation_run_builds_every_variant_and_reports_it(
         return real_build(name, **kwargs)
 
     monkeypatch.setattr(runner, "build_method", recording_build)
+    scored: list[int] = []  # the size of the split each run is scored on
+    real_evaluate = runner.evaluate_student
+
+    def recording_evaluate(student, data, ws, *args):
+        scored.append(len(data))
+        assert data is ws.val  # never the test set
+        return real_evaluate(student, data, ws, *args)
+
+    monkeypatch.setattr(runner, "evaluate_student", recording_evaluate)
     argv = [
-        "--fast", "--ablation", "grkd", "--seeds", "0,1", "--epochs", "1", "--pool-per-class", "6",
+        "--fast", "--ablation", "grkd", "--epochs", "1", "--pool-per-class", "6",
         "--labelled-per-class", "3", "--teacher", str(teacher), "--out", str(out), "--no-plots",
         "--jobs", "1",  # in this process, where the recording build_method is patched in
     ]  # fmt: skip
@@ -536,11 +624,15 @@ def test_a_tiny_ablation_run_builds_every_variant_and_reports_it(
         assert len(hits) >= 2, params  # both seeds got the variant's kwargs
     rows = bench_store.read_runs(out / "runs.csv")
     assert {r["phase"] for r in rows} == {"ablation"}
+    assert {r["eval_split"] for r in rows} == {"val"} and len(scored) == len(rows)
+    assert sorted({r["seed"] for r in rows}) == list(space.ABLATION_SEEDS[:2])  # fast: two
+    assert not {r["seed"] for r in rows} & _evaluation_seeds()
     assert sorted({r["params"] for r in rows}) == sorted(
         bs.params_tag(p) for p in EXPECTED_VARIANTS
     )
     text = (out / "results.md").read_text()
     assert "## GRKD ablation (transfer)" in text and "**Which choices matter" in text
+    assert "Scored on the validation split with the selection seeds 1000, 1001 (" in text
     assert (out / "ablation.csv").exists()
     meta = (out / "meta.json").read_text()
     assert '"ablation": "grkd"' in meta

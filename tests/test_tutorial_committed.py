@@ -35,7 +35,7 @@ from relkd_tutorial.tutorial.runs import protocol_setting, summary_table
 matplotlib.use("Agg")
 
 SEEDS = range(16)  # the main job's transfer seeds
-ABLATION_SEEDS = range(8)  # an ablation's: the first 8
+ABLATION_SEEDS = range(1000, 1008)  # an ablation's: the selection seeds' (validation split)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +45,12 @@ def spec(tmp_path_factory) -> str:
     return build_workspace(setting, out, torch.device("cpu"), log=lambda _: None).spec
 
 
-def row(spec, method, seed, acc, phase="final", params="{}", setting="transfer"):
+def row(spec, method, seed, acc, phase="final", params="{}", setting="transfer", split=None):
+    split = split or ("val" if phase == "ablation" else "test")
     r = {c: "" for c in RUN_COLUMNS}
     r.update(
         key=f"{spec}|{setting}|{phase}|{method}|{params}|{seed}", setting=setting, spec=spec,
-        phase=phase, method=method, params=params, seed=seed, status="ok", eval_split="test",
+        phase=phase, method=method, params=params, seed=seed, status="ok", eval_split=split,
         acc=acc, acc_tops=acc - 0.1, acc_footwear=acc + 0.1, kendall_tau=0.5 + acc / 4,
         dist_corr=0.7, train_acc=0.8, seconds=1.0, peak_mem_mb=1.0, load1=1.0, epochs=5,
         n_train=9000, n_labelled=500,
@@ -117,8 +118,18 @@ def test_ablation_is_found_in_its_folder_or_the_main_one(tmp_path, spec):
     own = write(tmp_path / "b" / "results" / "grkd-ablation", rows[:16])
     got = committed_ablation(own.parent)
     assert got.source == own / "runs.csv" and not got.complete and len(got.rows) == 16
+    assert not got.earlier and "earlier protocol" not in got.describe()
     none = committed_ablation(write(tmp_path / "c" / "results", full_transfer(spec, LIFT)))
     assert not none.present and "--ablation grkd" in none.describe()
+    # the earlier protocol scored the ablation on the test split with evaluation seeds: shown as such
+    old = [row(spec, "grkd", s, 0.7, phase="ablation", params=params_tag(v.params), split="test")
+           for v in variants for s in range(8)]  # fmt: skip
+    got = committed_ablation(write(tmp_path / "d" / "results" / "grkd-ablation", old).parent)
+    assert got.present and got.earlier and got.spec == got.protocol_spec
+    assert "earlier protocol" in got.describe() and "evaluation split" in got.describe()
+    both = write(tmp_path / "e" / "results" / "grkd-ablation", old + rows)
+    got = committed_ablation(both.parent)
+    assert not got.earlier and {r["eval_split"] for r in got.rows} == {"val"} and got.stale == 64
     entries = ablation_comparisons(rows, "grkd")
     table = comparison_table(entries, "transfer", "ablation")
     assert [r["label"] for r in table] == [v.name for v in variants[1:]]

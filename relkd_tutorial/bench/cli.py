@@ -109,6 +109,7 @@ from .runner import (
     plan_counts,
     run_settings,
 )
+from .search_space import ABLATION_SEEDS, ablation_seeds
 from .settings import (
     ABLATION_SETTING,
     ABLATIONS,
@@ -122,6 +123,7 @@ from .settings import (
 )
 from .store import (
     ResultStore,
+    read_runs,
     record_invocation,
 )
 from .workspace import (
@@ -236,6 +238,12 @@ def configure(
     fast = fast_mode() if args.fast is None else bool(args.fast)
     preset = args.preset or default_preset(device)
     ablation = getattr(args, "ablation", None)
+    if ablation and args.seeds is not None:
+        raise SystemExit(
+            f"--seeds does not apply to --ablation: an ablation chooses defaults, so it runs on "
+            f"the selection seeds {list(ABLATION_SEEDS)} (as many as the setting has evaluation "
+            "seeds) on the validation split, never on an evaluation seed"
+        )
     if args.settings is not None:
         names = _parse_list(args.settings, ALL_SETTINGS, "settings")
     else:
@@ -262,6 +270,8 @@ def configure(
             changes["labelled_per_class"] = args.labelled_per_class
         if args.student is not None:
             changes["student"] = args.student
+        if ablation:  # its own seeds (selection; like tune.tune_setting): cached, shown, recorded
+            changes.update(seeds=ablation_seeds(s.seeds), default_seeds=0)
         s = replace(s, **changes)
         if (
             s.labelled_per_class is not None
@@ -362,6 +372,57 @@ def plan_lines(
     return lines
 
 
+def earlier_ablation(out_dir: Path, method: str) -> str | None:
+    """Why ``method``'s ablation may not run into ``out_dir`` (``None``: it may): its ``runs.csv``
+    holds ablation runs of another split (an earlier protocol scored the ablation on the test
+    split with evaluation seeds), which the report would pair with the new ones."""
+    old = [
+        r
+        for r in read_runs(out_dir / "runs.csv")
+        if r["phase"] == "ablation" and r["method"] == method and r["eval_split"] != "val"
+    ]
+    if not old:
+        return None
+    return (
+        f"{out_dir / 'runs.csv'} holds {len(old)} {method} ablation runs scored on the "
+        f"{'/'.join(sorted({r['eval_split'] for r in old}))} split (an earlier protocol); the "
+        "ablation now scores on the validation split with the selection seeds, and the two must "
+        "not be mixed in one report: move that folder away or choose another --out"
+    )
+
+
+def ablation_plan_lines(
+    settings: dict[str, Setting], method: str, out_dir: Path, jobs: int
+) -> list[str]:
+    """``--plan``'s lines for ``--ablation``: the runs, their seeds and split, and their time,
+    estimated from the ``ok`` runs of ``method`` in ``<out>/runs.csv`` (any phase; this machine)."""
+    rows = [r for r in read_runs(out_dir / "runs.csv") if r["status"] == "ok"]
+    lines = []
+    for name, s in settings.items():
+        jobs_here = ablation_jobs(s, method)
+        seeds = sorted({j.seed for j in jobs_here})
+        lines += [
+            f"{name}: {s}",
+            f"  up to {len(jobs_here)} training runs ({method} ablation): "
+            f"{len(jobs_here) // len(seeds)} variants x {len(seeds)} selection seeds {seeds}, "
+            "scored on the validation split",
+        ]
+        done = {r["key"] for r in rows}
+        spec = next((r["spec"] for r in reversed(rows) if r["setting"] == name), "")
+        todo = sum(j.key(spec) not in done for j in jobs_here)
+        seconds = [r["seconds"] for r in rows if r["setting"] == name and r["method"] == method]
+        if seconds:
+            each = sum(seconds) / len(seconds)
+            lines.append(
+                f"time, from the {len(seconds)} {method} runs in {out_dir / 'runs.csv'} (this "
+                f"machine): about {len(jobs_here) * each / 60:.0f} CPU-minutes "
+                f"({len(jobs_here) * each / 60 / jobs:.0f} minutes with {jobs} job(s)), "
+                f"about {todo * each / 60:.0f} of them still to train"
+            )
+    reason = earlier_ablation(out_dir, method)
+    return lines + ([f"note: this command will stop: {reason}"] if reason else [])
+
+
 def _meta(out_dir: Path) -> dict[str, Any] | None:
     path = out_dir / "meta.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -400,10 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plan:
         print(f"{mode}, {torch.get_num_threads()} torch thread(s), {jobs} job(s)")
         if args.ablation:
-            for name, s in settings.items():
-                print(f"{name}: {s}")
-                print(f"  up to {len(ablation_jobs(s, args.ablation))} training runs "
-                      f"({args.ablation} ablation)")  # fmt: skip
+            print("\n".join(ablation_plan_lines(settings, args.ablation, out_dir, jobs)))
         else:
             print("\n".join(plan_lines(settings, methods, recipes, defaults, out_dir, jobs)))
         if want_full:
@@ -415,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.write_report(out_dir, plots=not args.no_plots)
         print(report.stdout_summary(store.rows(), meta=_meta(out_dir)))
         return 0
+    if args.ablation and (reason := earlier_ablation(out_dir, args.ablation)):
+        raise SystemExit(f"--ablation {args.ablation}: {reason}")
 
     started = time.time()
     tic = time.perf_counter()

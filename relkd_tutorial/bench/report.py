@@ -76,6 +76,7 @@ from .tuned import (
 from .verdict import (
     ablation_comparisons,
     ablation_paragraph,
+    ablation_protocol,
     ablation_table,
     comparisons,
     family_table,
@@ -477,8 +478,7 @@ def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
         for setting in _ordered_settings([r for r in runs if r["method"] == method]):
             parts += [f"## {METHOD_LABELS.get(method, method)} ablation ({setting})", ""]
             desc = _setting_description(rows, setting, phase="ablation")
-            if desc:
-                parts += [desc, ""]
+            parts += [f"{desc} {ablation_protocol(rows, method, setting)}".strip(), ""]
             paragraph = ablation_paragraph(entries, setting)
             if paragraph:
                 parts += [paragraph, ""]

@@ -47,6 +47,7 @@ from ..metrics import (
 from ..models import build_model
 from ..training import TrainConfig, TrainingInterrupted, fit, seeded
 from .recipes import Recipes
+from .search_space import ablation_seeds
 from .settings import (
     CONTROL_WEIGHTS,
     METHOD_LABELS,
@@ -55,7 +56,6 @@ from .settings import (
     NEEDS_UNLABELLED,
     PAPER_DEFAULTS,
     Setting,
-    ablation_seeds,
     ablation_variants,
     describe_params,
     has_unlabelled,
@@ -142,14 +142,16 @@ class PeakMemory:
 # ---------------------------------------------------------------------------------------------
 
 DIST_CORR_PER_CLASS = 50  # the fixed test batch for the distance correlation: 50 images per class
+#: The phases whose runs choose something (a sweep trial, a method's default): validation split.
+SELECTION_PHASES: tuple[str, ...] = ("sweep", "ablation")
 
 
 @dataclass(frozen=True)
 class Job:
     """One training run: a method with its hyperparameter overrides, a seed, a phase.
 
-    ``phase="sweep"`` runs score the validation split; ``phase="final"`` (the comparison) and
-    ``phase="ablation"`` (a method's variants, :func:`ablation_jobs`) the test set.
+    The runs that choose (:data:`SELECTION_PHASES`: the sweep, a method's ablation variants,
+    :func:`ablation_jobs`) score the validation split; ``phase="final"`` (the comparison) the test set.
     """
 
     setting: str
@@ -250,7 +252,8 @@ def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any
     """
     setting = ws.setting
     train = ws.train_set(job.seed)
-    eval_set = ws.val if job.phase == "sweep" else ws.test
+    split = "val" if job.phase in SELECTION_PHASES else "test"
+    eval_set = ws.val if split == "val" else ws.test
     n_labelled = int((train.labels >= 0).sum())
     row: dict[str, Any] = {
         "key": job.key(ws.spec),
@@ -260,7 +263,7 @@ def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any
         "method": job.method,
         "params": params_tag(job.params),
         "seed": job.seed,
-        "eval_split": "val" if job.phase == "sweep" else "test",
+        "eval_split": split,
         "epochs": setting.epochs,
         "n_train": len(train),
         "n_labelled": n_labelled,
@@ -365,9 +368,10 @@ def ablation_jobs(setting: Setting, method: str) -> list[Job]:
     """Every variant of ``method``'s ablation on its seeds (``phase="ablation"``).
 
     The variants' ``params`` go to ``build_method`` like a sweep trial's and are recorded in the
-    ``params`` column, so each variant's rows are told apart in ``runs.csv``; the seeds are the
-    first :data:`~.settings.ABLATION_SEEDS` of the setting's (:func:`~.settings.ablation_seeds`),
-    the same for every variant, so a variant pairs with the default seed by seed.
+    ``params`` column, so each variant's rows are told apart in ``runs.csv``. The ablation chooses
+    the method's defaults, so it is selection: the seeds are :func:`~.search_space.ablation_seeds`
+    (never an evaluation seed) and the runs score the validation split (:data:`SELECTION_PHASES`),
+    the same seeds for every variant, so a variant pairs with the default seed by seed.
     """
     return [
         Job(setting.name, "ablation", method, dict(v.params), seed)

@@ -22,12 +22,15 @@ still the effect of the ``X`` term.
 
 Selection runs on the validation split with :data:`SELECTION_SEEDS`, which no preset evaluates
 on (tested), so a recipe's validation score is never the test score of the same training run.
+The ablations (``--ablation``), which choose a method's defaults, do the same with
+:data:`ABLATION_SEEDS`.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..methods.registry import _registry
@@ -36,6 +39,19 @@ from .settings import PAPER_DEFAULTS
 #: Seeds of the selection runs: each trial is the mean validation top-1 over these. Never an
 #: evaluation seed of any preset (the presets use 0, 1, 2, ...; tested).
 SELECTION_SEEDS: tuple[int, ...] = (1000, 1001, 1002)
+
+#: Seeds of an ablation (``--ablation``, :func:`ablation_seeds`): it chooses a method's defaults,
+#: so it is selection too, scored on the validation split with seeds from the selection seeds'
+#: base, never an evaluation seed of any preset (tested). The same for every variant, so each
+#: variant pairs with the default seed by seed.
+ABLATION_SEEDS: tuple[int, ...] = tuple(range(SELECTION_SEEDS[0], SELECTION_SEEDS[0] + 8))
+
+
+def ablation_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """An ablation's seeds in a setting whose evaluation seeds are ``seeds``: as many of
+    :data:`ABLATION_SEEDS` as it has evaluation seeds (fast mode: two), never those seeds."""
+    return ABLATION_SEEDS[: len(seeds)]
+
 
 #: How many times each bound of a range may grow by a decade (then a value there is flagged).
 MAX_EXTENSIONS = 2

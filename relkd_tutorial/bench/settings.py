@@ -293,17 +293,9 @@ ABLATIONS: dict[str, tuple[Variant, ...]] = {
     ),
 }
 
-#: The setting an ablation runs on by default: the headline.
+#: The setting an ablation runs on by default: the headline, at the main job's sizes. Its seeds
+#: and split are the selection's (``search_space.ABLATION_SEEDS``, the validation split).
 ABLATION_SETTING = "transfer"
-#: Paired seeds of an ablation: the first ones of its setting's seeds (8 variants x 8 seeds =
-#: 64 runs; the main job's transfer has more seeds, which the variants do not need to pair with
-#: the default GRKD, itself one of the variants).
-ABLATION_SEEDS = 8
-
-
-def ablation_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
-    """The seeds an ablation runs on: the first :data:`ABLATION_SEEDS` of the setting's seeds."""
-    return tuple(seeds[:ABLATION_SEEDS])
 
 
 def ablation_variants(method: str) -> tuple[Variant, ...]:

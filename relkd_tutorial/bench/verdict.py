@@ -42,6 +42,7 @@ from ..stats import (
     holm_adjust,
     paired_difference,
 )
+from .search_space import ABLATION_SEEDS
 from .settings import (
     ALPHA,
     CONTROL_WEIGHTS,
@@ -262,7 +263,8 @@ def ablation_comparisons(
     """Each variant of ``method``'s ablation minus its default, paired by seed (family "ablation").
 
     Reads the ``phase == "ablation"`` rows; a variant is told apart by its ``params`` tag. Each
-    dict also holds ``variant`` (its name), ``choice`` and ``params``.
+    dict also holds ``variant`` (its name), ``choice`` and ``params``. Rows of one setting scored
+    on two splits (an earlier protocol's test-split runs beside the validation ones) are refused.
     """
     out: list[dict[str, Any]] = []
     runs = [
@@ -273,6 +275,10 @@ def ablation_comparisons(
     variants = ablation_variants(method)
     default_tag = params_tag(variants[0].params)
     for setting in _ordered_settings(runs):
+        splits = {r["eval_split"] for r in runs if r["setting"] == setting}
+        if len(splits) > 1:
+            raise ValueError(f"the {method} ablation's {setting} runs are scored on the splits "
+                             f"{sorted(splits)}: an earlier protocol's runs are mixed in")  # fmt: skip
         by_tag: dict[str, dict[int, dict[str, Any]]] = {}
         for r in runs:
             if r["setting"] == setting:
@@ -484,6 +490,20 @@ def precision_sentence(
     if missed and met:
         text += f" (wider: {', '.join(_label(m) for m in missed)})"
     return text + "."
+
+
+def ablation_protocol(rows: Sequence[dict[str, Any]], method: str, setting: str) -> str:
+    """How ``method``'s ablation in ``setting`` was scored: split and seeds, read from its rows."""
+    runs = [r for r in rows if (r["phase"], r["method"], r["setting"]) == ("ablation", method, setting)]  # fmt: skip
+    seeds = sorted({r["seed"] for r in runs})
+    splits, listed = "/".join(sorted({r["eval_split"] for r in runs})), ", ".join(map(str, seeds))
+    if splits == "val" and set(seeds) <= set(ABLATION_SEEDS):
+        how = (f"on the validation split with the selection seeds {listed} (never an evaluation "
+               "seed): it chooses the defaults, so, like the tuning, it never reads the test set")  # fmt: skip
+    else:
+        how = (f"on the {splits} split with the seeds {listed}: an earlier protocol (the ablation "
+               "now scores on the validation split with the selection seeds)")  # fmt: skip
+    return f"Scored {how}. Each variant is paired with the default on the same seeds."
 
 
 def ablation_paragraph(

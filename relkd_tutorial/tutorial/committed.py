@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ..bench.recipes import Recipes, recipes_of_meta
+from ..bench.search_space import ablation_seeds
 from ..bench.settings import (
     ABLATION_SETTING,
     DEFAULT_SETTINGS,
@@ -42,7 +43,6 @@ from ..bench.settings import (
     NEEDS_UNLABELLED,
     PERCENT,
     Setting,
-    ablation_seeds,
     ablation_variants,
     describe_params,
     has_unlabelled,
@@ -72,6 +72,7 @@ class CommittedSetting:
         stale: committed rows of this setting and phase with another spec (ignored).
         command: the command that trains what is missing (it resumes, skipping what is there).
         source: the ``runs.csv`` the rows come from (``None``: none found).
+        split: the split the current protocol scores these runs on (an ablation: ``"val"``).
     """
 
     name: str
@@ -85,12 +86,16 @@ class CommittedSetting:
     phase: str = "final"
     methods: tuple[str, ...] = field(default=METHODS)
     protocol_spec: str = ""
+    split: str = "test"
 
     @property
     def earlier(self) -> bool:
-        """Whether the rows are of an earlier protocol (no row of the current spec is committed:
-        the newest committed spec is shown instead, and said so)."""
-        return bool(self.protocol_spec) and self.spec != self.protocol_spec
+        """Whether the rows are of an earlier protocol (no row of the current spec and split is
+        committed: the newest committed ones are shown instead, and said so)."""
+        return bool(self.protocol_spec) and (
+            self.spec != self.protocol_spec
+            or any(r.get("eval_split", self.split) != self.split for r in self.rows)
+        )
 
     @property
     def finished(self) -> list[dict[str, Any]]:
@@ -133,7 +138,7 @@ class CommittedSetting:
         if self.earlier:
             return say(
                 "{text} These runs were made under an earlier protocol (the current one, spec "
-                "`{now}`, has a different teacher or defaults; `docs/benchmark.md`): they are "
+                "`{now}`, has a different teacher, defaults or evaluation split; `docs/benchmark.md`): they are "
                 "shown as committed, and `{command}` trains the current protocol's runs.",
                 text=text, now=self.protocol_spec, command=self.command,
             )  # fmt: skip
@@ -221,7 +226,9 @@ def committed_ablation(
     """The committed ablation runs of ``method`` (``phase == "ablation"``) at the current spec.
 
     Looked for in ``<results>/grkd-ablation/`` (the documented command's folder), then in
-    ``<results>/`` itself; the first folder that holds any such row of the current spec wins.
+    ``<results>/`` itself; the first folder that holds any such row of the current spec, scored on
+    the validation split, wins. Test-split rows (the ablation's earlier protocol) are shown as an
+    earlier protocol's, and said so.
     """
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     s = protocol_setting(ABLATION_SETTING, fast=False, preset=preset)
@@ -233,21 +240,21 @@ def committed_ablation(
     for sub in (f"{method}-ablation", "."):
         rows, source = _rows(folder / sub if sub != "." else folder)
         mine = [r for r in rows if r["phase"] == "ablation" and r["method"] == method]
-        current = [r for r in mine if r["spec"] == spec]
+        current = [r for r in mine if r["spec"] == spec and r["eval_split"] == "val"]
         if current:
             best = (current, source, len(mine) - len(current))
             break
         if mine and not best[2]:
             best = ([], None, len(mine))
             older = _shown_spec(mine, spec)  # an earlier protocol's ablation, shown as such
-            earlier = ([r for r in mine if r["spec"] == older], source, 0)
+            earlier = ([r for r in mine if r["spec"] == older], source, 0)  # any split
     if not best[0] and earlier[0]:
         best = earlier
     shown_spec = best[0][0]["spec"] if best[0] else spec
     return CommittedSetting(
         name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=shown_spec, rows=best[0],
         expected=len(variants) * len(ablation_seeds(s.seeds)), stale=best[2], command=command, source=best[1],
-        phase="ablation", methods=(method,), protocol_spec=spec,
+        phase="ablation", methods=(method,), protocol_spec=spec, split="val",
     )  # fmt: skip
 
 
