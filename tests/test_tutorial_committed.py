@@ -3,7 +3,9 @@
 Synthetic ``runs.csv`` files stand for ``results/``: a setting is complete, partial or absent;
 rows of another spec are counted and never used; the ablation is found in its own folder or in the
 main one; a family becomes a table that ``plot_paired`` draws; the verdict summary follows the
-numbers (a change of the data flips its words).
+numbers (a change of the data flips its words). The tuned folder (two arms, a second run set, the
+second student) and the sentences of :mod:`relkd_tutorial.tutorial.synthesis` are tested in
+``test_tutorial_synthesis.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from relkd_tutorial.tutorial.committed import (
     family_sentence,
     family_table,
     means_table,
-    sweep_table,
     verdict_summary,
 )
 from relkd_tutorial.tutorial.plots_stats import INTERVALS_GID, plot_paired
@@ -230,22 +231,6 @@ def test_family_table_and_sentence_follow_the_entries(spec):
         "GRKD trails RKD ("
     )
     assert family_sentence(entries, "standard", "mission") == ""
-
-
-def test_sweep_table_is_the_chosen_trials_against_kd(spec):
-    tagged = {"kd": params_tag({"kd_weight": 9.0}), "grkd": params_tag({"grkd_weight": 10.0})}
-    finals = [row(spec, m, s, accuracy(m, s, LIFT), params=tagged.get(m, "{}"))
-              for m in METHODS for s in range(8)]  # fmt: skip
-    trials = [{**r, "phase": "sweep", "eval_split": "val", "acc": 0.1} for r in finals[:20]]
-    table = sweep_table(trials + finals)
-    assert len(table.splitlines()) == 2 + len(METHODS)
-    grkd = _cells(table, "GRKD")
-    assert grkd[1] == "grkd_weight=10" and grkd[2] == "8" and grkd[4].endswith("trails")
-    assert _cells(table, "KD")[1:] == ["kd_weight=9", "8", _cells(table, "KD")[3], "baseline"]
-    mean = sum(100 * accuracy("ce", s, LIFT) for s in range(8)) / 8
-    assert _cells(table, "CE")[3].startswith(f"{mean:.1f} ± ")
-    with pytest.raises(ValueError, match="no finished final run"):
-        sweep_table(trials)
 
 
 def test_an_earlier_protocols_runs_are_shown_and_labelled_when_none_of_the_current_exist(

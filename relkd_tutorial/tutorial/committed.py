@@ -1,32 +1,38 @@
-"""The committed benchmark results, setting by setting, as notebook 06 reads them.
+"""The committed benchmark results, setting by setting, as notebooks 05 and 06 read them.
 
-Notebook 06 does not train: it reads the committed ``results/`` folder
-(:func:`relkd_tutorial.tutorial.runs.find_results_dir`) and shows whatever the current protocol
+The notebooks do not train: they read the committed ``results/`` folder
+(:func:`relkd_tutorial.tutorial.runs.find_results_dir`) and show whatever the current protocol
 (the benchmark's default preset on a CPU, :func:`relkd_tutorial.tutorial.runs.protocol_setting`)
 has there. A committed setting may be complete, partial (a run still in progress, or stopped) or
 absent (its invocation is still to come); each :class:`CommittedSetting` says which, and gives the
 command that adds what is missing. Rows of another configuration (another spec: the fingerprint
-of the setting and the teacher) are counted, never used.
+of the setting and the teacher) are counted, never used; when no row of the current spec is
+committed, the newest committed spec is shown and labelled ``earlier``.
 
-- :func:`committed_results`: the default settings' final runs, one :class:`CommittedSetting` each.
-- :func:`committed_ablation`: the GRKD ablation's runs (``results/`` or ``results/grkd-ablation/``).
-- :func:`comparison_table`: one family of :func:`relkd_tutorial.bench.verdict.comparisons`
-  (against KD, CE, the one-thing-different control, or GRKD against its rivals) as a
-  :class:`~relkd_tutorial.tutorial.runs.Table` that
-  :func:`~relkd_tutorial.tutorial.plots_stats.plot_paired` draws, with the Holm-adjusted p-values.
-- :func:`means_table`, :func:`family_table`, :func:`sweep_table`: one compact Markdown table
-  each (every setting side by side; the sweep's chosen trials), so the notebook renders a table
-  where a report would print pages.
+- :func:`committed_results`: the default settings' final runs of one **arm**
+  (:func:`relkd_tutorial.bench.tuned.arm_rows`: ``"tuned"``, every method at its recipe, or
+  ``"defaults"``, at its paper defaults), one :class:`CommittedSetting` each.
+- :func:`committed_benchmark`: both arms with the benchmark's own comparisons
+  (:func:`relkd_tutorial.bench.verdict.comparisons`, Holm per family), marked fragile exactly as
+  the report marks them (the Holm band, and the second run set ``results/replicate/``), and what
+  tuning changed (:func:`relkd_tutorial.bench.tuned.tuning_comparisons`).
+- :func:`committed_ablation`, :func:`committed_student`: the GRKD ablation and the second
+  student's runs (each labelled when of an earlier protocol).
+- :func:`comparison_table`, :func:`means_table`, :func:`family_table`: one compact table each,
+  so a notebook renders a table where a report would print pages.
 
-Everything a sentence says is computed here or in the report; the sentences are :func:`say`'s.
+The sentences and the one synthesis table that tell the project's question are
+:mod:`.synthesis`'s. Everything a sentence says is computed here or in the report; the sentences
+are :func:`say`'s.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +50,19 @@ from ..bench.settings import (
     PERCENT,
     Setting,
     ablation_variants,
-    describe_params,
     has_unlabelled,
 )
 from ..bench.store import read_runs
-from ..bench.tuned import arm_rows
-from ..bench.verdict import comparisons
+from ..bench.tuned import (
+    ARMS,
+    arm_rows,
+    second_run_set,
+    tuned_methods,
+    tuning_comparisons,
+)
+from ..bench.verdict import comparisons, mark_fragile
 from ..bench.workspace import build_workspace
-from ..stats import format_p, mean_std
+from ..stats import format_p
 from .prose import Sentence, say
 from .runs import Table, find_results_dir, protocol_setting, shown, summary_table
 
@@ -149,7 +160,13 @@ class CommittedSetting:
 
 
 def _spec(setting: Setting, cache: Path) -> str:
-    ws = build_workspace(setting, cache, torch.device("cpu"), log=lambda _: None)
+    return _cached_spec(setting, str(cache))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_spec(setting: Setting, cache: str) -> str:
+    """A setting's spec (a workspace build reads the teacher: done once per kernel)."""
+    ws = build_workspace(setting, Path(cache), torch.device("cpu"), log=lambda _: None)
     return ws.spec
 
 
@@ -166,13 +183,16 @@ def folder_recipes(folder: str | Path) -> Recipes | None:
     return recipes_of_meta(json.loads(meta.read_text()) if meta.is_file() else None)
 
 
-def _expected_runs(setting: Setting) -> int:
+def _expected_runs(setting: Setting, tuned: Sequence[str] = (), arm: str = "tuned") -> int:
     """Runs of a complete setting: every method on every seed, one ``n/a`` row for a method that
-    needs unlabelled images where there are none (``NEEDS_UNLABELLED``)."""
+    needs unlabelled images where there are none (``NEEDS_UNLABELLED``); in the ``"defaults"``
+    arm the ``tuned`` methods on the first ``default_seeds`` seeds only."""
+    first = min(getattr(setting, "default_seeds", 0) or 0, len(setting.seeds))
     return sum(
-        1 if m in NEEDS_UNLABELLED and not has_unlabelled(setting) else len(setting.seeds)
+        1 if m in NEEDS_UNLABELLED and not has_unlabelled(setting)
+        else first if arm == "defaults" and m in tuned else len(setting.seeds)
         for m in METHODS
-    )
+    )  # fmt: skip
 
 
 def _shown_spec(rows: Sequence[dict[str, Any]], spec: str) -> str:
@@ -200,7 +220,8 @@ def committed_results(
     """
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     rows, source = _rows(folder)
-    rows = arm_rows(rows, folder_recipes(folder), arm)
+    recipes = folder_recipes(folder)
+    rows = arm_rows(rows, recipes, arm)
     out = {}
     for name in settings:
         if name == "cross-task":
@@ -214,8 +235,9 @@ def committed_results(
         shown_spec = _shown_spec(mine, spec)
         out[name] = CommittedSetting(
             name=name, setting=s, spec=shown_spec, rows=[r for r in mine if r["spec"] == shown_spec],
-            expected=_expected_runs(s), stale=sum(r["spec"] != shown_spec for r in mine),
-            command=command, source=source, protocol_spec=spec,
+            expected=_expected_runs(s, tuned_methods(recipes, name), arm),
+            stale=sum(r["spec"] != shown_spec for r in mine), command=command, source=source,
+            protocol_spec=spec,
         )  # fmt: skip
     return out
 
@@ -258,6 +280,129 @@ def committed_ablation(
     )  # fmt: skip
 
 
+#: Where the second student's runs are committed (``docs/benchmark.md``): transfer, 8 seeds.
+STUDENT_FOLDER = "student-m-transfer"
+
+
+@dataclass
+class Benchmark:
+    """The committed main job, both arms, with the benchmark's own comparisons.
+
+    Attributes:
+        folder: the results folder.
+        recipes: the recipes its runs used (``meta.json``; ``None``: every method at its paper
+            defaults, as before recipes).
+        tuned, defaults: :func:`committed_results` of each arm (``defaults`` empty without
+            recipes: one arm).
+        entries: :func:`~relkd_tutorial.bench.verdict.comparisons` of the tuned arm (every family,
+            Holm per family), marked fragile as the report marks them.
+        default_entries: the same of the paper-default arm, in the settings with tuned methods.
+        tuning: each tuned method minus itself at its defaults
+            (:func:`~relkd_tutorial.bench.tuned.tuning_comparisons`).
+        second: the second run set's name (``""``: none) and ``second_entries`` its tuned arm's
+            comparisons.
+    """
+
+    folder: Path
+    recipes: Recipes | None
+    tuned: dict[str, CommittedSetting]
+    defaults: dict[str, CommittedSetting]
+    entries: list[dict[str, Any]]
+    default_entries: list[dict[str, Any]] = field(default_factory=list)
+    tuning: list[dict[str, Any]] = field(default_factory=list)
+    second: str = ""
+    second_entries: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def present(self) -> list[str]:
+        """The settings with finished runs, in the protocol's order."""
+        return [name for name, c in self.tuned.items() if c.present]
+
+    @property
+    def earlier(self) -> bool:
+        """Whether the runs shown are of an earlier protocol (:attr:`CommittedSetting.earlier`)."""
+        return any(self.tuned[name].earlier for name in self.present)
+
+    def rows(self, arm: str = "tuned") -> list[dict[str, Any]]:
+        """The finished rows of one arm, every present setting."""
+        settings = self.tuned if arm == "tuned" else self.defaults
+        return [r for c in settings.values() for r in c.finished]
+
+    def arms(self, setting: str) -> bool:
+        """Whether ``setting`` has a paper-default arm beside the tuned one (a tuned method's
+        run at its defaults is committed)."""
+        c = self.defaults.get(setting)
+        tuned = tuned_methods(self.recipes, setting)
+        return c is not None and any(r["method"] in tuned for r in c.finished)
+
+
+def committed_benchmark(
+    results_dir: str | Path | None = None,
+    settings: Sequence[str] = DEFAULT_SETTINGS,
+    preset: str | None = None,
+) -> Benchmark:
+    """Both arms of the committed main job and their comparisons, as the report reads them.
+
+    With recipes, a verdict is fragile (:func:`~relkd_tutorial.bench.verdict.mark_fragile`) when
+    its Holm p sits near the level or the second run set (``<folder>/replicate/``,
+    :func:`~relkd_tutorial.bench.tuned.second_run_set`) gives another verdict, in each arm.
+    """
+    folder = Path(results_dir) if results_dir is not None else find_results_dir()
+    recipes = folder_recipes(folder)
+    tuned = committed_results(folder, settings, preset, "tuned")
+    out = Benchmark(folder, recipes, tuned, {}, comparisons(
+        [r for c in tuned.values() for r in c.finished]))  # fmt: skip
+    if recipes is None:
+        return out
+    out.defaults = committed_results(folder, settings, preset, "defaults")
+    second = second_run_set(folder)
+    theirs: dict[str, Any] = {"tuned": None, "defaults": None, "tuning": None}
+    if second is not None:
+        out.second = second[1]
+        theirs = {arm: comparisons(arm_rows(second[0], recipes, arm)) for arm in ARMS}
+        theirs["tuning"] = tuning_comparisons(second[0], recipes)
+        out.second_entries = theirs["tuned"]
+    mark_fragile(out.entries, theirs["tuned"], out.second)
+    with_arms = [name for name in out.present if out.arms(name)]
+    base = [r for name in with_arms for r in out.defaults[name].finished]
+    out.default_entries = mark_fragile(comparisons(base), theirs["defaults"], out.second)
+    both = {r["key"]: r for name in with_arms
+            for r in (*out.tuned[name].finished, *out.defaults[name].finished)}  # fmt: skip
+    out.tuning = mark_fragile(tuning_comparisons(list(both.values()), recipes),
+                              theirs["tuning"], out.second)  # fmt: skip
+    return out
+
+
+def committed_student(
+    results_dir: str | Path | None = None, folder: str = STUDENT_FOLDER, preset: str | None = None
+) -> CommittedSetting:
+    """The second student's committed transfer runs (``<results>/<folder>/``), tuned arm.
+
+    The student is the one its ``meta.json`` records; the spec is the protocol's transfer setting
+    with that student, so runs made under an earlier protocol are shown and labelled ``earlier``.
+    """
+    base = Path(results_dir) if results_dir is not None else find_results_dir()
+    where = base / folder
+    rows, source = _rows(where)
+    meta = json.loads((where / "meta.json").read_text()) if (where / "meta.json").is_file() else {}
+    runs = [inv.get("settings", {}).get("transfer", {}) for inv in meta.get("invocations", [])]
+    student = next((s["student"] for s in reversed(runs) if s.get("student")), "student_cnn_m")
+    s = protocol_setting("transfer", fast=False, preset=preset)
+    seeds = tuple(sorted({r["seed"] for r in rows if r["status"] == "ok"})) or s.seeds
+    s = replace(s, student=student, seeds=seeds)
+    spec = _spec(s, where / "cache") if rows else ""
+    mine = [r for r in arm_rows(rows, folder_recipes(where), "tuned")
+            if r["setting"] == "transfer" and r["phase"] == "final"]  # fmt: skip
+    shown_spec = _shown_spec(mine, spec)
+    return CommittedSetting(
+        name=f"transfer, `{student}`", setting=s, spec=shown_spec,
+        rows=[r for r in mine if r["spec"] == shown_spec], expected=_expected_runs(s),
+        stale=sum(r["spec"] != shown_spec for r in mine), source=source, protocol_spec=spec,
+        command=f"python -m relkd_tutorial.bench --settings transfer --student {student} "
+        f"--seeds {','.join(map(str, seeds))} --out results/{folder}",
+    )  # fmt: skip
+
+
 def _pair_label(e: dict[str, Any], family: str) -> str:
     a, b = METHOD_LABELS.get(e["method"], e["method"]), METHOD_LABELS.get(e["baseline"], "")
     if family in ("kd", "ce"):
@@ -279,8 +424,9 @@ def comparison_table(
             ``"control"``, ``"mission"``, ``"ablation"``).
 
     Returns:
-        Rows with ``label``, ``n``, ``mean``, ``low``, ``high``, ``within_noise`` (after Holm),
-        ``p`` and ``p_holm`` (formatted), ``claim`` and ``sentence``; a ``baseline`` key only
+        Rows with ``label``, ``n``, ``mean``, ``low``, ``high``, ``within_noise`` (after Holm;
+        also for a fragile verdict, so a plot greys it), ``p`` and ``p_holm`` (formatted),
+        ``claim`` (``"fragile"`` where the report marks it) and ``sentence``; a ``baseline`` key only
         where the family has one baseline (the plot then names it).
     """
     if metric not in METRIC_LABELS:
@@ -294,7 +440,8 @@ def comparison_table(
     for e in chosen:
         r = {k: e[k] for k in ("method", "n", "mean", "low", "high", "within_noise", "claim",
                                "sentence")}  # fmt: skip
-        r.update(label=_pair_label(e, family), p=format_p(e["p"]), p_holm=format_p(e["p_holm"]))
+        r.update(label=_pair_label(e, family), p=format_p(e["p"]), p_holm=format_p(e["p_holm"]),
+                 claim=_claim(e), within_noise=e["within_noise"] or bool(e.get("fragile")))  # fmt: skip
         if len(baselines) == 1 and family != "ablation":
             r["baseline"] = e["baseline"]
         out.append(r)
@@ -312,14 +459,25 @@ def _names(entries: Sequence[dict[str, Any]]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _claim(e: Mapping[str, Any]) -> str:
+    """The entry's verdict as the report states it: ``"fragile"`` where
+    :func:`~relkd_tutorial.bench.verdict.mark_fragile` marked it, else its claim."""
+    return "fragile" if e.get("fragile") else e["claim"]
+
+
 def _one(e: dict[str, Any]) -> Sentence:
-    """``GRKD+KD is within noise of KD (+0.12 points, 95% CI -0.4 to +0.6, Holm p 0.51)``."""
+    """``GRKD+KD is within noise of KD (+0.12 points, 95% CI -0.4 to +0.6, Holm p 0.51)``; a
+    fragile entry ``... is fragile against KD (..., Holm p 0.03; alone: beats)``."""
     unit, digits = ("points", 2) if e["metric"] in PERCENT else ("in tau", 3)
+    fragile = bool(e.get("fragile"))
     return say(
-        "{a} {verb} {b} ({mean:+.{d}f} {unit}, 95% CI {low:+.{d}f} to {high:+.{d}f}, Holm p {p})",
-        a=METHOD_LABELS.get(e["method"], e["method"]), verb=_CLAIM_VERB[e["claim"]],
+        "{a} {verb} {b} ({mean:+.{d}f} {unit}, 95% CI {low:+.{d}f} to {high:+.{d}f}, Holm p "
+        "{p}{alone})",
+        a=METHOD_LABELS.get(e["method"], e["method"]),
+        verb="is fragile against" if fragile else _CLAIM_VERB[e["claim"]],
         b=METHOD_LABELS.get(e["baseline"], e["baseline"]), mean=e["mean"], low=e["low"],
         high=e["high"], d=digits, unit=unit, p=format_p(e["p_holm"]),
+        alone=f"; alone: {e['claim']}" if fragile else "",
     )  # fmt: skip
 
 
@@ -336,17 +494,20 @@ def verdict_summary(
     kd = [e for e in chosen if e["family"] == "kd"]
     if not kd:
         raise ValueError(f"no comparison against KD in {setting!r} for {metric!r}")
-    by_claim = {c: [e for e in kd if e["claim"] == c] for c in _CLAIM_VERB}
+    by_claim = {c: [e for e in kd if _claim(e) == c] for c in (*_CLAIM_VERB, "fragile")}
     parts = [
         say(
             "In **{setting}** ({what}; {m} comparisons against KD, Holm-corrected): beat KD: "
-            "{beats}; trail KD: {trails}; within noise of KD: {noise}.",
+            "{beats}; trail KD: {trails}; within noise of KD: {noise}{fragile}.",
             setting=setting,
             what=METRIC_LABELS[metric].replace(" %", ""),
             m=len(kd),
             beats=_names(by_claim["beats"]),
             trails=_names(by_claim["trails"]),
             noise=_names(by_claim["within noise"]),
+            fragile=f"; fragile (claimed neither way): {_names(by_claim['fragile'])}"
+            if by_claim["fragile"]
+            else "",
         )  # fmt: skip
     ]
     control = {e["method"]: e for e in chosen if e["family"] == "control"}
@@ -416,7 +577,8 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
     """One family of comparisons in every setting: a row per comparison, a column per setting.
 
     A cell is the mean paired difference, its 95% interval and the claim after Holm's correction
-    over the family in that setting (``beats``, ``trails``, ``within noise``); accuracies in
+    over the family in that setting (``beats``, ``trails``, ``within noise``, or ``fragile``
+    where the report marks it so); accuracies in
     points. ``settings``: which and in what order (default: those of ``entries``).
     """
     chosen = [e for e in entries if e["family"] == family and e["metric"] == metric]
@@ -433,32 +595,12 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
             e = next((e for e in chosen if (e["setting"], e["method"], e["baseline"])
                       == (name, method, baseline)), None)  # fmt: skip
             cells.append(
-                f"{_interval(e['mean'], e['low'], e['high'], digits)} {e['claim']}" if e else ""
+                f"{_interval(e['mean'], e['low'], e['high'], digits)} {_claim(e)}" if e else ""
             )
         body.append(cells)
     unit = " (points)" if metric in PERCENT else ""
     first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
     return _markdown([first + unit, *names], body)
-
-
-def sweep_table(rows: Sequence[dict[str, Any]], setting: str = "transfer") -> Sentence:
-    """The equal-budget sweep in one table: per method the trial the validation split chose, its
-    seeds, its test top-1 (mean ± sample std, percent) and its paired difference from KD's
-    chosen trial (95% interval; the claim after Holm over the family)."""
-    finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
-              and r["status"] == "ok"]  # fmt: skip
-    if not finals:
-        raise ValueError(f"no finished final run of {setting!r} in the sweep's rows")
-    vs_kd = {e["method"]: e for e in comparisons(finals, families=("kd",), metrics=("acc",))}
-    body = []
-    for method in [m for m in METHODS if any(r["method"] == m for r in finals)]:
-        runs = [r for r in finals if r["method"] == method]
-        mean, std, n = mean_std([100 * r["acc"] for r in runs])
-        e = vs_kd.get(method)
-        diff = f"{_interval(e['mean'], e['low'], e['high'], 2)} {e['claim']}" if e else "baseline"
-        body.append([METHOD_LABELS[method], describe_params(runs[0]["params"]), str(n),
-                     f"{mean:.1f} ± {std:.1f}", diff])  # fmt: skip
-    return _markdown(["method", "chosen trial", "seeds", "test top-1 %", "vs KD (points)"], body)
 
 
 def _scrub(command: str) -> str:

@@ -36,6 +36,7 @@ from ..bench.settings import (
     PERCENT,
     Setting,
     default_settings,
+    params_tag,
 )
 from ..bench.store import RESULTS_ENV, ResultStore, read_runs  # noqa: F401 (re-exported)
 from ..bench.store import find_results_dir as _find_results_dir
@@ -140,10 +141,14 @@ class Runs(list):
 
 def _wanted(rows: Sequence[dict[str, Any]], setting: str, spec: str, methods: Sequence[str],
             seeds: Sequence[int]) -> dict[tuple[str, int | None], dict[str, Any]]:  # fmt: skip
-    """``{(method, seed): row}`` of the final runs (and n/a rows, seed ``None``) wanted."""
+    """``{(method, seed): row}`` of the final runs (and n/a rows, seed ``None``) wanted: each
+    method at its paper defaults (params ``{}``), the arm whose controls differ in one term; the
+    tuned arm of the same folder is notebook 06's headline."""
     out: dict[tuple[str, int | None], dict[str, Any]] = {}
     for r in rows:
         if r["setting"] != setting or r["spec"] != spec or r["phase"] != "final":
+            continue
+        if r["status"] != "n/a" and r["params"] != params_tag({}):
             continue
         if r["method"] not in methods:
             continue
@@ -232,6 +237,8 @@ def benchmark_runs(
     if unknown or not methods:
         raise ValueError(f"unknown methods {unknown or methods}; choose from {list(METHODS)}")
     s = protocol_setting(setting, fast=fast, preset=preset)
+    # the paper-default arm: where tuned recipes ran beside it, on its first default_seeds seeds
+    s = replace(s, seeds=s.seeds[: s.default_seeds] or s.seeds)
     out = sys.stdout if stream is None else stream
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(fast)
     results: Path | None = None
