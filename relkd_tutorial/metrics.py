@@ -20,7 +20,7 @@ tensors these metrics take.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -279,18 +279,3 @@ def collect_outputs(
         teacher_features=cat("tf"),
         teacher_logits=cat("tz"),
     )
-
-
-def summarize(
-    logits: Tensor,
-    labels: Tensor,
-    teacher_logits: Tensor | None = None,
-    groups: dict[str, Sequence[int]] | None = None,
-) -> dict[str, float]:
-    """A flat dict of the headline numbers: accuracy, each group's accuracy, mean Kendall tau."""
-    result = {"acc": accuracy(logits, labels)}
-    for name, group in (groups or {}).items():
-        result[f"acc_{name}"] = group_accuracy(logits, labels, group)
-    if teacher_logits is not None:
-        result["kendall_tau"] = float(kendall_tau(teacher_logits, logits).nanmean())
-    return result

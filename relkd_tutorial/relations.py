@@ -15,7 +15,7 @@ Three families live here:
   cosines from the Gram matrix of the unit-normalised rows (not centred: a translation changes
   them), so no ``(B, B, D)`` difference tensor is ever built.
 - **Class relations** (entries of a ``(B, C)`` score row): the teacher's preferences and their
-  counts, its descending order with tie blocks, top-k membership, and the pairwise log-partition
+  counts, its descending order with tie blocks, and the pairwise log-partition
   ``sum_{a<b} log(e^{v_a} + e^{v_b})`` whose gradient is the vector of *soft wins*. The ranking
   losses (GRKD, soft pairwise, listwise) are built from these.
 - **Triplet relations** (labels plus a ``(B, B)`` distance matrix): which pairs may be
@@ -322,17 +322,6 @@ def tie_block_ends(sorted_desc: Tensor) -> Tensor:
         ``(B, C)`` int64 with values in ``[1, C]``.
     """
     return _tie_blocks(sorted_desc)[1] + 1
-
-
-def topk_membership(t: Tensor, k: int) -> Tensor:
-    """``(B, C)`` boolean mask of the ``k`` first classes of each row in :func:`descending_order`.
-
-    Ties at the boundary are broken by class index (stable sort), so the mask holds exactly
-    ``min(k, C)`` entries per row and depends on ``t`` only through its order.
-    """
-    k = min(int(k), t.shape[1])
-    idx = descending_order(t)[1][:, :k]  # (B, k)
-    return torch.zeros_like(t, dtype=torch.bool).scatter(1, idx, True)
 
 
 def _pairwise_kernel(v: Tensor, need_sum: bool, need_wins: bool) -> tuple[Tensor, Tensor]:

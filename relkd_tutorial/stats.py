@@ -36,25 +36,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-#: Upper 2.5% critical values ``t_{0.975, nu}`` as printed (3 decimals) in the NIST/SEMATECH
-#: e-Handbook of Statistical Methods, Sec. 1.3.6.7.2; used by the tests, not by the code.
-T_975_TABLE: dict[int, float] = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    15: 2.131,
-    20: 2.086,
-    30: 2.042,
-    100: 1.984,
-}
-
 
 def _check_df(df: float) -> float:
     if isinstance(df, bool) or not isinstance(df, (int, float)) or not (df > 0):

@@ -58,7 +58,6 @@ from .datasets import (
 from .imageset import Batch, ImageSet
 from .loader import (
     TensorLoader,
-    crop_and_flip,
     crop_and_flip_padded,
     epoch_generator,
     normalization_affine,
@@ -93,7 +92,6 @@ __all__ = [
     "ChecksumError",
     "ImageSet",
     "TensorLoader",
-    "crop_and_flip",
     "crop_and_flip_padded",
     "cross_task_split",
     "data_dir",

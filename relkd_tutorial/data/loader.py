@@ -18,43 +18,14 @@ from .imageset import Batch, ImageSet
 # ---------------------------------------------------------------------------------------------
 
 
-def crop_and_flip(images: Tensor, padding: int, offsets: Tensor, flip: Tensor) -> Tensor:
-    """Padded crop and horizontal flip of a whole batch, with no loop over samples.
-
-    Sample ``b`` is zero-padded by ``padding`` pixels on every side, cropped back to ``H x W``
-    starting at row ``offsets[b, 0]`` and column ``offsets[b, 1]`` (each in ``[0, 2 padding]``;
-    ``(padding, padding)`` is the identity), then mirrored left-right if ``flip[b]``. This is
-    torchvision's ``RandomCrop(size, padding)`` (fill 0) followed by ``RandomHorizontalFlip``, with
-    the random draws made by the caller.
-
-    Args:
-        images: ``(B, C, H, W)`` any dtype (uint8 in the loader).
-        padding: pixels of zero padding per side, ``>= 0``.
-        offsets: ``(B, 2)`` int64 top-left corners in the padded image.
-        flip: ``(B,)`` bool.
-
-    Returns:
-        ``(B, C, H, W)``, same dtype and device as ``images``.
-    """
-    b, _, h, w = images.shape
-    if offsets.shape != (b, 2) or flip.shape != (b,):
-        raise ValueError(
-            f"offsets must be ({b}, 2) and flip ({b},), got {tuple(offsets.shape)} and "
-            f"{tuple(flip.shape)}"
-        )
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
-    return crop_and_flip_padded(padded, (h, w), offsets, flip)
-
-
 def crop_and_flip_padded(
     padded: Tensor, size: tuple[int, int], offsets: Tensor, flip: Tensor
 ) -> Tensor:
-    """:func:`crop_and_flip` on images that are already padded (the loader pads once, up front).
+    """Padded crop and horizontal flip of a whole batch of already padded images, one ``gather``.
 
-    The crop and the flip are one ``gather``: output pixel ``(h, w)`` of sample ``b`` reads
-    padded pixel ``(offsets[b, 0] + h, offsets[b, 1] + w')``, with ``w' = W - 1 - w`` if
+    torchvision's ``RandomCrop(size, padding)`` (fill 0) then ``RandomHorizontalFlip``, with the
+    random draws made by the caller (the loader pads the whole set once, up front). Output pixel
+    ``(h, w)`` of sample ``b`` reads padded pixel ``(offsets[b, 0] + h, offsets[b, 1] + w')``, with ``w' = W - 1 - w`` if
     ``flip[b]`` else ``w``.
 
     Args:
@@ -133,7 +104,7 @@ class TensorLoader:
     never calls ``set_epoch`` still sees a new order every epoch.
 
     Augmentation (training only): zero-padded random crop and random horizontal flip
-    (:func:`crop_and_flip`), the RepDistiller CIFAR recipe (padding 4, choice kept for
+    (:func:`crop_and_flip_padded`), the RepDistiller CIFAR recipe (padding 4, choice kept for
     Fashion-MNIST; horizontal mirroring keeps a garment a garment). The set is zero-padded once,
     at construction, so a batch costs one index and one gather (memory: ``(H+2p)(W+2p)`` bytes
     per image and channel instead of ``HW``). Turn off with ``augment=False``;

@@ -16,7 +16,6 @@
 from .checkpoint import (
     load_checkpoint,
     previous_checkpoint,
-    read_history_csv,
     save_checkpoint,
     write_history_csv,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "lr_factor",
     "make_step_inputs",
     "previous_checkpoint",
-    "read_history_csv",
     "resolve_device",
     "save_checkpoint",
     "seed_everything",

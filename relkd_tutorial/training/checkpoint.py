@@ -215,26 +215,6 @@ def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> No
     _atomic_write(Path(path), write)
 
 
-def read_history_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Read a history CSV back: numbers as int/float, empty cells dropped."""
-    records = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            record: dict[str, Any] = {}
-            for k, v in row.items():
-                if v == "":
-                    continue
-                try:
-                    record[k] = int(v)
-                except ValueError:
-                    try:
-                        record[k] = float(v)
-                    except ValueError:
-                        record[k] = v
-            records.append(record)
-    return records
-
-
 @dataclass
 class _RunParts:
     """Everything with state that a checkpoint saves, besides the history and the config."""

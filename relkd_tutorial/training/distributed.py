@@ -95,11 +95,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def is_main_process() -> bool:
-    """Rank 0: the one process that writes checkpoints, CSV files and progress bars."""
-    return get_rank() == 0
-
-
 def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> torch.device:
     """Join the process group ``torchrun`` describes in the environment; return this rank's device.
 
