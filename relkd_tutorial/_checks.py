@@ -144,7 +144,7 @@ def check_labels(name: str, y: object, batch: int, num_classes: int | None = Non
         raise TypeError(
             f"{name} must be a torch.Tensor of shape ({batch},), got {type(y).__name__}"
         )
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+    if not is_integer(y):
         raise TypeError(f"{name} must have an integer dtype (int64), got {y.dtype}")
     if y.dim() != 1 or y.shape[0] != batch:
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(y.shape)}")
@@ -157,6 +157,11 @@ def check_labels(name: str, y: object, batch: int, num_classes: int | None = Non
             f"{name} has label {int(y.max())} but there are only {num_classes} classes"
         )
     return y
+
+
+def is_integer(t: Tensor) -> bool:
+    """Whether ``t`` has an integer dtype (not floating, bool or complex)."""
+    return not (t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex())
 
 
 def check_positive(name: str, value: float) -> float:
@@ -192,12 +197,12 @@ def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
 
 
 def check_feature_pair(
-    student: object, teacher: object, minimum: int, relation: str
+    student: object, teacher: object, minimum: int = 1, relation: str = ""
 ) -> tuple[Tensor, Tensor]:
     """Check a student/teacher embedding pair: ``(B, D_S)`` and ``(B, D_T)``, same B and device.
 
     The widths may differ (relations compare samples, not coordinates). ``minimum`` is the batch
-    size the relation needs (2 for distances, 3 for angles).
+    size the ``relation`` needs (2 for distances, 3 for angles).
     """
     s = check_float_tensor("student_features", student, 2, "(B, D_S)")
     t = check_float_tensor("teacher_features", teacher, 2, "(B, D_T)")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ._checks import check_float_tensor, check_labels, check_same_batch, check_same_shape
 from .data import FASHION_MNIST_CLASSES as FASHION_MNIST_CLASSES  # re-exported with the groups
 from .relations import pairwise_distances
-from .teacher import TeacherCache, as_batch, split_outputs, teacher_outputs
+from .teacher import TeacherCache, as_batch, module_device, split_outputs, teacher_outputs
 
 #: The confusable groups of Fashion-MNIST (class names: ``FASHION_MNIST_CLASSES`` from
 #: :mod:`relkd_tutorial.data`): upper-body garments and footwear.
@@ -245,8 +245,7 @@ def collect_outputs(
     Returns:
         :class:`Outputs` with CPU tensors, ready for the metrics above.
     """
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = module_device(model) if device is None else device
     was_training = model.training
     model.eval()
     parts: dict[str, list[Tensor]] = {k: [] for k in ("f", "z", "y", "i", "tf", "tz")}

@@ -36,17 +36,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .._checks import check_non_negative_int, check_positive_int
-from .imageset import ImageSet
+from .imageset import ImageSet, pixel_sums, stats_from_sums
 from .loader import TensorLoader, epoch_generator, normalize
-
-__all__ = [
-    "DEFAULT_MAX_BYTES",
-    "EpochSampler",
-    "ImageStream",
-    "from_torchvision",
-    "image_folder",
-    "image_loader",
-]
 
 #: Default memory budget of :func:`from_torchvision`: 2 GiB of decoded uint8 pixels.
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -135,17 +126,6 @@ def _class_names(dataset: Any, labels: Tensor, class_names: Sequence[str] | None
         k = int(labels.max()) + 1 if labels.numel() else 1
         class_names = [str(c) for c in range(k)]
     return [str(c) for c in class_names]
-
-
-def _pixel_sums(images: Tensor) -> tuple[Tensor, Tensor, int]:
-    wide = images.to(torch.int64)  # (B, C, H, W)
-    return wide.sum(dim=(0, 2, 3)), (wide * wide).sum(dim=(0, 2, 3)), wide[:, 0].numel()
-
-
-def _stats(s1: Tensor, s2: Tensor, m: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    mean = s1.double() / (255.0 * m)  # (C,)
-    var = s2.double() / (255.0**2 * m) - mean**2  # (C,)
-    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
 
 
 class ImageStream(Dataset):
@@ -302,10 +282,10 @@ def from_torchvision(
         image, label = dataset[i]
         labels[i] = _label(label, i)
         if mean is None or std is None:
-            a, b, c = _pixel_sums(decoder(image, i)[None])
+            a, b, c = pixel_sums(decoder(image, i)[None])
             s1, s2, m = s1 + a, s2 + b, m + c
     names = _class_names(dataset, labels, class_names)
-    got_mean, got_std = _stats(s1, s2, m) if m else (None, None)
+    got_mean, got_std = stats_from_sums(s1, s2, m) if m else (None, None)
     mean_t = tuple(float(v) for v in (mean if mean is not None else got_mean))  # type: ignore[union-attr]
     std_t = tuple(float(v) for v in (std if std is not None else got_std))  # type: ignore[union-attr]
     # the ImageSet checks (label range, one mean/std entry per channel, std > 0) on one image

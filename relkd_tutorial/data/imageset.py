@@ -167,18 +167,20 @@ class ImageSet:
         return torch.bincount(labelled, minlength=self.num_classes).cpu()
 
     def pixel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and (population) std of the pixels on the [0, 1] scale.
+        """Per-channel mean and (population) std of the pixels on the [0, 1] scale."""
+        sums = [pixel_sums(chunk) for chunk in self.images.split(4096)]  # (<=4096, C, H, W) each
+        return stats_from_sums(*(sum(parts) for parts in zip(*sums, strict=True)))
 
-        Computed from exact integer sums ``S1 = sum u``, ``S2 = sum u^2`` over chunks of images:
-        ``mean = S1 / (255 M)``, ``var = S2 / (255^2 M) - mean^2`` with ``M`` pixels per channel.
-        """
-        s1 = torch.zeros(self.images.shape[1], dtype=torch.int64, device=self.images.device)
-        s2 = torch.zeros_like(s1)
-        for chunk in self.images.split(4096):  # (<=4096, C, H, W)
-            wide = chunk.to(torch.int64)
-            s1 += wide.sum(dim=(0, 2, 3))
-            s2 += (wide * wide).sum(dim=(0, 2, 3))
-        m = self.images.numel() // self.images.shape[1]
-        mean = s1.double().cpu() / (255.0 * m)  # (C,)
-        var = s2.double().cpu() / (255.0**2 * m) - mean**2  # (C,)
-        return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
+
+def pixel_sums(images: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Exact integer sums ``S1 = sum u``, ``S2 = sum u^2`` per channel of ``(B, C, H, W)`` uint8
+    pixels ``u``, and the number ``M`` of pixels per channel."""
+    wide = images.to(torch.int64)  # (B, C, H, W)
+    return wide.sum(dim=(0, 2, 3)), (wide * wide).sum(dim=(0, 2, 3)), wide[:, 0].numel()
+
+
+def stats_from_sums(s1: Tensor, s2: Tensor, m: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean = S1 / (255 M)`` and ``std = sqrt(S2 / (255^2 M) - mean^2)`` per channel."""
+    mean = s1.double().cpu() / (255.0 * m)  # (C,)
+    var = s2.double().cpu() / (255.0**2 * m) - mean**2  # (C,)
+    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -203,32 +204,12 @@ class TensorLoader:
         self._scale, self._shift = normalization_affine(mean, std, self.device)  # (1, C, 1, 1)
 
     @classmethod
-    def for_evaluation(
-        cls,
-        data: ImageSet,
-        batch_size: int = 1000,
-        *,
-        device: str | torch.device | None = None,
-        channels_last: bool = False,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> TensorLoader:
-        """The evaluation loader: data set order, no augmentation, every image exactly once."""
-        return cls(
-            data,
-            batch_size,
-            shuffle=False,
-            augment=False,
-            drop_last=False,
-            device=device,
-            channels_last=channels_last,
-            mean=mean,
-            std=std,
-            rank=rank,
-            world_size=world_size,
-        )
+    def for_evaluation(cls, data: ImageSet, batch_size: int = 1000, **kwargs: Any) -> TensorLoader:
+        """The evaluation loader: data set order, no augmentation, every image exactly once.
+
+        ``kwargs``: ``device``, ``channels_last``, ``mean``/``std``, ``rank``/``world_size``.
+        """
+        return cls(data, batch_size, shuffle=False, augment=False, drop_last=False, **kwargs)
 
     @property
     def augments(self) -> bool:

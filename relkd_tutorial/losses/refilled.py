@@ -2,59 +2,29 @@
 
 Ye, Lu, Zhan, "Distilling Cross-Task Knowledge via Relationship Matching" (CVPR 2020) and
 "Generalized Knowledge Distillation via Relationship Matching" (TPAMI 2022, arXiv 2205.01915).
-Only the teacher's *embedding* (pooled penultimate features) is used, never its classifier, so the
-teacher's classes may equal, overlap or be disjoint from the student's. All labels are the
-student's; label ``-1`` marks an unlabelled sample.
+Only the teacher's *embedding* (pooled penultimate features) is used, never its classifier, so its
+classes may differ from the student's. Labels are the student's; ``-1`` marks an unlabelled sample.
 
-Stage 1 (embedding, no cross-entropy). Both networks' features are L2-normalised,
-``phi = normalize(f)``, and ``d`` is the Euclidean distance. Semi-hard triplets are mined on the
-*student*: ``y_a = y_p``, ``a != p``, ``y_n != y_a``, ``0 < d^S_an - d^S_ap <= m`` (all of them in
-the batch, no gradient through mining). Each triplet has a comparison probability
-
-    P(a, p, n) = sigmoid((d_an - d_ap) / tau1)          (teacher: P^T, student: P^S)
-
-and the student matches the teacher's probabilities:
+Stage 1 (no cross-entropy). With ``phi = normalize(f)`` and ``d`` the Euclidean distance, semi-hard
+triplets are mined on the *student* (``y_a = y_p``, ``a != p``, ``y_n != y_a``,
+``0 < d^S_an - d^S_ap <= m``, all of them, no gradient through mining), and
+``P(a, p, n) = sigmoid((d_an - d_ap) / tau1)`` of the teacher is matched by the student's:
 
     triplet form:  L1 = mean_triplets 1/2 [P^T log(P^T/P^S) + (1-P^T) log((1-P^T)/(1-P^S))]
     tuple form:    L1 = mean_(a,p) KL(pi^T(a,p) || pi^S(a,p)),
-                   pi(a,p) = softmax([-d_ap, -d_an_1, ..., -d_an_M] / tau1)  over the negatives
-                   n_1..n_M mined for that (anchor, positive).
+                   pi(a,p) = softmax([-d_ap, -d_an_1, ..., -d_an_M] / tau1).
 
-The method multiplies ``L1`` by ``lambda1 = 1000``.
+Stage 2. Class centres from the teacher's features on the student's data,
+``c_k = normalize(mean_{i: y_i = k} f^T_i)``; with ``C_B`` the classes among the batch's labelled
+samples and ``zeta_ik = <f^T_i, c_k>`` (teacher features not normalised),
 
-Stage 2 (classifier). Class centres come from the *teacher's* features on the *student's* data,
-``c_k = normalize(mean_{i: y_i = k} f^T_i)`` (global: the whole training set, once; local: the
-current batch). With ``C_B`` the classes present among the batch's labelled samples, the teacher's
-embedding-induced local classifier is ``zeta_ik = <f^T_i, c_k>``, ``k in C_B``, and
+    L2 = CE(z, y) + lambda2 (1/B) sum_i KL( softmax(zeta_{i,C_B}/tau2) || softmax(z_{i,C_B}/tau2) ).
 
-    L2 = CE(z, y) + lambda2 (1/B) sum_i KL( softmax(zeta_{i,C_B}/tau2) || softmax(z_{i,C_B}/tau2) ),
-
-``tau2 = 2``, ``lambda2 = 100``, no ``tau2^2`` factor.
-
-Where we chose (the papers' method sections were not available to us; see ``docs/refilled.md``):
-
-- (follows the official code) the 1/2 in the triplet form only: the code concatenates
-  ``[P, 1-P]`` along the batch axis before a ``batchmean`` KL, which averages the binary KL over
-  its two entries; ``lambda1 = 1000`` was tuned with that 1/2, so we keep it. The tuple form is
-  the official one at the same ``lambda1``: the mean over tuples of the summed KL, no 1/2. So a
-  tuple with one negative gives exactly *twice* the triplet value (softmax over two entries is the
-  sigmoid of their difference, and that KL is the binary KL).
-- (choice) the tuple form averages over (anchor, positive) tuples; padded slots get probability
-  exactly 0 (masked, not a large distance).
-- (choice) a batch with no semi-hard triplet gives ``L1 = 0`` with a gradient path, not 0/0.
-- (follows the official code) in stage 2 the teacher features are *not* normalised, the centres
-  are. The centre is ``normalize(mean)``, so classes of different sizes weigh the same.
-- (choice) unlabelled samples enter the stage-2 KL (the teacher's classifier gives them a target;
-  ``C_B`` comes from the labelled samples only), and the KL is averaged over all ``B`` rows.
-  They take no part in the cross-entropy, and by default none in stage-1 mining; with
-  :func:`centre_labels` (beyond the papers) they are mined under the class the teacher's
-  embedding-induced classifier gives them, ``argmax_k <f^T_i, c_k>`` over the classes with a
-  centre, so that a batch with few labelled samples still has triplets.
-- (choice) a class without a centre (absent from the data the global centres were computed on)
-  has a zero row; if such a class is ever present in a batch, the loss raises ``ValueError``
-  instead of silently comparing against a zero vector.
-- A batch with no labelled sample has no ``C_B``: the KL is 0 with a gradient path.
-- Low precision: the math runs in float32 or wider with autocast off (``_checks.loss_dtype``).
+Defaults (the authors' code): ``m = 0.2``, ``tau1 = 4``, ``tau2 = 2``, ``lambda1 = 1000`` (the method
+multiplies ``L1`` by it), ``lambda2 = 100``, no ``tau2^2`` factor. The 1/2 of the triplet form, the
+masking of padded tuple slots, ``L = 0`` with a gradient path when there is no triplet or no
+labelled sample, and the error for a batch class without a centre: ``docs/refilled.md``. The math
+runs in float32 or wider with autocast off.
 
 Shapes: ``B`` batch, ``D_S``/``D_T`` feature widths, ``C`` student classes, ``T`` triplets,
 ``G`` (anchor, positive) tuples, ``M`` the largest number of negatives of a tuple.
@@ -67,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import (
+    check_choice,
+    check_feature_pair,
     check_float_tensor,
     check_labels,
     check_positive,
@@ -224,15 +196,11 @@ def refilled_embedding_loss(
         Scalar; exactly 0 (with a gradient path) when there is no triplet. A batch too small to
         hold one (``B < 3``, e.g. the last batch of an epoch) is that case, not an error.
     """
-    check_float_tensor("student_features", student_features, 2, "(B, D_S)")
-    check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)")
-    check_same_batch("student_features", student_features, "teacher_features", teacher_features)
-    check_same_device("student_features", student_features, "teacher_features", teacher_features)
+    check_feature_pair(student_features, teacher_features)
     check_labels("labels", labels, student_features.shape[0])
     check_same_device("student_features", student_features, "labels", labels)
     tau1 = check_positive("tau1", tau1)
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    check_choice("form", form, FORMS)
     if triplets is None:
         triplets = mine_triplets(student_features, labels, margin)
     a, p, n = _check_triplets(triplets, student_features.shape[0], student_features.device)

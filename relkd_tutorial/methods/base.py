@@ -84,27 +84,31 @@ class SetupData:
     labels: Tensor  # (N,) student labels, -1 = unlabelled
 
 
+def masked_cross_entropy(logits: Tensor, targets: Tensor, keep: Tensor) -> Tensor:
+    """``-(1/|K|) sum_{i in K} log softmax(z_i)_{targets_i}`` over the rows ``K`` where ``keep``.
+
+    No ``K``: exactly 0 with a gradient path (``0 * logits.sum()``), never 0/0. Float32 (float64
+    for float64 logits), autocast off, no host synchronisation: the kept rows are moved to the
+    front (a stable sort) and the rest ignored, so the mean adds the same numbers in the same order
+    as over ``logits[K]``. ``logits`` ``(B, C)``, ``targets`` ``(B,)`` int64, ``keep`` ``(B,)`` bool.
+    """
+    first = torch.argsort((~keep).to(torch.uint8), stable=True)  # (B,) kept rows first
+    targets = torch.where(keep, targets, -1)[first]  # (B,) -1: ignored
+    with full_precision(logits.device):
+        z = logits[first].to(loss_dtype(logits))  # (B, C)
+        ce = F.cross_entropy(z, targets, ignore_index=-1)  # 0/0 if nothing is kept
+    return torch.where(keep.any(), ce, logits.sum() * 0.0)
+
+
 def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over the labelled samples of a batch (label ``-1`` = unlabelled).
+    """Mean cross-entropy over the labelled samples ``L = {i : y_i >= 0}`` of a batch.
 
-    ``CE = -(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}``, ``L = {i : y_i >= 0}``. A batch with no
-    labelled sample gives exactly 0 with a gradient path (``0 * logits.sum()``), never 0/0.
-    Computed in float32 (float64 for float64 logits) with autocast off (``_checks.loss_dtype``),
-    with no host synchronisation: the labelled rows are moved to the front (a stable sort) and the
-    rest ignored, so the mean adds the same numbers in the same order as over ``logits[L]``.
-
-    Args:
-        logits: ``(B, C)`` student logits.
-        labels: ``(B,)`` integer labels in ``[-1, C)``.
+    ``CE = -(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}`` (:func:`masked_cross_entropy`);
+    ``logits`` ``(B, C)``, ``labels`` ``(B,)`` in ``[-1, C)``, ``-1`` = unlabelled.
     """
     check_float_tensor("logits", logits, 2, "(B, C)")
     check_labels("labels", labels, logits.shape[0], logits.shape[1])
-    labelled = labels >= 0  # (B,)
-    first = torch.argsort((~labelled).to(torch.uint8), stable=True)  # (B,) labelled rows first
-    with full_precision(logits.device):
-        z = logits[first].to(loss_dtype(logits))  # (B, C)
-        ce = F.cross_entropy(z, labels[first], ignore_index=-1)  # 0/0 if nothing is labelled
-    return torch.where(labelled.any(), ce, logits.sum() * 0.0)
+    return masked_cross_entropy(logits, labels, labels >= 0)
 
 
 def with_total(terms: dict[str, Tensor]) -> dict[str, Tensor]:

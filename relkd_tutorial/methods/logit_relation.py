@@ -8,8 +8,6 @@ weights them with the supervised cross-entropy and returns the weighted terms
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import (
@@ -18,8 +16,6 @@ from .._checks import (
     check_labels,
     check_nonnegative,
     check_positive,
-    full_precision,
-    loss_dtype,
 )
 from ..losses.dist import dist_inter_loss, dist_intra_loss
 from ..losses.grkd import GRKDLoss
@@ -32,6 +28,7 @@ from .base import (
     _teacher,
     _total,
     _weighted,
+    masked_cross_entropy,
 )
 
 
@@ -249,13 +246,9 @@ def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
     """Cross-entropy on the teacher's top class over the unlabelled images of a batch.
 
     ``L_PL = -(1/|U|) sum_{i in U} log softmax(z_i)_{argmax_c t_ic}``, ``U = {i : y_i = -1}``:
-    hard labels, no temperature (Lee, 2013, with the teacher as the labeller). A batch with no
-    unlabelled image gives exactly 0 with a gradient path (``0 * z.sum()``), never 0/0. Ties in a
-    teacher row go to the lowest class index (``argmax``). Computed in float32 (float64 for float64
-    logits) with autocast off, with no host synchronisation: as in
-    :func:`~relkd_tutorial.methods.supervised_cross_entropy`, the unlabelled rows are moved to the
-    front (a stable sort) and the rest ignored, so the mean adds the same numbers in the same order
-    as over ``z[U]``.
+    hard labels, no temperature (Lee, 2013, with the teacher as the labeller); ties go to the
+    lowest class. No unlabelled image: exactly 0 with a gradient path
+    (:func:`~relkd_tutorial.methods.base.masked_cross_entropy`).
 
     Args:
         student_logits: ``(B, C)``.
@@ -270,13 +263,7 @@ def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
             f"{tuple(teacher_logits.shape)} != student_logits {tuple(student_logits.shape)}"
         )
     check_labels("labels", labels, student_logits.shape[0], student_logits.shape[1])
-    unlabelled = labels < 0  # (B,)
-    first = torch.argsort(labels.ge(0).to(torch.uint8), stable=True)  # (B,) unlabelled rows first
-    pseudo = torch.where(unlabelled, teacher_logits.argmax(dim=1), -1)[first]  # (B,) -1: ignored
-    with full_precision(student_logits.device):
-        z = student_logits[first].to(loss_dtype(student_logits))  # (B, C)
-        ce = F.cross_entropy(z, pseudo, ignore_index=-1)  # 0/0 if every image is labelled
-    return torch.where(unlabelled.any(), ce, student_logits.sum() * 0.0)
+    return masked_cross_entropy(student_logits, teacher_logits.argmax(dim=1), labels < 0)
 
 
 class PseudoLabel(Method):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..data import Batch
 from ..methods import Method, StepInputs
-from ..teacher import TeacherCache, as_batch, split_outputs
+from ..teacher import TeacherCache, as_batch, module_device, run_model
 from .config import TrainConfig, _autocast_dtype, resolve_device
 from .distributed import get_world_size, loader_world_size, sum_over_ranks
 
@@ -42,14 +42,9 @@ def student_forward(
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The student's ``(features (B, D), logits (B, C))``: the one place the student runs."""
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(
-        device_type=x.device.type,
-        dtype=autocast_dtype or torch.bfloat16,
-        enabled=autocast_dtype is not None,
-    ):
-        return split_outputs(model(x), "student")
+    return run_model(
+        model, x, "student", channels_last=channels_last, autocast_dtype=autocast_dtype
+    )
 
 
 def make_step_inputs(
@@ -112,7 +107,7 @@ def evaluate(
     Runs in eval mode (the model's previous mode is restored). Returns ``{"acc", "loss", "n",
     "labelled"}``; ``acc`` and ``loss`` are NaN if no sample is labelled.
     """
-    device = _first_device(model) if device is None else resolve_device(device)
+    device = module_device(model) if device is None else resolve_device(device)
     dtype = _autocast_dtype(amp, device)
     was_training = model.training
     model.eval()
@@ -145,12 +140,6 @@ def evaluate(
         "n": n,
         "labelled": int(count),
     }
-
-
-def _first_device(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def _evaluate_all_ranks(
