@@ -1,12 +1,5 @@
-"""One module per method; each holds pure loss functions plus a thin ``nn.Module`` where needed.
-
-- :mod:`.kd`: Hinton KD (pointwise on the class distribution).
-- :mod:`.rkd`: RKD distance and angle potentials on pooled features.
-- :mod:`.grkd`: GRKD, the pairwise ranking loss on the classes.
-- :mod:`.dist`: DIST, Pearson correlations of class probabilities per image and per class.
-- :mod:`.ranking`: the soft pairwise and the listwise (Plackett-Luce) ranking losses.
-- :mod:`.rrd`: RRD, relations of each embedding to a queue of past teacher embeddings.
-- :mod:`.refilled`: REFILLED's triplet relationship matching and local classifier.
+"""One module per method: pure loss functions plus a thin ``nn.Module`` where needed (``kd``,
+``rkd``, ``grkd``, ``dist``, ``ranking``, ``rrd``, ``refilled``).
 """
 
 # --- KD, RKD, GRKD, DIST and the ranking variants ---
