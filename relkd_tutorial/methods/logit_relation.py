@@ -1,10 +1,4 @@
-"""Logit and relation methods: KD, RKD, GRKD, the ranking variants, DIST and the pseudo-label
-control.
-
-Losses in :mod:`relkd_tutorial.losses` (``kd``, ``rkd``, ``grkd``, ``ranking``, ``dist``); each method
-weights them with the supervised cross-entropy and returns the weighted terms
-(:mod:`relkd_tutorial.methods.base`). None of them keeps state from one step to the next.
-"""
+"""Logit and relation methods: KD, RKD, GRKD, the ranking variants, DIST, the pseudo-label control. None keeps state between steps."""
 
 from __future__ import annotations
 
@@ -33,10 +27,10 @@ from .base import (
 
 
 class KD(Method):
-    """Hinton KD: ``L = ce_weight * CE + kd_weight * L_KD(T)``.
+    """Hinton KD: ``L = ce_weight * CE + kd_weight * L_KD(T)``; terms ``"ce"``, ``"kd"``.
 
-    Defaults are the CRD/RepDistiller benchmark convention ``0.1 CE + 0.9 KD`` with ``T = 4``
-    (``docs/kd.md``). Terms: ``"ce"``, ``"kd"``; CE on the labelled samples only, KD on all.
+    Defaults: the CRD/RepDistiller convention ``0.1 CE + 0.9 KD``, ``T = 4`` (``docs/kd.md``); CE
+    on the labelled samples, KD on all.
     """
 
     name = "kd"
@@ -59,12 +53,11 @@ RKD_CONVENTIONS = {"cifar": (1.0, 25.0, 50.0), "metric": (0.0, 1.0, 2.0)}
 
 
 class RKD(Method):
-    """RKD on the pooled penultimate features: ``ce_weight CE + distance_weight L_D + angle_weight L_A``.
+    """RKD on the pooled features: ``ce_weight CE + distance_weight L_D + angle_weight L_A``.
 
-    ``convention="cifar"`` (default): weights 1 / 25 / 50 (RepDistiller, mdistiller);
-    ``convention="metric"``: the authors' metric-learning setting 0 / 1 / 2 (no CE). An explicit
-    weight overrides the convention's. A term with weight 0 is neither computed nor reported
-    (the angle term is the expensive one). Terms: ``"ce"``, ``"rkd_distance"``, ``"rkd_angle"``.
+    ``convention="cifar"`` (default): 1 / 25 / 50 (RepDistiller, mdistiller); ``"metric"``: the
+    authors' metric-learning 0 / 1 / 2. An explicit weight overrides the convention's; a term with
+    weight 0 is neither computed nor reported. Terms ``"ce"``, ``"rkd_distance"``, ``"rkd_angle"``.
     """
 
     name = "rkd"
@@ -115,11 +108,8 @@ class RKDAngle(RKD):
 
 
 class GRKD(Method):
-    """GRKD: ``ce_weight CE + grkd_weight L_GR`` (lambda = 1, tau = 1; ``docs/grkd.md``).
-
-    ``temperature`` / ``top_k`` / ``weighting`` / ``reduction`` select the temperature, the group,
-    the pair weights and mean-or-sum over pairs of :func:`~relkd_tutorial.losses.grkd.grkd_loss`.
-    Terms: ``"ce"``, ``"grkd"``.
+    """GRKD: ``ce_weight CE + grkd_weight L_GR`` (1 / 1, ``tau = 1``; ``docs/grkd.md``); the other
+    options are :func:`~relkd_tutorial.losses.grkd.grkd_loss`'s. Terms ``"ce"``, ``"grkd"``.
     """
 
     name = "grkd"
@@ -147,11 +137,7 @@ class GRKD(Method):
 
 
 class _RankingMethod(Method):
-    """Shared shape of the ranking variants: ``ce_weight CE + rank_weight L_rank`` (1 / 1, choice).
-
-    Subclasses set ``self.loss`` (a ranking loss module taking ``(student_logits, teacher_logits)``).
-    Terms: ``"ce"``, ``"rank"``.
-    """
+    """``ce_weight CE + rank_weight L_rank`` (1 / 1, choice) for a ranking loss module ``self.loss``; terms ``"ce"``, ``"rank"``."""
 
     needs_teacher = True
     loss: nn.Module
@@ -169,10 +155,7 @@ class _RankingMethod(Method):
 
 
 class SoftRank(_RankingMethod):
-    """Soft pairwise ranking: ``ce_weight CE + rank_weight L_soft`` (weights 1 / 1, choice).
-
-    See :func:`~relkd_tutorial.losses.ranking.soft_pairwise_rank_loss`. Terms: ``"ce"``, ``"rank"``.
-    """
+    """Soft pairwise ranking (:func:`~relkd_tutorial.losses.ranking.soft_pairwise_rank_loss`)."""
 
     name = "rank_soft"
 
@@ -188,10 +171,7 @@ class SoftRank(_RankingMethod):
 
 
 class ListwiseRank(_RankingMethod):
-    """Listwise (Plackett-Luce) ranking: ``ce_weight CE + rank_weight L_PL`` (1 / 1, choice).
-
-    See :func:`~relkd_tutorial.losses.ranking.listwise_rank_loss`. Terms: ``"ce"``, ``"rank"``.
-    """
+    """Listwise Plackett-Luce ranking (:func:`~relkd_tutorial.losses.ranking.listwise_rank_loss`)."""
 
     name = "rank_listwise"
 
@@ -209,12 +189,9 @@ class ListwiseRank(_RankingMethod):
 class DIST(Method):
     """DIST: ``ce_weight CE + beta tau^2 L_inter + gamma tau^2 L_intra`` (Huang et al. 2022).
 
-    Pearson correlations of the softened class probabilities, per image (inter-class) and per
-    class across the batch (intra-class); :func:`~relkd_tutorial.losses.dist.dist_loss`. Defaults
-    1 / 1 / 1 with ``tau = 1``: the paper's loss weights and the authors' code's default
-    (``docs/dist.md``). CE on the labelled samples only, the DIST terms on all. A term with weight
-    0 is neither computed nor reported. Terms: ``"ce"``, ``"dist_inter"``, ``"dist_intra"``
-    (each already multiplied by its weight and ``tau^2``).
+    :func:`~relkd_tutorial.losses.dist.dist_loss`; defaults 1 / 1 / 1, ``tau = 1`` (the paper's
+    weights, the authors' code's default; ``docs/dist.md``). A term with weight 0 is neither
+    computed nor reported. Terms ``"ce"``, ``"dist_inter"``, ``"dist_intra"``.
     """
 
     name = "dist"
@@ -269,12 +246,9 @@ def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
 class PseudoLabel(Method):
     """The pseudo-label control: ``ce_weight CE(labels) + pseudo_weight L_PL`` (1 / 1, choice).
 
-    CE on the labelled images' labels plus CE on the teacher's top class over the unlabelled
-    images (:func:`pseudo_label_loss`: hard labels, no temperature). It asks how much of a logit
-    method's gain in transfer is the teacher's *labels* on the pool rather than its dark knowledge.
-    A batch with no unlabelled image (low-data, standard, or a transfer batch that drew only
-    labelled images) is pure CE: the ``"pseudo"`` term is exactly 0 and adds no gradient.
-    Terms: ``"ce"``, ``"pseudo"``.
+    CE on the teacher's top class over the unlabelled images (:func:`pseudo_label_loss`): how much
+    of a logit method's gain in transfer is the teacher's *labels* rather than its dark knowledge. A
+    batch without unlabelled images is pure CE. Terms ``"ce"``, ``"pseudo"``.
     """
 
     name = "pseudo_label"
