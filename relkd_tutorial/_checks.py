@@ -1,16 +1,10 @@
-"""Input checks shared by every loss and method.
+"""Input checks shared by every loss and method: a wrong shape, an integer tensor, a NaN or a batch
+too small for a relation fails with a message naming the argument, never a silent NaN.
 
-Every public loss validates its arguments before any arithmetic, so that a wrong shape, an
-integer tensor, a NaN or a batch too small for a relation fails with a message that names the
-argument and says what was expected, instead of producing a silent NaN or a broadcast answer.
-
-Two kinds of checks: those of *types and shapes* (free: the host knows them) and those of
-*values* (a NaN/Inf scan, a label or index range): each value check reads a result back from the
-device, a host synchronisation that stalls a GPU's queue. Value checks are on by default, so a
-loss called directly checks everything; :func:`set_input_checks` / :func:`input_checks` switch
-them off (shape and dtype checks stay on). The training loop runs them on the first step of a run
-only (:func:`training_checks`; ``set_input_checks(True, every_step=True)``: on every step), and
-checks the loss it logs instead.
+Type and shape checks are free; *value* checks (NaN/Inf, label and index ranges) read a result
+back from the device, a host sync. They are on by default; :func:`set_input_checks` /
+:func:`input_checks` switch them off. The training loop runs them on a run's first step only
+(:func:`training_checks`; ``set_input_checks(True, every_step=True)``: every step).
 """
 
 from __future__ import annotations

@@ -202,10 +202,12 @@ class TeacherCache:
         )
 
     def lookup(self, index: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Rows ``index`` of the cache: ``(features (B, D_T), logits (B, C_T))`` on ``index``'s device.
+        """Rows ``index`` of the cache: ``(features (B, D_T), logits (B, C_T))`` on ``index``'s
+        device.
 
         With input checks on (the default, see :func:`relkd_tutorial.set_input_checks`) an index
-        outside ``[0, N)`` raises instead of silently wrapping around (``-1`` would be the last row).
+        outside ``[0, N)`` raises instead of silently wrapping around (``-1`` would be the last
+        row).
         """
         if index is None:
             raise ValueError(

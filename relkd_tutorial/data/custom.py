@@ -1,25 +1,12 @@
 """Your own images: any torchvision dataset or an ``ImageFolder`` -> the package's data path.
 
-:func:`from_torchvision` decodes a map-style dataset of ``(image, label)`` pairs (PIL images,
-``(C, H, W)`` tensors or ``(H, W[, C])`` arrays; integer labels) into fixed-size ``uint8``
-images with torchvision's ``transforms.v2`` (optional resize to ``size``, optional conversion to
-1 or 3 channels). What it returns depends on a memory budget (choice: decoded pixels, ``N C H W``
-bytes, against ``max_bytes``):
-
-- it fits: an :class:`~relkd_tutorial.data.ImageSet`, whole in memory, for the on-device
-  :class:`~relkd_tutorial.data.TensorLoader` (the package's fast path: a batch is one index);
-- it does not: an :class:`ImageStream`, a ``torch.utils.data.Dataset`` that decodes each image
-  when asked and yields ``(x, y, index)`` (normalised float ``x``), for a ``DataLoader``.
-
-:func:`image_loader` builds the training or evaluation loader for either (a ``TensorLoader`` or a
-``DataLoader`` whose sampler has ``set_epoch``, which ``fit`` calls each epoch); ``fit`` reads
-both (it accepts ``Batch`` and ``(x, y, index)`` items). :func:`image_folder` is
-``from_torchvision(torchvision.datasets.ImageFolder(root), ...)``: one sub-folder per class,
-classes in sorted folder order.
-
-Normalisation: ``mean``/``std`` given (e.g. the training set's for the test set, or ImageNet's
-for pretrained weights), or computed from the decoded pixels (population std per channel, on
-the [0, 1] scale, as :meth:`ImageSet.pixel_stats`).
+:func:`from_torchvision` decodes a map-style dataset of ``(image, label)`` pairs into fixed-size
+``uint8`` images with torchvision's ``transforms.v2`` (optional resize and 1/3-channel
+conversion). Within a memory budget (``max_bytes`` of decoded pixels) it returns an
+:class:`~relkd_tutorial.data.ImageSet` for the on-device ``TensorLoader``; beyond it an
+:class:`ImageStream` that decodes each image when asked, for a ``DataLoader``. :func:`image_loader`
+builds the loader for either, :func:`image_folder` reads ``root/<class>/<image>``. ``mean``/``std``
+are given or computed from the decoded pixels.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 ``rkd``, ``grkd``, ``dist``, ``ranking``, ``rrd``, ``refilled``).
 """
 
+# ruff: noqa: F401 - the imports below are the subpackage's public names
+
 # --- KD, RKD, GRKD, DIST and the ranking variants ---
 from .dist import DISTLoss, dist_inter_loss, dist_intra_loss, dist_loss
 from .grkd import GRKDLoss, grkd_loss
@@ -31,39 +33,3 @@ from .rrd import (
     rrd_log_probs,
     rrd_loss,
 )
-
-__all__ = [
-    # KD
-    "KDLoss",
-    "kd_loss",
-    # RKD
-    "RKDLoss",
-    "rkd_angle_loss",
-    "rkd_distance_loss",
-    # DIST
-    "DISTLoss",
-    "dist_inter_loss",
-    "dist_intra_loss",
-    "dist_loss",
-    # GRKD and ranking
-    "GRKDLoss",
-    "ListwiseRankLoss",
-    "SoftPairwiseRankLoss",
-    "grkd_loss",
-    "listwise_rank_loss",
-    "soft_pairwise_rank_loss",
-    # RRD
-    "EmbeddingQueue",
-    "ProjectionHead",
-    "RRDLoss",
-    "rrd_decomposition",
-    "rrd_log_probs",
-    "rrd_loss",
-    # REFILLED
-    "batch_classes",
-    "centre_labels",
-    "class_centres",
-    "mine_triplets",
-    "refilled_classifier_kl",
-    "refilled_embedding_loss",
-]

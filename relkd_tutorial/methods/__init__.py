@@ -4,6 +4,8 @@
 (any method + KD) and :mod:`.registry` (:func:`build_method` by short name).
 """
 
+# ruff: noqa: F401 - the imports below are the subpackage's public names
+
 from .base import (
     CrossEntropy,
     Method,
@@ -28,31 +30,3 @@ from .logit_relation import (
     SoftRank,
 )
 from .registry import available_methods, build_method
-
-__all__ = [
-    "CrossEntropy",
-    "DIST",
-    "GRKD",
-    "GRKDWithKD",
-    "KD",
-    "ListwiseRank",
-    "Method",
-    "PseudoLabel",
-    "RKD",
-    "RKDAngle",
-    "RKDDistance",
-    "RKD_CONVENTIONS",
-    "RRD",
-    "RRDKD",
-    "Refilled",
-    "SetupData",
-    "SoftRank",
-    "Stage",
-    "StepInputs",
-    "available_methods",
-    "build_method",
-    "WithKD",
-    "supervised_cross_entropy",
-    "with_kd",
-    "with_total",
-]

@@ -4,6 +4,8 @@
 :mod:`.rng`, :mod:`.signals`, :mod:`.distributed` and :mod:`.diagnostics` (gradient shares).
 """
 
+# ruff: noqa: F401 - the imports below are the subpackage's public names
+
 from .checkpoint import (
     load_checkpoint,
     previous_checkpoint,
@@ -17,28 +19,3 @@ from .rng import get_rng_state, seed_everything, seeded, set_rng_state
 from .schedule import build_optimizer, build_scheduler, lr_factor, stage_plan
 from .signals import StopSignals, TrainingInterrupted
 from .steps import evaluate, make_step_inputs, student_forward
-
-__all__ = [
-    "StopSignals",
-    "TrainConfig",
-    "TrainingInterrupted",
-    "build_optimizer",
-    "build_scheduler",
-    "evaluate",
-    "fit",
-    "get_rng_state",
-    "gradient_shares",
-    "load_checkpoint",
-    "lr_factor",
-    "make_step_inputs",
-    "previous_checkpoint",
-    "resolve_device",
-    "save_checkpoint",
-    "seed_everything",
-    "seeded",
-    "set_rng_state",
-    "stage_plan",
-    "student_forward",
-    "term_gradient_norms",
-    "write_history_csv",
-]
