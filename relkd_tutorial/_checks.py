@@ -59,17 +59,9 @@ def training_checks() -> Iterator[Callable[[], None]]:
 
 
 def check_float_tensor(name: str, x: object, ndim: int, shape_doc: str) -> Tensor:
-    """Check that ``x`` is a floating tensor of rank ``ndim`` with finite entries.
-
-    Args:
-        name: the argument's name, used in the error message.
-        x: the value to check.
-        ndim: the required number of dimensions.
-        shape_doc: the expected shape in words, e.g. ``"(B, D)"``.
-
-    Raises:
-        TypeError: not a tensor, or not a floating dtype.
-        ValueError: wrong rank, an empty dimension, or a NaN/Inf entry.
+    """``x`` as a floating tensor of rank ``ndim`` (``shape_doc`` in words, e.g. ``"(B, D)"``, for
+    the message) with finite entries: ``TypeError`` (not a tensor, not floating) or ``ValueError``
+    (rank, an empty dimension, a NaN/Inf: a value check).
     """
     if not isinstance(x, Tensor):
         raise TypeError(
@@ -167,11 +159,6 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
-# --------------------------------------------------------------------------------------------
-# Teacher/student pairs and hyperparameters (used by the KD, RKD, GRKD and ranking losses)
-# --------------------------------------------------------------------------------------------
-
-
 def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
     """Check a student/teacher logit pair: both floating ``(B, C)``, same shape, same device.
 
@@ -233,11 +220,6 @@ def check_nonnegative(name: str, value: float) -> float:
     return float(value)
 
 
-# ---------------------------------------------------------------------------------------------
-# Added for the embedding losses (RRD, REFILLED): width checks and full-precision loss math
-# ---------------------------------------------------------------------------------------------
-
-
 def check_same_width(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
     """Check that two tensors have the same last dimension (e.g. embeddings and a queue)."""
     if a.shape[-1] != b.shape[-1]:
@@ -248,11 +230,8 @@ def check_same_width(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
 
 
 def loss_dtype(*tensors: Tensor) -> torch.dtype:
-    """The dtype a loss computes in: the widest input dtype, and never below float32.
-
-    Low-precision inputs (a bf16 student next to an fp32 teacher cache) are promoted, because
-    temperatures such as ``1/0.04`` amplify bf16's ~3 significant digits into visible errors in
-    a softmax over thousands of entries.
+    """The dtype a loss computes in: the widest input dtype, never below float32 (temperatures such
+    as ``1/0.04`` amplify bf16's ~3 significant digits into visible errors).
     """
     dtype = torch.float32
     for t in tensors:
@@ -262,11 +241,7 @@ def loss_dtype(*tensors: Tensor) -> torch.dtype:
 
 @contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
-    """Disable autocast on ``device`` so the loss math runs in the dtype of its operands.
-
-    Under ``torch.autocast`` a matmul of float32 tensors would silently run in bf16/fp16; the
-    losses cast their inputs with :func:`loss_dtype` and compute inside this context.
-    """
+    """Autocast off on ``device``: the loss math runs in its operands' dtype (:func:`loss_dtype`), not bf16."""
     with torch.autocast(device_type=device.type, enabled=False):
         yield
 

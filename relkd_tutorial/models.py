@@ -72,9 +72,7 @@ def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# CPU-sized nets
-# --------------------------------------------------------------------------------------------
+# --- CPU-sized nets ---
 
 
 class PlainCNN(FeatureClassifier):
@@ -107,9 +105,7 @@ STUDENT_CNN_S_WIDTHS = ((8,), (16,), (32,))
 STUDENT_CNN_M_WIDTHS = ((16,), (32,), (64,))
 
 
-# --------------------------------------------------------------------------------------------
-# CIFAR ResNet (post-activation BasicBlock), RepDistiller's resnet8x4 / resnet32x4
-# --------------------------------------------------------------------------------------------
+# --- CIFAR ResNet (post-activation BasicBlock), RepDistiller's resnet8x4 / resnet32x4 ---
 
 
 class BasicBlock(nn.Module):
@@ -165,9 +161,7 @@ class CifarResNet(FeatureClassifier):
         super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
 
 
-# --------------------------------------------------------------------------------------------
-# Wide ResNet (pre-activation), RepDistiller's wrn_16_2 / wrn_40_2
-# --------------------------------------------------------------------------------------------
+# --- Wide ResNet (pre-activation), RepDistiller's wrn_16_2 / wrn_40_2 ---
 
 
 class PreActBlock(nn.Module):
@@ -218,9 +212,7 @@ class WideResNet(FeatureClassifier):
         super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
 
 
-# --------------------------------------------------------------------------------------------
-# Factory
-# --------------------------------------------------------------------------------------------
+# --- Factory ---
 
 _BUILDERS: dict[str, Callable[[int, int], FeatureClassifier]] = {
     "teacher_cnn": lambda c, i: PlainCNN(TEACHER_CNN_WIDTHS, c, i),
@@ -246,14 +238,10 @@ def available_models() -> list[str]:
 def build_model(
     name: str, num_classes: int = 10, in_channels: int = 1, seed: int | None = None
 ) -> FeatureClassifier:
-    """Build a model by name; ``forward(x)`` returns ``(features (B, D), logits (B, num_classes))``.
-
-    Args:
-        name: one of :data:`MODEL_NAMES`.
-        num_classes: width of the classifier.
-        in_channels: 1 for Fashion-MNIST, 3 for CIFAR-format images.
-        seed: if given, the weights are initialised from ``torch.manual_seed(seed)`` inside a
-            forked RNG, so the result does not depend on (and does not disturb) the global RNG.
+    """Build a model of :data:`MODEL_NAMES`:
+    ``forward(x) -> (features (B, D), logits (B, num_classes))``; ``in_channels`` 1 (Fashion-MNIST)
+    or 3. ``seed``: initialised under ``torch.manual_seed(seed)`` in a forked RNG (independent of,
+    and not disturbing, the global RNG).
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")

@@ -102,16 +102,12 @@ def load_shipped_teacher(
     classes: Sequence[int] | None = None,
     stem: str | None = None,
 ) -> FeatureClassifier:
-    """Build ``teacher_cnn`` and load the shipped weights (checksum verified), in eval mode.
+    """``teacher_cnn`` with the shipped weights (checksum verified), in eval mode on ``device``.
 
-    ``classes``: the cross-task teacher of those classes (``CROSS_TASK_TEACHER_CLASSES``, whose
-    outputs are ``len(classes)`` logits, class ``classes[j]`` as logit ``j``); ``None``: the
-    ten-class teacher. ``stem``: another ten-class teacher, e.g. :data:`HELDOUT_TEACHER` (the one
-    that never saw the benchmark's validation split).
-
-    Raises:
-        FileNotFoundError: the weights are missing (says how to restore or rebuild them).
-        relkd_tutorial.data.ChecksumError: the file does not match its ``SHA256SUMS``.
+    ``classes``: the cross-task teacher of those classes (``len(classes)`` logits, class
+    ``classes[j]`` as logit ``j``); ``stem``: another ten-class teacher (e.g.
+    :data:`HELDOUT_TEACHER`). Raises ``FileNotFoundError`` (says how to restore or rebuild) or
+    :class:`~relkd_tutorial.data.ChecksumError`.
     """
     weights, _ = shipped_teacher_paths(classes, stem)
     if not weights.exists():

@@ -36,9 +36,7 @@ COINCIDENT_TOL = 16.0
 PAIR_CHUNK_ELEMENTS = 1 << 18
 
 
-# --------------------------------------------------------------------------------------------
-# Sample relations
-# --------------------------------------------------------------------------------------------
+# --- Sample relations ---
 
 
 def off_diagonal_mask(n: int, device: torch.device | None = None) -> Tensor:
@@ -162,9 +160,7 @@ def cosine_similarity_matrix(a: Tensor, b: Tensor | None = None, eps: float = 1e
     return a_n @ b_n.t()  # (B, K)
 
 
-# --------------------------------------------------------------------------------------------
-# Class relations: preferences, orders, ranks
-# --------------------------------------------------------------------------------------------
+# --- Class relations: preferences, orders, ranks ---
 
 
 def preference_mask(t: Tensor) -> Tensor:
@@ -354,9 +350,7 @@ def soft_wins(v: Tensor) -> Tensor:
     return _pairwise_kernel(v.detach(), need_sum=False, need_wins=True)[1]
 
 
-# ---------------------------------------------------------------------------------------------
-# Triplet relations (added for REFILLED's stage 1; shared so any triplet-based loss reuses them)
-# ---------------------------------------------------------------------------------------------
+# --- Triplet relations (added for REFILLED's stage 1; shared so any triplet-based loss reuses them) ---
 
 _TRIPLET_CHUNK = 1 << 24  # entries of the (pairs, B) comparison tensor built at once
 

@@ -25,14 +25,10 @@ from .methods import SetupData
 
 
 def as_batch(item: object, device: torch.device | str | None = None) -> Batch:
-    """Adapt one loader item to a :class:`Batch` on ``device``.
-
-    Accepts a ``Batch`` or a tuple/list ``(x, y)`` or ``(x, y, index)`` of tensors. A ``(x, y)``
-    tuple has no sample index: the result's ``index`` is ``None``, which is fine for methods
-    without a teacher cache; looking such a batch up in a :class:`TeacherCache` raises a clear
-    error (wrap the data set in :class:`IndexedDataset` to get indices).
-
-    Labels are converted to ``int64``; ``-1`` keeps meaning "unlabelled".
+    """Adapt one loader item, a ``Batch`` or an ``(x, y[, index])`` tuple, to a :class:`Batch` on
+    ``device`` (labels as ``int64``, ``-1`` = unlabelled). Without an index, ``index`` is ``None``:
+    fine unless a :class:`TeacherCache` must look the batch up (wrap the data set in
+    :class:`IndexedDataset`).
     """
     if isinstance(item, Batch):
         x, y, index = item.x, item.y, item.index
@@ -159,15 +155,10 @@ def run_model(
 class TeacherCache:
     """The teacher's outputs for every sample of a data set, row ``i`` = sample index ``i``.
 
-    Build it with :meth:`build` (one pass over an un-augmented loader), look rows up with
-    :meth:`lookup`. ``labels`` are the labels the loader yielded (the *student's* labels,
-    ``-1`` = unlabelled), kept so the cache can also serve as :class:`SetupData`.
-
-    One cache per fixed view: a row is the teacher's output for *one* image as the building
-    loader showed it (un-augmented). A student batch that crops or flips that image gets the
-    un-augmented image's output (``fit`` warns); for augmented training run the teacher live.
-    The key is always the sample's index in its data set - never its position in a batch or
-    the step number, which a shuffling loader changes every epoch.
+    Build with :meth:`build` (one pass over an un-augmented loader), look up with :meth:`lookup`.
+    ``labels`` are the student's labels the loader yielded (so the cache can serve as
+    :class:`SetupData`). A row is the teacher's output for the un-augmented image: for augmented
+    training run the teacher live (``fit`` warns).
     """
 
     features: Tensor  # (N, D_T) float32
@@ -256,22 +247,14 @@ class TeacherCache:
         autocast_dtype: torch.dtype | None = None,
         storage_device: torch.device | str = "cpu",
     ) -> TeacherCache:
-        """One pass of ``teacher`` over ``loader`` (which must not augment), keyed by index.
+        """One pass of ``teacher`` (a module, run in eval mode on ``device``, default its own; or a
+        cache, re-keyed by this loader's indices and labels) over ``loader``, keyed by sample index.
 
-        Every index in ``[0, N)`` with ``N = max index + 1`` must occur; a gap raises, because a
-        missing row would otherwise be read as zeros. A repeated index keeps its last output.
-        If ``teacher`` is already a cache, the pass re-keys its rows by this loader's indices
-        and labels (useful to get the labels of a cache that was built elsewhere).
-
-        Args:
-            teacher: the frozen teacher (run in eval mode) or a cache.
-            loader: yields ``Batch`` or ``(x, y, index)``; indices are required. A loader whose
-                ``augments`` attribute is true (an augmenting ``TensorLoader``) is refused; for
-                other loaders (a ``DataLoader`` with random transforms) it is up to the caller.
-            device: where the teacher runs (default: where its parameters are).
-            channels_last: feed the teacher ``channels_last`` images.
-            autocast_dtype: run the teacher under autocast with this dtype (e.g. ``bfloat16``).
-            storage_device: where the cache lives (``"cpu"`` by default; move it with :meth:`to`).
+        ``loader`` yields ``Batch`` or ``(x, y, index)``; one that says it augments is refused.
+        Every index in ``[0, N)``, ``N = max index + 1``, must occur (a gap raises: a missing row
+        would read as zeros); a repeated index keeps its last output.
+        ``channels_last``/``autocast_dtype`` as in the loop; the cache lives on ``storage_device``
+        (CPU by default).
         """
         if getattr(loader, "augments", False):
             raise ValueError(

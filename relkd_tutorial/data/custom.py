@@ -218,25 +218,17 @@ def from_torchvision(
     name: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ImageSet | ImageStream:
-    """Turn a map-style dataset of ``(image, label)`` pairs into the package's data path.
+    """Turn a map-style dataset of ``(image, int label)`` pairs into the package's data path: an
+    :class:`ImageSet` if the decoded ``uint8`` pixels (``N * C * H * W`` bytes) fit ``max_bytes``,
+    else an :class:`ImageStream`.
 
-    Args:
-        dataset: any torchvision dataset (``ImageFolder``, ``CIFAR10``, ``FashionMNIST``, ...) or
-            an object with ``__len__`` and ``__getitem__`` giving ``(image, int label)``; build
-            it *without* a ``transform`` that normalises (this function does that).
-        size: resize every image to ``(H, W)`` (an int for squares); required when the images'
-            sizes differ.
-        channels: convert every image to 1 (grayscale) or 3 (RGB) channels; ``None`` keeps them.
-        mean, std: per-channel normalisation constants on the [0, 1] scale; computed from the
-            decoded pixels if ``None``.
-        class_names: the ``K`` class names (default ``dataset.classes``, else ``"0".."K-1"``).
-        name: a short identifier (default: the dataset's class name).
-        max_bytes: memory budget for the decoded ``uint8`` pixels, ``N * C * H * W`` bytes: an
-            :class:`ImageSet` within it, an :class:`ImageStream` beyond it.
-
-    Raises:
-        ValueError: an empty dataset, images of different shapes without ``size``/``channels``.
-        TypeError: a label that is not an integer class index, an image that is not an image.
+    ``dataset``: any torchvision dataset (``ImageFolder``, ``CIFAR10``, ...) or an object with
+    ``__len__`` and ``__getitem__``, built *without* a normalising ``transform``. ``size``: resize
+    to ``(H, W)`` (an int for squares; required when sizes differ); ``channels``: convert to 1 or 3;
+    ``mean``/``std``: on the [0, 1] scale, computed from the pixels if ``None``; ``class_names``:
+    default ``dataset.classes``, else ``"0".."K-1"``; ``name``: default the dataset's class name.
+    Raises ``ValueError`` (empty; shapes differ without ``size``/``channels``) or ``TypeError`` (a
+    label that is not an integer class index, an image that is not an image).
     """
     n = len(dataset)
     if n == 0:

@@ -19,10 +19,6 @@ from torch import Tensor
 
 from .imageset import ImageSet
 
-# ---------------------------------------------------------------------------------------------
-# Constants
-# ---------------------------------------------------------------------------------------------
-
 #: Fashion-MNIST class names, in label order (Zalando Research, github.com/zalandoresearch).
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top",
@@ -68,11 +64,6 @@ _FASHION_MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# Files: the data folder, checksums, the IDX format
-# ---------------------------------------------------------------------------------------------
 
 
 def shipped_data_dir() -> Path:
@@ -183,11 +174,6 @@ def read_idx(path: str | Path) -> np.ndarray:
         )
     values = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return values.astype(dtype.newbyteorder("="), copy=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fashion-MNIST
-# ---------------------------------------------------------------------------------------------
 
 
 def _fashion_imageset(images: np.ndarray | Tensor, labels: Any, name: str) -> ImageSet:
@@ -315,11 +301,6 @@ def _load_fashion_subset() -> tuple[ImageSet, ImageSet]:
             ),
             _fashion_imageset(npz["test_images"], npz["test_labels"], "fashion_mnist_subset/test"),
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# CIFAR-100
-# ---------------------------------------------------------------------------------------------
 
 
 def load_cifar100(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,24 +21,12 @@ class Batch:
     index: Tensor  # (B,) int64, each image's position in its data set (keys teacher caches)
 
 
-# ---------------------------------------------------------------------------------------------
-# ImageSet
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass(eq=False, repr=False)
 class ImageSet:
-    """A whole image data set in memory.
-
-    Attributes:
-        images: ``(N, C, H, W)`` ``uint8`` pixels, 0..255.
-        labels: ``(N,)`` ``int64`` labels in ``[-1, K)``; ``-1`` marks an unlabelled image.
-        class_names: the ``K`` class names, in label order.
-        name: a short identifier (shown in reprs; usable as a cache key).
-        mean, std: per-channel normalisation constants on the [0, 1] scale (``C`` entries each),
-            used by :class:`TensorLoader` unless it is given others. ``None`` if unknown.
-        original_classes: after :func:`select_classes`, the original class id of each label
-            (``K`` entries); ``None`` when labels are the data set's own ids.
+    """A whole image data set in memory: ``images`` ``(N, C, H, W)`` uint8, ``labels`` ``(N,)``
+    int64 in ``[-1, K)`` (``-1`` = unlabelled), the ``K`` ``class_names``, a short ``name``,
+    per-channel ``mean``/``std`` on the [0, 1] scale (``None`` if unknown) and, after
+    :func:`select_classes`, the ``original_classes`` of each label.
     """
 
     images: Tensor
@@ -129,17 +118,8 @@ class ImageSet:
         return len(self.class_names)
 
     def _replace(self, **changes: Any) -> ImageSet:
-        fields = {
-            "images": self.images,
-            "labels": self.labels,
-            "class_names": list(self.class_names),
-            "name": self.name,
-            "mean": self.mean,
-            "std": self.std,
-            "original_classes": self.original_classes,
-        }
-        fields.update(changes)
-        return ImageSet(**fields)
+        """A new, checked :class:`ImageSet` with some fields changed."""
+        return dataclasses.replace(self, **changes)
 
     def subset(self, indices: Tensor | Sequence[int]) -> ImageSet:
         """The images at ``indices`` (an index list/tensor or a boolean mask), in that order."""

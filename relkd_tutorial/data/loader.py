@@ -14,26 +14,17 @@ from torch import Tensor
 from .._checks import check_non_negative_int, check_positive_int
 from .imageset import Batch, ImageSet
 
-# ---------------------------------------------------------------------------------------------
-# Batch transforms (pure functions) and the on-device loader
-# ---------------------------------------------------------------------------------------------
-
 
 def crop_and_flip_padded(
     padded: Tensor, size: tuple[int, int], offsets: Tensor, flip: Tensor
 ) -> Tensor:
-    """Padded crop and horizontal flip of a whole batch of already padded images, one ``gather``.
+    """Padded crop and horizontal flip of a batch of already padded images, one ``gather``.
 
-    torchvision's ``RandomCrop(size, padding)`` (fill 0) then ``RandomHorizontalFlip``, with the
-    random draws made by the caller (the loader pads the whole set once, up front). Output pixel
-    ``(h, w)`` of sample ``b`` reads padded pixel ``(offsets[b, 0] + h, offsets[b, 1] + w')``, with
-    ``w' = W - 1 - w`` if ``flip[b]`` else ``w``.
-
-    Args:
-        padded: ``(B, C, H + 2p, W + 2p)``.
-        size: the output ``(H, W)``.
-        offsets: ``(B, 2)`` int64 top-left corners, in ``[0, 2p]``.
-        flip: ``(B,)`` bool.
+    torchvision's ``RandomCrop(size, padding)`` (fill 0) then ``RandomHorizontalFlip`` with the
+    draws made by the caller: output pixel ``(h, w)`` of sample ``b`` reads padded pixel
+    ``(offsets[b, 0] + h, offsets[b, 1] + w')``, ``w' = W - 1 - w`` if ``flip[b]``. ``padded``
+    ``(B, C, H + 2p, W + 2p)``, ``size`` ``(H, W)``, ``offsets`` ``(B, 2)`` int64 in ``[0, 2p]``,
+    ``flip`` ``(B,)`` bool.
     """
     b, c, hp, wp = padded.shape
     h, w = size

@@ -10,10 +10,6 @@ from torch import Tensor
 from .._checks import check_non_negative_int, check_positive_int
 from .imageset import ImageSet
 
-# ---------------------------------------------------------------------------------------------
-# Splits
-# ---------------------------------------------------------------------------------------------
-
 
 def _class_permutations(labels: Tensor, num_classes: int, seed: int) -> list[Tensor]:
     """For each class, the CPU indices of its images in a random order fixed by ``seed``; the
@@ -148,13 +144,11 @@ def select_classes(data: ImageSet, classes: Sequence[int]) -> ImageSet:
     new_labels = relabel.to(data.labels.device)[data.labels]  # (N,), -1 = other class/unlabelled
     keep = new_labels >= 0  # (N,)
     before = data.original_classes or tuple(range(data.num_classes))
-    return ImageSet(
+    return data._replace(
         images=data.images[keep],
         labels=new_labels[keep],
         class_names=[data.class_names[c] for c in classes],
         name=f"{data.name}:classes{classes}".replace(" ", ""),
-        mean=data.mean,
-        std=data.std,
         original_classes=tuple(before[c] for c in classes),
     )
 

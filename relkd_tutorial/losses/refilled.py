@@ -54,9 +54,7 @@ from ..relations import pairwise_distances, rescaled, semi_hard_triplets, unit_r
 FORMS = ("triplet", "tuple")
 
 
-# ---------------------------------------------------------------------------------------------
-# Stage 1: relationship matching on semi-hard triplets
-# ---------------------------------------------------------------------------------------------
+# --- Stage 1: relationship matching on semi-hard triplets ---
 
 
 def embedding_distances(features: Tensor) -> Tensor:
@@ -208,9 +206,7 @@ def _check_triplets(
     return out[0], out[1], out[2]
 
 
-# ---------------------------------------------------------------------------------------------
-# Stage 2: the teacher's embedding-induced local classifier
-# ---------------------------------------------------------------------------------------------
+# --- Stage 2: the teacher's embedding-induced local classifier ---
 
 
 def class_centres(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:

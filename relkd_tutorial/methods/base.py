@@ -169,11 +169,6 @@ class CrossEntropy(Method):
         return with_total(self._ce_terms(inputs, keep_zero=True))
 
 
-# --------------------------------------------------------------------------------------------
-# Helpers the methods share
-# --------------------------------------------------------------------------------------------
-
-
 def _teacher(inputs: StepInputs, field: str, method: str) -> Tensor:
     """The teacher tensor a method needs, or a clear error if the loop did not supply it."""
     value = getattr(inputs, field)

@@ -33,10 +33,6 @@ from .rng import get_rng_state
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "relkd_tutorial.checkpoint/1"
-CHECKPOINT_KEYS = (
-    "format", "epoch", "stage", "model", "method", "optimizer", "scheduler", "scaler", "rng",
-    "history", "config",
-)  # fmt: skip
 
 # Config fields that may differ between a run and its resumption without changing the result.
 _HARMLESS_ON_RESUME = {
@@ -146,7 +142,7 @@ def _first_words(err: Exception) -> str:
 
 def _check_training_state(state: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint that lacks an entry :func:`fit` needs to continue."""
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    missing = [k for k in ("format", *_ENTRY_TYPES) if k != "step" and k not in state]
     if int(state.get("step", 0)) > 0:
         missing += [k for k in ("partial", "epoch_rng") if k not in state]
     if missing:

@@ -44,9 +44,7 @@ from torch import Tensor, nn
 
 from ..methods import StepInputs
 
-# ---------------------------------------------------------------------------------------------
-# Process group and rank helpers
-# ---------------------------------------------------------------------------------------------
+# --- Process group and rank helpers ---
 
 
 def is_distributed() -> bool:
@@ -65,16 +63,9 @@ def get_world_size() -> int:
 
 
 def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> torch.device:
-    """Join the process group ``torchrun`` describes in the environment; return this rank's device.
-
-    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT`` through
-    PyTorch's ``env://`` rendezvous). Backend: ``"nccl"`` if CUDA is available (each process then
-    uses ``cuda:LOCAL_RANK``), else ``"gloo"`` on the CPU. Without ``WORLD_SIZE`` (a plain
-    ``python`` launch) nothing is initialised and the run is single-process. Calling it again is
-    harmless.
-
-    Returns:
-        ``cuda:LOCAL_RANK`` with NCCL, else ``cpu``.
+    """Join the process group ``torchrun`` describes in the environment (``env://``); return this
+    rank's device: ``cuda:LOCAL_RANK`` with NCCL (if CUDA is available), else ``cpu`` with gloo.
+    Without ``WORLD_SIZE`` (a plain launch) nothing is initialised; calling it again is harmless.
     """
     use_cuda = torch.cuda.is_available() and backend in (None, "nccl")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -104,9 +95,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-# ---------------------------------------------------------------------------------------------
-# The differentiable all-gather
-# ---------------------------------------------------------------------------------------------
+# --- The differentiable all-gather ---
 
 
 def gather_sizes(n: int, device: torch.device) -> list[int]:
@@ -155,16 +144,9 @@ class AllGather(torch.autograd.Function):
 
 
 def all_gather(x: Tensor, sizes: list[int] | None = None) -> Tensor:
-    """Every rank's ``x`` concatenated along dim 0 (rank 0 first), differentiable if ``x`` is.
-
-    Args:
-        x: ``(B_r, ...)``; any dtype (labels and indices are gathered the same way, without
-            gradient).
-        sizes: every rank's ``B_r`` if already known (:func:`gather_sizes`), saving one
-            collective.
-
-    Returns:
-        ``(sum_r B_r, ...)``; ``x`` itself without a process group.
+    """Every rank's ``x`` ``(B_r, ...)`` concatenated along dim 0 (rank 0 first),
+    ``(sum_r B_r, ...)``, differentiable if ``x`` is (:class:`AllGather`); ``sizes``: every ``B_r``
+    if known (saves one collective). ``x`` itself without a process group.
     """
     if not is_distributed():
         return x
@@ -199,21 +181,15 @@ def gather_step_inputs(inputs: StepInputs) -> StepInputs:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Keeping the ranks' copies identical
-# ---------------------------------------------------------------------------------------------
+# --- Keeping the ranks' copies identical ---
 
 
 def wrap_student(
     student: nn.Module, device: torch.device, *, sync_batchnorm: bool = False
 ) -> nn.Module:
-    """``DistributedDataParallel(student)``; the student itself stays the module to checkpoint.
-
-    DDP broadcasts rank 0's parameters and buffers when it wraps the model and averages the
-    gradients over ranks in the backward pass. Parameters a loss does not use keep no gradient
-    (``find_unused_parameters=True``; it costs one walk of the autograd graph per step). With
-    ``sync_batchnorm=True`` the student's BatchNorm layers are first converted in place to
-    ``SyncBatchNorm`` (statistics over the global batch; PyTorch supports it on CUDA only).
+    """``DistributedDataParallel(student)`` (the student stays the module to checkpoint); DDP
+    broadcasts rank 0's state and averages gradients. ``sync_batchnorm`` converts the BatchNorm
+    layers in place to ``SyncBatchNorm`` first (CUDA only).
     """
     if sync_batchnorm:
         if device.type != "cuda":
