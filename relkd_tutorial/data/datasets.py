@@ -265,13 +265,7 @@ def load_fashion_mnist(
         folder = find_idx_folder(candidates)
         if folder is None:
             raise _missing_fashion_mnist(candidates)
-        arrays = read_fashion_mnist_idx(folder)
-        return (
-            _fashion_imageset(
-                arrays["train_images"], arrays["train_labels"], "fashion_mnist/train"
-            ),
-            _fashion_imageset(arrays["test_images"], arrays["test_labels"], "fashion_mnist/test"),
-        )
+        return _fashion_pair(read_fashion_mnist_idx(folder), "fashion_mnist")
     if source == "download":
         from torchvision.datasets import FashionMNIST  # lazy: only this path needs torchvision
 
@@ -295,12 +289,16 @@ def _load_fashion_subset() -> tuple[ImageSet, ImageSet]:
         )
     verify_sha256(path)
     with np.load(path, allow_pickle=False) as npz:
-        return (
-            _fashion_imageset(
-                npz["train_images"], npz["train_labels"], "fashion_mnist_subset/train"
-            ),
-            _fashion_imageset(npz["test_images"], npz["test_labels"], "fashion_mnist_subset/test"),
-        )
+        return _fashion_pair(npz, "fashion_mnist_subset")
+
+
+def _fashion_pair(arrays: Any, name: str) -> tuple[ImageSet, ImageSet]:
+    """``(train, test)`` from the arrays ``{train,test}_{images,labels}``."""
+    train, test = (
+        _fashion_imageset(arrays[f"{s}_images"], arrays[f"{s}_labels"], f"{name}/{s}")
+        for s in ("train", "test")
+    )
+    return train, test
 
 
 def load_cifar100(

@@ -103,9 +103,7 @@ class TrainConfig:
         choose("amp", ("off", "bf16", "fp16"))
         # plain Python numbers: a numpy scalar in the saved config would make the checkpoint
         # unloadable with weights_only=True
-        self.epochs = _integer("epochs", self.epochs)
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
+        self.epochs = _integer("epochs", self.epochs, 1, "a positive int")
         self.lr = _finite("lr", self.lr)
         if not (self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr}")
@@ -131,20 +129,14 @@ class TrainConfig:
         self.gamma = _finite("gamma", self.gamma)
         if not (0 < self.gamma <= 1):
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs)
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs, 0, ">= 0")
         if self.grad_clip is not None:
             self.grad_clip = _finite("grad_clip", self.grad_clip)
             if not (self.grad_clip > 0):
                 raise ValueError(f"grad_clip must be None or positive, got {self.grad_clip}")
-        self.log_every = _integer("log_every", self.log_every)
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        self.log_every = _integer("log_every", self.log_every, 1, ">= 1")
         if self.seed is not None:
-            self.seed = _integer("seed", self.seed)
-            if self.seed < 0:
-                raise ValueError(f"seed must be None or an int >= 0, got {self.seed}")
+            self.seed = _integer("seed", self.seed, 0, "None or an int >= 0")
         if not isinstance(self.device, (str, torch.device)):
             raise TypeError(f"device must be a str or torch.device, got {self.device!r}")
         if isinstance(self.device, torch.device):
@@ -163,10 +155,13 @@ def _finite(name: str, value: Any) -> float:
     return float(value)
 
 
-def _integer(name: str, value: Any) -> int:
-    """An int (numpy integers accepted) as a Python int; floats, bools and strings refused."""
+def _integer(name: str, value: Any, minimum: int, rule: str) -> int:
+    """An int ``>= minimum`` (numpy integers accepted) as a Python int; floats, bools and strings
+    refused (``rule``: the bound in words, for the message)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
     return int(value)
 
 
