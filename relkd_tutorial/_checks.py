@@ -1,16 +1,10 @@
-"""Input checks shared by every loss and method.
+"""Input checks shared by every loss and method: a wrong shape, an integer tensor, a NaN or a batch
+too small for a relation fails with a message naming the argument, never a silent NaN.
 
-Every public loss validates its arguments before any arithmetic, so that a wrong shape, an
-integer tensor, a NaN or a batch too small for a relation fails with a message that names the
-argument and says what was expected, instead of producing a silent NaN or a broadcast answer.
-
-Two kinds of checks: those of *types and shapes* (free: the host knows them) and those of
-*values* (a NaN/Inf scan, a label or index range): each value check reads a result back from the
-device, a host synchronisation that stalls a GPU's queue. Value checks are on by default, so a
-loss called directly checks everything; :func:`set_input_checks` / :func:`input_checks` switch
-them off (shape and dtype checks stay on). The training loop runs them on the first step of a run
-only (:func:`training_checks`; ``set_input_checks(True, every_step=True)``: on every step), and
-checks the loss it logs instead.
+Type and shape checks are free; *value* checks (NaN/Inf, label and index ranges) read a result
+back from the device, a host sync. They are on by default; :func:`set_input_checks` /
+:func:`input_checks` switch them off. The training loop runs them on a run's first step only
+(:func:`training_checks`; ``set_input_checks(True, every_step=True)``: every step).
 """
 
 from __future__ import annotations
@@ -65,17 +59,9 @@ def training_checks() -> Iterator[Callable[[], None]]:
 
 
 def check_float_tensor(name: str, x: object, ndim: int, shape_doc: str) -> Tensor:
-    """Check that ``x`` is a floating tensor of rank ``ndim`` with finite entries.
-
-    Args:
-        name: the argument's name, used in the error message.
-        x: the value to check.
-        ndim: the required number of dimensions.
-        shape_doc: the expected shape in words, e.g. ``"(B, D)"``.
-
-    Raises:
-        TypeError: not a tensor, or not a floating dtype.
-        ValueError: wrong rank, an empty dimension, or a NaN/Inf entry.
+    """``x`` as a floating tensor of rank ``ndim`` (``shape_doc`` in words, e.g. ``"(B, D)"``, for
+    the message) with finite entries: ``TypeError`` (not a tensor, not floating) or ``ValueError``
+    (rank, an empty dimension, a NaN/Inf: a value check).
     """
     if not isinstance(x, Tensor):
         raise TypeError(
@@ -144,7 +130,7 @@ def check_labels(name: str, y: object, batch: int, num_classes: int | None = Non
         raise TypeError(
             f"{name} must be a torch.Tensor of shape ({batch},), got {type(y).__name__}"
         )
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+    if not is_integer(y):
         raise TypeError(f"{name} must have an integer dtype (int64), got {y.dtype}")
     if y.dim() != 1 or y.shape[0] != batch:
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(y.shape)}")
@@ -159,6 +145,11 @@ def check_labels(name: str, y: object, batch: int, num_classes: int | None = Non
     return y
 
 
+def is_integer(t: Tensor) -> bool:
+    """Whether ``t`` has an integer dtype (not floating, bool or complex)."""
+    return not (t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex())
+
+
 def check_positive(name: str, value: float) -> float:
     """Check that a hyperparameter (temperature, margin, weight scale) is a finite positive number."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -166,11 +157,6 @@ def check_positive(name: str, value: float) -> float:
     if not (value > 0) or value != value or value == float("inf"):
         raise ValueError(f"{name} must be a finite positive number, got {value}")
     return float(value)
-
-
-# --------------------------------------------------------------------------------------------
-# Teacher/student pairs and hyperparameters (used by the KD, RKD, GRKD and ranking losses)
-# --------------------------------------------------------------------------------------------
 
 
 def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
@@ -192,12 +178,12 @@ def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
 
 
 def check_feature_pair(
-    student: object, teacher: object, minimum: int, relation: str
+    student: object, teacher: object, minimum: int = 1, relation: str = ""
 ) -> tuple[Tensor, Tensor]:
     """Check a student/teacher embedding pair: ``(B, D_S)`` and ``(B, D_T)``, same B and device.
 
     The widths may differ (relations compare samples, not coordinates). ``minimum`` is the batch
-    size the relation needs (2 for distances, 3 for angles).
+    size the ``relation`` needs (2 for distances, 3 for angles).
     """
     s = check_float_tensor("student_features", student, 2, "(B, D_S)")
     t = check_float_tensor("teacher_features", teacher, 2, "(B, D_T)")
@@ -234,11 +220,6 @@ def check_nonnegative(name: str, value: float) -> float:
     return float(value)
 
 
-# ---------------------------------------------------------------------------------------------
-# Added for the embedding losses (RRD, REFILLED): width checks and full-precision loss math
-# ---------------------------------------------------------------------------------------------
-
-
 def check_same_width(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
     """Check that two tensors have the same last dimension (e.g. embeddings and a queue)."""
     if a.shape[-1] != b.shape[-1]:
@@ -249,11 +230,8 @@ def check_same_width(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
 
 
 def loss_dtype(*tensors: Tensor) -> torch.dtype:
-    """The dtype a loss computes in: the widest input dtype, and never below float32.
-
-    Low-precision inputs (a bf16 student next to an fp32 teacher cache) are promoted, because
-    temperatures such as ``1/0.04`` amplify bf16's ~3 significant digits into visible errors in
-    a softmax over thousands of entries.
+    """The dtype a loss computes in: the widest input dtype, never below float32 (temperatures such
+    as ``1/0.04`` amplify bf16's ~3 significant digits into visible errors).
     """
     dtype = torch.float32
     for t in tensors:
@@ -263,11 +241,7 @@ def loss_dtype(*tensors: Tensor) -> torch.dtype:
 
 @contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
-    """Disable autocast on ``device`` so the loss math runs in the dtype of its operands.
-
-    Under ``torch.autocast`` a matmul of float32 tensors would silently run in bf16/fp16; the
-    losses cast their inputs with :func:`loss_dtype` and compute inside this context.
-    """
+    """Autocast off on ``device``: the loss math runs in its operands' dtype (:func:`loss_dtype`), not bf16."""
     with torch.autocast(device_type=device.type, enabled=False):
         yield
 

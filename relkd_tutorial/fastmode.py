@@ -1,8 +1,6 @@
-"""Fast mode: one switch that shrinks epochs and data sizes for CI and quick looks.
-
-Fast mode is on when ``RELKD_FAST`` is ``1``/``true``/``yes``, or when ``CI`` is ``true`` and
-``RELKD_FAST`` is not set to ``0``. Notebooks, the benchmark and the main-job command read it, so
-the same code runs at full size on a GPU and at toy size on a 2-core CI machine.
+"""Fast mode: one switch that shrinks epochs and data sizes for CI and quick looks; on when
+``RELKD_FAST`` is ``1``/``true``/``yes``/``on``, or when ``CI`` is ``true`` and ``RELKD_FAST`` is
+not ``0``/``false``/``no``/``off``.
 """
 
 from __future__ import annotations

@@ -1,26 +1,17 @@
 """Evaluation metrics: accuracy (overall, per class, on confusable groups) and relational fidelity.
 
-All functions are pure: tensors in, numbers or tensors out, no model. Label ``-1`` marks an
-unlabelled sample and is ignored by every label-based metric. Shapes: ``N`` samples, ``C``
-classes, ``D`` feature width.
-
-Relational fidelity asks whether the student reproduces the teacher's *relations*, whatever its
-accuracy:
-
-- :func:`kendall_tau`: per sample, the rank agreement of the teacher's and the student's class
-  scores (does the student order the classes as the teacher does? GRKD's objective);
-- :func:`distance_matrix_correlation`: over a batch, the Pearson correlation of the teacher's and
-  the student's pairwise feature distances (does the student lay the samples out like the
-  teacher? RKD-D's objective).
-
-:func:`collect_outputs` runs a model (and optionally its teacher) over a loader and returns the
-tensors these metrics take.
+Pure functions; label ``-1`` (unlabelled) is ignored by every label-based metric. Relational
+fidelity asks whether the student reproduces the teacher's *relations*, whatever its accuracy:
+:func:`kendall_tau` (does it order the classes as the teacher does? GRKD's objective) and
+:func:`distance_matrix_correlation` (does it lay the samples out like the teacher? RKD-D's).
+:func:`collect_outputs` runs a model (and its teacher) over a loader. Shapes: ``N`` samples,
+``C`` classes, ``D`` feature width.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +20,7 @@ from torch import Tensor, nn
 from ._checks import check_float_tensor, check_labels, check_same_batch, check_same_shape
 from .data import FASHION_MNIST_CLASSES as FASHION_MNIST_CLASSES  # re-exported with the groups
 from .relations import pairwise_distances
-from .teacher import TeacherCache, as_batch, split_outputs, teacher_outputs
+from .teacher import TeacherCache, as_batch, module_device, split_outputs, teacher_outputs
 
 #: The confusable groups of Fashion-MNIST (class names: ``FASHION_MNIST_CLASSES`` from
 #: :mod:`relkd_tutorial.data`): upper-body garments and footwear.
@@ -50,29 +41,13 @@ def _predictions(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Top-1 accuracy over the labelled samples: ``mean_{i: y_i >= 0} [argmax_c z_ic = y_i]``.
-
-    Args:
-        logits: ``(N, C)`` scores.
-        labels: ``(N,)`` int labels in ``[-1, C)``.
-
-    Returns:
-        A float in ``[0, 1]``, or NaN if no sample is labelled.
-    """
+    """Top-1 accuracy over the labelled samples, ``mean_{i: y_i >= 0} [argmax_c z_ic = y_i]``, for ``(N, C)`` logits (NaN if none is labelled)."""
     pred, y = _predictions(logits, labels)
     return float((pred == y).float().mean()) if y.numel() else float("nan")
 
 
 def per_class_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Accuracy of each true class: ``acc_k = #{i: y_i = k, pred_i = k} / #{i: y_i = k}``.
-
-    Args:
-        logits: ``(N, C)``.
-        labels: ``(N,)`` in ``[-1, C)``.
-
-    Returns:
-        ``(C,)`` float64, NaN for a class with no sample.
-    """
+    """``(C,)`` float64 accuracy of each true class, ``#{y_i = k, pred_i = k} / #{y_i = k}`` (NaN for a class with no sample)."""
     cm = confusion_matrix(logits, labels)  # (C, C)
     support = cm.sum(dim=1).double()  # (C,)
     return torch.where(
@@ -83,19 +58,9 @@ def per_class_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def group_accuracy(logits: Tensor, labels: Tensor, group: Iterable[int]) -> float:
-    """Accuracy over the samples whose *true* class is in ``group`` (e.g. the tops).
-
-    The prediction may be any class: a coat predicted as a bag is as wrong as a coat predicted as
-    a shirt. So this is the usual accuracy on a subset of the test set, the one where the
-    fine-grained confusions live (:data:`FASHION_MNIST_GROUPS`).
-
-    Args:
-        logits: ``(N, C)``.
-        labels: ``(N,)`` in ``[-1, C)``.
-        group: class labels, e.g. :data:`FASHION_MNIST_TOPS`.
-
-    Returns:
-        A float in ``[0, 1]``, NaN if no labelled sample belongs to the group.
+    """Accuracy over the samples whose *true* class is in ``group`` (e.g.
+    :data:`FASHION_MNIST_TOPS`), whatever class is predicted: the fine-grained part of the test set.
+    NaN if none belongs to it.
     """
     pred, y = _predictions(logits, labels)
     members = torch.as_tensor(sorted(set(int(c) for c in group)), device=y.device)  # (G,)
@@ -110,15 +75,7 @@ def group_accuracy(logits: Tensor, labels: Tensor, group: Iterable[int]) -> floa
 
 
 def confusion_matrix(logits: Tensor, labels: Tensor) -> Tensor:
-    """Counts ``M_kj = #{i : y_i = k, argmax z_i = j}`` (rows: true class; columns: predicted).
-
-    Args:
-        logits: ``(N, C)``.
-        labels: ``(N,)`` in ``[-1, C)``; unlabelled samples are not counted.
-
-    Returns:
-        ``(C, C)`` int64.
-    """
+    """``(C, C)`` int64 counts ``M_kj = #{i : y_i = k, argmax z_i = j}`` (rows: true class), labelled samples only."""
     pred, y = _predictions(logits, labels)
     c = logits.shape[1]
     flat = y * c + pred  # (L,) row-major cell index
@@ -128,31 +85,16 @@ def confusion_matrix(logits: Tensor, labels: Tensor) -> Tensor:
 def kendall_tau(
     teacher_logits: Tensor, student_logits: Tensor, chunk_size: int | None = None
 ) -> Tensor:
-    """Kendall's tau-b between the teacher's and the student's class scores, per sample.
+    """Kendall's tau-b between the teacher's and the student's class scores, per sample: ``(N,)``
+    float64.
 
-    For one sample with scores ``t, s in R^C``, over the ``n0 = C (C - 1) / 2`` class pairs
-    ``j < k``: ``n_c`` pairs are ordered the same way by both (concordant), ``n_d`` the opposite
-    way (discordant), ``n_t`` are tied in ``t``, ``n_s`` tied in ``s``. Then
-
-        tau_b = (n_c - n_d) / sqrt((n0 - n_t) (n0 - n_s))
-
-    (Kendall 1945; scipy's default variant). We chose tau-b over tau-a because ties are real
-    here (e.g. a saturated or quantised score) and tau-b stays in ``[-1, 1]`` and equals 1 for
-    identical orders even with ties. Vectorised with sign matrices ``S_t[j, k] = sign(t_j - t_k)``:
-    ``n_c - n_d = sum_{j<k} S_t S_s = (1/2) sum_{j,k} S_t S_s``, ``n0 - n_t = (1/2) sum |S_t|``, so
-
-        tau_b = sum_{j,k} S_t S_s / sqrt(sum_{j,k} |S_t| * sum_{j,k} |S_s|).
-
-    A sample whose scores are all tied on either side has an undefined tau: NaN.
-
-    Args:
-        teacher_logits: ``(N, C)``, ``C >= 2``.
-        student_logits: ``(N, C)``.
-        chunk_size: samples per chunk (the sign matrices are ``(chunk, C, C)``); default keeps
-            them at about 16M entries.
-
-    Returns:
-        ``(N,)`` float64 tensor of tau-b values in ``[-1, 1]``.
+    Over the ``n0 = C (C - 1) / 2`` class pairs, with ``n_c`` concordant, ``n_d`` discordant,
+    ``n_t`` / ``n_s`` tied pairs in ``t`` / ``s``:
+    ``tau_b = (n_c - n_d) / sqrt((n0 - n_t) (n0 - n_s))`` (Kendall 1945; scipy's default; tau-b
+    because ties are real here and it stays in ``[-1, 1]``). With sign matrices
+    ``S[j, k] = sign(x_j - x_k)``: ``tau_b = sum S_t S_s / sqrt(sum |S_t| * sum |S_s|)``. All-tied
+    scores give NaN. Logits ``(N, C)``, ``C >= 2``; ``chunk_size`` samples at a time (default: sign
+    matrices of about 16M entries).
     """
     check_float_tensor("teacher_logits", teacher_logits, 2, "(N, C)")
     check_float_tensor("student_logits", student_logits, 2, "(N, C)")
@@ -179,25 +121,13 @@ def kendall_tau(
 def distance_matrix_correlation(
     teacher_features: Tensor, student_features: Tensor, rel_tol: float = 1e-6
 ) -> float:
-    """Pearson correlation of the teacher's and student's pairwise distances over a batch.
+    """Pearson correlation of the teacher's and the student's pairwise distances over a batch.
 
-    With ``d^t_ij = ||f^t_i - f^t_j||`` and ``d^s_ij = ||f^s_i - f^s_j||`` (feature widths may
-    differ), the ``P = N (N - 1) / 2`` pairs ``i < j`` give two vectors; the result is their Pearson
-    correlation ``r_D = cov(d^t, d^s) / (std(d^t) std(d^s))``. It is 1 when the student's distances
-    are an increasing affine function of the teacher's (e.g. a rotated, rescaled copy), and it
-    ignores the global scale of each feature space, like RKD's normalised distances.
-    Computed in float64. This is *not* Székely's distance correlation (dCor), which double-centres
-    the distance matrices and measures dependence; this one measures agreement of geometry.
-
-    Args:
-        teacher_features: ``(N, D_T)``, ``N >= 3``.
-        student_features: ``(N, D_S)``.
-        rel_tol: a side whose distances have ``std <= rel_tol * mean`` counts as having all
-            distances equal (choice: 1e-6 is above float32 rounding, so the rounding noise of an
-            equilateral configuration is not reported as a correlation).
-
-    Returns:
-        A float in ``[-1, 1]``; NaN if either side has all pairwise distances equal.
+    Over the ``N (N - 1) / 2`` pairs ``i < j``, ``r_D = cov(d^t, d^s) / (std(d^t) std(d^s))`` in
+    float64: 1 when the student's distances are an increasing affine function of the teacher's, the
+    global scale of each space ignored (not Szekely's distance correlation, which measures
+    dependence). Features ``(N, D_T)`` and ``(N, D_S)``, ``N >= 3``. NaN if either side's distances
+    are all equal (``std <= rel_tol * mean``; choice: 1e-6 is above float32 rounding).
     """
     check_float_tensor("teacher_features", teacher_features, 2, "(N, D_T)")
     check_float_tensor("student_features", student_features, 2, "(N, D_S)")
@@ -234,19 +164,11 @@ def collect_outputs(
     teacher: nn.Module | TeacherCache | None = None,
     device: torch.device | str | None = None,
 ) -> Outputs:
-    """Run ``model`` (in eval mode; its mode is restored) and optionally ``teacher`` over a loader.
-
-    Args:
-        model: returns ``(features, logits)``.
-        loader: yields ``Batch`` or ``(x, y[, index])``.
-        teacher: a module (run live, eval mode) or a :class:`TeacherCache` (needs indices).
-        device: where to run (default: the model's device).
-
-    Returns:
-        :class:`Outputs` with CPU tensors, ready for the metrics above.
+    """Run ``model`` (in eval mode, restored after) and optionally ``teacher`` (a module, or a
+    :class:`TeacherCache` needing indices) over ``loader`` on ``device`` (default: the model's);
+    returns :class:`Outputs` of CPU tensors in loader order, for the metrics above.
     """
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = module_device(model) if device is None else device
     was_training = model.training
     model.eval()
     parts: dict[str, list[Tensor]] = {k: [] for k in ("f", "z", "y", "i", "tf", "tz")}
@@ -279,18 +201,3 @@ def collect_outputs(
         teacher_features=cat("tf"),
         teacher_logits=cat("tz"),
     )
-
-
-def summarize(
-    logits: Tensor,
-    labels: Tensor,
-    teacher_logits: Tensor | None = None,
-    groups: dict[str, Sequence[int]] | None = None,
-) -> dict[str, float]:
-    """A flat dict of the headline numbers: accuracy, each group's accuracy, mean Kendall tau."""
-    result = {"acc": accuracy(logits, labels)}
-    for name, group in (groups or {}).items():
-        result[f"acc_{name}"] = group_accuracy(logits, labels, group)
-    if teacher_logits is not None:
-        result["kendall_tau"] = float(kendall_tau(teacher_logits, logits).nanmean())
-    return result

@@ -1,33 +1,16 @@
-"""Teacher and student networks. Every model returns ``(features, logits)``.
+"""Teacher and student networks. Every model returns ``(features, logits)`` (``docs/models.md``).
 
-The contract every loss and the training loop rely on (``docs/notation.md``):
-
-- ``features``: ``(B, D)``, the *pooled penultimate* activations: the last feature map after its
-  last ReLU (BN-ReLU for the pre-activation WRN), globally average-pooled and flattened;
-- ``logits``: ``(B, num_classes)`` = ``model.fc(features)``, a single linear layer;
-- ``model.feature_dim == D`` and ``model.num_classes``.
-
-Two families:
-
-- **CPU-sized nets** for 28x28x1 (Fashion-MNIST) and 32x32x3 inputs: ``teacher_cnn`` (0.29M
-  parameters, a VGG-style net with BN: 32-32 | pool | 64-64 | pool | 128-128) and the students
-  ``student_cnn_s`` (6.3k, 8 | 16 | 32) and ``student_cnn_m`` (24k, 16 | 32 | 64), 46x and 12x
-  smaller. The shipped ``teacher_cnn`` (``scripts/train_teacher.py``; its record,
-  ``relkd_tutorial/shipped/teacher_cnn_fashion_mnist.json``, holds the recipe, the epochs and
-  the test accuracy on the shipped 2,000-image test subset) is the one every notebook uses.
-- **The standard CIFAR benchmark nets** of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020):
-  ``resnet8x4``, ``resnet32x4`` (post-activation CIFAR ResNet, He et al. 2016) and ``wrn_16_2``,
-  ``wrn_40_2`` (pre-activation Wide ResNet, Zagoruyko & Komodakis 2016), built from their
-  published descriptions. Their parameter counts for 100 classes (1.23M, 7.43M, 0.70M, 2.26M) are
-  tested. They are for GPUs: on a 2-core CPU one epoch of CIFAR-100 takes 13-55 minutes.
-
-Pooling is *global* average pooling (``adaptive_avg_pool2d(., 1)``) everywhere; for 32x32 inputs
-it is exactly the 8x8 average pool of the original CIFAR nets, and it lets every net accept
-28x28 and other sizes too (choice).
-
-Initialisation (choice, the usual one for ReLU nets): Kaiming-normal convolutions (fan-out),
-BN weight 1 / bias 0, PyTorch's default for the linear classifier. Seed it with
-``build_model(..., seed=...)``.
+``features`` ``(B, D)`` are the *pooled penultimate* activations (the last feature map after its
+last ReLU, globally average-pooled), ``logits = model.fc(features)``, ``(B, num_classes)``;
+``model.feature_dim == D``. Two families: CPU-sized nets for 28x28x1 and 32x32x3 inputs
+(``teacher_cnn``, a VGG-style net with BN, 0.29M parameters, the shipped teacher of every
+notebook; students ``student_cnn_s`` and ``student_cnn_m``, 46x and 12x smaller), and the CIFAR
+benchmark nets of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020): ``resnet8x4``,
+``resnet32x4`` (post-activation CIFAR ResNet, He et al. 2016), ``wrn_16_2``, ``wrn_40_2``
+(pre-activation Wide ResNet, Zagoruyko & Komodakis 2016), built from their published
+descriptions, for GPUs. Global average pooling everywhere (exactly the 8x8 pool of the CIFAR nets
+on 32x32 inputs; other sizes work too; choice). Kaiming-normal convolutions (fan-out), BN 1 / 0,
+PyTorch's default linear layer; seed with ``build_model(..., seed=...)``.
 """
 
 from __future__ import annotations
@@ -89,9 +72,7 @@ def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# CPU-sized nets
-# --------------------------------------------------------------------------------------------
+# --- CPU-sized nets ---
 
 
 class PlainCNN(FeatureClassifier):
@@ -124,9 +105,7 @@ STUDENT_CNN_S_WIDTHS = ((8,), (16,), (32,))
 STUDENT_CNN_M_WIDTHS = ((16,), (32,), (64,))
 
 
-# --------------------------------------------------------------------------------------------
-# CIFAR ResNet (post-activation BasicBlock), RepDistiller's resnet8x4 / resnet32x4
-# --------------------------------------------------------------------------------------------
+# --- CIFAR ResNet (post-activation BasicBlock), RepDistiller's resnet8x4 / resnet32x4 ---
 
 
 class BasicBlock(nn.Module):
@@ -182,9 +161,7 @@ class CifarResNet(FeatureClassifier):
         super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
 
 
-# --------------------------------------------------------------------------------------------
-# Wide ResNet (pre-activation), RepDistiller's wrn_16_2 / wrn_40_2
-# --------------------------------------------------------------------------------------------
+# --- Wide ResNet (pre-activation), RepDistiller's wrn_16_2 / wrn_40_2 ---
 
 
 class PreActBlock(nn.Module):
@@ -235,9 +212,7 @@ class WideResNet(FeatureClassifier):
         super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
 
 
-# --------------------------------------------------------------------------------------------
-# Factory
-# --------------------------------------------------------------------------------------------
+# --- Factory ---
 
 _BUILDERS: dict[str, Callable[[int, int], FeatureClassifier]] = {
     "teacher_cnn": lambda c, i: PlainCNN(TEACHER_CNN_WIDTHS, c, i),
@@ -263,14 +238,10 @@ def available_models() -> list[str]:
 def build_model(
     name: str, num_classes: int = 10, in_channels: int = 1, seed: int | None = None
 ) -> FeatureClassifier:
-    """Build a model by name; ``forward(x)`` returns ``(features (B, D), logits (B, num_classes))``.
-
-    Args:
-        name: one of :data:`MODEL_NAMES`.
-        num_classes: width of the classifier.
-        in_channels: 1 for Fashion-MNIST, 3 for CIFAR-format images.
-        seed: if given, the weights are initialised from ``torch.manual_seed(seed)`` inside a
-            forked RNG, so the result does not depend on (and does not disturb) the global RNG.
+    """Build a model of :data:`MODEL_NAMES`:
+    ``forward(x) -> (features (B, D), logits (B, num_classes))``; ``in_channels`` 1 (Fashion-MNIST)
+    or 3. ``seed``: initialised under ``torch.manual_seed(seed)`` in a forked RNG (independent of,
+    and not disturbing, the global RNG).
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")

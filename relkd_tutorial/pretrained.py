@@ -1,24 +1,13 @@
 """The teachers shipped as package data: load them instead of retraining them.
 
-``relkd_tutorial/shipped/teacher_cnn_fashion_mnist.pt`` is the ``state_dict`` of a ``teacher_cnn``
-trained on the shipped Fashion-MNIST subset by ``scripts/train_teacher.py``; the ``.json`` beside
-it records its test accuracy, the exact command, the package versions and the training history.
-The weights file is covered by ``SHA256SUMS`` in the same folder and read with
-``torch.load(weights_only=True)``. ``RELKD_DATA_DIR`` moves the folder (see
-:func:`relkd_tutorial.data.data_dir`).
-
-A second, **cross-task** teacher is shipped beside it (``classes=CROSS_TASK_TEACHER_CLASSES``):
-the same ``teacher_cnn``, recipe, epochs and seed, trained only on classes 0-4
-(``python scripts/train_teacher.py --classes 0,1,2,3,4``), so that notebook 04 compares a
-teacher that has seen the student's classes with one that has not, and not a long-trained
-teacher with a short-trained one.
-
-A third, **held-out** teacher (``stem=HELDOUT_TEACHER``): the same network, recipe, epochs and
-seed, trained on the shipped training images *minus* the benchmark's validation split
-(``python scripts/train_teacher.py --exclude-validation 100``), so that the split that selects
-hyperparameters is one the teacher never saw. Its record's ``trained_on`` names the rule, the
-count and the SHA-256 of the positions it trained on (:func:`index_digest`). Which teacher the
-benchmark distils from is one switch, ``relkd_tutorial.bench.settings.BENCH_TEACHER``.
+``relkd_tutorial/shipped/teacher_cnn_fashion_mnist.pt`` is the ``state_dict`` of a
+``teacher_cnn`` trained on the shipped subset by ``scripts/train_teacher.py``; the ``.json`` beside
+it records its test accuracy, the command, the versions and the history. Weights are checked
+against ``SHA256SUMS`` and read with ``weights_only=True``. Beside it: the **cross-task** teacher
+(same recipe, classes 0-4 only, ``--classes 0,1,2,3,4``; notebook 04) and the **held-out** one
+(:data:`HELDOUT_TEACHER`, trained without the benchmark's validation split,
+``--exclude-validation 100``; its record's ``trained_on`` names the rule and the SHA-256 of its
+positions, :func:`index_digest`). The benchmark's teacher is ``bench.settings.BENCH_TEACHER``.
 """
 
 from __future__ import annotations
@@ -113,16 +102,12 @@ def load_shipped_teacher(
     classes: Sequence[int] | None = None,
     stem: str | None = None,
 ) -> FeatureClassifier:
-    """Build ``teacher_cnn`` and load the shipped weights (checksum verified), in eval mode.
+    """``teacher_cnn`` with the shipped weights (checksum verified), in eval mode on ``device``.
 
-    ``classes``: the cross-task teacher of those classes (``CROSS_TASK_TEACHER_CLASSES``, whose
-    outputs are ``len(classes)`` logits, class ``classes[j]`` as logit ``j``); ``None``: the
-    ten-class teacher. ``stem``: another ten-class teacher, e.g. :data:`HELDOUT_TEACHER` (the one
-    that never saw the benchmark's validation split).
-
-    Raises:
-        FileNotFoundError: the weights are missing (says how to restore or rebuild them).
-        relkd_tutorial.data.ChecksumError: the file does not match its ``SHA256SUMS``.
+    ``classes``: the cross-task teacher of those classes (``len(classes)`` logits, class
+    ``classes[j]`` as logit ``j``); ``stem``: another ten-class teacher (e.g.
+    :data:`HELDOUT_TEACHER`). Raises ``FileNotFoundError`` (says how to restore or rebuild) or
+    :class:`~relkd_tutorial.data.ChecksumError`.
     """
     weights, _ = shipped_teacher_paths(classes, stem)
     if not weights.exists():

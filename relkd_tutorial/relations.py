@@ -1,27 +1,18 @@
-"""Relation primitives shared by every relational loss.
+"""Relation primitives shared by every relational loss, each tested once against a loop written
+from its definition.
 
-A *relation* is a quantity defined on two or more samples (or two classes) rather than on one:
-a distance between two embeddings, the angle they make at a third, the similarity of an embedding
-to every slot of a memory queue, or the teacher's preference of one class over another. Every
-loss in :mod:`relkd_tutorial.losses` builds its relations from the functions below, so there is
-one implementation of each, tested once against a loop written straight from its definition.
+- **Sample relations** on ``(B, D)`` rows: distances (from the Gram matrix of the *centred*
+  batch, so no ``(B, B, D)`` difference tensor), RKD's normalised distances, angle cosines,
+  cosine similarities.
+- **Class relations** on ``(B, C)`` score rows: the teacher's preferences and their counts, its
+  descending order with tie blocks, and the pairwise log-partition
+  ``sum_{a<b} log(e^{v_a} + e^{v_b})`` whose gradient is the vector of *soft wins* (GRKD, the soft
+  pairwise and listwise losses).
+- **Triplet relations**: which pairs may be anchor-positive / anchor-negative, and the semi-hard
+  triplets REFILLED's stage 1 matches.
 
-Shapes: ``B`` batch, ``D`` feature width, ``K`` queue length, ``C`` classes.
-
-Three families live here:
-
-- **Sample relations** (rows of a ``(B, D)`` embedding): distances, RKD's normalised distances,
-  angle cosines, cosine similarities. Distances come from the Gram matrix of the *centred* batch,
-  cosines from the Gram matrix of the unit-normalised rows (not centred: a translation changes
-  them), so no ``(B, B, D)`` difference tensor is ever built.
-- **Class relations** (entries of a ``(B, C)`` score row): the teacher's preferences and their
-  counts, its descending order with tie blocks, top-k membership, and the pairwise log-partition
-  ``sum_{a<b} log(e^{v_a} + e^{v_b})`` whose gradient is the vector of *soft wins*. The ranking
-  losses (GRKD, soft pairwise, listwise) are built from these.
-- **Triplet relations** (labels plus a ``(B, B)`` distance matrix): which pairs may be
-  anchor-positive / anchor-negative, and the semi-hard triplets REFILLED's stage 1 matches.
-
-These functions do not validate their inputs; the public losses do (see ``_checks.py``).
+Shapes: ``B`` batch, ``D`` feature width, ``K`` queue length, ``C`` classes. These functions do
+not validate their inputs; the public losses do (``_checks.py``).
 """
 
 from __future__ import annotations
@@ -45,9 +36,7 @@ COINCIDENT_TOL = 16.0
 PAIR_CHUNK_ELEMENTS = 1 << 18
 
 
-# --------------------------------------------------------------------------------------------
-# Sample relations
-# --------------------------------------------------------------------------------------------
+# --- Sample relations ---
 
 
 def off_diagonal_mask(n: int, device: torch.device | None = None) -> Tensor:
@@ -58,13 +47,11 @@ def off_diagonal_mask(n: int, device: torch.device | None = None) -> Tensor:
 def rescaled(x: Tensor, dim: int | None = None) -> Tensor:
     """``x / max|x|``, the maximum over all entries (or along ``dim``, per row), detached.
 
-    For anything invariant to a positive scale - RKD's normalised distances and angles, cosines,
-    unit vectors - the result is unchanged, but the squares inside a Gram matrix or a norm can
-    no longer overflow or underflow: float32 features of size ``1e20`` give ``inf`` in
-    ``x x^T`` (then NaN), features of size ``1e-20`` give 0 (every pair "coincides", every unit
-    vector is 0). All-zero inputs (or rows) are returned unchanged. The maximum is detached, and
-    the gradient is still exactly that of the unscaled expression: a scale-invariant ``f`` has
-    ``grad f(x / c) / c = grad f(x)`` for every constant ``c > 0``.
+    Anything invariant to a positive scale (RKD's potentials, cosines, unit vectors) is unchanged,
+    but squares inside a Gram matrix or a norm can no longer overflow or underflow (float32 features
+    of size ``1e20`` give ``inf``, of size ``1e-20`` give 0). All-zero inputs (rows) are returned
+    unchanged. The gradient is that of the unscaled expression: a scale-invariant ``f`` has
+    ``grad f(x / c) / c = grad f(x)``.
     """
     x_abs = x.detach().abs()
     top = x_abs.amax() if dim is None else x_abs.amax(dim=dim, keepdim=True)
@@ -72,25 +59,19 @@ def rescaled(x: Tensor, dim: int | None = None) -> Tensor:
 
 
 def unit_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """``x_i / ||x_i||`` for every row of ``(N, D)`` ``x`` (zero rows stay zero), at any scale.
-
-    ``F.normalize`` after :func:`rescaled` per row: ``F.normalize`` alone squares the entries,
-    so in float32 a row of size ``1e20`` (or ``1e-25``) comes out as zeros instead of a unit
-    vector.
+    """``x_i / ||x_i||`` for every row of ``(N, D)`` ``x`` (zero rows stay zero), at any magnitude
+    (``F.normalize`` after :func:`rescaled`: alone it squares the entries, so in float32 a row of
+    size ``1e20`` would come out as zeros).
     """
     return F.normalize(rescaled(x, dim=1), dim=1, eps=eps)
 
 
 def _gram_and_squared_distances(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Centred Gram matrix, squared distances and the coincident-pair mask of ``(B, D)`` rows.
+    """Centred Gram matrix ``G (B, B)``, squared distances ``d2 = G_ii + G_jj - 2 G_ij`` (unclamped)
+    and the coincident-pair mask (the diagonal, and pairs within the formula's rounding error).
 
-    Distances and angles do not change when every row is shifted by the same vector, so the batch
-    is centred first: that keeps ``G_ii`` of the order of the squared distances and makes the
-    cancellation in ``d_ij^2 = G_ii + G_jj - 2 G_ij`` harmless unless two rows (nearly) coincide.
-    Pairs within the rounding error of the formula are flagged as coincident (the diagonal too).
-
-    Returns:
-        ``gram (B, B)``, ``d2 (B, B)`` (unclamped, may hold tiny negatives), ``coincident (B, B)``.
+    Centring keeps ``G_ii`` of the order of the squared distances, so the cancellation is harmless
+    unless two rows (nearly) coincide.
     """
     xc = x - x.mean(dim=0, keepdim=True)  # (B, D), centred
     gram = xc @ xc.t()  # (B, B)
@@ -103,21 +84,12 @@ def _gram_and_squared_distances(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def pairwise_distances(x: Tensor, squared: bool = False, eps: float = EPS) -> Tensor:
-    """Euclidean distances between all pairs of rows, ``d_ij = ||x_i - x_j||_2``.
+    """Euclidean distances ``d_ij = ||x_i - x_j||`` (``d_ij^2`` if ``squared``) of ``(B, D)`` rows,
+    ``(B, B)``.
 
-    Computed from the Gram matrix of the centred batch, ``d_ij^2 = G_ii + G_jj - 2 G_ij`` with
-    ``G = x_c x_c^T``, which needs no ``(B, B, D)`` difference tensor. Pairs that coincide (within
-    the formula's rounding error, relative to the centred norms) get exactly 0 and a zero gradient;
-    elsewhere ``d_ij^2`` is clamped at ``eps`` before the square root, so every gradient is finite.
-    The diagonal is exactly 0. No in-place write touches a tensor autograd needs.
-
-    Args:
-        x: ``(B, D)`` embeddings.
-        squared: return ``d_ij^2`` instead of ``d_ij``.
-        eps: clamp for ``d_ij^2`` before the square root.
-
-    Returns:
-        ``(B, B)`` symmetric matrix with a zero diagonal.
+    From the centred Gram matrix, with no ``(B, B, D)`` tensor. Coincident pairs (within rounding)
+    and the diagonal are exactly 0 with a zero gradient; elsewhere ``d_ij^2`` is clamped at ``eps``
+    before the square root, so every gradient is finite.
     """
     _, d2, coincident = _gram_and_squared_distances(x)
     d2 = d2.clamp_min(eps)  # (B, B)
@@ -128,14 +100,9 @@ def pairwise_distances(x: Tensor, squared: bool = False, eps: float = EPS) -> Te
 
 
 def gram_and_inverse_distances(x: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
-    """The two ``(B, B)`` matrices every angle is built from: ``G`` and ``1 / d``.
-
-    ``G = x_c x_c^T`` is the Gram matrix of the centred batch and ``A_ij = 1 / d_ij``, set to 0 on
-    the diagonal and for coincident pairs (a zero difference vector has no direction; the authors'
-    code gets the same 0 from ``F.normalize`` of a zero vector). See :func:`angle_cosines`.
-
-    Returns:
-        ``(gram, inv_dist)``, both ``(B, B)``.
+    """``(G, A)``, both ``(B, B)``: the centred Gram matrix and ``A_ij = 1 / d_ij``, 0 on the
+    diagonal and for coincident pairs (no direction; the authors' code gets the same 0 from
+    ``F.normalize`` of a zero vector). Every angle is built from them (:func:`angle_cosines`).
     """
     gram, d2, coincident = _gram_and_squared_distances(x)
     inv = d2.clamp_min(eps).rsqrt()  # (B, B)
@@ -149,18 +116,12 @@ def mean_off_diagonal(m: Tensor) -> Tensor:
 
 
 def normalized_pairwise_distances(x: Tensor, eps: float = EPS) -> Tensor:
-    """RKD's distance potential ``psi_D(i, j) = d_ij / mu`` (Park et al. 2019, Sec. 3.2.1).
+    """RKD's distance potential ``psi_D(i, j) = d_ij / mu`` (Park et al. 2019, Sec. 3.2.1),
+    ``(B, B)``.
 
-    ``mu = mean_{i != j} d_ij`` is the batch's mean pairwise distance over the ``B (B - 1)``
-    off-diagonal pairs (coincident pairs count, with distance 0), so the potential is invariant to
-    a global rescaling and translation of the embedding. ``mu`` is clamped at ``sqrt(eps)`` so a
-    batch of identical samples gives a zero matrix rather than 0/0.
-
-    Args:
-        x: ``(B, D)`` embeddings, ``B >= 2``.
-
-    Returns:
-        ``(B, B)`` matrix with a zero diagonal and off-diagonal mean 1.
+    ``mu = mean_{i != j} d_ij`` over the ``B (B - 1)`` off-diagonal pairs (coincident ones count
+    with distance 0), clamped at ``sqrt(eps)`` so identical samples give zeros, not 0/0. Invariant
+    to a global rescaling and translation of the ``(B, D)`` embedding ``x``, ``B >= 2``.
     """
     d = pairwise_distances(x, eps=eps)  # (B, B)
     mu = mean_off_diagonal(d).clamp_min(eps**0.5)  # ()
@@ -168,24 +129,14 @@ def normalized_pairwise_distances(x: Tensor, eps: float = EPS) -> Tensor:
 
 
 def angle_cosines(x: Tensor, eps: float = EPS) -> Tensor:
-    """RKD's angle potential ``psi_A(i, j, k) = <e_ij, e_kj>`` with the vertex at ``j``.
+    """RKD's angle potential ``psi_A(i, j, k) = <e_ij, e_kj>``, vertex ``j``, as a ``(B, B, B)``
+    tensor.
 
-    ``e_ij = (x_i - x_j) / ||x_i - x_j||`` (Park et al. 2019, Sec. 3.2.2). The inner product of two
-    differences follows from the Gram matrix ``G`` of the centred batch:
-
-        <x_i - x_j, x_k - x_j> = G_ik - G_ij - G_jk + G_jj,
-
-    which is multiplied by ``A_ij A_kj`` with ``A = 1 / d`` from
-    :func:`gram_and_inverse_distances`. No ``(B, B, D)`` tensor is built, but the result is
-    ``(B, B, B)``: the RKD loss itself never materialises it (it works one vertex chunk at a time,
-    see :mod:`relkd_tutorial.losses.rkd`). Degenerate entries (``i = j``, ``k = j`` or a coincident
-    pair) are 0, as in the authors' code.
-
-    Args:
-        x: ``(B, D)`` embeddings.
-
-    Returns:
-        ``(B, B, B)`` tensor ``A[i, j, k]``.
+    ``e_ij = (x_i - x_j) / ||x_i - x_j||`` (Park et al. 2019, Sec. 3.2.2), from the centred Gram
+    matrix: ``<x_i - x_j, x_k - x_j> = G_ik - G_ij - G_jk + G_jj``, times ``A_ij A_kj``
+    (:func:`gram_and_inverse_distances`). Degenerate entries (``i = j``, ``k = j``, coincident
+    pairs) are 0, as in the authors' code. The RKD loss never builds this tensor
+    (:mod:`.losses.rkd`).
     """
     gram, inv_d = gram_and_inverse_distances(x, eps=eps)  # (B, B) each
     diag = gram.diagonal()  # (B,)  G_jj
@@ -200,38 +151,21 @@ def angle_cosines(x: Tensor, eps: float = EPS) -> Tensor:
 
 
 def cosine_similarity_matrix(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
-    """Cosine similarities ``S_ik = <a_i, b_k> / (||a_i|| ||b_k||)``.
-
-    A zero row has similarity 0 with everything; rows of any magnitude are normalised exactly
+    """``S_ik = <a_i, b_k> / (||a_i|| ||b_k||)``, ``(B, K)`` for ``a`` ``(B, D)`` and ``b``
+    ``(K, D)`` (default ``a``); a zero row has similarity 0, rows of any magnitude are exact
     (:func:`unit_rows`).
-
-    Args:
-        a: ``(B, D)``.
-        b: ``(K, D)``; defaults to ``a``.
-
-    Returns:
-        ``(B, K)`` matrix with entries in ``[-1, 1]``.
     """
     a_n = unit_rows(a, eps=eps)  # (B, D)
     b_n = a_n if b is None else unit_rows(b, eps=eps)  # (K, D)
     return a_n @ b_n.t()  # (B, K)
 
 
-# --------------------------------------------------------------------------------------------
-# Class relations: preferences, orders, ranks
-# --------------------------------------------------------------------------------------------
+# --- Class relations: preferences, orders, ranks ---
 
 
 def preference_mask(t: Tensor) -> Tensor:
-    """The teacher's pairwise preferences ``P_ijk = [z^t_ij > z^t_ik]`` (GRKD's preference set).
-
-    Ties give no preference in either direction, and the diagonal is always ``False``.
-
-    Args:
-        t: ``(B, C)`` teacher logits (or any scores; only their order matters).
-
-    Returns:
-        ``(B, C, C)`` boolean tensor.
+    """GRKD's preference set ``P_ijk = [t_ij > t_ik]`` as a ``(B, C, C)`` bool tensor, ``t``
+    ``(B, C)`` (ties and the diagonal: ``False``).
     """
     return t[:, :, None] > t[:, None, :]  # (B, C, C)
 
@@ -240,8 +174,7 @@ def _sort_rows(t: Tensor, descending: bool) -> tuple[Tensor, Tensor]:
     """Stable sort of each row: ``(values, order)``; ties keep their index order.
 
     On the CPU the order comes from NumPy: ``torch.sort`` of many short rows measured about 6x
-    slower than ``numpy.argsort`` (1.5 ms vs 0.26 ms for 256 x 100 on the reference machine), which
-    mattered next to a Hinton-KD step of 0.4 ms. Same result either way.
+    slower than ``numpy.argsort`` on the reference machine. Same result either way.
     """
     if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
         a = t.detach().numpy()
@@ -252,13 +185,8 @@ def _sort_rows(t: Tensor, descending: bool) -> tuple[Tensor, Tensor]:
 
 
 def _tie_blocks(sorted_rows: Tensor) -> tuple[Tensor, Tensor]:
-    """First and last position of the block of equal values each position of a sorted row is in.
-
-    Args:
-        sorted_rows: ``(B, C)``, each row sorted (either direction).
-
-    Returns:
-        ``(first, last)``, both ``(B, C)`` int64; without ties both equal the position.
+    """``(first, last)``, both ``(B, C)`` int64: the first and last position of the block of equal
+    values each position of a sorted ``(B, C)`` row (either direction) is in.
     """
     b, c = sorted_rows.shape
     pos = torch.arange(c, device=sorted_rows.device).expand(b, c)  # (B, C)
@@ -272,17 +200,11 @@ def _tie_blocks(sorted_rows: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def preference_counts(t: Tensor) -> tuple[Tensor, Tensor]:
-    """How many classes each class beats and loses to: the row and column sums of the mask.
+    """``(wins, losses)``, both ``(B, C)`` int64: ``wins_ia = #{b : t_ia > t_ib}``,
+    ``losses_ia = #{b : t_ib > t_ia}`` (the row and column sums of :func:`preference_mask`).
 
-    ``wins_ia = #{b : t_ia > t_ib}`` and ``losses_ia = #{b : t_ib > t_ia}``; a class tied with
-    ``m`` others has ``wins + losses = C - 1 - m``. ``sum_a wins_ia = |P_i|`` is the size of
-    sample ``i``'s preference set. One sort, ``O(B C log C)``, no ``(B, C, C)`` tensor.
-
-    Args:
-        t: ``(B, C)`` scores.
-
-    Returns:
-        ``(wins, losses)``, both ``(B, C)`` int64.
+    A class tied with ``m`` others has ``wins + losses = C - 1 - m``; ``sum_a wins_ia = |P_i|``. One
+    sort, ``O(B C log C)``, no ``(B, C, C)`` tensor.
     """
     c = t.shape[1]
     ascending, order = _sort_rows(t, descending=False)  # (B, C) each
@@ -293,65 +215,31 @@ def preference_counts(t: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def descending_order(t: Tensor) -> tuple[Tensor, Tensor]:
-    """Each row's classes from the teacher's most to least preferred.
-
-    The sort is stable, so tied classes keep their index order (choice: a deterministic tie
-    break; everything built on it that must not depend on it, e.g. GRKD's pair set, uses the
-    tie blocks of :func:`tie_block_ends` instead).
-
-    Args:
-        t: ``(B, C)`` scores.
-
-    Returns:
-        ``(values, order)``: ``values = t.gather(1, order)`` is non-increasing along each row;
-        both ``(B, C)``.
+    """``(values, order)``, both ``(B, C)``: each row's classes from most to least preferred,
+    ``values = t.gather(1, order)`` non-increasing. Stable (choice: ties keep their index order;
+    what must not depend on the tie break, e.g. GRKD's pair set, uses :func:`tie_block_ends`).
     """
     return _sort_rows(t, descending=True)
 
 
 def tie_block_ends(sorted_desc: Tensor) -> Tensor:
-    """For each position ``a`` of a non-increasing row, the first position with a smaller value.
-
-    In the sorted order, class ``a`` is strictly preferred exactly to the positions
-    ``b >= end[a]``; positions ``a < b < end[a]`` are tied with it. Without ties ``end[a] = a + 1``.
-
-    Args:
-        sorted_desc: ``(B, C)``, each row non-increasing (e.g. from :func:`descending_order`).
-
-    Returns:
-        ``(B, C)`` int64 with values in ``[1, C]``.
+    """``(B, C)`` int64 in ``[1, C]``: for each position ``a`` of a non-increasing row (e.g. from
+    :func:`descending_order`), the first position with a smaller value. Class ``a`` is strictly
+    preferred exactly to the positions ``b >= end[a]``; without ties ``end[a] = a + 1``.
     """
     return _tie_blocks(sorted_desc)[1] + 1
-
-
-def topk_membership(t: Tensor, k: int) -> Tensor:
-    """``(B, C)`` boolean mask of the ``k`` first classes of each row in :func:`descending_order`.
-
-    Ties at the boundary are broken by class index (stable sort), so the mask holds exactly
-    ``min(k, C)`` entries per row and depends on ``t`` only through its order.
-    """
-    k = min(int(k), t.shape[1])
-    idx = descending_order(t)[1][:, :k]  # (B, k)
-    return torch.zeros_like(t, dtype=torch.bool).scatter(1, idx, True)
 
 
 def _pairwise_kernel(v: Tensor, need_sum: bool, need_wins: bool) -> tuple[Tensor, Tensor]:
     """``P_i = sum_{a<b} log(e^{v_ia} + e^{v_ib})`` and ``W_ia = sum_{b != a} sigma(v_ia - v_ib)``.
 
-    No autograd (called on detached tensors). Works in chunks of rows ``a``, over the columns
-    ``b >= a0`` only (the pair terms are symmetric, so the upper block triangle is enough), so the
-    memory is ``O(B * C * chunk)``. Per pair it needs one log and one reciprocal: with
-    ``E = exp(v - m)`` (``m`` the row's mid-range), ``log(e^{v_a} + e^{v_b}) = log(E_a + E_b) + m``
-    and ``sigma(v_a - v_b) = E_a / (E_a + E_b)``. That is exact while ``E`` neither overflows nor
-    underflows, i.e. while each row's range stays below ``1.7 log(max float)`` (150 in float32);
-    otherwise the chunk loop falls back to the stable ``logaddexp`` / ``sigmoid`` form. Both passes
-    run and each row takes its own (no host synchronisation to decide; choice: the stable pass
-    costs about as much again, which is small beside a network's step).
-
-    Speed (the fast form): each chunk is written into two work buffers allocated once per call
-    (``E_a + E_b``, and its reciprocal; the log is then taken in place), so the chunk loop
-    allocates nothing and a chunk of about ``PAIR_CHUNK_ELEMENTS`` values stays in a CPU core's L2
-    cache.
+    No autograd (called on detached tensors). Chunks of rows ``a`` over the columns ``b >= a0`` only
+    (the pair terms are symmetric), so memory is ``O(B * C * chunk)``. With ``E = exp(v - m)``
+    (``m`` the row's mid-range) a pair costs one log and one reciprocal:
+    ``log(e^{v_a} + e^{v_b}) = log(E_a + E_b) + m`` and ``sigma(v_a - v_b) = E_a / (E_a + E_b)``,
+    exact while ``E`` neither overflows nor underflows (a row range below ``1.7 log(max float)``,
+    150 in float32); rows beyond it take the stable ``logaddexp``/``sigmoid`` pass. Both passes run
+    and each row takes its own (no host synchronisation; choice).
     """
     vmax = v.max(dim=1, keepdim=True).values  # (B, 1)
     vmin = v.min(dim=1, keepdim=True).values  # (B, 1)
@@ -364,8 +252,10 @@ def _pairwise_kernel(v: Tensor, need_sum: bool, need_wins: bool) -> tuple[Tensor
 def _pairwise_pass(
     v: Tensor, need_sum: bool, need_wins: bool, mid: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """:func:`_pairwise_kernel`'s pass over every row: the fast form with the rows' mid-ranges
-    ``mid`` ``(B, 1)`` (rows out of range come out inf/NaN), or the stable one (``mid=None``)."""
+    """One pass of :func:`_pairwise_kernel` over every row: the fast form with the rows' mid-ranges
+    ``mid`` ``(B, 1)`` (out-of-range rows come out inf/NaN; two work buffers allocated once, so the
+    chunk loop allocates nothing), or the stable form (``mid=None``).
+    """
     b, c = v.shape
     fast = mid is not None
     e = (v - mid).exp() if fast else None  # (B, C)
@@ -433,62 +323,42 @@ class _PairwiseLogAddExpSum(torch.autograd.Function):
 
 
 def pairwise_logaddexp_sum(v: Tensor) -> Tensor:
-    """The pairwise log-partition of each row, ``P_i = sum_{a<b} log(exp(v_ia) + exp(v_ib))``.
+    """The pairwise log-partition of each row, ``P_i = sum_{a<b} log(exp(v_ia) + exp(v_ib))``,
+    ``(B,)``.
 
-    Every pairwise logistic (Bradley-Terry) loss on score gaps reduces to it: for any targets
+    Every pairwise logistic (Bradley-Terry) loss on score gaps reduces to it: for targets
     ``y_ab + y_ba = 1``,
 
         sum_{a<b} BCE(sigma(v_a - v_b), y_ab) = P(v) - sum_a Y_a v_a,   Y_a = sum_{b != a} y_ab,
 
-    so the ``O(C^2)`` part of GRKD and of the soft pairwise loss depends on the student alone.
-    Its gradient is the vector of soft wins, ``dP_i / dv_ia = sum_{b != a} sigma(v_ia - v_ib)``
-    (:func:`soft_wins`), which the forward computes in the same chunked pass and keeps: the
-    backward costs ``O(B C)``. Memory ``O(B * C * chunk)``; first-order gradients only.
-
-    Args:
-        v: ``(B, C)`` scores (e.g. logits divided by a temperature).
-
-    Returns:
-        ``(B,)``.
+    so the ``O(C^2)`` part of GRKD and of the soft pairwise loss depends on the student alone. Its
+    gradient is the soft wins ``dP_i / dv_ia = sum_{b != a} sigma(v_ia - v_ib)``
+    (:func:`soft_wins`), kept from the forward: the backward costs ``O(B C)``. ``v`` ``(B, C)``
+    scores; first order only.
     """
     return _PairwiseLogAddExpSum.apply(v)
 
 
 def soft_wins(v: Tensor) -> Tensor:
-    """Soft count of the classes each class beats, ``W_ia = sum_{b != a} sigma(v_ia - v_ib)``.
+    """Soft win counts ``W_ia = sum_{b != a} sigma(v_ia - v_ib)``, ``(B, C)``,
+    ``sum_a W_ia = C (C-1)/2``.
 
-    ``C - 1 - W`` is a soft rank (0 = top). With hard steps instead of ``sigma`` this is
-    :func:`preference_counts`' ``wins`` plus half the ties. Computed without a graph (it is used for
-    teacher-side targets); it equals the gradient of :func:`pairwise_logaddexp_sum`.
-
-    Args:
-        v: ``(B, C)`` scores.
-
-    Returns:
-        ``(B, C)`` with ``sum_a W_ia = C (C - 1) / 2``.
+    ``C - 1 - W`` is a soft rank (0 = top); with hard steps it is :func:`preference_counts`'
+    ``wins`` plus half the ties. No graph (used for teacher-side targets); it is the gradient of
+    :func:`pairwise_logaddexp_sum`.
     """
     return _pairwise_kernel(v.detach(), need_sum=False, need_wins=True)[1]
 
 
-# ---------------------------------------------------------------------------------------------
-# Triplet relations (added for REFILLED's stage 1; shared so any triplet-based loss reuses them)
-# ---------------------------------------------------------------------------------------------
+# --- Triplet relations (added for REFILLED's stage 1; shared so any triplet-based loss reuses them) ---
 
 _TRIPLET_CHUNK = 1 << 24  # entries of the (pairs, B) comparison tensor built at once
 
 
 def triplet_label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Which pairs may serve as (anchor, positive) and which as (anchor, negative).
-
-    ``positive[a, p] = (y_a = y_p) and (a != p)``, ``negative[a, n] = (y_a != y_n)``, and both are
-    ``False`` whenever ``y_a`` or the partner's label is ``-1`` (an unlabelled sample takes no
-    part in a labelled relation).
-
-    Args:
-        labels: ``(B,)`` integer labels, ``-1`` = unlabelled.
-
-    Returns:
-        ``(positive, negative)``, two ``(B, B)`` boolean masks.
+    """``(positive, negative)``, two ``(B, B)`` bool masks of which pairs may be (anchor, positive)
+    (``y_a = y_p``, ``a != p``) and (anchor, negative) (``y_a != y_n``); both ``False`` where a
+    label of ``labels`` ``(B,)`` is ``-1`` (an unlabelled sample takes no part).
     """
     labelled = labels >= 0  # (B,)
     both = labelled[:, None] & labelled[None, :]  # (B, B)
@@ -500,29 +370,15 @@ def triplet_label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
 def semi_hard_triplets(
     dist: Tensor, labels: Tensor, margin: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """All semi-hard triplets of a batch, mined on a distance matrix.
+    """All semi-hard triplets of a batch: ``y_a = y_p``, ``a != p``, ``y_n != y_a`` and
 
-    A triplet ``(a, p, n)`` is semi-hard when ``y_a = y_p``, ``a != p``, ``y_n != y_a`` and the
-    negative lies beyond the positive but inside the margin:
+        0 < d_an - d_ap <= margin
 
-        0 < d_an - d_ap <= margin.
-
-    (FaceNet's semi-hard condition, in the form pytorch-metric-learning's ``TripletMarginMiner``
-    with ``type_of_triplets="semihard"`` enumerates, which REFILLED's official code uses.)
-    Unlabelled samples (label ``-1``) are never anchor, positive or negative.
-
-    Only the ``P`` (anchor, positive) pairs are compared with all ``B`` candidates, a ``(P, B)``
-    tensor (``P ~ B^2 / C`` for ``C`` balanced classes) instead of ``(B, B, B)``, built in chunks of
-    pairs so memory stays bounded. No gradient flows through mining (the result is indices).
-
-    Args:
-        dist: ``(B, B)`` distances (any dissimilarity; only differences are compared).
-        labels: ``(B,)`` integer labels, ``-1`` = unlabelled.
-        margin: ``m > 0``.
-
-    Returns:
-        ``(a, p, n)``: three ``(T,)`` int64 index tensors, sorted lexicographically by
-        ``(a, p, n)``; ``T = 0`` when the batch holds no semi-hard triplet.
+    (FaceNet's condition as pytorch-metric-learning's ``TripletMarginMiner(type_of_triplets=
+    "semihard")`` enumerates it, which REFILLED's official code uses). ``dist`` ``(B, B)``,
+    ``labels`` ``(B,)`` (``-1`` never takes part). Only the ``P`` (anchor, positive) pairs are
+    compared with the ``B`` candidates, in chunks of pairs. Returns ``(a, p, n)``, three ``(T,)``
+    int64 tensors sorted by ``(a, p, n)`` (``T = 0`` if none); no gradient.
     """
     dist = dist.detach()
     b = dist.shape[0]

@@ -4,43 +4,22 @@
     timeout 600 python -m relkd_tutorial.selfcheck --device cuda --epoch-cifar --json epoch.json
     python -m relkd_tutorial.selfcheck --tiny                 # CPU: small nets, well under a minute
 
-Run it under a shell-level ``timeout`` (as above): a stalled compile should fail, not hang.
+For every method and every mode of :data:`MODES` (fp32, bf16, fp16, channels_last, compile; the
+table of knobs and tolerances is in ``benchmarks/README.md``):
 
-For every method of :func:`~relkd_tutorial.available_methods` and every mode:
+1. **Loss check.** On one fixed un-augmented batch, every loss term on the device in the mode (as
+   the loop runs it) against the same weights, images and method state in float64 on the CPU:
+   ``|device - float64| <= atol + rtol |float64|``; ``err/tol`` is the worst term's ratio. TF32
+   is off in the fp32 modes' check. A stateful method is stepped once first (RRD's queue);
+   REFILLED is checked in both stages.
+2. **Training.** ``fit`` for 2 epochs of ``--steps`` batches; every epoch-mean term must be
+   finite; images/s on the second epoch, peak CUDA memory.
 
-=================  ==================================================  ======  ======
-mode               TrainConfig                                         rtol    atol
-=================  ==================================================  ======  ======
-``fp32``           ``amp="off"``                                       1e-4    1e-5
-``bf16``           ``amp="bf16"`` (autocast)                           5e-2    5e-3
-``fp16``           ``amp="fp16"`` (autocast + GradScaler; CUDA only)   1e-2    1e-3
-``channels_last``  ``channels_last=True``                              1e-4    1e-5
-``compile``        ``compile=True`` (the student's forward compiled)   1e-4    1e-5
-=================  ==================================================  ======  ======
-
-1. **Loss check.** On one fixed un-augmented batch the teacher and the student run on the device
-   in the mode as the loop runs them (autocast around the forward passes, losses on float32
-   copies outside it); the same weights, images and method state in float64 on the CPU give the
-   reference. Every term must be finite with ``|device - float64| <= atol + rtol * |float64|``
-   (bf16 keeps 8 significant bits, fp16 11; deep nets and narrow temperatures amplify rounding).
-   ``err/tol`` is the worst term's error over its tolerance (pass: <= 1). TF32 is off in the fp32
-   modes' check (fp32 means fp32), not in training. A stateful method is stepped once first (RRD's
-   queue is not empty); REFILLED is checked in both stages, its centres set up from the batch.
-2. **Training.** :func:`~relkd_tutorial.fit`, 2 epochs of ``--steps`` batches, the mode's
-   :class:`~relkd_tutorial.TrainConfig`, a live teacher; every epoch-mean loss term must be
-   finite. images/s is measured on the second epoch (the first warms up: compilation, cuDNN
-   autotuning); peak memory is ``torch.cuda.max_memory_allocated`` on CUDA, "n/a" on a CPU (a
-   process's RSS high-water mark cannot be reset between rows).
-
-A mode the device cannot run is a ``skipped`` row with its reason (fp16 on a CPU, bf16 on a GPU
-without it, ``torch.compile`` where a probe compile fails); a row that raises is an ``error``
-row. Nets: ``resnet32x4`` -> ``resnet8x4``, 100 classes, 3x32x32, batch 128 (default off the CPU,
-or ``--cifar``); ``--tiny`` (default on a CPU): ``teacher_cnn`` -> ``student_cnn_s``, 10 classes,
-3x16x16, batch 16. Random uint8 images in the CIFAR format. Exit status 1 if a row failed.
-
-``--epoch-cifar``: one CIFAR-100-shaped epoch (``--epoch-images`` random 3x32x32 uint8 images,
-default 50,000, 100 classes, batch ``--epoch-batch`` = 128, crop + flip) of ``resnet32x4 ->
-resnet8x4`` KD with ``fit``: images/s (whole epoch, warm-up included) and peak memory.
+A mode the device cannot run is a ``skipped`` row with its reason, a row that raises an ``error``
+row; exit status 1 if a row failed. Nets: ``resnet32x4 -> resnet8x4`` (100 classes, 3x32x32,
+batch 128; ``--cifar``, the default off the CPU) or ``--tiny`` (``teacher_cnn -> student_cnn_s``,
+10 classes, 3x16x16, batch 16), on random uint8 images. ``--epoch-cifar``: one CIFAR-100-shaped
+epoch of KD with ``fit`` (``--epoch-images``, ``--epoch-batch``), its images/s and peak memory.
 """
 
 from __future__ import annotations

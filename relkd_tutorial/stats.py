@@ -1,33 +1,18 @@
 """Small-sample statistics for the benchmark: Student's t quantiles and paired differences.
 
-A benchmark row is a handful of seeds (3 to 5), so a difference between two methods is only
-meaningful next to its uncertainty. We compare methods *paired by seed*: seed ``s`` fixes the
-labelled subset, the student's initialisation and the batch order for every method, so the
-difference ``d_s = a_s - b_s`` removes what the seed does to both (an easy subset, a lucky init)
-and keeps what the method does. With ``n`` seeds,
+A benchmark row is a handful of seeds, so methods are compared *paired by seed* (seed ``s`` fixes
+the labelled subset, the initialisation and the batch order for every method): with
+``d_s = a_s - b_s`` over ``n`` seeds,
 
     d_bar = (1/n) sum_s d_s,    s_d = sqrt( sum_s (d_s - d_bar)^2 / (n - 1) ),
     95% CI = d_bar -+ t_{0.975, n-1} * s_d / sqrt(n),
 
-the paired t interval (e.g. Wasserman, *All of Statistics*, 2004, Sec. 10.1; any introductory
-text). ``t_{p, nu}`` is the ``p`` quantile of Student's t with ``nu`` degrees of freedom; for
-``n = 3`` seeds it is 4.303, not the normal 1.96, which is why three seeds rarely separate two
-methods a point apart.
-
-No SciPy (not a dependency of the package): :func:`t_cdf` evaluates the t distribution through the
-regularized incomplete beta function, computed with its continued fraction (DLMF 8.17.22) by the
-modified Lentz method, and :func:`t_quantile` inverts it by bisection. The tests check both
-against closed forms (``nu = 1`` is the Cauchy distribution, ``nu = 2`` has an algebraic
-quantile) and against the printed table of the NIST/SEMATECH e-Handbook of Statistical Methods,
-Sec. 1.3.6.7.2 ("Critical values of the Student's t distribution"), reproduced in
-:data:`T_975_TABLE`.
-
-Several comparisons at once. A report that compares nine methods with KD at 95% each expects
-about one interval in twenty to exclude 0 by chance alone, so a family of comparisons is judged
-with Holm's step-down correction (Holm 1979, "A simple sequentially rejective multiple test
-procedure", *Scandinavian Journal of Statistics* 6(2)): :func:`paired_t_p_value` gives each
-comparison's two-sided p-value and :func:`holm_adjust` the adjusted p-values, which control the
-probability of *any* false claim in the family at the chosen level.
+the paired t interval (e.g. Wasserman, *All of Statistics*, 2004, Sec. 10.1); for ``n = 3``
+``t = 4.303``, not 1.96. Without SciPy (not a dependency): :func:`t_cdf` through the regularized
+incomplete beta function (its continued fraction, DLMF 8.17.22, by the modified Lentz method),
+:func:`t_quantile` by bisection; tested against closed forms and the NIST/SEMATECH e-Handbook
+table (Sec. 1.3.6.7.2). A family of comparisons is judged with Holm's step-down correction
+(Holm 1979, *Scandinavian Journal of Statistics* 6(2)): :func:`holm_adjust`.
 """
 
 from __future__ import annotations
@@ -35,25 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-#: Upper 2.5% critical values ``t_{0.975, nu}`` as printed (3 decimals) in the NIST/SEMATECH
-#: e-Handbook of Statistical Methods, Sec. 1.3.6.7.2; used by the tests, not by the code.
-T_975_TABLE: dict[int, float] = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    15: 2.131,
-    20: 2.086,
-    30: 2.042,
-    100: 1.984,
-}
 
 
 def _check_df(df: float) -> float:
@@ -63,45 +29,34 @@ def _check_df(df: float) -> float:
 
 
 def _beta_continued_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of ``I_x(a, b)`` (DLMF 8.17.22), by the modified Lentz method.
-
-    ``I_x(a, b) = x^a (1 - x)^b / (a B(a, b)) * 1 / (1 + d_1 / (1 + d_2 / (1 + ...)))`` with
-    ``d_{2m+1} = -(a + m)(a + b + m) x / ((a + 2m)(a + 2m + 1))`` and
-    ``d_{2m} = m (b - m) x / ((a + 2m - 1)(a + 2m))``. This returns the fraction
-    ``1 / (1 + d_1 / (1 + ...))``; it converges fast for ``x < (a + 1) / (a + b + 2)``.
+    """The continued fraction ``1 / (1 + d_1 / (1 + d_2 / (1 + ...)))`` of ``I_x(a, b)`` (DLMF
+    8.17.22), ``I_x(a, b) = x^a (1 - x)^b / (a B(a, b))`` times it, by the modified Lentz method,
+    with ``d_{2m+1} = -(a + m)(a + b + m) x / ((a + 2m)(a + 2m + 1))`` and
+    ``d_{2m} = m (b - m) x / ((a + 2m - 1)(a + 2m))``; fast for ``x < (a + 1) / (a + b + 2)``.
     """
     tiny = 1e-300
-    f = 1.0  # value of the fraction so far, Lentz: f = C / D products
     c = 1.0
     d = 1.0 - (a + b) * x / (a + 1.0)  # 1 + d_1
     d = 1.0 / (d if abs(d) > tiny else tiny)
-    f = d
+    f = d  # the fraction so far, Lentz: f = product of C * D
     for m in range(1, 10_000):
-        # even step d_{2m}
-        num = m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m))
-        d = 1.0 + num * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + num / c
-        c = c if abs(c) > tiny else tiny
-        f *= d * c
-        # odd step d_{2m+1}
-        num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))
-        d = 1.0 + num * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + num / c
-        c = c if abs(c) > tiny else tiny
-        step = d * c
-        f *= step
+        even = m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m))  # d_{2m}
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))  # d_{2m+1}
+        for num in (even, odd):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            step = d * c
+            f *= step
         if abs(step - 1.0) < 1e-15:
             return f
     raise ArithmeticError(f"the incomplete beta fraction did not converge (a={a}, b={b}, x={x})")
 
 
 def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
-    """``I_x(a, b) = B(x; a, b) / B(a, b)`` for ``a, b > 0`` and ``x`` in ``[0, 1]``.
-
-    Uses the continued fraction where it converges fast and the symmetry
-    ``I_x(a, b) = 1 - I_{1-x}(b, a)`` elsewhere.
+    """``I_x(a, b) = B(x; a, b) / B(a, b)`` for ``a, b > 0``, ``x`` in ``[0, 1]`` (the continued
+    fraction where it converges fast, ``I_x(a, b) = 1 - I_{1-x}(b, a)`` elsewhere).
     """
     if not (a > 0 and b > 0):
         raise ValueError(f"a and b must be positive, got a={a}, b={b}")
@@ -134,10 +89,8 @@ def t_cdf(t: float, df: float) -> float:
 
 
 def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (``t_cdf`` inverted).
-
-    Bisection on ``t_cdf`` (monotone) to about 1e-12 relative; exact symmetry
-    ``t_{1-p} = -t_p``. E.g. ``t_quantile(0.975, 4) = 2.776...`` (five seeds).
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom: :func:`t_cdf` inverted by
+    bisection to about 1e-12 relative, ``t_{1-p} = -t_p`` exactly.
     """
     df = _check_df(df)
     if not 0.0 < p < 1.0:
@@ -181,9 +134,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """``a - b`` paired by seed: mean, sample std, ``n``, and the two-sided CI at ``confidence``.
-
-    ``low``/``high`` are NaN when ``n < 2`` (one pair has no spread, hence no interval).
+    """``a - b`` paired by seed: mean, sample std, ``n``, and the two-sided CI at ``confidence``
+    (``low``/``high`` NaN when ``n < 2``).
     """
 
     mean: float
@@ -207,10 +159,8 @@ class PairedDifference:
 
 
 def t_two_sided_p(t: float, df: float) -> float:
-    """``P(|T| >= |t|)`` for Student's t with ``df`` degrees of freedom.
-
-    ``= I_{df / (df + t^2)}(df / 2, 1 / 2)`` (the same incomplete beta as :func:`t_cdf`, without
-    the ``1 - ...`` that would lose the digits of a small p-value).
+    """``P(|T| >= |t|) = I_{df / (df + t^2)}(df / 2, 1 / 2)`` (without the ``1 - ...`` that would
+    lose the digits of a small p-value).
     """
     df = _check_df(df)
     if math.isnan(t):
@@ -221,10 +171,8 @@ def t_two_sided_p(t: float, df: float) -> float:
 
 
 def paired_t_p_value(mean: float, std: float, n: int) -> float:
-    """Two-sided p-value of the paired t test of ``mean = 0``: ``t = mean / (std / sqrt(n))``.
-
-    ``n - 1`` degrees of freedom. NaN for ``n < 2`` (no spread, no test). With ``std = 0`` every
-    pair differs by the same amount: p is 0 if that amount is not 0, else 1.
+    """Two-sided p-value of the paired t test of ``mean = 0``, ``t = mean / (std / sqrt(n))``,
+    ``n - 1`` degrees of freedom; NaN for ``n < 2``; with ``std = 0``: 0 if ``mean != 0``, else 1.
     """
     if n < 2 or math.isnan(mean) or math.isnan(std):
         return math.nan
@@ -236,16 +184,9 @@ def paired_t_p_value(mean: float, std: float, n: int) -> float:
 def holm_adjust(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values of one family of comparisons, in the input's order.
 
-    Definition (Holm 1979): sort the ``m`` p-values, ``p_(1) <= ... <= p_(m)``; the step-down test
-    at level ``alpha`` rejects ``H_(1), ..., H_(i-1)`` where ``i`` is the first index with
-    ``p_(i) > alpha / (m - i + 1)``. The adjusted p-value of ``H_(i)`` is the smallest ``alpha`` at
-    which it is rejected,
-
-        p~_(i) = min(1, max_{j <= i} (m - j + 1) p_(j)),
-
-    so "``p~ <= alpha``" is the test at level ``alpha`` for every ``alpha`` at once. NaN entries
-    (a comparison without a test, e.g. one seed) stay NaN and are not counted in ``m``. Ties in
-    the p-values get the same adjusted value whatever their order.
+    With the ``m`` p-values sorted, ``p~_(i) = min(1, max_{j <= i} (m - j + 1) p_(j))`` (Holm 1979):
+    "``p~ <= alpha``" is the step-down test at level ``alpha``, for every ``alpha`` at once. NaN
+    entries stay NaN and are not counted in ``m``; tied p-values get the same adjusted value.
     """
     ps = [float(p) for p in p_values]
     if any(not (math.isnan(p) or 0.0 <= p <= 1.0) for p in ps):
@@ -282,14 +223,8 @@ def paired_difference(
 def describe_difference(
     a: str, b: str, diff: PairedDifference, unit: str = "points", digits: int = 2
 ) -> str:
-    """One plain sentence for ``a - b``, saying "within noise" when the interval contains 0.
-
-    Examples (``unit="points"``)::
-
-        grkd beats ce by 3.10 points (95% CI +1.20 to +5.00, 5 paired seeds).
-        kd trails ce by 0.80 points (95% CI -1.40 to -0.20, 5 paired seeds).
-        rkd vs ce: +0.30 points (95% CI -0.90 to +1.50, 3 paired seeds): within noise; the
-        data do not separate them.
+    """One plain sentence for ``a - b``, "within noise" when the interval contains 0, e.g.
+    ``grkd beats ce by 3.10 points (95% CI +1.20 to +5.00, 5 paired seeds).``
     """
     f = f"{{:+.{digits}f}}"
     g = f"{{:.{digits}f}}"
@@ -319,11 +254,8 @@ def format_p(p: float) -> str:
 
 
 def claim(diff: PairedDifference, p_adjusted: float, alpha: float = 0.05) -> str:
-    """``"beats"``, ``"trails"`` or ``"within noise"`` for ``a - b`` judged within a family.
-
-    A claim needs both: the interval excludes 0 *and* the family's adjusted p-value is at most
-    ``alpha`` (for ``confidence = 1 - alpha`` the first follows from the second, since an adjusted
-    p-value is never below the unadjusted one).
+    """``"beats"``, ``"trails"`` or ``"within noise"`` for ``a - b`` in a family: a claim needs the
+    interval to exclude 0 *and* the adjusted p-value to be at most ``alpha``.
     """
     if diff.within_noise or math.isnan(p_adjusted) or p_adjusted > alpha:
         return "within noise"
@@ -340,14 +272,10 @@ def describe_corrected(
     digits: int = 2,
     alpha: float = 0.05,
 ) -> str:
-    """One sentence for ``a - b`` as one of ``family_size`` comparisons, Holm-corrected.
-
-    Like :func:`describe_difference`, plus the adjusted p-value (:func:`holm_adjust`); "within
-    noise" when the interval contains 0 or the adjusted p-value exceeds ``alpha``. Examples::
-
-        GRKD beats CE by 3.10 points (95% CI +1.20 to +5.00, 8 paired seeds; Holm p 0.004 over 9).
-        RKD vs KD: -0.60 points (95% CI -1.10 to -0.10, 8 paired seeds; p 0.03, Holm p 0.21
-        over 9): within noise after the correction for 9 comparisons.
+    """One sentence for ``a - b`` as one of ``family_size`` Holm-corrected comparisons: as
+    :func:`describe_difference` plus the adjusted p-value, "within noise" if the interval contains 0
+    or the adjusted p-value exceeds ``alpha``, e.g. ``GRKD beats CE by 3.10 points (95% CI +1.20 to
+    +5.00, 8 paired seeds; Holm p 0.004 over 9).``
     """
     f = f"{{:+.{digits}f}}"
     g = f"{{:.{digits}f}}"

@@ -1,23 +1,13 @@
 """Teacher outputs: run a frozen teacher live, or look its outputs up in a cache by sample index.
 
-A distillation step needs the teacher's pooled features ``(B, D_T)`` and logits ``(B, C_T)`` for
-the images of the batch. There are two ways to get them, and :func:`teacher_outputs` accepts both:
-
-- **live**: the teacher ``nn.Module`` runs on the (augmented) batch in eval mode under
-  ``torch.no_grad()`` — always correct, costs one teacher forward per step;
-- **cached**: a :class:`TeacherCache` holds the outputs of one pass of the teacher over the
-  *un-augmented* training set, and a batch looks its rows up by ``Batch.index``, each image's
-  position in its data set. This is only correct when the student's batches are not augmented
-  (or the augmentation is meant to be ignored), and it is correct under any shuffling because
-  the key is the sample's index, never its position in the batch or the step number — the bug
-  that made cached logits belong to other images in several public KD repos (``docs/pitfalls.md``).
-
-The same one pass is what methods with ``needs_setup`` (REFILLED's class centres) receive as
-:class:`~relkd_tutorial.methods.SetupData`: :meth:`TeacherCache.setup_data`.
-
-This module also holds :func:`as_batch`, which turns what any loader yields (a
-:class:`~relkd_tutorial.data.Batch`, or a ``(x, y)`` / ``(x, y, index)`` tuple from a plain
-``DataLoader``) into a ``Batch`` on the training device.
+:func:`teacher_outputs` accepts both. **Live**: the teacher ``nn.Module`` runs on the (augmented)
+batch in eval mode under ``torch.no_grad()``, one forward per step. **Cached**: a
+:class:`TeacherCache` holds one pass of the teacher over the *un-augmented* training set, and a
+batch looks its rows up by ``Batch.index``, each image's position in its data set, never its
+position in the batch or the step number (the bug that gave cached logits to other images in
+several public KD repos, ``docs/pitfalls.md``). The same pass is what a ``needs_setup`` method
+receives (:meth:`TeacherCache.setup_data`). :func:`as_batch` turns any loader item into a
+:class:`~relkd_tutorial.data.Batch` on the device.
 """
 
 from __future__ import annotations
@@ -29,20 +19,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ._checks import input_checks_enabled
+from ._checks import input_checks_enabled, is_integer
 from .data import Batch
 from .methods import SetupData
 
 
 def as_batch(item: object, device: torch.device | str | None = None) -> Batch:
-    """Adapt one loader item to a :class:`Batch` on ``device``.
-
-    Accepts a ``Batch`` or a tuple/list ``(x, y)`` or ``(x, y, index)`` of tensors. A ``(x, y)``
-    tuple has no sample index: the result's ``index`` is ``None``, which is fine for methods
-    without a teacher cache; looking such a batch up in a :class:`TeacherCache` raises a clear
-    error (wrap the data set in :class:`IndexedDataset` to get indices).
-
-    Labels are converted to ``int64``; ``-1`` keeps meaning "unlabelled".
+    """Adapt one loader item, a ``Batch`` or an ``(x, y[, index])`` tuple, to a :class:`Batch` on
+    ``device`` (labels as ``int64``, ``-1`` = unlabelled). Without an index, ``index`` is ``None``:
+    fine unless a :class:`TeacherCache` must look the batch up (wrap the data set in
+    :class:`IndexedDataset`).
     """
     if isinstance(item, Batch):
         x, y, index = item.x, item.y, item.index
@@ -73,10 +59,6 @@ def as_batch(item: object, device: torch.device | str | None = None) -> Batch:
     return Batch(x=x, y=y, index=index)  # type: ignore[arg-type]  # index may be None
 
 
-def _is_integer(t: Tensor) -> bool:
-    return not (t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex())
-
-
 def _check_batch(x: Tensor, y: Tensor, index: Tensor | None) -> None:
     """Refuse a batch the loop would silently misread; dtypes, shapes and devices only (no sync).
 
@@ -95,7 +77,7 @@ def _check_batch(x: Tensor, y: Tensor, index: Tensor | None) -> None:
             "pixels need x.float() / 255 and a normalisation; TensorLoader and image_loader "
             "do both"
         )
-    if not _is_integer(y):
+    if not is_integer(y):
         raise TypeError(
             f"batch labels y must be integer class indices (int64; -1 = unlabelled), got "
             f"{y.dtype}: float labels would be truncated (0.7 -> class 0), booleans read as "
@@ -108,7 +90,7 @@ def _check_batch(x: Tensor, y: Tensor, index: Tensor | None) -> None:
             f"{tuple(y.shape)} (for images of shape {tuple(x.shape)}); flatten (B, 1) labels "
             "with y.view(-1)"
         )
-    if index is not None and (not _is_integer(index) or index.shape != y.shape):
+    if index is not None and (not is_integer(index) or index.shape != y.shape):
         raise TypeError(
             f"batch index must be integer sample positions of shape {tuple(y.shape)}, got "
             f"{index.dtype} of shape {tuple(index.shape)}"
@@ -149,19 +131,34 @@ def split_outputs(out: object, who: str) -> tuple[Tensor, Tensor]:
     return features, logits
 
 
+def run_model(
+    model: nn.Module,
+    x: Tensor,
+    who: str,
+    *,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``model(x)`` checked as ``(features (B, D), logits (B, C))``, under autocast if
+    ``autocast_dtype`` is given, with ``channels_last`` images if asked."""
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(
+        device_type=x.device.type,
+        dtype=autocast_dtype or torch.bfloat16,
+        enabled=autocast_dtype is not None,
+    ):
+        return split_outputs(model(x), who)
+
+
 @dataclass
 class TeacherCache:
     """The teacher's outputs for every sample of a data set, row ``i`` = sample index ``i``.
 
-    Build it with :meth:`build` (one pass over an un-augmented loader), look rows up with
-    :meth:`lookup`. ``labels`` are the labels the loader yielded (the *student's* labels,
-    ``-1`` = unlabelled), kept so the cache can also serve as :class:`SetupData`.
-
-    One cache per fixed view: a row is the teacher's output for *one* image as the building
-    loader showed it (un-augmented). A student batch that crops or flips that image gets the
-    un-augmented image's output (``fit`` warns); for augmented training run the teacher live.
-    The key is always the sample's index in its data set - never its position in a batch or
-    the step number, which a shuffling loader changes every epoch.
+    Build with :meth:`build` (one pass over an un-augmented loader), look up with :meth:`lookup`.
+    ``labels`` are the student's labels the loader yielded (so the cache can serve as
+    :class:`SetupData`). A row is the teacher's output for the un-augmented image: for augmented
+    training run the teacher live (``fit`` warns).
     """
 
     features: Tensor  # (N, D_T) float32
@@ -196,10 +193,12 @@ class TeacherCache:
         )
 
     def lookup(self, index: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Rows ``index`` of the cache: ``(features (B, D_T), logits (B, C_T))`` on ``index``'s device.
+        """Rows ``index`` of the cache: ``(features (B, D_T), logits (B, C_T))`` on ``index``'s
+        device.
 
         With input checks on (the default, see :func:`relkd_tutorial.set_input_checks`) an index
-        outside ``[0, N)`` raises instead of silently wrapping around (``-1`` would be the last row).
+        outside ``[0, N)`` raises instead of silently wrapping around (``-1`` would be the last
+        row).
         """
         if index is None:
             raise ValueError(
@@ -248,22 +247,14 @@ class TeacherCache:
         autocast_dtype: torch.dtype | None = None,
         storage_device: torch.device | str = "cpu",
     ) -> TeacherCache:
-        """One pass of ``teacher`` over ``loader`` (which must not augment), keyed by index.
+        """One pass of ``teacher`` (a module, run in eval mode on ``device``, default its own; or a
+        cache, re-keyed by this loader's indices and labels) over ``loader``, keyed by sample index.
 
-        Every index in ``[0, N)`` with ``N = max index + 1`` must occur; a gap raises, because a
-        missing row would otherwise be read as zeros. A repeated index keeps its last output.
-        If ``teacher`` is already a cache, the pass re-keys its rows by this loader's indices
-        and labels (useful to get the labels of a cache that was built elsewhere).
-
-        Args:
-            teacher: the frozen teacher (run in eval mode) or a cache.
-            loader: yields ``Batch`` or ``(x, y, index)``; indices are required. A loader whose
-                ``augments`` attribute is true (an augmenting ``TensorLoader``) is refused; for
-                other loaders (a ``DataLoader`` with random transforms) it is up to the caller.
-            device: where the teacher runs (default: where its parameters are).
-            channels_last: feed the teacher ``channels_last`` images.
-            autocast_dtype: run the teacher under autocast with this dtype (e.g. ``bfloat16``).
-            storage_device: where the cache lives (``"cpu"`` by default; move it with :meth:`to`).
+        ``loader`` yields ``Batch`` or ``(x, y, index)``; one that says it augments is refused.
+        Every index in ``[0, N)``, ``N = max index + 1``, must occur (a gap raises: a missing row
+        would read as zeros); a repeated index keeps its last output.
+        ``channels_last``/``autocast_dtype`` as in the loop; the cache lives on ``storage_device``
+        (CPU by default).
         """
         if getattr(loader, "augments", False):
             raise ValueError(
@@ -272,7 +263,7 @@ class TeacherCache:
                 "set, e.g. TensorLoader.for_evaluation(data) (one cache per fixed view)"
             )
         if device is None:
-            device = _module_device(teacher) if isinstance(teacher, nn.Module) else teacher.device
+            device = module_device(teacher) if isinstance(teacher, nn.Module) else teacher.device
         device = torch.device(device)
         chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         for item in loader:
@@ -311,7 +302,8 @@ class TeacherCache:
         return cls(out_f, out_z, out_y)
 
 
-def _module_device(module: nn.Module) -> torch.device:
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module``'s first parameter (else buffer) is; the CPU if it has neither."""
     for p in module.parameters():
         return p.device
     for b in module.buffers():
@@ -342,13 +334,7 @@ def teacher_outputs(
         )
     if teacher.training:
         teacher.eval()
-    x = batch.x
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(
-        device_type=x.device.type,
-        dtype=autocast_dtype or torch.bfloat16,
-        enabled=autocast_dtype is not None,
-    ):
-        f, z = split_outputs(teacher(x), "teacher")
+    f, z = run_model(
+        teacher, batch.x, "teacher", channels_last=channels_last, autocast_dtype=autocast_dtype
+    )
     return f.float(), z.float()

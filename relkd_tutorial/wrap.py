@@ -1,60 +1,21 @@
 """Any classifier in one line: :func:`wrap_classifier` gives it the ``(features, logits)`` contract.
 
-Every loss and the training loop want a model that returns ``(features (B, D), logits (B, C))``
-(see :mod:`relkd_tutorial.models`). A torchvision or timm classifier returns only the logits
-``z = W f + b``, computed by a final ``nn.Linear`` (the *head*) from its input ``f``. That input
-is the feature the package means: the pooled, flattened penultimate activation (after the
-network's last normalisation, dropout or hidden layer, whatever feeds the head); timm calls it
-the *pre-logits* (``model.forward_head(model.forward_features(x), pre_logits=True)``).
+A torchvision or timm classifier returns only ``z = W f + b`` from its final ``nn.Linear``
+(the *head*); ``f`` is the feature the package means, the pooled penultimate activation (timm's
+*pre-logits*). :class:`WrappedClassifier` hooks the head (each head, for a model with two) and
+runs the *unchanged* model once: ``logits = model(x)`` bit for bit (the same dropout draws and BN
+updates, under autocast, ``channels_last``, DDP and ``torch.compile``), ``features`` = the head's
+input. Each forward checks that every head ran exactly once and that the model returned the
+head's output, or says what to pass.
 
-How it is read out, exactly. :class:`WrappedClassifier` registers a forward hook on the head (on
-each head, for a model with two) that keeps the head's input and output while the wrapper runs
-the *unchanged* model once:
-
-    logits   = model(x)          # the model's own forward: bit-identical to calling it directly
-    features = input of head     # (B, D)
-
-Nothing is recomputed and no layer runs twice, so ``logits`` is ``model(x)`` bit for bit, in
-training and evaluation mode (the same dropout draws, the same BatchNorm statistics updates),
-under autocast, ``channels_last``, DDP and ``torch.compile``. For a single ``nn.Linear`` head
-``logits == head(features)`` holds by construction (as for
-:class:`~relkd_tutorial.models.FeatureClassifier`). Each forward checks that every head ran
-exactly once and that the model returned the head's output unchanged (the same tensor);
-otherwise the chosen layer is not the final classifier and a clear error says what to pass.
-
-Finding the head (choice: from the model's structure, checked at the first forward):
-
-1. ``head=`` given: a submodule name such as ``"classifier.3"`` or ``"heads.head"`` (as in
-   ``model.named_modules()``), or the module itself; it must be an ``nn.Linear``.
-2. a timm model (it has ``get_classifier()``): the module(s) it returns, whatever they are, so
-   that the features are timm's pre-logits:
-
-   - one ``nn.Linear`` (ResNet, ViT, ConvNeXt, and the last layer of an MLP head such as
-     MaxViT's or InceptionNeXt's): its input;
-   - a block holding ``nn.Linear`` layers (a ``ClassifierHead`` that pools, then applies its
-     ``fc``, as in Sequencer): its last ``nn.Linear``'s input;
-   - a module without one (a 1x1 convolution applied to the pooled map, as in DLA): its
-     input, flattened from ``(B, D, 1, 1)`` to ``(B, D)``; the model must return that
-     module's output (flattened);
-   - two heads (the distilled models, DeiT / PiT distilled, LeViT, EfficientFormer(V2),
-     whose logits are the mean of a class head and a distillation head; CrossViT's
-     per-branch heads): their inputs, combined as timm's ``pre_logits`` combines them: one
-     tensor if both heads read the same one (LeViT, EfficientFormer(V2)); their mean if they
-     read different tensors of one width (the class and distillation tokens of DeiT / PiT);
-     their concatenation otherwise (CrossViT's branches). The logits are then not one linear
-     layer of the features (``fc`` is undefined; ``heads`` lists the heads).
-
-   A timm model built with ``num_classes=0`` has no classifier (``get_classifier()`` returns
-   ``nn.Identity``) and is refused with a message saying so.
-3. otherwise the last ``nn.Linear`` in ``model.modules()`` (registration order, which is forward
-   order in torchvision's classifiers: ``fc``, ``classifier[-1]``, ``heads.head``, ``head``).
-
-The timm architectures this is tested on, and how each is read, are listed in
-``docs/models.md``.
-
-The wrapped model keeps the original's parameters (the very same tensors, in the same order) and
-its state dict under the prefix ``model.``; ``wrapped.model`` is the original module, trained in
-place, and :meth:`WrappedClassifier.unwrap` removes the hooks and returns it.
+Finding the head (choice, from the model's structure): ``head=`` by name or module (an
+``nn.Linear``); else timm's ``get_classifier()`` (one linear layer; the last ``nn.Linear`` of a
+classifier block; a 1x1 convolution on the pooled map; or two heads, combined as timm's
+``pre_logits`` combines them: one shared input, the mean of equal widths, else the
+concatenation); else the last ``nn.Linear`` in ``model.modules()``. ``docs/models.md`` lists the
+architectures this is tested on and how each is read. ``wrapped.model`` is the original module,
+sharing its parameters (state dict under ``model.``); :meth:`WrappedClassifier.unwrap` removes
+the hooks.
 """
 
 from __future__ import annotations
@@ -70,15 +31,8 @@ __all__ = ["WrappedClassifier", "wrap_classifier"]
 
 class WrappedClassifier(nn.Module):
     """A classifier ``model(x) -> logits`` seen as ``(features, logits)``; build with
-    :func:`wrap_classifier`.
-
-    Attributes:
-        model: the original module (its parameters are this module's parameters).
-        head_names: the names in ``model`` of the head(s) whose input is read (one for most
-            models, two for a distilled timm model).
-        head_name: the head's name if there is one head, else ``None``.
-        feature_dim: ``D``, the width of the features.
-        num_classes: ``C``, the width of the logits.
+    :func:`wrap_classifier`. ``head_names``: the head(s) whose input is read (``head_name`` if one);
+    ``feature_dim`` ``D``, ``num_classes`` ``C``.
     """
 
     feature_dim: int
@@ -222,11 +176,10 @@ def _is_returned(output: Any, logits: Tensor) -> bool:
 
 
 def _pre_logits(inputs: list[Any]) -> Any:
-    """The features from the heads' inputs, combined as timm's ``pre_logits`` combines them.
-
-    One head: its input. Several: the one tensor they all read; else their mean (equal widths:
-    DeiT's class and distillation tokens, ``(a + b) / 2``); else their concatenation along
-    ``D`` (CrossViT's branches). A pooled map ``(B, D, 1, 1)`` is flattened to ``(B, D)``.
+    """The features from the heads' inputs, as timm's ``pre_logits`` combines them: one head's
+    input; several: the one tensor they all read, else the mean of equal widths (DeiT's class and
+    distillation tokens), else the concatenation (CrossViT's branches). ``(B, D, 1, 1)`` is
+    flattened.
     """
     if all(t is inputs[0] for t in inputs):
         inputs = inputs[:1]
@@ -345,29 +298,16 @@ def _uninitialized(module: nn.Module) -> bool:
 
 
 def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> WrappedClassifier:
-    """Wrap a classifier ``model(x) -> logits`` so that it returns ``(features, logits)``.
+    """Wrap a classifier ``model(x) -> logits`` so that it returns
+    ``(features (B, D), logits (B, C))``.
 
-    ``features`` ``(B, D)`` is the input of the final linear layer (timm's pre-logits),
-    ``logits`` ``(B, C)`` is ``model(x)``, bit-identical (the model's own forward runs unchanged,
-    once; see the module docstring for how the head is found and checked).
-
-    Args:
-        model: a torchvision classification model (ResNet, MobileNetV3, EfficientNet, ConvNeXt,
-            ViT, RegNet, DenseNet, ...), a timm model (any with ``num_classes > 0``, distilled
-            two-head models included; see ``docs/models.md``), or any module whose forward ends
-            in an ``nn.Linear`` whose output it returns.
-        head: the final linear layer, by name in ``model.named_modules()`` (``"fc"``,
-            ``"classifier.3"``, ``"heads.head"``) or as the module; found from the model's
-            structure when ``None``.
-
-    Returns:
-        A :class:`WrappedClassifier` with ``feature_dim``, ``num_classes``, ``heads``, ``fc``
-        (the head, if there is one) and ``model`` (the original module, sharing its parameters).
-
-    Raises:
-        ValueError: no head can be found, the named layer is not an ``nn.Linear``, or a timm
-            model was built without a classifier (the message says what to pass).
-        TypeError: ``model`` is not an ``nn.Module``.
+    ``features`` is the input of the final linear layer (timm's pre-logits), ``logits`` is
+    ``model(x)``, bit-identical (see the module docstring). ``model``: a torchvision or timm
+    classifier (``num_classes > 0``) or any module ending in an ``nn.Linear`` whose output it
+    returns; ``head``: that layer, by name in ``model.named_modules()`` (``"fc"``,
+    ``"classifier.3"``, ``"heads.head"``) or as the module, found from the structure when ``None``.
+    Raises ``ValueError`` (no head found, not an ``nn.Linear``, a timm model without classifier; the
+    message says what to pass) or ``TypeError`` (not a module).
 
     Example:
         >>> import torchvision

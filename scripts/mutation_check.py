@@ -158,8 +158,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "supervised_ce_counts_unlabelled", "loss",
-        "ce = F.cross_entropy(z, labels[first], ignore_index=-1)",
-        "ce = F.cross_entropy(z, labels[first].clamp_min(0))",
+        "ce = F.cross_entropy(z, targets, ignore_index=-1)",
+        "ce = F.cross_entropy(z, targets.clamp_min(0))",
         (KNOBS_METHODS,),
     ),
     Mutant(

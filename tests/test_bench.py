@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import T_975_TABLE
 
 from relkd_tutorial.bench import cli, figures, full, report, runner, workspace
 from relkd_tutorial.bench import settings as bench_settings
@@ -20,7 +21,6 @@ from relkd_tutorial.bench.tuned import arm_rows
 from relkd_tutorial.data import load_fashion_mnist, partially_labelled, select_classes
 from relkd_tutorial.models import build_model
 from relkd_tutorial.stats import (
-    T_975_TABLE,
     describe_difference,
     mean_std,
     paired_difference,

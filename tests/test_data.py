@@ -26,7 +26,7 @@ from relkd_tutorial.data import (
     ChecksumError,
     ImageSet,
     TensorLoader,
-    crop_and_flip,
+    crop_and_flip_padded,
     cross_task_split,
     data_dir,
     epoch_generator,
@@ -536,6 +536,12 @@ def test_cross_task_split_disjoint_and_overlapping_classes():
 # ---------------------------------------------------------------------------------------------
 # Batch transforms
 # ---------------------------------------------------------------------------------------------
+
+
+def crop_and_flip(images, padding, offsets, flip):
+    """Zero-pad by ``padding`` pixels, crop at ``offsets`` ``(B, 2)``, mirror where ``flip``."""
+    padded = F.pad(images, (padding,) * 4)
+    return crop_and_flip_padded(padded, tuple(images.shape[2:]), offsets, flip)
 
 
 @pytest.mark.parametrize(("padding", "channels"), [(0, 1), (2, 3), (4, 1)])

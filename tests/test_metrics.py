@@ -21,10 +21,19 @@ from relkd_tutorial.metrics import (
     group_accuracy,
     kendall_tau,
     per_class_accuracy,
-    summarize,
 )
 from relkd_tutorial.models import build_model
 from relkd_tutorial.teacher import TeacherCache
+
+
+def summarize(logits, labels, teacher_logits=None, groups=None) -> dict[str, float]:
+    """A flat dict of the headline numbers: accuracy, each group's accuracy, mean Kendall tau."""
+    result = {"acc": accuracy(logits, labels)}
+    for name, group in (groups or {}).items():
+        result[f"acc_{name}"] = group_accuracy(logits, labels, group)
+    if teacher_logits is not None:
+        result["kendall_tau"] = float(kendall_tau(teacher_logits, logits).nanmean())
+    return result
 
 
 def one_hot_logits(pred: list[int], c: int) -> torch.Tensor:

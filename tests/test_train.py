@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import read_history_csv
 from torch import nn
 
 from relkd_tutorial.data import Batch
@@ -38,7 +39,6 @@ from relkd_tutorial.training import (
     load_checkpoint,
     loop,
     lr_factor,
-    read_history_csv,
     resolve_device,
     rng,
     save_checkpoint,

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from _helpers import T_975_TABLE
 
 from relkd_tutorial.bench.settings import CONTROLS
 from relkd_tutorial.data import TensorLoader, load_fashion_mnist, select_classes
@@ -16,7 +17,7 @@ from relkd_tutorial.pretrained import (
     shipped_teacher_info,
     shipped_teacher_stem,
 )
-from relkd_tutorial.stats import T_975_TABLE, mean_std, paired_difference
+from relkd_tutorial.stats import mean_std, paired_difference
 from relkd_tutorial.training import evaluate
 from relkd_tutorial.tutorial.compare import against, control_table, paired_rows, seed_table
 from tests.test_tutorial_runs import read_back, row

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import T_975_TABLE
 
 from relkd_tutorial.bench import cli, store
 from relkd_tutorial.bench.report import paired_differences
@@ -20,7 +21,7 @@ from relkd_tutorial.bench.runner import Job
 from relkd_tutorial.bench.settings import default_settings
 from relkd_tutorial.bench.store import RUN_COLUMNS, ResultStore, read_runs
 from relkd_tutorial.bench.workspace import build_workspace
-from relkd_tutorial.stats import T_975_TABLE, mean_std
+from relkd_tutorial.stats import mean_std
 from relkd_tutorial.tutorial import runs
 from relkd_tutorial.tutorial.compare import verdict
 from relkd_tutorial.tutorial.runs import (

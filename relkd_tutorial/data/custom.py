@@ -1,25 +1,12 @@
 """Your own images: any torchvision dataset or an ``ImageFolder`` -> the package's data path.
 
-:func:`from_torchvision` decodes a map-style dataset of ``(image, label)`` pairs (PIL images,
-``(C, H, W)`` tensors or ``(H, W[, C])`` arrays; integer labels) into fixed-size ``uint8``
-images with torchvision's ``transforms.v2`` (optional resize to ``size``, optional conversion to
-1 or 3 channels). What it returns depends on a memory budget (choice: decoded pixels, ``N C H W``
-bytes, against ``max_bytes``):
-
-- it fits: an :class:`~relkd_tutorial.data.ImageSet`, whole in memory, for the on-device
-  :class:`~relkd_tutorial.data.TensorLoader` (the package's fast path: a batch is one index);
-- it does not: an :class:`ImageStream`, a ``torch.utils.data.Dataset`` that decodes each image
-  when asked and yields ``(x, y, index)`` (normalised float ``x``), for a ``DataLoader``.
-
-:func:`image_loader` builds the training or evaluation loader for either (a ``TensorLoader`` or a
-``DataLoader`` whose sampler has ``set_epoch``, which ``fit`` calls each epoch); ``fit`` reads
-both (it accepts ``Batch`` and ``(x, y, index)`` items). :func:`image_folder` is
-``from_torchvision(torchvision.datasets.ImageFolder(root), ...)``: one sub-folder per class,
-classes in sorted folder order.
-
-Normalisation: ``mean``/``std`` given (e.g. the training set's for the test set, or ImageNet's
-for pretrained weights), or computed from the decoded pixels (population std per channel, on
-the [0, 1] scale, as :meth:`ImageSet.pixel_stats`).
+:func:`from_torchvision` decodes a map-style dataset of ``(image, label)`` pairs into fixed-size
+``uint8`` images with torchvision's ``transforms.v2`` (optional resize and 1/3-channel
+conversion). Within a memory budget (``max_bytes`` of decoded pixels) it returns an
+:class:`~relkd_tutorial.data.ImageSet` for the on-device ``TensorLoader``; beyond it an
+:class:`ImageStream` that decodes each image when asked, for a ``DataLoader``. :func:`image_loader`
+builds the loader for either, :func:`image_folder` reads ``root/<class>/<image>``. ``mean``/``std``
+are given or computed from the decoded pixels.
 """
 
 from __future__ import annotations
@@ -36,17 +23,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .._checks import check_non_negative_int, check_positive_int
-from .imageset import ImageSet
+from .imageset import ImageSet, pixel_sums, stats_from_sums
 from .loader import TensorLoader, epoch_generator, normalize
-
-__all__ = [
-    "DEFAULT_MAX_BYTES",
-    "EpochSampler",
-    "ImageStream",
-    "from_torchvision",
-    "image_folder",
-    "image_loader",
-]
 
 #: Default memory budget of :func:`from_torchvision`: 2 GiB of decoded uint8 pixels.
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -135,17 +113,6 @@ def _class_names(dataset: Any, labels: Tensor, class_names: Sequence[str] | None
         k = int(labels.max()) + 1 if labels.numel() else 1
         class_names = [str(c) for c in range(k)]
     return [str(c) for c in class_names]
-
-
-def _pixel_sums(images: Tensor) -> tuple[Tensor, Tensor, int]:
-    wide = images.to(torch.int64)  # (B, C, H, W)
-    return wide.sum(dim=(0, 2, 3)), (wide * wide).sum(dim=(0, 2, 3)), wide[:, 0].numel()
-
-
-def _stats(s1: Tensor, s2: Tensor, m: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    mean = s1.double() / (255.0 * m)  # (C,)
-    var = s2.double() / (255.0**2 * m) - mean**2  # (C,)
-    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
 
 
 class ImageStream(Dataset):
@@ -251,25 +218,17 @@ def from_torchvision(
     name: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> ImageSet | ImageStream:
-    """Turn a map-style dataset of ``(image, label)`` pairs into the package's data path.
+    """Turn a map-style dataset of ``(image, int label)`` pairs into the package's data path: an
+    :class:`ImageSet` if the decoded ``uint8`` pixels (``N * C * H * W`` bytes) fit ``max_bytes``,
+    else an :class:`ImageStream`.
 
-    Args:
-        dataset: any torchvision dataset (``ImageFolder``, ``CIFAR10``, ``FashionMNIST``, ...) or
-            an object with ``__len__`` and ``__getitem__`` giving ``(image, int label)``; build
-            it *without* a ``transform`` that normalises (this function does that).
-        size: resize every image to ``(H, W)`` (an int for squares); required when the images'
-            sizes differ.
-        channels: convert every image to 1 (grayscale) or 3 (RGB) channels; ``None`` keeps them.
-        mean, std: per-channel normalisation constants on the [0, 1] scale; computed from the
-            decoded pixels if ``None``.
-        class_names: the ``K`` class names (default ``dataset.classes``, else ``"0".."K-1"``).
-        name: a short identifier (default: the dataset's class name).
-        max_bytes: memory budget for the decoded ``uint8`` pixels, ``N * C * H * W`` bytes: an
-            :class:`ImageSet` within it, an :class:`ImageStream` beyond it.
-
-    Raises:
-        ValueError: an empty dataset, images of different shapes without ``size``/``channels``.
-        TypeError: a label that is not an integer class index, an image that is not an image.
+    ``dataset``: any torchvision dataset (``ImageFolder``, ``CIFAR10``, ...) or an object with
+    ``__len__`` and ``__getitem__``, built *without* a normalising ``transform``. ``size``: resize
+    to ``(H, W)`` (an int for squares; required when sizes differ); ``channels``: convert to 1 or 3;
+    ``mean``/``std``: on the [0, 1] scale, computed from the pixels if ``None``; ``class_names``:
+    default ``dataset.classes``, else ``"0".."K-1"``; ``name``: default the dataset's class name.
+    Raises ``ValueError`` (empty; shapes differ without ``size``/``channels``) or ``TypeError`` (a
+    label that is not an integer class index, an image that is not an image).
     """
     n = len(dataset)
     if n == 0:
@@ -302,10 +261,10 @@ def from_torchvision(
         image, label = dataset[i]
         labels[i] = _label(label, i)
         if mean is None or std is None:
-            a, b, c = _pixel_sums(decoder(image, i)[None])
+            a, b, c = pixel_sums(decoder(image, i)[None])
             s1, s2, m = s1 + a, s2 + b, m + c
     names = _class_names(dataset, labels, class_names)
-    got_mean, got_std = _stats(s1, s2, m) if m else (None, None)
+    got_mean, got_std = stats_from_sums(s1, s2, m) if m else (None, None)
     mean_t = tuple(float(v) for v in (mean if mean is not None else got_mean))  # type: ignore[union-attr]
     std_t = tuple(float(v) for v in (std if std is not None else got_std))  # type: ignore[union-attr]
     # the ImageSet checks (label range, one mean/std entry per channel, std > 0) on one image

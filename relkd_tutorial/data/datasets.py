@@ -19,10 +19,6 @@ from torch import Tensor
 
 from .imageset import ImageSet
 
-# ---------------------------------------------------------------------------------------------
-# Constants
-# ---------------------------------------------------------------------------------------------
-
 #: Fashion-MNIST class names, in label order (Zalando Research, github.com/zalandoresearch).
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
     "T-shirt/top",
@@ -70,21 +66,11 @@ _FASHION_MNIST_FILES = {
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# Files: the data folder, checksums, the IDX format
-# ---------------------------------------------------------------------------------------------
-
-
 def shipped_data_dir() -> Path:
-    """The package-data folder ``relkd_tutorial/shipped/``, found with :mod:`importlib.resources`.
-
-    It holds the Fashion-MNIST subset, its licence, ``SHA256SUMS`` and the shipped teacher, and
-    travels inside the package, so a clone (``PYTHONPATH`` or ``pip install -e .``), ``pip
-    install .`` and an installed wheel all find it the same way.
-
-    Raises:
-        FileNotFoundError: the package is imported from a zip archive, where the files have no
-            folder on disk (point ``RELKD_DATA_DIR`` at a folder holding them instead).
+    """The package-data folder ``relkd_tutorial/shipped/`` (the Fashion-MNIST subset, its licence,
+    ``SHA256SUMS``, the shipped teachers), found with :mod:`importlib.resources` (a clone, an
+    editable or a wheel install alike). Raises ``FileNotFoundError`` if the package is imported from
+    a zip.
     """
     folder = importlib.resources.files("relkd_tutorial") / SHIPPED_DATA_FOLDER
     if not isinstance(folder, Path):
@@ -130,12 +116,9 @@ def read_sha256sums(manifest: str | Path) -> dict[str, str]:
 
 
 def verify_sha256(path: str | Path, manifest: str | Path | None = None) -> None:
-    """Check a file against its entry in a ``SHA256SUMS`` manifest (default: same folder).
-
-    Raises:
-        FileNotFoundError: the manifest is missing.
-        ChecksumError: no entry for the file, or the digest differs. The message names the file
-            and says how to restore it.
+    """Check a file against its entry in a ``SHA256SUMS`` manifest (default: the same folder);
+    raises ``FileNotFoundError`` (no manifest) or :class:`ChecksumError` naming the file and how to
+    restore it.
     """
     path = Path(path)
     manifest = Path(manifest) if manifest is not None else path.parent / "SHA256SUMS"
@@ -167,18 +150,11 @@ _IDX_DTYPES = {
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (the MNIST/Fashion-MNIST format), gzipped or not.
+    """Read an IDX file (the MNIST format), gzipped or not, into an array of the stored shape.
 
-    The format (yann.lecun.com/exdb/mnist): a 4-byte magic number ``0x00 0x00 <type> <ndim>``,
-    then ``ndim`` big-endian ``uint32`` sizes, then the values in C order, big-endian. ``<type>``
-    is ``0x08`` uint8, ``0x09`` int8, ``0x0B`` int16, ``0x0C`` int32, ``0x0D`` float32 or
-    ``0x0E`` float64. Gzip is recognised by its magic bytes ``1f 8b``, not by the file name.
-
-    Returns:
-        An array of the stored shape, in native byte order.
-
-    Raises:
-        ValueError: the file is not IDX, or its length does not match its header.
+    Format: magic ``0x00 0x00 <type> <ndim>``, ``ndim`` big-endian ``uint32`` sizes, the values in C
+    order, big-endian (``<type>`` in :data:`_IDX_DTYPES`); gzip is recognised by its magic bytes.
+    Raises ``ValueError`` if the file is not IDX or its length does not match its header.
     """
     path = Path(path)
     raw = path.read_bytes()
@@ -198,11 +174,6 @@ def read_idx(path: str | Path) -> np.ndarray:
         )
     values = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return values.astype(dtype.newbyteorder("="), copy=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fashion-MNIST
-# ---------------------------------------------------------------------------------------------
 
 
 def _fashion_imageset(images: np.ndarray | Tensor, labels: Any, name: str) -> ImageSet:
@@ -274,23 +245,11 @@ def load_fashion_mnist(
 ) -> tuple[ImageSet, ImageSet]:
     """Fashion-MNIST as ``(train, test)`` :class:`ImageSet` s of ``(N, 1, 28, 28)`` uint8 images.
 
-    Args:
-        source: where the images come from:
-
-            - ``"subset"`` (default, offline): the stratified 10,000 train (1,000 per class) /
-              2,000 test (200 per class) subset in ``fashion_mnist_subset.npz``, checked
-              against ``SHA256SUMS`` first (see :func:`data_dir` for the folder).
-            - ``"full"``: the full 60,000 / 10,000 images from IDX files, gzipped or not. Searched
-              in ``root`` and ``root/FashionMNIST/raw`` (if ``root`` is given), then in
-              ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``).
-            - ``"download"``: ``torchvision.datasets.FashionMNIST(root, download=True)`` (needs
-              internet the first time; default root ``~/.cache/relkd_tutorial``).
-        root: a folder, for ``"full"`` and ``"download"``.
-
-    Raises:
-        FileNotFoundError: the data is missing; the message says what to install or where to
-            put the files.
-        ChecksumError: the shipped subset does not match its checksum.
+    ``source``: ``"subset"`` (default, offline: the stratified 1,000 + 200 per class subset, checked
+    against ``SHA256SUMS``, in :func:`data_dir`), ``"full"`` (the 60,000 / 10,000 IDX files in
+    ``root``, ``root/FashionMNIST/raw`` or Debian's ``dataset-fashion-mnist`` folder) or
+    ``"download"`` (torchvision, into ``root``, default ``~/.cache/relkd_tutorial``). Missing data
+    raises ``FileNotFoundError`` saying what to install; a bad subset :class:`ChecksumError`.
     """
     if source == "subset":
         if root is not None:
@@ -306,13 +265,7 @@ def load_fashion_mnist(
         folder = find_idx_folder(candidates)
         if folder is None:
             raise _missing_fashion_mnist(candidates)
-        arrays = read_fashion_mnist_idx(folder)
-        return (
-            _fashion_imageset(
-                arrays["train_images"], arrays["train_labels"], "fashion_mnist/train"
-            ),
-            _fashion_imageset(arrays["test_images"], arrays["test_labels"], "fashion_mnist/test"),
-        )
+        return _fashion_pair(read_fashion_mnist_idx(folder), "fashion_mnist")
     if source == "download":
         from torchvision.datasets import FashionMNIST  # lazy: only this path needs torchvision
 
@@ -336,17 +289,16 @@ def _load_fashion_subset() -> tuple[ImageSet, ImageSet]:
         )
     verify_sha256(path)
     with np.load(path, allow_pickle=False) as npz:
-        return (
-            _fashion_imageset(
-                npz["train_images"], npz["train_labels"], "fashion_mnist_subset/train"
-            ),
-            _fashion_imageset(npz["test_images"], npz["test_labels"], "fashion_mnist_subset/test"),
-        )
+        return _fashion_pair(npz, "fashion_mnist_subset")
 
 
-# ---------------------------------------------------------------------------------------------
-# CIFAR-100
-# ---------------------------------------------------------------------------------------------
+def _fashion_pair(arrays: Any, name: str) -> tuple[ImageSet, ImageSet]:
+    """``(train, test)`` from the arrays ``{train,test}_{images,labels}``."""
+    train, test = (
+        _fashion_imageset(arrays[f"{s}_images"], arrays[f"{s}_labels"], f"{name}/{s}")
+        for s in ("train", "test")
+    )
+    return train, test
 
 
 def load_cifar100(
@@ -355,20 +307,12 @@ def load_cifar100(
     *,
     dataset_class: type | None = None,
 ) -> tuple[ImageSet, ImageSet]:
-    """CIFAR-100 as ``(train, test)`` :class:`ImageSet` s of ``(N, 3, 32, 32)`` uint8 images.
+    """CIFAR-100 as ``(train, test)`` :class:`ImageSet` s of ``(N, 3, 32, 32)`` uint8 RGB images.
 
-    Reads torchvision's copy (``root/cifar-100-python/{train,test,meta}``, md5-checked by
-    torchvision) with the 100 fine labels and their names from ``meta``; channels are R, G, B.
-    Normalisation: the RepDistiller constants :data:`CIFAR100_MEAN` / :data:`CIFAR100_STD`.
-
-    Args:
-        root: the folder holding ``cifar-100-python/`` (default ``~/.cache/relkd_tutorial``).
-        download: let torchvision download the archive (needs internet).
-        dataset_class: the dataset class to read with (default
-            ``torchvision.datasets.CIFAR100``); a subclass lets tests use small fake files.
-
-    Raises:
-        FileNotFoundError: files missing or failing torchvision's md5 check, with what to do.
+    torchvision's copy under ``root`` (default ``~/.cache/relkd_tutorial``; ``download`` needs
+    internet), the 100 fine labels, RepDistiller's :data:`CIFAR100_MEAN` / :data:`CIFAR100_STD`.
+    ``dataset_class`` (default ``torchvision.datasets.CIFAR100``) lets tests use small fake files.
+    Raises ``FileNotFoundError`` with what to do.
     """
     if dataset_class is None:
         from torchvision.datasets import CIFAR100  # lazy: only this path needs torchvision

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,24 +21,12 @@ class Batch:
     index: Tensor  # (B,) int64, each image's position in its data set (keys teacher caches)
 
 
-# ---------------------------------------------------------------------------------------------
-# ImageSet
-# ---------------------------------------------------------------------------------------------
-
-
 @dataclass(eq=False, repr=False)
 class ImageSet:
-    """A whole image data set in memory.
-
-    Attributes:
-        images: ``(N, C, H, W)`` ``uint8`` pixels, 0..255.
-        labels: ``(N,)`` ``int64`` labels in ``[-1, K)``; ``-1`` marks an unlabelled image.
-        class_names: the ``K`` class names, in label order.
-        name: a short identifier (shown in reprs; usable as a cache key).
-        mean, std: per-channel normalisation constants on the [0, 1] scale (``C`` entries each),
-            used by :class:`TensorLoader` unless it is given others. ``None`` if unknown.
-        original_classes: after :func:`select_classes`, the original class id of each label
-            (``K`` entries); ``None`` when labels are the data set's own ids.
+    """A whole image data set in memory: ``images`` ``(N, C, H, W)`` uint8, ``labels`` ``(N,)``
+    int64 in ``[-1, K)`` (``-1`` = unlabelled), the ``K`` ``class_names``, a short ``name``,
+    per-channel ``mean``/``std`` on the [0, 1] scale (``None`` if unknown) and, after
+    :func:`select_classes`, the ``original_classes`` of each label.
     """
 
     images: Tensor
@@ -129,17 +118,8 @@ class ImageSet:
         return len(self.class_names)
 
     def _replace(self, **changes: Any) -> ImageSet:
-        fields = {
-            "images": self.images,
-            "labels": self.labels,
-            "class_names": list(self.class_names),
-            "name": self.name,
-            "mean": self.mean,
-            "std": self.std,
-            "original_classes": self.original_classes,
-        }
-        fields.update(changes)
-        return ImageSet(**fields)
+        """A new, checked :class:`ImageSet` with some fields changed."""
+        return dataclasses.replace(self, **changes)
 
     def subset(self, indices: Tensor | Sequence[int]) -> ImageSet:
         """The images at ``indices`` (an index list/tensor or a boolean mask), in that order."""
@@ -167,18 +147,20 @@ class ImageSet:
         return torch.bincount(labelled, minlength=self.num_classes).cpu()
 
     def pixel_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and (population) std of the pixels on the [0, 1] scale.
+        """Per-channel mean and (population) std of the pixels on the [0, 1] scale."""
+        sums = [pixel_sums(chunk) for chunk in self.images.split(4096)]  # (<=4096, C, H, W) each
+        return stats_from_sums(*(sum(parts) for parts in zip(*sums, strict=True)))
 
-        Computed from exact integer sums ``S1 = sum u``, ``S2 = sum u^2`` over chunks of images:
-        ``mean = S1 / (255 M)``, ``var = S2 / (255^2 M) - mean^2`` with ``M`` pixels per channel.
-        """
-        s1 = torch.zeros(self.images.shape[1], dtype=torch.int64, device=self.images.device)
-        s2 = torch.zeros_like(s1)
-        for chunk in self.images.split(4096):  # (<=4096, C, H, W)
-            wide = chunk.to(torch.int64)
-            s1 += wide.sum(dim=(0, 2, 3))
-            s2 += (wide * wide).sum(dim=(0, 2, 3))
-        m = self.images.numel() // self.images.shape[1]
-        mean = s1.double().cpu() / (255.0 * m)  # (C,)
-        var = s2.double().cpu() / (255.0**2 * m) - mean**2  # (C,)
-        return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
+
+def pixel_sums(images: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Exact integer sums ``S1 = sum u``, ``S2 = sum u^2`` per channel of ``(B, C, H, W)`` uint8
+    pixels ``u``, and the number ``M`` of pixels per channel."""
+    wide = images.to(torch.int64)  # (B, C, H, W)
+    return wide.sum(dim=(0, 2, 3)), (wide * wide).sum(dim=(0, 2, 3)), wide[:, 0].numel()
+
+
+def stats_from_sums(s1: Tensor, s2: Tensor, m: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean = S1 / (255 M)`` and ``std = sqrt(S2 / (255^2 M) - mean^2)`` per channel."""
+    mean = s1.double().cpu() / (255.0 * m)  # (C,)
+    var = s2.double().cpu() / (255.0**2 * m) - mean**2  # (C,)
+    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())

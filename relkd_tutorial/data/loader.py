@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,55 +14,17 @@ from torch import Tensor
 from .._checks import check_non_negative_int, check_positive_int
 from .imageset import Batch, ImageSet
 
-# ---------------------------------------------------------------------------------------------
-# Batch transforms (pure functions) and the on-device loader
-# ---------------------------------------------------------------------------------------------
-
-
-def crop_and_flip(images: Tensor, padding: int, offsets: Tensor, flip: Tensor) -> Tensor:
-    """Padded crop and horizontal flip of a whole batch, with no loop over samples.
-
-    Sample ``b`` is zero-padded by ``padding`` pixels on every side, cropped back to ``H x W``
-    starting at row ``offsets[b, 0]`` and column ``offsets[b, 1]`` (each in ``[0, 2 padding]``;
-    ``(padding, padding)`` is the identity), then mirrored left-right if ``flip[b]``. This is
-    torchvision's ``RandomCrop(size, padding)`` (fill 0) followed by ``RandomHorizontalFlip``, with
-    the random draws made by the caller.
-
-    Args:
-        images: ``(B, C, H, W)`` any dtype (uint8 in the loader).
-        padding: pixels of zero padding per side, ``>= 0``.
-        offsets: ``(B, 2)`` int64 top-left corners in the padded image.
-        flip: ``(B,)`` bool.
-
-    Returns:
-        ``(B, C, H, W)``, same dtype and device as ``images``.
-    """
-    b, _, h, w = images.shape
-    if offsets.shape != (b, 2) or flip.shape != (b,):
-        raise ValueError(
-            f"offsets must be ({b}, 2) and flip ({b},), got {tuple(offsets.shape)} and "
-            f"{tuple(flip.shape)}"
-        )
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
-    return crop_and_flip_padded(padded, (h, w), offsets, flip)
-
 
 def crop_and_flip_padded(
     padded: Tensor, size: tuple[int, int], offsets: Tensor, flip: Tensor
 ) -> Tensor:
-    """:func:`crop_and_flip` on images that are already padded (the loader pads once, up front).
+    """Padded crop and horizontal flip of a batch of already padded images, one ``gather``.
 
-    The crop and the flip are one ``gather``: output pixel ``(h, w)`` of sample ``b`` reads
-    padded pixel ``(offsets[b, 0] + h, offsets[b, 1] + w')``, with ``w' = W - 1 - w`` if
-    ``flip[b]`` else ``w``.
-
-    Args:
-        padded: ``(B, C, H + 2p, W + 2p)``.
-        size: the output ``(H, W)``.
-        offsets: ``(B, 2)`` int64 top-left corners, in ``[0, 2p]``.
-        flip: ``(B,)`` bool.
+    torchvision's ``RandomCrop(size, padding)`` (fill 0) then ``RandomHorizontalFlip`` with the
+    draws made by the caller: output pixel ``(h, w)`` of sample ``b`` reads padded pixel
+    ``(offsets[b, 0] + h, offsets[b, 1] + w')``, ``w' = W - 1 - w`` if ``flip[b]``. ``padded``
+    ``(B, C, H + 2p, W + 2p)``, ``size`` ``(H, W)``, ``offsets`` ``(B, 2)`` int64 in ``[0, 2p]``,
+    ``flip`` ``(B,)`` bool.
     """
     b, c, hp, wp = padded.shape
     h, w = size
@@ -78,10 +41,8 @@ def crop_and_flip_padded(
 def normalization_affine(
     mean: Sequence[float], std: Sequence[float], device: str | torch.device | None = None
 ) -> tuple[Tensor, Tensor]:
-    """``(scale, shift)``, each ``(1, C, 1, 1)`` float32, with ``u * scale + shift = (u/255 - mean)/std``.
-
-    ``scale = 1 / (255 std_c)`` and ``shift = -mean_c / std_c``: one multiply and one add per pixel
-    turns ``uint8`` pixels ``u`` into normalised floats.
+    """``(scale, shift)``, each ``(1, C, 1, 1)`` float32, ``scale = 1 / (255 std_c)``,
+    ``shift = -mean_c / std_c``: ``u * scale + shift = (u/255 - mean) / std`` in one multiply-add.
     """
     c = len(mean)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
@@ -90,12 +51,7 @@ def normalization_affine(
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """``x = (u / 255 - mean_c) / std_c`` per channel ``c``, in float32.
-
-    Args:
-        images: ``(B, C, H, W)`` pixels ``u`` on the 0..255 scale (uint8 or float).
-        mean, std: ``C`` entries each, on the [0, 1] scale.
-    """
+    """``x = (u / 255 - mean_c) / std_c`` per channel, float32, for ``(B, C, H, W)`` pixels ``u`` on the 0..255 scale (``C`` means and stds on [0, 1])."""
     if len(mean) != images.shape[1] or len(std) != images.shape[1]:
         raise ValueError(
             f"mean and std need one entry per channel ({images.shape[1]}), got {len(mean)} "
@@ -106,10 +62,8 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A CPU generator whose state is a pure function of ``(seed, epoch)``.
-
-    ``numpy.random.SeedSequence`` mixes the pair into one 64-bit seed, so nearby pairs such as
-    ``(0, 1)`` and ``(1, 0)`` give unrelated streams.
+    """A CPU generator whose state is a pure function of ``(seed, epoch)`` (``numpy``'s
+    ``SeedSequence`` mixes the pair, so ``(0, 1)`` and ``(1, 0)`` give unrelated streams).
     """
     state = np.random.SeedSequence(
         [check_non_negative_int("seed", seed), check_non_negative_int("epoch", epoch)]
@@ -120,45 +74,21 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 class TensorLoader:
     """Batches of a whole :class:`ImageSet` held on the training device as one uint8 tensor.
 
-    Each pass yields :class:`Batch` ``(x, y, index)``: ``x`` float32 ``(B, C, H, W)`` normalised
-    (optionally ``channels_last``), ``y`` the labels and ``index`` the images' positions in
-    ``data``, so ``x`` is exactly ``normalize(augment(data.images[index]))``.
+    Each pass yields :class:`Batch` ``(x, y, index)``: ``x`` float32 ``(B, C, H, W)``, exactly
+    ``normalize(augment(data.images[index]))`` (``mean``/``std``: default the data's; optionally
+    ``channels_last``). All draws of an epoch come from a CPU generator seeded by ``(seed, epoch)``
+    (:func:`epoch_generator`): the order (``randperm(N)`` if ``shuffle``), then per position a crop
+    offset and a flip. So an epoch is identical on CPU and GPU and ``set_epoch(e)`` replays it; each
+    ``iter()`` uses the current epoch and advances it by one.
 
-    Randomness. All draws of an epoch come from a CPU generator seeded by ``(seed, epoch)``
-    (:func:`epoch_generator`): first the order (``randperm(N)``), then for every position of that
-    order a crop offset and a flip. So an epoch's batches are a pure function of
-    ``(seed, epoch)``, identical on CPU and GPU, and resuming at epoch ``e`` (``set_epoch(e)``)
-    replays the run exactly. As with ``DistributedSampler``, ``set_epoch`` chooses the epoch;
-    unlike it, each ``iter()`` uses the current epoch and advances it by one, so a loop that
-    never calls ``set_epoch`` still sees a new order every epoch.
-
-    Augmentation (training only): zero-padded random crop and random horizontal flip
-    (:func:`crop_and_flip`), the RepDistiller CIFAR recipe (padding 4, choice kept for
-    Fashion-MNIST; horizontal mirroring keeps a garment a garment). The set is zero-padded once,
-    at construction, so a batch costs one index and one gather (memory: ``(H+2p)(W+2p)`` bytes
-    per image and channel instead of ``HW``). Turn off with ``augment=False``;
+    Augmentation (``augment``): zero-padded random crop (``crop_padding``, 4) and horizontal flip
+    (``flip``), the RepDistiller CIFAR recipe (kept for Fashion-MNIST: a mirrored garment is a
+    garment), one gather per batch (:func:`crop_and_flip_padded`; the set is padded once).
     :meth:`for_evaluation` builds the unshuffled, unaugmented loader.
 
-    Distributed use: with ``world_size > 1`` every rank iterates the same global batches of
-    ``batch_size`` images and keeps its contiguous slice (``batch_size / world_size`` images);
-    together the ranks see exactly the single-process batch, augmentation included. Every rank
-    yields the same number of batches. With ``drop_last=False`` the last, short batch is split
-    as ``torch.tensor_split`` does (sizes differ by at most one; a rank may get none): use
-    ``drop_last=True`` for DDP training.
-
-    Args:
-        data: the images; moved to ``device`` once.
-        batch_size: global batch size ``B``.
-        shuffle: a new random order each epoch (else the data set's order).
-        augment: apply crop and flip (as configured below).
-        crop_padding: padding of the random crop in pixels (0 = no crop).
-        flip: random horizontal flip with probability 1/2.
-        drop_last: drop the last batch if it is shorter than ``batch_size``.
-        seed: base seed of the epoch generators.
-        device: where batches live (default: where ``data`` is).
-        channels_last: return ``x`` in ``torch.channels_last`` memory format.
-        mean, std: normalisation constants (default: ``data.mean`` / ``data.std``).
-        rank, world_size: this process's shard (see above).
+    With ``world_size > 1`` every rank iterates the same global batches of ``batch_size`` and keeps
+    its contiguous slice, so together the ranks see the single-process batch; a last short batch is
+    split as ``torch.tensor_split`` does (use ``drop_last=True`` for DDP training).
     """
 
     def __init__(
@@ -232,32 +162,12 @@ class TensorLoader:
         self._scale, self._shift = normalization_affine(mean, std, self.device)  # (1, C, 1, 1)
 
     @classmethod
-    def for_evaluation(
-        cls,
-        data: ImageSet,
-        batch_size: int = 1000,
-        *,
-        device: str | torch.device | None = None,
-        channels_last: bool = False,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> TensorLoader:
-        """The evaluation loader: data set order, no augmentation, every image exactly once."""
-        return cls(
-            data,
-            batch_size,
-            shuffle=False,
-            augment=False,
-            drop_last=False,
-            device=device,
-            channels_last=channels_last,
-            mean=mean,
-            std=std,
-            rank=rank,
-            world_size=world_size,
-        )
+    def for_evaluation(cls, data: ImageSet, batch_size: int = 1000, **kwargs: Any) -> TensorLoader:
+        """The evaluation loader: data set order, no augmentation, every image exactly once.
+
+        ``kwargs``: ``device``, ``channels_last``, ``mean``/``std``, ``rank``/``world_size``.
+        """
+        return cls(data, batch_size, shuffle=False, augment=False, drop_last=False, **kwargs)
 
     @property
     def augments(self) -> bool:
@@ -279,11 +189,9 @@ class TensorLoader:
         return self._batches(epoch)
 
     def epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The draws of one epoch, on the CPU: ``(order (N,), offsets (N, 2), flip (N,))``.
-
-        ``order`` is the sequence of image indices; ``offsets[i]`` and ``flip[i]`` augment the
-        image at position ``i`` of that sequence. Without augmentation offsets are the identity
-        crop and flips are all ``False``.
+        """The draws of one epoch, on the CPU: ``(order (N,), offsets (N, 2), flip (N,))``;
+        ``offsets[i]`` and ``flip[i]`` augment the image at position ``i`` of ``order`` (identity
+        without augmentation).
         """
         n, p = len(self.labels), self.crop_padding
         generator = epoch_generator(self.seed, epoch)

@@ -10,17 +10,10 @@ from torch import Tensor
 from .._checks import check_non_negative_int, check_positive_int
 from .imageset import ImageSet
 
-# ---------------------------------------------------------------------------------------------
-# Splits
-# ---------------------------------------------------------------------------------------------
-
 
 def _class_permutations(labels: Tensor, num_classes: int, seed: int) -> list[Tensor]:
-    """For each class ``k``, the CPU indices of its images in a random order fixed by ``seed``.
-
-    The generator is seeded once and walks the classes in order, so class ``k``'s order does not
-    depend on how many images are later taken from it: the first ``n`` of a class are always a
-    prefix of its first ``n + 1`` (nested low-data subsets for the same seed).
+    """For each class, the CPU indices of its images in a random order fixed by ``seed``; the
+    classes are walked in order, so the first ``n`` of a class are a prefix of its first ``n + 1``.
     """
     labels = labels.cpu()
     generator = torch.Generator().manual_seed(check_non_negative_int("seed", seed))
@@ -49,18 +42,9 @@ def _pick_per_class(
 def sample_per_class(
     labels: Tensor, n_per_class: int, *, seed: int = 0, num_classes: int | None = None
 ) -> Tensor:
-    """CPU int64 indices of ``n_per_class`` random images of every class, sorted ascending.
-
-    Stratified and deterministic given ``seed``; unlabelled images (``-1``) are never chosen.
-    For the same seed a smaller ``n_per_class`` gives a subset of a larger one.
-
-    Args:
-        labels: ``(N,)`` int64 labels in ``[-1, K)``.
-        n_per_class: how many images to take from each class.
-        num_classes: ``K`` (default ``labels.max() + 1``); every class must have enough images.
-
-    Raises:
-        ValueError: a class has fewer than ``n_per_class`` labelled images (names the class).
+    """CPU int64 indices of ``n_per_class`` random images of every class, sorted (stratified,
+    deterministic given ``seed``, nested in ``n_per_class``; ``-1`` never chosen). ``num_classes``:
+    default ``labels.max() + 1``; a class with too few images raises ``ValueError`` naming it.
     """
     if num_classes is None:
         num_classes = int(labels.max()) + 1 if labels.numel() else 0
@@ -100,12 +84,10 @@ def split_validation(
     fraction: float | None = None,
     seed: int = 0,
 ) -> tuple[ImageSet, ImageSet]:
-    """Carve a stratified validation set out of a training set: returns ``(train, val)``.
+    """Carve a stratified validation set out of a training set: ``(train, val)``.
 
-    Give exactly one of ``per_class`` (images per class) or ``fraction`` (of each class,
-    rounded to the nearest integer, at least 1). The two parts are disjoint, hold every image
-    between them and keep their relative order; unlabelled images (``-1``) always stay in
-    ``train``. Deterministic given ``seed``.
+    Exactly one of ``per_class`` or ``fraction`` (of each class, rounded, at least 1). Disjoint, all
+    images between them, relative order kept; unlabelled images stay in ``train``.
     """
     if (per_class is None) == (fraction is None):
         raise ValueError("give exactly one of per_class or fraction")
@@ -162,13 +144,11 @@ def select_classes(data: ImageSet, classes: Sequence[int]) -> ImageSet:
     new_labels = relabel.to(data.labels.device)[data.labels]  # (N,), -1 = other class/unlabelled
     keep = new_labels >= 0  # (N,)
     before = data.original_classes or tuple(range(data.num_classes))
-    return ImageSet(
+    return data._replace(
         images=data.images[keep],
         labels=new_labels[keep],
         class_names=[data.class_names[c] for c in classes],
         name=f"{data.name}:classes{classes}".replace(" ", ""),
-        mean=data.mean,
-        std=data.std,
         original_classes=tuple(before[c] for c in classes),
     )
 
@@ -183,13 +163,10 @@ def cross_task_split(
 ) -> tuple[ImageSet, ImageSet]:
     """Teacher and student training sets on different label sets (REFILLED's cross-task setting).
 
-    Returns ``(teacher_set, student_set)``, each :func:`select_classes` of its class list and so
-    relabelled ``0..k-1``. The class sets may be disjoint (e.g. teacher 0-4, student 5-9) or
-    overlap. The images of a class in both sets are split (choice): the teacher gets a random
-    ``ceil(n/2)`` of them and the student the other ``floor(n/2)`` (fixed by ``seed``), so the
-    student never trains on an image the teacher was trained on, as when the teacher comes from
-    another task. ``share_images=True`` gives both all of them. For evaluation, call
-    :func:`select_classes` on the test set with each class list.
+    ``(teacher_set, student_set)``, each :func:`select_classes` of its class list. The images of a
+    class in both lists are split (choice): the teacher gets a random ``ceil(n/2)``, the student the
+    rest (``seed``), so the student never trains on an image the teacher saw;
+    ``share_images=True`` gives both all of them.
     """
     teacher_classes = _check_classes(data, teacher_classes, "teacher_classes")
     student_classes = _check_classes(data, student_classes, "student_classes")

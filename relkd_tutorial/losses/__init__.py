@@ -1,13 +1,8 @@
-"""One module per method; each holds pure loss functions plus a thin ``nn.Module`` where needed.
-
-- :mod:`.kd`: Hinton KD (pointwise on the class distribution).
-- :mod:`.rkd`: RKD distance and angle potentials on pooled features.
-- :mod:`.grkd`: GRKD, the pairwise ranking loss on the classes.
-- :mod:`.dist`: DIST, Pearson correlations of class probabilities per image and per class.
-- :mod:`.ranking`: the soft pairwise and the listwise (Plackett-Luce) ranking losses.
-- :mod:`.rrd`: RRD, relations of each embedding to a queue of past teacher embeddings.
-- :mod:`.refilled`: REFILLED's triplet relationship matching and local classifier.
+"""One module per method: pure loss functions plus a thin ``nn.Module`` where needed (``kd``,
+``rkd``, ``grkd``, ``dist``, ``ranking``, ``rrd``, ``refilled``).
 """
+
+# ruff: noqa: F401 - the imports below are the subpackage's public names
 
 # --- KD, RKD, GRKD, DIST and the ranking variants ---
 from .dist import DISTLoss, dist_inter_loss, dist_intra_loss, dist_loss
@@ -38,39 +33,3 @@ from .rrd import (
     rrd_log_probs,
     rrd_loss,
 )
-
-__all__ = [
-    # KD
-    "KDLoss",
-    "kd_loss",
-    # RKD
-    "RKDLoss",
-    "rkd_angle_loss",
-    "rkd_distance_loss",
-    # DIST
-    "DISTLoss",
-    "dist_inter_loss",
-    "dist_intra_loss",
-    "dist_loss",
-    # GRKD and ranking
-    "GRKDLoss",
-    "ListwiseRankLoss",
-    "SoftPairwiseRankLoss",
-    "grkd_loss",
-    "listwise_rank_loss",
-    "soft_pairwise_rank_loss",
-    # RRD
-    "EmbeddingQueue",
-    "ProjectionHead",
-    "RRDLoss",
-    "rrd_decomposition",
-    "rrd_log_probs",
-    "rrd_loss",
-    # REFILLED
-    "batch_classes",
-    "centre_labels",
-    "class_centres",
-    "mine_triplets",
-    "refilled_classifier_kl",
-    "refilled_embedding_loss",
-]

@@ -1,19 +1,11 @@
 """DIST: distil the *relations* among class probabilities, not the probabilities themselves.
 
 Huang, You, Wang, Qian, Xu, "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022,
-Sec. 3. KD (:mod:`.kd`) asks the student to match each class probability of the teacher exactly;
-DIST relaxes that "exact match" to a match of relations, measured by the Pearson correlation
-between the teacher's and the student's softened class probabilities:
-
-- **inter-class** relation: per image, the correlation of the two probability vectors over the
-  classes (how the teacher spreads one image over the classes), averaged over the images;
-- **intra-class** relation: per class, the correlation of the two probability columns over the
-  batch (how the teacher ranks the batch's images for one class), averaged over the classes.
-
-Pearson's correlation ignores any positive affine change of either vector, so a student whose
-probabilities are a shifted, rescaled copy of the teacher's pays nothing: the relation, not the
-value, is distilled. GRKD (:mod:`.grkd`) relaxes KD in the same direction, to the teacher's
-*order* of each pair of classes (``docs/dist.md`` compares them).
+Sec. 3. KD's exact match of the teacher's class probabilities is relaxed to a match of Pearson
+correlations between the teacher's and the student's softened probabilities: per image over the
+classes (**inter-class**) and per class over the batch (**intra-class**). Pearson's correlation
+ignores any positive affine change, so the relation, not the value, is distilled
+(``docs/dist.md`` compares it with GRKD, which keeps only the order of each pair).
 """
 
 from __future__ import annotations
@@ -36,20 +28,12 @@ PEARSON_EPS = 1e-8
 
 
 def _one_minus_pearson(a: Tensor, b: Tensor) -> Tensor:
-    """``1 - mean_rows rho(a_r, b_r)``: one minus the Pearson correlation of each row pair, averaged.
+    """``1 - (1/R) sum_r rho(a_r, b_r)`` for student rows ``a`` and (detached) teacher rows ``b``,
+    ``(R, K)``.
 
-    ``rho(a, b) = <a - mean a, b - mean b> / max(||a - mean a|| ||b - mean b||, eps)`` over the
-    last dimension. The floor ``eps`` (:data:`PEARSON_EPS`) is reached only when a row is constant
-    (zero variance: Pearson's correlation is undefined there); such a row then counts as
-    ``rho = 0``. A constant *teacher* row contributes ``1`` and no gradient. Everywhere else the
-    value is Pearson's exactly.
-
-    Args:
-        a: ``(R, K)`` student rows.
-        b: ``(R, K)`` teacher rows (detached by the caller).
-
-    Returns:
-        Scalar ``1 - (1/R) sum_r rho(a_r, b_r)``.
+    ``rho(a, b) = <a - mean a, b - mean b> / max(||a - mean a|| ||b - mean b||, eps)``. The floor
+    :data:`PEARSON_EPS` is reached only by a constant row (undefined correlation), which then counts
+    as ``rho = 0`` (a constant teacher row: 1 and no gradient).
     """
     a_c = a - a.mean(dim=1, keepdim=True)  # (R, K)
     b_c = b - b.mean(dim=1, keepdim=True)  # (R, K)
@@ -77,19 +61,11 @@ def _probabilities(
 def dist_inter_loss(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
 ) -> Tensor:
-    """``L_inter = tau^2 (1 - (1/B) sum_i rho(Y^s_i,:, Y^t_i,:))``: DIST's inter-class term.
+    """DIST's inter-class term ``tau^2 (1 - (1/B) sum_i rho(Y^s_i,:, Y^t_i,:))``, in
+    ``[0, 2 tau^2]``.
 
-    ``Y = softmax(z / tau)`` row-wise for the student's ``z^s`` and the teacher's ``z^t``;
-    ``rho`` is Pearson's correlation over the ``C`` classes of image ``i`` (see
-    :func:`dist_loss`). Needs ``C >= 2``; any ``B >= 1``.
-
-    Args:
-        student_logits: ``(B, C)``.
-        teacher_logits: ``(B, C)`` (detached).
-        temperature: ``tau > 0``.
-
-    Returns:
-        Scalar in ``[0, 2 tau^2]``.
+    ``Y = softmax(z / tau)`` row-wise, ``rho`` Pearson's correlation over the ``C >= 2`` classes of
+    image ``i`` (:func:`dist_loss`); logits ``(B, C)``, the teacher's detached.
     """
     with full_precision(student_logits.device):
         y_s, y_t, temp = _probabilities(student_logits, teacher_logits, temperature)
@@ -99,19 +75,11 @@ def dist_inter_loss(
 def dist_intra_loss(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
 ) -> Tensor:
-    """``L_intra = tau^2 (1 - (1/C) sum_j rho(Y^s_:,j, Y^t_:,j))``: DIST's intra-class term.
+    """DIST's intra-class term ``tau^2 (1 - (1/C) sum_j rho(Y^s_:,j, Y^t_:,j))``, in
+    ``[0, 2 tau^2]``.
 
-    The same as :func:`dist_inter_loss` on the transposed probability matrices: ``rho`` is the
-    correlation over the batch's ``B`` images of class ``j``'s probabilities (softened over the
-    classes first, at ``tau``). Needs ``B >= 2`` images and ``C >= 2`` classes.
-
-    Args:
-        student_logits: ``(B, C)``.
-        teacher_logits: ``(B, C)`` (detached).
-        temperature: ``tau > 0``.
-
-    Returns:
-        Scalar in ``[0, 2 tau^2]``.
+    :func:`dist_inter_loss` on the transposed probability matrices: the correlation over the batch's
+    ``B >= 2`` images of class ``j``'s probabilities (softened over the classes first).
     """
     with full_precision(student_logits.device):
         y_s, y_t, temp = _probabilities(student_logits, teacher_logits, temperature)
@@ -130,31 +98,16 @@ def dist_loss(
     """``L_DIST = beta tau^2 L_inter + gamma tau^2 L_intra`` (Huang et al. 2022, Sec. 3).
 
     With ``Y^s = softmax(z^s / tau)``, ``Y^t = softmax(z^t / tau)`` (row-wise, ``(B, C)``) and
-    Pearson's correlation ``rho(u, v) = <u - mean u, v - mean v> / (||u - mean u|| ||v - mean v||)``,
+    Pearson's ``rho(u, v) = <u - mean u, v - mean v> / (||u - mean u|| ||v - mean v||)``,
 
         L_inter = 1 - (1/B) sum_i rho(Y^s_i,:, Y^t_i,:)   (each image's distribution over classes)
         L_intra = 1 - (1/C) sum_j rho(Y^s_:,j, Y^t_:,j)   (each class's probabilities over the batch)
 
-    (:func:`dist_inter_loss` and :func:`dist_intra_loss` include the ``tau^2``). Each term lies in
-    ``[0, 2]`` before ``tau^2`` and is 0 when the student's probabilities equal the teacher's, or
-    are any positive affine map of them row by row (inter) or column by column (intra).
-
-    Defaults ``beta = gamma = 1``, ``tau = 1``: the paper's loss weights and the authors' code's
-    default (``docs/dist.md``). A weight of 0 skips its term (so ``gamma = 0`` accepts a batch of
-    one image). Pearson's denominator is floored at :data:`PEARSON_EPS`, reached only by a
-    constant row or column, whose correlation is undefined (it then counts as 0).
-
-    Computed in float32 (float64 for float64 inputs) with autocast off; the teacher is detached.
-
-    Args:
-        student_logits: ``(B, C)`` student logits ``z^s``.
-        teacher_logits: ``(B, C)`` teacher logits ``z^t``.
-        beta: weight of the inter-class term, ``>= 0``.
-        gamma: weight of the intra-class term, ``>= 0``.
-        temperature: ``tau > 0``.
-
-    Returns:
-        Scalar loss.
+    Each term is in ``[0, 2]`` before ``tau^2`` and 0 when the student's probabilities are a
+    positive affine map of the teacher's, row by row (inter) or column by column (intra). Defaults
+    ``beta = gamma = 1``, ``tau = 1``: the paper's weights and the authors' code's default
+    (``docs/dist.md``). A weight of 0 skips its term (``gamma = 0`` accepts a batch of one image).
+    Float32 or wider, autocast off, teacher detached.
     """
     beta = check_nonnegative("beta", beta)
     gamma = check_nonnegative("gamma", gamma)

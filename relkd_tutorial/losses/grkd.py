@@ -2,27 +2,21 @@
 
 Li, Zhou, Chen, "Group Relative Knowledge Distillation", arXiv 2504.20482 (2025). Only the
 abstract is public: the student should preserve the teacher's *pairwise preference orderings*
-among classes instead of fitting its absolute probabilities. The formula below comes from an
-unverified third-party summary of the paper (no code was released); everything marked "(choice)"
-is ours (``docs/grkd.md`` states what is public and every choice), and the choices the benchmark
-ablates are the loss's options: the group (``top_k``), the pair weights (``weighting``), the
-temperature and the ``1/|P_i|`` normalisation (``reduction``).
+among classes. The formula comes from an unverified third-party summary (no code was released);
+every "(choice)" is ours (``docs/grkd.md``), and the ones the benchmark ablates are the options:
+the group (``top_k``), the pair weights, the temperature and the ``1/|P_i|`` normalisation.
 
-This is the *pairwise* point of the tutorial's axis: KD (:mod:`.kd`) matches each class's
-probability, GRKD the order of every pair, the listwise loss (:mod:`.ranking`) whole orders.
-
-How it is computed (``z``, ``t``: short for the student's and the teacher's logits ``z^s``,
-``z^t`` of ``docs/notation.md``). The loss is a pairwise logistic (Bradley-Terry / RankNet) loss with hard
-targets ``y_ab = [t_a > t_b]`` (``1/2`` for ties), minus the tied pairs, so with
-``v = z / tau`` and :func:`~relkd_tutorial.relations.pairwise_logaddexp_sum` ``P(v)``:
+How it is computed (``z``, ``t``: the student's and the teacher's logits). A pairwise logistic
+(Bradley-Terry) loss with hard targets ``y_ab = [t_a > t_b]`` (``1/2`` for ties) minus the tied
+pairs, so with ``v = z / tau`` and ``P(v)`` of
+:func:`~relkd_tutorial.relations.pairwise_logaddexp_sum`:
 
     sum_{(a,b) in P} softplus(v_b - v_a) = P(v) - sum_a Y_a v_a - sum_{a<b tied} [lse(v_a, v_b) - (v_a + v_b)/2],
 
-with ``Y_a = wins_a + ties_a / 2`` (:func:`~relkd_tutorial.relations.preference_counts`). The
-``O(C^2)`` term ``P(v)`` depends on the *student only*; the teacher enters through ``O(C)``
-counts. Its gradient is ``soft_wins(v) - Y``: the student's soft win count minus the teacher's hard
-one, i.e. the gradient pushes each class towards its teacher rank. The top-k group and the
-probability-gap weights break that symmetry and use a chunked masked kernel instead.
+``Y_a = wins_a + ties_a / 2`` (:func:`~relkd_tutorial.relations.preference_counts`). The
+``O(C^2)`` part ``P(v)`` is the student's alone; the teacher enters through ``O(C)`` counts. The
+gradient ``soft_wins(v) - Y`` pushes each class towards its teacher rank. The top-k group and the
+probability-gap weights use a chunked masked kernel instead.
 """
 
 from __future__ import annotations
@@ -52,15 +46,11 @@ REDUCTIONS = ("mean", "sum")
 
 
 def _tied_pairs_term(v_sorted: Tensor, ends: Tensor) -> Tensor:
-    """``sum_{a<b tied} [logaddexp(v_a, v_b) - (v_a + v_b) / 2]`` per row, in the teacher's order.
+    """``sum_{a<b tied} [logaddexp(v_a, v_b) - (v_a + v_b) / 2]`` per row, ``(B,)``, differentiable.
 
-    Tied classes are contiguous in the sorted order, so the tied pairs are ``(a, a + delta)`` with
-    ``a + delta < ends[a]``; the loop runs over every ``delta < C`` (a ``delta`` beyond the longest
-    tie block adds exact zeros). Differentiable through autograd.
-
-    Args:
-        v_sorted: ``(B, C)`` student scores in the teacher's descending order.
-        ends: ``(B, C)`` from :func:`~relkd_tutorial.relations.tie_block_ends`.
+    ``v_sorted`` ``(B, C)`` holds the student's scores in the teacher's descending order, ``ends``
+    the tie blocks (:func:`~relkd_tutorial.relations.tie_block_ends`): the tied pairs are
+    ``(a, a + delta)`` with ``a + delta < ends[a]``; the loop runs over every ``delta < C``.
     """
     b, c = v_sorted.shape
     span = ends - torch.arange(1, c + 1, device=ends.device)  # (B, C) tied partners after a
@@ -75,11 +65,10 @@ def _tied_pairs_term(v_sorted: Tensor, ends: Tensor) -> Tensor:
 class _MaskedPairwiseLogistic(torch.autograd.Function):
     """``sum_{a < rows, b >= ends[a]} w_ab softplus(v_b - v_a)`` per row, with its gradient.
 
-    Works in the teacher's sorted order, one chunk of preferred classes ``a`` at a time, over the
-    columns ``b >= a0`` (only those can be preferred-against). Invalid pairs get ``x = -inf``, so
-    ``softplus`` and ``sigmoid`` give exactly 0 there. The gradient is accumulated in the forward
-    (``d softplus(v_b - v_a) / dv_b = sigma(v_b - v_a) = -d/dv_a``) and saved as one ``(B, C)``
-    tensor; memory ``O(B * C * chunk)``.
+    In the teacher's sorted order, one chunk of preferred classes ``a`` at a time over the columns
+    ``b >= a0``; invalid pairs get ``x = -inf`` (``softplus`` and ``sigmoid`` give exactly 0). The
+    gradient (``d softplus(v_b - v_a) / dv_b = sigma(v_b - v_a) = -d/dv_a``) is accumulated in the
+    forward and saved as one ``(B, C)`` tensor; memory ``O(B * C * chunk)``.
     """
 
     @staticmethod
@@ -127,46 +116,26 @@ def grkd_loss(
 ) -> Tensor:
     """``L_GR = (1/B) sum_i (1/|P_i|) sum_{(j,k) in P_i} w_ijk softplus( -(z^s_ij - z^s_ik) / tau )``.
 
-    GRKD (Li, Zhou, Chen 2025; the formula is from an unverified summary of the paper, whose body
-    was not accessible to us): ``softplus(-x) = -log sigma(x)``, so each pair ``j`` preferred to ``k`` by the
-    teacher costs ``-log sigma((log q_j - log q_k)/tau)`` (``log q_j - log q_k = z_j - z_k`` for the
-    student's softmax ``q``).
+    Li, Zhou, Chen 2025 (the formula from an unverified summary; the paper's body was not
+    accessible): each pair ``j`` preferred to ``k`` by the teacher costs
+    ``-log sigma((log q_j - log q_k)/tau)`` for the student's softmax ``q``.
 
-    - ``P_i = {(j, k) : z^t_ij > z^t_ik}``: ties give no pair. With ``top_k``, only pairs with at least
-      one member among the teacher's top-k classes (choice) - equivalently, since the preferred
-      class ranks higher, pairs whose preferred class is in the top-k. The top-k is taken in the
-      teacher's stable descending order (ties at the boundary broken by class index).
-    - ``w = 1`` (``weighting="uniform"``, default) or the teacher's probability gap
-      ``p^t_ij - p^t_ik`` with ``p^t = softmax(z^t)`` at temperature 1 (``"prob_gap"``, choice). The
-      normalisation stays ``1/|P_i|`` (the count of pairs), as written.
-    - ``reduction="mean"`` (default) is the equation above, the mean over each sample's pairs;
-      ``"sum"`` drops the ``1/|P_i|``, ``L = (1/B) sum_i sum_{(j,k) in P_i} w_ijk softplus(...)``
-      (choice, for the ablation: the scale then grows with the number of pairs, ``~C^2/2``, or
-      ``~kC`` with ``top_k``). Both average over the batch.
-    - A sample whose teacher logits are all tied has ``P_i`` empty: it contributes exactly 0 (and
-      no gradient) and still counts in the ``1/B`` of the batch mean (choice: the formula as
-      written; the loss scale does not depend on how many rows are tied).
-    - ``tau = 1`` default (choice).
+    - ``P_i = {(j, k) : z^t_ij > z^t_ik}``, ties give no pair. With ``top_k``: only pairs whose
+      preferred class is among the teacher's top-k (stable order, ties broken by class index;
+      choice).
+    - ``weighting``: ``"uniform"`` (``w = 1``, default) or ``"prob_gap"``, ``p^t_ij - p^t_ik`` with
+      ``p^t = softmax(z^t)`` (choice); the normalisation stays ``1/|P_i|``.
+    - ``reduction``: ``"mean"`` (default, the equation) or ``"sum"`` (no ``1/|P_i|``: the scale
+      grows like ``C^2/2``, or ``kC`` with ``top_k``; choice, for the ablation). Both average over
+      the batch.
+    - A row whose teacher logits are all tied contributes exactly 0 and still counts in ``1/B``
+      (choice). ``tau = 1`` by default (choice).
 
-    Properties (tested): with uniform weights the loss depends on ``t`` only through its order
-    (invariant under any strictly increasing map of ``t``; the probability gap is *not*); it is
-    invariant to adding a constant to a row of ``z``; each row's gradient sums to 0.
-
-    Cost: uniform weights over all classes need ``O(B C^2)`` work but only ``O(B C)`` memory and
-    one log and one reciprocal per pair (see the module docstring); ``top_k`` costs
-    ``O(B k C)``; ``"prob_gap"`` over all classes uses the masked kernel (about 3x slower).
-    Computed in float32 (float64 for float64 inputs) with autocast off; the teacher is detached.
-
-    Args:
-        student_logits: ``(B, C)`` student logits ``z^s`` (``z`` above).
-        teacher_logits: ``(B, C)`` teacher logits ``z^t`` (``t`` above).
-        temperature: ``tau > 0``.
-        top_k: ``None`` (all ``C`` classes, default) or the group size ``k >= 1``.
-        weighting: ``"uniform"`` or ``"prob_gap"``.
-        reduction: ``"mean"`` (``1/|P_i|`` over each sample's pairs) or ``"sum"``.
-
-    Returns:
-        Scalar loss.
+    Tested properties: with uniform weights it depends on ``t`` only through its order; it is
+    invariant to adding a constant to a row of ``z``; each row's gradient sums to 0. Uniform weights
+    over all classes cost ``O(B C^2)`` work and ``O(B C)`` memory; ``top_k`` ``O(B k C)``;
+    ``"prob_gap"`` over all classes uses the masked kernel (about 3x slower). ``student_logits`` and
+    ``teacher_logits`` ``(B, C)``; float32 or wider, autocast off, teacher detached.
     """
     z, t = check_logit_pair(student_logits, teacher_logits)
     temp = check_positive("temperature", temperature)

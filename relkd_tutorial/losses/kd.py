@@ -1,8 +1,8 @@
 """Hinton knowledge distillation: match the teacher's softened class distribution.
 
-Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (2015), Sec. 2. This is the
-*pointwise* end of the axis the tutorial draws: each class's probability is matched on its own
-(GRKD in :mod:`.grkd` matches pairs of classes, the listwise loss in :mod:`.ranking` whole orders).
+Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (2015), Sec. 2: the
+*pointwise* end of the tutorial's axis (GRKD in :mod:`.grkd` matches pairs of classes, the
+listwise loss in :mod:`.ranking` whole orders).
 """
 
 from __future__ import annotations
@@ -14,24 +14,14 @@ from .._checks import check_logit_pair, check_positive, full_precision, loss_dty
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
-    """``L_KD = T^2 (1/B) sum_i KL( softmax(z^t_i / T) || softmax(z^s_i / T) )``.
+    """``L_KD = T^2 (1/B) sum_i KL( softmax(z^t_i / T) || softmax(z^s_i / T) )``, a scalar.
 
-    Hinton et al. 2015, Sec. 2; the ``T^2`` factor keeps the gradient's scale independent of
-    ``T`` (its gradient wrt ``z^s_i`` is ``T (p^s_i - p^t_i) / B`` with ``p^s = softmax(z^s/T)``,
-    ``p^t = softmax(z^t/T)``; symbols as in ``docs/notation.md``, equations in ``docs/kd.md``). The reduction is over the batch (``batchmean``), never over ``B * C``
-    (``nn.KLDivLoss``'s default ``mean`` divides by ``B * C``, a classic bug that silently rescales
-    the loss by ``1/C``). ``T = 4`` is the CIFAR benchmark's value (RepDistiller).
-
-    The teacher is detached. Computed in float32 (float64 if an input is float64) with autocast
-    off; log-probabilities come from ``log_softmax``, so logits of +-1e4 stay finite.
-
-    Args:
-        student_logits: ``(B, C)`` student logits ``z^s``.
-        teacher_logits: ``(B, C)`` teacher logits ``z^t`` (no gradient flows into them).
-        temperature: ``T > 0``.
-
-    Returns:
-        Scalar loss.
+    Hinton et al. 2015, Sec. 2; ``T^2`` keeps the gradient's scale independent of ``T``
+    (``docs/kd.md``). The mean is over the batch (``batchmean``), never over ``B * C``
+    (``nn.KLDivLoss``'s default ``mean``, a classic bug that rescales the loss by ``1/C``).
+    ``T = 4`` is the CIFAR benchmark's value (RepDistiller). ``student_logits`` ``z^s`` and
+    ``teacher_logits`` ``z^t`` (detached) are ``(B, C)``; float32 or wider with autocast off,
+    through ``log_softmax`` (logits of +-1e4 stay finite).
     """
     z, t = check_logit_pair(student_logits, teacher_logits)
     temp = check_positive("temperature", temperature)

@@ -1,16 +1,12 @@
 """Beyond GRKD: a soft pairwise and a listwise ranking loss on the classes (``docs/ranking.md``).
 
-These are our extensions, not from a paper on distillation; they complete the axis the tutorial
-draws through KD (pointwise: each class's probability), GRKD (pairwise: the order of every pair of
-classes, hard targets) and ranking (the soft pairwise variant keeps the teacher's *margins*; the
-listwise one scores whole orders). All three take ``(student_logits, teacher_logits,
-temperature, ...)`` and return a batch mean. Below, ``z`` and ``t`` are short for the student's
-and the teacher's logits ``z^s`` and ``z^t`` (``docs/notation.md``).
-
-- Soft pairwise: RankNet (Burges et al., ICML 2005) with the teacher's pairwise probabilities as
-  targets.
-- Listwise: the Plackett-Luce likelihood of the teacher's top-k order, as in ListMLE (Xia et al.,
-  ICML 2008) and its top-k form (Xia, Liu, Li, NeurIPS 2009).
+Our extensions, not from a distillation paper: they complete the axis KD (pointwise), GRKD
+(pairwise, hard targets), soft pairwise (keeps the teacher's *margins*), listwise (whole
+orders). Both take ``(student_logits, teacher_logits, temperature, ...)`` ``(B, C)`` and return a
+batch mean; ``z``/``t`` below are the student's and the teacher's logits. Soft pairwise: RankNet
+(Burges et al., ICML 2005) with the teacher's pairwise probabilities as targets. Listwise: the
+Plackett-Luce likelihood of the teacher's top-k order, ListMLE (Xia et al., ICML 2008) and its
+top-k form (Xia, Liu, Li, NeurIPS 2009).
 """
 
 from __future__ import annotations
@@ -36,29 +32,13 @@ def soft_pairwise_rank_loss(
     """Binary cross-entropy between the student's and the teacher's pairwise probabilities.
 
     ``L = (1/B) sum_i (2 / (C (C-1))) sum_{j<k} BCE( sigma((z_ij - z_ik)/tau), y_ijk )`` with the
-    soft target ``y_ijk = sigma((t_ij - t_ik)/tau_t)`` and
-    ``BCE(q, y) = -y log q - (1 - y) log(1 - q)``. Each unordered pair counts once (the BCE is the
-    same for ``(j, k)`` and ``(k, j)``); mean over the ``C (C-1)/2`` pairs, then over the batch.
-
-    GRKD is the hard-target limit (``tau_t -> 0``: ``y = [t_j > t_k]``), except that GRKD drops tied
-    pairs where this loss gives them ``y = 1/2``. Unlike GRKD, the loss keeps the teacher's margins:
-    its gradient wrt ``z_ia`` is ``(soft_wins_S - soft_wins_T)_a / tau`` (times the normalisation),
-    which vanishes when ``z_i / tau = t_i / tau_t + const``: the student's logit gaps match the
-    teacher's scaled by ``tau / tau_t``. At that minimum the loss equals the mean binary entropy of
-    the targets, not 0 (the BCE form, as specified; the KL form would differ by that constant).
-
-    Computed as ``P(v) - sum_a Y_a v_a`` with ``v = z / tau``, ``Y = soft_wins(t / tau_t)`` (see
-    :func:`~relkd_tutorial.relations.pairwise_logaddexp_sum`): ``O(B C^2)`` work, ``O(B C)``
-    memory. Float32 (float64 for float64 inputs), autocast off, teacher detached.
-
-    Args:
-        student_logits: ``(B, C)``, ``C >= 2``.
-        teacher_logits: ``(B, C)``.
-        temperature: ``tau > 0`` on the student's gaps.
-        teacher_temperature: ``tau_t > 0`` on the teacher's gaps.
-
-    Returns:
-        Scalar loss.
+    soft target ``y_ijk = sigma((t_ij - t_ik)/tau_t)``, ``C >= 2``. GRKD is the hard-target limit
+    ``tau_t -> 0`` (except that GRKD drops tied pairs, here ``y = 1/2``). The gradient wrt ``z_ia``
+    is ``(soft_wins_S - soft_wins_T)_a / tau`` (normalised), zero when
+    ``z_i / tau = t_i / tau_t + const``; the minimum is the targets' mean binary entropy, not 0 (the
+    BCE form, as specified). Computed as ``P(v) - sum_a Y_a v_a``
+    (:func:`~relkd_tutorial.relations.pairwise_logaddexp_sum`): ``O(B C^2)`` work, ``O(B C)``
+    memory. Float32 or wider, autocast off, teacher detached.
     """
     z, t = check_logit_pair(student_logits, teacher_logits)
     temp = check_positive("temperature", temperature)
@@ -85,33 +65,13 @@ def listwise_rank_loss(
 
     With ``pi`` the teacher's descending order of the classes and ``v = z / tau``:
 
-        L = (1/B) sum_i sum_{r=1..k} [ log sum_{s >= r} exp(v_{i, pi_s}) - v_{i, pi_r} ],
+        L = (1/B) sum_i sum_{r=1..k} [ log sum_{s >= r} exp(v_{i, pi_s}) - v_{i, pi_r} ]
 
-    i.e. the student "picks" the teacher's first class from all ``C``, then its second from the
-    remaining ``C - 1``, ... ``k`` times (ListMLE; top-k ListMLE for ``k < C``).
-
-    - Denominators run over *all remaining* ``C - r + 1`` classes, not only the rest of the top-k
-      list (choice): the loss is then the likelihood that the top-k come first, in that order, and
-      a student ranking an outside class above a top-k class is penalised. With denominators
-      restricted to the list it would not be.
-    - Sum over the ``k`` positions (not a mean), mean over the batch. ``top_k=None`` uses the full
-      order (``k = C``; the last position adds 0). ``k = 1`` is cross-entropy against the
-      teacher's arg-max.
-    - Teacher ties are broken by class index (stable sort, choice): the loss then depends on that
-      tie break. It depends on ``t`` only through this order and is invariant to adding a constant
-      to a row of ``z``.
-
-    Autograd through ``logcumsumexp`` (stable for logits of +-1e4); ``O(B C log C)``.
-    Float32 (float64 for float64 inputs), autocast off, teacher detached.
-
-    Args:
-        student_logits: ``(B, C)``.
-        teacher_logits: ``(B, C)``.
-        temperature: ``tau > 0``.
-        top_k: ``None`` (full order) or ``k >= 1``.
-
-    Returns:
-        Scalar loss.
+    (ListMLE; top-k ListMLE for ``k < C``; ``top_k=None``: ``k = C``; ``k = 1`` is cross-entropy on
+    the teacher's arg-max). Choices: denominators run over *all* remaining classes, so a class
+    outside the top-k ranked above one inside is penalised; a sum over positions, a mean over the
+    batch; teacher ties broken by class index (stable sort). Through ``logcumsumexp``,
+    ``O(B C log C)``; float32 or wider, autocast off, teacher detached.
     """
     z, t = check_logit_pair(student_logits, teacher_logits)
     temp = check_positive("temperature", temperature)

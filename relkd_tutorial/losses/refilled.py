@@ -2,59 +2,29 @@
 
 Ye, Lu, Zhan, "Distilling Cross-Task Knowledge via Relationship Matching" (CVPR 2020) and
 "Generalized Knowledge Distillation via Relationship Matching" (TPAMI 2022, arXiv 2205.01915).
-Only the teacher's *embedding* (pooled penultimate features) is used, never its classifier, so the
-teacher's classes may equal, overlap or be disjoint from the student's. All labels are the
-student's; label ``-1`` marks an unlabelled sample.
+Only the teacher's *embedding* (pooled penultimate features) is used, never its classifier, so its
+classes may differ from the student's. Labels are the student's; ``-1`` marks an unlabelled sample.
 
-Stage 1 (embedding, no cross-entropy). Both networks' features are L2-normalised,
-``phi = normalize(f)``, and ``d`` is the Euclidean distance. Semi-hard triplets are mined on the
-*student*: ``y_a = y_p``, ``a != p``, ``y_n != y_a``, ``0 < d^S_an - d^S_ap <= m`` (all of them in
-the batch, no gradient through mining). Each triplet has a comparison probability
-
-    P(a, p, n) = sigmoid((d_an - d_ap) / tau1)          (teacher: P^T, student: P^S)
-
-and the student matches the teacher's probabilities:
+Stage 1 (no cross-entropy). With ``phi = normalize(f)`` and ``d`` the Euclidean distance, semi-hard
+triplets are mined on the *student* (``y_a = y_p``, ``a != p``, ``y_n != y_a``,
+``0 < d^S_an - d^S_ap <= m``, all of them, no gradient through mining), and
+``P(a, p, n) = sigmoid((d_an - d_ap) / tau1)`` of the teacher is matched by the student's:
 
     triplet form:  L1 = mean_triplets 1/2 [P^T log(P^T/P^S) + (1-P^T) log((1-P^T)/(1-P^S))]
     tuple form:    L1 = mean_(a,p) KL(pi^T(a,p) || pi^S(a,p)),
-                   pi(a,p) = softmax([-d_ap, -d_an_1, ..., -d_an_M] / tau1)  over the negatives
-                   n_1..n_M mined for that (anchor, positive).
+                   pi(a,p) = softmax([-d_ap, -d_an_1, ..., -d_an_M] / tau1).
 
-The method multiplies ``L1`` by ``lambda1 = 1000``.
+Stage 2. Class centres from the teacher's features on the student's data,
+``c_k = normalize(mean_{i: y_i = k} f^T_i)``; with ``C_B`` the classes among the batch's labelled
+samples and ``zeta_ik = <f^T_i, c_k>`` (teacher features not normalised),
 
-Stage 2 (classifier). Class centres come from the *teacher's* features on the *student's* data,
-``c_k = normalize(mean_{i: y_i = k} f^T_i)`` (global: the whole training set, once; local: the
-current batch). With ``C_B`` the classes present among the batch's labelled samples, the teacher's
-embedding-induced local classifier is ``zeta_ik = <f^T_i, c_k>``, ``k in C_B``, and
+    L2 = CE(z, y) + lambda2 (1/B) sum_i KL( softmax(zeta_{i,C_B}/tau2) || softmax(z_{i,C_B}/tau2) ).
 
-    L2 = CE(z, y) + lambda2 (1/B) sum_i KL( softmax(zeta_{i,C_B}/tau2) || softmax(z_{i,C_B}/tau2) ),
-
-``tau2 = 2``, ``lambda2 = 100``, no ``tau2^2`` factor.
-
-Where we chose (the papers' method sections were not available to us; see ``docs/refilled.md``):
-
-- (follows the official code) the 1/2 in the triplet form only: the code concatenates
-  ``[P, 1-P]`` along the batch axis before a ``batchmean`` KL, which averages the binary KL over
-  its two entries; ``lambda1 = 1000`` was tuned with that 1/2, so we keep it. The tuple form is
-  the official one at the same ``lambda1``: the mean over tuples of the summed KL, no 1/2. So a
-  tuple with one negative gives exactly *twice* the triplet value (softmax over two entries is the
-  sigmoid of their difference, and that KL is the binary KL).
-- (choice) the tuple form averages over (anchor, positive) tuples; padded slots get probability
-  exactly 0 (masked, not a large distance).
-- (choice) a batch with no semi-hard triplet gives ``L1 = 0`` with a gradient path, not 0/0.
-- (follows the official code) in stage 2 the teacher features are *not* normalised, the centres
-  are. The centre is ``normalize(mean)``, so classes of different sizes weigh the same.
-- (choice) unlabelled samples enter the stage-2 KL (the teacher's classifier gives them a target;
-  ``C_B`` comes from the labelled samples only), and the KL is averaged over all ``B`` rows.
-  They take no part in the cross-entropy, and by default none in stage-1 mining; with
-  :func:`centre_labels` (beyond the papers) they are mined under the class the teacher's
-  embedding-induced classifier gives them, ``argmax_k <f^T_i, c_k>`` over the classes with a
-  centre, so that a batch with few labelled samples still has triplets.
-- (choice) a class without a centre (absent from the data the global centres were computed on)
-  has a zero row; if such a class is ever present in a batch, the loss raises ``ValueError``
-  instead of silently comparing against a zero vector.
-- A batch with no labelled sample has no ``C_B``: the KL is 0 with a gradient path.
-- Low precision: the math runs in float32 or wider with autocast off (``_checks.loss_dtype``).
+Defaults (the authors' code): ``m = 0.2``, ``tau1 = 4``, ``tau2 = 2``, ``lambda1 = 1000`` (the
+method multiplies ``L1`` by it), ``lambda2 = 100``, no ``tau2^2`` factor. The 1/2 of the triplet
+form, the masking of padded tuple slots, ``L = 0`` with a gradient path when there is no triplet or
+no labelled sample, and the error for a batch class without a centre: ``docs/refilled.md``. The math
+runs in float32 or wider with autocast off.
 
 Shapes: ``B`` batch, ``D_S``/``D_T`` feature widths, ``C`` student classes, ``T`` triplets,
 ``G`` (anchor, positive) tuples, ``M`` the largest number of negatives of a tuple.
@@ -67,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import (
+    check_choice,
+    check_feature_pair,
     check_float_tensor,
     check_labels,
     check_positive,
@@ -82,16 +54,11 @@ from ..relations import pairwise_distances, rescaled, semi_hard_triplets, unit_r
 FORMS = ("triplet", "tuple")
 
 
-# ---------------------------------------------------------------------------------------------
-# Stage 1: relationship matching on semi-hard triplets
-# ---------------------------------------------------------------------------------------------
+# --- Stage 1: relationship matching on semi-hard triplets ---
 
 
 def embedding_distances(features: Tensor) -> Tensor:
-    """``d_ij = ||phi_i - phi_j||`` with ``phi = normalize(f)``: ``(B, D)`` -> ``(B, B)``.
-
-    Computed in float32 or wider (the caller disables autocast).
-    """
+    """``d_ij = ||phi_i - phi_j||``, ``phi = normalize(f)``: ``(B, D)`` -> ``(B, B)``, float32 or wider."""
     phi = unit_rows(features.to(loss_dtype(features)))  # (B, D), exact at any magnitude
     return pairwise_distances(phi)  # (B, B)
 
@@ -99,18 +66,11 @@ def embedding_distances(features: Tensor) -> Tensor:
 def mine_triplets(
     student_features: Tensor, labels: Tensor, margin: float = 0.2
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """REFILLED's semi-hard triplets, mined on the student's normalised embedding.
+    """REFILLED's semi-hard triplets ``(a, p, n)``, mined on the student's normalised embedding.
 
-    ``(a, p, n)`` with ``y_a = y_p``, ``a != p``, ``y_n != y_a`` and
-    ``0 < d^S_an - d^S_ap <= margin``; unlabelled samples (``-1``) take no part. No gradient.
-
-    Args:
-        student_features: ``(B, D_S)``.
-        labels: ``(B,)`` integer labels.
-        margin: ``m`` (0.2).
-
-    Returns:
-        Three ``(T,)`` int64 index tensors, sorted by ``(a, p, n)``.
+    ``y_a = y_p``, ``a != p``, ``y_n != y_a``, ``0 < d^S_an - d^S_ap <= margin`` (``m = 0.2``);
+    unlabelled samples take no part; no gradient. ``student_features`` ``(B, D_S)``, ``labels``
+    ``(B,)``. Returns three ``(T,)`` int64 tensors sorted by ``(a, p, n)``.
     """
     check_float_tensor("student_features", student_features, 2, "(B, D_S)")
     check_labels("labels", labels, student_features.shape[0])
@@ -136,14 +96,10 @@ def _triplet_form(d_s: Tensor, d_t: Tensor, a: Tensor, p: Tensor, n: Tensor, tau
 def _tuple_layout(a: Tensor, p: Tensor, batch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Where each triplet goes when its (anchor, positive)'s negatives are padded into one row.
 
-    Row ``g`` of the padded layout is ``[-d_ap, -d_an_1, ..., -d_an_M]`` for the ``g``-th
-    (anchor, positive) tuple; slot 0 holds the positive, slots ``1..`` the negatives. The triplets
-    must be grouped by (anchor, positive) (:func:`_tuple_form` sorts them first).
-
-    Returns:
-        ``group`` ``(T,)`` the tuple of each triplet, ``slot`` ``(T,)`` its column (``>= 1``),
-        ``first`` ``(G,)`` the index of each tuple's first triplet, and ``valid`` ``(G, 1 + M)``
-        boolean (``False`` on padding).
+    Row ``g`` is ``[-d_ap, -d_an_1, ..., -d_an_M]`` for the ``g``-th tuple (slot 0 the positive);
+    the triplets must be grouped by (anchor, positive). Returns ``group`` ``(T,)``, ``slot``
+    ``(T,)`` (``>= 1``), ``first`` ``(G,)`` (each tuple's first triplet) and ``valid``
+    ``(G, 1 + M)``.
     """
     key = a * batch + p  # (T,)  one integer per (anchor, positive); grouped: the caller sorts
     _, group, counts = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
@@ -172,10 +128,8 @@ def _masked_kl(log_p: Tensor, log_q: Tensor, valid: Tensor) -> Tensor:
 
 
 def _masked_log_softmax(scores: Tensor, valid: Tensor) -> Tensor:
-    """``log softmax`` over the ``valid`` entries of each row; invalid entries come out as 0.
-
-    Invalid entries get probability exactly 0 (they are ``-inf`` inside the softmax) and are then
-    replaced by 0 so that ``p * log p`` terms are ``0 * 0`` rather than ``0 * -inf``.
+    """``log softmax`` over the ``valid`` entries of each row; invalid entries get probability
+    exactly 0 and come out as 0 (so ``p * log p`` is ``0 * 0``, not ``0 * -inf``).
     """
     masked = scores.masked_fill(~valid, float("-inf"))
     log_p = F.log_softmax(masked, dim=1)
@@ -206,33 +160,20 @@ def refilled_embedding_loss(
     form: str = "triplet",
     triplets: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """REFILLED stage 1, ``L1`` without the factor ``lambda1`` (see the module docstring).
+    """REFILLED stage 1, ``L1`` without ``lambda1`` (module docstring); a scalar.
 
-    Args:
-        student_features: ``(B, D_S)`` pooled features; normalised here.
-        teacher_features: ``(B, D_T)`` pooled features; normalised here, no gradient.
-        labels: ``(B,)`` student labels, ``-1`` = unlabelled.
-        margin: semi-hard margin ``m`` (0.2).
-        tau1: temperature of the comparison probabilities (4).
-        form: ``"triplet"`` (binary KL per triplet) or ``"tuple"`` (softmax over each
-            (anchor, positive)'s negatives).
-        triplets: optional fixed ``(a, p, n)`` index tensors, e.g. to hold the mined set fixed in a
-            gradient check; by default mined with :func:`mine_triplets`. Any order: the loss is a
-            function of the set (the tuple form groups them by (anchor, positive) itself).
-
-    Returns:
-        Scalar; exactly 0 (with a gradient path) when there is no triplet. A batch too small to
-        hold one (``B < 3``, e.g. the last batch of an epoch) is that case, not an error.
+    ``student_features`` ``(B, D_S)`` and ``teacher_features`` ``(B, D_T)`` (normalised here, the
+    teacher's detached), ``labels`` ``(B,)`` (``-1`` = unlabelled), ``margin`` ``m`` (0.2), ``tau1``
+    (4), ``form`` ``"triplet"`` (binary KL per triplet) or ``"tuple"`` (softmax over each (anchor,
+    positive)'s negatives). ``triplets``: a fixed ``(a, p, n)`` (e.g. for a gradient check), in any
+    order; by default :func:`mine_triplets`. No triplet (``B < 3`` included): exactly 0 with a
+    gradient path.
     """
-    check_float_tensor("student_features", student_features, 2, "(B, D_S)")
-    check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)")
-    check_same_batch("student_features", student_features, "teacher_features", teacher_features)
-    check_same_device("student_features", student_features, "teacher_features", teacher_features)
+    check_feature_pair(student_features, teacher_features)
     check_labels("labels", labels, student_features.shape[0])
     check_same_device("student_features", student_features, "labels", labels)
     tau1 = check_positive("tau1", tau1)
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    check_choice("form", form, FORMS)
     if triplets is None:
         triplets = mine_triplets(student_features, labels, margin)
     a, p, n = _check_triplets(triplets, student_features.shape[0], student_features.device)
@@ -265,23 +206,13 @@ def _check_triplets(
     return out[0], out[1], out[2]
 
 
-# ---------------------------------------------------------------------------------------------
-# Stage 2: the teacher's embedding-induced local classifier
-# ---------------------------------------------------------------------------------------------
+# --- Stage 2: the teacher's embedding-induced local classifier ---
 
 
 def class_centres(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """``c_k = normalize(mean_{i: y_i = k} f_i)``; a class without samples gets a zero row.
-
-    Unlabelled samples (``-1``) are ignored. Computed in float32 or wider.
-
-    Args:
-        features: ``(N, D)`` teacher features (not normalised first).
-        labels: ``(N,)`` student labels.
-        num_classes: ``C``; labels must lie in ``[-1, C)``.
-
-    Returns:
-        ``(C, D)`` unit rows (zero rows for classes absent from ``labels``).
+    """``c_k = normalize(mean_{i: y_i = k} f_i)``, ``(C, D)`` unit rows; a class without samples
+    gets a zero row. ``features`` ``(N, D)`` (teacher features, not normalised first), ``labels``
+    ``(N,)`` in ``[-1, C)`` (``-1`` ignored). Float32 or wider, no gradient.
     """
     check_float_tensor("features", features, 2, "(N, D)")
     check_labels("labels", labels, features.shape[0], num_classes)
@@ -297,23 +228,14 @@ def class_centres(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
 
 
 def centre_labels(teacher_features: Tensor, labels: Tensor, centres: Tensor) -> Tensor:
-    """Labels for stage-1 mining from the teacher's embedding: labelled samples keep theirs.
+    """Labels for stage-1 mining from the teacher's embedding: ``(B,)`` int64, every sample
+    labelled.
 
-    ``y'_i = y_i`` if ``y_i >= 0``, else ``argmax_k <f^T_i, c_k>`` over the classes ``k`` whose
-    centre is not a zero row: the top class of the teacher's embedding-induced classifier (the
-    stage-2 ``zeta`` over every class with a centre; the teacher's logits are never read, so this
-    works when the teacher was trained on other classes). Ties go to the lowest class. No gradient.
-
-    Args:
-        teacher_features: ``(B, D_T)``.
-        labels: ``(B,)`` student labels in ``[-1, C)``.
-        centres: ``(C, D_T)`` class centres (:func:`class_centres`); zero row = no centre.
-
-    Returns:
-        ``(B,)`` int64 labels in ``[0, C)`` (every sample labelled).
-
-    Raises:
-        ValueError: no class has a centre (nothing to label with).
+    ``y'_i = y_i`` if ``y_i >= 0``, else ``argmax_k <f^T_i, c_k>`` over the classes with a non-zero
+    centre (the stage-2 classifier ``zeta`` over every class with a centre; the teacher's logits are
+    never read). Ties go to the lowest class; no gradient. ``teacher_features`` ``(B, D_T)``,
+    ``labels`` ``(B,)`` in ``[-1, C)``, ``centres`` ``(C, D_T)`` (:func:`class_centres`). Raises
+    ``ValueError`` if no class has a centre.
     """
     check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)")
     check_float_tensor("centres", centres, 2, "(C, D_T)")
@@ -346,25 +268,14 @@ def refilled_classifier_kl(
     tau2: float = 2.0,
     restrict_to_batch: bool = True,
 ) -> Tensor:
-    """REFILLED stage 2's distillation term, without ``lambda2`` and without the cross-entropy.
+    """REFILLED stage 2's distillation term, without ``lambda2`` and the cross-entropy; a scalar.
 
-    ``(1/B) sum_i KL(softmax(zeta_{i,C_B}/tau2) || softmax(z_{i,C_B}/tau2))`` with
-    ``zeta_ik = <f^T_i, c_k>`` (teacher features as they are, centres unit-norm), averaged over
-    all ``B`` rows including unlabelled ones (choice). With ``restrict_to_batch=False`` the columns
-    are all classes that have a centre instead of ``C_B`` (an option beyond the paper, for the
-    transfer setting where a batch holds few labelled samples).
-
-    Args:
-        student_logits: ``(B, C)``.
-        teacher_features: ``(B, D_T)``, no gradient.
-        labels: ``(B,)`` student labels in ``[-1, C)``.
-        centres: ``(C, D_T)`` class centres (e.g. from :func:`class_centres`); a zero row means
-            "no centre", and such a class present in the batch raises ``ValueError``.
-        tau2: temperature (2).
-        restrict_to_batch: use only the batch's classes ``C_B`` (the paper's local classifier).
-
-    Returns:
-        Scalar; 0 with a gradient path when no column is selected.
+    ``(1/B) sum_i KL(softmax(zeta_{i,C_B}/tau2) || softmax(z_{i,C_B}/tau2))``,
+    ``zeta_ik = <f^T_i, c_k>``, averaged over all ``B`` rows, unlabelled ones included (choice).
+    ``restrict_to_batch=False``: every class with a centre instead of ``C_B`` (beyond the paper).
+    ``student_logits`` ``(B, C)``, ``teacher_features`` ``(B, D_T)`` (no gradient), ``labels``
+    ``(B,)``, ``centres`` ``(C, D_T)`` (a zero row = no centre; such a class in the batch raises
+    ``ValueError``), ``tau2`` (2). No column selected: 0 with a gradient path.
     """
     check_float_tensor("student_logits", student_logits, 2, "(B, C)")
     check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)")

@@ -1,32 +1,19 @@
 """RKD: relational knowledge distillation with distance and angle potentials.
 
 Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019, Sec. 3.2. The student matches
-the *structure* of the teacher's batch of embeddings (pooled penultimate features), not the
-embeddings themselves: the pairwise distances (normalised by their batch mean) and the angles of
-all triplets. The two sides may have different widths ``D_S`` and ``D_T``.
+the *structure* of the teacher's batch of pooled features (widths ``D_S``, ``D_T`` may differ):
+pairwise distances normalised by their batch mean, and the angles of all triplets.
 
-Conventions (the authors' code and every reimplementation; published weights carry over):
-
-- the Huber loss with ``delta = 1`` (``smooth_l1_loss(beta=1)``);
-- the mean runs over all ``B^2`` ordered pairs / ``B^3`` ordered triplets, degenerate ones
-  included: a pair ``i = j`` has distance 0 and a triplet with ``i = j`` or ``k = j`` has cosine 0
-  on both sides, so it adds zero loss but counts in the denominator (it scales the loss by
-  ``(B - 1)/B`` resp. about ``((B - 1)/B)^2`` compared with a mean over proper tuples);
-- two *distinct* samples that coincide (duplicate images) behave like a degenerate pair: distance
-  0, and a zero direction, hence cosine 0 (the authors get the same 0 from ``F.normalize`` of a
-  zero vector). Pairs closer than the Gram formula's rounding error (closer than about ``2e-3`` of
-  their norms in the centred batch, in float32; ``6e-8`` in float64) count as coincident (choice).
-- Both potentials are invariant to the scale of the features, so each side is divided by its
-  largest absolute entry first (:func:`~relkd_tutorial.relations.rescaled`): features of any
-  magnitude representable in the dtype give the same loss (without it, float32 features of size
-  ``1e19`` overflowed the Gram matrix into NaN and features of size ``1e-7`` fell under the
-  distance clamp, so every pair looked equidistant).
-
-Speed: the common implementation builds a ``(B, B, D)`` difference tensor and a ``(B, B, B)``
-batched matmul and back-propagates through both. Here the angle loss reads everything from two
-``(B, B)`` matrices (the Gram matrix of the centred batch and the inverse distances) and a custom
-autograd function computes the loss *and its gradient* one chunk of vertices at a time, so memory
-is ``O(B^2 + chunk * B^2)`` and the work ``O(B^2 D + B^3)``. ``benchmarks/losses.py`` measures it.
+Conventions of the authors' code (so published weights carry over): Huber with ``delta = 1``;
+the mean runs over all ``B^2`` ordered pairs / ``B^3`` ordered triplets, degenerate ones (``i = j``,
+or duplicate samples: distance 0, cosine 0) included, which scales the loss by about
+``(B - 1)/B`` resp. ``((B - 1)/B)^2``. Pairs closer than the Gram formula's rounding error count as
+coincident (choice). Both potentials are scale invariant, so each side is divided by its largest
+entry first (:func:`~relkd_tutorial.relations.rescaled`): any representable magnitude gives the
+same loss. The angle loss never builds the ``(B, B, D)`` or ``(B, B, B)`` tensors: a custom
+autograd function computes the loss and its gradient from two ``(B, B)`` matrices, one chunk of
+vertices at a time (memory ``O(B^2 + chunk B^2)``, work ``O(B^2 D + B^3)``;
+``benchmarks/losses.py`` measures it).
 """
 
 from __future__ import annotations
@@ -50,19 +37,13 @@ ANGLE_CHUNK_ELEMENTS = 1 << 16
 
 
 def rkd_distance_loss(student_features: Tensor, teacher_features: Tensor) -> Tensor:
-    """``L_RKD-D = mean_{i,j} huber( psi_D^s(i,j), psi_D^t(i,j) )``, ``psi_D = d_ij / mu``.
+    """``L_RKD-D = mean_{i,j} huber( psi_D^s(i,j), psi_D^t(i,j) )``, ``psi_D = d_ij / mu``, a
+    scalar.
 
-    Park et al. 2019, Sec. 3.2.1 (the distance-wise potential and loss);
-    ``mu = mean_{i != j} d_ij`` is computed separately for teacher and student (:func:`~relkd_tutorial.relations.normalized_pairwise_distances`).
-    Huber with ``delta = 1``; mean over all ``B^2`` pairs including ``i = j`` (see the module
-    docstring). The teacher is detached; computed in float32 (float64 for float64 inputs).
-
-    Args:
-        student_features: ``(B, D_S)``, ``B >= 2``.
-        teacher_features: ``(B, D_T)``.
-
-    Returns:
-        Scalar loss.
+    Park et al. 2019, Sec. 3.2.1; ``mu = mean_{i != j} d_ij`` per side
+    (:func:`~relkd_tutorial.relations.normalized_pairwise_distances`); ``delta = 1``; mean over all
+    ``B^2`` pairs. ``student_features`` ``(B, D_S)``, ``B >= 2``; ``teacher_features`` ``(B, D_T)``,
+    detached. Float32 or wider.
     """
     s, t = check_feature_pair(
         student_features, teacher_features, 2, "the RKD distance potential (a pair)"
@@ -77,16 +58,12 @@ def rkd_distance_loss(student_features: Tensor, teacher_features: Tensor) -> Ten
 
 
 def _chunk_cosines(gram: Tensor, r: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
-    """Cosines for a chunk of vertices ``j``: ``cos[j, i, k] = a_ji a_jk (G_ik - r_ji - r_jk)``.
+    """``(cos, outer)``, both ``(n, B, B)``, for a chunk of ``n`` vertices ``j``:
+    ``cos[j, i, k] = a_ji a_jk (G_ik - r_ji - r_jk)`` and ``outer[j, i, k] = a_ji a_jk``.
 
-    ``r_ji = G_ji - G_jj / 2``, so ``G_ik - r_ji - r_jk = G_ik - G_ij - G_jk + G_jj`` is the inner
-    product of ``x_i - x_j`` and ``x_k - x_j``; ``a_ji = 1 / d_ji`` (0 if degenerate).
-
-    Args:
-        gram: ``(B, B)``; r, a: ``(n, B)`` rows of the chunk's vertices.
-
-    Returns:
-        ``(cos, outer)``, both ``(n, B, B)``; ``outer[j, i, k] = a_ji a_jk``.
+    ``r_ji = G_ji - G_jj / 2``, so ``G_ik - r_ji - r_jk`` is ``<x_i - x_j, x_k - x_j>``;
+    ``a = 1 / d`` (0 if degenerate). ``gram`` is ``(B, B)``, ``r`` and ``a`` the chunk's ``(n, B)``
+    rows.
     """
     num = gram[None, :, :] - r[:, :, None]  # (n, B, B)
     num.sub_(r[:, None, :])  # G_ik - r_ji - r_jk
@@ -97,17 +74,15 @@ def _chunk_cosines(gram: Tensor, r: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
 class _RKDAngleHuber(torch.autograd.Function):
     """``mean_{i,j,k} huber(cos^s_ijk - cos^t_ijk)`` and its gradient wrt ``(G^s, A^s)``.
 
-    Forward, for each chunk of vertices ``j``: the cosines of both sides (``_chunk_cosines``),
-    ``e = cos^s - cos^t``, ``huber(e) = g (e - g/2)`` with ``g = huber'(e) = clamp(e, -1, 1)``.
-    With ``cos_jik = a_ji a_jk N_jik`` and ``N_jik = G_ik - G_ij - G_jk + G_jj``, the chain rule
-    gives, with ``M_jik = g_jik a_ji a_jk / B^3`` (symmetric in ``i, k``):
+    Per chunk of vertices ``j``: ``e = cos^s - cos^t``, ``huber(e) = g (e - g/2)`` with
+    ``g = clamp(e, -1, 1)``. With ``cos_jik = a_ji a_jk N_jik``,
+    ``N_jik = G_ik - G_ij - G_jk + G_jj`` and ``M_jik = g_jik a_ji a_jk / B^3``:
 
         dL/dG_ik += sum_j M_jik          dL/dG_ji -= 2 sum_k M_jik
         dL/dG_jj += sum_ik M_jik         dL/dA_ji  = 2 d_ji sum_k g_jik cos_jik / B^3
 
-    (``dcos_jik / da_ji = cos_jik / a_ji = d_ji cos_jik``). Those ``(B, B)`` gradients are all the
-    backward needs; autograd carries them to the features through ``G = x_c x_c^T`` and
-    ``A = 1/d``. First-order only.
+    Autograd carries these ``(B, B)`` gradients to the features through ``G = x_c x_c^T`` and
+    ``A = 1/d``. First order only.
     """
 
     @staticmethod
@@ -155,26 +130,15 @@ class _RKDAngleHuber(torch.autograd.Function):
 def rkd_angle_loss(
     student_features: Tensor, teacher_features: Tensor, *, chunk_size: int | None = None
 ) -> Tensor:
-    """``L_RKD-A = mean_{i,j,k} huber( psi_A^s(i,j,k), psi_A^t(i,j,k) )``, vertex at ``j``.
+    """``L_RKD-A = mean_{i,j,k} huber( psi_A^s(i,j,k), psi_A^t(i,j,k) )``, vertex at ``j``, a
+    scalar.
 
-    Park et al. 2019, Sec. 3.2.2 (the angle-wise potential and loss):
-    ``psi_A(i,j,k) = <e_ij, e_kj>``, ``e_ij = (x_i - x_j) / ||x_i - x_j||``. Huber with ``delta = 1``; mean over all ``B^3``
-    ordered triplets, degenerate ones (cosine 0 on both sides) included.
-
-    The cosines come from the Gram identity ``<x_i - x_j, x_k - x_j> = G_ik - G_ij - G_jk + G_jj``
-    (:func:`~relkd_tutorial.relations.angle_cosines` builds the whole ``(B, B, B)`` tensor; this
-    loss never does). A custom autograd function computes the loss and its gradient chunk by chunk
-    of vertices (see ``_RKDAngleHuber``), with no ``(B, B, D)`` tensor and memory
-    ``O(chunk_size * B^2)``. The teacher is detached; computed in float32 (float64 for float64
-    inputs) with autocast off.
-
-    Args:
-        student_features: ``(B, D_S)``, ``B >= 3``.
-        teacher_features: ``(B, D_T)``.
-        chunk_size: vertices per chunk; default ``max(1, 2^16 // B^2)``.
-
-    Returns:
-        Scalar loss.
+    Park et al. 2019, Sec. 3.2.2: ``psi_A(i,j,k) = <e_ij, e_kj>``,
+    ``e_ij = (x_i - x_j) / ||x_i - x_j||``; ``delta = 1``; mean over all ``B^3`` ordered triplets.
+    The cosines come from the Gram identity (:func:`~relkd_tutorial.relations.angle_cosines`), the
+    loss and its gradient chunk by chunk of ``chunk_size`` vertices (default
+    ``max(1, 2^16 // B^2)``; ``_RKDAngleHuber``). ``student_features`` ``(B, D_S)``, ``B >= 3``;
+    ``teacher_features`` ``(B, D_T)``, detached. Float32 or wider, autocast off.
     """
     s, t = check_feature_pair(
         student_features, teacher_features, 3, "the RKD angle potential (a triplet)"
@@ -194,8 +158,8 @@ def rkd_angle_loss(
 class RKDLoss(nn.Module):
     """``distance_weight * L_RKD-D + angle_weight * L_RKD-A`` (a term with weight 0 is skipped).
 
-    Defaults are the CIFAR convention (25 / 50, used beside cross-entropy; RepDistiller,
-    mdistiller). The authors' metric-learning convention is 1 / 2 with no cross-entropy.
+    Defaults: the CIFAR convention 25 / 50 beside cross-entropy (RepDistiller, mdistiller); the
+    authors' metric-learning convention is 1 / 2 with no cross-entropy.
     """
 
     def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0) -> None:

@@ -1,15 +1,10 @@
-"""Distillation methods: what the training loop calls at every step.
-
-- :mod:`~relkd_tutorial.methods.base`: :class:`Method` (the seams the loop uses: ``needs_teacher``,
-  ``needs_setup``/``setup``, ``stages``/``set_stage``, ``loss_terms``, ``after_step``),
-  :class:`StepInputs`, :class:`Stage`, :class:`SetupData`, :class:`CrossEntropy`;
-- :mod:`~relkd_tutorial.methods.logit_relation`: KD, RKD, GRKD, the ranking variants, DIST and
-  the pseudo-label control;
-- :mod:`~relkd_tutorial.methods.embedding`: RRD and REFILLED (heads, a queue, stages, a setup pass);
-- :mod:`~relkd_tutorial.methods.compose`: any method + KD (:func:`with_kd`; ``"rrd_kd"``,
-  ``"grkd_kd"``, ``"<name>+kd"``);
-- :mod:`~relkd_tutorial.methods.registry`: :func:`build_method` by short name.
+"""Distillation methods, what the training loop calls at every step: :mod:`.base` (the
+:class:`Method` interface, :class:`StepInputs`, :class:`CrossEntropy`), :mod:`.logit_relation`
+(KD, RKD, GRKD, ranking, DIST, pseudo-labels), :mod:`.embedding` (RRD, REFILLED), :mod:`.compose`
+(any method + KD) and :mod:`.registry` (:func:`build_method` by short name).
 """
+
+# ruff: noqa: F401 - the imports below are the subpackage's public names
 
 from .base import (
     CrossEntropy,
@@ -35,31 +30,3 @@ from .logit_relation import (
     SoftRank,
 )
 from .registry import available_methods, build_method
-
-__all__ = [
-    "CrossEntropy",
-    "DIST",
-    "GRKD",
-    "GRKDWithKD",
-    "KD",
-    "ListwiseRank",
-    "Method",
-    "PseudoLabel",
-    "RKD",
-    "RKDAngle",
-    "RKDDistance",
-    "RKD_CONVENTIONS",
-    "RRD",
-    "RRDKD",
-    "Refilled",
-    "SetupData",
-    "SoftRank",
-    "Stage",
-    "StepInputs",
-    "available_methods",
-    "build_method",
-    "WithKD",
-    "supervised_cross_entropy",
-    "with_kd",
-    "with_total",
-]

@@ -1,27 +1,13 @@
-"""Distillation methods: what the training loop calls at every step.
+"""The :class:`Method` interface: what the training loop calls at every step.
 
-A *method* turns one step's network outputs into a dict of named loss terms. The training loop
-(:mod:`relkd_tutorial.training`) knows no method by name: it asks ``method.loss_terms(inputs)`` for
-the dict, back-propagates ``terms["loss"]``, logs every other entry, and calls
-``method.after_step(inputs)`` so that stateful methods (RRD's queue) can update. Everything a
-method needs beyond the step's tensors is declared through attributes and hooks:
-
-- ``needs_teacher``: the loop supplies teacher features and logits (``StepInputs.teacher_*``).
-- ``stages()``: a multi-stage schedule (REFILLED); the loop splits the epochs by each stage's
-  ``fraction``, builds a fresh optimizer and schedule per stage and calls ``set_stage`` first.
-- ``needs_setup`` / ``setup(data)``: one pass of the teacher over the whole un-augmented training
-  set before training (REFILLED's global class centres).
-- learnable parts (projection heads) are sub-modules, so ``method.parameters()`` joins the
-  optimizer; state (a queue) lives in buffers, so ``method.state_dict()`` joins the checkpoint.
-
-Convention for the returned dict: ``"loss"`` is the scalar to back-propagate; every other entry
-is a *weighted* contribution (``weight * term``), and the contributions sum to ``"loss"``. So a
-plot of the entries shows exactly what the optimizer saw.
-
-This module holds the base class, the step's inputs and the helpers every method shares; the
-methods are in :mod:`~relkd_tutorial.methods.logit_relation` (KD, RKD, GRKD, ranking) and
-:mod:`~relkd_tutorial.methods.embedding` (RRD, REFILLED), the names in
-:mod:`~relkd_tutorial.methods.registry`.
+A method turns one step's network outputs into a dict of named loss terms; the loop knows no
+method by name. It back-propagates ``terms["loss"]``, logs every other entry and calls
+``method.after_step(inputs)`` (RRD's queue). A method declares what else it needs:
+``needs_teacher`` (the loop fills ``StepInputs.teacher_*``), ``stages()`` (REFILLED: the epochs
+split by each stage's ``fraction``, a fresh optimizer per stage, ``set_stage`` first),
+``needs_setup``/``setup(data)`` (one teacher pass over the un-augmented training set first);
+learnable heads are sub-modules (they join the optimizer), state lives in buffers (it joins the
+checkpoint). Every entry but ``"loss"`` is a *weighted* contribution, and they sum to ``"loss"``.
 """
 
 from __future__ import annotations
@@ -53,9 +39,9 @@ class StepInputs:
     index: Tensor | None = None  # (B,) each image's position in its data set
 
     def __post_init__(self) -> None:
-        """Refuse fields of different batch sizes: features, logits and labels of one step must
-        describe the same images (each loss only checks the tensors it is given, so a method
-        reading features for one term and logits for another would pair different images)."""
+        """Refuse fields of different batch sizes: each loss checks only the tensors it is given, so
+        a method reading features for one term and logits for another would pair different images.
+        """
         sizes = {
             name: value.shape[0]
             for name, value in vars(self).items()
@@ -84,27 +70,31 @@ class SetupData:
     labels: Tensor  # (N,) student labels, -1 = unlabelled
 
 
+def masked_cross_entropy(logits: Tensor, targets: Tensor, keep: Tensor) -> Tensor:
+    """``-(1/|K|) sum_{i in K} log softmax(z_i)_{targets_i}`` over the rows ``K`` where ``keep``.
+
+    No ``K``: exactly 0 with a gradient path (``0 * logits.sum()``), never 0/0. Float32 (float64 for
+    float64 logits), autocast off, no host synchronisation: the kept rows are moved to the front (a
+    stable sort) and the rest ignored, so the mean adds the same numbers in the same order as over
+    ``logits[K]``. ``logits`` ``(B, C)``, ``targets`` ``(B,)`` int64, ``keep`` ``(B,)`` bool.
+    """
+    first = torch.argsort((~keep).to(torch.uint8), stable=True)  # (B,) kept rows first
+    targets = torch.where(keep, targets, -1)[first]  # (B,) -1: ignored
+    with full_precision(logits.device):
+        z = logits[first].to(loss_dtype(logits))  # (B, C)
+        ce = F.cross_entropy(z, targets, ignore_index=-1)  # 0/0 if nothing is kept
+    return torch.where(keep.any(), ce, logits.sum() * 0.0)
+
+
 def supervised_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over the labelled samples of a batch (label ``-1`` = unlabelled).
+    """Mean cross-entropy over the labelled samples ``L = {i : y_i >= 0}`` of a batch.
 
-    ``CE = -(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}``, ``L = {i : y_i >= 0}``. A batch with no
-    labelled sample gives exactly 0 with a gradient path (``0 * logits.sum()``), never 0/0.
-    Computed in float32 (float64 for float64 logits) with autocast off (``_checks.loss_dtype``),
-    with no host synchronisation: the labelled rows are moved to the front (a stable sort) and the
-    rest ignored, so the mean adds the same numbers in the same order as over ``logits[L]``.
-
-    Args:
-        logits: ``(B, C)`` student logits.
-        labels: ``(B,)`` integer labels in ``[-1, C)``.
+    ``CE = -(1/|L|) sum_{i in L} log softmax(z_i)_{y_i}`` (:func:`masked_cross_entropy`);
+    ``logits`` ``(B, C)``, ``labels`` ``(B,)`` in ``[-1, C)``, ``-1`` = unlabelled.
     """
     check_float_tensor("logits", logits, 2, "(B, C)")
     check_labels("labels", labels, logits.shape[0], logits.shape[1])
-    labelled = labels >= 0  # (B,)
-    first = torch.argsort((~labelled).to(torch.uint8), stable=True)  # (B,) labelled rows first
-    with full_precision(logits.device):
-        z = logits[first].to(loss_dtype(logits))  # (B, C)
-        ce = F.cross_entropy(z, labels[first], ignore_index=-1)  # 0/0 if nothing is labelled
-    return torch.where(labelled.any(), ce, logits.sum() * 0.0)
+    return masked_cross_entropy(logits, labels, labels >= 0)
 
 
 def with_total(terms: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -153,7 +143,8 @@ class Method(nn.Module):
 
     def _ce_terms(self, inputs: StepInputs, keep_zero: bool = False) -> dict[str, Tensor]:
         """``{"ce": ce_weight * CE}`` (no term at weight 0 unless ``keep_zero``), then
-        ``_after_ce``: the terms every method with a ``ce_weight`` starts from, in this order."""
+        ``_after_ce``: the terms every method with a ``ce_weight`` starts from, in this order.
+        """
         terms: dict[str, Tensor] = {}
         if keep_zero or self.ce_weight > 0:
             ce = supervised_cross_entropy(inputs.student_logits, inputs.labels)
@@ -176,11 +167,6 @@ class CrossEntropy(Method):
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         return with_total(self._ce_terms(inputs, keep_zero=True))
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers the methods share
-# --------------------------------------------------------------------------------------------
 
 
 def _teacher(inputs: StepInputs, field: str, method: str) -> Tensor:

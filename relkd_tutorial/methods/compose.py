@@ -1,15 +1,10 @@
-"""Any method + Hinton KD, as one composition: ``with_kd(method)`` and ``build_method("grkd+kd")``.
+"""Any method + Hinton KD: ``with_kd(method)`` and ``build_method("grkd+kd")``.
 
-``L = L_method + kd_weight * L_KD(T)``: the wrapped method's weighted terms, with ``"kd"`` placed
-right after its ``"ce"`` (first if it has none), so the total is summed in the order
-``ce + kd + the method's own terms``. ``L_KD`` is Hinton's
-``T^2 (1/B) sum_i KL(softmax(t_i/T) || softmax(z_i/T))`` (:mod:`relkd_tutorial.losses.kd`) on every
-sample (the teacher needs no label). Everything else (stages, setup, the queue written after the
-step, learnable heads, the checkpointed state) is the wrapped method's.
-
-The benchmark's combinations are this composition: ``"rrd_kd"`` is ``with_kd(RRD(...))`` and
-``"grkd_kd"`` is ``with_kd(GRKD(...))``, at the published 1 / 1 / 1 weights with ``T = 4``
-(the Fashion-MNIST settings set KD's 0.1 / 0.9, ``bench.settings.CONTROL_WEIGHTS``).
+``L = L_method + kd_weight * L_KD(T)`` (:mod:`relkd_tutorial.losses.kd`, on every sample), with
+``"kd"`` placed right after the method's ``"ce"``, so the total sums ``ce + kd + the method's own
+terms``. Everything else (stages, setup, the queue, heads, the checkpointed state) is the wrapped
+method's. ``"rrd_kd"`` and ``"grkd_kd"`` are this composition at the published 1 / 1 / 1 weights
+with ``T = 4``.
 """
 
 from __future__ import annotations
@@ -28,10 +23,8 @@ from .logit_relation import GRKD
 
 
 class WithKD(Method):
-    """``method`` + ``kd_weight * L_KD(kd_temperature)``; see the module docstring.
-
-    Attributes not set here (``ce_weight``, ``grkd_weight``, ``rrd``, ...) are read from the
-    wrapped method, which is ``base``. Its ``state_dict`` is the wrapped method's, key for key.
+    """``method`` + ``kd_weight * L_KD(kd_temperature)``. Attributes not set here (``ce_weight``,
+    ``rrd``, ...) are the wrapped method's (``base``); so is the ``state_dict``, key for key.
     """
 
     needs_teacher = True
@@ -110,10 +103,10 @@ def with_kd(
 
 
 def plus_kd(build: Callable[..., Method], name: str, positional: int = 0) -> Callable[..., WithKD]:
-    """``build(*args, **kwargs)`` + KD: a builder that also takes ``kd_weight``, ``kd_temperature``.
-
-    At most ``positional`` arguments by position (the former classes placed ``kd_weight`` among
-    them, so a longer positional call would silently bind another argument)."""
+    """``build(*args, **kwargs)`` + KD: a builder that also takes ``kd_weight``, ``kd_temperature``;
+    at most ``positional`` arguments by position (so a long positional call cannot bind the wrong
+    one).
+    """
 
     def build_with_kd(
         *args: Any, kd_weight: float = 1.0, kd_temperature: float = 4.0, **kwargs: Any

@@ -1,9 +1,4 @@
-"""Embedding-based relational methods: RRD and REFILLED.
-
-The stateful ones: RRD has a learnable projection head and a queue of teacher embeddings
-(updated in ``after_step``); REFILLED trains in two stages (``stages``/``set_stage``) and
-needs the teacher's class centres from a setup pass (``needs_setup``/``setup``).
-"""
+"""Embedding-based relational methods, the stateful ones: RRD (a learnable head, a queue) and REFILLED (two stages, a setup pass)."""
 
 from __future__ import annotations
 
@@ -37,23 +32,12 @@ from .base import (
 
 
 class RRD(Method):
-    """RRD: ``L = ce_weight * CE + rrd_weight * L_RRD`` (``docs/rrd.md``; defaults 1 and 1).
+    """RRD: ``L = ce_weight * CE + rrd_weight * L_RRD`` (defaults 1 and 1; ``docs/rrd.md``).
 
-    Learnable part: the student projection head (in ``parameters()``); the teacher head is a frozen
-    random projection. State: the queue of teacher embeddings (buffers, so it checkpoints). With
-    ``update="after"`` (default) the batch is written in :meth:`after_step`, after the optimizer
-    step; with ``update="before"`` it is written inside :meth:`loss_terms`, before the loss.
-
-    Args:
-        student_dim: ``D_S``, width of the student's pooled features.
-        teacher_dim: ``D_T``, width of the teacher's pooled features.
-        embed_dim: projection width ``d`` (128).
-        queue_size: ``K`` (16384 as on CIFAR; choose ``K`` at most the training-set size).
-        tau_s: student temperature (0.04).
-        tau_t: teacher temperature (0.10).
-        ce_weight: weight of the cross-entropy on labelled samples (1).
-        rrd_weight: weight of ``L_RRD`` (1); RRD uses every sample, labelled or not.
-        update: ``"after"`` or ``"before"``.
+    The options are :class:`~relkd_tutorial.losses.rrd.RRDLoss`'s (``student_dim``/``teacher_dim``:
+    the pooled feature widths ``D_S``/``D_T``). The student head is learnable, the queue is a buffer
+    (it checkpoints); ``update="after"`` writes the batch in :meth:`after_step`, ``"before"`` inside
+    :meth:`loss_terms`. RRD uses every sample, labelled or not; CE the labelled ones.
     """
 
     name = "rrd"
@@ -96,39 +80,20 @@ STAGE1_LABELS = ("labelled", "teacher")
 class Refilled(Method):
     """REFILLED (``docs/refilled.md``): two stages, ``"embedding"`` then ``"classifier"``.
 
-    - ``"embedding"`` (the first ``stage1_fraction`` of the epochs, default 0.3):
-      ``L = lambda1 * L1`` (no cross-entropy), relationship matching on semi-hard triplets mined on
-      the student; ``form="triplet"`` or ``"tuple"``. ``stage1_labels="labelled"`` (the papers)
-      mines among the labelled samples only; ``"teacher"`` also mines the unlabelled ones under
-      the class the teacher's embedding-induced classifier gives them
-      (:func:`~relkd_tutorial.losses.refilled.centre_labels`, the same centres as stage 2), so a
-      transfer batch with a handful of labels still has thousands of triplets, not a dozen.
-    - ``"classifier"`` (the rest): ``L = ce_weight * CE + lambda2 * KL`` against the teacher's
-      embedding-induced local classifier over the batch's classes.
+    - ``"embedding"`` (the first ``stage1_fraction`` of the epochs, 0.3; the papers train each stage
+      equally long): ``L = lambda1 * L1`` (1000), relationship matching on semi-hard triplets mined
+      on the student (``form`` ``"triplet"`` or ``"tuple"``, ``margin`` 0.2, ``tau1`` 4).
+      ``stage1_labels="labelled"`` (the papers) mines the labelled samples only; ``"teacher"`` also
+      the unlabelled ones, under the class of the teacher's embedding-induced classifier
+      (:func:`~relkd_tutorial.losses.refilled.centre_labels`).
+    - ``"classifier"``: ``L = ce_weight * CE + lambda2 * KL`` (1 / 100, ``tau2`` 2) against the
+      teacher's local classifier over the batch's classes (``restrict_to_batch=False``: every class
+      with a centre).
 
-    Class centres: ``centres="global"`` (default) computes them once in :meth:`setup` from the
-    teacher's features over the whole training set (``needs_setup`` is then ``True``) and keeps
-    them in the ``class_centres`` buffer (checkpointed); ``centres="local"`` computes them from each
-    batch (the CVPR version). The teacher's logits are never used, so the teacher may have been
-    trained on other classes.
-
-    Args:
-        stage1_fraction: share of the epochs for stage 1, in ``(0, 1)`` (0.3; the papers train
-            each stage for 200 epochs, i.e. 0.5 of an equal budget).
-        stage1_labels: ``"labelled"`` (the papers: unlabelled samples take no part in mining) or
-            ``"teacher"`` (they are mined under the teacher's centre-classifier label).
-        form: ``"triplet"`` or ``"tuple"`` stage-1 loss.
-        centres: ``"global"`` or ``"local"``.
-        margin: semi-hard margin ``m`` (0.2).
-        tau1: stage-1 temperature (4).
-        tau2: stage-2 temperature (2).
-        lambda1: stage-1 weight (1000).
-        lambda2: stage-2 KL weight (100).
-        ce_weight: stage-2 cross-entropy weight (1).
-        num_classes: student class count for the global centres; by default the largest label in
-            the setup data plus one (classes beyond it have no centre and raise if they occur).
-        restrict_to_batch: ``True`` (the paper) uses only the batch's classes as columns;
-            ``False`` uses every class with a centre.
+    ``centres="global"`` (default) computes the class centres once in :meth:`setup` over the whole
+    training set (``needs_setup``; the ``class_centres`` buffer, checkpointed; ``num_classes``:
+    default the largest setup label plus one), ``"local"`` from each batch (the CVPR version). The
+    teacher's logits are never used, so it may have been trained on other classes.
     """
 
     name = "refilled"
@@ -187,10 +152,7 @@ class Refilled(Method):
 
     @torch.no_grad()
     def setup(self, data: SetupData) -> None:
-        """Global class centres from the teacher's features on the student's training set.
-
-        Does nothing with ``centres="local"``. Labels ``-1`` are ignored.
-        """
+        """Global class centres from the teacher's features on the student's training set (``centres="global"`` only)."""
         if self.centre_mode != "global":
             return
         check_float_tensor("data.teacher_features", data.teacher_features, 2, "(N, D_T)")

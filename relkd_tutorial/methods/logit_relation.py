@@ -1,15 +1,7 @@
-"""Logit and relation methods: KD, RKD, GRKD, the ranking variants, DIST and the pseudo-label
-control.
-
-Losses in :mod:`relkd_tutorial.losses` (``kd``, ``rkd``, ``grkd``, ``ranking``, ``dist``); each method
-weights them with the supervised cross-entropy and returns the weighted terms
-(:mod:`relkd_tutorial.methods.base`). None of them keeps state from one step to the next.
-"""
+"""Logit and relation methods: KD, RKD, GRKD, the ranking variants, DIST, the pseudo-label control. None keeps state between steps."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import (
@@ -18,8 +10,6 @@ from .._checks import (
     check_labels,
     check_nonnegative,
     check_positive,
-    full_precision,
-    loss_dtype,
 )
 from ..losses.dist import dist_inter_loss, dist_intra_loss
 from ..losses.grkd import GRKDLoss
@@ -32,14 +22,15 @@ from .base import (
     _teacher,
     _total,
     _weighted,
+    masked_cross_entropy,
 )
 
 
 class KD(Method):
-    """Hinton KD: ``L = ce_weight * CE + kd_weight * L_KD(T)``.
+    """Hinton KD: ``L = ce_weight * CE + kd_weight * L_KD(T)``; terms ``"ce"``, ``"kd"``.
 
-    Defaults are the CRD/RepDistiller benchmark convention ``0.1 CE + 0.9 KD`` with ``T = 4``
-    (``docs/kd.md``). Terms: ``"ce"``, ``"kd"``; CE on the labelled samples only, KD on all.
+    Defaults: the CRD/RepDistiller convention ``0.1 CE + 0.9 KD``, ``T = 4`` (``docs/kd.md``); CE
+    on the labelled samples, KD on all.
     """
 
     name = "kd"
@@ -62,12 +53,11 @@ RKD_CONVENTIONS = {"cifar": (1.0, 25.0, 50.0), "metric": (0.0, 1.0, 2.0)}
 
 
 class RKD(Method):
-    """RKD on the pooled penultimate features: ``ce_weight CE + distance_weight L_D + angle_weight L_A``.
+    """RKD on the pooled features: ``ce_weight CE + distance_weight L_D + angle_weight L_A``.
 
-    ``convention="cifar"`` (default): weights 1 / 25 / 50 (RepDistiller, mdistiller);
-    ``convention="metric"``: the authors' metric-learning setting 0 / 1 / 2 (no CE). An explicit
-    weight overrides the convention's. A term with weight 0 is neither computed nor reported
-    (the angle term is the expensive one). Terms: ``"ce"``, ``"rkd_distance"``, ``"rkd_angle"``.
+    ``convention="cifar"`` (default): 1 / 25 / 50 (RepDistiller, mdistiller); ``"metric"``: the
+    authors' metric-learning 0 / 1 / 2. An explicit weight overrides the convention's; a term with
+    weight 0 is neither computed nor reported. Terms ``"ce"``, ``"rkd_distance"``, ``"rkd_angle"``.
     """
 
     name = "rkd"
@@ -118,11 +108,8 @@ class RKDAngle(RKD):
 
 
 class GRKD(Method):
-    """GRKD: ``ce_weight CE + grkd_weight L_GR`` (lambda = 1, tau = 1; ``docs/grkd.md``).
-
-    ``temperature`` / ``top_k`` / ``weighting`` / ``reduction`` select the temperature, the group,
-    the pair weights and mean-or-sum over pairs of :func:`~relkd_tutorial.losses.grkd.grkd_loss`.
-    Terms: ``"ce"``, ``"grkd"``.
+    """GRKD: ``ce_weight CE + grkd_weight L_GR`` (1 / 1, ``tau = 1``; ``docs/grkd.md``); the other
+    options are :func:`~relkd_tutorial.losses.grkd.grkd_loss`'s. Terms ``"ce"``, ``"grkd"``.
     """
 
     name = "grkd"
@@ -150,11 +137,7 @@ class GRKD(Method):
 
 
 class _RankingMethod(Method):
-    """Shared shape of the ranking variants: ``ce_weight CE + rank_weight L_rank`` (1 / 1, choice).
-
-    Subclasses set ``self.loss`` (a ranking loss module taking ``(student_logits, teacher_logits)``).
-    Terms: ``"ce"``, ``"rank"``.
-    """
+    """``ce_weight CE + rank_weight L_rank`` (1 / 1, choice) for a ranking loss module ``self.loss``; terms ``"ce"``, ``"rank"``."""
 
     needs_teacher = True
     loss: nn.Module
@@ -172,10 +155,7 @@ class _RankingMethod(Method):
 
 
 class SoftRank(_RankingMethod):
-    """Soft pairwise ranking: ``ce_weight CE + rank_weight L_soft`` (weights 1 / 1, choice).
-
-    See :func:`~relkd_tutorial.losses.ranking.soft_pairwise_rank_loss`. Terms: ``"ce"``, ``"rank"``.
-    """
+    """Soft pairwise ranking (:func:`~relkd_tutorial.losses.ranking.soft_pairwise_rank_loss`)."""
 
     name = "rank_soft"
 
@@ -191,10 +171,7 @@ class SoftRank(_RankingMethod):
 
 
 class ListwiseRank(_RankingMethod):
-    """Listwise (Plackett-Luce) ranking: ``ce_weight CE + rank_weight L_PL`` (1 / 1, choice).
-
-    See :func:`~relkd_tutorial.losses.ranking.listwise_rank_loss`. Terms: ``"ce"``, ``"rank"``.
-    """
+    """Listwise Plackett-Luce ranking (:func:`~relkd_tutorial.losses.ranking.listwise_rank_loss`)."""
 
     name = "rank_listwise"
 
@@ -212,12 +189,9 @@ class ListwiseRank(_RankingMethod):
 class DIST(Method):
     """DIST: ``ce_weight CE + beta tau^2 L_inter + gamma tau^2 L_intra`` (Huang et al. 2022).
 
-    Pearson correlations of the softened class probabilities, per image (inter-class) and per
-    class across the batch (intra-class); :func:`~relkd_tutorial.losses.dist.dist_loss`. Defaults
-    1 / 1 / 1 with ``tau = 1``: the paper's loss weights and the authors' code's default
-    (``docs/dist.md``). CE on the labelled samples only, the DIST terms on all. A term with weight
-    0 is neither computed nor reported. Terms: ``"ce"``, ``"dist_inter"``, ``"dist_intra"``
-    (each already multiplied by its weight and ``tau^2``).
+    :func:`~relkd_tutorial.losses.dist.dist_loss`; defaults 1 / 1 / 1, ``tau = 1`` (the paper's
+    weights, the authors' code's default; ``docs/dist.md``). A term with weight 0 is neither
+    computed nor reported. Terms ``"ce"``, ``"dist_inter"``, ``"dist_intra"``.
     """
 
     name = "dist"
@@ -249,13 +223,9 @@ def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
     """Cross-entropy on the teacher's top class over the unlabelled images of a batch.
 
     ``L_PL = -(1/|U|) sum_{i in U} log softmax(z_i)_{argmax_c t_ic}``, ``U = {i : y_i = -1}``:
-    hard labels, no temperature (Lee, 2013, with the teacher as the labeller). A batch with no
-    unlabelled image gives exactly 0 with a gradient path (``0 * z.sum()``), never 0/0. Ties in a
-    teacher row go to the lowest class index (``argmax``). Computed in float32 (float64 for float64
-    logits) with autocast off, with no host synchronisation: as in
-    :func:`~relkd_tutorial.methods.supervised_cross_entropy`, the unlabelled rows are moved to the
-    front (a stable sort) and the rest ignored, so the mean adds the same numbers in the same order
-    as over ``z[U]``.
+    hard labels, no temperature (Lee, 2013, with the teacher as the labeller); ties go to the
+    lowest class. No unlabelled image: exactly 0 with a gradient path
+    (:func:`~relkd_tutorial.methods.base.masked_cross_entropy`).
 
     Args:
         student_logits: ``(B, C)``.
@@ -270,24 +240,15 @@ def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
             f"{tuple(teacher_logits.shape)} != student_logits {tuple(student_logits.shape)}"
         )
     check_labels("labels", labels, student_logits.shape[0], student_logits.shape[1])
-    unlabelled = labels < 0  # (B,)
-    first = torch.argsort(labels.ge(0).to(torch.uint8), stable=True)  # (B,) unlabelled rows first
-    pseudo = torch.where(unlabelled, teacher_logits.argmax(dim=1), -1)[first]  # (B,) -1: ignored
-    with full_precision(student_logits.device):
-        z = student_logits[first].to(loss_dtype(student_logits))  # (B, C)
-        ce = F.cross_entropy(z, pseudo, ignore_index=-1)  # 0/0 if every image is labelled
-    return torch.where(unlabelled.any(), ce, student_logits.sum() * 0.0)
+    return masked_cross_entropy(student_logits, teacher_logits.argmax(dim=1), labels < 0)
 
 
 class PseudoLabel(Method):
     """The pseudo-label control: ``ce_weight CE(labels) + pseudo_weight L_PL`` (1 / 1, choice).
 
-    CE on the labelled images' labels plus CE on the teacher's top class over the unlabelled
-    images (:func:`pseudo_label_loss`: hard labels, no temperature). It asks how much of a logit
-    method's gain in transfer is the teacher's *labels* on the pool rather than its dark knowledge.
-    A batch with no unlabelled image (low-data, standard, or a transfer batch that drew only
-    labelled images) is pure CE: the ``"pseudo"`` term is exactly 0 and adds no gradient.
-    Terms: ``"ce"``, ``"pseudo"``.
+    CE on the teacher's top class over the unlabelled images (:func:`pseudo_label_loss`): how much
+    of a logit method's gain in transfer is the teacher's *labels* rather than its dark knowledge. A
+    batch without unlabelled images is pure CE. Terms ``"ce"``, ``"pseudo"``.
     """
 
     name = "pseudo_label"

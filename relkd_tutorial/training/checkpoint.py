@@ -1,20 +1,14 @@
 """Checkpoints and history files: atomic writes, loading with clear errors, the resume state.
 
-- **Checkpoints** (``checkpoint_dir/last.pt``) are written atomically after every epoch and hold
-  everything needed to continue *exactly*: model, method state, optimizer, scheduler, grad
-  scaler, the python/numpy/torch RNG states, epoch, stage, history and config. They load with
-  ``torch.load(..., weights_only=True)``. A checkpoint is never replaced by a worse one: an
-  epoch whose loss terms or weights are NaN/inf raises ``FloatingPointError`` before the write,
-  and a truncated or corrupt file raises a clear ``ValueError`` on resume (never a silent
-  restart from scratch), as does one whose entries have the wrong type, whose history does not
-  match its epoch, whose weights are NaN/inf, or whose format is another version's. The checkpoint it replaces is kept as ``last.previous.pt`` (choice: one
-  fallback generation, named in the error message if ``last.pt`` cannot be read; the loop never
-  switches to it silently).
-- **Exact resume.** Resuming from the checkpoint of epoch ``e`` (e.g. after a crash, even in the
-  middle of epoch ``e + 1``) gives bit-identical weights and history to the uninterrupted run on
-  the same device: the loop calls ``train_loader.set_epoch(epoch)`` before every epoch and
-  restores every RNG, and a stage boundary is replayed in the same order as in a straight run.
-- Under ``torchrun`` only rank 0 writes checkpoints and CSV files; every rank's RNG state is saved.
+``checkpoint_dir/last.pt`` is written atomically after every epoch with everything needed to
+continue *exactly* (model, method state, optimizer, scheduler, grad scaler, every RNG state,
+epoch, stage, history, config; ``weights_only``-loadable); with the loop's ``set_epoch`` and the
+stage replay, a resumed run is bit-identical to the uninterrupted one on the same device. A
+checkpoint is never replaced by a worse one (NaN/inf terms or weights stop before the write), and
+a truncated, corrupt, mistyped or other-version file raises a clear ``ValueError`` on resume,
+never a silent restart. The replaced file is kept as ``last.previous.pt`` (choice: one fallback,
+named in the error, never used silently). Under ``torchrun`` rank 0 writes; every rank's RNG
+state is saved.
 """
 
 from __future__ import annotations
@@ -39,10 +33,6 @@ from .rng import get_rng_state
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "relkd_tutorial.checkpoint/1"
-CHECKPOINT_KEYS = (
-    "format", "epoch", "stage", "model", "method", "optimizer", "scheduler", "scaler", "rng",
-    "history", "config",
-)  # fmt: skip
 
 # Config fields that may differ between a run and its resumption without changing the result.
 _HARMLESS_ON_RESUME = {
@@ -53,10 +43,7 @@ _CHECKED_ON_RESUME = {"epochs"}
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then ``os.replace`` it onto ``path`` (same directory, so atomic).
-
-    If writing fails half-way, the temporary file is removed and ``path`` is untouched.
-    """
+    """Call ``write(tmp_path)``, sync, then ``os.replace`` it onto ``path``; on failure ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -87,11 +74,8 @@ def _keep_copy(src: Path, dst: Path) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically; the file it replaces becomes the fallback.
-
-    The new file is written and synced under a temporary name first; then the current ``path``
-    (if any) is kept as :func:`previous_checkpoint` and the new file renamed onto ``path``. At
-    every moment ``path`` holds a complete checkpoint: a crash mid-write leaves the old one.
+    """Write ``state`` to ``path`` atomically (:func:`_atomic_write`); the file it replaces is kept
+    as :func:`previous_checkpoint`. At every moment ``path`` holds a complete checkpoint.
     """
     path = Path(path)
 
@@ -104,13 +88,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`fit` (with ``weights_only=True``).
+    """Load a checkpoint written by :func:`fit` (``weights_only=True``).
 
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is empty, truncated, corrupt or not a relkd_tutorial checkpoint;
-            the message names the file. (``fit`` also refuses a checkpoint that lacks an entry
-            it needs to continue.)
+    Raises ``FileNotFoundError`` (no file) or ``ValueError`` naming the file (empty, truncated,
+    corrupt, not a relkd_tutorial checkpoint, or another format version).
     """
     path = Path(path)
     if path.is_dir():
@@ -161,7 +142,7 @@ def _first_words(err: Exception) -> str:
 
 def _check_training_state(state: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint that lacks an entry :func:`fit` needs to continue."""
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    missing = [k for k in ("format", *_ENTRY_TYPES) if k != "step" and k not in state]
     if int(state.get("step", 0)) > 0:
         missing += [k for k in ("partial", "epoch_rng") if k not in state]
     if missing:
@@ -215,26 +196,6 @@ def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> No
     _atomic_write(Path(path), write)
 
 
-def read_history_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Read a history CSV back: numbers as int/float, empty cells dropped."""
-    records = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            record: dict[str, Any] = {}
-            for k, v in row.items():
-                if v == "":
-                    continue
-                try:
-                    record[k] = int(v)
-                except ValueError:
-                    try:
-                        record[k] = float(v)
-                    except ValueError:
-                        record[k] = v
-            records.append(record)
-    return records
-
-
 @dataclass
 class _RunParts:
     """Everything with state that a checkpoint saves, besides the history and the config."""
@@ -255,9 +216,8 @@ def _write_checkpoint(
     epoch: int,
     progress: _EpochProgress | None = None,
 ) -> None:
-    """Rank 0 writes the state after ``epoch`` epochs (and ``progress.steps`` more steps).
-
-    Every rank must call it: the RNG states of all ranks are gathered (a collective).
+    """Rank 0 writes the state after ``epoch`` epochs (and ``progress.steps`` more steps); every
+    rank must call it (the RNG states of all ranks are gathered).
     """
     rngs = all_gather_objects(get_rng_state())
     state: dict[str, Any] = {

@@ -19,50 +19,35 @@ class TrainConfig:
 
     Attributes:
         epochs: total number of epochs (split among a method's stages).
-        optimizer: ``"sgd"`` (momentum, optional Nesterov) or ``"adamw"``.
-        lr: base learning rate of every stage.
-        momentum: SGD momentum.
-        nesterov: SGD with Nesterov momentum.
-        weight_decay: L2 weight decay (SGD) / decoupled weight decay (AdamW), applied to every
-            trainable parameter, BN included (as in the CIFAR benchmark recipe).
-        schedule: ``"constant"``, ``"step"`` (times ``gamma`` at each milestone) or ``"cosine"``;
-            see :func:`lr_factor`.
-        milestones: for ``"step"``: *fractions* of each stage's epochs after which the rate is
-            multiplied by ``gamma`` (default: the CIFAR recipe's 150/180/210 of 240 epochs).
-        gamma: step-schedule decay factor.
-        warmup_epochs: linear warm-up over the first epochs of each stage (0 = none).
-        grad_clip: clip the global gradient norm of the trainable parameters (``None`` = off).
-        device: ``"auto"`` (cuda, then mps, then cpu), or any ``torch.device`` string.
+        optimizer: ``"sgd"`` (momentum, optional ``nesterov``) or ``"adamw"``.
+        lr, momentum: the base learning rate of every stage; SGD momentum.
+        weight_decay: L2 (SGD) / decoupled (AdamW) weight decay on every trainable parameter, BN
+            included (as in the CIFAR benchmark recipe).
+        schedule: ``"constant"``, ``"step"`` (times ``gamma`` after each of the ``milestones``,
+            *fractions* of a stage; default the CIFAR recipe's 150/180/210 of 240) or ``"cosine"``
+            (:func:`~relkd_tutorial.training.schedule.lr_factor`); ``warmup_epochs`` linear warm-up.
+        grad_clip: clip the global gradient norm (``None``: off).
+        device: ``"auto"`` (cuda, then mps, then cpu) or any ``torch.device`` string.
         amp: ``"off"``, ``"bf16"`` (CPU, CUDA) or ``"fp16"`` (CUDA only, with a GradScaler).
-        channels_last: use the ``channels_last`` memory format for the networks and images
-            (about 25% faster CNN training on a modern CPU; also good on GPUs with AMP).
-        compile: run the student's forward through ``torch.compile``.
-        seed: seeds python, numpy and torch at the start (``None`` = leave the RNGs alone).
-            Model *initialisation* is seeded by the caller (``build_model(..., seed=...)``).
-        checkpoint_dir: where ``last.pt`` is written after every epoch (``None`` = no checkpoint).
-        resume: ``True`` continues from ``checkpoint_dir/last.pt`` if it exists (else starts
-            fresh); a path continues from that file (which must exist); ``False`` starts fresh.
-            With more ``epochs`` than the checkpoint's run, the remaining epochs follow the
-            schedule of a straight run of the new length (with a warning); fewer epochs than
-            trained, or a moved stage boundary, are refused
-            (:func:`~relkd_tutorial.training.schedule.check_resume_plan`).
-        history_csv: write the per-epoch history to this CSV file after every epoch.
-        progress: show ``tqdm`` progress bars (always quiet when the ``CI`` env var is set).
-        log_every: refresh the progress bar's running loss terms every this many steps (each
-            refresh synchronises with the device).
-        extra: free-form notes saved with the checkpoint (e.g. the data set and method name);
-            plain values only (str, int, float, bool, None and lists/tuples/dicts of them), so
-            the checkpoint stays loadable with ``weights_only=True``.
+        channels_last: networks and images in ``channels_last`` (faster CNNs on a modern CPU, and on
+            GPUs with AMP). compile: the student's forward through ``torch.compile``.
+        seed: seeds python, numpy and torch at the start (``None``: leave the RNGs alone); model
+            initialisation is seeded by the caller (``build_model(..., seed=...)``).
+        checkpoint_dir: where ``last.pt`` is written after every epoch (``None``: nowhere).
+        resume: ``True`` continues from ``checkpoint_dir/last.pt`` if it exists; a path from that
+            file; ``False`` starts fresh. More ``epochs`` than the checkpoint's run follow the
+            schedule of a straight run of the new length (with a warning); fewer, or a moved stage
+            boundary, are refused.
+        history_csv: the per-epoch history, written after every epoch.
+        progress: ``tqdm`` bars (quiet when ``CI`` is set); ``log_every``: steps between the bar's
+            loss refreshes (each a device sync).
+        extra: free-form notes saved with the checkpoint; plain values only (``weights_only``).
         handle_signals: on SIGINT/SIGTERM finish the step, write a mid-epoch checkpoint and raise
-            :class:`~relkd_tutorial.training.signals.TrainingInterrupted` (main thread only; see
-            :mod:`relkd_tutorial.training.signals`). ``False`` leaves the signals alone.
-        sync_batchnorm: under ``torchrun``, convert the student's BatchNorm layers to
-            ``SyncBatchNorm`` (statistics of the global batch; CUDA only). Ignored in one process.
+            ``TrainingInterrupted`` (:mod:`relkd_tutorial.training.signals`).
+        sync_batchnorm: under ``torchrun``, the student's BatchNorm as ``SyncBatchNorm`` (CUDA only).
 
-    Paths (``checkpoint_dir``, ``history_csv``, ``resume``) may be ``str`` or ``os.PathLike``;
-    they are stored as ``str``. Numbers must be finite and of the right kind (an int for counts
-    and the seed, a real number for rates; numpy scalars are stored as Python numbers so that
-    checkpoints load with ``weights_only=True``), and switches must be ``bool`` (the string
+    Paths may be ``str`` or ``os.PathLike`` (stored as ``str``); numbers must be finite and of the
+    right kind (numpy scalars are stored as Python numbers), switches ``bool`` (the string
     ``"False"`` would be true): anything else is refused with a message naming the field.
     """
 
@@ -118,9 +103,7 @@ class TrainConfig:
         choose("amp", ("off", "bf16", "fp16"))
         # plain Python numbers: a numpy scalar in the saved config would make the checkpoint
         # unloadable with weights_only=True
-        self.epochs = _integer("epochs", self.epochs)
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {self.epochs!r}")
+        self.epochs = _integer("epochs", self.epochs, 1, "a positive int")
         self.lr = _finite("lr", self.lr)
         if not (self.lr > 0):
             raise ValueError(f"lr must be positive, got {self.lr}")
@@ -146,20 +129,14 @@ class TrainConfig:
         self.gamma = _finite("gamma", self.gamma)
         if not (0 < self.gamma <= 1):
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs)
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs, 0, ">= 0")
         if self.grad_clip is not None:
             self.grad_clip = _finite("grad_clip", self.grad_clip)
             if not (self.grad_clip > 0):
                 raise ValueError(f"grad_clip must be None or positive, got {self.grad_clip}")
-        self.log_every = _integer("log_every", self.log_every)
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        self.log_every = _integer("log_every", self.log_every, 1, ">= 1")
         if self.seed is not None:
-            self.seed = _integer("seed", self.seed)
-            if self.seed < 0:
-                raise ValueError(f"seed must be None or an int >= 0, got {self.seed}")
+            self.seed = _integer("seed", self.seed, 0, "None or an int >= 0")
         if not isinstance(self.device, (str, torch.device)):
             raise TypeError(f"device must be a str or torch.device, got {self.device!r}")
         if isinstance(self.device, torch.device):
@@ -178,10 +155,13 @@ def _finite(name: str, value: Any) -> float:
     return float(value)
 
 
-def _integer(name: str, value: Any) -> int:
-    """An int (numpy integers accepted) as a Python int; floats, bools and strings refused."""
+def _integer(name: str, value: Any, minimum: int, rule: str) -> int:
+    """An int ``>= minimum`` (numpy integers accepted) as a Python int; floats, bools and strings
+    refused (``rule``: the bound in words, for the message)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
     return int(value)
 
 

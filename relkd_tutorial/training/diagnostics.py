@@ -1,18 +1,10 @@
 """How hard each loss term pulls on the student: the gradient norm of every weighted term.
 
-A method returns named, *weighted* terms (``{"loss": total, "ce": ..., "kd": ...}``), and the
-optimizer follows the gradient of their sum. Which term dominates that gradient is decided by
-the weights as much as by the terms, so two methods compared "at their defaults" may differ
-mostly in how loud their distillation term is. :func:`term_gradient_norms` measures it at a given
-state of the student (e.g. its initialisation): for each term ``k``,
-
-    n_k = || d(term_k) / d theta ||_2      (theta: every trainable parameter of the student)
-
-computed through the same path as a training step of :func:`~relkd_tutorial.training.fit`
-(:func:`.steps.student_forward`, the teacher's outputs, :func:`.steps.make_step_inputs`,
-``method.loss_terms``), in training mode. :func:`gradient_shares` turns the norms into each
-term's share of their sum, ``n_k / sum_j n_j``. ``benchmarks/gradient_shares.py`` prints them for
-every benchmark method on the shipped data.
+Which term dominates the optimizer's gradient is decided by the weights as much as by the terms,
+so two methods "at their defaults" may differ mostly in how loud their distillation term is.
+:func:`term_gradient_norms` gives ``n_k = || d(term_k) / d theta ||_2`` (``theta``: the student's
+trainable parameters) through the same path as a step of ``fit``; :func:`gradient_shares` gives
+``n_k / sum_j n_j``. ``benchmarks/gradient_shares.py`` prints them for every benchmark method.
 """
 
 from __future__ import annotations
@@ -31,25 +23,14 @@ def term_gradient_norms(
     batch: object,
     teacher: nn.Module | TeacherCache | None = None,
 ) -> dict[str, float]:
-    """The L2 norm of each weighted term's gradient w.r.t. the student's parameters, at one batch.
+    """``{term: ||grad||_2}`` of each weighted term except ``"loss"`` w.r.t. the student's
+    parameters, at one batch.
 
-    One step's forward as in :func:`~relkd_tutorial.training.fit` (the student and the method in
-    training mode, the teacher's outputs if ``method.needs_teacher``), then one
-    ``torch.autograd.grad`` per term. Nothing is updated: the student's parameters, its buffers
-    (batch-norm running statistics, which a training-mode forward would move) and the modes of the
-    student and the method are as they were. A method's own parameters (RRD's heads) are not
-    counted; a method with a setup pass or stages must be set up and in its stage already.
-
-    Args:
-        method: the method (its weights are in its terms).
-        student: the student, ``forward(x) -> (features, logits)``.
-        batch: a :class:`~relkd_tutorial.data.Batch` or an ``(x, y[, index])`` tuple.
-        teacher: a teacher module or :class:`~relkd_tutorial.teacher.TeacherCache`; required
-            when ``method.needs_teacher``.
-
-    Returns:
-        ``{term name: ||grad||_2}`` for every term except ``"loss"``, in the method's order. A term
-        that does not reach the student's parameters has norm 0.
+    One step's forward as in ``fit`` (student and method in training mode; the teacher's outputs if
+    ``method.needs_teacher``), then one ``torch.autograd.grad`` per term. Nothing changes: weights,
+    buffers (BN statistics) and modes are restored. A method's own parameters are not counted; a
+    method with a setup pass or stages must be set up and in its stage. A term that does not reach
+    the student has norm 0. ``batch``: a ``Batch`` or ``(x, y[, index])``.
     """
     if method.needs_teacher and teacher is None:
         raise ValueError(f"method {method.name!r} needs a teacher (needs_teacher=True)")

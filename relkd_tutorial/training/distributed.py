@@ -1,65 +1,34 @@
-"""Data-parallel training in which relational losses see the *global* batch.
+"""Data-parallel training in which relational losses see the *global* batch (``docs/pitfalls.md``).
 
-The problem (``docs/pitfalls.md``). Under ``DistributedDataParallel`` each process runs the
-model on its own shard of the batch. A pointwise loss (cross-entropy, KD) does not care: the mean
-of the per-shard means is the global mean. A *relational* loss does: RKD's distances and angles,
-RRD's queue, REFILLED's triplets and local classes, any batch mean or batch statistic computed per
-shard relates each sample only to the ``B / W`` samples of its own process, so the loss - and the
-trained model - change with the number of processes ``W``.
+Under DDP each rank runs the model on its shard. A relational loss (RKD's distances, RRD's queue,
+REFILLED's triplets, any batch statistic) computed per shard would relate each sample only to the
+``B / W`` samples of its rank, so the loss would change with ``W``. The fix (called by ``fit``):
 
-The fix, in three pieces (all called by :func:`relkd_tutorial.training.fit`):
+1. every rank runs the DDP student (:func:`wrap_student`) and the teacher on its contiguous slice
+   of the global batch (``TensorLoader(rank=..., world_size=...)``);
+2. :func:`gather_step_inputs` all-gathers the step's tensors (the student's differentiably), so
+   every rank holds the global batch in single-process order and computes the same global loss
+   (and ``after_step`` sees the same inputs);
+3. the gather's backward (:class:`AllGather`) returns this rank's slice of the *summed* gradient;
+   DDP then averages the parameter gradients.
 
-1. Every rank runs the student (wrapped in DDP, :func:`wrap_student`) and the frozen teacher on
-   its contiguous slice of the global batch (:class:`~relkd_tutorial.data.TensorLoader` with
-   ``rank``/``world_size``; the slices, rank 0 first, concatenate to the single-process batch).
-2. :func:`gather_step_inputs` all-gathers student features and logits (differentiably), teacher
-   features and logits, labels and sample indices, so every rank holds the global batch, in the
-   single-process order, before ``method.loss_terms``. Every rank computes the *same* global loss,
-   and ``method.after_step`` sees the same global inputs (RRD's queue receives the gathered
-   teacher keys identically on every rank).
-3. The backward pass of the gather (:class:`AllGather`) returns this rank's slice of the
-   *all-reduced (summed)* gradient; DDP then averages the parameter gradients over the ranks.
+Why the sum. With ``Y = [y_0; ...; y_{W-1}]``, ``y_r = f(theta, x_r)`` and the global loss ``L(Y)``,
 
-Why summing is right. Let ``Y = [y_0; ...; y_{W-1}]`` be the gathered outputs, ``y_r = f(theta,
-x_r)`` computed on rank ``r``, and ``L(Y)`` the global loss. The single-process gradient is
+    dL/dtheta = sum_r J_r^T g_r,    g_r = dL/dy_r,  J_r = dy_r/dtheta.
 
-    dL/dtheta = sum_r J_r^T g_r,    g_r = dL/dy_r (block r of G = dL/dY),  J_r = dy_r/dtheta.
+On rank ``r`` autograd reaches ``theta`` only through ``y_r``. Returning ``g_r`` would give DDP's
+average ``(1/W) dL/dtheta``, ``W`` times too small (the symptom in OpenGait #36). Returning block
+``r`` of ``sum_q G^(q)`` (every rank's gradient of the gathered tensor, all equal to ``G``) gives
+``W g_r``, and the average is ``dL/dtheta``. The sum is the adjoint of the gather, so it stays
+right when ranks compute different losses ``L_q`` (then the gradient of their mean); "times
+``W``" would not. ``tests/test_distributed.py`` checks every method in float64 to 1e-10.
 
-On rank ``r`` autograd reaches ``theta`` only through its own block ``y_r``: the other blocks
-arrived by communication and are constants there. Every rank computes the same ``L`` and so the
-same ``G``. If the gather's backward returned the local block ``g_r``, rank ``r`` would hold
-``J_r^T g_r`` and DDP's average would give ``(1/W) sum_r J_r^T g_r = (1/W) dL/dtheta``: ``W``
-times too small (the symptom in OpenGait #36). The backward returns instead block ``r`` of
-``sum_q G^(q)``, the sum over ranks of each rank's gradient of the gathered tensor. All ``G^(q)``
-equal ``G``, so that block is ``W g_r``, and DDP's average gives
-``(1/W) sum_r W J_r^T g_r = dL/dtheta``, the single-process gradient. ``tests/test_distributed.py``
-checks it for every method, in float64, to 1e-10.
-
-The sum (rather than "multiply by ``W``") is the adjoint of the gather: the gather copies ``y_r``
-to every rank, so its adjoint adds every rank's gradient of that copy. It stays right if ranks
-compute *different* losses ``L_q`` from the gathered tensor (e.g. only their own anchors against
-global keys): the result is then ``d(sum_q L_q)/dy_r``, and DDP's average gives the gradient of
-the mean per-rank loss. "Times ``W``" is only right when every rank computes the same loss.
-
-Method parameters (RRD's student projection head) act on the gathered inputs, so each rank
-computes their *full* gradient from the global loss, identical on every rank; they need no
-DDP wrapper (whose average of ``W`` identical copies would give the same value). The loop still
-all-reduces (averages) them after the backward pass (:func:`average_gradients`): the result is
-unchanged up to rounding, and it keeps the ranks' copies identical *by construction* even when a
-GPU kernel is non-deterministic. The method's parameters and buffers (the frozen random teacher
-head, the queue's random start) are broadcast from rank 0 before training
-(:func:`broadcast_module_state`), as DDP does for the student.
-
-BatchNorm. In training mode each rank normalises with the statistics of its own shard, which
-differ from the global batch's: a BN student does *not* train exactly as in one process. Set
-``TrainConfig(sync_batchnorm=True)`` to convert it to ``torch.nn.SyncBatchNorm`` (global batch
-statistics; CUDA only in PyTorch). The exactness tests use a model without BN.
-
-Launch with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-``MASTER_PORT``), e.g. ``torchrun --standalone --nproc_per_node=2 my_distill.py``. In the script:
-call :func:`init_distributed` first, build the training loader with ``rank=get_rank(),
-world_size=get_world_size(), drop_last=True``, then ``fit`` as usual; it detects the process
-group. ``tests/_dist_worker.py`` is a complete, runnable example of such a script.
+Method parameters (RRD's head) act on the gathered inputs, so every rank computes their full
+gradient; the loop still averages them (:func:`average_gradients`) to keep the copies identical
+under non-deterministic kernels, and broadcasts the method's state from rank 0 first
+(:func:`broadcast_module_state`). BatchNorm normalises per shard unless
+``TrainConfig(sync_batchnorm=True)`` (CUDA only). Launch with ``torchrun``; call
+:func:`init_distributed` first (``tests/_dist_worker.py`` is a complete example).
 """
 
 from __future__ import annotations
@@ -75,9 +44,7 @@ from torch import Tensor, nn
 
 from ..methods import StepInputs
 
-# ---------------------------------------------------------------------------------------------
-# Process group and rank helpers
-# ---------------------------------------------------------------------------------------------
+# --- Process group and rank helpers ---
 
 
 def is_distributed() -> bool:
@@ -95,22 +62,10 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def is_main_process() -> bool:
-    """Rank 0: the one process that writes checkpoints, CSV files and progress bars."""
-    return get_rank() == 0
-
-
 def init_distributed(backend: str | None = None, timeout_s: float = 600.0) -> torch.device:
-    """Join the process group ``torchrun`` describes in the environment; return this rank's device.
-
-    Reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT`` through
-    PyTorch's ``env://`` rendezvous). Backend: ``"nccl"`` if CUDA is available (each process then
-    uses ``cuda:LOCAL_RANK``), else ``"gloo"`` on the CPU. Without ``WORLD_SIZE`` (a plain
-    ``python`` launch) nothing is initialised and the run is single-process. Calling it again is
-    harmless.
-
-    Returns:
-        ``cuda:LOCAL_RANK`` with NCCL, else ``cpu``.
+    """Join the process group ``torchrun`` describes in the environment (``env://``); return this
+    rank's device: ``cuda:LOCAL_RANK`` with NCCL (if CUDA is available), else ``cpu`` with gloo.
+    Without ``WORLD_SIZE`` (a plain launch) nothing is initialised; calling it again is harmless.
     """
     use_cuda = torch.cuda.is_available() and backend in (None, "nccl")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -140,9 +95,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-# ---------------------------------------------------------------------------------------------
-# The differentiable all-gather
-# ---------------------------------------------------------------------------------------------
+# --- The differentiable all-gather ---
 
 
 def gather_sizes(n: int, device: torch.device) -> list[int]:
@@ -191,16 +144,9 @@ class AllGather(torch.autograd.Function):
 
 
 def all_gather(x: Tensor, sizes: list[int] | None = None) -> Tensor:
-    """Every rank's ``x`` concatenated along dim 0 (rank 0 first), differentiable if ``x`` is.
-
-    Args:
-        x: ``(B_r, ...)``; any dtype (labels and indices are gathered the same way, without
-            gradient).
-        sizes: every rank's ``B_r`` if already known (:func:`gather_sizes`), saving one
-            collective.
-
-    Returns:
-        ``(sum_r B_r, ...)``; ``x`` itself without a process group.
+    """Every rank's ``x`` ``(B_r, ...)`` concatenated along dim 0 (rank 0 first),
+    ``(sum_r B_r, ...)``, differentiable if ``x`` is (:class:`AllGather`); ``sizes``: every ``B_r``
+    if known (saves one collective). ``x`` itself without a process group.
     """
     if not is_distributed():
         return x
@@ -235,21 +181,15 @@ def gather_step_inputs(inputs: StepInputs) -> StepInputs:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Keeping the ranks' copies identical
-# ---------------------------------------------------------------------------------------------
+# --- Keeping the ranks' copies identical ---
 
 
 def wrap_student(
     student: nn.Module, device: torch.device, *, sync_batchnorm: bool = False
 ) -> nn.Module:
-    """``DistributedDataParallel(student)``; the student itself stays the module to checkpoint.
-
-    DDP broadcasts rank 0's parameters and buffers when it wraps the model and averages the
-    gradients over ranks in the backward pass. Parameters a loss does not use keep no gradient
-    (``find_unused_parameters=True``; it costs one walk of the autograd graph per step). With ``sync_batchnorm=True`` the student's
-    BatchNorm layers are first converted in place to ``SyncBatchNorm`` (statistics over the global
-    batch; PyTorch supports it on CUDA only).
+    """``DistributedDataParallel(student)`` (the student stays the module to checkpoint); DDP
+    broadcasts rank 0's state and averages gradients. ``sync_batchnorm`` converts the BatchNorm
+    layers in place to ``SyncBatchNorm`` first (CUDA only).
     """
     if sync_batchnorm:
         if device.type != "cuda":

@@ -11,36 +11,15 @@
     method.after_step(inputs)                                     # e.g. a queue write
     meter.add(terms, inputs)                                      # running sums, on the device
 
-Everything method-specific comes from the method object (see :mod:`relkd_tutorial.methods`):
-``needs_teacher``, ``needs_setup`` / ``setup``, ``stages`` / ``set_stage``, its learnable
-parameters (which join the optimizer) and its buffers (which join the checkpoint).
-
-**The step never waits on the host.** Nothing in it reads a value back from the device: the loss
-terms and the accuracy are summed on the device and read once per progress-bar refresh
-(``log_every``) and once at the end of the epoch, where a non-finite loss or weight stops the run
-before a checkpoint is replaced (:mod:`~relkd_tutorial.training.progress`). The losses' own value
-checks (NaN/Inf, label ranges: a host read each) run on the run's first step only
-(:func:`relkd_tutorial.set_input_checks`: ``(True, every_step=True)`` on every step, ``(False)``
-never). The first step of every epoch also reads whether its images are finite
-(:func:`~relkd_tutorial.training.steps.check_first_batch`: a NaN pixel is named as the data's
-fault, not the network's).
-
-The plumbing is called from :func:`fit`, not woven into it (:mod:`~relkd_tutorial.training.run`):
-the device, resuming from a checkpoint (even mid-epoch, bit-exactly), stopping on SIGINT/SIGTERM
-(:mod:`~relkd_tutorial.training.signals`), several processes
-(:mod:`~relkd_tutorial.training.distributed`) and the checkpoint and history files
-(:mod:`~relkd_tutorial.training.checkpoint`). The choices the loop relies on are documented in the
-module that makes them: :mod:`~relkd_tutorial.training.config` (``TrainConfig``, the device),
-:mod:`~relkd_tutorial.training.schedule` (stages, optimizer, learning rate),
-:mod:`~relkd_tutorial.training.steps` (the forward passes, mixed precision, evaluation) and
-:mod:`~relkd_tutorial.training.rng` (seeds, RNG states).
-
-- **Several processes.** Under ``torchrun`` the student is wrapped in DDP, every step's
-  :class:`StepInputs` are all-gathered so that relational losses see the global batch, the
-  method's parameters and buffers are broadcast from rank 0 and its gradients averaged, and only
-  rank 0 writes checkpoints, CSV files and progress bars.
-- **Unlabelled samples** (label ``-1``) are skipped by the training accuracy (and by
-  :func:`~relkd_tutorial.methods.supervised_cross_entropy`).
+Everything method-specific comes from the method object (:mod:`relkd_tutorial.methods`). **The
+step never waits on the host**: the loss terms and the accuracy are summed on the device and read
+once per progress-bar refresh (``log_every``) and once per epoch, where a non-finite loss or
+weight stops the run before a checkpoint is replaced (:mod:`.progress`); the losses' own value
+checks run on the first step only (:func:`relkd_tutorial.set_input_checks`), and each epoch's first
+batch is checked for finite pixels. The plumbing (device, exact resume even mid-epoch, signals,
+several processes, files) is called from :func:`fit`, not woven into it (:mod:`.run`). Under
+``torchrun`` the student is wrapped in DDP and every step's inputs are all-gathered, so relational
+losses see the global batch (:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -78,45 +57,36 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train ``student`` with ``method``; return the per-epoch history.
 
-    The run is set up once (the device, the checkpoint to resume from, seeds, DDP, a method's
-    setup pass: :meth:`_Run.start_run`); then, stage by stage of ``method.stages()``, a fresh
-    optimizer and schedule, and epoch by epoch: the steps, the schedule, the evaluation, the
-    record, the checkpoint and the history CSV. A signal stops the run after a step (a mid-epoch
-    checkpoint) or after an epoch.
+    The run is set up once (:meth:`_Run.start_run`); then, stage by stage of ``method.stages()``, a
+    fresh optimizer and schedule, and epoch by epoch: the steps, the schedule, the evaluation, the
+    record, the checkpoint and the history CSV. A signal stops the run after a step or an epoch.
 
     Args:
-        student: returns ``(features (B, D), logits (B, C))``; trained in place, moved to the
-            device.
+        student: returns ``(features (B, D), logits (B, C))``; trained in place on the device.
         method: any :class:`~relkd_tutorial.methods.Method` (``CrossEntropy`` trains a teacher).
-        train_loader: an iterable of :class:`~relkd_tutorial.data.Batch` or ``(x, y[, index])``
-            tuples, re-iterated every epoch. Before each epoch the loop calls
-            ``train_loader.set_epoch(epoch)`` (0-based), or ``train_loader.sampler.set_epoch``
-            (a ``DistributedSampler``), if there is one: that is what makes a resumed
-            :class:`~relkd_tutorial.data.TensorLoader` replay exactly the batches of the
-            uninterrupted run. Under ``torchrun`` it must be sharded over the processes
-            (``TensorLoader(..., rank=get_rank(), world_size=get_world_size(), drop_last=True)``
-            or a ``DistributedSampler``); ``batch_size`` is then the global batch.
-        config: :class:`TrainConfig` (default: ``TrainConfig()``).
+        train_loader: yields :class:`~relkd_tutorial.data.Batch` or ``(x, y[, index])``, re-iterated
+            every epoch after ``train_loader.set_epoch(epoch)`` (or its ``sampler``'s), which makes
+            a resumed :class:`~relkd_tutorial.data.TensorLoader` replay the same batches. Under
+            ``torchrun`` sharded (``TensorLoader(..., rank=get_rank(), world_size=get_world_size(),
+            drop_last=True)`` or a ``DistributedSampler``); ``batch_size`` is the global batch.
+        config: :class:`TrainConfig` (default ``TrainConfig()``).
         teacher: an ``nn.Module`` run live in eval mode, or a :class:`TeacherCache` looked up by
-            ``Batch.index``; required if ``method.needs_teacher`` or ``method.needs_setup``
-            (a warning if a cache meets an augmenting ``train_loader``).
-        eval_loader: evaluated after every epoch (accuracy and cross-entropy of the student);
-            under ``torchrun`` unsharded (every rank evaluates all) or sharded (counts summed).
-        setup_loader: the un-augmented training set, for ``method.needs_setup`` (optional if
-            ``teacher`` is a cache); under ``torchrun`` every rank makes the whole pass.
-        on_epoch: called with each epoch's record once it is recorded and saved (on every rank
-            under ``torchrun``); an exception it raises stops the training and propagates (e.g.
-            a tuner pruning a weak trial, :mod:`relkd_tutorial.bench.tune`).
+            ``Batch.index``; required if ``method.needs_teacher`` or ``needs_setup``.
+        eval_loader: evaluated after every epoch (sharded or not under ``torchrun``).
+        setup_loader: the un-augmented training set for ``method.needs_setup`` (optional if
+            ``teacher`` is a cache); every rank makes the whole pass.
+        on_epoch: called with each saved record (every rank); an exception it raises stops the
+            training and propagates (e.g. a tuner pruning a trial).
 
     Returns:
-        One record per epoch: ``epoch`` (1-based), ``stage``, ``lr``, the epoch mean of every
-        loss term the method returned (``loss`` first), ``train_acc`` (over labelled samples;
-        NaN if none), ``eval_loss``/``eval_acc`` (if ``eval_loader``), ``seconds``. On resume
-        the records of the earlier epochs come from the checkpoint.
+        One record per epoch: ``epoch`` (1-based), ``stage``, ``lr``, the epoch mean of every loss
+        term (``loss`` first), ``train_acc`` (labelled samples; NaN if none), ``eval_loss`` /
+        ``eval_acc`` (with ``eval_loader``), ``seconds``; a resumed run's earlier records come from
+        the checkpoint.
 
     Raises:
-        TrainingInterrupted: SIGINT/SIGTERM arrived (with ``config.handle_signals``); the current
-            step was finished and, with a ``checkpoint_dir``, a mid-epoch checkpoint written.
+        TrainingInterrupted: SIGINT/SIGTERM (with ``config.handle_signals``), after the current step
+            and, with a ``checkpoint_dir``, a mid-epoch checkpoint.
         FloatingPointError: a loss term or a weight is NaN/inf at the end of an epoch (the last
             checkpoint is kept).
     """

@@ -1,22 +1,13 @@
-"""Where an epoch stands: its running sums (on the device), a mid-epoch state for a checkpoint,
-the progress bar's switch and line.
+"""Where an epoch stands: its running sums (on the device), a mid-epoch state for a checkpoint, the
+progress bar's switch and line.
 
-**No host read per step.** The sums of the loss terms and the training accuracy stay on the device;
-they are read back once when the bar is refreshed (every ``log_every`` steps, :meth:`_EpochProgress.
-running_means`) and once at the end of the epoch (:meth:`_EpochProgress.means`), which also checks
-that the epoch's loss terms and the weights are finite before anything replaces a checkpoint. Every
-read goes through :func:`to_host`, so a test can count them.
-
-**Stopping on a signal** (:mod:`relkd_tutorial.training.signals`). On SIGINT/SIGTERM the loop
-finishes the current step, writes a *mid-epoch* checkpoint (``step`` = steps done in the epoch,
-the epoch's running sums, the RNG states at the start of the epoch and now: an
-:class:`_EpochProgress`) and raises :class:`~relkd_tutorial.training.signals.TrainingInterrupted`.
-Resuming restores the epoch-start RNG state, re-creates the epoch's batches, skips the steps already
-done, restores the later RNG state and continues: the final weights are bit-identical to an
-uninterrupted run whenever the loader's batches are a function of the epoch (``set_epoch``) and of
-the RNG state at the start of the epoch - :class:`~relkd_tutorial.data.TensorLoader` and
-``DataLoader`` s qualify; a main-process transform drawing from the global RNG *between* batches
-while the model draws too (dropout) does not.
+The sums are read back only when the bar is refreshed (:meth:`_EpochProgress.running_means`) and
+at the end of the epoch (:meth:`_EpochProgress.means`, which also checks the terms and weights are
+finite), always through :func:`~.steps.to_host`. On SIGINT/SIGTERM the loop writes a mid-epoch
+checkpoint (the steps done, the sums, the RNG states at the start of the epoch and now); resuming
+re-creates the epoch's batches from the epoch-start state, skips the steps done and continues
+bit-identically whenever the batches are a function of the epoch (``set_epoch``) and of that RNG
+state (:class:`~relkd_tutorial.data.TensorLoader` and ``DataLoader`` s qualify).
 """
 
 from __future__ import annotations
@@ -44,11 +35,9 @@ def _progress_enabled(progress: bool) -> bool:
 
 @dataclass
 class _EpochProgress:
-    """Where an epoch stands after ``steps`` steps: what a mid-epoch checkpoint must hold.
-
-    ``sums``/``counts``/``correct``/``labelled`` are the running sums behind the epoch's record;
-    ``epoch_rng`` is this rank's RNG state at the start of the epoch (it re-creates the epoch's
-    batches); ``rng`` the state after the last step done (set when resuming).
+    """Where an epoch stands after ``steps`` steps, as a mid-epoch checkpoint holds it: the running
+    sums behind the record, this rank's RNG state at the start of the epoch (``epoch_rng``, which
+    re-creates its batches) and after the last step (``rng``, set when resuming).
     """
 
     steps: int
@@ -82,10 +71,10 @@ class _EpochProgress:
         return {k: f"{v / self.counts[k]:.4g}" for k, v in zip(self.sums, values, strict=True)}
 
     def means(self, epoch: int, student: nn.Module, method: Method) -> dict[str, float]:
-        """The epoch's record: the mean of every term and ``train_acc`` (NaN if nothing was
-        labelled, with a warning if ``method`` learns from labels only), in one host read that
-        also checks that the terms and the weights of ``student`` and ``method`` are finite: a
-        ``FloatingPointError`` before anything replaces a checkpoint."""
+        """The epoch's record, the mean of every term and ``train_acc`` (NaN if nothing was
+        labelled), in one host read that also checks the terms and the weights of ``student`` and
+        ``method`` are finite (``FloatingPointError`` before anything replaces a checkpoint).
+        """
         if self.steps == 0:
             raise ValueError("the training loader yielded no batch")
         clash = set(self.sums) & set(RESERVED_KEYS)

@@ -1,9 +1,4 @@
-"""Seeds and the global RNG states (python, numpy, torch, CUDA) that a checkpoint saves.
-
-:func:`seed_everything` seeds every global RNG, :func:`seeded` runs a block under a seed and leaves
-the torch RNG outside it as it was, :func:`get_rng_state` / :func:`set_rng_state` save and restore
-every state as tensors and plain values (so a checkpoint stays ``weights_only``-loadable).
-"""
+"""Seeds and the global RNG states (python, numpy, torch, CUDA) that a checkpoint saves, as tensors and plain values (``weights_only``-loadable)."""
 
 from __future__ import annotations
 
@@ -25,14 +20,8 @@ def seed_everything(seed: int) -> None:
 
 @contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run a block (e.g. building a model or a method with a learnable head) under ``seed``.
-
-    The global torch RNG is forked: the block sees ``torch.manual_seed(seed)``, and the state
-    outside the block is left as it was. Use it so initialisation does not depend on what ran
-    before::
-
-        with seeded(0):
-            method = build_method("rrd", ...)
+    """Run a block (e.g. building a model or a method with a learnable head) under
+    ``torch.manual_seed (seed)`` in a forked RNG: the state outside the block is left as it was.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

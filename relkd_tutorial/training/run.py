@@ -1,18 +1,10 @@
 """The plumbing :func:`~relkd_tutorial.training.fit` calls around its step, kept out of its way.
 
-:class:`_Run` is what ``fit`` sets up once and consults at each stage, epoch and step:
-
-- :meth:`_Run.start_run`: the checks of the method and the teacher, the device (one per process under
-  ``torchrun``), the checkpoint to resume from (and a resume plan with other epochs), the
-  networks' data (none on the meta device), the seeds, the networks on the device (DDP,
-  ``torch.compile``), the grad scaler and a method's setup pass;
-- :meth:`_Run.enter_stage` / :meth:`_Run.resume_optimizer`: a stage's entry, replayed exactly
-  when resuming (:mod:`~relkd_tutorial.training.checkpoint`);
-- :meth:`_Run.epoch_batches`: an epoch's batches (``set_epoch``; a mid-epoch resume re-creates
-  and skips the steps already done, :mod:`~relkd_tutorial.training.progress`);
-- :meth:`_Run.stop_mid_epoch` / :meth:`_Run.end_epoch`: the checkpoint and history files, a
-  caller's ``on_epoch`` (a tuner's report), and stopping on a signal (:mod:`~relkd_tutorial.training.signals`);
-- :meth:`_Run.finish`: a run resumed from a checkpoint of its last epoch only loads that state.
+:class:`_Run` is set up once (:meth:`_Run.start_run`: checks, device, the checkpoint to resume
+from, seeds, DDP, ``torch.compile``, the grad scaler, a method's setup pass) and consulted at each
+stage (:meth:`~_Run.enter_stage`, :meth:`~_Run.resume_optimizer`: replayed exactly when resuming),
+epoch (:meth:`~_Run.epoch_batches`, :meth:`~_Run.end_epoch`) and step (a signal:
+:meth:`~_Run.stop_mid_epoch`).
 """
 
 from __future__ import annotations

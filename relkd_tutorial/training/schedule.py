@@ -1,11 +1,6 @@
-"""Stages, optimizer and learning-rate schedule of a run.
-
-- **Schedule per epoch.** The learning rate is ``lr * factor(epoch)`` with a pure function
-  :func:`lr_factor` of the epoch within the stage (constant, step or cosine, optional linear
-  warm-up), applied through ``LambdaLR`` stepped once per epoch; it does not need the loader's
-  length. Each stage of a multi-stage method gets a fresh optimizer and schedule.
-- **Stage split.** :func:`stage_plan` splits the epochs by the stages' fractions with
-  largest-remainder rounding, then makes sure every stage has at least one epoch.
+"""Stages, optimizer and learning-rate schedule of a run: ``lr * lr_factor(epoch)``, a pure function
+of the epoch within the stage through ``LambdaLR`` stepped once per epoch; each stage of a
+multi-stage method gets a fresh optimizer and schedule.
 """
 
 from __future__ import annotations
@@ -38,13 +33,10 @@ class StagePlan:
 def stage_plan(stages: Sequence[Any], epochs: int) -> list[StagePlan]:
     """Split ``epochs`` among ``stages`` (objects with ``name`` and ``fraction``).
 
-    Rounding (choice): each stage's ideal share ``epochs * fraction / sum(fractions)`` is rounded
-    down, the epochs left over go one by one to the largest remainders (ties: the earlier stage),
-    and a stage left with 0 epochs takes one from the stage that has most. So the counts add up to
-    ``epochs`` and every stage gets at least one; e.g. ``(0.3, 0.7)`` gives 3/7 of 10 and 1/2 of 3.
-
-    Raises:
-        ValueError: fewer epochs than stages, or a non-positive fraction.
+    Choice: each ideal share ``epochs * fraction / sum(fractions)`` is rounded down, the epochs left
+    go one by one to the largest remainders (ties: the earlier stage), and a stage left with 0 takes
+    one from the largest; e.g. ``(0.3, 0.7)`` gives 3/7 of 10 and 1/2 of 3. Raises ``ValueError``
+    for fewer epochs than stages or a non-positive fraction.
     """
     if not stages:
         raise ValueError("a method must have at least one stage")
@@ -129,12 +121,9 @@ def build_scheduler(
 
 
 def restore_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict[str, Any]) -> None:
-    """Load a saved schedule and set every group's rate from *this* run's :func:`lr_factor`.
-
-    The optimizer's saved rate is the one the saved run's schedule chose for the next epoch; a run
-    resumed with more epochs has another schedule (``lr_factor`` of the new stage length), so the
-    rate is recomputed: ``lr = base_lr * factor(last_epoch)``, exactly what ``LambdaLR`` computes
-    (with an unchanged config, the saved rate bit for bit).
+    """Load a saved schedule and set every group's rate from *this* run's :func:`lr_factor`,
+    ``base_lr * factor(last_epoch)`` (a run resumed with more epochs has another schedule; with an
+    unchanged config this is the saved rate bit for bit).
     """
     scheduler.load_state_dict(state)
     groups = scheduler.optimizer.param_groups
@@ -148,16 +137,11 @@ def check_resume_plan(
 ) -> None:
     """Refuse, or announce, a resume whose ``epochs`` differ from the checkpoint's run.
 
-    Choice: a run may be continued with another number of epochs when the stages trained so far
-    keep their place (always, for a one-stage method). From the checkpoint on, every epoch gets
-    the rate a straight run of the new length gives it (:func:`restore_schedule`): a 2-epoch
-    cosine run continued to 4 epochs trains epochs 3 and 4 at ``lr_factor(2, 4)`` and
-    ``lr_factor(3, 4)``, as a straight 4-epoch run does (its first 2 epochs followed the 2-epoch
-    schedule, so the weights differ from the straight run's; a warning says so).
-
-    Raises:
-        ValueError: the checkpoint has trained more epochs than ``config.epochs``, or the new
-            length moves a stage boundary the checkpoint has passed (a multi-stage method).
+    Choice: it may continue with another number of epochs if the stages trained so far keep their
+    place; the remaining epochs get the rates of a straight run of the new length
+    (:func:`restore_schedule`), with a warning when the epochs already trained had other rates.
+    Raises ``ValueError`` if more epochs were trained than ``config.epochs`` or a passed stage
+    boundary would move.
     """
     saved = state.get("config", {}).get("epochs") if state is not None else None
     if state is None or not isinstance(saved, int) or saved == config.epochs:

@@ -1,20 +1,12 @@
 """Stop on SIGINT/SIGTERM at a step boundary, so that a killed run can continue exactly.
 
-A run is usually stopped from outside: Ctrl-C (``SIGINT``), the stop button of a notebook
-(``SIGINT``), a cluster scheduler or ``torchrun`` shutting workers down (``SIGTERM``, followed by
-``SIGKILL`` after a grace period: 30 s for ``torchrun``). Python's defaults either raise
-``KeyboardInterrupt`` at an arbitrary byte code (half-way through an optimizer step) or end the
-process at once; both lose the epoch's work.
-
-While :func:`~relkd_tutorial.training.fit` runs, :class:`StopSignals` replaces those two handlers: the
-first signal only *records* the request (and says so on stderr); the loop finishes the current
-step, writes a mid-epoch checkpoint and raises :class:`TrainingInterrupted`, whose message names
-the checkpoint and how to continue. The *same* signal a second time restores the previous handler
-and delivers the signal to it, so a second Ctrl-C still stops a loop that hangs (e.g. in a data
-loader). The previous handlers are restored when ``fit`` returns or raises; a signal that arrives
-after the loop's last check is delivered to them then (delayed, never lost). Handlers can only be
-installed from the main thread; elsewhere (``fit`` in a worker thread) signals keep their usual
-behaviour.
+Ctrl-C, a notebook's stop button (SIGINT) or a scheduler / ``torchrun`` (SIGTERM, then SIGKILL
+after a grace period) would otherwise stop the process half-way through a step. While
+:func:`~relkd_tutorial.training.fit` runs, :class:`StopSignals` makes the first signal only record
+the request; the loop finishes the step, writes a mid-epoch checkpoint and raises
+:class:`TrainingInterrupted`. The same signal again goes to the previous handler (a second Ctrl-C
+still stops a hung loop). The previous handlers are restored when ``fit`` ends, and a signal that
+came after the last check is delivered then. Main thread only.
 """
 
 from __future__ import annotations
@@ -31,11 +23,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """``fit`` stopped cleanly at a step boundary after SIGINT/SIGTERM.
-
-    A ``KeyboardInterrupt`` (so ``except Exception`` does not swallow it). Attributes:
-    ``signum`` (the signal), ``checkpoint`` (the path written, or ``None``), ``epoch`` (0-based)
-    and ``step`` (steps of that epoch completed).
+    """``fit`` stopped at a step boundary after SIGINT/SIGTERM; a ``KeyboardInterrupt``
+    (``except Exception`` does not swallow it) with ``signum``, ``checkpoint`` (the path written, or
+    ``None``), ``epoch`` (0-based) and ``step`` (steps of that epoch done).
     """
 
     def __init__(
@@ -54,11 +44,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class StopSignals:
-    """Context manager: while active, SIGINT/SIGTERM set :attr:`signum` instead of stopping.
-
-    Args:
-        enabled: ``False`` installs nothing (``signum`` stays ``None``).
-        announce: print one line to stderr when a signal is recorded.
+    """Context manager: while active, SIGINT/SIGTERM set :attr:`signum` instead of stopping
+    (``enabled=False``: nothing installed; ``announce``: one line on stderr).
     """
 
     def __init__(self, enabled: bool = True, announce: bool = True) -> None:

@@ -1,14 +1,9 @@
 """What the loop runs around the optimizer step: the forward, a step's inputs, evaluation.
 
-- **Mixed precision.** The forward passes run under autocast (``bf16`` on CPU/CUDA, or ``fp16`` with
-  a ``GradScaler`` on CUDA); the *losses* are computed outside autocast on float32 copies of the
-  outputs (:func:`make_step_inputs`), so relational losses never see bf16 distances.
-- The distributed seams: the student's forward is :func:`student_forward` (the student is wrapped
-  in DDP, not the teacher or the method), and :func:`make_step_inputs` is the one place a
-  ``StepInputs`` is built (:func:`.distributed.gather_step_inputs` follows it).
-- :func:`evaluate` measures accuracy and cross-entropy; the setup pass (:func:`_run_setup`) gives a
-  method with ``needs_setup`` the teacher's outputs over the whole training set; and
-  :func:`_check_finite_state` refuses NaN/inf weights before a checkpoint is written.
+The forward passes run under autocast (``bf16``, or ``fp16`` with a ``GradScaler`` on CUDA); the
+*losses* are computed on float32 copies of the outputs (:func:`make_step_inputs`), so relational
+losses never see bf16 distances. :func:`student_forward` and :func:`make_step_inputs` are the
+distributed seams (the student is wrapped in DDP; :func:`.distributed.gather_step_inputs` follows).
 """
 
 from __future__ import annotations
@@ -22,15 +17,16 @@ from torch import Tensor, nn
 
 from ..data import Batch
 from ..methods import Method, StepInputs
-from ..teacher import TeacherCache, as_batch, split_outputs
+from ..teacher import TeacherCache, as_batch, module_device, run_model
 from .config import TrainConfig, _autocast_dtype, resolve_device
 from .distributed import get_world_size, loader_world_size, sum_over_ranks
 
 
 def to_host(values: Tensor) -> list[float]:
-    """Copy a 1-D tensor to Python floats: the loop's only kind of host synchronisation (on a GPU
-    the host waits for the queue to drain); every read of the loop and of :func:`evaluate` is one
-    call, so a test can count them."""
+    """Copy a 1-D tensor to Python floats: the loop's only kind of host synchronisation (a GPU's
+    queue drains); every read of the loop and of :func:`evaluate` is one call, so a test can count
+    them.
+    """
     return values.tolist()
 
 
@@ -42,14 +38,9 @@ def student_forward(
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The student's ``(features (B, D), logits (B, C))``: the one place the student runs."""
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(
-        device_type=x.device.type,
-        dtype=autocast_dtype or torch.bfloat16,
-        enabled=autocast_dtype is not None,
-    ):
-        return split_outputs(model(x), "student")
+    return run_model(
+        model, x, "student", channels_last=channels_last, autocast_dtype=autocast_dtype
+    )
 
 
 def make_step_inputs(
@@ -59,14 +50,10 @@ def make_step_inputs(
     teacher_features: Tensor | None = None,
     teacher_logits: Tensor | None = None,
 ) -> StepInputs:
-    """Everything a method sees at one step.
+    """Everything a method sees at one step; outputs narrower than float32 are cast to float32.
 
-    The network outputs are cast to float32 if they are narrower (bf16/fp16 under autocast);
-    float64 outputs stay float64.
-
-    Raises:
-        ValueError: the student has fewer than 2 outputs (a shape check; no device sync): the
-            cross-entropy and softmax of one class are constant, so nothing would be learnt.
+    Raises ``ValueError`` for a student with fewer than 2 outputs (a shape check, no sync): the
+    softmax and cross-entropy of one class are constant, so nothing would be learnt.
     """
     if logits.dim() == 2 and logits.shape[1] < 2:
         raise ValueError(
@@ -105,14 +92,11 @@ def evaluate(
     amp: str = "off",
     channels_last: bool = False,
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over the labelled samples of ``loader``.
-
-    One host read, at the end (the sums stay on the device).
-
-    Runs in eval mode (the model's previous mode is restored). Returns ``{"acc", "loss", "n",
-    "labelled"}``; ``acc`` and ``loss`` are NaN if no sample is labelled.
+    """``{"acc", "loss", "n", "labelled"}``: accuracy and mean cross-entropy of ``model`` over the
+    labelled samples of ``loader`` (NaN if none), in eval mode (the mode is restored), one host
+    read.
     """
-    device = _first_device(model) if device is None else resolve_device(device)
+    device = module_device(model) if device is None else resolve_device(device)
     dtype = _autocast_dtype(amp, device)
     was_training = model.training
     model.eval()
@@ -145,12 +129,6 @@ def evaluate(
         "n": n,
         "labelled": int(count),
     }
-
-
-def _first_device(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 def _evaluate_all_ranks(
@@ -217,11 +195,9 @@ def _finite(*modules: nn.Module) -> Tensor:
 
 
 def _check_finite_state(epoch: int, *modules: nn.Module) -> None:
-    """Raise if a parameter or float buffer holds NaN/inf (e.g. a last step with a NaN gradient).
-
-    The epoch's mean loss can be finite while the weights are not (the loss of the last step is
-    computed before its update), so the loop checks the weights before writing a checkpoint: one
-    host read (:func:`_finite`), then one per tensor only to name the culprit.
+    """Raise if a parameter or float buffer holds NaN/inf: the epoch's mean loss can be finite while
+    the weights are not (the last step's update), so the loop checks before writing a checkpoint
+    (one read, :func:`_finite`; one per tensor only to name the culprit).
     """
     if bool(_finite(*modules)):
         return
@@ -236,10 +212,8 @@ def _check_finite_state(epoch: int, *modules: nn.Module) -> None:
 
 
 def check_models_have_data(**modules: object) -> None:
-    """Refuse a module whose parameters or buffers are on the meta device (no data to train).
-
-    A model built under ``torch.device("meta")`` (or with ``device="meta"``) only has shapes;
-    moving it with ``.to()`` fails deep inside PyTorch. Metadata only, no device sync.
+    """Refuse a module whose tensors are on the meta device (built with ``device="meta"``: shapes,
+    no data; ``.to()`` would fail deep inside PyTorch). Metadata only, no sync.
     """
     for name, module in modules.items():
         if not isinstance(module, nn.Module):
@@ -254,10 +228,8 @@ def check_models_have_data(**modules: object) -> None:
 
 
 def check_first_batch(x: Tensor, epoch: int) -> None:
-    """Once per epoch, the first batch's images must be finite (one device sync).
-
-    Otherwise every loss would report NaN logits or features, naming the network rather than the
-    data (a NaN pixel, or a normalisation by a zero std, in a hand-made data set).
+    """Once per epoch the first batch's images must be finite (one sync), so a NaN pixel or a zero
+    std is named as the data's fault, not the network's.
     """
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(
