@@ -11,7 +11,7 @@ the same code that wrote them:
 - :func:`markdown_report`, :func:`stdout_summary`: the same numbers as text.
 - ``plot_*`` (:mod:`relkd_tutorial.bench.figures`): draw onto a given matplotlib ``Axes``;
   :func:`report_figures` composes them and :func:`write_report` saves the figures as PNG next
-  to ``summary.csv``, ``differences.csv``, ``sweep.csv`` and ``results.md``.
+  to ``summary.csv``, ``differences.csv`` and ``results.md``.
 
 Accuracies are shown in percent and their differences in percentage points; Kendall tau and the
 distance correlation in their own units (-1..1).
@@ -55,8 +55,6 @@ from .settings import (
     _ordered_settings,
     _scale,
     describe_params,
-    params_tag,
-    sweep_candidates,
 )
 from .store import (  # noqa: F401 (latest_specs, select_rows: re-exported, their old home)
     latest_specs,
@@ -145,43 +143,6 @@ def paired_differences(
         )  # fmt: skip
         if e["family"] in baselines
     ]
-
-
-def sweep_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The sweep: per trial, the mean validation top-1 over its seeds and whether it was chosen.
-
-    A trial with a diverged seed has status ``"diverged"`` (it never wins,
-    :func:`~relkd_tutorial.bench.runner.choose_params`).
-    """
-    out = []
-    sweeps = [r for r in rows if r["phase"] == "sweep"]
-    finals = {
-        (r["setting"], r["method"]): r["params"]
-        for r in rows
-        if r["phase"] == "final" and r["status"] != "n/a"
-    }
-    for setting in _ordered_settings(sweeps):
-        for method in sorted({r["method"] for r in sweeps if r["setting"] == setting},
-                             key=_method_order):  # fmt: skip
-            order = [params_tag(c) for c in sweep_candidates(method)]
-            runs = [r for r in sweeps if r["setting"] == setting and r["method"] == method]
-            tags = sorted({r["params"] for r in runs},
-                          key=lambda t: order.index(t) if t in order else 99)  # fmt: skip
-            for tag in tags:
-                trial = [r for r in runs if r["params"] == tag]
-                ok = all(r["status"] == "ok" and not math.isnan(r["acc"]) for r in trial)
-                out.append(
-                    {
-                        "setting": setting,
-                        "method": method,
-                        "params": tag,
-                        "seeds": sorted(r["seed"] for r in trial),
-                        "val_acc": sum(r["acc"] for r in trial) / len(trial) if ok else math.nan,
-                        "status": "ok" if ok else "diverged",
-                        "chosen": finals.get((setting, method)) == tag,
-                    }
-                )
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +320,7 @@ def markdown_report(
     histories: dict[str, list[dict[str, float]]] | None = None,
     second: tuple[Sequence[dict[str, Any]], str] | None = None,
 ) -> str:
-    """The whole ``results.md``: per setting the verdict, the tables, the sentences and the sweep.
+    """The whole ``results.md``: per setting the verdict, the tables and the sentences.
 
     Every result sentence is generated from the computed values (:mod:`.verdict`);
     ``histories`` (``histories.csv``, :func:`read_histories`) adds the learning-curve sentence
@@ -378,7 +339,6 @@ def markdown_report(
         theirs = comparisons(arm_rows(second[0], recipes, "tuned")) if second else None
         mark_fragile(entries, theirs, second[1] if second else "")
     diffs = [e for e in entries if e["family"] in BASELINES]
-    sweep = sweep_table(rows)
     parts = ["# Benchmark results", ""]
     if meta:
         parts += _meta_markdown(meta)
@@ -435,24 +395,6 @@ def markdown_report(
         if taus:
             parts += ["Kendall tau against CE (did the ranking transfer):", ""]
             parts += [f"- {x}" for x in taus] + [""]
-        trials = [t for t in sweep if t["setting"] == setting]
-        if trials:
-            parts += [
-                "Sweep (mean validation top-1 over each trial's seeds; **chosen** in bold):",
-                "",
-                "| method | trial | seeds | val top-1 % |",
-                "|---|---|---|---|",
-            ]
-            for t in trials:
-                acc = "diverged" if t["status"] != "ok" else f"{100 * t['val_acc']:.2f}"
-                trial = describe_params(t["params"])
-                if t["chosen"]:
-                    trial, acc = f"**{trial}**", f"**{acc}**"
-                seeds = ", ".join(str(x) for x in t["seeds"])
-                parts.append(
-                    f"| {METHOD_LABELS.get(t['method'], t['method'])} | {trial} | {seeds} | {acc} |"
-                )
-            parts.append("")
         if tuned_here:
             parts += out_of_the_box(everything, recipes, setting, entries, second)
     parts += _ablation_markdown(rows)
@@ -609,7 +551,7 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def write_report(out_dir: str | Path, plots: bool = True) -> None:
-    """Rebuild ``summary.csv``, ``differences.csv`` (every family), ``sweep.csv``, ``ablation.csv``
+    """Rebuild ``summary.csv``, ``differences.csv`` (every family), ``ablation.csv``
     (if there are ablation runs), ``results.md`` and the PNGs; with recipes (``meta.json``), the
     headline arm's, plus ``summary-defaults.csv``, ``differences-defaults.csv`` and ``tuning.csv``
     (:mod:`.tuned`); a :data:`SECOND_RUN_SET` beside them marks verdicts that differ there."""
@@ -636,7 +578,6 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
     ablation = ablation_entries(chosen)
     if ablation:
         _write_csv(out_dir / "ablation.csv", ablation)
-    _write_csv(out_dir / "sweep.csv", sweep_table(chosen))
     histories = read_histories(out_dir / "histories.csv")
     (out_dir / "results.md").write_text(markdown_report(rows, meta, histories, second))
     if plots:

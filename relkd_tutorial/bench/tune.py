@@ -608,7 +608,7 @@ TUNE_SETTINGS: tuple[str, ...] = ("transfer", "low-data")
 def tune_setting(setting: Setting) -> Setting:
     """The setting a tuning trains in: the main job's, with the selection seeds as its seeds
     (seeds are not part of the fingerprint, so the runs' configuration is the main job's)."""
-    return replace(setting, seeds=SELECTION_SEEDS, sweep=False, curves=False)
+    return replace(setting, seeds=SELECTION_SEEDS, curves=False)
 
 
 def main_tune(

@@ -69,7 +69,7 @@ def arm_rows(
 
     Only the final runs of the settings that ran under ``recipes`` are filtered: ``"tuned"``
     keeps each method's runs at its canonical recipe (``{}`` where it has none), ``"defaults"``
-    its runs at ``{}``. n/a rows, sweep and ablation rows, and every row of a setting that did not
+    its runs at ``{}``. n/a rows, ablation rows, and every row of a setting that did not
     run under recipes (or of a folder without any: ``recipes=None``) are kept in both.
     """
     if arm not in ARMS:

@@ -452,7 +452,7 @@ def load_workspace(
 ) -> Workspace:
     """The :class:`Workspace` saved in ``path`` (splits, teacher, outputs), checked.
 
-    ``setting`` replaces the saved setting (whose seeds, sweep and learning curves are those of
+    ``setting`` replaces the saved setting (whose seeds and learning curves are those of
     the invocation that wrote the file); it must have the same fingerprint.
 
     Raises :class:`CacheError` if the file is unreadable or corrupt, if its teacher does not
@@ -461,7 +461,8 @@ def load_workspace(
     path = Path(path)
     device = torch.device(device)
     payload = _read_payload(path, None)
-    spec = json.loads(payload["setting"])
+    spec = json.loads(payload["setting"])  # an older file may hold a retired field ("sweep")
+    spec = {k: v for k, v in spec.items() if k in Setting.__dataclass_fields__}
     spec["seeds"] = tuple(spec["seeds"])
     saved = Setting(**spec)
     if setting is None:
