@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import shlex
 import sys
@@ -76,10 +75,7 @@ from .settings import (
     _parse_list,
     default_settings,
 )
-from .store import (
-    ResultStore,
-    record_invocation,
-)
+from .store import ResultStore, read_meta, record_invocation
 from .workspace import (
     Workspace,
     build_workspace,
@@ -306,11 +302,6 @@ def plan_lines(
     return lines
 
 
-def _meta(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``relkd-bench`` / ``python -m relkd_tutorial.bench`` command."""
     args = build_parser().parse_args(argv)
@@ -357,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = ResultStore(out_dir)
     if args.report_only:
         report.write_report(out_dir, plots=not args.no_plots)
-        print(report.stdout_summary(store.rows(), meta=_meta(out_dir)))
+        print(report.stdout_summary(store.rows(), meta=read_meta(out_dir)))
         return 0
 
     started = time.time()
@@ -463,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     report.write_report(out_dir, plots=not args.no_plots)
-    print(report.stdout_summary(store.rows(), specs=specs, meta=_meta(out_dir)))
+    print(report.stdout_summary(store.rows(), specs=specs, meta=read_meta(out_dir)))
     print(
         f"{progress.trained} runs trained in {_clock(wall)}; tables, plots and meta.json in {out_dir}/",
         flush=True,

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..stats import mean_std
 from .figures import (
     _grid,
     curve_value,
@@ -55,14 +54,18 @@ from .settings import (
     _ordered_settings,
     _scale,
     describe_params,
+    label,
+    pm,
 )
 from .store import (  # noqa: F401 (latest_specs, select_rows: re-exported, their old home)
     latest_specs,
+    read_meta,
     read_runs,
     select_rows,
 )
 from .tuned import (
     SECOND_RUN_SET,  # noqa: F401 (re-exported)
+    _second,
     arm_rows,
     headline_note,
     headline_rows,
@@ -72,9 +75,12 @@ from .tuned import (
     tuning_comparisons,
 )
 from .verdict import (
+    _cell,
+    _find,
     ablation_comparisons,
     ablation_paragraph,
     ablation_table,
+    column_stats,
     comparisons,
     family_table,
     mark_fragile,
@@ -100,7 +106,7 @@ def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry: dict[str, Any] = {
                 "setting": setting,
                 "method": method,
-                "label": METHOD_LABELS.get(method, method),
+                "label": label(method),
             }
             if na and not ok:
                 entry.update(status="n/a", note=na[0]["note"], n=0)
@@ -114,12 +120,7 @@ def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["diverged"] = sum(r["status"] == "diverged" for r in runs)
             entry["seeds"] = sorted(r["seed"] for r in ok)
             for metric in (*METRICS, "seconds", "peak_mem_mb", "train_acc"):
-                values = [r[metric] for r in ok if not math.isnan(r[metric])]
-                if values:
-                    mean, std, _ = mean_std(values)
-                else:
-                    mean, std = math.nan, math.nan
-                entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean, std
+                entry[f"{metric}_mean"], entry[f"{metric}_std"], _ = column_stats(ok, metric)
             out.append(entry)
     return out
 
@@ -152,25 +153,13 @@ def paired_differences(
 
 def _pm(entry: dict[str, Any], metric: str) -> str:
     mean, std = entry.get(f"{metric}_mean", math.nan), entry.get(f"{metric}_std", math.nan)
-    if math.isnan(mean):
-        return "n/a"
     k = _scale(metric)
-    digits = 1 if metric in PERCENT else 3
-    if math.isnan(std):
-        return f"{k * mean:.{digits}f}"
-    return f"{k * mean:.{digits}f} ± {k * std:.{digits}f}"
+    return "n/a" if math.isnan(mean) else pm(k * mean, k * std, 1 if metric in PERCENT else 3)
 
 
 def _diff_cell(diffs: Sequence[dict[str, Any]], setting: str, method: str, baseline: str) -> str:
-    for d in diffs:
-        if (d["setting"], d["method"], d["baseline"], d["metric"]) == (
-            setting, method, baseline, "acc"
-        ):  # fmt: skip
-            if d["n"] < 2:
-                return f"{d['mean']:+.2f}"
-            mark = "" if d["within_noise"] else " *"
-            return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]{mark}"
-    return ""
+    e = _find(diffs, setting=setting, method=method, baseline=baseline, metric="acc")
+    return _cell(e, one_seed="")
 
 
 def summary_table_markdown(
@@ -302,13 +291,12 @@ def plateau_sentence(
         if len(windows) == 1
         else f"the last {round(100 * fraction)}% of its epochs"
     )
-    label = METHOD_LABELS.get
     text = (
         f"Learning curves (`curves.png`): over {window}, a run's test top-1 (mean over seeds) "
-        f"changed by {gains[lo]:+.2f} points ({label(lo, lo)})"
+        f"changed by {gains[lo]:+.2f} points ({label(lo)})"
     )
     if hi != lo:
-        text += f" to {gains[hi]:+.2f} points ({label(hi, hi)})"
+        text += f" to {gains[hi]:+.2f} points ({label(hi)})"
     if "ce" in gains and "ce" not in (lo, hi):
         text += f"; CE {gains['ce']:+.2f}"
     return text + "."
@@ -334,10 +322,7 @@ def markdown_report(
     everything = select_rows(rows)
     rows = headline_rows(rows, recipes)
     summary = summarize_runs(rows)
-    entries = comparisons(rows)
-    if recipes is not None:
-        theirs = comparisons(arm_rows(second[0], recipes, "tuned")) if second else None
-        mark_fragile(entries, theirs, second[1] if second else "")
+    entries = _headline_entries(rows, recipes, second)
     diffs = [e for e in entries if e["family"] in BASELINES]
     parts = ["# Benchmark results", ""]
     if meta:
@@ -403,6 +388,17 @@ def markdown_report(
     return "\n".join(parts)
 
 
+def _headline_entries(
+    rows: Sequence[dict[str, Any]], recipes: Any, second: tuple | None
+) -> list[dict[str, Any]]:
+    """:func:`~.verdict.comparisons` of the headline ``rows``; with recipes, marked fragile
+    (:func:`~.verdict.mark_fragile`) against ``second`` (:func:`second_run_set`)."""
+    entries = comparisons(rows)
+    if recipes is None:
+        return entries
+    return mark_fragile(entries, *_second(second, recipes, "tuned"))
+
+
 def ablation_entries(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """:func:`~relkd_tutorial.bench.verdict.ablation_comparisons` of every ablated method present."""
     out: list[dict[str, Any]] = []
@@ -417,7 +413,7 @@ def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     for method in sorted({r["method"] for r in runs if r["method"] in ABLATIONS}):
         entries = ablation_comparisons(rows, method)
         for setting in _ordered_settings([r for r in runs if r["method"] == method]):
-            parts += [f"## {METHOD_LABELS.get(method, method)} ablation ({setting})", ""]
+            parts += [f"## {label(method)} ablation ({setting})", ""]
             desc = _setting_description(rows, setting, phase="ablation")
             if desc:
                 parts += [desc, ""]
@@ -559,16 +555,13 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
     rows = read_runs(out_dir / "runs.csv")
     if not rows:
         return
-    meta_path = out_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    meta = read_meta(out_dir)
     recipes = recipes_of_meta(meta)
     second = second_run_set(out_dir)
     chosen = headline_rows(rows, recipes)
     _write_csv(out_dir / "summary.csv", summarize_runs(chosen))
-    entries = comparisons(chosen)
+    entries = _headline_entries(chosen, recipes, second)
     if recipes is not None:
-        theirs = comparisons(arm_rows(second[0], recipes, "tuned")) if second else None
-        mark_fragile(entries, theirs, second[1] if second else "")
         everything = select_rows(rows)
         defaults = arm_rows(everything, recipes, "defaults")
         _write_csv(out_dir / "summary-defaults.csv", summarize_runs(defaults))

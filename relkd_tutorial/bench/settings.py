@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,21 +17,6 @@ from typing import Any
 # ---------------------------------------------------------------------------------------------
 # Methods: names, labels, paper defaults
 # ---------------------------------------------------------------------------------------------
-
-METHODS: tuple[str, ...] = (
-    "ce",
-    "pseudo_label",
-    "kd",
-    "rkd",
-    "rrd",
-    "rrd_kd",
-    "refilled",
-    "grkd",
-    "grkd_kd",
-    "rank_soft",
-    "rank_listwise",
-    "dist",
-)
 
 METHOD_LABELS: dict[str, str] = {
     "ce": "CE",
@@ -46,14 +32,12 @@ METHOD_LABELS: dict[str, str] = {
     "rank_listwise": "Rank-listwise",
     "dist": "DIST",
 }
+#: Every benchmarked method, in the report's order.
+METHODS: tuple[str, ...] = tuple(METHOD_LABELS)
 
-#: The published (or our, where a paper is silent) defaults each method runs at, and where they
-#: come from (``docs/benchmark.md``). ``runner.method_kwargs`` passes them to the constructor (then
-#: :data:`CONTROL_WEIGHTS`, then a trial's overrides), so this table is what the benchmark runs.
-#: Most equal the constructor defaults of :mod:`relkd_tutorial.methods`; REFILLED's last three
-#: are the benchmark's, not the papers' (``docs/refilled.md``, "In the benchmark"): every class
-#: with a global centre as a column of the local classifier, stage-1 triplets mined under the
-#: teacher's centre labels, and its stage split, which the tuning searches.
+#: The published (or our, where a paper is silent) defaults each method runs at, and their source
+#: (``docs/benchmark.md``); ``runner.method_kwargs`` applies them, then :data:`CONTROL_WEIGHTS`,
+#: then a recipe's overrides. REFILLED's last three are the benchmark's (``docs/refilled.md``).
 PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     "ce": ({}, "plain cross-entropy"),
     "pseudo_label": ({"pseudo_weight": 1.0}, "our control"),
@@ -97,21 +81,17 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     ),
 }
 
-#: The combinations train with KD's own CE and KD weights (0.1 CE + 0.9 KD, T = 4) plus their
-#: relational term at its default weight, so that ``X + KD`` minus KD is the effect of adding
-#: ``lambda * L_X`` and of nothing else (choice, ``docs/benchmark.md``: no extra KD control runs).
-#: The constructors keep the published 1 / 1 / 1 convention (the CIFAR setting uses it, to compare
-#: with the published numbers). Applied by ``runner.method_kwargs`` before a trial's overrides.
+#: The combinations train with KD's own CE and KD weights plus their relational term, so that
+#: ``X + KD`` minus KD is the effect of ``lambda * L_X`` alone (``docs/benchmark.md``); the
+#: constructors keep the published 1 / 1 / 1 (the CIFAR setting uses it).
 CONTROL_WEIGHTS: dict[str, dict[str, float]] = {
     "rrd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
     "grkd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
 }
 
-#: Each method's control: the run that differs from it in exactly one thing (its loss term). Every
-#: relational term alone is ``1 * CE + lambda * L_X``, so its control is CE (CE weight 1, tested);
-#: ``X + KD`` is ``0.1 CE + 0.9 KD + lambda * L_X`` (:data:`CONTROL_WEIGHTS`), so its control is KD.
-#: KD itself (``0.1 CE + 0.9 KD``) is compared with CE: there the KD term *replaces* most of the
-#: CE weight, so that comparison differs in the term and in the CE weight (:data:`CONTROL_DIFFERS`).
+#: Each method's control: the run that differs from it in one thing, its loss term (a relational
+#: term alone: ``1 * CE + lambda * L_X`` against CE; ``X + KD`` against KD). KD against CE differs
+#: in the term and in the CE weight (:data:`CONTROL_DIFFERS`).
 CONTROLS: dict[str, str] = {
     "pseudo_label": "ce",
     "kd": "ce",
@@ -223,14 +203,10 @@ class Variant:
     params: dict[str, Any]
 
 
-#: The GRKD ablation (``--ablation grkd``; ``docs/grkd.md`` lists the choices). The loss's body
-#: was not accessible to us, so these are the reconstruction's open choices: the group (all classes or the
-#: teacher's top-k), the pair weights (uniform or the teacher's probability gap), the
-#: temperature, and the ``1/|P_i|`` normalisation (mean over pairs or sum). Each variant changes
-#: one of them. On all classes with uniform weights and no tied teacher logits, ``"sum"`` (the
-#: default, ``PAPER_DEFAULTS``) is exactly ``C(C-1)/2`` times ``"mean"`` (tested), so that variant
-#: is the default at a smaller weight: the report calls it a scale effect (choice: no ``grkd_weight = 1/|P|`` control, which
-#: would be the default run again).
+#: The GRKD ablation (``--ablation grkd``): the reconstruction's open choices (``docs/grkd.md``),
+#: one per variant. On all classes with uniform weights and no tied teacher logits the default
+#: ``"sum"`` is exactly ``C(C-1)/2`` times ``"mean"`` (tested), so that variant is the default at
+#: a smaller weight: the report calls it a scale effect.
 ABLATIONS: dict[str, tuple[Variant, ...]] = {
     "grkd": (
         Variant("default (all classes, uniform, tau 1)", "default", {}),
@@ -246,9 +222,7 @@ ABLATIONS: dict[str, tuple[Variant, ...]] = {
 
 #: The setting an ablation runs on by default: the headline.
 ABLATION_SETTING = "transfer"
-#: Paired seeds of an ablation: the first ones of its setting's seeds (8 variants x 8 seeds =
-#: 64 runs; the main job's transfer has more seeds, which the variants do not need to pair with
-#: the default GRKD, itself one of the variants).
+#: Paired seeds of an ablation: the first ones of its setting's seeds (the default is a variant).
 ABLATION_SEEDS = 8
 
 
@@ -264,41 +238,20 @@ def ablation_variants(method: str) -> tuple[Variant, ...]:
     return ABLATIONS[method]
 
 
-#: Variants of an earlier protocol, no longer planned but recognised in a committed folder (its
-#: report still renders): GRKD's scale variant was the sum while the default was the mean.
-RETIRED_VARIANTS: dict[str, tuple[Variant, ...]] = {
-    "grkd": (Variant("sum over pairs", "normalisation (scale)", {"reduction": "sum"}),),
-}
-
-
-def variant_of(method: str, params: dict[str, Any] | str) -> Variant | None:
-    """The ablation variant whose ``params`` (or their tag) these are, else ``None``."""
-    tag = params if isinstance(params, str) else params_tag(params)
-    for v in (*ABLATIONS.get(method, ()), *RETIRED_VARIANTS.get(method, ())):
-        if params_tag(v.params) == tag:
-            return v
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------
 
-#: The shipped ten-class teacher the Fashion-MNIST settings distil from (its file stem; see
-#: :mod:`relkd_tutorial.pretrained`). ``"teacher_cnn_fashion_mnist"`` trained on all 10,000 training
-#: images, so it has seen the pool *and* the validation split that selects hyperparameters;
-#: ``"teacher_cnn_fashion_mnist_heldout"`` (same recipe) never saw the validation split. The
-#: committed results were made with the first: flip this switch in the same commit as the rerun
-#: of the benchmark (the spec fingerprint includes the teacher's weights, so runs of the two never
-#: mix).
+#: The shipped teacher the Fashion-MNIST settings distil from (its file stem,
+#: :mod:`relkd_tutorial.pretrained`): the ``_heldout`` one never saw the validation split that
+#: selects hyperparameters. The spec fingerprint includes the teacher's weights.
 BENCH_TEACHER = "teacher_cnn_fashion_mnist_heldout"
 
 FASHION_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard", "cross-task")
 ALL_SETTINGS: tuple[str, ...] = (*FASHION_SETTINGS, "full")
 DEFAULT_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard")
 PRESETS: tuple[str, ...] = ("cpu", "quick", "large")
-#: The cpu preset's paper-default runs of the tuned methods: the first 8 transfer seeds (the
-#: tuned runs use all 16; ``docs/benchmark.md`` says why: the main job's time).
+#: The paper-default runs of the tuned methods: on the first 8 seeds (``docs/benchmark.md``).
 DEFAULT_ARM_SEEDS = 8
 CROSS_TASK_TEACHER_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4)
 CROSS_TASK_STUDENT_CLASSES: tuple[int, ...] = (5, 6, 7, 8, 9)
@@ -320,12 +273,12 @@ class Setting:
             the validation split; fast mode uses a smaller pool).
         val_per_class: validation images per class carved out of the training subset.
         teacher_epochs: cross-task only: epochs of the 5-class teacher.
-        curves: evaluate on the run's evaluation split after every epoch (learning curves; does
-            not change the training, so it is not part of the fingerprint).
-        default_seeds: with tuned recipes (``bench/recipes.py``), the paper-default runs of every
-            tuned method (the "out of the box" table) train on the first ``default_seeds`` seeds
-            (``0``: none); a method whose recipe is its defaults is never trained twice. Not part
-            of the fingerprint (like ``seeds``).
+        curves: evaluate on the test split after every epoch (learning curves).
+        default_seeds: with recipes, the tuned methods also run at their paper defaults on the
+            first ``default_seeds`` seeds (the "out of the box" table; ``0``: none).
+
+    ``seeds``, ``curves`` and ``default_seeds`` do not change a run, so they are not part of
+    :meth:`fingerprint`.
     """
 
     name: str
@@ -463,6 +416,16 @@ DIFF_METRICS = ("acc", "acc_tops", "acc_footwear", "kendall_tau")
 
 def _scale(metric: str) -> float:
     return 100.0 if metric in PERCENT else 1.0
+
+
+def label(method: str) -> str:
+    """The report's name of ``method`` (its own name where it has none)."""
+    return METHOD_LABELS.get(method, method)
+
+
+def pm(mean: float, std: float, digits: int) -> str:
+    """``"mean ± std"`` at ``digits`` decimals, ``"mean"`` alone where ``std`` is NaN (one seed)."""
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
 def _ordered_settings(rows: Iterable[dict[str, Any]]) -> list[str]:

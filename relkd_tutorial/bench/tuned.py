@@ -19,32 +19,34 @@ as it always was.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..stats import mean_std, t_quantile
+from ..stats import t_quantile
 from .recipes import Recipes
 from .settings import (
     ALPHA,
     CONTROL_WEIGHTS,
     CONTROLS,
     HEADLINE_BASELINE,
-    METHOD_LABELS,
     MISSION_METHOD,
     _method_order,
     _ordered_settings,
     describe_params,
+    label,
     params_tag,
+    pm,
 )
-from .store import read_runs, select_rows
+from .store import read_meta, read_runs, select_rows
 from .verdict import (
+    _add,
+    _cell,
     _correct,
-    _entry,
     _family_sentence,
-    _paired,
+    _find,
+    column_stats,
     comparisons,
     mark_fragile,
     verdict_paragraph,
@@ -56,10 +58,6 @@ ARMS: tuple[str, ...] = ("tuned", "defaults")
 #: ``ATEN_CPU_CAPABILITY=avx2``), in ``<folder>/replicate/``: a verdict that differs there is
 #: reported as fragile (:func:`~relkd_tutorial.bench.verdict.mark_fragile`).
 SECOND_RUN_SET = "replicate"
-
-
-def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
 
 
 def arm_rows(
@@ -116,17 +114,10 @@ def tuning_comparisons(
             mine = [r for r in finals if (r["setting"], r["method"]) == (setting, method)]
             a = {r["seed"]: r for r in mine if r["params"] == tag}
             b = {r["seed"]: r for r in mine if r["params"] == "{}"}
-            for metric in metrics:
-                diff = _paired(a, b, metric, confidence)
-                if diff is None:
-                    continue
-                label = _label(method)
-                out.append(_entry(setting, "tuning", metric, diff, method=method, baseline=method,
-                                  params=tag, a_label=f"{label} tuned",
-                                  b_label=f"{label} at its defaults"))  # fmt: skip
+            name = label(method)
+            _add(out, a, b, (f"{name} tuned", f"{name} at its defaults"), metrics, confidence,
+                 setting, "tuning", method=method, baseline=method, params=tag)  # fmt: skip
     _correct(out, alpha)
-    for e in out:
-        e.pop("a_label"), e.pop("b_label")
     return out
 
 
@@ -178,7 +169,7 @@ def tuning_paragraph(
             "Each tuned method minus itself at its paper defaults: "
             + _family_sentence(
                 mine,
-                lambda e: f"{_label(e['method'])} at {describe_params(e['params'])}",
+                lambda e: f"{label(e['method'])} at {describe_params(e['params'])}",
                 ("tuning raised", "tuning lowered"),
                 confidence,
             )  # fmt: skip
@@ -189,19 +180,19 @@ def tuning_paragraph(
     if untuned:
         out.append(
             "At their paper defaults in both tables (no recipe, or the recipe is the defaults): "
-            + ", ".join(_label(m) for m in untuned)
+            + ", ".join(label(m) for m in untuned)
             + "."
         )
     changes = verdict_changes(defaults, tuned, setting)
     if changes:
-        who = _label(MISSION_METHOD)
+        who = label(MISSION_METHOD)
         moved = [c for c in changes if c["changed"]]
         kept = [c for c in changes if not c["changed"]]
         text = f"Of the question's {len(changes)} verdicts ({who} against each rival), "
         if moved:
             text += f"{len(moved)} differ between the paper defaults and the tuned recipes: " + (
                 "; ".join(
-                    f"against {_label(c['baseline'])}, {c['defaults']} at the defaults, "
+                    f"against {label(c['baseline'])}, {c['defaults']} at the defaults, "
                     f"{c['tuned']} tuned"
                     for c in moved
                 )  # fmt: skip
@@ -210,7 +201,7 @@ def tuning_paragraph(
             text += "none differs between the paper defaults and the tuned recipes"
         if kept:
             text += "; the same in both: " + "; ".join(
-                f"against {_label(c['baseline'])}, {c['tuned']}" for c in kept
+                f"against {label(c['baseline'])}, {c['tuned']}" for c in kept
             )
         out.append(text + ".")
     return " ".join(out)
@@ -249,8 +240,8 @@ def precision_cost_sentence(
     per_run = sum(seconds) / len(seconds) if seconds else math.nan
     more = max(0, need - have) * len(methods)
     return (
-        f"What ±{target:g} points against {_label(family)} would cost in {setting}: the widest "
-        f"paired standard deviation here is {sd:.2f} points ({_label(widest['method'])}), so about "
+        f"What ±{target:g} points against {label(family)} would cost in {setting}: the widest "
+        f"paired standard deviation here is {sd:.2f} points ({label(widest['method'])}), so about "
         f"{need} paired seeds instead of {have}, i.e. {more} more runs of the {len(methods)} "
         f"methods at about {per_run:.0f} s each on this machine: about "
         + (
@@ -276,7 +267,7 @@ def recipe_table(recipes: Recipes | None, setting: str) -> str:
     ]
     for method, r in sorted(mine, key=lambda kv: _method_order(kv[0])):
         lines.append(
-            f"| {_label(method)} | {describe_params(dict(r.params))}"
+            f"| {label(method)} | {describe_params(dict(r.params))}"
             + ("" if r.run_params else " (its defaults)")
             + " | "
             + ", ".join(f"{k} {span(v)}" for k, v in sorted(r.space.items()))
@@ -297,8 +288,8 @@ def recipe_flags(recipes: Recipes | None, setting: str) -> str:
     if not mine:
         return ""
     order = sorted(mine, key=_method_order)
-    edge = [f"{_label(m)} ({', '.join(mine[m].at_edge)})" for m in order if mine[m].at_edge]
-    ext = [f"{_label(m)} ({', '.join(sorted(mine[m].extended))})" for m in order
+    edge = [f"{label(m)} ({', '.join(mine[m].at_edge)})" for m in order if mine[m].at_edge]
+    ext = [f"{label(m)} ({', '.join(sorted(mine[m].extended))})" for m in order
            if mine[m].extended]  # fmt: skip
     text = (
         "At the edge of its range (the best value may lie beyond it, so that recipe is a bound, "
@@ -325,24 +316,13 @@ def defaults_table(
         "|---|---|---|---|---|",
     ]
 
-    def cell(e: dict[str, Any] | None) -> str:
-        if e is None:
-            return ""
-        mark = " (fragile)" if e.get("fragile") else "" if e["within_noise"] else " *"
-        return f"{e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]{mark}"
-
     for method in sorted({r["method"] for r in finals}, key=_method_order):
-        accs = [
-            100 * r["acc"] for r in finals if r["method"] == method and not math.isnan(r["acc"])
-        ]
-        mean, std, n = mean_std(accs) if accs else (math.nan, math.nan, 0)
-        kd = next((e for e in defaults_entries if (e["setting"], e["family"], e["method"],
-                   e["metric"]) == (setting, HEADLINE_BASELINE, method, "acc")), None)  # fmt: skip
-        gain = next((e for e in tuning if (e["setting"], e["method"], e["metric"]) == (setting,
-                     method, "acc")), None)  # fmt: skip
-        sd = "" if math.isnan(std) else f" ± {std:.1f}"
-        lines.append(f"| {_label(method)} | {n} | {mean:.1f}{sd} | {cell(kd)} | "
-                     f"{cell(gain) if gain else 'not tuned'} |")  # fmt: skip
+        mean, std, n = column_stats([r for r in finals if r["method"] == method], "acc", 100)
+        kd = _find(defaults_entries, setting=setting, family=HEADLINE_BASELINE, method=method,
+                   metric="acc")  # fmt: skip
+        gain = _find(tuning, setting=setting, method=method, metric="acc")
+        lines.append(f"| {label(method)} | {n} | {pm(mean, std, 1)} | {_cell(kd, fragile=True)} | "
+                     f"{_cell(gain, fragile=True) if gain else 'not tuned'} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -419,7 +399,7 @@ def recipe_status(recipes: Recipes | None, setting: str, method: str) -> str:
 def headline_note(recipes: Recipes | None, setting: str, methods: Sequence[str]) -> str:
     """The sentence before a setting's tuned verdict: which methods run at a recipe."""
     status = {m: recipe_status(recipes, setting, m) for m in methods}
-    groups = {s: [_label(m) for m in methods if status[m] == s]
+    groups = {s: [label(m) for m in methods if status[m] == s]
               for s in ("tuned", "tuned: its defaults", "not tuned")}  # fmt: skip
     if not groups["tuned"] and not groups["tuned: its defaults"]:
         return (
@@ -439,8 +419,8 @@ def headline_note(recipes: Recipes | None, setting: str, methods: Sequence[str])
     combos = [m for m in methods if CONTROLS.get(m) == HEADLINE_BASELINE and m in CONTROL_WEIGHTS]
     if combos and status.get(HEADLINE_BASELINE) == "tuned":
         text += (
-            f" {', '.join(map(_label, combos))} keep KD's default weights and temperature beside "
-            f"their tuned term (`CONTROL_WEIGHTS`), while {_label(HEADLINE_BASELINE)} runs at its "
+            f" {', '.join(map(label, combos))} keep KD's default weights and temperature beside "
+            f"their tuned term (`CONTROL_WEIGHTS`), while {label(HEADLINE_BASELINE)} runs at its "
             "tuned recipe: there, their comparison with it differs in more than their term."
         )
     return text
@@ -462,10 +442,7 @@ def second_run_set(folder: str | Path) -> tuple[list[dict[str, Any]], str] | Non
     second = Path(folder) / SECOND_RUN_SET
     if not (second / "runs.csv").is_file():
         return None
-    meta = (
-        json.loads((second / "meta.json").read_text()) if (second / "meta.json").is_file() else {}
-    )
-    env = meta.get("environment", {})
+    env = (read_meta(second) or {}).get("environment", {})
     how = env.get("cpu_capability") or env.get("ATEN_CPU_CAPABILITY")
     name = f"the second run set `{SECOND_RUN_SET}/`" + (f" (CPU capability {how})" if how else "")
     return select_rows(read_runs(second / "runs.csv")), name
