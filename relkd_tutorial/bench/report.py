@@ -1,20 +1,11 @@
 """The benchmark's report: tables, paired differences, plain sentences and plots from ``runs.csv``.
 
-Pure functions of the rows written by :mod:`relkd_tutorial.bench.runner` (read them with
-:func:`relkd_tutorial.bench.store.read_runs`), so the notebook draws the committed results with
-the same code that wrote them:
-
-- :func:`summarize_runs`: one row per (setting, method): mean +- sample std over seeds of every
-  metric, the chosen hyperparameters, seconds and memory; n/a rows keep their reason.
-- :func:`paired_differences`: each method minus a baseline (CE, KD) seed by seed, with the paired
-  t interval and the sentence of :func:`relkd_tutorial.stats.describe_difference`.
-- :func:`markdown_report`, :func:`stdout_summary`: the same numbers as text.
-- ``plot_*`` (:mod:`relkd_tutorial.bench.figures`): draw onto a given matplotlib ``Axes``;
-  :func:`report_figures` composes them and :func:`write_report` saves the figures as PNG next
-  to ``summary.csv``, ``differences.csv`` and ``results.md``.
-
-Accuracies are shown in percent and their differences in percentage points; Kendall tau and the
-distance correlation in their own units (-1..1).
+Pure functions of the rows (:func:`~.store.read_runs`), so the notebooks draw the committed
+results with the code that wrote them: :func:`summarize_runs` (per setting and method, mean ±
+sample std over seeds), :func:`paired_differences` (against CE and KD), :func:`markdown_report`
+and :func:`stdout_summary` (text), :func:`report_figures` (:mod:`.figures`), and
+:func:`write_report`, which writes them all next to ``runs.csv``. Accuracies are in percent and
+their differences in percentage points; Kendall tau and the distance correlation in their units.
 """
 
 from __future__ import annotations

@@ -1,20 +1,12 @@
-"""Tuned against tuned: the main job's two arms, what tuning changes, and what the report says of it.
+"""Tuned against tuned: the main job's two arms, what tuning changes, what the report says of it.
 
-With recipes (:mod:`.recipes`), a setting's final runs hold two **arms**: every method at its
-tuned recipe on every seed (the headline; a method without a recipe runs at its defaults there and
-is "not tuned"), and the tuned methods at their paper defaults on the first ``default_seeds``
-seeds (the "out of the box" table). Both are ``phase == "final"`` rows told apart by their
-``params``: :func:`arm_rows` selects one arm, so every table and verdict of :mod:`.report` and
-:mod:`.verdict` reads one arm at a time, exactly as it read the runs before recipes. A folder
-without recipes (``meta.json`` records none: :func:`~.recipes.recipes_of_meta`) is one arm, read
-as it always was.
-
-- :func:`tuning_comparisons`: each tuned method minus itself at its defaults, paired by seed
-  (family ``"tuning"``, Holm over the setting's tuned methods);
-- :func:`verdict_changes`: the question family's verdicts that differ between the arms;
-- :func:`tuning_paragraph`, :func:`recipe_table`, :func:`defaults_table`,
-  :func:`precision_cost_sentence`, :func:`out_of_the_box`: the report's generated text; every
-  number in it is one of the computed values.
+With recipes (:mod:`.recipes`), a setting's final runs hold two **arms**, told apart by their
+``params``: every method at its recipe on every seed (the headline; a method without one is "not
+tuned"), and the tuned methods at their paper defaults on the first ``default_seeds`` seeds (the
+"out of the box" table). :func:`arm_rows` selects one arm, so every table and verdict reads one
+arm at a time; a folder without recipes is one arm. :func:`tuning_comparisons` pairs each tuned
+method with itself at its defaults (family ``"tuning"``); the rest is the report's generated text,
+every number in it one of the computed values.
 """
 
 from __future__ import annotations
