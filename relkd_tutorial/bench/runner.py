@@ -228,6 +228,18 @@ def evaluate_student(
     return result
 
 
+def run_parts(ws: Workspace, method: str, params: dict[str, Any], seed: int) -> tuple:
+    """What ``fit`` gets for ``method`` with ``params`` at ``seed`` on the setting's training set:
+    ``(student, method, loader, config, teacher cache)``, built before the run is timed."""
+    setting, train = ws.setting, ws.train_set(seed)
+    cache = ws.teacher_cache(train)
+    student = build_model(setting.student, ws.num_classes, 1, seed=seed)
+    with seeded(seed):
+        m = build_method(method, **method_kwargs(method, params, ws, len(train)))
+    loader = TensorLoader(train, setting.batch_size, augment=False, seed=seed, device=ws.device)
+    return student, m, loader, student_config(setting, seed, ws.device, ws.channels_last), cache
+
+
 def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train one student and measure it; returns ``(row, per-epoch history)``.
 
@@ -252,26 +264,15 @@ def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any
         "n_labelled": n_labelled,
         "note": "",
     }
-    cache = ws.teacher_cache(train)
+    student, method, loader, config, cache = run_parts(ws, job.method, job.params, job.seed)
     eval_loader = (
         TensorLoader.for_evaluation(eval_set, 1000, device=ws.device) if setting.curves else None
     )
-    student = build_model(setting.student, ws.num_classes, 1, seed=job.seed)
-    with seeded(job.seed):
-        method = build_method(job.method, **method_kwargs(job.method, job.params, ws, len(train)))
-    loader = TensorLoader(train, setting.batch_size, augment=False, seed=job.seed, device=ws.device)
     history: list[dict[str, Any]] = []
     tic = time.perf_counter()
     with PeakMemory(ws.device) as memory:
         try:
-            history = fit(
-                student,
-                method,
-                loader,
-                student_config(setting, job.seed, ws.device, ws.channels_last),
-                teacher=cache,
-                eval_loader=eval_loader,
-            )
+            history = fit(student, method, loader, config, teacher=cache, eval_loader=eval_loader)
             row["status"] = "ok"
         except FloatingPointError as err:
             row["status"] = "diverged"

@@ -43,12 +43,10 @@ from typing import Any
 import torch
 
 from ..data import TensorLoader
-from ..methods import build_method
-from ..models import build_model
-from ..training import fit, seeded
+from ..training import fit
 from .parallel import WorkspaceRef, spawn_pool
 from .recipes import FORMAT, RECIPES_FILE
-from .runner import _clock, applicable, method_kwargs, student_config
+from .runner import _clock, applicable, run_parts
 from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_defaults, method_space
 from .settings import Setting, describe_params, label
 from .store import cpu_info, git_commit
@@ -178,21 +176,12 @@ def validation_run(
     """Train ``method`` with ``params`` at ``seed`` on the setting's training set; its top-1 on
     the validation split after the last epoch (``on_epoch`` sees each epoch's record, whose
     ``eval_acc`` is the validation top-1). 0 if the run diverges."""
-    setting = ws.setting
-    train = ws.train_set(seed)
-    student = build_model(setting.student, ws.num_classes, 1, seed=seed)
-    with seeded(seed):
-        m = build_method(method, **method_kwargs(method, params, ws, len(train)))
-    loader = TensorLoader(train, setting.batch_size, augment=False, seed=seed, device=ws.device)
+    student, m, loader, config, cache = run_parts(ws, method, params, seed)
     val = TensorLoader.for_evaluation(
         ws.val, 1000, device=ws.device, channels_last=ws.channels_last
     )
-    config = student_config(setting, seed, ws.device, ws.channels_last)
     try:
-        history = fit(
-            student, m, loader, config, teacher=ws.teacher_cache(train), eval_loader=val,
-            on_epoch=on_epoch,
-        )  # fmt: skip
+        history = fit(student, m, loader, config, teacher=cache, eval_loader=val, on_epoch=on_epoch)
     except FloatingPointError:
         return 0.0
     return float(history[-1]["eval_acc"])
