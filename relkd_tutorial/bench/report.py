@@ -299,16 +299,11 @@ def markdown_report(
     histories: dict[str, list[dict[str, float]]] | None = None,
     second: tuple[Sequence[dict[str, Any]], str] | None = None,
 ) -> str:
-    """The whole ``results.md``: per setting the verdict, the tables and the sentences.
-
-    Every result sentence is generated from the computed values (:mod:`.verdict`);
-    ``histories`` (``histories.csv``, :func:`read_histories`) adds the learning-curve sentence
-    (:func:`plateau_sentence`) of the settings that recorded curves. Where ``meta`` records
-    recipes (:func:`~.recipes.recipes_of_meta`), the tables and verdicts are the tuned arm's,
-    each verdict is marked fragile or firm (``second``: :func:`second_run_set`), and each setting
-    run under recipes adds the defaults, what tuning changed and the recipes
-    (:func:`~.tuned.out_of_the_box`).
-    """
+    """The whole ``results.md``: per setting the verdict, the tables and the sentences, every
+    number one of the computed values. ``histories`` adds the learning-curve sentence
+    (:func:`plateau_sentence`); where ``meta`` records recipes, the tables and verdicts are the
+    tuned arm's, marked fragile or firm (``second``: :func:`second_run_set`), followed by the
+    defaults, what tuning changed and the recipes (:func:`~.tuned.out_of_the_box`)."""
     recipes = recipes_of_meta(meta)
     everything = select_rows(rows)
     rows = headline_rows(rows, recipes)

@@ -74,14 +74,9 @@ def _rss_bytes() -> int | None:
 
 
 class PeakMemory:
-    """Peak memory of a block, in MiB: CUDA's peak allocation, or the CPU's resident-set peak.
-
-    On CUDA: ``torch.cuda.max_memory_allocated`` after a reset (exact). On CPU (choice): a thread
-    samples the process's resident set size every ``interval`` seconds (Linux ``/proc``) and the
-    result is the peak minus the size at the start, i.e. what the block added at its worst. It
-    includes allocator slack and misses peaks shorter than the interval; ``nan`` where ``/proc``
-    is missing.
-    """
+    """Peak memory a block added, in MiB: CUDA's peak allocation after a reset, or on a CPU
+    (choice) the peak of the resident set sampled every ``interval`` seconds from ``/proc``
+    minus its size at the start (allocator slack included; ``nan`` without ``/proc``)."""
 
     def __init__(self, device: torch.device, interval: float = 0.005) -> None:
         self.device = device
@@ -151,17 +146,11 @@ class Job:
 
 
 def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train: int) -> dict:
-    """Constructor arguments: the benchmark's defaults, the setting-dependent sizes, the overrides.
+    """Constructor arguments: :data:`~.settings.PAPER_DEFAULTS`, then
+    :data:`~.settings.CONTROL_WEIGHTS`, the setting-dependent sizes, then ``params``.
 
-    The defaults are :data:`~relkd_tutorial.bench.settings.PAPER_DEFAULTS` (REFILLED's include
-    the benchmark's global-centre columns and teacher-labelled stage 1; the other entries equal
-    the constructor defaults, tested).
-
-    RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice: the CIFAR 16384 is larger
-    than these training sets, and ``K <= N`` keeps each image once; ``docs/rrd.md``). REFILLED gets
-    the student's class count. The combinations get KD's CE and KD weights
-    (:data:`~relkd_tutorial.bench.settings.CONTROL_WEIGHTS`), so ``X + KD`` differs from KD by
-    the ``X`` term only; a trial's overrides come last.
+    RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice, ``docs/rrd.md``: ``K <= N``
+    keeps each image once); REFILLED gets the student's class count.
     """
     kwargs: dict[str, Any] = dict(PAPER_DEFAULTS[method][0]) if method in PAPER_DEFAULTS else {}
     kwargs.update(CONTROL_WEIGHTS.get(method, {}))
