@@ -13,8 +13,8 @@ the same frozen teacher, on the same data, with the same optimiser, schedule and
 same seeds. Seed ``s`` fixes the labelled subset, the student's initialisation, the batch order
 and any learnable head, so runs of two methods with the same seed are *paired*
 (:mod:`relkd_tutorial.stats`). The settings (``transfer``, ``low-data``, ``standard`` by default;
-``cross-task`` and ``full`` opt-in), their sizes per ``--preset`` (:func:`~.settings.
-default_settings`) and the measures are described in ``docs/benchmark.md``.
+``cross-task`` and ``full`` opt-in), their sizes per ``--preset``
+(:func:`~.settings.default_settings`) and the measures are described in ``docs/benchmark.md``.
 
 Tuned against tuned (:mod:`.recipes`, :mod:`.tuned`): every method runs at the recipe its tuning
 chose, from ``--recipes`` (default ``relkd_tutorial/bench/recipes.json``; ``none``: every method
