@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from relkd_tutorial.bench.recipes import recipes_of_meta  # noqa: E402
 from relkd_tutorial.bench.report import select_rows  # noqa: E402
-from relkd_tutorial.bench.settings import METHOD_LABELS, SWEEP_SEEDS, describe_params  # noqa: E402
+from relkd_tutorial.bench.settings import METHOD_LABELS, describe_params  # noqa: E402
 from relkd_tutorial.bench.store import read_runs  # noqa: E402
 from relkd_tutorial.bench.tuned import (  # noqa: E402
     arm_rows,
@@ -47,7 +47,6 @@ from relkd_tutorial.bench.verdict import (  # noqa: E402
     precision_sentence,
     verdict_paragraph,
 )
-from relkd_tutorial.stats import paired_difference  # noqa: E402
 
 BLOCK = re.compile(
     r"(<!-- generated:(?P<name>[\w./-]+) begin -->\n)(?P<body>.*?)(<!-- generated:(?P=name) end -->)",
@@ -312,78 +311,6 @@ def _time_line(folder: Path) -> str:
     )
 
 
-def _paired_gain(tuned: Path, untuned: Path, setting: str) -> list[tuple[str, Any]]:
-    """Per method: tuned minus untuned top-1 (points), paired by seed, same spec only."""
-    a = [r for r in read_runs(tuned / "runs.csv") if r["phase"] == "final" and r["status"] == "ok"
-         and r["setting"] == setting]  # fmt: skip
-    b = [r for r in read_runs(untuned / "runs.csv") if r["phase"] == "final"
-         and r["status"] == "ok" and r["setting"] == setting]  # fmt: skip
-    out = []
-    for method in dict.fromkeys(r["method"] for r in a):
-        ra = {(r["spec"], r["seed"]): r["acc"] for r in a if r["method"] == method}
-        rb = {(r["spec"], r["seed"]): r["acc"] for r in b if r["method"] == method}
-        keys = sorted(set(ra) & set(rb))
-        if len(keys) >= 2:
-            out.append((method, paired_difference([100 * ra[k] for k in keys],
-                                                  [100 * rb[k] for k in keys])))  # fmt: skip
-    return out
-
-
-def render_sweep(folder: Path, link: str, untuned: Path | None) -> str:
-    """The sweep's paragraph: chosen trials, top-1 against tuned KD, the gain from tuning."""
-    summary = _read_csv(folder / "summary.csv")
-    diffs = _read_csv(folder / "differences.csv")
-    if not summary:
-        raise ValueError(f"{folder / 'summary.csv'} has no rows")
-    meta = json.loads((folder / "meta.json").read_text())
-    # the recorded command wrote into a scratch folder; the reader's writes into the committed one
-    command = re.sub(r"--out \S+", f"--out {link}", meta["invocations"][-1]["command"])
-    setting = summary[0]["setting"]
-    rows = [e for e in summary if e["setting"] == setting and e["status"] == "ok"]
-    gains = dict(_paired_gain(folder, untuned, setting)) if untuned is not None else {}
-    lines = [
-        f"**With an equal-budget sweep** (`{command}`: each distillation method's trials run on "
-        f"the first {SWEEP_SEEDS} seeds and the best by mean top-1 on a validation split carved "
-        "from the training images, never the test set, runs on every seed; every number is in "
-        f"[`{link}/results.md`]"
-        f"({link}/results.md)). Top-1: mean ± sample standard deviation over "
-        f"{_seeds(summary, setting)} seeds; Δ and the gain from tuning (against the same method "
-        "and seeds at its paper defaults) are paired differences in points with their 95% t "
-        "interval, **bold** where it excludes zero.",
-        "",
-        "| method | chosen trial | top-1 % | Δ vs tuned KD | gain from tuning | Kendall tau |",
-        "|---|---|---|---|---|---|",
-    ]
-    for e in rows:
-        m = e["method"]
-        gain = gains.get(m) if e["params"] not in ("", "{}") else None
-        gain_text = "none (defaults chosen)" if e["params"] in ("", "{}") else ""
-        if gain is not None:
-            gain_text = _interval(
-                {
-                    "mean": gain.mean,
-                    "low": gain.low,
-                    "high": gain.high,
-                    "n": gain.n,
-                    "within_noise": gain.within_noise,
-                }  # fmt: skip
-            )
-        lines.append(
-            f"| {_label(m)} | {describe_params(e['params'])} | {_pm(e, 'acc', 100, 1)} | "
-            f"{_interval(_diff(diffs, setting, m, 'kd'))} | {gain_text} | "
-            f"{_pm(e, 'kendall_tau', 1, 3)} |"
-        )
-    lines += ["", f"- Top-1 against tuned KD: {_verdicts(diffs, setting, 'kd')}."]
-    if gains:
-        tuned = {e["method"] for e in rows if e["params"] not in ("", "{}")}
-        ranked = sorted(((m, g) for m, g in gains.items() if m in tuned),
-                        key=lambda kv: kv[1].mean, reverse=True)  # fmt: skip
-        top = ", then ".join(f"{_label(m)} ({g.mean:+.2f} points)" for m, g in ranked[:2])
-        if top:
-            lines.append(f"- Tuning gained the most for {top}.")
-    return "\n".join(lines)
-
-
 def render_block(name: str, repo: str | Path) -> str:
     """The body of the block ``name`` (a results folder relative to ``repo``); one HTML comment,
     which shows nothing, when the folder (its ``summary.csv``) is not there."""
@@ -395,12 +322,7 @@ def render_block(name: str, repo: str | Path) -> str:
             f"Rendered by `python {SCRIPT}`. -->\n"
         )
     note = f"<!-- Rendered by `python {SCRIPT}` from {name}/: edit the script, not this text. -->"
-    if (folder / "sweep.csv").is_file() and len(_read_csv(folder / "sweep.csv")):
-        base = repo / "results"
-        body = render_sweep(folder, name, base if base != folder and base.is_dir() else None)
-    else:
-        body = render_main(folder, name)
-    return f"{note}\n{body}\n"
+    return f"{note}\n{render_main(folder, name)}\n"
 
 
 def render_readme(text: str, repo: str | Path) -> str:

@@ -1,4 +1,4 @@
-"""The benchmark: statistics, sweep choice, resume/skip, n/a logic, full config, a tiny CLI run."""
+"""The benchmark: statistics, resume/skip, n/a logic, full config, a tiny CLI run."""
 
 from __future__ import annotations
 
@@ -122,69 +122,21 @@ def test_mean_std_uses_the_sample_standard_deviation() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sweep, keys, n/a logic
+# Keys, n/a logic
 # ---------------------------------------------------------------------------------------------
 
 
-def test_every_distillation_method_gets_the_same_sweep_budget() -> None:
-    for method in bench_settings.METHODS:
-        candidates = bench_settings.sweep_candidates(method)
-        assert candidates[0] == {}, "the paper default is tried (first)"
-        assert len({bench_settings.params_tag(c) for c in candidates}) == len(candidates)
-        assert len(candidates) == (1 if method == "ce" else bench_settings.SWEEP_TRIALS)
-    assert any("temperature" in c for c in bench_settings.sweep_candidates("grkd"))
+def test_describe_params_is_short_and_sorted() -> None:
     assert bench_settings.describe_params({}) == "defaults"
     assert bench_settings.describe_params('{"temperature":2.0,"grkd_weight":3.0}') == (
         "grkd_weight=3, temperature=2"
     )
 
 
-def _sweep_row(method: str, params: dict, acc: float, status: str = "ok") -> dict:
-    return {
-        "setting": "transfer",
-        "spec": "s1",
-        "phase": "sweep",
-        "method": method,
-        "params": bench_settings.params_tag(params),
-        "status": status,
-        "acc": acc,
-    }
-
-
-def test_choose_params_best_validation_accuracy_ties_to_the_default() -> None:
-    c = bench_settings.sweep_candidates("kd")
-    rows = [
-        _sweep_row("kd", c[0], 0.80),
-        _sweep_row("kd", c[1], 0.82),
-        _sweep_row("kd", c[2], 0.82),
-    ]
-    assert runner.choose_params(rows, "transfer", "s1", "kd") == c[1]
-    tie = [_sweep_row("kd", c[1], 0.80), _sweep_row("kd", c[0], 0.80)]
-    assert runner.choose_params(tie, "transfer", "s1", "kd") == {}
-    diverged = [_sweep_row("kd", c[0], 0.5), _sweep_row("kd", c[3], math.nan, "diverged")]
-    assert runner.choose_params(diverged, "transfer", "s1", "kd") == {}
-    assert runner.choose_params(rows, "transfer", "other-spec", "kd") == {}
-
-
-def test_choose_params_scores_the_mean_over_the_sweep_seeds() -> None:
-    c = bench_settings.sweep_candidates("kd")
-    # trial 1 wins seed 0 alone, trial 2 wins on the mean of two seeds
-    rows = [
-        _sweep_row("kd", c[0], 0.80), _sweep_row("kd", c[0], 0.80),
-        _sweep_row("kd", c[1], 0.85), _sweep_row("kd", c[1], 0.77),
-        _sweep_row("kd", c[2], 0.83), _sweep_row("kd", c[2], 0.82),
-    ]  # fmt: skip
-    assert runner.choose_params(rows, "transfer", "s1", "kd") == c[2]
-    # one diverged seed disqualifies the trial
-    rows.append(_sweep_row("kd", c[2], math.nan, "diverged"))
-    assert runner.choose_params(rows, "transfer", "s1", "kd") == c[1]
-    assert bench_settings.sweep_seeds((4, 5, 6)) == (4, 5)
-
-
 def test_fingerprint_tracks_what_changes_a_result() -> None:
     s = bench_settings.default_settings(fast=True)["transfer"]
     base = s.fingerprint("teacherA")
-    assert base == dataclasses.replace(s, seeds=(7,), sweep=True, curves=True).fingerprint(
+    assert base == dataclasses.replace(s, seeds=(7,), curves=True, default_seeds=1).fingerprint(
         "teacherA"
     )
     assert base != dataclasses.replace(s, epochs=s.epochs + 1).fingerprint("teacherA")
@@ -265,7 +217,6 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
     assert (
         set(bench_settings.DEFAULT_SETTINGS) < set(cpu) and "cross-task" in cpu
     )  # opt-in, but defined
-    assert not any(s.sweep for s in cpu.values()), "the cpu preset runs the paper defaults"
     t, low, std = cpu["transfer"], cpu["low-data"], cpu["standard"]
     assert all(s.pool_per_class is None and s.val_per_class == 100 for s in cpu.values())
     assert (t.labelled_per_class, t.keep_unlabelled) == (50, True)
@@ -279,7 +230,7 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
     assert (std.labelled_per_class, std.epochs, std.seeds, std.curves) == (
         None, 20, (0, 1, 2), True
     )  # fmt: skip
-    # every method x seeds, no sweep, no recipe; without unlabelled images the pseudo-label
+    # every method x seeds, no recipe; without unlabelled images the pseudo-label
     # control is one n/a row, not a run per seed
     counts = [
         runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
@@ -312,12 +263,13 @@ def test_quick_preset_is_the_previous_default() -> None:
     assert len(workspace._fashion_splits(t)[0]) == 3000
 
 
-def test_large_preset_is_bigger_and_sweeps() -> None:
+def test_large_preset_is_bigger() -> None:
     cpu = bench_settings.default_settings(fast=False, preset="cpu")
     large = bench_settings.default_settings(fast=False, preset="large")
     assert set(large) == set(cpu)
-    assert large["transfer"].pool_per_class is None and large["transfer"].sweep
-    assert large["low-data"].sweep and len(large["transfer"].seeds) == 8
+    assert large["transfer"].pool_per_class is None and len(large["transfer"].seeds) == 8
+    # like the cpu preset: the tuned methods' paper-default arm in transfer and low-data
+    assert large["transfer"].default_seeds > 0 and large["low-data"].default_seeds > 0
     for name in cpu:
         assert large[name].epochs > cpu[name].epochs, name
         assert len(large[name].seeds) >= min(3, len(cpu[name].seeds)), name
@@ -340,7 +292,7 @@ def _configure(argv: list[str], device: str = "cpu"):
     return cli.configure(cli.build_parser().parse_args(argv), device)
 
 
-def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
+def test_configure_plumbs_preset_settings_and_fast() -> None:
     cpu = bench_settings.default_settings(fast=False, preset="cpu")
     large = bench_settings.default_settings(fast=False, preset="large")
     fast, settings, methods = _configure(["--no-fast"])
@@ -349,12 +301,6 @@ def test_configure_plumbs_preset_sweep_settings_and_fast() -> None:
     assert methods == list(bench_settings.METHODS)
     assert _configure(["--no-fast"], device="cuda")[1]["transfer"] == large["transfer"]
     assert _configure(["--no-fast", "--preset", "large"])[1]["low-data"] == large["low-data"]
-    swept = _configure(["--no-fast", "--sweep"])[1]
-    assert all(s.sweep for s in swept.values())
-    assert runner.plan_counts(swept["transfer"], bench_settings.METHODS) == (
-        len(bench_settings.METHODS) - 1
-    ) * bench_settings.SWEEP_TRIALS * bench_settings.SWEEP_SEEDS + 16 * len(bench_settings.METHODS)
-    assert bench_settings.SWEEP_SEEDS >= 2
     opt_in = _configure(["--no-fast", "--settings", "cross-task"])[1]
     assert opt_in == {"cross-task": cpu["cross-task"]}
     quick = _configure(["--fast", "--preset", "large"])[1]
@@ -508,7 +454,7 @@ def test_tiny_cli_run_resumes_and_reports(
     torch.save(build_model("teacher_cnn", 10, 1, seed=0).state_dict(), teacher)
     out = tmp_path / "out"
     argv = [
-        "--fast", "--sweep", "--settings", "transfer,cross-task", "--methods", "ce,kd", "--seeds", "0,1",
+        "--fast", "--recipes", "none", "--settings", "transfer,cross-task", "--methods", "ce,kd", "--seeds", "0,1",
         "--epochs", "1", "--pool-per-class", "6", "--labelled-per-class", "3", "--teacher", str(teacher), "--out", str(out),
         "--jobs", "1",  # in this process, so that the patched run_job is the one called
     ]  # fmt: skip
@@ -522,20 +468,18 @@ def test_tiny_cli_run_resumes_and_reports(
     monkeypatch.setattr(runner, "run_job", counting_run_job)
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    # transfer: 4 KD sweep trials x 2 seeds + 2 methods x 2 seeds; cross-task: CE x 2 seeds,
-    # KD is n/a
-    assert len(calls) == 14
+    # transfer: 2 methods x 2 seeds; cross-task: CE x 2 seeds, KD is n/a
+    assert len(calls) == 6
     assert "== transfer ==" in printed and "n/a: matches the teacher's class" in printed
     rows = bench_store.read_runs(out / "runs.csv")
-    assert len(rows) == 15 and sum(r["status"] == "n/a" for r in rows) == 1
-    sweep_seeds = {r["seed"] for r in rows if r["phase"] == "sweep"}
-    assert sweep_seeds == {0, 1}  # every trial on two seeds
+    assert len(rows) == 7 and sum(r["status"] == "n/a" for r in rows) == 1
+    assert {r["seed"] for r in rows if r["status"] == "ok"} == {0, 1}
     finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
     assert all(0.0 <= r["acc"] <= 1.0 for r in finals)
     assert all(-1.0 <= r["kendall_tau"] <= 1.0 for r in finals if r["setting"] == "transfer")
     assert all(math.isnan(r["kendall_tau"]) for r in finals if r["setting"] == "cross-task")
-    assert all(r["eval_split"] == "val" for r in rows if r["phase"] == "sweep")
-    for name in ("results.md", "summary.csv", "differences.csv", "sweep.csv", "meta.json",
+    assert all(r["eval_split"] == "test" for r in rows)  # the validation split is the tuning's
+    for name in ("results.md", "summary.csv", "differences.csv", "meta.json",
                  "accuracy.png", "differences.png", "kendall_tau.png", "curves.png"):  # fmt: skip
         assert (out / name).exists(), name
     report = (out / "results.md").read_text()
@@ -545,7 +489,7 @@ def test_tiny_cli_run_resumes_and_reports(
     assert cli.main(argv) == 0  # the same command: every run is already there
     printed = capsys.readouterr().out
     assert calls == [] and "0 runs trained" in printed
-    assert len(bench_store.read_runs(out / "runs.csv")) == 15
+    assert len(bench_store.read_runs(out / "runs.csv")) == 7
 
 
 def test_an_interrupted_benchmark_keeps_its_runs_and_resumes(

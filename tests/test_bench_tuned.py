@@ -95,7 +95,7 @@ META = {"invocations": [{"command": "python -m relkd_tutorial.bench", "mode": "d
 
 def _setting(**changes):
     s = bs.default_settings(fast=True)["transfer"]
-    return dataclasses.replace(s, seeds=(0, 1, 2, 3), default_seeds=2, sweep=False, **changes)
+    return dataclasses.replace(s, seeds=(0, 1, 2, 3), default_seeds=2, **changes)
 
 
 def test_the_arms_of_a_method() -> None:
@@ -112,7 +112,6 @@ def test_the_arms_of_a_method() -> None:
     assert runner.arm_params(dataclasses.replace(s, default_seeds=0), "kd", REC) == [
         ({"kd_weight": 9.0}, (0, 1, 2, 3))
     ]
-    assert runner.arm_params(dataclasses.replace(s, sweep=True), "kd", REC) == [({}, (0, 1, 2, 3))]
     methods = list(MEANS)
     # 6 methods x 4 seeds, and KD, RRD, GRKD at their defaults on 2 seeds
     assert runner.plan_counts(s, methods, None, REC) == 6 * 4 + 3 * 2

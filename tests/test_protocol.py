@@ -147,7 +147,7 @@ def test_combinations_get_kds_weights_plus_their_term() -> None:
         # the table the report prints says the same
         shown = bs.PAPER_DEFAULTS[combo][0]
         assert (shown["ce_weight"], shown["kd_weight"]) == (0.1, 0.9)
-    # a sweep trial's override still wins over the control weights
+    # a recipe's (or trial's) override still wins over the control weights
     assert _built("grkd_kd", {"grkd_weight": 3.0}).grkd_weight == 3.0
     assert _built("grkd_kd", {"kd_weight": 0.5}).kd_weight == 0.5
 

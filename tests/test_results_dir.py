@@ -101,4 +101,4 @@ def test_meta_records_the_checkouts_commit() -> None:
     head = subprocess.run(
         ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert store._git_commit() == head
+    assert store.git_commit() == head

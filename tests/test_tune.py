@@ -76,9 +76,7 @@ def test_a_knob_the_constructor_does_not_take_is_dropped_and_an_unknown_method_s
     assert set(space.method_space("grkd")) == {"grkd_weight", "temperature"}
     assert space.method_space("not_benchmarked") is None
     # the default comes from PAPER_DEFAULTS at run time
-    defaults = dict(PAPER_DEFAULTS)
-    defaults["grkd"] = ({"grkd_weight": 45.0, "temperature": 1.0}, "x")
-    monkeypatch.setattr(space, "PAPER_DEFAULTS", defaults)
+    monkeypatch.setitem(PAPER_DEFAULTS, "grkd", ({"grkd_weight": 45.0, "temperature": 1.0}, "x"))
     assert space.method_space("grkd")["grkd_weight"].low == pytest.approx(4.5)
 
 

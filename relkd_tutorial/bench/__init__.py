@@ -4,7 +4,7 @@
 
 Modules; the arrows point from a module to those it imports, never back:
 
-    cli -> report -> figures -> settings        settings: methods, defaults, sweep, settings, labels
+    cli -> report -> figures -> settings        settings: methods, defaults, settings, labels
     report -> verdict -> settings               verdict: comparison families, Holm, the verdicts
     cli -> full -> runner -> workspace -> settings    store: runs.csv, histories.csv, meta.json
     cli -> parallel -> runner                   workspace: splits, the teacher, its cached outputs

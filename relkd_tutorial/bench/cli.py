@@ -1,88 +1,43 @@
 """The benchmark: every method on the same teacher, data, schedule and seeds, with honest statistics.
 
     python -m relkd_tutorial.bench                        # the main job (cpu preset, powered)
-    python -m relkd_tutorial.bench --preset quick         # the previous, smaller sizes
-    python -m relkd_tutorial.bench --preset large         # the bigger sizes (about an hour or more)
+    python -m relkd_tutorial.bench --preset quick         # smaller sizes
+    python -m relkd_tutorial.bench --preset large         # longer schedules (tune with --tune first)
+    python -m relkd_tutorial.bench --tune                 # choose the recipes (:mod:`.tune`)
     python -m relkd_tutorial.bench --ablation grkd --out results/grkd-ablation  # GRKD's choices
     RELKD_FAST=1 python -m relkd_tutorial.bench           # fast mode (CI, a few minutes)
     python -m relkd_tutorial.bench --settings cross-task  # one setting (see --help)
 
-What is compared. CE (no teacher), Hinton KD, RKD, RRD, RRD+KD, REFILLED, GRKD, GRKD+KD and the
-two ranking variants (soft pairwise, listwise) train the same student (``student_cnn_s``, about 6k
-parameters) against the same frozen teacher (the shipped ``teacher_cnn``), on the same data, with
-the same optimiser, schedule and number of epochs, for the same seeds. Seed ``s`` fixes the
-labelled subset, the student's initialisation, the batch order and any learnable head, so runs of
-two methods with the same seed are *paired* (:mod:`relkd_tutorial.stats`).
-
-Settings (Fashion-MNIST, the shipped 10k/2k subset; a stratified validation split of
-``val_per_class`` images per class is carved out of the training set first and is never trained
-on). ``transfer``, ``low-data`` and ``standard`` run by default (:data:`DEFAULT_SETTINGS`);
-``cross-task`` and ``full`` are opt-in (``--settings``):
-
-- ``transfer`` (headline): ``n`` labelled images per class, the rest of the training pool kept
-  *unlabelled* (label ``-1``): cross-entropy on the labelled images, the distillation terms on all.
-- ``low-data``: the same ``n`` labelled images per class and nothing else.
-- ``standard``: the whole pool labelled, trained long enough to converge; learning curves are
-  saved (a short schedule measures convergence speed, not distillation).
-- ``cross-task``: REFILLED's generalized setting. A 5-class teacher trained once on classes 0-4 of
-  the pool (cached in the output folder) teaches a student on classes 5-9 (transfer-style labels).
-  Methods that read the teacher's *logits* need shared classes and are reported as n/a.
-- ``full`` (GPU): CIFAR-100 with the RepDistiller recipe, see :mod:`relkd_tutorial.bench.full`.
-
-Fine-grained accuracy on the confusable groups (tops {0, 2, 4, 6}, footwear {5, 7, 9}) is reported
-beside top-1 in every setting (a group with fewer than two of the student's classes is n/a).
-
-Per run: test top-1, group accuracies, relational fidelity (mean Kendall tau between the teacher's
-and the student's class rankings per test image: "did the ranking transfer"; and the Pearson
-correlation of their pairwise feature-distance matrices on a fixed stratified test batch), the
-training wall time and the peak memory.
-
-Sizes (``--preset``, see :func:`default_settings`, whose docstring has the time estimate):
-``cpu`` (the default on a CPU) is the powered main job: the whole 9,000-image pool beside the
-validation split, 16 paired seeds in transfer, 8 in low-data, 3 in standard, every method at its
-tuned recipe (below), the tuned methods also at their paper defaults on the first 8 transfer
-seeds; ``--plan`` estimates its time from the seconds per run already in ``--out``. ``quick`` is the previous default (a 3,000-image pool, 4 / 3 / 1 seeds,
-10-15 minutes today). ``large`` (the default on a GPU) is the bigger configuration: longer
-schedules and the hyperparameter sweep. On a CPU the benchmark uses one torch thread unless ``--threads`` says
-otherwise (the small students gain nothing from a second thread, and the machine stays usable).
+Every method (:data:`~.settings.METHODS`) trains the same student (``student_cnn_s``) against
+the same frozen teacher, on the same data, with the same optimiser, schedule and epochs, for the
+same seeds. Seed ``s`` fixes the labelled subset, the student's initialisation, the batch order
+and any learnable head, so runs of two methods with the same seed are *paired*
+(:mod:`relkd_tutorial.stats`). The settings (``transfer``, ``low-data``, ``standard`` by default;
+``cross-task`` and ``full`` opt-in), their sizes per ``--preset``
+(:func:`~.settings.default_settings`) and the measures are described in ``docs/benchmark.md``.
 
 Tuned against tuned (:mod:`.recipes`, :mod:`.tuned`): every method runs at the recipe its tuning
 chose, from ``--recipes`` (default ``relkd_tutorial/bench/recipes.json``; ``none``: every method
 at its paper defaults); a method without a recipe runs at its defaults, "not tuned". Beside them
 the tuned methods run at their paper defaults on the first ``Setting.default_seeds`` seeds (the
-report's out-of-the-box table; ``--no-defaults`` skips them); a recipe equal to the defaults is
-the same run key, trained once. ``meta.json`` records the recipes each invocation used.
+report's out-of-the-box table; ``--no-defaults`` skips them). ``meta.json`` records the recipes.
 
-The sweep (choice, an equal budget; on by default in the ``large`` preset, opt-in with
-``--sweep`` in the ``cpu`` preset): each distillation method gets :data:`SWEEP_TRIALS`
-trials, each on the first :data:`SWEEP_SEEDS` seeds, scored by mean top-1 on the *validation*
-split; the best trial (ties go to the
-paper default) then runs on every seed and is reported. One-knob methods scale their main weight by
-``1/3, 1, 3, 10`` around the paper default; GRKD and GRKD+KD spend the same four trials on their
-weight (``1, 3, 10``) and temperature (``tau = 2`` at weight 3). Published defaults are in
-:data:`PAPER_DEFAULTS` (their sources: the method pages indexed by ``docs/README.md``).
+Speed: the splits, the teacher and its outputs are cached on disk (``<out>/cache/`` or
+``$RELKD_CACHE_DIR``, keyed by their fingerprints: :mod:`.workspace`); independent runs train in
+``--jobs`` worker processes (default: the usable cores on a CPU, 1 on a GPU; :mod:`.parallel`),
+one torch thread each unless ``--threads`` says otherwise.
 
-Speed: the student trains without augmentation, in the ``channels_last`` memory format, against
-the teacher's outputs precomputed once per image set and looked up by sample index
-(:class:`~relkd_tutorial.teacher.TeacherCache`), from the on-device
-:class:`~relkd_tutorial.data.TensorLoader`. The splits, the teacher and its outputs are cached on
-disk (``<out>/cache/`` or ``$RELKD_CACHE_DIR``, keyed by their fingerprints, checked on load:
-:mod:`.workspace`), so a later invocation does not run the teacher again. Independent runs train
-concurrently in ``--jobs`` worker processes (default: the usable cores on a CPU, 1 on a GPU), one
-torch thread each (:mod:`.parallel`); a run's result does not depend on how many run at once.
-
-Resume: every finished run is appended to ``<out>/runs.csv`` (and its per-epoch history to
-``histories.csv``) at once; re-running the same command skips the runs already there, so an
-interruption loses at most the runs in progress. A run's key holds a fingerprint of its setting
-(data sizes, schedule, student, teacher weights), so results of a different configuration are
-never mixed in. The report (``results.md``, ``summary.csv``, ``differences.csv``, PNG plots) is
-rebuilt from ``runs.csv`` at the end of every invocation.
+Resume: every finished run is appended to ``<out>/runs.csv`` (its per-epoch history to
+``histories.csv``) at once; the same command again skips the runs already there. A run's key
+holds a fingerprint of its setting (sizes, schedule, student, teacher weights), so results of
+another configuration are never mixed in. The report (``results.md``, ``summary.csv``,
+``differences.csv``, PNG plots) is rebuilt from ``runs.csv`` at the end of every invocation.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
 import shlex
 import sys
@@ -98,7 +53,7 @@ from ..fastmode import fast_mode
 from ..training import resolve_device
 from . import report, tune
 from .full import describe_full_plan, run_full
-from .parallel import WorkerPool, WorkspaceRef, default_jobs
+from .parallel import WorkspaceRef, default_jobs, run_in_workers
 from .recipes import Recipes, load_recipes
 from .runner import (
     Job,
@@ -121,11 +76,7 @@ from .settings import (
     _parse_list,
     default_settings,
 )
-from .store import (
-    ResultStore,
-    read_runs,
-    record_invocation,
-)
+from .store import ResultStore, read_meta, read_runs, record_invocation
 from .workspace import (
     Workspace,
     build_workspace,
@@ -157,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=PRESETS,
         default=None,
-        help="sizes: 'cpu' (9,000-image pool, paper defaults, 8 / 5 / 3 seeds: ~30 min on the "
-        "2-core CPU at the goal throughput), 'quick' (the previous 3,000-image preset) or 'large' "
-        "(longer schedules, the sweep); default: cpu on a CPU, large on a GPU. Fast mode "
-        "overrides all.",
+        help="sizes: 'cpu' (the 9,000-image pool; transfer 16 seeds, the tuned methods' paper "
+        "defaults on 8 of them; low-data 8 seeds, the paper defaults on all 8; standard 3 seeds), "
+        "'quick' (a 3,000-image pool, fewer seeds) or 'large' (longer schedules; tune its recipes "
+        "with --tune first); default: cpu on a CPU, large on a GPU. Fast mode overrides all.",
     )
     parser.add_argument("--methods", default="all", help=f"comma-separated from {list(METHODS)}")
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
@@ -172,12 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--fast", dest="fast", action="store_true", default=None,
                       help="fast mode (default: on when RELKD_FAST=1 or CI=true)")  # fmt: skip
     fast.add_argument("--no-fast", dest="fast", action="store_false")
-    sweep = parser.add_mutually_exclusive_group()
-    sweep.add_argument("--sweep", dest="sweep", action="store_true", default=None,
-                       help="run the sweep (default: on in the large preset, off in the cpu "
-                       "preset and in fast mode)")  # fmt: skip
-    sweep.add_argument("--no-sweep", dest="sweep", action="store_false",
-                       help="every method at its paper defaults")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="override every setting's epochs")
     parser.add_argument("--pool-per-class", type=int, default=None,
                         help="shrink the training pool to this many images per class")  # fmt: skip
@@ -260,8 +205,6 @@ def configure(
             changes["seeds"] = tuple(int(x) for x in args.seeds.split(",") if x.strip())
             if not changes["seeds"]:
                 raise SystemExit("--seeds needs at least one seed")
-        if args.sweep is not None:
-            changes["sweep"] = bool(args.sweep)
         if args.epochs is not None:
             changes["epochs"] = args.epochs
         if args.pool_per_class is not None:
@@ -290,13 +233,10 @@ def recipes_for(args: argparse.Namespace, settings: dict[str, Setting]) -> Recip
     """The recipes the runs use: ``--recipes`` (default :data:`~.recipes.RECIPES_FILE`).
 
     ``None`` (every method at its paper defaults, the protocol before recipes) for
-    ``--recipes none``, for an ablation, and when no setting to run can use them (a swept
-    setting chooses its own trials).
+    ``--recipes none`` and for an ablation.
     """
     path = getattr(args, "recipes", None)
     if getattr(args, "ablation", None) or (path or "").lower() == "none":
-        return None
-    if not any(not s.sweep for s in settings.values()):
         return None
     try:
         return load_recipes(path)
@@ -309,8 +249,7 @@ def recipes_record(recipes: Recipes | None, settings: dict[str, Setting]) -> dic
     setting without a recipe as ``{}``), so that the report reads the runs as they were meant."""
     if recipes is None:
         return {}
-    names = [n for n, s in settings.items() if not s.sweep]
-    return {"recipes": recipes.to_json(names), "recipes_file": recipes.path}
+    return {"recipes": recipes.to_json(list(settings)), "recipes_file": recipes.path}
 
 
 def plan_lines(
@@ -340,7 +279,7 @@ def plan_lines(
         total = plan_counts(s, methods, None, recipes, defaults)
         lines.append(f"{name}: {s}")
         text = f"  up to {total} training runs"
-        if recipes is not None and not s.sweep:
+        if recipes is not None:
             text += (
                 f": {len(methods)} methods x {len(s.seeds)} seeds at their recipes ({len(tuned)} "
                 f"tuned, {len(methods) - len(tuned)} not tuned: at their defaults)"
@@ -423,11 +362,6 @@ def ablation_plan_lines(
     return lines + ([f"note: this command will stop: {reason}"] if reason else [])
 
 
-def _meta(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``relkd-bench`` / ``python -m relkd_tutorial.bench`` command."""
     args = build_parser().parse_args(argv)
@@ -471,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = ResultStore(out_dir)
     if args.report_only:
         report.write_report(out_dir, plots=not args.no_plots)
-        print(report.stdout_summary(store.rows(), meta=_meta(out_dir)))
+        print(report.stdout_summary(store.rows(), meta=read_meta(out_dir)))
         return 0
     if args.ablation and (reason := earlier_ablation(out_dir, args.ablation)):
         raise SystemExit(f"--ablation {args.ablation}: {reason}")
@@ -520,9 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (
                 f"the {args.ablation} ablation"
                 if args.ablation
-                else "sweep on the validation split"
-                if s.sweep
-                else "paper defaults (no sweep)"
+                else "paper defaults"
                 if recipes is None
                 else f"tuned recipes of {recipes.path}"
                 + (
@@ -534,18 +466,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     workers = min(jobs, max(0, total - progress.done))
+    executor = None
+    if workers > 1:
+        refs = [
+            WorkspaceRef(str(p), ws.setting, ws.channels_last, str(device))
+            for p, ws in zip(paths, workspaces, strict=True)
+        ]
+        executor = functools.partial(
+            run_in_workers, refs=refs, workers=workers, threads=torch.get_num_threads()
+        )
     try:
-        if workers > 1:
-            refs = [
-                WorkspaceRef(str(p), ws.setting, ws.channels_last, str(device))
-                for p, ws in zip(paths, workspaces, strict=True)
-            ]
-            with WorkerPool(workers, refs, threads=torch.get_num_threads()) as pool:
-                run_settings(workspaces, methods, store, progress, executor=pool,
-                             ablation=args.ablation, recipes=recipes, defaults=defaults)  # fmt: skip
-        else:
-            run_settings(workspaces, methods, store, progress, ablation=args.ablation,
-                         recipes=recipes, defaults=defaults)  # fmt: skip
+        run_settings(workspaces, methods, store, progress, executor, args.ablation, recipes,
+                     defaults)  # fmt: skip
         if want_full:
             specs |= set(run_full(args, store, device, progress))
     except KeyboardInterrupt as err:  # Ctrl-C, or TrainingInterrupted from fit (SIGINT/SIGTERM)
@@ -581,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
     report.write_report(out_dir, plots=not args.no_plots)
-    print(report.stdout_summary(store.rows(), specs=specs, meta=_meta(out_dir)))
+    print(report.stdout_summary(store.rows(), specs=specs, meta=read_meta(out_dir)))
     print(
         f"{progress.trained} runs trained in {_clock(wall)}; tables, plots and meta.json in {out_dir}/",
         flush=True,

@@ -9,7 +9,7 @@ Two teacher -> student pairs of the CRD/RepDistiller benchmark (Tian et al., ICL
 0.1 at epochs 150, 180 and 210, random 32x32 crop with 4-pixel padding and horizontal flip, the
 RepDistiller normalisation; the reported accuracy is the last epoch's. Because the images are
 augmented, the teacher runs live on every batch (no cache). Every method runs at its published
-defaults (no sweep: 240-epoch trials are too dear), REFILLED splits the 240 epochs 30% / 70%
+defaults (no tuning: 240-epoch trials are too dear), REFILLED splits the 240 epochs 30% / 70%
 between its stages (choice), RRD keeps the CIFAR queue of 16384 keys.
 
 Teachers: pass ``--teacher-checkpoint NAME=PATH`` (a ``state_dict`` of our ``build_model(NAME)``,
@@ -279,7 +279,7 @@ def run_full(
         teacher = load_or_train_teacher(plan, train, test, out_dir, device, args.amp)
         setting = Setting(
             plan.setting, None, False, plan.epochs, plan.batch_size, 0.05, plan.seeds,
-            plan.student, sweep=False,
+            plan.student,
         )  # fmt: skip
         ws = Workspace(
             setting=setting,

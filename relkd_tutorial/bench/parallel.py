@@ -1,20 +1,16 @@
-"""Benchmark runs in worker processes (``--jobs N``): :class:`WorkerPool`.
+"""Benchmark runs in worker processes (``--jobs N``): :func:`run_in_workers`.
 
-Each worker is a fresh Python process (the ``spawn`` start method: never a ``fork`` of a
-process whose torch threads have started) with ``threads`` torch threads (1 by default). It
-loads each workspace once from its file on disk (:func:`~.workspace.load_workspace`, written by
-the parent before the pool starts), then runs one job at a time (:func:`~.runner.run_job`) and
-sends back the row and its history; only the parent writes ``runs.csv``
-(:func:`~.runner.run_settings` appends each row as it arrives).
+A :class:`concurrent.futures.ProcessPoolExecutor` of fresh ``spawn`` processes (never a ``fork``
+of a process whose torch threads have started), each with ``threads`` torch threads. A worker
+loads each workspace once from the file its parent wrote (:func:`~.workspace.load_workspace`) and
+sends back each run's row and history; only the parent writes ``runs.csv``, as each run ends.
 
-Stopping. The workers ignore SIGINT (a Ctrl-C reaches the whole process group) and never stop on
-their own; the parent decides. While the pool is open the parent records SIGINT and SIGTERM
-(:class:`~relkd_tutorial.training.signals.StopSignals`); at the next wake-up (at most
-:attr:`WorkerPool.poll_seconds`) it takes every result already sent, terminates the workers
-(SIGTERM, then SIGKILL after a grace period) and reports the signal, so the runs in progress are
-lost and every finished run is kept. A second Ctrl-C stops at once. A worker that dies or raises
-stops the benchmark with its traceback (never a silently missing run). If the parent itself is
-killed, a worker finds its pipe closed when it next reads or writes and exits.
+Stopping: the workers ignore SIGINT (a Ctrl-C reaches the whole process group). While the pool is
+open the parent records SIGINT and SIGTERM (:class:`~relkd_tutorial.training.signals.StopSignals`);
+within :data:`POLL_SECONDS` it keeps the finished runs, ends the workers (SIGTERM, then SIGKILL)
+and raises :class:`~relkd_tutorial.training.TrainingInterrupted`: the runs in progress are lost.
+A run that raises, or a worker that dies, stops the benchmark with a :class:`WorkerError` holding
+its traceback, after the runs already started have finished and been recorded.
 """
 
 from __future__ import annotations
@@ -22,14 +18,20 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch
 
 from .settings import Setting
+
+#: How often the parent checks for a stop signal while it waits for runs (seconds).
+POLL_SECONDS = 0.2
+#: How long a worker gets to end after SIGTERM before SIGKILL (seconds).
+GRACE_SECONDS = 5.0
 
 
 def usable_cores() -> int:
@@ -56,166 +58,113 @@ class WorkspaceRef:
 
 
 class WorkerError(RuntimeError):
-    """A worker raised or died; the message holds its traceback or exit code."""
+    """A run raised or its worker died; the message holds the traceback or says which run."""
 
 
-def _worker_main(conn: Connection, threads: int, refs: list[WorkspaceRef]) -> None:
+def spawn_pool(
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+    start_method: str = "spawn",
+) -> ProcessPoolExecutor:
+    """A process pool whose workers start fresh (``spawn`` or ``forkserver``, never ``fork``)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if start_method not in ("spawn", "forkserver"):
+        raise ValueError("start_method must be 'spawn' or 'forkserver' (never fork torch)")
+    return ProcessPoolExecutor(
+        workers, mp.get_context(start_method), initializer=initializer, initargs=initargs
+    )
+
+
+_REFS: list[WorkspaceRef] = []  # a worker's workspace files, and those it has loaded
+_LOADED: dict[int, Any] = {}
+
+
+def _init_worker(threads: int, refs: Sequence[WorkspaceRef]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     torch.set_num_threads(threads)
     from . import runner
-    from .workspace import load_workspace
 
     runner.HANDLE_SIGNALS = False
-    loaded: dict[int, Any] = {}
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            return
-        if message is None:
-            return
-        tid, job, index = message
-        try:
-            if index not in loaded:
-                ref = refs[index]
-                loaded[index] = load_workspace(ref.path, ref.device, ref.setting, ref.channels_last)
-            row, history = runner.run_job(job, loaded[index])
-            reply: tuple = ("ok", tid, row, history)
-        except BaseException:  # noqa: BLE001 - reported to the parent, which stops
-            reply = ("error", tid, traceback.format_exc(), None)
-        try:
-            conn.send(reply)
-        except (BrokenPipeError, OSError):
-            return
-        if reply[0] == "error":
-            return
+    _REFS[:] = refs
 
 
-class WorkerPool:
-    """``jobs`` worker processes, used by :func:`~.runner.run_settings` as its executor.
+def _run(job: Any, index: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from . import runner
+    from .workspace import load_workspace
 
-    Use as a context manager (it installs the stop handlers and always ends the workers)::
+    if index not in _LOADED:
+        ref = _REFS[index]
+        _LOADED[index] = load_workspace(ref.path, ref.device, ref.setting, ref.channels_last)
+    return runner.run_job(job, _LOADED[index])
 
-        with WorkerPool(2, refs) as pool:
-            run_settings(workspaces, methods, store, progress, executor=pool)
-    """
 
-    poll_seconds = 0.2
-    grace_seconds = 5.0
+def _end(pool: ProcessPoolExecutor) -> None:
+    """End the workers at once (SIGTERM, then SIGKILL) and cancel what has not started."""
+    processes = list((pool._processes or {}).values())  # no public handle before Python 3.14
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(GRACE_SECONDS)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    pool.shutdown(wait=True, cancel_futures=True)
 
-    def __init__(
-        self, jobs: int, refs: list[WorkspaceRef], threads: int = 1, start_method: str = "spawn"
-    ) -> None:
-        from ..training.signals import StopSignals
 
-        if jobs < 1:
-            raise ValueError(f"jobs must be >= 1, got {jobs}")
-        if start_method not in ("spawn", "forkserver"):
-            raise ValueError("start_method must be 'spawn' or 'forkserver' (never fork torch)")
-        self.capacity = jobs
-        self._ctx = mp.get_context(start_method)
-        self._refs = list(refs)
-        self._threads = threads
-        self._conns: list[Connection] = []
-        self._procs: list[Any] = []
-        self._busy: dict[int, tuple[int, Any]] = {}  # worker -> (tid, job)
-        self._stop = StopSignals(announce=True)
+def run_in_workers(
+    jobs: Sequence[tuple[int, Any]],
+    record: Callable[[Any, dict[str, Any], list[dict[str, Any]]], None],
+    refs: Sequence[WorkspaceRef],
+    workers: int,
+    threads: int = 1,
+) -> None:
+    """Run ``jobs`` (``(workspace index, job)`` pairs) in ``workers`` processes, calling
+    ``record(job, row, history)`` in this process as each run finishes (the executor of
+    :func:`~.runner.run_settings`)."""
+    from ..training.signals import StopSignals, TrainingInterrupted
 
-    # -- lifetime -----------------------------------------------------------------------------
+    stop = StopSignals(announce=True).__enter__()
+    pool = spawn_pool(workers, _init_worker, (threads, list(refs)))
+    futures: dict[Future, Any] = {}
+    error: WorkerError | None = None
+    clean = False
 
-    def __enter__(self) -> WorkerPool:
-        self._stop.__enter__()
-        try:
-            for _ in range(self.capacity):
-                parent, child = self._ctx.Pipe(duplex=True)
-                proc = self._ctx.Process(
-                    target=_worker_main, args=(child, self._threads, self._refs), daemon=True
-                )
-                proc.start()
-                child.close()
-                self._conns.append(parent)
-                self._procs.append(proc)
-        except BaseException:
-            self.terminate()
-            self._stop.__exit__(None, None, None)
-            raise
-        return self
-
-    def __exit__(self, exc_type: Any, *exc: object) -> None:
-        try:
-            if exc_type is None:
-                self.close()
+    def take(done: Sequence[Future]) -> None:
+        nonlocal error
+        for future in done:
+            job = futures.pop(future)
+            if future.cancelled():
+                continue
+            try:
+                row, history = future.result()
+            except BrokenProcessPool:
+                error = error or WorkerError(f"a worker died while running {job}")
+            except Exception as err:  # noqa: BLE001 - reported below, with its traceback
+                error = error or WorkerError(f"a worker failed on {job}:\n{err.__cause__ or err}")
             else:
-                self.terminate()
-        finally:
-            self._stop._restore()  # never re-deliver: the benchmark reported the signal itself
+                record(job, row, history)
 
-    def close(self) -> None:
-        """Ask idle workers to exit, wait for them; terminate any that does not."""
-        for conn in self._conns:
-            try:
-                conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self._procs:
-            proc.join(self.grace_seconds)
-        self.terminate()
-
-    def terminate(self) -> None:
-        """SIGTERM every live worker, SIGKILL what is left after the grace period."""
-        for proc in self._procs:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self._procs:
-            proc.join(self.grace_seconds)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for conn in self._conns:
-            conn.close()
-        self._conns, self._procs, self._busy = [], [], {}
-
-    # -- the executor protocol of run_settings ------------------------------------------------
-
-    def submit(self, tid: int, job: Any, ws_index: int) -> None:
-        idle = [w for w in range(len(self._procs)) if w not in self._busy]
-        if not idle:
-            raise RuntimeError("every worker is busy; wait() for a result first")
-        worker = idle[0]
-        self._conns[worker].send((tid, job, ws_index))
-        self._busy[worker] = (tid, job)
-
-    def wait(self) -> tuple[list[tuple[int, dict[str, Any], list[dict[str, Any]]]], int | None]:
-        """Block until at least one run finishes or a stop signal arrives."""
-        while True:
-            results = self._collect(0.0 if self._stop.requested else self.poll_seconds)
-            if self._stop.requested:
-                results += self._collect(0.0)
-                return results, self._stop.signum
-            if results:
-                return results, None
-
-    def _collect(self, timeout: float) -> list[tuple[int, dict[str, Any], list[dict[str, Any]]]]:
-        if not self._busy:
-            return []
-        conns = {self._conns[w]: w for w in self._busy}
-        sentinels = {self._procs[w].sentinel: w for w in self._busy}
-        ready = wait([*conns, *sentinels], timeout)
-        results = []
-        for conn in [r for r in ready if r in conns]:
-            worker = conns[conn]  # type: ignore[index]
-            try:
-                status, tid, payload, history = conn.recv()  # type: ignore[union-attr]
-            except (EOFError, OSError):
-                continue  # died while sending: reported through its sentinel below
-            _, job = self._busy.pop(worker)
-            if status != "ok":
-                raise WorkerError(f"a worker failed on {job}:\n{payload}")
-            results.append((tid, payload, history))
-        for sentinel in [r for r in ready if r in sentinels]:
-            worker = sentinels[sentinel]  # type: ignore[index]
-            if worker in self._busy:
-                _, job = self._busy.pop(worker)
-                code = self._procs[worker].exitcode
-                raise WorkerError(f"a worker died (exit code {code}) while running {job}")
-        return results
+    try:
+        futures = {pool.submit(_run, job, index): job for index, job in jobs}
+        while futures and not stop.requested:
+            take(wait(futures, POLL_SECONDS, FIRST_COMPLETED)[0])
+            if error is not None:  # the runs not started are cancelled; the others finish
+                for future in futures:
+                    future.cancel()
+        if stop.requested:
+            take([f for f in futures if f.done()])
+        clean = not stop.requested and error is None
+    finally:
+        pool.shutdown() if clean else _end(pool)
+        stop._restore()  # never re-deliver: the benchmark reports the signal itself
+    if stop.signum is not None:
+        raise TrainingInterrupted(
+            f"benchmark stopped by {signal.Signals(stop.signum).name}: {len(futures)} runs in "
+            "progress or waiting were stopped",
+            stop.signum, None, 0, 0,
+        )  # fmt: skip
+    if error is not None:
+        raise error

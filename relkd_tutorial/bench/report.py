@@ -1,20 +1,11 @@
 """The benchmark's report: tables, paired differences, plain sentences and plots from ``runs.csv``.
 
-Pure functions of the rows written by :mod:`relkd_tutorial.bench.runner` (read them with
-:func:`relkd_tutorial.bench.store.read_runs`), so the notebook draws the committed results with
-the same code that wrote them:
-
-- :func:`summarize_runs`: one row per (setting, method): mean +- sample std over seeds of every
-  metric, the chosen hyperparameters, seconds and memory; n/a rows keep their reason.
-- :func:`paired_differences`: each method minus a baseline (CE, KD) seed by seed, with the paired
-  t interval and the sentence of :func:`relkd_tutorial.stats.describe_difference`.
-- :func:`markdown_report`, :func:`stdout_summary`: the same numbers as text.
-- ``plot_*`` (:mod:`relkd_tutorial.bench.figures`): draw onto a given matplotlib ``Axes``;
-  :func:`report_figures` composes them and :func:`write_report` saves the figures as PNG next
-  to ``summary.csv``, ``differences.csv``, ``sweep.csv`` and ``results.md``.
-
-Accuracies are shown in percent and their differences in percentage points; Kendall tau and the
-distance correlation in their own units (-1..1).
+Pure functions of the rows (:func:`~.store.read_runs`), so the notebooks draw the committed
+results with the code that wrote them: :func:`summarize_runs` (per setting and method, mean ±
+sample std over seeds), :func:`paired_differences` (against CE and KD), :func:`markdown_report`
+and :func:`stdout_summary` (text), :func:`report_figures` (:mod:`.figures`), and
+:func:`write_report`, which writes them all next to ``runs.csv``. Accuracies are in percent and
+their differences in percentage points; Kendall tau and the distance correlation in their units.
 """
 
 from __future__ import annotations
@@ -26,7 +17,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..stats import mean_std
 from .figures import (
     _grid,
     curve_value,
@@ -55,16 +45,18 @@ from .settings import (
     _ordered_settings,
     _scale,
     describe_params,
-    params_tag,
-    sweep_candidates,
+    label,
+    pm,
 )
 from .store import (  # noqa: F401 (latest_specs, select_rows: re-exported, their old home)
     latest_specs,
+    read_meta,
     read_runs,
     select_rows,
 )
 from .tuned import (
     SECOND_RUN_SET,  # noqa: F401 (re-exported)
+    _second,
     arm_rows,
     headline_note,
     headline_rows,
@@ -74,10 +66,13 @@ from .tuned import (
     tuning_comparisons,
 )
 from .verdict import (
+    _cell,
+    _find,
     ablation_comparisons,
     ablation_paragraph,
     ablation_protocol,
     ablation_table,
+    column_stats,
     comparisons,
     family_table,
     mark_fragile,
@@ -103,7 +98,7 @@ def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry: dict[str, Any] = {
                 "setting": setting,
                 "method": method,
-                "label": METHOD_LABELS.get(method, method),
+                "label": label(method),
             }
             if na and not ok:
                 entry.update(status="n/a", note=na[0]["note"], n=0)
@@ -117,12 +112,7 @@ def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["diverged"] = sum(r["status"] == "diverged" for r in runs)
             entry["seeds"] = sorted(r["seed"] for r in ok)
             for metric in (*METRICS, "seconds", "peak_mem_mb", "train_acc"):
-                values = [r[metric] for r in ok if not math.isnan(r[metric])]
-                if values:
-                    mean, std, _ = mean_std(values)
-                else:
-                    mean, std = math.nan, math.nan
-                entry[f"{metric}_mean"], entry[f"{metric}_std"] = mean, std
+                entry[f"{metric}_mean"], entry[f"{metric}_std"], _ = column_stats(ok, metric)
             out.append(entry)
     return out
 
@@ -148,43 +138,6 @@ def paired_differences(
     ]
 
 
-def sweep_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The sweep: per trial, the mean validation top-1 over its seeds and whether it was chosen.
-
-    A trial with a diverged seed has status ``"diverged"`` (it never wins,
-    :func:`~relkd_tutorial.bench.runner.choose_params`).
-    """
-    out = []
-    sweeps = [r for r in rows if r["phase"] == "sweep"]
-    finals = {
-        (r["setting"], r["method"]): r["params"]
-        for r in rows
-        if r["phase"] == "final" and r["status"] != "n/a"
-    }
-    for setting in _ordered_settings(sweeps):
-        for method in sorted({r["method"] for r in sweeps if r["setting"] == setting},
-                             key=_method_order):  # fmt: skip
-            order = [params_tag(c) for c in sweep_candidates(method)]
-            runs = [r for r in sweeps if r["setting"] == setting and r["method"] == method]
-            tags = sorted({r["params"] for r in runs},
-                          key=lambda t: order.index(t) if t in order else 99)  # fmt: skip
-            for tag in tags:
-                trial = [r for r in runs if r["params"] == tag]
-                ok = all(r["status"] == "ok" and not math.isnan(r["acc"]) for r in trial)
-                out.append(
-                    {
-                        "setting": setting,
-                        "method": method,
-                        "params": tag,
-                        "seeds": sorted(r["seed"] for r in trial),
-                        "val_acc": sum(r["acc"] for r in trial) / len(trial) if ok else math.nan,
-                        "status": "ok" if ok else "diverged",
-                        "chosen": finals.get((setting, method)) == tag,
-                    }
-                )
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Text
 # ---------------------------------------------------------------------------------------------
@@ -192,25 +145,13 @@ def sweep_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _pm(entry: dict[str, Any], metric: str) -> str:
     mean, std = entry.get(f"{metric}_mean", math.nan), entry.get(f"{metric}_std", math.nan)
-    if math.isnan(mean):
-        return "n/a"
     k = _scale(metric)
-    digits = 1 if metric in PERCENT else 3
-    if math.isnan(std):
-        return f"{k * mean:.{digits}f}"
-    return f"{k * mean:.{digits}f} ± {k * std:.{digits}f}"
+    return "n/a" if math.isnan(mean) else pm(k * mean, k * std, 1 if metric in PERCENT else 3)
 
 
 def _diff_cell(diffs: Sequence[dict[str, Any]], setting: str, method: str, baseline: str) -> str:
-    for d in diffs:
-        if (d["setting"], d["method"], d["baseline"], d["metric"]) == (
-            setting, method, baseline, "acc"
-        ):  # fmt: skip
-            if d["n"] < 2:
-                return f"{d['mean']:+.2f}"
-            mark = "" if d["within_noise"] else " *"
-            return f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]{mark}"
-    return ""
+    e = _find(diffs, setting=setting, method=method, baseline=baseline, metric="acc")
+    return _cell(e, one_seed="")
 
 
 def summary_table_markdown(
@@ -342,13 +283,12 @@ def plateau_sentence(
         if len(windows) == 1
         else f"the last {round(100 * fraction)}% of its epochs"
     )
-    label = METHOD_LABELS.get
     text = (
         f"Learning curves (`curves.png`): over {window}, a run's test top-1 (mean over seeds) "
-        f"changed by {gains[lo]:+.2f} points ({label(lo, lo)})"
+        f"changed by {gains[lo]:+.2f} points ({label(lo)})"
     )
     if hi != lo:
-        text += f" to {gains[hi]:+.2f} points ({label(hi, hi)})"
+        text += f" to {gains[hi]:+.2f} points ({label(hi)})"
     if "ce" in gains and "ce" not in (lo, hi):
         text += f"; CE {gains['ce']:+.2f}"
     return text + "."
@@ -360,26 +300,17 @@ def markdown_report(
     histories: dict[str, list[dict[str, float]]] | None = None,
     second: tuple[Sequence[dict[str, Any]], str] | None = None,
 ) -> str:
-    """The whole ``results.md``: per setting the verdict, the tables, the sentences and the sweep.
-
-    Every result sentence is generated from the computed values (:mod:`.verdict`);
-    ``histories`` (``histories.csv``, :func:`read_histories`) adds the learning-curve sentence
-    (:func:`plateau_sentence`) of the settings that recorded curves. Where ``meta`` records
-    recipes (:func:`~.recipes.recipes_of_meta`), the tables and verdicts are the tuned arm's,
-    each verdict is marked fragile or firm (``second``: :func:`second_run_set`), and each setting
-    run under recipes adds the defaults, what tuning changed and the recipes
-    (:func:`~.tuned.out_of_the_box`).
-    """
+    """The whole ``results.md``: per setting the verdict, the tables and the sentences, every
+    number one of the computed values. ``histories`` adds the learning-curve sentence
+    (:func:`plateau_sentence`); where ``meta`` records recipes, the tables and verdicts are the
+    tuned arm's, marked fragile or firm (``second``: :func:`second_run_set`), followed by the
+    defaults, what tuning changed and the recipes (:func:`~.tuned.out_of_the_box`)."""
     recipes = recipes_of_meta(meta)
     everything = select_rows(rows)
     rows = headline_rows(rows, recipes)
     summary = summarize_runs(rows)
-    entries = comparisons(rows)
-    if recipes is not None:
-        theirs = comparisons(arm_rows(second[0], recipes, "tuned")) if second else None
-        mark_fragile(entries, theirs, second[1] if second else "")
+    entries = _headline_entries(rows, recipes, second)
     diffs = [e for e in entries if e["family"] in BASELINES]
-    sweep = sweep_table(rows)
     parts = ["# Benchmark results", ""]
     if meta:
         parts += _meta_markdown(meta)
@@ -436,30 +367,23 @@ def markdown_report(
         if taus:
             parts += ["Kendall tau against CE (did the ranking transfer):", ""]
             parts += [f"- {x}" for x in taus] + [""]
-        trials = [t for t in sweep if t["setting"] == setting]
-        if trials:
-            parts += [
-                "Sweep (mean validation top-1 over each trial's seeds; **chosen** in bold):",
-                "",
-                "| method | trial | seeds | val top-1 % |",
-                "|---|---|---|---|",
-            ]
-            for t in trials:
-                acc = "diverged" if t["status"] != "ok" else f"{100 * t['val_acc']:.2f}"
-                trial = describe_params(t["params"])
-                if t["chosen"]:
-                    trial, acc = f"**{trial}**", f"**{acc}**"
-                seeds = ", ".join(str(x) for x in t["seeds"])
-                parts.append(
-                    f"| {METHOD_LABELS.get(t['method'], t['method'])} | {trial} | {seeds} | {acc} |"
-                )
-            parts.append("")
         if tuned_here:
             parts += out_of_the_box(everything, recipes, setting, entries, second)
     parts += _ablation_markdown(rows)
     if summary:
         parts += ["## Where the time goes", "", _time_table(summary), ""]
     return "\n".join(parts)
+
+
+def _headline_entries(
+    rows: Sequence[dict[str, Any]], recipes: Any, second: tuple | None
+) -> list[dict[str, Any]]:
+    """:func:`~.verdict.comparisons` of the headline ``rows``; with recipes, marked fragile
+    (:func:`~.verdict.mark_fragile`) against ``second`` (:func:`second_run_set`)."""
+    entries = comparisons(rows)
+    if recipes is None:
+        return entries
+    return mark_fragile(entries, *_second(second, recipes, "tuned"))
 
 
 def ablation_entries(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -476,7 +400,7 @@ def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     for method in sorted({r["method"] for r in runs if r["method"] in ABLATIONS}):
         entries = ablation_comparisons(rows, method)
         for setting in _ordered_settings([r for r in runs if r["method"] == method]):
-            parts += [f"## {METHOD_LABELS.get(method, method)} ablation ({setting})", ""]
+            parts += [f"## {label(method)} ablation ({setting})", ""]
             desc = _setting_description(rows, setting, phase="ablation")
             parts += [f"{desc} {ablation_protocol(rows, method, setting)}".strip(), ""]
             paragraph = ablation_paragraph(entries, setting)
@@ -609,7 +533,7 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def write_report(out_dir: str | Path, plots: bool = True) -> None:
-    """Rebuild ``summary.csv``, ``differences.csv`` (every family), ``sweep.csv``, ``ablation.csv``
+    """Rebuild ``summary.csv``, ``differences.csv`` (every family), ``ablation.csv``
     (if there are ablation runs), ``results.md`` and the PNGs; with recipes (``meta.json``), the
     headline arm's, plus ``summary-defaults.csv``, ``differences-defaults.csv`` and ``tuning.csv``
     (:mod:`.tuned`); a :data:`SECOND_RUN_SET` beside them marks verdicts that differ there."""
@@ -617,16 +541,13 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
     rows = read_runs(out_dir / "runs.csv")
     if not rows:
         return
-    meta_path = out_dir / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    meta = read_meta(out_dir)
     recipes = recipes_of_meta(meta)
     second = second_run_set(out_dir)
     chosen = headline_rows(rows, recipes)
     _write_csv(out_dir / "summary.csv", summarize_runs(chosen))
-    entries = comparisons(chosen)
+    entries = _headline_entries(chosen, recipes, second)
     if recipes is not None:
-        theirs = comparisons(arm_rows(second[0], recipes, "tuned")) if second else None
-        mark_fragile(entries, theirs, second[1] if second else "")
         everything = select_rows(rows)
         defaults = arm_rows(everything, recipes, "defaults")
         _write_csv(out_dir / "summary-defaults.csv", summarize_runs(defaults))
@@ -636,7 +557,6 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
     ablation = ablation_entries(chosen)
     if ablation:
         _write_csv(out_dir / "ablation.csv", ablation)
-    _write_csv(out_dir / "sweep.csv", sweep_table(chosen))
     histories = read_histories(out_dir / "histories.csv")
     (out_dir / "results.md").write_text(markdown_report(rows, meta, histories, second))
     if plots:

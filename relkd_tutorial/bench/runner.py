@@ -1,29 +1,20 @@
 """One benchmark run (:func:`run_job`) and the runs of the settings (:func:`run_settings`).
 
 A run trains one student with one method at one seed against the workspace's cached teacher
-outputs, measures it (:func:`evaluate_student`: top-1, group accuracies, Kendall tau, distance
-correlation), its time and its peak memory (:class:`PeakMemory`), and returns a row for
-``runs.csv``; the sweep chooses each method's trial on the validation split first
-(:func:`choose_params`).
-
-:func:`run_settings` schedules the runs of several settings: in the order of a sequential
-benchmark, each run as soon as what it depends on is done (a final run of a swept method waits
-for that method's sweep trials, whose validation scores choose its parameters). It runs them one
-at a time in this process, or concurrently through an executor such as
-:class:`~relkd_tutorial.bench.parallel.WorkerPool` (``--jobs``). A run is a pure function of its
-job and workspace (every random draw is seeded by the job's seed), so the rows do not depend on
-how many run at once; the rows are appended to ``runs.csv`` as the runs finish.
+outputs and returns a row for ``runs.csv``: its measures (:func:`evaluate_student`), time and
+peak memory (:class:`PeakMemory`). A run is a pure function of its job and workspace (every random
+draw is seeded by the job's seed), so the rows do not depend on how many run at once
+(``--jobs``, :mod:`.parallel`); each row is appended to ``runs.csv`` as its run finishes.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +36,7 @@ from ..metrics import (
     kendall_tau,
 )
 from ..models import build_model
-from ..training import TrainConfig, TrainingInterrupted, fit, seeded
+from ..training import TrainConfig, fit, seeded
 from .recipes import Recipes
 from .search_space import ablation_seeds
 from .settings import (
@@ -60,8 +51,6 @@ from .settings import (
     describe_params,
     has_unlabelled,
     params_tag,
-    sweep_candidates,
-    sweep_seeds,
 )
 from .store import (
     NUMERIC_COLUMNS,
@@ -85,14 +74,9 @@ def _rss_bytes() -> int | None:
 
 
 class PeakMemory:
-    """Peak memory of a block, in MiB: CUDA's peak allocation, or the CPU's resident-set peak.
-
-    On CUDA: ``torch.cuda.max_memory_allocated`` after a reset (exact). On CPU (choice): a thread
-    samples the process's resident set size every ``interval`` seconds (Linux ``/proc``) and the
-    result is the peak minus the size at the start, i.e. what the block added at its worst. It
-    includes allocator slack and misses peaks shorter than the interval; ``nan`` where ``/proc``
-    is missing.
-    """
+    """Peak memory a block added, in MiB: CUDA's peak allocation after a reset, or on a CPU
+    (choice) the peak of the resident set sampled every ``interval`` seconds from ``/proc``
+    minus its size at the start (allocator slack included; ``nan`` without ``/proc``)."""
 
     def __init__(self, device: torch.device, interval: float = 0.005) -> None:
         self.device = device
@@ -142,17 +126,16 @@ class PeakMemory:
 # ---------------------------------------------------------------------------------------------
 
 DIST_CORR_PER_CLASS = 50  # the fixed test batch for the distance correlation: 50 images per class
-#: The phases whose runs choose something (a sweep trial, a method's default): validation split.
-SELECTION_PHASES: tuple[str, ...] = ("sweep", "ablation")
+#: The phases whose runs choose something (a method's default): scored on the validation split.
+SELECTION_PHASES: tuple[str, ...] = ("ablation",)
 
 
 @dataclass(frozen=True)
 class Job:
-    """One training run: a method with its hyperparameter overrides, a seed, a phase.
-
-    The runs that choose (:data:`SELECTION_PHASES`: the sweep, a method's ablation variants,
-    :func:`ablation_jobs`) score the validation split; ``phase="final"`` (the comparison) the test set.
-    """
+    """One training run: a method with its hyperparameter overrides, a seed, a phase
+    (``"final"``: the comparison, scored on the test set; ``"ablation"``: a method's variants,
+    :func:`ablation_jobs`, which choose defaults and so score the validation split:
+    :data:`SELECTION_PHASES`)."""
 
     setting: str
     phase: str
@@ -167,17 +150,11 @@ class Job:
 
 
 def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train: int) -> dict:
-    """Constructor arguments: the benchmark's defaults, the setting-dependent sizes, the overrides.
+    """Constructor arguments: :data:`~.settings.PAPER_DEFAULTS`, then
+    :data:`~.settings.CONTROL_WEIGHTS`, the setting-dependent sizes, then ``params``.
 
-    The defaults are :data:`~relkd_tutorial.bench.settings.PAPER_DEFAULTS` (REFILLED's include
-    the benchmark's global-centre columns and teacher-labelled stage 1; the other entries equal
-    the constructor defaults, tested).
-
-    RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice: the CIFAR 16384 is larger
-    than these training sets, and ``K <= N`` keeps each image once; ``docs/rrd.md``). REFILLED gets
-    the student's class count. The combinations get KD's CE and KD weights
-    (:data:`~relkd_tutorial.bench.settings.CONTROL_WEIGHTS`), so ``X + KD`` differs from KD by
-    the ``X`` term only; a trial's overrides come last.
+    RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice, ``docs/rrd.md``: ``K <= N``
+    keeps each image once); REFILLED gets the student's class count.
     """
     kwargs: dict[str, Any] = dict(PAPER_DEFAULTS[method][0]) if method in PAPER_DEFAULTS else {}
     kwargs.update(CONTROL_WEIGHTS.get(method, {}))
@@ -244,6 +221,18 @@ def evaluate_student(
     return result
 
 
+def run_parts(ws: Workspace, method: str, params: dict[str, Any], seed: int) -> tuple:
+    """What ``fit`` gets for ``method`` with ``params`` at ``seed`` on the setting's training set:
+    ``(student, method, loader, config, teacher cache)``, built before the run is timed."""
+    setting, train = ws.setting, ws.train_set(seed)
+    cache = ws.teacher_cache(train)
+    student = build_model(setting.student, ws.num_classes, 1, seed=seed)
+    with seeded(seed):
+        m = build_method(method, **method_kwargs(method, params, ws, len(train)))
+    loader = TensorLoader(train, setting.batch_size, augment=False, seed=seed, device=ws.device)
+    return student, m, loader, student_config(setting, seed, ws.device, ws.channels_last), cache
+
+
 def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train one student and measure it; returns ``(row, per-epoch history)``.
 
@@ -269,26 +258,15 @@ def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any
         "n_labelled": n_labelled,
         "note": "",
     }
-    cache = ws.teacher_cache(train)
+    student, method, loader, config, cache = run_parts(ws, job.method, job.params, job.seed)
     eval_loader = (
         TensorLoader.for_evaluation(eval_set, 1000, device=ws.device) if setting.curves else None
     )
-    student = build_model(setting.student, ws.num_classes, 1, seed=job.seed)
-    with seeded(job.seed):
-        method = build_method(job.method, **method_kwargs(job.method, job.params, ws, len(train)))
-    loader = TensorLoader(train, setting.batch_size, augment=False, seed=job.seed, device=ws.device)
     history: list[dict[str, Any]] = []
     tic = time.perf_counter()
     with PeakMemory(ws.device) as memory:
         try:
-            history = fit(
-                student,
-                method,
-                loader,
-                student_config(setting, job.seed, ws.device, ws.channels_last),
-                teacher=cache,
-                eval_loader=eval_loader,
-            )
+            history = fit(student, method, loader, config, teacher=cache, eval_loader=eval_loader)
             row["status"] = "ok"
         except FloatingPointError as err:
             row["status"] = "diverged"
@@ -338,36 +316,10 @@ def applicable(method: str, ws: Workspace) -> str | None:
     return None
 
 
-def choose_params(rows: Iterable[dict[str, Any]], setting: str, spec: str, method: str) -> dict:
-    """The sweep's winner: the best mean validation top-1 over the sweep seeds of each trial.
-
-    Candidates are compared in :func:`sweep_candidates` order with a strict ``>``, so a tie goes
-    to the earlier candidate (the paper default first). A trial with a diverged seed never wins.
-    """
-    scores: dict[str, list[float]] = {}
-    failed: set[str] = set()
-    for r in rows:
-        if (r["setting"], r["spec"], r["phase"], r["method"]) != (setting, spec, "sweep", method):
-            continue
-        if r["status"] != "ok" or math.isnan(r["acc"]):
-            failed.add(r["params"])
-        else:
-            scores.setdefault(r["params"], []).append(r["acc"])
-    best, best_acc = {}, -math.inf
-    for candidate in sweep_candidates(method):
-        tag = params_tag(candidate)
-        if tag in failed or tag not in scores:
-            continue
-        acc = sum(scores[tag]) / len(scores[tag])
-        if acc > best_acc:
-            best, best_acc = candidate, acc
-    return best
-
-
 def ablation_jobs(setting: Setting, method: str) -> list[Job]:
     """Every variant of ``method``'s ablation on its seeds (``phase="ablation"``).
 
-    The variants' ``params`` go to ``build_method`` like a sweep trial's and are recorded in the
+    The variants' ``params`` go to ``build_method`` like a tuning trial's and are recorded in the
     ``params`` column, so each variant's rows are told apart in ``runs.csv``. The ablation chooses
     the method's defaults, so it is selection: the seeds are :func:`~.search_space.ablation_seeds`
     (never an evaluation seed) and the runs score the validation split (:data:`SELECTION_PHASES`),
@@ -432,13 +384,13 @@ def arm_params(
 ) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
     """The final runs of ``method`` in ``setting``: ``(params, seeds)`` per arm, headline first.
 
-    Without ``recipes`` (or with the sweep on): the paper defaults (``{}``) on every seed, the
+    Without ``recipes``: the paper defaults (``{}``) on every seed, the
     protocol before recipes. With them: the method's tuned recipe (canonical, so a recipe equal
     to the defaults is ``{}``; a method without one runs at ``{}``, "not tuned") on every seed,
     then, with ``defaults``, its paper defaults on the first ``setting.default_seeds`` seeds,
     only where they differ from the recipe (same params, same run key: never trained twice).
     """
-    if recipes is None or setting.sweep:
+    if recipes is None:
         return [({}, tuple(setting.seeds))]
     tuned = recipes.run_params(setting.name, method)
     arms: list[tuple[dict[str, Any], tuple[int, ...]]] = [(tuned, tuple(setting.seeds))]
@@ -454,7 +406,7 @@ def plan_counts(
     recipes: Recipes | None = None,
     defaults: bool = True,
 ) -> int:
-    """Number of training runs a setting needs (sweep + final arms; n/a methods excluded).
+    """Number of training runs a setting needs (every arm; n/a methods excluded).
 
     Without ``ws`` only what the setting alone decides is excluded (a method that needs unlabelled
     images where there are none); with it, everything :func:`applicable` says.
@@ -465,100 +417,53 @@ def plan_counts(
         if (ws is None or applicable(m, ws) is None)
         and not (m in NEEDS_UNLABELLED and not has_unlabelled(setting))
     ]
-    trials = sum(len(sweep_candidates(m)) for m in runnable if m != "ce")
-    sweep = trials * len(sweep_seeds(setting.seeds)) if setting.sweep else 0
-    # a sweep run is not the same run as a final one (val vs test split), so nothing is shared
-    finals = sum(
+    return sum(
         len(seeds) for m in runnable for _, seeds in arm_params(setting, m, recipes, defaults)
     )
-    return sweep + finals
 
 
-@dataclass(frozen=True)
-class Task:
-    """A run to schedule: ``params=None`` means the sweep's choice, known once ``after`` is done."""
-
-    ws_index: int
-    phase: str
-    method: str
-    seed: int
-    params: dict[str, float] | None
-    after: frozenset[str] = frozenset()  # keys of the runs this one waits for
-
-
-def plan_tasks(
+def pending_jobs(
     workspaces: Sequence[Workspace],
     methods: Sequence[str],
     store: ResultStore,
     ablation: str | None = None,
     recipes: Recipes | None = None,
     defaults: bool = True,
-) -> list[Task]:
-    """The runs of every setting in sequential order; records the n/a rows on the way.
+) -> list[tuple[int, Job]]:
+    """``(workspace index, job)`` of every run not in ``store`` yet, in order; records n/a rows.
 
-    Per setting: the sweep's trials (first seeds, validation split), then the chosen trial of
-    every method on every seed, each waiting for its method's trials. With ``recipes`` (no
-    sweep): every method's arms of :func:`arm_params`, the tuned runs of every method before the
-    paper-default ones. With ``ablation`` (a method name): only that method's ablation variants
-    on every seed (:func:`ablation_jobs`).
+    Per setting, every method's arms of :func:`arm_params`: the tuned runs of every method before
+    the paper-default ones. With ``ablation`` (a method name): only that method's ablation
+    variants on every seed (:func:`ablation_jobs`).
     """
     done = store.done()
-    tasks: list[Task] = []
+    out: list[tuple[int, Job]] = []
     for i, ws in enumerate(workspaces):
         setting = ws.setting
         if ablation is not None:
-            for job in ablation_jobs(setting, ablation):
-                tasks.append(Task(i, job.phase, job.method, job.seed, job.params))
-            continue
-        for method in methods:
-            reason = applicable(method, ws)
-            if reason is not None:
-                row = not_applicable_row(setting.name, ws.spec, method, reason)
-                if row["key"] not in done:
-                    store.append(row)
-                    done.add(row["key"])
-        runnable = [m for m in methods if applicable(m, ws) is None]
-        trials: dict[str, frozenset[str]] = {m: frozenset() for m in runnable}
-        if setting.sweep:
-            for method in runnable:
-                if method == "ce":
-                    continue
-                keys = []
-                for params in sweep_candidates(method):
-                    for seed in sweep_seeds(setting.seeds):
-                        job = Job(setting.name, "sweep", method, params, seed)
-                        tasks.append(Task(i, "sweep", method, seed, params))
-                        keys.append(job.key(ws.spec))
-                trials[method] = frozenset(keys)
-        if setting.sweep:
-            for method in runnable:
-                for seed in setting.seeds:
-                    tasks.append(Task(i, "final", method, seed, None, trials[method]))
-            continue
-        arms = {m: arm_params(setting, m, recipes, defaults) for m in runnable}
-        for arm in range(2):  # the headline (tuned) runs of every method, then the defaults
-            for method in runnable:
-                for params, seeds in arms[method][arm : arm + 1]:
-                    tasks += [Task(i, "final", method, seed, dict(params)) for seed in seeds]
-    return tasks
-
-
-class InlineExecutor:
-    """Runs each job at once, in this process (``--jobs 1``)."""
-
-    capacity = 1
-
-    def __init__(self, workspaces: Sequence[Workspace]) -> None:
-        self.workspaces = workspaces
-        self._results: list[tuple[int, dict[str, Any], list[dict[str, Any]]]] = []
-
-    def submit(self, tid: int, job: Job, ws_index: int) -> None:
-        row, history = run_job(job, self.workspaces[ws_index])  # the module's (patchable) run_job
-        self._results.append((tid, row, history))
-
-    def wait(self) -> tuple[list[tuple[int, dict[str, Any], list[dict[str, Any]]]], int | None]:
-        results, self._results = self._results, []
-        return results, None
+            jobs = ablation_jobs(setting, ablation)
+        else:
+            for method in methods:
+                reason = applicable(method, ws)
+                if reason is not None:
+                    row = not_applicable_row(setting.name, ws.spec, method, reason)
+                    if row["key"] not in done:
+                        store.append(row)
+                        done.add(row["key"])
+            arms = {m: arm_params(setting, m, recipes, defaults) for m in methods
+                    if applicable(m, ws) is None}  # fmt: skip
+            jobs = [
+                Job(setting.name, "final", method, dict(params), seed)
+                for arm in range(2)  # the headline (tuned) runs of every method, then the defaults
+                for method, method_arms in arms.items()
+                for params, seeds in method_arms[arm : arm + 1]
+                for seed in seeds
+            ]
+        for job in jobs:
+            if job.key(ws.spec) not in done:
+                done.add(job.key(ws.spec))
+                out.append((i, job))
+    return out
 
 
 def run_settings(
@@ -566,74 +471,32 @@ def run_settings(
     methods: Sequence[str],
     store: ResultStore,
     progress: Progress,
-    executor: Any = None,
+    executor: Callable[..., None] | None = None,
     ablation: str | None = None,
     recipes: Recipes | None = None,
     defaults: bool = True,
 ) -> None:
-    """Every run of every workspace's setting that ``store`` does not hold yet.
+    """Every run of :func:`pending_jobs`, each appended to ``store`` as soon as it finishes.
 
-    With ``ablation`` (a method name), the runs of that method's ablation instead; with
-    ``recipes``, every method at its tuned recipe and (``defaults``) at its paper defaults
-    (:func:`plan_tasks`).
-
-    ``executor`` (default :class:`InlineExecutor`) has ``capacity`` (runs at once),
-    ``submit(tid, job, ws_index)`` and ``wait() -> (results, signum)``, ``results`` a list of
-    ``(tid, row, history)`` and ``signum`` a stop signal received (or ``None``). Each finished
-    run is appended to ``store`` at once; after a stop signal the finished runs are appended,
-    then :class:`~relkd_tutorial.training.TrainingInterrupted` is raised.
+    ``executor(jobs, record)`` runs them elsewhere and calls ``record(job, row, history)`` here
+    per finished run (:func:`~.parallel.run_in_workers`); by default they run one at a time in
+    this process.
     """
-    executor = InlineExecutor(workspaces) if executor is None else executor
-    rows = store.rows()
-    done = {r["key"] for r in rows}
-    pending = plan_tasks(workspaces, methods, store, ablation, recipes, defaults)
-    rows = store.rows()  # with the n/a rows
-    done |= {r["key"] for r in rows}
-    running: dict[int, Job] = {}
-    next_tid = 0
-    while pending or running:
-        for task in list(pending):
-            if len(running) >= executor.capacity:
-                break
-            if not task.after <= done:
-                continue  # a final run waiting for its method's sweep trials
-            ws = workspaces[task.ws_index]
-            params = task.params
-            if params is None:
-                params = choose_params(rows, ws.setting.name, ws.spec, task.method)
-            job = Job(ws.setting.name, task.phase, task.method, params, task.seed)
-            pending.remove(task)
-            key = job.key(ws.spec)
-            if key in done or any(j.key(ws.spec) == key for j in running.values()):
-                continue
-            running[next_tid] = job
-            executor.submit(next_tid, job, task.ws_index)
-            next_tid += 1
-        if not running:
-            if pending:  # cannot happen: every dependency is planned before its dependants
-                raise RuntimeError(f"{len(pending)} runs wait for runs that are not planned")
-            break
-        results, signum = executor.wait()
-        for tid, row, history in results:
-            job = running.pop(tid)
-            store.append(row, history)
-            rows.append(row)
-            done.add(row["key"])
-            progress.run(job, row)
-        if signum is not None:
-            raise TrainingInterrupted(
-                f"benchmark stopped by {signal.Signals(signum).name}: {len(running)} runs in "
-                "progress were stopped and are lost",
-                signum, None, 0, 0,
-            )  # fmt: skip
+    jobs = pending_jobs(workspaces, methods, store, ablation, recipes, defaults)
+
+    def record(job: Job, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        store.append(row, history)
+        progress.run(job, row)
+
+    if executor is not None:
+        executor(jobs, record)
+        return
+    for index, job in jobs:
+        record(job, *run_job(job, workspaces[index]))  # the module's (patchable) run_job
 
 
 def run_setting(
-    ws: Workspace,
-    methods: Sequence[str],
-    store: ResultStore,
-    progress: Progress,
+    ws: Workspace, methods: Sequence[str], store: ResultStore, progress: Progress
 ) -> None:
-    """Sweep (the first ``SWEEP_SEEDS`` seeds, validation split), then the chosen trial of every
-    method on every seed."""
+    """Every method of ``methods`` on every seed of ``ws``'s setting, at its paper defaults."""
     run_settings([ws], methods, store, progress)

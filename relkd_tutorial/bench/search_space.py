@@ -1,28 +1,16 @@
 """What the tuning searches: every method's knobs and their ranges, in one table.
 
-:data:`SEARCH_SPACE` names, per method, the constructor arguments the tuning
-(:mod:`.tune`) samples and each one's range *relative to the method's default*
-(:data:`~.settings.PAPER_DEFAULTS`, or the constructor's own default where that table is silent):
+:data:`SEARCH_SPACE` names, per method, the constructor arguments the tuning (:mod:`.tune`)
+samples and each one's starting range *relative to the method's default* (``docs/benchmark.md``):
+a loss weight ``x0.1 ... x100`` (log, :data:`WEIGHT`), a temperature ``x1/4 ... x4`` (log,
+:data:`TEMPERATURE`), REFILLED's stage-1 share of the epochs ``0.1 ... 0.9`` (linear, never
+extended: :data:`FRACTION`). A chosen value near a bound extends it a decade at a time
+(:meth:`Knob.extend`, at most :data:`MAX_EXTENSIONS` times per bound). CE has no knob; a knob a
+constructor does not accept is dropped (:func:`method_space`). The combinations tune their added
+term only (their CE and KD weights stay KD's), so ``X + KD`` minus KD is still that term's effect.
 
-- a loss weight spans ``x0.1 ... x100`` of its default on a log scale (:data:`WEIGHT`). For
-  GRKD (the mean over its 45 class pairs, weight 1) that range holds the sum-over-pairs scale,
-  ``x45``, which the ablation found to change the verdict (``docs/grkd.md``);
-- a temperature spans ``x1/4 ... x4`` of its default on a log scale (:data:`TEMPERATURE`);
-- REFILLED's stage-1 share of the epochs is a fraction, ``0.1 ... 0.9`` on a linear scale
-  (:data:`FRACTION`), never extended (the schedule ends there).
-
-A range is where the search *starts*: a chosen value near a bound is extended a decade at a time
-(``Knob.extend``, at most :data:`MAX_EXTENSIONS` times per bound) by the tuning.
-
-CE has no knob. A method missing from ``PAPER_DEFAULTS`` is skipped, and a knob its constructor
-does not accept is dropped (:func:`method_space`), so the table may name methods and knobs that
-other parts of the package add later. The combinations (``X + KD``) tune their added term only:
-their CE and KD weights stay KD's (:data:`~.settings.CONTROL_WEIGHTS`), so ``X + KD`` minus KD is
-still the effect of the ``X`` term.
-
-Selection runs on the validation split with :data:`SELECTION_SEEDS`, which no preset evaluates
-on (tested), so a recipe's validation score is never the test score of the same training run.
-The ablations (``--ablation``), which choose a method's defaults, do the same with
+Selection runs on the validation split with :data:`SELECTION_SEEDS`, which no preset evaluates on
+(tested); the ablations (``--ablation``), which choose a method's defaults, do the same with
 :data:`ABLATION_SEEDS`.
 """
 
@@ -34,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..methods.registry import _registry
+from .recipes import effective_defaults
 from .settings import PAPER_DEFAULTS
 
 #: Seeds of the selection runs: each trial is the mean validation top-1 over these. Never an
@@ -141,27 +130,17 @@ def _knob(name: str, default: float, scale: Scale) -> Knob:
 
 
 def method_defaults(method: str) -> dict[str, float] | None:
-    """The defaults a method runs at: ``PAPER_DEFAULTS`` over its constructor's defaults.
+    """The numeric defaults a method runs at (:func:`~.recipes.effective_defaults`), as floats.
 
     ``None`` if the method is not in ``PAPER_DEFAULTS`` or not buildable (not benchmarked yet).
     """
     if method not in PAPER_DEFAULTS or method not in _registry():
         return None
-    signature = inspect.signature(_registry()[method])
-    out = {
-        name: float(p.default)
-        for name, p in signature.parameters.items()
-        if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)
+    return {
+        k: float(v)
+        for k, v in effective_defaults(method).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)  # not a choice like "teacher"
     }
-    out.update(
-        {
-            k: float(v)
-            for k, v in PAPER_DEFAULTS[method][0].items()
-            if isinstance(v, (int, float))
-            and not isinstance(v, bool)  # not a choice like "teacher"
-        }
-    )
-    return out
 
 
 def method_space(method: str) -> dict[str, Knob] | None:

@@ -1,37 +1,22 @@
-"""What the benchmark compares: methods, their defaults and sweep, settings, the report's labels.
+"""What the benchmark compares: methods, their defaults, settings, the report's labels.
 
 Nothing here trains or reads a file: the names, the paper defaults (:data:`PAPER_DEFAULTS`), the
-sweep's trials (:func:`sweep_candidates`), the Fashion-MNIST settings and their sizes
-(:class:`Setting`, :func:`default_settings`), the command line's list parser, and the orders and
-labels the report and its figures share.
+Fashion-MNIST settings and their sizes (:class:`Setting`, :func:`default_settings`), the command
+line's list parser, and the orders and labels the report and its figures share.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 # ---------------------------------------------------------------------------------------------
-# Methods: names, labels, paper defaults, the sweep
+# Methods: names, labels, paper defaults
 # ---------------------------------------------------------------------------------------------
-
-METHODS: tuple[str, ...] = (
-    "ce",
-    "pseudo_label",
-    "kd",
-    "rkd",
-    "rrd",
-    "rrd_kd",
-    "refilled",
-    "grkd",
-    "grkd_kd",
-    "rank_soft",
-    "rank_listwise",
-    "dist",
-)
 
 METHOD_LABELS: dict[str, str] = {
     "ce": "CE",
@@ -47,14 +32,12 @@ METHOD_LABELS: dict[str, str] = {
     "rank_listwise": "Rank-listwise",
     "dist": "DIST",
 }
+#: Every benchmarked method, in the report's order.
+METHODS: tuple[str, ...] = tuple(METHOD_LABELS)
 
-#: The published (or our, where a paper is silent) defaults each method runs at, and where they
-#: come from (``docs/benchmark.md``). ``runner.method_kwargs`` passes them to the constructor (then
-#: :data:`CONTROL_WEIGHTS`, then a trial's overrides), so this table is what the benchmark runs.
-#: Most equal the constructor defaults of :mod:`relkd_tutorial.methods`; REFILLED's last three
-#: are the benchmark's, not the papers' (``docs/refilled.md``, "In the benchmark"): every class
-#: with a global centre as a column of the local classifier, stage-1 triplets mined under the
-#: teacher's centre labels, and its stage split, which the tuning searches.
+#: The published (or our, where a paper is silent) defaults each method runs at, and their source
+#: (``docs/benchmark.md``); ``runner.method_kwargs`` applies them, then :data:`CONTROL_WEIGHTS`,
+#: then a recipe's overrides. REFILLED's last three are the benchmark's (``docs/refilled.md``).
 PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     "ce": ({}, "plain cross-entropy"),
     "pseudo_label": ({"pseudo_weight": 1.0}, "our control"),
@@ -98,21 +81,17 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     ),
 }
 
-#: The combinations train with KD's own CE and KD weights (0.1 CE + 0.9 KD, T = 4) plus their
-#: relational term at its default weight, so that ``X + KD`` minus KD is the effect of adding
-#: ``lambda * L_X`` and of nothing else (choice, ``docs/benchmark.md``: no extra KD control runs).
-#: The constructors keep the published 1 / 1 / 1 convention (the CIFAR setting uses it, to compare
-#: with the published numbers). Applied by ``runner.method_kwargs`` before a trial's overrides.
+#: The combinations train with KD's own CE and KD weights plus their relational term, so that
+#: ``X + KD`` minus KD is the effect of ``lambda * L_X`` alone (``docs/benchmark.md``); the
+#: constructors keep the published 1 / 1 / 1 (the CIFAR setting uses it).
 CONTROL_WEIGHTS: dict[str, dict[str, float]] = {
     "rrd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
     "grkd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
 }
 
-#: Each method's control: the run that differs from it in exactly one thing (its loss term). Every
-#: relational term alone is ``1 * CE + lambda * L_X``, so its control is CE (CE weight 1, tested);
-#: ``X + KD`` is ``0.1 CE + 0.9 KD + lambda * L_X`` (:data:`CONTROL_WEIGHTS`), so its control is KD.
-#: KD itself (``0.1 CE + 0.9 KD``) is compared with CE: there the KD term *replaces* most of the
-#: CE weight, so that comparison differs in the term and in the CE weight (:data:`CONTROL_DIFFERS`).
+#: Each method's control: the run that differs from it in one thing, its loss term (a relational
+#: term alone: ``1 * CE + lambda * L_X`` against CE; ``X + KD`` against KD). KD against CE differs
+#: in the term and in the CE weight (:data:`CONTROL_DIFFERS`).
 CONTROLS: dict[str, str] = {
     "pseudo_label": "ce",
     "kd": "ce",
@@ -186,54 +165,6 @@ def has_unlabelled(setting: Setting) -> bool:
 #: Methods trained in several stages (REFILLED: embedding, then classifier) and their count.
 MULTI_STAGE: dict[str, int] = {"refilled": 2}
 
-SWEEP_TRIALS = 4
-#: Seeds per sweep trial (the first ones of the setting); a trial is scored by its mean
-#: validation top-1 over them.
-SWEEP_SEEDS = 2
-_WEIGHT_SCALES = (1.0, 1.0 / 3.0, 3.0, 10.0)  # the default first: ties go to it
-
-
-def _round(x: float) -> float:
-    return float(f"{x:.4g}")
-
-
-def sweep_candidates(method: str) -> list[dict[str, float]]:
-    """The hyperparameter trials of a method: overrides of its defaults, the default (``{}``) first.
-
-    Every distillation method gets :data:`SWEEP_TRIALS` trials (CE has no knob: one trial).
-    """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
-    if method == "ce":
-        return [{}]
-    if method in ("grkd", "grkd_kd"):
-        return [
-            {},
-            {"grkd_weight": 3.0},
-            {"grkd_weight": 10.0},
-            {"grkd_weight": 3.0, "temperature": 2.0},
-        ]
-    knobs = {
-        "kd": {"kd_weight": 0.9},
-        "pseudo_label": {"pseudo_weight": 1.0},
-        "rkd": {"distance_weight": 25.0, "angle_weight": 50.0},
-        "rrd": {"rrd_weight": 1.0},
-        "rrd_kd": {"rrd_weight": 1.0},
-        "refilled": {"lambda2": 100.0},
-        "rank_soft": {"rank_weight": 1.0},
-        "rank_listwise": {"rank_weight": 1.0},
-        "dist": {"beta": 1.0, "gamma": 1.0},
-    }[method]
-    out: list[dict[str, float]] = []
-    for scale in _WEIGHT_SCALES:
-        out.append({} if scale == 1.0 else {k: _round(v * scale) for k, v in knobs.items()})
-    return out
-
-
-def sweep_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
-    """The seeds a sweep trial runs on: the first :data:`SWEEP_SEEDS` of the setting's seeds."""
-    return tuple(seeds[:SWEEP_SEEDS])
-
 
 def params_tag(params: dict[str, float]) -> str:
     """Canonical text of a trial's overrides (``"{}"`` for the paper defaults)."""
@@ -272,14 +203,10 @@ class Variant:
     params: dict[str, Any]
 
 
-#: The GRKD ablation (``--ablation grkd``; ``docs/grkd.md`` lists the choices). The loss's body
-#: was not accessible to us, so these are the reconstruction's open choices: the group (all classes or the
-#: teacher's top-k), the pair weights (uniform or the teacher's probability gap), the
-#: temperature, and the ``1/|P_i|`` normalisation (mean over pairs or sum). Each variant changes
-#: one of them. On all classes with uniform weights and no tied teacher logits, ``"sum"`` (the
-#: default, ``PAPER_DEFAULTS``) is exactly ``C(C-1)/2`` times ``"mean"`` (tested), so that variant
-#: is the default at a smaller weight: the report calls it a scale effect (choice: no ``grkd_weight = 1/|P|`` control, which
-#: would be the default run again).
+#: The GRKD ablation (``--ablation grkd``): the reconstruction's open choices (``docs/grkd.md``),
+#: one per variant. On all classes with uniform weights and no tied teacher logits the default
+#: ``"sum"`` is exactly ``C(C-1)/2`` times ``"mean"`` (tested), so that variant is the default at
+#: a smaller weight: the report calls it a scale effect.
 ABLATIONS: dict[str, tuple[Variant, ...]] = {
     "grkd": (
         Variant("default (all classes, uniform, tau 1)", "default", {}),
@@ -305,41 +232,20 @@ def ablation_variants(method: str) -> tuple[Variant, ...]:
     return ABLATIONS[method]
 
 
-#: Variants of an earlier protocol, no longer planned but recognised in a committed folder (its
-#: report still renders): GRKD's scale variant was the sum while the default was the mean.
-RETIRED_VARIANTS: dict[str, tuple[Variant, ...]] = {
-    "grkd": (Variant("sum over pairs", "normalisation (scale)", {"reduction": "sum"}),),
-}
-
-
-def variant_of(method: str, params: dict[str, Any] | str) -> Variant | None:
-    """The ablation variant whose ``params`` (or their tag) these are, else ``None``."""
-    tag = params if isinstance(params, str) else params_tag(params)
-    for v in (*ABLATIONS.get(method, ()), *RETIRED_VARIANTS.get(method, ())):
-        if params_tag(v.params) == tag:
-            return v
-    return None
-
-
 # ---------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------
 
-#: The shipped ten-class teacher the Fashion-MNIST settings distil from (its file stem; see
-#: :mod:`relkd_tutorial.pretrained`). ``"teacher_cnn_fashion_mnist"`` trained on all 10,000 training
-#: images, so it has seen the pool *and* the validation split that selects hyperparameters;
-#: ``"teacher_cnn_fashion_mnist_heldout"`` (same recipe) never saw the validation split. The
-#: committed results were made with the first: flip this switch in the same commit as the rerun
-#: of the benchmark (the spec fingerprint includes the teacher's weights, so runs of the two never
-#: mix).
+#: The shipped teacher the Fashion-MNIST settings distil from (its file stem,
+#: :mod:`relkd_tutorial.pretrained`): the ``_heldout`` one never saw the validation split that
+#: selects hyperparameters. The spec fingerprint includes the teacher's weights.
 BENCH_TEACHER = "teacher_cnn_fashion_mnist_heldout"
 
 FASHION_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard", "cross-task")
 ALL_SETTINGS: tuple[str, ...] = (*FASHION_SETTINGS, "full")
 DEFAULT_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard")
 PRESETS: tuple[str, ...] = ("cpu", "quick", "large")
-#: The cpu preset's paper-default runs of the tuned methods: the first 8 transfer seeds (the
-#: tuned runs use all 16; ``docs/benchmark.md`` says why: the main job's time).
+#: The paper-default runs of the tuned methods: on the first 8 seeds (``docs/benchmark.md``).
 DEFAULT_ARM_SEEDS = 8
 CROSS_TASK_TEACHER_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4)
 CROSS_TASK_STUDENT_CLASSES: tuple[int, ...] = (5, 6, 7, 8, 9)
@@ -355,19 +261,18 @@ class Setting:
         keep_unlabelled: keep the rest of the pool with label ``-1`` (transfer) or drop it.
         epochs, batch_size, lr: the student's schedule (SGD + Nesterov, momentum 0.9, weight
             decay 5e-4, cosine decay; identical for every method).
-        seeds: the seeds of the final runs (the sweep uses the first).
+        seeds: the seeds of the final runs.
         student: student architecture (:func:`~relkd_tutorial.models.build_model`).
         pool_per_class: images per class of the training pool (``None`` = the whole subset minus
             the validation split; fast mode uses a smaller pool).
         val_per_class: validation images per class carved out of the training subset.
         teacher_epochs: cross-task only: epochs of the 5-class teacher.
-        sweep: run the hyperparameter sweep (else every method at its defaults).
-        curves: evaluate on the run's evaluation split after every epoch (learning curves; does
-            not change the training, so it is not part of the fingerprint).
-        default_seeds: with tuned recipes (``bench/recipes.py``), the paper-default runs of every
-            tuned method (the "out of the box" table) train on the first ``default_seeds`` seeds
-            (``0``: none); a method whose recipe is its defaults is never trained twice. Not part
-            of the fingerprint (like ``seeds``).
+        curves: evaluate on the test split after every epoch (learning curves).
+        default_seeds: with recipes, the tuned methods also run at their paper defaults on the
+            first ``default_seeds`` seeds (the "out of the box" table; ``0``: none).
+
+    ``seeds``, ``curves`` and ``default_seeds`` do not change a run, so they are not part of
+    :meth:`fingerprint`.
     """
 
     name: str
@@ -381,14 +286,13 @@ class Setting:
     pool_per_class: int | None = None
     val_per_class: int = 100
     teacher_epochs: int = 0
-    sweep: bool = True
     curves: bool = False
     default_seeds: int = 0
 
     def fingerprint(self, teacher_id: str) -> str:
         """8 hex digits identifying everything that changes a run's result except method and seed."""
         spec = asdict(self)
-        for k in ("seeds", "sweep", "curves", "default_seeds"):
+        for k in ("seeds", "curves", "default_seeds"):
             spec.pop(k)
         spec["teacher"] = teacher_id
         # the combinations' weights changed what their runs mean (1 / 1 / 1 before): rows of the
@@ -401,108 +305,72 @@ class Setting:
 def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
     """The Fashion-MNIST settings of fast mode (``fast=True``) or of a size ``preset``.
 
-    ``preset="cpu"`` (the main job on a CPU; powered): the whole training pool beside the
-    validation split, i.e. 900 images per class (9,000) of the shipped 10,000-image subset after
-    100 per class (1,000) are carved out for validation; every method at its tuned recipe where
-    ``bench/recipes.json`` has one, else at its paper defaults (no sweep; ``--sweep`` opts in).
-    Transfer: 50 labels per class + the other 8,500 pool images unlabelled, 5 epochs, 16 paired
-    seeds, and the paper-default runs of the tuned methods on the first 8 of them
-    (``default_seeds``, the "out of the box" table). Low-data: the 50 labels per class alone,
-    30 epochs (batch 64), 8 seeds, the paper-default runs beside them on all 8. Standard: the 9,000 images labelled, 20 epochs, 3 seeds, with
-    learning curves (the report says what intervals of about one point would cost there).
-    Cross-task (opt-in): classes 5-9 of the pool, 50 labels per class, 5 epochs, 5 seeds, a
-    6-epoch teacher on classes 0-4.
+    Every preset runs each method at its tuned recipe where ``--recipes`` (default
+    ``bench/recipes.json``) has one, else at its paper defaults; the tuned methods also run at
+    their paper defaults on the first ``default_seeds`` seeds (the "out of the box" table).
 
-    Its time: the epochs were chosen from one calibration run (KD on transfer at this size) and
-    the methods' relative costs, so that the default job fits about half an hour on a 2-core CPU
-    with ``--jobs 2``; what the committed run took (command, wall and CPU time, load) is recorded
-    in ``results/README.md``, not here, so that no measured number in a docstring can go stale.
-    The committed report says how much ``standard``'s test top-1 still rose over its last epochs
-    (generated from the learning curves, ``results/curves.png``); ``--preset large`` runs it for
-    30 epochs.
+    ``"cpu"`` (the main job on a CPU; powered): the whole pool beside the validation split, i.e.
+    900 images per class (9,000) of the shipped 10,000-image subset after 100 per class are carved
+    out for validation. Transfer: 50 labels per class + the other 8,500 pool images unlabelled,
+    5 epochs, 16 paired seeds, the paper defaults on the first 8. Low-data: the 50 labels per
+    class alone, 30 epochs (batch 64), 8 seeds, the paper defaults on all 8. Standard: the 9,000
+    images labelled, 20 epochs, 3 seeds, with learning curves. Cross-task (opt-in): classes 5-9,
+    50 labels per class, 5 epochs, 5 seeds, a 6-epoch teacher on classes 0-4. The epochs were
+    chosen so that the job fits about half an hour on a 2-core CPU with ``--jobs 2``; what the
+    committed run took is in ``results/README.md``.
 
-    ``preset="quick"``: the previous default, a 3,000-image pool (300 per class). Transfer 50 labels per class + 2,500 unlabelled, 8 epochs, 4 seeds; low-data
-    20 epochs (batch 64), 3 seeds; standard 2,000 labelled images (200 per class), 10 epochs,
-    1 seed, curves; cross-task 8 epochs, 3 seeds, a 6-epoch teacher.
+    ``"quick"``: a 3,000-image pool (300 per class). Transfer 8 epochs, 4 seeds; low-data 20 epochs
+    (batch 64), 3 seeds; standard 2,000 labelled images, 10 epochs, 1 seed, curves; cross-task
+    8 epochs, 3 seeds, a 6-epoch teacher.
 
-    ``preset="large"`` (the default on a GPU): the whole 9,000-image pool, the sweep on transfer,
-    low-data and cross-task; transfer 15 epochs, 8 seeds; low-data 60 epochs, 5 seeds; standard
-    30 epochs, 3 seeds; cross-task 15 epochs, 3 seeds.
+    ``"large"`` (the default on a GPU): the whole pool, longer schedules; transfer 15 epochs,
+    8 seeds; low-data 60 epochs, 5 seeds; standard 30 epochs, 3 seeds; cross-task 15 epochs,
+    3 seeds. The shipped recipes were tuned at the cpu sizes: tune for these first
+    (``--tune --preset large --recipes FILE``) and run with ``--recipes FILE``.
 
-    Fast mode (any preset) shrinks the pool to 150 images per class, the epochs to a few, two
-    seeds (in transfer both also for the tuned methods' paper defaults), no sweep.
+    Fast mode (any preset): 150 images per class, a few epochs, two seeds (in transfer both also
+    for the tuned methods' paper defaults).
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if fast:
-        common = dict(pool_per_class=150, val_per_class=30, seeds=(0, 1), sweep=False)
+        common = dict(pool_per_class=150, val_per_class=30, seeds=(0, 1))
         return {
             "transfer": Setting("transfer", 20, True, epochs=4, default_seeds=2, **common),
             "low-data": Setting("low-data", 20, False, epochs=10, batch_size=64, **common),
             "standard": Setting("standard", None, False, epochs=6, curves=True, **common),
             "cross-task": Setting("cross-task", 20, True, epochs=4, teacher_epochs=2, **common),
         }
+    arm = DEFAULT_ARM_SEEDS
     if preset == "cpu":
         return {
-            "transfer": Setting(
-                "transfer",
-                50,
-                True,
-                epochs=5,
-                seeds=tuple(range(16)),
-                sweep=False,
-                default_seeds=DEFAULT_ARM_SEEDS,
-            ),
-            "low-data": Setting(
-                "low-data",
-                50,
-                False,
-                epochs=30,
-                batch_size=64,
-                seeds=tuple(range(8)),
-                sweep=False,
-                default_seeds=DEFAULT_ARM_SEEDS,
-            ),
-            "standard": Setting(
-                "standard", None, False, epochs=20, seeds=(0, 1, 2), curves=True, sweep=False
-            ),
-            "cross-task": Setting(
-                "cross-task",
-                50,
-                True,
-                epochs=5,
-                teacher_epochs=6,
-                seeds=tuple(range(5)),
-                sweep=False,
-            ),  # fmt: skip
-        }
+            "transfer": Setting("transfer", 50, True, epochs=5, seeds=tuple(range(16)),
+                                default_seeds=arm),
+            "low-data": Setting("low-data", 50, False, epochs=30, batch_size=64,
+                                seeds=tuple(range(8)), default_seeds=arm),
+            "standard": Setting("standard", None, False, epochs=20, seeds=(0, 1, 2), curves=True),
+            "cross-task": Setting("cross-task", 50, True, epochs=5, teacher_epochs=6,
+                                  seeds=tuple(range(5))),
+        }  # fmt: skip
     if preset == "quick":
-        common = dict(pool_per_class=300, sweep=False)
         return {
-            "transfer": Setting("transfer", 50, True, epochs=8, seeds=(0, 1, 2, 3), **common),
-            "low-data": Setting(
-                "low-data", 50, False, epochs=20, batch_size=64, seeds=(0, 1, 2), **common
-            ),
-            "standard": Setting(
-                "standard",
-                None,
-                False,
-                epochs=10,
-                seeds=(0,),
-                curves=True,
-                pool_per_class=200,
-                sweep=False,
-            ),
-            "cross-task": Setting(
-                "cross-task", 50, True, epochs=8, teacher_epochs=6, seeds=(0, 1, 2), **common
-            ),
-        }
+            "transfer": Setting("transfer", 50, True, epochs=8, seeds=(0, 1, 2, 3),
+                                pool_per_class=300),
+            "low-data": Setting("low-data", 50, False, epochs=20, batch_size=64, seeds=(0, 1, 2),
+                                pool_per_class=300),
+            "standard": Setting("standard", None, False, epochs=10, seeds=(0,), curves=True,
+                                pool_per_class=200),
+            "cross-task": Setting("cross-task", 50, True, epochs=8, teacher_epochs=6,
+                                  seeds=(0, 1, 2), pool_per_class=300),
+        }  # fmt: skip
     return {
-        "transfer": Setting("transfer", 50, True, epochs=15, seeds=tuple(range(8))),
-        "low-data": Setting("low-data", 50, False, epochs=60, batch_size=64, seeds=tuple(range(5))),
-        "standard": Setting("standard", None, False, epochs=30, sweep=False, curves=True),
+        "transfer": Setting("transfer", 50, True, epochs=15, seeds=tuple(range(8)),
+                            default_seeds=arm),
+        "low-data": Setting("low-data", 50, False, epochs=60, batch_size=64,
+                            seeds=tuple(range(5)), default_seeds=arm),
+        "standard": Setting("standard", None, False, epochs=30, curves=True),
         "cross-task": Setting("cross-task", 50, True, epochs=15, teacher_epochs=6),
-    }
+    }  # fmt: skip
 
 
 def _parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
@@ -542,6 +410,16 @@ DIFF_METRICS = ("acc", "acc_tops", "acc_footwear", "kendall_tau")
 
 def _scale(metric: str) -> float:
     return 100.0 if metric in PERCENT else 1.0
+
+
+def label(method: str) -> str:
+    """The report's name of ``method`` (its own name where it has none)."""
+    return METHOD_LABELS.get(method, method)
+
+
+def pm(mean: float, std: float, digits: int) -> str:
+    """``"mean ± std"`` at ``digits`` decimals, ``"mean"`` alone where ``std`` is NaN (one seed)."""
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
 
 
 def _ordered_settings(rows: Iterable[dict[str, Any]]) -> list[str]:

@@ -1,11 +1,9 @@
-"""The benchmark's results folder: one CSV row per finished run, appended at once, and metadata.
+"""The benchmark's results folder: ``runs.csv``, ``histories.csv`` and ``meta.json``.
 
-``runs.csv`` holds one row per run (:data:`RUN_COLUMNS`), ``histories.csv`` the per-epoch records
-of every run, ``meta.json`` every invocation (command, mode, threads, wall time, load average) and
-the environment (versions, device). A row is appended and flushed to disk as soon as its run ends,
-so an interrupted benchmark loses at most the run in progress; a half-written last line (a crash
-during the append) is dropped when the file is next read. Rows are keyed (``key``) so that a rerun
-skips what is done (:meth:`ResultStore.done`).
+A run's row (:data:`RUN_COLUMNS`) and its per-epoch history are appended and flushed as soon as
+the run ends; a half-written last line (a crash during the append) is dropped when the file is
+next read. Rows are keyed, so a rerun skips what is done (:meth:`ResultStore.done`).
+``meta.json`` records every invocation (command, timing, load) and the environment.
 """
 
 from __future__ import annotations
@@ -16,64 +14,25 @@ import json
 import math
 import os
 import platform
+import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-RUN_COLUMNS: tuple[str, ...] = (
-    "key",
-    "setting",
-    "spec",
-    "phase",
-    "method",
-    "params",
-    "seed",
-    "status",
-    "eval_split",
-    "acc",
-    "acc_tops",
-    "acc_footwear",
-    "kendall_tau",
-    "dist_corr",
-    "train_acc",
-    "seconds",
-    "peak_mem_mb",
-    "epochs",
-    "n_train",
-    "n_labelled",
-    "load1",
-    "note",
-)
+#: The measured columns of ``runs.csv``, read back as floats (NaN where empty).
 NUMERIC_COLUMNS = (
-    "acc",
-    "acc_tops",
-    "acc_footwear",
-    "kendall_tau",
-    "dist_corr",
-    "train_acc",
-    "seconds",
-    "peak_mem_mb",
-    "load1",
+    *("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc"),
+    *("seconds", "peak_mem_mb", "load1"),
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# The results folder: append per run, skip what is done
-# ---------------------------------------------------------------------------------------------
-
-HISTORY_COLUMNS = (
-    "key",
-    "epoch",
-    "stage",
-    "lr",
-    "loss",
-    "train_acc",
-    "eval_acc",
-    "eval_loss",
-    "seconds",
+RUN_COLUMNS: tuple[str, ...] = (
+    *("key", "setting", "spec", "phase", "method", "params", "seed", "status", "eval_split"),
+    *NUMERIC_COLUMNS[:-1],
+    *("epochs", "n_train", "n_labelled", "load1", "note"),
 )
+HISTORY_COLUMNS = ("key", "epoch", "stage", "lr", "loss", "train_acc", "eval_acc", "eval_loss",
+                   "seconds")  # fmt: skip
 
 
 def _repair_tail(path: Path) -> None:
@@ -148,15 +107,12 @@ RESULTS_ENV = "RELKD_RESULTS_DIR"
 
 
 def find_results_dir(start: str | Path | None = None, name: str = "results") -> Path:
-    """The committed benchmark results folder (the one holding ``runs.csv``), found robustly.
+    """The committed benchmark results folder (the one holding ``runs.csv``).
 
-    Looked for, in order: ``$RELKD_RESULTS_DIR`` (must hold ``runs.csv``, else an error); a folder
-    ``name`` in ``start`` (default: the current directory) or any of its parents, so a notebook
-    finds the repository's ``results/`` from ``notebooks/`` or from a copy of the notebooks folder
-    placed next to it; then the ``results/`` of the source checkout this package was imported
-    from (an editable install). Returns an absolute path (the override as given). Raises
-    :class:`FileNotFoundError` naming every place searched and the variable to set when none holds
-    ``runs.csv``.
+    Looked for, in order: ``$RELKD_RESULTS_DIR`` (must hold ``runs.csv``); a folder ``name`` in
+    ``start`` (default: the current directory) or any folder above it; the ``results/`` of the
+    source checkout this package was imported from. :class:`FileNotFoundError` names every place
+    searched when none holds ``runs.csv``.
     """
     override = os.environ.get(RESULTS_ENV, "").strip()
     if override:
@@ -224,10 +180,9 @@ _CPUINFO = Path("/proc/cpuinfo")
 def cpu_info() -> dict[str, Any]:
     """The CPU and the instruction set torch's CPU kernels use: runs are bit-exact only on the same.
 
-    ``cpu_model``: the first ``model name`` of ``/proc/cpuinfo`` (else ``platform.processor()``,
-    else ``None``); ``cpu_capability``: ``torch.backends.cpu.get_cpu_capability()`` (``"AVX512"``,
-    ``"AVX2"``, ``"DEFAULT"``, ...); ``aten_cpu_capability``: the ``ATEN_CPU_CAPABILITY``
-    environment variable that caps it, ``None`` when unset.
+    ``cpu_model`` (``/proc/cpuinfo``, else ``platform.processor()``, else ``None``),
+    ``cpu_capability`` (``torch.backends.cpu.get_cpu_capability()``) and ``aten_cpu_capability``
+    (the ``ATEN_CPU_CAPABILITY`` variable that caps it, ``None`` when unset).
     """
     model = None
     try:
@@ -269,39 +224,27 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def _git_commit() -> str | None:
-    head = Path(__file__).resolve().parents[2] / ".git"  # relkd_tutorial/bench/store.py -> repo
+def git_commit() -> str | None:
+    """The commit this package's checkout is at (``None`` outside a git checkout)."""
     try:
-        if head.is_file():  # a worktree: "gitdir: <path>"
-            head = Path(head.read_text().split(":", 1)[1].strip())
-        ref = (head / "HEAD").read_text().strip()
-        if ref.startswith("ref: "):
-            ref_path = head / ref[5:]
-            if ref_path.exists():
-                return ref_path.read_text().strip()
-            common = head / "commondir"
-            base = (head / common.read_text().strip()).resolve() if common.exists() else head
-            packed = base / "packed-refs"
-            ref_file = base / ref[5:]
-            if ref_file.exists():
-                return ref_file.read_text().strip()
-            if packed.exists():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(ref[5:]):
-                        return line.split()[0]
-            return None
-        return ref
-    except (OSError, IndexError):
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout.strip() or None
+
+
+def read_meta(folder: str | Path) -> dict[str, Any] | None:
+    """A results folder's ``meta.json``, ``None`` where it has none."""
+    path = Path(folder) / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def record_invocation(out_dir: Path, entry: dict[str, Any]) -> None:
-    """Append this invocation (command, timing, load) to ``meta.json``'s list of invocations.
-
-    Each entry also gets the CPU it ran on (:func:`cpu_info`, unless the entry says already), so a
-    folder whose runs came from several machines says which invocation ran where; the top-level
-    ``environment`` is the last invocation's.
-    """
+    """Append this invocation, with the CPU it ran on (:func:`cpu_info`), to ``meta.json``; the
+    top-level ``environment`` is the last invocation's."""
     path = out_dir / "meta.json"
     meta: dict[str, Any] = {"invocations": []}
     if path.exists():
@@ -311,5 +254,5 @@ def record_invocation(out_dir: Path, entry: dict[str, Any]) -> None:
             meta = {"invocations": []}
     meta.setdefault("invocations", []).append({**cpu_info(), **entry})
     meta["environment"] = environment()
-    meta["git_commit"] = _git_commit()
+    meta["git_commit"] = git_commit()
     path.write_text(json.dumps(meta, indent=1) + "\n")

@@ -4,54 +4,35 @@
     python -m relkd_tutorial.bench --tune --prune --recipes runs/tune/recipes-pruned.json
     python -m relkd_tutorial.bench --diff-recipes A.json B.json    # did pruning change a choice?
 
-One Optuna study per setting and method. A trial samples the method's knobs from its range
-(:mod:`.search_space`), trains the student with them once per selection seed
-(:data:`~.search_space.SELECTION_SEEDS`, never evaluation seeds) on the setting's training set
-and scores it by the mean top-1 on the **validation** split (the test split is never read).
-Every method gets the same number of trials (``--trials``); its first trial is its default
-(enqueued), so a recipe never scores below the default on validation. A tie goes to the earlier
-trial. A run whose loss diverges scores 0.
+One Optuna study per setting and method. A trial samples the method's knobs (:mod:`.search_space`),
+trains the student once per selection seed (:data:`~.search_space.SELECTION_SEEDS`, never an
+evaluation seed) and scores the mean top-1 on the **validation** split (the test split is never
+read). Every method gets the same number of trials (``--trials``); the first is its default, so
+a recipe never scores below the default on validation; a tie goes to the earlier trial; a
+diverged run scores 0. Sampler: TPE, each knob independently (a grown range would drop it from a
+joint model), ``constant_liar`` for concurrent workers; the search is not bit-reproducible, the
+recipe file it writes is what the main job reads (``docs/benchmark.md`` says why TPE, not a grid).
 
-Sampler (choice): TPE over continuous ranges, log-uniform for the weights and temperatures.
-A grid at a useful resolution grows as the product of the knobs' steps (two knobs with seven
-points each is 49 trials, REFILLED's four knobs far more), so equal budgets would mean coarser
-grids for the methods with more knobs; TPE gives every method the same trial count whatever its
-number of knobs, places the trials after its first random ones where the scores were good, and
-lets a range grow without restarting. Each knob is sampled independently (a grown range would
-drop it from a joint model), with ``constant_liar`` (concurrent workers propose different points).
-The search is not bit-reproducible; its result, the recipe file, is what the main job reads.
+Edges: a best value near an extendable bound (:meth:`~.search_space.Knob.at_edge`) grows that
+bound by a decade and the study continues with :func:`extra_trials` more trials, at most
+:data:`~.search_space.MAX_EXTENSIONS` times per bound; the recipe file records every range and
+flags a value still at an edge. Pruning (``--prune``): Hyperband on the validation top-1 after
+every epoch of every seed; a pruned trial counts against the budget and is never chosen.
 
-Edges: when a study has its trials, the best trial's value of each knob is checked against the
-knob's range (:meth:`~.search_space.Knob.at_edge`); a value near an extendable bound grows that
-bound by a decade, and the study continues with ``--trials // 3`` more trials (at least two) over
-the grown range; at most :data:`~.search_space.MAX_EXTENSIONS` times per bound. The recipe file
-records every range a knob had and flags a value still at an edge.
-
-Pruning (``--prune``, off by default): a trial reports its validation top-1 after every epoch of
-every seed (step ``seed index * epochs + epoch``) and Optuna's Hyperband pruner stops the weak
-ones. A pruned trial counts as a trial of the budget and is never chosen. Pruned and unpruned
-tunings are different studies in one storage; ``--diff-recipes`` compares their recipe files.
-
-Storage: the studies live in Optuna's storage, a journal file (``<out>/tuning.journal``) by
-default or any database URL (``--storage postgresql://...``, with Optuna's heartbeat). Running
-the command again resumes: finished trials are kept and only the missing ones run. ``--jobs N``
-starts N worker processes on the same studies; the same command on other machines with the same
-``--storage`` adds workers to them (a trial whose worker died on this machine is marked failed
-and rerun). The recipes are written at the end of every invocation from the whole storage.
+Storage: a journal file (``<out>/tuning.journal``) or a database URL (``--storage``). The same
+command again resumes; ``--jobs N`` worker processes share the studies, and so do other machines
+given the same ``--storage`` (a trial whose worker died on this machine is marked failed and
+rerun). The recipes are written at the end of every invocation from the whole storage.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
-import platform
 import re
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -62,18 +43,17 @@ from typing import Any
 import torch
 
 from ..data import TensorLoader
-from ..methods import build_method
-from ..models import build_model
-from ..training import fit, seeded
-from .parallel import WorkspaceRef
-from .runner import _clock, applicable, method_kwargs, student_config
+from ..training import fit
+from .parallel import WorkspaceRef, spawn_pool
+from .recipes import FORMAT, RECIPES_FILE
+from .runner import _clock, applicable, run_parts
 from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_defaults, method_space
-from .settings import METHOD_LABELS, Setting, describe_params
+from .settings import Setting, describe_params, label
+from .store import cpu_info, git_commit
 from .workspace import Workspace, load_workspace
 
 #: Where the main job reads the committed recipes from (fast mode writes under ``--out``).
-RECIPES_PATH = Path(__file__).with_name("recipes.json")
-RECIPES_FORMAT = 1
+RECIPES_PATH = RECIPES_FILE
 
 
 def extra_trials(trials: int) -> int:
@@ -196,21 +176,12 @@ def validation_run(
     """Train ``method`` with ``params`` at ``seed`` on the setting's training set; its top-1 on
     the validation split after the last epoch (``on_epoch`` sees each epoch's record, whose
     ``eval_acc`` is the validation top-1). 0 if the run diverges."""
-    setting = ws.setting
-    train = ws.train_set(seed)
-    student = build_model(setting.student, ws.num_classes, 1, seed=seed)
-    with seeded(seed):
-        m = build_method(method, **method_kwargs(method, params, ws, len(train)))
-    loader = TensorLoader(train, setting.batch_size, augment=False, seed=seed, device=ws.device)
+    student, m, loader, config, cache = run_parts(ws, method, params, seed)
     val = TensorLoader.for_evaluation(
         ws.val, 1000, device=ws.device, channels_last=ws.channels_last
     )
-    config = student_config(setting, seed, ws.device, ws.channels_last)
     try:
-        history = fit(
-            student, m, loader, config, teacher=ws.teacher_cache(train), eval_loader=val,
-            on_epoch=on_epoch,
-        )  # fmt: skip
+        history = fit(student, m, loader, config, teacher=cache, eval_loader=val, on_epoch=on_epoch)
     except FloatingPointError:
         return 0.0
     return float(history[-1]["eval_acc"])
@@ -272,7 +243,7 @@ def make_objective(
 def _progress(log, trial, ws, method, params, text, tic, started, target) -> None:  # noqa: ANN001
     now = time.perf_counter()
     log(
-        f"[{trial.number + 1:>3}/{target}] {ws.setting.name} tune {METHOD_LABELS.get(method, method)}"
+        f"[{trial.number + 1:>3}/{target}] {ws.setting.name} tune {label(method)}"
         f" ({describe_params(params)}): {text}  {now - tic:.1f} s  (elapsed {_clock(now - started)})"
     )
 
@@ -426,33 +397,11 @@ def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
     }
 
 
-def _cpu() -> tuple[str, str]:
-    """The CPU model and the instruction set torch's CPU kernels use."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    names = [x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")]
-    model = names[0] if names else platform.processor() or platform.machine()
-    return model, str(torch.backends.cpu.get_cpu_capability())
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocation: dict) -> Path:
-    """Write the recipe file (format :data:`RECIPES_FORMAT`), small and readable."""
+    """Write the recipe file (format :data:`FORMAT`), small and readable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"format": RECIPES_FORMAT, "invocation": invocation, "settings": settings}
+    doc = {"format": FORMAT, "invocation": invocation, "settings": settings}
     tmp = path.with_suffix(path.suffix + ".tmp")
     text = json.dumps(doc, indent=1)
     # a list of numbers on one line: [0.1, 100.0]
@@ -466,8 +415,8 @@ def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocat
 
 def _read_recipes(path: str | Path) -> dict[str, Any]:
     doc = json.loads(Path(path).read_text())
-    if doc.get("format") != RECIPES_FORMAT:
-        raise ValueError(f"{path}: not a format-{RECIPES_FORMAT} recipe file")
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a format-{FORMAT} recipe file")
     return doc
 
 
@@ -553,8 +502,7 @@ def run_tuning(
             )
             job = TuneJob(refs, tuple(wanted), args.trials, storage_url, args.prune,
                           torch.get_num_threads())  # fmt: skip
-            context = mp.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            with spawn_pool(jobs) as pool:
                 for future in [pool.submit(_work, job) for _ in range(jobs)]:
                     future.result()
     except KeyboardInterrupt:
@@ -562,16 +510,16 @@ def run_tuning(
               "marked failed); run the same command again to resume", file=sys.stderr)  # fmt: skip
         return 130
     entries = collect_recipes(storage, workspaces, wanted, args.trials, args.prune)
-    model, capability = _cpu()
+    cpu = cpu_info()
     invocation = {
         "command": command,
         "trials": args.trials,
         "selection_seeds": list(SELECTION_SEEDS),
         "pruning": bool(args.prune),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "seconds": round(time.perf_counter() - tic, 1),
-        "cpu": model,
-        "cpu_capability": capability,
+        "cpu": cpu["cpu_model"],
+        "cpu_capability": cpu["cpu_capability"],
         "workers": jobs,
         "storage": storage_url,
     }
@@ -608,7 +556,7 @@ TUNE_SETTINGS: tuple[str, ...] = ("transfer", "low-data")
 def tune_setting(setting: Setting) -> Setting:
     """The setting a tuning trains in: the main job's, with the selection seeds as its seeds
     (seeds are not part of the fingerprint, so the runs' configuration is the main job's)."""
-    return replace(setting, seeds=SELECTION_SEEDS, sweep=False, curves=False)
+    return replace(setting, seeds=SELECTION_SEEDS, curves=False)
 
 
 def main_tune(

@@ -1,50 +1,44 @@
-"""Tuned against tuned: the main job's two arms, what tuning changes, and what the report says of it.
+"""Tuned against tuned: the main job's two arms, what tuning changes, what the report says of it.
 
-With recipes (:mod:`.recipes`), a setting's final runs hold two **arms**: every method at its
-tuned recipe on every seed (the headline; a method without a recipe runs at its defaults there and
-is "not tuned"), and the tuned methods at their paper defaults on the first ``default_seeds``
-seeds (the "out of the box" table). Both are ``phase == "final"`` rows told apart by their
-``params``: :func:`arm_rows` selects one arm, so every table and verdict of :mod:`.report` and
-:mod:`.verdict` reads one arm at a time, exactly as it read the runs before recipes. A folder
-without recipes (``meta.json`` records none: :func:`~.recipes.recipes_of_meta`) is one arm, read
-as it always was.
-
-- :func:`tuning_comparisons`: each tuned method minus itself at its defaults, paired by seed
-  (family ``"tuning"``, Holm over the setting's tuned methods);
-- :func:`verdict_changes`: the question family's verdicts that differ between the arms;
-- :func:`tuning_paragraph`, :func:`recipe_table`, :func:`defaults_table`,
-  :func:`precision_cost_sentence`, :func:`out_of_the_box`: the report's generated text; every
-  number in it is one of the computed values.
+With recipes (:mod:`.recipes`), a setting's final runs hold two **arms**, told apart by their
+``params``: every method at its recipe on every seed (the headline; a method without one is "not
+tuned"), and the tuned methods at their paper defaults on the first ``default_seeds`` seeds (the
+"out of the box" table). :func:`arm_rows` selects one arm, so every table and verdict reads one
+arm at a time; a folder without recipes is one arm. :func:`tuning_comparisons` pairs each tuned
+method with itself at its defaults (family ``"tuning"``); the rest is the report's generated text,
+every number in it one of the computed values.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..stats import mean_std, t_quantile
+from ..stats import t_quantile
 from .recipes import Recipes
 from .settings import (
     ALPHA,
     CONTROL_WEIGHTS,
     CONTROLS,
     HEADLINE_BASELINE,
-    METHOD_LABELS,
     MISSION_METHOD,
     _method_order,
     _ordered_settings,
     describe_params,
+    label,
     params_tag,
+    pm,
 )
-from .store import read_runs, select_rows
+from .store import read_meta, read_runs, select_rows
 from .verdict import (
+    _add,
+    _cell,
     _correct,
-    _entry,
     _family_sentence,
-    _paired,
+    _find,
+    column_stats,
     comparisons,
     mark_fragile,
     verdict_paragraph,
@@ -58,10 +52,6 @@ ARMS: tuple[str, ...] = ("tuned", "defaults")
 SECOND_RUN_SET = "replicate"
 
 
-def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
-
-
 def arm_rows(
     rows: Sequence[dict[str, Any]], recipes: Recipes | None, arm: str = "tuned"
 ) -> list[dict[str, Any]]:
@@ -69,7 +59,7 @@ def arm_rows(
 
     Only the final runs of the settings that ran under ``recipes`` are filtered: ``"tuned"``
     keeps each method's runs at its canonical recipe (``{}`` where it has none), ``"defaults"``
-    its runs at ``{}``. n/a rows, sweep and ablation rows, and every row of a setting that did not
+    its runs at ``{}``. n/a rows, ablation rows, and every row of a setting that did not
     run under recipes (or of a folder without any: ``recipes=None``) are kept in both.
     """
     if arm not in ARMS:
@@ -116,17 +106,10 @@ def tuning_comparisons(
             mine = [r for r in finals if (r["setting"], r["method"]) == (setting, method)]
             a = {r["seed"]: r for r in mine if r["params"] == tag}
             b = {r["seed"]: r for r in mine if r["params"] == "{}"}
-            for metric in metrics:
-                diff = _paired(a, b, metric, confidence)
-                if diff is None:
-                    continue
-                label = _label(method)
-                out.append(_entry(setting, "tuning", metric, diff, method=method, baseline=method,
-                                  params=tag, a_label=f"{label} tuned",
-                                  b_label=f"{label} at its defaults"))  # fmt: skip
+            name = label(method)
+            _add(out, a, b, (f"{name} tuned", f"{name} at its defaults"), metrics, confidence,
+                 setting, "tuning", method=method, baseline=method, params=tag)  # fmt: skip
     _correct(out, alpha)
-    for e in out:
-        e.pop("a_label"), e.pop("b_label")
     return out
 
 
@@ -178,7 +161,7 @@ def tuning_paragraph(
             "Each tuned method minus itself at its paper defaults: "
             + _family_sentence(
                 mine,
-                lambda e: f"{_label(e['method'])} at {describe_params(e['params'])}",
+                lambda e: f"{label(e['method'])} at {describe_params(e['params'])}",
                 ("tuning raised", "tuning lowered"),
                 confidence,
             )  # fmt: skip
@@ -189,19 +172,19 @@ def tuning_paragraph(
     if untuned:
         out.append(
             "At their paper defaults in both tables (no recipe, or the recipe is the defaults): "
-            + ", ".join(_label(m) for m in untuned)
+            + ", ".join(label(m) for m in untuned)
             + "."
         )
     changes = verdict_changes(defaults, tuned, setting)
     if changes:
-        who = _label(MISSION_METHOD)
+        who = label(MISSION_METHOD)
         moved = [c for c in changes if c["changed"]]
         kept = [c for c in changes if not c["changed"]]
         text = f"Of the question's {len(changes)} verdicts ({who} against each rival), "
         if moved:
             text += f"{len(moved)} differ between the paper defaults and the tuned recipes: " + (
                 "; ".join(
-                    f"against {_label(c['baseline'])}, {c['defaults']} at the defaults, "
+                    f"against {label(c['baseline'])}, {c['defaults']} at the defaults, "
                     f"{c['tuned']} tuned"
                     for c in moved
                 )  # fmt: skip
@@ -210,7 +193,7 @@ def tuning_paragraph(
             text += "none differs between the paper defaults and the tuned recipes"
         if kept:
             text += "; the same in both: " + "; ".join(
-                f"against {_label(c['baseline'])}, {c['tuned']}" for c in kept
+                f"against {label(c['baseline'])}, {c['tuned']}" for c in kept
             )
         out.append(text + ".")
     return " ".join(out)
@@ -249,8 +232,8 @@ def precision_cost_sentence(
     per_run = sum(seconds) / len(seconds) if seconds else math.nan
     more = max(0, need - have) * len(methods)
     return (
-        f"What ±{target:g} points against {_label(family)} would cost in {setting}: the widest "
-        f"paired standard deviation here is {sd:.2f} points ({_label(widest['method'])}), so about "
+        f"What ±{target:g} points against {label(family)} would cost in {setting}: the widest "
+        f"paired standard deviation here is {sd:.2f} points ({label(widest['method'])}), so about "
         f"{need} paired seeds instead of {have}, i.e. {more} more runs of the {len(methods)} "
         f"methods at about {per_run:.0f} s each on this machine: about "
         + (
@@ -276,7 +259,7 @@ def recipe_table(recipes: Recipes | None, setting: str) -> str:
     ]
     for method, r in sorted(mine, key=lambda kv: _method_order(kv[0])):
         lines.append(
-            f"| {_label(method)} | {describe_params(dict(r.params))}"
+            f"| {label(method)} | {describe_params(dict(r.params))}"
             + ("" if r.run_params else " (its defaults)")
             + " | "
             + ", ".join(f"{k} {span(v)}" for k, v in sorted(r.space.items()))
@@ -297,8 +280,8 @@ def recipe_flags(recipes: Recipes | None, setting: str) -> str:
     if not mine:
         return ""
     order = sorted(mine, key=_method_order)
-    edge = [f"{_label(m)} ({', '.join(mine[m].at_edge)})" for m in order if mine[m].at_edge]
-    ext = [f"{_label(m)} ({', '.join(sorted(mine[m].extended))})" for m in order
+    edge = [f"{label(m)} ({', '.join(mine[m].at_edge)})" for m in order if mine[m].at_edge]
+    ext = [f"{label(m)} ({', '.join(sorted(mine[m].extended))})" for m in order
            if mine[m].extended]  # fmt: skip
     text = (
         "At the edge of its range (the best value may lie beyond it, so that recipe is a bound, "
@@ -325,24 +308,13 @@ def defaults_table(
         "|---|---|---|---|---|",
     ]
 
-    def cell(e: dict[str, Any] | None) -> str:
-        if e is None:
-            return ""
-        mark = " (fragile)" if e.get("fragile") else "" if e["within_noise"] else " *"
-        return f"{e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]{mark}"
-
     for method in sorted({r["method"] for r in finals}, key=_method_order):
-        accs = [
-            100 * r["acc"] for r in finals if r["method"] == method and not math.isnan(r["acc"])
-        ]
-        mean, std, n = mean_std(accs) if accs else (math.nan, math.nan, 0)
-        kd = next((e for e in defaults_entries if (e["setting"], e["family"], e["method"],
-                   e["metric"]) == (setting, HEADLINE_BASELINE, method, "acc")), None)  # fmt: skip
-        gain = next((e for e in tuning if (e["setting"], e["method"], e["metric"]) == (setting,
-                     method, "acc")), None)  # fmt: skip
-        sd = "" if math.isnan(std) else f" ± {std:.1f}"
-        lines.append(f"| {_label(method)} | {n} | {mean:.1f}{sd} | {cell(kd)} | "
-                     f"{cell(gain) if gain else 'not tuned'} |")  # fmt: skip
+        mean, std, n = column_stats([r for r in finals if r["method"] == method], "acc", 100)
+        kd = _find(defaults_entries, setting=setting, family=HEADLINE_BASELINE, method=method,
+                   metric="acc")  # fmt: skip
+        gain = _find(tuning, setting=setting, method=method, metric="acc")
+        lines.append(f"| {label(method)} | {n} | {pm(mean, std, 1)} | {_cell(kd, fragile=True)} | "
+                     f"{_cell(gain, fragile=True) if gain else 'not tuned'} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -419,7 +391,7 @@ def recipe_status(recipes: Recipes | None, setting: str, method: str) -> str:
 def headline_note(recipes: Recipes | None, setting: str, methods: Sequence[str]) -> str:
     """The sentence before a setting's tuned verdict: which methods run at a recipe."""
     status = {m: recipe_status(recipes, setting, m) for m in methods}
-    groups = {s: [_label(m) for m in methods if status[m] == s]
+    groups = {s: [label(m) for m in methods if status[m] == s]
               for s in ("tuned", "tuned: its defaults", "not tuned")}  # fmt: skip
     if not groups["tuned"] and not groups["tuned: its defaults"]:
         return (
@@ -439,8 +411,8 @@ def headline_note(recipes: Recipes | None, setting: str, methods: Sequence[str])
     combos = [m for m in methods if CONTROLS.get(m) == HEADLINE_BASELINE and m in CONTROL_WEIGHTS]
     if combos and status.get(HEADLINE_BASELINE) == "tuned":
         text += (
-            f" {', '.join(map(_label, combos))} keep KD's default weights and temperature beside "
-            f"their tuned term (`CONTROL_WEIGHTS`), while {_label(HEADLINE_BASELINE)} runs at its "
+            f" {', '.join(map(label, combos))} keep KD's default weights and temperature beside "
+            f"their tuned term (`CONTROL_WEIGHTS`), while {label(HEADLINE_BASELINE)} runs at its "
             "tuned recipe: there, their comparison with it differs in more than their term."
         )
     return text
@@ -462,10 +434,7 @@ def second_run_set(folder: str | Path) -> tuple[list[dict[str, Any]], str] | Non
     second = Path(folder) / SECOND_RUN_SET
     if not (second / "runs.csv").is_file():
         return None
-    meta = (
-        json.loads((second / "meta.json").read_text()) if (second / "meta.json").is_file() else {}
-    )
-    env = meta.get("environment", {})
+    env = (read_meta(second) or {}).get("environment", {})
     how = env.get("cpu_capability") or env.get("ATEN_CPU_CAPABILITY")
     name = f"the second run set `{SECOND_RUN_SET}/`" + (f" (CPU capability {how})" if how else "")
     return select_rows(read_runs(second / "runs.csv")), name

@@ -1,32 +1,16 @@
 """The benchmark's comparisons, their multiple-comparison correction and the verdict sentences.
 
-Pure functions of the rows of ``runs.csv`` (:func:`relkd_tutorial.bench.store.read_runs`). Every
-comparison is a paired difference by seed (:func:`relkd_tutorial.stats.paired_difference`) with
-its two-sided paired t p-value, and belongs to one **family**: the comparisons that are read
-together and so are corrected together (Holm's step-down method, :func:`~relkd_tutorial.stats.
-holm_adjust`, at family-wise level :data:`~relkd_tutorial.bench.settings.ALPHA`), per setting and
-metric:
-
-- ``"control"``: each method against the run that differs from it in exactly one thing
-  (:data:`~relkd_tutorial.bench.settings.CONTROLS`: a relational term alone against CE, ``X + KD``
-  against KD, KD against CE);
-- ``"kd"``: every method against KD, the headline (ten comparisons with all eleven methods);
-- ``"ce"``: every method against CE;
-- ``"mission"``: GRKD against RKD, RRD, REFILLED and DIST (the project's question);
-- ``"pseudo"``: every logit method (those of
-  :data:`~relkd_tutorial.bench.settings.NEEDS_SHARED_CLASSES`) against the pseudo-label control
-  (:data:`~relkd_tutorial.bench.settings.PSEUDO_LABEL_CONTROL`: CE on the labels plus CE on the
-  teacher's top class over the unlabelled images), which separates the teacher's dark knowledge
-  from its labels on the pool (transfer only: the control is not run without unlabelled images);
-- ``"ablation"``: each variant of an ablated method against its default
-  (:data:`~relkd_tutorial.bench.settings.ABLATIONS`).
-
-Nine comparisons at 95% each would produce a "significant" difference by chance alone in about
-a third of the families (``1 - 0.95^9``); Holm keeps that chance at 5% per family. A difference is
-claimed ("beats" / "trails") only when its interval excludes 0 *and* its Holm-adjusted p-value
-is at most the level; otherwise it is "within noise". The verdict paragraphs
-(:func:`verdict_paragraph`, :func:`ablation_paragraph`) are generated from these entries: every
-number in them is one of the entries' values.
+Pure functions of the rows of ``runs.csv``. Every comparison is a paired difference by seed
+(:func:`relkd_tutorial.stats.paired_difference`) with its two-sided paired t p-value and belongs
+to one **family**, corrected together with Holm's step-down method at family-wise level
+:data:`~.settings.ALPHA`, per setting and metric: ``"control"`` (each method against the run that
+differs from it in one thing, :data:`~.settings.CONTROLS`), ``"kd"`` and ``"ce"`` (every method
+against KD, the headline, and against CE), ``"mission"`` (GRKD against RKD, RRD, REFILLED and
+DIST), ``"pseudo"`` (every logit method against the pseudo-label control: the teacher's dark
+knowledge beyond its labels on the pool) and ``"ablation"`` (each variant against its default).
+A difference is claimed ("beats" / "trails") only when its interval excludes 0 *and* its
+Holm-adjusted p-value is at most the level; otherwise it is "within noise". The verdict
+paragraphs are generated from these entries: every number in them is one of the entries' values.
 """
 
 from __future__ import annotations
@@ -40,6 +24,7 @@ from ..stats import (
     describe_corrected,
     format_p,
     holm_adjust,
+    mean_std,
     paired_difference,
 )
 from .search_space import ABLATION_SEEDS
@@ -50,7 +35,6 @@ from .settings import (
     DIFF_METRICS,
     FASHION_SETTINGS,
     HEADLINE_BASELINE,
-    METHOD_LABELS,
     METRIC_LABELS,
     MISSION_METHOD,
     MISSION_RIVALS,
@@ -62,15 +46,13 @@ from .settings import (
     _scale,
     ablation_variants,
     describe_params,
+    label,
     params_tag,
+    pm,
 )
 
 FAMILIES: tuple[str, ...] = ("control", "kd", "ce", "mission", "pseudo")
 CONFIDENCE = 0.95
-
-
-def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
 
 
 def _unit(metric: str) -> tuple[str, int]:
@@ -117,7 +99,7 @@ def _correct(entries: list[dict[str, Any]], alpha: float) -> None:
         adjusted = holm_adjust([e["p"] for e in group])
         size = sum(not math.isnan(e["p"]) for e in group)
         for e, p_holm in zip(group, adjusted, strict=True):
-            diff = e.pop("_diff")
+            diff, (a_label, b_label) = e.pop("_diff"), e.pop("_labels")
             e["p_holm"] = p_holm
             e["family_size"] = size
             e["claim"] = claim(diff, p_holm, alpha)
@@ -125,15 +107,13 @@ def _correct(entries: list[dict[str, Any]], alpha: float) -> None:
             unit, digits = _unit(e["metric"])
             what = METRIC_LABELS[e["metric"]].replace(" %", "")
             e["sentence"] = f"[{what}] " + describe_corrected(
-                e["a_label"], e["b_label"], diff, p_holm, size, unit, digits, alpha
+                a_label, b_label, diff, p_holm, size, unit, digits, alpha
             )
 
 
 #: A verdict is fragile when its Holm-adjusted p-value lies within this factor of the level on
-#: either side (``ALPHA / 5 < p_holm < 5 * ALPHA``: 0.01 to 0.25 at 0.05). Choice: p-values of
-#: replicated runs scatter by about that much (the same 240 runs on another instruction set moved
-#: a Holm p from 0.0023 to 0.087 and another across the level; ``results/README.md``), so a
-#: verdict in that band is one perturbation away from the other side.
+#: either side (choice: p-values of replicated runs scatter by about that much,
+#: ``results/README.md``), so a verdict in that band is one perturbation away from the other side.
 FRAGILE_FACTOR = 5.0
 
 
@@ -156,10 +136,8 @@ def mark_fragile(
     """Mark each entry's verdict fragile, in place: ``e["fragile"]`` says why (``""``: firm).
 
     Fragile when its Holm-adjusted p-value is inside :func:`fragile_band`, or when ``second``
-    (the entries of a second run set of the same runs, e.g. measured under
-    ``ATEN_CPU_CAPABILITY=avx2``) has the same comparison with another verdict. A fragile entry's
-    ``sentence`` says "fragile" instead of "beats" / "trails", and so do the verdict paragraphs
-    and tables built from it. Returns ``entries``.
+    (the entries of a second run set of the same runs) has that comparison with another verdict;
+    its ``sentence`` then says "fragile" instead of "beats" / "trails". Returns ``entries``.
     """
     low, high = fragile_band(alpha, factor)
     other = {_key(e): e for e in second or ()}
@@ -176,7 +154,7 @@ def mark_fragile(
             f = f"{{:+.{digits}f}}"
             what = METRIC_LABELS[e["metric"]].replace(" %", "")
             e["sentence"] = (
-                f"[{what}] {_label(e['method'])} vs {_label(e['baseline'])}: "
+                f"[{what}] {label(e['method'])} vs {label(e['baseline'])}: "
                 f"{f.format(e['mean'])} {unit} ({100 * CONFIDENCE:g}% CI {f.format(e['low'])} to "
                 f"{f.format(e['high'])}, {e['n']} paired seeds; Holm p {format_p(e['p_holm'])} "
                 f"over {e['family_size']}): fragile, claimed neither way ({e['fragile']}; "
@@ -185,21 +163,26 @@ def mark_fragile(
     return entries
 
 
-def _entry(setting: str, family: str, metric: str, diff, **extra: Any) -> dict[str, Any]:
-    return {
-        "setting": setting,
-        "family": family,
-        **extra,
-        "metric": metric,
-        "mean": diff.mean,
-        "std": diff.std,
-        "n": diff.n,
-        "low": diff.low,
-        "high": diff.high,
-        "interval_excludes_zero": not diff.within_noise,
-        "p": diff.p_value,
-        "_diff": diff,
-    }
+def _add(
+    out: list[dict[str, Any]],
+    a: dict[int, dict[str, Any]],
+    b: dict[int, dict[str, Any]],
+    labels: tuple[str, str],
+    metrics: Sequence[str],
+    confidence: float,
+    setting: str,
+    family: str,
+    **extra: Any,
+) -> None:
+    """Append to ``out`` an entry per metric: ``a`` minus ``b`` (``{seed: row}`` each) paired by
+    seed; ``labels`` name the two sides in the sentence :func:`_correct` writes."""
+    for metric in metrics:
+        d = _paired(a, b, metric, confidence)
+        if d is not None:
+            out.append({"setting": setting, "family": family, **extra, "metric": metric,
+                        "mean": d.mean, "std": d.std, "n": d.n, "low": d.low, "high": d.high,
+                        "interval_excludes_zero": not d.within_noise, "p": d.p_value, "_diff": d,
+                        "_labels": labels})  # fmt: skip
 
 
 def comparisons(
@@ -231,25 +214,9 @@ def comparisons(
                     and setting not in FASHION_SETTINGS
                 ):
                     continue  # the CIFAR setting keeps the published weights: not a control there
-                for metric in metrics:
-                    diff = _paired(by_method[method], by_method[baseline], metric, confidence)
-                    if diff is None:
-                        continue
-                    out.append(
-                        _entry(
-                            setting,
-                            family,
-                            metric,
-                            diff,
-                            method=method,
-                            baseline=baseline,
-                            a_label=_label(method),
-                            b_label=_label(baseline),
-                        )  # fmt: skip
-                    )
+                _add(out, by_method[method], by_method[baseline], (label(method), label(baseline)),
+                     metrics, confidence, setting, family, method=method, baseline=baseline)  # fmt: skip
     _correct(out, alpha)
-    for e in out:
-        e.pop("a_label"), e.pop("b_label")
     return out
 
 
@@ -289,28 +256,10 @@ def ablation_comparisons(
             tag = params_tag(v.params)
             if tag not in by_tag:
                 continue
-            for metric in metrics:
-                diff = _paired(by_tag[tag], by_tag[default_tag], metric, confidence)
-                if diff is None:
-                    continue
-                out.append(
-                    _entry(
-                        setting,
-                        "ablation",
-                        metric,
-                        diff,
-                        method=method,
-                        baseline=method,
-                        variant=v.name,
-                        choice=v.choice,
-                        params=tag,
-                        a_label=v.name,
-                        b_label="the default",
-                    )  # fmt: skip
-                )
+            _add(out, by_tag[tag], by_tag[default_tag], (v.name, "the default"), metrics,
+                 confidence, setting, "ablation", method=method, baseline=method, variant=v.name,
+                 choice=v.choice, params=tag)  # fmt: skip
     _correct(out, alpha)
-    for e in out:
-        e.pop("a_label"), e.pop("b_label")
     return out
 
 
@@ -403,53 +352,22 @@ def verdict_paragraph(
         f"**Verdict ({what}, {setting}; a difference is claimed only where its Holm-adjusted "
         f"p-value is at most {alpha:g}{fragile}).**"
     ]
-    kd = [e for e in chosen if e["family"] == HEADLINE_BASELINE]
-    if kd:
-        base = _label(HEADLINE_BASELINE)
-        out.append(
-            f"Against {base}: "
-            + _family_sentence(
-                kd, lambda e: _label(e["method"]), (f"beat {base}", f"trail {base}"), confidence
-            )  # fmt: skip
-        )
-    ctl = [e for e in chosen if e["family"] == "control"]
-    if ctl:
-        out.append(
-            "Against each method's one-thing-different control: "
-            + _family_sentence(
-                ctl,
-                lambda e: f"{_label(e['method'])} vs {_label(e['baseline'])}",
-                ("beat their control", "trail their control"),
-                confidence,
-            )  # fmt: skip
-        )
-    mission = [e for e in chosen if e["family"] == "mission"]
-    if mission:
-        who = _label(MISSION_METHOD)
-        out.append(
-            f"The question, {who} against "
-            + ", ".join(_label(e["baseline"]) for e in mission)
-            + ": "
-            + _family_sentence(
-                mission,
-                lambda e: _label(e["baseline"]),
-                (f"{who} beats", f"{who} trails"),
-                confidence,
-            )  # fmt: skip
-        )
-    pseudo = [e for e in chosen if e["family"] == "pseudo"]
-    if pseudo:
-        base = _label(PSEUDO_LABEL_CONTROL)
-        out.append(
-            f"Against the {base} control (CE on the teacher's top class over the unlabelled "
-            "images: the teacher's labels without its dark knowledge): "
-            + _family_sentence(
-                pseudo,
-                lambda e: _label(e["method"]),
-                (f"beat {base}", f"trail {base}"),
-                confidence,
-            )  # fmt: skip
-        )
+    kd, who, pl = label(HEADLINE_BASELINE), label(MISSION_METHOD), label(PSEUDO_LABEL_CONTROL)
+    method, baseline = (lambda e: label(e["method"])), (lambda e: label(e["baseline"]))
+    families = (  # family, the head before its sentence, how an entry is named, the phrases
+        (HEADLINE_BASELINE, lambda _: f"Against {kd}: ", method, (f"beat {kd}", f"trail {kd}")),
+        ("control", lambda _: "Against each method's one-thing-different control: ",
+         lambda e: f"{method(e)} vs {baseline(e)}", ("beat their control", "trail their control")),
+        ("mission", lambda es: f"The question, {who} against {', '.join(map(baseline, es))}: ",
+         baseline, (f"{who} beats", f"{who} trails")),
+        ("pseudo", lambda _: f"Against the {pl} control (CE on the teacher's top class over the "
+         "unlabelled images: the teacher's labels without its dark knowledge): ", method,
+         (f"beat {pl}", f"trail {pl}")),
+    )  # fmt: skip
+    for family, head, name, phrases in families:
+        these = [e for e in chosen if e["family"] == family]
+        if these:
+            out.append(head(these) + _family_sentence(these, name, phrases, confidence))
     return " ".join(out)
 
 
@@ -482,13 +400,13 @@ def precision_sentence(
     missed = [m for m in half if half[m] > target]
     f = f"{{:.{digits}f}}"
     text = (
-        f"Precision (against {_label(family)}, {_seeds_text(chosen)} paired seeds): the 95% "
-        f"intervals' half widths run from {f.format(half[lo])} {unit} ({_label(lo)}) to "
-        f"{f.format(half[hi])} {unit} ({_label(hi)}); {len(met)} of {len(half)} are within "
+        f"Precision (against {label(family)}, {_seeds_text(chosen)} paired seeds): the 95% "
+        f"intervals' half widths run from {f.format(half[lo])} {unit} ({label(lo)}) to "
+        f"{f.format(half[hi])} {unit} ({label(hi)}); {len(met)} of {len(half)} are within "
         f"the target of ±{target:g} {unit}"
     )
     if missed and met:
-        text += f" (wider: {', '.join(_label(m) for m in missed)})"
+        text += f" (wider: {', '.join(label(m) for m in missed)})"
     return text + "."
 
 
@@ -547,15 +465,22 @@ def _claim_cell(e: dict[str, Any] | None) -> str:
     return f"fragile ({e['fragile']}; alone: {e['claim']})" if e.get("fragile") else e["claim"]
 
 
-def _cell(e: dict[str, Any] | None) -> str:
+def _cell(e: dict[str, Any] | None, one_seed: str = " (1 seed)", fragile: bool = False) -> str:
+    """``+0.61 [+0.20, +1.02] *``: an entry's difference, interval and mark (``*``: claimed;
+    with ``fragile``, `` (fragile)`` where :func:`mark_fragile` said so)."""
     if e is None:
         return ""
-    unit, digits = _unit(e["metric"])
-    f = f"{{:+.{digits}f}}"
+    f = f"{{:+.{_unit(e['metric'])[1]}f}}"
     if e["n"] < 2:
-        return f"{f.format(e['mean'])} (1 seed)"
-    mark = "" if e["within_noise"] else " *"
+        return f.format(e["mean"]) + one_seed
+    mark = " (fragile)" if fragile and e.get("fragile") else "" if e["within_noise"] else " *"
     return f"{f.format(e['mean'])} [{f.format(e['low'])}, {f.format(e['high'])}]{mark}"
+
+
+def column_stats(rows: Sequence[dict[str, Any]], metric: str, k: float = 1.0) -> tuple:
+    """``(mean, std, n)`` of ``k * row[metric]`` over the rows where it is not NaN."""
+    values = [k * r[metric] for r in rows if not math.isnan(r[metric])]
+    return mean_std(values) if values else (math.nan, math.nan, 0)
 
 
 def _find(entries: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
@@ -588,8 +513,8 @@ def family_table(
             "| "
             + " | ".join(
                 [
-                    _label(method),
-                    _label(baseline),
+                    label(method),
+                    label(baseline),
                     differs.get(method, "") if family == "control" else "",
                     _cell(acc),
                     format_p(acc["p"]) if acc else "",
@@ -608,8 +533,6 @@ def ablation_table(
     rows: Sequence[dict[str, Any]], entries: Sequence[dict[str, Any]], method: str, setting: str
 ) -> str:
     """The ablation's Markdown table: each variant, its kwargs, its means and its differences."""
-    from ..stats import mean_std
-
     lines = [
         "| variant | choice | kwargs | seeds | top-1 % | Δ top-1 vs default (95% CI) | Holm p "
         "| Kendall tau | Δ tau vs default (95% CI) | Holm p |",
@@ -630,9 +553,7 @@ def ablation_table(
             continue
         cells = []
         for metric, k, digits in (("acc", 100.0, 2), ("kendall_tau", 1.0, 3)):
-            vals = [k * r[metric] for r in these if not math.isnan(r[metric])]
-            mean, std, n = mean_std(vals) if vals else (math.nan, math.nan, 0)
-            text = f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+            text = pm(*column_stats(these, metric, k)[:2], digits)
             e = _find(entries, setting=setting, params=tag, metric=metric)
             cells += [text, _cell(e) if e else "—", format_p(e["p_holm"]) if e else "—"]
         lines.append(

@@ -2,17 +2,14 @@
 
 The splits come from the shipped Fashion-MNIST subset; the teacher is the shipped ``teacher_cnn``
 named by ``settings.BENCH_TEACHER`` (or given weights), or, for the cross-task setting, a 5-class
-teacher trained once and cached in the output folder. The teacher's outputs over each image set are computed once and memoised
-(:meth:`Workspace.teacher_cache`).
+teacher trained once and cached in the output folder; its outputs over each image set are
+computed once (:meth:`Workspace.teacher_cache`).
 
-On disk (:func:`save_workspace`, :func:`load_workspace`, :func:`attach_cached_outputs`): the
-splits, the teacher's weights and its outputs are saved once per workspace under
-``<out>/cache/`` (or ``$RELKD_CACHE_DIR``), in a file named by :func:`workspace_key` (the
-setting's fingerprint, the teacher's fingerprint, the digests of the splits' images and labels).
-The file is written atomically and carries a SHA-256 checksum of its contents; a file that does
-not load, whose key does not match (stale) or whose checksum does not (corrupt) is rebuilt, with
-a message, never used. The next invocation, and every worker process of ``--jobs``, loads it
-instead of running the teacher again.
+On disk (:func:`save_workspace`, :func:`load_workspace`): the splits, the teacher's weights and
+its outputs, under ``<out>/cache/`` (or ``$RELKD_CACHE_DIR``), in a file named by
+:func:`workspace_key`, written atomically with a SHA-256 checksum. A file that does not load, is
+stale (another key) or corrupt is rebuilt with a message, never used. The next invocation, and
+every worker process of ``--jobs``, loads it instead of running the teacher again.
 """
 
 from __future__ import annotations
@@ -60,12 +57,9 @@ from .settings import (
 # ---------------------------------------------------------------------------------------------
 
 
-def _digest(data: ImageSet) -> str:
-    return hashlib.sha1(data.images.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
-
-
-def _labels_digest(data: ImageSet) -> str:
-    return hashlib.sha1(data.labels.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+def _digest(data: ImageSet, what: str = "images") -> str:
+    tensor = getattr(data, what)
+    return hashlib.sha1(tensor.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def teacher_fingerprint(model: nn.Module) -> str:
@@ -308,7 +302,7 @@ def workspace_key(ws: Workspace) -> str:
         "spec": ws.setting.fingerprint(ws.teacher_id),
         "teacher": ws.teacher_id,
         "data": {
-            name: [_digest(data), _labels_digest(data), len(data)]
+            name: [_digest(data), _digest(data, "labels"), len(data)]
             for name, data in (("pool", ws.pool), ("val", ws.val), ("test", ws.test))
         },
     }
@@ -436,12 +430,17 @@ def attach_cached_outputs(
     except CacheError as err:
         log(f"workspace cache: {err}; rebuilding it")
         return False
-    for k, out in payload["outputs"].items():
+    _attach(ws, payload["outputs"])
+    return True
+
+
+def _attach(ws: Workspace, outputs: dict[str, dict[str, torch.Tensor]]) -> None:
+    """The saved teacher outputs as ``ws``'s caches (their labels come from the data when read)."""
+    for k, out in outputs.items():
         ws._caches[k] = TeacherCache(
             out["features"].to(ws.device), out["logits"].to(ws.device),
             torch.zeros(out["features"].shape[0], dtype=torch.long, device=ws.device),
         )  # fmt: skip
-    return True
 
 
 def load_workspace(
@@ -452,7 +451,7 @@ def load_workspace(
 ) -> Workspace:
     """The :class:`Workspace` saved in ``path`` (splits, teacher, outputs), checked.
 
-    ``setting`` replaces the saved setting (whose seeds, sweep and learning curves are those of
+    ``setting`` replaces the saved setting (whose seeds and learning curves are those of
     the invocation that wrote the file); it must have the same fingerprint.
 
     Raises :class:`CacheError` if the file is unreadable or corrupt, if its teacher does not
@@ -461,7 +460,8 @@ def load_workspace(
     path = Path(path)
     device = torch.device(device)
     payload = _read_payload(path, None)
-    spec = json.loads(payload["setting"])
+    spec = json.loads(payload["setting"])  # an older file may hold a retired field ("sweep")
+    spec = {k: v for k, v in spec.items() if k in Setting.__dataclass_fields__}
     spec["seeds"] = tuple(spec["seeds"])
     saved = Setting(**spec)
     if setting is None:
@@ -485,11 +485,7 @@ def load_workspace(
     )  # fmt: skip
     if workspace_key(ws) != payload["key"]:
         raise CacheError(f"{path.name}: its contents do not match its key (stale)")
-    for k, out in payload["outputs"].items():
-        ws._caches[k] = TeacherCache(
-            out["features"].to(device), out["logits"].to(device),
-            torch.zeros(out["features"].shape[0], dtype=torch.long, device=device),
-        )  # fmt: skip
+    _attach(ws, payload["outputs"])
     return ws
 
 

@@ -279,9 +279,8 @@ def benchmark_runs(
                       f"{shown(cache)} (once per machine)", file=out, flush=True)  # fmt: skip
                 progress = Progress(total=count, stream=out)
                 for method, seeds in missing.items():
-                    # the fingerprint ignores seeds, so a workspace over the missing seeds keeps
-                    # the spec; with the sweep on, the whole setting (its sweep uses seed 0)
-                    part = ws if s.sweep else replace(ws, setting=replace(s, seeds=tuple(seeds)))
+                    # the fingerprint ignores seeds: a workspace over the missing seeds keeps the spec
+                    part = replace(ws, setting=replace(s, seeds=tuple(seeds)))
                     run_setting(part, [method], store, progress)
                 trained = progress.trained
         cached = _wanted(store.rows(), s.name, spec, methods, s.seeds)
