@@ -429,7 +429,7 @@ def test_ablation_seeds_are_selection_seeds_and_never_evaluation_seeds() -> None
 
 
 def test_ablation_runs_score_the_validation_split_and_the_comparison_the_test_set() -> None:
-    assert set(runner.SELECTION_PHASES) == {"sweep", "ablation"}
+    assert set(runner.SELECTION_PHASES) == {"ablation"}
     assert "final" not in runner.SELECTION_PHASES
 
 
