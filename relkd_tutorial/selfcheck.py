@@ -46,6 +46,7 @@ from . import (
     fit,
     resolve_device,
 )
+from .teacher import run_model
 
 QUIET = {"progress": False, "handle_signals": False}  # in every self-check run's TrainConfig
 
@@ -134,11 +135,8 @@ def _outputs(model: nn.Module, x: Tensor, mode: Mode | None) -> tuple[Tensor, Te
     """``(features, logits)`` as the loop has them (``mode=None``: float64, no autocast)."""
     if mode is None:
         return model(x)
-    if mode.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode.amp]
-    with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        f, z = model(x)
+    f, z = run_model(model, x, "model", channels_last=mode.channels_last, autocast_dtype=dtype)
     return f.float(), z.float()
 
 
