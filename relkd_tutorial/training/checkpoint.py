@@ -113,21 +113,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{_first_words(err)})"
         ) from err
     found = state.get("format") if isinstance(state, dict) else None
-    if (
-        isinstance(found, str)
-        and found.startswith("relkd_tutorial.checkpoint/")
-        and found != CHECKPOINT_FORMAT
-    ):
+    if found == CHECKPOINT_FORMAT:
+        return state
+    if isinstance(found, str) and found.startswith("relkd_tutorial.checkpoint/"):
         raise ValueError(
             f"checkpoint {path} has format {found!r}, which this version of relkd_tutorial "
             f"does not read (it reads {CHECKPOINT_FORMAT!r}): load it with the version that "
             "wrote it"
         )
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})"
-        )
-    return state
+    raise ValueError(f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})")
 
 
 def _first_words(err: Exception) -> str:
