@@ -94,9 +94,7 @@ def pairwise_distances(x: Tensor, squared: bool = False, eps: float = EPS) -> Te
     _, d2, coincident = _gram_and_squared_distances(x)
     d2 = d2.clamp_min(eps)  # (B, B)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    if squared:
-        return torch.where(coincident, zero, d2)
-    return torch.where(coincident, zero, d2.sqrt())
+    return torch.where(coincident, zero, d2 if squared else d2.sqrt())
 
 
 def gram_and_inverse_distances(x: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
