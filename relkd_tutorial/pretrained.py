@@ -90,15 +90,11 @@ def shipped_teacher_info(
     """The shipped teacher's record: accuracy, command, versions, history (what it trained on)."""
     _, info_path = shipped_teacher_paths(classes, stem)
     if not info_path.exists():
-        raise _missing(info_path)
+        raise FileNotFoundError(
+            f"{info_path} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
+            "`python scripts/train_teacher.py`"
+        )
     return json.loads(info_path.read_text())
-
-
-def _missing(path: Path, options: str = "") -> FileNotFoundError:
-    return FileNotFoundError(
-        f"{path} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
-        f"`python scripts/train_teacher.py`{options}"
-    )
 
 
 def load_shipped_teacher(
@@ -115,13 +111,14 @@ def load_shipped_teacher(
     """
     weights, _ = shipped_teacher_paths(classes, stem)
     if not weights.exists():
-        raise _missing(
-            weights,
-            ("" if classes is None else f" --classes {','.join(map(str, classes))}")
+        raise FileNotFoundError(
+            f"{weights} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
+            "`python scripts/train_teacher.py`"
+            + ("" if classes is None else f" --classes {','.join(map(str, classes))}")
             + {
                 HELDOUT_TEACHER: " --exclude-validation 100",
                 DISJOINT_TEACHER: " --disjoint-from-subset",
-            }.get(stem or "", ""),
+            }.get(stem or "", "")  # fmt: skip
         )
     verify_sha256(weights)
     try:
