@@ -4,7 +4,8 @@ too small for a relation fails with a message naming the argument, never a silen
 Type and shape checks are free; *value* checks (NaN/Inf, label and index ranges) read a result
 back from the device, a host sync. They are on by default; :func:`set_input_checks` /
 :func:`input_checks` switch them off. The training loop runs them on a run's first step only
-(:func:`training_checks`; ``set_input_checks(True, every_step=True)``: every step).
+(:func:`training_checks`; ``set_input_checks(True, every_step=True)``: every step). The losses'
+dtype (:func:`loss_dtype`) and their module form (:class:`LossModule`) are here too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 _FINITE_CHECKS = True
 _EVERY_STEP = False
@@ -260,3 +261,18 @@ def check_non_negative_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     return int(value)
+
+
+class LossModule(nn.Module):
+    """Module form of a loss ``fn(student_logits, teacher_logits, **options)``: a subclass sets
+    ``fn`` and the names of its ``options`` and checks their values in ``__init__``."""
+
+    fn: Callable[..., Tensor]
+    options: tuple[str, ...] = ()
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        kwargs = {name: getattr(self, name) for name in self.options}
+        return self.fn(student_logits, teacher_logits, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.options)

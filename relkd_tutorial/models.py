@@ -1,16 +1,13 @@
 """Teacher and student networks. Every model returns ``(features, logits)`` (``docs/models.md``).
 
-``features`` ``(B, D)`` are the *pooled penultimate* activations (the last feature map after its
-last ReLU, globally average-pooled), ``logits = model.fc(features)``, ``(B, num_classes)``;
-``model.feature_dim == D``. Two families: CPU-sized nets for 28x28x1 and 32x32x3 inputs
-(``teacher_cnn``, a VGG-style net with BN, 0.29M parameters, the shipped teacher of every
-notebook; students ``student_cnn_s`` and ``student_cnn_m``, 46x and 12x smaller), and the CIFAR
-benchmark nets of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020): ``resnet8x4``,
-``resnet32x4`` (post-activation CIFAR ResNet, He et al. 2016), ``wrn_16_2``, ``wrn_40_2``
-(pre-activation Wide ResNet, Zagoruyko & Komodakis 2016), built from their published
-descriptions, for GPUs. Global average pooling everywhere (exactly the 8x8 pool of the CIFAR nets
-on 32x32 inputs; other sizes work too; choice). Kaiming-normal convolutions (fan-out), BN 1 / 0,
-PyTorch's default linear layer; seed with ``build_model(..., seed=...)``.
+``features`` ``(B, D)``: the last feature map after its last ReLU, globally average-pooled;
+``logits = model.fc(features)``; ``model.feature_dim == D``. CPU-sized nets for 28x28x1 and
+32x32x3 inputs (``teacher_cnn``, VGG-style with BN, the notebooks' shipped teacher;
+``student_cnn_s``, ``student_cnn_m``) and the CRD/RepDistiller CIFAR nets (Tian et al., ICLR 2020)
+built from their published descriptions: ``resnet8x4``, ``resnet32x4`` (post-activation CIFAR
+ResNet, He et al. 2016), ``wrn_16_2``, ``wrn_40_2`` (pre-activation Wide ResNet, Zagoruyko &
+Komodakis 2016). Global average pooling (the CIFAR nets' 8x8 pool on 32x32 inputs, any size works;
+choice); Kaiming-normal convolutions (fan-out), BN 1 / 0, PyTorch's default linear layer.
 """
 
 from __future__ import annotations
@@ -72,9 +69,6 @@ def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-# --- CPU-sized nets ---
-
-
 class PlainCNN(FeatureClassifier):
     """A VGG-style stack: groups of 3x3 conv-BN-ReLU layers, 2x2 max-pool between groups.
 
@@ -105,9 +99,6 @@ STUDENT_CNN_S_WIDTHS = ((8,), (16,), (32,))
 STUDENT_CNN_M_WIDTHS = ((16,), (32,), (64,))
 
 
-# --- CIFAR ResNet (post-activation BasicBlock), RepDistiller's resnet8x4 / resnet32x4 ---
-
-
 class BasicBlock(nn.Module):
     """Post-activation residual block: ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``.
 
@@ -132,6 +123,19 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def _stages(
+    layers: list[nn.Module], block: Callable[[int, int, int], nn.Module], c: int,
+    widths: tuple[int, ...], n: int,
+) -> int:  # fmt: skip
+    """Append ``n`` blocks per stage of ``widths`` to ``layers`` (strides 1, 2, 2: a stage's first
+    block downsamples) and return the last width."""
+    for s, width in enumerate(widths):
+        for b in range(n):
+            layers.append(block(c, width, 2 if (s > 0 and b == 0) else 1))
+            c = width
+    return c
+
+
 class CifarResNet(FeatureClassifier):
     """CIFAR ResNet of depth ``6n + 2`` (He et al. 2016, §4.2; RepDistiller ``resnetD``).
 
@@ -150,18 +154,9 @@ class CifarResNet(FeatureClassifier):
     ) -> None:
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
-        n = (depth - 2) // 6
         layers: list[nn.Module] = [conv_bn_relu(in_channels, stem)]
-        c = stem
-        for s, width in enumerate(widths):
-            for b in range(n):
-                stride = 2 if (s > 0 and b == 0) else 1
-                layers.append(BasicBlock(c, width, stride))
-                c = width
+        c = _stages(layers, BasicBlock, stem, widths, (depth - 2) // 6)
         super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
-
-
-# --- Wide ResNet (pre-activation), RepDistiller's wrn_16_2 / wrn_40_2 ---
 
 
 class PreActBlock(nn.Module):
@@ -199,20 +194,11 @@ class WideResNet(FeatureClassifier):
     def __init__(self, depth: int, k: int, num_classes: int = 100, in_channels: int = 3) -> None:
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
-        n = (depth - 4) // 6
-        widths = (16 * k, 32 * k, 64 * k)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)]
-        c = 16
-        for s, width in enumerate(widths):
-            for b in range(n):
-                stride = 2 if (s > 0 and b == 0) else 1
-                layers.append(PreActBlock(c, width, stride))
-                c = width
+        c = _stages(layers, PreActBlock, 16, (16 * k, 32 * k, 64 * k), (depth - 4) // 6)
         layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True)]  # final BN-ReLU
         super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
 
-
-# --- Factory ---
 
 _BUILDERS: dict[str, Callable[[int, int], FeatureClassifier]] = {
     "teacher_cnn": lambda c, i: PlainCNN(TEACHER_CNN_WIDTHS, c, i),

@@ -1,18 +1,9 @@
 """Relation primitives shared by every relational loss, each tested once against a loop written
-from its definition.
-
-- **Sample relations** on ``(B, D)`` rows: distances (from the Gram matrix of the *centred*
-  batch, so no ``(B, B, D)`` difference tensor), RKD's normalised distances, angle cosines,
-  cosine similarities.
-- **Class relations** on ``(B, C)`` score rows: the teacher's preferences and their counts, its
-  descending order with tie blocks, and the pairwise log-partition
-  ``sum_{a<b} log(e^{v_a} + e^{v_b})`` whose gradient is the vector of *soft wins* (GRKD, the soft
-  pairwise and listwise losses).
-- **Triplet relations**: which pairs may be anchor-positive / anchor-negative, and the semi-hard
-  triplets REFILLED's stage 1 matches.
-
-Shapes: ``B`` batch, ``D`` feature width, ``K`` queue length, ``C`` classes. These functions do
-not validate their inputs; the public losses do (``_checks.py``).
+from its definition: sample relations on ``(B, D)`` rows (distances from the centred Gram matrix,
+angles, cosines), class relations on ``(B, C)`` scores (preferences, orders with tie blocks, the
+pairwise log-partition whose gradient is the soft wins) and triplet relations (REFILLED's
+semi-hard triplets). ``B`` batch, ``D`` feature width, ``K`` queue length, ``C`` classes. These
+functions do not validate their inputs; the public losses do (``_checks.py``).
 """
 
 from __future__ import annotations
@@ -94,9 +85,7 @@ def pairwise_distances(x: Tensor, squared: bool = False, eps: float = EPS) -> Te
     _, d2, coincident = _gram_and_squared_distances(x)
     d2 = d2.clamp_min(eps)  # (B, B)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    if squared:
-        return torch.where(coincident, zero, d2)
-    return torch.where(coincident, zero, d2.sqrt())
+    return torch.where(coincident, zero, d2 if squared else d2.sqrt())
 
 
 def gram_and_inverse_distances(x: Tensor, eps: float = EPS) -> tuple[Tensor, Tensor]:
@@ -350,7 +339,7 @@ def soft_wins(v: Tensor) -> Tensor:
     return _pairwise_kernel(v.detach(), need_sum=False, need_wins=True)[1]
 
 
-# --- Triplet relations (added for REFILLED's stage 1; shared so any triplet-based loss reuses them) ---
+# --- Triplet relations (REFILLED's stage 1) ---
 
 _TRIPLET_CHUNK = 1 << 24  # entries of the (pairs, B) comparison tensor built at once
 

@@ -4,22 +4,13 @@
     timeout 600 python -m relkd_tutorial.selfcheck --device cuda --epoch-cifar --json epoch.json
     python -m relkd_tutorial.selfcheck --tiny                 # CPU: small nets, well under a minute
 
-For every method and every mode of :data:`MODES` (fp32, bf16, fp16, channels_last, compile; the
-table of knobs and tolerances is in ``benchmarks/README.md``):
-
-1. **Loss check.** On one fixed un-augmented batch, every loss term on the device in the mode (as
-   the loop runs it) against the same weights, images and method state in float64 on the CPU:
-   ``|device - float64| <= atol + rtol |float64|``; ``err/tol`` is the worst term's ratio. TF32
-   is off in the fp32 modes' check. A stateful method is stepped once first (RRD's queue);
-   REFILLED is checked in both stages.
-2. **Training.** ``fit`` for 2 epochs of ``--steps`` batches; every epoch-mean term must be
-   finite; images/s on the second epoch, peak CUDA memory.
-
-A mode the device cannot run is a ``skipped`` row with its reason, a row that raises an ``error``
-row; exit status 1 if a row failed. Nets: ``resnet32x4 -> resnet8x4`` (100 classes, 3x32x32,
-batch 128; ``--cifar``, the default off the CPU) or ``--tiny`` (``teacher_cnn -> student_cnn_s``,
-10 classes, 3x16x16, batch 16), on random uint8 images. ``--epoch-cifar``: one CIFAR-100-shaped
-epoch of KD with ``fit`` (``--epoch-images``, ``--epoch-batch``), its images/s and peak memory.
+For every method and mode of :data:`MODES` (``benchmarks/README.md`` "GPU self-check" has the
+table of knobs and tolerances): every loss term on one fixed batch on the device, as the loop runs
+it, against the same weights, images and method state in float64 on the CPU (``|device - float64|
+<= atol + rtol |float64|``; TF32 off in the fp32 modes; a stateful method stepped once first,
+REFILLED in both stages), then ``fit`` for 2 epochs of ``--steps`` batches with finite terms,
+images/s on the second epoch and peak CUDA memory. A mode the device cannot run is a ``skipped``
+row; a row that raises an ``error`` row; exit status 1 if a row failed.
 """
 
 from __future__ import annotations
@@ -55,6 +46,7 @@ from . import (
     fit,
     resolve_device,
 )
+from .teacher import run_model
 
 QUIET = {"progress": False, "handle_signals": False}  # in every self-check run's TrainConfig
 
@@ -143,11 +135,8 @@ def _outputs(model: nn.Module, x: Tensor, mode: Mode | None) -> tuple[Tensor, Te
     """``(features, logits)`` as the loop has them (``mode=None``: float64, no autocast)."""
     if mode is None:
         return model(x)
-    if mode.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode.amp]
-    with torch.autocast(x.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        f, z = model(x)
+    f, z = run_model(model, x, "model", channels_last=mode.channels_last, autocast_dtype=dtype)
     return f.float(), z.float()
 
 

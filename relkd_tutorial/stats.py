@@ -74,17 +74,23 @@ def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
     return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
 
 
-def t_cdf(t: float, df: float) -> float:
-    """``P(T <= t)`` for Student's t with ``df`` degrees of freedom.
-
-    For ``t >= 0``: ``1 - I_{df / (df + t^2)}(df / 2, 1 / 2) / 2``; symmetric for ``t < 0``.
+def t_two_sided_p(t: float, df: float) -> float:
+    """``P(|T| >= |t|) = I_{df / (df + t^2)}(df / 2, 1 / 2)`` (without the ``1 - ...`` that would
+    lose the digits of a small p-value).
     """
     df = _check_df(df)
     if math.isnan(t):
         return math.nan
     if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
+        return 0.0
+    return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_cdf(t: float, df: float) -> float:
+    """``P(T <= t)`` for Student's t with ``df`` degrees of freedom: ``1 - P(|T| >= t) / 2`` for
+    ``t >= 0`` (:func:`t_two_sided_p`), symmetric for ``t < 0``.
+    """
+    tail = 0.5 * t_two_sided_p(t, df)  # P(T > |t|); NaN for a NaN t
     return 1.0 - tail if t >= 0 else tail
 
 
@@ -156,18 +162,6 @@ class PairedDifference:
         if self.n < 2 or math.isnan(self.low):
             return True
         return self.low <= 0.0 <= self.high
-
-
-def t_two_sided_p(t: float, df: float) -> float:
-    """``P(|T| >= |t|) = I_{df / (df + t^2)}(df / 2, 1 / 2)`` (without the ``1 - ...`` that would
-    lose the digits of a small p-value).
-    """
-    df = _check_df(df)
-    if math.isnan(t):
-        return math.nan
-    if math.isinf(t):
-        return 0.0
-    return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
 
 
 def paired_t_p_value(mean: float, std: float, n: int) -> float:

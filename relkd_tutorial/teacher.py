@@ -1,17 +1,15 @@
 """Teacher outputs: run a frozen teacher live, or look its outputs up in a cache by sample index.
 
-:func:`teacher_outputs` accepts both. **Live**: the teacher ``nn.Module`` runs on the (augmented)
-batch in eval mode under ``torch.no_grad()``, one forward per step. **Cached**: a
-:class:`TeacherCache` holds one pass of the teacher over the *un-augmented* training set, and a
-batch looks its rows up by ``Batch.index``, each image's position in its data set, never its
-position in the batch or the step number (the bug that gave cached logits to other images in
-several public KD repos, ``docs/pitfalls.md``). The same pass is what a ``needs_setup`` method
-receives (:meth:`TeacherCache.setup_data`). :func:`as_batch` turns any loader item into a
-:class:`~relkd_tutorial.data.Batch` on the device.
+:func:`teacher_outputs` accepts both: a live teacher runs on the (augmented) batch in eval mode
+without gradient; a :class:`TeacherCache` holds one pass over the *un-augmented* training set and
+is looked up by ``Batch.index``, each image's position in its data set, never its position in the
+batch or the step (``docs/pitfalls.md``). The same pass is a ``needs_setup`` method's
+:class:`SetupData`. :func:`as_batch` turns any loader item into a :class:`Batch` on the device.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,10 +278,8 @@ class TeacherCache:
             chunks.append((batch.index.to(to), f.to(to), z.to(to), batch.y.to(to)))
         if not chunks:
             raise ValueError("TeacherCache.build got an empty loader")
-        index = torch.cat([c[0] for c in chunks])  # (N',)
-        feats = torch.cat([c[1] for c in chunks])  # (N', D_T)
-        logits = torch.cat([c[2] for c in chunks])  # (N', C_T)
-        labels = torch.cat([c[3] for c in chunks])  # (N',)
+        # (N',), (N', D_T), (N', C_T), (N',)
+        index, feats, logits, labels = (torch.cat(column) for column in zip(*chunks, strict=True))
         if int(index.min()) < 0:
             raise ValueError(f"sample indices must be >= 0, got {int(index.min())}")
         n = int(index.max()) + 1
@@ -304,11 +300,8 @@ class TeacherCache:
 
 def module_device(module: nn.Module) -> torch.device:
     """Where ``module``'s first parameter (else buffer) is; the CPU if it has neither."""
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 @torch.no_grad()

@@ -1,21 +1,13 @@
 """Any classifier in one line: :func:`wrap_classifier` gives it the ``(features, logits)`` contract.
 
-A torchvision or timm classifier returns only ``z = W f + b`` from its final ``nn.Linear``
-(the *head*); ``f`` is the feature the package means, the pooled penultimate activation (timm's
-*pre-logits*). :class:`WrappedClassifier` hooks the head (each head, for a model with two) and
-runs the *unchanged* model once: ``logits = model(x)`` bit for bit (the same dropout draws and BN
-updates, under autocast, ``channels_last``, DDP and ``torch.compile``), ``features`` = the head's
-input. Each forward checks that every head ran exactly once and that the model returned the
-head's output, or says what to pass.
-
-Finding the head (choice, from the model's structure): ``head=`` by name or module (an
-``nn.Linear``); else timm's ``get_classifier()`` (one linear layer; the last ``nn.Linear`` of a
-classifier block; a 1x1 convolution on the pooled map; or two heads, combined as timm's
-``pre_logits`` combines them: one shared input, the mean of equal widths, else the
-concatenation); else the last ``nn.Linear`` in ``model.modules()``. ``docs/models.md`` lists the
-architectures this is tested on and how each is read. ``wrapped.model`` is the original module,
-sharing its parameters (state dict under ``model.``); :meth:`WrappedClassifier.unwrap` removes
-the hooks.
+:class:`WrappedClassifier` hooks the final ``nn.Linear`` (the *head*; each head of a model with
+two) and runs the *unchanged* model once: ``logits = model(x)`` bit for bit (same dropout draws
+and BN updates, under autocast, ``channels_last``, DDP and ``torch.compile``), ``features`` = the
+head's input (timm's *pre-logits*). Each forward checks that every head ran once and that the
+model returned its output, or says what to pass. The head: ``head=`` by name or module, else
+timm's ``get_classifier()``, else the last ``nn.Linear``; ``docs/models.md`` says how each
+tested architecture is read. ``wrapped.model`` is the original module (state dict under
+``model.``); :meth:`WrappedClassifier.unwrap` removes the hooks.
 """
 
 from __future__ import annotations
@@ -187,15 +179,10 @@ def _pre_logits(inputs: list[Any]) -> Any:
         t.flatten(1) if isinstance(t, Tensor) and t.dim() == 4 and t.shape[2:] == (1, 1) else t
         for t in inputs
     ]
-    if len(flat) == 1:
-        return flat[0]
-    if any(not isinstance(t, Tensor) or t.dim() != 2 for t in flat):
-        return flat[0]  # refused by _checked, with the shape
+    if len(flat) == 1 or any(not isinstance(t, Tensor) or t.dim() != 2 for t in flat):
+        return flat[0]  # one head, or refused by _checked with the shape
     if all(t.shape == flat[0].shape for t in flat):
-        total = flat[0]
-        for t in flat[1:]:
-            total = total + t
-        return total / len(flat)
+        return sum(flat[1:], flat[0]) / len(flat)
     return torch.cat(flat, dim=1)
 
 
@@ -223,10 +210,7 @@ def _no_head_error(model: nn.Module, why: str) -> ValueError:
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str | None:
-    for name, m in model.named_modules():
-        if m is module:
-            return name
-    return None
+    return next((name for name, m in model.named_modules() if m is module), None)
 
 
 def _named_head(model: nn.Module, head: str | nn.Module) -> str:
@@ -250,7 +234,8 @@ def _named_head(model: nn.Module, head: str | nn.Module) -> str:
 
 
 def _timm_heads(model: nn.Module, classifier: Any) -> tuple[str, ...]:
-    """The names of the module(s) ``model.get_classifier()`` returned (case 2 of the docstring)."""
+    """The names of the module(s) ``model.get_classifier()`` returned: one ``nn.Linear``, the last
+    ``nn.Linear`` of a classifier block, a 1x1 convolution, or two heads (:func:`_pre_logits`)."""
     found = (
         tuple(classifier) if isinstance(classifier, (tuple, list, nn.ModuleList)) else (classifier,)
     )

@@ -267,13 +267,9 @@ def from_torchvision(
     got_mean, got_std = stats_from_sums(s1, s2, m) if m else (None, None)
     mean_t = tuple(float(v) for v in (mean if mean is not None else got_mean))  # type: ignore[union-attr]
     std_t = tuple(float(v) for v in (std if std is not None else got_std))  # type: ignore[union-attr]
-    # the ImageSet checks (label range, one mean/std entry per channel, std > 0) on one image
-    ImageSet(first[None], labels[:1], names, name, mean_t, std_t)
-    if int(labels.min()) < -1 or int(labels.max()) >= len(names):
-        raise ValueError(
-            f"labels must lie in [-1, {len(names)}) for {len(names)} classes, got values in "
-            f"[{int(labels.min())}, {int(labels.max())}]"
-        )
+    # the ImageSet checks (label range, one mean/std entry per channel, std > 0) on a view
+    # repeating the first image (no pixel is copied)
+    ImageSet(first.expand(n, *first.shape), labels, names, name, mean_t, std_t)
     return ImageStream(dataset, labels, names, decoder, mean_t, std_t, name)
 
 

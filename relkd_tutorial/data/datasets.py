@@ -200,10 +200,7 @@ def find_idx_folder(candidates: Sequence[str | Path]) -> Path | None:
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    return next((folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()), None)
 
 
 def read_fashion_mnist_idx(folder: str | Path) -> dict[str, np.ndarray]:

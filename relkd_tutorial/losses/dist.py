@@ -11,9 +11,10 @@ ignores any positive affine change, so the relation, not the value, is distilled
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import (
+    LossModule,
     check_logit_pair,
     check_min_batch,
     check_nonnegative,
@@ -122,23 +123,13 @@ def dist_loss(
     return total
 
 
-class DISTLoss(nn.Module):
+class DISTLoss(LossModule):
     """Module form of :func:`dist_loss` holding ``beta``, ``gamma`` and the temperature."""
+
+    fn, options = staticmethod(dist_loss), ("beta", "gamma", "temperature")
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
         super().__init__()
         self.beta = check_nonnegative("beta", beta)
         self.gamma = check_nonnegative("gamma", gamma)
         self.temperature = check_positive("temperature", temperature)
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return dist_loss(
-            student_logits,
-            teacher_logits,
-            beta=self.beta,
-            gamma=self.gamma,
-            temperature=self.temperature,
-        )
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}, gamma={self.gamma}, temperature={self.temperature}"

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import (
+    LossModule,
     check_choice,
     check_logit_pair,
     check_optional_count,
@@ -173,8 +174,11 @@ def grkd_loss(
         return per_sample.mean()
 
 
-class GRKDLoss(nn.Module):
+class GRKDLoss(LossModule):
     """Module form of :func:`grkd_loss` holding its options."""
+
+    fn = staticmethod(grkd_loss)
+    options = ("temperature", "top_k", "weighting", "reduction")
 
     def __init__(
         self,
@@ -188,19 +192,3 @@ class GRKDLoss(nn.Module):
         self.top_k = check_optional_count("top_k", top_k)
         self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return grkd_loss(
-            student_logits,
-            teacher_logits,
-            self.temperature,
-            self.top_k,
-            self.weighting,
-            self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"temperature={self.temperature}, top_k={self.top_k}, weighting={self.weighting!r}, "
-            f"reduction={self.reduction!r}"
-        )

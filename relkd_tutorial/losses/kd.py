@@ -8,9 +8,9 @@ listwise loss in :mod:`.ranking` whole orders).
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import check_logit_pair, check_positive, full_precision, loss_dtype
+from .._checks import LossModule, check_logit_pair, check_positive, full_precision, loss_dtype
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -34,15 +34,11 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return kl * temp**2
 
 
-class KDLoss(nn.Module):
+class KDLoss(LossModule):
     """Module form of :func:`kd_loss` holding the temperature."""
+
+    fn, options = staticmethod(kd_loss), ("temperature",)
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return kd_loss(student_logits, teacher_logits, self.temperature)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"

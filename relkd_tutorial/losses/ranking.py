@@ -11,9 +11,10 @@ top-k form (Xia, Liu, Li, NeurIPS 2009).
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import (
+    LossModule,
     check_logit_pair,
     check_optional_count,
     check_positive,
@@ -88,33 +89,24 @@ def listwise_rank_loss(
         return per_sample.mean()
 
 
-class SoftPairwiseRankLoss(nn.Module):
+class SoftPairwiseRankLoss(LossModule):
     """Module form of :func:`soft_pairwise_rank_loss` holding its temperatures."""
+
+    fn = staticmethod(soft_pairwise_rank_loss)
+    options = ("temperature", "teacher_temperature")
 
     def __init__(self, temperature: float = 1.0, teacher_temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.teacher_temperature = check_positive("teacher_temperature", teacher_temperature)
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return soft_pairwise_rank_loss(
-            student_logits, teacher_logits, self.temperature, self.teacher_temperature
-        )
 
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, teacher_temperature={self.teacher_temperature}"
-
-
-class ListwiseRankLoss(nn.Module):
+class ListwiseRankLoss(LossModule):
     """Module form of :func:`listwise_rank_loss` holding its options."""
+
+    fn, options = staticmethod(listwise_rank_loss), ("temperature", "top_k")
 
     def __init__(self, temperature: float = 1.0, top_k: int | None = None) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.top_k = check_optional_count("top_k", top_k)
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return listwise_rank_loss(student_logits, teacher_logits, self.temperature, self.top_k)
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, top_k={self.top_k}"

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .._checks import (
+    check_choice,
     check_float_tensor,
     check_labels,
     check_nonnegative,
@@ -122,17 +123,11 @@ class Refilled(Method):
         # set before Method.__init__, which reads stages()
         self.stage1_fraction = float(stage1_fraction)
         super().__init__()
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-        if centres not in ("global", "local"):
-            raise ValueError(f"centres must be 'global' or 'local', got {centres!r}")
-        if stage1_labels not in STAGE1_LABELS:
-            raise ValueError(f"stage1_labels must be one of {STAGE1_LABELS}, got {stage1_labels!r}")
-        self.stage1_labels = stage1_labels
+        self.form = check_choice("form", form, FORMS)
+        self.centre_mode = check_choice("centres", centres, ("global", "local"))
+        self.stage1_labels = check_choice("stage1_labels", stage1_labels, STAGE1_LABELS)
         if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes}")
-        self.form = form
-        self.centre_mode = centres
         self.needs_setup = centres == "global"
         self.margin = check_positive("margin", margin)
         self.tau1 = check_positive("tau1", tau1)

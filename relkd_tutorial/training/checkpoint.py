@@ -1,14 +1,10 @@
 """Checkpoints and history files: atomic writes, loading with clear errors, the resume state.
 
-``checkpoint_dir/last.pt`` is written atomically after every epoch with everything needed to
-continue *exactly* (model, method state, optimizer, scheduler, grad scaler, every RNG state,
-epoch, stage, history, config; ``weights_only``-loadable); with the loop's ``set_epoch`` and the
-stage replay, a resumed run is bit-identical to the uninterrupted one on the same device. A
-checkpoint is never replaced by a worse one (NaN/inf terms or weights stop before the write), and
-a truncated, corrupt, mistyped or other-version file raises a clear ``ValueError`` on resume,
-never a silent restart. The replaced file is kept as ``last.previous.pt`` (choice: one fallback,
-named in the error, never used silently). Under ``torchrun`` rank 0 writes; every rank's RNG
-state is saved.
+``checkpoint_dir/last.pt`` is written atomically after every epoch with everything a bit-identical
+continuation needs (model, method, optimizer, scheduler, grad scaler, every rank's RNG state,
+epoch, stage, history, config; ``weights_only``-loadable), never over a good one with NaN/inf. A
+damaged or other-version file raises a clear ``ValueError`` on resume, never a silent restart; the
+replaced file is kept as ``last.previous.pt`` (choice: one fallback, named in the error).
 """
 
 from __future__ import annotations
@@ -113,21 +109,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{_first_words(err)})"
         ) from err
     found = state.get("format") if isinstance(state, dict) else None
-    if (
-        isinstance(found, str)
-        and found.startswith("relkd_tutorial.checkpoint/")
-        and found != CHECKPOINT_FORMAT
-    ):
+    if found == CHECKPOINT_FORMAT:
+        return state
+    if isinstance(found, str) and found.startswith("relkd_tutorial.checkpoint/"):
         raise ValueError(
             f"checkpoint {path} has format {found!r}, which this version of relkd_tutorial "
             f"does not read (it reads {CHECKPOINT_FORMAT!r}): load it with the version that "
             "wrote it"
         )
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})"
-        )
-    return state
+    raise ValueError(f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})")
 
 
 def _first_words(err: Exception) -> str:

@@ -1,34 +1,20 @@
 """Data-parallel training in which relational losses see the *global* batch (``docs/pitfalls.md``).
 
-Under DDP each rank runs the model on its shard. A relational loss (RKD's distances, RRD's queue,
-REFILLED's triplets, any batch statistic) computed per shard would relate each sample only to the
-``B / W`` samples of its rank, so the loss would change with ``W``. The fix (called by ``fit``):
+A relational loss computed per shard would relate each sample only to the ``B / W`` samples of
+its rank. So (``fit`` calls these) every rank runs the DDP student (:func:`wrap_student`) and the
+teacher on its slice of the global batch, :func:`gather_step_inputs` all-gathers the step's
+tensors (the student's differentiably) so every rank computes the same global loss, and the
+gather's backward (:class:`AllGather`) returns this rank's block of the *summed* gradient, which
+DDP then averages. With ``Y = [y_0; ...; y_{W-1}]``, ``y_r = f(theta, x_r)``:
 
-1. every rank runs the DDP student (:func:`wrap_student`) and the teacher on its contiguous slice
-   of the global batch (``TensorLoader(rank=..., world_size=...)``);
-2. :func:`gather_step_inputs` all-gathers the step's tensors (the student's differentiably), so
-   every rank holds the global batch in single-process order and computes the same global loss
-   (and ``after_step`` sees the same inputs);
-3. the gather's backward (:class:`AllGather`) returns this rank's slice of the *summed* gradient;
-   DDP then averages the parameter gradients.
+    dL/dtheta = sum_r J_r^T g_r,    g_r = dL/dy_r,  J_r = dy_r/dtheta;
 
-Why the sum. With ``Y = [y_0; ...; y_{W-1}]``, ``y_r = f(theta, x_r)`` and the global loss ``L(Y)``,
-
-    dL/dtheta = sum_r J_r^T g_r,    g_r = dL/dy_r,  J_r = dy_r/dtheta.
-
-On rank ``r`` autograd reaches ``theta`` only through ``y_r``. Returning ``g_r`` would give DDP's
-average ``(1/W) dL/dtheta``, ``W`` times too small (the symptom in OpenGait #36). Returning block
-``r`` of ``sum_q G^(q)`` (every rank's gradient of the gathered tensor, all equal to ``G``) gives
-``W g_r``, and the average is ``dL/dtheta``. The sum is the adjoint of the gather, so it stays
-right when ranks compute different losses ``L_q`` (then the gradient of their mean); "times
-``W``" would not. ``tests/test_distributed.py`` checks every method in float64 to 1e-10.
-
-Method parameters (RRD's head) act on the gathered inputs, so every rank computes their full
-gradient; the loop still averages them (:func:`average_gradients`) to keep the copies identical
-under non-deterministic kernels, and broadcasts the method's state from rank 0 first
-(:func:`broadcast_module_state`). BatchNorm normalises per shard unless
-``TrainConfig(sync_batchnorm=True)`` (CUDA only). Launch with ``torchrun``; call
-:func:`init_distributed` first (``tests/_dist_worker.py`` is a complete example).
+returning ``g_r`` alone would make DDP's average ``W`` times too small (OpenGait #36); block ``r``
+of ``sum_q G^(q)`` is ``W g_r``, and the sum (the gather's adjoint) stays right when ranks compute
+different losses. Method parameters see the gathered inputs; the loop averages their gradients
+(:func:`average_gradients`) and broadcasts the method's state from rank 0
+(:func:`broadcast_module_state`). Launch with ``torchrun``; call :func:`init_distributed` first
+(``tests/_dist_worker.py`` is a complete example).
 """
 
 from __future__ import annotations
@@ -43,8 +29,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..methods import StepInputs
-
-# --- Process group and rank helpers ---
 
 
 def is_distributed() -> bool:
@@ -95,9 +79,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-# --- The differentiable all-gather ---
-
-
 def gather_sizes(n: int, device: torch.device) -> list[int]:
     """Every rank's batch size ``[B_0, ..., B_{W-1}]`` (one small all-gather)."""
     mine = torch.tensor([n], dtype=torch.int64, device=device)
@@ -107,10 +88,7 @@ def gather_sizes(n: int, device: torch.device) -> list[int]:
 
 
 def _gather(x: Tensor, sizes: list[int]) -> Tensor:
-    """Concatenate every rank's ``x`` along dim 0, rank 0 first; ranks may hold different sizes.
-
-    Each rank's block is padded to the largest size (all-gather needs equal shapes), then cut.
-    """
+    """Every rank's ``x`` along dim 0, rank 0 first, each padded to the largest size, then cut."""
     largest = max(sizes)
     x = x.contiguous()
     if x.shape[0] < largest:
@@ -122,11 +100,8 @@ def _gather(x: Tensor, sizes: list[int]) -> Tensor:
 
 
 class AllGather(torch.autograd.Function):
-    """``Y = [y_0; ...; y_{W-1}]`` on every rank; backward: block ``r`` of the summed gradient.
-
-    Forward: all-gather along dim 0 (ranks may hold different batch sizes). Backward: all-reduce
-    (sum) the gradient of ``Y`` over ranks and return this rank's rows. See the module docstring
-    for why the sum makes DDP's averaged gradient equal the single-process one.
+    """``Y = [y_0; ...; y_{W-1}]`` on every rank (ranks may hold different batch sizes); backward:
+    block ``r`` of the gradient summed over ranks (the module docstring says why the sum).
     """
 
     @staticmethod
@@ -158,11 +133,8 @@ def all_gather(x: Tensor, sizes: list[int] | None = None) -> Tensor:
 
 
 def gather_step_inputs(inputs: StepInputs) -> StepInputs:
-    """The global batch's :class:`StepInputs`: every field all-gathered, rank 0's rows first.
-
-    Student features and logits keep their gradient path (:class:`AllGather`); the teacher's
-    outputs, labels and indices are gathered without gradient. ``None`` fields stay ``None``
-    (they are ``None`` on every rank: the same method runs everywhere).
+    """The global batch's :class:`StepInputs`, rank 0's rows first; the student's tensors keep their
+    gradient (:class:`AllGather`), ``None`` fields stay ``None``.
     """
     if not is_distributed():
         return inputs
@@ -179,9 +151,6 @@ def gather_step_inputs(inputs: StepInputs) -> StepInputs:
         teacher_logits=gather(inputs.teacher_logits),  # (B, C_T) or None
         index=gather(inputs.index),  # (B,) or None
     )
-
-
-# --- Keeping the ranks' copies identical ---
 
 
 def wrap_student(
@@ -219,10 +188,7 @@ def broadcast_module_state(module: nn.Module, src: int = 0) -> None:
 
 
 def average_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Replace each parameter's gradient by its mean over the ranks (parameters without one skip).
-
-    Every rank must pass the same parameters in the same order.
-    """
+    """Each parameter's gradient becomes its mean over the ranks (same parameters, same order)."""
     if not is_distributed():
         return
     world = get_world_size()
@@ -268,11 +234,8 @@ def loader_world_size(loader: object) -> int | None:
 
 
 def check_sharded_loader(loader: object, name: str = "train_loader") -> None:
-    """Refuse a training loader that is not sharded over exactly the running ranks.
-
-    An unsharded loader would give every rank the whole batch, so the gathered "global" batch
-    would hold every sample ``W`` times.
-    """
+    """Refuse a training loader not sharded over exactly the running ranks (an unsharded one would
+    put every sample ``W`` times into the gathered batch)."""
     world = get_world_size()
     size = loader_world_size(loader)
     if size is not None and size != world:

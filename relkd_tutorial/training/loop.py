@@ -11,15 +11,11 @@
     method.after_step(inputs)                                     # e.g. a queue write
     meter.add(terms, inputs)                                      # running sums, on the device
 
-Everything method-specific comes from the method object (:mod:`relkd_tutorial.methods`). **The
-step never waits on the host**: the loss terms and the accuracy are summed on the device and read
-once per progress-bar refresh (``log_every``) and once per epoch, where a non-finite loss or
-weight stops the run before a checkpoint is replaced (:mod:`.progress`); the losses' own value
-checks run on the first step only (:func:`relkd_tutorial.set_input_checks`), and each epoch's first
-batch is checked for finite pixels. The plumbing (device, exact resume even mid-epoch, signals,
-several processes, files) is called from :func:`fit`, not woven into it (:mod:`.run`). Under
-``torchrun`` the student is wrapped in DDP and every step's inputs are all-gathered, so relational
-losses see the global batch (:mod:`.distributed`).
+Everything method-specific comes from the method object. **The step never waits on the host**:
+the sums live on the device, read at a bar refresh and once per epoch (:mod:`.progress`); the
+losses' value checks run on the first step only, the pixels once per epoch. The plumbing (device,
+exact resume, signals, processes, files) is in :mod:`.run`; under ``torchrun`` the step's inputs
+are all-gathered so relational losses see the global batch (:mod:`.distributed`).
 """
 
 from __future__ import annotations
@@ -57,9 +53,8 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train ``student`` with ``method``; return the per-epoch history.
 
-    The run is set up once (:meth:`_Run.start_run`); then, stage by stage of ``method.stages()``, a
-    fresh optimizer and schedule, and epoch by epoch: the steps, the schedule, the evaluation, the
-    record, the checkpoint and the history CSV. A signal stops the run after a step or an epoch.
+    Stage by stage of ``method.stages()`` a fresh optimizer and schedule; epoch by epoch the steps,
+    the evaluation, the record, the checkpoint and the history CSV.
 
     Args:
         student: returns ``(features (B, D), logits (B, C))``; trained in place on the device.

@@ -1,13 +1,10 @@
-"""Where an epoch stands: its running sums (on the device), a mid-epoch state for a checkpoint, the
-progress bar's switch and line.
+"""Where an epoch stands: its running sums (on the device, read through :func:`~.steps.to_host` at a
+bar refresh and at the epoch's end), a mid-epoch state for a checkpoint, the progress bar.
 
-The sums are read back only when the bar is refreshed (:meth:`_EpochProgress.running_means`) and
-at the end of the epoch (:meth:`_EpochProgress.means`, which also checks the terms and weights are
-finite), always through :func:`~.steps.to_host`. On SIGINT/SIGTERM the loop writes a mid-epoch
-checkpoint (the steps done, the sums, the RNG states at the start of the epoch and now); resuming
-re-creates the epoch's batches from the epoch-start state, skips the steps done and continues
-bit-identically whenever the batches are a function of the epoch (``set_epoch``) and of that RNG
-state (:class:`~relkd_tutorial.data.TensorLoader` and ``DataLoader`` s qualify).
+A mid-epoch checkpoint holds the steps done, the sums and the RNG states at the epoch's start and
+now; resuming re-creates the epoch's batches from the first, skips the steps done and continues
+bit-identically when the batches are a function of the epoch (``set_epoch``) and that RNG state
+(:class:`~relkd_tutorial.data.TensorLoader` and ``DataLoader`` s qualify).
 """
 
 from __future__ import annotations

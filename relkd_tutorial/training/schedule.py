@@ -84,14 +84,8 @@ def lr_factor(config: TrainConfig, epoch: int, stage_epochs: int) -> float:
 
 def trainable_parameters(*modules: nn.Module) -> list[nn.Parameter]:
     """The parameters that require grad, each once (a method may hold a reference to the student)."""
-    seen: set[int] = set()
-    params = []
-    for module in modules:
-        for p in module.parameters():
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                params.append(p)
-    return params
+    # a tensor hashes by identity: dict.fromkeys keeps each parameter once, in first-seen order
+    return list(dict.fromkeys(p for m in modules for p in m.parameters() if p.requires_grad))
 
 
 def build_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

@@ -1,12 +1,10 @@
-"""Stop on SIGINT/SIGTERM at a step boundary, so that a killed run can continue exactly.
+"""Stop on SIGINT/SIGTERM (Ctrl-C, a notebook's stop button, a scheduler) at a step boundary.
 
-Ctrl-C, a notebook's stop button (SIGINT) or a scheduler / ``torchrun`` (SIGTERM, then SIGKILL
-after a grace period) would otherwise stop the process half-way through a step. While
-:func:`~relkd_tutorial.training.fit` runs, :class:`StopSignals` makes the first signal only record
-the request; the loop finishes the step, writes a mid-epoch checkpoint and raises
+While :func:`~relkd_tutorial.training.fit` runs, :class:`StopSignals` makes the first signal only
+record the request; the loop finishes the step, writes a mid-epoch checkpoint and raises
 :class:`TrainingInterrupted`. The same signal again goes to the previous handler (a second Ctrl-C
-still stops a hung loop). The previous handlers are restored when ``fit`` ends, and a signal that
-came after the last check is delivered then. Main thread only.
+stops a hung loop); the handlers are restored when ``fit`` ends, and a signal that came after the
+last check is delivered then. Main thread only.
 """
 
 from __future__ import annotations

@@ -122,13 +122,14 @@ def evaluate(
     finally:
         model.train(was_training)
     loss_total, hits, count = to_host(torch.stack([loss_sum, correct.double(), labelled.double()]))
+    return _scores(loss_total, int(hits), n, count)
+
+
+def _scores(loss_sum: float, correct: float, n: float, count: float) -> dict[str, float]:
+    """:func:`evaluate`'s record from its sums (accuracy and loss NaN without a labelled sample)."""
     nan = float("nan")
-    return {
-        "acc": int(hits) / int(count) if count else nan,
-        "loss": loss_total / count if count else nan,
-        "n": n,
-        "labelled": int(count),
-    }
+    acc, loss = (correct / count, loss_sum / count) if count else (nan, nan)
+    return {"acc": acc, "loss": loss, "n": int(n), "labelled": int(count)}
 
 
 def _evaluate_all_ranks(
@@ -142,13 +143,7 @@ def _evaluate_all_ranks(
     correct = round(result["acc"] * count) if count else 0
     loss_sum = result["loss"] * count if count else 0.0
     correct, loss_sum, n, count = sum_over_ranks([correct, loss_sum, result["n"], count], device)
-    nan = float("nan")
-    return {
-        "acc": correct / count if count else nan,
-        "loss": loss_sum / count if count else nan,
-        "n": int(n),
-        "labelled": int(count),
-    }
+    return _scores(loss_sum, correct, n, count)
 
 
 def _run_setup(
