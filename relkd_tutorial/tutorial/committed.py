@@ -1,35 +1,18 @@
 """The committed benchmark results, setting by setting, as notebooks 05 and 06 read them.
 
-The notebooks do not train: they read the committed ``results/`` folder
-(:func:`relkd_tutorial.tutorial.runs.find_results_dir`) and show whatever the current protocol
-(the benchmark's default preset on a CPU, :func:`relkd_tutorial.tutorial.runs.protocol_setting`)
-has there. A committed setting may be complete, partial (a run still in progress, or stopped) or
-absent (its invocation is still to come); each :class:`CommittedSetting` says which, and gives the
-command that adds what is missing. Rows of another configuration (another spec: the fingerprint
-of the setting and the teacher) are counted, never used; when no row of the current spec is
-committed, the newest committed spec is shown and labelled ``earlier``.
-
-- :func:`committed_results`: the default settings' final runs of one **arm**
-  (:func:`relkd_tutorial.bench.tuned.arm_rows`: ``"tuned"``, every method at its recipe, or
-  ``"defaults"``, at its paper defaults), one :class:`CommittedSetting` each.
-- :func:`committed_benchmark`: both arms with the benchmark's own comparisons
-  (:func:`relkd_tutorial.bench.verdict.comparisons`, Holm per family), marked fragile exactly as
-  the report marks them (the Holm band, and the second run set ``results/replicate/``), and what
-  tuning changed (:func:`relkd_tutorial.bench.tuned.tuning_comparisons`).
-- :func:`committed_ablation`, :func:`committed_student`: the GRKD ablation and the second
-  student's runs (each labelled when of an earlier protocol).
-- :func:`comparison_table`, :func:`means_table`, :func:`family_table`: one compact table each,
-  so a notebook renders a table where a report would print pages.
-
-The sentences and the one synthesis table that tell the project's question are
-:mod:`.synthesis`'s. Everything a sentence says is computed here or in the report; the sentences
-are :func:`say`'s.
+The notebooks do not train: they read the committed ``results/`` folder at the current protocol
+(:func:`.runs.protocol_setting`). Each :class:`CommittedSetting` says whether a setting is
+complete, partial or absent, with the command that adds what is missing; rows of another spec
+are counted, never used, and when none of the current spec is committed the newest spec is shown
+and labelled ``earlier``. :func:`committed_benchmark` reads both arms
+(:func:`~relkd_tutorial.bench.tuned.arm_rows`) with the benchmark's own comparisons, marked
+fragile as the report marks them; :func:`comparison_table`, :func:`means_table` and
+:func:`family_table` are compact tables, and :mod:`.synthesis` tells the project's question.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,7 +35,7 @@ from ..bench.settings import (
     ablation_variants,
     has_unlabelled,
 )
-from ..bench.store import read_runs
+from ..bench.store import read_meta, read_runs
 from ..bench.tuned import (
     ARMS,
     arm_rows,
@@ -63,28 +46,16 @@ from ..bench.tuned import (
 from ..bench.verdict import comparisons, mark_fragile
 from ..bench.workspace import build_workspace
 from ..stats import format_p
-from .prose import Sentence, say
+from .prose import Sentence, markdown_table, say
 from .runs import Table, find_results_dir, protocol_setting, shown, summary_table
-
-#: Where the GRKD ablation may be committed: its own folder (``docs/benchmark.md``) or the main one.
-ABLATION_FOLDERS: tuple[str, ...] = ("grkd-ablation", ".")
 
 
 @dataclass
 class CommittedSetting:
-    """The committed runs of one setting of the current protocol.
-
-    Attributes:
-        name: the setting (``"transfer"``, ...).
-        setting: the protocol's :class:`~relkd_tutorial.bench.settings.Setting`.
-        spec: its fingerprint now (setting, teacher, memory layout).
-        rows: the committed rows of this spec and phase (every status), in file order.
-        expected: the runs the complete setting has (methods x seeds, or variants x seeds).
-        stale: committed rows of this setting and phase with another spec (ignored).
-        command: the command that trains what is missing (it resumes, skipping what is there).
-        source: the ``runs.csv`` the rows come from (``None``: none found).
-        split: the split the current protocol scores these runs on (an ablation: ``"val"``).
-    """
+    """The committed runs of one setting of the current protocol: ``rows`` (this ``spec`` and
+    ``phase``, every status, file order) of the ``expected`` runs, ``stale`` rows of another spec
+    (ignored), the ``command`` that trains what is missing, the ``source`` ``runs.csv``
+    (``None``: none), ``protocol_spec`` (the spec now) and the ``split`` it scores on."""
 
     name: str
     setting: Setting
@@ -159,15 +130,10 @@ class CommittedSetting:
         return text
 
 
-def _spec(setting: Setting, cache: Path) -> str:
-    return _cached_spec(setting, str(cache))
-
-
 @functools.lru_cache(maxsize=32)
-def _cached_spec(setting: Setting, cache: str) -> str:
+def _spec(setting: Setting, cache: Path) -> str:
     """A setting's spec (a workspace build reads the teacher: done once per kernel)."""
-    ws = build_workspace(setting, Path(cache), torch.device("cpu"), log=lambda _: None)
-    return ws.spec
+    return build_workspace(setting, cache, torch.device("cpu"), log=lambda _: None).spec
 
 
 def _rows(folder: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
@@ -179,8 +145,7 @@ def _rows(folder: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
 def folder_recipes(folder: str | Path) -> Recipes | None:
     """The recipes a results folder's runs used (its ``meta.json``; ``None``: every method at its
     paper defaults, as before recipes existed)."""
-    meta = Path(folder) / "meta.json"
-    return recipes_of_meta(json.loads(meta.read_text()) if meta.is_file() else None)
+    return recipes_of_meta(read_meta(folder))
 
 
 def _expected_runs(setting: Setting, tuned: Sequence[str] = (), arm: str = "tuned") -> int:
@@ -202,22 +167,25 @@ def _shown_spec(rows: Sequence[dict[str, Any]], spec: str) -> str:
     return spec if spec in specs or not specs else specs[-1]
 
 
+def _committed(mine: Sequence[dict[str, Any]], spec: str, **fields: Any) -> CommittedSetting:
+    """The rows ``mine`` of :func:`_shown_spec`, the others counted as stale."""
+    shown_spec = _shown_spec(mine, spec)
+    return CommittedSetting(
+        spec=shown_spec, rows=[r for r in mine if r["spec"] == shown_spec], protocol_spec=spec,
+        stale=sum(r["spec"] != shown_spec for r in mine), **fields,
+    )  # fmt: skip
+
+
 def committed_results(
     results_dir: str | Path | None = None,
     settings: Sequence[str] = DEFAULT_SETTINGS,
     preset: str | None = None,
     arm: str = "tuned",
 ) -> dict[str, CommittedSetting]:
-    """The committed final runs of each of ``settings`` at the current protocol's spec.
-
-    Args:
-        results_dir: the results folder (default :func:`find_results_dir`).
-        settings: Fashion-MNIST settings (not ``"cross-task"``, whose spec needs its teacher).
-        preset: the benchmark preset (default: the benchmark's default on a CPU).
-        arm: ``"tuned"`` (the headline: each method at its recipe, or at its defaults where it
-            has none) or ``"defaults"`` (the paper defaults; :func:`~relkd_tutorial.bench.tuned.
-            arm_rows`). A folder written before recipes has one arm, the same for both.
-    """
+    """The committed final runs of each of ``settings`` (Fashion-MNIST, not ``"cross-task"``)
+    at the current protocol's spec, of one ``arm``: ``"tuned"`` (each method at its recipe) or
+    ``"defaults"`` (:func:`~relkd_tutorial.bench.tuned.arm_rows`; a folder written before recipes
+    has one arm). ``results_dir``: default :func:`find_results_dir`; ``preset``: the CPU default."""
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     rows, source = _rows(folder)
     recipes = folder_recipes(folder)
@@ -232,12 +200,9 @@ def committed_results(
         command = "python -m relkd_tutorial.bench --settings " + name + " --out results"
         if preset:
             command += f" --preset {preset}"
-        shown_spec = _shown_spec(mine, spec)
-        out[name] = CommittedSetting(
-            name=name, setting=s, spec=shown_spec, rows=[r for r in mine if r["spec"] == shown_spec],
+        out[name] = _committed(
+            mine, spec, name=name, setting=s, command=command, source=source,
             expected=_expected_runs(s, tuned_methods(recipes, name), arm),
-            stale=sum(r["spec"] != shown_spec for r in mine), command=command, source=source,
-            protocol_spec=spec,
         )  # fmt: skip
     return out
 
@@ -286,22 +251,10 @@ STUDENT_FOLDER = "student-m-transfer"
 
 @dataclass
 class Benchmark:
-    """The committed main job, both arms, with the benchmark's own comparisons.
-
-    Attributes:
-        folder: the results folder.
-        recipes: the recipes its runs used (``meta.json``; ``None``: every method at its paper
-            defaults, as before recipes).
-        tuned, defaults: :func:`committed_results` of each arm (``defaults`` empty without
-            recipes: one arm).
-        entries: :func:`~relkd_tutorial.bench.verdict.comparisons` of the tuned arm (every family,
-            Holm per family), marked fragile as the report marks them.
-        default_entries: the same of the paper-default arm, in the settings with tuned methods.
-        tuning: each tuned method minus itself at its defaults
-            (:func:`~relkd_tutorial.bench.tuned.tuning_comparisons`).
-        second: the second run set's name (``""``: none) and ``second_entries`` its tuned arm's
-            comparisons.
-    """
+    """The committed main job: its ``recipes`` (``None``: one arm, the paper defaults), each
+    arm's :func:`committed_results`, the comparisons of the tuned arm (``entries``) and of the
+    paper-default arm where tuned methods ran (``default_entries``), marked fragile as the report
+    marks them, the ``tuning`` comparisons, and the ``second`` run set's name and entries."""
 
     folder: Path
     recipes: Recipes | None
@@ -384,7 +337,7 @@ def committed_student(
     base = Path(results_dir) if results_dir is not None else find_results_dir()
     where = base / folder
     rows, source = _rows(where)
-    meta = json.loads((where / "meta.json").read_text()) if (where / "meta.json").is_file() else {}
+    meta = read_meta(where) or {}
     runs = [inv.get("settings", {}).get("transfer", {}) for inv in meta.get("invocations", [])]
     student = next((s["student"] for s in reversed(runs) if s.get("student")), "student_cnn_m")
     s = protocol_setting("transfer", fast=False, preset=preset)
@@ -393,12 +346,9 @@ def committed_student(
     spec = _spec(s, where / "cache") if rows else ""
     mine = [r for r in arm_rows(rows, folder_recipes(where), "tuned")
             if r["setting"] == "transfer" and r["phase"] == "final"]  # fmt: skip
-    shown_spec = _shown_spec(mine, spec)
-    return CommittedSetting(
-        name=f"transfer, `{student}`", setting=s, spec=shown_spec,
-        rows=[r for r in mine if r["spec"] == shown_spec], expected=_expected_runs(s),
-        stale=sum(r["spec"] != shown_spec for r in mine), source=source, protocol_spec=spec,
-        command=f"python -m relkd_tutorial.bench --settings transfer --student {student} "
+    return _committed(
+        mine, spec, name=f"transfer, `{student}`", setting=s, expected=_expected_runs(s),
+        source=source, command=f"python -m relkd_tutorial.bench --settings transfer --student {student} "
         f"--seeds {','.join(map(str, seeds))} --out results/{folder}",
     )  # fmt: skip
 
@@ -449,14 +399,8 @@ def comparison_table(
     return Table(out, ["label", "n", "mean", "low", "high", "p", "p_holm", "claim"], metric, unit)
 
 
-_CLAIM_VERB = {"beats": "beats", "trails": "trails", "within noise": "is within noise of"}
-
-
-def _names(entries: Sequence[dict[str, Any]]) -> str:
-    names = [METHOD_LABELS.get(e["method"], e["method"]) for e in entries]
-    if not names:
-        return "none"
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+_CLAIM_VERB = {"beats": "beats", "trails": "trails", "within noise": "is within noise of",
+               "fragile": "is fragile against"}  # fmt: skip
 
 
 def _claim(e: Mapping[str, Any]) -> str:
@@ -474,55 +418,11 @@ def _one(e: dict[str, Any]) -> Sentence:
         "{a} {verb} {b} ({mean:+.{d}f} {unit}, 95% CI {low:+.{d}f} to {high:+.{d}f}, Holm p "
         "{p}{alone})",
         a=METHOD_LABELS.get(e["method"], e["method"]),
-        verb="is fragile against" if fragile else _CLAIM_VERB[e["claim"]],
+        verb=_CLAIM_VERB[_claim(e)],
         b=METHOD_LABELS.get(e["baseline"], e["baseline"]), mean=e["mean"], low=e["low"],
         high=e["high"], d=digits, unit=unit, p=format_p(e["p_holm"]),
         alone=f"; alone: {e['claim']}" if fragile else "",
     )  # fmt: skip
-
-
-def verdict_summary(
-    entries: Sequence[dict[str, Any]], setting: str, metric: str = "acc"
-) -> Sentence:
-    """The verdict of one setting in a few sentences, from :func:`comparisons`' entries.
-
-    Against KD (who beats, trails, ties after Holm), the controlled comparisons of the two
-    combinations and of GRKD alone, and GRKD against RKD, RRD and REFILLED. Every number and
-    every word of the verdict ("beats", "within noise") is computed.
-    """
-    chosen = [e for e in entries if e["setting"] == setting and e["metric"] == metric]
-    kd = [e for e in chosen if e["family"] == "kd"]
-    if not kd:
-        raise ValueError(f"no comparison against KD in {setting!r} for {metric!r}")
-    by_claim = {c: [e for e in kd if _claim(e) == c] for c in (*_CLAIM_VERB, "fragile")}
-    parts = [
-        say(
-            "In **{setting}** ({what}; {m} comparisons against KD, Holm-corrected): beat KD: "
-            "{beats}; trail KD: {trails}; within noise of KD: {noise}{fragile}.",
-            setting=setting,
-            what=METRIC_LABELS[metric].replace(" %", ""),
-            m=len(kd),
-            beats=_names(by_claim["beats"]),
-            trails=_names(by_claim["trails"]),
-            noise=_names(by_claim["within noise"]),
-            fragile=f"; fragile (claimed neither way): {_names(by_claim['fragile'])}"
-            if by_claim["fragile"]
-            else "",
-        )  # fmt: skip
-    ]
-    control = {e["method"]: e for e in chosen if e["family"] == "control"}
-    picked = [control[m] for m in ("grkd_kd", "rrd_kd", "grkd") if m in control]
-    if picked:
-        parts.append(
-            say(
-                "Against their one-thing-different controls: {items}.",
-                items="; ".join(_one(e) for e in picked),
-            )  # fmt: skip
-        )
-    mission = family_sentence(entries, setting, "mission", metric)
-    if mission:
-        parts.append(say("The question of this project: {items}.", items=mission))
-    return Sentence(" ".join(parts))
 
 
 def family_sentence(
@@ -533,12 +433,6 @@ def family_sentence(
     chosen = [e for e in entries
               if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)]  # fmt: skip
     return Sentence("; ".join(_one(e) for e in chosen))
-
-
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Sentence:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return Sentence("\n".join(lines))
 
 
 def _interval(mean: float, low: float, high: float, digits: int, sign: str = "+") -> str:
@@ -569,7 +463,7 @@ def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
             ok = r is not None and not math.isnan(r["mean"])
             cells.append(_interval(r["mean"], r["low"], r["high"], digits, "") if ok else "n/a")
         body.append(cells)
-    return _markdown(header, body)
+    return markdown_table(header, body)
 
 
 def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "acc",
@@ -600,7 +494,7 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
         body.append(cells)
     unit = " (points)" if metric in PERCENT else ""
     first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
-    return _markdown([first + unit, *names], body)
+    return markdown_table([first + unit, *names], body)
 
 
 def _scrub(command: str) -> str:
@@ -615,13 +509,6 @@ def _scrub(command: str) -> str:
 def invocations(results_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """The invocations ``meta.json`` recorded (command, jobs, threads, wall time, load), oldest
     first, each ``command`` with absolute paths shortened; ``[]`` without a ``meta.json``."""
-    import json
-
-    folder = Path(results_dir) if results_dir is not None else find_results_dir()
-    path = folder / "meta.json"
-    if not path.is_file():
-        return []
-    out = []
-    for inv in json.loads(path.read_text()).get("invocations", []):
-        out.append({**inv, "command": _scrub(str(inv.get("command", "")))})
-    return out
+    meta = read_meta(results_dir if results_dir is not None else find_results_dir()) or {}
+    return [{**inv, "command": _scrub(str(inv.get("command", "")))}
+            for inv in meta.get("invocations", [])]  # fmt: skip

@@ -38,10 +38,9 @@ from ..losses.refilled import centre_labels, mine_triplets
 from ..methods import SetupData, StepInputs, build_method
 from ..models import build_model
 from ..training import gradient_shares, seeded, stage_plan, term_gradient_norms
+from .prose import markdown_table as _table
 
-# ---------------------------------------------------------------------------------------------
-# Gradient shares at initialisation
-# ---------------------------------------------------------------------------------------------
+# --- Gradient shares at initialisation
 
 #: ``(row label, benchmark method, overrides of its benchmark arguments)``: every benchmark
 #: method, and GRKD with the mean over class pairs (the benchmark's default sums them).
@@ -120,9 +119,7 @@ def initial_gradient_shares(
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The tuning's trials: weight multiplier, validation score, rank
-# ---------------------------------------------------------------------------------------------
+# --- The tuning's trials: weight multiplier, validation score, rank
 
 
 def weight_knobs(method: str) -> tuple[str, ...]:
@@ -301,15 +298,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """``rows`` (dicts with the same keys) as a Markdown table, columns in key order."""
     if not rows:
         raise ValueError("no rows to tabulate")
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    return _table(list(rows[0]), ([str(r[c]) for c in rows[0]] for r in rows))
 
 
-# ---------------------------------------------------------------------------------------------
-# REFILLED's triplets per batch
-# ---------------------------------------------------------------------------------------------
+# --- REFILLED's triplets per batch
 
 
 def label_triplets(labels: Tensor) -> int:
@@ -368,9 +360,7 @@ def refilled_budget(
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Drawing (onto given axes)
-# ---------------------------------------------------------------------------------------------
+# --- Drawing (onto given axes)
 
 
 def plot_weight_scores(

@@ -33,15 +33,15 @@ from ..bench.settings import (
 from ..bench.tuned import tuned_methods
 from ..bench.verdict import ablation_comparisons, comparisons
 from .committed import (
+    _CLAIM_VERB,
     Benchmark,
     CommittedSetting,
     _claim,
     _interval,
-    _markdown,
     _one,
     committed_benchmark,
 )
-from .prose import Sentence, say
+from .prose import Sentence, markdown_table, say
 
 #: What each family of :func:`~relkd_tutorial.bench.verdict.comparisons` compares (for sentences).
 FAMILY_WORDS: dict[str, str] = {
@@ -186,7 +186,7 @@ def synthesis_table(bench: Benchmark, ablation: CommittedSetting | None = None,
         body.append([label, str(n), *(_short_cell(e) for e in mine), other])
     if not body:
         raise ValueError("no line of evidence is committed")
-    return _markdown(header, body)
+    return markdown_table(header, body)
 
 
 def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = None,
@@ -225,10 +225,8 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
             "labels on the pool",
             "fragile": "a verdict that does not survive a perturbation either way",
         }[_claim(pseudo)]
-        verb = {"beats": "beats", "trails": "trails", "within noise": "is within noise of",
-                "fragile": "is fragile against"}[_claim(pseudo)]  # fmt: skip
         parts.append(say("GRKD {c} the pseudo-label control (CE on the teacher's top class over the "
-                         "unlabelled images; {v} points), {m}.", c=verb,
+                         "unlabelled images; {v} points), {m}.", c=_CLAIM_VERB[_claim(pseudo)],
                          v=_interval(pseudo["mean"], pseudo["low"], pseudo["high"], 2),
                          m=meaning))  # fmt: skip
     abl = next((x for x in lines if x[0].startswith("GRKD ablation")), None)
