@@ -435,9 +435,9 @@ def family_sentence(
     return Sentence("; ".join(_one(e) for e in chosen))
 
 
-def _interval(mean: float, low: float, high: float, digits: int, sign: str = "+") -> str:
+def _interval(e: Mapping[str, Any], digits: int, sign: str = "+") -> str:
     f = f"{{:{sign}.{digits}f}}"
-    return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]"
+    return f"{f.format(e['mean'])} [{f.format(e['low'])}, {f.format(e['high'])}]"
 
 
 def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
@@ -461,7 +461,7 @@ def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
         for t in tables.values():
             r = next((r for r in t if r["label"] == label), None)
             ok = r is not None and not math.isnan(r["mean"])
-            cells.append(_interval(r["mean"], r["low"], r["high"], digits, "") if ok else "n/a")
+            cells.append(_interval(r, digits, "") if ok else "n/a")
         body.append(cells)
     return markdown_table(header, body)
 
@@ -488,9 +488,7 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
         for name in names:
             e = next((e for e in chosen if (e["setting"], e["method"], e["baseline"])
                       == (name, method, baseline)), None)  # fmt: skip
-            cells.append(
-                f"{_interval(e['mean'], e['low'], e['high'], digits)} {_claim(e)}" if e else ""
-            )
+            cells.append(f"{_interval(e, digits)} {_claim(e)}" if e else "")
         body.append(cells)
     unit = " (points)" if metric in PERCENT else ""
     first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
