@@ -65,8 +65,6 @@ class CommittedSetting:
     stale: int
     command: str
     source: Path | None = None
-    phase: str = "final"
-    methods: tuple[str, ...] = field(default=METHODS)
     protocol_spec: str = ""
     split: str = "test"
 
@@ -210,13 +208,9 @@ def committed_results(
 def committed_ablation(
     results_dir: str | Path | None = None, method: str = "grkd", preset: str | None = None
 ) -> CommittedSetting:
-    """The committed ablation runs of ``method`` (``phase == "ablation"``) at the current spec.
-
-    Looked for in ``<results>/grkd-ablation/`` (the documented command's folder), then in
-    ``<results>/`` itself; the first folder that holds any such row of the current spec, scored on
-    the validation split, wins. Test-split rows (the ablation's earlier protocol) are shown as an
-    earlier protocol's, and said so.
-    """
+    """The committed ablation runs of ``method`` at the current spec, from the first of
+    ``<results>/<method>-ablation/`` and ``<results>/`` that holds them scored on the validation
+    split; else an earlier protocol's (test split, another spec), labelled so."""
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     s = protocol_setting(ABLATION_SETTING, fast=False, preset=preset)
     spec = _spec(s, folder / "cache")
@@ -241,7 +235,7 @@ def committed_ablation(
     return CommittedSetting(
         name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=shown_spec, rows=best[0],
         expected=len(variants) * len(ablation_seeds(s.seeds)), stale=best[2], command=command, source=best[1],
-        phase="ablation", methods=(method,), protocol_spec=spec, split="val",
+        protocol_spec=spec, split="val",
     )  # fmt: skip
 
 
@@ -294,12 +288,8 @@ def committed_benchmark(
     settings: Sequence[str] = DEFAULT_SETTINGS,
     preset: str | None = None,
 ) -> Benchmark:
-    """Both arms of the committed main job and their comparisons, as the report reads them.
-
-    With recipes, a verdict is fragile (:func:`~relkd_tutorial.bench.verdict.mark_fragile`) when
-    its Holm p sits near the level or the second run set (``<folder>/replicate/``,
-    :func:`~relkd_tutorial.bench.tuned.second_run_set`) gives another verdict, in each arm.
-    """
+    """Both arms of the committed main job and their comparisons, as the report reads them
+    (fragile: :func:`~relkd_tutorial.bench.verdict.mark_fragile`, with the second run set)."""
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     recipes = folder_recipes(folder)
     tuned = committed_results(folder, settings, preset, "tuned")
@@ -329,11 +319,8 @@ def committed_benchmark(
 def committed_student(
     results_dir: str | Path | None = None, folder: str = STUDENT_FOLDER, preset: str | None = None
 ) -> CommittedSetting:
-    """The second student's committed transfer runs (``<results>/<folder>/``), tuned arm.
-
-    The student is the one its ``meta.json`` records; the spec is the protocol's transfer setting
-    with that student, so runs made under an earlier protocol are shown and labelled ``earlier``.
-    """
+    """The second student's committed transfer runs (``<results>/<folder>/``, the student its
+    ``meta.json`` records), tuned arm; an earlier protocol's are labelled ``earlier``."""
     base = Path(results_dir) if results_dir is not None else find_results_dir()
     where = base / folder
     rows, source = _rows(where)
@@ -365,20 +352,11 @@ def _pair_label(e: dict[str, Any], family: str) -> str:
 def comparison_table(
     entries: Sequence[dict[str, Any]], setting: str, family: str, metric: str = "acc"
 ) -> Table:
-    """One family of comparisons as a table for :func:`plot_paired` and for display.
-
-    Args:
-        entries: :func:`relkd_tutorial.bench.verdict.comparisons` (or
-            :func:`~relkd_tutorial.bench.verdict.ablation_comparisons`) of the rows.
-        setting, family, metric: which comparisons (``family``: ``"kd"``, ``"ce"``,
-            ``"control"``, ``"mission"``, ``"ablation"``).
-
-    Returns:
-        Rows with ``label``, ``n``, ``mean``, ``low``, ``high``, ``within_noise`` (after Holm;
-        also for a fragile verdict, so a plot greys it), ``p`` and ``p_holm`` (formatted),
-        ``claim`` (``"fragile"`` where the report marks it) and ``sentence``; a ``baseline`` key only
-        where the family has one baseline (the plot then names it).
-    """
+    """One family of :func:`~relkd_tutorial.bench.verdict.comparisons` (or
+    ``ablation_comparisons``) as a table for :func:`plot_paired` and for display: ``label``,
+    ``n``, ``mean``, ``low``, ``high``, ``within_noise`` (after Holm, or fragile: a plot greys
+    it), ``p``, ``p_holm`` (formatted), ``claim`` (or ``"fragile"``), ``sentence``, and
+    ``baseline`` where the family has one (the plot names it)."""
     if metric not in METRIC_LABELS:
         raise ValueError(f"metric must be one of {list(METRIC_LABELS)}, got {metric!r}")
     chosen = [
@@ -410,8 +388,8 @@ def _claim(e: Mapping[str, Any]) -> str:
 
 
 def _one(e: dict[str, Any]) -> Sentence:
-    """``GRKD+KD is within noise of KD (+0.12 points, 95% CI -0.4 to +0.6, Holm p 0.51)``; a
-    fragile entry ``... is fragile against KD (..., Holm p 0.03; alone: beats)``."""
+    """``GRKD+KD is within noise of KD (+0.12 points, 95% CI ..., Holm p 0.51)``; fragile:
+    ``... is fragile against KD (..., Holm p 0.03; alone: beats)``."""
     unit, digits = ("points", 2) if e["metric"] in PERCENT else ("in tau", 3)
     fragile = bool(e.get("fragile"))
     return say(
@@ -442,12 +420,8 @@ def _interval(e: Mapping[str, Any], digits: int, sign: str = "+") -> str:
 
 def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
                 metric: str = "acc") -> Sentence:  # fmt: skip
-    """Each method's mean of ``metric`` and its 95% ``t`` interval, every setting side by side.
-
-    ``rows_by_setting``: a setting's finished rows (``CommittedSetting.finished``). One row per
-    method, one column per setting (headed with its number of seeds); a cell is
-    ``mean [low, high]`` (percent for accuracies), as :func:`~.runs.summary_table` computes it.
-    """
+    """Each method's mean of ``metric`` and its 95% ``t`` interval (:func:`~.runs.summary_table`),
+    a column per setting of ``rows_by_setting`` (its finished rows), headed with its seeds."""
     if not rows_by_setting:
         raise ValueError("no setting to tabulate")
     tables = {name: summary_table(rows, metric, setting=name)
@@ -468,13 +442,9 @@ def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
 
 def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "acc",
                  settings: Sequence[str] | None = None) -> Sentence:  # fmt: skip
-    """One family of comparisons in every setting: a row per comparison, a column per setting.
-
-    A cell is the mean paired difference, its 95% interval and the claim after Holm's correction
-    over the family in that setting (``beats``, ``trails``, ``within noise``, or ``fragile``
-    where the report marks it so); accuracies in
-    points. ``settings``: which and in what order (default: those of ``entries``).
-    """
+    """One family of comparisons, a row per comparison and a column per setting (default:
+    those of ``entries``): the mean paired difference, its 95% interval and the claim after Holm
+    (or ``fragile``); accuracies in points."""
     chosen = [e for e in entries if e["family"] == family and e["metric"] == metric]
     if not chosen:
         raise ValueError(f"no comparison of family {family!r} for metric {metric!r}")

@@ -1,16 +1,10 @@
 """What the method chapters (01-05) say about runs, on top of :mod:`.runs`; every number computed.
 
-- :func:`protocol_sentence`: what the runs are (setting, pool, labels, student, schedule, seeds).
-- :func:`difference_phrase` / :func:`against`: one paired difference in words with its 95%
-  interval and its claim ("beats", "trails", "within noise"): the benchmark's (Holm-corrected
-  within its family; ``docs/benchmark.md``, Statistics) where the row has one, else read from the
-  interval (:func:`verdict`).
-- :func:`control_table`: each method against its **control**, the run that differs from it in
-  one loss term (:data:`relkd_tutorial.bench.settings.CONTROLS`; the ``"control"`` family of
-  :func:`relkd_tutorial.bench.verdict.comparisons`).
-- :func:`seed_table` / :func:`paired_rows`: per name the mean, sample std (``n - 1``) and 95%
-  ``t`` interval over seeds, and each name minus a baseline paired by seed, for a chapter's own
-  small experiment (notebook 04), in rows that :mod:`.plots_stats` draws.
+:func:`protocol_sentence` (what the runs are), :func:`difference_phrase` / :func:`against` (one
+paired difference in words with its 95% interval and claim: the benchmark's Holm-corrected one
+where the row has it, else read from the interval), :func:`control_table` (each method against
+its one-term-different control, ``docs/benchmark.md``), :func:`seed_table` / :func:`paired_rows`
+(a chapter's own small experiment, in rows that :mod:`.plots_stats` draws).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Dot-and-interval plots: the one way the course draws a comparison of methods.
 
-A method is a dot at its mean over seeds with a line for its 95% interval
-(:func:`~relkd_tutorial.tutorial.runs.summary_table`); a paired difference against a baseline is
-a dot with its 95% paired ``t`` interval beside a line at zero
-(:func:`~relkd_tutorial.tutorial.runs.paired_table`); with one seed, a hollow dot and no line.
-Bars (``style="bar"``) always start at zero, so an axis never exaggerates a gap. The interval
-lines are one ``LineCollection`` with the gid :data:`INTERVALS_GID` (segments: the table's
-``low`` and ``high``).
+A mean over seeds (:func:`.runs.summary_table`) or a paired difference (:func:`.runs.paired_table`,
+beside a line at zero) is a dot with a line for its 95% interval; one seed: a hollow dot. Bars
+(``style="bar"``) start at zero. The interval lines are one ``LineCollection`` with the gid
+:data:`INTERVALS_GID`.
 """
 
 from __future__ import annotations

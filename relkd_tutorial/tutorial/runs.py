@@ -1,14 +1,10 @@
 """Shared benchmark runs for the chapters: one protocol, so a method has one number everywhere.
 
-A chapter that compares methods reads the runs of ``python -m relkd_tutorial.bench`` (same
-teacher, pool, schedule, seeds and student; ``docs/benchmark.md``) through :func:`benchmark_runs`:
-first the committed ``results/runs.csv`` rows whose spec (the fingerprint of the setting and the
-teacher) is the default preset's now (never rows of another configuration), then an on-disk cache
+:func:`benchmark_runs` reads the runs of ``python -m relkd_tutorial.bench`` (``docs/benchmark.md``):
+the committed ``results/runs.csv`` rows of the default preset's spec now, then an on-disk cache
 (:func:`default_cache_dir`) where the benchmark's runner trains what neither holds, once per
-machine, one row per finished run (an interrupted chapter resumes). Fast mode
-(:func:`relkd_tutorial.fast_mode`) uses the fast settings and only the cache. The tables are thin
-wrappers over the benchmark's report and :mod:`relkd_tutorial.stats`: sample standard deviations
-and 95% paired ``t`` intervals, accuracies in percent and their differences in points.
+machine (fast mode: the fast settings, the cache only). The tables are thin wrappers over the
+benchmark's report and :mod:`relkd_tutorial.stats` (accuracies in percent, differences in points).
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """Schematic figures: what flows from the teacher to the student in each method.
 
-One boxes-and-arrows figure per method (no data, no training): ``"overview"`` (the teacher's
-logits and features, used per sample or as relations) and ``"kd"``, ``"rkd"``, ``"rrd"``,
-``"refilled"``, ``"grkd"`` (left to right: the batch, the frozen teacher and the student, what
-each side computes, the loss, and the gradient that reaches the student only). Symbols are those
-of ``docs/notation.md``; colours are fixed: teacher :data:`TEACHER`, student :data:`STUDENT`,
-loss :data:`LOSS`, else :data:`NEUTRAL`. A box is a text in its own rounded frame, so it fits its
-text; arrows are clipped at the frames.
+One boxes-and-arrows figure per method, no data: ``"overview"``, ``"kd"``, ``"rkd"``, ``"rrd"``,
+``"refilled"``, ``"grkd"`` (the batch, the frozen teacher and the student, what each side
+computes, the loss, and the gradient that reaches the student only), in the symbols of
+``docs/notation.md`` and the colours :data:`TEACHER`, :data:`STUDENT`, :data:`LOSS`,
+:data:`NEUTRAL`.
 """
 
 from __future__ import annotations

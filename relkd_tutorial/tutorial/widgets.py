@@ -1,10 +1,9 @@
 """What the notebooks' widgets compute: pure functions from plain inputs to plain outputs.
 
-A widget is sliders (in the notebook), a computation (here) and a picture (:mod:`.plots`), wired
-with ``ipywidgets.interactive_output``. A function here takes all its state as arguments, returns
-a ``dict`` of floats and NumPy arrays that a plot draws and ``tests/test_widgets.py`` checks, and
-raises an error naming a bad argument. It calls the package's losses and relations (in float64)
-and never re-implements their math. Notebooks 04 and 05: :mod:`.widgets_refilled_grkd`.
+A widget is sliders (in the notebook), a computation (here) and a picture (:mod:`.plots`). A
+function here takes all its state as arguments, returns floats and NumPy arrays, raises an error
+naming a bad argument, and calls the package's losses and relations (in float64) rather than
+re-implementing them. Notebooks 04 and 05: :mod:`.widgets_refilled_grkd`.
 """
 
 from __future__ import annotations
