@@ -308,18 +308,12 @@ def rrd_sample_view(
     tau_s: float,
     tau_t: float,
 ) -> dict[str, object]:
-    """One sample's two distributions over the queue, sorted by the teacher, and the loss parts.
-
-    ``p^T(k) = softmax_k(<u, q_k> / tau_t)``, ``p^S(k) = softmax_k(<s, q_k> / tau_s)`` (inputs are
-    L2-normalised), ``L = -sum_k p^T(k) log p^S(k) = KL(p^T || p^S) + H(p^T)``, all from
-    :func:`~relkd_tutorial.losses.rrd.rrd_decomposition` with a batch of one; ``s``, ``u``:
-    ``(d,)``, ``queue``: ``(K, d)``.
-
-    Returns ``order`` ``(K,)`` (queue slots by decreasing ``p^T``); ``p_teacher``, ``p_student``
-    ``(K,)`` in that order; ``loss``, ``kl``, ``entropy`` (``H(p^T)``), ``student_entropy``
-    (``H(p^S)``); ``effective_slots_teacher`` / ``_student`` = ``exp(H)`` (the slots a uniform
-    distribution with the same entropy spreads over); ``tau_s``, ``tau_t``.
-    """
+    """One sample's two distributions over the queue ``(K, d)``, sorted by the teacher:
+    ``p^T(k) = softmax_k(<u, q_k> / tau_t)``, ``p^S(k) = softmax_k(<s, q_k> / tau_s)`` (inputs
+    L2-normalised), ``L = KL(p^T || p^S) + H(p^T)`` (:func:`~relkd_tutorial.losses.rrd.
+    rrd_decomposition`). Returns ``order``, ``p_teacher``, ``p_student`` (in that order), ``loss``,
+    ``kl``, ``entropy``, ``student_entropy``, ``effective_slots_{teacher,student}`` = ``exp(H)``,
+    ``tau_s``, ``tau_t``."""
     s = _as_float64("student_emb", student_emb, 1, "(d,)")
     u = _as_float64("teacher_emb", teacher_emb, 1, "(d,)")
     q = _as_float64("queue", queue, 2, "(K, d)")
