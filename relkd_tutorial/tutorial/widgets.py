@@ -98,15 +98,10 @@ def _grouped_matrix(matrix: object, groups: Mapping[str, Sequence[int]]) -> tupl
 def block_contrast(
     matrix: object, groups: Mapping[str, Sequence[int]], *, skip_diagonal: bool = True
 ) -> dict[str, float]:
-    """Mean of a class-by-class similarity matrix inside the groups vs between groups.
-
-    ``within`` averages the entries ``M_jk`` with ``j`` and ``k`` in the same group (``j != k`` if
-    ``skip_diagonal``); ``between`` averages the entries with ``j`` in a group and ``k`` in another
-    group or in no group (and vice versa); ``matrix`` is ``(C, C)``, ``groups`` e.g.
-    :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`. A similarity that has learnt the groups
-    has ``within > between``. Returns ``within``, ``between`` and ``ratio = within / between``
-    (``inf`` if ``between`` is 0).
-    """
+    """Mean of a ``(C, C)`` similarity matrix inside the groups (``within``: ``j``, ``k`` in one
+    group, ``j != k`` if ``skip_diagonal``) vs ``between`` (``j`` in a group, ``k`` in another or
+    none, and vice versa), and ``ratio = within / between`` (``inf`` if 0). ``groups``: e.g.
+    :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`; learnt groups give ``within > between``."""
     m, group_of = _grouped_matrix(matrix, groups)
     c = m.shape[0]
     if int((group_of >= 0).sum()) == 0:
@@ -124,13 +119,9 @@ def block_contrast(
 
 
 def within_group_share(matrix: object, groups: Mapping[str, Sequence[int]]) -> float:
-    """The share of a row-stochastic matrix's off-diagonal mass that stays inside a group.
-
-    ``share = sum_{j != k, g(j) = g(k)} M_jk / sum_{j != k} M_jk`` over every row ``j`` (rows of
-    classes in no group count in the denominator only). For the soft confusion matrix ``M(T)`` it
-    answers "of the probability the teacher gives to wrong classes, how much goes to a class of
-    the true class's own group?". ``matrix``: ``(C, C)``, non-negative, with off-diagonal mass.
-    """
+    """The share of a non-negative ``(C, C)`` matrix's off-diagonal mass inside a group,
+    ``sum_{j != k, g(j) = g(k)} M_jk / sum_{j != k} M_jk`` (for the soft confusion matrix: how
+    much of the probability on wrong classes goes to the true class's own group)."""
     m, group_of = _grouped_matrix(matrix, groups)
     if bool((m < 0).any()):
         raise ValueError("matrix must be non-negative")
@@ -157,15 +148,10 @@ def _class_means(x: Tensor, y: Tensor, c: int) -> tuple[Tensor, Tensor]:
 def class_soft_confusion(
     logits: object, labels: object, temperature: float = 1.0, num_classes: int | None = None
 ) -> np.ndarray:
-    """The teacher's mean softened distribution per true class: a "soft" confusion matrix.
-
-    ``M_kj = mean_{i : y_i = k} softmax(t_i / T)_j``. Row ``k`` says how much probability the
-    teacher gives to class ``j`` on images of class ``k``; each row sums to 1. Off the diagonal it
-    is the "dark knowledge" KD transfers: a coat that looks a bit like a pullover. Raising ``T``
-    flattens every row and makes the small entries visible. ``logits``: ``(N, C)``; ``labels``:
-    ``(N,)`` (``-1``: unlabelled, ignored); ``num_classes`` defaults to ``C``. Returns a ``(C, C)``
-    float64 array; a class with no sample has a NaN row.
-    """
+    """The teacher's mean softened distribution per true class, a "soft" confusion matrix
+    ``M_kj = mean_{i : y_i = k} softmax(t_i / T)_j`` (rows sum to 1; off the diagonal, the "dark
+    knowledge" KD transfers). ``logits`` ``(N, C)``, ``labels`` ``(N,)`` (``-1`` ignored).
+    Returns ``(C, C)`` float64, a NaN row for a class without a sample."""
     t = _as_float64("logits", logits, 2, "(N, C)")
     y = _as_labels("labels", labels, t.shape[0])
     temp = check_positive("temperature", temperature)
@@ -182,14 +168,10 @@ def class_soft_confusion(
 def class_mean_cosine(
     features: object, labels: object, num_classes: int | None = None
 ) -> np.ndarray:
-    """Cosine similarity of the class-mean features: ``S_jk = cos(mu_j, mu_k)``.
-
-    ``mu_k = mean_{i : y_i = k} f_i``. The teacher's penultimate features are what the relational
-    methods (RKD, RRD, REFILLED) transfer; this matrix summarises their geometry class by class.
-    With post-ReLU features every entry is in ``[0, 1]``. ``features``: ``(N, D)``; ``labels``:
-    ``(N,)`` (``-1`` ignored); ``num_classes`` defaults to the largest label + 1. Returns a
-    ``(C, C)`` float64 array, NaN rows and columns for classes without a sample.
-    """
+    """Cosine similarity of the class-mean features, ``S_jk = cos(mu_j, mu_k)`` with
+    ``mu_k = mean_{i : y_i = k} f_i``: the geometry the relational methods transfer, class by
+    class. ``features`` ``(N, D)``, ``labels`` ``(N,)`` (``-1`` ignored). Returns ``(C, C)``
+    float64, NaN rows and columns for classes without a sample."""
     f = _as_float64("features", features, 2, "(N, D)")
     y = _as_labels("labels", labels, f.shape[0])
     c = _num_classes(y, num_classes)
@@ -248,13 +230,9 @@ def transform_points(
     moved_index: int | None = None,
     move: Sequence[float] = (0.0, 0.0),
 ) -> np.ndarray:
-    """A student copy of a 2-D teacher cloud: ``x' = s R(angle) x + shift``, then one point moved.
-
-    The first three are a *similarity transform* (every distance scaled by ``s``, every angle kept);
-    moving one point (``moved_index`` in ``[0, N)`` by ``move``) is *non-rigid*: it changes the
-    relations that involve that point. ``points``: ``(N, 2)``; the angle is counter-clockwise in
-    degrees. Returns an ``(N, 2)`` float64 array.
-    """
+    """A student copy of a 2-D teacher cloud ``(N, 2)``: ``x' = s R(angle) x + shift`` (a
+    similarity: distances scaled, angles kept; angle counter-clockwise in degrees), then point
+    ``moved_index`` moved by ``move`` (non-rigid: its relations change). ``(N, 2)`` float64."""
     x = _as_float64("points", points, 2, "(N, 2)")
     if x.shape[1] != 2:
         raise ValueError(f"points must have shape (N, 2), got {tuple(x.shape)}")
