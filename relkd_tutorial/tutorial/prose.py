@@ -156,17 +156,9 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Sent
 
 
 def say(template: str, /, **values: Any) -> Sentence:
-    """A result sentence rendered from computed values, to end a notebook code cell with.
-
-    ``template`` is a :meth:`str.format` template whose literal text obeys the prose rule (no
-    typed result number: every number comes from ``values``), e.g.::
-
-        say("KD reaches {acc:.1f}% against CE's {ce:.1f}%.", acc=100 * kd, ce=100 * ce)
-
-    Raises:
-        ValueError: the template types a result number, names a missing value, or a value is
-            NaN or infinite (a sentence about a number that does not exist).
-    """
+    """A result sentence rendered from computed values, e.g. ``say("KD reaches {acc:.1f}%.",
+    acc=100 * kd)``: ValueError where the template's literal text types a result number, names a
+    missing value, or a value is NaN or infinite."""
     if not isinstance(template, str):
         raise TypeError(f"template must be a str, got {type(template).__name__}")
     typed = [f for piece in format_literals(template) for f in find_typed_results(piece)]

@@ -217,16 +217,11 @@ def benchmark_runs(
     train: bool = True,
     stream: Any = None,
 ) -> Runs:
-    """The benchmark's final runs of ``methods`` in ``setting``: committed, cached or trained now.
-
-    ``setting``: a Fashion-MNIST setting (``"transfer"``, ``"low-data"``, ``"standard"``,
-    ``"cross-task"``); ``methods``: :data:`~relkd_tutorial.bench.settings.METHODS` names;
-    ``results_dir``: ``None`` finds it (:func:`find_results_dir`), ``False`` reads none (nor does
-    fast mode); ``device``: where missing runs train (``"cpu"``, as the committed ones did);
-    ``train=False`` raises :class:`MissingRunsError` instead; progress goes to ``stream``
-    (default ``sys.stdout``). Returns one row per (method, seed) as in ``runs.csv``, in
-    ``methods`` order then by seed; a method that cannot run in the setting gives one ``n/a`` row.
-    """
+    """The benchmark's final runs of ``methods`` in a Fashion-MNIST ``setting``: committed,
+    cached or trained now on ``device`` (``train=False``: :class:`MissingRunsError` instead).
+    ``results_dir``: ``None`` finds it, ``False`` reads none (nor does fast mode). One row per
+    (method, seed) as in ``runs.csv``, in ``methods`` order then by seed; a method that cannot run
+    in the setting gives one ``n/a`` row. Progress goes to ``stream`` (default stdout)."""
     fast = fast_mode() if fast is None else bool(fast)
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
