@@ -74,11 +74,8 @@ def _numbers(diff: Mapping[str, Any], digits: int) -> tuple[str, str, str]:
 
 
 def difference_phrase(diff: Mapping[str, Any]) -> str:
-    """``"+5.32 points (95% paired interval −1.20 to +11.84, 8 seeds): beats"``-like text.
-
-    ``diff``: a row of :func:`~relkd_tutorial.tutorial.runs.paired_table`; accuracies in points
-    with two decimals, other metrics in their own units with three.
-    """
+    """``"+5.32 points (95% paired interval −1.20 to +11.84, 8 seeds): beats"`` from a row of
+    :func:`~.runs.paired_table` (accuracies in points, two decimals; other metrics three)."""
     if not math.isfinite(float(diff["mean"])):
         raise ValueError("the difference has no finite mean")
     mean, low, high = _numbers(diff, 2 if diff.get("metric", "acc") in PERCENT else 3)
@@ -128,12 +125,9 @@ def paired_rows(
     scale: float = 1.0,
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """Every name but ``baseline`` minus ``baseline``, paired by seed (same seeds, same order).
-
-    Rows with ``label`` (``"A − B"``), ``method``, ``baseline``, ``n``, ``mean``, sample ``std``,
-    ``low``, ``high``, ``within_noise`` (the interval covers 0, or there is none) and ``claim``
-    (no multiple-comparison correction).
-    """
+    """Every name but ``baseline`` minus ``baseline``, paired by seed (same seeds, same order):
+    ``label`` (``"A − B"``), ``method``, ``baseline``, ``n``, ``mean``, ``std``, ``low``,
+    ``high``, ``within_noise`` (no interval, or it covers 0) and ``claim`` (uncorrected)."""
     if baseline not in values:
         raise ValueError(f"baseline {baseline!r} is not among {list(values)}")
     base = [scale * float(x) for x in values[baseline]]
