@@ -217,20 +217,16 @@ def committed_ablation(
     variants = ablation_variants(method)
     command = f"python -m relkd_tutorial.bench --ablation {method} --out results/{method}-ablation"
     best: tuple[list[dict[str, Any]], Path | None, int] = ([], None, 0)
-    earlier: tuple[list[dict[str, Any]], Path | None, int] = ([], None, 0)
-    for sub in (f"{method}-ablation", "."):
-        rows, source = _rows(folder / sub if sub != "." else folder)
+    for where in (folder / f"{method}-ablation", folder):
+        rows, source = _rows(where)
         mine = [r for r in rows if r["phase"] == "ablation" and r["method"] == method]
         current = [r for r in mine if r["spec"] == spec and r["eval_split"] == "val"]
         if current:
             best = (current, source, len(mine) - len(current))
             break
-        if mine and not best[2]:
-            best = ([], None, len(mine))
-            older = _shown_spec(mine, spec)  # an earlier protocol's ablation, shown as such
-            earlier = ([r for r in mine if r["spec"] == older], source, 0)  # any split
-    if not best[0] and earlier[0]:
-        best = earlier
+        if mine and not best[0]:  # an earlier protocol's ablation (any split), shown as such
+            older = _shown_spec(mine, spec)
+            best = ([r for r in mine if r["spec"] == older], source, 0)
     shown_spec = best[0][0]["spec"] if best[0] else spec
     return CommittedSetting(
         name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=shown_spec, rows=best[0],
