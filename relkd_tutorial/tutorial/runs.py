@@ -51,9 +51,7 @@ class MissingRunsError(RuntimeError):
     """Runs the chapter needs are neither committed nor cached, and training was not allowed."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Where the runs live
-# ---------------------------------------------------------------------------------------------
+# --- Where the runs live
 
 
 def find_results_dir(start: str | Path | None = None) -> Path:
@@ -110,9 +108,7 @@ def protocol_setting(
     return default_settings(fast, preset or default_preset("cpu"))[setting]
 
 
-# ---------------------------------------------------------------------------------------------
-# The runs
-# ---------------------------------------------------------------------------------------------
+# --- The runs
 
 
 class Runs(list):
@@ -291,9 +287,7 @@ def benchmark_runs(
     return runs
 
 
-# ---------------------------------------------------------------------------------------------
-# Tables: thin wrappers over the report and stats
-# ---------------------------------------------------------------------------------------------
+# --- Tables: thin wrappers over the report and stats
 
 
 class Table(list):
