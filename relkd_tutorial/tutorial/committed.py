@@ -34,6 +34,7 @@ from ..bench.settings import (
     Setting,
     ablation_variants,
     has_unlabelled,
+    label,
 )
 from ..bench.store import read_meta, read_runs
 from ..bench.tuned import (
@@ -337,7 +338,7 @@ def committed_student(
 
 
 def _pair_label(e: dict[str, Any], family: str) -> str:
-    a, b = METHOD_LABELS.get(e["method"], e["method"]), METHOD_LABELS.get(e["baseline"], "")
+    a, b = label(e["method"]), METHOD_LABELS.get(e["baseline"], "")
     if family in ("kd", "ce"):
         return a
     if family == "ablation":
@@ -391,9 +392,9 @@ def _one(e: dict[str, Any]) -> Sentence:
     return say(
         "{a} {verb} {b} ({mean:+.{d}f} {unit}, 95% CI {low:+.{d}f} to {high:+.{d}f}, Holm p "
         "{p}{alone})",
-        a=METHOD_LABELS.get(e["method"], e["method"]),
+        a=label(e["method"]),
         verb=_CLAIM_VERB[_claim(e)],
-        b=METHOD_LABELS.get(e["baseline"], e["baseline"]), mean=e["mean"], low=e["low"],
+        b=label(e["baseline"]), mean=e["mean"], low=e["low"],
         high=e["high"], d=digits, unit=unit, p=format_p(e["p_holm"]),
         alone=f"; alone: {e['claim']}" if fragile else "",
     )  # fmt: skip
@@ -426,10 +427,10 @@ def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
     labels = list(dict.fromkeys(r["label"] for t in tables.values() for r in t))
     header = ["method"] + [f"{name} ({max(r['n'] for r in t)} seeds)" for name, t in tables.items()]
     body = []
-    for label in labels:
-        cells = [label]
+    for name in labels:
+        cells = [name]
         for t in tables.values():
-            r = next((r for r in t if r["label"] == label), None)
+            r = next((r for r in t if r["label"] == name), None)
             ok = r is not None and not math.isnan(r["mean"])
             cells.append(_interval(r, digits, "") if ok else "n/a")
         body.append(cells)

@@ -13,15 +13,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..bench.settings import METHOD_LABELS, PERCENT
+from ..bench.settings import PERCENT, label
 from ..bench.verdict import comparisons
 from ..stats import format_p, paired_difference
 from .prose import Sentence, say
 from .runs import Runs, Table, seed_stats
-
-
-def _name(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
 
 
 def protocol_sentence(runs: Runs) -> Sentence:
@@ -87,7 +83,7 @@ def difference_phrase(diff: Mapping[str, Any]) -> str:
 def against(diff: Mapping[str, Any], digits: int = 1) -> str:
     """``"beats CE (+2.3 points, 95% CI +0.4 to +4.2, Holm p 0.03)"`` from a comparison entry."""
     mean, low, high = _numbers(diff, digits)
-    text = f"{verdict(diff)} {_name(diff['baseline'])} ({mean}"
+    text = f"{verdict(diff)} {label(diff['baseline'])} ({mean}"
     if not math.isnan(diff["low"]):
         text += f", 95% CI {low} to {high}"
     if "p_holm" in diff and not math.isnan(diff["p_holm"]):
@@ -102,7 +98,7 @@ def control_table(
     ``"RRD − CE"``; accuracies in points); a method whose control is absent is left out."""
     entries = comparisons(rows, families=("control",), metrics=(metric,), confidence=confidence)
     for e in entries:
-        e["label"] = f"{_name(e['method'])} − {_name(e['baseline'])}"
+        e["label"] = f"{label(e['method'])} − {label(e['baseline'])}"
     unit = "points" if metric in PERCENT else ""
     return Table(entries, ["label", "n", "mean", "low", "high", "claim"], metric, unit)
 

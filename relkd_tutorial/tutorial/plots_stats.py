@@ -14,7 +14,7 @@ from typing import Any
 
 from matplotlib.axes import Axes
 
-from ..bench.settings import METHOD_LABELS, METRIC_LABELS, PERCENT
+from ..bench.settings import METRIC_LABELS, PERCENT, label
 
 INTERVALS_GID = "intervals"
 
@@ -103,7 +103,7 @@ def plot_paired(
     metric = getattr(diffs, "metric", None)
     name = METRIC_LABELS.get(metric, "difference").replace(" %", "") if metric else "difference"
     unit = "points, " if metric in PERCENT else ""
-    vs = f" minus {METHOD_LABELS.get(baseline, baseline)}" if baseline else ""
+    vs = f" minus {label(baseline)}" if baseline else ""
     default = f"{name}{vs} ({unit}95% paired CI)"
     ax.set_xlabel(xlabel or default)
     if title:

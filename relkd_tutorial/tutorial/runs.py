@@ -26,12 +26,12 @@ from ..bench.report import paired_differences, summarize_runs
 from ..bench.runner import Progress, run_setting
 from ..bench.settings import (
     FASHION_SETTINGS,
-    METHOD_LABELS,
     METHODS,
     METRIC_LABELS,
     PERCENT,
     Setting,
     default_settings,
+    label,
     params_tag,
 )
 from ..bench.store import RESULTS_ENV, ResultStore, read_runs  # noqa: F401 (re-exported)
@@ -386,7 +386,7 @@ def paired_table(
     _check_metric(metric)
     diffs = paired_differences(rows, baselines=[baseline], metrics=[metric], confidence=confidence)
     for d in diffs:
-        d["label"] = METHOD_LABELS.get(d["method"], d["method"])
+        d["label"] = label(d["method"])
     unit = "points" if metric in PERCENT else ""
     return Table(diffs, ["label", "n", "mean", "low", "high", "within_noise"], metric, unit)
 
