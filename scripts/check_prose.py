@@ -2,7 +2,8 @@
 
     python scripts/check_prose.py notebooks/*.ipynb README.md results/README.md docs/*.md
 
-The rule is :func:`relkd_tutorial.tutorial.prose.find_typed_results`: in a Markdown file (its
+The rule is :func:`relkd_tutorial.tutorial.prose.find_typed_results` with the escapes of
+:func:`markdown_findings`: in a Markdown file (its
 generated README blocks skipped: ``scripts/render_readme_results.py`` checks them) and a
 notebook's Markdown cells (an ``<!-- asserted -->`` block may state the numbers of the next code
 cell's ``assert``), and in code cells over the literal text of ``say(...)`` / ``Markdown(...)``
@@ -14,17 +15,104 @@ from __future__ import annotations
 
 import ast
 import json
+import math
+import re
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relkd_tutorial.tutorial.prose import Finding, find_typed_results, format_literals  # noqa: E402
+from relkd_tutorial.tutorial.prose import (  # noqa: E402
+    _MASKS,
+    _NUM,
+    Finding,
+    _blank,
+    find_typed_results,
+    format_literals,
+)
 
 PROSE_CALLS = ("say", "Markdown", "display_markdown")
+NOT_A_RESULT = re.compile(r"<!--\s*not-a-result\b[^>]*-->", re.IGNORECASE)
+ASSERTED = re.compile(r"<!--\s*asserted\s*-->", re.IGNORECASE)
+GENERATED = re.compile(r"<!--\s*generated:([\w./-]+)\s+(begin|end)\s*-->")
+
+
+def _blocks(lines: Sequence[str]) -> list[tuple[int, int]]:
+    """``(first, last)`` line indices of the blocks: runs of lines between blank lines."""
+    out, start = [], None
+    for i, line in enumerate(lines):
+        if line.strip():
+            start = i if start is None else start
+        elif start is not None:
+            out.append((start, i - 1))
+            start = None
+    if start is not None:
+        out.append((start, len(lines) - 1))
+    return out
+
+
+def _asserted(match: str, literals: Sequence[float]) -> bool:
+    m = re.search(_NUM, match)
+    if m is None:
+        return True  # e.g. a bare "±": nothing to assert
+    value = float(m.group(0).replace(",", ""))
+    targets = [value, value / 100.0] if "%" in match or "percent" in match.lower() else [value]
+    return any(math.isclose(t, v, rel_tol=1e-9, abs_tol=1e-12) for t in targets for v in literals)
+
+
+def markdown_findings(
+    text: str,
+    *,
+    generated_blocks: bool = False,
+    asserted_literals: Iterable[float] | None = None,
+) -> list[Finding]:
+    """:func:`find_typed_results` of a Markdown file with its escapes, each for one block (lines
+    up to the next blank line): ``<!-- not-a-result: why -->`` skips it; ``<!-- asserted -->``
+    lets it state ``asserted_literals`` (the numbers of the next code cell's ``assert``; a
+    percentage may match its fraction; ``None``: the marker is not honoured); with
+    ``generated_blocks`` the ``<!-- generated:NAME begin/end -->`` blocks are skipped (an
+    unclosed one is itself a finding)."""
+    lines = text.split("\n")
+    # markers count only outside code (a page may show a marker in backticks)
+    marked = _MASKS[2].sub(_blank, _MASKS[0].sub(_blank, text)).split("\n")
+    skip: set[int] = set()
+    asserted: set[int] = set()
+    findings: list[Finding] = []
+    if generated_blocks:
+        open_at: tuple[int, str] | None = None
+        for i, line in enumerate(marked):
+            for m in GENERATED.finditer(line):
+                if m.group(2) == "begin":
+                    open_at = (i, m.group(1))
+                elif open_at is not None and open_at[1] == m.group(1):
+                    skip.update(range(open_at[0], i + 1))
+                    open_at = None
+        if open_at is not None:
+            findings.append(
+                Finding(open_at[0] + 1, lines[open_at[0]], open_at[1], "unclosed generated block")
+            )
+    for first, last in _blocks(lines):
+        block = "\n".join(marked[first : last + 1])
+        if NOT_A_RESULT.search(block):
+            skip.update(range(first, last + 1))
+        elif ASSERTED.search(block):
+            asserted.update(range(first, last + 1))
+    literals = [float(v) for v in asserted_literals] if asserted_literals is not None else None
+    for f in find_typed_results(text):
+        i = f.line - 1
+        if i in skip:
+            continue
+        if i not in asserted:
+            findings.append(f)
+        elif literals is None:
+            why = "(an <!-- asserted --> block needs a following code cell)"
+            findings.append(replace(f, reason=f"{f.reason} {why}"))
+        elif not _asserted(f.match, literals):
+            findings.append(replace(f, reason=f"{f.reason} not in the next cell's asserts"))
+    return findings
 
 
 def _call_name(func: ast.expr) -> str:
@@ -119,7 +207,7 @@ def notebook_offenders(path: str | Path) -> list[Offender]:
         if cell.get("cell_type") == "markdown":
             nxt = next((c for c in cells[i + 1 :] if c.get("cell_type") == "code"), None)
             literals = assert_literals(_source(nxt)) if nxt is not None else None
-            findings = find_typed_results(src, asserted_literals=literals)
+            findings = markdown_findings(src, asserted_literals=literals)
         elif cell.get("cell_type") == "code":
             findings = code_cell_findings(src)
         else:
@@ -134,7 +222,7 @@ def file_offenders(path: str | Path) -> list[Offender]:
     path = Path(path)
     if path.suffix == ".ipynb":
         return notebook_offenders(path)
-    findings = find_typed_results(path.read_text(encoding="utf-8"), generated_blocks=True)
+    findings = markdown_findings(path.read_text(encoding="utf-8"), generated_blocks=True)
     return [Offender(str(path), None, f) for f in findings]
 
 

@@ -1,7 +1,8 @@
 """No typed result numbers: results are rendered from computed values (the rule and its files).
 
 The rule is :func:`relkd_tutorial.tutorial.prose.find_typed_results` (its module docstring says
-what it flags and the two escapes, ``<!-- not-a-result -->`` and ``<!-- asserted -->``). This file
+what it flags), with the two escapes ``<!-- not-a-result -->`` and ``<!-- asserted -->`` of
+``scripts/check_prose.py``'s ``markdown_findings``. This file
 
 1. tests the rule itself: what it flags, what it lets through, the escapes, the code-cell check
    of ``say(...)`` / ``Markdown(...)`` templates, and :func:`say`;
@@ -39,7 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import check_prose  # noqa: E402
-from check_prose import code_cell_findings, file_offenders, notebook_offenders  # noqa: E402
+from check_prose import (  # noqa: E402
+    code_cell_findings,
+    file_offenders,
+    markdown_findings,
+    notebook_offenders,
+)
 from render_readme_results import block_names, render_readme  # noqa: E402
 
 #: Files the rule is enforced on (relative to the repository). Add a notebook or page here as
@@ -154,28 +160,28 @@ def test_not_a_result_marker_exempts_only_its_block():
         "| parameter | value |\n|---|---|\n| lr | 0.05 |\n<!-- not-a-result: parameters -->\n"
         "\nKD reaches 0.756."
     )
-    found = find_typed_results(text)
+    found = markdown_findings(text)
     assert [f.match for f in found] == ["0.756"]
-    assert find_typed_results("<!-- not-a-result -->\nlr 0.05, momentum 0.9") == []
+    assert markdown_findings("<!-- not-a-result -->\nlr 0.05, momentum 0.9") == []
     shown = "Write `<!-- not-a-result -->` or `<!-- generated:x begin -->`; KD reaches 0.756."
-    assert [f.match for f in find_typed_results(shown, generated_blocks=True)] == ["0.756"]
+    assert [f.match for f in markdown_findings(shown, generated_blocks=True)] == ["0.756"]
 
 
 def test_asserted_block_needs_the_number_in_the_next_cells_asserts():
     text = "<!-- asserted -->\nThe student has 45.9× fewer parameters and 40% of the mass."
-    ok = find_typed_results(text, asserted_literals=[45.9, 0.40])
+    ok = markdown_findings(text, asserted_literals=[45.9, 0.40])
     assert ok == []
-    missing = find_typed_results(text, asserted_literals=[45.9])
+    missing = markdown_findings(text, asserted_literals=[45.9])
     assert [f.match for f in missing] == ["40%"]
     assert "not in the next cell's asserts" in missing[0].reason
-    assert find_typed_results(text)  # no following code cell: the marker does not count
+    assert markdown_findings(text)  # no following code cell: the marker does not count
 
 
 def test_generated_blocks_are_skipped_only_when_asked_and_must_close():
     text = "<!-- generated:results begin -->\nKD 75.6%\n<!-- generated:results end -->\nCE 0.7"
-    assert [f.match for f in find_typed_results(text, generated_blocks=True)] == ["0.7"]
-    assert len(find_typed_results(text)) == 2  # docs/ may not hide numbers in a block
-    unclosed = find_typed_results("<!-- generated:x begin -->\nKD 75.6%", generated_blocks=True)
+    assert [f.match for f in markdown_findings(text, generated_blocks=True)] == ["0.7"]
+    assert len(markdown_findings(text)) == 2  # docs/ may not hide numbers in a block
+    unclosed = markdown_findings("<!-- generated:x begin -->\nKD 75.6%", generated_blocks=True)
     assert [f.reason for f in unclosed] == ["unclosed generated block", "percentage"]
 
 

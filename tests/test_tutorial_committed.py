@@ -2,8 +2,8 @@
 
 Synthetic ``runs.csv`` files stand for ``results/``: a setting is complete, partial or absent;
 rows of another spec are counted and never used; the ablation is found in its own folder or in the
-main one; a family becomes a table that ``plot_paired`` draws; the verdict summary follows the
-numbers (a change of the data flips its words). The tuned folder (two arms, a second run set, the
+main one; a family becomes a table that ``plot_paired`` draws; a family's sentence follows the numbers (a
+change of the data flips its words). The tuned folder (two arms, a second run set, the
 second student) and the sentences of :mod:`relkd_tutorial.tutorial.synthesis` are tested in
 ``test_tutorial_synthesis.py``.
 """
@@ -27,7 +27,6 @@ from relkd_tutorial.tutorial.committed import (
     family_sentence,
     family_table,
     means_table,
-    verdict_summary,
 )
 from relkd_tutorial.tutorial.plots_stats import INTERVALS_GID, plot_paired
 from relkd_tutorial.tutorial.prose import find_typed_results
@@ -167,20 +166,20 @@ def test_comparison_table_is_the_family_and_plot_paired_draws_it(tmp_path, spec)
         comparison_table(entries, "transfer", "kd", "nope")
 
 
-def test_verdict_summary_follows_the_numbers(tmp_path, spec):
-    same = verdict_summary(comparisons(full_transfer(spec, LIFT)), "transfer")
-    assert "trail KD: CE" in same and "GRKD+KD is within noise of KD" in same
+def test_family_sentences_follow_the_numbers(tmp_path, spec):
+    same = family_sentence(comparisons(full_transfer(spec, LIFT)), "transfer", "control")
+    assert "GRKD+KD is within noise of KD" in same
     assert "RRD+KD beats KD" in same  # +3 points on every seed
-    assert "The question of this project: GRKD trails RKD" in same
+    mission = family_sentence(comparisons(full_transfer(spec, LIFT)), "transfer", "mission")
+    assert mission.startswith("GRKD trails RKD")
     assert find_typed_results(same.split("(")[0]) == []
-    better = verdict_summary(comparisons(full_transfer(spec, {**LIFT, "grkd_kd": 0.12})),
-                             "transfer")  # fmt: skip
-    assert "GRKD+KD beats KD (+" in better and "beat KD: RRD+KD and GRKD+KD" in better
+    better = family_sentence(comparisons(full_transfer(spec, {**LIFT, "grkd_kd": 0.12})),
+                             "transfer", "control")  # fmt: skip
+    assert "GRKD+KD beats KD (+" in better
     e = next(x for x in comparisons(full_transfer(spec, LIFT))
              if x["family"] == "control" and x["method"] == "grkd_kd" and x["metric"] == "acc")  # fmt: skip
     assert f"{e['mean']:+.2f} points" in same and not math.isnan(e["p_holm"])
-    with pytest.raises(ValueError, match="no comparison against KD"):
-        verdict_summary([], "transfer")
+    assert family_sentence([], "transfer", "control") == ""
 
 
 def _cells(table: str, first: str) -> list[str]:

@@ -1,10 +1,6 @@
 """What exists only to serve the notebooks: shared runs, result sentences, widgets, plots.
 
-:mod:`.runs` (the benchmark's runs and their tables), :mod:`.compare` (those results in words,
-per-chapter statistics), :mod:`.committed` (notebook 06's view of ``results/``), :mod:`.prose`
-(:func:`say` and the no-typed-results rule), :mod:`.plots_stats` (dot-and-interval plots),
-:mod:`.schematics` (one figure per method); :mod:`.widgets` computes and :mod:`.plots` draws
-(``*_refilled_grkd``: notebooks 04 and 05). Nothing in the core imports this package; the names
+Nothing in the core imports this package (``docs/architecture.md`` maps its modules); the names
 below load on first use, so ``from relkd_tutorial.tutorial import say`` does not load the
 benchmark.
 """

@@ -1,35 +1,18 @@
 """The committed benchmark results, setting by setting, as notebooks 05 and 06 read them.
 
-The notebooks do not train: they read the committed ``results/`` folder
-(:func:`relkd_tutorial.tutorial.runs.find_results_dir`) and show whatever the current protocol
-(the benchmark's default preset on a CPU, :func:`relkd_tutorial.tutorial.runs.protocol_setting`)
-has there. A committed setting may be complete, partial (a run still in progress, or stopped) or
-absent (its invocation is still to come); each :class:`CommittedSetting` says which, and gives the
-command that adds what is missing. Rows of another configuration (another spec: the fingerprint
-of the setting and the teacher) are counted, never used; when no row of the current spec is
-committed, the newest committed spec is shown and labelled ``earlier``.
-
-- :func:`committed_results`: the default settings' final runs of one **arm**
-  (:func:`relkd_tutorial.bench.tuned.arm_rows`: ``"tuned"``, every method at its recipe, or
-  ``"defaults"``, at its paper defaults), one :class:`CommittedSetting` each.
-- :func:`committed_benchmark`: both arms with the benchmark's own comparisons
-  (:func:`relkd_tutorial.bench.verdict.comparisons`, Holm per family), marked fragile exactly as
-  the report marks them (the Holm band, and the second run set ``results/replicate/``), and what
-  tuning changed (:func:`relkd_tutorial.bench.tuned.tuning_comparisons`).
-- :func:`committed_ablation`, :func:`committed_student`: the GRKD ablation and the second
-  student's runs (each labelled when of an earlier protocol).
-- :func:`comparison_table`, :func:`means_table`, :func:`family_table`: one compact table each,
-  so a notebook renders a table where a report would print pages.
-
-The sentences and the one synthesis table that tell the project's question are
-:mod:`.synthesis`'s. Everything a sentence says is computed here or in the report; the sentences
-are :func:`say`'s.
+The notebooks do not train: they read the committed ``results/`` folder at the current protocol
+(:func:`.runs.protocol_setting`). Each :class:`CommittedSetting` says whether a setting is
+complete, partial or absent, with the command that adds what is missing; rows of another spec
+are counted, never used, and when none of the current spec is committed the newest spec is shown
+and labelled ``earlier``. :func:`committed_benchmark` reads both arms
+(:func:`~relkd_tutorial.bench.tuned.arm_rows`) with the benchmark's own comparisons, marked
+fragile as the report marks them; :func:`comparison_table`, :func:`means_table` and
+:func:`family_table` are compact tables, and :mod:`.synthesis` tells the project's question.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,8 +34,9 @@ from ..bench.settings import (
     Setting,
     ablation_variants,
     has_unlabelled,
+    label,
 )
-from ..bench.store import read_runs
+from ..bench.store import read_meta, read_runs
 from ..bench.tuned import (
     ARMS,
     arm_rows,
@@ -63,28 +47,16 @@ from ..bench.tuned import (
 from ..bench.verdict import comparisons, mark_fragile
 from ..bench.workspace import build_workspace
 from ..stats import format_p
-from .prose import Sentence, say
+from .prose import Sentence, markdown_table, say
 from .runs import Table, find_results_dir, protocol_setting, shown, summary_table
-
-#: Where the GRKD ablation may be committed: its own folder (``docs/benchmark.md``) or the main one.
-ABLATION_FOLDERS: tuple[str, ...] = ("grkd-ablation", ".")
 
 
 @dataclass
 class CommittedSetting:
-    """The committed runs of one setting of the current protocol.
-
-    Attributes:
-        name: the setting (``"transfer"``, ...).
-        setting: the protocol's :class:`~relkd_tutorial.bench.settings.Setting`.
-        spec: its fingerprint now (setting, teacher, memory layout).
-        rows: the committed rows of this spec and phase (every status), in file order.
-        expected: the runs the complete setting has (methods x seeds, or variants x seeds).
-        stale: committed rows of this setting and phase with another spec (ignored).
-        command: the command that trains what is missing (it resumes, skipping what is there).
-        source: the ``runs.csv`` the rows come from (``None``: none found).
-        split: the split the current protocol scores these runs on (an ablation: ``"val"``).
-    """
+    """The committed runs of one setting of the current protocol: ``rows`` (this ``spec`` and
+    ``phase``, every status, file order) of the ``expected`` runs, ``stale`` rows of another spec
+    (ignored), the ``command`` that trains what is missing, the ``source`` ``runs.csv``
+    (``None``: none), ``protocol_spec`` (the spec now) and the ``split`` it scores on."""
 
     name: str
     setting: Setting
@@ -94,8 +66,6 @@ class CommittedSetting:
     stale: int
     command: str
     source: Path | None = None
-    phase: str = "final"
-    methods: tuple[str, ...] = field(default=METHODS)
     protocol_spec: str = ""
     split: str = "test"
 
@@ -159,15 +129,10 @@ class CommittedSetting:
         return text
 
 
-def _spec(setting: Setting, cache: Path) -> str:
-    return _cached_spec(setting, str(cache))
-
-
 @functools.lru_cache(maxsize=32)
-def _cached_spec(setting: Setting, cache: str) -> str:
+def _spec(setting: Setting, cache: Path) -> str:
     """A setting's spec (a workspace build reads the teacher: done once per kernel)."""
-    ws = build_workspace(setting, Path(cache), torch.device("cpu"), log=lambda _: None)
-    return ws.spec
+    return build_workspace(setting, cache, torch.device("cpu"), log=lambda _: None).spec
 
 
 def _rows(folder: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
@@ -179,8 +144,7 @@ def _rows(folder: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
 def folder_recipes(folder: str | Path) -> Recipes | None:
     """The recipes a results folder's runs used (its ``meta.json``; ``None``: every method at its
     paper defaults, as before recipes existed)."""
-    meta = Path(folder) / "meta.json"
-    return recipes_of_meta(json.loads(meta.read_text()) if meta.is_file() else None)
+    return recipes_of_meta(read_meta(folder))
 
 
 def _expected_runs(setting: Setting, tuned: Sequence[str] = (), arm: str = "tuned") -> int:
@@ -202,22 +166,25 @@ def _shown_spec(rows: Sequence[dict[str, Any]], spec: str) -> str:
     return spec if spec in specs or not specs else specs[-1]
 
 
+def _committed(mine: Sequence[dict[str, Any]], spec: str, **fields: Any) -> CommittedSetting:
+    """The rows ``mine`` of :func:`_shown_spec`, the others counted as stale."""
+    shown_spec = _shown_spec(mine, spec)
+    return CommittedSetting(
+        spec=shown_spec, rows=[r for r in mine if r["spec"] == shown_spec], protocol_spec=spec,
+        stale=sum(r["spec"] != shown_spec for r in mine), **fields,
+    )  # fmt: skip
+
+
 def committed_results(
     results_dir: str | Path | None = None,
     settings: Sequence[str] = DEFAULT_SETTINGS,
     preset: str | None = None,
     arm: str = "tuned",
 ) -> dict[str, CommittedSetting]:
-    """The committed final runs of each of ``settings`` at the current protocol's spec.
-
-    Args:
-        results_dir: the results folder (default :func:`find_results_dir`).
-        settings: Fashion-MNIST settings (not ``"cross-task"``, whose spec needs its teacher).
-        preset: the benchmark preset (default: the benchmark's default on a CPU).
-        arm: ``"tuned"`` (the headline: each method at its recipe, or at its defaults where it
-            has none) or ``"defaults"`` (the paper defaults; :func:`~relkd_tutorial.bench.tuned.
-            arm_rows`). A folder written before recipes has one arm, the same for both.
-    """
+    """The committed final runs of each of ``settings`` (Fashion-MNIST, not ``"cross-task"``)
+    at the current protocol's spec, of one ``arm``: ``"tuned"`` (each method at its recipe) or
+    ``"defaults"`` (:func:`~relkd_tutorial.bench.tuned.arm_rows`; a folder written before recipes
+    has one arm). ``results_dir``: default :func:`find_results_dir`; ``preset``: the CPU default."""
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     rows, source = _rows(folder)
     recipes = folder_recipes(folder)
@@ -232,12 +199,9 @@ def committed_results(
         command = "python -m relkd_tutorial.bench --settings " + name + " --out results"
         if preset:
             command += f" --preset {preset}"
-        shown_spec = _shown_spec(mine, spec)
-        out[name] = CommittedSetting(
-            name=name, setting=s, spec=shown_spec, rows=[r for r in mine if r["spec"] == shown_spec],
+        out[name] = _committed(
+            mine, spec, name=name, setting=s, command=command, source=source,
             expected=_expected_runs(s, tuned_methods(recipes, name), arm),
-            stale=sum(r["spec"] != shown_spec for r in mine), command=command, source=source,
-            protocol_spec=spec,
         )  # fmt: skip
     return out
 
@@ -245,38 +209,30 @@ def committed_results(
 def committed_ablation(
     results_dir: str | Path | None = None, method: str = "grkd", preset: str | None = None
 ) -> CommittedSetting:
-    """The committed ablation runs of ``method`` (``phase == "ablation"``) at the current spec.
-
-    Looked for in ``<results>/grkd-ablation/`` (the documented command's folder), then in
-    ``<results>/`` itself; the first folder that holds any such row of the current spec, scored on
-    the validation split, wins. Test-split rows (the ablation's earlier protocol) are shown as an
-    earlier protocol's, and said so.
-    """
+    """The committed ablation runs of ``method`` at the current spec, from the first of
+    ``<results>/<method>-ablation/`` and ``<results>/`` that holds them scored on the validation
+    split; else an earlier protocol's (test split, another spec), labelled so."""
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     s = protocol_setting(ABLATION_SETTING, fast=False, preset=preset)
     spec = _spec(s, folder / "cache")
     variants = ablation_variants(method)
     command = f"python -m relkd_tutorial.bench --ablation {method} --out results/{method}-ablation"
     best: tuple[list[dict[str, Any]], Path | None, int] = ([], None, 0)
-    earlier: tuple[list[dict[str, Any]], Path | None, int] = ([], None, 0)
-    for sub in (f"{method}-ablation", "."):
-        rows, source = _rows(folder / sub if sub != "." else folder)
+    for where in (folder / f"{method}-ablation", folder):
+        rows, source = _rows(where)
         mine = [r for r in rows if r["phase"] == "ablation" and r["method"] == method]
         current = [r for r in mine if r["spec"] == spec and r["eval_split"] == "val"]
         if current:
             best = (current, source, len(mine) - len(current))
             break
-        if mine and not best[2]:
-            best = ([], None, len(mine))
-            older = _shown_spec(mine, spec)  # an earlier protocol's ablation, shown as such
-            earlier = ([r for r in mine if r["spec"] == older], source, 0)  # any split
-    if not best[0] and earlier[0]:
-        best = earlier
+        if mine and not best[0]:  # an earlier protocol's ablation (any split), shown as such
+            older = _shown_spec(mine, spec)
+            best = ([r for r in mine if r["spec"] == older], source, 0)
     shown_spec = best[0][0]["spec"] if best[0] else spec
     return CommittedSetting(
         name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=shown_spec, rows=best[0],
         expected=len(variants) * len(ablation_seeds(s.seeds)), stale=best[2], command=command, source=best[1],
-        phase="ablation", methods=(method,), protocol_spec=spec, split="val",
+        protocol_spec=spec, split="val",
     )  # fmt: skip
 
 
@@ -286,22 +242,10 @@ STUDENT_FOLDER = "student-m-transfer"
 
 @dataclass
 class Benchmark:
-    """The committed main job, both arms, with the benchmark's own comparisons.
-
-    Attributes:
-        folder: the results folder.
-        recipes: the recipes its runs used (``meta.json``; ``None``: every method at its paper
-            defaults, as before recipes).
-        tuned, defaults: :func:`committed_results` of each arm (``defaults`` empty without
-            recipes: one arm).
-        entries: :func:`~relkd_tutorial.bench.verdict.comparisons` of the tuned arm (every family,
-            Holm per family), marked fragile as the report marks them.
-        default_entries: the same of the paper-default arm, in the settings with tuned methods.
-        tuning: each tuned method minus itself at its defaults
-            (:func:`~relkd_tutorial.bench.tuned.tuning_comparisons`).
-        second: the second run set's name (``""``: none) and ``second_entries`` its tuned arm's
-            comparisons.
-    """
+    """The committed main job: its ``recipes`` (``None``: one arm, the paper defaults), each
+    arm's :func:`committed_results`, the comparisons of the tuned arm (``entries``) and of the
+    paper-default arm where tuned methods ran (``default_entries``), marked fragile as the report
+    marks them, the ``tuning`` comparisons, and the ``second`` run set's name and entries."""
 
     folder: Path
     recipes: Recipes | None
@@ -341,12 +285,8 @@ def committed_benchmark(
     settings: Sequence[str] = DEFAULT_SETTINGS,
     preset: str | None = None,
 ) -> Benchmark:
-    """Both arms of the committed main job and their comparisons, as the report reads them.
-
-    With recipes, a verdict is fragile (:func:`~relkd_tutorial.bench.verdict.mark_fragile`) when
-    its Holm p sits near the level or the second run set (``<folder>/replicate/``,
-    :func:`~relkd_tutorial.bench.tuned.second_run_set`) gives another verdict, in each arm.
-    """
+    """Both arms of the committed main job and their comparisons, as the report reads them
+    (fragile: :func:`~relkd_tutorial.bench.verdict.mark_fragile`, with the second run set)."""
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     recipes = folder_recipes(folder)
     tuned = committed_results(folder, settings, preset, "tuned")
@@ -376,15 +316,12 @@ def committed_benchmark(
 def committed_student(
     results_dir: str | Path | None = None, folder: str = STUDENT_FOLDER, preset: str | None = None
 ) -> CommittedSetting:
-    """The second student's committed transfer runs (``<results>/<folder>/``), tuned arm.
-
-    The student is the one its ``meta.json`` records; the spec is the protocol's transfer setting
-    with that student, so runs made under an earlier protocol are shown and labelled ``earlier``.
-    """
+    """The second student's committed transfer runs (``<results>/<folder>/``, the student its
+    ``meta.json`` records), tuned arm; an earlier protocol's are labelled ``earlier``."""
     base = Path(results_dir) if results_dir is not None else find_results_dir()
     where = base / folder
     rows, source = _rows(where)
-    meta = json.loads((where / "meta.json").read_text()) if (where / "meta.json").is_file() else {}
+    meta = read_meta(where) or {}
     runs = [inv.get("settings", {}).get("transfer", {}) for inv in meta.get("invocations", [])]
     student = next((s["student"] for s in reversed(runs) if s.get("student")), "student_cnn_m")
     s = protocol_setting("transfer", fast=False, preset=preset)
@@ -393,18 +330,15 @@ def committed_student(
     spec = _spec(s, where / "cache") if rows else ""
     mine = [r for r in arm_rows(rows, folder_recipes(where), "tuned")
             if r["setting"] == "transfer" and r["phase"] == "final"]  # fmt: skip
-    shown_spec = _shown_spec(mine, spec)
-    return CommittedSetting(
-        name=f"transfer, `{student}`", setting=s, spec=shown_spec,
-        rows=[r for r in mine if r["spec"] == shown_spec], expected=_expected_runs(s),
-        stale=sum(r["spec"] != shown_spec for r in mine), source=source, protocol_spec=spec,
-        command=f"python -m relkd_tutorial.bench --settings transfer --student {student} "
+    return _committed(
+        mine, spec, name=f"transfer, `{student}`", setting=s, expected=_expected_runs(s),
+        source=source, command=f"python -m relkd_tutorial.bench --settings transfer --student {student} "
         f"--seeds {','.join(map(str, seeds))} --out results/{folder}",
     )  # fmt: skip
 
 
 def _pair_label(e: dict[str, Any], family: str) -> str:
-    a, b = METHOD_LABELS.get(e["method"], e["method"]), METHOD_LABELS.get(e["baseline"], "")
+    a, b = label(e["method"]), METHOD_LABELS.get(e["baseline"], "")
     if family in ("kd", "ce"):
         return a
     if family == "ablation":
@@ -415,20 +349,11 @@ def _pair_label(e: dict[str, Any], family: str) -> str:
 def comparison_table(
     entries: Sequence[dict[str, Any]], setting: str, family: str, metric: str = "acc"
 ) -> Table:
-    """One family of comparisons as a table for :func:`plot_paired` and for display.
-
-    Args:
-        entries: :func:`relkd_tutorial.bench.verdict.comparisons` (or
-            :func:`~relkd_tutorial.bench.verdict.ablation_comparisons`) of the rows.
-        setting, family, metric: which comparisons (``family``: ``"kd"``, ``"ce"``,
-            ``"control"``, ``"mission"``, ``"ablation"``).
-
-    Returns:
-        Rows with ``label``, ``n``, ``mean``, ``low``, ``high``, ``within_noise`` (after Holm;
-        also for a fragile verdict, so a plot greys it), ``p`` and ``p_holm`` (formatted),
-        ``claim`` (``"fragile"`` where the report marks it) and ``sentence``; a ``baseline`` key only
-        where the family has one baseline (the plot then names it).
-    """
+    """One family of :func:`~relkd_tutorial.bench.verdict.comparisons` (or
+    ``ablation_comparisons``) as a table for :func:`plot_paired` and for display: ``label``,
+    ``n``, ``mean``, ``low``, ``high``, ``within_noise`` (after Holm, or fragile: a plot greys
+    it), ``p``, ``p_holm`` (formatted), ``claim`` (or ``"fragile"``), ``sentence``, and
+    ``baseline`` where the family has one (the plot names it)."""
     if metric not in METRIC_LABELS:
         raise ValueError(f"metric must be one of {list(METRIC_LABELS)}, got {metric!r}")
     chosen = [
@@ -449,14 +374,8 @@ def comparison_table(
     return Table(out, ["label", "n", "mean", "low", "high", "p", "p_holm", "claim"], metric, unit)
 
 
-_CLAIM_VERB = {"beats": "beats", "trails": "trails", "within noise": "is within noise of"}
-
-
-def _names(entries: Sequence[dict[str, Any]]) -> str:
-    names = [METHOD_LABELS.get(e["method"], e["method"]) for e in entries]
-    if not names:
-        return "none"
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+_CLAIM_VERB = {"beats": "beats", "trails": "trails", "within noise": "is within noise of",
+               "fragile": "is fragile against"}  # fmt: skip
 
 
 def _claim(e: Mapping[str, Any]) -> str:
@@ -466,63 +385,19 @@ def _claim(e: Mapping[str, Any]) -> str:
 
 
 def _one(e: dict[str, Any]) -> Sentence:
-    """``GRKD+KD is within noise of KD (+0.12 points, 95% CI -0.4 to +0.6, Holm p 0.51)``; a
-    fragile entry ``... is fragile against KD (..., Holm p 0.03; alone: beats)``."""
+    """``GRKD+KD is within noise of KD (+0.12 points, 95% CI ..., Holm p 0.51)``; fragile:
+    ``... is fragile against KD (..., Holm p 0.03; alone: beats)``."""
     unit, digits = ("points", 2) if e["metric"] in PERCENT else ("in tau", 3)
     fragile = bool(e.get("fragile"))
     return say(
         "{a} {verb} {b} ({mean:+.{d}f} {unit}, 95% CI {low:+.{d}f} to {high:+.{d}f}, Holm p "
         "{p}{alone})",
-        a=METHOD_LABELS.get(e["method"], e["method"]),
-        verb="is fragile against" if fragile else _CLAIM_VERB[e["claim"]],
-        b=METHOD_LABELS.get(e["baseline"], e["baseline"]), mean=e["mean"], low=e["low"],
+        a=label(e["method"]),
+        verb=_CLAIM_VERB[_claim(e)],
+        b=label(e["baseline"]), mean=e["mean"], low=e["low"],
         high=e["high"], d=digits, unit=unit, p=format_p(e["p_holm"]),
         alone=f"; alone: {e['claim']}" if fragile else "",
     )  # fmt: skip
-
-
-def verdict_summary(
-    entries: Sequence[dict[str, Any]], setting: str, metric: str = "acc"
-) -> Sentence:
-    """The verdict of one setting in a few sentences, from :func:`comparisons`' entries.
-
-    Against KD (who beats, trails, ties after Holm), the controlled comparisons of the two
-    combinations and of GRKD alone, and GRKD against RKD, RRD and REFILLED. Every number and
-    every word of the verdict ("beats", "within noise") is computed.
-    """
-    chosen = [e for e in entries if e["setting"] == setting and e["metric"] == metric]
-    kd = [e for e in chosen if e["family"] == "kd"]
-    if not kd:
-        raise ValueError(f"no comparison against KD in {setting!r} for {metric!r}")
-    by_claim = {c: [e for e in kd if _claim(e) == c] for c in (*_CLAIM_VERB, "fragile")}
-    parts = [
-        say(
-            "In **{setting}** ({what}; {m} comparisons against KD, Holm-corrected): beat KD: "
-            "{beats}; trail KD: {trails}; within noise of KD: {noise}{fragile}.",
-            setting=setting,
-            what=METRIC_LABELS[metric].replace(" %", ""),
-            m=len(kd),
-            beats=_names(by_claim["beats"]),
-            trails=_names(by_claim["trails"]),
-            noise=_names(by_claim["within noise"]),
-            fragile=f"; fragile (claimed neither way): {_names(by_claim['fragile'])}"
-            if by_claim["fragile"]
-            else "",
-        )  # fmt: skip
-    ]
-    control = {e["method"]: e for e in chosen if e["family"] == "control"}
-    picked = [control[m] for m in ("grkd_kd", "rrd_kd", "grkd") if m in control]
-    if picked:
-        parts.append(
-            say(
-                "Against their one-thing-different controls: {items}.",
-                items="; ".join(_one(e) for e in picked),
-            )  # fmt: skip
-        )
-    mission = family_sentence(entries, setting, "mission", metric)
-    if mission:
-        parts.append(say("The question of this project: {items}.", items=mission))
-    return Sentence(" ".join(parts))
 
 
 def family_sentence(
@@ -535,25 +410,15 @@ def family_sentence(
     return Sentence("; ".join(_one(e) for e in chosen))
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> Sentence:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return Sentence("\n".join(lines))
-
-
-def _interval(mean: float, low: float, high: float, digits: int, sign: str = "+") -> str:
+def _interval(e: Mapping[str, Any], digits: int, sign: str = "+") -> str:
     f = f"{{:{sign}.{digits}f}}"
-    return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]"
+    return f"{f.format(e['mean'])} [{f.format(e['low'])}, {f.format(e['high'])}]"
 
 
 def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
                 metric: str = "acc") -> Sentence:  # fmt: skip
-    """Each method's mean of ``metric`` and its 95% ``t`` interval, every setting side by side.
-
-    ``rows_by_setting``: a setting's finished rows (``CommittedSetting.finished``). One row per
-    method, one column per setting (headed with its number of seeds); a cell is
-    ``mean [low, high]`` (percent for accuracies), as :func:`~.runs.summary_table` computes it.
-    """
+    """Each method's mean of ``metric`` and its 95% ``t`` interval (:func:`~.runs.summary_table`),
+    a column per setting of ``rows_by_setting`` (its finished rows), headed with its seeds."""
     if not rows_by_setting:
         raise ValueError("no setting to tabulate")
     tables = {name: summary_table(rows, metric, setting=name)
@@ -562,25 +427,21 @@ def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
     labels = list(dict.fromkeys(r["label"] for t in tables.values() for r in t))
     header = ["method"] + [f"{name} ({max(r['n'] for r in t)} seeds)" for name, t in tables.items()]
     body = []
-    for label in labels:
-        cells = [label]
+    for name in labels:
+        cells = [name]
         for t in tables.values():
-            r = next((r for r in t if r["label"] == label), None)
+            r = next((r for r in t if r["label"] == name), None)
             ok = r is not None and not math.isnan(r["mean"])
-            cells.append(_interval(r["mean"], r["low"], r["high"], digits, "") if ok else "n/a")
+            cells.append(_interval(r, digits, "") if ok else "n/a")
         body.append(cells)
-    return _markdown(header, body)
+    return markdown_table(header, body)
 
 
 def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "acc",
                  settings: Sequence[str] | None = None) -> Sentence:  # fmt: skip
-    """One family of comparisons in every setting: a row per comparison, a column per setting.
-
-    A cell is the mean paired difference, its 95% interval and the claim after Holm's correction
-    over the family in that setting (``beats``, ``trails``, ``within noise``, or ``fragile``
-    where the report marks it so); accuracies in
-    points. ``settings``: which and in what order (default: those of ``entries``).
-    """
+    """One family of comparisons, a row per comparison and a column per setting (default:
+    those of ``entries``): the mean paired difference, its 95% interval and the claim after Holm
+    (or ``fragile``); accuracies in points."""
     chosen = [e for e in entries if e["family"] == family and e["metric"] == metric]
     if not chosen:
         raise ValueError(f"no comparison of family {family!r} for metric {metric!r}")
@@ -594,13 +455,11 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
         for name in names:
             e = next((e for e in chosen if (e["setting"], e["method"], e["baseline"])
                       == (name, method, baseline)), None)  # fmt: skip
-            cells.append(
-                f"{_interval(e['mean'], e['low'], e['high'], digits)} {_claim(e)}" if e else ""
-            )
+            cells.append(f"{_interval(e, digits)} {_claim(e)}" if e else "")
         body.append(cells)
     unit = " (points)" if metric in PERCENT else ""
     first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
-    return _markdown([first + unit, *names], body)
+    return markdown_table([first + unit, *names], body)
 
 
 def _scrub(command: str) -> str:
@@ -615,13 +474,6 @@ def _scrub(command: str) -> str:
 def invocations(results_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """The invocations ``meta.json`` recorded (command, jobs, threads, wall time, load), oldest
     first, each ``command`` with absolute paths shortened; ``[]`` without a ``meta.json``."""
-    import json
-
-    folder = Path(results_dir) if results_dir is not None else find_results_dir()
-    path = folder / "meta.json"
-    if not path.is_file():
-        return []
-    out = []
-    for inv in json.loads(path.read_text()).get("invocations", []):
-        out.append({**inv, "command": _scrub(str(inv.get("command", "")))})
-    return out
+    meta = read_meta(results_dir if results_dir is not None else find_results_dir()) or {}
+    return [{**inv, "command": _scrub(str(inv.get("command", "")))}
+            for inv in meta.get("invocations", [])]  # fmt: skip

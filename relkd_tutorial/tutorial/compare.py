@@ -1,16 +1,10 @@
 """What the method chapters (01-05) say about runs, on top of :mod:`.runs`; every number computed.
 
-- :func:`protocol_sentence`: what the runs are (setting, pool, labels, student, schedule, seeds).
-- :func:`difference_phrase` / :func:`against`: one paired difference in words with its 95%
-  interval and its claim ("beats", "trails", "within noise"): the benchmark's (Holm-corrected
-  within its family; ``docs/benchmark.md``, Statistics) where the row has one, else read from the
-  interval (:func:`verdict`).
-- :func:`control_table`: each method against its **control**, the run that differs from it in
-  one loss term (:data:`relkd_tutorial.bench.settings.CONTROLS`; the ``"control"`` family of
-  :func:`relkd_tutorial.bench.verdict.comparisons`).
-- :func:`seed_table` / :func:`paired_rows`: per name the mean, sample std (``n - 1``) and 95%
-  ``t`` interval over seeds, and each name minus a baseline paired by seed, for a chapter's own
-  small experiment (notebook 04), in rows that :mod:`.plots_stats` draws.
+:func:`protocol_sentence` (what the runs are), :func:`difference_phrase` / :func:`against` (one
+paired difference in words with its 95% interval and claim: the benchmark's Holm-corrected one
+where the row has it, else read from the interval), :func:`control_table` (each method against
+its one-term-different control, ``docs/benchmark.md``), :func:`seed_table` / :func:`paired_rows`
+(a chapter's own small experiment, in rows that :mod:`.plots_stats` draws).
 """
 
 from __future__ import annotations
@@ -19,15 +13,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..bench.settings import METHOD_LABELS, PERCENT
+from ..bench.settings import PERCENT, label
 from ..bench.verdict import comparisons
 from ..stats import format_p, paired_difference
 from .prose import Sentence, say
 from .runs import Runs, Table, seed_stats
-
-
-def _name(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
 
 
 def protocol_sentence(runs: Runs) -> Sentence:
@@ -80,11 +70,8 @@ def _numbers(diff: Mapping[str, Any], digits: int) -> tuple[str, str, str]:
 
 
 def difference_phrase(diff: Mapping[str, Any]) -> str:
-    """``"+5.32 points (95% paired interval −1.20 to +11.84, 8 seeds): beats"``-like text.
-
-    ``diff``: a row of :func:`~relkd_tutorial.tutorial.runs.paired_table`; accuracies in points
-    with two decimals, other metrics in their own units with three.
-    """
+    """``"+5.32 points (95% paired interval −1.20 to +11.84, 8 seeds): beats"`` from a row of
+    :func:`~.runs.paired_table` (accuracies in points, two decimals; other metrics three)."""
     if not math.isfinite(float(diff["mean"])):
         raise ValueError("the difference has no finite mean")
     mean, low, high = _numbers(diff, 2 if diff.get("metric", "acc") in PERCENT else 3)
@@ -96,7 +83,7 @@ def difference_phrase(diff: Mapping[str, Any]) -> str:
 def against(diff: Mapping[str, Any], digits: int = 1) -> str:
     """``"beats CE (+2.3 points, 95% CI +0.4 to +4.2, Holm p 0.03)"`` from a comparison entry."""
     mean, low, high = _numbers(diff, digits)
-    text = f"{verdict(diff)} {_name(diff['baseline'])} ({mean}"
+    text = f"{verdict(diff)} {label(diff['baseline'])} ({mean}"
     if not math.isnan(diff["low"]):
         text += f", 95% CI {low} to {high}"
     if "p_holm" in diff and not math.isnan(diff["p_holm"]):
@@ -111,7 +98,7 @@ def control_table(
     ``"RRD − CE"``; accuracies in points); a method whose control is absent is left out."""
     entries = comparisons(rows, families=("control",), metrics=(metric,), confidence=confidence)
     for e in entries:
-        e["label"] = f"{_name(e['method'])} − {_name(e['baseline'])}"
+        e["label"] = f"{label(e['method'])} − {label(e['baseline'])}"
     unit = "points" if metric in PERCENT else ""
     return Table(entries, ["label", "n", "mean", "low", "high", "claim"], metric, unit)
 
@@ -134,12 +121,9 @@ def paired_rows(
     scale: float = 1.0,
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """Every name but ``baseline`` minus ``baseline``, paired by seed (same seeds, same order).
-
-    Rows with ``label`` (``"A − B"``), ``method``, ``baseline``, ``n``, ``mean``, sample ``std``,
-    ``low``, ``high``, ``within_noise`` (the interval covers 0, or there is none) and ``claim``
-    (no multiple-comparison correction).
-    """
+    """Every name but ``baseline`` minus ``baseline``, paired by seed (same seeds, same order):
+    ``label`` (``"A − B"``), ``method``, ``baseline``, ``n``, ``mean``, ``std``, ``low``,
+    ``high``, ``within_noise`` (no interval, or it covers 0) and ``claim`` (uncorrected)."""
     if baseline not in values:
         raise ValueError(f"baseline {baseline!r} is not among {list(values)}")
     base = [scale * float(x) for x in values[baseline]]

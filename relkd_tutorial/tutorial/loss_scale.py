@@ -1,22 +1,13 @@
-"""Why the loss scale decides a comparison: gradient shares, the tuning's trials, triplet counts.
+"""Why the loss scale decides a comparison (notebook 05, §9): three measurements.
 
-A method's objective is a weighted sum ``sum_k w_k L_k``; the optimiser follows its gradient, so
-a distillation term's weight decides how loudly the teacher speaks against the labels. Three
-measurements for notebook 05 (§9), each a function here:
-
-- :func:`initial_gradient_shares`: each weighted term's share of the student's gradient norm at
-  initialisation, ``n_k / sum_j n_j`` with ``n_k = ||d(w_k L_k)/d theta||_2``
-  (:func:`~relkd_tutorial.training.term_gradient_norms`), for every benchmark method at the
-  benchmark's constructor arguments, on the first batch a run of the setting sees.
-- :func:`trial_rows` reads the committed tuning (Optuna's journal, ``results/tuning/``) into one
-  row per finished trial with its **weight multiplier** (:func:`weight_multiplier`: the geometric
-  mean of its loss weights over their defaults) and validation top-1; :func:`rank_at` gives the
-  rank a method would have among the methods' tuned validation scores if it ran at the trial
-  nearest a multiplier. The trial nearest a weight also differs in the method's other knobs
-  (temperatures, REFILLED's stage split): the journal is evidence of what the search saw, not a
-  controlled sweep of one knob.
-- :func:`label_triplets` and :func:`semi_hard_count`: how many triplets REFILLED's stage 1 can
-  use in a batch, from its labels alone and as mined (semi-hard, on the student's embedding).
+A method's objective is ``sum_k w_k L_k``, so a distillation term's weight decides how loudly the
+teacher speaks against the labels. :func:`initial_gradient_shares`: each weighted term's share
+``n_k / sum_j n_j`` of the student's gradient norm at initialisation, ``n_k = ||d(w_k L_k)/d
+theta||_2``. :func:`trial_rows` reads the committed Optuna journal into one row per trial with its
+weight multiplier (:func:`weight_multiplier`) and validation top-1; :func:`rank_at` ranks a method
+at the trial nearest a multiplier (that trial also differs in the other knobs: evidence of what
+the search saw, not a controlled sweep). :func:`label_triplets` and :func:`semi_hard_count`: the
+triplets REFILLED's stage 1 can use in a batch.
 """
 
 from __future__ import annotations
@@ -38,10 +29,9 @@ from ..losses.refilled import centre_labels, mine_triplets
 from ..methods import SetupData, StepInputs, build_method
 from ..models import build_model
 from ..training import gradient_shares, seeded, stage_plan, term_gradient_norms
+from .prose import markdown_table as _table
 
-# ---------------------------------------------------------------------------------------------
-# Gradient shares at initialisation
-# ---------------------------------------------------------------------------------------------
+# --- Gradient shares at initialisation
 
 #: ``(row label, benchmark method, overrides of its benchmark arguments)``: every benchmark
 #: method, and GRKD with the mean over class pairs (the benchmark's default sums them).
@@ -68,19 +58,11 @@ def initial_gradient_shares(
     seeds: Sequence[int],
     variants: Sequence[tuple[str, str, dict[str, Any]]] = VARIANTS,
 ) -> list[dict[str, Any]]:
-    """Each weighted term's share of the student's gradient norm at initialisation.
-
-    For each seed: the setting's training set for that seed, the student initialised with that
-    seed, the first batch of the run's loader (no augmentation) and the teacher's cached outputs:
-    what the first step of a benchmark run sees. REFILLED is measured in each stage (set up with
-    the teacher's global centres); RRD with its queue filled by the following batches (empty at
-    the first step, its term would have no gradient).
-
-    Returns:
-        One row per (variant, stage, term), in ``variants`` order: ``label`` (with the stage for a
-        multi-stage method), ``method``, ``term``, ``share`` (mean over seeds of the term's share
-        of its row's summed norms) and ``norm`` (mean gradient norm).
-    """
+    """Each weighted term's share of the student's gradient norm on what the first step of a
+    benchmark run sees (per seed: its training set, student and first unaugmented batch).
+    REFILLED is measured in each stage; RRD with its queue filled by the following batches (empty,
+    its term would have no gradient). One row per (variant, stage, term), in ``variants`` order:
+    ``label``, ``method``, ``term``, ``share`` and ``norm`` (means over seeds)."""
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
     setting = ws.setting
@@ -120,9 +102,7 @@ def initial_gradient_shares(
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The tuning's trials: weight multiplier, validation score, rank
-# ---------------------------------------------------------------------------------------------
+# --- The tuning's trials: weight multiplier, validation score, rank
 
 
 def weight_knobs(method: str) -> tuple[str, ...]:
@@ -136,14 +116,9 @@ def weight_knobs(method: str) -> tuple[str, ...]:
 
 
 def weight_multiplier(method: str, params: Mapping[str, float]) -> float:
-    """The geometric mean over :func:`weight_knobs` of ``params[k] / default_k``.
-
-    ``1`` at the paper defaults; ``10`` when every weight is ten times its default. A weight
-    missing from ``params`` counts as its default.
-
-    Raises:
-        ValueError: ``method`` has no loss weight to scale, or a weight is not positive.
-    """
+    """The geometric mean over :func:`weight_knobs` of ``params[k] / default_k`` (``1`` at the
+    paper defaults; a missing weight counts as its default). ValueError: no loss weight to scale,
+    or a weight that is not positive."""
     knobs = weight_knobs(method)
     defaults = method_defaults(method) or {}
     if not knobs or any(k not in defaults for k in knobs):
@@ -165,18 +140,11 @@ def _study_fields(name: str) -> dict[str, str]:
 
 
 def trial_rows(path: str | Path, setting: str | None = None) -> list[dict[str, Any]]:
-    """The finished trials of the tuning journal at ``path`` (``results/tuning/tuning.journal``).
-
-    Read with Optuna's own API (``JournalStorage`` over a ``JournalFileBackend``). One row per
-    complete trial, in study then trial order: ``setting``, ``method``, ``number``, ``value``
-    (mean validation top-1 over the selection seeds, a fraction; 0 for a diverged run),
-    ``params`` and ``multiplier`` (:func:`weight_multiplier`; ``nan`` for a method without a
-    weight). ``setting`` keeps one setting's rows.
-
-    Raises:
-        FileNotFoundError: no file at ``path`` (Optuna would create an empty one).
-        ValueError: two studies of one method and setting in the file (their trials would mix).
-    """
+    """The complete trials of the Optuna journal at ``path`` (``results/tuning/tuning.journal``),
+    in study then trial order (``setting`` keeps one setting's): ``setting``, ``method``,
+    ``number``, ``value`` (mean validation top-1, a fraction; 0 diverged), ``params`` and
+    ``multiplier`` (``nan`` without a weight). FileNotFoundError: no file (Optuna would create
+    one); ValueError: two studies of one method and setting (their trials would mix)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
@@ -250,14 +218,8 @@ def nearest_trial(
 
 def rank_at(rows: Sequence[Mapping[str, Any]], method: str, multiplier: float) -> dict[str, Any]:
     """``method``'s rank among the methods' tuned validation scores if it ran at the trial
-    nearest ``multiplier`` (the other methods keep their tuned scores).
-
-    Returns:
-        ``trial`` (the nearest trial's row), ``value`` (its score), ``rank`` (1 = best; one plus
-        the number of other methods scoring strictly higher), ``of`` (how many methods),
-        ``tuned_rank`` (the rank at the method's own tuned score) and ``scores`` (every method's
-        score in this ranking).
-    """
+    nearest ``multiplier``: ``trial``, ``value``, ``rank`` (one plus the other methods scoring
+    strictly higher), ``of``, ``tuned_rank`` (at its own tuned score) and ``scores``."""
     trial = nearest_trial(rows, method, multiplier)
     scores = tuned_scores(rows)
     tuned_rank = 1 + sum(v > scores[method] for m, v in scores.items() if m != method)
@@ -301,15 +263,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """``rows`` (dicts with the same keys) as a Markdown table, columns in key order."""
     if not rows:
         raise ValueError("no rows to tabulate")
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    return _table(list(rows[0]), ([str(r[c]) for c in rows[0]] for r in rows))
 
 
-# ---------------------------------------------------------------------------------------------
-# REFILLED's triplets per batch
-# ---------------------------------------------------------------------------------------------
+# --- REFILLED's triplets per batch
 
 
 def label_triplets(labels: Tensor) -> int:
@@ -332,17 +289,11 @@ def semi_hard_count(features: Tensor, labels: Tensor, margin: float = 0.2) -> in
 def refilled_budget(
     ws: Workspace, seed: int = 0, stage1_fraction: float = 0.3, margin: float = 0.2
 ) -> dict[str, Any]:
-    """What REFILLED's stage 1 gets in a setting: its epochs and steps, and the triplets of the
-    first batch of a run (seed ``seed``) on the student at initialisation.
-
-    Returns:
-        ``batch`` (its size), ``labelled`` (labelled samples in it), ``label_triplets``
-        (:func:`label_triplets`), ``semi_hard`` (mined among the labelled samples, the papers'
-        ``stage1_labels="labelled"``), ``semi_hard_teacher`` (mined with the unlabelled samples
-        under the teacher's centre-classifier label, the benchmark's ``"teacher"``; equal to
-        ``semi_hard`` when every sample is labelled), ``stage1_epochs`` / ``epochs`` (the split of
-        :func:`~relkd_tutorial.training.stage_plan` at ``stage1_fraction``) and ``stage1_steps``.
-    """
+    """What REFILLED's stage 1 gets: ``batch`` and ``labelled`` (sizes of a run's first batch),
+    its ``label_triplets``, ``semi_hard`` triplets mined on the student at initialisation among
+    the labelled samples (the papers') and ``semi_hard_teacher`` with the unlabelled ones under
+    the teacher's centre-classifier label (the benchmark's), and ``stage1_epochs`` of ``epochs``
+    (:func:`~relkd_tutorial.training.stage_plan`) and ``stage1_steps``."""
     setting = ws.setting
     train = ws.train_set(seed)
     cache = ws.teacher_cache(train)
@@ -368,9 +319,7 @@ def refilled_budget(
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Drawing (onto given axes)
-# ---------------------------------------------------------------------------------------------
+# --- Drawing (onto given axes)
 
 
 def plot_weight_scores(

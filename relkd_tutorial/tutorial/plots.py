@@ -1,10 +1,8 @@
-"""What the notebooks draw: functions that draw onto a given matplotlib ``Axes`` and return it.
+"""What the notebooks draw: functions that draw plain data onto a given ``Axes`` and return it.
 
-A plot function receives the ``Axes`` (or ``Figure``) and plain data (arrays, the dicts of
-:mod:`.widgets`, ``fit`` histories); it never trains or computes a loss, never calls
-``plt.show()``, and returns what it drew on, for a notebook to add to and a test to inspect. So a
-widget callback is: compute (:mod:`.widgets`), make a figure, draw (here); the same functions draw
-the committed static copy. Notebooks 04 and 05: :mod:`.plots_refilled_grkd`.
+A plot never trains, computes a loss or calls ``plt.show()``; a widget callback computes
+(:mod:`.widgets`), makes a figure and draws here, and so does the committed static copy.
+Notebooks 04 and 05: :mod:`.plots_refilled_grkd`.
 """
 
 from __future__ import annotations

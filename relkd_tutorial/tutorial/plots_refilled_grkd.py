@@ -20,14 +20,10 @@ def plot_refilled_anchor(
     images: np.ndarray | None = None,
     max_thumbnails: int = 4,
 ) -> Figure:
-    """One anchor's semi-hard triplets (:func:`.widgets_refilled_grkd.refilled_anchor_view`).
-
-    Onto ``fig`` (cleared). Left: the batch in the 2-D PCA of the student's normalised embedding;
-    the anchor (star), its candidate positives (green) and negatives (red), and a line to every
-    one in a semi-hard triplet with it. Right: each triplet's ``P = sigmoid((d_an - d_ap)/tau1)``,
-    teacher (x) against student (y); the stage-1 loss pulls them onto the diagonal. With
-    ``images`` ``(B, H, W)``, a bottom row shows the first ``max_thumbnails`` triplets.
-    """
+    """Onto ``fig`` (cleared), one anchor's semi-hard triplets (:func:`.widgets_refilled_grkd.
+    refilled_anchor_view`): left, the student's embedding (PCA) with the anchor, its candidates
+    and a line to each triplet member; right, each triplet's ``P``, teacher against student (the
+    stage-1 loss pulls them onto the diagonal); with ``images`` ``(B, H, W)``, the first triplets."""
     fig.clear()
     show_images = images is not None and len(view["positive"]) > 0 and max_thumbnails > 0
     if show_images:
@@ -131,14 +127,9 @@ def plot_stage_curves(
 def plot_preference_matrix(
     view: Mapping, ax: Axes, class_names: Sequence[str] | None = None
 ) -> Axes:
-    """The teacher's preference set as a matrix; the student's violated pairs highlighted.
-
-    Cell ``(j, k)`` is coloured when the teacher prefers ``j`` to ``k`` (``(j, k) in P``): blue when
-    the student agrees (``z_j > z_k``), red when it does not; the number is that pair's loss
-    ``softplus(-(z_j - z_k)/tau)``. Rows and columns are in the teacher's order, most preferred first,
-    so ``P`` is the strict upper triangle when the teacher has no ties. ``view``:
-    :func:`.widgets_refilled_grkd.grkd_pair_view`.
-    """
+    """The teacher's preference set of a :func:`.widgets_refilled_grkd.grkd_pair_view` as a
+    matrix in the teacher's order (``P``: the strict upper triangle without ties): blue where the
+    student agrees, red where it violates the pair, each cell labelled with the pair's loss."""
     order = np.asarray(view["teacher_order"])
     pref = np.asarray(view["preferred"])[np.ix_(order, order)]  # (C, C), teacher order
     viol = np.asarray(view["violated"])[np.ix_(order, order)]

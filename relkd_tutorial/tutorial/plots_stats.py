@@ -1,12 +1,9 @@
 """Dot-and-interval plots: the one way the course draws a comparison of methods.
 
-A method is a dot at its mean over seeds with a line for its 95% interval
-(:func:`~relkd_tutorial.tutorial.runs.summary_table`); a paired difference against a baseline is
-a dot with its 95% paired ``t`` interval beside a line at zero
-(:func:`~relkd_tutorial.tutorial.runs.paired_table`); with one seed, a hollow dot and no line.
-Bars (``style="bar"``) always start at zero, so an axis never exaggerates a gap. The interval
-lines are one ``LineCollection`` with the gid :data:`INTERVALS_GID` (segments: the table's
-``low`` and ``high``).
+A mean over seeds (:func:`.runs.summary_table`) or a paired difference (:func:`.runs.paired_table`,
+beside a line at zero) is a dot with a line for its 95% interval; one seed: a hollow dot. Bars
+(``style="bar"``) start at zero. The interval lines are one ``LineCollection`` with the gid
+:data:`INTERVALS_GID`.
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from typing import Any
 
 from matplotlib.axes import Axes
 
-from ..bench.settings import METHOD_LABELS, METRIC_LABELS, PERCENT
+from ..bench.settings import METRIC_LABELS, PERCENT, label
 
 INTERVALS_GID = "intervals"
 
@@ -106,7 +103,7 @@ def plot_paired(
     metric = getattr(diffs, "metric", None)
     name = METRIC_LABELS.get(metric, "difference").replace(" %", "") if metric else "difference"
     unit = "points, " if metric in PERCENT else ""
-    vs = f" minus {METHOD_LABELS.get(baseline, baseline)}" if baseline else ""
+    vs = f" minus {label(baseline)}" if baseline else ""
     default = f"{name}{vs} ({unit}95% paired CI)"
     ax.set_xlabel(xlabel or default)
     if title:

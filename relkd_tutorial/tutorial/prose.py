@@ -1,21 +1,18 @@
 """Generated prose: no sentence that reports a result is typed by hand.
 
-Typed prose (notebook Markdown, ``README.md``, ``results/README.md``, ``docs/``) explains and
-defines; it may hold integers (seeds, epochs, years) and anything in math (``$...$``) or code.
-Results are rendered from computed values: in a notebook by :func:`say` (or ``Markdown(...)``
-built from variables), in the README by the ``<!-- generated:NAME begin/end -->`` blocks of
-``scripts/render_readme_results.py``.
+Typed prose (notebook Markdown, READMEs, ``docs/``) explains and defines; it may hold integers
+(seeds, epochs, years) and anything in math (``$...$``) or code. Results are rendered from
+computed values: in a notebook by :func:`say`, in the README by ``scripts/render_readme_results.py``.
 
 :func:`find_typed_results` is the rule. Outside math, code, HTML comments and link targets it
 flags a **decimal** (``0.692``; not a version or section ``2.14.1``, nor one after a word of
 :data:`ALLOWED_BEFORE_DECIMAL` such as ``Sec.`` or ``Python``), a **percentage** (``40%``; not a
 confidence level naming its interval, ``95% CI``, nor the column ``top-1 %``), a **ratio**
 (``45.9×``, ``48 times``, ``3-fold``; not a size ``28x28``), a **difference** (``+3.97 points``,
-``5 pp``), a **spread** (``± 2``) and a **duration** (``24 minutes``). Escapes, each for one
-block (lines up to the next blank line): ``<!-- not-a-result: why -->`` (constants, not
-results) and, in notebooks, ``<!-- asserted -->`` (every flagged number appears in an ``assert``
-of the next code cell). ``scripts/check_prose.py FILE...`` applies it to files (code cells: the
-literal text of ``say`` / ``Markdown`` templates); ``tests/test_generated_prose.py`` enforces it.
+``5 pp``), a **spread** (``± 2``) and a **duration** (``24 minutes``). ``scripts/check_prose.py``
+applies it to files, with the escapes of one block (``<!-- not-a-result: why -->``,
+``<!-- asserted -->``) and the README's generated blocks; ``tests/test_generated_prose.py``
+enforces it.
 """
 
 from __future__ import annotations
@@ -24,12 +21,8 @@ import math
 import re
 import string
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
-
-# ---------------------------------------------------------------------------------------------
-# The rule
-# ---------------------------------------------------------------------------------------------
 
 #: Words after which a decimal is a reference or a version, not a result (``Sec. 3.2``).
 ALLOWED_BEFORE_DECIMAL = (
@@ -39,10 +32,6 @@ ALLOWED_BEFORE_DECIMAL = (
     "torch", "pytorch", "torchvision", "cuda", "numpy", "matplotlib", "version", "v", "arxiv",
     "release",
 )  # fmt: skip
-
-NOT_A_RESULT = re.compile(r"<!--\s*not-a-result\b[^>]*-->", re.IGNORECASE)
-ASSERTED = re.compile(r"<!--\s*asserted\s*-->", re.IGNORECASE)
-GENERATED = re.compile(r"<!--\s*generated:([\w./-]+)\s+(begin|end)\s*-->")
 
 _NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
 _START = r"(?<![\w.,])"  # a number starts here, not inside a word or another number
@@ -102,20 +91,6 @@ def mask_markup(text: str) -> str:
     return text
 
 
-def _blocks(lines: Sequence[str]) -> list[tuple[int, int]]:
-    """``(first, last)`` line indices of the blocks: runs of lines between blank lines."""
-    out, start = [], None
-    for i, line in enumerate(lines):
-        if line.strip():
-            start = i if start is None else start
-        elif start is not None:
-            out.append((start, i - 1))
-            start = None
-    if start is not None:
-        out.append((start, len(lines) - 1))
-    return out
-
-
 def _after_reference(masked_line: str, start: int) -> bool:
     """Whether the number at ``start`` follows a reference word (``Eq. 4 times`` is fine)."""
     before = _WORD_BEFORE.search(masked_line[:start])
@@ -146,78 +121,14 @@ def _line_findings(masked: str, original: str, line_no: int) -> list[Finding]:
     return sorted(found, key=lambda f: original.find(f.match))
 
 
-def find_typed_results(
-    text: str,
-    *,
-    generated_blocks: bool = False,
-    asserted_literals: Iterable[float] | None = None,
-) -> list[Finding]:
-    """Typed result numbers in Markdown ``text`` (see the module docstring for the rule).
-
-    Args:
-        text: Markdown.
-        generated_blocks: skip ``<!-- generated:NAME begin/end -->`` blocks (a file whose blocks
-            a test regenerates, such as the README); an unclosed block is itself a finding.
-        asserted_literals: the numeric literals of the ``assert`` statements of the next code
-            cell; a block marked ``<!-- asserted -->`` may state these numbers (and only these;
-            a percentage may match its fraction). ``None``: the marker is not honoured.
-
-    Returns:
-        The findings in reading order (empty: the text passes).
-    """
-    lines = text.split("\n")
+def find_typed_results(text: str) -> list[Finding]:
+    """Typed result numbers in Markdown ``text``, in reading order (empty: the text passes)."""
     masked = mask_markup(text).split("\n")
-    # markers count only outside code (a page may show a marker in backticks)
-    marked = _MASKS[2].sub(_blank, _MASKS[0].sub(_blank, text)).split("\n")
-    skip: set[int] = set()
-    asserted: set[int] = set()
-    findings: list[Finding] = []
-    if generated_blocks:
-        open_at: tuple[int, str] | None = None
-        for i, line in enumerate(marked):
-            for m in GENERATED.finditer(line):
-                if m.group(2) == "begin":
-                    open_at = (i, m.group(1))
-                elif open_at is not None and open_at[1] == m.group(1):
-                    skip.update(range(open_at[0], i + 1))
-                    open_at = None
-        if open_at is not None:
-            findings.append(
-                Finding(open_at[0] + 1, lines[open_at[0]], open_at[1], "unclosed generated block")
-            )
-    for first, last in _blocks(lines):
-        block = "\n".join(marked[first : last + 1])
-        if NOT_A_RESULT.search(block):
-            skip.update(range(first, last + 1))
-        elif ASSERTED.search(block):
-            asserted.update(range(first, last + 1))
-    literals = [float(v) for v in asserted_literals] if asserted_literals is not None else None
-    for i, (m_line, line) in enumerate(zip(masked, lines, strict=True)):
-        if i in skip:
-            continue
-        for f in _line_findings(m_line, line, i + 1):
-            if i not in asserted:
-                findings.append(f)
-            elif literals is None:
-                why = "(an <!-- asserted --> block needs a following code cell)"
-                findings.append(replace(f, reason=f"{f.reason} {why}"))
-            elif not _asserted(f.match, literals):
-                findings.append(replace(f, reason=f"{f.reason} not in the next cell's asserts"))
-    return findings
+    return [f for i, (m, line) in enumerate(zip(masked, text.split("\n"), strict=True))
+            for f in _line_findings(m, line, i + 1)]  # fmt: skip
 
 
-def _asserted(match: str, literals: Sequence[float]) -> bool:
-    m = re.search(_NUM, match)
-    if m is None:
-        return True  # e.g. a bare "±": nothing to assert
-    value = float(m.group(0).replace(",", ""))
-    targets = [value, value / 100.0] if "%" in match or "percent" in match.lower() else [value]
-    return any(math.isclose(t, v, rel_tol=1e-9, abs_tol=1e-12) for t in targets for v in literals)
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing results: say()
-# ---------------------------------------------------------------------------------------------
+# --- Writing results: say()
 
 
 def format_literals(text: str) -> list[str]:
@@ -245,17 +156,9 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Sent
 
 
 def say(template: str, /, **values: Any) -> Sentence:
-    """A result sentence rendered from computed values, to end a notebook code cell with.
-
-    ``template`` is a :meth:`str.format` template whose literal text obeys the prose rule (no
-    typed result number: every number comes from ``values``), e.g.::
-
-        say("KD reaches {acc:.1f}% against CE's {ce:.1f}%.", acc=100 * kd, ce=100 * ce)
-
-    Raises:
-        ValueError: the template types a result number, names a missing value, or a value is
-            NaN or infinite (a sentence about a number that does not exist).
-    """
+    """A result sentence rendered from computed values, e.g. ``say("KD reaches {acc:.1f}%.",
+    acc=100 * kd)``: ValueError where the template's literal text types a result number, names a
+    missing value, or a value is NaN or infinite."""
     if not isinstance(template, str):
         raise TypeError(f"template must be a str, got {type(template).__name__}")
     typed = [f for piece in format_literals(template) for f in find_typed_results(piece)]

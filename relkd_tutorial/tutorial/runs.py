@@ -1,14 +1,10 @@
 """Shared benchmark runs for the chapters: one protocol, so a method has one number everywhere.
 
-A chapter that compares methods reads the runs of ``python -m relkd_tutorial.bench`` (same
-teacher, pool, schedule, seeds and student; ``docs/benchmark.md``) through :func:`benchmark_runs`:
-first the committed ``results/runs.csv`` rows whose spec (the fingerprint of the setting and the
-teacher) is the default preset's now (never rows of another configuration), then an on-disk cache
+:func:`benchmark_runs` reads the runs of ``python -m relkd_tutorial.bench`` (``docs/benchmark.md``):
+the committed ``results/runs.csv`` rows of the default preset's spec now, then an on-disk cache
 (:func:`default_cache_dir`) where the benchmark's runner trains what neither holds, once per
-machine, one row per finished run (an interrupted chapter resumes). Fast mode
-(:func:`relkd_tutorial.fast_mode`) uses the fast settings and only the cache. The tables are thin
-wrappers over the benchmark's report and :mod:`relkd_tutorial.stats`: sample standard deviations
-and 95% paired ``t`` intervals, accuracies in percent and their differences in points.
+machine (fast mode: the fast settings, the cache only). The tables are thin wrappers over the
+benchmark's report and :mod:`relkd_tutorial.stats` (accuracies in percent, differences in points).
 """
 
 from __future__ import annotations
@@ -30,12 +26,12 @@ from ..bench.report import paired_differences, summarize_runs
 from ..bench.runner import Progress, run_setting
 from ..bench.settings import (
     FASHION_SETTINGS,
-    METHOD_LABELS,
     METHODS,
     METRIC_LABELS,
     PERCENT,
     Setting,
     default_settings,
+    label,
     params_tag,
 )
 from ..bench.store import RESULTS_ENV, ResultStore, read_runs  # noqa: F401 (re-exported)
@@ -55,9 +51,7 @@ class MissingRunsError(RuntimeError):
     """Runs the chapter needs are neither committed nor cached, and training was not allowed."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Where the runs live
-# ---------------------------------------------------------------------------------------------
+# --- Where the runs live
 
 
 def find_results_dir(start: str | Path | None = None) -> Path:
@@ -114,9 +108,7 @@ def protocol_setting(
     return default_settings(fast, preset or default_preset("cpu"))[setting]
 
 
-# ---------------------------------------------------------------------------------------------
-# The runs
-# ---------------------------------------------------------------------------------------------
+# --- The runs
 
 
 class Runs(list):
@@ -221,16 +213,11 @@ def benchmark_runs(
     train: bool = True,
     stream: Any = None,
 ) -> Runs:
-    """The benchmark's final runs of ``methods`` in ``setting``: committed, cached or trained now.
-
-    ``setting``: a Fashion-MNIST setting (``"transfer"``, ``"low-data"``, ``"standard"``,
-    ``"cross-task"``); ``methods``: :data:`~relkd_tutorial.bench.settings.METHODS` names;
-    ``results_dir``: ``None`` finds it (:func:`find_results_dir`), ``False`` reads none (nor does
-    fast mode); ``device``: where missing runs train (``"cpu"``, as the committed ones did);
-    ``train=False`` raises :class:`MissingRunsError` instead; progress goes to ``stream``
-    (default ``sys.stdout``). Returns one row per (method, seed) as in ``runs.csv``, in
-    ``methods`` order then by seed; a method that cannot run in the setting gives one ``n/a`` row.
-    """
+    """The benchmark's final runs of ``methods`` in a Fashion-MNIST ``setting``: committed,
+    cached or trained now on ``device`` (``train=False``: :class:`MissingRunsError` instead).
+    ``results_dir``: ``None`` finds it, ``False`` reads none (nor does fast mode). One row per
+    (method, seed) as in ``runs.csv``, in ``methods`` order then by seed; a method that cannot run
+    in the setting gives one ``n/a`` row. Progress goes to ``stream`` (default stdout)."""
     fast = fast_mode() if fast is None else bool(fast)
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
@@ -300,9 +287,7 @@ def benchmark_runs(
     return runs
 
 
-# ---------------------------------------------------------------------------------------------
-# Tables: thin wrappers over the report and stats
-# ---------------------------------------------------------------------------------------------
+# --- Tables: thin wrappers over the report and stats
 
 
 class Table(list):
@@ -401,7 +386,7 @@ def paired_table(
     _check_metric(metric)
     diffs = paired_differences(rows, baselines=[baseline], metrics=[metric], confidence=confidence)
     for d in diffs:
-        d["label"] = METHOD_LABELS.get(d["method"], d["method"])
+        d["label"] = label(d["method"])
     unit = "points" if metric in PERCENT else ""
     return Table(diffs, ["label", "n", "mean", "low", "high", "within_noise"], metric, unit)
 

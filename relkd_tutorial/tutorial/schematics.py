@@ -1,12 +1,10 @@
 """Schematic figures: what flows from the teacher to the student in each method.
 
-One boxes-and-arrows figure per method (no data, no training): ``"overview"`` (the teacher's
-logits and features, used per sample or as relations) and ``"kd"``, ``"rkd"``, ``"rrd"``,
-``"refilled"``, ``"grkd"`` (left to right: the batch, the frozen teacher and the student, what
-each side computes, the loss, and the gradient that reaches the student only). Symbols are those
-of ``docs/notation.md``; colours are fixed: teacher :data:`TEACHER`, student :data:`STUDENT`,
-loss :data:`LOSS`, else :data:`NEUTRAL`. A box is a text in its own rounded frame, so it fits its
-text; arrows are clipped at the frames.
+One boxes-and-arrows figure per method, no data: ``"overview"``, ``"kd"``, ``"rkd"``, ``"rrd"``,
+``"refilled"``, ``"grkd"`` (the batch, the frozen teacher and the student, what each side
+computes, the loss, and the gradient that reaches the student only), in the symbols of
+``docs/notation.md`` and the colours :data:`TEACHER`, :data:`STUDENT`, :data:`LOSS`,
+:data:`NEUTRAL`.
 """
 
 from __future__ import annotations
@@ -52,13 +50,9 @@ def _arrow(
     dashed: bool = False,
     rad: float = 0.0,
 ) -> FancyArrowPatch:
-    """An arrow from box ``a`` to box ``b`` (centre to centre, clipped at both frames).
-
-    Drawn above the boxes (``zorder`` 3.5 > 3): a frame gets its position when its text is
-    drawn, so only an arrow drawn after the boxes is clipped at their current frames.
-
-    ``via``: corner points of a polyline route (e.g. around other boxes); ``rad``: a curved arc.
-    """
+    """An arrow from box ``a`` to box ``b``, clipped at both frames (drawn above the boxes: a
+    frame gets its position when its text is drawn); ``via``: corners of a polyline route;
+    ``rad``: a curved arc."""
     points = [a.get_position(), *via, b.get_position()]
     dash = (0, (4, 3)) if dashed else "-"
     last = len(points) - 2
@@ -263,14 +257,9 @@ def available_schematics() -> list[str]:
 
 
 def draw_schematic(method: str, ax: Axes | None = None) -> Figure:
-    """Draw the schematic of ``method`` onto ``ax`` (a new figure if ``None``); return its figure.
-
-    ``method`` is one of :func:`available_schematics` (case-insensitive). Without ``ax`` the new
-    figure (:data:`FIGSIZE`) is registered with ``pyplot``, like ``plt.subplots``, so
-    ``plt.show()`` displays it and ``plt.close(fig)`` frees it. A given ``ax`` gets the title,
-    limits (the inches of ``FIGSIZE``) and no frame; texts are in points, so a much smaller ``ax``
-    crowds them.
-    """
+    """Draw the schematic of ``method`` (:func:`available_schematics`, any case) onto ``ax`` and
+    return its figure; without ``ax``, a new ``pyplot`` figure of :data:`FIGSIZE` (``plt.close``
+    frees it). Texts are in points, so an ``ax`` much smaller than ``FIGSIZE`` crowds them."""
     key = method.lower() if isinstance(method, str) else None
     if key not in _DRAW:
         raise ValueError(

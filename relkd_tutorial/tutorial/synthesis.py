@@ -1,19 +1,11 @@
 """The project's question told once: the tuned verdict first, then every line of evidence.
 
-Notebooks 05 and 06 (and the chapters that quote a benchmark verdict) read the committed main job
-through :func:`relkd_tutorial.tutorial.committed.committed_benchmark` and say what it found with
-these functions, so the same comparison has the same numbers and the same word everywhere:
-
-- :func:`question_sentence`: GRKD against RKD, RRD, REFILLED and DIST in one setting, the
-  benchmark's family (Holm over its comparisons), ``fragile`` where the report marks it;
-- :func:`synthesis_table` and :func:`synthesis_sentence`: every line of evidence (the tuned and
-  the paper-default arms, the second run set, the second student, the GRKD ablation, the
-  pseudo-label control) in one table, and the verdict generated from it;
-- :func:`benchmark_claim`: one comparison as the benchmark states it, naming its family, for a
-  chapter whose own comparison of the same runs uses another family;
-- :func:`pruning_sentence`: whether pruning changed the tuning's choices.
-
-Every number and every verdict word is computed (:func:`~relkd_tutorial.tutorial.prose.say`).
+Notebooks 05 and 06, and the chapters that quote a benchmark verdict, read the committed main job
+through :func:`.committed.committed_benchmark` and say what it found here, so one comparison has
+the same numbers and the same word everywhere (every number and verdict word computed):
+:func:`question_sentence` (GRKD against its rivals in one setting), :func:`synthesis_table` and
+:func:`synthesis_sentence` (every line of evidence), :func:`benchmark_claim` (one comparison in
+the benchmark's own family) and :func:`pruning_sentence`.
 """
 
 from __future__ import annotations
@@ -33,15 +25,15 @@ from ..bench.settings import (
 from ..bench.tuned import tuned_methods
 from ..bench.verdict import ablation_comparisons, comparisons
 from .committed import (
+    _CLAIM_VERB,
     Benchmark,
     CommittedSetting,
     _claim,
     _interval,
-    _markdown,
     _one,
     committed_benchmark,
 )
-from .prose import Sentence, say
+from .prose import Sentence, markdown_table, say
 
 #: What each family of :func:`~relkd_tutorial.bench.verdict.comparisons` compares (for sentences).
 FAMILY_WORDS: dict[str, str] = {
@@ -67,13 +59,9 @@ def benchmark_claim(
     metric: str = "acc",
     results_dir: str | Path | None = None,
 ) -> Sentence:
-    """One comparison as the benchmark states it, in its own family, for a chapter to quote.
-
-    ``"In the benchmark's own family (notebook 06: every method against KD, Holm over 11, 16
-    paired seeds, each method at its tuned recipe): RKD trails KD (...)"``. The family, its size,
-    the arm and an earlier protocol are named, so a reader sees why it can differ from a
-    chapter's own comparison of the same runs (fewer methods in its family, the paper defaults).
-    """
+    """One comparison as the benchmark states it, naming its family, its size, the arm and an
+    earlier protocol, so a reader sees why it can differ from a chapter's own comparison of the
+    same runs (fewer methods in its family, the paper defaults)."""
     if family not in FAMILY_WORDS:
         raise ValueError(f"family must be one of {list(FAMILY_WORDS)}, got {family!r}")
     bench = committed_benchmark(results_dir, settings=(setting,))
@@ -127,7 +115,7 @@ def question_sentence(bench: Benchmark, setting: str = "transfer") -> Sentence:
 def _short_cell(e: dict[str, Any] | None) -> str:
     if e is None:
         return "not run"
-    return f"{_interval(e['mean'], e['low'], e['high'], 2)} {_claim(e)}"
+    return f"{_interval(e, 2)} {_claim(e)}"
 
 
 def _ablation_cell(entries: Sequence[dict[str, Any]]) -> str:
@@ -165,13 +153,10 @@ def _lines(bench: Benchmark, ablation: CommittedSetting | None,
 
 def synthesis_table(bench: Benchmark, ablation: CommittedSetting | None = None,
                     student: CommittedSetting | None = None) -> Sentence:  # fmt: skip
-    """Every line of evidence on the project's question in one Markdown table.
-
-    A row per line (tuned and paper-default arms, the second run set, the second student, the
-    GRKD ablation); a column per rival (GRKD minus it, top-1 points, 95% interval, the verdict
-    after Holm over the family in that line), and one for the other comparison the line holds
-    (GRKD against the pseudo-label control; the ablation's variants against GRKD's default).
-    """
+    """Every line of evidence on the project's question in one Markdown table: a row per line
+    (both arms, the second run set, the second student, the GRKD ablation), a column per rival
+    (GRKD minus it, top-1 points, 95% interval, the verdict after Holm in that line) and one for
+    the pseudo-label control or the ablation's variants."""
     header = ["evidence", "seeds", *(f"vs {METHOD_LABELS[r]}" for r in MISSION_RIVALS), "other"]
     body = []
     for label, entries, setting in _lines(bench, ablation, student):
@@ -186,7 +171,7 @@ def synthesis_table(bench: Benchmark, ablation: CommittedSetting | None = None,
         body.append([label, str(n), *(_short_cell(e) for e in mine), other])
     if not body:
         raise ValueError("no line of evidence is committed")
-    return _markdown(header, body)
+    return markdown_table(header, body)
 
 
 def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = None,
@@ -225,11 +210,9 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
             "labels on the pool",
             "fragile": "a verdict that does not survive a perturbation either way",
         }[_claim(pseudo)]
-        verb = {"beats": "beats", "trails": "trails", "within noise": "is within noise of",
-                "fragile": "is fragile against"}[_claim(pseudo)]  # fmt: skip
         parts.append(say("GRKD {c} the pseudo-label control (CE on the teacher's top class over the "
-                         "unlabelled images; {v} points), {m}.", c=verb,
-                         v=_interval(pseudo["mean"], pseudo["low"], pseudo["high"], 2),
+                         "unlabelled images; {v} points), {m}.", c=_CLAIM_VERB[_claim(pseudo)],
+                         v=_interval(pseudo, 2),
                          m=meaning))  # fmt: skip
     abl = next((x for x in lines if x[0].startswith("GRKD ablation")), None)
     if abl is not None:
@@ -245,7 +228,7 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
             text = say(
                 "{t} '{v}' is the same loss at another weight ({c}, {d} points): {m}.", t=text,
                 v=scale["variant"], c=_claim(scale),
-                d=_interval(scale["mean"], scale["low"], scale["high"], 2),
+                d=_interval(scale, 2),
                 m="the loss scale alone moves GRKD's top-1, so a comparison at one weight compares "
                 "weights as much as losses (which is why every method's weight is tuned)" if moves
                 else "at this precision the loss scale alone does not separate from noise",
@@ -256,11 +239,8 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
 
 def pruning_sentence(recipes: Mapping[str, Any], pruned: Mapping[str, Any],
                      factor: float = 3.0) -> Sentence:  # fmt: skip
-    """Whether pruning changed the tuning's choices: two recipe files' ``settings`` compared.
-
-    Counts the chosen values more than ``factor`` apart (as ``--diff-recipes`` flags them), names
-    their methods, and gives the trials the pruned search stopped early.
-    """
+    """Whether pruning changed the tuning's choices: the chosen values of two recipe files more
+    than ``factor`` apart (as ``--diff-recipes`` flags them), and the trials stopped early."""
     differ, knobs, cut, trials = [], 0, 0, 0
     for setting, methods in sorted(recipes.get("settings", {}).items()):
         for method, a in sorted(methods.items()):

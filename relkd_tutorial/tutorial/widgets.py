@@ -1,10 +1,9 @@
 """What the notebooks' widgets compute: pure functions from plain inputs to plain outputs.
 
-A widget is sliders (in the notebook), a computation (here) and a picture (:mod:`.plots`), wired
-with ``ipywidgets.interactive_output``. A function here takes all its state as arguments, returns
-a ``dict`` of floats and NumPy arrays that a plot draws and ``tests/test_widgets.py`` checks, and
-raises an error naming a bad argument. It calls the package's losses and relations (in float64)
-and never re-implements their math. Notebooks 04 and 05: :mod:`.widgets_refilled_grkd`.
+A widget is sliders (in the notebook), a computation (here) and a picture (:mod:`.plots`). A
+function here takes all its state as arguments, returns floats and NumPy arrays, raises an error
+naming a bad argument, and calls the package's losses and relations (in float64) rather than
+re-implementing them. Notebooks 04 and 05: :mod:`.widgets_refilled_grkd`.
 """
 
 from __future__ import annotations
@@ -99,15 +98,10 @@ def _grouped_matrix(matrix: object, groups: Mapping[str, Sequence[int]]) -> tupl
 def block_contrast(
     matrix: object, groups: Mapping[str, Sequence[int]], *, skip_diagonal: bool = True
 ) -> dict[str, float]:
-    """Mean of a class-by-class similarity matrix inside the groups vs between groups.
-
-    ``within`` averages the entries ``M_jk`` with ``j`` and ``k`` in the same group (``j != k`` if
-    ``skip_diagonal``); ``between`` averages the entries with ``j`` in a group and ``k`` in another
-    group or in no group (and vice versa); ``matrix`` is ``(C, C)``, ``groups`` e.g.
-    :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`. A similarity that has learnt the groups
-    has ``within > between``. Returns ``within``, ``between`` and ``ratio = within / between``
-    (``inf`` if ``between`` is 0).
-    """
+    """Mean of a ``(C, C)`` similarity matrix inside the groups (``within``: ``j``, ``k`` in one
+    group, ``j != k`` if ``skip_diagonal``) vs ``between`` (``j`` in a group, ``k`` in another or
+    none, and vice versa), and ``ratio = within / between`` (``inf`` if 0). ``groups``: e.g.
+    :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`; learnt groups give ``within > between``."""
     m, group_of = _grouped_matrix(matrix, groups)
     c = m.shape[0]
     if int((group_of >= 0).sum()) == 0:
@@ -125,13 +119,9 @@ def block_contrast(
 
 
 def within_group_share(matrix: object, groups: Mapping[str, Sequence[int]]) -> float:
-    """The share of a row-stochastic matrix's off-diagonal mass that stays inside a group.
-
-    ``share = sum_{j != k, g(j) = g(k)} M_jk / sum_{j != k} M_jk`` over every row ``j`` (rows of
-    classes in no group count in the denominator only). For the soft confusion matrix ``M(T)`` it
-    answers "of the probability the teacher gives to wrong classes, how much goes to a class of
-    the true class's own group?". ``matrix``: ``(C, C)``, non-negative, with off-diagonal mass.
-    """
+    """The share of a non-negative ``(C, C)`` matrix's off-diagonal mass inside a group,
+    ``sum_{j != k, g(j) = g(k)} M_jk / sum_{j != k} M_jk`` (for the soft confusion matrix: how
+    much of the probability on wrong classes goes to the true class's own group)."""
     m, group_of = _grouped_matrix(matrix, groups)
     if bool((m < 0).any()):
         raise ValueError("matrix must be non-negative")
@@ -158,15 +148,10 @@ def _class_means(x: Tensor, y: Tensor, c: int) -> tuple[Tensor, Tensor]:
 def class_soft_confusion(
     logits: object, labels: object, temperature: float = 1.0, num_classes: int | None = None
 ) -> np.ndarray:
-    """The teacher's mean softened distribution per true class: a "soft" confusion matrix.
-
-    ``M_kj = mean_{i : y_i = k} softmax(t_i / T)_j``. Row ``k`` says how much probability the
-    teacher gives to class ``j`` on images of class ``k``; each row sums to 1. Off the diagonal it
-    is the "dark knowledge" KD transfers: a coat that looks a bit like a pullover. Raising ``T``
-    flattens every row and makes the small entries visible. ``logits``: ``(N, C)``; ``labels``:
-    ``(N,)`` (``-1``: unlabelled, ignored); ``num_classes`` defaults to ``C``. Returns a ``(C, C)``
-    float64 array; a class with no sample has a NaN row.
-    """
+    """The teacher's mean softened distribution per true class, a "soft" confusion matrix
+    ``M_kj = mean_{i : y_i = k} softmax(t_i / T)_j`` (rows sum to 1; off the diagonal, the "dark
+    knowledge" KD transfers). ``logits`` ``(N, C)``, ``labels`` ``(N,)`` (``-1`` ignored).
+    Returns ``(C, C)`` float64, a NaN row for a class without a sample."""
     t = _as_float64("logits", logits, 2, "(N, C)")
     y = _as_labels("labels", labels, t.shape[0])
     temp = check_positive("temperature", temperature)
@@ -183,14 +168,10 @@ def class_soft_confusion(
 def class_mean_cosine(
     features: object, labels: object, num_classes: int | None = None
 ) -> np.ndarray:
-    """Cosine similarity of the class-mean features: ``S_jk = cos(mu_j, mu_k)``.
-
-    ``mu_k = mean_{i : y_i = k} f_i``. The teacher's penultimate features are what the relational
-    methods (RKD, RRD, REFILLED) transfer; this matrix summarises their geometry class by class.
-    With post-ReLU features every entry is in ``[0, 1]``. ``features``: ``(N, D)``; ``labels``:
-    ``(N,)`` (``-1`` ignored); ``num_classes`` defaults to the largest label + 1. Returns a
-    ``(C, C)`` float64 array, NaN rows and columns for classes without a sample.
-    """
+    """Cosine similarity of the class-mean features, ``S_jk = cos(mu_j, mu_k)`` with
+    ``mu_k = mean_{i : y_i = k} f_i``: the geometry the relational methods transfer, class by
+    class. ``features`` ``(N, D)``, ``labels`` ``(N,)`` (``-1`` ignored). Returns ``(C, C)``
+    float64, NaN rows and columns for classes without a sample."""
     f = _as_float64("features", features, 2, "(N, D)")
     y = _as_labels("labels", labels, f.shape[0])
     c = _num_classes(y, num_classes)
@@ -249,13 +230,9 @@ def transform_points(
     moved_index: int | None = None,
     move: Sequence[float] = (0.0, 0.0),
 ) -> np.ndarray:
-    """A student copy of a 2-D teacher cloud: ``x' = s R(angle) x + shift``, then one point moved.
-
-    The first three are a *similarity transform* (every distance scaled by ``s``, every angle kept);
-    moving one point (``moved_index`` in ``[0, N)`` by ``move``) is *non-rigid*: it changes the
-    relations that involve that point. ``points``: ``(N, 2)``; the angle is counter-clockwise in
-    degrees. Returns an ``(N, 2)`` float64 array.
-    """
+    """A student copy of a 2-D teacher cloud ``(N, 2)``: ``x' = s R(angle) x + shift`` (a
+    similarity: distances scaled, angles kept; angle counter-clockwise in degrees), then point
+    ``moved_index`` moved by ``move`` (non-rigid: its relations change). ``(N, 2)`` float64."""
     x = _as_float64("points", points, 2, "(N, 2)")
     if x.shape[1] != 2:
         raise ValueError(f"points must have shape (N, 2), got {tuple(x.shape)}")
@@ -309,18 +286,12 @@ def rrd_sample_view(
     tau_s: float,
     tau_t: float,
 ) -> dict[str, object]:
-    """One sample's two distributions over the queue, sorted by the teacher, and the loss parts.
-
-    ``p^T(k) = softmax_k(<u, q_k> / tau_t)``, ``p^S(k) = softmax_k(<s, q_k> / tau_s)`` (inputs are
-    L2-normalised), ``L = -sum_k p^T(k) log p^S(k) = KL(p^T || p^S) + H(p^T)``, all from
-    :func:`~relkd_tutorial.losses.rrd.rrd_decomposition` with a batch of one; ``s``, ``u``:
-    ``(d,)``, ``queue``: ``(K, d)``.
-
-    Returns ``order`` ``(K,)`` (queue slots by decreasing ``p^T``); ``p_teacher``, ``p_student``
-    ``(K,)`` in that order; ``loss``, ``kl``, ``entropy`` (``H(p^T)``), ``student_entropy``
-    (``H(p^S)``); ``effective_slots_teacher`` / ``_student`` = ``exp(H)`` (the slots a uniform
-    distribution with the same entropy spreads over); ``tau_s``, ``tau_t``.
-    """
+    """One sample's two distributions over the queue ``(K, d)``, sorted by the teacher:
+    ``p^T(k) = softmax_k(<u, q_k> / tau_t)``, ``p^S(k) = softmax_k(<s, q_k> / tau_s)`` (inputs
+    L2-normalised), ``L = KL(p^T || p^S) + H(p^T)`` (:func:`~relkd_tutorial.losses.rrd.
+    rrd_decomposition`). Returns ``order``, ``p_teacher``, ``p_student`` (in that order), ``loss``,
+    ``kl``, ``entropy``, ``student_entropy``, ``effective_slots_{teacher,student}`` = ``exp(H)``,
+    ``tau_s``, ``tau_t``."""
     s = _as_float64("student_emb", student_emb, 1, "(d,)")
     u = _as_float64("teacher_emb", teacher_emb, 1, "(d,)")
     q = _as_float64("queue", queue, 2, "(K, d)")

@@ -21,12 +21,9 @@ from ..metrics import kendall_tau
 
 
 def pca_2d(x: Tensor) -> np.ndarray:
-    """The first two principal components of the rows of ``x``: ``(N, D)`` -> ``(N, 2)``.
-
-    Centres the rows and projects them on the two leading right singular vectors (in float64).
-    Each axis's sign makes its largest-magnitude coordinate positive, so the picture does not
-    flip between calls. With ``D = 1`` (or rank 1) the second column is 0.
-    """
+    """The first two principal components of the rows of ``x``: ``(N, D)`` -> ``(N, 2)`` (float64;
+    each axis signed so its largest coordinate is positive, no flip between calls; rank 1: the
+    second column is 0)."""
     x = check_float_tensor("x", x, 2, "(N, D)").detach().double().cpu()
     xc = x - x.mean(dim=0, keepdim=True)  # (N, D)
     _, _, vh = torch.linalg.svd(xc, full_matrices=False)  # vh: (min(N, D), D)
@@ -47,22 +44,15 @@ def refilled_anchor_view(
     margin: float = 0.2,
     tau1: float = 4.0,
 ) -> dict:
-    """One anchor's semi-hard triplets and their comparison probabilities (REFILLED stage 1).
-
-    Mines with :func:`~relkd_tutorial.losses.refilled.mine_triplets` on the *student*, then for
-    each triplet ``(anchor, p, n)`` reports the distances ``d = ||phi_i - phi_j||`` on normalised
-    features and the comparison probabilities ``P = sigmoid((d_an - d_ap) / tau1)`` of both
-    networks, and the triplet's term of the stage-1 loss,
-    ``1/2 [P^T log(P^T/P^S) + (1 - P^T) log((1 - P^T)/(1 - P^S))]``. Features ``(B, D_S)`` and
-    ``(B, D_T)``; ``labels`` ``(B,)`` (``-1``: unlabelled, such an anchor has no triplet);
-    ``anchor`` in ``[0, B)``; margin ``m > 0``; ``tau1 > 0``.
-
-    Returns ``anchor``, ``label``, ``margin``, ``tau1``; ``coords`` ``(B, 2)`` (PCA of the
-    student's normalised features); ``positives`` / ``negatives`` (candidates by label); per
-    triplet (length ``T_a``, mining order) ``positive``, ``negative``, ``d_ap_student``,
-    ``d_an_student``, ``d_ap_teacher``, ``d_an_teacher``, ``p_student``, ``p_teacher``,
-    ``loss_terms``; ``loss`` (their mean, 0.0 without triplets); ``batch_triplets`` (the batch's).
-    """
+    """One anchor's semi-hard triplets (mined on the *student*,
+    :func:`~relkd_tutorial.losses.refilled.mine_triplets`) and, per triplet ``(anchor, p, n)``,
+    both networks' distances ``d = ||phi_i - phi_j||`` on normalised features, comparison
+    probabilities ``P = sigmoid((d_an - d_ap) / tau1)`` and the stage-1 loss term
+    ``1/2 [P^T log(P^T/P^S) + (1 - P^T) log((1 - P^T)/(1 - P^S))]``. Features ``(B, D_S)``,
+    ``(B, D_T)``; ``labels`` ``(B,)`` (``-1``: no triplet). Returns the arguments, ``coords``
+    ``(B, 2)`` (PCA of the student's), ``positives`` / ``negatives``, per triplet ``positive``,
+    ``negative``, ``d_{ap,an}_{student,teacher}``, ``p_student``, ``p_teacher``, ``loss_terms``,
+    their mean ``loss`` (0.0 without triplets) and ``batch_triplets``."""
     f_s = check_float_tensor("student_features", student_features, 2, "(B, D_S)").detach()
     f_t = check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)").detach()
     check_same_batch("student_features", f_s, "teacher_features", f_t)
@@ -154,21 +144,13 @@ def grkd_pair_view(
     temperature: float = 1.0,
     top_k: int | None = None,
 ) -> dict:
-    """GRKD on one sample: the teacher's preference set, the student's violations, loss, gradient.
-
-    With teacher logits ``t`` and student logits ``z`` (``C`` classes each), the preference set is
-    ``P = {(j, k) : t_j > t_k}`` (ties give no pair); with ``top_k`` only the pairs whose preferred
-    class is among the teacher's top-k. Pair ``(j, k) in P`` costs
-    ``softplus(-(z_j - z_k) / tau)`` and is *violated* when the student does not strictly agree,
-    ``z_j <= z_k``. The loss and its gradient come from
-    :func:`~relkd_tutorial.losses.grkd.grkd_loss` (so they include the ``1 / |P|``).
-
-    Returns ``teacher``, ``student`` (lists); ``preferred``, ``violated`` (``(C, C)`` bool, row
-    ``j`` = preferred class); ``pair_loss`` (``(C, C)``, 0 outside ``P``); ``n_pairs``,
-    ``n_violated``; ``loss`` and ``grad`` (``(C,)``, sums to 0); ``teacher_order`` (most to least
-    preferred, ties by index); ``kendall_tau`` (tau-b of ``t`` and ``z``, NaN if either side is
-    all tied); ``temperature``, ``top_k``.
-    """
+    """GRKD on one sample: the preference set ``P = {(j, k) : t_j > t_k}`` (ties give no pair;
+    ``top_k``: the preferred class among the teacher's top-k), each pair's cost
+    ``softplus(-(z_j - z_k) / tau)``, violated where ``z_j <= z_k``, and the loss and gradient of
+    :func:`~relkd_tutorial.losses.grkd.grkd_loss`. Returns ``teacher``, ``student``,
+    ``preferred``, ``violated`` (``(C, C)``, row = preferred class), ``pair_loss``, ``n_pairs``,
+    ``n_violated``, ``loss``, ``grad`` (``(C,)``, sums to 0), ``teacher_order``, ``kendall_tau``
+    (tau-b, NaN if a side is all tied), ``temperature``, ``top_k``."""
     t, z = _logit_rows(teacher_logits, student_logits)  # (1, C) each
     tau = check_positive("temperature", temperature)
     c = t.shape[1]
@@ -210,17 +192,10 @@ def ranking_loss_gradients(
     kd_temperature: float = 4.0,
     temperature: float = 1.0,
 ) -> dict[str, dict]:
-    """Loss and gradient wrt the student's logits of KD, GRKD, soft pairwise and listwise losses.
-
-    The axis of the GRKD notebook, on one sample: KD (:func:`~relkd_tutorial.losses.kd.kd_loss`
-    at ``kd_temperature``, pointwise: match each probability), GRKD
-    (:func:`~relkd_tutorial.losses.grkd.grkd_loss`, pairwise, hard order), soft pairwise
-    (:func:`~relkd_tutorial.losses.ranking.soft_pairwise_rank_loss`, pairwise, the teacher's
-    margins) and listwise (:func:`~relkd_tutorial.losses.ranking.listwise_rank_loss`, the
-    Plackett-Luce likelihood of the teacher's full order); the ranking losses (and the soft
-    pairwise teacher) at ``temperature``. Returns ``{name: {"loss": float, "grad": (C,)}}`` for
-    :data:`RANKING_LOSSES`; each gradient sums to 0 (every loss is shift-invariant).
-    """
+    """On one sample, ``{name: {"loss": float, "grad": (C,)}}`` wrt the student's logits for
+    :data:`RANKING_LOSSES`: KD (pointwise, at ``kd_temperature``), GRKD (pairwise, hard order),
+    soft pairwise (the teacher's margins) and listwise (Plackett-Luce over the teacher's order),
+    the last three at ``temperature``; each gradient sums to 0 (shift invariance)."""
     t, z = _logit_rows(teacher_logits, student_logits)  # (1, C) each
     kd_t = check_positive("kd_temperature", kd_temperature)
     tau = check_positive("temperature", temperature)
