@@ -38,6 +38,7 @@ from .settings import (
     HEADLINE_BASELINE,
     METHOD_LABELS,
     METHODS,
+    METRIC_LABELS,
     METRICS,
     PERCENT,
     SETTING_TITLES,
@@ -68,6 +69,7 @@ from .tuned import (
 from .verdict import (
     _cell,
     _find,
+    _join,
     ablation_comparisons,
     ablation_paragraph,
     ablation_protocol,
@@ -334,6 +336,9 @@ def markdown_report(
             cost = precision_cost_sentence(entries, rows, setting) if tuned_here else ""
             if cost:
                 parts += [cost, ""]
+            again = second_run_sentence(entries, setting, second) if tuned_here else ""
+            if again:
+                parts += [again, ""]
         parts += [summary_table_markdown(summary, diffs, setting), ""]
         plateau = plateau_sentence(rows, histories or {}, setting)
         if plateau:
@@ -373,6 +378,26 @@ def markdown_report(
     if summary:
         parts += ["## Where the time goes", "", _time_table(summary), ""]
     return "\n".join(parts)
+
+
+def second_run_sentence(
+    entries: Sequence[dict[str, Any]], setting: str, second: tuple | None
+) -> str:
+    """How many of ``setting``'s verdicts the second run set (:func:`second_run_set`) changes:
+    those are the ones :func:`~.verdict.mark_fragile` marked for it (``""``: no such runs)."""
+    if second is None or not any(r["setting"] == setting for r in second[0]):
+        return ""
+    here = [e for e in entries if e["setting"] == setting]
+    moved = [e for e in here if second[1] in e.get("fragile", "")]
+    names = [f"{label(e['method'])} vs {label(e['baseline'])} "
+             f"({METRIC_LABELS[e['metric']].replace(' %', '')})" for e in moved]  # fmt: skip
+    top1 = sum(e["metric"] == "acc" for e in moved)
+    listed = f": {_join(names)}" if names else ""
+    return (
+        f"**Across machines.** {second[1][0].upper()}{second[1][1:]} trains the same runs again: of "
+        f"the {len(here)} comparisons in every family and metric, {len(moved)} change verdict "
+        f"there and are reported fragile{listed}; in top-1, {top1}."
+    )
 
 
 def _headline_entries(
