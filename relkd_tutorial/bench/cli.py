@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tune and args.settings is None:
         args.settings = ",".join(tune.TUNE_SETTINGS)
     fast, settings, methods = configure(args, device)
-    if args.tune or args.diff_recipes:
+    if args.tune:
         command = " ".join(
             ["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])]
         )

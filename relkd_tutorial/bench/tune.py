@@ -2,7 +2,6 @@
 
     python -m relkd_tutorial.bench --tune --settings transfer,low-data --trials 12 --jobs 2
     python -m relkd_tutorial.bench --tune --prune --recipes runs/tune/recipes-pruned.json
-    python -m relkd_tutorial.bench --diff-recipes A.json B.json    # did pruning change a choice?
 
 One Optuna study per setting and method. A trial samples the method's knobs (:mod:`.search_space`),
 trains the student once per selection seed (:data:`~.search_space.SELECTION_SEEDS`, never an
@@ -29,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import socket
@@ -361,8 +359,6 @@ def add_arguments(parser: Any) -> None:
                    "<out>/tuning.journal); rerun to resume, share it to add workers")  # fmt: skip
     g.add_argument("--prune", action="store_true",
                    help="stop weak trials early (Hyperband on the per-epoch validation top-1)")  # fmt: skip
-    g.add_argument("--diff-recipes", nargs=2, metavar=("A", "B"), default=None,
-                   help="compare two recipe files (e.g. with and without --prune) and exit")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,38 +407,6 @@ def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocat
     tmp.write_text(text + "\n")
     tmp.replace(path)
     return path
-
-
-def _read_recipes(path: str | Path) -> dict[str, Any]:
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a format-{FORMAT} recipe file")
-    return doc
-
-
-def diff_recipes(a: dict[str, Any], b: dict[str, Any], factor: float = 3.0) -> list[str]:
-    """Lines comparing two recipe files: every knob's two choices; ``DIFFERS`` where they are
-    more than ``factor`` apart (about half a decade) or a method is in one file only."""
-    lines = []
-    for setting in sorted(set(a["settings"]) | set(b["settings"])):
-        ea, eb = a["settings"].get(setting, {}), b["settings"].get(setting, {})
-        for method in sorted(set(ea) | set(eb)):
-            if method not in ea or method not in eb:
-                lines.append(f"{setting} {method}: in one file only  DIFFERS")
-                continue
-            pa, pb = ea[method]["params"], eb[method]["params"]
-            for k in sorted(set(pa) | set(pb)):
-                va, vb = pa.get(k, math.nan), pb.get(k, math.nan)
-                ratio = max(va, vb) / min(va, vb) if min(va, vb) > 0 else math.inf
-                flag = "  DIFFERS" if not ratio <= factor else ""
-                lines.append(f"{setting} {method} {k}: {va:g} vs {vb:g} (x{ratio:.2g}){flag}")
-            lines.append(
-                f"{setting} {method} validation score: {ea[method]['selection_score']:.4f} vs "
-                f"{eb[method]['selection_score']:.4f}; trials {ea[method]['trials']} vs "
-                f"{eb[method]['trials']}, pruned {ea[method].get('pruned', 0)} vs "
-                f"{eb[method].get('pruned', 0)}"
-            )
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,14 +531,7 @@ def main_tune(
     device: torch.device,
     command: str,
 ) -> int:
-    """``--tune`` and ``--diff-recipes`` of :func:`~.cli.main` (after its ``configure``)."""
-    if args.diff_recipes:
-        a, b = (_read_recipes(p) for p in args.diff_recipes)
-        lines = diff_recipes(a, b)
-        print("\n".join(lines))
-        differs = sum("DIFFERS" in line for line in lines)
-        print(f"{differs} choice(s) differ by more than a factor 3")
-        return 0
+    """``--tune`` of :func:`~.cli.main` (after its ``configure``)."""
     out_dir = Path(args.out or ("runs/tune-fast" if fast else "runs/tune"))
     settings = {n: tune_setting(s) for n, s in settings.items()}
     if args.plan:
