@@ -22,9 +22,7 @@ from .settings import (
     _scale,
 )
 
-# ---------------------------------------------------------------------------------------------
-# Plots (each draws onto a given Axes and returns it)
-# ---------------------------------------------------------------------------------------------
+# --- Plots (each draws onto a given Axes and returns it) ---
 
 
 def plot_accuracy(summary: Sequence[dict[str, Any]], setting: str, ax: Any) -> Any:

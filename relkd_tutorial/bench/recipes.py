@@ -185,9 +185,7 @@ def canonical_params(method: str, params: Mapping[str, Value]) -> dict[str, Valu
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading and checking a recipes file
-# ---------------------------------------------------------------------------------------------
+# --- Reading and checking a recipes file ---
 
 
 def _value(where: str, name: str, value: Any) -> Value:

@@ -60,9 +60,7 @@ from .workspace import (
     Workspace,
 )
 
-# ---------------------------------------------------------------------------------------------
-# Peak memory of a run
-# ---------------------------------------------------------------------------------------------
+# --- Peak memory of a run ---
 
 
 def _rss_bytes() -> int | None:
@@ -121,9 +119,7 @@ class PeakMemory:
             self.mib = (self._peak - self._start) / 2**20
 
 
-# ---------------------------------------------------------------------------------------------
-# One run
-# ---------------------------------------------------------------------------------------------
+# --- One run ---
 
 DIST_CORR_PER_CLASS = 50  # the fixed test batch for the distance correlation: 50 images per class
 #: The phases whose runs choose something (a method's default): scored on the validation split.
@@ -332,14 +328,7 @@ def ablation_jobs(setting: Setting, method: str) -> list[Job]:
     ]
 
 
-def run_ablation(ws: Workspace, method: str, store: ResultStore, progress: Progress) -> None:
-    """Train (or skip, if already in ``store``) every job of :func:`ablation_jobs`."""
-    run_settings([ws], [method], store, progress, ablation=method)
-
-
-# ---------------------------------------------------------------------------------------------
-# The benchmark loop
-# ---------------------------------------------------------------------------------------------
+# --- The benchmark loop ---
 
 
 @dataclass

@@ -14,9 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# ---------------------------------------------------------------------------------------------
-# Methods: names, labels, paper defaults
-# ---------------------------------------------------------------------------------------------
+# --- Methods: names, labels, paper defaults ---
 
 METHOD_LABELS: dict[str, str] = {
     "ce": "CE",
@@ -183,20 +181,13 @@ def describe_params(params: dict[str, Any] | str) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Ablations: one method's reconstruction choices, each variant one change from the default
-# ---------------------------------------------------------------------------------------------
+# --- Ablations: one method's choices, each variant one change from the default ---
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One ablation variant: ``params`` override the method's defaults in one choice.
-
-    Attributes:
-        name: short label (``"top-5 group"``).
-        choice: the reconstruction choice it changes (``"group"``, ``"weights"``, ...).
-        params: keyword arguments for ``build_method`` (``{}`` is the default itself).
-    """
+    """One ablation variant: ``params`` (for ``build_method``; ``{}``: the default) change the
+    method's default in one ``choice`` (``"group"``, ``"weights"``, ...); ``name`` labels it."""
 
     name: str
     choice: str
@@ -232,9 +223,7 @@ def ablation_variants(method: str) -> tuple[Variant, ...]:
     return ABLATIONS[method]
 
 
-# ---------------------------------------------------------------------------------------------
-# Settings
-# ---------------------------------------------------------------------------------------------
+# --- Settings ---
 
 #: The shipped teacher the Fashion-MNIST settings distil from (its file stem,
 #: :mod:`relkd_tutorial.pretrained`): the ``_heldout`` one never saw the validation split that
@@ -255,24 +244,13 @@ CROSS_TASK_STUDENT_CLASSES: tuple[int, ...] = (5, 6, 7, 8, 9)
 class Setting:
     """One benchmark setting on the shipped Fashion-MNIST subset.
 
-    Attributes:
-        name: one of :data:`FASHION_SETTINGS`.
-        labelled_per_class: ``n`` labelled images per class (``None`` = all labelled).
-        keep_unlabelled: keep the rest of the pool with label ``-1`` (transfer) or drop it.
-        epochs, batch_size, lr: the student's schedule (SGD + Nesterov, momentum 0.9, weight
-            decay 5e-4, cosine decay; identical for every method).
-        seeds: the seeds of the final runs.
-        student: student architecture (:func:`~relkd_tutorial.models.build_model`).
-        pool_per_class: images per class of the training pool (``None`` = the whole subset minus
-            the validation split; fast mode uses a smaller pool).
-        val_per_class: validation images per class carved out of the training subset.
-        teacher_epochs: cross-task only: epochs of the 5-class teacher.
-        curves: evaluate on the test split after every epoch (learning curves).
-        default_seeds: with recipes, the tuned methods also run at their paper defaults on the
-            first ``default_seeds`` seeds (the "out of the box" table; ``0``: none).
-
-    ``seeds``, ``curves`` and ``default_seeds`` do not change a run, so they are not part of
-    :meth:`fingerprint`.
+    ``labelled_per_class``: ``n`` labelled images per class (``None``: all); ``keep_unlabelled``:
+    keep the rest of the pool with label ``-1`` (transfer); ``epochs``, ``batch_size``, ``lr``:
+    the one student schedule (:func:`~.runner.student_config`); ``pool_per_class``: the training
+    pool (``None``: the subset minus the ``val_per_class`` validation split); ``teacher_epochs``:
+    the cross-task teacher's; ``curves``: test after every epoch; ``default_seeds``: the tuned
+    methods' paper-default arm runs on that many first seeds. ``seeds``, ``curves`` and
+    ``default_seeds`` do not change a run, so :meth:`fingerprint` leaves them out.
     """
 
     name: str
@@ -305,31 +283,12 @@ class Setting:
 def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
     """The Fashion-MNIST settings of fast mode (``fast=True``) or of a size ``preset``.
 
-    Every preset runs each method at its tuned recipe where ``--recipes`` (default
-    ``bench/recipes.json``) has one, else at its paper defaults; the tuned methods also run at
-    their paper defaults on the first ``default_seeds`` seeds (the "out of the box" table).
-
-    ``"cpu"`` (the main job on a CPU; powered): the whole pool beside the validation split, i.e.
-    900 images per class (9,000) of the shipped 10,000-image subset after 100 per class are carved
-    out for validation. Transfer: 50 labels per class + the other 8,500 pool images unlabelled,
-    5 epochs, 16 paired seeds, the paper defaults on the first 8. Low-data: the 50 labels per
-    class alone, 30 epochs (batch 64), 8 seeds, the paper defaults on all 8. Standard: the 9,000
-    images labelled, 20 epochs, 3 seeds, with learning curves. Cross-task (opt-in): classes 5-9,
-    50 labels per class, 5 epochs, 5 seeds, a 6-epoch teacher on classes 0-4. The epochs were
-    chosen so that the job fits about half an hour on a 2-core CPU with ``--jobs 2``; what the
-    committed run took is in ``results/README.md``.
-
-    ``"quick"``: a 3,000-image pool (300 per class). Transfer 8 epochs, 4 seeds; low-data 20 epochs
-    (batch 64), 3 seeds; standard 2,000 labelled images, 10 epochs, 1 seed, curves; cross-task
-    8 epochs, 3 seeds, a 6-epoch teacher.
-
-    ``"large"`` (the default on a GPU): the whole pool, longer schedules; transfer 15 epochs,
-    8 seeds; low-data 60 epochs, 5 seeds; standard 30 epochs, 3 seeds; cross-task 15 epochs,
-    3 seeds. The shipped recipes were tuned at the cpu sizes: tune for these first
-    (``--tune --preset large --recipes FILE``) and run with ``--recipes FILE``.
-
-    Fast mode (any preset): 150 images per class, a few epochs, two seeds (in transfer both also
-    for the tuned methods' paper defaults).
+    ``"cpu"``: the main job on a CPU (the whole 9,000-image pool beside the validation split;
+    epochs chosen to fit about half an hour on 2 cores with ``--jobs 2``); ``"quick"``: a
+    3,000-image pool, fewer seeds; ``"large"`` (the default on a GPU): longer schedules, whose
+    recipes must be tuned first (``--tune --preset large --recipes FILE``). Fast mode (any
+    preset): 150 images per class, a few epochs, two seeds. The sizes are below and in
+    ``docs/benchmark.md``; ``default_seeds``: the tuned methods' paper-default arm.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
@@ -383,9 +342,7 @@ def _parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
     return items
 
 
-# ---------------------------------------------------------------------------------------------
-# The report's orders and labels (tables and figures)
-# ---------------------------------------------------------------------------------------------
+# --- The report's orders and labels (tables and figures) ---
 
 SETTING_ORDER = ("transfer", "low-data", "standard", "cross-task", "full")
 SETTING_TITLES = {

@@ -59,9 +59,7 @@ def extra_trials(trials: int) -> int:
     return max(2, trials // 3)
 
 
-# ---------------------------------------------------------------------------------------------
-# Storage and studies
-# ---------------------------------------------------------------------------------------------
+# --- Storage and studies ---
 
 
 def open_storage(where: str | Path) -> Any:
@@ -159,9 +157,7 @@ def _fail_dead_trials(storage: Any, study: Any) -> None:
             pass
 
 
-# ---------------------------------------------------------------------------------------------
-# A trial: the method trained once per selection seed, scored on the validation split
-# ---------------------------------------------------------------------------------------------
+# --- A trial: one run per selection seed, scored on the validation split ---
 
 
 def validation_run(
@@ -246,9 +242,7 @@ def _progress(log, trial, ws, method, params, text, tic, started, target) -> Non
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# A study: trials up to the budget, edges extended; the workers
-# ---------------------------------------------------------------------------------------------
+# --- A study: trials up to the budget, edges extended; the workers ---
 
 
 def selected_trials(study: Any, target: int) -> list[Any]:
@@ -361,9 +355,7 @@ def add_arguments(parser: Any) -> None:
                    help="stop weak trials early (Hyperband on the per-epoch validation top-1)")  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------
-# The recipes: one entry per setting and method, from the storage
-# ---------------------------------------------------------------------------------------------
+# --- The recipes: one entry per setting and method, from the storage ---
 
 
 def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
@@ -409,9 +401,7 @@ def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocat
     return path
 
 
-# ---------------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------------
+# --- The command ---
 
 
 def tunable(methods: Sequence[str], ws: Workspace) -> list[str]:

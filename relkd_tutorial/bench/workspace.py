@@ -52,9 +52,7 @@ from .settings import (
     Setting,
 )
 
-# ---------------------------------------------------------------------------------------------
-# Data and teachers of a setting
-# ---------------------------------------------------------------------------------------------
+# --- Data and teachers of a setting ---
 
 
 def _digest(data: ImageSet, what: str = "images") -> str:
@@ -280,9 +278,7 @@ def build_workspace(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# The workspace on disk: keyed by fingerprints, written atomically, checked on load
-# ---------------------------------------------------------------------------------------------
+# --- The workspace on disk: keyed by fingerprints, atomic, checked on load ---
 
 CACHE_FORMAT = 1
 CACHE_ENV = "RELKD_CACHE_DIR"
