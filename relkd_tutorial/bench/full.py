@@ -27,8 +27,6 @@ they are not comparable and the report says so.
 from __future__ import annotations
 
 import argparse
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +39,8 @@ from ..methods import CrossEntropy, build_method
 from ..models import build_model
 from ..stats import mean_std
 from ..training import TrainConfig, evaluate, fit, seeded
-from .runner import Job, PeakMemory, applicable, evaluate_student, not_applicable_row
-from .settings import METHODS, Setting, _parse_list, params_tag
+from .runner import Job, applicable, base_row, measured_fit, not_applicable_row
+from .settings import METHODS, Setting, _parse_list
 from .workspace import Workspace, load_teacher_weights, teacher_fingerprint
 
 #: Top-1 (%) on CIFAR-100 as published: teacher, student (CE), KD, RKD, CRD from the CRD paper's
@@ -307,9 +305,7 @@ def run_full(
                 if job.key(ws.spec) in done:
                     progress.done += 1
                     continue
-                row, history = _run_full_job(job, plan, ws, args.amp)
-                row["params"] = params_tag({})
-                store.append(row, history)
+                store.append(*_run_full_job(job, plan, ws, args.amp))
                 progress.run(job, row)
         _print_beside_published(plan, store.rows(), ws.spec)
     return specs
@@ -318,7 +314,6 @@ def run_full(
 def _run_full_job(
     job: Any, plan: FullPlan, ws: Any, amp: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-
     student = build_model(plan.student, plan.num_classes, 3, seed=job.seed)
     with seeded(job.seed):
         method = build_method(job.method, **plan.method_kwargs(job.method))
@@ -327,27 +322,12 @@ def _run_full_job(
         seed=job.seed, device=ws.device,
     )  # fmt: skip
     setup = TensorLoader.for_evaluation(ws.pool, 500, device=ws.device)
-    row: dict[str, Any] = {
-        "key": job.key(ws.spec), "setting": job.setting, "spec": ws.spec, "phase": "final",
-        "method": job.method, "seed": job.seed, "eval_split": "test", "epochs": plan.epochs,
-        "n_train": len(ws.pool), "n_labelled": len(ws.pool), "note": "",
-    }  # fmt: skip
-    tic = time.perf_counter()
-    with PeakMemory(ws.device) as memory:
-        try:
-            history = fit(
-                student, method, loader, plan.config(job.seed, str(ws.device), amp),
-                teacher=ws.teacher, eval_loader=TensorLoader.for_evaluation(ws.test, 500,
-                device=ws.device), setup_loader=setup if method.needs_setup else None,
-            )  # fmt: skip
-            row["status"] = "ok"
-        except FloatingPointError as err:
-            history, row["status"], row["note"] = [], "diverged", str(err)[:160]
-    row["seconds"], row["peak_mem_mb"] = time.perf_counter() - tic, memory.mib
-    row["load1"] = math.nan
-    if row["status"] == "ok":
-        row.update(evaluate_student(student, ws.test, ws))
-        row["train_acc"] = history[-1].get("train_acc", math.nan)
+    row = base_row(job, ws.spec, "test", plan.epochs, ws.pool)
+    history = measured_fit(row, ws, student, ws.test, lambda: fit(
+        student, method, loader, plan.config(job.seed, str(ws.device), amp), teacher=ws.teacher,
+        eval_loader=TensorLoader.for_evaluation(ws.test, 500, device=ws.device),
+        setup_loader=setup if method.needs_setup else None,
+    ))  # fmt: skip
     return row, history
 
 

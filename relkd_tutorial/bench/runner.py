@@ -229,40 +229,26 @@ def run_parts(ws: Workspace, method: str, params: dict[str, Any], seed: int) -> 
     return student, m, loader, student_config(setting, seed, ws.device, ws.channels_last), cache
 
 
-def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train one student and measure it; returns ``(row, per-epoch history)``.
+def base_row(job: Job, spec: str, split: str, epochs: int, train: ImageSet) -> dict[str, Any]:
+    """The row of ``job`` before it trains: its key, what it is and what it trains on."""
+    return {"key": job.key(spec), "setting": job.setting, "spec": spec, "phase": job.phase,
+            "method": job.method, "params": params_tag(job.params), "seed": job.seed,
+            "eval_split": split, "epochs": epochs, "n_train": len(train),
+            "n_labelled": int((train.labels >= 0).sum()), "note": ""}  # fmt: skip
 
-    A run whose loss or weights become NaN/inf (``FloatingPointError`` from the loop) is a result,
-    not a crash: status ``"diverged"``, metrics NaN.
-    """
-    setting = ws.setting
-    train = ws.train_set(job.seed)
-    split = "val" if job.phase in SELECTION_PHASES else "test"
-    eval_set = ws.val if split == "val" else ws.test
-    n_labelled = int((train.labels >= 0).sum())
-    row: dict[str, Any] = {
-        "key": job.key(ws.spec),
-        "setting": job.setting,
-        "spec": ws.spec,
-        "phase": job.phase,
-        "method": job.method,
-        "params": params_tag(job.params),
-        "seed": job.seed,
-        "eval_split": split,
-        "epochs": setting.epochs,
-        "n_train": len(train),
-        "n_labelled": n_labelled,
-        "note": "",
-    }
-    student, method, loader, config, cache = run_parts(ws, job.method, job.params, job.seed)
-    eval_loader = (
-        TensorLoader.for_evaluation(eval_set, 1000, device=ws.device) if setting.curves else None
-    )
+
+def measured_fit(
+    row: dict[str, Any], ws: Any, student: nn.Module, eval_set: ImageSet, train: Callable
+) -> list[dict[str, Any]]:
+    """Run ``train()`` (the run's ``fit``) timed and with its peak memory, then measure the
+    student on ``eval_set`` into ``row``; returns the per-epoch history. A run whose loss or
+    weights become NaN/inf (``FloatingPointError``) is a result, not a crash: status
+    ``"diverged"``, metrics NaN."""
     history: list[dict[str, Any]] = []
     tic = time.perf_counter()
     with PeakMemory(ws.device) as memory:
         try:
-            history = fit(student, method, loader, config, teacher=cache, eval_loader=eval_loader)
+            history = train()
             row["status"] = "ok"
         except FloatingPointError as err:
             row["status"] = "diverged"
@@ -276,6 +262,21 @@ def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any
     else:
         for k in ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc"):
             row[k] = math.nan
+    return history
+
+
+def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one student and measure it (:func:`measured_fit`); returns ``(row, history)``."""
+    split = "val" if job.phase in SELECTION_PHASES else "test"
+    eval_set = ws.val if split == "val" else ws.test
+    row = base_row(job, ws.spec, split, ws.setting.epochs, ws.train_set(job.seed))
+    student, method, loader, config, cache = run_parts(ws, job.method, job.params, job.seed)
+    eval_loader = (
+        TensorLoader.for_evaluation(eval_set, 1000, device=ws.device) if ws.setting.curves else None
+    )
+    history = measured_fit(row, ws, student, eval_set, lambda: fit(
+        student, method, loader, config, teacher=cache, eval_loader=eval_loader
+    ))  # fmt: skip
     return row, history
 
 
