@@ -8,30 +8,14 @@
     RELKD_FAST=1 python -m relkd_tutorial.bench           # fast mode (CI, a few minutes)
     python -m relkd_tutorial.bench --settings cross-task  # one setting (see --help)
 
-Every method (:data:`~.settings.METHODS`) trains the same student (``student_cnn_s``) against
-the same frozen teacher, on the same data, with the same optimiser, schedule and epochs, for the
-same seeds. Seed ``s`` fixes the labelled subset, the student's initialisation, the batch order
-and any learnable head, so runs of two methods with the same seed are *paired*
-(:mod:`relkd_tutorial.stats`). The settings (``transfer``, ``low-data``, ``standard`` by default;
-``cross-task`` and ``full`` opt-in), their sizes per ``--preset``
-(:func:`~.settings.default_settings`) and the measures are described in ``docs/benchmark.md``.
-
-Tuned against tuned (:mod:`.recipes`, :mod:`.tuned`): every method runs at the recipe its tuning
-chose, from ``--recipes`` (default ``relkd_tutorial/bench/recipes.json``; ``none``: every method
-at its paper defaults); a method without a recipe runs at its defaults, "not tuned". Beside them
-the tuned methods run at their paper defaults on the first ``Setting.default_seeds`` seeds (the
-report's out-of-the-box table; ``--no-defaults`` skips them). ``meta.json`` records the recipes.
-
-Speed: the splits, the teacher and its outputs are cached on disk (``<out>/cache/`` or
-``$RELKD_CACHE_DIR``, keyed by their fingerprints: :mod:`.workspace`); independent runs train in
-``--jobs`` worker processes (default: the usable cores on a CPU, 1 on a GPU; :mod:`.parallel`),
-one torch thread each unless ``--threads`` says otherwise.
-
-Resume: every finished run is appended to ``<out>/runs.csv`` (its per-epoch history to
-``histories.csv``) at once; the same command again skips the runs already there. A run's key
-holds a fingerprint of its setting (sizes, schedule, student, teacher weights), so results of
-another configuration are never mixed in. The report (``results.md``, ``summary.csv``,
-``differences.csv``, PNG plots) is rebuilt from ``runs.csv`` at the end of every invocation.
+Seed ``s`` fixes the labelled subset, the student's initialisation, the batch order and any
+learnable head, so runs of two methods with the same seed are paired. Every method runs at its
+recipe from ``--recipes`` (:mod:`.recipes`; a method without one at its paper defaults), and the
+tuned methods also at their paper defaults on the first ``Setting.default_seeds`` seeds
+(:mod:`.tuned`). The splits and the teacher's outputs are cached (:mod:`.workspace`); runs train
+in ``--jobs`` worker processes (:mod:`.parallel`); every finished run is appended to
+``<out>/runs.csv`` at once, so the same command again resumes; the report is rebuilt from it at
+the end of every invocation. The settings, presets and measures: ``docs/benchmark.md``.
 """
 
 from __future__ import annotations

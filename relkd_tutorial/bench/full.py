@@ -3,25 +3,15 @@
     python -m relkd_tutorial.bench --settings full --data-root ~/data \\
         --teacher-checkpoint resnet32x4=ckpt/resnet32x4.pt --teacher-checkpoint wrn_40_2=ckpt/wrn.pt
 
-Two teacher -> student pairs of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020):
-``resnet32x4 -> resnet8x4`` and ``wrn_40_2 -> wrn_16_2``. The recipe (``docs/benchmark.md``):
-240 epochs of SGD (momentum 0.9, weight decay 5e-4, batch 64), learning rate 0.05 multiplied by
-0.1 at epochs 150, 180 and 210, random 32x32 crop with 4-pixel padding and horizontal flip, the
-RepDistiller normalisation; the reported accuracy is the last epoch's. Because the images are
-augmented, the teacher runs live on every batch (no cache). Every method runs at its published
-defaults (no tuning: 240-epoch trials are too dear), REFILLED splits the 240 epochs 30% / 70%
-between its stages (choice), RRD keeps the CIFAR queue of 16384 keys.
-
-Teachers: pass ``--teacher-checkpoint NAME=PATH`` (a ``state_dict`` of our ``build_model(NAME)``,
-or a checkpoint written by :func:`relkd_tutorial.training.fit`), or let the benchmark train the
-teacher first with the same recipe (resumable, checkpointed every epoch under
-``<out>/teachers/NAME/``). Cost of that on the project's 2-core CPU, from the measured training
-speed on that machine (resnet32x4: about 15 images/s, i.e. about 55 minutes per epoch):
-about 9 days for one teacher, so train it on a GPU (not measured here). The RepDistiller
-checkpoints (``ckpt_epoch_240.pth``) use other parameter names and do not load as they are.
-
-Results are printed beside the published numbers (:data:`PUBLISHED`); with a shortened schedule
-they are not comparable and the report says so.
+Two teacher -> student pairs of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020),
+``resnet32x4 -> resnet8x4`` and ``wrn_40_2 -> wrn_16_2``, at the recipe of
+:func:`recipe_config` (240 epochs of SGD, crop + flip, the last epoch's accuracy; the teacher
+runs live on every augmented batch). Every method runs at its published defaults (no tuning).
+A teacher comes from ``--teacher-checkpoint NAME=PATH`` (a ``state_dict`` of our
+``build_model(NAME)`` or a :func:`~relkd_tutorial.training.fit` checkpoint; RepDistiller's own
+use other parameter names and do not load) or is trained first with the same recipe (resumable;
+about 9 days per teacher on the project's 2-core CPU, so on a GPU). Results are printed beside the
+published numbers (:data:`PUBLISHED`); ``docs/benchmark.md`` has the details.
 """
 
 from __future__ import annotations

@@ -1,28 +1,18 @@
 """The tuned recipes the main job runs: read, checked and put in the one form a run key uses.
 
-The tuning (a separate, committed invocation) writes each method's chosen hyperparameters per
-setting into ``relkd_tutorial/bench/recipes.json`` (:data:`RECIPES_FILE`, package data)::
+The tuning writes each method's chosen hyperparameters per setting into
+``relkd_tutorial/bench/recipes.json`` (:data:`RECIPES_FILE`)::
 
-    {"format": 1,
-     "invocation": {"command": "...", "trials": 24, "selection_seeds": [1000, 1001, 1002], ...},
-     "settings": {"transfer": {"grkd": {"params": {"grkd_weight": 12.3, "temperature": 2.0},
-                                        "space": {"grkd_weight": [0.1, 100.0], ...},
+    {"format": 1, "invocation": {"command": "...", "trials": 24, ...},
+     "settings": {"transfer": {"grkd": {"params": {"grkd_weight": 12.3}, "space": {...},
                                         "selection_score": 0.812, "trials": 24,
-                                        "extended": {"grkd_weight": [[0.1, 100.0], [0.1, 1000.0]]},
-                                        "at_edge": []}}}}
+                                        "extended": {...}, "at_edge": []}}}}
 
-:func:`load_recipes` reads it and refuses what the benchmark cannot run, naming the entry: a
-format other than :data:`FORMAT`, an unknown setting or method, a parameter the method's
-constructor does not take (or one the benchmark sets itself, :data:`BENCH_MANAGED`), a value
-that is not a finite number, a string or a boolean, a range that is not ``[low, high]`` with
-``low < high``, a chosen value outside its last range, an ``at_edge`` name that is not a tuned
-parameter. A recipe's flags say how far to trust it: ``at_edge`` (the choice sits on the edge of
-its range, so the best value may lie beyond it) and ``extended`` (the ranges the tuning searched,
-in order, when a choice at the edge made it extend the range).
-
-:func:`canonical_params` drops every value equal to the method's default as the benchmark runs it
-(:func:`effective_defaults`), so a recipe that chose the defaults has the run key of the default
-run and is never trained twice.
+:func:`load_recipes` refuses, naming the entry, what the benchmark cannot run (another format,
+an unknown setting, method or parameter, a parameter the benchmark sets itself, a value that is
+not a finite number, string or boolean, a bad range, a value outside its last range, a bad
+``at_edge`` name). :func:`canonical_params` drops every value equal to the method's default as it
+runs (:func:`effective_defaults`), so a recipe that chose the defaults has the default run's key.
 """
 
 from __future__ import annotations

@@ -3,25 +3,14 @@
     python -m relkd_tutorial.bench --tune --settings transfer,low-data --trials 12 --jobs 2
     python -m relkd_tutorial.bench --tune --prune --recipes runs/tune/recipes-pruned.json
 
-One Optuna study per setting and method. A trial samples the method's knobs (:mod:`.search_space`),
-trains the student once per selection seed (:data:`~.search_space.SELECTION_SEEDS`, never an
-evaluation seed) and scores the mean top-1 on the **validation** split (the test split is never
-read). Every method gets the same number of trials (``--trials``); the first is its default, so
-a recipe never scores below the default on validation; a tie goes to the earlier trial; a
-diverged run scores 0. Sampler: TPE, each knob independently (a grown range would drop it from a
-joint model), ``constant_liar`` for concurrent workers; the search is not bit-reproducible, the
-recipe file it writes is what the main job reads (``docs/benchmark.md`` says why TPE, not a grid).
-
-Edges: a best value near an extendable bound (:meth:`~.search_space.Knob.at_edge`) grows that
-bound by a decade and the study continues with :func:`extra_trials` more trials, at most
-:data:`~.search_space.MAX_EXTENSIONS` times per bound; the recipe file records every range and
-flags a value still at an edge. Pruning (``--prune``): Hyperband on the validation top-1 after
-every epoch of every seed; a pruned trial counts against the budget and is never chosen.
-
-Storage: a journal file (``<out>/tuning.journal``) or a database URL (``--storage``). The same
-command again resumes; ``--jobs N`` worker processes share the studies, and so do other machines
-given the same ``--storage`` (a trial whose worker died on this machine is marked failed and
-rerun). The recipes are written at the end of every invocation from the whole storage.
+One Optuna study per setting and method (TPE, each knob independently, ``constant_liar``): a trial
+trains once per selection seed (:data:`~.search_space.SELECTION_SEEDS`) and scores the mean
+validation top-1 (the test split is never read); every method gets ``--trials`` trials, the first
+its default; a tie goes to the earlier trial, a diverged run scores 0. A best value near an
+extendable bound grows that bound (:func:`extra_trials` more trials, at most
+:data:`~.search_space.MAX_EXTENSIONS` times). ``--prune``: Hyperband on the per-epoch validation
+top-1. Storage: a journal file or ``--storage`` URL, shared by ``--jobs`` workers and machines;
+the same command resumes. Why TPE, and the rest: ``docs/benchmark.md``.
 """
 
 from __future__ import annotations

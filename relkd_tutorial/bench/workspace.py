@@ -1,15 +1,11 @@
 """What the runs of a setting share: its data splits and its teacher (:class:`Workspace`).
 
-The splits come from the shipped Fashion-MNIST subset; the teacher is the shipped ``teacher_cnn``
-named by ``settings.BENCH_TEACHER`` (or given weights), or, for the cross-task setting, a 5-class
-teacher trained once and cached in the output folder; its outputs over each image set are
-computed once (:meth:`Workspace.teacher_cache`).
-
-On disk (:func:`save_workspace`, :func:`load_workspace`): the splits, the teacher's weights and
-its outputs, under ``<out>/cache/`` (or ``$RELKD_CACHE_DIR``), in a file named by
-:func:`workspace_key`, written atomically with a SHA-256 checksum. A file that does not load, is
-stale (another key) or corrupt is rebuilt with a message, never used. The next invocation, and
-every worker process of ``--jobs``, loads it instead of running the teacher again.
+The splits come from the shipped Fashion-MNIST subset; the teacher is the shipped one
+(``settings.BENCH_TEACHER``, or given weights) or, in cross-task, a 5-class teacher trained once
+and cached; its outputs over each image set are computed once (:meth:`Workspace.teacher_cache`).
+On disk: ``<out>/cache/`` (or ``$RELKD_CACHE_DIR``), one file per :func:`workspace_key`, written
+atomically with a SHA-256 checksum; a file that does not load, is stale or corrupt is rebuilt,
+never used. Later invocations and every ``--jobs`` worker load it.
 """
 
 from __future__ import annotations
