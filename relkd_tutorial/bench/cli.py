@@ -39,15 +39,7 @@ from . import report, tune
 from .full import describe_full_plan, run_full
 from .parallel import WorkspaceRef, default_jobs, run_in_workers
 from .recipes import Recipes, load_recipes
-from .runner import (
-    Job,
-    Progress,
-    _clock,
-    ablation_jobs,
-    arm_params,
-    plan_counts,
-    run_settings,
-)
+from .runner import Job, Progress, _clock, ablation_jobs, arm_params, plan_counts, run_settings
 from .search_space import ABLATION_SEEDS, ablation_seeds
 from .settings import (
     ABLATION_SETTING,
@@ -61,12 +53,7 @@ from .settings import (
     default_settings,
 )
 from .store import ResultStore, read_meta, read_runs, record_invocation
-from .workspace import (
-    Workspace,
-    build_workspace,
-    cache_dir,
-    prepare_workspace,
-)
+from .workspace import Workspace, build_workspace, cache_dir, prepare_workspace
 
 # --- Command line ---
 

@@ -1,10 +1,7 @@
 """One benchmark run (:func:`run_job`) and the runs of the settings (:func:`run_settings`).
 
-A run trains one student with one method at one seed against the workspace's cached teacher
-outputs and returns a row for ``runs.csv``: its measures (:func:`evaluate_student`), time and
-peak memory (:class:`PeakMemory`). A run is a pure function of its job and workspace (every random
-draw is seeded by the job's seed), so the rows do not depend on how many run at once
-(``--jobs``, :mod:`.parallel`); each row is appended to ``runs.csv`` as its run finishes.
+A run is a pure function of its job and workspace (every random draw is seeded by the job's
+seed), so its row does not depend on how many run at once (``--jobs``, :mod:`.parallel`).
 """
 
 from __future__ import annotations
@@ -21,11 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import (
-    ImageSet,
-    TensorLoader,
-    sample_per_class,
-)
+from ..data import ImageSet, TensorLoader, sample_per_class
 from ..methods import build_method
 from ..metrics import (
     FASHION_MNIST_GROUPS,
@@ -52,13 +45,8 @@ from .settings import (
     has_unlabelled,
     params_tag,
 )
-from .store import (
-    NUMERIC_COLUMNS,
-    ResultStore,
-)
-from .workspace import (
-    Workspace,
-)
+from .store import NUMERIC_COLUMNS, ResultStore
+from .workspace import Workspace
 
 # --- Peak memory of a run ---
 
@@ -128,10 +116,8 @@ SELECTION_PHASES: tuple[str, ...] = ("ablation",)
 
 @dataclass(frozen=True)
 class Job:
-    """One training run: a method with its hyperparameter overrides, a seed, a phase
-    (``"final"``: the comparison, scored on the test set; ``"ablation"``: a method's variants,
-    :func:`ablation_jobs`, which choose defaults and so score the validation split:
-    :data:`SELECTION_PHASES`)."""
+    """One training run: a method, its overrides, a seed, a phase (``"final"``: scored on the
+    test set; ``"ablation"``, :func:`ablation_jobs`: on the validation split)."""
 
     setting: str
     phase: str
@@ -147,11 +133,8 @@ class Job:
 
 def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train: int) -> dict:
     """Constructor arguments: :data:`~.settings.PAPER_DEFAULTS`, then
-    :data:`~.settings.CONTROL_WEIGHTS`, the setting-dependent sizes, then ``params``.
-
-    RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice, ``docs/rrd.md``: ``K <= N``
-    keeps each image once); REFILLED gets the student's class count.
-    """
+    :data:`~.settings.CONTROL_WEIGHTS`, the setting's sizes (RRD's queue ``K = min(4096, N)``,
+    ``docs/rrd.md``; REFILLED's class count), then ``params``."""
     kwargs: dict[str, Any] = dict(PAPER_DEFAULTS[method][0]) if method in PAPER_DEFAULTS else {}
     kwargs.update(CONTROL_WEIGHTS.get(method, {}))
     if method in ("rrd", "rrd_kd"):
@@ -314,14 +297,9 @@ def applicable(method: str, ws: Workspace) -> str | None:
 
 
 def ablation_jobs(setting: Setting, method: str) -> list[Job]:
-    """Every variant of ``method``'s ablation on its seeds (``phase="ablation"``).
-
-    The variants' ``params`` go to ``build_method`` like a tuning trial's and are recorded in the
-    ``params`` column, so each variant's rows are told apart in ``runs.csv``. The ablation chooses
-    the method's defaults, so it is selection: the seeds are :func:`~.search_space.ablation_seeds`
-    (never an evaluation seed) and the runs score the validation split (:data:`SELECTION_PHASES`),
-    the same seeds for every variant, so a variant pairs with the default seed by seed.
-    """
+    """Every variant of ``method``'s ablation (its ``params`` column tells it apart) on the same
+    selection seeds (:func:`~.search_space.ablation_seeds`, scored on the validation split: the
+    ablation chooses defaults), so a variant pairs with the default seed by seed."""
     return [
         Job(setting.name, "ablation", method, dict(v.params), seed)
         for v in ablation_variants(method)
@@ -372,14 +350,10 @@ def _clock(seconds: float) -> str:
 def arm_params(
     setting: Setting, method: str, recipes: Recipes | None, defaults: bool = True
 ) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
-    """The final runs of ``method`` in ``setting``: ``(params, seeds)`` per arm, headline first.
-
-    Without ``recipes``: the paper defaults (``{}``) on every seed, the
-    protocol before recipes. With them: the method's tuned recipe (canonical, so a recipe equal
-    to the defaults is ``{}``; a method without one runs at ``{}``, "not tuned") on every seed,
-    then, with ``defaults``, its paper defaults on the first ``setting.default_seeds`` seeds,
-    only where they differ from the recipe (same params, same run key: never trained twice).
-    """
+    """The final runs of ``method`` in ``setting``: ``(params, seeds)`` per arm, headline first:
+    its canonical recipe (``{}`` without one, or without ``recipes``) on every seed, then, with
+    ``defaults`` and a recipe that differs from them, its paper defaults on the first
+    ``setting.default_seeds`` seeds."""
     if recipes is None:
         return [({}, tuple(setting.seeds))]
     tuned = recipes.run_params(setting.name, method)
@@ -396,11 +370,8 @@ def plan_counts(
     recipes: Recipes | None = None,
     defaults: bool = True,
 ) -> int:
-    """Number of training runs a setting needs (every arm; n/a methods excluded).
-
-    Without ``ws`` only what the setting alone decides is excluded (a method that needs unlabelled
-    images where there are none); with it, everything :func:`applicable` says.
-    """
+    """Number of training runs a setting needs (every arm), without the n/a methods (without
+    ``ws``, only those the setting alone rules out)."""
     runnable = [
         m
         for m in methods
@@ -420,12 +391,9 @@ def pending_jobs(
     recipes: Recipes | None = None,
     defaults: bool = True,
 ) -> list[tuple[int, Job]]:
-    """``(workspace index, job)`` of every run not in ``store`` yet, in order; records n/a rows.
-
-    Per setting, every method's arms of :func:`arm_params`: the tuned runs of every method before
-    the paper-default ones. With ``ablation`` (a method name): only that method's ablation
-    variants on every seed (:func:`ablation_jobs`).
-    """
+    """``(workspace index, job)`` of every run not in ``store`` yet, in order (every method's
+    tuned runs, then the paper-default ones; with ``ablation``, that method's
+    :func:`ablation_jobs`); records the n/a rows."""
     done = store.done()
     out: list[tuple[int, Job]] = []
     for i, ws in enumerate(workspaces):
@@ -466,12 +434,8 @@ def run_settings(
     recipes: Recipes | None = None,
     defaults: bool = True,
 ) -> None:
-    """Every run of :func:`pending_jobs`, each appended to ``store`` as soon as it finishes.
-
-    ``executor(jobs, record)`` runs them elsewhere and calls ``record(job, row, history)`` here
-    per finished run (:func:`~.parallel.run_in_workers`); by default they run one at a time in
-    this process.
-    """
+    """Every run of :func:`pending_jobs`, each appended to ``store`` as soon as it finishes; in
+    this process, or by ``executor(jobs, record)`` (:func:`~.parallel.run_in_workers`)."""
     jobs = pending_jobs(workspaces, methods, store, ablation, recipes, defaults)
 
     def record(job: Job, row: dict[str, Any], history: list[dict[str, Any]]) -> None:

@@ -19,14 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..stats import (
-    claim,
-    describe_corrected,
-    format_p,
-    holm_adjust,
-    mean_std,
-    paired_difference,
-)
+from ..stats import claim, describe_corrected, format_p, holm_adjust, mean_std, paired_difference
 from .search_space import ABLATION_SEEDS
 from .settings import (
     ALPHA,

@@ -33,9 +33,7 @@ from ..data import (
     split_validation,
 )
 from ..methods import CrossEntropy
-from ..metrics import (
-    FASHION_MNIST_GROUPS,
-)
+from ..metrics import FASHION_MNIST_GROUPS
 from ..models import build_model
 from ..teacher import TeacherCache
 from ..training import TrainConfig, evaluate, fit
