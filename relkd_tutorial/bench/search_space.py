@@ -1,17 +1,11 @@
 """What the tuning searches: every method's knobs and their ranges, in one table.
 
-:data:`SEARCH_SPACE` names, per method, the constructor arguments the tuning (:mod:`.tune`)
-samples and each one's starting range *relative to the method's default* (``docs/benchmark.md``):
-a loss weight ``x0.1 ... x100`` (log, :data:`WEIGHT`), a temperature ``x1/4 ... x4`` (log,
-:data:`TEMPERATURE`), REFILLED's stage-1 share of the epochs ``0.1 ... 0.9`` (linear, never
-extended: :data:`FRACTION`). A chosen value near a bound extends it a decade at a time
-(:meth:`Knob.extend`, at most :data:`MAX_EXTENSIONS` times per bound). CE has no knob; a knob a
-constructor does not accept is dropped (:func:`method_space`). The combinations tune their added
-term only (their CE and KD weights stay KD's), so ``X + KD`` minus KD is still that term's effect.
-
-Selection runs on the validation split with :data:`SELECTION_SEEDS`, which no preset evaluates on
-(tested); the ablations (``--ablation``), which choose a method's defaults, do the same with
-:data:`ABLATION_SEEDS`.
+:data:`SEARCH_SPACE`: per method, the constructor arguments :mod:`.tune` samples, each range
+*relative to the method's default* (a loss weight ``x0.1 ... x100``, log; a temperature
+``x1/4 ... x4``, log; REFILLED's stage-1 share ``0.1 ... 0.9``, linear, never extended). A value
+chosen near a bound extends it a decade at a time (:meth:`Knob.extend`). The combinations tune
+their added term only, so ``X + KD`` minus KD is still that term's effect. Selection (and the
+ablations) run on the validation split with seeds no preset evaluates on (tested).
 """
 
 from __future__ import annotations
