@@ -117,8 +117,8 @@ def _fake_run(ws, method, params, seed, on_epoch=None) -> float:  # noqa: ANN001
 
 
 def _study(storage, ws, trials: int, prune: bool = False):  # noqa: ANN001, ANN202
-    name = tune.study_name(ws, "grkd", prune, space.SELECTION_SEEDS)
-    study = tune._load_study(storage, name, prune, trials, ws.setting.epochs * 3)
+    study = tune._load_study(storage, ws, "grkd", prune, trials)
+    assert study.study_name == tune.study_name(ws, "grkd", prune, space.SELECTION_SEEDS)
     tune.prepare_study(study, space.method_space("grkd"))
     return study
 

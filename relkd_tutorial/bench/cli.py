@@ -37,7 +37,7 @@ from ..fastmode import fast_mode
 from ..training import resolve_device
 from . import report, tune
 from .full import describe_full_plan, run_full
-from .parallel import WorkspaceRef, default_jobs, run_in_workers
+from .parallel import default_jobs, run_in_workers, workspace_refs
 from .recipes import Recipes, load_recipes
 from .runner import Job, Progress, _clock, ablation_jobs, arm_params, plan_counts, run_settings
 from .search_space import ABLATION_SEEDS, ablation_seeds
@@ -53,7 +53,7 @@ from .settings import (
     default_settings,
 )
 from .store import ResultStore, read_meta, read_runs, record_invocation
-from .workspace import Workspace, build_workspace, cache_dir, prepare_workspace
+from .workspace import prepare_workspaces
 
 # --- Command line ---
 
@@ -388,12 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads, {jobs} jobs; results in {out_dir}/",
         flush=True,
     )
-    workspaces: list[Workspace] = []
-    paths = []
-    for name in names:
-        ws = build_workspace(settings[name], out_dir, device, args.teacher)
-        paths.append(prepare_workspace(ws, cache_dir(out_dir)))
-        workspaces.append(ws)
+    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
     if args.ablation:
         methods = [args.ablation]
         total = sum(len(ablation_jobs(ws.setting, args.ablation)) for ws in workspaces)
@@ -437,12 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = min(jobs, max(0, total - progress.done))
     executor = None
     if workers > 1:
-        refs = [
-            WorkspaceRef(str(p), ws.setting, ws.channels_last, str(device))
-            for p, ws in zip(paths, workspaces, strict=True)
-        ]
         executor = functools.partial(
-            run_in_workers, refs=refs, workers=workers, threads=torch.get_num_threads()
+            run_in_workers,
+            refs=workspace_refs(paths, workspaces),
+            workers=workers,
+            threads=torch.get_num_threads(),
         )
     try:
         run_settings(workspaces, methods, store, progress, executor, args.ablation, recipes,

@@ -52,6 +52,14 @@ class WorkspaceRef:
     device: str
 
 
+def workspace_refs(paths: Sequence[Any], workspaces: Sequence[Any]) -> tuple[WorkspaceRef, ...]:
+    """The :class:`WorkspaceRef` of each workspace saved at its path (:func:`~.workspace.prepare_workspaces`)."""
+    return tuple(
+        WorkspaceRef(str(p), ws.setting, ws.channels_last, str(ws.device))
+        for p, ws in zip(paths, workspaces, strict=True)
+    )
+
+
 class WorkerError(RuntimeError):
     """A run raised or its worker died; the message holds the traceback or says which run."""
 

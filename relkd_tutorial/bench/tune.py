@@ -31,13 +31,13 @@ import torch
 
 from ..data import TensorLoader
 from ..training import fit
-from .parallel import WorkspaceRef, spawn_pool
+from .parallel import WorkspaceRef, spawn_pool, workspace_refs
 from .recipes import FORMAT, RECIPES_FILE
 from .runner import _clock, applicable, run_parts
 from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_defaults, method_space
 from .settings import Setting, describe_params, label
 from .store import cpu_info, git_commit
-from .workspace import Workspace, load_workspace
+from .workspace import Workspace, load_workspace, prepare_workspaces
 
 #: Where the main job reads the committed recipes from (fast mode writes under ``--out``).
 RECIPES_PATH = RECIPES_FILE
@@ -74,9 +74,12 @@ def study_name(ws: Workspace, method: str, prune: bool, seeds: Sequence[int]) ->
     return f"relkd|{ws.setting.name}|{ws.spec}|{method}|seeds{seed_text}|{pruning}|space{tag}"
 
 
-def _load_study(storage: Any, name: str, prune: bool, trials: int, steps: int) -> Any:
+def _load_study(storage: Any, ws: Workspace, method: str, prune: bool, trials: int) -> Any:
+    """The study of ``method`` on ``ws`` (:func:`study_name`), created if new."""
     import optuna
 
+    name = study_name(ws, method, prune, SELECTION_SEEDS)
+    steps = ws.setting.epochs * len(SELECTION_SEEDS)  # Hyperband's resource: epochs of all seeds
     sampler = optuna.samplers.TPESampler(
         n_startup_trials=max(2, trials // 3), multivariate=False, constant_liar=True
     )
@@ -321,9 +324,7 @@ def _work(job: TuneJob, workspaces: Sequence[Workspace] | None = None) -> None:
         did = False
         for ws in workspaces:
             for method in tunable(job.methods, ws):  # not where it cannot run (n/a there)
-                name = study_name(ws, method, job.prune, SELECTION_SEEDS)
-                steps = ws.setting.epochs * len(SELECTION_SEEDS)
-                study = _load_study(storage, name, job.prune, job.trials, steps)
+                study = _load_study(storage, ws, method, job.prune, job.trials)
                 _fail_dead_trials(storage, study)
                 did |= tune_study(study, ws, method, job.trials, print)
         if not did:
@@ -423,9 +424,7 @@ def run_tuning(
     storage, done = open_storage(storage_url), 0
     for ws in workspaces:  # create the studies and enqueue the defaults before any worker runs
         for method in tunable(wanted, ws):
-            name = study_name(ws, method, args.prune, SELECTION_SEEDS)
-            steps = ws.setting.epochs * len(SELECTION_SEEDS)
-            study = _load_study(storage, name, args.prune, args.trials, steps)
+            study = _load_study(storage, ws, method, args.prune, args.trials)
             prepare_study(study, method_space(method) or {})
             done += _count(study, "COMPLETE", "PRUNED")
     print(
@@ -439,10 +438,7 @@ def run_tuning(
         if jobs == 1:
             _work(TuneJob((), tuple(wanted), args.trials, storage_url, args.prune, 1), workspaces)
         else:
-            refs = tuple(
-                WorkspaceRef(str(p), ws.setting, ws.channels_last, str(ws.device))
-                for p, ws in zip(paths, workspaces, strict=True)
-            )
+            refs = workspace_refs(paths, workspaces)
             job = TuneJob(refs, tuple(wanted), args.trials, storage_url, args.prune,
                           torch.get_num_threads())  # fmt: skip
             with spawn_pool(jobs) as pool:
@@ -484,8 +480,7 @@ def collect_recipes(
     out: dict[str, dict[str, Any]] = {}
     for ws in workspaces:
         for method in tunable(methods, ws):
-            name = study_name(ws, method, prune, SELECTION_SEEDS)
-            study = _load_study(storage, name, prune, trials, 1)
+            study = _load_study(storage, ws, method, prune, trials)
             entry = recipe_entry(study, method, trials)
             if entry is not None:
                 out.setdefault(ws.setting.name, {})[method] = entry
@@ -519,11 +514,5 @@ def main_tune(
             print(f"  {args.trials} trials per method x {len(SELECTION_SEEDS)} selection seeds "
                   f"(+ {extra_trials(args.trials)} per range that grows)")  # fmt: skip
         return 0
-    from .workspace import build_workspace, cache_dir, prepare_workspace
-
-    workspaces, paths = [], []
-    for s in settings.values():
-        ws = build_workspace(s, out_dir, device, args.teacher)
-        paths.append(prepare_workspace(ws, cache_dir(out_dir)))
-        workspaces.append(ws)
+    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
     return run_tuning(args, workspaces, paths, methods, out_dir, fast, command)

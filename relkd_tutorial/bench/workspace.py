@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -489,3 +489,15 @@ def prepare_workspace(
     if new or not found:
         save_workspace(ws, directory)
     return path
+
+
+def prepare_workspaces(
+    settings: Iterable[Setting], out_dir: Path, device: torch.device, teacher: str | None = None
+) -> tuple[list[Workspace], list[Path]]:
+    """Every setting's workspace (:func:`build_workspace`), prepared in :func:`cache_dir`, and
+    its file (what a worker process loads)."""
+    workspaces, paths = [], []
+    for s in settings:
+        workspaces.append(build_workspace(s, out_dir, device, teacher))
+        paths.append(prepare_workspace(workspaces[-1], cache_dir(out_dir)))
+    return workspaces, paths
