@@ -144,11 +144,8 @@ def default_threads(device: torch.device | str, threads: int | None) -> int | No
 def configure(
     args: argparse.Namespace, device: torch.device | str = "cpu"
 ) -> tuple[bool, dict[str, Setting], list[str]]:
-    """``(fast, settings to run, methods)`` from the parsed arguments.
-
-    ``args.preset`` (``None``: :func:`default_preset` of ``device``) picks the sizes; fast mode
-    overrides the preset; explicit flags (``--seeds``, ``--epochs``, ...) override both.
-    """
+    """``(fast, settings to run, methods)`` from the parsed arguments: the preset (default
+    :func:`default_preset`) picks the sizes, fast mode overrides it, explicit flags both."""
     fast = fast_mode() if args.fast is None else bool(args.fast)
     preset = args.preset or default_preset(device)
     ablation = getattr(args, "ablation", None)
@@ -199,11 +196,8 @@ def configure(
 
 
 def recipes_for(args: argparse.Namespace, settings: dict[str, Setting]) -> Recipes | None:
-    """The recipes the runs use: ``--recipes`` (default :data:`~.recipes.RECIPES_FILE`).
-
-    ``None`` (every method at its paper defaults, the protocol before recipes) for
-    ``--recipes none`` and for an ablation.
-    """
+    """The recipes the runs use: ``--recipes`` (default :data:`~.recipes.RECIPES_FILE`);
+    ``None`` (paper defaults) for ``--recipes none`` and for an ablation."""
     path = getattr(args, "recipes", None)
     if getattr(args, "ablation", None) or (path or "").lower() == "none":
         return None

@@ -43,17 +43,10 @@ Value = float | int | str | bool
 
 @dataclass(frozen=True)
 class Recipe:
-    """One method's tuned hyperparameters in one setting, with what the tuning says of them.
-
-    Attributes:
-        setting, method: where it applies.
-        params: the chosen values, as written (see :func:`canonical_params` for the run's).
-        space: each tuned parameter's search range ``(low, high)``.
-        extended: each parameter whose range was extended: the ranges searched, in order.
-        at_edge: the parameters whose chosen value sits on the edge of its (last) range.
-        selection_score: the tuning's score of the choice (validation top-1), if given.
-        trials: the trials the tuning spent on it, if given.
-    """
+    """One method's tuned hyperparameters in one setting: ``params`` as written (a run gets
+    :attr:`run_params`), each one's search ``space``, the ranges ``extended`` in order, those
+    ``at_edge`` of their last range (the best may lie beyond), the validation
+    ``selection_score`` and the ``trials`` spent."""
 
     setting: str
     method: str
@@ -83,11 +76,8 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Recipes:
-    """The recipes of a file: ``settings[setting][method]`` is a :class:`Recipe`.
-
-    A setting present with no method (``{}``) ran under the recipes with every method at its
-    defaults; a setting absent was not run under them at all (see :func:`recipes_of_meta`).
-    """
+    """The recipes of a file: ``settings[setting][method]`` is a :class:`Recipe`; a setting
+    present as ``{}`` ran under them with every method at its defaults, an absent one did not."""
 
     settings: dict[str, dict[str, Recipe]]
     invocation: dict[str, Any] = field(default_factory=dict)
@@ -128,12 +118,8 @@ def allowed_params(method: str) -> tuple[str, ...]:
 
 
 def effective_defaults(method: str) -> dict[str, Value]:
-    """The values ``method`` runs at in the benchmark without overrides.
-
-    The constructor's defaults (those that are not ``None``), then the combinations' CE and KD
-    weights (:data:`~.settings.CONTROL_WEIGHTS`), then :data:`~.settings.PAPER_DEFAULTS` (which
-    resolves the defaults a constructor leaves to a convention, e.g. RKD's weights).
-    """
+    """The values ``method`` runs at without overrides: the constructor's (not ``None``)
+    defaults, then :data:`~.settings.CONTROL_WEIGHTS`, then :data:`~.settings.PAPER_DEFAULTS`."""
     out: dict[str, Value] = {
         name: p.default
         for name, p in inspect.signature(_registry()[method]).parameters.items()
@@ -289,12 +275,8 @@ def load_recipes(path: str | Path | None = None) -> Recipes:
 
 
 def recipes_of_meta(meta: Mapping[str, Any] | None) -> Recipes | None:
-    """The recipes a results folder's runs used, from its ``meta.json`` (``None``: none did).
-
-    Each invocation of the main job records the recipes of the settings it ran under them
-    (``"recipes"``); a later invocation's entry for a setting replaces an earlier one. Folders
-    written before recipes existed have none, and are read as every method at its defaults.
-    """
+    """The recipes a results folder's runs used, from its ``meta.json`` (``None``: none did);
+    a later invocation's entry for a setting replaces an earlier one."""
     settings: dict[str, dict[str, Recipe]] = {}
     invocation: dict[str, Any] = {}
     for inv in (meta or {}).get("invocations", []):

@@ -64,11 +64,8 @@ def teacher_fingerprint(model: nn.Module) -> str:
 
 
 def class_groups(data: ImageSet) -> dict[str, tuple[int, ...]]:
-    """The confusable groups in ``data``'s labels (after any class selection).
-
-    A group keeps the classes the data set has, relabelled; a group left with fewer than two
-    classes has nothing to confuse and is dropped (its accuracy is reported as n/a).
-    """
+    """The confusable groups in ``data``'s (relabelled) classes; a group left with fewer than
+    two is dropped (its accuracy is n/a)."""
     original = data.original_classes or tuple(range(data.num_classes))
     groups = {}
     for name, members in FASHION_MNIST_GROUPS.items():
@@ -102,11 +99,8 @@ class Workspace:
 
     @property
     def spec(self) -> str:
-        """The runs' configuration fingerprint: the setting's, with the teacher and the layout.
-
-        The students' memory layout changes their results in the last bits (other kernels), so
-        runs in ``channels_last`` get another fingerprint than contiguous ones.
-        """
+        """The runs' configuration fingerprint: the setting's, the teacher's and the layout's
+        (``channels_last`` changes the last bits of a result: other kernels)."""
         teacher = f"{self.teacher_id}+channels_last" if self.channels_last else self.teacher_id
         return self.setting.fingerprint(teacher)
 
@@ -180,12 +174,8 @@ def cross_task_teacher(
     device: torch.device,
     log: Callable[[str], None],
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The 5-class teacher of the cross-task setting, trained once and cached in ``out_dir``.
-
-    ``teacher_cnn`` trained with cross-entropy on classes 0-4 of the pool (crop 2 + flip, SGD +
-    Nesterov, lr 0.05, cosine, ``setting.teacher_epochs`` epochs, seed 0), like the shipped
-    teacher but shorter. Cached as ``cross_task_teacher_<digest>.pt`` with a JSON record.
-    """
+    """The cross-task setting's ``teacher_cnn`` on classes 0-4 of the pool (CE, seed 0,
+    ``setting.teacher_epochs``), trained once and cached in ``out_dir`` with a JSON record."""
     teacher_set, _ = cross_task_split(
         pool, CROSS_TASK_TEACHER_CLASSES, CROSS_TASK_STUDENT_CLASSES, seed=0
     )
@@ -238,11 +228,8 @@ def build_workspace(
     teacher: nn.Module | None = None,
     channels_last: bool = True,
 ) -> Workspace:
-    """Splits and teacher of a Fashion-MNIST setting (``teacher`` overrides the shipped one).
-
-    ``channels_last`` (default): the students train in the ``channels_last`` memory format,
-    measured faster for the small CNNs on a CPU (``benchmarks/step.py``).
-    """
+    """Splits and teacher of a Fashion-MNIST setting (``teacher`` overrides the shipped one);
+    ``channels_last``: the students' layout (measured faster on a CPU, ``benchmarks/step.py``)."""
     if setting.name not in FASHION_SETTINGS:
         raise ValueError(f"setting must be one of {FASHION_SETTINGS}, got {setting.name!r}")
     pool, val, test = _fashion_splits(setting)
@@ -407,11 +394,8 @@ def _read_payload(path: Path, key: str | None) -> dict[str, Any]:
 def attach_cached_outputs(
     ws: Workspace, directory: str | Path, log: Callable[[str], None] = print
 ) -> bool:
-    """Load the teacher's outputs of ``ws`` from its file in ``directory``, if it is valid.
-
-    Returns whether a valid file was found. A file that does not load, is stale or corrupt is
-    reported through ``log`` and ignored (it is rebuilt by the next :func:`save_workspace`).
-    """
+    """Load the teacher's outputs of ``ws`` from its file in ``directory``; whether it was valid
+    (an unusable file is reported through ``log`` and rebuilt by :func:`save_workspace`)."""
     path = workspace_path(ws, directory)
     if not path.exists():
         return False
@@ -439,14 +423,9 @@ def load_workspace(
     setting: Setting | None = None,
     channels_last: bool = True,
 ) -> Workspace:
-    """The :class:`Workspace` saved in ``path`` (splits, teacher, outputs), checked.
-
-    ``setting`` replaces the saved setting (whose seeds and learning curves are those of
-    the invocation that wrote the file); it must have the same fingerprint.
-
-    Raises :class:`CacheError` if the file is unreadable or corrupt, if its teacher does not
-    rebuild to the same fingerprint, or if ``setting`` is another configuration.
-    """
+    """The :class:`Workspace` saved in ``path``; ``setting`` (same fingerprint) replaces the
+    saved one's seeds and curves. :class:`CacheError` if the file is unreadable or corrupt, its
+    teacher rebuilds to another fingerprint, or ``setting`` is another configuration."""
     path = Path(path)
     device = torch.device(device)
     payload = _read_payload(path, None)
