@@ -33,9 +33,8 @@ METHOD_LABELS: dict[str, str] = {
 #: Every benchmarked method, in the report's order.
 METHODS: tuple[str, ...] = tuple(METHOD_LABELS)
 
-#: The published (or our, where a paper is silent) defaults each method runs at, and their source
-#: (``docs/benchmark.md``); ``runner.method_kwargs`` applies them, then :data:`CONTROL_WEIGHTS`,
-#: then a recipe's overrides. REFILLED's last three are the benchmark's (``docs/refilled.md``).
+#: The published (or our, where a paper is silent) defaults of each method and their source
+#: (``docs/benchmark.md``); REFILLED's last three are the benchmark's (``docs/refilled.md``).
 PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     "ce": ({}, "plain cross-entropy"),
     "pseudo_label": ({"pseudo_weight": 1.0}, "our control"),
@@ -79,17 +78,15 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     ),
 }
 
-#: The combinations train with KD's own CE and KD weights plus their relational term, so that
-#: ``X + KD`` minus KD is the effect of ``lambda * L_X`` alone (``docs/benchmark.md``); the
-#: constructors keep the published 1 / 1 / 1 (the CIFAR setting uses it).
+#: The combinations train with KD's CE and KD weights plus their term, so that ``X + KD`` minus KD
+#: is the effect of ``lambda * L_X`` alone; the constructors keep the published 1 / 1 / 1.
 CONTROL_WEIGHTS: dict[str, dict[str, float]] = {
     "rrd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
     "grkd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
 }
 
-#: Each method's control: the run that differs from it in one thing, its loss term (a relational
-#: term alone: ``1 * CE + lambda * L_X`` against CE; ``X + KD`` against KD). KD against CE differs
-#: in the term and in the CE weight (:data:`CONTROL_DIFFERS`).
+#: Each method's control: the run that differs from it in one thing, its loss term
+#: (:data:`CONTROL_DIFFERS`; KD against CE also differs in the CE weight).
 CONTROLS: dict[str, str] = {
     "pseudo_label": "ce",
     "kd": "ce",
@@ -130,8 +127,7 @@ MISSION_RIVALS: tuple[str, ...] = ("rkd", "rrd", "refilled", "dist")
 #: Family-wise error level of the verdicts (Holm over each family of comparisons).
 ALPHA = 0.05
 
-#: Methods that read the teacher's logits, so they need the teacher and the student to share
-#: their classes; in the cross-task setting they are n/a, for this reason.
+#: Methods that read the teacher's logits over the student's classes (n/a in cross-task): why.
 NEEDS_SHARED_CLASSES: dict[str, str] = {
     "pseudo_label": "its labels are the teacher's top class; the teacher has none of the student's classes",
     "kd": "matches the teacher's class distribution; the teacher has none of the student's classes",
@@ -143,13 +139,11 @@ NEEDS_SHARED_CLASSES: dict[str, str] = {
     "dist": "correlates the teacher's class probabilities; the teacher has none of the student's classes",
 }
 
-#: The control the logit methods are compared with in the ``"pseudo"`` family: CE on the labels
-#: plus CE on the teacher's top class over the unlabelled images (hard labels, no temperature).
-#: A logit method that beats it gains from more than the teacher's labels on the pool.
+#: The ``"pseudo"`` family's control: CE plus CE on the teacher's top class over the unlabelled
+#: images; a logit method that beats it gains from more than the teacher's labels.
 PSEUDO_LABEL_CONTROL = "pseudo_label"
 
-#: Methods that only differ from their control on unlabelled images: in a setting without any
-#: (low-data, standard) they would repeat their control's runs exactly, so they are not run there.
+#: Methods that differ from their control only on unlabelled images (not run where there are none).
 NEEDS_UNLABELLED: dict[str, str] = {
     "pseudo_label": "no unlabelled images here, so it is CE exactly (its pseudo-label term is 0)",
 }
@@ -194,10 +188,8 @@ class Variant:
     params: dict[str, Any]
 
 
-#: The GRKD ablation (``--ablation grkd``): the reconstruction's open choices (``docs/grkd.md``),
-#: one per variant. On all classes with uniform weights and no tied teacher logits the default
-#: ``"sum"`` is exactly ``C(C-1)/2`` times ``"mean"`` (tested), so that variant is the default at
-#: a smaller weight: the report calls it a scale effect.
+#: The GRKD ablation (``--ablation grkd``): the reconstruction's open choices (``docs/grkd.md``).
+#: ``"sum"`` is exactly ``C(C-1)/2`` times ``"mean"`` (tested): that variant is a scale effect.
 ABLATIONS: dict[str, tuple[Variant, ...]] = {
     "grkd": (
         Variant("default (all classes, uniform, tau 1)", "default", {}),
@@ -225,9 +217,8 @@ def ablation_variants(method: str) -> tuple[Variant, ...]:
 
 # --- Settings ---
 
-#: The shipped teacher the Fashion-MNIST settings distil from (its file stem,
-#: :mod:`relkd_tutorial.pretrained`): the ``_heldout`` one never saw the validation split that
-#: selects hyperparameters. The spec fingerprint includes the teacher's weights.
+#: The shipped teacher of the Fashion-MNIST settings (:mod:`relkd_tutorial.pretrained`): the
+#: ``_heldout`` one never saw the validation split that selects hyperparameters.
 BENCH_TEACHER = "teacher_cnn_fashion_mnist_heldout"
 
 FASHION_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard", "cross-task")
@@ -273,8 +264,7 @@ class Setting:
         for k in ("seeds", "curves", "default_seeds"):
             spec.pop(k)
         spec["teacher"] = teacher_id
-        # the combinations' weights changed what their runs mean (1 / 1 / 1 before): rows of the
-        # old protocol are never mixed with the new ones
+        # the combinations' weights changed what their runs mean: never mix the old protocol's
         spec["control_weights"] = CONTROL_WEIGHTS
         blob = json.dumps(spec, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:8]
