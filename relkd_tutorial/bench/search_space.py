@@ -23,10 +23,8 @@ from .settings import PAPER_DEFAULTS
 #: evaluation seed of any preset (the presets use 0, 1, 2, ...; tested).
 SELECTION_SEEDS: tuple[int, ...] = (1000, 1001, 1002)
 
-#: Seeds of an ablation (``--ablation``, :func:`ablation_seeds`): it chooses a method's defaults,
-#: so it is selection too, scored on the validation split with seeds from the selection seeds'
-#: base, never an evaluation seed of any preset (tested). The same for every variant, so each
-#: variant pairs with the default seed by seed.
+#: Seeds of an ablation (:func:`ablation_seeds`): it chooses defaults, so it is selection too,
+#: never on an evaluation seed (tested); the same for every variant, so variants pair by seed.
 ABLATION_SEEDS: tuple[int, ...] = tuple(range(SELECTION_SEEDS[0], SELECTION_SEEDS[0] + 8))
 
 
@@ -124,10 +122,8 @@ def _knob(name: str, default: float, scale: Scale) -> Knob:
 
 
 def method_defaults(method: str) -> dict[str, float] | None:
-    """The numeric defaults a method runs at (:func:`~.recipes.effective_defaults`), as floats.
-
-    ``None`` if the method is not in ``PAPER_DEFAULTS`` or not buildable (not benchmarked yet).
-    """
+    """The numeric defaults a method runs at (:func:`~.recipes.effective_defaults`), as floats;
+    ``None`` if it is not benchmarked (not in ``PAPER_DEFAULTS`` or not buildable)."""
     if method not in PAPER_DEFAULTS or method not in _registry():
         return None
     return {
@@ -138,12 +134,8 @@ def method_defaults(method: str) -> dict[str, float] | None:
 
 
 def method_space(method: str) -> dict[str, Knob] | None:
-    """The knobs the tuning samples for ``method``, with their starting ranges.
-
-    ``None`` if the method is not benchmarked (see :func:`method_defaults`) or not in
-    :data:`SEARCH_SPACE`; ``{}`` if it has nothing to tune (CE). A knob of the table that the
-    method's constructor does not accept is dropped.
-    """
+    """The knobs the tuning samples for ``method`` with their starting ranges (those its
+    constructor accepts); ``None`` if it is not benchmarked, ``{}`` if it has none (CE)."""
     defaults = method_defaults(method)
     if defaults is None or method not in SEARCH_SPACE:
         return None
