@@ -37,25 +37,11 @@ from .workspace import Workspace, load_teacher_weights, teacher_fingerprint
 #: Table 1 (reproduced in the RepDistiller README); RRD and RRD+KD from the RRD authors' README
 #: (giakoumoglou/distillers, Feb 2025). See ``docs/benchmark.md``.
 PUBLISHED: dict[str, dict[str, float]] = {
-    "resnet32x4->resnet8x4": {
-        "teacher": 79.42,
-        "ce": 72.50,
-        "kd": 73.33,
-        "rkd": 71.90,
-        "crd": 75.51,
-        "rrd": 74.48,
-        "rrd_kd": 75.08,
-    },
-    "wrn_40_2->wrn_16_2": {
-        "teacher": 75.61,
-        "ce": 73.26,
-        "kd": 74.92,
-        "rkd": 73.35,
-        "crd": 75.48,
-        "rrd": 75.33,
-        "rrd_kd": 75.66,
-    },
-}
+    "resnet32x4->resnet8x4": {"teacher": 79.42, "ce": 72.50, "kd": 73.33, "rkd": 71.90,
+                              "crd": 75.51, "rrd": 74.48, "rrd_kd": 75.08},
+    "wrn_40_2->wrn_16_2": {"teacher": 75.61, "ce": 73.26, "kd": 74.92, "rkd": 73.35,
+                           "crd": 75.48, "rrd": 75.33, "rrd_kd": 75.66},
+}  # fmt: skip
 FULL_PAIRS: tuple[str, ...] = tuple(PUBLISHED)
 RECIPE_EPOCHS = 240
 RECIPE_DECAY_EPOCHS = (150, 180, 210)
@@ -67,26 +53,13 @@ RRD_QUEUE_CIFAR = 16384
 def recipe_config(
     epochs: int = RECIPE_EPOCHS, device: str = "auto", amp: str = "off", seed: int = 0
 ) -> TrainConfig:
-    """The RepDistiller schedule as a :class:`~relkd_tutorial.training.TrainConfig`.
-
-    The decay epochs are stored as fractions of the run (150/240, 180/240, 210/240), so a
-    shortened run (``epochs < 240``) keeps the same shape.
-    """
+    """The RepDistiller schedule as a :class:`~relkd_tutorial.training.TrainConfig`; the decay
+    epochs are fractions of the run, so a shortened run keeps the same shape."""
     return TrainConfig(
-        epochs=epochs,
-        optimizer="sgd",
-        lr=0.05,
-        momentum=0.9,
-        nesterov=False,
-        weight_decay=5e-4,
-        schedule="step",
-        milestones=tuple(e / RECIPE_EPOCHS for e in RECIPE_DECAY_EPOCHS),
-        gamma=0.1,
-        device=device,
-        amp=amp,
-        seed=seed,
-        progress=False,
-    )
+        epochs=epochs, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
+        schedule="step", milestones=tuple(e / RECIPE_EPOCHS for e in RECIPE_DECAY_EPOCHS),
+        gamma=0.1, device=device, amp=amp, seed=seed, progress=False,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -270,16 +243,10 @@ def run_full(
             plan.student,
         )  # fmt: skip
         ws = Workspace(
-            setting=setting,
-            pool=train,
-            val=test,
-            test=test,
-            teacher=teacher.eval(),
-            teacher_id=teacher_fingerprint(teacher),
-            shared_classes=True,
-            device=device,
+            setting=setting, pool=train, val=test, test=test, teacher=teacher.eval(),
+            teacher_id=teacher_fingerprint(teacher), shared_classes=True, device=device,
             groups={},  # CIFAR-100 has no confusable groups defined here
-        )
+        )  # fmt: skip
         specs.append(ws.spec)
         progress.total += len(plan.methods) * len(plan.seeds)
         done = store.done()

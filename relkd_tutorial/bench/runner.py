@@ -159,19 +159,10 @@ def student_config(
 ) -> TrainConfig:
     """The one schedule every method trains with in a setting (``channels_last``: the layout)."""
     return TrainConfig(
-        epochs=setting.epochs,
-        optimizer="sgd",
-        lr=setting.lr,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        schedule="cosine",
-        device=str(device),
-        seed=seed,
-        progress=False,
-        channels_last=channels_last,
-        handle_signals=HANDLE_SIGNALS,
-    )
+        epochs=setting.epochs, optimizer="sgd", lr=setting.lr, momentum=0.9, nesterov=True,
+        weight_decay=5e-4, schedule="cosine", device=str(device), seed=seed, progress=False,
+        channels_last=channels_last, handle_signals=HANDLE_SIGNALS,
+    )  # fmt: skip
 
 
 def evaluate_student(

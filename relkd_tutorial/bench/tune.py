@@ -238,11 +238,8 @@ def _progress(log, trial, ws, method, params, text, tic, started, target) -> Non
 
 
 def selected_trials(study: Any, target: int) -> list[Any]:
-    """The first ``target`` finished (complete or pruned) trials: what a study's budget bought.
-
-    With several workers a study may finish a trial or two more than its budget; they are left
-    out, so every method is chosen from the same number of trials.
-    """
+    """The first ``target`` finished (complete or pruned) trials: what the budget bought (extra
+    trials of concurrent workers are left out, so every method is chosen from as many)."""
     done = study.get_trials(deepcopy=False, states=_states("COMPLETE", "PRUNED"))
     return sorted(done, key=lambda t: t.number)[:target]
 

@@ -191,15 +191,8 @@ def cross_task_teacher(
         f"{setting.teacher_epochs} epochs; once, cached in {weights.name})"
     )
     loader = TensorLoader(teacher_set, 128, augment=True, crop_padding=2, flip=True, seed=0)
-    config = TrainConfig(
-        epochs=max(1, setting.teacher_epochs),
-        lr=0.05,
-        nesterov=True,
-        schedule="cosine",
-        device=str(device),
-        seed=0,
-        progress=False,
-    )
+    config = TrainConfig(epochs=max(1, setting.teacher_epochs), lr=0.05, nesterov=True,
+                         schedule="cosine", device=str(device), seed=0, progress=False)  # fmt: skip
     tic = time.perf_counter()
     fit(model, CrossEntropy(), loader, config)
     seconds = time.perf_counter() - tic
@@ -246,17 +239,10 @@ def build_workspace(
         model = teacher if teacher is not None else fashion_teacher(teacher_path, device)
     model = model.to(device).eval()
     return Workspace(
-        setting=setting,
-        pool=pool,
-        val=val,
-        test=test,
-        teacher=model,
-        teacher_id=teacher_fingerprint(model),
-        shared_classes=shared,
-        device=device,
-        groups=class_groups(test),
-        channels_last=channels_last,
-    )
+        setting=setting, pool=pool, val=val, test=test, teacher=model,
+        teacher_id=teacher_fingerprint(model), shared_classes=shared, device=device,
+        groups=class_groups(test), channels_last=channels_last,
+    )  # fmt: skip
 
 
 # --- The workspace on disk: keyed by fingerprints, atomic, checked on load ---
