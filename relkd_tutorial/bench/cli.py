@@ -77,10 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=PRESETS,
         default=None,
-        help="sizes: 'cpu' (the 9,000-image pool; transfer 16 seeds, the tuned methods' paper "
-        "defaults on 8 of them; low-data 8 seeds, the paper defaults on all 8; standard 3 seeds), "
-        "'quick' (a 3,000-image pool, fewer seeds) or 'large' (longer schedules; tune its recipes "
-        "with --tune first); default: cpu on a CPU, large on a GPU. Fast mode overrides all.",
+        help="sizes: 'cpu' (the main job, the 9,000-image pool), 'quick' (a 3,000-image pool, "
+        "fewer seeds) or 'large' (longer schedules; tune its recipes with --tune first); "
+        "default: cpu on a CPU, large on a GPU. Fast mode overrides all (docs/benchmark.md).",
     )
     parser.add_argument("--methods", default="all", help=f"comma-separated from {list(METHODS)}")
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
@@ -108,10 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "each (default: the usable cores on a CPU, 1 on a GPU)")  # fmt: skip
     parser.add_argument("--recipes", default=None, metavar="PATH",
                         help="the tuned recipes every method runs at (default: the shipped "
-                        "relkd_tutorial/bench/recipes.json; 'none': every method at its paper "
-                        "defaults, the protocol before recipes); with --tune, the file the "
-                        "tuning writes (default: the same shipped file; <out>/recipes.json in "
-                        "fast mode)")  # fmt: skip
+                        "relkd_tutorial/bench/recipes.json; 'none': paper defaults); with --tune, "
+                        "the file it writes (the same; <out>/recipes.json in fast mode)")  # fmt: skip
     parser.add_argument("--no-defaults", action="store_true",
                         help="skip the paper-default runs of the tuned methods (the 'out of the "
                         "box' table); the tuned runs alone")  # fmt: skip

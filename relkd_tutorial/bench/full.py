@@ -143,18 +143,11 @@ def build_full_plan(
     plans = []
     for pair in pairs:
         teacher, student = pair.split("->")
-        plans.append(
-            FullPlan(
-                pair=pair,
-                teacher=teacher,
-                student=student,
-                methods=tuple(methods or METHODS),
-                seeds=tuple(seeds),
-                epochs=epochs,
-                teacher_checkpoint=checkpoints.get(teacher),
-                published=dict(PUBLISHED[pair]),
-            )
-        )
+        plans.append(FullPlan(
+            pair=pair, teacher=teacher, student=student, methods=tuple(methods or METHODS),
+            seeds=tuple(seeds), epochs=epochs, teacher_checkpoint=checkpoints.get(teacher),
+            published=dict(PUBLISHED[pair]),
+        ))  # fmt: skip
     return plans
 
 

@@ -256,22 +256,10 @@ def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any
 
 def not_applicable_row(setting: str, spec: str, method: str, reason: str) -> dict[str, Any]:
     """The row recorded for a method that cannot run in a setting (no training)."""
-    row = {c: math.nan for c in NUMERIC_COLUMNS}
-    row.update(
-        key="|".join([setting, spec, "final", method, "n/a", ""]),
-        setting=setting,
-        spec=spec,
-        phase="final",
-        method=method,
-        params="",
-        seed="",
-        status="n/a",
-        eval_split="test",
-        epochs="",
-        n_train="",
-        n_labelled="",
-        note=reason,
-    )
+    row: dict[str, Any] = {c: math.nan for c in NUMERIC_COLUMNS}
+    row.update(key="|".join([setting, spec, "final", method, "n/a", ""]), setting=setting,
+               spec=spec, phase="final", method=method, params="", seed="", status="n/a",
+               eval_split="test", epochs="", n_train="", n_labelled="", note=reason)  # fmt: skip
     return row
 
 
