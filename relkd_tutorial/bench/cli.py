@@ -220,12 +220,8 @@ def plan_lines(
     out_dir: Path,
     jobs: int,
 ) -> list[str]:
-    """``--plan``'s lines: per setting its runs, by arm, and what they should take.
-
-    The time is estimated from the ``ok`` rows already in ``<out>/runs.csv`` (mean seconds per
-    setting and method, else per setting), a guide for the same machine only; runs already
-    there are counted as done.
-    """
+    """``--plan``'s lines: per setting its runs, by arm, and their time, estimated from the ``ok``
+    rows already in ``<out>/runs.csv`` (this machine only; those runs count as done)."""
     rows = (
         [r for r in ResultStore(out_dir).rows() if r["status"] == "ok"] if out_dir.exists() else []
     )
@@ -402,24 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     for ws in workspaces:
         s = ws.setting
-        print(
-            f"-- {s.name}: {len(ws.train_set(s.seeds[0]))} training images "
-            f"({'all' if s.labelled_per_class is None else s.labelled_per_class} labelled per "
-            f"class), {s.epochs} epochs, seeds {list(s.seeds)}, "
-            + (
-                f"the {args.ablation} ablation"
-                if args.ablation
-                else "paper defaults"
-                if recipes is None
-                else f"tuned recipes of {recipes.path}"
-                + (
-                    f", paper defaults on the first {s.default_seeds} seeds"
-                    if defaults and s.default_seeds
-                    else ""
-                )  # fmt: skip
-            ),
-            flush=True,
-        )
+        arms = f"tuned recipes of {recipes.path}" if recipes is not None else "paper defaults"
+        if recipes is not None and defaults and s.default_seeds:
+            arms += f", paper defaults on the first {s.default_seeds} seeds"
+        labelled = "all" if s.labelled_per_class is None else s.labelled_per_class
+        print(f"-- {s.name}: {len(ws.train_set(s.seeds[0]))} training images ({labelled} labelled "
+              f"per class), {s.epochs} epochs, seeds {list(s.seeds)}, "
+              f"{f'the {args.ablation} ablation' if args.ablation else arms}", flush=True)  # fmt: skip
     workers = min(jobs, max(0, total - progress.done))
     executor = None
     if workers > 1:
