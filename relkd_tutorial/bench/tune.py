@@ -424,8 +424,9 @@ def run_tuning(
             study = _load_study(storage, ws, method, args.prune, args.trials)
             prepare_study(study, method_space(method) or {})
             done += _count(study, "COMPLETE", "PRUNED")
+    names = ", ".join(ws.setting.name for ws in workspaces)
     print(
-        f"{done} trials already in the storage (kept); tuning {', '.join(wanted)} on {', '.join(ws.setting.name for ws in workspaces)}: "
+        f"{done} trials already in the storage (kept); tuning {', '.join(wanted)} on {names}: "
         f"{args.trials} trials each, selection seeds {list(SELECTION_SEEDS)} on the validation "
         f"split, pruning {'on' if args.prune else 'off'}, {jobs} worker(s); storage {storage_url}",
         flush=True,
