@@ -27,6 +27,9 @@ from relkd_tutorial.methods import build_method
 from relkd_tutorial.models import build_model
 from relkd_tutorial.training import TrainConfig, fit
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from diff_recipes import diff_recipes  # noqa: E402  (scripts/, repository tooling)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------
@@ -114,8 +117,8 @@ def _fake_run(ws, method, params, seed, on_epoch=None) -> float:  # noqa: ANN001
 
 
 def _study(storage, ws, trials: int, prune: bool = False):  # noqa: ANN001, ANN202
-    name = tune.study_name(ws, "grkd", prune, space.SELECTION_SEEDS)
-    study = tune._load_study(storage, name, prune, trials, ws.setting.epochs * 3)
+    study = tune._load_study(storage, ws, "grkd", prune, trials)
+    assert study.study_name == tune.study_name(ws, "grkd", prune, space.SELECTION_SEEDS)
     tune.prepare_study(study, space.method_space("grkd"))
     return study
 
@@ -259,8 +262,8 @@ def test_diff_recipes_flags_a_changed_choice() -> None:
         entry = {"params": {"grkd_weight": w}, "selection_score": 0.8, "trials": 4}
         return {"settings": {"transfer": {"grkd": entry}}}
 
-    assert not any("DIFFERS" in line for line in tune.diff_recipes(doc(3.0), doc(4.0)))
-    assert any("DIFFERS" in line for line in tune.diff_recipes(doc(3.0), doc(40.0)))
+    assert not any("DIFFERS" in line for line in diff_recipes(doc(3.0), doc(4.0)))
+    assert any("DIFFERS" in line for line in diff_recipes(doc(3.0), doc(40.0)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,30 +8,14 @@
     RELKD_FAST=1 python -m relkd_tutorial.bench           # fast mode (CI, a few minutes)
     python -m relkd_tutorial.bench --settings cross-task  # one setting (see --help)
 
-Every method (:data:`~.settings.METHODS`) trains the same student (``student_cnn_s``) against
-the same frozen teacher, on the same data, with the same optimiser, schedule and epochs, for the
-same seeds. Seed ``s`` fixes the labelled subset, the student's initialisation, the batch order
-and any learnable head, so runs of two methods with the same seed are *paired*
-(:mod:`relkd_tutorial.stats`). The settings (``transfer``, ``low-data``, ``standard`` by default;
-``cross-task`` and ``full`` opt-in), their sizes per ``--preset``
-(:func:`~.settings.default_settings`) and the measures are described in ``docs/benchmark.md``.
-
-Tuned against tuned (:mod:`.recipes`, :mod:`.tuned`): every method runs at the recipe its tuning
-chose, from ``--recipes`` (default ``relkd_tutorial/bench/recipes.json``; ``none``: every method
-at its paper defaults); a method without a recipe runs at its defaults, "not tuned". Beside them
-the tuned methods run at their paper defaults on the first ``Setting.default_seeds`` seeds (the
-report's out-of-the-box table; ``--no-defaults`` skips them). ``meta.json`` records the recipes.
-
-Speed: the splits, the teacher and its outputs are cached on disk (``<out>/cache/`` or
-``$RELKD_CACHE_DIR``, keyed by their fingerprints: :mod:`.workspace`); independent runs train in
-``--jobs`` worker processes (default: the usable cores on a CPU, 1 on a GPU; :mod:`.parallel`),
-one torch thread each unless ``--threads`` says otherwise.
-
-Resume: every finished run is appended to ``<out>/runs.csv`` (its per-epoch history to
-``histories.csv``) at once; the same command again skips the runs already there. A run's key
-holds a fingerprint of its setting (sizes, schedule, student, teacher weights), so results of
-another configuration are never mixed in. The report (``results.md``, ``summary.csv``,
-``differences.csv``, PNG plots) is rebuilt from ``runs.csv`` at the end of every invocation.
+Seed ``s`` fixes the labelled subset, the student's initialisation, the batch order and any
+learnable head, so runs of two methods with the same seed are paired. Every method runs at its
+recipe from ``--recipes`` (:mod:`.recipes`; a method without one at its paper defaults), and the
+tuned methods also at their paper defaults on the first ``Setting.default_seeds`` seeds
+(:mod:`.tuned`). The splits and the teacher's outputs are cached (:mod:`.workspace`); runs train
+in ``--jobs`` worker processes (:mod:`.parallel`); every finished run is appended to
+``<out>/runs.csv`` at once, so the same command again resumes; the report is rebuilt from it at
+the end of every invocation. The settings, presets and measures: ``docs/benchmark.md``.
 """
 
 from __future__ import annotations
@@ -53,17 +37,9 @@ from ..fastmode import fast_mode
 from ..training import resolve_device
 from . import report, tune
 from .full import describe_full_plan, run_full
-from .parallel import WorkspaceRef, default_jobs, run_in_workers
+from .parallel import default_jobs, run_in_workers, workspace_refs
 from .recipes import Recipes, load_recipes
-from .runner import (
-    Job,
-    Progress,
-    _clock,
-    ablation_jobs,
-    arm_params,
-    plan_counts,
-    run_settings,
-)
+from .runner import Job, Progress, _clock, ablation_jobs, arm_params, plan_counts, run_settings
 from .search_space import ABLATION_SEEDS, ablation_seeds
 from .settings import (
     ABLATION_SETTING,
@@ -77,16 +53,9 @@ from .settings import (
     default_settings,
 )
 from .store import ResultStore, read_meta, read_runs, record_invocation
-from .workspace import (
-    Workspace,
-    build_workspace,
-    cache_dir,
-    prepare_workspace,
-)
+from .workspace import prepare_workspaces
 
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
+# --- Command line ---
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,10 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=PRESETS,
         default=None,
-        help="sizes: 'cpu' (the 9,000-image pool; transfer 16 seeds, the tuned methods' paper "
-        "defaults on 8 of them; low-data 8 seeds, the paper defaults on all 8; standard 3 seeds), "
-        "'quick' (a 3,000-image pool, fewer seeds) or 'large' (longer schedules; tune its recipes "
-        "with --tune first); default: cpu on a CPU, large on a GPU. Fast mode overrides all.",
+        help="sizes: 'cpu' (the main job, the 9,000-image pool), 'quick' (a 3,000-image pool, "
+        "fewer seeds) or 'large' (longer schedules; tune its recipes with --tune first); "
+        "default: cpu on a CPU, large on a GPU. Fast mode overrides all (docs/benchmark.md).",
     )
     parser.add_argument("--methods", default="all", help=f"comma-separated from {list(METHODS)}")
     parser.add_argument("--ablation", choices=sorted(ABLATIONS), default=None,
@@ -139,10 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "each (default: the usable cores on a CPU, 1 on a GPU)")  # fmt: skip
     parser.add_argument("--recipes", default=None, metavar="PATH",
                         help="the tuned recipes every method runs at (default: the shipped "
-                        "relkd_tutorial/bench/recipes.json; 'none': every method at its paper "
-                        "defaults, the protocol before recipes); with --tune, the file the "
-                        "tuning writes (default: the same shipped file; <out>/recipes.json in "
-                        "fast mode)")  # fmt: skip
+                        "relkd_tutorial/bench/recipes.json; 'none': paper defaults); with --tune, "
+                        "the file it writes (the same; <out>/recipes.json in fast mode)")  # fmt: skip
     parser.add_argument("--no-defaults", action="store_true",
                         help="skip the paper-default runs of the tuned methods (the 'out of the "
                         "box' table); the tuned runs alone")  # fmt: skip
@@ -175,11 +141,8 @@ def default_threads(device: torch.device | str, threads: int | None) -> int | No
 def configure(
     args: argparse.Namespace, device: torch.device | str = "cpu"
 ) -> tuple[bool, dict[str, Setting], list[str]]:
-    """``(fast, settings to run, methods)`` from the parsed arguments.
-
-    ``args.preset`` (``None``: :func:`default_preset` of ``device``) picks the sizes; fast mode
-    overrides the preset; explicit flags (``--seeds``, ``--epochs``, ...) override both.
-    """
+    """``(fast, settings to run, methods)`` from the parsed arguments: the preset (default
+    :func:`default_preset`) picks the sizes, fast mode overrides it, explicit flags both."""
     fast = fast_mode() if args.fast is None else bool(args.fast)
     preset = args.preset or default_preset(device)
     ablation = getattr(args, "ablation", None)
@@ -230,11 +193,8 @@ def configure(
 
 
 def recipes_for(args: argparse.Namespace, settings: dict[str, Setting]) -> Recipes | None:
-    """The recipes the runs use: ``--recipes`` (default :data:`~.recipes.RECIPES_FILE`).
-
-    ``None`` (every method at its paper defaults, the protocol before recipes) for
-    ``--recipes none`` and for an ablation.
-    """
+    """The recipes the runs use: ``--recipes`` (default :data:`~.recipes.RECIPES_FILE`);
+    ``None`` (paper defaults) for ``--recipes none`` and for an ablation."""
     path = getattr(args, "recipes", None)
     if getattr(args, "ablation", None) or (path or "").lower() == "none":
         return None
@@ -260,12 +220,8 @@ def plan_lines(
     out_dir: Path,
     jobs: int,
 ) -> list[str]:
-    """``--plan``'s lines: per setting its runs, by arm, and what they should take.
-
-    The time is estimated from the ``ok`` rows already in ``<out>/runs.csv`` (mean seconds per
-    setting and method, else per setting), a guide for the same machine only; runs already
-    there are counted as done.
-    """
+    """``--plan``'s lines: per setting its runs, by arm, and their time, estimated from the ``ok``
+    rows already in ``<out>/runs.csv`` (this machine only; those runs count as done)."""
     rows = (
         [r for r in ResultStore(out_dir).rows() if r["status"] == "ok"] if out_dir.exists() else []
     )
@@ -372,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tune and args.settings is None:
         args.settings = ",".join(tune.TUNE_SETTINGS)
     fast, settings, methods = configure(args, device)
-    if args.tune or args.diff_recipes:
+    if args.tune:
         command = " ".join(
             ["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])]
         )
@@ -419,12 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads, {jobs} jobs; results in {out_dir}/",
         flush=True,
     )
-    workspaces: list[Workspace] = []
-    paths = []
-    for name in names:
-        ws = build_workspace(settings[name], out_dir, device, args.teacher)
-        paths.append(prepare_workspace(ws, cache_dir(out_dir)))
-        workspaces.append(ws)
+    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
     if args.ablation:
         methods = [args.ablation]
         total = sum(len(ablation_jobs(ws.setting, args.ablation)) for ws in workspaces)
@@ -447,33 +398,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     for ws in workspaces:
         s = ws.setting
-        print(
-            f"-- {s.name}: {len(ws.train_set(s.seeds[0]))} training images "
-            f"({'all' if s.labelled_per_class is None else s.labelled_per_class} labelled per "
-            f"class), {s.epochs} epochs, seeds {list(s.seeds)}, "
-            + (
-                f"the {args.ablation} ablation"
-                if args.ablation
-                else "paper defaults"
-                if recipes is None
-                else f"tuned recipes of {recipes.path}"
-                + (
-                    f", paper defaults on the first {s.default_seeds} seeds"
-                    if defaults and s.default_seeds
-                    else ""
-                )  # fmt: skip
-            ),
-            flush=True,
-        )
+        arms = f"tuned recipes of {recipes.path}" if recipes is not None else "paper defaults"
+        if recipes is not None and defaults and s.default_seeds:
+            arms += f", paper defaults on the first {s.default_seeds} seeds"
+        labelled = "all" if s.labelled_per_class is None else s.labelled_per_class
+        print(f"-- {s.name}: {len(ws.train_set(s.seeds[0]))} training images ({labelled} labelled "
+              f"per class), {s.epochs} epochs, seeds {list(s.seeds)}, "
+              f"{f'the {args.ablation} ablation' if args.ablation else arms}", flush=True)  # fmt: skip
     workers = min(jobs, max(0, total - progress.done))
     executor = None
     if workers > 1:
-        refs = [
-            WorkspaceRef(str(p), ws.setting, ws.channels_last, str(device))
-            for p, ws in zip(paths, workspaces, strict=True)
-        ]
         executor = functools.partial(
-            run_in_workers, refs=refs, workers=workers, threads=torch.get_num_threads()
+            run_in_workers,
+            refs=workspace_refs(paths, workspaces),
+            workers=workers,
+            threads=torch.get_num_threads(),
         )
     try:
         run_settings(workspaces, methods, store, progress, executor, args.ablation, recipes,

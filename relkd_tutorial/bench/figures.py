@@ -1,8 +1,5 @@
-"""The report's plots: each draws onto a given matplotlib ``Axes`` and returns it.
-
-Drawn from the rows of ``runs.csv`` and the tables of :mod:`relkd_tutorial.bench.report`
-(``summarize_runs``, ``paired_differences``); :func:`read_histories` reads ``histories.csv``.
-"""
+"""The report's plots, from the rows and tables of :mod:`.report`: each draws onto a given
+matplotlib ``Axes`` and returns it; :func:`read_histories` reads ``histories.csv``."""
 
 from __future__ import annotations
 
@@ -21,10 +18,6 @@ from .settings import (
     _ordered_settings,
     _scale,
 )
-
-# ---------------------------------------------------------------------------------------------
-# Plots (each draws onto a given Axes and returns it)
-# ---------------------------------------------------------------------------------------------
 
 
 def plot_accuracy(summary: Sequence[dict[str, Any]], setting: str, ax: Any) -> Any:
@@ -142,12 +135,9 @@ def plot_curves(
     ax: Any,
     value: str = "eval_acc",
 ) -> Any:
-    """Learning curves of the final runs: ``value`` per epoch, mean over seeds, per method.
-
-    ``value`` is a column of ``histories.csv``: ``"eval_acc"`` (test accuracy after each epoch,
-    recorded only in settings with ``curves=True``) or ``"train_acc"`` (accuracy on the labelled
-    training images of each epoch's batches, recorded for every run).
-    """
+    """Learning curves of the final runs: ``value`` per epoch, mean over seeds, per method;
+    ``"eval_acc"`` (recorded where ``curves=True``) or ``"train_acc"`` (on the labelled images
+    of each epoch's batches, recorded for every run)."""
     finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
               and r["status"] == "ok"]  # fmt: skip
     for i, method in enumerate(sorted({r["method"] for r in finals}, key=_method_order)):

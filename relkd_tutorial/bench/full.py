@@ -3,32 +3,20 @@
     python -m relkd_tutorial.bench --settings full --data-root ~/data \\
         --teacher-checkpoint resnet32x4=ckpt/resnet32x4.pt --teacher-checkpoint wrn_40_2=ckpt/wrn.pt
 
-Two teacher -> student pairs of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020):
-``resnet32x4 -> resnet8x4`` and ``wrn_40_2 -> wrn_16_2``. The recipe (``docs/benchmark.md``):
-240 epochs of SGD (momentum 0.9, weight decay 5e-4, batch 64), learning rate 0.05 multiplied by
-0.1 at epochs 150, 180 and 210, random 32x32 crop with 4-pixel padding and horizontal flip, the
-RepDistiller normalisation; the reported accuracy is the last epoch's. Because the images are
-augmented, the teacher runs live on every batch (no cache). Every method runs at its published
-defaults (no tuning: 240-epoch trials are too dear), REFILLED splits the 240 epochs 30% / 70%
-between its stages (choice), RRD keeps the CIFAR queue of 16384 keys.
-
-Teachers: pass ``--teacher-checkpoint NAME=PATH`` (a ``state_dict`` of our ``build_model(NAME)``,
-or a checkpoint written by :func:`relkd_tutorial.training.fit`), or let the benchmark train the
-teacher first with the same recipe (resumable, checkpointed every epoch under
-``<out>/teachers/NAME/``). Cost of that on the project's 2-core CPU, from the measured training
-speed on that machine (resnet32x4: about 15 images/s, i.e. about 55 minutes per epoch):
-about 9 days for one teacher, so train it on a GPU (not measured here). The RepDistiller
-checkpoints (``ckpt_epoch_240.pth``) use other parameter names and do not load as they are.
-
-Results are printed beside the published numbers (:data:`PUBLISHED`); with a shortened schedule
-they are not comparable and the report says so.
+Two teacher -> student pairs of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020),
+``resnet32x4 -> resnet8x4`` and ``wrn_40_2 -> wrn_16_2``, at the recipe of
+:func:`recipe_config` (240 epochs of SGD, crop + flip, the last epoch's accuracy; the teacher
+runs live on every augmented batch). Every method runs at its published defaults (no tuning).
+A teacher comes from ``--teacher-checkpoint NAME=PATH`` (a ``state_dict`` of our
+``build_model(NAME)`` or a :func:`~relkd_tutorial.training.fit` checkpoint; RepDistiller's own
+use other parameter names and do not load) or is trained first with the same recipe (resumable;
+about 9 days per teacher on the project's 2-core CPU, so on a GPU). Results are printed beside the
+published numbers (:data:`PUBLISHED`); ``docs/benchmark.md`` has the details.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,33 +29,19 @@ from ..methods import CrossEntropy, build_method
 from ..models import build_model
 from ..stats import mean_std
 from ..training import TrainConfig, evaluate, fit, seeded
-from .runner import Job, PeakMemory, applicable, evaluate_student, not_applicable_row
-from .settings import METHODS, Setting, _parse_list, params_tag
+from .runner import Job, applicable, base_row, measured_fit, not_applicable_row
+from .settings import METHODS, Setting, _parse_list
 from .workspace import Workspace, load_teacher_weights, teacher_fingerprint
 
 #: Top-1 (%) on CIFAR-100 as published: teacher, student (CE), KD, RKD, CRD from the CRD paper's
 #: Table 1 (reproduced in the RepDistiller README); RRD and RRD+KD from the RRD authors' README
 #: (giakoumoglou/distillers, Feb 2025). See ``docs/benchmark.md``.
 PUBLISHED: dict[str, dict[str, float]] = {
-    "resnet32x4->resnet8x4": {
-        "teacher": 79.42,
-        "ce": 72.50,
-        "kd": 73.33,
-        "rkd": 71.90,
-        "crd": 75.51,
-        "rrd": 74.48,
-        "rrd_kd": 75.08,
-    },
-    "wrn_40_2->wrn_16_2": {
-        "teacher": 75.61,
-        "ce": 73.26,
-        "kd": 74.92,
-        "rkd": 73.35,
-        "crd": 75.48,
-        "rrd": 75.33,
-        "rrd_kd": 75.66,
-    },
-}
+    "resnet32x4->resnet8x4": {"teacher": 79.42, "ce": 72.50, "kd": 73.33, "rkd": 71.90,
+                              "crd": 75.51, "rrd": 74.48, "rrd_kd": 75.08},
+    "wrn_40_2->wrn_16_2": {"teacher": 75.61, "ce": 73.26, "kd": 74.92, "rkd": 73.35,
+                           "crd": 75.48, "rrd": 75.33, "rrd_kd": 75.66},
+}  # fmt: skip
 FULL_PAIRS: tuple[str, ...] = tuple(PUBLISHED)
 RECIPE_EPOCHS = 240
 RECIPE_DECAY_EPOCHS = (150, 180, 210)
@@ -79,26 +53,13 @@ RRD_QUEUE_CIFAR = 16384
 def recipe_config(
     epochs: int = RECIPE_EPOCHS, device: str = "auto", amp: str = "off", seed: int = 0
 ) -> TrainConfig:
-    """The RepDistiller schedule as a :class:`~relkd_tutorial.training.TrainConfig`.
-
-    The decay epochs are stored as fractions of the run (150/240, 180/240, 210/240), so a
-    shortened run (``epochs < 240``) keeps the same shape.
-    """
+    """The RepDistiller schedule as a :class:`~relkd_tutorial.training.TrainConfig`; the decay
+    epochs are fractions of the run, so a shortened run keeps the same shape."""
     return TrainConfig(
-        epochs=epochs,
-        optimizer="sgd",
-        lr=0.05,
-        momentum=0.9,
-        nesterov=False,
-        weight_decay=5e-4,
-        schedule="step",
-        milestones=tuple(e / RECIPE_EPOCHS for e in RECIPE_DECAY_EPOCHS),
-        gamma=0.1,
-        device=device,
-        amp=amp,
-        seed=seed,
-        progress=False,
-    )
+        epochs=epochs, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
+        schedule="step", milestones=tuple(e / RECIPE_EPOCHS for e in RECIPE_DECAY_EPOCHS),
+        gamma=0.1, device=device, amp=amp, seed=seed, progress=False,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -182,18 +143,11 @@ def build_full_plan(
     plans = []
     for pair in pairs:
         teacher, student = pair.split("->")
-        plans.append(
-            FullPlan(
-                pair=pair,
-                teacher=teacher,
-                student=student,
-                methods=tuple(methods or METHODS),
-                seeds=tuple(seeds),
-                epochs=epochs,
-                teacher_checkpoint=checkpoints.get(teacher),
-                published=dict(PUBLISHED[pair]),
-            )
-        )
+        plans.append(FullPlan(
+            pair=pair, teacher=teacher, student=student, methods=tuple(methods or METHODS),
+            seeds=tuple(seeds), epochs=epochs, teacher_checkpoint=checkpoints.get(teacher),
+            published=dict(PUBLISHED[pair]),
+        ))  # fmt: skip
     return plans
 
 
@@ -282,16 +236,10 @@ def run_full(
             plan.student,
         )  # fmt: skip
         ws = Workspace(
-            setting=setting,
-            pool=train,
-            val=test,
-            test=test,
-            teacher=teacher.eval(),
-            teacher_id=teacher_fingerprint(teacher),
-            shared_classes=True,
-            device=device,
+            setting=setting, pool=train, val=test, test=test, teacher=teacher.eval(),
+            teacher_id=teacher_fingerprint(teacher), shared_classes=True, device=device,
             groups={},  # CIFAR-100 has no confusable groups defined here
-        )
+        )  # fmt: skip
         specs.append(ws.spec)
         progress.total += len(plan.methods) * len(plan.seeds)
         done = store.done()
@@ -307,9 +255,7 @@ def run_full(
                 if job.key(ws.spec) in done:
                     progress.done += 1
                     continue
-                row, history = _run_full_job(job, plan, ws, args.amp)
-                row["params"] = params_tag({})
-                store.append(row, history)
+                store.append(*_run_full_job(job, plan, ws, args.amp))
                 progress.run(job, row)
         _print_beside_published(plan, store.rows(), ws.spec)
     return specs
@@ -318,7 +264,6 @@ def run_full(
 def _run_full_job(
     job: Any, plan: FullPlan, ws: Any, amp: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-
     student = build_model(plan.student, plan.num_classes, 3, seed=job.seed)
     with seeded(job.seed):
         method = build_method(job.method, **plan.method_kwargs(job.method))
@@ -327,27 +272,12 @@ def _run_full_job(
         seed=job.seed, device=ws.device,
     )  # fmt: skip
     setup = TensorLoader.for_evaluation(ws.pool, 500, device=ws.device)
-    row: dict[str, Any] = {
-        "key": job.key(ws.spec), "setting": job.setting, "spec": ws.spec, "phase": "final",
-        "method": job.method, "seed": job.seed, "eval_split": "test", "epochs": plan.epochs,
-        "n_train": len(ws.pool), "n_labelled": len(ws.pool), "note": "",
-    }  # fmt: skip
-    tic = time.perf_counter()
-    with PeakMemory(ws.device) as memory:
-        try:
-            history = fit(
-                student, method, loader, plan.config(job.seed, str(ws.device), amp),
-                teacher=ws.teacher, eval_loader=TensorLoader.for_evaluation(ws.test, 500,
-                device=ws.device), setup_loader=setup if method.needs_setup else None,
-            )  # fmt: skip
-            row["status"] = "ok"
-        except FloatingPointError as err:
-            history, row["status"], row["note"] = [], "diverged", str(err)[:160]
-    row["seconds"], row["peak_mem_mb"] = time.perf_counter() - tic, memory.mib
-    row["load1"] = math.nan
-    if row["status"] == "ok":
-        row.update(evaluate_student(student, ws.test, ws))
-        row["train_acc"] = history[-1].get("train_acc", math.nan)
+    row = base_row(job, ws.spec, "test", plan.epochs, ws.pool)
+    history = measured_fit(row, ws, student, ws.test, lambda: fit(
+        student, method, loader, plan.config(job.seed, str(ws.device), amp), teacher=ws.teacher,
+        eval_loader=TensorLoader.for_evaluation(ws.test, 500, device=ws.device),
+        setup_loader=setup if method.needs_setup else None,
+    ))  # fmt: skip
     return row, history
 
 

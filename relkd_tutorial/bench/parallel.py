@@ -1,16 +1,11 @@
 """Benchmark runs in worker processes (``--jobs N``): :func:`run_in_workers`.
 
 A :class:`concurrent.futures.ProcessPoolExecutor` of fresh ``spawn`` processes (never a ``fork``
-of a process whose torch threads have started), each with ``threads`` torch threads. A worker
-loads each workspace once from the file its parent wrote (:func:`~.workspace.load_workspace`) and
-sends back each run's row and history; only the parent writes ``runs.csv``, as each run ends.
-
-Stopping: the workers ignore SIGINT (a Ctrl-C reaches the whole process group). While the pool is
-open the parent records SIGINT and SIGTERM (:class:`~relkd_tutorial.training.signals.StopSignals`);
-within :data:`POLL_SECONDS` it keeps the finished runs, ends the workers (SIGTERM, then SIGKILL)
-and raises :class:`~relkd_tutorial.training.TrainingInterrupted`: the runs in progress are lost.
-A run that raises, or a worker that dies, stops the benchmark with a :class:`WorkerError` holding
-its traceback, after the runs already started have finished and been recorded.
+of a process whose torch threads have started); a worker loads each workspace once from its file
+and sends back each run's row and history; only the parent writes ``runs.csv``. The workers
+ignore SIGINT; on SIGINT or SIGTERM the parent keeps the finished runs, ends the workers and
+raises :class:`~relkd_tutorial.training.TrainingInterrupted`. A run that raises, or a worker that
+dies, stops the benchmark with a :class:`WorkerError` once the runs already started are recorded.
 """
 
 from __future__ import annotations
@@ -55,6 +50,14 @@ class WorkspaceRef:
     setting: Setting
     channels_last: bool
     device: str
+
+
+def workspace_refs(paths: Sequence[Any], workspaces: Sequence[Any]) -> tuple[WorkspaceRef, ...]:
+    """The :class:`WorkspaceRef` of each workspace saved at its path (:func:`~.workspace.prepare_workspaces`)."""
+    return tuple(
+        WorkspaceRef(str(p), ws.setting, ws.channels_last, str(ws.device))
+        for p, ws in zip(paths, workspaces, strict=True)
+    )
 
 
 class WorkerError(RuntimeError):

@@ -1,28 +1,18 @@
 """The tuned recipes the main job runs: read, checked and put in the one form a run key uses.
 
-The tuning (a separate, committed invocation) writes each method's chosen hyperparameters per
-setting into ``relkd_tutorial/bench/recipes.json`` (:data:`RECIPES_FILE`, package data)::
+The tuning writes each method's chosen hyperparameters per setting into
+``relkd_tutorial/bench/recipes.json`` (:data:`RECIPES_FILE`)::
 
-    {"format": 1,
-     "invocation": {"command": "...", "trials": 24, "selection_seeds": [1000, 1001, 1002], ...},
-     "settings": {"transfer": {"grkd": {"params": {"grkd_weight": 12.3, "temperature": 2.0},
-                                        "space": {"grkd_weight": [0.1, 100.0], ...},
+    {"format": 1, "invocation": {"command": "...", "trials": 24, ...},
+     "settings": {"transfer": {"grkd": {"params": {"grkd_weight": 12.3}, "space": {...},
                                         "selection_score": 0.812, "trials": 24,
-                                        "extended": {"grkd_weight": [[0.1, 100.0], [0.1, 1000.0]]},
-                                        "at_edge": []}}}}
+                                        "extended": {...}, "at_edge": []}}}}
 
-:func:`load_recipes` reads it and refuses what the benchmark cannot run, naming the entry: a
-format other than :data:`FORMAT`, an unknown setting or method, a parameter the method's
-constructor does not take (or one the benchmark sets itself, :data:`BENCH_MANAGED`), a value
-that is not a finite number, a string or a boolean, a range that is not ``[low, high]`` with
-``low < high``, a chosen value outside its last range, an ``at_edge`` name that is not a tuned
-parameter. A recipe's flags say how far to trust it: ``at_edge`` (the choice sits on the edge of
-its range, so the best value may lie beyond it) and ``extended`` (the ranges the tuning searched,
-in order, when a choice at the edge made it extend the range).
-
-:func:`canonical_params` drops every value equal to the method's default as the benchmark runs it
-(:func:`effective_defaults`), so a recipe that chose the defaults has the run key of the default
-run and is never trained twice.
+:func:`load_recipes` refuses, naming the entry, what the benchmark cannot run (another format,
+an unknown setting, method or parameter, a parameter the benchmark sets itself, a value that is
+not a finite number, string or boolean, a bad range, a value outside its last range, a bad
+``at_edge`` name). :func:`canonical_params` drops every value equal to the method's default as it
+runs (:func:`effective_defaults`), so a recipe that chose the defaults has the default run's key.
 """
 
 from __future__ import annotations
@@ -53,17 +43,10 @@ Value = float | int | str | bool
 
 @dataclass(frozen=True)
 class Recipe:
-    """One method's tuned hyperparameters in one setting, with what the tuning says of them.
-
-    Attributes:
-        setting, method: where it applies.
-        params: the chosen values, as written (see :func:`canonical_params` for the run's).
-        space: each tuned parameter's search range ``(low, high)``.
-        extended: each parameter whose range was extended: the ranges searched, in order.
-        at_edge: the parameters whose chosen value sits on the edge of its (last) range.
-        selection_score: the tuning's score of the choice (validation top-1), if given.
-        trials: the trials the tuning spent on it, if given.
-    """
+    """One method's tuned hyperparameters in one setting: ``params`` as written (a run gets
+    :attr:`run_params`), each one's search ``space``, the ranges ``extended`` in order, those
+    ``at_edge`` of their last range (the best may lie beyond), the validation
+    ``selection_score`` and the ``trials`` spent."""
 
     setting: str
     method: str
@@ -93,11 +76,8 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Recipes:
-    """The recipes of a file: ``settings[setting][method]`` is a :class:`Recipe`.
-
-    A setting present with no method (``{}``) ran under the recipes with every method at its
-    defaults; a setting absent was not run under them at all (see :func:`recipes_of_meta`).
-    """
+    """The recipes of a file: ``settings[setting][method]`` is a :class:`Recipe`; a setting
+    present as ``{}`` ran under them with every method at its defaults, an absent one did not."""
 
     settings: dict[str, dict[str, Recipe]]
     invocation: dict[str, Any] = field(default_factory=dict)
@@ -138,12 +118,8 @@ def allowed_params(method: str) -> tuple[str, ...]:
 
 
 def effective_defaults(method: str) -> dict[str, Value]:
-    """The values ``method`` runs at in the benchmark without overrides.
-
-    The constructor's defaults (those that are not ``None``), then the combinations' CE and KD
-    weights (:data:`~.settings.CONTROL_WEIGHTS`), then :data:`~.settings.PAPER_DEFAULTS` (which
-    resolves the defaults a constructor leaves to a convention, e.g. RKD's weights).
-    """
+    """The values ``method`` runs at without overrides: the constructor's (not ``None``)
+    defaults, then :data:`~.settings.CONTROL_WEIGHTS`, then :data:`~.settings.PAPER_DEFAULTS`."""
     out: dict[str, Value] = {
         name: p.default
         for name, p in inspect.signature(_registry()[method]).parameters.items()
@@ -185,9 +161,7 @@ def canonical_params(method: str, params: Mapping[str, Value]) -> dict[str, Valu
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading and checking a recipes file
-# ---------------------------------------------------------------------------------------------
+# --- Reading and checking a recipes file ---
 
 
 def _value(where: str, name: str, value: Any) -> Value:
@@ -301,12 +275,8 @@ def load_recipes(path: str | Path | None = None) -> Recipes:
 
 
 def recipes_of_meta(meta: Mapping[str, Any] | None) -> Recipes | None:
-    """The recipes a results folder's runs used, from its ``meta.json`` (``None``: none did).
-
-    Each invocation of the main job records the recipes of the settings it ran under them
-    (``"recipes"``); a later invocation's entry for a setting replaces an earlier one. Folders
-    written before recipes existed have none, and are read as every method at its defaults.
-    """
+    """The recipes a results folder's runs used, from its ``meta.json`` (``None``: none did);
+    a later invocation's entry for a setting replaces an earlier one."""
     settings: dict[str, dict[str, Recipe]] = {}
     invocation: dict[str, Any] = {}
     for inv in (meta or {}).get("invocations", []):

@@ -1,11 +1,8 @@
 """The benchmark's report: tables, paired differences, plain sentences and plots from ``runs.csv``.
 
-Pure functions of the rows (:func:`~.store.read_runs`), so the notebooks draw the committed
-results with the code that wrote them: :func:`summarize_runs` (per setting and method, mean ±
-sample std over seeds), :func:`paired_differences` (against CE and KD), :func:`markdown_report`
-and :func:`stdout_summary` (text), :func:`report_figures` (:mod:`.figures`), and
-:func:`write_report`, which writes them all next to ``runs.csv``. Accuracies are in percent and
-their differences in percentage points; Kendall tau and the distance correlation in their units.
+Pure functions of the rows, so the notebooks draw the committed results with the code that wrote
+them; :func:`write_report` writes them all next to ``runs.csv``. Accuracies are in percent, their
+differences in points; Kendall tau and the distance correlation in their own units.
 """
 
 from __future__ import annotations
@@ -84,11 +81,8 @@ from .verdict import (
 
 
 def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One dict per (setting, method) over the final runs: ``<metric>_mean``/``_std``, ``n``, ...
-
-    Means and sample standard deviations over the seeds that finished (``status == "ok"``);
-    ``diverged`` counts the seeds that did not; n/a methods get ``status="n/a"`` and the reason.
-    """
+    """One dict per (setting, method) over the final runs: ``<metric>_mean``/``_std`` over the
+    seeds that finished, ``n``, ``diverged`` (the others); n/a methods: ``status``, ``note``."""
     out = []
     finals = [r for r in rows if r["phase"] == "final"]
     for setting in _ordered_settings(finals):
@@ -125,12 +119,8 @@ def paired_differences(
     metrics: Sequence[str] = DIFF_METRICS,
     confidence: float = 0.95,
 ) -> list[dict[str, Any]]:
-    """Every method minus each baseline (CE, KD), paired by seed, per setting and metric.
-
-    The ``"ce"`` and ``"kd"`` families of :func:`relkd_tutorial.bench.verdict.comparisons`: each
-    with its paired t interval, p-value, Holm-adjusted p-value over the family and sentence.
-    Accuracy differences are in percentage points.
-    """
+    """Every method minus each baseline (CE, KD), paired by seed: those families of
+    :func:`~.verdict.comparisons`."""
     return [
         e
         for e in comparisons(
@@ -140,9 +130,7 @@ def paired_differences(
     ]
 
 
-# ---------------------------------------------------------------------------------------------
-# Text
-# ---------------------------------------------------------------------------------------------
+# --- Text ---
 
 
 def _pm(entry: dict[str, Any], metric: str) -> str:
@@ -241,15 +229,9 @@ def plateau_sentence(
     setting: str,
     fraction: float = 0.2,
 ) -> str:
-    """How much the test top-1 still rose over the last ``fraction`` of each run's epochs.
-
-    For every method of ``setting`` with per-epoch test accuracy (``curves=True``), the gain
-    ``acc[E] - acc[E - k]`` with ``k = round(fraction * E)`` (at least 1; a multi-stage method's
-    last stage), averaged over seeds: a rough convergence check, the one the learning curves
-    (``curves.png``) show. A cosine schedule flattens towards its end by design, so a small gain
-    means "little left in this schedule", not "no better schedule exists". ``""`` if the setting
-    recorded no curves.
-    """
+    """How much the test top-1 still rose over the last ``fraction`` of each run's epochs: per
+    method, ``acc[E] - acc[E - k]`` with ``k = round(fraction * E)`` (at least 1; a multi-stage
+    method's last stage), mean over seeds. ``""`` if the setting recorded no curves."""
     finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
               and r["status"] == "ok"]  # fmt: skip
     gains: dict[str, float] = {}

@@ -1,10 +1,7 @@
 """One benchmark run (:func:`run_job`) and the runs of the settings (:func:`run_settings`).
 
-A run trains one student with one method at one seed against the workspace's cached teacher
-outputs and returns a row for ``runs.csv``: its measures (:func:`evaluate_student`), time and
-peak memory (:class:`PeakMemory`). A run is a pure function of its job and workspace (every random
-draw is seeded by the job's seed), so the rows do not depend on how many run at once
-(``--jobs``, :mod:`.parallel`); each row is appended to ``runs.csv`` as its run finishes.
+A run is a pure function of its job and workspace (every random draw is seeded by the job's
+seed), so its row does not depend on how many run at once (``--jobs``, :mod:`.parallel`).
 """
 
 from __future__ import annotations
@@ -21,11 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import (
-    ImageSet,
-    TensorLoader,
-    sample_per_class,
-)
+from ..data import ImageSet, TensorLoader, sample_per_class
 from ..methods import build_method
 from ..metrics import (
     FASHION_MNIST_GROUPS,
@@ -52,17 +45,10 @@ from .settings import (
     has_unlabelled,
     params_tag,
 )
-from .store import (
-    NUMERIC_COLUMNS,
-    ResultStore,
-)
-from .workspace import (
-    Workspace,
-)
+from .store import NUMERIC_COLUMNS, ResultStore
+from .workspace import Workspace
 
-# ---------------------------------------------------------------------------------------------
-# Peak memory of a run
-# ---------------------------------------------------------------------------------------------
+# --- Peak memory of a run ---
 
 
 def _rss_bytes() -> int | None:
@@ -121,9 +107,7 @@ class PeakMemory:
             self.mib = (self._peak - self._start) / 2**20
 
 
-# ---------------------------------------------------------------------------------------------
-# One run
-# ---------------------------------------------------------------------------------------------
+# --- One run ---
 
 DIST_CORR_PER_CLASS = 50  # the fixed test batch for the distance correlation: 50 images per class
 #: The phases whose runs choose something (a method's default): scored on the validation split.
@@ -132,10 +116,8 @@ SELECTION_PHASES: tuple[str, ...] = ("ablation",)
 
 @dataclass(frozen=True)
 class Job:
-    """One training run: a method with its hyperparameter overrides, a seed, a phase
-    (``"final"``: the comparison, scored on the test set; ``"ablation"``: a method's variants,
-    :func:`ablation_jobs`, which choose defaults and so score the validation split:
-    :data:`SELECTION_PHASES`)."""
+    """One training run: a method, its overrides, a seed, a phase (``"final"``: scored on the
+    test set; ``"ablation"``, :func:`ablation_jobs`: on the validation split)."""
 
     setting: str
     phase: str
@@ -151,11 +133,8 @@ class Job:
 
 def method_kwargs(method: str, params: dict[str, float], ws: Workspace, n_train: int) -> dict:
     """Constructor arguments: :data:`~.settings.PAPER_DEFAULTS`, then
-    :data:`~.settings.CONTROL_WEIGHTS`, the setting-dependent sizes, then ``params``.
-
-    RRD's queue holds ``K = min(4096, N)`` teacher embeddings (choice, ``docs/rrd.md``: ``K <= N``
-    keeps each image once); REFILLED gets the student's class count.
-    """
+    :data:`~.settings.CONTROL_WEIGHTS`, the setting's sizes (RRD's queue ``K = min(4096, N)``,
+    ``docs/rrd.md``; REFILLED's class count), then ``params``."""
     kwargs: dict[str, Any] = dict(PAPER_DEFAULTS[method][0]) if method in PAPER_DEFAULTS else {}
     kwargs.update(CONTROL_WEIGHTS.get(method, {}))
     if method in ("rrd", "rrd_kd"):
@@ -180,19 +159,10 @@ def student_config(
 ) -> TrainConfig:
     """The one schedule every method trains with in a setting (``channels_last``: the layout)."""
     return TrainConfig(
-        epochs=setting.epochs,
-        optimizer="sgd",
-        lr=setting.lr,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=5e-4,
-        schedule="cosine",
-        device=str(device),
-        seed=seed,
-        progress=False,
-        channels_last=channels_last,
-        handle_signals=HANDLE_SIGNALS,
-    )
+        epochs=setting.epochs, optimizer="sgd", lr=setting.lr, momentum=0.9, nesterov=True,
+        weight_decay=5e-4, schedule="cosine", device=str(device), seed=seed, progress=False,
+        channels_last=channels_last, handle_signals=HANDLE_SIGNALS,
+    )  # fmt: skip
 
 
 def evaluate_student(
@@ -233,40 +203,26 @@ def run_parts(ws: Workspace, method: str, params: dict[str, Any], seed: int) -> 
     return student, m, loader, student_config(setting, seed, ws.device, ws.channels_last), cache
 
 
-def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train one student and measure it; returns ``(row, per-epoch history)``.
+def base_row(job: Job, spec: str, split: str, epochs: int, train: ImageSet) -> dict[str, Any]:
+    """The row of ``job`` before it trains: its key, what it is and what it trains on."""
+    return {"key": job.key(spec), "setting": job.setting, "spec": spec, "phase": job.phase,
+            "method": job.method, "params": params_tag(job.params), "seed": job.seed,
+            "eval_split": split, "epochs": epochs, "n_train": len(train),
+            "n_labelled": int((train.labels >= 0).sum()), "note": ""}  # fmt: skip
 
-    A run whose loss or weights become NaN/inf (``FloatingPointError`` from the loop) is a result,
-    not a crash: status ``"diverged"``, metrics NaN.
-    """
-    setting = ws.setting
-    train = ws.train_set(job.seed)
-    split = "val" if job.phase in SELECTION_PHASES else "test"
-    eval_set = ws.val if split == "val" else ws.test
-    n_labelled = int((train.labels >= 0).sum())
-    row: dict[str, Any] = {
-        "key": job.key(ws.spec),
-        "setting": job.setting,
-        "spec": ws.spec,
-        "phase": job.phase,
-        "method": job.method,
-        "params": params_tag(job.params),
-        "seed": job.seed,
-        "eval_split": split,
-        "epochs": setting.epochs,
-        "n_train": len(train),
-        "n_labelled": n_labelled,
-        "note": "",
-    }
-    student, method, loader, config, cache = run_parts(ws, job.method, job.params, job.seed)
-    eval_loader = (
-        TensorLoader.for_evaluation(eval_set, 1000, device=ws.device) if setting.curves else None
-    )
+
+def measured_fit(
+    row: dict[str, Any], ws: Any, student: nn.Module, eval_set: ImageSet, train: Callable
+) -> list[dict[str, Any]]:
+    """Run ``train()`` (the run's ``fit``) timed and with its peak memory, then measure the
+    student on ``eval_set`` into ``row``; returns the per-epoch history. A run whose loss or
+    weights become NaN/inf (``FloatingPointError``) is a result, not a crash: status
+    ``"diverged"``, metrics NaN."""
     history: list[dict[str, Any]] = []
     tic = time.perf_counter()
     with PeakMemory(ws.device) as memory:
         try:
-            history = fit(student, method, loader, config, teacher=cache, eval_loader=eval_loader)
+            history = train()
             row["status"] = "ok"
         except FloatingPointError as err:
             row["status"] = "diverged"
@@ -280,27 +236,30 @@ def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any
     else:
         for k in ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc"):
             row[k] = math.nan
+    return history
+
+
+def run_job(job: Job, ws: Workspace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one student and measure it (:func:`measured_fit`); returns ``(row, history)``."""
+    split = "val" if job.phase in SELECTION_PHASES else "test"
+    eval_set = ws.val if split == "val" else ws.test
+    row = base_row(job, ws.spec, split, ws.setting.epochs, ws.train_set(job.seed))
+    student, method, loader, config, cache = run_parts(ws, job.method, job.params, job.seed)
+    eval_loader = (
+        TensorLoader.for_evaluation(eval_set, 1000, device=ws.device) if ws.setting.curves else None
+    )
+    history = measured_fit(row, ws, student, eval_set, lambda: fit(
+        student, method, loader, config, teacher=cache, eval_loader=eval_loader
+    ))  # fmt: skip
     return row, history
 
 
 def not_applicable_row(setting: str, spec: str, method: str, reason: str) -> dict[str, Any]:
     """The row recorded for a method that cannot run in a setting (no training)."""
-    row = {c: math.nan for c in NUMERIC_COLUMNS}
-    row.update(
-        key="|".join([setting, spec, "final", method, "n/a", ""]),
-        setting=setting,
-        spec=spec,
-        phase="final",
-        method=method,
-        params="",
-        seed="",
-        status="n/a",
-        eval_split="test",
-        epochs="",
-        n_train="",
-        n_labelled="",
-        note=reason,
-    )
+    row: dict[str, Any] = {c: math.nan for c in NUMERIC_COLUMNS}
+    row.update(key="|".join([setting, spec, "final", method, "n/a", ""]), setting=setting,
+               spec=spec, phase="final", method=method, params="", seed="", status="n/a",
+               eval_split="test", epochs="", n_train="", n_labelled="", note=reason)  # fmt: skip
     return row
 
 
@@ -317,14 +276,9 @@ def applicable(method: str, ws: Workspace) -> str | None:
 
 
 def ablation_jobs(setting: Setting, method: str) -> list[Job]:
-    """Every variant of ``method``'s ablation on its seeds (``phase="ablation"``).
-
-    The variants' ``params`` go to ``build_method`` like a tuning trial's and are recorded in the
-    ``params`` column, so each variant's rows are told apart in ``runs.csv``. The ablation chooses
-    the method's defaults, so it is selection: the seeds are :func:`~.search_space.ablation_seeds`
-    (never an evaluation seed) and the runs score the validation split (:data:`SELECTION_PHASES`),
-    the same seeds for every variant, so a variant pairs with the default seed by seed.
-    """
+    """Every variant of ``method``'s ablation (its ``params`` column tells it apart) on the same
+    selection seeds (:func:`~.search_space.ablation_seeds`, scored on the validation split: the
+    ablation chooses defaults), so a variant pairs with the default seed by seed."""
     return [
         Job(setting.name, "ablation", method, dict(v.params), seed)
         for v in ablation_variants(method)
@@ -332,14 +286,7 @@ def ablation_jobs(setting: Setting, method: str) -> list[Job]:
     ]
 
 
-def run_ablation(ws: Workspace, method: str, store: ResultStore, progress: Progress) -> None:
-    """Train (or skip, if already in ``store``) every job of :func:`ablation_jobs`."""
-    run_settings([ws], [method], store, progress, ablation=method)
-
-
-# ---------------------------------------------------------------------------------------------
-# The benchmark loop
-# ---------------------------------------------------------------------------------------------
+# --- The benchmark loop ---
 
 
 @dataclass
@@ -382,14 +329,10 @@ def _clock(seconds: float) -> str:
 def arm_params(
     setting: Setting, method: str, recipes: Recipes | None, defaults: bool = True
 ) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
-    """The final runs of ``method`` in ``setting``: ``(params, seeds)`` per arm, headline first.
-
-    Without ``recipes``: the paper defaults (``{}``) on every seed, the
-    protocol before recipes. With them: the method's tuned recipe (canonical, so a recipe equal
-    to the defaults is ``{}``; a method without one runs at ``{}``, "not tuned") on every seed,
-    then, with ``defaults``, its paper defaults on the first ``setting.default_seeds`` seeds,
-    only where they differ from the recipe (same params, same run key: never trained twice).
-    """
+    """The final runs of ``method`` in ``setting``: ``(params, seeds)`` per arm, headline first:
+    its canonical recipe (``{}`` without one, or without ``recipes``) on every seed, then, with
+    ``defaults`` and a recipe that differs from them, its paper defaults on the first
+    ``setting.default_seeds`` seeds."""
     if recipes is None:
         return [({}, tuple(setting.seeds))]
     tuned = recipes.run_params(setting.name, method)
@@ -406,11 +349,8 @@ def plan_counts(
     recipes: Recipes | None = None,
     defaults: bool = True,
 ) -> int:
-    """Number of training runs a setting needs (every arm; n/a methods excluded).
-
-    Without ``ws`` only what the setting alone decides is excluded (a method that needs unlabelled
-    images where there are none); with it, everything :func:`applicable` says.
-    """
+    """Number of training runs a setting needs (every arm), without the n/a methods (without
+    ``ws``, only those the setting alone rules out)."""
     runnable = [
         m
         for m in methods
@@ -430,12 +370,9 @@ def pending_jobs(
     recipes: Recipes | None = None,
     defaults: bool = True,
 ) -> list[tuple[int, Job]]:
-    """``(workspace index, job)`` of every run not in ``store`` yet, in order; records n/a rows.
-
-    Per setting, every method's arms of :func:`arm_params`: the tuned runs of every method before
-    the paper-default ones. With ``ablation`` (a method name): only that method's ablation
-    variants on every seed (:func:`ablation_jobs`).
-    """
+    """``(workspace index, job)`` of every run not in ``store`` yet, in order (every method's
+    tuned runs, then the paper-default ones; with ``ablation``, that method's
+    :func:`ablation_jobs`); records the n/a rows."""
     done = store.done()
     out: list[tuple[int, Job]] = []
     for i, ws in enumerate(workspaces):
@@ -476,12 +413,8 @@ def run_settings(
     recipes: Recipes | None = None,
     defaults: bool = True,
 ) -> None:
-    """Every run of :func:`pending_jobs`, each appended to ``store`` as soon as it finishes.
-
-    ``executor(jobs, record)`` runs them elsewhere and calls ``record(job, row, history)`` here
-    per finished run (:func:`~.parallel.run_in_workers`); by default they run one at a time in
-    this process.
-    """
+    """Every run of :func:`pending_jobs`, each appended to ``store`` as soon as it finishes; in
+    this process, or by ``executor(jobs, record)`` (:func:`~.parallel.run_in_workers`)."""
     jobs = pending_jobs(workspaces, methods, store, ablation, recipes, defaults)
 
     def record(job: Job, row: dict[str, Any], history: list[dict[str, Any]]) -> None:

@@ -1,17 +1,11 @@
 """What the tuning searches: every method's knobs and their ranges, in one table.
 
-:data:`SEARCH_SPACE` names, per method, the constructor arguments the tuning (:mod:`.tune`)
-samples and each one's starting range *relative to the method's default* (``docs/benchmark.md``):
-a loss weight ``x0.1 ... x100`` (log, :data:`WEIGHT`), a temperature ``x1/4 ... x4`` (log,
-:data:`TEMPERATURE`), REFILLED's stage-1 share of the epochs ``0.1 ... 0.9`` (linear, never
-extended: :data:`FRACTION`). A chosen value near a bound extends it a decade at a time
-(:meth:`Knob.extend`, at most :data:`MAX_EXTENSIONS` times per bound). CE has no knob; a knob a
-constructor does not accept is dropped (:func:`method_space`). The combinations tune their added
-term only (their CE and KD weights stay KD's), so ``X + KD`` minus KD is still that term's effect.
-
-Selection runs on the validation split with :data:`SELECTION_SEEDS`, which no preset evaluates on
-(tested); the ablations (``--ablation``), which choose a method's defaults, do the same with
-:data:`ABLATION_SEEDS`.
+:data:`SEARCH_SPACE`: per method, the constructor arguments :mod:`.tune` samples, each range
+*relative to the method's default* (a loss weight ``x0.1 ... x100``, log; a temperature
+``x1/4 ... x4``, log; REFILLED's stage-1 share ``0.1 ... 0.9``, linear, never extended). A value
+chosen near a bound extends it a decade at a time (:meth:`Knob.extend`). The combinations tune
+their added term only, so ``X + KD`` minus KD is still that term's effect. Selection (and the
+ablations) run on the validation split with seeds no preset evaluates on (tested).
 """
 
 from __future__ import annotations
@@ -29,10 +23,8 @@ from .settings import PAPER_DEFAULTS
 #: evaluation seed of any preset (the presets use 0, 1, 2, ...; tested).
 SELECTION_SEEDS: tuple[int, ...] = (1000, 1001, 1002)
 
-#: Seeds of an ablation (``--ablation``, :func:`ablation_seeds`): it chooses a method's defaults,
-#: so it is selection too, scored on the validation split with seeds from the selection seeds'
-#: base, never an evaluation seed of any preset (tested). The same for every variant, so each
-#: variant pairs with the default seed by seed.
+#: Seeds of an ablation (:func:`ablation_seeds`): it chooses defaults, so it is selection too,
+#: never on an evaluation seed (tested); the same for every variant, so variants pair by seed.
 ABLATION_SEEDS: tuple[int, ...] = tuple(range(SELECTION_SEEDS[0], SELECTION_SEEDS[0] + 8))
 
 
@@ -130,10 +122,8 @@ def _knob(name: str, default: float, scale: Scale) -> Knob:
 
 
 def method_defaults(method: str) -> dict[str, float] | None:
-    """The numeric defaults a method runs at (:func:`~.recipes.effective_defaults`), as floats.
-
-    ``None`` if the method is not in ``PAPER_DEFAULTS`` or not buildable (not benchmarked yet).
-    """
+    """The numeric defaults a method runs at (:func:`~.recipes.effective_defaults`), as floats;
+    ``None`` if it is not benchmarked (not in ``PAPER_DEFAULTS`` or not buildable)."""
     if method not in PAPER_DEFAULTS or method not in _registry():
         return None
     return {
@@ -144,12 +134,8 @@ def method_defaults(method: str) -> dict[str, float] | None:
 
 
 def method_space(method: str) -> dict[str, Knob] | None:
-    """The knobs the tuning samples for ``method``, with their starting ranges.
-
-    ``None`` if the method is not benchmarked (see :func:`method_defaults`) or not in
-    :data:`SEARCH_SPACE`; ``{}`` if it has nothing to tune (CE). A knob of the table that the
-    method's constructor does not accept is dropped.
-    """
+    """The knobs the tuning samples for ``method`` with their starting ranges (those its
+    constructor accepts); ``None`` if it is not benchmarked, ``{}`` if it has none (CE)."""
     defaults = method_defaults(method)
     if defaults is None or method not in SEARCH_SPACE:
         return None

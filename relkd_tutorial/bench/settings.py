@@ -14,9 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# ---------------------------------------------------------------------------------------------
-# Methods: names, labels, paper defaults
-# ---------------------------------------------------------------------------------------------
+# --- Methods: names, labels, paper defaults ---
 
 METHOD_LABELS: dict[str, str] = {
     "ce": "CE",
@@ -35,9 +33,8 @@ METHOD_LABELS: dict[str, str] = {
 #: Every benchmarked method, in the report's order.
 METHODS: tuple[str, ...] = tuple(METHOD_LABELS)
 
-#: The published (or our, where a paper is silent) defaults each method runs at, and their source
-#: (``docs/benchmark.md``); ``runner.method_kwargs`` applies them, then :data:`CONTROL_WEIGHTS`,
-#: then a recipe's overrides. REFILLED's last three are the benchmark's (``docs/refilled.md``).
+#: The published (or our, where a paper is silent) defaults of each method and their source
+#: (``docs/benchmark.md``); REFILLED's last three are the benchmark's (``docs/refilled.md``).
 PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     "ce": ({}, "plain cross-entropy"),
     "pseudo_label": ({"pseudo_weight": 1.0}, "our control"),
@@ -81,17 +78,15 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     ),
 }
 
-#: The combinations train with KD's own CE and KD weights plus their relational term, so that
-#: ``X + KD`` minus KD is the effect of ``lambda * L_X`` alone (``docs/benchmark.md``); the
-#: constructors keep the published 1 / 1 / 1 (the CIFAR setting uses it).
+#: The combinations train with KD's CE and KD weights plus their term, so that ``X + KD`` minus KD
+#: is the effect of ``lambda * L_X`` alone; the constructors keep the published 1 / 1 / 1.
 CONTROL_WEIGHTS: dict[str, dict[str, float]] = {
     "rrd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
     "grkd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
 }
 
-#: Each method's control: the run that differs from it in one thing, its loss term (a relational
-#: term alone: ``1 * CE + lambda * L_X`` against CE; ``X + KD`` against KD). KD against CE differs
-#: in the term and in the CE weight (:data:`CONTROL_DIFFERS`).
+#: Each method's control: the run that differs from it in one thing, its loss term
+#: (:data:`CONTROL_DIFFERS`; KD against CE also differs in the CE weight).
 CONTROLS: dict[str, str] = {
     "pseudo_label": "ce",
     "kd": "ce",
@@ -132,8 +127,7 @@ MISSION_RIVALS: tuple[str, ...] = ("rkd", "rrd", "refilled", "dist")
 #: Family-wise error level of the verdicts (Holm over each family of comparisons).
 ALPHA = 0.05
 
-#: Methods that read the teacher's logits, so they need the teacher and the student to share
-#: their classes; in the cross-task setting they are n/a, for this reason.
+#: Methods that read the teacher's logits over the student's classes (n/a in cross-task): why.
 NEEDS_SHARED_CLASSES: dict[str, str] = {
     "pseudo_label": "its labels are the teacher's top class; the teacher has none of the student's classes",
     "kd": "matches the teacher's class distribution; the teacher has none of the student's classes",
@@ -145,13 +139,11 @@ NEEDS_SHARED_CLASSES: dict[str, str] = {
     "dist": "correlates the teacher's class probabilities; the teacher has none of the student's classes",
 }
 
-#: The control the logit methods are compared with in the ``"pseudo"`` family: CE on the labels
-#: plus CE on the teacher's top class over the unlabelled images (hard labels, no temperature).
-#: A logit method that beats it gains from more than the teacher's labels on the pool.
+#: The ``"pseudo"`` family's control: CE plus CE on the teacher's top class over the unlabelled
+#: images; a logit method that beats it gains from more than the teacher's labels.
 PSEUDO_LABEL_CONTROL = "pseudo_label"
 
-#: Methods that only differ from their control on unlabelled images: in a setting without any
-#: (low-data, standard) they would repeat their control's runs exactly, so they are not run there.
+#: Methods that differ from their control only on unlabelled images (not run where there are none).
 NEEDS_UNLABELLED: dict[str, str] = {
     "pseudo_label": "no unlabelled images here, so it is CE exactly (its pseudo-label term is 0)",
 }
@@ -183,30 +175,21 @@ def describe_params(params: dict[str, Any] | str) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Ablations: one method's reconstruction choices, each variant one change from the default
-# ---------------------------------------------------------------------------------------------
+# --- Ablations: one method's choices, each variant one change from the default ---
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One ablation variant: ``params`` override the method's defaults in one choice.
-
-    Attributes:
-        name: short label (``"top-5 group"``).
-        choice: the reconstruction choice it changes (``"group"``, ``"weights"``, ...).
-        params: keyword arguments for ``build_method`` (``{}`` is the default itself).
-    """
+    """One ablation variant: ``params`` (for ``build_method``; ``{}``: the default) change the
+    method's default in one ``choice`` (``"group"``, ``"weights"``, ...); ``name`` labels it."""
 
     name: str
     choice: str
     params: dict[str, Any]
 
 
-#: The GRKD ablation (``--ablation grkd``): the reconstruction's open choices (``docs/grkd.md``),
-#: one per variant. On all classes with uniform weights and no tied teacher logits the default
-#: ``"sum"`` is exactly ``C(C-1)/2`` times ``"mean"`` (tested), so that variant is the default at
-#: a smaller weight: the report calls it a scale effect.
+#: The GRKD ablation (``--ablation grkd``): the reconstruction's open choices (``docs/grkd.md``).
+#: ``"sum"`` is exactly ``C(C-1)/2`` times ``"mean"`` (tested): that variant is a scale effect.
 ABLATIONS: dict[str, tuple[Variant, ...]] = {
     "grkd": (
         Variant("default (all classes, uniform, tau 1)", "default", {}),
@@ -232,13 +215,10 @@ def ablation_variants(method: str) -> tuple[Variant, ...]:
     return ABLATIONS[method]
 
 
-# ---------------------------------------------------------------------------------------------
-# Settings
-# ---------------------------------------------------------------------------------------------
+# --- Settings ---
 
-#: The shipped teacher the Fashion-MNIST settings distil from (its file stem,
-#: :mod:`relkd_tutorial.pretrained`): the ``_heldout`` one never saw the validation split that
-#: selects hyperparameters. The spec fingerprint includes the teacher's weights.
+#: The shipped teacher of the Fashion-MNIST settings (:mod:`relkd_tutorial.pretrained`): the
+#: ``_heldout`` one never saw the validation split that selects hyperparameters.
 BENCH_TEACHER = "teacher_cnn_fashion_mnist_heldout"
 
 FASHION_SETTINGS: tuple[str, ...] = ("transfer", "low-data", "standard", "cross-task")
@@ -255,24 +235,13 @@ CROSS_TASK_STUDENT_CLASSES: tuple[int, ...] = (5, 6, 7, 8, 9)
 class Setting:
     """One benchmark setting on the shipped Fashion-MNIST subset.
 
-    Attributes:
-        name: one of :data:`FASHION_SETTINGS`.
-        labelled_per_class: ``n`` labelled images per class (``None`` = all labelled).
-        keep_unlabelled: keep the rest of the pool with label ``-1`` (transfer) or drop it.
-        epochs, batch_size, lr: the student's schedule (SGD + Nesterov, momentum 0.9, weight
-            decay 5e-4, cosine decay; identical for every method).
-        seeds: the seeds of the final runs.
-        student: student architecture (:func:`~relkd_tutorial.models.build_model`).
-        pool_per_class: images per class of the training pool (``None`` = the whole subset minus
-            the validation split; fast mode uses a smaller pool).
-        val_per_class: validation images per class carved out of the training subset.
-        teacher_epochs: cross-task only: epochs of the 5-class teacher.
-        curves: evaluate on the test split after every epoch (learning curves).
-        default_seeds: with recipes, the tuned methods also run at their paper defaults on the
-            first ``default_seeds`` seeds (the "out of the box" table; ``0``: none).
-
-    ``seeds``, ``curves`` and ``default_seeds`` do not change a run, so they are not part of
-    :meth:`fingerprint`.
+    ``labelled_per_class``: ``n`` labelled images per class (``None``: all); ``keep_unlabelled``:
+    keep the rest of the pool with label ``-1`` (transfer); ``epochs``, ``batch_size``, ``lr``:
+    the one student schedule (:func:`~.runner.student_config`); ``pool_per_class``: the training
+    pool (``None``: the subset minus the ``val_per_class`` validation split); ``teacher_epochs``:
+    the cross-task teacher's; ``curves``: test after every epoch; ``default_seeds``: the tuned
+    methods' paper-default arm runs on that many first seeds. ``seeds``, ``curves`` and
+    ``default_seeds`` do not change a run, so :meth:`fingerprint` leaves them out.
     """
 
     name: str
@@ -295,8 +264,7 @@ class Setting:
         for k in ("seeds", "curves", "default_seeds"):
             spec.pop(k)
         spec["teacher"] = teacher_id
-        # the combinations' weights changed what their runs mean (1 / 1 / 1 before): rows of the
-        # old protocol are never mixed with the new ones
+        # the combinations' weights changed what their runs mean: never mix the old protocol's
         spec["control_weights"] = CONTROL_WEIGHTS
         blob = json.dumps(spec, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:8]
@@ -305,31 +273,12 @@ class Setting:
 def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
     """The Fashion-MNIST settings of fast mode (``fast=True``) or of a size ``preset``.
 
-    Every preset runs each method at its tuned recipe where ``--recipes`` (default
-    ``bench/recipes.json``) has one, else at its paper defaults; the tuned methods also run at
-    their paper defaults on the first ``default_seeds`` seeds (the "out of the box" table).
-
-    ``"cpu"`` (the main job on a CPU; powered): the whole pool beside the validation split, i.e.
-    900 images per class (9,000) of the shipped 10,000-image subset after 100 per class are carved
-    out for validation. Transfer: 50 labels per class + the other 8,500 pool images unlabelled,
-    5 epochs, 16 paired seeds, the paper defaults on the first 8. Low-data: the 50 labels per
-    class alone, 30 epochs (batch 64), 8 seeds, the paper defaults on all 8. Standard: the 9,000
-    images labelled, 20 epochs, 3 seeds, with learning curves. Cross-task (opt-in): classes 5-9,
-    50 labels per class, 5 epochs, 5 seeds, a 6-epoch teacher on classes 0-4. The epochs were
-    chosen so that the job fits about half an hour on a 2-core CPU with ``--jobs 2``; what the
-    committed run took is in ``results/README.md``.
-
-    ``"quick"``: a 3,000-image pool (300 per class). Transfer 8 epochs, 4 seeds; low-data 20 epochs
-    (batch 64), 3 seeds; standard 2,000 labelled images, 10 epochs, 1 seed, curves; cross-task
-    8 epochs, 3 seeds, a 6-epoch teacher.
-
-    ``"large"`` (the default on a GPU): the whole pool, longer schedules; transfer 15 epochs,
-    8 seeds; low-data 60 epochs, 5 seeds; standard 30 epochs, 3 seeds; cross-task 15 epochs,
-    3 seeds. The shipped recipes were tuned at the cpu sizes: tune for these first
-    (``--tune --preset large --recipes FILE``) and run with ``--recipes FILE``.
-
-    Fast mode (any preset): 150 images per class, a few epochs, two seeds (in transfer both also
-    for the tuned methods' paper defaults).
+    ``"cpu"``: the main job on a CPU (the whole 9,000-image pool beside the validation split;
+    epochs chosen to fit about half an hour on 2 cores with ``--jobs 2``); ``"quick"``: a
+    3,000-image pool, fewer seeds; ``"large"`` (the default on a GPU): longer schedules, whose
+    recipes must be tuned first (``--tune --preset large --recipes FILE``). Fast mode (any
+    preset): 150 images per class, a few epochs, two seeds. The sizes are below and in
+    ``docs/benchmark.md``; ``default_seeds``: the tuned methods' paper-default arm.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
@@ -383,9 +332,7 @@ def _parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
     return items
 
 
-# ---------------------------------------------------------------------------------------------
-# The report's orders and labels (tables and figures)
-# ---------------------------------------------------------------------------------------------
+# --- The report's orders and labels (tables and figures) ---
 
 SETTING_ORDER = ("transfer", "low-data", "standard", "cross-task", "full")
 SETTING_TITLES = {

@@ -107,13 +107,9 @@ RESULTS_ENV = "RELKD_RESULTS_DIR"
 
 
 def find_results_dir(start: str | Path | None = None, name: str = "results") -> Path:
-    """The committed benchmark results folder (the one holding ``runs.csv``).
-
-    Looked for, in order: ``$RELKD_RESULTS_DIR`` (must hold ``runs.csv``); a folder ``name`` in
-    ``start`` (default: the current directory) or any folder above it; the ``results/`` of the
-    source checkout this package was imported from. :class:`FileNotFoundError` names every place
-    searched when none holds ``runs.csv``.
-    """
+    """The committed results folder holding ``runs.csv``: ``$RELKD_RESULTS_DIR``, else ``name``
+    in ``start`` (default: the current directory) or above it, else the source checkout's
+    ``results/``; :class:`FileNotFoundError` names every place searched."""
     override = os.environ.get(RESULTS_ENV, "").strip()
     if override:
         folder = Path(override).expanduser()
@@ -169,21 +165,15 @@ class ResultStore:
         _append_csv(self.runs_path, RUN_COLUMNS, [row])
 
 
-# ---------------------------------------------------------------------------------------------
-# Run metadata
-# ---------------------------------------------------------------------------------------------
+# --- Run metadata ---
 
 
 _CPUINFO = Path("/proc/cpuinfo")
 
 
 def cpu_info() -> dict[str, Any]:
-    """The CPU and the instruction set torch's CPU kernels use: runs are bit-exact only on the same.
-
-    ``cpu_model`` (``/proc/cpuinfo``, else ``platform.processor()``, else ``None``),
-    ``cpu_capability`` (``torch.backends.cpu.get_cpu_capability()``) and ``aten_cpu_capability``
-    (the ``ATEN_CPU_CAPABILITY`` variable that caps it, ``None`` when unset).
-    """
+    """``cpu_model``, ``cpu_capability`` (the instruction set torch's CPU kernels use) and
+    ``aten_cpu_capability`` (the variable capping it): runs are bit-exact only on the same."""
     model = None
     try:
         for line in _CPUINFO.read_text().splitlines():

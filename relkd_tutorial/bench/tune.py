@@ -2,34 +2,21 @@
 
     python -m relkd_tutorial.bench --tune --settings transfer,low-data --trials 12 --jobs 2
     python -m relkd_tutorial.bench --tune --prune --recipes runs/tune/recipes-pruned.json
-    python -m relkd_tutorial.bench --diff-recipes A.json B.json    # did pruning change a choice?
 
-One Optuna study per setting and method. A trial samples the method's knobs (:mod:`.search_space`),
-trains the student once per selection seed (:data:`~.search_space.SELECTION_SEEDS`, never an
-evaluation seed) and scores the mean top-1 on the **validation** split (the test split is never
-read). Every method gets the same number of trials (``--trials``); the first is its default, so
-a recipe never scores below the default on validation; a tie goes to the earlier trial; a
-diverged run scores 0. Sampler: TPE, each knob independently (a grown range would drop it from a
-joint model), ``constant_liar`` for concurrent workers; the search is not bit-reproducible, the
-recipe file it writes is what the main job reads (``docs/benchmark.md`` says why TPE, not a grid).
-
-Edges: a best value near an extendable bound (:meth:`~.search_space.Knob.at_edge`) grows that
-bound by a decade and the study continues with :func:`extra_trials` more trials, at most
-:data:`~.search_space.MAX_EXTENSIONS` times per bound; the recipe file records every range and
-flags a value still at an edge. Pruning (``--prune``): Hyperband on the validation top-1 after
-every epoch of every seed; a pruned trial counts against the budget and is never chosen.
-
-Storage: a journal file (``<out>/tuning.journal``) or a database URL (``--storage``). The same
-command again resumes; ``--jobs N`` worker processes share the studies, and so do other machines
-given the same ``--storage`` (a trial whose worker died on this machine is marked failed and
-rerun). The recipes are written at the end of every invocation from the whole storage.
+One Optuna study per setting and method (TPE, each knob independently, ``constant_liar``): a trial
+trains once per selection seed (:data:`~.search_space.SELECTION_SEEDS`) and scores the mean
+validation top-1 (the test split is never read); every method gets ``--trials`` trials, the first
+its default; a tie goes to the earlier trial, a diverged run scores 0. A best value near an
+extendable bound grows that bound (:func:`extra_trials` more trials, at most
+:data:`~.search_space.MAX_EXTENSIONS` times). ``--prune``: Hyperband on the per-epoch validation
+top-1. Storage: a journal file or ``--storage`` URL, shared by ``--jobs`` workers and machines;
+the same command resumes. Why TPE, and the rest: ``docs/benchmark.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import socket
@@ -44,13 +31,13 @@ import torch
 
 from ..data import TensorLoader
 from ..training import fit
-from .parallel import WorkspaceRef, spawn_pool
+from .parallel import WorkspaceRef, spawn_pool, workspace_refs
 from .recipes import FORMAT, RECIPES_FILE
 from .runner import _clock, applicable, run_parts
 from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_defaults, method_space
 from .settings import Setting, describe_params, label
 from .store import cpu_info, git_commit
-from .workspace import Workspace, load_workspace
+from .workspace import Workspace, load_workspace, prepare_workspaces
 
 #: Where the main job reads the committed recipes from (fast mode writes under ``--out``).
 RECIPES_PATH = RECIPES_FILE
@@ -61,9 +48,7 @@ def extra_trials(trials: int) -> int:
     return max(2, trials // 3)
 
 
-# ---------------------------------------------------------------------------------------------
-# Storage and studies
-# ---------------------------------------------------------------------------------------------
+# --- Storage and studies ---
 
 
 def open_storage(where: str | Path) -> Any:
@@ -89,9 +74,12 @@ def study_name(ws: Workspace, method: str, prune: bool, seeds: Sequence[int]) ->
     return f"relkd|{ws.setting.name}|{ws.spec}|{method}|seeds{seed_text}|{pruning}|space{tag}"
 
 
-def _load_study(storage: Any, name: str, prune: bool, trials: int, steps: int) -> Any:
+def _load_study(storage: Any, ws: Workspace, method: str, prune: bool, trials: int) -> Any:
+    """The study of ``method`` on ``ws`` (:func:`study_name`), created if new."""
     import optuna
 
+    name = study_name(ws, method, prune, SELECTION_SEEDS)
+    steps = ws.setting.epochs * len(SELECTION_SEEDS)  # Hyperband's resource: epochs of all seeds
     sampler = optuna.samplers.TPESampler(
         n_startup_trials=max(2, trials // 3), multivariate=False, constant_liar=True
     )
@@ -161,9 +149,7 @@ def _fail_dead_trials(storage: Any, study: Any) -> None:
             pass
 
 
-# ---------------------------------------------------------------------------------------------
-# A trial: the method trained once per selection seed, scored on the validation split
-# ---------------------------------------------------------------------------------------------
+# --- A trial: one run per selection seed, scored on the validation split ---
 
 
 def validation_run(
@@ -248,17 +234,12 @@ def _progress(log, trial, ws, method, params, text, tic, started, target) -> Non
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# A study: trials up to the budget, edges extended; the workers
-# ---------------------------------------------------------------------------------------------
+# --- A study: trials up to the budget, edges extended; the workers ---
 
 
 def selected_trials(study: Any, target: int) -> list[Any]:
-    """The first ``target`` finished (complete or pruned) trials: what a study's budget bought.
-
-    With several workers a study may finish a trial or two more than its budget; they are left
-    out, so every method is chosen from the same number of trials.
-    """
+    """The first ``target`` finished (complete or pruned) trials: what the budget bought (extra
+    trials of concurrent workers are left out, so every method is chosen from as many)."""
     done = study.get_trials(deepcopy=False, states=_states("COMPLETE", "PRUNED"))
     return sorted(done, key=lambda t: t.number)[:target]
 
@@ -340,9 +321,7 @@ def _work(job: TuneJob, workspaces: Sequence[Workspace] | None = None) -> None:
         did = False
         for ws in workspaces:
             for method in tunable(job.methods, ws):  # not where it cannot run (n/a there)
-                name = study_name(ws, method, job.prune, SELECTION_SEEDS)
-                steps = ws.setting.epochs * len(SELECTION_SEEDS)
-                study = _load_study(storage, name, job.prune, job.trials, steps)
+                study = _load_study(storage, ws, method, job.prune, job.trials)
                 _fail_dead_trials(storage, study)
                 did |= tune_study(study, ws, method, job.trials, print)
         if not did:
@@ -361,13 +340,9 @@ def add_arguments(parser: Any) -> None:
                    "<out>/tuning.journal); rerun to resume, share it to add workers")  # fmt: skip
     g.add_argument("--prune", action="store_true",
                    help="stop weak trials early (Hyperband on the per-epoch validation top-1)")  # fmt: skip
-    g.add_argument("--diff-recipes", nargs=2, metavar=("A", "B"), default=None,
-                   help="compare two recipe files (e.g. with and without --prune) and exit")  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------
-# The recipes: one entry per setting and method, from the storage
-# ---------------------------------------------------------------------------------------------
+# --- The recipes: one entry per setting and method, from the storage ---
 
 
 def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
@@ -413,41 +388,7 @@ def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocat
     return path
 
 
-def _read_recipes(path: str | Path) -> dict[str, Any]:
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a format-{FORMAT} recipe file")
-    return doc
-
-
-def diff_recipes(a: dict[str, Any], b: dict[str, Any], factor: float = 3.0) -> list[str]:
-    """Lines comparing two recipe files: every knob's two choices; ``DIFFERS`` where they are
-    more than ``factor`` apart (about half a decade) or a method is in one file only."""
-    lines = []
-    for setting in sorted(set(a["settings"]) | set(b["settings"])):
-        ea, eb = a["settings"].get(setting, {}), b["settings"].get(setting, {})
-        for method in sorted(set(ea) | set(eb)):
-            if method not in ea or method not in eb:
-                lines.append(f"{setting} {method}: in one file only  DIFFERS")
-                continue
-            pa, pb = ea[method]["params"], eb[method]["params"]
-            for k in sorted(set(pa) | set(pb)):
-                va, vb = pa.get(k, math.nan), pb.get(k, math.nan)
-                ratio = max(va, vb) / min(va, vb) if min(va, vb) > 0 else math.inf
-                flag = "  DIFFERS" if not ratio <= factor else ""
-                lines.append(f"{setting} {method} {k}: {va:g} vs {vb:g} (x{ratio:.2g}){flag}")
-            lines.append(
-                f"{setting} {method} validation score: {ea[method]['selection_score']:.4f} vs "
-                f"{eb[method]['selection_score']:.4f}; trials {ea[method]['trials']} vs "
-                f"{eb[method]['trials']}, pruned {ea[method].get('pruned', 0)} vs "
-                f"{eb[method].get('pruned', 0)}"
-            )
-    return lines
-
-
-# ---------------------------------------------------------------------------------------------
-# The command
-# ---------------------------------------------------------------------------------------------
+# --- The command ---
 
 
 def tunable(methods: Sequence[str], ws: Workspace) -> list[str]:
@@ -480,13 +421,12 @@ def run_tuning(
     storage, done = open_storage(storage_url), 0
     for ws in workspaces:  # create the studies and enqueue the defaults before any worker runs
         for method in tunable(wanted, ws):
-            name = study_name(ws, method, args.prune, SELECTION_SEEDS)
-            steps = ws.setting.epochs * len(SELECTION_SEEDS)
-            study = _load_study(storage, name, args.prune, args.trials, steps)
+            study = _load_study(storage, ws, method, args.prune, args.trials)
             prepare_study(study, method_space(method) or {})
             done += _count(study, "COMPLETE", "PRUNED")
+    names = ", ".join(ws.setting.name for ws in workspaces)
     print(
-        f"{done} trials already in the storage (kept); tuning {', '.join(wanted)} on {', '.join(ws.setting.name for ws in workspaces)}: "
+        f"{done} trials already in the storage (kept); tuning {', '.join(wanted)} on {names}: "
         f"{args.trials} trials each, selection seeds {list(SELECTION_SEEDS)} on the validation "
         f"split, pruning {'on' if args.prune else 'off'}, {jobs} worker(s); storage {storage_url}",
         flush=True,
@@ -496,10 +436,7 @@ def run_tuning(
         if jobs == 1:
             _work(TuneJob((), tuple(wanted), args.trials, storage_url, args.prune, 1), workspaces)
         else:
-            refs = tuple(
-                WorkspaceRef(str(p), ws.setting, ws.channels_last, str(ws.device))
-                for p, ws in zip(paths, workspaces, strict=True)
-            )
+            refs = workspace_refs(paths, workspaces)
             job = TuneJob(refs, tuple(wanted), args.trials, storage_url, args.prune,
                           torch.get_num_threads())  # fmt: skip
             with spawn_pool(jobs) as pool:
@@ -541,8 +478,7 @@ def collect_recipes(
     out: dict[str, dict[str, Any]] = {}
     for ws in workspaces:
         for method in tunable(methods, ws):
-            name = study_name(ws, method, prune, SELECTION_SEEDS)
-            study = _load_study(storage, name, prune, trials, 1)
+            study = _load_study(storage, ws, method, prune, trials)
             entry = recipe_entry(study, method, trials)
             if entry is not None:
                 out.setdefault(ws.setting.name, {})[method] = entry
@@ -567,14 +503,7 @@ def main_tune(
     device: torch.device,
     command: str,
 ) -> int:
-    """``--tune`` and ``--diff-recipes`` of :func:`~.cli.main` (after its ``configure``)."""
-    if args.diff_recipes:
-        a, b = (_read_recipes(p) for p in args.diff_recipes)
-        lines = diff_recipes(a, b)
-        print("\n".join(lines))
-        differs = sum("DIFFERS" in line for line in lines)
-        print(f"{differs} choice(s) differ by more than a factor 3")
-        return 0
+    """``--tune`` of :func:`~.cli.main` (after its ``configure``)."""
     out_dir = Path(args.out or ("runs/tune-fast" if fast else "runs/tune"))
     settings = {n: tune_setting(s) for n, s in settings.items()}
     if args.plan:
@@ -583,11 +512,5 @@ def main_tune(
             print(f"  {args.trials} trials per method x {len(SELECTION_SEEDS)} selection seeds "
                   f"(+ {extra_trials(args.trials)} per range that grows)")  # fmt: skip
         return 0
-    from .workspace import build_workspace, cache_dir, prepare_workspace
-
-    workspaces, paths = [], []
-    for s in settings.values():
-        ws = build_workspace(s, out_dir, device, args.teacher)
-        paths.append(prepare_workspace(ws, cache_dir(out_dir)))
-        workspaces.append(ws)
+    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
     return run_tuning(args, workspaces, paths, methods, out_dir, fast, command)

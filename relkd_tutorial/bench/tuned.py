@@ -1,12 +1,9 @@
 """Tuned against tuned: the main job's two arms, what tuning changes, what the report says of it.
 
-With recipes (:mod:`.recipes`), a setting's final runs hold two **arms**, told apart by their
-``params``: every method at its recipe on every seed (the headline; a method without one is "not
-tuned"), and the tuned methods at their paper defaults on the first ``default_seeds`` seeds (the
-"out of the box" table). :func:`arm_rows` selects one arm, so every table and verdict reads one
-arm at a time; a folder without recipes is one arm. :func:`tuning_comparisons` pairs each tuned
-method with itself at its defaults (family ``"tuning"``); the rest is the report's generated text,
-every number in it one of the computed values.
+With recipes, a setting's final runs hold two **arms**, told apart by their ``params``: every
+method at its recipe (the headline) and the tuned methods at their paper defaults on the first
+``default_seeds`` seeds ("out of the box"). Every table and verdict reads one arm
+(:func:`arm_rows`); :func:`tuning_comparisons` pairs each tuned method with itself at its defaults.
 """
 
 from __future__ import annotations
@@ -55,13 +52,9 @@ SECOND_RUN_SET = "replicate"
 def arm_rows(
     rows: Sequence[dict[str, Any]], recipes: Recipes | None, arm: str = "tuned"
 ) -> list[dict[str, Any]]:
-    """The rows of one arm: ``"tuned"`` (the headline) or ``"defaults"`` (out of the box).
-
-    Only the final runs of the settings that ran under ``recipes`` are filtered: ``"tuned"``
-    keeps each method's runs at its canonical recipe (``{}`` where it has none), ``"defaults"``
-    its runs at ``{}``. n/a rows, ablation rows, and every row of a setting that did not
-    run under recipes (or of a folder without any: ``recipes=None``) are kept in both.
-    """
+    """The rows of one arm: ``"tuned"`` (each method at its canonical recipe, ``{}`` without
+    one) or ``"defaults"`` (at ``{}``). Only the final runs of the settings that ran under
+    ``recipes`` are filtered; n/a and ablation rows are kept in both."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     if recipes is None:
@@ -92,12 +85,9 @@ def tuning_comparisons(
     confidence: float = 0.95,
     alpha: float = ALPHA,
 ) -> list[dict[str, Any]]:
-    """Each tuned method at its recipe minus itself at its defaults, paired by seed.
-
-    Family ``"tuning"`` (Holm over the tuned methods of a setting); only the seeds both arms ran
-    take part (the defaults arm's). Each dict is like :func:`~.verdict.comparisons`' with
-    ``baseline`` the method itself and ``params`` the recipe's tag.
-    """
+    """Each tuned method at its recipe minus itself at its defaults, paired by seed (family
+    ``"tuning"``, Holm over a setting's tuned methods); entries like
+    :func:`~.verdict.comparisons`', ``baseline`` the method itself, ``params`` the recipe's tag."""
     out: list[dict[str, Any]] = []
     finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
     for setting in _ordered_settings(finals):
@@ -148,12 +138,9 @@ def tuning_paragraph(
     methods: Sequence[str],
     confidence: float = 0.95,
 ) -> str:
-    """What tuning the loss weights does to the comparison, from the computed entries.
-
-    Which tuned methods gained or lost against their own defaults (:func:`tuning_comparisons`),
-    which methods were not tuned, and which verdicts of the question family (GRKD against its
-    rivals) differ between the defaults and the tuned recipes (:func:`verdict_changes`).
-    """
+    """What tuning does to the comparison: which tuned methods gained or lost against their own
+    defaults, which were not tuned, and which of the question's verdicts differ between the
+    arms (:func:`verdict_changes`)."""
     mine = [e for e in tuning if e["setting"] == setting and e["metric"] == "acc"]
     out = [f"**What tuning does to the comparison ({setting}).**"]
     if mine:
@@ -207,13 +194,9 @@ def precision_cost_sentence(
     target: float = 1.0,
     confidence: float = 0.95,
 ) -> str:
-    """What intervals of ``target`` points would cost: seeds and CPU time, from the runs.
-
-    The seeds ``k`` that bring the widest paired standard deviation ``s`` of the family (top-1,
-    points) to a half width ``t(k - 1) s / sqrt(k) <= target``, and the runs and time that many
-    seeds more would take (every method of the setting, at its mean seconds per run here). ``""``
-    when the family has no interval, or every interval already meets the target.
-    """
+    """What intervals of ``target`` points would cost: the seeds ``k`` that bring the family's
+    widest paired standard deviation ``s`` to ``t(k - 1) s / sqrt(k) <= target``, and the runs
+    and time they add at this folder's seconds per run. ``""`` when every interval meets it."""
     chosen = [e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family,
               "acc") and e["n"] >= 2]  # fmt: skip
     if not chosen or all((e["high"] - e["low"]) / 2 <= target for e in chosen):
@@ -328,11 +311,9 @@ def out_of_the_box(
 ) -> list[str]:
     """The report's sections after a setting's tuned verdict: the defaults, tuning, the recipes.
 
-    ``rows`` are every row of the folder (both arms); ``tuned_entries`` the headline's
-    comparisons (already through :func:`~.verdict.mark_fragile`); ``second`` the rows of a second
-    run set and its name, whose verdicts make a verdict that differs there fragile. ``brief``
-    (the README): no headings, no defaults verdict paragraph, the recipes' flags without their
-    table.
+    ``rows``: both arms; ``tuned_entries``: the headline's comparisons (marked fragile);
+    ``second``: a second run set's rows and name (:func:`second_run_set`). ``brief`` (the
+    README): no headings, no defaults verdict, the recipes' flags without their table.
     """
     parts: list[str] = []
     tuned_here = tuned_methods(recipes, setting)

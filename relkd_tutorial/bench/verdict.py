@@ -1,16 +1,12 @@
 """The benchmark's comparisons, their multiple-comparison correction and the verdict sentences.
 
 Pure functions of the rows of ``runs.csv``. Every comparison is a paired difference by seed
-(:func:`relkd_tutorial.stats.paired_difference`) with its two-sided paired t p-value and belongs
-to one **family**, corrected together with Holm's step-down method at family-wise level
-:data:`~.settings.ALPHA`, per setting and metric: ``"control"`` (each method against the run that
-differs from it in one thing, :data:`~.settings.CONTROLS`), ``"kd"`` and ``"ce"`` (every method
-against KD, the headline, and against CE), ``"mission"`` (GRKD against RKD, RRD, REFILLED and
-DIST), ``"pseudo"`` (every logit method against the pseudo-label control: the teacher's dark
-knowledge beyond its labels on the pool) and ``"ablation"`` (each variant against its default).
-A difference is claimed ("beats" / "trails") only when its interval excludes 0 *and* its
-Holm-adjusted p-value is at most the level; otherwise it is "within noise". The verdict
-paragraphs are generated from these entries: every number in them is one of the entries' values.
+(:func:`relkd_tutorial.stats.paired_difference`) in one **family**, Holm-corrected per setting
+and metric at :data:`~.settings.ALPHA`: ``"control"`` (:data:`~.settings.CONTROLS`), ``"kd"``,
+``"ce"``, ``"mission"`` (GRKD against its rivals), ``"pseudo"`` (logit methods against the
+pseudo-label control), ``"ablation"`` (each variant against its default). A difference is
+claimed only when its interval excludes 0 *and* its Holm p is at most the level; the verdict
+paragraphs are generated from the entries (``docs/benchmark.md``).
 """
 
 from __future__ import annotations
@@ -19,14 +15,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..stats import (
-    claim,
-    describe_corrected,
-    format_p,
-    holm_adjust,
-    mean_std,
-    paired_difference,
-)
+from ..stats import claim, describe_corrected, format_p, holm_adjust, mean_std, paired_difference
 from .search_space import ABLATION_SEEDS
 from .settings import (
     ALPHA,
@@ -133,12 +122,9 @@ def mark_fragile(
     alpha: float = ALPHA,
     factor: float = FRAGILE_FACTOR,
 ) -> list[dict[str, Any]]:
-    """Mark each entry's verdict fragile, in place: ``e["fragile"]`` says why (``""``: firm).
-
-    Fragile when its Holm-adjusted p-value is inside :func:`fragile_band`, or when ``second``
-    (the entries of a second run set of the same runs) has that comparison with another verdict;
-    its ``sentence`` then says "fragile" instead of "beats" / "trails". Returns ``entries``.
-    """
+    """Mark each entry fragile, in place (``e["fragile"]`` says why; ``""``: firm): its Holm p is
+    inside :func:`fragile_band`, or ``second`` (a second run set's entries) has another verdict;
+    its ``sentence`` then says "fragile". Returns ``entries``."""
     low, high = fragile_band(alpha, factor)
     other = {_key(e): e for e in second or ()}
     for e in entries:
@@ -192,13 +178,10 @@ def comparisons(
     confidence: float = 0.95,
     alpha: float = ALPHA,
 ) -> list[dict[str, Any]]:
-    """Every comparison of every family, per setting and metric, over the final runs.
-
-    Only seeds where both runs finished take part; accuracy differences are in percentage points.
-    Each dict holds ``setting``, ``family``, ``method``, ``baseline``, ``metric``, ``mean``,
-    ``std``, ``n``, ``low``, ``high``, ``p``, ``p_holm``, ``family_size``, ``claim``,
-    ``within_noise`` and ``sentence``.
-    """
+    """Every comparison of every family, per setting and metric, over the final runs (seeds where
+    both finished; accuracy in points): ``setting``, ``family``, ``method``, ``baseline``,
+    ``metric``, ``mean``, ``std``, ``n``, ``low``, ``high``, ``p``, ``p_holm``, ``family_size``,
+    ``claim``, ``within_noise``, ``sentence``."""
     out: list[dict[str, Any]] = []
     finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
     for setting in _ordered_settings(finals):
@@ -227,12 +210,9 @@ def ablation_comparisons(
     confidence: float = 0.95,
     alpha: float = ALPHA,
 ) -> list[dict[str, Any]]:
-    """Each variant of ``method``'s ablation minus its default, paired by seed (family "ablation").
-
-    Reads the ``phase == "ablation"`` rows; a variant is told apart by its ``params`` tag. Each
-    dict also holds ``variant`` (its name), ``choice`` and ``params``. Rows of one setting scored
-    on two splits (an earlier protocol's test-split runs beside the validation ones) are refused.
-    """
+    """Each variant of ``method``'s ablation minus its default, paired by seed (family
+    ``"ablation"``; entries also hold ``variant``, ``choice``, ``params``). A setting whose rows
+    were scored on two splits (an earlier protocol mixed in) is refused."""
     out: list[dict[str, Any]] = []
     runs = [
         r
@@ -263,9 +243,7 @@ def ablation_comparisons(
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Sentences and tables
-# ---------------------------------------------------------------------------------------------
+# --- Sentences and tables ---
 
 
 def _short(e: dict[str, Any]) -> str:
@@ -332,13 +310,8 @@ def verdict_paragraph(
     alpha: float = ALPHA,
     confidence: float = 0.95,
 ) -> str:
-    """The verdict of one setting, generated from :func:`comparisons`' entries (no typed number).
-
-    Up to four sentences: against KD (the headline family), against each method's
-    one-thing-different control, the mission's question (GRKD against RKD, RRD, REFILLED and DIST), and
-    the logit methods against the pseudo-label control (where it ran). A method is said to beat or
-    trail only when its Holm-adjusted p-value is at most ``alpha``.
-    """
+    """The verdict of one setting from :func:`comparisons`' entries (no typed number): a sentence
+    per family (KD, the controls, the question, the pseudo-label control, where they ran)."""
     chosen = [e for e in entries if e["setting"] == setting and e["metric"] == metric]
     what = METRIC_LABELS[metric].replace(" %", "")
     low, high = fragile_band(alpha)
@@ -383,11 +356,8 @@ def precision_sentence(
     metric: str = "acc",
     target: float = TARGET_HALF_WIDTH,
 ) -> str:
-    """How wide the family's 95% intervals are, against the target half width (generated).
-
-    The half width of an entry is ``(high - low) / 2``; the sentence names the narrowest and the
-    widest, and which entries meet ``target``. ``""`` when the family has no interval.
-    """
+    """How wide the family's 95% intervals are (half width ``(high - low) / 2``): the narrowest,
+    the widest, which meet ``target``. ``""`` when the family has no interval."""
     chosen = [e for e in entries if e["setting"] == setting and e["family"] == family
               and e["metric"] == metric and e["n"] >= 2]  # fmt: skip
     if not chosen:

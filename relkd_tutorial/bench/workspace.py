@@ -1,15 +1,11 @@
 """What the runs of a setting share: its data splits and its teacher (:class:`Workspace`).
 
-The splits come from the shipped Fashion-MNIST subset; the teacher is the shipped ``teacher_cnn``
-named by ``settings.BENCH_TEACHER`` (or given weights), or, for the cross-task setting, a 5-class
-teacher trained once and cached in the output folder; its outputs over each image set are
-computed once (:meth:`Workspace.teacher_cache`).
-
-On disk (:func:`save_workspace`, :func:`load_workspace`): the splits, the teacher's weights and
-its outputs, under ``<out>/cache/`` (or ``$RELKD_CACHE_DIR``), in a file named by
-:func:`workspace_key`, written atomically with a SHA-256 checksum. A file that does not load, is
-stale (another key) or corrupt is rebuilt with a message, never used. The next invocation, and
-every worker process of ``--jobs``, loads it instead of running the teacher again.
+The splits come from the shipped Fashion-MNIST subset; the teacher is the shipped one
+(``settings.BENCH_TEACHER``, or given weights) or, in cross-task, a 5-class teacher trained once
+and cached; its outputs over each image set are computed once (:meth:`Workspace.teacher_cache`).
+On disk: ``<out>/cache/`` (or ``$RELKD_CACHE_DIR``), one file per :func:`workspace_key`, written
+atomically with a SHA-256 checksum; a file that does not load, is stale or corrupt is rebuilt,
+never used. Later invocations and every ``--jobs`` worker load it.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +33,7 @@ from ..data import (
     split_validation,
 )
 from ..methods import CrossEntropy
-from ..metrics import (
-    FASHION_MNIST_GROUPS,
-)
+from ..metrics import FASHION_MNIST_GROUPS
 from ..models import build_model
 from ..teacher import TeacherCache
 from ..training import TrainConfig, evaluate, fit
@@ -52,9 +46,7 @@ from .settings import (
     Setting,
 )
 
-# ---------------------------------------------------------------------------------------------
-# Data and teachers of a setting
-# ---------------------------------------------------------------------------------------------
+# --- Data and teachers of a setting ---
 
 
 def _digest(data: ImageSet, what: str = "images") -> str:
@@ -72,11 +64,8 @@ def teacher_fingerprint(model: nn.Module) -> str:
 
 
 def class_groups(data: ImageSet) -> dict[str, tuple[int, ...]]:
-    """The confusable groups in ``data``'s labels (after any class selection).
-
-    A group keeps the classes the data set has, relabelled; a group left with fewer than two
-    classes has nothing to confuse and is dropped (its accuracy is reported as n/a).
-    """
+    """The confusable groups in ``data``'s (relabelled) classes; a group left with fewer than
+    two is dropped (its accuracy is n/a)."""
     original = data.original_classes or tuple(range(data.num_classes))
     groups = {}
     for name, members in FASHION_MNIST_GROUPS.items():
@@ -110,11 +99,8 @@ class Workspace:
 
     @property
     def spec(self) -> str:
-        """The runs' configuration fingerprint: the setting's, with the teacher and the layout.
-
-        The students' memory layout changes their results in the last bits (other kernels), so
-        runs in ``channels_last`` get another fingerprint than contiguous ones.
-        """
+        """The runs' configuration fingerprint: the setting's, the teacher's and the layout's
+        (``channels_last`` changes the last bits of a result: other kernels)."""
         teacher = f"{self.teacher_id}+channels_last" if self.channels_last else self.teacher_id
         return self.setting.fingerprint(teacher)
 
@@ -188,12 +174,8 @@ def cross_task_teacher(
     device: torch.device,
     log: Callable[[str], None],
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The 5-class teacher of the cross-task setting, trained once and cached in ``out_dir``.
-
-    ``teacher_cnn`` trained with cross-entropy on classes 0-4 of the pool (crop 2 + flip, SGD +
-    Nesterov, lr 0.05, cosine, ``setting.teacher_epochs`` epochs, seed 0), like the shipped
-    teacher but shorter. Cached as ``cross_task_teacher_<digest>.pt`` with a JSON record.
-    """
+    """The cross-task setting's ``teacher_cnn`` on classes 0-4 of the pool (CE, seed 0,
+    ``setting.teacher_epochs``), trained once and cached in ``out_dir`` with a JSON record."""
     teacher_set, _ = cross_task_split(
         pool, CROSS_TASK_TEACHER_CLASSES, CROSS_TASK_STUDENT_CLASSES, seed=0
     )
@@ -209,15 +191,8 @@ def cross_task_teacher(
         f"{setting.teacher_epochs} epochs; once, cached in {weights.name})"
     )
     loader = TensorLoader(teacher_set, 128, augment=True, crop_padding=2, flip=True, seed=0)
-    config = TrainConfig(
-        epochs=max(1, setting.teacher_epochs),
-        lr=0.05,
-        nesterov=True,
-        schedule="cosine",
-        device=str(device),
-        seed=0,
-        progress=False,
-    )
+    config = TrainConfig(epochs=max(1, setting.teacher_epochs), lr=0.05, nesterov=True,
+                         schedule="cosine", device=str(device), seed=0, progress=False)  # fmt: skip
     tic = time.perf_counter()
     fit(model, CrossEntropy(), loader, config)
     seconds = time.perf_counter() - tic
@@ -246,11 +221,8 @@ def build_workspace(
     teacher: nn.Module | None = None,
     channels_last: bool = True,
 ) -> Workspace:
-    """Splits and teacher of a Fashion-MNIST setting (``teacher`` overrides the shipped one).
-
-    ``channels_last`` (default): the students train in the ``channels_last`` memory format,
-    measured faster for the small CNNs on a CPU (``benchmarks/step.py``).
-    """
+    """Splits and teacher of a Fashion-MNIST setting (``teacher`` overrides the shipped one);
+    ``channels_last``: the students' layout (measured faster on a CPU, ``benchmarks/step.py``)."""
     if setting.name not in FASHION_SETTINGS:
         raise ValueError(f"setting must be one of {FASHION_SETTINGS}, got {setting.name!r}")
     pool, val, test = _fashion_splits(setting)
@@ -267,22 +239,13 @@ def build_workspace(
         model = teacher if teacher is not None else fashion_teacher(teacher_path, device)
     model = model.to(device).eval()
     return Workspace(
-        setting=setting,
-        pool=pool,
-        val=val,
-        test=test,
-        teacher=model,
-        teacher_id=teacher_fingerprint(model),
-        shared_classes=shared,
-        device=device,
-        groups=class_groups(test),
-        channels_last=channels_last,
-    )
+        setting=setting, pool=pool, val=val, test=test, teacher=model,
+        teacher_id=teacher_fingerprint(model), shared_classes=shared, device=device,
+        groups=class_groups(test), channels_last=channels_last,
+    )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------
-# The workspace on disk: keyed by fingerprints, written atomically, checked on load
-# ---------------------------------------------------------------------------------------------
+# --- The workspace on disk: keyed by fingerprints, atomic, checked on load ---
 
 CACHE_FORMAT = 1
 CACHE_ENV = "RELKD_CACHE_DIR"
@@ -417,11 +380,8 @@ def _read_payload(path: Path, key: str | None) -> dict[str, Any]:
 def attach_cached_outputs(
     ws: Workspace, directory: str | Path, log: Callable[[str], None] = print
 ) -> bool:
-    """Load the teacher's outputs of ``ws`` from its file in ``directory``, if it is valid.
-
-    Returns whether a valid file was found. A file that does not load, is stale or corrupt is
-    reported through ``log`` and ignored (it is rebuilt by the next :func:`save_workspace`).
-    """
+    """Load the teacher's outputs of ``ws`` from its file in ``directory``; whether it was valid
+    (an unusable file is reported through ``log`` and rebuilt by :func:`save_workspace`)."""
     path = workspace_path(ws, directory)
     if not path.exists():
         return False
@@ -449,14 +409,9 @@ def load_workspace(
     setting: Setting | None = None,
     channels_last: bool = True,
 ) -> Workspace:
-    """The :class:`Workspace` saved in ``path`` (splits, teacher, outputs), checked.
-
-    ``setting`` replaces the saved setting (whose seeds and learning curves are those of
-    the invocation that wrote the file); it must have the same fingerprint.
-
-    Raises :class:`CacheError` if the file is unreadable or corrupt, if its teacher does not
-    rebuild to the same fingerprint, or if ``setting`` is another configuration.
-    """
+    """The :class:`Workspace` saved in ``path``; ``setting`` (same fingerprint) replaces the
+    saved one's seeds and curves. :class:`CacheError` if the file is unreadable or corrupt, its
+    teacher rebuilds to another fingerprint, or ``setting`` is another configuration."""
     path = Path(path)
     device = torch.device(device)
     payload = _read_payload(path, None)
@@ -499,3 +454,15 @@ def prepare_workspace(
     if new or not found:
         save_workspace(ws, directory)
     return path
+
+
+def prepare_workspaces(
+    settings: Iterable[Setting], out_dir: Path, device: torch.device, teacher: str | None = None
+) -> tuple[list[Workspace], list[Path]]:
+    """Every setting's workspace (:func:`build_workspace`), prepared in :func:`cache_dir`, and
+    its file (what a worker process loads)."""
+    workspaces, paths = [], []
+    for s in settings:
+        workspaces.append(build_workspace(s, out_dir, device, teacher))
+        paths.append(prepare_workspace(workspaces[-1], cache_dir(out_dir)))
+    return workspaces, paths
