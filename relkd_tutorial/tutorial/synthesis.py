@@ -240,7 +240,7 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
 def pruning_sentence(recipes: Mapping[str, Any], pruned: Mapping[str, Any],
                      factor: float = 3.0) -> Sentence:  # fmt: skip
     """Whether pruning changed the tuning's choices: the chosen values of two recipe files more
-    than ``factor`` apart (as ``--diff-recipes`` flags them), and the trials stopped early."""
+    than ``factor`` apart (as ``scripts/diff_recipes.py`` flags them), and the trials stopped early."""
     differ, knobs, cut, trials = [], 0, 0, 0
     for setting, methods in sorted(recipes.get("settings", {}).items()):
         for method, a in sorted(methods.items()):
