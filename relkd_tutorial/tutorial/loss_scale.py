@@ -41,7 +41,7 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 
-def _fill_queue(method: Any, batches: Sequence[Any], cache: Any) -> None:
+def fill_rrd_queue(method: Any, batches: Sequence[Any], cache: Any) -> None:
     """Write the teacher's embeddings of ``batches`` into RRD's queue until it is full, as its
     ``after_step`` does over the first ``K / B`` steps, so the term has negatives to contrast."""
     size = method.rrd.queue.keys.shape[0]
@@ -77,7 +77,7 @@ def initial_gradient_shares(
             if method.needs_setup:
                 method.setup(SetupData(cache.features, cache.logits, cache.labels))
             if hasattr(method, "rrd"):
-                _fill_queue(method, batches[1:], cache)
+                fill_rrd_queue(method, batches[1:], cache)
             stages = [s.name for s in method.stages()]
             for stage in stages:
                 method.set_stage(stage)
