@@ -75,8 +75,8 @@ def benchmark_claim(
         )  # fmt: skip
     # in the tuned arm KD runs at its recipe while X + KD keeps KD's default part (the tuning
     # tunes only the added term), so "X + KD minus KD" there differs in more than the term
-    kd_tuned = family == "control" and baseline == "kd" and "kd" in tuned_methods(
-        bench.recipes, setting
+    kd_tuned = (
+        family == "control" and baseline == "kd" and "kd" in tuned_methods(bench.recipes, setting)
     )
     return say(
         "In the benchmark's own family (notebook 06: {words}, Holm over {m}, {n} paired seeds, "
