@@ -219,7 +219,7 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
             "labels on the pool",
             "fragile": "a verdict that does not survive a perturbation either way",
         }[_claim(pseudo)]
-        parts.append(say("GRKD {c} the pseudo-label control (CE on the teacher's top class over the "
+        parts.append(say("In the first line GRKD {c} the pseudo-label control (CE on the teacher's top class over the "
                          "unlabelled images; {v} points), {m}.", c=_CLAIM_VERB[_claim(pseudo)],
                          v=_interval(pseudo, 2),
                          m=meaning))  # fmt: skip
