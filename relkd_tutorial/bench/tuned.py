@@ -169,7 +169,8 @@ def tuning_paragraph(
         kept = [c for c in changes if not c["changed"]]
         text = f"Of the question's {len(changes)} verdicts ({who} against each rival), "
         if moved:
-            text += f"{len(moved)} differ between the paper defaults and the tuned recipes: " + (
+            verb = "differs" if len(moved) == 1 else "differ"
+            text += f"{len(moved)} {verb} between the paper defaults and the tuned recipes: " + (
                 "; ".join(
                     f"against {label(c['baseline'])}, {c['defaults']} at the defaults, "
                     f"{c['tuned']} tuned"
