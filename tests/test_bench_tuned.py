@@ -439,6 +439,8 @@ def test_write_report_and_the_readme_block_of_a_tuned_folder(tmp_path: Path) -> 
 
 
 def test_the_notebooks_read_the_headline_arm_of_a_tuned_folder(tmp_path: Path, monkeypatch) -> None:
+    from relkd_tutorial.bench.recipes import recipes_of_meta
+    from relkd_tutorial.bench.store import read_meta
     from relkd_tutorial.tutorial import committed
 
     monkeypatch.setattr(committed, "_spec", lambda setting, cache: "S")
@@ -448,7 +450,7 @@ def test_the_notebooks_read_the_headline_arm_of_a_tuned_folder(tmp_path: Path, m
     plain = committed.committed_results(tmp_path, settings=("transfer",))["transfer"]
     assert len(plain.rows) == 6 * 16 + 3 * 8  # no meta.json: one arm, every row
     (tmp_path / "meta.json").write_text(json.dumps(META))
-    assert committed.folder_recipes(tmp_path).params == REC.params
+    assert recipes_of_meta(read_meta(tmp_path)).params == REC.params
     top = committed.committed_results(tmp_path, settings=("transfer",))["transfer"]
     assert len(top.rows) == 6 * 16
     assert {r["params"] for r in top.rows if r["method"] == "grkd"} == {'{"grkd_weight":30.0}'}

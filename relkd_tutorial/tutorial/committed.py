@@ -28,7 +28,6 @@ from ..bench.settings import (
     DEFAULT_SETTINGS,
     METHOD_LABELS,
     METHODS,
-    METRIC_LABELS,
     NEEDS_UNLABELLED,
     PERCENT,
     Setting,
@@ -48,7 +47,7 @@ from ..bench.verdict import comparisons, mark_fragile
 from ..bench.workspace import build_workspace
 from ..stats import format_p
 from .prose import Sentence, markdown_table, say
-from .runs import Table, find_results_dir, protocol_setting, shown, summary_table
+from .runs import Table, _check_metric, find_results_dir, protocol_setting, shown, summary_table
 
 
 @dataclass
@@ -141,12 +140,6 @@ def _rows(folder: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
     return read_runs(folder / "runs.csv"), folder / "runs.csv"
 
 
-def folder_recipes(folder: str | Path) -> Recipes | None:
-    """The recipes a results folder's runs used (its ``meta.json``; ``None``: every method at its
-    paper defaults, as before recipes existed)."""
-    return recipes_of_meta(read_meta(folder))
-
-
 def _expected_runs(setting: Setting, tuned: Sequence[str] = (), arm: str = "tuned") -> int:
     """Runs of a complete setting: every method on every seed, one ``n/a`` row for a method that
     needs unlabelled images where there are none (``NEEDS_UNLABELLED``); in the ``"defaults"``
@@ -178,42 +171,38 @@ def _committed(mine: Sequence[dict[str, Any]], spec: str, **fields: Any) -> Comm
 def committed_results(
     results_dir: str | Path | None = None,
     settings: Sequence[str] = DEFAULT_SETTINGS,
-    preset: str | None = None,
     arm: str = "tuned",
 ) -> dict[str, CommittedSetting]:
     """The committed final runs of each of ``settings`` (Fashion-MNIST, not ``"cross-task"``)
     at the current protocol's spec, of one ``arm``: ``"tuned"`` (each method at its recipe) or
     ``"defaults"`` (:func:`~relkd_tutorial.bench.tuned.arm_rows`; a folder written before recipes
-    has one arm). ``results_dir``: default :func:`find_results_dir`; ``preset``: the CPU default."""
+    has one arm). ``results_dir``: default :func:`find_results_dir`."""
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     rows, source = _rows(folder)
-    recipes = folder_recipes(folder)
+    recipes = recipes_of_meta(read_meta(folder))  # None: one arm, the paper defaults
     rows = arm_rows(rows, recipes, arm)
     out = {}
     for name in settings:
         if name == "cross-task":
             raise ValueError("cross-task's spec needs its own teacher; read it with benchmark_runs")
-        s = protocol_setting(name, fast=False, preset=preset)
-        spec = _spec(s, folder / "cache")
+        s = protocol_setting(name, fast=False)
         mine = [r for r in rows if r["setting"] == name and r["phase"] == "final"]
-        command = "python -m relkd_tutorial.bench --settings " + name + " --out results"
-        if preset:
-            command += f" --preset {preset}"
         out[name] = _committed(
-            mine, spec, name=name, setting=s, command=command, source=source,
+            mine, _spec(s, folder / "cache"), name=name, setting=s, source=source,
+            command=f"python -m relkd_tutorial.bench --settings {name} --out results",
             expected=_expected_runs(s, tuned_methods(recipes, name), arm),
         )  # fmt: skip
     return out
 
 
 def committed_ablation(
-    results_dir: str | Path | None = None, method: str = "grkd", preset: str | None = None
+    results_dir: str | Path | None = None, method: str = "grkd"
 ) -> CommittedSetting:
     """The committed ablation runs of ``method`` at the current spec, from the first of
     ``<results>/<method>-ablation/`` and ``<results>/`` that holds them scored on the validation
     split; else an earlier protocol's (test split, another spec), labelled so."""
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
-    s = protocol_setting(ABLATION_SETTING, fast=False, preset=preset)
+    s = protocol_setting(ABLATION_SETTING, fast=False)
     spec = _spec(s, folder / "cache")
     variants = ablation_variants(method)
     command = f"python -m relkd_tutorial.bench --ablation {method} --out results/{method}-ablation"
@@ -281,20 +270,18 @@ class Benchmark:
 
 
 def committed_benchmark(
-    results_dir: str | Path | None = None,
-    settings: Sequence[str] = DEFAULT_SETTINGS,
-    preset: str | None = None,
+    results_dir: str | Path | None = None, settings: Sequence[str] = DEFAULT_SETTINGS
 ) -> Benchmark:
     """Both arms of the committed main job and their comparisons, as the report reads them
     (fragile: :func:`~relkd_tutorial.bench.verdict.mark_fragile`, with the second run set)."""
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
-    recipes = folder_recipes(folder)
-    tuned = committed_results(folder, settings, preset, "tuned")
+    recipes = recipes_of_meta(read_meta(folder))
+    tuned = committed_results(folder, settings, "tuned")
     out = Benchmark(folder, recipes, tuned, {}, comparisons(
         [r for c in tuned.values() for r in c.finished]))  # fmt: skip
     if recipes is None:
         return out
-    out.defaults = committed_results(folder, settings, preset, "defaults")
+    out.defaults = committed_results(folder, settings, "defaults")
     second = second_run_set(folder)
     theirs: dict[str, Any] = {"tuned": None, "defaults": None, "tuning": None}
     if second is not None:
@@ -314,7 +301,7 @@ def committed_benchmark(
 
 
 def committed_student(
-    results_dir: str | Path | None = None, folder: str = STUDENT_FOLDER, preset: str | None = None
+    results_dir: str | Path | None = None, folder: str = STUDENT_FOLDER
 ) -> CommittedSetting:
     """The second student's committed transfer runs (``<results>/<folder>/``, the student its
     ``meta.json`` records), tuned arm; an earlier protocol's are labelled ``earlier``."""
@@ -324,17 +311,24 @@ def committed_student(
     meta = read_meta(where) or {}
     runs = [inv.get("settings", {}).get("transfer", {}) for inv in meta.get("invocations", [])]
     student = next((s["student"] for s in reversed(runs) if s.get("student")), "student_cnn_m")
-    s = protocol_setting("transfer", fast=False, preset=preset)
+    s = protocol_setting("transfer", fast=False)
     seeds = tuple(sorted({r["seed"] for r in rows if r["status"] == "ok"})) or s.seeds
     s = replace(s, student=student, seeds=seeds)
     spec = _spec(s, where / "cache") if rows else ""
-    mine = [r for r in arm_rows(rows, folder_recipes(where), "tuned")
+    mine = [r for r in arm_rows(rows, recipes_of_meta(read_meta(where)), "tuned")
             if r["setting"] == "transfer" and r["phase"] == "final"]  # fmt: skip
     return _committed(
         mine, spec, name=f"transfer, `{student}`", setting=s, expected=_expected_runs(s),
         source=source, command=f"python -m relkd_tutorial.bench --settings transfer --student {student} "
         f"--seeds {','.join(map(str, seeds))} --out results/{folder}",
     )  # fmt: skip
+
+
+def _family(entries: Sequence[dict[str, Any]], setting: str, family: str,
+            metric: str = "acc") -> list[dict[str, Any]]:  # fmt: skip
+    return [
+        e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)
+    ]
 
 
 def _pair_label(e: dict[str, Any], family: str) -> str:
@@ -354,12 +348,8 @@ def comparison_table(
     ``n``, ``mean``, ``low``, ``high``, ``within_noise`` (after Holm, or fragile: a plot greys
     it), ``p``, ``p_holm`` (formatted), ``claim`` (or ``"fragile"``), ``sentence``, and
     ``baseline`` where the family has one (the plot names it)."""
-    if metric not in METRIC_LABELS:
-        raise ValueError(f"metric must be one of {list(METRIC_LABELS)}, got {metric!r}")
-    chosen = [
-        e for e in entries
-        if e["setting"] == setting and e["family"] == family and e["metric"] == metric
-    ]  # fmt: skip
+    _check_metric(metric)
+    chosen = _family(entries, setting, family, metric)
     baselines = {e["baseline"] for e in chosen}
     out = []
     for e in chosen:
@@ -405,9 +395,7 @@ def family_sentence(
 ) -> Sentence:
     """One family's comparisons as clauses (``GRKD trails RKD (-4.23 points, ...)``), joined by
     semicolons; empty where the setting has no such family."""
-    chosen = [e for e in entries
-              if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)]  # fmt: skip
-    return Sentence("; ".join(_one(e) for e in chosen))
+    return Sentence("; ".join(map(_one, _family(entries, setting, family, metric))))
 
 
 def _interval(e: Mapping[str, Any], digits: int, sign: str = "+") -> str:

@@ -91,12 +91,10 @@ def against(diff: Mapping[str, Any], digits: int = 1) -> str:
     return text + ")"
 
 
-def control_table(
-    rows: Sequence[dict[str, Any]], metric: str = "acc", *, confidence: float = 0.95
-) -> Table:
+def control_table(rows: Sequence[dict[str, Any]], metric: str = "acc") -> Table:
     """Every method of ``rows`` (the benchmark's) minus its control, paired by seed (label
     ``"RRD − CE"``; accuracies in points); a method whose control is absent is left out."""
-    entries = comparisons(rows, families=("control",), metrics=(metric,), confidence=confidence)
+    entries = comparisons(rows, families=("control",), metrics=(metric,))
     for e in entries:
         e["label"] = f"{label(e['method'])} − {label(e['baseline'])}"
     unit = "points" if metric in PERCENT else ""
@@ -104,22 +102,17 @@ def control_table(
 
 
 def seed_table(
-    values: Mapping[str, Sequence[float]], *, scale: float = 1.0, confidence: float = 0.95
+    values: Mapping[str, Sequence[float]], *, scale: float = 1.0
 ) -> list[dict[str, Any]]:
     """Per name, its ``label`` and :func:`~.runs.seed_stats`; ``values[name][r]`` is the metric
     of seed ``r``, times ``scale`` (100: percent)."""
     return [
-        {"label": name, **seed_stats([scale * float(x) for x in xs], confidence)}
-        for name, xs in values.items()
+        {"label": name, **seed_stats([scale * float(x) for x in xs])} for name, xs in values.items()
     ]
 
 
 def paired_rows(
-    values: Mapping[str, Sequence[float]],
-    baseline: str,
-    *,
-    scale: float = 1.0,
-    confidence: float = 0.95,
+    values: Mapping[str, Sequence[float]], baseline: str, *, scale: float = 1.0
 ) -> list[dict[str, Any]]:
     """Every name but ``baseline`` minus ``baseline``, paired by seed (same seeds, same order):
     ``label`` (``"A − B"``), ``method``, ``baseline``, ``n``, ``mean``, ``std``, ``low``,
@@ -131,7 +124,7 @@ def paired_rows(
     for name, xs in values.items():
         if name == baseline:
             continue
-        d = paired_difference([scale * float(x) for x in xs], base, confidence)
+        d = paired_difference([scale * float(x) for x in xs], base)
         row = {
             "label": f"{name} − {baseline}", "method": name, "baseline": baseline, "n": d.n,
             "mean": d.mean, "std": d.std, "low": d.low, "high": d.high,

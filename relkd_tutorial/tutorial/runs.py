@@ -86,11 +86,8 @@ def default_cache_dir(fast: bool) -> Path:
     """``$RELKD_CACHE_DIR/bench-<fast|default>``, or under ``$XDG_CACHE_HOME`` or ``~/.cache``
     in ``relkd_tutorial/``."""
     root = os.environ.get(CACHE_ENV, "").strip()
-    if root:
-        base = Path(root).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-        base = (Path(xdg) if xdg else Path.home() / ".cache") / "relkd_tutorial"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache"
+    base = Path(root).expanduser() if root else Path(xdg) / "relkd_tutorial"
     return base / ("bench-fast" if fast else "bench-default")
 
 
@@ -206,7 +203,6 @@ def benchmark_runs(
     methods: Sequence[str] = ("ce", "kd"),
     *,
     fast: bool | None = None,
-    preset: str | None = None,
     results_dir: str | Path | bool | None = None,
     cache_dir: str | Path | None = None,
     device: str = "cpu",
@@ -223,7 +219,7 @@ def benchmark_runs(
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown methods {unknown or methods}; choose from {list(METHODS)}")
-    s = protocol_setting(setting, fast=fast, preset=preset)
+    s = protocol_setting(setting, fast=fast)
     # the paper-default arm: where tuned recipes ran beside it, on its first default_seeds seeds
     s = replace(s, seeds=s.seeds[: s.default_seeds] or s.seeds)
     out = sys.stdout if stream is None else stream
@@ -245,23 +241,28 @@ def benchmark_runs(
             print(f"{shown(results / 'runs.csv')} holds {s.name} runs of another configuration "
                   f"(spec {', '.join(other)}, now {spec}); they are not used", file=out)  # fmt: skip
     store = ResultStore(cache)
-    cached = _wanted(store.rows(), s.name, spec, methods, s.seeds)
-    found = {**cached, **committed}  # the committed row wins where both hold one
-    missing = _missing(found, methods, s.seeds)
+
+    def found_missing() -> tuple[
+        dict[tuple[str, int | None], dict[str, Any]], dict[str, list[int]]
+    ]:
+        found = {**_wanted(store.rows(), s.name, spec, methods, s.seeds), **committed}
+        return found, _missing(
+            found, methods, s.seeds
+        )  # the committed row wins where both hold one
+
+    found, missing = found_missing()
     trained = 0
     if missing:
-        count = sum(len(v) for v in missing.values())
         if not train:
             raise MissingRunsError(
-                f"{count} runs of {s.name} (spec {spec}) are neither committed nor cached: "
-                f"{missing}; call with train=True or run python -m relkd_tutorial.bench "
-                f"--settings {s.name} --methods {','.join(missing)} --out {cache}"
+                f"{sum(map(len, missing.values()))} runs of {s.name} (spec {spec}) are neither "
+                f"committed nor cached: {missing}; call with train=True or run python -m "
+                f"relkd_tutorial.bench --settings {s.name} --methods {','.join(missing)} --out {cache}"
             )
         with _locked(cache), _threads(dev):
-            cached = _wanted(store.rows(), s.name, spec, methods, s.seeds)  # another kernel?
-            missing = _missing({**cached, **committed}, methods, s.seeds)
-            count = sum(len(v) for v in missing.values())
+            found, missing = found_missing()  # another kernel may have trained them meanwhile
             if missing:
+                count = sum(map(len, missing.values()))
                 print(f"training {count} benchmark runs of {s.name} ({s.epochs} epochs) into "
                       f"{shown(cache)} (once per machine)", file=out, flush=True)  # fmt: skip
                 progress = Progress(total=count, stream=out)
@@ -270,9 +271,7 @@ def benchmark_runs(
                     part = replace(ws, setting=replace(s, seeds=tuple(seeds)))
                     run_setting(part, [method], store, progress)
                 trained = progress.trained
-        cached = _wanted(store.rows(), s.name, spec, methods, s.seeds)
-        found = {**cached, **committed}
-        left = _missing(found, methods, s.seeds)
+        found, left = found_missing()
         if left:
             raise MissingRunsError(f"runs still missing after training: {left}")
     order = {m: i for i, m in enumerate(methods)}
@@ -329,20 +328,16 @@ def _check_metric(metric: str) -> float:
     return 100.0 if metric in PERCENT else 1.0
 
 
-def seed_stats(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+def seed_stats(values: Sequence[float]) -> dict[str, Any]:
     """``n``, ``mean``, sample ``std`` (``n - 1``) and the one-sample ``t`` interval ``low``,
     ``high`` (``mean -+ t s / sqrt(n)``; NaN with one seed) of per-seed values."""
     mean, std, n = mean_std(values)
-    ci = paired_difference(values, [0.0] * n, confidence)
+    ci = paired_difference(values, [0.0] * n)
     return {"n": n, "mean": mean, "std": std, "low": ci.low, "high": ci.high}
 
 
 def summary_table(
-    rows: Sequence[dict[str, Any]],
-    metric: str = "acc",
-    *,
-    setting: str | None = None,
-    confidence: float = 0.95,
+    rows: Sequence[dict[str, Any]], metric: str = "acc", *, setting: str | None = None
 ) -> Table:
     """Per method (the report's order): :func:`seed_stats` over seeds, accuracies in percent; a
     method n/a in the setting keeps its reason in ``note``."""
@@ -364,7 +359,7 @@ def summary_table(
             and not math.isnan(r[metric])
         ]  # fmt: skip
         if values:
-            row.update(seed_stats(values, confidence))
+            row.update(seed_stats(values))
         else:
             row.update(mean=math.nan, std=math.nan, low=math.nan, high=math.nan)
         out.append(row)
@@ -373,18 +368,14 @@ def summary_table(
 
 
 def paired_table(
-    rows: Sequence[dict[str, Any]],
-    baseline: str = "ce",
-    metric: str = "acc",
-    *,
+    rows: Sequence[dict[str, Any]], baseline: str = "ce", metric: str = "acc", *,
     setting: str | None = None,
-    confidence: float = 0.95,
-) -> Table:
+) -> Table:  # fmt: skip
     """Every method minus ``baseline``, paired by seed: the report's
     :func:`~relkd_tutorial.bench.report.paired_differences` (points for accuracies), labelled."""
     rows = _one_setting(rows, setting)
     _check_metric(metric)
-    diffs = paired_differences(rows, baselines=[baseline], metrics=[metric], confidence=confidence)
+    diffs = paired_differences(rows, baselines=[baseline], metrics=[metric])
     for d in diffs:
         d["label"] = label(d["method"])
     unit = "points" if metric in PERCENT else ""
@@ -392,16 +383,11 @@ def paired_table(
 
 
 def paired_vs(
-    rows: Sequence[dict[str, Any]],
-    method: str,
-    baseline: str = "ce",
-    metric: str = "acc",
-    *,
+    rows: Sequence[dict[str, Any]], method: str, baseline: str = "ce", metric: str = "acc", *,
     setting: str | None = None,
-    confidence: float = 0.95,
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # fmt: skip
     """``method`` minus ``baseline`` paired by seed (one entry of :func:`paired_table`)."""
-    for d in paired_table(rows, baseline, metric, setting=setting, confidence=confidence):
+    for d in paired_table(rows, baseline, metric, setting=setting):
         if d["method"] == method:
             return d
     present = sorted({r["method"] for r in rows})
