@@ -36,13 +36,7 @@ from ..bench.settings import (
     label,
 )
 from ..bench.store import read_meta, read_runs
-from ..bench.tuned import (
-    ARMS,
-    arm_rows,
-    second_run_set,
-    tuned_methods,
-    tuning_comparisons,
-)
+from ..bench.tuned import ARMS, arm_rows, second_run_set, tuned_methods, tuning_comparisons
 from ..bench.verdict import comparisons, mark_fragile
 from ..bench.workspace import build_workspace
 from ..stats import format_p

@@ -118,11 +118,7 @@ def plot_histories(
 
 
 def plot_image_grid(
-    fig: Figure,
-    images: object,
-    labels: object,
-    class_names: Sequence[str],
-    per_class: int = 6,
+    fig: Figure, images: object, labels: object, class_names: Sequence[str], per_class: int = 6
 ) -> Figure:
     """Onto an empty ``fig``, one row per class (titled by ``class_names``): the first
     ``per_class`` of its ``(N, 1, H, W)`` or ``(N, H, W)`` ``images`` (in grey; ``labels``
@@ -178,11 +174,7 @@ def plot_class_counts(
 
 
 def plot_soft_targets(
-    ax: Axes,
-    view: Mapping[str, Any],
-    class_names: Sequence[str],
-    *,
-    true_class: int | None = None,
+    ax: Axes, view: Mapping[str, Any], class_names: Sequence[str], *, true_class: int | None = None
 ) -> Axes:
     """Bars of a :func:`.widgets.softened_distribution`: the top class dark, the true class (if
     given and different) outlined in red; titled with ``T`` and the entropy against ``log C``."""

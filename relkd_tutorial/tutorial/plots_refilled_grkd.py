@@ -15,10 +15,7 @@ _POSITIVE, _NEGATIVE, _ANCHOR, _OTHER = "tab:green", "tab:red", "black", "0.8"
 
 
 def plot_refilled_anchor(
-    view: Mapping,
-    fig: Figure,
-    images: np.ndarray | None = None,
-    max_thumbnails: int = 4,
+    view: Mapping, fig: Figure, images: np.ndarray | None = None, max_thumbnails: int = 4
 ) -> Figure:
     """Onto ``fig`` (cleared), one anchor's semi-hard triplets (:func:`.widgets_refilled_grkd.
     refilled_anchor_view`): left, the student's embedding (PCA) with the anchor, its candidates

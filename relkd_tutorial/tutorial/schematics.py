@@ -89,11 +89,7 @@ def _gradient(ax: Axes, loss: Text, student: Text, y: float = 0.12) -> None:
 
 
 def _pipeline(
-    ax: Axes,
-    columns: Sequence[tuple[str, str]],
-    loss_text: str,
-    x0: float,
-    note: tuple[float, str],
+    ax: Axes, columns: Sequence[tuple[str, str]], loss_text: str, x0: float, note: tuple[float, str]
 ) -> None:
     """Teacher and student rows through the same columns of boxes, then one loss box.
 

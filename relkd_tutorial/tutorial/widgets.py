@@ -280,11 +280,7 @@ def rkd_relations(teacher_points: object, student_points: object) -> dict[str, o
 
 
 def rrd_sample_view(
-    student_emb: object,
-    teacher_emb: object,
-    queue: object,
-    tau_s: float,
-    tau_t: float,
+    student_emb: object, teacher_emb: object, queue: object, tau_s: float, tau_t: float
 ) -> dict[str, object]:
     """One sample's two distributions over the queue ``(K, d)``, sorted by the teacher:
     ``p^T(k) = softmax_k(<u, q_k> / tau_t)``, ``p^S(k) = softmax_k(<s, q_k> / tau_s)`` (inputs
