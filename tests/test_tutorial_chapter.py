@@ -1,4 +1,4 @@
-"""The chapters' result phrases (:mod:`relkd_tutorial.tutorial.compare`) follow the numbers."""
+"""The chapters' result phrases (:mod:`relkd_tutorial.tutorial.runs`) follow the numbers."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import math
 import pytest
 
 from relkd_tutorial.bench.settings import default_settings
-from relkd_tutorial.tutorial.compare import difference_phrase, protocol_sentence
 from relkd_tutorial.tutorial.prose import find_typed_results
-from relkd_tutorial.tutorial.runs import Runs
+from relkd_tutorial.tutorial.runs import Runs, difference_phrase, protocol_sentence
 
 
 def _diff(mean: float, low: float, high: float, metric: str = "acc", **extra) -> dict:

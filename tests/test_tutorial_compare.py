@@ -1,4 +1,4 @@
-"""The comparison helpers of chapters 03-05 (``relkd_tutorial.tutorial.compare``) and the shipped
+"""The comparison helpers of chapters 03-05 (``relkd_tutorial.tutorial.runs``) and the shipped
 cross-task teacher's loader (``relkd_tutorial.pretrained``)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from relkd_tutorial.pretrained import (
 )
 from relkd_tutorial.stats import mean_std, paired_difference
 from relkd_tutorial.training import evaluate
-from relkd_tutorial.tutorial.compare import against, control_table, paired_rows, seed_table
+from relkd_tutorial.tutorial.runs import against, control_table, paired_rows, seed_table
 from tests.test_tutorial_runs import read_back, row
 
 SEEDS = range(4)

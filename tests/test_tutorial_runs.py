@@ -23,7 +23,6 @@ from relkd_tutorial.bench.store import RUN_COLUMNS, ResultStore, read_runs
 from relkd_tutorial.bench.workspace import build_workspace
 from relkd_tutorial.stats import mean_std
 from relkd_tutorial.tutorial import runs
-from relkd_tutorial.tutorial.compare import verdict
 from relkd_tutorial.tutorial.runs import (
     MissingRunsError,
     ResultsNotFoundError,
@@ -34,6 +33,7 @@ from relkd_tutorial.tutorial.runs import (
     paired_vs,
     protocol_setting,
     summary_table,
+    verdict,
 )
 
 #: The synthetic runs below have 4 seeds: the tests pin the chapters' default preset to one whose

@@ -17,7 +17,7 @@ _LAZY = {
     "summary_table": "runs",
     "paired_table": "runs",
     "paired_vs": "runs",
-    "verdict": "compare",
+    "verdict": "runs",
     "plot_intervals": "plots_stats",
     "plot_paired": "plots_stats",
     "draw_schematic": "schematics",

@@ -87,19 +87,15 @@ def initial_gradient_shares(
                 per_seed.setdefault((row, name, stage), []).append(
                     {"norms": norms, "shares": gradient_shares(norms)}
                 )
-    out = []
-    for (row, name, _), results in per_seed.items():
-        for term in results[0]["norms"]:
-            out.append(
-                {
-                    "label": row,
-                    "method": name,
-                    "term": term,
-                    "share": math.fsum(r["shares"][term] for r in results) / len(results),
-                    "norm": math.fsum(r["norms"][term] for r in results) / len(results),
-                }
-            )
-    return out
+
+    def mean(results: list[dict[str, Any]], key: str, term: str) -> float:
+        return math.fsum(r[key][term] for r in results) / len(results)
+
+    return [
+        {"label": row, "method": name, "term": term, "share": mean(results, "shares", term),
+         "norm": mean(results, "norms", term)}
+        for (row, name, _), results in per_seed.items() for term in results[0]["norms"]
+    ]  # fmt: skip
 
 
 # --- The tuning's trials: weight multiplier, validation score, rank
@@ -132,13 +128,6 @@ def weight_multiplier(method: str, params: Mapping[str, float]) -> float:
     return math.exp(math.fsum(logs) / len(logs))
 
 
-def _study_fields(name: str) -> dict[str, str]:
-    parts = name.split("|")
-    if len(parts) != 7 or parts[0] != "relkd":
-        raise ValueError(f"study {name!r} is not a study of the benchmark's tuning")
-    return {"setting": parts[1], "method": parts[3], "pruning": parts[5]}
-
-
 def trial_rows(path: str | Path, setting: str | None = None) -> list[dict[str, Any]]:
     """The complete trials of the Optuna journal at ``path`` (``results/tuning/tuning.journal``),
     in study then trial order (``setting`` keeps one setting's): ``setting``, ``method``,
@@ -157,28 +146,20 @@ def trial_rows(path: str | Path, setting: str | None = None) -> list[dict[str, A
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[str, str], str] = {}
     for name in optuna.study.get_all_study_names(storage):
-        fields = _study_fields(name)
-        if setting is not None and fields["setting"] != setting:
+        parts = name.split("|")  # relkd|setting|...|method|...: the tuning's study names
+        if len(parts) != 7 or parts[0] != "relkd":
+            raise ValueError(f"study {name!r} is not a study of the benchmark's tuning")
+        key = (parts[1], parts[3])
+        if setting is not None and key[0] != setting:
             continue
-        key = (fields["setting"], fields["method"])
         if key in seen:
             raise ValueError(f"two studies of {key} in {path.name}: {seen[key]!r} and {name!r}")
         seen[key] = name
         study = optuna.load_study(study_name=name, storage=storage)
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            has_weight = bool(weight_knobs(fields["method"]))
-            rows.append(
-                {
-                    "setting": fields["setting"],
-                    "method": fields["method"],
-                    "number": t.number,
-                    "value": float(t.value),
-                    "params": dict(t.params),
-                    "multiplier": weight_multiplier(fields["method"], t.params)
-                    if has_weight
-                    else math.nan,
-                }
-            )
+            m = weight_multiplier(key[1], t.params) if weight_knobs(key[1]) else math.nan
+            rows.append({"setting": key[0], "method": key[1], "number": t.number,
+                         "value": float(t.value), "params": dict(t.params), "multiplier": m})  # fmt: skip
     return rows
 
 
@@ -225,14 +206,8 @@ def rank_at(rows: Sequence[Mapping[str, Any]], method: str, multiplier: float) -
     tuned_rank = 1 + sum(v > scores[method] for m, v in scores.items() if m != method)
     scores[method] = trial["value"]
     rank = 1 + sum(v > trial["value"] for m, v in scores.items() if m != method)
-    return {
-        "trial": trial,
-        "value": trial["value"],
-        "rank": rank,
-        "of": len(scores),
-        "tuned_rank": tuned_rank,
-        "scores": scores,
-    }
+    return {"trial": trial, "value": trial["value"], "rank": rank, "of": len(scores),
+            "tuned_rank": tuned_rank, "scores": scores}  # fmt: skip
 
 
 def rank_table(
@@ -333,17 +308,9 @@ def plot_weight_scores(
     for i, m in enumerate(m for m in methods(rows) if weight_knobs(m)):
         trials = sorted(_of(rows, m), key=lambda r: r["multiplier"])
         faint = highlight is not None and m != highlight
-        ax.plot(
-            [r["multiplier"] for r in trials],
-            [100 * r["value"] for r in trials],
-            marker="o",
-            ms=3 if faint else 4,
-            lw=0.8 if faint else 1.4,
-            alpha=0.25 if faint else 0.85,
-            color=f"C{i % 10}",
-            ls="-" if i < 10 else "--",
-            label=METHOD_LABELS.get(m, m),
-        )
+        ax.plot([r["multiplier"] for r in trials], [100 * r["value"] for r in trials], marker="o",
+                ms=3 if faint else 4, lw=0.8 if faint else 1.4, alpha=0.25 if faint else 0.85,
+                color=f"C{i % 10}", ls="-" if i < 10 else "--", label=METHOD_LABELS.get(m, m))  # fmt: skip
     ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("loss-weight multiplier (x the paper default; log scale)")
