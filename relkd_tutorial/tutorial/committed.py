@@ -90,14 +90,8 @@ class CommittedSetting:
         """One sentence: what is committed of this setting, and the command for the rest."""
         where = f"`{shown(self.source)}`" if self.source is not None else "the committed results"
         if not self.present:
-            old = (
-                say(
-                    " ({stale} rows there are of an earlier configuration and are not used)",
-                    stale=self.stale,
-                )  # fmt: skip
-                if self.stale
-                else ""
-            )
+            old = say(" ({stale} rows there are of an earlier configuration and are not used)",
+                      stale=self.stale) if self.stale else ""  # fmt: skip
             return say(
                 "**{name}**: not in the committed results yet{old}. Its runs come from "
                 "`{command}`.",

@@ -55,16 +55,9 @@ def _num_classes(labels: Tensor, num_classes: int | None) -> int:
 # --- shared -------------------------------------------------------------------------------------
 
 
-def entropy(probs: object) -> float:
-    """Shannon entropy ``H(p) = -sum_c p_c log p_c`` in nats (``0 log 0 = 0``) of ``(C,)``
-    probabilities (non-negative, summing to 1 within 1e-6)."""
-    p = _as_float64("probs", probs, 1, "(C,)")
-    if bool((p < 0).any()) or abs(float(p.sum()) - 1.0) > 1e-6:
-        raise ValueError("probs must be non-negative and sum to 1")
-    return _entropy(p)
-
-
 def _entropy(p: Tensor) -> float:
+    """Shannon entropy ``H(p) = -sum_c p_c log p_c`` in nats of ``(C,)`` probabilities
+    (``0 log 0 = 0``)."""
     return float(-(torch.special.xlogy(p, p)).sum())
 
 
