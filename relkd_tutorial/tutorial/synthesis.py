@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.settings import (
-    ABLATION_SETTING,
     METHOD_LABELS,
     MISSION_METHOD,
     MISSION_RIVALS,
@@ -122,22 +121,21 @@ def question_sentence(bench: Benchmark, setting: str = "transfer") -> Sentence:
 
 
 def _short_cell(e: dict[str, Any] | None) -> str:
-    if e is None:
-        return "not run"
-    return f"{_interval(e, 2)} {_claim(e)}"
+    return "not run" if e is None else f"{_interval(e, 2)} {_claim(e)}"
 
 
-def _ablation_cell(entries: Sequence[dict[str, Any]]) -> str:
-    """The ablation's top-1 verdicts: the variants claimed either way, the rest counted."""
-    acc = [e for e in entries if e["metric"] == "acc"]
-    moved = [f"{e['variant']} {_short_cell(e)}" for e in acc if _claim(e) != "within noise"]
-    rest = len(acc) - len(moved)
-    return "; ".join(moved + ([f"{rest} other variants within noise"] if rest else []))
+def _ablation(ablation: CommittedSetting | None) -> tuple[str, list[dict[str, Any]]] | None:
+    """The GRKD ablation's line of evidence, ``(label, comparisons)``; ``None``: not committed."""
+    if ablation is None or not ablation.present:
+        return None
+    early = ", earlier protocol" if ablation.earlier else ""
+    return (f"GRKD ablation ({_split(ablation)} split{early})",
+            ablation_comparisons(ablation.finished, MISSION_METHOD))  # fmt: skip
 
 
-def _lines(bench: Benchmark, ablation: CommittedSetting | None,
-           student: CommittedSetting | None) -> list[tuple[str, list[dict[str, Any]], str]]:  # fmt: skip
-    """The lines of evidence: ``(label, entries, setting)``, the headline first."""
+def _lines(bench: Benchmark, student: CommittedSetting | None
+           ) -> list[tuple[str, list[dict[str, Any]], str]]:  # fmt: skip
+    """The main job's lines of evidence: ``(label, entries, setting)``, the headline first."""
     out = []
     for name in ("transfer", "low-data"):
         if name in bench.present:
@@ -153,10 +151,6 @@ def _lines(bench: Benchmark, ablation: CommittedSetting | None,
         early = ", earlier protocol" if student.earlier else ""
         out.append((f"second student: {student.name}{early}", comparisons(student.finished),
                     "transfer"))  # fmt: skip
-    if ablation is not None and ablation.present:
-        early = ", earlier protocol" if ablation.earlier else ""
-        out.append((f"GRKD ablation ({_split(ablation)} split{early})",
-                    ablation_comparisons(ablation.finished, MISSION_METHOD), ABLATION_SETTING))  # fmt: skip
     return out
 
 
@@ -168,16 +162,19 @@ def synthesis_table(bench: Benchmark, ablation: CommittedSetting | None = None,
     the pseudo-label control or the ablation's variants."""
     header = ["evidence", "seeds", *(f"vs {METHOD_LABELS[r]}" for r in MISSION_RIVALS), "other"]
     body = []
-    for label, entries, setting in _lines(bench, ablation, student):
-        if label.startswith("GRKD ablation"):
-            n = max((e["n"] for e in entries), default=0)
-            body.append([label, str(n), *("" for _ in MISSION_RIVALS), _ablation_cell(entries)])
-            continue
+    for label, entries, setting in _lines(bench, student):
         mine = [_pick(entries, setting, "mission", MISSION_METHOD, r) for r in MISSION_RIVALS]
         pseudo = _pick(entries, setting, "pseudo", MISSION_METHOD, PSEUDO_LABEL_CONTROL)
         n = max((e["n"] for e in mine if e), default=0)
         other = f"vs {METHOD_LABELS[PSEUDO_LABEL_CONTROL]}: {_short_cell(pseudo)}" if pseudo else ""
         body.append([label, str(n), *(_short_cell(e) for e in mine), other])
+    if abl := _ablation(ablation):  # the variants claimed either way, the rest counted
+        acc = [e for e in abl[1] if e["metric"] == "acc"]
+        moved = [f"{e['variant']} {_short_cell(e)}" for e in acc if _claim(e) != "within noise"]
+        rest = len(acc) - len(moved)
+        cell = "; ".join(moved + ([f"{rest} other variants within noise"] if rest else []))
+        n = max((e["n"] for e in abl[1]), default=0)
+        body.append([abl[0], str(n), *("" for _ in MISSION_RIVALS), cell])
     if not body:
         raise ValueError("no line of evidence is committed")
     return markdown_table(header, body)
@@ -187,8 +184,8 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
                        student: CommittedSetting | None = None) -> Sentence:  # fmt: skip
     """The generated verdict of :func:`synthesis_table`: the headline's verdict per rival, how
     many other lines agree with it, the pseudo-label control and what the ablation moves."""
-    lines = _lines(bench, ablation, student)
-    if not lines or lines[0][0].startswith("GRKD ablation"):
+    lines = _lines(bench, student)
+    if not lines:
         raise ValueError("no main-job line of evidence is committed")
     head_label, head, setting = lines[0]
     rivals = [e for e in (_pick(head, setting, "mission", MISSION_METHOD, r) for r in MISSION_RIVALS)
@@ -196,7 +193,7 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
     parts = [say("**Across the evidence.** The benchmark's answer is its first line ({h}): "
                  "{items}.", h=head_label, items="; ".join(
                      f"against {METHOD_LABELS[e['baseline']]}, {_claim(e)}" for e in rivals))]  # fmt: skip
-    others = [x for x in lines[1:] if not x[0].startswith("GRKD ablation")]
+    others = lines[1:]
     agree = []
     for e in rivals:
         theirs = [(label, _pick(ent, s, "mission", MISSION_METHOD, e["baseline"]))
@@ -223,7 +220,7 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
                          "unlabelled images; {v} points), {m}.", c=_CLAIM_VERB[_claim(pseudo)],
                          v=_interval(pseudo, 2),
                          m=meaning))  # fmt: skip
-    abl = next((x for x in lines if x[0].startswith("GRKD ablation")), None)
+    abl = _ablation(ablation)
     if abl is not None:
         acc = [e for e in abl[1] if e["metric"] == "acc"]
         moved = [e for e in acc if _claim(e) != "within noise"]
