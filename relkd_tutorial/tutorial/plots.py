@@ -46,7 +46,6 @@ def plot_heatmap(
     vmax: float | None = None,
     annotate: bool = False,
     fmt: str = "{:.2f}",
-    colorbar: bool = True,
     xlabel: str | None = None,
     ylabel: str | None = None,
 ) -> Axes:
@@ -68,8 +67,7 @@ def plot_heatmap(
             if np.isfinite(v):
                 color = "white" if v < mid else "black"
                 ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=7, color=color)
-    if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _titled(ax, title, xlabel, ylabel)
 
 
@@ -199,19 +197,24 @@ def plot_soft_targets(
 # --- 02 RKD -------------------------------------------------------------------------------------
 
 
-def plot_point_clouds(
-    ax: Axes,
+def plot_rkd_relations(
+    axes: Sequence[Axes],
     teacher_points: object,
     student_points: object,
+    relations: Mapping[str, Any],
     *,
     highlight: int | None = None,
-    title: str | None = None,
-) -> Axes:
-    """Teacher and student 2-D clouds on one plot, points numbered, one point highlighted."""
+) -> Sequence[Axes]:
+    """Three panels: the teacher's and the student's 2-D clouds ``(N, 2)`` on one plot (points
+    numbered, the student's point ``highlight`` circled), then their ``psi_D`` (one colour scale)
+    from :func:`.widgets.rkd_relations`, the student's titled with the two RKD losses."""
+    if len(axes) != 3:
+        raise ValueError(f"need 3 axes, got {len(axes)}")
     t = _array("teacher_points", teacher_points, 2)
     s = _array("student_points", student_points, 2)
     if t.shape[1] != 2 or s.shape != t.shape:
         raise ValueError(f"need two (N, 2) clouds, got {t.shape} and {s.shape}")
+    ax = axes[0]
     ax.scatter(t[:, 0], t[:, 1], c="tab:blue", label="teacher", s=40)
     ax.scatter(s[:, 0], s[:, 1], c="tab:orange", marker="s", label="student", s=40)
     for i, (p, q) in enumerate(zip(t, s, strict=True)):
@@ -222,36 +225,12 @@ def plot_point_clouds(
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    return _titled(ax, title)
-
-
-def plot_rkd_relations(
-    axes: Sequence[Axes],
-    teacher_points: object,
-    student_points: object,
-    relations: Mapping[str, Any],
-    *,
-    highlight: int | None = None,
-) -> Sequence[Axes]:
-    """Three panels: the two clouds, and the teacher's and the student's ``psi_D`` (one colour
-    scale) from :func:`.widgets.rkd_relations`, the student's titled with the two RKD losses."""
-    if len(axes) != 3:
-        raise ValueError(f"need 3 axes, got {len(axes)}")
-    plot_point_clouds(axes[0], teacher_points, student_points, highlight=highlight)
     psi_t = _array("psi_teacher", relations["psi_teacher"], 2)
     psi_s = _array("psi_student", relations["psi_student"], 2)
     hi = float(max(psi_t.max(), psi_s.max()))
     plot_heatmap(axes[1], psi_t, vmin=0, vmax=hi, title=r"teacher $\psi_D = d_{ij}/\mu$")
-    plot_heatmap(
-        axes[2],
-        psi_s,
-        vmin=0,
-        vmax=hi,
-        title=(
-            f"student $\\psi_D$: $L_D$ = {relations['distance_loss']:.4f}, "
-            f"$L_A$ = {relations['angle_loss']:.4f}"
-        ),
-    )
+    losses = f"$L_D$ = {relations['distance_loss']:.4f}, $L_A$ = {relations['angle_loss']:.4f}"
+    plot_heatmap(axes[2], psi_s, vmin=0, vmax=hi, title=f"student $\\psi_D$: {losses}")
     return axes
 
 
