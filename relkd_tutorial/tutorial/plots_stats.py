@@ -19,11 +19,6 @@ from ..bench.settings import METRIC_LABELS, PERCENT, label
 INTERVALS_GID = "intervals"
 
 
-def _label(table: Any, default: str) -> str:
-    metric = getattr(table, "metric", None)
-    return METRIC_LABELS.get(metric, default) if metric else default
-
-
 def _entries(table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     rows = [r for r in table if not math.isnan(float(r.get("mean", math.nan)))]
     if not rows:
@@ -31,7 +26,9 @@ def _entries(table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return rows
 
 
-def _draw(ax: Axes, rows: Sequence[Mapping[str, Any]], colors: Sequence[str]) -> None:
+def _draw(ax: Axes, rows: Sequence[Mapping[str, Any]], colors: Sequence[str], zero: bool,
+          xlabel: str, title: str | None) -> Axes:  # fmt: skip
+    """Each row's dot and interval line (the first row on top); ``zero``: the axis includes 0."""
     ys = list(range(len(rows)))[::-1]  # the first row on top
     keep = [i for i, r in enumerate(rows) if not (math.isnan(r["low"]) or math.isnan(r["high"]))]
     lines = ax.hlines(
@@ -46,6 +43,13 @@ def _draw(ax: Axes, rows: Sequence[Mapping[str, Any]], colors: Sequence[str]) ->
     ax.set_yticks(ys, [str(r.get("label", r.get("method", ""))) for r in rows])
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.grid(axis="x", alpha=0.3)
+    if zero:
+        low, high = ax.get_xlim()
+        ax.set_xlim(min(0.0, low), max(0.0, high))
+    ax.set_xlabel(xlabel)
+    if title:
+        ax.set_title(title)
+    return ax
 
 
 def plot_intervals(
@@ -70,14 +74,9 @@ def plot_intervals(
     if style == "bar":
         ys = list(range(len(rows)))[::-1]
         ax.barh(ys, [r["mean"] for r in rows], color=colors, alpha=0.35, height=0.6)
-    _draw(ax, rows, colors)
-    if style == "bar" or zero:
-        low, high = ax.get_xlim()
-        ax.set_xlim(min(0.0, low), max(0.0, high))
-    ax.set_xlabel(xlabel or _label(table, "mean"))
-    if title:
-        ax.set_title(title)
-    return ax
+    metric = getattr(table, "metric", None)
+    return _draw(ax, rows, colors, style == "bar" or zero,
+                 xlabel or METRIC_LABELS.get(metric, "mean"), title)  # fmt: skip
 
 
 def plot_paired(
@@ -96,16 +95,9 @@ def plot_paired(
         "0.5" if r["within_noise"] else ("tab:green" if r["mean"] > 0 else "tab:red") for r in rows
     ]
     ax.axvline(0.0, color="k", linewidth=1, zorder=1)
-    _draw(ax, rows, colors)
-    low, high = ax.get_xlim()
-    ax.set_xlim(min(0.0, low), max(0.0, high))
     baseline = next((r.get("baseline") for r in rows if r.get("baseline")), None)
     metric = getattr(diffs, "metric", None)
-    name = METRIC_LABELS.get(metric, "difference").replace(" %", "") if metric else "difference"
+    name = METRIC_LABELS.get(metric, "difference").replace(" %", "")
     unit = "points, " if metric in PERCENT else ""
     vs = f" minus {label(baseline)}" if baseline else ""
-    default = f"{name}{vs} ({unit}95% paired CI)"
-    ax.set_xlabel(xlabel or default)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _draw(ax, rows, colors, True, xlabel or f"{name}{vs} ({unit}95% paired CI)", title)
