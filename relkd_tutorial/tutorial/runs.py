@@ -318,14 +318,12 @@ class Table(list):
 
 def _one_setting(rows: Sequence[dict[str, Any]], setting: str | None) -> list[dict[str, Any]]:
     names = sorted({r["setting"] for r in rows})
-    if setting is not None:
-        rows = [r for r in rows if r["setting"] == setting]
-        if not rows:
-            raise ValueError(f"no rows of setting {setting!r}; the rows hold {names}")
-        return list(rows)
-    if len(names) != 1:
+    if setting is None and len(names) != 1:
         raise ValueError(f"the rows hold settings {names}; pass setting= to pick one")
-    return list(rows)
+    mine = [r for r in rows if setting is None or r["setting"] == setting]
+    if not mine:
+        raise ValueError(f"no rows of setting {setting!r}; the rows hold {names}")
+    return mine
 
 
 def _check_metric(metric: str) -> float:
@@ -348,27 +346,17 @@ def summary_table(
     """Per method (the report's order): :func:`seed_stats` over seeds, accuracies in percent; a
     method n/a in the setting keeps its reason in ``note``."""
     rows = _one_setting(rows, setting)
-    k = _check_metric(metric)
-    out = []
+    k, nan, out = _check_metric(metric), math.nan, []
     for entry in summarize_runs(rows):
-        row: dict[str, Any] = {
-            "method": entry["method"],
-            "label": entry["label"],
-            "status": entry["status"],
-            "note": entry.get("note", ""),
-            "n": entry.get("n", 0),
-        }
         values = [
             k * r[metric]
             for r in rows
             if r["method"] == entry["method"] and r["phase"] == "final" and r["status"] == "ok"
             and not math.isnan(r[metric])
         ]  # fmt: skip
-        if values:
-            row.update(seed_stats(values))
-        else:
-            row.update(mean=math.nan, std=math.nan, low=math.nan, high=math.nan)
-        out.append(row)
+        stats = seed_stats(values) if values else dict.fromkeys(("mean", "std", "low", "high"), nan)
+        out.append({"method": entry["method"], "label": entry["label"], "status": entry["status"],
+                    "note": entry.get("note", ""), "n": entry.get("n", 0), **stats})  # fmt: skip
     unit = "%" if metric in PERCENT else ""
     return Table(out, ["label", "n", "mean", "std", "low", "high"], metric, unit)
 
