@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_float_tensor, check_labels, check_positive, check_same_batch
+from .._checks import (
+    check_feature_pair,
+    check_float_tensor,
+    check_labels,
+    check_optional_count,
+    check_positive,
+)
 from ..losses.grkd import grkd_loss
 from ..losses.kd import kd_loss
 from ..losses.ranking import listwise_rank_loss, soft_pairwise_rank_loss
@@ -352,9 +358,7 @@ def refilled_anchor_view(
     ``(B, 2)`` (PCA of the student's), ``positives`` / ``negatives``, per triplet ``positive``,
     ``negative``, ``d_{ap,an}_{student,teacher}``, ``p_student``, ``p_teacher``, ``loss_terms``,
     their mean ``loss`` (0.0 without triplets) and ``batch_triplets``."""
-    f_s = check_float_tensor("student_features", student_features, 2, "(B, D_S)").detach()
-    f_t = check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)").detach()
-    check_same_batch("student_features", f_s, "teacher_features", f_t)
+    f_s, f_t = check_feature_pair(student_features, teacher_features)
     b = f_s.shape[0]
     y = check_labels("labels", labels, b).cpu()
     if isinstance(anchor, bool) or not isinstance(anchor, (int, np.integer)):
@@ -365,7 +369,7 @@ def refilled_anchor_view(
     margin = check_positive("margin", margin)
     tau1 = check_positive("tau1", tau1)
 
-    f_s, f_t = f_s.double().cpu(), f_t.double().cpu()
+    f_s, f_t = f_s.detach().double().cpu(), f_t.detach().double().cpu()
     a, p, n = mine_triplets(f_s, y, margin)  # (T,) each, the whole batch
     mine = a == anchor  # (T,)
     p, n = p[mine], n[mine]  # (T_a,)
@@ -447,9 +451,7 @@ def grkd_pair_view(
     c = t.shape[1]
     order = np.argsort(-t[0].numpy(), kind="stable")  # (C,)
     preferred = t[0][:, None] > t[0][None, :]  # (C, C)  [j, k] = t_j > t_k
-    if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if (top_k := check_optional_count("top_k", top_k)) is not None:
         in_top = torch.zeros(c, dtype=torch.bool)
         in_top[torch.as_tensor(order[: min(top_k, c)].copy())] = True
         preferred = preferred & in_top[:, None]  # the preferred class is in the top-k
