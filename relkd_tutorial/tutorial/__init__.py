@@ -10,19 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {
-    "say": "prose",
-    "Sentence": "prose",
-    "benchmark_runs": "runs",
-    "summary_table": "runs",
-    "paired_table": "runs",
-    "paired_vs": "runs",
-    "verdict": "runs",
-    "plot_intervals": "plots_stats",
-    "plot_paired": "plots_stats",
-    "draw_schematic": "schematics",
-    "available_schematics": "schematics",
+_MODULES = {  # module: the names it gives the package
+    "prose": ("say", "Sentence"),
+    "runs": ("benchmark_runs", "summary_table", "paired_table", "paired_vs", "verdict"),
+    "plots_stats": ("plot_intervals", "plot_paired"),
+    "schematics": ("draw_schematic", "available_schematics"),
 }
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted(_LAZY)
 
