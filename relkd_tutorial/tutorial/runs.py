@@ -141,29 +141,23 @@ def _wanted(rows: Sequence[dict[str, Any]], setting: str, spec: str, methods: Se
     tuned arm of the same folder is notebook 06's headline."""
     out: dict[tuple[str, int | None], dict[str, Any]] = {}
     for r in rows:
-        if r["setting"] != setting or r["spec"] != spec or r["phase"] != "final":
-            continue
-        if r["status"] != "n/a" and r["params"] != params_tag({}):
+        if (r["setting"], r["spec"], r["phase"]) != (setting, spec, "final"):
             continue
         if r["method"] not in methods:
             continue
         if r["status"] == "n/a":
             out.setdefault((r["method"], None), r)
-        elif r["seed"] in seeds:
+        elif r["params"] == params_tag({}) and r["seed"] in seeds:
             out.setdefault((r["method"], r["seed"]), r)
     return out
 
 
 def _missing(found: dict[tuple[str, int | None], Any], methods: Sequence[str],
              seeds: Sequence[int]) -> dict[str, list[int]]:  # fmt: skip
-    out = {}
-    for m in methods:
-        if (m, None) in found:  # n/a in this setting: nothing to train
-            continue
-        gap = [s for s in seeds if (m, s) not in found]
-        if gap:
-            out[m] = gap
-    return out
+    gaps = {
+        m: [s for s in seeds if (m, s) not in found] for m in methods if (m, None) not in found
+    }  # fmt: skip (n/a there: nothing to train)
+    return {m: gap for m, gap in gaps.items() if gap}
 
 
 @contextlib.contextmanager
@@ -233,7 +227,7 @@ def benchmark_runs(
     results: Path | None = None
     if not fast and results_dir is not False:
         results = find_results_dir() if results_dir in (None, True) else Path(results_dir)
-        if results is not None and not (results / "runs.csv").is_file():
+        if not (results / "runs.csv").is_file():
             raise ResultsNotFoundError(f"{results} has no runs.csv (results_dir={results_dir!r})")
         _copy_cross_task_teachers(results, cache)
     dev = resolve_device(device)
@@ -280,8 +274,7 @@ def benchmark_runs(
         found, left = found_missing()
         if left:
             raise MissingRunsError(f"runs still missing after training: {left}")
-    order = {m: i for i, m in enumerate(methods)}
-    keys = sorted(found, key=lambda k: (order[k[0]], -1 if k[1] is None else k[1]))
+    keys = sorted(found, key=lambda k: (methods.index(k[0]), -1 if k[1] is None else k[1]))
     rows = [found[k] for k in keys]
     sources: dict[str, int] = {}
     if results is not None:
