@@ -348,8 +348,9 @@ def comparison_table(
         if len(baselines) == 1 and family != "ablation":
             r["baseline"] = e["baseline"]
         out.append(r)
-    unit = "points" if metric in PERCENT else ""
-    return Table(out, ["label", "n", "mean", "low", "high", "p", "p_holm", "claim"], metric, unit)
+    return Table(
+        out, ["label", "n", "mean", "low", "high", "p", "p_holm", "claim"], metric, "points"
+    )
 
 
 _CLAIM_VERB = {"beats": "beats", "trails": "trails", "within noise": "is within noise of",

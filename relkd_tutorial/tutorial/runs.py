@@ -294,7 +294,8 @@ class Table(list):
     def __init__(self, rows: Sequence[dict[str, Any]], columns: Sequence[str], metric: str,
                  unit: str) -> None:  # fmt: skip
         super().__init__(rows)
-        self.columns, self.metric, self.unit = list(columns), metric, unit
+        self.columns, self.metric = list(columns), metric
+        self.unit = unit if metric in PERCENT else ""  # "%" or "points" for accuracies only
 
     def _repr_markdown_(self) -> str:
         digits = 3 if self.metric not in PERCENT else 2
@@ -350,8 +351,7 @@ def summary_table(
         stats = seed_stats(values) if values else dict.fromkeys(("mean", "std", "low", "high"), nan)
         out.append({"method": entry["method"], "label": entry["label"], "status": entry["status"],
                     "note": entry.get("note", ""), "n": entry.get("n", 0), **stats})  # fmt: skip
-    unit = "%" if metric in PERCENT else ""
-    return Table(out, ["label", "n", "mean", "std", "low", "high"], metric, unit)
+    return Table(out, ["label", "n", "mean", "std", "low", "high"], metric, "%")
 
 
 def paired_table(
@@ -365,8 +365,7 @@ def paired_table(
     diffs = paired_differences(rows, baselines=[baseline], metrics=[metric])
     for d in diffs:
         d["label"] = label(d["method"])
-    unit = "points" if metric in PERCENT else ""
-    return Table(diffs, ["label", "n", "mean", "low", "high", "within_noise"], metric, unit)
+    return Table(diffs, ["label", "n", "mean", "low", "high", "within_noise"], metric, "points")
 
 
 def paired_vs(
@@ -464,8 +463,7 @@ def control_table(rows: Sequence[dict[str, Any]], metric: str = "acc") -> Table:
     entries = comparisons(rows, families=("control",), metrics=(metric,))
     for e in entries:
         e["label"] = f"{label(e['method'])} − {label(e['baseline'])}"
-    unit = "points" if metric in PERCENT else ""
-    return Table(entries, ["label", "n", "mean", "low", "high", "claim"], metric, unit)
+    return Table(entries, ["label", "n", "mean", "low", "high", "claim"], metric, "points")
 
 
 def seed_table(
