@@ -122,8 +122,8 @@ def _spec(setting: Setting, cache: Path) -> str:
     return build_workspace(setting, cache, torch.device("cpu"), log=lambda _: None).spec
 
 
-def _rows(folder: Path | None) -> tuple[list[dict[str, Any]], Path | None]:
-    if folder is None or not (folder / "runs.csv").is_file():
+def _rows(folder: Path) -> tuple[list[dict[str, Any]], Path | None]:
+    if not (folder / "runs.csv").is_file():
         return [], None
     return read_runs(folder / "runs.csv"), folder / "runs.csv"
 

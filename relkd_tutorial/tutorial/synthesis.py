@@ -28,6 +28,7 @@ from .committed import (
     Benchmark,
     CommittedSetting,
     _claim,
+    _family,
     _interval,
     _one,
     committed_benchmark,
@@ -101,8 +102,7 @@ def question_sentence(bench: Benchmark, setting: str = "transfer") -> Sentence:
     c = bench.tuned.get(setting)
     if c is None or not c.present:
         return c.describe() if c is not None else Sentence(f"No {setting} runs are committed.")
-    mission = [e for e in bench.entries
-               if (e["setting"], e["family"], e["metric"]) == (setting, "mission", "acc")]  # fmt: skip
+    mission = _family(bench.entries, setting, "mission")
     if not mission:
         return say("The committed {s} runs hold no GRKD and rival to compare.", s=setting)
     recipe = bench.recipes.run_params(setting, MISSION_METHOD) if bench.recipes else {}
