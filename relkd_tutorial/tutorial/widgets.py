@@ -28,7 +28,7 @@ from ..losses.kd import kd_loss
 from ..losses.ranking import listwise_rank_loss, soft_pairwise_rank_loss
 from ..losses.refilled import embedding_distances, mine_triplets
 from ..losses.rkd import rkd_angle_loss, rkd_distance_loss
-from ..losses.rrd import rrd_decomposition
+from ..losses.rrd import rrd_decomposition, rrd_log_probs
 from ..metrics import kendall_tau
 from ..relations import normalized_pairwise_distances
 
@@ -302,9 +302,7 @@ def rrd_sample_view(
             f"{tuple(q.shape)} must share the width d"
         )
     parts = rrd_decomposition(s[None], u[None], q, tau_s, tau_t)
-    keys = F.normalize(q, dim=1)  # (K, d)
-    p_t = F.softmax(keys @ F.normalize(u, dim=0) / tau_t, dim=0)  # (K,)
-    p_s = F.softmax(keys @ F.normalize(s, dim=0) / tau_s, dim=0)  # (K,)
+    p_s, p_t = (log_p[0].exp() for log_p in rrd_log_probs(s[None], u[None], q, tau_s, tau_t))
     order = torch.sort(p_t, descending=True, stable=True).indices  # (K,)
     h_s = _entropy(p_s)
     return {
