@@ -30,7 +30,7 @@ from ..losses.refilled import embedding_distances, mine_triplets
 from ..losses.rkd import rkd_angle_loss, rkd_distance_loss
 from ..losses.rrd import rrd_decomposition, rrd_log_probs
 from ..metrics import kendall_tau
-from ..relations import normalized_pairwise_distances
+from ..relations import normalized_pairwise_distances, triplet_label_masks
 
 
 def _as_float64(name: str, x: object, ndim: int, shape_doc: str) -> Tensor:
@@ -380,12 +380,7 @@ def refilled_anchor_view(
     terms = 0.5 * (log_pt.exp() * (log_pt - log_ps) + log_qt.exp() * (log_qt - log_qs))  # (T_a,)
 
     label = int(y[anchor])
-    others = torch.arange(b) != anchor  # (B,)
-    if label >= 0:
-        positives = torch.nonzero((y == label) & others).flatten()
-        negatives = torch.nonzero((y != label) & (y >= 0)).flatten()
-    else:
-        positives = negatives = torch.zeros(0, dtype=torch.long)
+    positives, negatives = (torch.nonzero(m[anchor]).flatten() for m in triplet_label_masks(y))
     return {
         "anchor": anchor,
         "label": label,
