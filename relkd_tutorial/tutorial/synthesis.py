@@ -193,17 +193,15 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
     parts = [say("**Across the evidence.** The benchmark's answer is its first line ({h}): "
                  "{items}.", h=head_label, items="; ".join(
                      f"against {METHOD_LABELS[e['baseline']]}, {_claim(e)}" for e in rivals))]  # fmt: skip
-    others = lines[1:]
     agree = []
     for e in rivals:
-        theirs = [(label, _pick(ent, s, "mission", MISSION_METHOD, e["baseline"]))
-                  for label, ent, s in others]  # fmt: skip
-        theirs = [(label, x) for label, x in theirs if x is not None]
+        theirs = [(label, x) for label, ent, s in lines[1:]
+                  if (x := _pick(ent, s, "mission", MISSION_METHOD, e["baseline"])) is not None]  # fmt: skip
         differ = [f"{label}: {_claim(x)}" for label, x in theirs if _claim(x) != _claim(e)]
         agree.append(say("{b} {k} of {m}{d}", b=METHOD_LABELS[e["baseline"]],
                          k=len(theirs) - len(differ), m=len(theirs),
                          d=f" (otherwise {'; '.join(differ)})" if differ else ""))  # fmt: skip
-    if others:
+    if lines[1:]:
         parts.append(say("The other lines that give the same verdict, rival by rival: {a}.",
                          a="; ".join(agree)))  # fmt: skip
     pseudo = _pick(head, setting, "pseudo", MISSION_METHOD, PSEUDO_LABEL_CONTROL)
@@ -218,8 +216,7 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
         }[_claim(pseudo)]
         parts.append(say("In the first line GRKD {c} the pseudo-label control (CE on the teacher's top class over the "
                          "unlabelled images; {v} points), {m}.", c=_CLAIM_VERB[_claim(pseudo)],
-                         v=_interval(pseudo, 2),
-                         m=meaning))  # fmt: skip
+                         v=_interval(pseudo, 2), m=meaning))  # fmt: skip
     abl = _ablation(ablation)
     if abl is not None:
         acc = [e for e in abl[1] if e["metric"] == "acc"]
@@ -233,8 +230,7 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
             moves = _claim(scale) in ("beats", "trails")
             text = say(
                 "{t} '{v}' is the same loss at another weight ({c}, {d} points): {m}.", t=text,
-                v=scale["variant"], c=_claim(scale),
-                d=_interval(scale, 2),
+                v=scale["variant"], c=_claim(scale), d=_interval(scale, 2),
                 m="the loss scale alone moves GRKD's top-1, so a comparison at one weight compares "
                 "weights as much as losses (which is why every method's weight is tuned)" if moves
                 else "at this precision the loss scale alone does not separate from noise",
