@@ -393,11 +393,8 @@ def protocol_sentence(runs: Runs) -> Sentence:
     if not rows:
         raise ValueError("no finished run to describe")
     seeds = list(s.seeds)
-    seed_text = (
-        f"{seeds[0]}–{seeds[-1]}"
-        if seeds == list(range(seeds[0], seeds[-1] + 1))
-        else (", ".join(map(str, seeds)))
-    )
+    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
+    seed_text = f"{seeds[0]}–{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
     src = ", ".join("the local cache" if "cache" in p else "the committed results"
                     for p in runs.sources if runs.sources[p])  # fmt: skip
     return say(
