@@ -3,13 +3,10 @@
 :func:`benchmark_runs` reads the runs of ``python -m relkd_tutorial.bench`` (``docs/benchmark.md``):
 the committed ``results/runs.csv`` rows of the default preset's spec now, then an on-disk cache
 (:func:`default_cache_dir`) where the benchmark's runner trains what neither holds, once per
-machine (fast mode: the fast settings, the cache only). The tables are thin wrappers over the
-benchmark's report and :mod:`relkd_tutorial.stats` (accuracies in percent, differences in points).
-What the method chapters (01-05) say about runs, every number computed: :func:`protocol_sentence`,
-:func:`difference_phrase` / :func:`against` (one paired difference in words with its 95% interval
-and claim: the benchmark's Holm-corrected one where the row has it, else read from the interval),
-:func:`control_table` (each method against its one-term-different control) and
-:func:`seed_table` / :func:`paired_rows` (a chapter's own small experiment).
+machine (fast mode: the fast settings, the cache only). The tables wrap the benchmark's report
+and :mod:`relkd_tutorial.stats` (accuracies in percent, differences in points); the sentences
+(:func:`protocol_sentence`, :func:`difference_phrase`, :func:`against`) say what the method
+chapters (01-05) found, every number computed.
 """
 
 from __future__ import annotations
