@@ -86,8 +86,11 @@ def group_order(groups: Mapping[str, Sequence[int]], num_classes: int) -> list[i
     return order + [c for c in range(num_classes) if c not in order]
 
 
-def _grouped_matrix(matrix: object, groups: Mapping[str, Sequence[int]]) -> tuple[Tensor, Tensor]:
-    """A square ``(C, C)`` matrix as float64 and each class's group id ``(C,)`` (-1: none)."""
+def _grouped_matrix(
+    matrix: object, groups: Mapping[str, Sequence[int]]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A square ``(C, C)`` matrix as float64, each class's group id ``(C,)`` (-1: none) and the
+    ``(C, C)`` mask of pairs in one group (the diagonal of a grouped class included)."""
     m = _as_float64("matrix", matrix, 2, "(C, C)")
     c = m.shape[0]
     if m.shape != (c, c):
@@ -96,7 +99,7 @@ def _grouped_matrix(matrix: object, groups: Mapping[str, Sequence[int]]) -> tupl
     group_of = torch.full((c,), -1, dtype=torch.long)
     for g, members in enumerate(groups.values()):
         group_of[[int(k) for k in members]] = g
-    return m, group_of
+    return m, group_of, (group_of[:, None] == group_of[None, :]) & (group_of[:, None] >= 0)
 
 
 def block_contrast(
@@ -106,13 +109,11 @@ def block_contrast(
     group, ``j != k`` if ``skip_diagonal``) vs ``between`` (``j`` in a group, ``k`` in another or
     none, and vice versa), and ``ratio = within / between`` (``inf`` if 0). ``groups``: e.g.
     :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`; learnt groups give ``within > between``."""
-    m, group_of = _grouped_matrix(matrix, groups)
-    c = m.shape[0]
+    m, group_of, same = _grouped_matrix(matrix, groups)
     if int((group_of >= 0).sum()) == 0:
         raise ValueError("groups must contain at least one class")
-    same = (group_of[:, None] == group_of[None, :]) & (group_of[:, None] >= 0)  # (C, C)
     if skip_diagonal:
-        same &= ~torch.eye(c, dtype=torch.bool)
+        same &= ~torch.eye(m.shape[0], dtype=torch.bool)
     in_some = group_of >= 0  # (C,)
     between = (in_some[:, None] | in_some[None, :]) & (group_of[:, None] != group_of[None, :])
     if not bool(same.any()) or not bool(between.any()):
@@ -126,11 +127,11 @@ def within_group_share(matrix: object, groups: Mapping[str, Sequence[int]]) -> f
     """The share of a non-negative ``(C, C)`` matrix's off-diagonal mass inside a group,
     ``sum_{j != k, g(j) = g(k)} M_jk / sum_{j != k} M_jk`` (for the soft confusion matrix: how
     much of the probability on wrong classes goes to the true class's own group)."""
-    m, group_of = _grouped_matrix(matrix, groups)
+    m, _, same = _grouped_matrix(matrix, groups)
     if bool((m < 0).any()):
         raise ValueError("matrix must be non-negative")
     off = ~torch.eye(m.shape[0], dtype=torch.bool)  # (C, C)
-    same = (group_of[:, None] == group_of[None, :]) & (group_of[:, None] >= 0) & off
+    same &= off
     total = float(m[off].sum())
     if total <= 0:
         raise ValueError("the matrix has no off-diagonal mass")
