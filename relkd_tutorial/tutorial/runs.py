@@ -337,7 +337,8 @@ def summary_table(
     """Per method (the report's order): :func:`seed_stats` over seeds, accuracies in percent; a
     method n/a in the setting keeps its reason in ``note``."""
     rows = _one_setting(rows, setting)
-    k, nan, out = _check_metric(metric), math.nan, []
+    k, out = _check_metric(metric), []
+    no_run = dict.fromkeys(("mean", "std", "low", "high"), math.nan)  # no finished seed
     for entry in summarize_runs(rows):
         values = [
             k * r[metric]
@@ -345,7 +346,7 @@ def summary_table(
             if r["method"] == entry["method"] and r["phase"] == "final" and r["status"] == "ok"
             and not math.isnan(r[metric])
         ]  # fmt: skip
-        stats = seed_stats(values) if values else dict.fromkeys(("mean", "std", "low", "high"), nan)
+        stats = seed_stats(values) if values else no_run
         out.append({"method": entry["method"], "label": entry["label"], "status": entry["status"],
                     "note": entry.get("note", ""), "n": entry.get("n", 0), **stats})  # fmt: skip
     return Table(out, ["label", "n", "mean", "std", "low", "high"], metric, "%")
