@@ -8,6 +8,7 @@ method at its recipe (the headline) and the tuned methods at their paper default
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,6 @@ from typing import Any
 from ..stats import t_quantile
 from .recipes import Recipes
 from .settings import (
-    ALPHA,
     CONTROL_WEIGHTS,
     CONTROLS,
     HEADLINE_BASELINE,
@@ -30,14 +30,19 @@ from .settings import (
 )
 from .store import read_meta, read_runs, select_rows
 from .verdict import (
+    CONFIDENCE,
+    TARGET_HALF_WIDTH,
     _add,
+    _by_seed,
     _cell,
     _correct,
     _family_sentence,
     _find,
     column_stats,
     comparisons,
+    finished,
     mark_fragile,
+    markdown_table,
     verdict_paragraph,
 )
 
@@ -79,54 +84,27 @@ def tuned_methods(recipes: Recipes | None, setting: str) -> list[str]:
 
 
 def tuning_comparisons(
-    rows: Sequence[dict[str, Any]],
-    recipes: Recipes | None,
-    metrics: Sequence[str] = ("acc",),
-    confidence: float = 0.95,
-    alpha: float = ALPHA,
+    rows: Sequence[dict[str, Any]], recipes: Recipes | None
 ) -> list[dict[str, Any]]:
-    """Each tuned method at its recipe minus itself at its defaults, paired by seed (family
-    ``"tuning"``, Holm over a setting's tuned methods); entries like
+    """Each tuned method at its recipe minus itself at its defaults in top-1, paired by seed
+    (family ``"tuning"``, Holm over a setting's tuned methods); entries like
     :func:`~.verdict.comparisons`', ``baseline`` the method itself, ``params`` the recipe's tag."""
     out: list[dict[str, Any]] = []
-    finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
+    finals = finished(rows)
     for setting in _ordered_settings(finals):
         for method in tuned_methods(recipes, setting):
             tag = params_tag(recipes.run_params(setting, method))  # type: ignore[union-attr]
-            mine = [r for r in finals if (r["setting"], r["method"]) == (setting, method)]
-            a = {r["seed"]: r for r in mine if r["params"] == tag}
-            b = {r["seed"]: r for r in mine if r["params"] == "{}"}
-            name = label(method)
-            _add(out, a, b, (f"{name} tuned", f"{name} at its defaults"), metrics, confidence,
-                 setting, "tuning", method=method, baseline=method, params=tag)  # fmt: skip
-    _correct(out, alpha)
-    return out
+            arms = _by_seed(finished(finals, setting, method=method), "params")
+            labels = (f"{label(method)} tuned", f"{label(method)} at its defaults")
+            _add(out, arms.get(tag, {}), arms.get("{}", {}), labels, ("acc",), CONFIDENCE,
+                 setting=setting, family="tuning", method=method, baseline=method, params=tag)  # fmt: skip
+    return _correct(out)
 
 
-def _claim(e: dict[str, Any]) -> str:
-    return "fragile" if e.get("fragile") else e["claim"]
-
-
-def verdict_changes(
-    defaults: Sequence[dict[str, Any]],
-    tuned: Sequence[dict[str, Any]],
-    setting: str,
-    family: str = "mission",
-    metric: str = "acc",
-) -> list[dict[str, Any]]:
-    """The ``family``'s comparisons present in both arms: ``method``, ``baseline``, the two
-    verdicts (``"fragile"`` where :func:`~.verdict.mark_fragile` said so) and ``changed``."""
-
-    def pick(entries: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-        return {(e["method"], e["baseline"]): e for e in entries
-                if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)}  # fmt: skip
-
-    a, b = pick(defaults), pick(tuned)
-    return [
-        {"method": k[0], "baseline": k[1], "defaults": _claim(a[k]), "tuned": _claim(b[k]),
-         "changed": _claim(a[k]) != _claim(b[k])}
-        for k in b if k in a
-    ]  # fmt: skip
+def _mission_claims(entries: Sequence[dict[str, Any]], setting: str) -> dict[str, str]:
+    """``{rival: verdict}`` of the question's top-1 family (``"fragile"`` where marked)."""
+    return {e["baseline"]: "fragile" if e.get("fragile") else e["claim"] for e in entries
+            if (e["setting"], e["family"], e["metric"]) == (setting, "mission", "acc")}  # fmt: skip
 
 
 def tuning_paragraph(
@@ -136,11 +114,10 @@ def tuning_paragraph(
     setting: str,
     recipes: Recipes | None,
     methods: Sequence[str],
-    confidence: float = 0.95,
 ) -> str:
     """What tuning does to the comparison: which tuned methods gained or lost against their own
     defaults, which were not tuned, and which of the question's verdicts differ between the
-    arms (:func:`verdict_changes`)."""
+    arms."""
     mine = [e for e in tuning if e["setting"] == setting and e["metric"] == "acc"]
     out = [f"**What tuning does to the comparison ({setting}).**"]
     if mine:
@@ -150,8 +127,7 @@ def tuning_paragraph(
                 mine,
                 lambda e: f"{label(e['method'])} at {describe_params(e['params'])}",
                 ("tuning raised", "tuning lowered"),
-                confidence,
-            )  # fmt: skip
+            )
         )
     else:
         out.append("No method has a recipe that differs from its paper defaults here.")
@@ -162,55 +138,48 @@ def tuning_paragraph(
             + ", ".join(label(m) for m in untuned)
             + "."
         )
-    changes = verdict_changes(defaults, tuned, setting)
-    if changes:
+    before, after = _mission_claims(defaults, setting), _mission_claims(tuned, setting)
+    both = [rival for rival in after if rival in before]
+    if both:
+        moved = [r for r in both if before[r] != after[r]]
+        kept = [r for r in both if before[r] == after[r]]
         who = label(MISSION_METHOD)
-        moved = [c for c in changes if c["changed"]]
-        kept = [c for c in changes if not c["changed"]]
-        text = f"Of the question's {len(changes)} verdicts ({who} against each rival), "
+        text = f"Of the question's {len(both)} verdicts ({who} against each rival), "
         if moved:
             verb = "differs" if len(moved) == 1 else "differ"
             text += f"{len(moved)} {verb} between the paper defaults and the tuned recipes: " + (
                 "; ".join(
-                    f"against {label(c['baseline'])}, {c['defaults']} at the defaults, "
-                    f"{c['tuned']} tuned"
-                    for c in moved
+                    f"against {label(r)}, {before[r]} at the defaults, {after[r]} tuned"
+                    for r in moved
                 )  # fmt: skip
             )
         else:
             text += "none differs between the paper defaults and the tuned recipes"
         if kept:
             text += "; the same in both: " + "; ".join(
-                f"against {label(c['baseline'])}, {c['tuned']}" for c in kept
+                f"against {label(r)}, {after[r]}" for r in kept
             )
         out.append(text + ".")
     return " ".join(out)
 
 
 def precision_cost_sentence(
-    entries: Sequence[dict[str, Any]],
-    rows: Sequence[dict[str, Any]],
-    setting: str,
-    family: str = HEADLINE_BASELINE,
-    target: float = 1.0,
-    confidence: float = 0.95,
+    entries: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], setting: str
 ) -> str:
-    """What intervals of ``target`` points would cost: the seeds ``k`` that bring the family's
-    widest paired standard deviation ``s`` to ``t(k - 1) s / sqrt(k) <= target``, and the runs
-    and time they add at this folder's seconds per run. ``""`` when every interval meets it."""
+    """What top-1 intervals against KD of :data:`~.verdict.TARGET_HALF_WIDTH` points would cost:
+    the seeds ``k`` that bring the family's widest paired standard deviation ``s`` to
+    ``t(k - 1) s / sqrt(k) <= target``, and the runs and time they add at this folder's seconds
+    per run. ``""`` when every interval meets it."""
+    family, target = HEADLINE_BASELINE, TARGET_HALF_WIDTH
     chosen = [e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family,
               "acc") and e["n"] >= 2]  # fmt: skip
     if not chosen or all((e["high"] - e["low"]) / 2 <= target for e in chosen):
         return ""
     widest = max(chosen, key=lambda e: e["std"])
     sd, have = widest["std"], max(e["n"] for e in chosen)
-    q = 0.5 + confidence / 2
-    need = next((k for k in range(2, 100_000) if t_quantile(q, k - 1) * sd / math.sqrt(k) <= target),
-                None)  # fmt: skip
-    if need is None:  # pragma: no cover - only for a standard deviation of hundreds of points
-        return ""
-    ok = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
-          and r["status"] == "ok"]  # fmt: skip
+    q = 0.5 + CONFIDENCE / 2
+    need = next(k for k in itertools.count(2) if t_quantile(q, k - 1) * sd / math.sqrt(k) <= target)
+    ok = finished(rows, setting)
     methods = {r["method"] for r in ok}
     seconds = [r["seconds"] for r in ok if not math.isnan(r["seconds"])]
     per_run = sum(seconds) / len(seconds) if seconds else math.nan
@@ -237,25 +206,22 @@ def recipe_table(recipes: Recipes | None, setting: str) -> str:
     def span(pair: tuple[float, float]) -> str:
         return f"{pair[0]:g} to {pair[1]:g}"
 
-    lines = [
-        "| method | recipe | searched | extended | at the edge | selection score | trials |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for method, r in sorted(mine, key=lambda kv: _method_order(kv[0])):
-        lines.append(
-            f"| {label(method)} | {describe_params(dict(r.params))}"
-            + ("" if r.run_params else " (its defaults)")
-            + " | "
-            + ", ".join(f"{k} {span(v)}" for k, v in sorted(r.space.items()))
-            + " | "
-            + "; ".join(
-                f"{k}: " + " then ".join(span(x) for x in v) for k, v in sorted(r.extended.items())
-            )  # fmt: skip
-            + f" | {', '.join(r.at_edge) or 'none'} | "
-            + ("" if r.selection_score is None else f"{r.selection_score:.4g}")
-            + f" | {'' if r.trials is None else r.trials} |"
+        extended = (f"{k}: " + " then ".join(map(span, v)) for k, v in sorted(r.extended.items()))
+        rows.append(
+            [
+                label(method),
+                describe_params(dict(r.params)) + ("" if r.run_params else " (its defaults)"),
+                ", ".join(f"{k} {span(v)}" for k, v in sorted(r.space.items())),
+                "; ".join(extended),
+                ", ".join(r.at_edge) or "none",
+                "" if r.selection_score is None else f"{r.selection_score:.4g}",
+                "" if r.trials is None else str(r.trials),
+            ]
         )
-    return "\n".join(lines)
+    header = "method | recipe | searched | extended | at the edge | selection score | trials"
+    return markdown_table(header, rows)
 
 
 def recipe_flags(recipes: Recipes | None, setting: str) -> str:
@@ -284,22 +250,20 @@ def defaults_table(
     setting: str,
 ) -> str:
     """The out-of-the-box table: each method at its defaults, against KD, and tuning's gain."""
-    finals = [r for r in rows if (r["setting"], r["phase"], r["status"]) == (setting, "final",
-              "ok")]  # fmt: skip
-    lines = [
-        "| method | seeds | top-1 % at the defaults | Δ vs KD at the defaults (95% CI) "
-        "| tuned − defaults (95% CI) |",
-        "|---|---|---|---|---|",
-    ]
-
+    finals = finished(rows, setting)
+    header = (
+        "method | seeds | top-1 % at the defaults | Δ vs KD at the defaults (95% CI) "
+        "| tuned − defaults (95% CI)"
+    )
+    lines = []
     for method in sorted({r["method"] for r in finals}, key=_method_order):
-        mean, std, n = column_stats([r for r in finals if r["method"] == method], "acc", 100)
+        mean, std, n = column_stats(finished(finals, method=method), "acc", 100)
         kd = _find(defaults_entries, setting=setting, family=HEADLINE_BASELINE, method=method,
                    metric="acc")  # fmt: skip
         gain = _find(tuning, setting=setting, method=method, metric="acc")
-        lines.append(f"| {label(method)} | {n} | {pm(mean, std, 1)} | {_cell(kd, fragile=True)} | "
-                     f"{_cell(gain, fragile=True) if gain else 'not tuned'} |")  # fmt: skip
-    return "\n".join(lines)
+        lines.append([label(method), str(n), pm(mean, std, 1), _cell(kd, fragile=True),
+                      _cell(gain, fragile=True) if gain else "not tuned"])  # fmt: skip
+    return markdown_table(header, lines)
 
 
 def out_of_the_box(
