@@ -14,20 +14,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .figures import (  # noqa: F401 (06 reads them here)
-    curve_value,
-    plot_curves,
-    plot_seconds,
-    read_histories,
-    report_figures,
-    seconds_of,
-)
+from . import figures, tuned, verdict
+from .figures import curve_value, plot_curves, plot_seconds, read_histories  # noqa: F401 (06)
 from .recipes import recipes_of_meta
 from .settings import (
     ABLATIONS,
     ALPHA,
     BASELINES,
-    CONTROL_DIFFERS,
     CONTROL_WEIGHTS,
     DIFF_METRICS,
     HEADLINE_BASELINE,
@@ -45,33 +38,6 @@ from .settings import (
     pm,
 )
 from .store import read_meta, read_runs, select_rows
-from .tuned import (
-    _second,
-    arm_rows,
-    headline_note,
-    headline_rows,
-    out_of_the_box,
-    precision_cost_sentence,
-    second_run_set,
-    tuning_comparisons,
-)
-from .verdict import (
-    _cell,
-    _find,
-    _join,
-    ablation_comparisons,
-    ablation_paragraph,
-    ablation_protocol,
-    ablation_table,
-    column_stats,
-    comparisons,
-    family_table,
-    finished,
-    mark_fragile,
-    markdown_table,
-    precision_sentence,
-    verdict_paragraph,
-)
 
 
 def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,7 +50,7 @@ def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for method in sorted({r["method"] for r in in_setting}, key=_method_order):
             runs = [r for r in in_setting if r["method"] == method]
             na = [r for r in runs if r["status"] == "n/a"]
-            ok = finished(runs)
+            ok = verdict.finished(runs)
             entry: dict[str, Any] = {"setting": setting, "method": method, "label": label(method)}
             if na and not ok:
                 out.append({**entry, "status": "n/a", "note": na[0]["note"], "n": 0})
@@ -95,7 +61,8 @@ def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry.update(n=len(ok), diverged=sum(r["status"] == "diverged" for r in runs))
             entry["seeds"] = sorted(r["seed"] for r in ok)
             for metric in (*METRICS, "seconds", "peak_mem_mb", "train_acc"):
-                entry[f"{metric}_mean"], entry[f"{metric}_std"], _ = column_stats(ok, metric)
+                mean, std, _ = verdict.column_stats(ok, metric)
+                entry.update({f"{metric}_mean": mean, f"{metric}_std": std})
             out.append(entry)
     return out
 
@@ -108,7 +75,7 @@ def paired_differences(
 ) -> list[dict[str, Any]]:
     """Every method minus each baseline (CE, KD), paired by seed: those families of
     :func:`~.verdict.comparisons`."""
-    return comparisons(rows, families=tuple(baselines), metrics=metrics, confidence=confidence)
+    return verdict.comparisons(rows, tuple(baselines), metrics, confidence)
 
 
 # --- Text ---
@@ -126,8 +93,8 @@ def _pm(entry: dict[str, Any], metric: str) -> str:
 
 
 def _diff_cell(diffs: Sequence[dict[str, Any]], setting: str, method: str, baseline: str) -> str:
-    e = _find(diffs, setting=setting, method=method, baseline=baseline, metric="acc")
-    return _cell(e, one_seed="")
+    e = verdict.find_entry(diffs, setting=setting, method=method, baseline=baseline, metric="acc")
+    return verdict.interval_cell(e, one_seed="")
 
 
 def summary_table_markdown(
@@ -152,11 +119,11 @@ def summary_table_markdown(
         "method | trial | seeds | top-1 % | Δ vs CE (95% CI) | Δ vs KD (95% CI) | tops % | "
         "footwear % | Kendall tau | dist. corr. | s / run | peak MiB"
     )
-    return markdown_table(header, lines)
+    return verdict.markdown_table(header, lines)
 
 
 def _setting_description(rows: Sequence[dict[str, Any]], setting: str, phase: str = "final") -> str:
-    r = next(iter(finished(rows, setting, phase)), None)
+    r = next(iter(verdict.finished(rows, setting, phase)), None)
     if r is None:
         return ""
     return (
@@ -196,12 +163,12 @@ def plateau_sentence(
     """How much the test top-1 still rose over the last fifth of each run's epochs: per method,
     ``acc[E] - acc[E - k]`` with ``k = round(E / 5)`` (at least 1; a multi-stage method's last
     stage), mean over seeds. ``""`` if the setting recorded no curves."""
-    finals = finished(rows, setting)
+    finals = verdict.finished(rows, setting)
     gains: dict[str, float] = {}
     windows: set[tuple[int, int]] = set()
     for method in sorted({r["method"] for r in finals}, key=_method_order):
         per_seed = []
-        for r in finished(finals, method=method):
+        for r in verdict.finished(finals, method=method):
             h = histories.get(r["key"], [])
             h = [e for e in h if not math.isnan(e.get("eval_acc", math.nan))]
             if not h:
@@ -248,7 +215,7 @@ def markdown_report(
     defaults, what tuning changed and the recipes (:func:`~.tuned.out_of_the_box`)."""
     recipes = recipes_of_meta(meta)
     everything = select_rows(rows)
-    rows = headline_rows(rows, recipes)
+    rows = tuned.headline_rows(rows, recipes)
     summary = summarize_runs(rows)
     entries = _headline_entries(rows, recipes, second)
     diffs = [e for e in entries if e["family"] in BASELINES]
@@ -260,13 +227,13 @@ def markdown_report(
         parts += [f"## {SETTING_TITLES.get(setting, setting)}", ""]
         parts += _blocks(
             _setting_description(rows, setting),
-            headline_note(recipes, setting, methods) if tuned_here else "",
+            tuned.headline_note(recipes, setting, methods) if tuned_here else "",
         )
         if any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
             parts += _blocks(
-                verdict_paragraph(entries, setting),
-                precision_sentence(entries, setting),
-                precision_cost_sentence(entries, rows, setting) if tuned_here else "",
+                verdict.verdict_paragraph(entries, setting),
+                verdict.precision_sentence(entries, setting),
+                tuned.precision_cost_sentence(entries, rows, setting) if tuned_here else "",
                 second_run_sentence(entries, setting, second) if tuned_here else "",
             )
         parts += _blocks(
@@ -279,7 +246,7 @@ def markdown_report(
             ("mission", "GRKD against the other relational methods"),
             ("pseudo", "Every logit method against the pseudo-label control"),
         ):
-            table = family_table(entries, setting, family, CONTROL_DIFFERS)
+            table = verdict.family_table(entries, setting, family)
             parts += _blocks(table and f"{title} (Holm over the family):\n\n{table}")
         for family, metric, title in (
             ("control", "acc", "Top-1 against the control"),
@@ -292,7 +259,7 @@ def markdown_report(
             if sentences:
                 parts += [f"{title}:", "", *sentences, ""]
         if tuned_here:
-            parts += out_of_the_box(everything, recipes, setting, entries, second)
+            parts += tuned.out_of_the_box(everything, recipes, setting, entries, second)
     parts += _ablation_markdown(rows)
     if summary:
         parts += ["## Where the time goes", "", _time_table(summary), ""]
@@ -302,7 +269,7 @@ def markdown_report(
 def second_run_sentence(
     entries: Sequence[dict[str, Any]], setting: str, second: tuple | None
 ) -> str:
-    """How many of ``setting``'s verdicts the second run set (:func:`second_run_set`) changes:
+    """How many of ``setting``'s verdicts the second run set (:func:`~.tuned.second_run_set`) changes:
     those are the ones :func:`~.verdict.mark_fragile` marked for it (``""``: no such runs)."""
     if second is None or not any(r["setting"] == setting for r in second[0]):
         return ""
@@ -311,7 +278,7 @@ def second_run_sentence(
     names = [f"{label(e['method'])} vs {label(e['baseline'])} "
              f"({METRIC_LABELS[e['metric']].replace(' %', '')})" for e in moved]  # fmt: skip
     top1 = sum(e["metric"] == "acc" for e in moved)
-    listed = f": {_join(names)}" if names else ""
+    listed = f": {verdict.join_items(names)}" if names else ""
     return (
         f"**Across machines.** {second[1][0].upper()}{second[1][1:]} trains the same runs again: of "
         f"the {len(here)} comparisons in every family and metric, {len(moved)} change verdict "
@@ -323,30 +290,30 @@ def _headline_entries(
     rows: Sequence[dict[str, Any]], recipes: Any, second: tuple | None
 ) -> list[dict[str, Any]]:
     """:func:`~.verdict.comparisons` of the headline ``rows``; with recipes, marked fragile
-    (:func:`~.verdict.mark_fragile`) against ``second`` (:func:`second_run_set`)."""
-    entries = comparisons(rows)
+    (:func:`~.verdict.mark_fragile`) against ``second`` (:func:`~.tuned.second_run_set`)."""
+    entries = verdict.comparisons(rows)
     if recipes is None:
         return entries
-    return mark_fragile(entries, *_second(second, recipes, "tuned"))
+    return verdict.mark_fragile(entries, *tuned._second(second, recipes, "tuned"))
 
 
 def ablation_entries(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """:func:`~relkd_tutorial.bench.verdict.ablation_comparisons` of every ablated method present."""
-    return [e for method in sorted(ABLATIONS) for e in ablation_comparisons(rows, method)]
+    return [e for method in sorted(ABLATIONS) for e in verdict.ablation_comparisons(rows, method)]
 
 
 def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     parts: list[str] = []
     runs = [r for r in rows if r["phase"] == "ablation"]
     for method in sorted({r["method"] for r in runs if r["method"] in ABLATIONS}):
-        entries = ablation_comparisons(rows, method)
+        entries = verdict.ablation_comparisons(rows, method)
         for setting in _ordered_settings([r for r in runs if r["method"] == method]):
             desc = _setting_description(rows, setting, phase="ablation")
             parts += _blocks(
                 f"## {label(method)} ablation ({setting})",
-                f"{desc} {ablation_protocol(rows, method, setting)}".strip(),
-                ablation_paragraph(entries, setting),
-                ablation_table(rows, entries, method, setting),
+                f"{desc} {verdict.ablation_protocol(rows, method, setting)}".strip(),
+                verdict.ablation_paragraph(entries, setting),
+                verdict.ablation_table(rows, entries, method, setting),
             )
     return parts
 
@@ -355,10 +322,10 @@ def _time_table(summary: Sequence[dict[str, Any]]) -> str:
     settings = _ordered_settings(summary)
     lines = []
     for method in METHODS:
-        seconds = [seconds_of(summary, s, method) for s in settings]
+        seconds = [figures.seconds_of(summary, s, method) for s in settings]
         if any(t is not None for t in seconds):
             lines.append([METHOD_LABELS[method], *("" if t is None else f"{t:.1f}" for t in seconds)])  # fmt: skip
-    return markdown_table("method | " + " | ".join(f"{s} s/run" for s in settings), lines)
+    return verdict.markdown_table("method | " + " | ".join(f"{s} s/run" for s in settings), lines)
 
 
 def _meta_markdown(meta: dict[str, Any]) -> list[str]:
@@ -385,7 +352,7 @@ def stdout_summary(
     rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None, meta: dict | None = None
 ) -> str:
     """A compact text table per setting for the terminal (the headline arm, ``meta``'s recipes)."""
-    rows = arm_rows(select_rows(rows, specs), recipes_of_meta(meta), "tuned")
+    rows = tuned.arm_rows(select_rows(rows, specs), recipes_of_meta(meta), "tuned")
     summary = summarize_runs(rows)
     diffs = paired_differences(rows)
     out = []
@@ -428,17 +395,17 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
         return
     meta = read_meta(out_dir)
     recipes = recipes_of_meta(meta)
-    second = second_run_set(out_dir)
-    chosen = headline_rows(rows, recipes)
+    second = tuned.second_run_set(out_dir)
+    chosen = tuned.headline_rows(rows, recipes)
     summary = summarize_runs(chosen)
     _write_csv(out_dir / "summary.csv", summary)
     entries = _headline_entries(chosen, recipes, second)
     if recipes is not None:
         everything = select_rows(rows)
-        defaults = arm_rows(everything, recipes, "defaults")
+        defaults = tuned.arm_rows(everything, recipes, "defaults")
         _write_csv(out_dir / "summary-defaults.csv", summarize_runs(defaults))
-        _write_csv(out_dir / "differences-defaults.csv", comparisons(defaults))
-        _write_csv(out_dir / "tuning.csv", tuning_comparisons(everything, recipes))
+        _write_csv(out_dir / "differences-defaults.csv", verdict.comparisons(defaults))
+        _write_csv(out_dir / "tuning.csv", tuned.tuning_comparisons(everything, recipes))
     _write_csv(out_dir / "differences.csv", entries)
     ablation = ablation_entries(chosen)
     if ablation:
@@ -447,5 +414,5 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
     (out_dir / "results.md").write_text(markdown_report(rows, meta, histories, second))
     if plots:
         diffs = [e for e in entries if e["family"] in BASELINES]
-        for stem, fig in report_figures(chosen, summary, diffs, histories).items():
+        for stem, fig in figures.report_figures(chosen, summary, diffs, histories).items():
             fig.savefig(out_dir / f"{stem}.png", dpi=110)

@@ -34,13 +34,13 @@ from .verdict import (
     TARGET_HALF_WIDTH,
     _add,
     _by_seed,
-    _cell,
     _correct,
     _family_sentence,
-    _find,
     column_stats,
     comparisons,
+    find_entry,
     finished,
+    interval_cell,
     mark_fragile,
     markdown_table,
     verdict_paragraph,
@@ -258,11 +258,11 @@ def defaults_table(
     lines = []
     for method in sorted({r["method"] for r in finals}, key=_method_order):
         mean, std, n = column_stats(finished(finals, method=method), "acc", 100)
-        kd = _find(defaults_entries, setting=setting, family=HEADLINE_BASELINE, method=method,
+        kd = find_entry(defaults_entries, setting=setting, family=HEADLINE_BASELINE, method=method,
                    metric="acc")  # fmt: skip
-        gain = _find(tuning, setting=setting, method=method, metric="acc")
-        lines.append([label(method), str(n), pm(mean, std, 1), _cell(kd, fragile=True),
-                      _cell(gain, fragile=True) if gain else "not tuned"])  # fmt: skip
+        gain = find_entry(tuning, setting=setting, method=method, metric="acc")
+        lines.append([label(method), str(n), pm(mean, std, 1), interval_cell(kd, fragile=True),
+                      interval_cell(gain, fragile=True) if gain else "not tuned"])  # fmt: skip
     return markdown_table(header, lines)
 
 

@@ -19,6 +19,7 @@ from ..stats import claim, describe_corrected, format_p, holm_adjust, mean_std, 
 from .search_space import ABLATION_SEEDS
 from .settings import (
     ALPHA,
+    CONTROL_DIFFERS,
     CONTROL_WEIGHTS,
     CONTROLS,
     DIFF_METRICS,
@@ -80,14 +81,10 @@ def _by_seed(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, dict[int, di
     return out
 
 
-def markdown_row(cells: Iterable[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def markdown_table(header: str, rows: Iterable[Iterable[str]]) -> str:
     """A Markdown table: ``header`` (its cells joined by `` | ``), its rule, a line per row."""
     rule = "|" + "---|" * (header.count(" | ") + 1)
-    return "\n".join([f"| {header} |", rule, *map(markdown_row, rows)])
+    return "\n".join([f"| {header} |", rule, *("| " + " | ".join(r) + " |" for r in rows)])
 
 
 def _unit(metric: str) -> tuple[str, int]:
@@ -190,12 +187,9 @@ def comparisons(
         by_method = _by_seed(finished(finals, setting), "method")
         for family in families:
             for method, baseline in family_pairs(family, by_method):
-                if (
-                    family == "control"
-                    and method in CONTROL_WEIGHTS
-                    and setting not in FASHION_SETTINGS
-                ):
-                    continue  # the CIFAR setting keeps the published weights: not a control there
+                published = setting not in FASHION_SETTINGS  # CIFAR keeps the published weights,
+                if family == "control" and method in CONTROL_WEIGHTS and published:
+                    continue  # so its combinations' control differs in more than one thing
                 _add(out, by_method[method], by_method[baseline], (label(method), label(baseline)),
                      metrics, confidence, setting=setting, family=family, method=method,
                      baseline=baseline)  # fmt: skip
@@ -277,7 +271,7 @@ def _short(e: dict[str, Any]) -> str:
     return f"{head}, CI {_signed(e, 'low')} to {_signed(e, 'high')}, Holm p {_p(e)}"
 
 
-def _join(items: Sequence[str]) -> str:
+def join_items(items: Sequence[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
     return "; ".join(items[:-1]) + "; and " + items[-1]
@@ -298,7 +292,7 @@ def _family_sentence(entries: Sequence[dict[str, Any]], name: Any, phrases: tupl
             groups[fragile].append(f"{name(e)} ({_short(e)}; {e['fragile']}; alone: {e['claim']})")
         else:
             groups[heads[e["claim"]]].append(f"{name(e)} ({_short(e)})")
-    parts = [f"{h[0].upper()}{h[1:]}: {_join(items)}" for h, items in groups.items() if items]
+    parts = [f"{h[0].upper()}{h[1:]}: {join_items(items)}" for h, items in groups.items() if items]
     size = max(e["family_size"] for e in entries)
     return (
         f"{size} comparisons, {_seeds_text(entries)} paired seeds, {100 * CONFIDENCE:g}% paired "
@@ -406,7 +400,9 @@ def ablation_paragraph(entries: Sequence[dict[str, Any]], setting: str) -> str:
     return " ".join(out)
 
 
-def _cell(e: dict[str, Any] | None, one_seed: str = " (1 seed)", fragile: bool = False) -> str:
+def interval_cell(
+    e: dict[str, Any] | None, one_seed: str = " (1 seed)", fragile: bool = False
+) -> str:
     """``+0.61 [+0.20, +1.02] *``: an entry's difference, interval and mark (``*``: claimed;
     with ``fragile``, `` (fragile)`` where :func:`mark_fragile` said so)."""
     if e is None:
@@ -423,14 +419,13 @@ def column_stats(rows: Sequence[dict[str, Any]], metric: str, k: float = 1.0) ->
     return mean_std(values) if values else (math.nan, math.nan, 0)
 
 
-def _find(entries: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
+def find_entry(entries: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
     return next((e for e in entries if all(e.get(k) == v for k, v in keys.items())), None)
 
 
-def family_table(
-    entries: Sequence[dict[str, Any]], setting: str, family: str, differs: dict[str, str]
-) -> str:
-    """A Markdown table of one family: top-1 and Kendall tau differences, p and Holm p."""
+def family_table(entries: Sequence[dict[str, Any]], setting: str, family: str) -> str:
+    """A Markdown table of one family: top-1 and Kendall tau differences, p and Holm p (the
+    controls' with what differs, :data:`~.settings.CONTROL_DIFFERS`)."""
     chosen = [e for e in entries if e["setting"] == setting and e["family"] == family]
     pairs = dict.fromkeys((e["method"], e["baseline"]) for e in chosen)
     if not pairs:
@@ -441,14 +436,14 @@ def family_table(
     )
     rows = []
     for method, baseline in pairs:
-        acc = _find(chosen, method=method, baseline=baseline, metric="acc")
-        tau = _find(chosen, method=method, baseline=baseline, metric="kendall_tau")
+        acc = find_entry(chosen, method=method, baseline=baseline, metric="acc")
+        tau = find_entry(chosen, method=method, baseline=baseline, metric="kendall_tau")
         verdict = "" if acc is None else acc["claim"]
         if acc is not None and acc.get("fragile"):
             verdict = f"fragile ({acc['fragile']}; alone: {acc['claim']})"
         rows.append([label(method), label(baseline),
-                     differs.get(method, "") if family == "control" else "", _cell(acc),
-                     _p(acc, "p"), _p(acc), _cell(tau), _p(tau), verdict])  # fmt: skip
+                     CONTROL_DIFFERS.get(method, "") if family == "control" else "", interval_cell(acc),
+                     _p(acc, "p"), _p(acc), interval_cell(tau), _p(tau), verdict])  # fmt: skip
     return markdown_table(header, rows)
 
 
@@ -469,8 +464,8 @@ def ablation_table(
             continue
         cells = [v.name, v.choice, f"`{describe_params(v.params)}`", str(len(these))]
         for metric, k, digits in (("acc", 100.0, 2), ("kendall_tau", 1.0, 3)):
-            e = _find(entries, setting=setting, params=tag, metric=metric)
+            e = find_entry(entries, setting=setting, params=tag, metric=metric)
             cells += [pm(*column_stats(these, metric, k)[:2], digits),
-                      _cell(e) if e else "—", _p(e, missing="—")]  # fmt: skip
+                      interval_cell(e) if e else "—", _p(e, missing="—")]  # fmt: skip
         lines.append(cells)
     return markdown_table(header, lines)
