@@ -81,11 +81,6 @@ def paired_differences(
 # --- Text ---
 
 
-def _blocks(*texts: str) -> list[str]:
-    """The report's lines of each non-empty text, a blank line after each."""
-    return [line for text in texts if text for line in (text, "")]
-
-
 def _pm(entry: dict[str, Any], metric: str) -> str:
     mean, std = entry.get(f"{metric}_mean", math.nan), entry.get(f"{metric}_std", math.nan)
     k = _scale(metric)
@@ -138,7 +133,7 @@ def _protocol_note() -> list[str]:
         f"{METHOD_LABELS[m]}: {describe_params(w)} plus its own term"
         for m, w in CONTROL_WEIGHTS.items()
     )
-    return _blocks(
+    return verdict.paragraphs(
         "Mean ± sample standard deviation over seeds. Δ columns: top-1 difference in percentage "
         "points against CE / KD, paired by seed (same labelled subset, initialisation and batch "
         "order), with the 95% paired t interval; `*` marks a difference that survives Holm's "
@@ -225,18 +220,18 @@ def markdown_report(
         tuned_here = recipes is not None and setting in recipes.settings
         methods = [e["method"] for e in summary if e["setting"] == setting]
         parts += [f"## {SETTING_TITLES.get(setting, setting)}", ""]
-        parts += _blocks(
+        parts += verdict.paragraphs(
             _setting_description(rows, setting),
             tuned.headline_note(recipes, setting, methods) if tuned_here else "",
         )
         if any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
-            parts += _blocks(
+            parts += verdict.paragraphs(
                 verdict.verdict_paragraph(entries, setting),
                 verdict.precision_sentence(entries, setting),
                 tuned.precision_cost_sentence(entries, rows, setting) if tuned_here else "",
                 second_run_sentence(entries, setting, second) if tuned_here else "",
             )
-        parts += _blocks(
+        parts += verdict.paragraphs(
             summary_table_markdown(summary, diffs, setting),
             plateau_sentence(rows, histories or {}, setting),
         )
@@ -247,7 +242,7 @@ def markdown_report(
             ("pseudo", "Every logit method against the pseudo-label control"),
         ):
             table = verdict.family_table(entries, setting, family)
-            parts += _blocks(table and f"{title} (Holm over the family):\n\n{table}")
+            parts += verdict.paragraphs(table and f"{title} (Holm over the family):\n\n{table}")
         for family, metric, title in (
             ("control", "acc", "Top-1 against the control"),
             (HEADLINE_BASELINE, "acc", f"Top-1 against {kd}"),
@@ -309,7 +304,7 @@ def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
         entries = verdict.ablation_comparisons(rows, method)
         for setting in _ordered_settings([r for r in runs if r["method"] == method]):
             desc = _setting_description(rows, setting, phase="ablation")
-            parts += _blocks(
+            parts += verdict.paragraphs(
                 f"## {label(method)} ablation ({setting})",
                 f"{desc} {verdict.ablation_protocol(rows, method, setting)}".strip(),
                 verdict.ablation_paragraph(entries, setting),

@@ -43,6 +43,7 @@ from .verdict import (
     interval_cell,
     mark_fragile,
     markdown_table,
+    paragraphs,
     verdict_paragraph,
 )
 
@@ -120,46 +121,38 @@ def tuning_paragraph(
     arms."""
     mine = [e for e in tuning if e["setting"] == setting and e["metric"] == "acc"]
     out = [f"**What tuning does to the comparison ({setting}).**"]
-    if mine:
-        out.append(
-            "Each tuned method minus itself at its paper defaults: "
-            + _family_sentence(
-                mine,
-                lambda e: f"{label(e['method'])} at {describe_params(e['params'])}",
-                ("tuning raised", "tuning lowered"),
-            )
-        )
-    else:
-        out.append("No method has a recipe that differs from its paper defaults here.")
-    untuned = [m for m in methods if m not in tuned_methods(recipes, setting)]
+
+    def name(e: dict[str, Any]) -> str:
+        return f"{label(e['method'])} at {describe_params(e['params'])}"
+
+    out.append(
+        "Each tuned method minus itself at its paper defaults: "
+        + _family_sentence(mine, name, ("tuning raised", "tuning lowered"))
+        if mine
+        else "No method has a recipe that differs from its paper defaults here."
+    )
+    untuned = ", ".join(label(m) for m in methods if m not in tuned_methods(recipes, setting))
     if untuned:
-        out.append(
-            "At their paper defaults in both tables (no recipe, or the recipe is the defaults): "
-            + ", ".join(label(m) for m in untuned)
-            + "."
-        )
+        out.append(f"At their paper defaults in both tables (no recipe, or the recipe is the "
+                   f"defaults): {untuned}.")  # fmt: skip
     before, after = _mission_claims(defaults, setting), _mission_claims(tuned, setting)
     both = [rival for rival in after if rival in before]
+    moved = [f"against {label(r)}, {before[r]} at the defaults, {after[r]} tuned" for r in both
+             if before[r] != after[r]]  # fmt: skip
+    kept = [f"against {label(r)}, {after[r]}" for r in both if before[r] == after[r]]
     if both:
-        moved = [r for r in both if before[r] != after[r]]
-        kept = [r for r in both if before[r] == after[r]]
+        between = "between the paper defaults and the tuned recipes"
+        verb = "differs" if len(moved) == 1 else "differ"
+        text = (
+            f"{len(moved)} {verb} {between}: " + "; ".join(moved)
+            if moved
+            else f"none differs {between}"
+        )
+        same = f"; the same in both: {'; '.join(kept)}" if kept else ""
         who = label(MISSION_METHOD)
-        text = f"Of the question's {len(both)} verdicts ({who} against each rival), "
-        if moved:
-            verb = "differs" if len(moved) == 1 else "differ"
-            text += f"{len(moved)} {verb} between the paper defaults and the tuned recipes: " + (
-                "; ".join(
-                    f"against {label(r)}, {before[r]} at the defaults, {after[r]} tuned"
-                    for r in moved
-                )  # fmt: skip
-            )
-        else:
-            text += "none differs between the paper defaults and the tuned recipes"
-        if kept:
-            text += "; the same in both: " + "; ".join(
-                f"against {label(r)}, {after[r]}" for r in kept
-            )
-        out.append(text + ".")
+        out.append(
+            f"Of the question's {len(both)} verdicts ({who} against each rival), {text}{same}."
+        )
     return " ".join(out)
 
 
@@ -285,32 +278,32 @@ def out_of_the_box(
     ran = any((r["setting"], r["phase"], r["params"]) == (setting, "final", "{}")
               and r["method"] in tuned_here for r in rows)  # fmt: skip
     if tuned_here and not ran:
-        parts += ["The tuned methods' paper-default runs are not in this folder (`--no-defaults`, "
-                  "or no `default_seeds` in this setting): no out-of-the-box table.", ""]  # fmt: skip
+        parts += paragraphs("The tuned methods' paper-default runs are not in this folder "
+                            "(`--no-defaults`, or no `default_seeds` in this setting): no "
+                            "out-of-the-box table.")  # fmt: skip
     if ran:
         base = arm_rows(rows, recipes, "defaults")
         entries = mark_fragile(comparisons(base), *_second(second, recipes, "defaults"))
         tuning = mark_fragile(tuning_comparisons(rows, recipes), *_second(second, recipes, None))
         methods = sorted({r["method"] for r in base if r["setting"] == setting
                           and r["phase"] == "final"}, key=_method_order)  # fmt: skip
-        lead = (
+        verdict = any(e["setting"] == setting and e["metric"] == "acc" for e in entries)
+        parts += paragraphs(
             "**Out of the box**: every method at its paper defaults (the tuned methods on the "
             "first seeds only); `*` marks a difference that survives Holm's correction and is "
             "not fragile."
+            if brief
+            else "### Out of the box: every method at its paper defaults",
+            verdict_paragraph(entries, setting) if verdict and not brief else "",
+            defaults_table(base, entries, tuning, setting),
+            "" if brief else "### What tuning does to the comparison",
+            tuning_paragraph(tuning, entries, tuned_entries, setting, recipes, methods),
         )
-        parts += (
-            [lead, ""] if brief else ["### Out of the box: every method at its paper defaults", ""]
-        )
-        if not brief and any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
-            parts += [verdict_paragraph(entries, setting), ""]
-        parts += [defaults_table(base, entries, tuning, setting), ""]
-        parts += [] if brief else ["### What tuning does to the comparison", ""]
-        parts += [tuning_paragraph(tuning, entries, tuned_entries, setting, recipes, methods), ""]
-    flags, table = recipe_flags(recipes, setting), recipe_table(recipes, setting)
+    table, flags = recipe_table(recipes, setting), recipe_flags(recipes, setting)
     if table and brief:
-        parts += [flags, ""]
+        parts += paragraphs(flags)
     elif table:
-        parts += ["### The recipes (`meta.json`)", "", flags, "", table, ""]
+        parts += paragraphs("### The recipes (`meta.json`)", flags, table)
     return parts
 
 

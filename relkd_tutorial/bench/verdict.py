@@ -81,6 +81,11 @@ def _by_seed(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, dict[int, di
     return out
 
 
+def paragraphs(*texts: str) -> list[str]:
+    """A report's lines: each non-empty text, then a blank line."""
+    return [line for text in texts if text for line in (text, "")]
+
+
 def markdown_table(header: str, rows: Iterable[Iterable[str]]) -> str:
     """A Markdown table: ``header`` (its cells joined by `` | ``), its rule, a line per row."""
     rule = "|" + "---|" * (header.count(" | ") + 1)
