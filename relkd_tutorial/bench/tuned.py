@@ -330,23 +330,16 @@ def recipe_status(recipes: Recipes | None, setting: str, method: str) -> str:
 def headline_note(recipes: Recipes | None, setting: str, methods: Sequence[str]) -> str:
     """The sentence before a setting's tuned verdict: which methods run at a recipe."""
     status = {m: recipe_status(recipes, setting, m) for m in methods}
-    groups = {s: [label(m) for m in methods if status[m] == s]
-              for s in ("tuned", "tuned: its defaults", "not tuned")}  # fmt: skip
-    if not groups["tuned"] and not groups["tuned: its defaults"]:
+    tuned, defaults, untuned = (", ".join(label(m) for m in methods if status[m] == s)
+                                for s in ("tuned", "tuned: its defaults", "not tuned"))  # fmt: skip
+    if not tuned and not defaults:
         return (
             "**Not tuned**: no method has a recipe in this setting, so every method runs at its "
             "paper defaults."
         )
-    text = (
-        "**Tuned against tuned**: every method at its tuned recipe (the table *The recipes* below)"
-    )
-    if groups["tuned: its defaults"]:
-        text += (
-            f"; the tuning chose the paper defaults for {', '.join(groups['tuned: its defaults'])}"
-        )
-    if groups["not tuned"]:
-        text += f"; not tuned, at their paper defaults: {', '.join(groups['not tuned'])}"
-    text += "."
+    text = "**Tuned against tuned**: every method at its tuned recipe (the table *The recipes* "
+    text += "below)" + (f"; the tuning chose the paper defaults for {defaults}" if defaults else "")
+    text += (f"; not tuned, at their paper defaults: {untuned}" if untuned else "") + "."
     combos = [m for m in methods if CONTROLS.get(m) == HEADLINE_BASELINE and m in CONTROL_WEIGHTS]
     if combos and status.get(HEADLINE_BASELINE) == "tuned":
         text += (
