@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..stats import t_quantile
+from . import verdict
 from .recipes import Recipes
 from .settings import (
     CONTROL_WEIGHTS,
@@ -29,23 +30,6 @@ from .settings import (
     pm,
 )
 from .store import read_meta, read_runs, select_rows
-from .verdict import (
-    CONFIDENCE,
-    TARGET_HALF_WIDTH,
-    _add,
-    _by_seed,
-    _correct,
-    _family_sentence,
-    column_stats,
-    comparisons,
-    find_entry,
-    finished,
-    interval_cell,
-    mark_fragile,
-    markdown_table,
-    paragraphs,
-    verdict_paragraph,
-)
 
 ARMS: tuple[str, ...] = ("tuned", "defaults")
 
@@ -91,15 +75,16 @@ def tuning_comparisons(
     (family ``"tuning"``, Holm over a setting's tuned methods); entries like
     :func:`~.verdict.comparisons`', ``baseline`` the method itself, ``params`` the recipe's tag."""
     out: list[dict[str, Any]] = []
-    finals = finished(rows)
+    finals = verdict.finished(rows)
     for setting in _ordered_settings(finals):
         for method in tuned_methods(recipes, setting):
             tag = params_tag(recipes.run_params(setting, method))  # type: ignore[union-attr]
-            arms = _by_seed(finished(finals, setting, method=method), "params")
+            arms = verdict.by_seed(verdict.finished(finals, setting, method=method), "params")
             labels = (f"{label(method)} tuned", f"{label(method)} at its defaults")
-            _add(out, arms.get(tag, {}), arms.get("{}", {}), labels, ("acc",), CONFIDENCE,
-                 setting=setting, family="tuning", method=method, baseline=method, params=tag)  # fmt: skip
-    return _correct(out)
+            verdict.add_paired(out, arms.get(tag, {}), arms.get("{}", {}), labels, ("acc",),
+                               verdict.CONFIDENCE, setting=setting, family="tuning",
+                               method=method, baseline=method, params=tag)  # fmt: skip
+    return verdict.holm_correct(out)
 
 
 def _mission_claims(entries: Sequence[dict[str, Any]], setting: str) -> dict[str, str]:
@@ -127,7 +112,7 @@ def tuning_paragraph(
 
     out.append(
         "Each tuned method minus itself at its paper defaults: "
-        + _family_sentence(mine, name, ("tuning raised", "tuning lowered"))
+        + verdict.family_clauses(mine, name, ("tuning raised", "tuning lowered"))
         if mine
         else "No method has a recipe that differs from its paper defaults here."
     )
@@ -163,16 +148,16 @@ def precision_cost_sentence(
     the seeds ``k`` that bring the family's widest paired standard deviation ``s`` to
     ``t(k - 1) s / sqrt(k) <= target``, and the runs and time they add at this folder's seconds
     per run. ``""`` when every interval meets it."""
-    family, target = HEADLINE_BASELINE, TARGET_HALF_WIDTH
+    family, target = HEADLINE_BASELINE, verdict.TARGET_HALF_WIDTH
     chosen = [e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family,
               "acc") and e["n"] >= 2]  # fmt: skip
     if not chosen or all((e["high"] - e["low"]) / 2 <= target for e in chosen):
         return ""
     widest = max(chosen, key=lambda e: e["std"])
     sd, have = widest["std"], max(e["n"] for e in chosen)
-    q = 0.5 + CONFIDENCE / 2
+    q = 0.5 + verdict.CONFIDENCE / 2
     need = next(k for k in itertools.count(2) if t_quantile(q, k - 1) * sd / math.sqrt(k) <= target)
-    ok = finished(rows, setting)
+    ok = verdict.finished(rows, setting)
     methods = {r["method"] for r in ok}
     seconds = [r["seconds"] for r in ok if not math.isnan(r["seconds"])]
     per_run = sum(seconds) / len(seconds) if seconds else math.nan
@@ -214,7 +199,7 @@ def recipe_table(recipes: Recipes | None, setting: str) -> str:
             ]
         )
     header = "method | recipe | searched | extended | at the edge | selection score | trials"
-    return markdown_table(header, rows)
+    return verdict.markdown_table(header, rows)
 
 
 def recipe_flags(recipes: Recipes | None, setting: str) -> str:
@@ -243,20 +228,21 @@ def defaults_table(
     setting: str,
 ) -> str:
     """The out-of-the-box table: each method at its defaults, against KD, and tuning's gain."""
-    finals = finished(rows, setting)
+    finals = verdict.finished(rows, setting)
     header = (
         "method | seeds | top-1 % at the defaults | Δ vs KD at the defaults (95% CI) "
         "| tuned − defaults (95% CI)"
     )
     lines = []
     for method in sorted({r["method"] for r in finals}, key=_method_order):
-        mean, std, n = column_stats(finished(finals, method=method), "acc", 100)
-        kd = find_entry(defaults_entries, setting=setting, family=HEADLINE_BASELINE, method=method,
-                   metric="acc")  # fmt: skip
-        gain = find_entry(tuning, setting=setting, method=method, metric="acc")
-        lines.append([label(method), str(n), pm(mean, std, 1), interval_cell(kd, fragile=True),
-                      interval_cell(gain, fragile=True) if gain else "not tuned"])  # fmt: skip
-    return markdown_table(header, lines)
+        mean, std, n = verdict.column_stats(verdict.finished(finals, method=method), "acc", 100)
+        kd = verdict.find_entry(defaults_entries, setting=setting, family=HEADLINE_BASELINE,
+                                method=method, metric="acc")  # fmt: skip
+        gain = verdict.find_entry(tuning, setting=setting, method=method, metric="acc")
+        gain_cell = verdict.interval_cell(gain, fragile=True) if gain else "not tuned"
+        kd_cell = verdict.interval_cell(kd, fragile=True)
+        lines.append([label(method), str(n), pm(mean, std, 1), kd_cell, gain_cell])
+    return verdict.markdown_table(header, lines)
 
 
 def out_of_the_box(
@@ -278,32 +264,37 @@ def out_of_the_box(
     ran = any((r["setting"], r["phase"], r["params"]) == (setting, "final", "{}")
               and r["method"] in tuned_here for r in rows)  # fmt: skip
     if tuned_here and not ran:
-        parts += paragraphs("The tuned methods' paper-default runs are not in this folder "
-                            "(`--no-defaults`, or no `default_seeds` in this setting): no "
-                            "out-of-the-box table.")  # fmt: skip
+        parts += verdict.paragraphs(
+            "The tuned methods' paper-default runs are not in this folder (`--no-defaults`, or no "
+            "`default_seeds` in this setting): no out-of-the-box table."
+        )
     if ran:
         base = arm_rows(rows, recipes, "defaults")
-        entries = mark_fragile(comparisons(base), *_second(second, recipes, "defaults"))
-        tuning = mark_fragile(tuning_comparisons(rows, recipes), *_second(second, recipes, None))
+        entries = verdict.mark_fragile(
+            verdict.comparisons(base), *_second(second, recipes, "defaults")
+        )
+        tuning = verdict.mark_fragile(
+            tuning_comparisons(rows, recipes), *_second(second, recipes, None)
+        )
         methods = sorted({r["method"] for r in base if r["setting"] == setting
                           and r["phase"] == "final"}, key=_method_order)  # fmt: skip
-        verdict = any(e["setting"] == setting and e["metric"] == "acc" for e in entries)
-        parts += paragraphs(
+        top1 = any(e["setting"] == setting and e["metric"] == "acc" for e in entries)
+        parts += verdict.paragraphs(
             "**Out of the box**: every method at its paper defaults (the tuned methods on the "
             "first seeds only); `*` marks a difference that survives Holm's correction and is "
             "not fragile."
             if brief
             else "### Out of the box: every method at its paper defaults",
-            verdict_paragraph(entries, setting) if verdict and not brief else "",
+            verdict.verdict_paragraph(entries, setting) if top1 and not brief else "",
             defaults_table(base, entries, tuning, setting),
             "" if brief else "### What tuning does to the comparison",
             tuning_paragraph(tuning, entries, tuned_entries, setting, recipes, methods),
         )
     table, flags = recipe_table(recipes, setting), recipe_flags(recipes, setting)
     if table and brief:
-        parts += paragraphs(flags)
+        parts += verdict.paragraphs(flags)
     elif table:
-        parts += paragraphs("### The recipes (`meta.json`)", flags, table)
+        parts += verdict.paragraphs("### The recipes (`meta.json`)", flags, table)
     return parts
 
 
@@ -316,7 +307,7 @@ def _second(
     rows, name = second
     if arm is None:
         return tuning_comparisons(rows, recipes), name
-    return comparisons(arm_rows(rows, recipes, arm)), name
+    return verdict.comparisons(arm_rows(rows, recipes, arm)), name
 
 
 def recipe_status(recipes: Recipes | None, setting: str, method: str) -> str:

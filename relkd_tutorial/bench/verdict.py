@@ -73,7 +73,7 @@ def finished(
     ]
 
 
-def _by_seed(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, dict[int, dict[str, Any]]]:
+def by_seed(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, dict[int, dict[str, Any]]]:
     """``{row[key]: {seed: row}}``."""
     out: dict[Any, dict[int, dict[str, Any]]] = {}
     for r in rows:
@@ -131,7 +131,7 @@ def family_pairs(family: str, methods: Iterable[str]) -> list[tuple[str, str]]:
     raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
 
 
-def _add(
+def add_paired(
     out: list[dict[str, Any]],
     a: dict[int, dict[str, Any]],
     b: dict[int, dict[str, Any]],
@@ -141,7 +141,7 @@ def _add(
     **keys: Any,
 ) -> None:
     """Append to ``out`` an entry per metric (``keys`` first): ``a`` minus ``b`` (``{seed: row}``
-    each) paired by seed; ``labels`` name the two sides in the sentence :func:`_correct` writes."""
+    each) paired by seed; ``labels`` name the two sides in the sentence :func:`holm_correct` writes."""
     seeds = sorted(set(a) & set(b))
     for metric in metrics:
         pairs = [(a[s][metric], b[s][metric]) for s in seeds]
@@ -155,7 +155,7 @@ def _add(
                     "p": d.p_value, "_diff": d, "_labels": labels})  # fmt: skip
 
 
-def _correct(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def holm_correct(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Holm within each (setting, family, metric) group of ``entries``, in place; returns them."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for e in entries:
@@ -189,16 +189,16 @@ def comparisons(
     out: list[dict[str, Any]] = []
     finals = finished(rows)
     for setting in _ordered_settings(finals):
-        by_method = _by_seed(finished(finals, setting), "method")
+        by_method = by_seed(finished(finals, setting), "method")
         for family in families:
             for method, baseline in family_pairs(family, by_method):
                 published = setting not in FASHION_SETTINGS  # CIFAR keeps the published weights,
                 if family == "control" and method in CONTROL_WEIGHTS and published:
                     continue  # so its combinations' control differs in more than one thing
-                _add(out, by_method[method], by_method[baseline], (label(method), label(baseline)),
+                add_paired(out, by_method[method], by_method[baseline], (label(method), label(baseline)),
                      metrics, confidence, setting=setting, family=family, method=method,
                      baseline=baseline)  # fmt: skip
-    return _correct(out)
+    return holm_correct(out)
 
 
 def ablation_comparisons(rows: Sequence[dict[str, Any]], method: str) -> list[dict[str, Any]]:
@@ -214,17 +214,17 @@ def ablation_comparisons(rows: Sequence[dict[str, Any]], method: str) -> list[di
         if len(splits) > 1:
             raise ValueError(f"the {method} ablation's {setting} runs are scored on the splits "
                              f"{sorted(splits)}: an earlier protocol's runs are mixed in")  # fmt: skip
-        by_tag = _by_seed(finished(runs, setting, "ablation"), "params")
+        by_tag = by_seed(finished(runs, setting, "ablation"), "params")
         if default_tag not in by_tag:
             continue
         for v in variants[1:]:
             tag = params_tag(v.params)
             if tag in by_tag:
-                _add(out, by_tag[tag], by_tag[default_tag], (v.name, "the default"),
+                add_paired(out, by_tag[tag], by_tag[default_tag], (v.name, "the default"),
                      ("acc", "kendall_tau"), CONFIDENCE, setting=setting, family="ablation",
                      method=method, baseline=method, variant=v.name, choice=v.choice,
                      params=tag)  # fmt: skip
-    return _correct(out)
+    return holm_correct(out)
 
 
 def fragile_band() -> tuple[float, float]:
@@ -286,7 +286,7 @@ def _seeds_text(entries: Sequence[dict[str, Any]]) -> str:
     return " or ".join(str(n) for n in sorted({e["n"] for e in entries}))
 
 
-def _family_sentence(entries: Sequence[dict[str, Any]], name: Any, phrases: tuple[str, str]) -> str:
+def family_clauses(entries: Sequence[dict[str, Any]], name: Any, phrases: tuple[str, str]) -> str:
     """The family's size and seeds, then its entries (``name(e)`` and their numbers) grouped by
     verdict; ``phrases``: the heads of the "beats" and "trails" groups (e.g. "beat KD")."""
     heads = {"beats": phrases[0], "trails": phrases[1], "within noise": "within noise"}
@@ -335,7 +335,7 @@ def verdict_paragraph(entries: Sequence[dict[str, Any]], setting: str) -> str:
     for family, head, name, phrases in families:
         these = [e for e in chosen if e["family"] == family]
         if these:
-            out.append(head(these) + _family_sentence(these, name, phrases))
+            out.append(head(these) + family_clauses(these, name, phrases))
     return " ".join(out)
 
 
@@ -392,7 +392,7 @@ def ablation_paragraph(entries: Sequence[dict[str, Any]], setting: str) -> str:
     for metric in ("acc", "kendall_tau"):
         these = [e for e in chosen if e["metric"] == metric]
         if these:
-            out.append(f"In {_what(metric)}: " + _family_sentence(
+            out.append(f"In {_what(metric)}: " + family_clauses(
                 these, lambda e: e["variant"], ("above the default", "below the default")))  # fmt: skip
     scale = [e for e in chosen if e["choice"].endswith("(scale)")]
     if scale:
