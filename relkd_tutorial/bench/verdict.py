@@ -114,21 +114,18 @@ def _p(e: dict[str, Any] | None, key: str = "p_holm", missing: str = "") -> str:
 
 def family_pairs(family: str, methods: Iterable[str]) -> list[tuple[str, str]]:
     """The ``(method, baseline)`` pairs of a family among the ``methods`` present."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
     present = sorted(set(methods), key=_method_order)
-    if family == "control":
-        return [(m, CONTROLS[m]) for m in present if m in CONTROLS and CONTROLS[m] in present]
-    if family in ("kd", "ce"):
-        return [(m, family) for m in present if m != family] if family in present else []
-    if family == "mission":
-        if MISSION_METHOD not in present:
-            return []
-        return [(MISSION_METHOD, r) for r in MISSION_RIVALS if r in present]
-    if family == "pseudo":
-        if PSEUDO_LABEL_CONTROL not in present:
-            return []
-        logit = [m for m in present if m in NEEDS_SHARED_CLASSES and m != PSEUDO_LABEL_CONTROL]
-        return [(m, PSEUDO_LABEL_CONTROL) for m in logit]
-    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    logit = [m for m in present if m in NEEDS_SHARED_CLASSES]
+    candidates = {
+        "control": [(m, CONTROLS.get(m)) for m in present],
+        "kd": [(m, "kd") for m in present],
+        "ce": [(m, "ce") for m in present],
+        "mission": [(MISSION_METHOD, r) for r in MISSION_RIVALS],
+        "pseudo": [(m, PSEUDO_LABEL_CONTROL) for m in logit],
+    }[family]
+    return [(m, b) for m, b in candidates if m != b and m in present and b in present]
 
 
 def add_paired(
