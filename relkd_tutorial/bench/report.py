@@ -249,8 +249,9 @@ def markdown_report(
             ("ce", "acc", "Top-1 against CE"),
             ("ce", "kendall_tau", "Kendall tau against CE (did the ranking transfer)"),
         ):
+            key = (setting, family, metric)
             sentences = [f"- {e['sentence']}" for e in entries
-                         if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)]  # fmt: skip
+                         if (e["setting"], e["family"], e["metric"]) == key]  # fmt: skip
             if sentences:
                 parts += [f"{title}:", "", *sentences, ""]
         if tuned_here:
@@ -264,8 +265,8 @@ def markdown_report(
 def second_run_sentence(
     entries: Sequence[dict[str, Any]], setting: str, second: tuple | None
 ) -> str:
-    """How many of ``setting``'s verdicts the second run set (:func:`~.tuned.second_run_set`) changes:
-    those are the ones :func:`~.verdict.mark_fragile` marked for it (``""``: no such runs)."""
+    """How many of ``setting``'s verdicts the second run set (:func:`~.tuned.second_run_set`)
+    changes: those :func:`~.verdict.mark_fragile` marked for it (``""``: no such runs)."""
     if second is None or not any(r["setting"] == setting for r in second[0]):
         return ""
     here = [e for e in entries if e["setting"] == setting]
@@ -319,7 +320,8 @@ def _time_table(summary: Sequence[dict[str, Any]]) -> str:
     for method in METHODS:
         seconds = [figures.seconds_of(summary, s, method) for s in settings]
         if any(t is not None for t in seconds):
-            lines.append([METHOD_LABELS[method], *("" if t is None else f"{t:.1f}" for t in seconds)])  # fmt: skip
+            cells = ("" if t is None else f"{t:.1f}" for t in seconds)
+            lines.append([METHOD_LABELS[method], *cells])
     return verdict.markdown_table("method | " + " | ".join(f"{s} s/run" for s in settings), lines)
 
 

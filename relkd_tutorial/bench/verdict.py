@@ -63,7 +63,7 @@ def finished(
     phase: str = "final",
     method: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The rows of finished runs (``status`` ok) of ``phase``, of ``setting``/``method`` if given."""
+    """The finished runs (``status`` ok) of ``phase``, of ``setting`` and ``method`` if given."""
     return [
         r
         for r in rows
@@ -138,7 +138,7 @@ def add_paired(
     **keys: Any,
 ) -> None:
     """Append to ``out`` an entry per metric (``keys`` first): ``a`` minus ``b`` (``{seed: row}``
-    each) paired by seed; ``labels`` name the two sides in the sentence :func:`holm_correct` writes."""
+    each) paired by seed; ``labels`` name the two sides in :func:`holm_correct`'s sentence."""
     seeds = sorted(set(a) & set(b))
     for metric in metrics:
         pairs = [(a[s][metric], b[s][metric]) for s in seeds]
@@ -192,9 +192,10 @@ def comparisons(
                 published = setting not in FASHION_SETTINGS  # CIFAR keeps the published weights,
                 if family == "control" and method in CONTROL_WEIGHTS and published:
                     continue  # so its combinations' control differs in more than one thing
-                add_paired(out, by_method[method], by_method[baseline], (label(method), label(baseline)),
-                     metrics, confidence, setting=setting, family=family, method=method,
-                     baseline=baseline)  # fmt: skip
+                labels = (label(method), label(baseline))
+                add_paired(out, by_method[method], by_method[baseline], labels, metrics,
+                           confidence, setting=setting, family=family, method=method,
+                           baseline=baseline)  # fmt: skip
     return holm_correct(out)
 
 
@@ -304,7 +305,7 @@ def family_clauses(entries: Sequence[dict[str, Any]], name: Any, phrases: tuple[
 
 def verdict_paragraph(entries: Sequence[dict[str, Any]], setting: str) -> str:
     """The top-1 verdict of one setting from :func:`comparisons`' entries (no typed number): a
-    sentence per family (KD, the controls, the question, the pseudo-label control, where they ran)."""
+    sentence per family (KD, the controls, the question, the pseudo-label control) that ran."""
     chosen = [e for e in entries if e["setting"] == setting and e["metric"] == "acc"]
     low, high = fragile_band()
     fragile = (
@@ -389,8 +390,10 @@ def ablation_paragraph(entries: Sequence[dict[str, Any]], setting: str) -> str:
     for metric in ("acc", "kendall_tau"):
         these = [e for e in chosen if e["metric"] == metric]
         if these:
-            out.append(f"In {_what(metric)}: " + family_clauses(
-                these, lambda e: e["variant"], ("above the default", "below the default")))  # fmt: skip
+            phrases = ("above the default", "below the default")
+            out.append(
+                f"In {_what(metric)}: " + family_clauses(these, lambda e: e["variant"], phrases)
+            )
     scale = [e for e in chosen if e["choice"].endswith("(scale)")]
     if scale:
         how = "multiplied" if "sum" in scale[0]["variant"] else "divided"
@@ -443,9 +446,9 @@ def family_table(entries: Sequence[dict[str, Any]], setting: str, family: str) -
         verdict = "" if acc is None else acc["claim"]
         if acc is not None and acc.get("fragile"):
             verdict = f"fragile ({acc['fragile']}; alone: {acc['claim']})"
-        rows.append([label(method), label(baseline),
-                     CONTROL_DIFFERS.get(method, "") if family == "control" else "", interval_cell(acc),
-                     _p(acc, "p"), _p(acc), interval_cell(tau), _p(tau), verdict])  # fmt: skip
+        differs = CONTROL_DIFFERS.get(method, "") if family == "control" else ""
+        rows.append([label(method), label(baseline), differs, interval_cell(acc), _p(acc, "p"),
+                     _p(acc), interval_cell(tau), _p(tau), verdict])  # fmt: skip
     return markdown_table(header, rows)
 
 
