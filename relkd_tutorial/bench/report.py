@@ -342,7 +342,7 @@ def _meta_markdown(meta: dict[str, Any]) -> list[str]:
             f"- torch {env.get('torch')}, Python {env.get('python')}, {env.get('machine')}, "
             f"{env.get('cpu_count')} CPUs"
         )
-    return [*lines, ""] if lines else []
+    return verdict.paragraphs("\n".join(lines))
 
 
 def stdout_summary(
@@ -371,15 +371,6 @@ def stdout_summary(
     return "\n".join(out)
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(
-            {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()} for r in rows
-        )
-
-
 def write_report(out_dir: str | Path, plots: bool = True) -> None:
     """Rebuild ``summary.csv``, ``differences.csv`` (every family), ``ablation.csv``
     (if there are ablation runs), ``results.md`` and the PNGs; with recipes (``meta.json``), the
@@ -395,18 +386,22 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
     second = tuned.second_run_set(out_dir)
     chosen = tuned.headline_rows(rows, recipes)
     summary = summarize_runs(chosen)
-    _write_csv(out_dir / "summary.csv", summary)
     entries = _headline_entries(chosen, recipes, second)
+    tables = {"summary": summary, "differences": entries, "ablation": ablation_entries(chosen)}
     if recipes is not None:
         everything = select_rows(rows)
         defaults = tuned.arm_rows(everything, recipes, "defaults")
-        _write_csv(out_dir / "summary-defaults.csv", summarize_runs(defaults))
-        _write_csv(out_dir / "differences-defaults.csv", verdict.comparisons(defaults))
-        _write_csv(out_dir / "tuning.csv", tuned.tuning_comparisons(everything, recipes))
-    _write_csv(out_dir / "differences.csv", entries)
-    ablation = ablation_entries(chosen)
-    if ablation:
-        _write_csv(out_dir / "ablation.csv", ablation)
+        tables["summary-defaults"] = summarize_runs(defaults)
+        tables["differences-defaults"] = verdict.comparisons(defaults)
+        tables["tuning"] = tuned.tuning_comparisons(everything, recipes)
+    for stem, table in tables.items():
+        if stem == "ablation" and not table:
+            continue  # no ablation runs
+        with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
+            writer.writeheader()
+            writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
+                             for r in table)  # fmt: skip
     histories = read_histories(out_dir / "histories.csv")
     (out_dir / "results.md").write_text(markdown_report(rows, meta, histories, second))
     if plots:
