@@ -219,9 +219,9 @@ def ablation_comparisons(rows: Sequence[dict[str, Any]], method: str) -> list[di
             tag = params_tag(v.params)
             if tag in by_tag:
                 add_paired(out, by_tag[tag], by_tag[default_tag], (v.name, "the default"),
-                     ("acc", "kendall_tau"), CONFIDENCE, setting=setting, family="ablation",
-                     method=method, baseline=method, variant=v.name, choice=v.choice,
-                     params=tag)  # fmt: skip
+                           ("acc", "kendall_tau"), CONFIDENCE, setting=setting, family="ablation",
+                           method=method, baseline=method, variant=v.name, choice=v.choice,
+                           params=tag)  # fmt: skip
     return holm_correct(out)
 
 
