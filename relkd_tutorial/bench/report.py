@@ -224,7 +224,7 @@ def markdown_report(
             _setting_description(rows, setting),
             tuned.headline_note(recipes, setting, methods) if tuned_here else "",
         )
-        if any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
+        if verdict.select(entries, setting=setting, metric="acc"):
             parts += verdict.paragraphs(
                 verdict.verdict_paragraph(entries, setting),
                 verdict.precision_sentence(entries, setting),
@@ -249,9 +249,8 @@ def markdown_report(
             ("ce", "acc", "Top-1 against CE"),
             ("ce", "kendall_tau", "Kendall tau against CE (did the ranking transfer)"),
         ):
-            key = (setting, family, metric)
-            sentences = [f"- {e['sentence']}" for e in entries
-                         if (e["setting"], e["family"], e["metric"]) == key]  # fmt: skip
+            these = verdict.select(entries, setting=setting, family=family, metric=metric)
+            sentences = [f"- {e['sentence']}" for e in these]
             if sentences:
                 parts += [f"{title}:", "", *sentences, ""]
         if tuned_here:

@@ -89,8 +89,8 @@ def tuning_comparisons(
 
 def _mission_claims(entries: Sequence[dict[str, Any]], setting: str) -> dict[str, str]:
     """``{rival: verdict}`` of the question's top-1 family (``"fragile"`` where marked)."""
-    return {e["baseline"]: "fragile" if e.get("fragile") else e["claim"] for e in entries
-            if (e["setting"], e["family"], e["metric"]) == (setting, "mission", "acc")}  # fmt: skip
+    mission = verdict.select(entries, setting=setting, family="mission", metric="acc")
+    return {e["baseline"]: "fragile" if e.get("fragile") else e["claim"] for e in mission}
 
 
 def tuning_paragraph(
@@ -104,7 +104,7 @@ def tuning_paragraph(
     """What tuning does to the comparison: which tuned methods gained or lost against their own
     defaults, which were not tuned, and which of the question's verdicts differ between the
     arms."""
-    mine = [e for e in tuning if e["setting"] == setting and e["metric"] == "acc"]
+    mine = verdict.select(tuning, setting=setting, metric="acc")
     out = [f"**What tuning does to the comparison ({setting}).**"]
 
     def name(e: dict[str, Any]) -> str:
@@ -149,8 +149,8 @@ def precision_cost_sentence(
     ``t(k - 1) s / sqrt(k) <= target``, and the runs and time they add at this folder's seconds
     per run. ``""`` when every interval meets it."""
     family, target = HEADLINE_BASELINE, verdict.TARGET_HALF_WIDTH
-    chosen = [e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family,
-              "acc") and e["n"] >= 2]  # fmt: skip
+    chosen = verdict.select(entries, setting=setting, family=family, metric="acc")
+    chosen = [e for e in chosen if e["n"] >= 2]
     if not chosen or all((e["high"] - e["low"]) / 2 <= target for e in chosen):
         return ""
     widest = max(chosen, key=lambda e: e["std"])
@@ -278,7 +278,7 @@ def out_of_the_box(
         )
         methods = sorted({r["method"] for r in base if r["setting"] == setting
                           and r["phase"] == "final"}, key=_method_order)  # fmt: skip
-        top1 = any(e["setting"] == setting and e["metric"] == "acc" for e in entries)
+        top1 = verdict.select(entries, setting=setting, metric="acc")
         parts += verdict.paragraphs(
             "**Out of the box**: every method at its paper defaults (the tuned methods on the "
             "first seeds only); `*` marks a difference that survives Holm's correction and is "

@@ -306,7 +306,7 @@ def family_clauses(entries: Sequence[dict[str, Any]], name: Any, phrases: tuple[
 def verdict_paragraph(entries: Sequence[dict[str, Any]], setting: str) -> str:
     """The top-1 verdict of one setting from :func:`comparisons`' entries (no typed number): a
     sentence per family (KD, the controls, the question, the pseudo-label control) that ran."""
-    chosen = [e for e in entries if e["setting"] == setting and e["metric"] == "acc"]
+    chosen = select(entries, setting=setting, metric="acc")
     low, high = fragile_band()
     fragile = (
         f" and it is not fragile: its Holm p is not between {low:g} and {high:g}, and a second "
@@ -343,8 +343,9 @@ def precision_sentence(
     """How wide the 95% top-1 intervals against KD are (half width ``(high - low) / 2``): the
     narrowest, the widest, which meet ``target``. ``""`` when the family has no interval."""
     family = HEADLINE_BASELINE
-    chosen = [e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family,
-              "acc") and e["n"] >= 2]  # fmt: skip
+    chosen = [
+        e for e in select(entries, setting=setting, family=family, metric="acc") if e["n"] > 1
+    ]
     if not chosen:
         return ""
     unit, digits = _unit("acc")
@@ -380,7 +381,7 @@ def ablation_protocol(rows: Sequence[dict[str, Any]], method: str, setting: str)
 
 def ablation_paragraph(entries: Sequence[dict[str, Any]], setting: str) -> str:
     """Which choices matter, in top-1 and in Kendall tau, from :func:`ablation_comparisons`."""
-    chosen = [e for e in entries if e["setting"] == setting]
+    chosen = select(entries, setting=setting)
     if not chosen:
         return ""
     out = [
@@ -424,14 +425,19 @@ def column_stats(rows: Sequence[dict[str, Any]], metric: str, k: float = 1.0) ->
     return mean_std(values) if values else (math.nan, math.nan, 0)
 
 
-def find_entry(entries: Sequence[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
-    return next((e for e in entries if all(e.get(k) == v for k, v in keys.items())), None)
+def select(entries: Iterable[dict[str, Any]], **keys: Any) -> list[dict[str, Any]]:
+    """The entries whose ``keys`` have the given values."""
+    return [e for e in entries if all(e.get(k) == v for k, v in keys.items())]
+
+
+def find_entry(entries: Iterable[dict[str, Any]], **keys: Any) -> dict[str, Any] | None:
+    return next(iter(select(entries, **keys)), None)
 
 
 def family_table(entries: Sequence[dict[str, Any]], setting: str, family: str) -> str:
     """A Markdown table of one family: top-1 and Kendall tau differences, p and Holm p (the
     controls' with what differs, :data:`~.settings.CONTROL_DIFFERS`)."""
-    chosen = [e for e in entries if e["setting"] == setting and e["family"] == family]
+    chosen = select(entries, setting=setting, family=family)
     pairs = dict.fromkeys((e["method"], e["baseline"]) for e in chosen)
     if not pairs:
         return ""
