@@ -206,13 +206,13 @@ def markdown_report(
     """The whole ``results.md``: per setting the verdict, the tables and the sentences, every
     number one of the computed values. ``histories`` adds the learning-curve sentence
     (:func:`plateau_sentence`); where ``meta`` records recipes, the tables and verdicts are the
-    tuned arm's, marked fragile or firm (``second``: :func:`second_run_set`), followed by the
+    tuned arm's, marked fragile or firm (``second``: :func:`~.tuned.second_run_set`), followed by the
     defaults, what tuning changed and the recipes (:func:`~.tuned.out_of_the_box`)."""
     recipes = recipes_of_meta(meta)
     everything = select_rows(rows)
     rows = tuned.headline_rows(rows, recipes)
     summary = summarize_runs(rows)
-    entries = _headline_entries(rows, recipes, second)
+    entries = tuned.headline_entries(rows, recipes, second)
     diffs = [e for e in entries if e["family"] in BASELINES]
     kd = METHOD_LABELS[HEADLINE_BASELINE]
     parts = ["# Benchmark results", "", *_meta_markdown(meta or {}), *_protocol_note()]
@@ -279,17 +279,6 @@ def second_run_sentence(
         f"the {len(here)} comparisons in every family and metric, {len(moved)} change verdict "
         f"there and are reported fragile{listed}; in top-1, {top1}."
     )
-
-
-def _headline_entries(
-    rows: Sequence[dict[str, Any]], recipes: Any, second: tuple | None
-) -> list[dict[str, Any]]:
-    """:func:`~.verdict.comparisons` of the headline ``rows``; with recipes, marked fragile
-    (:func:`~.verdict.mark_fragile`) against ``second`` (:func:`~.tuned.second_run_set`)."""
-    entries = verdict.comparisons(rows)
-    if recipes is None:
-        return entries
-    return verdict.mark_fragile(entries, *tuned._second(second, recipes, "tuned"))
 
 
 def ablation_entries(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -385,7 +374,7 @@ def write_report(out_dir: str | Path, plots: bool = True) -> None:
     second = tuned.second_run_set(out_dir)
     chosen = tuned.headline_rows(rows, recipes)
     summary = summarize_runs(chosen)
-    entries = _headline_entries(chosen, recipes, second)
+    entries = tuned.headline_entries(chosen, recipes, second)
     tables = {"summary": summary, "differences": entries, "ablation": ablation_entries(chosen)}
     if recipes is not None:
         everything = select_rows(rows)

@@ -352,6 +352,17 @@ def headline_rows(rows: Sequence[dict[str, Any]], recipes: Recipes | None) -> li
     return out
 
 
+def headline_entries(
+    rows: Sequence[dict[str, Any]], recipes: Recipes | None, second: tuple | None
+) -> list[dict[str, Any]]:
+    """:func:`~.verdict.comparisons` of the headline ``rows``; with recipes, marked fragile
+    (:func:`~.verdict.mark_fragile`) against ``second`` (:func:`second_run_set`)."""
+    entries = verdict.comparisons(rows)
+    if recipes is None:
+        return entries
+    return verdict.mark_fragile(entries, *_second(second, recipes, "tuned"))
+
+
 def second_run_set(folder: str | Path) -> tuple[list[dict[str, Any]], str] | None:
     """``(rows, name)`` of the folder's :data:`SECOND_RUN_SET`, if it holds a ``runs.csv``."""
     second = Path(folder) / SECOND_RUN_SET
