@@ -162,16 +162,13 @@ def precision_cost_sentence(
     seconds = [r["seconds"] for r in ok if not math.isnan(r["seconds"])]
     per_run = sum(seconds) / len(seconds) if seconds else math.nan
     more = max(0, need - have) * len(methods)
+    total = more * per_run
+    cost = f"{total / 3600:.1f} CPU-hours" if total >= 3600 else f"{total / 60:.0f} CPU-minutes"
     return (
         f"What ±{target:g} points against {label(family)} would cost in {setting}: the widest "
         f"paired standard deviation here is {sd:.2f} points ({label(widest['method'])}), so about "
         f"{need} paired seeds instead of {have}, i.e. {more} more runs of the {len(methods)} "
-        f"methods at about {per_run:.0f} s each on this machine: about "
-        + (
-            f"{more * per_run / 3600:.1f} CPU-hours."
-            if more * per_run >= 3600
-            else f"{more * per_run / 60:.0f} CPU-minutes."
-        )  # fmt: skip
+        f"methods at about {per_run:.0f} s each on this machine: about {cost}."
     )
 
 
