@@ -16,7 +16,7 @@ from typing import Any
 
 from ..stats import t_quantile
 from . import verdict
-from .recipes import Recipes
+from .recipes import Recipe, Recipes
 from .settings import (
     CONTROL_WEIGHTS,
     CONTROLS,
@@ -60,12 +60,15 @@ def arm_rows(
     return out
 
 
+def _recipes_in(recipes: Recipes | None, setting: str) -> list[tuple[str, Recipe]]:
+    """``(method, recipe)`` of ``setting``'s recipes, in the report's method order."""
+    mine = recipes.settings.get(setting, {}) if recipes is not None else {}
+    return sorted(mine.items(), key=lambda kv: _method_order(kv[0]))
+
+
 def tuned_methods(recipes: Recipes | None, setting: str) -> list[str]:
     """The methods whose recipe in ``setting`` differs from their defaults (two arms there)."""
-    if recipes is None:
-        return []
-    return sorted((m for m, r in recipes.settings.get(setting, {}).items() if r.run_params),
-                  key=_method_order)  # fmt: skip
+    return [m for m, r in _recipes_in(recipes, setting) if r.run_params]
 
 
 def tuning_comparisons(
@@ -174,7 +177,7 @@ def precision_cost_sentence(
 
 def recipe_table(recipes: Recipes | None, setting: str) -> str:
     """The recipes of ``setting`` and their flags (a Markdown table; ``""`` without recipes)."""
-    mine = (recipes.settings.get(setting, {}) if recipes is not None else {}).items()
+    mine = _recipes_in(recipes, setting)
     if not mine:
         return ""
 
@@ -182,7 +185,7 @@ def recipe_table(recipes: Recipes | None, setting: str) -> str:
         return f"{pair[0]:g} to {pair[1]:g}"
 
     rows = []
-    for method, r in sorted(mine, key=lambda kv: _method_order(kv[0])):
+    for method, r in mine:
         extended = (f"{k}: " + " then ".join(map(span, v)) for k, v in sorted(r.extended.items()))
         rows.append(
             [
@@ -201,13 +204,11 @@ def recipe_table(recipes: Recipes | None, setting: str) -> str:
 
 def recipe_flags(recipes: Recipes | None, setting: str) -> str:
     """One sentence: which recipes sit at the edge of their range, which ranges were extended."""
-    mine = recipes.settings.get(setting, {}) if recipes is not None else {}
+    mine = _recipes_in(recipes, setting)
     if not mine:
         return ""
-    order = sorted(mine, key=_method_order)
-    edge = [f"{label(m)} ({', '.join(mine[m].at_edge)})" for m in order if mine[m].at_edge]
-    ext = [f"{label(m)} ({', '.join(sorted(mine[m].extended))})" for m in order
-           if mine[m].extended]  # fmt: skip
+    edge = [f"{label(m)} ({', '.join(r.at_edge)})" for m, r in mine if r.at_edge]
+    ext = [f"{label(m)} ({', '.join(sorted(r.extended))})" for m, r in mine if r.extended]
     text = (
         "At the edge of its range (the best value may lie beyond it, so that recipe is a bound, "
         f"not an optimum): {', '.join(edge)}." if edge else "No recipe sits at the edge of its "
