@@ -97,7 +97,7 @@ def summary_table_markdown(
 ) -> str:
     """The Markdown table of one setting."""
     lines = []
-    for e in (e for e in summary if e["setting"] == setting):
+    for e in verdict.select(summary, setting=setting):
         if e["status"] == "n/a":  # the other cells empty, written narrow
             lines.append([e["label"], f"n/a: {e['note']}" + " |" * 10])
             continue
@@ -347,7 +347,7 @@ def stdout_summary(
             f"{'method':<14}{'top-1 %':>14}{'vs CE (95% CI)':>24}{'tops %':>13}{'footw. %':>13}"
             f"{'tau':>14}{'s/run':>8}"
         )
-        for e in (e for e in summary if e["setting"] == setting):
+        for e in verdict.select(summary, setting=setting):
             if e["status"] == "n/a":
                 out.append(f"{e['label']:<14}  n/a: {e['note']}")
                 continue
