@@ -268,12 +268,8 @@ def out_of_the_box(
         )
     if ran:
         base = arm_rows(rows, recipes, "defaults")
-        entries = verdict.mark_fragile(
-            verdict.comparisons(base), *_second(second, recipes, "defaults")
-        )
-        tuning = verdict.mark_fragile(
-            tuning_comparisons(rows, recipes), *_second(second, recipes, None)
-        )
+        entries = _marked(verdict.comparisons(base), second, recipes, "defaults")
+        tuning = _marked(tuning_comparisons(rows, recipes), second, recipes, None)
         methods = sorted({r["method"] for r in base if r["setting"] == setting
                           and r["phase"] == "final"}, key=_method_order)  # fmt: skip
         top1 = verdict.select(entries, setting=setting, metric="acc")
@@ -296,16 +292,19 @@ def out_of_the_box(
     return parts
 
 
-def _second(
-    second: tuple[Sequence[dict[str, Any]], str] | None, recipes: Recipes | None, arm: str | None
-) -> tuple[list[dict[str, Any]] | None, str]:
-    """The second run set's entries of one arm (``None``: its tuning comparisons), and its name."""
+def _marked(
+    entries: list[dict[str, Any]], second: tuple | None, recipes: Recipes | None, arm: str | None
+) -> list[dict[str, Any]]:
+    """``entries`` of one arm (``None``: the tuning comparisons) marked fragile
+    (:func:`~.verdict.mark_fragile`), against the second run set's of the same arm if any."""
     if second is None:
-        return None, ""
+        return verdict.mark_fragile(entries)
     rows, name = second
     if arm is None:
-        return tuning_comparisons(rows, recipes), name
-    return verdict.comparisons(arm_rows(rows, recipes, arm)), name
+        theirs = tuning_comparisons(rows, recipes)
+    else:
+        theirs = verdict.comparisons(arm_rows(rows, recipes, arm))
+    return verdict.mark_fragile(entries, theirs, name)
 
 
 def recipe_status(recipes: Recipes | None, setting: str, method: str) -> str:
@@ -358,7 +357,7 @@ def headline_entries(
     entries = verdict.comparisons(rows)
     if recipes is None:
         return entries
-    return verdict.mark_fragile(entries, *_second(second, recipes, "tuned"))
+    return _marked(entries, second, recipes, "tuned")
 
 
 def second_run_set(folder: str | Path) -> tuple[list[dict[str, Any]], str] | None:
