@@ -31,9 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from relkd_tutorial.bench.recipes import recipes_of_meta  # noqa: E402
-from relkd_tutorial.bench.report import select_rows  # noqa: E402
 from relkd_tutorial.bench.settings import METHOD_LABELS, describe_params  # noqa: E402
-from relkd_tutorial.bench.store import read_runs  # noqa: E402
+from relkd_tutorial.bench.store import read_runs, select_rows  # noqa: E402
 from relkd_tutorial.bench.tuned import (  # noqa: E402
     arm_rows,
     headline_rows,

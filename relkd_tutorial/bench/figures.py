@@ -1,5 +1,6 @@
 """The report's plots, from the rows and tables of :mod:`.report`: each draws onto a given
-matplotlib ``Axes`` and returns it; :func:`read_histories` reads ``histories.csv``."""
+matplotlib ``Axes`` and returns it; :func:`report_figures` draws them all, :func:`read_histories`
+reads ``histories.csv``."""
 
 from __future__ import annotations
 
@@ -13,59 +14,38 @@ from .settings import (
     METHOD_LABELS,
     METHODS,
     METRIC_LABELS,
-    PERCENT,
     _method_order,
     _ordered_settings,
     _scale,
+    label,
 )
+from .verdict import finished
 
 
-def plot_accuracy(summary: Sequence[dict[str, Any]], setting: str, ax: Any) -> Any:
-    """Top-1, tops and footwear accuracy (mean ± std over seeds) per method."""
-    entries = [e for e in summary if e["setting"] == setting and e["status"] != "n/a"]
-    x = list(range(len(entries)))
-    for offset, metric, marker in ((-0.2, "acc", "o"), (0.0, "acc_tops", "s"),
-                                   (0.2, "acc_footwear", "^")):  # fmt: skip
-        means = [100 * e[f"{metric}_mean"] for e in entries]
-        stds = [
-            100 * (0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"]) for e in entries
-        ]
-        ax.errorbar([i + offset for i in x], means, yerr=stds, fmt=marker, capsize=3,
-                    label=METRIC_LABELS[metric])  # fmt: skip
-    ax.set_xticks(x, [e["label"] for e in entries], rotation=45, ha="right")
-    ax.set_ylabel("test accuracy (%)")
+def _std(e: dict[str, Any], metric: str) -> float:
+    """The entry's standard deviation of ``metric``, 0 where there is none (one seed)."""
+    return 0.0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"]
+
+
+def _per_method(ax: Any, entries: Sequence[dict[str, Any]], ylabel: str, setting: str) -> Any:
+    """A panel's method axis (the entries' labels), y label, title and grid."""
+    ax.set_xticks(range(len(entries)), [e["label"] for e in entries], rotation=45, ha="right")
+    ax.set_ylabel(ylabel)
     ax.set_title(setting)
     ax.grid(axis="y", alpha=0.3)
     return ax
 
 
-def plot_differences(
-    diffs: Sequence[dict[str, Any]], setting: str, ax: Any, metric: str = "acc"
-) -> Any:
-    """Paired differences against CE and KD with their 95% intervals (horizontal)."""
-    y = 0
-    labels = []
-    for baseline, color in (("ce", "C0"), ("kd", "C1")):
-        chosen = [
-            d for d in diffs
-            if d["setting"] == setting and d["baseline"] == baseline and d["metric"] == metric
-        ]  # fmt: skip
-        for d in chosen:
-            lo = d["mean"] - d["low"] if d["n"] >= 2 else 0.0
-            hi = d["high"] - d["mean"] if d["n"] >= 2 else 0.0
-            ax.errorbar(d["mean"], y, xerr=[[lo], [hi]], fmt="o", color=color, capsize=3)
-            labels.append(
-                f"{METHOD_LABELS.get(d['method'], d['method'])} − {METHOD_LABELS[baseline]}"
-            )
-            y += 1
-    ax.axvline(0.0, color="k", lw=0.8)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.invert_yaxis()
-    unit = "points" if metric in PERCENT else "tau"
-    ax.set_xlabel(f"paired difference, {METRIC_LABELS[metric]} ({unit}), 95% CI")
-    ax.set_title(setting)
-    ax.grid(axis="x", alpha=0.3)
-    return ax
+def plot_accuracy(summary: Sequence[dict[str, Any]], setting: str, ax: Any) -> Any:
+    """Top-1, tops and footwear accuracy (mean ± std over seeds) per method."""
+    entries = [e for e in summary if e["setting"] == setting and e["status"] != "n/a"]
+    for offset, metric, marker in ((-0.2, "acc", "o"), (0.0, "acc_tops", "s"),
+                                   (0.2, "acc_footwear", "^")):  # fmt: skip
+        ax.errorbar([i + offset for i in range(len(entries))],
+                    [100 * e[f"{metric}_mean"] for e in entries],
+                    yerr=[100 * _std(e, metric) for e in entries], fmt=marker, capsize=3,
+                    label=METRIC_LABELS[metric])  # fmt: skip
+    return _per_method(ax, entries, "test accuracy (%)", setting)
 
 
 def plot_metric(summary: Sequence[dict[str, Any]], setting: str, ax: Any, metric: str) -> Any:
@@ -75,18 +55,28 @@ def plot_metric(summary: Sequence[dict[str, Any]], setting: str, ax: Any, metric
         if e["setting"] == setting and e["status"] != "n/a" and not math.isnan(e[f"{metric}_mean"])
     ]  # fmt: skip
     k = _scale(metric)
-    x = list(range(len(entries)))
-    ax.bar(
-        x,
-        [k * e[f"{metric}_mean"] for e in entries],
-        yerr=[k * (0 if math.isnan(e[f"{metric}_std"]) else e[f"{metric}_std"]) for e in entries],
-        capsize=3,
-        color="C2",
-    )
-    ax.set_xticks(x, [e["label"] for e in entries], rotation=45, ha="right")
-    ax.set_ylabel(METRIC_LABELS[metric])
+    ax.bar(range(len(entries)), [k * e[f"{metric}_mean"] for e in entries],
+           yerr=[k * _std(e, metric) for e in entries], capsize=3, color="C2")  # fmt: skip
+    return _per_method(ax, entries, METRIC_LABELS[metric], setting)
+
+
+def plot_differences(diffs: Sequence[dict[str, Any]], setting: str, ax: Any) -> Any:
+    """Top-1 paired differences against CE and KD with their 95% intervals (horizontal)."""
+    labels = []
+    for baseline, color in (("ce", "C0"), ("kd", "C1")):
+        for d in diffs:
+            if (d["setting"], d["baseline"], d["metric"]) != (setting, baseline, "acc"):
+                continue
+            lo = d["mean"] - d["low"] if d["n"] >= 2 else 0.0
+            hi = d["high"] - d["mean"] if d["n"] >= 2 else 0.0
+            ax.errorbar(d["mean"], len(labels), xerr=[[lo], [hi]], fmt="o", color=color, capsize=3)
+            labels.append(f"{label(d['method'])} − {METHOD_LABELS[baseline]}")
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"paired difference, {METRIC_LABELS['acc']} (points), 95% CI")
     ax.set_title(setting)
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(axis="x", alpha=0.3)
     return ax
 
 
@@ -101,12 +91,9 @@ def curve_value(
 ) -> str:
     """``"eval_acc"`` if the setting's final runs recorded test accuracy per epoch, else
     ``"train_acc"`` (so a setting without ``curves`` still gets a meaningful panel)."""
-    for r in rows:
-        if r["setting"] == setting and r["phase"] == "final" and r["status"] == "ok":
-            if any(
-                not math.isnan(h.get("eval_acc", math.nan)) for h in histories.get(r["key"], [])
-            ):
-                return "eval_acc"
+    for r in finished(rows, setting):
+        if any(not math.isnan(h.get("eval_acc", math.nan)) for h in histories.get(r["key"], [])):
+            return "eval_acc"
     return "train_acc"
 
 
@@ -118,12 +105,8 @@ def read_histories(path: str | Path) -> dict[str, list[dict[str, float]]]:
         return out
     with open(path, newline="") as f:
         for raw in csv.DictReader(f):
-            record: dict[str, Any] = {}
-            for k, v in raw.items():
-                if k == "key" or k == "stage":
-                    record[k] = v
-                else:
-                    record[k] = float(v) if v not in ("", None) else math.nan
+            record = {k: v if k in ("key", "stage") else float(v) if v else math.nan
+                      for k, v in raw.items()}  # fmt: skip
             out.setdefault(raw["key"], []).append(record)
     return out
 
@@ -138,8 +121,7 @@ def plot_curves(
     """Learning curves of the final runs: ``value`` per epoch, mean over seeds, per method;
     ``"eval_acc"`` (recorded where ``curves=True``) or ``"train_acc"`` (on the labelled images
     of each epoch's batches, recorded for every run)."""
-    finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
-              and r["status"] == "ok"]  # fmt: skip
+    finals = finished(rows, setting)
     for i, method in enumerate(sorted({r["method"] for r in finals}, key=_method_order)):
         curves = [
             histories[r["key"]] for r in finals if r["method"] == method and r["key"] in histories
@@ -149,7 +131,7 @@ def plot_curves(
         n = min(len(c) for c in curves)
         mean = [sum(c[e][value] for c in curves) / len(curves) for e in range(n)]
         k = 100.0 if value.endswith("acc") else 1.0
-        ax.plot(range(1, n + 1), [k * m for m in mean], label=METHOD_LABELS.get(method, method),
+        ax.plot(range(1, n + 1), [k * m for m in mean], label=label(method),
                 color=f"C{i % 10}", ls="-" if i < 10 else "--")  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel(CURVE_LABELS.get(value, value))
@@ -159,15 +141,18 @@ def plot_curves(
     return ax
 
 
+def seconds_of(summary: Sequence[dict[str, Any]], setting: str, method: str) -> float | None:
+    """The mean training seconds per run of ``method`` in ``setting`` (``None``: not run, n/a)."""
+    e = next((e for e in summary if (e["setting"], e["method"]) == (setting, method)), None)
+    return None if e is None or e["status"] == "n/a" else e["seconds_mean"]
+
+
 def plot_seconds(summary: Sequence[dict[str, Any]], ax: Any) -> Any:
     """Training seconds per run, per method and setting (where the time goes)."""
     settings = _ordered_settings(summary)
     width = 0.8 / max(1, len(settings))
     for j, s in enumerate(settings):
-        values = []
-        for method in METHODS:
-            e = next((e for e in summary if e["setting"] == s and e["method"] == method), None)
-            values.append(0.0 if e is None or e["status"] == "n/a" else e["seconds_mean"])
+        values = [seconds_of(summary, s, method) or 0.0 for method in METHODS]
         ax.bar([i + j * width for i in range(len(METHODS))], values, width, label=s)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(METHODS))],
                   [METHOD_LABELS[m] for m in METHODS], rotation=45, ha="right")  # fmt: skip
@@ -177,15 +162,55 @@ def plot_seconds(summary: Sequence[dict[str, Any]], ax: Any) -> Any:
     return ax
 
 
-def _grid(n: int, width: float = 5.0, height: float = 4.0) -> tuple[Any, Any]:
+def _grid(n: int, height: float = 4.0) -> tuple[Any, Any]:
     """A figure of ``n`` panels, two per row. Built without pyplot (choice): no GUI backend is
     touched and nothing stays open; a notebook shows it with ``display(fig)``."""
     from matplotlib.figure import Figure
 
     cols = min(n, 2)
     rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(width * cols, height * rows))
+    fig = Figure(figsize=(5.0 * cols, height * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat)
+
+
+def report_figures(
+    rows: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    diffs: Sequence[dict[str, Any]],
+    histories: dict[str, Any],
+) -> dict[str, Any]:
+    """The report's figures by file stem (accuracy, differences, kendall_tau, curves, seconds)
+    from one arm's ``rows``, their summary and their differences against CE and KD."""
+    settings = _ordered_settings([r for r in rows if r["phase"] == "final"])
+    if not settings:
+        return {}
+    taus = [s for s in settings if any(e["setting"] == s and not math.isnan(
+        e.get("kendall_tau_mean", math.nan)) for e in summary)]  # fmt: skip
+    panels = {  # stem: the settings with a panel, the panel's height, how one is drawn
+        "accuracy": (settings, 4.0, lambda s, ax: plot_accuracy(summary, s, ax)),
+        "differences": (settings, 5.5, lambda s, ax: plot_differences(diffs, s, ax)),
+        "kendall_tau": (taus, 4.0, lambda s, ax: plot_metric(summary, s, ax, "kendall_tau")),
+        "curves": (settings, 4.0, lambda s, ax: plot_curves(
+            rows, histories, s, ax, value=curve_value(rows, histories, s))),
+    }  # fmt: skip
+    figures: dict[str, Any] = {}
+    for stem, (chosen, height, draw) in panels.items():
+        if not chosen:
+            continue
+        fig, axes = _grid(len(chosen), height=height)
+        for s, ax in zip(chosen, axes, strict=False):
+            draw(s, ax)
+        if stem == "accuracy":
+            axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        figures[stem] = fig
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4))
+    plot_seconds(summary, fig.subplots())
+    fig.tight_layout()
+    figures["seconds"] = fig
+    return figures

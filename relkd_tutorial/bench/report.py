@@ -14,22 +14,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .figures import (
-    _grid,
-    curve_value,
-    plot_accuracy,
-    plot_curves,
-    plot_differences,
-    plot_metric,
-    plot_seconds,
-    read_histories,
-)
+from . import figures, tuned, verdict
+from .figures import curve_value, plot_curves, plot_seconds, read_histories  # noqa: F401 (06)
 from .recipes import recipes_of_meta
 from .settings import (
     ABLATIONS,
     ALPHA,
     BASELINES,
-    CONTROL_DIFFERS,
     CONTROL_WEIGHTS,
     DIFF_METRICS,
     HEADLINE_BASELINE,
@@ -46,38 +37,7 @@ from .settings import (
     label,
     pm,
 )
-from .store import (  # noqa: F401 (latest_specs, select_rows: re-exported, their old home)
-    latest_specs,
-    read_meta,
-    read_runs,
-    select_rows,
-)
-from .tuned import (
-    SECOND_RUN_SET,  # noqa: F401 (re-exported)
-    _second,
-    arm_rows,
-    headline_note,
-    headline_rows,
-    out_of_the_box,
-    precision_cost_sentence,
-    second_run_set,
-    tuning_comparisons,
-)
-from .verdict import (
-    _cell,
-    _find,
-    _join,
-    ablation_comparisons,
-    ablation_paragraph,
-    ablation_protocol,
-    ablation_table,
-    column_stats,
-    comparisons,
-    family_table,
-    mark_fragile,
-    precision_sentence,
-    verdict_paragraph,
-)
+from .store import read_meta, read_runs, select_rows
 
 
 def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -90,25 +50,19 @@ def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for method in sorted({r["method"] for r in in_setting}, key=_method_order):
             runs = [r for r in in_setting if r["method"] == method]
             na = [r for r in runs if r["status"] == "n/a"]
-            ok = [r for r in runs if r["status"] == "ok"]
-            entry: dict[str, Any] = {
-                "setting": setting,
-                "method": method,
-                "label": label(method),
-            }
+            ok = verdict.finished(runs)
+            entry: dict[str, Any] = {"setting": setting, "method": method, "label": label(method)}
             if na and not ok:
-                entry.update(status="n/a", note=na[0]["note"], n=0)
-                out.append(entry)
+                out.append({**entry, "status": "n/a", "note": na[0]["note"], "n": 0})
                 continue
-            entry["status"] = "ok" if ok else "diverged"
-            entry["params"] = runs[0]["params"]
+            entry.update(status="ok" if ok else "diverged", params=runs[0]["params"])
             if "recipe" in runs[0]:
                 entry["recipe"] = runs[0]["recipe"]
-            entry["n"] = len(ok)
-            entry["diverged"] = sum(r["status"] == "diverged" for r in runs)
+            entry.update(n=len(ok), diverged=sum(r["status"] == "diverged" for r in runs))
             entry["seeds"] = sorted(r["seed"] for r in ok)
             for metric in (*METRICS, "seconds", "peak_mem_mb", "train_acc"):
-                entry[f"{metric}_mean"], entry[f"{metric}_std"], _ = column_stats(ok, metric)
+                mean, std, _ = verdict.column_stats(ok, metric)
+                entry.update({f"{metric}_mean": mean, f"{metric}_std": std})
             out.append(entry)
     return out
 
@@ -121,13 +75,7 @@ def paired_differences(
 ) -> list[dict[str, Any]]:
     """Every method minus each baseline (CE, KD), paired by seed: those families of
     :func:`~.verdict.comparisons`."""
-    return [
-        e
-        for e in comparisons(
-            rows, families=tuple(baselines), metrics=metrics, confidence=confidence
-        )  # fmt: skip
-        if e["family"] in baselines
-    ]
+    return verdict.comparisons(rows, tuple(baselines), metrics, confidence)
 
 
 # --- Text ---
@@ -140,118 +88,89 @@ def _pm(entry: dict[str, Any], metric: str) -> str:
 
 
 def _diff_cell(diffs: Sequence[dict[str, Any]], setting: str, method: str, baseline: str) -> str:
-    e = _find(diffs, setting=setting, method=method, baseline=baseline, metric="acc")
-    return _cell(e, one_seed="")
+    e = verdict.find_entry(diffs, setting=setting, method=method, baseline=baseline, metric="acc")
+    return verdict.interval_cell(e, one_seed="")
 
 
 def summary_table_markdown(
     summary: Sequence[dict[str, Any]], diffs: Sequence[dict[str, Any]], setting: str
 ) -> str:
     """The Markdown table of one setting."""
-    head = (
-        "| method | trial | seeds | top-1 % | Δ vs CE (95% CI) | Δ vs KD (95% CI) | tops % | "
-        "footwear % | Kendall tau | dist. corr. | s / run | peak MiB |"
-    )
-    lines = [head, "|" + "---|" * 12]
-    for e in summary:
-        if e["setting"] != setting:
+    lines = []
+    for e in verdict.select(summary, setting=setting):
+        if e["status"] == "n/a":  # the other cells empty, written narrow
+            lines.append([e["label"], f"n/a: {e['note']}" + " |" * 10])
             continue
-        if e["status"] == "n/a":
-            lines.append(f"| {e['label']} | n/a: {e['note']} |" + " |" * 10)
-            continue
+        recipe = f" ({e['recipe']})" if e.get("recipe", "tuned") != "tuned" else ""
+        seeds = str(e["n"]) + (f" (+{e['diverged']} diverged)" if e["diverged"] else "")
+        peak = e["peak_mem_mb_mean"]
         lines.append(
-            "| "
-            + " | ".join(
-                [
-                    e["label"],
-                    describe_params(e["params"])
-                    + (f" ({e['recipe']})" if e.get("recipe", "tuned") != "tuned" else ""),
-                    str(e["n"]) + (f" (+{e['diverged']} diverged)" if e["diverged"] else ""),
-                    _pm(e, "acc"),
-                    _diff_cell(diffs, setting, e["method"], "ce"),
-                    _diff_cell(diffs, setting, e["method"], "kd"),
-                    _pm(e, "acc_tops"),
-                    _pm(e, "acc_footwear"),
-                    _pm(e, "kendall_tau"),
-                    _pm(e, "dist_corr"),
-                    f"{e['seconds_mean']:.1f}",
-                    "n/a" if math.isnan(e["peak_mem_mb_mean"]) else f"{e['peak_mem_mb_mean']:.0f}",
-                ]
-            )
-            + " |"
+            [e["label"], describe_params(e["params"]) + recipe, seeds, _pm(e, "acc")]
+            + [_diff_cell(diffs, setting, e["method"], b) for b in BASELINES]
+            + [_pm(e, m) for m in ("acc_tops", "acc_footwear", "kendall_tau", "dist_corr")]
+            + [f"{e['seconds_mean']:.1f}", "n/a" if math.isnan(peak) else f"{peak:.0f}"]
         )
-    return "\n".join(lines)
+    header = (
+        "method | trial | seeds | top-1 % | Δ vs CE (95% CI) | Δ vs KD (95% CI) | tops % | "
+        "footwear % | Kendall tau | dist. corr. | s / run | peak MiB"
+    )
+    return verdict.markdown_table(header, lines)
 
 
 def _setting_description(rows: Sequence[dict[str, Any]], setting: str, phase: str = "final") -> str:
-    finals = [
-        r for r in rows if r["setting"] == setting and r["status"] == "ok" and r["phase"] == phase
-    ]
-    if not finals:
+    r = next(iter(verdict.finished(rows, setting, phase)), None)
+    if r is None:
         return ""
-    r = finals[0]
     return (
         f"{r['n_train']} training images ({r['n_labelled']} labelled), {r['epochs']} epochs, "
         f"evaluated on the {r['eval_split']} split; spec `{r['spec']}`."
     )
 
 
-def _protocol_note(confidence: float = 0.95) -> list[str]:
+def _protocol_note() -> list[str]:
     """How to read the tables (the protocol's constants, from :mod:`.settings`, no results)."""
     combos = ", ".join(
         f"{METHOD_LABELS[m]}: {describe_params(w)} plus its own term"
         for m, w in CONTROL_WEIGHTS.items()
     )
-    return [
+    return verdict.paragraphs(
         "Mean ± sample standard deviation over seeds. Δ columns: top-1 difference in percentage "
-        f"points against CE / KD, paired by seed (same labelled subset, initialisation and batch "
-        f"order), with the {100 * confidence:g}% paired t interval; `*` marks a difference that "
-        f"survives Holm's correction over its family at level {ALPHA:g} (the interval excludes 0 "
-        "and the Holm-adjusted p-value is at most the level). "
+        "points against CE / KD, paired by seed (same labelled subset, initialisation and batch "
+        "order), with the 95% paired t interval; `*` marks a difference that survives Holm's "
+        f"correction over its family at level {ALPHA:g} (the interval excludes 0 and the "
+        "Holm-adjusted p-value is at most the level). "
         "Kendall tau: mean over test images of the rank agreement between the teacher's and the "
         "student's class scores (did the ranking transfer). dist. corr.: Pearson correlation of "
         "teacher and student pairwise feature distances on a fixed stratified test batch. "
         "s / run: training wall time. peak MiB: resident memory the run added at its peak (CPU).",
-        "",
-        f"Controls: every method is also compared with the run that differs from it in one thing. "
+        "Controls: every method is also compared with the run that differs from it in one thing. "
         f"The combinations train with KD's CE and KD weights ({combos}), so their control is KD; "
         "each relational term alone has CE weight 1, like CE, so its control is CE. "
         "Multiple comparisons: each family (every method against KD; against CE; against its "
         "control; GRKD against the other relational methods) is corrected with Holm's step-down "
         "method, so the chance of any false claim in a family stays at the level.",
-        "",
-    ]
+    )
 
 
 def plateau_sentence(
-    rows: Sequence[dict[str, Any]],
-    histories: dict[str, list[dict[str, float]]],
-    setting: str,
-    fraction: float = 0.2,
+    rows: Sequence[dict[str, Any]], histories: dict[str, list[dict[str, float]]], setting: str
 ) -> str:
-    """How much the test top-1 still rose over the last ``fraction`` of each run's epochs: per
-    method, ``acc[E] - acc[E - k]`` with ``k = round(fraction * E)`` (at least 1; a multi-stage
-    method's last stage), mean over seeds. ``""`` if the setting recorded no curves."""
-    finals = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
-              and r["status"] == "ok"]  # fmt: skip
+    """How much the test top-1 still rose over the last fifth of each run's epochs: per method,
+    ``acc[E] - acc[E - k]`` with ``k = round(E / 5)`` (at least 1; a multi-stage method's last
+    stage), mean over seeds. ``""`` if the setting recorded no curves."""
+    finals = verdict.finished(rows, setting)
     gains: dict[str, float] = {}
     windows: set[tuple[int, int]] = set()
     for method in sorted({r["method"] for r in finals}, key=_method_order):
         per_seed = []
-        for r in finals:
-            if r["method"] != method:
-                continue
-            h = [
-                e
-                for e in histories.get(r["key"], [])
-                if not math.isnan(e.get("eval_acc", math.nan))
-            ]
+        for r in verdict.finished(finals, method=method):
+            h = histories.get(r["key"], [])
+            h = [e for e in h if not math.isnan(e.get("eval_acc", math.nan))]
             if not h:
                 continue
-            stage = h[-1].get("stage")
-            h = [e for e in h if e.get("stage") == stage]  # the last stage's epochs
+            h = [e for e in h if e.get("stage") == h[-1].get("stage")]  # the last stage's epochs
             n = len(h)
-            k = max(1, round(fraction * n))
+            k = max(1, round(0.2 * n))
             if n <= k:
                 continue
             per_seed.append(h[-1]["eval_acc"] - h[n - 1 - k]["eval_acc"])
@@ -265,7 +184,7 @@ def plateau_sentence(
     window = (
         "the last {} of its {} epochs".format(*next(iter(windows)))
         if len(windows) == 1
-        else f"the last {round(100 * fraction)}% of its epochs"
+        else "the last 20% of its epochs"
     )
     text = (
         f"Learning curves (`curves.png`): over {window}, a run's test top-1 (mean over seeds) "
@@ -287,75 +206,55 @@ def markdown_report(
     """The whole ``results.md``: per setting the verdict, the tables and the sentences, every
     number one of the computed values. ``histories`` adds the learning-curve sentence
     (:func:`plateau_sentence`); where ``meta`` records recipes, the tables and verdicts are the
-    tuned arm's, marked fragile or firm (``second``: :func:`second_run_set`), followed by the
+    tuned arm's, marked fragile or firm (``second``: :func:`~.tuned.second_run_set`), followed by the
     defaults, what tuning changed and the recipes (:func:`~.tuned.out_of_the_box`)."""
     recipes = recipes_of_meta(meta)
     everything = select_rows(rows)
-    rows = headline_rows(rows, recipes)
+    rows = tuned.headline_rows(rows, recipes)
     summary = summarize_runs(rows)
-    entries = _headline_entries(rows, recipes, second)
+    entries = tuned.headline_entries(rows, recipes, second)
     diffs = [e for e in entries if e["family"] in BASELINES]
-    parts = ["# Benchmark results", ""]
-    if meta:
-        parts += _meta_markdown(meta)
-    parts += _protocol_note()
-    finals = [r for r in rows if r["phase"] == "final"]
-    for setting in _ordered_settings(finals):
-        parts += [f"## {SETTING_TITLES.get(setting, setting)}", ""]
-        desc = _setting_description(rows, setting)
-        if desc:
-            parts += [desc, ""]
-        verdict = verdict_paragraph(entries, setting)
+    kd = METHOD_LABELS[HEADLINE_BASELINE]
+    parts = ["# Benchmark results", "", *_meta_markdown(meta or {}), *_protocol_note()]
+    for setting in _ordered_settings([r for r in rows if r["phase"] == "final"]):
         tuned_here = recipes is not None and setting in recipes.settings
-        if tuned_here:
-            methods = [e["method"] for e in summary if e["setting"] == setting]
-            parts += [headline_note(recipes, setting, methods), ""]
-        if any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
-            parts += [verdict, ""]
-            precision = precision_sentence(entries, setting)
-            if precision:
-                parts += [precision, ""]
-            cost = precision_cost_sentence(entries, rows, setting) if tuned_here else ""
-            if cost:
-                parts += [cost, ""]
-            again = second_run_sentence(entries, setting, second) if tuned_here else ""
-            if again:
-                parts += [again, ""]
-        parts += [summary_table_markdown(summary, diffs, setting), ""]
-        plateau = plateau_sentence(rows, histories or {}, setting)
-        if plateau:
-            parts += [plateau, ""]
+        methods = [e["method"] for e in summary if e["setting"] == setting]
+        parts += [f"## {SETTING_TITLES.get(setting, setting)}", ""]
+        parts += verdict.paragraphs(
+            _setting_description(rows, setting),
+            tuned.headline_note(recipes, setting, methods) if tuned_here else "",
+        )
+        if verdict.select(entries, setting=setting, metric="acc"):
+            parts += verdict.paragraphs(
+                verdict.verdict_paragraph(entries, setting),
+                verdict.precision_sentence(entries, setting),
+                tuned.precision_cost_sentence(entries, rows, setting) if tuned_here else "",
+                second_run_sentence(entries, setting, second) if tuned_here else "",
+            )
+        parts += verdict.paragraphs(
+            summary_table_markdown(summary, diffs, setting),
+            plateau_sentence(rows, histories or {}, setting),
+        )
         for family, title in (
             ("control", "Each method against its one-thing-different control"),
-            (HEADLINE_BASELINE, f"Every method against {METHOD_LABELS[HEADLINE_BASELINE]}"),
+            (HEADLINE_BASELINE, f"Every method against {kd}"),
             ("mission", "GRKD against the other relational methods"),
             ("pseudo", "Every logit method against the pseudo-label control"),
         ):
-            table = family_table(entries, setting, family, CONTROL_DIFFERS)
-            if table:
-                parts += [f"{title} (Holm over the family):", "", table, ""]
-        for family, title in (
-            ("control", "Top-1 against the control"),
-            (HEADLINE_BASELINE, f"Top-1 against {METHOD_LABELS[HEADLINE_BASELINE]}"),
-            ("ce", "Top-1 against CE"),
+            table = verdict.family_table(entries, setting, family)
+            parts += verdict.paragraphs(table and f"{title} (Holm over the family):\n\n{table}")
+        for family, metric, title in (
+            ("control", "acc", "Top-1 against the control"),
+            (HEADLINE_BASELINE, "acc", f"Top-1 against {kd}"),
+            ("ce", "acc", "Top-1 against CE"),
+            ("ce", "kendall_tau", "Kendall tau against CE (did the ranking transfer)"),
         ):
-            sentences = [
-                e["sentence"]
-                for e in entries
-                if e["setting"] == setting and e["family"] == family and e["metric"] == "acc"
-            ]
+            these = verdict.select(entries, setting=setting, family=family, metric=metric)
+            sentences = [f"- {e['sentence']}" for e in these]
             if sentences:
-                parts += [f"{title}:", ""] + [f"- {x}" for x in sentences] + [""]
-        taus = [
-            e["sentence"]
-            for e in entries
-            if e["setting"] == setting and e["family"] == "ce" and e["metric"] == "kendall_tau"
-        ]
-        if taus:
-            parts += ["Kendall tau against CE (did the ranking transfer):", ""]
-            parts += [f"- {x}" for x in taus] + [""]
+                parts += [f"{title}:", "", *sentences, ""]
         if tuned_here:
-            parts += out_of_the_box(everything, recipes, setting, entries, second)
+            parts += tuned.out_of_the_box(everything, recipes, setting, entries, second)
     parts += _ablation_markdown(rows)
     if summary:
         parts += ["## Where the time goes", "", _time_table(summary), ""]
@@ -365,8 +264,8 @@ def markdown_report(
 def second_run_sentence(
     entries: Sequence[dict[str, Any]], setting: str, second: tuple | None
 ) -> str:
-    """How many of ``setting``'s verdicts the second run set (:func:`second_run_set`) changes:
-    those are the ones :func:`~.verdict.mark_fragile` marked for it (``""``: no such runs)."""
+    """How many of ``setting``'s verdicts the second run set (:func:`~.tuned.second_run_set`)
+    changes: those :func:`~.verdict.mark_fragile` marked for it (``""``: no such runs)."""
     if second is None or not any(r["setting"] == setting for r in second[0]):
         return ""
     here = [e for e in entries if e["setting"] == setting]
@@ -374,7 +273,7 @@ def second_run_sentence(
     names = [f"{label(e['method'])} vs {label(e['baseline'])} "
              f"({METRIC_LABELS[e['metric']].replace(' %', '')})" for e in moved]  # fmt: skip
     top1 = sum(e["metric"] == "acc" for e in moved)
-    listed = f": {_join(names)}" if names else ""
+    listed = f": {verdict.join_items(names)}" if names else ""
     return (
         f"**Across machines.** {second[1][0].upper()}{second[1][1:]} trains the same runs again: of "
         f"the {len(here)} comparisons in every family and metric, {len(moved)} change verdict "
@@ -382,58 +281,40 @@ def second_run_sentence(
     )
 
 
-def _headline_entries(
-    rows: Sequence[dict[str, Any]], recipes: Any, second: tuple | None
-) -> list[dict[str, Any]]:
-    """:func:`~.verdict.comparisons` of the headline ``rows``; with recipes, marked fragile
-    (:func:`~.verdict.mark_fragile`) against ``second`` (:func:`second_run_set`)."""
-    entries = comparisons(rows)
-    if recipes is None:
-        return entries
-    return mark_fragile(entries, *_second(second, recipes, "tuned"))
-
-
 def ablation_entries(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """:func:`~relkd_tutorial.bench.verdict.ablation_comparisons` of every ablated method present."""
-    out: list[dict[str, Any]] = []
-    for method in sorted(ABLATIONS):
-        out += ablation_comparisons(rows, method)
-    return out
+    return [e for method in sorted(ABLATIONS) for e in verdict.ablation_comparisons(rows, method)]
 
 
 def _ablation_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
     parts: list[str] = []
     runs = [r for r in rows if r["phase"] == "ablation"]
     for method in sorted({r["method"] for r in runs if r["method"] in ABLATIONS}):
-        entries = ablation_comparisons(rows, method)
+        entries = verdict.ablation_comparisons(rows, method)
         for setting in _ordered_settings([r for r in runs if r["method"] == method]):
-            parts += [f"## {label(method)} ablation ({setting})", ""]
             desc = _setting_description(rows, setting, phase="ablation")
-            parts += [f"{desc} {ablation_protocol(rows, method, setting)}".strip(), ""]
-            paragraph = ablation_paragraph(entries, setting)
-            if paragraph:
-                parts += [paragraph, ""]
-            parts += [ablation_table(rows, entries, method, setting), ""]
+            parts += verdict.paragraphs(
+                f"## {label(method)} ablation ({setting})",
+                f"{desc} {verdict.ablation_protocol(rows, method, setting)}".strip(),
+                verdict.ablation_paragraph(entries, setting),
+                verdict.ablation_table(rows, entries, method, setting),
+            )
     return parts
 
 
 def _time_table(summary: Sequence[dict[str, Any]]) -> str:
     settings = _ordered_settings(summary)
-    lines = ["| method | " + " | ".join(f"{s} s/run" for s in settings) + " |"]
-    lines.append("|---|" + "---|" * len(settings))
+    lines = []
     for method in METHODS:
-        cells = []
-        for s in settings:
-            e = next((e for e in summary if e["setting"] == s and e["method"] == method), None)
-            cells.append("" if e is None or e["status"] == "n/a" else f"{e['seconds_mean']:.1f}")
-        if any(cells):
-            lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        seconds = [figures.seconds_of(summary, s, method) for s in settings]
+        if any(t is not None for t in seconds):
+            cells = ("" if t is None else f"{t:.1f}" for t in seconds)
+            lines.append([METHOD_LABELS[method], *cells])
+    return verdict.markdown_table("method | " + " | ".join(f"{s} s/run" for s in settings), lines)
 
 
 def _meta_markdown(meta: dict[str, Any]) -> list[str]:
     lines = []
-    env = meta.get("environment", {})
     for inv in meta.get("invocations", []):
         load = inv.get("load_average_start")
         load_text = f", load average at start {load[0]:.1f}" if load else ""
@@ -443,19 +324,20 @@ def _meta_markdown(meta: dict[str, Any]) -> list[str]:
             f"{inv['threads']} threads): {inv['runs_trained']} runs in "
             f"{inv['wall_seconds']:.0f} s{load_text}"
         )
+    env = meta.get("environment", {})
     if env:
         lines.append(
             f"- torch {env.get('torch')}, Python {env.get('python')}, {env.get('machine')}, "
             f"{env.get('cpu_count')} CPUs"
         )
-    return [*lines, ""] if lines else []
+    return verdict.paragraphs("\n".join(lines))
 
 
 def stdout_summary(
     rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None, meta: dict | None = None
 ) -> str:
     """A compact text table per setting for the terminal (the headline arm, ``meta``'s recipes)."""
-    rows = arm_rows(select_rows(rows, specs), recipes_of_meta(meta), "tuned")
+    rows = tuned.arm_rows(select_rows(rows, specs), recipes_of_meta(meta), "tuned")
     summary = summarize_runs(rows)
     diffs = paired_differences(rows)
     out = []
@@ -465,9 +347,7 @@ def stdout_summary(
             f"{'method':<14}{'top-1 %':>14}{'vs CE (95% CI)':>24}{'tops %':>13}{'footw. %':>13}"
             f"{'tau':>14}{'s/run':>8}"
         )
-        for e in summary:
-            if e["setting"] != setting:
-                continue
+        for e in verdict.select(summary, setting=setting):
             if e["status"] == "n/a":
                 out.append(f"{e['label']:<14}  n/a: {e['note']}")
                 continue
@@ -479,93 +359,40 @@ def stdout_summary(
     return "\n".join(out)
 
 
-def report_figures(
-    rows: Sequence[dict[str, Any]], histories: dict[str, Any], meta: dict | None = None
-) -> dict[str, Any]:
-    """The report's figures by file stem: accuracy, differences, kendall_tau, curves, seconds
-    (the headline arm of ``meta``'s recipes)."""
-    rows = arm_rows(select_rows(rows), recipes_of_meta(meta), "tuned")
-    summary = summarize_runs(rows)
-    diffs = paired_differences(rows)
-    settings = _ordered_settings([r for r in rows if r["phase"] == "final"])
-    figures: dict[str, Any] = {}
-    if not settings:
-        return figures
-    fig, axes = _grid(len(settings))
-    for s, ax in zip(settings, axes, strict=False):
-        plot_accuracy(summary, s, ax)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    figures["accuracy"] = fig
-    fig, axes = _grid(len(settings), height=5.5)
-    for s, ax in zip(settings, axes, strict=False):
-        plot_differences(diffs, s, ax)
-    fig.tight_layout()
-    figures["differences"] = fig
-    tau_settings = [s for s in settings if any(
-        e["setting"] == s and not math.isnan(e.get("kendall_tau_mean", math.nan)) for e in summary
-    )]  # fmt: skip
-    if tau_settings:
-        fig, axes = _grid(len(tau_settings))
-        for s, ax in zip(tau_settings, axes, strict=False):
-            plot_metric(summary, s, ax, "kendall_tau")
-        fig.tight_layout()
-        figures["kendall_tau"] = fig
-    fig, axes = _grid(len(settings))
-    for s, ax in zip(settings, axes, strict=False):
-        plot_curves(rows, histories, s, ax, value=curve_value(rows, histories, s))
-    fig.tight_layout()
-    figures["curves"] = fig
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 4))
-    ax = fig.subplots()
-    plot_seconds(summary, ax)
-    fig.tight_layout()
-    figures["seconds"] = fig
-    return figures
-
-
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(
-                {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()}
-            )
-
-
 def write_report(out_dir: str | Path, plots: bool = True) -> None:
     """Rebuild ``summary.csv``, ``differences.csv`` (every family), ``ablation.csv``
     (if there are ablation runs), ``results.md`` and the PNGs; with recipes (``meta.json``), the
     headline arm's, plus ``summary-defaults.csv``, ``differences-defaults.csv`` and ``tuning.csv``
-    (:mod:`.tuned`); a :data:`SECOND_RUN_SET` beside them marks verdicts that differ there."""
+    (:mod:`.tuned`); a :data:`~.tuned.SECOND_RUN_SET` beside them marks verdicts that differ
+    there."""
     out_dir = Path(out_dir)
     rows = read_runs(out_dir / "runs.csv")
     if not rows:
         return
     meta = read_meta(out_dir)
     recipes = recipes_of_meta(meta)
-    second = second_run_set(out_dir)
-    chosen = headline_rows(rows, recipes)
-    _write_csv(out_dir / "summary.csv", summarize_runs(chosen))
-    entries = _headline_entries(chosen, recipes, second)
+    second = tuned.second_run_set(out_dir)
+    chosen = tuned.headline_rows(rows, recipes)
+    summary = summarize_runs(chosen)
+    entries = tuned.headline_entries(chosen, recipes, second)
+    tables = {"summary": summary, "differences": entries, "ablation": ablation_entries(chosen)}
     if recipes is not None:
         everything = select_rows(rows)
-        defaults = arm_rows(everything, recipes, "defaults")
-        _write_csv(out_dir / "summary-defaults.csv", summarize_runs(defaults))
-        _write_csv(out_dir / "differences-defaults.csv", comparisons(defaults))
-        _write_csv(out_dir / "tuning.csv", tuning_comparisons(everything, recipes))
-    _write_csv(out_dir / "differences.csv", entries)
-    ablation = ablation_entries(chosen)
-    if ablation:
-        _write_csv(out_dir / "ablation.csv", ablation)
+        defaults = tuned.arm_rows(everything, recipes, "defaults")
+        tables["summary-defaults"] = summarize_runs(defaults)
+        tables["differences-defaults"] = verdict.comparisons(defaults)
+        tables["tuning"] = tuned.tuning_comparisons(everything, recipes)
+    for stem, table in tables.items():
+        if stem == "ablation" and not table:
+            continue  # no ablation runs
+        with open(out_dir / f"{stem}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
+            writer.writeheader()
+            writer.writerows({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()}
+                             for r in table)  # fmt: skip
     histories = read_histories(out_dir / "histories.csv")
     (out_dir / "results.md").write_text(markdown_report(rows, meta, histories, second))
     if plots:
-        for stem, fig in report_figures(rows, histories, meta).items():
+        diffs = [e for e in entries if e["family"] in BASELINES]
+        for stem, fig in figures.report_figures(chosen, summary, diffs, histories).items():
             fig.savefig(out_dir / f"{stem}.png", dpi=110)

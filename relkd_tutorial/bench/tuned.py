@@ -8,15 +8,16 @@ method at its recipe (the headline) and the tuned methods at their paper default
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..stats import t_quantile
-from .recipes import Recipes
+from . import verdict
+from .recipes import Recipe, Recipes
 from .settings import (
-    ALPHA,
     CONTROL_WEIGHTS,
     CONTROLS,
     HEADLINE_BASELINE,
@@ -29,17 +30,6 @@ from .settings import (
     pm,
 )
 from .store import read_meta, read_runs, select_rows
-from .verdict import (
-    _add,
-    _cell,
-    _correct,
-    _family_sentence,
-    _find,
-    column_stats,
-    comparisons,
-    mark_fragile,
-    verdict_paragraph,
-)
 
 ARMS: tuple[str, ...] = ("tuned", "defaults")
 
@@ -70,63 +60,40 @@ def arm_rows(
     return out
 
 
+def _recipes_in(recipes: Recipes | None, setting: str) -> list[tuple[str, Recipe]]:
+    """``(method, recipe)`` of ``setting``'s recipes, in the report's method order."""
+    mine = recipes.settings.get(setting, {}) if recipes is not None else {}
+    return sorted(mine.items(), key=lambda kv: _method_order(kv[0]))
+
+
 def tuned_methods(recipes: Recipes | None, setting: str) -> list[str]:
     """The methods whose recipe in ``setting`` differs from their defaults (two arms there)."""
-    if recipes is None:
-        return []
-    return sorted((m for m, r in recipes.settings.get(setting, {}).items() if r.run_params),
-                  key=_method_order)  # fmt: skip
+    return [m for m, r in _recipes_in(recipes, setting) if r.run_params]
 
 
 def tuning_comparisons(
-    rows: Sequence[dict[str, Any]],
-    recipes: Recipes | None,
-    metrics: Sequence[str] = ("acc",),
-    confidence: float = 0.95,
-    alpha: float = ALPHA,
+    rows: Sequence[dict[str, Any]], recipes: Recipes | None
 ) -> list[dict[str, Any]]:
-    """Each tuned method at its recipe minus itself at its defaults, paired by seed (family
-    ``"tuning"``, Holm over a setting's tuned methods); entries like
+    """Each tuned method at its recipe minus itself at its defaults in top-1, paired by seed
+    (family ``"tuning"``, Holm over a setting's tuned methods); entries like
     :func:`~.verdict.comparisons`', ``baseline`` the method itself, ``params`` the recipe's tag."""
     out: list[dict[str, Any]] = []
-    finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
+    finals = verdict.finished(rows)
     for setting in _ordered_settings(finals):
         for method in tuned_methods(recipes, setting):
             tag = params_tag(recipes.run_params(setting, method))  # type: ignore[union-attr]
-            mine = [r for r in finals if (r["setting"], r["method"]) == (setting, method)]
-            a = {r["seed"]: r for r in mine if r["params"] == tag}
-            b = {r["seed"]: r for r in mine if r["params"] == "{}"}
-            name = label(method)
-            _add(out, a, b, (f"{name} tuned", f"{name} at its defaults"), metrics, confidence,
-                 setting, "tuning", method=method, baseline=method, params=tag)  # fmt: skip
-    _correct(out, alpha)
-    return out
+            arms = verdict.by_seed(verdict.finished(finals, setting, method=method), "params")
+            labels = (f"{label(method)} tuned", f"{label(method)} at its defaults")
+            verdict.add_paired(out, arms.get(tag, {}), arms.get("{}", {}), labels, ("acc",),
+                               verdict.CONFIDENCE, setting=setting, family="tuning",
+                               method=method, baseline=method, params=tag)  # fmt: skip
+    return verdict.holm_correct(out)
 
 
-def _claim(e: dict[str, Any]) -> str:
-    return "fragile" if e.get("fragile") else e["claim"]
-
-
-def verdict_changes(
-    defaults: Sequence[dict[str, Any]],
-    tuned: Sequence[dict[str, Any]],
-    setting: str,
-    family: str = "mission",
-    metric: str = "acc",
-) -> list[dict[str, Any]]:
-    """The ``family``'s comparisons present in both arms: ``method``, ``baseline``, the two
-    verdicts (``"fragile"`` where :func:`~.verdict.mark_fragile` said so) and ``changed``."""
-
-    def pick(entries: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-        return {(e["method"], e["baseline"]): e for e in entries
-                if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)}  # fmt: skip
-
-    a, b = pick(defaults), pick(tuned)
-    return [
-        {"method": k[0], "baseline": k[1], "defaults": _claim(a[k]), "tuned": _claim(b[k]),
-         "changed": _claim(a[k]) != _claim(b[k])}
-        for k in b if k in a
-    ]  # fmt: skip
+def _mission_claims(entries: Sequence[dict[str, Any]], setting: str) -> dict[str, str]:
+    """``{rival: verdict}`` of the question's top-1 family (``"fragile"`` where marked)."""
+    mission = verdict.select(entries, setting=setting, family="mission", metric="acc")
+    return {e["baseline"]: "fragile" if e.get("fragile") else e["claim"] for e in mission}
 
 
 def tuning_paragraph(
@@ -136,137 +103,112 @@ def tuning_paragraph(
     setting: str,
     recipes: Recipes | None,
     methods: Sequence[str],
-    confidence: float = 0.95,
 ) -> str:
     """What tuning does to the comparison: which tuned methods gained or lost against their own
     defaults, which were not tuned, and which of the question's verdicts differ between the
-    arms (:func:`verdict_changes`)."""
-    mine = [e for e in tuning if e["setting"] == setting and e["metric"] == "acc"]
+    arms."""
+    mine = verdict.select(tuning, setting=setting, metric="acc")
     out = [f"**What tuning does to the comparison ({setting}).**"]
-    if mine:
-        out.append(
-            "Each tuned method minus itself at its paper defaults: "
-            + _family_sentence(
-                mine,
-                lambda e: f"{label(e['method'])} at {describe_params(e['params'])}",
-                ("tuning raised", "tuning lowered"),
-                confidence,
-            )  # fmt: skip
-        )
-    else:
-        out.append("No method has a recipe that differs from its paper defaults here.")
-    untuned = [m for m in methods if m not in tuned_methods(recipes, setting)]
+
+    def name(e: dict[str, Any]) -> str:
+        return f"{label(e['method'])} at {describe_params(e['params'])}"
+
+    out.append(
+        "Each tuned method minus itself at its paper defaults: "
+        + verdict.family_clauses(mine, name, ("tuning raised", "tuning lowered"))
+        if mine
+        else "No method has a recipe that differs from its paper defaults here."
+    )
+    untuned = ", ".join(label(m) for m in methods if m not in tuned_methods(recipes, setting))
     if untuned:
-        out.append(
-            "At their paper defaults in both tables (no recipe, or the recipe is the defaults): "
-            + ", ".join(label(m) for m in untuned)
-            + "."
+        out.append(f"At their paper defaults in both tables (no recipe, or the recipe is the "
+                   f"defaults): {untuned}.")  # fmt: skip
+    before, after = _mission_claims(defaults, setting), _mission_claims(tuned, setting)
+    both = [rival for rival in after if rival in before]
+    moved = [f"against {label(r)}, {before[r]} at the defaults, {after[r]} tuned" for r in both
+             if before[r] != after[r]]  # fmt: skip
+    kept = [f"against {label(r)}, {after[r]}" for r in both if before[r] == after[r]]
+    if both:
+        between = "between the paper defaults and the tuned recipes"
+        verb = "differs" if len(moved) == 1 else "differ"
+        text = (
+            f"{len(moved)} {verb} {between}: " + "; ".join(moved)
+            if moved
+            else f"none differs {between}"
         )
-    changes = verdict_changes(defaults, tuned, setting)
-    if changes:
+        same = f"; the same in both: {'; '.join(kept)}" if kept else ""
         who = label(MISSION_METHOD)
-        moved = [c for c in changes if c["changed"]]
-        kept = [c for c in changes if not c["changed"]]
-        text = f"Of the question's {len(changes)} verdicts ({who} against each rival), "
-        if moved:
-            verb = "differs" if len(moved) == 1 else "differ"
-            text += f"{len(moved)} {verb} between the paper defaults and the tuned recipes: " + (
-                "; ".join(
-                    f"against {label(c['baseline'])}, {c['defaults']} at the defaults, "
-                    f"{c['tuned']} tuned"
-                    for c in moved
-                )  # fmt: skip
-            )
-        else:
-            text += "none differs between the paper defaults and the tuned recipes"
-        if kept:
-            text += "; the same in both: " + "; ".join(
-                f"against {label(c['baseline'])}, {c['tuned']}" for c in kept
-            )
-        out.append(text + ".")
+        out.append(
+            f"Of the question's {len(both)} verdicts ({who} against each rival), {text}{same}."
+        )
     return " ".join(out)
 
 
 def precision_cost_sentence(
-    entries: Sequence[dict[str, Any]],
-    rows: Sequence[dict[str, Any]],
-    setting: str,
-    family: str = HEADLINE_BASELINE,
-    target: float = 1.0,
-    confidence: float = 0.95,
+    entries: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], setting: str
 ) -> str:
-    """What intervals of ``target`` points would cost: the seeds ``k`` that bring the family's
-    widest paired standard deviation ``s`` to ``t(k - 1) s / sqrt(k) <= target``, and the runs
-    and time they add at this folder's seconds per run. ``""`` when every interval meets it."""
-    chosen = [e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family,
-              "acc") and e["n"] >= 2]  # fmt: skip
+    """What top-1 intervals against KD of :data:`~.verdict.TARGET_HALF_WIDTH` points would cost:
+    the seeds ``k`` that bring the family's widest paired standard deviation ``s`` to
+    ``t(k - 1) s / sqrt(k) <= target``, and the runs and time they add at this folder's seconds
+    per run. ``""`` when every interval meets it."""
+    family, target = HEADLINE_BASELINE, verdict.TARGET_HALF_WIDTH
+    chosen = verdict.select(entries, setting=setting, family=family, metric="acc")
+    chosen = [e for e in chosen if e["n"] >= 2]
     if not chosen or all((e["high"] - e["low"]) / 2 <= target for e in chosen):
         return ""
     widest = max(chosen, key=lambda e: e["std"])
     sd, have = widest["std"], max(e["n"] for e in chosen)
-    q = 0.5 + confidence / 2
-    need = next((k for k in range(2, 100_000) if t_quantile(q, k - 1) * sd / math.sqrt(k) <= target),
-                None)  # fmt: skip
-    if need is None:  # pragma: no cover - only for a standard deviation of hundreds of points
-        return ""
-    ok = [r for r in rows if r["setting"] == setting and r["phase"] == "final"
-          and r["status"] == "ok"]  # fmt: skip
+    q = 0.5 + verdict.CONFIDENCE / 2
+    need = next(k for k in itertools.count(2) if t_quantile(q, k - 1) * sd / math.sqrt(k) <= target)
+    ok = verdict.finished(rows, setting)
     methods = {r["method"] for r in ok}
     seconds = [r["seconds"] for r in ok if not math.isnan(r["seconds"])]
     per_run = sum(seconds) / len(seconds) if seconds else math.nan
     more = max(0, need - have) * len(methods)
+    total = more * per_run
+    cost = f"{total / 3600:.1f} CPU-hours" if total >= 3600 else f"{total / 60:.0f} CPU-minutes"
     return (
         f"What ±{target:g} points against {label(family)} would cost in {setting}: the widest "
         f"paired standard deviation here is {sd:.2f} points ({label(widest['method'])}), so about "
         f"{need} paired seeds instead of {have}, i.e. {more} more runs of the {len(methods)} "
-        f"methods at about {per_run:.0f} s each on this machine: about "
-        + (
-            f"{more * per_run / 3600:.1f} CPU-hours."
-            if more * per_run >= 3600
-            else f"{more * per_run / 60:.0f} CPU-minutes."
-        )  # fmt: skip
+        f"methods at about {per_run:.0f} s each on this machine: about {cost}."
     )
 
 
 def recipe_table(recipes: Recipes | None, setting: str) -> str:
     """The recipes of ``setting`` and their flags (a Markdown table; ``""`` without recipes)."""
-    mine = (recipes.settings.get(setting, {}) if recipes is not None else {}).items()
+    mine = _recipes_in(recipes, setting)
     if not mine:
         return ""
 
     def span(pair: tuple[float, float]) -> str:
         return f"{pair[0]:g} to {pair[1]:g}"
 
-    lines = [
-        "| method | recipe | searched | extended | at the edge | selection score | trials |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method, r in sorted(mine, key=lambda kv: _method_order(kv[0])):
-        lines.append(
-            f"| {label(method)} | {describe_params(dict(r.params))}"
-            + ("" if r.run_params else " (its defaults)")
-            + " | "
-            + ", ".join(f"{k} {span(v)}" for k, v in sorted(r.space.items()))
-            + " | "
-            + "; ".join(
-                f"{k}: " + " then ".join(span(x) for x in v) for k, v in sorted(r.extended.items())
-            )  # fmt: skip
-            + f" | {', '.join(r.at_edge) or 'none'} | "
-            + ("" if r.selection_score is None else f"{r.selection_score:.4g}")
-            + f" | {'' if r.trials is None else r.trials} |"
+    rows = []
+    for method, r in mine:
+        extended = (f"{k}: " + " then ".join(map(span, v)) for k, v in sorted(r.extended.items()))
+        rows.append(
+            [
+                label(method),
+                describe_params(dict(r.params)) + ("" if r.run_params else " (its defaults)"),
+                ", ".join(f"{k} {span(v)}" for k, v in sorted(r.space.items())),
+                "; ".join(extended),
+                ", ".join(r.at_edge) or "none",
+                "" if r.selection_score is None else f"{r.selection_score:.4g}",
+                "" if r.trials is None else str(r.trials),
+            ]
         )
-    return "\n".join(lines)
+    header = "method | recipe | searched | extended | at the edge | selection score | trials"
+    return verdict.markdown_table(header, rows)
 
 
 def recipe_flags(recipes: Recipes | None, setting: str) -> str:
     """One sentence: which recipes sit at the edge of their range, which ranges were extended."""
-    mine = recipes.settings.get(setting, {}) if recipes is not None else {}
+    mine = _recipes_in(recipes, setting)
     if not mine:
         return ""
-    order = sorted(mine, key=_method_order)
-    edge = [f"{label(m)} ({', '.join(mine[m].at_edge)})" for m in order if mine[m].at_edge]
-    ext = [f"{label(m)} ({', '.join(sorted(mine[m].extended))})" for m in order
-           if mine[m].extended]  # fmt: skip
+    edge = [f"{label(m)} ({', '.join(r.at_edge)})" for m, r in mine if r.at_edge]
+    ext = [f"{label(m)} ({', '.join(sorted(r.extended))})" for m, r in mine if r.extended]
     text = (
         "At the edge of its range (the best value may lie beyond it, so that recipe is a bound, "
         f"not an optimum): {', '.join(edge)}." if edge else "No recipe sits at the edge of its "
@@ -284,22 +226,21 @@ def defaults_table(
     setting: str,
 ) -> str:
     """The out-of-the-box table: each method at its defaults, against KD, and tuning's gain."""
-    finals = [r for r in rows if (r["setting"], r["phase"], r["status"]) == (setting, "final",
-              "ok")]  # fmt: skip
-    lines = [
-        "| method | seeds | top-1 % at the defaults | Δ vs KD at the defaults (95% CI) "
-        "| tuned − defaults (95% CI) |",
-        "|---|---|---|---|---|",
-    ]
-
+    finals = verdict.finished(rows, setting)
+    header = (
+        "method | seeds | top-1 % at the defaults | Δ vs KD at the defaults (95% CI) "
+        "| tuned − defaults (95% CI)"
+    )
+    lines = []
     for method in sorted({r["method"] for r in finals}, key=_method_order):
-        mean, std, n = column_stats([r for r in finals if r["method"] == method], "acc", 100)
-        kd = _find(defaults_entries, setting=setting, family=HEADLINE_BASELINE, method=method,
-                   metric="acc")  # fmt: skip
-        gain = _find(tuning, setting=setting, method=method, metric="acc")
-        lines.append(f"| {label(method)} | {n} | {pm(mean, std, 1)} | {_cell(kd, fragile=True)} | "
-                     f"{_cell(gain, fragile=True) if gain else 'not tuned'} |")  # fmt: skip
-    return "\n".join(lines)
+        mean, std, n = verdict.column_stats(verdict.finished(finals, method=method), "acc", 100)
+        kd = verdict.find_entry(defaults_entries, setting=setting, family=HEADLINE_BASELINE,
+                                method=method, metric="acc")  # fmt: skip
+        gain = verdict.find_entry(tuning, setting=setting, method=method, metric="acc")
+        gain_cell = verdict.interval_cell(gain, fragile=True) if gain else "not tuned"
+        kd_cell = verdict.interval_cell(kd, fragile=True)
+        lines.append([label(method), str(n), pm(mean, std, 1), kd_cell, gain_cell])
+    return verdict.markdown_table(header, lines)
 
 
 def out_of_the_box(
@@ -321,45 +262,49 @@ def out_of_the_box(
     ran = any((r["setting"], r["phase"], r["params"]) == (setting, "final", "{}")
               and r["method"] in tuned_here for r in rows)  # fmt: skip
     if tuned_here and not ran:
-        parts += ["The tuned methods' paper-default runs are not in this folder (`--no-defaults`, "
-                  "or no `default_seeds` in this setting): no out-of-the-box table.", ""]  # fmt: skip
+        parts += verdict.paragraphs(
+            "The tuned methods' paper-default runs are not in this folder (`--no-defaults`, or no "
+            "`default_seeds` in this setting): no out-of-the-box table."
+        )
     if ran:
         base = arm_rows(rows, recipes, "defaults")
-        entries = mark_fragile(comparisons(base), *_second(second, recipes, "defaults"))
-        tuning = mark_fragile(tuning_comparisons(rows, recipes), *_second(second, recipes, None))
+        entries = _marked(verdict.comparisons(base), second, recipes, "defaults")
+        tuning = _marked(tuning_comparisons(rows, recipes), second, recipes, None)
         methods = sorted({r["method"] for r in base if r["setting"] == setting
                           and r["phase"] == "final"}, key=_method_order)  # fmt: skip
-        lead = (
+        top1 = verdict.select(entries, setting=setting, metric="acc")
+        parts += verdict.paragraphs(
             "**Out of the box**: every method at its paper defaults (the tuned methods on the "
             "first seeds only); `*` marks a difference that survives Holm's correction and is "
             "not fragile."
+            if brief
+            else "### Out of the box: every method at its paper defaults",
+            verdict.verdict_paragraph(entries, setting) if top1 and not brief else "",
+            defaults_table(base, entries, tuning, setting),
+            "" if brief else "### What tuning does to the comparison",
+            tuning_paragraph(tuning, entries, tuned_entries, setting, recipes, methods),
         )
-        parts += (
-            [lead, ""] if brief else ["### Out of the box: every method at its paper defaults", ""]
-        )
-        if not brief and any(e["setting"] == setting and e["metric"] == "acc" for e in entries):
-            parts += [verdict_paragraph(entries, setting), ""]
-        parts += [defaults_table(base, entries, tuning, setting), ""]
-        parts += [] if brief else ["### What tuning does to the comparison", ""]
-        parts += [tuning_paragraph(tuning, entries, tuned_entries, setting, recipes, methods), ""]
-    flags, table = recipe_flags(recipes, setting), recipe_table(recipes, setting)
+    table, flags = recipe_table(recipes, setting), recipe_flags(recipes, setting)
     if table and brief:
-        parts += [flags, ""]
+        parts += verdict.paragraphs(flags)
     elif table:
-        parts += ["### The recipes (`meta.json`)", "", flags, "", table, ""]
+        parts += verdict.paragraphs("### The recipes (`meta.json`)", flags, table)
     return parts
 
 
-def _second(
-    second: tuple[Sequence[dict[str, Any]], str] | None, recipes: Recipes | None, arm: str | None
-) -> tuple[list[dict[str, Any]] | None, str]:
-    """The second run set's entries of one arm (``None``: its tuning comparisons), and its name."""
+def _marked(
+    entries: list[dict[str, Any]], second: tuple | None, recipes: Recipes | None, arm: str | None
+) -> list[dict[str, Any]]:
+    """``entries`` of one arm (``None``: the tuning comparisons) marked fragile
+    (:func:`~.verdict.mark_fragile`), against the second run set's of the same arm if any."""
     if second is None:
-        return None, ""
+        return verdict.mark_fragile(entries)
     rows, name = second
     if arm is None:
-        return tuning_comparisons(rows, recipes), name
-    return comparisons(arm_rows(rows, recipes, arm)), name
+        theirs = tuning_comparisons(rows, recipes)
+    else:
+        theirs = verdict.comparisons(arm_rows(rows, recipes, arm))
+    return verdict.mark_fragile(entries, theirs, name)
 
 
 def recipe_status(recipes: Recipes | None, setting: str, method: str) -> str:
@@ -373,23 +318,16 @@ def recipe_status(recipes: Recipes | None, setting: str, method: str) -> str:
 def headline_note(recipes: Recipes | None, setting: str, methods: Sequence[str]) -> str:
     """The sentence before a setting's tuned verdict: which methods run at a recipe."""
     status = {m: recipe_status(recipes, setting, m) for m in methods}
-    groups = {s: [label(m) for m in methods if status[m] == s]
-              for s in ("tuned", "tuned: its defaults", "not tuned")}  # fmt: skip
-    if not groups["tuned"] and not groups["tuned: its defaults"]:
+    tuned, defaults, untuned = (", ".join(label(m) for m in methods if status[m] == s)
+                                for s in ("tuned", "tuned: its defaults", "not tuned"))  # fmt: skip
+    if not tuned and not defaults:
         return (
             "**Not tuned**: no method has a recipe in this setting, so every method runs at its "
             "paper defaults."
         )
-    text = (
-        "**Tuned against tuned**: every method at its tuned recipe (the table *The recipes* below)"
-    )
-    if groups["tuned: its defaults"]:
-        text += (
-            f"; the tuning chose the paper defaults for {', '.join(groups['tuned: its defaults'])}"
-        )
-    if groups["not tuned"]:
-        text += f"; not tuned, at their paper defaults: {', '.join(groups['not tuned'])}"
-    text += "."
+    text = "**Tuned against tuned**: every method at its tuned recipe (the table *The recipes* "
+    text += "below)" + (f"; the tuning chose the paper defaults for {defaults}" if defaults else "")
+    text += (f"; not tuned, at their paper defaults: {untuned}" if untuned else "") + "."
     combos = [m for m in methods if CONTROLS.get(m) == HEADLINE_BASELINE and m in CONTROL_WEIGHTS]
     if combos and status.get(HEADLINE_BASELINE) == "tuned":
         text += (
@@ -409,6 +347,17 @@ def headline_rows(rows: Sequence[dict[str, Any]], recipes: Recipes | None) -> li
             r = dict(r, recipe=recipe_status(recipes, r["setting"], r["method"]))
         out.append(r)
     return out
+
+
+def headline_entries(
+    rows: Sequence[dict[str, Any]], recipes: Recipes | None, second: tuple | None
+) -> list[dict[str, Any]]:
+    """:func:`~.verdict.comparisons` of the headline ``rows``; with recipes, marked fragile
+    (:func:`~.verdict.mark_fragile`) against ``second`` (:func:`second_run_set`)."""
+    entries = verdict.comparisons(rows)
+    if recipes is None:
+        return entries
+    return _marked(entries, second, recipes, "tuned")
 
 
 def second_run_set(folder: str | Path) -> tuple[list[dict[str, Any]], str] | None:
