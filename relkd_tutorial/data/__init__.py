@@ -10,8 +10,6 @@ crop, flip and normalise whole batches on the device; an epoch is a pure functio
 # ruff: noqa: F401 - the imports below are the subpackage's public names
 
 from .custom import (
-    DEFAULT_MAX_BYTES,
-    EpochSampler,
     ImageStream,
     from_torchvision,
     image_folder,
@@ -25,15 +23,11 @@ from .datasets import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     FASHION_MNIST_SUBSET_FILE,
-    RESTORE_SHIPPED,
-    SHIPPED_DATA_FOLDER,
     ChecksumError,
     data_dir,
     find_idx_folder,
     load_cifar100,
     load_fashion_mnist,
-    read_fashion_mnist_idx,
-    read_idx,
     read_sha256sums,
     sha256_of,
     shipped_data_dir,
@@ -42,9 +36,6 @@ from .datasets import (
 from .imageset import Batch, ImageSet
 from .loader import (
     TensorLoader,
-    crop_and_flip_padded,
-    epoch_generator,
-    normalization_affine,
     normalize,
 )
 from .splits import (

@@ -17,8 +17,6 @@ from .ranking import (
 
 # --- RRD and REFILLED (embedding-based relational losses) ---
 from .refilled import (
-    batch_classes,
-    centre_labels,
     class_centres,
     mine_triplets,
     refilled_classifier_kl,
@@ -26,8 +24,6 @@ from .refilled import (
 )
 from .rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss
 from .rrd import (
-    EmbeddingQueue,
-    ProjectionHead,
     RRDLoss,
     rrd_decomposition,
     rrd_log_probs,

@@ -13,7 +13,6 @@ from .base import (
     Stage,
     StepInputs,
     supervised_cross_entropy,
-    with_total,
 )
 from .compose import RRDKD, GRKDWithKD, WithKD, with_kd
 from .embedding import RRD, Refilled
@@ -22,7 +21,6 @@ from .logit_relation import (
     GRKD,
     KD,
     RKD,
-    RKD_CONVENTIONS,
     ListwiseRank,
     PseudoLabel,
     RKDAngle,
