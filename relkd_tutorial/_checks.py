@@ -10,9 +10,11 @@ dtype (:func:`loss_dtype`) and their module form (:class:`LossModule`) are here 
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -265,10 +267,21 @@ def check_non_negative_int(name: str, value: object) -> int:
 
 class LossModule(nn.Module):
     """Module form of a loss ``fn(student_logits, teacher_logits, **options)``: a subclass sets
-    ``fn`` and the names of its ``options`` and checks their values in ``__init__``."""
+    ``fn`` and ``checks``, one checker per option. The constructor takes ``fn``'s options (by
+    position or name, with ``fn``'s defaults) and checks each when the module is built."""
 
     fn: Callable[..., Tensor]
-    options: tuple[str, ...] = ()
+    checks: dict[str, Callable[[str, Any], Any]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        params = list(inspect.signature(self.fn).parameters.values())[2:]  # after the two tensors
+        plain = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params]
+        bound = inspect.Signature(plain).bind(*args, **kwargs)
+        bound.apply_defaults()
+        self.options = tuple(bound.arguments)
+        for name, value in bound.arguments.items():
+            setattr(self, name, self.checks[name](name, value))
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         kwargs = {name: getattr(self, name) for name in self.options}

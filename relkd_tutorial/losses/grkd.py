@@ -178,17 +178,9 @@ class GRKDLoss(LossModule):
     """Module form of :func:`grkd_loss` holding its options."""
 
     fn = staticmethod(grkd_loss)
-    options = ("temperature", "top_k", "weighting", "reduction")
-
-    def __init__(
-        self,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        weighting: str = "uniform",
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.top_k = check_optional_count("top_k", top_k)
-        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+    checks = {
+        "temperature": check_positive,
+        "top_k": check_optional_count,
+        "weighting": lambda name, value: check_choice(name, value, WEIGHTINGS),
+        "reduction": lambda name, value: check_choice(name, value, REDUCTIONS),
+    }
