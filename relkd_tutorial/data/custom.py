@@ -11,6 +11,7 @@ are given or computed from the decoded pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import warnings
 from collections.abc import Iterator, Sequence
@@ -115,6 +116,7 @@ def _class_names(dataset: Any, labels: Tensor, class_names: Sequence[str] | None
     return [str(c) for c in class_names]
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class ImageStream(Dataset):
     """A dataset too big for memory, decoded image by image: item ``i`` is ``(x, y, i)``.
 
@@ -124,25 +126,20 @@ class ImageStream(Dataset):
     (in a ``DataLoader`` worker: the worker's seed).
     """
 
-    def __init__(
-        self,
-        dataset: Any,
-        labels: Tensor,
-        class_names: list[str],
-        decoder: _Decoder,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        name: str,
-        *,
-        augment: bool = False,
-        crop_padding: int = 4,
-    ) -> None:
-        self.dataset, self.labels, self.class_names = dataset, labels, class_names
-        self.decoder, self.mean, self.std, self.name = decoder, mean, std, name
-        self.augment, self.crop_padding = (
-            bool(augment),
-            check_non_negative_int("crop_padding", crop_padding),
-        )
+    dataset: Any
+    labels: Tensor
+    class_names: list[str]
+    decoder: _Decoder
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+    _: dataclasses.KW_ONLY
+    augment: bool = False
+    crop_padding: int = 4
+
+    def __post_init__(self) -> None:
+        self.augment = bool(self.augment)
+        self.crop_padding = check_non_negative_int("crop_padding", self.crop_padding)
 
     @property
     def num_classes(self) -> int:
@@ -153,10 +150,7 @@ class ImageStream(Dataset):
 
     def with_augmentation(self, augment: bool = True, crop_padding: int = 4) -> ImageStream:
         """The same images, with or without the random crop and flip."""
-        return ImageStream(
-            self.dataset, self.labels, self.class_names, self.decoder, self.mean, self.std,
-            self.name, augment=augment, crop_padding=crop_padding,
-        )  # fmt: skip
+        return dataclasses.replace(self, augment=augment, crop_padding=crop_padding)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         pixels = self.decoder(self.dataset[i][0], i)  # (C, H, W) uint8
