@@ -10,9 +10,9 @@ fidelity asks whether the student reproduces the teacher's *relations*, whatever
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -145,7 +145,7 @@ def distance_matrix_correlation(
     return float((d_t * d_s).sum() / (d_t.square().sum() * d_s.square().sum()).sqrt())
 
 
-@dataclass
+@dataclasses.dataclass
 class Outputs:
     """A model's outputs over a whole loader, on the CPU, in loader order."""
 
@@ -171,33 +171,22 @@ def collect_outputs(
     device = module_device(model) if device is None else device
     was_training = model.training
     model.eval()
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("f", "z", "y", "i", "tf", "tz")}
+    parts: dict[str, list[Tensor]] = {f.name: [] for f in dataclasses.fields(Outputs)}
     try:
         for item in loader:
             batch = as_batch(item, device)
             f, z = split_outputs(model(batch.x), "model")
-            parts["f"].append(f.float().cpu())
-            parts["z"].append(z.float().cpu())
-            parts["y"].append(batch.y.cpu())
-            if batch.index is not None:
-                parts["i"].append(batch.index.cpu())
+            got = {"features": f.float(), "logits": z.float(), "labels": batch.y}
+            got["index"] = batch.index
             if teacher is not None:
-                tf, tz = teacher_outputs(teacher, batch)
-                parts["tf"].append(tf.cpu())
-                parts["tz"].append(tz.cpu())
+                got["teacher_features"], got["teacher_logits"] = teacher_outputs(teacher, batch)
+            for key, value in got.items():
+                if value is not None:
+                    parts[key].append(value.cpu())
     finally:
         model.train(was_training)
-    if not parts["y"]:
+    if not parts["labels"]:
         raise ValueError("collect_outputs got an empty loader")
-
-    def cat(key: str) -> Tensor | None:
-        return torch.cat(parts[key]) if parts[key] and len(parts[key]) == len(parts["y"]) else None
-
-    return Outputs(
-        features=torch.cat(parts["f"]),
-        logits=torch.cat(parts["z"]),
-        labels=torch.cat(parts["y"]),
-        index=cat("i"),
-        teacher_features=cat("tf"),
-        teacher_logits=cat("tz"),
-    )
+    # a field is None unless every batch had it (index, the teacher's outputs)
+    full = {k: torch.cat(v) for k, v in parts.items() if v and len(v) == len(parts["labels"])}
+    return Outputs(**full)

@@ -186,9 +186,7 @@ class TeacherCache:
 
     def to(self, device: torch.device | str) -> TeacherCache:
         """A copy on ``device`` (the tensors are not copied if they are already there)."""
-        return TeacherCache(
-            self.features.to(device), self.logits.to(device), self.labels.to(device)
-        )
+        return TeacherCache(*(t.to(device) for t in (self.features, self.logits, self.labels)))
 
     def lookup(self, index: Tensor | None) -> tuple[Tensor, Tensor]:
         """Rows ``index`` of the cache: ``(features (B, D_T), logits (B, C_T))`` on ``index``'s
@@ -216,9 +214,7 @@ class TeacherCache:
 
     def setup_data(self) -> SetupData:
         """The whole cache as the :class:`SetupData` a ``needs_setup`` method receives."""
-        return SetupData(
-            teacher_features=self.features, teacher_logits=self.logits, labels=self.labels
-        )
+        return SetupData(self.features, self.logits, self.labels)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"features": self.features, "logits": self.logits, "labels": self.labels}

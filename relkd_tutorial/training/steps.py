@@ -69,18 +69,8 @@ def make_step_inputs(
             "train the student; return the features without .detach()",
             stacklevel=3,
         )
-    return StepInputs(
-        student_features=_at_least_float32(features),  # (B, D_S)
-        student_logits=_at_least_float32(logits),  # (B, C_S)
-        labels=batch.y,  # (B,)
-        teacher_features=teacher_features,  # (B, D_T) or None
-        teacher_logits=teacher_logits,  # (B, C_T) or None
-        index=batch.index,  # (B,) or None
-    )
-
-
-def _at_least_float32(x: Tensor) -> Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    f, z = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (features, logits))
+    return StepInputs(f, z, batch.y, teacher_features, teacher_logits, batch.index)
 
 
 @torch.no_grad()
