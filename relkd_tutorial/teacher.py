@@ -43,18 +43,14 @@ def as_batch(item: object, device: torch.device | str | None = None) -> Batch:
         raise TypeError(
             f"batch x and y must be tensors, got {type(x).__name__} and {type(y).__name__}"
         )
-    if index is not None:
-        index = torch.as_tensor(index)
+    index = None if index is None else torch.as_tensor(index)
     _check_batch(x, y, index)
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if index is not None:
-            index = index.to(device, non_blocking=True)
-    y = y.long()
-    if index is not None:
-        index = index.long()
-    return Batch(x=x, y=y, index=index)  # type: ignore[arg-type]  # index may be None
+
+    def move(t: Tensor) -> Tensor:
+        return t if device is None else t.to(device, non_blocking=True)
+
+    index = None if index is None else move(index).long()
+    return Batch(x=move(x), y=move(y).long(), index=index)  # type: ignore[arg-type]  # may be None
 
 
 def _check_batch(x: Tensor, y: Tensor, index: Tensor | None) -> None:
