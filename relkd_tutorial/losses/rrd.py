@@ -44,20 +44,6 @@ from ..relations import cosine_similarity_matrix, unit_rows
 UPDATE_ORDERS = ("after", "before")
 
 
-def _check_rrd_inputs(
-    student_emb: object, teacher_emb: object, queue: object, tau_s: float, tau_t: float
-) -> None:
-    s = check_float_tensor("student_emb", student_emb, 2, "(B, d)")
-    t = check_float_tensor("teacher_emb", teacher_emb, 2, "(B, d)")
-    q = check_float_tensor("queue", queue, 2, "(K, d)")
-    check_same_shape("student_emb", s, "teacher_emb", t)
-    check_same_width("student_emb", s, "queue", q)
-    check_same_device("student_emb", s, "teacher_emb", t)
-    check_same_device("student_emb", s, "queue", q)
-    check_positive("tau_s", tau_s)
-    check_positive("tau_t", tau_t)
-
-
 def _log_probs(
     student_emb: Tensor, teacher_emb: Tensor, queue: Tensor, tau_s: float, tau_t: float
 ) -> tuple[Tensor, Tensor]:
@@ -93,8 +79,14 @@ def rrd_log_probs(
     ``student_emb`` ``s`` and ``teacher_emb`` ``u`` are ``(B, d)``, ``queue`` ``q`` is ``(K, d)``;
     the teacher side and the queue carry no gradient. Float32 or wider.
     """
-    _check_rrd_inputs(student_emb, teacher_emb, queue, tau_s, tau_t)
-    return _log_probs(student_emb, teacher_emb, queue, tau_s, tau_t)
+    s = check_float_tensor("student_emb", student_emb, 2, "(B, d)")
+    t = check_float_tensor("teacher_emb", teacher_emb, 2, "(B, d)")
+    q = check_float_tensor("queue", queue, 2, "(K, d)")
+    check_same_shape("student_emb", s, "teacher_emb", t)
+    check_same_width("student_emb", s, "queue", q)
+    check_same_device("student_emb", s, "teacher_emb", t)
+    check_same_device("student_emb", s, "queue", q)
+    return _log_probs(s, t, q, check_positive("tau_s", tau_s), check_positive("tau_t", tau_t))
 
 
 def rrd_loss(

@@ -12,6 +12,7 @@ checkpoint). Every entry but ``"loss"`` is a *weighted* contribution, and they s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -154,6 +155,17 @@ class Method(nn.Module):
             self._after_ce = None
             _weighted(terms, name, weight, compute)
         return terms
+
+    def _logit_terms(
+        self, inputs: StepInputs, *losses: tuple[str, float, Callable[[Tensor, Tensor], Tensor]]
+    ) -> dict[str, Tensor]:
+        """:meth:`_ce_terms`, then each ``(name, weight, loss)`` as ``weight * loss(z, t)`` on the
+        student's and the teacher's logits (a weight of 0: not computed), and ``"loss"``."""
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        terms = self._ce_terms(inputs)
+        for name, weight, loss in losses:
+            _weighted(terms, name, weight, functools.partial(loss, z, t))
+        return _total(terms, z)
 
     def forward(self, inputs: StepInputs) -> dict[str, Tensor]:
         return self.loss_terms(inputs)
