@@ -376,14 +376,13 @@ def semi_hard_triplets(
     # A candidate that is not a negative of the anchor gets d_an = -inf, so its gap fails "> 0".
     d_an = torch.where(negative, dist, torch.full_like(dist, float("-inf")))  # (B, B)
     step = max(1, _TRIPLET_CHUNK // max(1, b))
-    found: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    found: list[tuple[Tensor, Tensor, Tensor]] = []
     for start in range(0, anchor.shape[0], step):
         a, p = anchor[start : start + step], pos[start : start + step]  # (P',)
         gap = d_an[a] - dist[a, p][:, None]  # (P', B)  [pair, n] = d_an - d_ap
         pair, n = ((gap > 0) & (gap <= margin)).nonzero(as_tuple=True)  # (T',) each
-        for out, idx in zip(found, (a[pair], p[pair], n), strict=True):
-            out.append(idx)
-    if not found[0]:
+        found.append((a[pair], p[pair], n))
+    if not found:
         return tuple(labels.new_zeros(0, dtype=torch.long) for _ in range(3))  # type: ignore[return-value]
-    a, p, n = (torch.cat(idx) if len(idx) > 1 else idx[0] for idx in found)  # (T,) each
+    a, p, n = (torch.cat(idx) if len(idx) > 1 else idx[0] for idx in zip(*found, strict=True))
     return a, p, n

@@ -283,11 +283,10 @@ class TeacherCache:
                 f"the loader's indices leave {missing} of {n} rows of the cache empty; build the "
                 "cache over the whole data set (indices 0..N-1), un-augmented and without drop_last"
             )
-        out_f = feats.new_zeros(n, feats.shape[1])  # (N, D_T)
-        out_z = logits.new_zeros(n, logits.shape[1])  # (N, C_T)
-        out_y = labels.new_zeros(n)  # (N,)
-        out_f[index], out_z[index], out_y[index] = feats, logits, labels
-        return cls(out_f, out_z, out_y)
+        rows = [t.new_zeros(n, *t.shape[1:]) for t in (feats, logits, labels)]  # (N, ...) each
+        for out, t in zip(rows, (feats, logits, labels), strict=True):
+            out[index] = t
+        return cls(*rows)
 
 
 def module_device(module: nn.Module) -> torch.device:
