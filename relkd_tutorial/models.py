@@ -78,10 +78,7 @@ class PlainCNN(FeatureClassifier):
     """
 
     def __init__(
-        self,
-        widths: tuple[tuple[int, ...], ...],
-        num_classes: int = 10,
-        in_channels: int = 1,
+        self, widths: tuple[tuple[int, ...], ...], num_classes: int = 10, in_channels: int = 1
     ) -> None:
         layers: list[nn.Module] = []
         c = in_channels

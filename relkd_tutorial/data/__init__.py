@@ -9,12 +9,7 @@ crop, flip and normalise whole batches on the device; an epoch is a pure functio
 
 # ruff: noqa: F401 - the imports below are the subpackage's public names
 
-from .custom import (
-    ImageStream,
-    from_torchvision,
-    image_folder,
-    image_loader,
-)
+from .custom import ImageStream, from_torchvision, image_folder, image_loader
 from .datasets import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -34,10 +29,7 @@ from .datasets import (
     verify_sha256,
 )
 from .imageset import Batch, ImageSet
-from .loader import (
-    TensorLoader,
-    normalize,
-)
+from .loader import TensorLoader, normalize
 from .splits import (
     cross_task_split,
     labelled_subset,

@@ -280,10 +280,7 @@ def _fashion_pair(arrays: Any, name: str) -> tuple[ImageSet, ImageSet]:
 
 
 def load_cifar100(
-    root: str | Path | None = None,
-    download: bool = False,
-    *,
-    dataset_class: type | None = None,
+    root: str | Path | None = None, download: bool = False, *, dataset_class: type | None = None
 ) -> tuple[ImageSet, ImageSet]:
     """CIFAR-100 as ``(train, test)`` :class:`ImageSet` s of ``(N, 3, 32, 32)`` uint8 RGB images.
 

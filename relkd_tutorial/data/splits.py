@@ -78,11 +78,7 @@ def partially_labelled(data: ImageSet, n_per_class: int, *, seed: int = 0) -> Im
 
 
 def split_validation(
-    data: ImageSet,
-    *,
-    per_class: int | None = None,
-    fraction: float | None = None,
-    seed: int = 0,
+    data: ImageSet, *, per_class: int | None = None, fraction: float | None = None, seed: int = 0
 ) -> tuple[ImageSet, ImageSet]:
     """Carve a stratified validation set out of a training set: ``(train, val)``.
 

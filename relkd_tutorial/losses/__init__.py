@@ -16,16 +16,6 @@ from .ranking import (
 )
 
 # --- RRD and REFILLED (embedding-based relational losses) ---
-from .refilled import (
-    class_centres,
-    mine_triplets,
-    refilled_classifier_kl,
-    refilled_embedding_loss,
-)
+from .refilled import class_centres, mine_triplets, refilled_classifier_kl, refilled_embedding_loss
 from .rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss
-from .rrd import (
-    RRDLoss,
-    rrd_decomposition,
-    rrd_log_probs,
-    rrd_loss,
-)
+from .rrd import RRDLoss, rrd_decomposition, rrd_log_probs, rrd_loss

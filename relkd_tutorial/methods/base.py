@@ -20,12 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import (
-    check_float_tensor,
-    check_labels,
-    full_precision,
-    loss_dtype,
-)
+from .._checks import check_float_tensor, check_labels, full_precision, loss_dtype
 
 
 @dataclass

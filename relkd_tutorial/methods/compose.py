@@ -88,10 +88,7 @@ class WithKD(Method):
 
 
 def with_kd(
-    method: Method,
-    kd_weight: float = 1.0,
-    temperature: float = 4.0,
-    ce_weight: float | None = None,
+    method: Method, kd_weight: float = 1.0, temperature: float = 4.0, ce_weight: float | None = None
 ) -> WithKD:
     """``method`` + ``kd_weight * L_KD(temperature)``; ``ce_weight`` (if given) replaces the
     method's CE weight (e.g. ``with_kd(GRKD(), 0.9, ce_weight=0.1)``: KD's 0.1 / 0.9 + GRKD)."""

@@ -18,14 +18,7 @@ from ..losses.grkd import GRKDLoss
 from ..losses.kd import kd_loss
 from ..losses.ranking import ListwiseRankLoss, SoftPairwiseRankLoss
 from ..losses.rkd import rkd_angle_loss, rkd_distance_loss
-from .base import (
-    Method,
-    StepInputs,
-    _teacher,
-    _total,
-    _weighted,
-    masked_cross_entropy,
-)
+from .base import Method, StepInputs, _teacher, _total, _weighted, masked_cross_entropy
 
 
 class KD(Method):

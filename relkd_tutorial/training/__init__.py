@@ -6,10 +6,7 @@
 
 # ruff: noqa: F401 - the imports below are the subpackage's public names
 
-from .checkpoint import (
-    load_checkpoint,
-    save_checkpoint,
-)
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, resolve_device
 from .diagnostics import gradient_shares, term_gradient_norms
 from .loop import fit
