@@ -267,18 +267,11 @@ def from_torchvision(
     return ImageStream(dataset, labels, names, decoder, mean_t, std_t, name)
 
 
-def image_folder(
-    root: str | Path,
-    *,
-    size: int | Sequence[int] | None = None,
-    channels: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> ImageSet | ImageStream:
+def image_folder(root: str | Path, **options: Any) -> ImageSet | ImageStream:
     """A folder with one sub-folder of images per class (``root/<class>/<image>``) as
-    :func:`from_torchvision` returns it (torchvision's ``ImageFolder``: classes in sorted order,
-    every image read as RGB; pass ``channels=1`` for grayscale).
+    :func:`from_torchvision` returns it, with its options (``size``, ``channels``, ``mean``,
+    ``std``, ``max_bytes``); torchvision's ``ImageFolder``: classes in sorted order, every image
+    read as RGB (pass ``channels=1`` for grayscale), ``name`` the folder's.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder, or holds no class folder with an image.
@@ -295,10 +288,7 @@ def image_folder(
             f"{root} holds no images in the expected layout root/<class name>/<image file> "
             f"(one sub-folder per class; extensions .png, .jpg, ...): {err}"
         ) from None
-    return from_torchvision(
-        dataset, size=size, channels=channels, mean=mean, std=std, name=root.name,
-        max_bytes=max_bytes,
-    )  # fmt: skip
+    return from_torchvision(dataset, name=root.name, **options)
 
 
 class EpochSampler(Sampler[int]):
