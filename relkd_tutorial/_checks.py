@@ -54,11 +54,9 @@ def input_checks(enabled: bool, *, every_step: bool = False) -> Iterator[None]:
 def training_checks() -> Iterator[Callable[[], None]]:
     """What the training loop enters: the checks as they are for its first step; the function it
     gives, called after a step, turns them off unless ``every_step``. Restored at the end."""
-    previous = _FINITE_CHECKS, _EVERY_STEP
-    try:
-        yield lambda: set_input_checks(previous[0] and previous[1], every_step=previous[1])
-    finally:
-        set_input_checks(previous[0], every_step=previous[1])
+    enabled, every_step = _FINITE_CHECKS, _EVERY_STEP
+    with input_checks(enabled, every_step=every_step):
+        yield lambda: set_input_checks(enabled and every_step, every_step=every_step)
 
 
 def check_float_tensor(name: str, x: object, ndim: int, shape_doc: str) -> Tensor:
