@@ -10,6 +10,7 @@ dtype (:func:`loss_dtype`) and their module form (:class:`LossModule`) are here 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import numbers
 from collections.abc import Callable, Iterator
@@ -234,10 +235,7 @@ def loss_dtype(*tensors: Tensor) -> torch.dtype:
     """The dtype a loss computes in: the widest input dtype, never below float32 (temperatures such
     as ``1/0.04`` amplify bf16's ~3 significant digits into visible errors).
     """
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
 
 
 @contextmanager

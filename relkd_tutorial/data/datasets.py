@@ -77,9 +77,7 @@ def shipped_data_dir() -> Path:
 def data_dir() -> Path:
     """The folder holding the shipped data: ``$RELKD_DATA_DIR`` if set, else :func:`shipped_data_dir`."""
     override = os.environ.get("RELKD_DATA_DIR")
-    if override:
-        return Path(override).expanduser()
-    return shipped_data_dir()
+    return Path(override).expanduser() if override else shipped_data_dir()
 
 
 def sha256_of(path: str | Path) -> str:

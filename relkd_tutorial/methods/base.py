@@ -194,6 +194,4 @@ def _weighted(
 
 def _total(terms: dict[str, Tensor], student_logits: Tensor) -> dict[str, Tensor]:
     """``with_total(terms)``; if every weight was 0, a zero ``"loss"`` that still has a graph."""
-    if not terms:
-        return {"loss": 0.0 * student_logits.sum()}
-    return with_total(terms)
+    return with_total(terms) if terms else {"loss": 0.0 * student_logits.sum()}
