@@ -45,6 +45,7 @@ from . import (
     build_model,
     fit,
     resolve_device,
+    seeded,
 )
 from .teacher import run_model
 
@@ -208,8 +209,7 @@ def check_row(
         return {**row, "status": "skipped", "reason": reason}
     teacher = build_model(size.teacher, size.num_classes, 3, seed=0).to(device).eval()
     student = build_model(size.student, size.num_classes, 3, seed=1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(2)
+    with seeded(2):
         method = method_for(name, student, teacher, len(data))
     plain = TensorLoader(data, size.batch_size, shuffle=False, augment=False, device=device)
     try:

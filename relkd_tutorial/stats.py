@@ -159,9 +159,7 @@ class PairedDifference:
     @property
     def within_noise(self) -> bool:
         """True if the interval contains 0 (or there is no interval): no claim either way."""
-        if self.n < 2 or math.isnan(self.low):
-            return True
-        return self.low <= 0.0 <= self.high
+        return self.n < 2 or math.isnan(self.low) or self.low <= 0.0 <= self.high
 
 
 def paired_t_p_value(mean: float, std: float, n: int) -> float:

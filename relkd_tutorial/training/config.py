@@ -183,13 +183,10 @@ def _check_plain(name: str, value: Any) -> None:
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` -> cuda if available, else mps if available, else cpu; otherwise as given."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
     if name is None or name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     try:
         device = name if isinstance(name, torch.device) else torch.device(name)
     except RuntimeError as err:
@@ -198,8 +195,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         raise ValueError(
             f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'"
         )
-    mps = getattr(torch.backends, "mps", None)
-    if device.type == "mps" and not (mps is not None and mps.is_available()):
+    if device.type == "mps" and not has_mps:
         raise ValueError(f"device {name!r} requested but MPS is not available; use 'auto' or 'cpu'")
     if device.type == "meta":
         raise ValueError(
