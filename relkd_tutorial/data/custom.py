@@ -232,39 +232,28 @@ def from_torchvision(
     decoder = _Decoder(_size_pair(size), channels)
     name = name or type(dataset).__name__
     first = decoder(dataset[0][0], 0)  # fixes the shape every image must have
-    if n * first.numel() <= max_bytes:
-        images = torch.empty((n, *first.shape), dtype=torch.uint8)  # (N, C, H, W)
-        labels = torch.empty(n, dtype=torch.int64)
-        for i in range(n):
-            image, label = dataset[i]
-            images[i] = first if i == 0 else decoder(image, i)
-            labels[i] = _label(label, i)
-        names = _class_names(dataset, labels, class_names)
-        data = ImageSet(images, labels, names, name, mean, std)
-        if mean is None or std is None:
-            stats = data.pixel_stats()
-            data = data._replace(
-                mean=stats[0] if mean is None else mean, std=stats[1] if std is None else std
-            )
-        return data
-    # Too big: one pass for the labels (and the pixel statistics when they are not given).
+    in_memory, need_stats = n * first.numel() <= max_bytes, mean is None or std is None
+    # a stream's ImageSet (for its checks) is a view repeating the first image: no pixel copied
+    shape = (n, *first.shape)  # (N, C, H, W)
+    images = torch.empty(shape, dtype=torch.uint8) if in_memory else first.expand(shape)
     labels = torch.empty(n, dtype=torch.int64)
-    s1 = s2 = torch.zeros(first.shape[0], dtype=torch.int64)
-    m = 0
+    sums: list[Any] = [0, 0, 0]  # a stream's pixel sums S1, S2, M (pixel_sums)
     for i in range(n):
         image, label = dataset[i]
         labels[i] = _label(label, i)
-        if mean is None or std is None:
-            a, b, c = pixel_sums(decoder(image, i)[None])
-            s1, s2, m = s1 + a, s2 + b, m + c
-    names = _class_names(dataset, labels, class_names)
-    got_mean, got_std = stats_from_sums(s1, s2, m) if m else (None, None)
-    mean_t = tuple(float(v) for v in (mean if mean is not None else got_mean))  # type: ignore[union-attr]
-    std_t = tuple(float(v) for v in (std if std is not None else got_std))  # type: ignore[union-attr]
-    # the ImageSet checks (label range, one mean/std entry per channel, std > 0) on a view
-    # repeating the first image (no pixel is copied)
-    ImageSet(first.expand(n, *first.shape), labels, names, name, mean_t, std_t)
-    return ImageStream(dataset, labels, names, decoder, mean_t, std_t, name)
+        if in_memory:
+            images[i] = first if i == 0 else decoder(image, i)
+        elif need_stats:
+            sums = [a + b for a, b in zip(sums, pixel_sums(decoder(image, i)[None]), strict=True)]
+    data = ImageSet(images, labels, _class_names(dataset, labels, class_names), name, mean, std)
+    if need_stats:
+        got = data.pixel_stats() if in_memory else stats_from_sums(*sums)
+        data = data._replace(
+            mean=got[0] if mean is None else mean, std=got[1] if std is None else std
+        )
+    if in_memory:
+        return data
+    return ImageStream(dataset, labels, data.class_names, decoder, data.mean, data.std, name)  # type: ignore[arg-type]
 
 
 def image_folder(root: str | Path, **options: Any) -> ImageSet | ImageStream:
