@@ -25,7 +25,6 @@ import time
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,22 +51,11 @@ from .teacher import run_model
 QUIET = {"progress": False, "handle_signals": False}  # in every self-check run's TrainConfig
 
 
-@dataclass(frozen=True)
-class Mode:
-    """A precision / layout mode: its :class:`~relkd_tutorial.TrainConfig` knobs and tolerance."""
-
-    name: str
-    amp: str = "off"
-    channels_last: bool = False
-    compile: bool = False
-    rtol: float = 1e-4
-    atol: float = 1e-5
-
-    @property
-    def knobs(self) -> dict[str, Any]:
-        """The TrainConfig fields this mode sets."""
-        return {"amp": self.amp, "channels_last": self.channels_last, "compile": self.compile}
-
+#: A precision / layout mode: the TrainConfig fields it sets (``KNOBS``) and its tolerance.
+Mode = namedtuple(
+    "Mode", "name amp channels_last compile rtol atol", defaults=("off", False, False, 1e-4, 1e-5)
+)
+KNOBS = ("amp", "channels_last", "compile")
 
 MODES: tuple[Mode, ...] = (
     Mode("fp32"),
@@ -221,8 +209,9 @@ def check_row(
             data, size.batch_size, crop_padding=size.image_size // 8, drop_last=True,
             device=device, channels_last=mode.channels_last,
         )  # fmt: skip
+        knobs = {k: getattr(mode, k) for k in KNOBS}
         config = TrainConfig(
-            epochs=2, lr=0.01, schedule="constant", device=str(device), **mode.knobs, **QUIET
+            epochs=2, lr=0.01, schedule="constant", device=str(device), **knobs, **QUIET
         )
         _peak_mib(device, reset=True)
         history = fit(student, method, loader, config, teacher=teacher, setup_loader=plain)

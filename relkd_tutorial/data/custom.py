@@ -56,7 +56,6 @@ class _Decoder:
         if size is not None:
             steps.append(v2.Resize(size, antialias=True))
         self.transform = v2.Compose(steps)
-        self.size, self.channels = size, channels
         self.shape: tuple[int, ...] | None = None  # of the first image, which all must share
 
     def __call__(self, image: Any, i: int) -> Tensor:
