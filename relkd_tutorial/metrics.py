@@ -49,12 +49,7 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
 def per_class_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """``(C,)`` float64 accuracy of each true class, ``#{y_i = k, pred_i = k} / #{y_i = k}`` (NaN for a class with no sample)."""
     cm = confusion_matrix(logits, labels)  # (C, C)
-    support = cm.sum(dim=1).double()  # (C,)
-    return torch.where(
-        support > 0,
-        cm.diagonal().double() / support.clamp_min(1),
-        torch.full_like(support, math.nan),
-    )
+    return cm.diagonal().double() / cm.sum(dim=1).double()  # (C,); 0 / 0 = NaN without a sample
 
 
 def group_accuracy(logits: Tensor, labels: Tensor, group: Iterable[int]) -> float:
