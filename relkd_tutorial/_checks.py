@@ -87,28 +87,21 @@ def check_float_tensor(name: str, x: object, ndim: int, shape_doc: str) -> Tenso
     return x
 
 
-def check_same_batch(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    """Check that two tensors describe the same batch (same first dimension)."""
-    if a.shape[0] != b.shape[0]:
+#: What :func:`check_same` compares, per tensor.
+_ASPECTS: dict[str, Callable[[Tensor], object]] = {
+    "batch size": lambda t: t.shape[0], "shape": lambda t: tuple(t.shape),
+    "embedding width": lambda t: t.shape[-1], "device": lambda t: t.device,
+}  # fmt: skip
+
+
+def check_same(what: str, name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Check that two tensors have the same ``what``: ``"batch size"`` (first dimension),
+    ``"shape"``, ``"embedding width"`` (last dimension) or ``"device"``."""
+    get = _ASPECTS[what]
+    if get(a) != get(b):
         raise ValueError(
-            f"{name_a} and {name_b} must have the same batch size, got {a.shape[0]} and {b.shape[0]}"
-        )
-
-
-def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    """Check that two tensors have identical shapes (e.g. teacher and student logits)."""
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and "
-            f"{tuple(b.shape)}"
-        )
-
-
-def check_same_device(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    """Check that two tensors live on the same device."""
-    if a.device != b.device:
-        raise ValueError(
-            f"{name_a} is on {a.device} but {name_b} is on {b.device}; move both to one device"
+            f"{name_a} and {name_b} must have the same {what}, got {get(a)} and {get(b)} "
+            f"(shapes {tuple(a.shape)} and {tuple(b.shape)})"
         )
 
 
@@ -169,8 +162,8 @@ def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
     """
     s = check_float_tensor("student_logits", student, 2, "(B, C)")
     t = check_float_tensor("teacher_logits", teacher, 2, "(B, C)")
-    check_same_device("student_logits", s, "teacher_logits", t)
-    check_same_batch("student_logits", s, "teacher_logits", t)
+    check_same("device", "student_logits", s, "teacher_logits", t)
+    check_same("batch size", "student_logits", s, "teacher_logits", t)
     if s.shape[1] != t.shape[1]:
         raise ValueError(
             f"student_logits and teacher_logits must have the same number of classes C, got "
@@ -189,8 +182,8 @@ def check_feature_pair(
     """
     s = check_float_tensor("student_features", student, 2, "(B, D_S)")
     t = check_float_tensor("teacher_features", teacher, 2, "(B, D_T)")
-    check_same_device("student_features", s, "teacher_features", t)
-    check_same_batch("student_features", s, "teacher_features", t)
+    check_same("device", "student_features", s, "teacher_features", t)
+    check_same("batch size", "student_features", s, "teacher_features", t)
     check_min_batch("student_features", s, minimum, relation)
     return s, t
 
@@ -220,15 +213,6 @@ def check_nonnegative(name: str, value: float) -> float:
     if not (value >= 0) or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return float(value)
-
-
-def check_same_width(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    """Check that two tensors have the same last dimension (e.g. embeddings and a queue)."""
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same embedding width, got {a.shape[-1]} and "
-            f"{b.shape[-1]} (shapes {tuple(a.shape)} and {tuple(b.shape)})"
-        )
 
 
 def loss_dtype(*tensors: Tensor) -> torch.dtype:

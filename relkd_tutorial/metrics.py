@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_float_tensor, check_labels, check_same_batch, check_same_shape
+from ._checks import check_float_tensor, check_labels, check_same
 from .data import FASHION_MNIST_CLASSES as FASHION_MNIST_CLASSES  # re-exported with the groups
 from .relations import pairwise_distances
 from .teacher import TeacherCache, as_batch, module_device, split_outputs, teacher_outputs
@@ -93,7 +93,7 @@ def kendall_tau(
     """
     check_float_tensor("teacher_logits", teacher_logits, 2, "(N, C)")
     check_float_tensor("student_logits", student_logits, 2, "(N, C)")
-    check_same_shape("teacher_logits", teacher_logits, "student_logits", student_logits)
+    check_same("shape", "teacher_logits", teacher_logits, "student_logits", student_logits)
     n, c = teacher_logits.shape
     if c < 2:
         raise ValueError(f"kendall_tau needs at least 2 classes, got logits of shape {(n, c)}")
@@ -126,7 +126,9 @@ def distance_matrix_correlation(
     """
     check_float_tensor("teacher_features", teacher_features, 2, "(N, D_T)")
     check_float_tensor("student_features", student_features, 2, "(N, D_S)")
-    check_same_batch("teacher_features", teacher_features, "student_features", student_features)
+    check_same(
+        "batch size", "teacher_features", teacher_features, "student_features", student_features
+    )
     n = teacher_features.shape[0]
     if n < 3:
         raise ValueError(f"distance_matrix_correlation needs N >= 3 samples (>= 2 pairs), got {n}")
