@@ -91,12 +91,14 @@ def check_float_tensor(name: str, x: object, ndim: int, shape_doc: str) -> Tenso
 _ASPECTS: dict[str, Callable[[Tensor], object]] = {
     "batch size": lambda t: t.shape[0], "shape": lambda t: tuple(t.shape),
     "embedding width": lambda t: t.shape[-1], "device": lambda t: t.device,
+    "number of classes C": lambda t: t.shape[1],
 }  # fmt: skip
 
 
 def check_same(what: str, name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
     """Check that two tensors have the same ``what``: ``"batch size"`` (first dimension),
-    ``"shape"``, ``"embedding width"`` (last dimension) or ``"device"``."""
+    ``"shape"``, ``"embedding width"`` (last dimension), ``"device"`` or ``"number of classes
+    C"`` (second dimension)."""
     get = _ASPECTS[what]
     if get(a) != get(b):
         raise ValueError(
@@ -164,11 +166,7 @@ def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
     t = check_float_tensor("teacher_logits", teacher, 2, "(B, C)")
     check_same("device", "student_logits", s, "teacher_logits", t)
     check_same("batch size", "student_logits", s, "teacher_logits", t)
-    if s.shape[1] != t.shape[1]:
-        raise ValueError(
-            f"student_logits and teacher_logits must have the same number of classes C, got "
-            f"{s.shape[1]} and {t.shape[1]} (shapes {tuple(s.shape)} and {tuple(t.shape)})"
-        )
+    check_same("number of classes C", "student_logits", s, "teacher_logits", t)
     return s, t
 
 
