@@ -107,12 +107,10 @@ def _label(value: Any, i: int) -> int:
 
 
 def _class_names(dataset: Any, labels: Tensor, class_names: Sequence[str] | None) -> list[str]:
-    if class_names is None:
-        class_names = getattr(dataset, "classes", None)
-    if class_names is None:
-        k = int(labels.max()) + 1 if labels.numel() else 1
-        class_names = [str(c) for c in range(k)]
-    return [str(c) for c in class_names]
+    names = getattr(dataset, "classes", None) if class_names is None else class_names
+    if names is None:
+        names = range(int(labels.max()) + 1 if labels.numel() else 1)
+    return [str(c) for c in names]
 
 
 @dataclasses.dataclass(eq=False, repr=False)

@@ -173,9 +173,7 @@ _ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
 
 def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Write the per-epoch records as CSV (columns: the union of keys, in first-seen order)."""
-    columns: list[str] = []
-    for record in history:
-        columns += [k for k in record if k not in columns]
+    columns = list(dict.fromkeys(k for record in history for k in record))  # first-seen order
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
