@@ -222,8 +222,7 @@ class TeacherCache:
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TeacherCache:
         """Load a cache written by :meth:`save`."""
-        state = torch.load(Path(path), map_location=device, weights_only=True)
-        return cls(state["features"], state["logits"], state["labels"])
+        return cls(**torch.load(Path(path), map_location=device, weights_only=True))
 
     @classmethod
     @torch.no_grad()
