@@ -10,9 +10,12 @@ dtype (:func:`loss_dtype`) and their module form (:class:`LossModule`) are here 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,11 +55,9 @@ def input_checks(enabled: bool, *, every_step: bool = False) -> Iterator[None]:
 def training_checks() -> Iterator[Callable[[], None]]:
     """What the training loop enters: the checks as they are for its first step; the function it
     gives, called after a step, turns them off unless ``every_step``. Restored at the end."""
-    previous = _FINITE_CHECKS, _EVERY_STEP
-    try:
-        yield lambda: set_input_checks(previous[0] and previous[1], every_step=previous[1])
-    finally:
-        set_input_checks(previous[0], every_step=previous[1])
+    enabled, every_step = _FINITE_CHECKS, _EVERY_STEP
+    with input_checks(enabled, every_step=every_step):
+        yield lambda: set_input_checks(enabled and every_step, every_step=every_step)
 
 
 def check_float_tensor(name: str, x: object, ndim: int, shape_doc: str) -> Tensor:
@@ -86,28 +87,23 @@ def check_float_tensor(name: str, x: object, ndim: int, shape_doc: str) -> Tenso
     return x
 
 
-def check_same_batch(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    """Check that two tensors describe the same batch (same first dimension)."""
-    if a.shape[0] != b.shape[0]:
+#: What :func:`check_same` compares, per tensor.
+_ASPECTS: dict[str, Callable[[Tensor], object]] = {
+    "batch size": lambda t: t.shape[0], "shape": lambda t: tuple(t.shape),
+    "embedding width": lambda t: t.shape[-1], "device": lambda t: t.device,
+    "number of classes C": lambda t: t.shape[1],
+}  # fmt: skip
+
+
+def check_same(what: str, name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Check that two tensors have the same ``what``: ``"batch size"`` (first dimension),
+    ``"shape"``, ``"embedding width"`` (last dimension), ``"device"`` or ``"number of classes
+    C"`` (second dimension)."""
+    get = _ASPECTS[what]
+    if get(a) != get(b):
         raise ValueError(
-            f"{name_a} and {name_b} must have the same batch size, got {a.shape[0]} and {b.shape[0]}"
-        )
-
-
-def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    """Check that two tensors have identical shapes (e.g. teacher and student logits)."""
-    if a.shape != b.shape:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and "
-            f"{tuple(b.shape)}"
-        )
-
-
-def check_same_device(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    """Check that two tensors live on the same device."""
-    if a.device != b.device:
-        raise ValueError(
-            f"{name_a} is on {a.device} but {name_b} is on {b.device}; move both to one device"
+            f"{name_a} and {name_b} must have the same {what}, got {get(a)} and {get(b)} "
+            f"(shapes {tuple(a.shape)} and {tuple(b.shape)})"
         )
 
 
@@ -168,13 +164,9 @@ def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
     """
     s = check_float_tensor("student_logits", student, 2, "(B, C)")
     t = check_float_tensor("teacher_logits", teacher, 2, "(B, C)")
-    check_same_device("student_logits", s, "teacher_logits", t)
-    check_same_batch("student_logits", s, "teacher_logits", t)
-    if s.shape[1] != t.shape[1]:
-        raise ValueError(
-            f"student_logits and teacher_logits must have the same number of classes C, got "
-            f"{s.shape[1]} and {t.shape[1]} (shapes {tuple(s.shape)} and {tuple(t.shape)})"
-        )
+    check_same("device", "student_logits", s, "teacher_logits", t)
+    check_same("batch size", "student_logits", s, "teacher_logits", t)
+    check_same("number of classes C", "student_logits", s, "teacher_logits", t)
     return s, t
 
 
@@ -188,8 +180,8 @@ def check_feature_pair(
     """
     s = check_float_tensor("student_features", student, 2, "(B, D_S)")
     t = check_float_tensor("teacher_features", teacher, 2, "(B, D_T)")
-    check_same_device("student_features", s, "teacher_features", t)
-    check_same_batch("student_features", s, "teacher_features", t)
+    check_same("device", "student_features", s, "teacher_features", t)
+    check_same("batch size", "student_features", s, "teacher_features", t)
     check_min_batch("student_features", s, minimum, relation)
     return s, t
 
@@ -221,23 +213,11 @@ def check_nonnegative(name: str, value: float) -> float:
     return float(value)
 
 
-def check_same_width(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
-    """Check that two tensors have the same last dimension (e.g. embeddings and a queue)."""
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same embedding width, got {a.shape[-1]} and "
-            f"{b.shape[-1]} (shapes {tuple(a.shape)} and {tuple(b.shape)})"
-        )
-
-
 def loss_dtype(*tensors: Tensor) -> torch.dtype:
     """The dtype a loss computes in: the widest input dtype, never below float32 (temperatures such
     as ``1/0.04`` amplify bf16's ~3 significant digits into visible errors).
     """
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
 
 
 @contextmanager
@@ -265,10 +245,21 @@ def check_non_negative_int(name: str, value: object) -> int:
 
 class LossModule(nn.Module):
     """Module form of a loss ``fn(student_logits, teacher_logits, **options)``: a subclass sets
-    ``fn`` and the names of its ``options`` and checks their values in ``__init__``."""
+    ``fn`` and ``checks``, one checker per option. The constructor takes ``fn``'s options (by
+    position or name, with ``fn``'s defaults) and checks each when the module is built."""
 
     fn: Callable[..., Tensor]
-    options: tuple[str, ...] = ()
+    checks: dict[str, Callable[[str, Any], Any]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        params = list(inspect.signature(self.fn).parameters.values())[2:]  # after the two tensors
+        plain = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params]
+        bound = inspect.Signature(plain).bind(*args, **kwargs)
+        bound.apply_defaults()
+        self.options = tuple(bound.arguments)
+        for name, value in bound.arguments.items():
+            setattr(self, name, self.checks[name](name, value))
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         kwargs = {name: getattr(self, name) for name in self.options}

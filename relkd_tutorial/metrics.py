@@ -10,14 +10,14 @@ fidelity asks whether the student reproduces the teacher's *relations*, whatever
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_float_tensor, check_labels, check_same_batch, check_same_shape
+from ._checks import check_float_tensor, check_labels, check_same
 from .data import FASHION_MNIST_CLASSES as FASHION_MNIST_CLASSES  # re-exported with the groups
 from .relations import pairwise_distances
 from .teacher import TeacherCache, as_batch, module_device, split_outputs, teacher_outputs
@@ -49,12 +49,7 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
 def per_class_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """``(C,)`` float64 accuracy of each true class, ``#{y_i = k, pred_i = k} / #{y_i = k}`` (NaN for a class with no sample)."""
     cm = confusion_matrix(logits, labels)  # (C, C)
-    support = cm.sum(dim=1).double()  # (C,)
-    return torch.where(
-        support > 0,
-        cm.diagonal().double() / support.clamp_min(1),
-        torch.full_like(support, math.nan),
-    )
+    return cm.diagonal().double() / cm.sum(dim=1).double()  # (C,); 0 / 0 = NaN without a sample
 
 
 def group_accuracy(logits: Tensor, labels: Tensor, group: Iterable[int]) -> float:
@@ -98,7 +93,7 @@ def kendall_tau(
     """
     check_float_tensor("teacher_logits", teacher_logits, 2, "(N, C)")
     check_float_tensor("student_logits", student_logits, 2, "(N, C)")
-    check_same_shape("teacher_logits", teacher_logits, "student_logits", student_logits)
+    check_same("shape", "teacher_logits", teacher_logits, "student_logits", student_logits)
     n, c = teacher_logits.shape
     if c < 2:
         raise ValueError(f"kendall_tau needs at least 2 classes, got logits of shape {(n, c)}")
@@ -131,7 +126,9 @@ def distance_matrix_correlation(
     """
     check_float_tensor("teacher_features", teacher_features, 2, "(N, D_T)")
     check_float_tensor("student_features", student_features, 2, "(N, D_S)")
-    check_same_batch("teacher_features", teacher_features, "student_features", student_features)
+    check_same(
+        "batch size", "teacher_features", teacher_features, "student_features", student_features
+    )
     n = teacher_features.shape[0]
     if n < 3:
         raise ValueError(f"distance_matrix_correlation needs N >= 3 samples (>= 2 pairs), got {n}")
@@ -145,7 +142,7 @@ def distance_matrix_correlation(
     return float((d_t * d_s).sum() / (d_t.square().sum() * d_s.square().sum()).sqrt())
 
 
-@dataclass
+@dataclasses.dataclass
 class Outputs:
     """A model's outputs over a whole loader, on the CPU, in loader order."""
 
@@ -171,33 +168,22 @@ def collect_outputs(
     device = module_device(model) if device is None else device
     was_training = model.training
     model.eval()
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("f", "z", "y", "i", "tf", "tz")}
+    parts: dict[str, list[Tensor]] = {f.name: [] for f in dataclasses.fields(Outputs)}
     try:
         for item in loader:
             batch = as_batch(item, device)
             f, z = split_outputs(model(batch.x), "model")
-            parts["f"].append(f.float().cpu())
-            parts["z"].append(z.float().cpu())
-            parts["y"].append(batch.y.cpu())
-            if batch.index is not None:
-                parts["i"].append(batch.index.cpu())
+            got = {"features": f.float(), "logits": z.float(), "labels": batch.y}
+            got["index"] = batch.index
             if teacher is not None:
-                tf, tz = teacher_outputs(teacher, batch)
-                parts["tf"].append(tf.cpu())
-                parts["tz"].append(tz.cpu())
+                got["teacher_features"], got["teacher_logits"] = teacher_outputs(teacher, batch)
+            for key, value in got.items():
+                if value is not None:
+                    parts[key].append(value.cpu())
     finally:
         model.train(was_training)
-    if not parts["y"]:
+    if not parts["labels"]:
         raise ValueError("collect_outputs got an empty loader")
-
-    def cat(key: str) -> Tensor | None:
-        return torch.cat(parts[key]) if parts[key] and len(parts[key]) == len(parts["y"]) else None
-
-    return Outputs(
-        features=torch.cat(parts["f"]),
-        logits=torch.cat(parts["z"]),
-        labels=torch.cat(parts["y"]),
-        index=cat("i"),
-        teacher_features=cat("tf"),
-        teacher_logits=cat("tz"),
-    )
+    # a field is None unless every batch had it (index, the teacher's outputs)
+    full = {k: torch.cat(v) for k, v in parts.items() if v and len(v) == len(parts["labels"])}
+    return Outputs(**full)

@@ -78,10 +78,7 @@ class PlainCNN(FeatureClassifier):
     """
 
     def __init__(
-        self,
-        widths: tuple[tuple[int, ...], ...],
-        num_classes: int = 10,
-        in_channels: int = 1,
+        self, widths: tuple[tuple[int, ...], ...], num_classes: int = 10, in_channels: int = 1
     ) -> None:
         layers: list[nn.Module] = []
         c = in_channels
@@ -231,14 +228,12 @@ def build_model(
     """
     if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
-    if seed is None:
-        return _BUILDERS[name](num_classes, in_channels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
         return _BUILDERS[name](num_classes, in_channels)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import RESTORE_SHIPPED, data_dir, verify_sha256
+from .data.datasets import RESTORE_SHIPPED, data_dir, verify_sha256
 from .models import FeatureClassifier, build_model
 
 SHIPPED_TEACHER = "teacher_cnn_fashion_mnist"  # file stem inside the data folder

@@ -159,20 +159,6 @@ def preference_mask(t: Tensor) -> Tensor:
     return t[:, :, None] > t[:, None, :]  # (B, C, C)
 
 
-def _sort_rows(t: Tensor, descending: bool) -> tuple[Tensor, Tensor]:
-    """Stable sort of each row: ``(values, order)``; ties keep their index order.
-
-    On the CPU the order comes from NumPy: ``torch.sort`` of many short rows measured about 6x
-    slower than ``numpy.argsort`` on the reference machine. Same result either way.
-    """
-    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
-        a = t.detach().numpy()
-        order = torch.from_numpy(np.argsort(-a if descending else a, axis=1, kind="stable"))
-        order = order.to(torch.long)  # (B, C)
-        return t.gather(1, order), order
-    return t.sort(dim=1, descending=descending, stable=True)
-
-
 def _tie_blocks(sorted_rows: Tensor) -> tuple[Tensor, Tensor]:
     """``(first, last)``, both ``(B, C)`` int64: the first and last position of the block of equal
     values each position of a sorted ``(B, C)`` row (either direction) is in.
@@ -196,10 +182,10 @@ def preference_counts(t: Tensor) -> tuple[Tensor, Tensor]:
     sort, ``O(B C log C)``, no ``(B, C, C)`` tensor.
     """
     c = t.shape[1]
-    ascending, order = _sort_rows(t, descending=False)  # (B, C) each
-    first, last = _tie_blocks(ascending)  # (B, C) each; without ties, both are the position
-    wins = torch.empty_like(first).scatter_(1, order, first)  # #{b: t_b < t_a}
-    losses = torch.empty_like(last).scatter_(1, order, c - 1 - last)  # #{b: t_b > t_a}
+    values, order = descending_order(t)  # (B, C) each
+    first, last = _tie_blocks(values)  # (B, C) each; without ties, both are the position
+    wins = torch.empty_like(last).scatter_(1, order, c - 1 - last)  # #{b: t_b < t_a}
+    losses = torch.empty_like(first).scatter_(1, order, first)  # #{b: t_b > t_a}
     return wins, losses
 
 
@@ -207,8 +193,15 @@ def descending_order(t: Tensor) -> tuple[Tensor, Tensor]:
     """``(values, order)``, both ``(B, C)``: each row's classes from most to least preferred,
     ``values = t.gather(1, order)`` non-increasing. Stable (choice: ties keep their index order;
     what must not depend on the tie break, e.g. GRKD's pair set, uses :func:`tie_block_ends`).
+
+    On the CPU the order comes from NumPy: ``torch.sort`` of many short rows measured about 6x
+    slower than ``numpy.argsort`` on the reference machine. Same result either way.
     """
-    return _sort_rows(t, descending=True)
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+        a = t.detach().numpy()
+        order = torch.from_numpy(np.argsort(-a, axis=1, kind="stable")).to(torch.long)  # (B, C)
+        return t.gather(1, order), order
+    return t.sort(dim=1, descending=True, stable=True)
 
 
 def tie_block_ends(sorted_desc: Tensor) -> Tensor:
@@ -376,14 +369,13 @@ def semi_hard_triplets(
     # A candidate that is not a negative of the anchor gets d_an = -inf, so its gap fails "> 0".
     d_an = torch.where(negative, dist, torch.full_like(dist, float("-inf")))  # (B, B)
     step = max(1, _TRIPLET_CHUNK // max(1, b))
-    found: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    found: list[tuple[Tensor, Tensor, Tensor]] = []
     for start in range(0, anchor.shape[0], step):
         a, p = anchor[start : start + step], pos[start : start + step]  # (P',)
         gap = d_an[a] - dist[a, p][:, None]  # (P', B)  [pair, n] = d_an - d_ap
         pair, n = ((gap > 0) & (gap <= margin)).nonzero(as_tuple=True)  # (T',) each
-        for out, idx in zip(found, (a[pair], p[pair], n), strict=True):
-            out.append(idx)
-    if not found[0]:
+        found.append((a[pair], p[pair], n))
+    if not found:
         return tuple(labels.new_zeros(0, dtype=torch.long) for _ in range(3))  # type: ignore[return-value]
-    a, p, n = (torch.cat(idx) if len(idx) > 1 else idx[0] for idx in found)  # (T,) each
+    a, p, n = (torch.cat(idx) if len(idx) > 1 else idx[0] for idx in zip(*found, strict=True))
     return a, p, n

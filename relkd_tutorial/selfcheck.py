@@ -25,7 +25,6 @@ import time
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,28 +44,18 @@ from . import (
     build_model,
     fit,
     resolve_device,
+    seeded,
 )
 from .teacher import run_model
 
 QUIET = {"progress": False, "handle_signals": False}  # in every self-check run's TrainConfig
 
 
-@dataclass(frozen=True)
-class Mode:
-    """A precision / layout mode: its :class:`~relkd_tutorial.TrainConfig` knobs and tolerance."""
-
-    name: str
-    amp: str = "off"
-    channels_last: bool = False
-    compile: bool = False
-    rtol: float = 1e-4
-    atol: float = 1e-5
-
-    @property
-    def knobs(self) -> dict[str, Any]:
-        """The TrainConfig fields this mode sets."""
-        return {"amp": self.amp, "channels_last": self.channels_last, "compile": self.compile}
-
+#: A precision / layout mode: the TrainConfig fields it sets (``KNOBS``) and its tolerance.
+Mode = namedtuple(
+    "Mode", "name amp channels_last compile rtol atol", defaults=("off", False, False, 1e-4, 1e-5)
+)
+KNOBS = ("amp", "channels_last", "compile")
 
 MODES: tuple[Mode, ...] = (
     Mode("fp32"),
@@ -208,8 +197,7 @@ def check_row(
         return {**row, "status": "skipped", "reason": reason}
     teacher = build_model(size.teacher, size.num_classes, 3, seed=0).to(device).eval()
     student = build_model(size.student, size.num_classes, 3, seed=1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(2)
+    with seeded(2):
         method = method_for(name, student, teacher, len(data))
     plain = TensorLoader(data, size.batch_size, shuffle=False, augment=False, device=device)
     try:
@@ -221,8 +209,9 @@ def check_row(
             data, size.batch_size, crop_padding=size.image_size // 8, drop_last=True,
             device=device, channels_last=mode.channels_last,
         )  # fmt: skip
+        knobs = {k: getattr(mode, k) for k in KNOBS}
         config = TrainConfig(
-            epochs=2, lr=0.01, schedule="constant", device=str(device), **mode.knobs, **QUIET
+            epochs=2, lr=0.01, schedule="constant", device=str(device), **knobs, **QUIET
         )
         _peak_mib(device, reset=True)
         history = fit(student, method, loader, config, teacher=teacher, setup_loader=plain)

@@ -159,9 +159,7 @@ class PairedDifference:
     @property
     def within_noise(self) -> bool:
         """True if the interval contains 0 (or there is no interval): no claim either way."""
-        if self.n < 2 or math.isnan(self.low):
-            return True
-        return self.low <= 0.0 <= self.high
+        return self.n < 2 or math.isnan(self.low) or self.low <= 0.0 <= self.high
 
 
 def paired_t_p_value(mean: float, std: float, n: int) -> float:
@@ -220,22 +218,7 @@ def describe_difference(
     """One plain sentence for ``a - b``, "within noise" when the interval contains 0, e.g.
     ``grkd beats ce by 3.10 points (95% CI +1.20 to +5.00, 5 paired seeds).``
     """
-    f = f"{{:+.{digits}f}}"
-    g = f"{{:.{digits}f}}"
-    pct = f"{100 * diff.confidence:g}%"
-    if diff.n < 2:
-        return (
-            f"{a} vs {b}: {f.format(diff.mean)} {unit} from a single seed; no interval, so no "
-            "claim either way."
-        )
-    interval = f"({pct} CI {f.format(diff.low)} to {f.format(diff.high)}, {diff.n} paired seeds)"
-    if diff.within_noise:
-        return (
-            f"{a} vs {b}: {f.format(diff.mean)} {unit} {interval}: within noise; the data do not "
-            "separate them."
-        )
-    verb = "beats" if diff.mean > 0 else "trails"
-    return f"{a} {verb} {b} by {g.format(abs(diff.mean))} {unit} {interval}."
+    return describe_corrected(a, b, diff, None, None, unit, digits)
 
 
 def format_p(p: float) -> str:
@@ -260,8 +243,8 @@ def describe_corrected(
     a: str,
     b: str,
     diff: PairedDifference,
-    p_adjusted: float,
-    family_size: int,
+    p_adjusted: float | None,
+    family_size: int | None,
     unit: str = "points",
     digits: int = 2,
     alpha: float = 0.05,
@@ -269,24 +252,24 @@ def describe_corrected(
     """One sentence for ``a - b`` as one of ``family_size`` Holm-corrected comparisons: as
     :func:`describe_difference` plus the adjusted p-value, "within noise" if the interval contains 0
     or the adjusted p-value exceeds ``alpha``, e.g. ``GRKD beats CE by 3.10 points (95% CI +1.20 to
-    +5.00, 8 paired seeds; Holm p 0.004 over 9).``
+    +5.00, 8 paired seeds; Holm p 0.004 over 9).`` ``p_adjusted=None``: no family (the interval
+    alone decides).
     """
     f = f"{{:+.{digits}f}}"
-    g = f"{{:.{digits}f}}"
+    mean = f"{f.format(diff.mean)} {unit}"
     if diff.n < 2:
-        return describe_difference(a, b, diff, unit=unit, digits=digits)
+        return f"{a} vs {b}: {mean} from a single seed; no interval, so no claim either way."
     pct = f"{100 * diff.confidence:g}%"
     interval = f"{pct} CI {f.format(diff.low)} to {f.format(diff.high)}, {diff.n} paired seeds"
-    holm = f"Holm p {format_p(p_adjusted)} over {family_size}"
-    verdict = claim(diff, p_adjusted, alpha)
+    holm = "" if p_adjusted is None else f"; Holm p {format_p(p_adjusted)} over {family_size}"
+    verdict = claim(diff, 0.0 if p_adjusted is None else p_adjusted, alpha)
     if verdict != "within noise":
-        return f"{a} {verdict} {b} by {g.format(abs(diff.mean))} {unit} ({interval}; {holm})."
+        return f"{a} {verdict} {b} by {abs(diff.mean):.{digits}f} {unit} ({interval}{holm})."
     if diff.within_noise:
         return (
-            f"{a} vs {b}: {f.format(diff.mean)} {unit} ({interval}; {holm}): within noise; the "
-            "data do not separate them."
+            f"{a} vs {b}: {mean} ({interval}{holm}): within noise; the data do not separate them."
         )
     return (
-        f"{a} vs {b}: {f.format(diff.mean)} {unit} ({interval}; p {format_p(diff.p_value)}, "
-        f"{holm}): within noise after the correction for {family_size} comparisons."
+        f"{a} vs {b}: {mean} ({interval}; p {format_p(diff.p_value)},{holm[1:]}): within noise "
+        f"after the correction for {family_size} comparisons."
     )

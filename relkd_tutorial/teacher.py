@@ -43,18 +43,14 @@ def as_batch(item: object, device: torch.device | str | None = None) -> Batch:
         raise TypeError(
             f"batch x and y must be tensors, got {type(x).__name__} and {type(y).__name__}"
         )
-    if index is not None:
-        index = torch.as_tensor(index)
+    index = None if index is None else torch.as_tensor(index)
     _check_batch(x, y, index)
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if index is not None:
-            index = index.to(device, non_blocking=True)
-    y = y.long()
-    if index is not None:
-        index = index.long()
-    return Batch(x=x, y=y, index=index)  # type: ignore[arg-type]  # index may be None
+
+    def move(t: Tensor) -> Tensor:
+        return t if device is None else t.to(device, non_blocking=True)
+
+    index = None if index is None else move(index).long()
+    return Batch(x=move(x), y=move(y).long(), index=index)  # type: ignore[arg-type]  # may be None
 
 
 def _check_batch(x: Tensor, y: Tensor, index: Tensor | None) -> None:
@@ -186,9 +182,7 @@ class TeacherCache:
 
     def to(self, device: torch.device | str) -> TeacherCache:
         """A copy on ``device`` (the tensors are not copied if they are already there)."""
-        return TeacherCache(
-            self.features.to(device), self.logits.to(device), self.labels.to(device)
-        )
+        return TeacherCache(*(t.to(device) for t in (self.features, self.logits, self.labels)))
 
     def lookup(self, index: Tensor | None) -> tuple[Tensor, Tensor]:
         """Rows ``index`` of the cache: ``(features (B, D_T), logits (B, C_T))`` on ``index``'s
@@ -216,9 +210,7 @@ class TeacherCache:
 
     def setup_data(self) -> SetupData:
         """The whole cache as the :class:`SetupData` a ``needs_setup`` method receives."""
-        return SetupData(
-            teacher_features=self.features, teacher_logits=self.logits, labels=self.labels
-        )
+        return SetupData(self.features, self.logits, self.labels)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"features": self.features, "logits": self.logits, "labels": self.labels}
@@ -230,8 +222,7 @@ class TeacherCache:
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TeacherCache:
         """Load a cache written by :meth:`save`."""
-        state = torch.load(Path(path), map_location=device, weights_only=True)
-        return cls(state["features"], state["logits"], state["labels"])
+        return cls(**torch.load(Path(path), map_location=device, weights_only=True))
 
     @classmethod
     @torch.no_grad()
@@ -291,11 +282,10 @@ class TeacherCache:
                 f"the loader's indices leave {missing} of {n} rows of the cache empty; build the "
                 "cache over the whole data set (indices 0..N-1), un-augmented and without drop_last"
             )
-        out_f = feats.new_zeros(n, feats.shape[1])  # (N, D_T)
-        out_z = logits.new_zeros(n, logits.shape[1])  # (N, C_T)
-        out_y = labels.new_zeros(n)  # (N,)
-        out_f[index], out_z[index], out_y[index] = feats, logits, labels
-        return cls(out_f, out_z, out_y)
+        rows = [t.new_zeros(n, *t.shape[1:]) for t in (feats, logits, labels)]  # (N, ...) each
+        for out, t in zip(rows, (feats, logits, labels), strict=True):
+            out[index] = t
+        return cls(*rows)
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -105,7 +105,7 @@ class WrappedClassifier(nn.Module):
                 )
             inputs.append(runs[0][0])
             output = runs[0][1]
-        if len(self.heads) == 1 and not _is_returned(output, logits) and self._from_timm:
+        if len(self.heads) == 1 and not _is_returned(output, logits):
             raise ValueError(
                 f"{model_name} does not return the output of its classifier "
                 f"{self.head_name!r} (from get_classifier()) as its logits: something is added "
@@ -113,13 +113,11 @@ class WrappedClassifier(nn.Module):
                 "determines the logits. Build the model without that term (VOLO: "
                 "timm.create_model(..., use_aux_head=False)), or write a module returning "
                 "(features, logits) like relkd_tutorial.models.FeatureClassifier"
-            )
-        if len(self.heads) == 1 and not _is_returned(output, logits):
-            raise ValueError(
-                f"{model_name} does not return the output of {self.head_name!r} as its logits "
-                "(something runs after that layer, or the logits combine several layers), so it "
-                "is not the final classifier: pass head='<name of the nn.Linear whose output "
-                "the model returns>'; for a timm model whose logits average two heads (a "
+                if self._from_timm
+                else f"{model_name} does not return the output of {self.head_name!r} as its "
+                "logits (something runs after that layer, or the logits combine several layers), "
+                "so it is not the final classifier: pass head='<name of the nn.Linear whose "
+                "output the model returns>'; for a timm model whose logits average two heads (a "
                 "distilled model), leave head=None"
             )
         return self._checked(_pre_logits(inputs), logits), logits

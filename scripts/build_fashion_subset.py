@@ -37,9 +37,9 @@ from relkd_tutorial.data import (
     FASHION_MNIST_SUBSET_FILE,
     data_dir,
     find_idx_folder,
-    read_fashion_mnist_idx,
     sha256_of,
 )
+from relkd_tutorial.data.datasets import read_fashion_mnist_idx
 
 MIT_LICENSE = """\
 The MIT License (MIT)

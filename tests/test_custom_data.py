@@ -23,7 +23,8 @@ from relkd_tutorial import (
     image_folder,
     image_loader,
 )
-from relkd_tutorial.data import EpochSampler, normalize
+from relkd_tutorial.data import normalize
+from relkd_tutorial.data.custom import EpochSampler
 
 CLASSES = ("cat", "dog", "emu")
 PER_CLASS = 4

@@ -26,16 +26,13 @@ from relkd_tutorial.data import (
     ChecksumError,
     ImageSet,
     TensorLoader,
-    crop_and_flip_padded,
     cross_task_split,
     data_dir,
-    epoch_generator,
     labelled_subset,
     load_cifar100,
     load_fashion_mnist,
     normalize,
     partially_labelled,
-    read_idx,
     read_sha256sums,
     sample_per_class,
     select_classes,
@@ -44,6 +41,8 @@ from relkd_tutorial.data import (
     split_validation,
     verify_sha256,
 )
+from relkd_tutorial.data.datasets import read_idx
+from relkd_tutorial.data.loader import crop_and_flip_padded, epoch_generator
 
 REPO = Path(__file__).resolve().parents[1]
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")

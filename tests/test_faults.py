@@ -27,14 +27,14 @@ from relkd_tutorial.methods import KD
 from relkd_tutorial.models import build_model
 from relkd_tutorial.teacher import IndexedDataset
 from relkd_tutorial.training import (
-    StopSignals,
     TrainConfig,
     TrainingInterrupted,
     fit,
     load_checkpoint,
-    previous_checkpoint,
     save_checkpoint,
 )
+from relkd_tutorial.training.checkpoint import previous_checkpoint
+from relkd_tutorial.training.signals import StopSignals
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_fault_worker.py")

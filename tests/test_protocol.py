@@ -20,7 +20,8 @@ from relkd_tutorial.bench import search_space as space
 from relkd_tutorial.bench import settings as bs
 from relkd_tutorial.bench import store as bench_store
 from relkd_tutorial.losses.grkd import grkd_loss
-from relkd_tutorial.methods import RKD_CONVENTIONS, build_method
+from relkd_tutorial.methods import build_method
+from relkd_tutorial.methods.logit_relation import RKD_CONVENTIONS
 from relkd_tutorial.stats import (
     claim,
     describe_corrected,

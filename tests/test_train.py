@@ -26,8 +26,8 @@ from relkd_tutorial.methods import (
     Stage,
     StepInputs,
     supervised_cross_entropy,
-    with_total,
 )
+from relkd_tutorial.methods.base import with_total
 from relkd_tutorial.models import build_model
 from relkd_tutorial.relations import normalized_pairwise_distances
 from relkd_tutorial.teacher import IndexedDataset, TeacherCache

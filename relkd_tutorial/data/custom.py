@@ -11,6 +11,7 @@ are given or computed from the decoded pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import warnings
 from collections.abc import Iterator, Sequence
@@ -55,7 +56,6 @@ class _Decoder:
         if size is not None:
             steps.append(v2.Resize(size, antialias=True))
         self.transform = v2.Compose(steps)
-        self.size, self.channels = size, channels
         self.shape: tuple[int, ...] | None = None  # of the first image, which all must share
 
     def __call__(self, image: Any, i: int) -> Tensor:
@@ -107,14 +107,13 @@ def _label(value: Any, i: int) -> int:
 
 
 def _class_names(dataset: Any, labels: Tensor, class_names: Sequence[str] | None) -> list[str]:
-    if class_names is None:
-        class_names = getattr(dataset, "classes", None)
-    if class_names is None:
-        k = int(labels.max()) + 1 if labels.numel() else 1
-        class_names = [str(c) for c in range(k)]
-    return [str(c) for c in class_names]
+    names = getattr(dataset, "classes", None) if class_names is None else class_names
+    if names is None:
+        names = range(int(labels.max()) + 1 if labels.numel() else 1)
+    return [str(c) for c in names]
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class ImageStream(Dataset):
     """A dataset too big for memory, decoded image by image: item ``i`` is ``(x, y, i)``.
 
@@ -124,25 +123,20 @@ class ImageStream(Dataset):
     (in a ``DataLoader`` worker: the worker's seed).
     """
 
-    def __init__(
-        self,
-        dataset: Any,
-        labels: Tensor,
-        class_names: list[str],
-        decoder: _Decoder,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        name: str,
-        *,
-        augment: bool = False,
-        crop_padding: int = 4,
-    ) -> None:
-        self.dataset, self.labels, self.class_names = dataset, labels, class_names
-        self.decoder, self.mean, self.std, self.name = decoder, mean, std, name
-        self.augment, self.crop_padding = (
-            bool(augment),
-            check_non_negative_int("crop_padding", crop_padding),
-        )
+    dataset: Any
+    labels: Tensor
+    class_names: list[str]
+    decoder: _Decoder
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+    _: dataclasses.KW_ONLY
+    augment: bool = False
+    crop_padding: int = 4
+
+    def __post_init__(self) -> None:
+        self.augment = bool(self.augment)
+        self.crop_padding = check_non_negative_int("crop_padding", self.crop_padding)
 
     @property
     def num_classes(self) -> int:
@@ -153,10 +147,7 @@ class ImageStream(Dataset):
 
     def with_augmentation(self, augment: bool = True, crop_padding: int = 4) -> ImageStream:
         """The same images, with or without the random crop and flip."""
-        return ImageStream(
-            self.dataset, self.labels, self.class_names, self.decoder, self.mean, self.std,
-            self.name, augment=augment, crop_padding=crop_padding,
-        )  # fmt: skip
+        return dataclasses.replace(self, augment=augment, crop_padding=crop_padding)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         pixels = self.decoder(self.dataset[i][0], i)  # (C, H, W) uint8
@@ -238,53 +229,35 @@ def from_torchvision(
     decoder = _Decoder(_size_pair(size), channels)
     name = name or type(dataset).__name__
     first = decoder(dataset[0][0], 0)  # fixes the shape every image must have
-    if n * first.numel() <= max_bytes:
-        images = torch.empty((n, *first.shape), dtype=torch.uint8)  # (N, C, H, W)
-        labels = torch.empty(n, dtype=torch.int64)
-        for i in range(n):
-            image, label = dataset[i]
-            images[i] = first if i == 0 else decoder(image, i)
-            labels[i] = _label(label, i)
-        names = _class_names(dataset, labels, class_names)
-        data = ImageSet(images, labels, names, name, mean, std)
-        if mean is None or std is None:
-            stats = data.pixel_stats()
-            data = data._replace(
-                mean=stats[0] if mean is None else mean, std=stats[1] if std is None else std
-            )
-        return data
-    # Too big: one pass for the labels (and the pixel statistics when they are not given).
+    in_memory, need_stats = n * first.numel() <= max_bytes, mean is None or std is None
+    # a stream's ImageSet (for its checks) is a view repeating the first image: no pixel copied
+    shape = (n, *first.shape)  # (N, C, H, W)
+    images = torch.empty(shape, dtype=torch.uint8) if in_memory else first.expand(shape)
     labels = torch.empty(n, dtype=torch.int64)
-    s1 = s2 = torch.zeros(first.shape[0], dtype=torch.int64)
-    m = 0
+    sums: list[Any] = [0, 0, 0]  # a stream's pixel sums S1, S2, M (pixel_sums)
     for i in range(n):
         image, label = dataset[i]
         labels[i] = _label(label, i)
-        if mean is None or std is None:
-            a, b, c = pixel_sums(decoder(image, i)[None])
-            s1, s2, m = s1 + a, s2 + b, m + c
-    names = _class_names(dataset, labels, class_names)
-    got_mean, got_std = stats_from_sums(s1, s2, m) if m else (None, None)
-    mean_t = tuple(float(v) for v in (mean if mean is not None else got_mean))  # type: ignore[union-attr]
-    std_t = tuple(float(v) for v in (std if std is not None else got_std))  # type: ignore[union-attr]
-    # the ImageSet checks (label range, one mean/std entry per channel, std > 0) on a view
-    # repeating the first image (no pixel is copied)
-    ImageSet(first.expand(n, *first.shape), labels, names, name, mean_t, std_t)
-    return ImageStream(dataset, labels, names, decoder, mean_t, std_t, name)
+        if in_memory:
+            images[i] = first if i == 0 else decoder(image, i)
+        elif need_stats:
+            sums = [a + b for a, b in zip(sums, pixel_sums(decoder(image, i)[None]), strict=True)]
+    data = ImageSet(images, labels, _class_names(dataset, labels, class_names), name, mean, std)
+    if need_stats:
+        got = data.pixel_stats() if in_memory else stats_from_sums(*sums)
+        data = data._replace(
+            mean=got[0] if mean is None else mean, std=got[1] if std is None else std
+        )
+    if in_memory:
+        return data
+    return ImageStream(dataset, labels, data.class_names, decoder, data.mean, data.std, name)  # type: ignore[arg-type]
 
 
-def image_folder(
-    root: str | Path,
-    *,
-    size: int | Sequence[int] | None = None,
-    channels: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> ImageSet | ImageStream:
+def image_folder(root: str | Path, **options: Any) -> ImageSet | ImageStream:
     """A folder with one sub-folder of images per class (``root/<class>/<image>``) as
-    :func:`from_torchvision` returns it (torchvision's ``ImageFolder``: classes in sorted order,
-    every image read as RGB; pass ``channels=1`` for grayscale).
+    :func:`from_torchvision` returns it, with its options (``size``, ``channels``, ``mean``,
+    ``std``, ``max_bytes``); torchvision's ``ImageFolder``: classes in sorted order, every image
+    read as RGB (pass ``channels=1`` for grayscale), ``name`` the folder's.
 
     Raises:
         FileNotFoundError: ``root`` is not a folder, or holds no class folder with an image.
@@ -301,10 +274,7 @@ def image_folder(
             f"{root} holds no images in the expected layout root/<class name>/<image file> "
             f"(one sub-folder per class; extensions .png, .jpg, ...): {err}"
         ) from None
-    return from_torchvision(
-        dataset, size=size, channels=channels, mean=mean, std=std, name=root.name,
-        max_bytes=max_bytes,
-    )  # fmt: skip
+    return from_torchvision(dataset, name=root.name, **options)
 
 
 class EpochSampler(Sampler[int]):

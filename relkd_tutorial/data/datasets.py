@@ -21,17 +21,9 @@ from .imageset import ImageSet
 
 #: Fashion-MNIST class names, in label order (Zalando Research, github.com/zalandoresearch).
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
     "Ankle boot",
-)
+)  # fmt: skip
 
 #: Per-channel pixel mean and standard deviation of the full 60k Fashion-MNIST training set,
 #: on the [0, 1] scale (population std over all pixels of all images: 0.28604, 0.35302;
@@ -85,9 +77,7 @@ def shipped_data_dir() -> Path:
 def data_dir() -> Path:
     """The folder holding the shipped data: ``$RELKD_DATA_DIR`` if set, else :func:`shipped_data_dir`."""
     override = os.environ.get("RELKD_DATA_DIR")
-    if override:
-        return Path(override).expanduser()
-    return shipped_data_dir()
+    return Path(override).expanduser() if override else shipped_data_dir()
 
 
 def sha256_of(path: str | Path) -> str:
@@ -140,13 +130,9 @@ def verify_sha256(path: str | Path, manifest: str | Path | None = None) -> None:
 
 
 _IDX_DTYPES = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
+    0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+}  # fmt: skip
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -180,14 +166,7 @@ def _fashion_imageset(images: np.ndarray | Tensor, labels: Any, name: str) -> Im
     """Wrap ``(N, 28, 28)`` uint8 pixels and labels as a one-channel :class:`ImageSet`."""
     x = torch.as_tensor(np.asarray(images, dtype=np.uint8)).unsqueeze(1).contiguous()
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    return ImageSet(
-        images=x,  # (N, 1, 28, 28)
-        labels=y,
-        class_names=list(FASHION_MNIST_CLASSES),
-        name=name,
-        mean=FASHION_MNIST_MEAN,
-        std=FASHION_MNIST_STD,
-    )
+    return ImageSet(x, y, list(FASHION_MNIST_CLASSES), name, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
 
 
 def find_idx_folder(candidates: Sequence[str | Path]) -> Path | None:
@@ -299,10 +278,7 @@ def _fashion_pair(arrays: Any, name: str) -> tuple[ImageSet, ImageSet]:
 
 
 def load_cifar100(
-    root: str | Path | None = None,
-    download: bool = False,
-    *,
-    dataset_class: type | None = None,
+    root: str | Path | None = None, download: bool = False, *, dataset_class: type | None = None
 ) -> tuple[ImageSet, ImageSet]:
     """CIFAR-100 as ``(train, test)`` :class:`ImageSet` s of ``(N, 3, 32, 32)`` uint8 RGB images.
 
@@ -327,14 +303,8 @@ def load_cifar100(
                 "cifar-100-python.tar.gz (www.cs.toronto.edu/~kriz/cifar.html) into root."
             ) from err
         images = torch.as_tensor(np.asarray(ds.data, dtype=np.uint8))  # (N, 32, 32, 3)
-        sets.append(
-            ImageSet(
-                images=images.permute(0, 3, 1, 2).contiguous(),  # (N, 3, 32, 32)
-                labels=torch.as_tensor(ds.targets, dtype=torch.int64),
-                class_names=list(ds.classes),
-                name=f"cifar100/{split}",
-                mean=CIFAR100_MEAN,
-                std=CIFAR100_STD,
-            )
-        )
+        images = images.permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+        labels = torch.as_tensor(ds.targets, dtype=torch.int64)
+        name = f"cifar100/{split}"
+        sets.append(ImageSet(images, labels, list(ds.classes), name, CIFAR100_MEAN, CIFAR100_STD))
     return sets[0], sets[1]

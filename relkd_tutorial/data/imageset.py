@@ -86,11 +86,9 @@ class ImageSet:
                 raise ValueError(
                     f"{field} must have one entry per channel ({channels}), got {len(value)}"
                 )
-            setattr(self, field, value)
-        for field in ("mean", "std"):
-            value = getattr(self, field)
-            if value is not None and not all(math.isfinite(v) for v in value):
+            if not all(math.isfinite(v) for v in value):
                 raise ValueError(f"{field} must be finite, got {value}")
+            setattr(self, field, value)
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.original_classes is not None:

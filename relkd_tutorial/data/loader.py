@@ -120,8 +120,7 @@ class TensorLoader:
                 f"batch_size={batch_size} must be divisible by world_size={world_size} "
                 "(each rank takes an equal slice of every global batch)"
             )
-        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-            raise ValueError(f"crop_padding must be an int >= 0, got {crop_padding!r}")
+        crop_padding = check_non_negative_int("crop_padding", crop_padding)
         mean = data.mean if mean is None else tuple(float(m) for m in mean)
         std = data.std if std is None else tuple(float(s) for s in std)
         channels = data.images.shape[1]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_non_negative_int, check_positive_int
+from .._checks import check_non_negative_int, check_positive, check_positive_int
 from .imageset import ImageSet
 
 
@@ -78,11 +78,7 @@ def partially_labelled(data: ImageSet, n_per_class: int, *, seed: int = 0) -> Im
 
 
 def split_validation(
-    data: ImageSet,
-    *,
-    per_class: int | None = None,
-    fraction: float | None = None,
-    seed: int = 0,
+    data: ImageSet, *, per_class: int | None = None, fraction: float | None = None, seed: int = 0
 ) -> tuple[ImageSet, ImageSet]:
     """Carve a stratified validation set out of a training set: ``(train, val)``.
 
@@ -95,9 +91,7 @@ def split_validation(
     if per_class is not None:
         take = [check_positive_int("per_class", per_class)] * data.num_classes
     else:
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-            raise TypeError(f"fraction must be a number in (0, 1), got {type(fraction).__name__}")
-        if not 0.0 < fraction < 1.0:
+        if check_positive("fraction", fraction) >= 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
         take = [max(1, round(fraction * c)) for c in counts]
     for k, (t, c) in enumerate(zip(take, counts, strict=True)):

@@ -4,7 +4,6 @@
 
 # ruff: noqa: F401 - the imports below are the subpackage's public names
 
-# --- KD, RKD, GRKD, DIST and the ranking variants ---
 from .dist import DISTLoss, dist_inter_loss, dist_intra_loss, dist_loss
 from .grkd import GRKDLoss, grkd_loss
 from .kd import KDLoss, kd_loss
@@ -14,22 +13,6 @@ from .ranking import (
     listwise_rank_loss,
     soft_pairwise_rank_loss,
 )
-
-# --- RRD and REFILLED (embedding-based relational losses) ---
-from .refilled import (
-    batch_classes,
-    centre_labels,
-    class_centres,
-    mine_triplets,
-    refilled_classifier_kl,
-    refilled_embedding_loss,
-)
+from .refilled import class_centres, mine_triplets, refilled_classifier_kl, refilled_embedding_loss
 from .rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss
-from .rrd import (
-    EmbeddingQueue,
-    ProjectionHead,
-    RRDLoss,
-    rrd_decomposition,
-    rrd_log_probs,
-    rrd_loss,
-)
+from .rrd import RRDLoss, rrd_decomposition, rrd_log_probs, rrd_loss

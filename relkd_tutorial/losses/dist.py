@@ -126,10 +126,5 @@ def dist_loss(
 class DISTLoss(LossModule):
     """Module form of :func:`dist_loss` holding ``beta``, ``gamma`` and the temperature."""
 
-    fn, options = staticmethod(dist_loss), ("beta", "gamma", "temperature")
-
-    def __init__(self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 1.0) -> None:
-        super().__init__()
-        self.beta = check_nonnegative("beta", beta)
-        self.gamma = check_nonnegative("gamma", gamma)
-        self.temperature = check_positive("temperature", temperature)
+    fn = staticmethod(dist_loss)
+    checks = {"beta": check_nonnegative, "gamma": check_nonnegative, "temperature": check_positive}

@@ -149,18 +149,17 @@ def grkd_loss(
         v = z.to(dtype) / temp  # (B, C)
         v = v - v.mean(dim=1, keepdim=True)  # exact (shift invariance); keeps P(v) well scaled
         t = t.detach().to(dtype)  # (B, C)
+        values, order = descending_order(t)  # (B, C) each
+        ends = tie_block_ends(values)  # (B, C)
         if (k is None or k >= c) and weighting == "uniform":
             wins, losses = preference_counts(t)  # (B, C) each
             n_pairs = wins.sum(dim=1)  # (B,)
             numerator = pairwise_logaddexp_sum(v)  # (B,)  the O(C^2) part: student only
             # Y = wins + ties / 2, then remove the tied pairs (without ties: Y = wins, tied = 0)
             targets = wins + 0.5 * (c - 1 - wins - losses)  # (B, C)
-            values, order = descending_order(t)  # (B, C) each
-            tied = _tied_pairs_term(v.gather(1, order), tie_block_ends(values))  # (B,)
+            tied = _tied_pairs_term(v.gather(1, order), ends)  # (B,)
             numerator = numerator - (targets.to(dtype) * v).sum(dim=1) - tied
         else:
-            values, order = descending_order(t)  # (B, C) each
-            ends = tie_block_ends(values)  # (B, C)
             rows = c if k is None else min(k, c)
             n_pairs = (c - ends[:, :rows]).sum(dim=1)  # (B,)
             prob = None
@@ -178,17 +177,9 @@ class GRKDLoss(LossModule):
     """Module form of :func:`grkd_loss` holding its options."""
 
     fn = staticmethod(grkd_loss)
-    options = ("temperature", "top_k", "weighting", "reduction")
-
-    def __init__(
-        self,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        weighting: str = "uniform",
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.top_k = check_optional_count("top_k", top_k)
-        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+    checks = {
+        "temperature": check_positive,
+        "top_k": check_optional_count,
+        "weighting": lambda name, value: check_choice(name, value, WEIGHTINGS),
+        "reduction": lambda name, value: check_choice(name, value, REDUCTIONS),
+    }

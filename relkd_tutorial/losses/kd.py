@@ -37,8 +37,4 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
 class KDLoss(LossModule):
     """Module form of :func:`kd_loss` holding the temperature."""
 
-    fn, options = staticmethod(kd_loss), ("temperature",)
-
-    def __init__(self, temperature: float = 4.0) -> None:
-        super().__init__()
-        self.temperature = check_positive("temperature", temperature)
+    fn, checks = staticmethod(kd_loss), {"temperature": check_positive}

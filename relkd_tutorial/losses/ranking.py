@@ -93,20 +93,11 @@ class SoftPairwiseRankLoss(LossModule):
     """Module form of :func:`soft_pairwise_rank_loss` holding its temperatures."""
 
     fn = staticmethod(soft_pairwise_rank_loss)
-    options = ("temperature", "teacher_temperature")
-
-    def __init__(self, temperature: float = 1.0, teacher_temperature: float = 1.0) -> None:
-        super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.teacher_temperature = check_positive("teacher_temperature", teacher_temperature)
+    checks = {"temperature": check_positive, "teacher_temperature": check_positive}
 
 
 class ListwiseRankLoss(LossModule):
     """Module form of :func:`listwise_rank_loss` holding its options."""
 
-    fn, options = staticmethod(listwise_rank_loss), ("temperature", "top_k")
-
-    def __init__(self, temperature: float = 1.0, top_k: int | None = None) -> None:
-        super().__init__()
-        self.temperature = check_positive("temperature", temperature)
-        self.top_k = check_optional_count("top_k", top_k)
+    fn = staticmethod(listwise_rank_loss)
+    checks = {"temperature": check_positive, "top_k": check_optional_count}

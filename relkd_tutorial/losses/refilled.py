@@ -42,9 +42,7 @@ from .._checks import (
     check_float_tensor,
     check_labels,
     check_positive,
-    check_same_batch,
-    check_same_device,
-    check_same_width,
+    check_same,
     full_precision,
     input_checks_enabled,
     loss_dtype,
@@ -74,7 +72,7 @@ def mine_triplets(
     """
     check_float_tensor("student_features", student_features, 2, "(B, D_S)")
     check_labels("labels", labels, student_features.shape[0])
-    check_same_device("student_features", student_features, "labels", labels)
+    check_same("device", "student_features", student_features, "labels", labels)
     margin = check_positive("margin", margin)
     with torch.no_grad(), full_precision(student_features.device):
         dist = embedding_distances(student_features.detach())  # (B, B)
@@ -171,7 +169,7 @@ def refilled_embedding_loss(
     """
     check_feature_pair(student_features, teacher_features)
     check_labels("labels", labels, student_features.shape[0])
-    check_same_device("student_features", student_features, "labels", labels)
+    check_same("device", "student_features", student_features, "labels", labels)
     tau1 = check_positive("tau1", tau1)
     check_choice("form", form, FORMS)
     if triplets is None:
@@ -216,7 +214,7 @@ def class_centres(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     """
     check_float_tensor("features", features, 2, "(N, D)")
     check_labels("labels", labels, features.shape[0], num_classes)
-    check_same_device("features", features, "labels", labels)
+    check_same("device", "features", features, "labels", labels)
     with torch.no_grad(), full_precision(features.device):
         f = rescaled(features.detach().to(loss_dtype(features)))  # (N, D); the centres are
         # unit vectors, so a common scale does not change them, but the sums cannot overflow
@@ -239,10 +237,10 @@ def centre_labels(teacher_features: Tensor, labels: Tensor, centres: Tensor) -> 
     """
     check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)")
     check_float_tensor("centres", centres, 2, "(C, D_T)")
-    check_same_width("teacher_features", teacher_features, "centres", centres)
+    check_same("embedding width", "teacher_features", teacher_features, "centres", centres)
     check_labels("labels", labels, teacher_features.shape[0], centres.shape[0])
-    check_same_device("teacher_features", teacher_features, "centres", centres)
-    check_same_device("teacher_features", teacher_features, "labels", labels)
+    check_same("device", "teacher_features", teacher_features, "centres", centres)
+    check_same("device", "teacher_features", teacher_features, "labels", labels)
     with torch.no_grad(), full_precision(teacher_features.device):
         dtype = loss_dtype(teacher_features, centres)
         has_centre = centres.abs().sum(dim=1) > 0  # (C,)
@@ -280,8 +278,8 @@ def refilled_classifier_kl(
     check_float_tensor("student_logits", student_logits, 2, "(B, C)")
     check_float_tensor("teacher_features", teacher_features, 2, "(B, D_T)")
     check_float_tensor("centres", centres, 2, "(C, D_T)")
-    check_same_batch("student_logits", student_logits, "teacher_features", teacher_features)
-    check_same_width("teacher_features", teacher_features, "centres", centres)
+    check_same("batch size", "student_logits", student_logits, "teacher_features", teacher_features)
+    check_same("embedding width", "teacher_features", teacher_features, "centres", centres)
     num_classes = student_logits.shape[1]
     if centres.shape[0] != num_classes:
         raise ValueError(
@@ -294,7 +292,7 @@ def refilled_classifier_kl(
         ("labels", labels),
         ("centres", centres),
     ):
-        check_same_device("student_logits", student_logits, name, t)
+        check_same("device", "student_logits", student_logits, name, t)
     tau2 = check_positive("tau2", tau2)
 
     dtype = loss_dtype(student_logits, teacher_features, centres)

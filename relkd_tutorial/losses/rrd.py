@@ -33,29 +33,13 @@ from .._checks import (
     check_float_tensor,
     check_positive,
     check_positive_int,
-    check_same_device,
-    check_same_shape,
-    check_same_width,
+    check_same,
     full_precision,
     loss_dtype,
 )
 from ..relations import cosine_similarity_matrix, unit_rows
 
 UPDATE_ORDERS = ("after", "before")
-
-
-def _check_rrd_inputs(
-    student_emb: object, teacher_emb: object, queue: object, tau_s: float, tau_t: float
-) -> None:
-    s = check_float_tensor("student_emb", student_emb, 2, "(B, d)")
-    t = check_float_tensor("teacher_emb", teacher_emb, 2, "(B, d)")
-    q = check_float_tensor("queue", queue, 2, "(K, d)")
-    check_same_shape("student_emb", s, "teacher_emb", t)
-    check_same_width("student_emb", s, "queue", q)
-    check_same_device("student_emb", s, "teacher_emb", t)
-    check_same_device("student_emb", s, "queue", q)
-    check_positive("tau_s", tau_s)
-    check_positive("tau_t", tau_t)
 
 
 def _log_probs(
@@ -93,8 +77,14 @@ def rrd_log_probs(
     ``student_emb`` ``s`` and ``teacher_emb`` ``u`` are ``(B, d)``, ``queue`` ``q`` is ``(K, d)``;
     the teacher side and the queue carry no gradient. Float32 or wider.
     """
-    _check_rrd_inputs(student_emb, teacher_emb, queue, tau_s, tau_t)
-    return _log_probs(student_emb, teacher_emb, queue, tau_s, tau_t)
+    s = check_float_tensor("student_emb", student_emb, 2, "(B, d)")
+    t = check_float_tensor("teacher_emb", teacher_emb, 2, "(B, d)")
+    q = check_float_tensor("queue", queue, 2, "(K, d)")
+    check_same("shape", "student_emb", s, "teacher_emb", t)
+    check_same("embedding width", "student_emb", s, "queue", q)
+    check_same("device", "student_emb", s, "teacher_emb", t)
+    check_same("device", "student_emb", s, "queue", q)
+    return _log_probs(s, t, q, check_positive("tau_s", tau_s), check_positive("tau_t", tau_t))
 
 
 def rrd_loss(
@@ -197,7 +187,7 @@ class EmbeddingQueue(nn.Module):
     def enqueue(self, embeddings: Tensor) -> None:
         """Write a ``(B, d)`` batch at the head of the queue, overwriting the oldest slots."""
         check_float_tensor("embeddings", embeddings, 2, f"(B, {self.keys.shape[1]})")
-        check_same_width("embeddings", embeddings, "queue keys", self.keys)
+        check_same("embedding width", "embeddings", embeddings, "queue keys", self.keys)
         k, b = self.size, embeddings.shape[0]
         n = min(b, k)  # rows that survive this write
         rows = embeddings[b - n :].detach().to(self.keys.dtype)  # (n, d)

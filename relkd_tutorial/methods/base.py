@@ -12,6 +12,7 @@ checkpoint). Every entry but ``"loss"`` is a *weighted* contribution, and they s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,12 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import (
-    check_float_tensor,
-    check_labels,
-    full_precision,
-    loss_dtype,
-)
+from .._checks import check_float_tensor, check_labels, full_precision, loss_dtype
 
 
 @dataclass
@@ -155,6 +151,17 @@ class Method(nn.Module):
             _weighted(terms, name, weight, compute)
         return terms
 
+    def _logit_terms(
+        self, inputs: StepInputs, *losses: tuple[str, float, Callable[[Tensor, Tensor], Tensor]]
+    ) -> dict[str, Tensor]:
+        """:meth:`_ce_terms`, then each ``(name, weight, loss)`` as ``weight * loss(z, t)`` on the
+        student's and the teacher's logits (a weight of 0: not computed), and ``"loss"``."""
+        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
+        terms = self._ce_terms(inputs)
+        for name, weight, loss in losses:
+            _weighted(terms, name, weight, functools.partial(loss, z, t))
+        return _total(terms, z)
+
     def forward(self, inputs: StepInputs) -> dict[str, Tensor]:
         return self.loss_terms(inputs)
 
@@ -187,6 +194,4 @@ def _weighted(
 
 def _total(terms: dict[str, Tensor], student_logits: Tensor) -> dict[str, Tensor]:
     """``with_total(terms)``; if every weight was 0, a zero ``"loss"`` that still has a graph."""
-    if not terms:
-        return {"loss": 0.0 * student_logits.sum()}
-    return with_total(terms)
+    return with_total(terms) if terms else {"loss": 0.0 * student_logits.sum()}

@@ -17,9 +17,14 @@ from torch import Tensor, nn
 
 from .._checks import check_nonnegative, check_positive
 from ..losses.kd import kd_loss
-from .base import Method, SetupData, Stage, StepInputs, _teacher, _total, _weighted
+from .base import Method, StepInputs, _teacher, _total, _weighted
 from .embedding import RRD
 from .logit_relation import GRKD
+
+
+def _of_base(name: str) -> Callable[..., Any]:
+    """A method of :class:`WithKD` that calls the wrapped method's ``name``."""
+    return lambda self, *args, **kwargs: getattr(self.base, name)(*args, **kwargs)
 
 
 class WithKD(Method):
@@ -51,14 +56,10 @@ class WithKD(Method):
     def stage(self) -> str:  # type: ignore[override]
         return self.base.stage
 
-    def stages(self) -> list[Stage]:
-        return self.base.stages()
-
-    def set_stage(self, name: str) -> None:
-        self.base.set_stage(name)
-
-    def setup(self, data: SetupData) -> None:
-        self.base.setup(data)
+    # the schedule, the hooks and the checkpointed state are the wrapped method's
+    stages, set_stage, setup = _of_base("stages"), _of_base("set_stage"), _of_base("setup")
+    after_step = _of_base("after_step")
+    state_dict, load_state_dict = _of_base("state_dict"), _of_base("load_state_dict")
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
         z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
@@ -77,21 +78,9 @@ class WithKD(Method):
             terms = {**head, **extra, **terms}
         return _total(terms, z)
 
-    def after_step(self, inputs: StepInputs) -> None:
-        self.base.after_step(inputs)
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        return self.base.load_state_dict(state_dict, strict, assign)
-
 
 def with_kd(
-    method: Method,
-    kd_weight: float = 1.0,
-    temperature: float = 4.0,
-    ce_weight: float | None = None,
+    method: Method, kd_weight: float = 1.0, temperature: float = 4.0, ce_weight: float | None = None
 ) -> WithKD:
     """``method`` + ``kd_weight * L_KD(temperature)``; ``ce_weight`` (if given) replaces the
     method's CE weight (e.g. ``with_kd(GRKD(), 0.9, ce_weight=0.1)``: KD's 0.1 / 0.9 + GRKD)."""

@@ -116,12 +116,10 @@ class Refilled(Method):
         restrict_to_batch: bool = True,
         stage1_labels: str = "labelled",
     ) -> None:
-        if isinstance(stage1_fraction, bool) or not isinstance(stage1_fraction, (int, float)):
-            raise TypeError("stage1_fraction must be a number in (0, 1)")
-        if not 0 < stage1_fraction < 1:
-            raise ValueError(f"stage1_fraction must lie in (0, 1), got {stage1_fraction}")
         # set before Method.__init__, which reads stages()
-        self.stage1_fraction = float(stage1_fraction)
+        self.stage1_fraction = check_positive("stage1_fraction", stage1_fraction)
+        if self.stage1_fraction >= 1:
+            raise ValueError(f"stage1_fraction must lie in (0, 1), got {stage1_fraction}")
         super().__init__()
         self.form = check_choice("form", form, FORMS)
         self.centre_mode = check_choice("centres", centres, ("global", "local"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import Tensor, nn
 
 from .._checks import (
@@ -16,14 +18,7 @@ from ..losses.grkd import GRKDLoss
 from ..losses.kd import kd_loss
 from ..losses.ranking import ListwiseRankLoss, SoftPairwiseRankLoss
 from ..losses.rkd import rkd_angle_loss, rkd_distance_loss
-from .base import (
-    Method,
-    StepInputs,
-    _teacher,
-    _total,
-    _weighted,
-    masked_cross_entropy,
-)
+from .base import Method, StepInputs, _teacher, _total, _weighted, masked_cross_entropy
 
 
 class KD(Method):
@@ -43,10 +38,8 @@ class KD(Method):
         self.temperature = check_positive("temperature", temperature)
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms = self._ce_terms(inputs)
-        _weighted(terms, "kd", self.kd_weight, lambda: kd_loss(z, t, self.temperature))
-        return _total(terms, z)
+        kd = partial(kd_loss, temperature=self.temperature)
+        return self._logit_terms(inputs, ("kd", self.kd_weight, kd))
 
 
 RKD_CONVENTIONS = {"cifar": (1.0, 25.0, 50.0), "metric": (0.0, 1.0, 2.0)}
@@ -130,10 +123,7 @@ class GRKD(Method):
         self.loss = GRKDLoss(temperature, top_k, weighting, reduction)
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms = self._ce_terms(inputs)
-        _weighted(terms, "grkd", self.grkd_weight, lambda: self.loss(z, t))
-        return _total(terms, z)
+        return self._logit_terms(inputs, ("grkd", self.grkd_weight, self.loss))
 
 
 class _RankingMethod(Method):
@@ -148,10 +138,7 @@ class _RankingMethod(Method):
         self.rank_weight = check_nonnegative("rank_weight", rank_weight)
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms = self._ce_terms(inputs)
-        _weighted(terms, "rank", self.rank_weight, lambda: self.loss(z, t))
-        return _total(terms, z)
+        return self._logit_terms(inputs, ("rank", self.rank_weight, self.loss))
 
 
 class SoftRank(_RankingMethod):
@@ -211,12 +198,11 @@ class DIST(Method):
         self.temperature = check_positive("temperature", temperature)
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        tau = self.temperature
-        terms = self._ce_terms(inputs)
-        _weighted(terms, "dist_inter", self.beta, lambda: dist_inter_loss(z, t, tau))
-        _weighted(terms, "dist_intra", self.gamma, lambda: dist_intra_loss(z, t, tau))
-        return _total(terms, z)
+        inter = partial(dist_inter_loss, temperature=self.temperature)
+        intra = partial(dist_intra_loss, temperature=self.temperature)
+        return self._logit_terms(
+            inputs, ("dist_inter", self.beta, inter), ("dist_intra", self.gamma, intra)
+        )
 
 
 def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Tensor:
@@ -260,12 +246,8 @@ class PseudoLabel(Method):
         self.pseudo_weight = check_nonnegative("pseudo_weight", pseudo_weight)
 
     def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        z, t = inputs.student_logits, _teacher(inputs, "teacher_logits", self.name)
-        terms = self._ce_terms(inputs)
-        _weighted(
-            terms, "pseudo", self.pseudo_weight, lambda: pseudo_label_loss(z, t, inputs.labels)
-        )
-        return _total(terms, z)
+        pseudo = partial(pseudo_label_loss, labels=inputs.labels)
+        return self._logit_terms(inputs, ("pseudo", self.pseudo_weight, pseudo))
 
 
 _LOGIT_AND_RELATION_METHODS: dict[str, type[Method]] = {

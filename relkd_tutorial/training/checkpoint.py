@@ -173,9 +173,7 @@ _ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
 
 def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Write the per-epoch records as CSV (columns: the union of keys, in first-seen order)."""
-    columns: list[str] = []
-    for record in history:
-        columns += [k for k in record if k not in columns]
+    columns = list(dict.fromkeys(k for record in history for k in record))  # first-seen order
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
@@ -234,15 +232,12 @@ def _write_checkpoint(
 
 def _checkpoint_path(config: TrainConfig) -> Path | None:
     """Where the run's checkpoint goes; a path that cannot be written is refused before training."""
-    for name, want_dir in (("checkpoint_dir", True), ("history_csv", False)):
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if want_dir and Path(value).exists() and not Path(value).is_dir():
-            raise ValueError(f"checkpoint_dir {value!r} is a file, not a directory")
-        if not want_dir and Path(value).is_dir():
-            raise ValueError(f"history_csv {value!r} is a directory; name a .csv file in it")
-    return None if config.checkpoint_dir is None else Path(config.checkpoint_dir) / CHECKPOINT_NAME
+    folder, csv_file = config.checkpoint_dir, config.history_csv
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise ValueError(f"checkpoint_dir {folder!r} is a file, not a directory")
+    if csv_file is not None and Path(csv_file).is_dir():
+        raise ValueError(f"history_csv {csv_file!r} is a directory; name a .csv file in it")
+    return None if folder is None else Path(folder) / CHECKPOINT_NAME
 
 
 def _resume_state(config: TrainConfig, ckpt_path: Path | None) -> dict[str, Any] | None:

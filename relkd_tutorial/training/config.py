@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,18 +77,10 @@ class TrainConfig:
     sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
-        def choose(name: str, allowed: Sequence[str]) -> None:
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}"
-                )
-
         # Paths as str: a PosixPath in the saved config would break weights_only loading.
-        for name in ("checkpoint_dir", "history_csv"):
+        for name in ("checkpoint_dir", "history_csv", "resume"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
-        if isinstance(self.resume, os.PathLike):
-            self.resume = os.fspath(self.resume)
         if not isinstance(self.resume, (bool, str)):
             raise TypeError(f"resume must be a bool or a checkpoint path, got {self.resume!r}")
         _check_plain("extra", self.extra)
@@ -98,19 +90,19 @@ class TrainConfig:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
             setattr(self, name, bool(getattr(self, name)))
-        choose("optimizer", ("sgd", "adamw"))
-        choose("schedule", ("constant", "step", "cosine"))
-        choose("amp", ("off", "bf16", "fp16"))
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         # plain Python numbers: a numpy scalar in the saved config would make the checkpoint
         # unloadable with weights_only=True
-        self.epochs = _integer("epochs", self.epochs, 1, "a positive int")
-        self.lr = _finite("lr", self.lr)
-        if not (self.lr > 0):
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        self.momentum = _finite("momentum", self.momentum)
-        self.weight_decay = _finite("weight_decay", self.weight_decay)
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ValueError("momentum and weight_decay must be >= 0")
+        for name, (kind, ok, rule) in _NUMBERS.items():
+            value = getattr(self, name)
+            if value is None and "None" in rule:
+                continue
+            value = _integer(name, value) if kind is int else _finite(name, value)
+            if not ok(value):
+                raise ValueError(f"{name} must be {rule}, got {value!r}")
+            setattr(self, name, value)
         if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
             raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
         if isinstance(self.milestones, (str, bytes)) or not hasattr(self.milestones, "__iter__"):
@@ -126,24 +118,31 @@ class TrainConfig:
                 f"milestones are increasing fractions of a stage's epochs in (0, 1), got "
                 f"{self.milestones}"
             )
-        self.gamma = _finite("gamma", self.gamma)
-        if not (0 < self.gamma <= 1):
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs, 0, ">= 0")
-        if self.grad_clip is not None:
-            self.grad_clip = _finite("grad_clip", self.grad_clip)
-            if not (self.grad_clip > 0):
-                raise ValueError(f"grad_clip must be None or positive, got {self.grad_clip}")
-        self.log_every = _integer("log_every", self.log_every, 1, ">= 1")
-        if self.seed is not None:
-            self.seed = _integer("seed", self.seed, 0, "None or an int >= 0")
         if not isinstance(self.device, (str, torch.device)):
             raise TypeError(f"device must be a str or torch.device, got {self.device!r}")
-        if isinstance(self.device, torch.device):
-            self.device = str(self.device)  # a plain value in the saved config
+        self.device = str(self.device)  # a plain value in the saved config
         for name in ("checkpoint_dir", "history_csv"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be None or a path, got {getattr(self, name)!r}")
+
+
+_CHOICES = {
+    "optimizer": ["sgd", "adamw"], "schedule": ["constant", "step", "cosine"],
+    "amp": ["off", "bf16", "fp16"],
+}  # fmt: skip
+# The number fields: (int or float, the range they must lie in, the range in words); a rule
+# naming None lets the field be None.
+_NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
+    "epochs": (int, lambda v: v >= 1, "a positive int"),
+    "lr": (float, lambda v: v > 0, "positive"),
+    "momentum": (float, lambda v: v >= 0, ">= 0"),
+    "weight_decay": (float, lambda v: v >= 0, ">= 0"),
+    "gamma": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "warmup_epochs": (int, lambda v: v >= 0, ">= 0"),
+    "grad_clip": (float, lambda v: v > 0, "None or positive"),
+    "log_every": (int, lambda v: v >= 1, ">= 1"),
+    "seed": (int, lambda v: v >= 0, "None or an int >= 0"),
+}
 
 
 def _finite(name: str, value: Any) -> float:
@@ -155,13 +154,10 @@ def _finite(name: str, value: Any) -> float:
     return float(value)
 
 
-def _integer(name: str, value: Any, minimum: int, rule: str) -> int:
-    """An int ``>= minimum`` (numpy integers accepted) as a Python int; floats, bools and strings
-    refused (``rule``: the bound in words, for the message)."""
+def _integer(name: str, value: Any) -> int:
+    """An int (numpy integers accepted) as a Python int; floats, bools and strings refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
     return int(value)
 
 
@@ -187,13 +183,10 @@ def _check_plain(name: str, value: Any) -> None:
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` -> cuda if available, else mps if available, else cpu; otherwise as given."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
     if name is None or name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     try:
         device = name if isinstance(name, torch.device) else torch.device(name)
     except RuntimeError as err:
@@ -202,8 +195,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         raise ValueError(
             f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'"
         )
-    mps = getattr(torch.backends, "mps", None)
-    if device.type == "mps" and not (mps is not None and mps.is_available()):
+    if device.type == "mps" and not has_mps:
         raise ValueError(f"device {name!r} requested but MPS is not available; use 'auto' or 'cpu'")
     if device.type == "meta":
         raise ValueError(

@@ -139,18 +139,8 @@ def gather_step_inputs(inputs: StepInputs) -> StepInputs:
     if not is_distributed():
         return inputs
     sizes = gather_sizes(inputs.student_logits.shape[0], inputs.student_logits.device)
-
-    def gather(t: Tensor | None) -> Tensor | None:
-        return None if t is None else all_gather(t, sizes)
-
-    return StepInputs(
-        student_features=all_gather(inputs.student_features, sizes),  # (B, D_S)
-        student_logits=all_gather(inputs.student_logits, sizes),  # (B, C_S)
-        labels=all_gather(inputs.labels, sizes),  # (B,)
-        teacher_features=gather(inputs.teacher_features),  # (B, D_T) or None
-        teacher_logits=gather(inputs.teacher_logits),  # (B, C_T) or None
-        index=gather(inputs.index),  # (B,) or None
-    )
+    fields = vars(inputs).items()  # (B, ...) each, in the dataclass's order
+    return StepInputs(**{k: None if t is None else all_gather(t, sizes) for k, t in fields})
 
 
 def wrap_student(

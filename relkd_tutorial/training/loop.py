@@ -33,7 +33,6 @@ from ..teacher import TeacherCache, as_batch, teacher_outputs
 from .checkpoint import _RunParts
 from .config import TrainConfig
 from .distributed import average_gradients, gather_step_inputs
-from .progress import RESERVED_KEYS  # noqa: F401 - the history's own columns, re-exported
 from .run import _Run
 from .schedule import build_optimizer, build_scheduler, trainable_parameters
 from .signals import StopSignals

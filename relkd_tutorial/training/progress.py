@@ -135,8 +135,5 @@ class _EpochProgress:
 
 
 def _summary(record: dict[str, Any]) -> str:
-    parts = [f"epoch {record['epoch']} [{record['stage']}]"]
-    for k, v in record.items():
-        if k not in ("epoch", "stage") and isinstance(v, float):
-            parts.append(f"{k} {v:.4g}")
-    return "  ".join(parts)
+    values = [f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)]  # not epoch, stage
+    return "  ".join([f"epoch {record['epoch']} [{record['stage']}]", *values])

@@ -5,6 +5,7 @@ multi-stage method gets a fresh optimizer and schedule.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -57,11 +58,8 @@ def stage_plan(stages: Sequence[Any], epochs: int) -> list[StagePlan]:
         if counts[i] == 0:
             counts[max(range(len(counts)), key=lambda j: counts[j])] -= 1
             counts[i] = 1
-    plan, first = [], 0
-    for stage, n in zip(stages, counts, strict=True):
-        plan.append(StagePlan(stage.name, first, n))
-        first += n
-    return plan
+    firsts = [0, *itertools.accumulate(counts)]
+    return [StagePlan(s.name, f, n) for s, f, n in zip(stages, firsts, counts, strict=False)]
 
 
 def lr_factor(config: TrainConfig, epoch: int, stage_epochs: int) -> float:

@@ -69,18 +69,8 @@ def make_step_inputs(
             "train the student; return the features without .detach()",
             stacklevel=3,
         )
-    return StepInputs(
-        student_features=_at_least_float32(features),  # (B, D_S)
-        student_logits=_at_least_float32(logits),  # (B, C_S)
-        labels=batch.y,  # (B,)
-        teacher_features=teacher_features,  # (B, D_T) or None
-        teacher_logits=teacher_logits,  # (B, C_T) or None
-        index=batch.index,  # (B,) or None
-    )
-
-
-def _at_least_float32(x: Tensor) -> Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+    f, z = (x.to(torch.promote_types(x.dtype, torch.float32)) for x in (features, logits))
+    return StepInputs(f, z, batch.y, teacher_features, teacher_logits, batch.index)
 
 
 @torch.no_grad()
@@ -155,12 +145,9 @@ def _run_setup(
     autocast_dtype: torch.dtype | None,
 ) -> None:
     """Give ``method.setup`` the teacher's outputs over the whole un-augmented training set."""
-    name = type(method).__name__
-    if teacher is None:
-        raise ValueError(f"{name} needs a setup pass of the teacher, but no teacher was given")
-    if setup_loader is not None:
+    if setup_loader is not None:  # (fit refused a needs_setup method without a teacher)
         cache = TeacherCache.build(
-            teacher,
+            teacher,  # type: ignore[arg-type]
             setup_loader,
             device,
             channels_last=channels_last,
@@ -171,7 +158,7 @@ def _run_setup(
         cache = teacher  # built by one pass over the un-augmented training set
     else:
         raise ValueError(
-            f"{name} needs the teacher's outputs over the whole un-augmented training set before "
+            f"{type(method).__name__} needs the teacher's outputs over the whole un-augmented training set before "
             "training: pass setup_loader=<the training set without augmentation, yielding "
             "Batch or (x, y, index)>, or teacher=TeacherCache.build(teacher, that_loader)"
         )
