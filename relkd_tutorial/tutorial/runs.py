@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..bench.cli import default_preset, default_threads
-from ..bench.report import paired_differences, summarize_runs
+from ..bench.report import summarize_runs
 from ..bench.runner import Progress, run_setting
 from ..bench.settings import (
     FASHION_SETTINGS,
@@ -357,10 +357,11 @@ def paired_table(
     setting: str | None = None,
 ) -> Table:  # fmt: skip
     """Every method minus ``baseline``, paired by seed: the report's
-    :func:`~relkd_tutorial.bench.report.paired_differences` (points for accuracies), labelled."""
+    :func:`~relkd_tutorial.bench.verdict.comparisons` of that family (points for accuracies),
+    labelled."""
     rows = _one_setting(rows, setting)
     _check_metric(metric)
-    diffs = paired_differences(rows, baselines=[baseline], metrics=[metric])
+    diffs = comparisons(rows, families=(baseline,), metrics=(metric,))
     for d in diffs:
         d["label"] = label(d["method"])
     return Table(diffs, ["label", "n", "mean", "low", "high", "within_noise"], metric, "points")
