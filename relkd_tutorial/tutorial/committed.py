@@ -36,8 +36,15 @@ from ..bench.settings import (
     label,
 )
 from ..bench.store import read_meta, read_runs
-from ..bench.tuned import ARMS, arm_rows, second_run_set, tuned_methods, tuning_comparisons
-from ..bench.verdict import comparisons, mark_fragile
+from ..bench.tuned import (
+    arm_rows,
+    headline_entries,
+    marked,
+    second_run_set,
+    tuned_methods,
+    tuning_comparisons,
+)
+from ..bench.verdict import comparisons, select
 from ..bench.workspace import build_workspace
 from ..stats import format_p
 from .prose import Sentence, markdown_table, say
@@ -265,26 +272,21 @@ def committed_benchmark(
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     recipes = recipes_of_meta(read_meta(folder))
     tuned = committed_results(folder, settings, "tuned")
-    out = Benchmark(folder, recipes, tuned, {}, comparisons(
-        [r for c in tuned.values() for r in c.finished]))  # fmt: skip
+    second = second_run_set(folder) if recipes is not None else None
+    rows = [r for c in tuned.values() for r in c.finished]
+    out = Benchmark(folder, recipes, tuned, {}, headline_entries(rows, recipes, second))
     if recipes is None:
         return out
     out.defaults = committed_results(folder, settings, "defaults")
-    second = second_run_set(folder)
-    theirs: dict[str, Any] = {"tuned": None, "defaults": None, "tuning": None}
     if second is not None:
         out.second = second[1]
-        theirs = {arm: comparisons(arm_rows(second[0], recipes, arm)) for arm in ARMS}
-        theirs["tuning"] = tuning_comparisons(second[0], recipes)
-        out.second_entries = theirs["tuned"]
-    mark_fragile(out.entries, theirs["tuned"], out.second)
+        out.second_entries = comparisons(arm_rows(second[0], recipes, "tuned"))
     with_arms = [name for name in out.present if out.arms(name)]
     base = [r for name in with_arms for r in out.defaults[name].finished]
-    out.default_entries = mark_fragile(comparisons(base), theirs["defaults"], out.second)
+    out.default_entries = marked(comparisons(base), second, recipes, "defaults")
     both = {r["key"]: r for name in with_arms
             for r in (*out.tuned[name].finished, *out.defaults[name].finished)}  # fmt: skip
-    out.tuning = mark_fragile(tuning_comparisons(list(both.values()), recipes),
-                              theirs["tuning"], out.second)  # fmt: skip
+    out.tuning = marked(tuning_comparisons(list(both.values()), recipes), second, recipes, None)
     return out
 
 
@@ -312,13 +314,6 @@ def committed_student(
     )  # fmt: skip
 
 
-def _family(entries: Sequence[dict[str, Any]], setting: str, family: str,
-            metric: str = "acc") -> list[dict[str, Any]]:  # fmt: skip
-    return [
-        e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)
-    ]
-
-
 def _pair_label(e: dict[str, Any], family: str) -> str:
     a, b = label(e["method"]), METHOD_LABELS.get(e["baseline"], "")
     if family in ("kd", "ce"):
@@ -337,7 +332,7 @@ def comparison_table(
     it), ``p``, ``p_holm`` (formatted), ``claim`` (or ``"fragile"``), ``sentence``, and
     ``baseline`` where the family has one (the plot names it)."""
     _check_metric(metric)
-    chosen = _family(entries, setting, family, metric)
+    chosen = select(entries, setting=setting, family=family, metric=metric)
     baselines = {e["baseline"] for e in chosen}
     out = []
     for e in chosen:
@@ -384,7 +379,9 @@ def family_sentence(
 ) -> Sentence:
     """One family's comparisons as clauses (``GRKD trails RKD (-4.23 points, ...)``), joined by
     semicolons; empty where the setting has no such family."""
-    return Sentence("; ".join(map(_one, _family(entries, setting, family, metric))))
+    return Sentence(
+        "; ".join(map(_one, select(entries, setting=setting, family=family, metric=metric)))
+    )
 
 
 def _interval(e: Mapping[str, Any], digits: int, sign: str = "+") -> str:

@@ -22,13 +22,12 @@ from ..bench.settings import (
     describe_params,
 )
 from ..bench.tuned import tuned_methods
-from ..bench.verdict import ablation_comparisons, comparisons
+from ..bench.verdict import ablation_comparisons, comparisons, select
 from .committed import (
     _CLAIM_VERB,
     Benchmark,
     CommittedSetting,
     _claim,
-    _family,
     _interval,
     _one,
     committed_benchmark,
@@ -102,7 +101,7 @@ def question_sentence(bench: Benchmark, setting: str = "transfer") -> Sentence:
     c = bench.tuned.get(setting)
     if c is None or not c.present:
         return c.describe() if c is not None else Sentence(f"No {setting} runs are committed.")
-    mission = _family(bench.entries, setting, "mission")
+    mission = select(bench.entries, setting=setting, family="mission", metric="acc")
     if not mission:
         return say("The committed {s} runs hold no GRKD and rival to compare.", s=setting)
     recipe = bench.recipes.run_params(setting, MISSION_METHOD) if bench.recipes else {}
