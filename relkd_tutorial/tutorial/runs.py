@@ -38,7 +38,7 @@ from ..bench.settings import (
 )
 from ..bench.store import ResultStore, read_runs
 from ..bench.store import find_results_dir as _find_results_dir
-from ..bench.verdict import comparisons
+from ..bench.verdict import comparisons, finished
 from ..bench.workspace import CACHE_ENV, build_workspace
 from ..fastmode import fast_mode
 from ..stats import format_p, mean_std, paired_difference
@@ -239,13 +239,9 @@ def benchmark_runs(
                   f"(spec {', '.join(other)}, now {spec}); they are not used", file=out)  # fmt: skip
     store = ResultStore(cache)
 
-    def found_missing() -> tuple[
-        dict[tuple[str, int | None], dict[str, Any]], dict[str, list[int]]
-    ]:
+    def found_missing() -> tuple[dict[tuple[str, int | None], Any], dict[str, list[int]]]:
         found = {**_wanted(store.rows(), s.name, spec, methods, s.seeds), **committed}
-        return found, _missing(
-            found, methods, s.seeds
-        )  # the committed row wins where both hold one
+        return found, _missing(found, methods, s.seeds)  # a committed row wins over the cache's
 
     found, missing = found_missing()
     trained = 0
@@ -340,12 +336,8 @@ def summary_table(
     k, out = _check_metric(metric), []
     no_run = dict.fromkeys(("mean", "std", "low", "high"), math.nan)  # no finished seed
     for entry in summarize_runs(rows):
-        values = [
-            k * r[metric]
-            for r in rows
-            if r["method"] == entry["method"] and r["phase"] == "final" and r["status"] == "ok"
-            and not math.isnan(r[metric])
-        ]  # fmt: skip
+        ok = finished(rows, method=entry["method"])
+        values = [k * r[metric] for r in ok if not math.isnan(r[metric])]
         stats = seed_stats(values) if values else no_run
         out.append({"method": entry["method"], "label": entry["label"], "status": entry["status"],
                     "note": entry.get("note", ""), "n": entry.get("n", 0), **stats})  # fmt: skip
