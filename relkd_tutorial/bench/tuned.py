@@ -85,15 +85,15 @@ def tuning_comparisons(
             arms = verdict.by_seed(verdict.finished(finals, setting, method=method), "params")
             labels = (f"{label(method)} tuned", f"{label(method)} at its defaults")
             verdict.add_paired(out, arms.get(tag, {}), arms.get("{}", {}), labels, ("acc",),
-                               verdict.CONFIDENCE, setting=setting, family="tuning",
-                               method=method, baseline=method, params=tag)  # fmt: skip
+                               setting=setting, family="tuning", method=method, baseline=method,
+                               params=tag)  # fmt: skip
     return verdict.holm_correct(out)
 
 
 def _mission_claims(entries: Sequence[dict[str, Any]], setting: str) -> dict[str, str]:
     """``{rival: verdict}`` of the question's top-1 family (``"fragile"`` where marked)."""
     mission = verdict.select(entries, setting=setting, family="mission", metric="acc")
-    return {e["baseline"]: "fragile" if e.get("fragile") else e["claim"] for e in mission}
+    return {e["baseline"]: verdict.stated(e) for e in mission}
 
 
 def tuning_paragraph(

@@ -109,6 +109,12 @@ def _p(e: dict[str, Any] | None, key: str = "p_holm", missing: str = "") -> str:
     return missing if e is None else format_p(e[key])
 
 
+def stated(e: dict[str, Any]) -> str:
+    """The entry's verdict as the report states it: ``"fragile"`` where :func:`mark_fragile`
+    marked it, else its claim."""
+    return "fragile" if e.get("fragile") else e["claim"]
+
+
 # --- Comparisons ---
 
 
@@ -134,7 +140,6 @@ def add_paired(
     b: dict[int, dict[str, Any]],
     labels: tuple[str, str],
     metrics: Sequence[str],
-    confidence: float,
     **keys: Any,
 ) -> None:
     """Append to ``out`` an entry per metric (``keys`` first): ``a`` minus ``b`` (``{seed: row}``
@@ -146,7 +151,7 @@ def add_paired(
         if not pairs:
             continue
         k = _scale(metric)
-        d = paired_difference([k * x for x, _ in pairs], [k * y for _, y in pairs], confidence)
+        d = paired_difference([k * x for x, _ in pairs], [k * y for _, y in pairs], CONFIDENCE)
         out.append({**keys, "metric": metric, "mean": d.mean, "std": d.std, "n": d.n,
                     "low": d.low, "high": d.high, "interval_excludes_zero": not d.within_noise,
                     "p": d.p_value, "_diff": d, "_labels": labels})  # fmt: skip
@@ -177,7 +182,6 @@ def comparisons(
     rows: Sequence[dict[str, Any]],
     families: Sequence[str] = FAMILIES,
     metrics: Sequence[str] = DIFF_METRICS,
-    confidence: float = CONFIDENCE,
 ) -> list[dict[str, Any]]:
     """Every comparison of every family, per setting and metric, over the final runs (seeds where
     both finished; accuracy in points): ``setting``, ``family``, ``method``, ``baseline``,
@@ -194,7 +198,7 @@ def comparisons(
                     continue  # so its combinations' control differs in more than one thing
                 labels = (label(method), label(baseline))
                 add_paired(out, by_method[method], by_method[baseline], labels, metrics,
-                           confidence, setting=setting, family=family, method=method,
+                           setting=setting, family=family, method=method,
                            baseline=baseline)  # fmt: skip
     return holm_correct(out)
 
@@ -219,7 +223,7 @@ def ablation_comparisons(rows: Sequence[dict[str, Any]], method: str) -> list[di
             tag = params_tag(v.params)
             if tag in by_tag:
                 add_paired(out, by_tag[tag], by_tag[default_tag], (v.name, "the default"),
-                           ("acc", "kendall_tau"), CONFIDENCE, setting=setting, family="ablation",
+                           ("acc", "kendall_tau"), setting=setting, family="ablation",
                            method=method, baseline=method, variant=v.name, choice=v.choice,
                            params=tag)  # fmt: skip
     return holm_correct(out)

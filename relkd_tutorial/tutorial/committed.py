@@ -44,7 +44,7 @@ from ..bench.tuned import (
     tuned_methods,
     tuning_comparisons,
 )
-from ..bench.verdict import comparisons, select
+from ..bench.verdict import comparisons, select, stated
 from ..bench.workspace import build_workspace
 from ..stats import format_p
 from .prose import Sentence, markdown_table, say
@@ -339,7 +339,7 @@ def comparison_table(
         r = {k: e[k] for k in ("method", "n", "mean", "low", "high", "within_noise", "claim",
                                "sentence")}  # fmt: skip
         r.update(label=_pair_label(e, family), p=format_p(e["p"]), p_holm=format_p(e["p_holm"]),
-                 claim=_claim(e), within_noise=e["within_noise"] or bool(e.get("fragile")))  # fmt: skip
+                 claim=stated(e), within_noise=e["within_noise"] or bool(e.get("fragile")))  # fmt: skip
         if len(baselines) == 1 and family != "ablation":
             r["baseline"] = e["baseline"]
         out.append(r)
@@ -352,12 +352,6 @@ _CLAIM_VERB = {"beats": "beats", "trails": "trails", "within noise": "is within 
                "fragile": "is fragile against"}  # fmt: skip
 
 
-def _claim(e: Mapping[str, Any]) -> str:
-    """The entry's verdict as the report states it: ``"fragile"`` where
-    :func:`~relkd_tutorial.bench.verdict.mark_fragile` marked it, else its claim."""
-    return "fragile" if e.get("fragile") else e["claim"]
-
-
 def _one(e: dict[str, Any]) -> Sentence:
     """``GRKD+KD is within noise of KD (+0.12 points, 95% CI ..., Holm p 0.51)``; fragile:
     ``... is fragile against KD (..., Holm p 0.03; alone: beats)``."""
@@ -367,7 +361,7 @@ def _one(e: dict[str, Any]) -> Sentence:
         "{a} {verb} {b} ({mean:+.{d}f} {unit}, 95% CI {low:+.{d}f} to {high:+.{d}f}, Holm p "
         "{p}{alone})",
         a=label(e["method"]),
-        verb=_CLAIM_VERB[_claim(e)],
+        verb=_CLAIM_VERB[stated(e)],
         b=label(e["baseline"]), mean=e["mean"], low=e["low"],
         high=e["high"], d=digits, unit=unit, p=format_p(e["p_holm"]),
         alone=f"; alone: {e['claim']}" if fragile else "",
@@ -429,7 +423,7 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
         for name in names:
             e = next((e for e in chosen if (e["setting"], e["method"], e["baseline"])
                       == (name, method, baseline)), None)  # fmt: skip
-            cells.append(f"{_interval(e, digits)} {_claim(e)}" if e else "")
+            cells.append(f"{_interval(e, digits)} {stated(e)}" if e else "")
         body.append(cells)
     unit = " (points)" if metric in PERCENT else ""
     first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
