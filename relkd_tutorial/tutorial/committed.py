@@ -44,10 +44,10 @@ from ..bench.tuned import (
     tuned_methods,
     tuning_comparisons,
 )
-from ..bench.verdict import comparisons, select, stated
+from ..bench.verdict import comparisons, markdown_table, select, stated
 from ..bench.workspace import build_workspace
 from ..stats import format_p
-from .prose import Sentence, markdown_table, say
+from .prose import Sentence, say
 from .runs import Table, _check_metric, find_results_dir, protocol_setting, shown, summary_table
 
 
@@ -402,7 +402,7 @@ def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
             ok = r is not None and not math.isnan(r["mean"])
             cells.append(_interval(r, digits, "") if ok else "n/a")
         body.append(cells)
-    return markdown_table(header, body)
+    return Sentence(markdown_table(" | ".join(header), body))
 
 
 def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "acc",
@@ -427,7 +427,7 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
         body.append(cells)
     unit = " (points)" if metric in PERCENT else ""
     first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
-    return markdown_table([first + unit, *names], body)
+    return Sentence(markdown_table(" | ".join([first + unit, *names]), body))
 
 
 def _scrub(command: str) -> str:

@@ -38,12 +38,12 @@ from ..bench.settings import (
 )
 from ..bench.store import ResultStore, read_runs
 from ..bench.store import find_results_dir as _find_results_dir
-from ..bench.verdict import comparisons, finished
+from ..bench.verdict import comparisons, finished, markdown_table
 from ..bench.workspace import CACHE_ENV, build_workspace
 from ..fastmode import fast_mode
 from ..stats import format_p, mean_std, paired_difference
 from ..training import resolve_device
-from .prose import Sentence, markdown_table, say
+from .prose import Sentence, say
 
 
 class ResultsNotFoundError(FileNotFoundError):
@@ -298,9 +298,8 @@ class Table(list):
                 return "" if math.isnan(v) else f"{v:.{digits}f}"
             return str(v)
 
-        return markdown_table(
-            self.columns, ([cell(r.get(c, "")) for c in self.columns] for r in self)
-        )
+        rows = ([cell(r.get(c, "")) for c in self.columns] for r in self)
+        return markdown_table(" | ".join(self.columns), rows)
 
 
 def _one_setting(rows: Sequence[dict[str, Any]], setting: str | None) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from ..bench.settings import (
     describe_params,
 )
 from ..bench.tuned import tuned_methods
-from ..bench.verdict import ablation_comparisons, comparisons, select, stated
+from ..bench.verdict import ablation_comparisons, comparisons, markdown_table, select, stated
 from .committed import (
     _CLAIM_VERB,
     Benchmark,
@@ -31,7 +31,7 @@ from .committed import (
     _one,
     committed_benchmark,
 )
-from .prose import Sentence, markdown_table, say
+from .prose import Sentence, say
 
 #: What each family of :func:`~relkd_tutorial.bench.verdict.comparisons` compares (for sentences).
 FAMILY_WORDS: dict[str, str] = {
@@ -175,7 +175,7 @@ def synthesis_table(bench: Benchmark, ablation: CommittedSetting | None = None,
         body.append([abl[0], str(n), *("" for _ in MISSION_RIVALS), cell])
     if not body:
         raise ValueError("no line of evidence is committed")
-    return markdown_table(header, body)
+    return Sentence(markdown_table(" | ".join(header), body))
 
 
 def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = None,
