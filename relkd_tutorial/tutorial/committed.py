@@ -44,7 +44,7 @@ from ..bench.tuned import (
     tuned_methods,
     tuning_comparisons,
 )
-from ..bench.verdict import comparisons, markdown_table, select, stated
+from ..bench.verdict import comparisons, find_entry, markdown_table, select, stated
 from ..bench.workspace import build_workspace
 from ..stats import format_p
 from .prose import Sentence, say
@@ -421,8 +421,7 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
     for method, baseline in pairs:
         cells = [_pair_label({"method": method, "baseline": baseline}, family)]
         for name in names:
-            e = next((e for e in chosen if (e["setting"], e["method"], e["baseline"])
-                      == (name, method, baseline)), None)  # fmt: skip
+            e = find_entry(chosen, setting=name, method=method, baseline=baseline)
             cells.append(f"{_interval(e, digits)} {stated(e)}" if e else "")
         body.append(cells)
     unit = " (points)" if metric in PERCENT else ""
