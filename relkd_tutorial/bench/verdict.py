@@ -48,6 +48,8 @@ CONFIDENCE = 0.95
 #: either side (choice: p-values of replicated runs scatter by about that much,
 #: ``results/README.md``), so a verdict in that band is one perturbation away from the other side.
 FRAGILE_FACTOR = 5.0
+#: The Holm p-values ``(low, high)`` between which a verdict is fragile.
+FRAGILE_BAND = (ALPHA / FRAGILE_FACTOR, ALPHA * FRAGILE_FACTOR)
 
 #: The protocol's precision target (``docs/benchmark.md``): a method-vs-KD 95% interval no wider
 #: than this many points either side, in the headline setting's top-1.
@@ -229,11 +231,6 @@ def ablation_comparisons(rows: Sequence[dict[str, Any]], method: str) -> list[di
     return holm_correct(out)
 
 
-def fragile_band() -> tuple[float, float]:
-    """The Holm p-values ``(low, high)`` between which a verdict is fragile."""
-    return ALPHA / FRAGILE_FACTOR, ALPHA * FRAGILE_FACTOR
-
-
 def _key(e: dict[str, Any]) -> tuple[Any, ...]:
     return (e["setting"], e["family"], e["method"], e["baseline"], e["metric"], e.get("params"))
 
@@ -244,9 +241,9 @@ def mark_fragile(
     second_name: str = "the second run set",
 ) -> list[dict[str, Any]]:
     """Mark each entry fragile, in place (``e["fragile"]`` says why; ``""``: firm): its Holm p is
-    inside :func:`fragile_band`, or ``second`` (a second run set's entries) has another verdict;
+    inside :data:`FRAGILE_BAND`, or ``second`` (a second run set's entries) has another verdict;
     its ``sentence`` then says "fragile". Returns ``entries``."""
-    low, high = fragile_band()
+    low, high = FRAGILE_BAND
     other = {_key(e): e for e in second or ()}
     for e in entries:
         why = []
@@ -311,7 +308,7 @@ def verdict_paragraph(entries: Sequence[dict[str, Any]], setting: str) -> str:
     """The top-1 verdict of one setting from :func:`comparisons`' entries (no typed number): a
     sentence per family (KD, the controls, the question, the pseudo-label control) that ran."""
     chosen = select(entries, setting=setting, metric="acc")
-    low, high = fragile_band()
+    low, high = FRAGILE_BAND
     fragile = (
         f" and it is not fragile: its Holm p is not between {low:g} and {high:g}, and a second "
         "run set of the same runs, where there is one, gives the same verdict"
