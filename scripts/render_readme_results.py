@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from relkd_tutorial.bench.recipes import recipes_of_meta  # noqa: E402
-from relkd_tutorial.bench.settings import METHOD_LABELS, describe_params  # noqa: E402
+from relkd_tutorial.bench.report import _pm  # noqa: E402
+from relkd_tutorial.bench.settings import describe_params, label  # noqa: E402
 from relkd_tutorial.bench.store import read_runs, select_rows  # noqa: E402
 from relkd_tutorial.bench.tuned import (  # noqa: E402
     arm_rows,
@@ -81,24 +82,11 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
-
-
 def _join(items: Sequence[str]) -> str:
     items = list(items)
     if len(items) <= 2:
         return " and ".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _pm(entry: dict[str, Any], metric: str, scale: float, digits: int) -> str:
-    mean, std = entry[f"{metric}_mean"], entry[f"{metric}_std"]
-    if math.isnan(mean):
-        return "n/a"
-    if math.isnan(std):
-        return f"{scale * mean:.{digits}f}"
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def _interval(d: dict[str, Any] | None, digits: int = 1) -> str:
@@ -137,15 +125,15 @@ def _verdicts(diffs, setting: str, baseline: str, digits: int = 2) -> str:
     mine = [d for d in diffs if d["setting"] == setting and _in_family(d, baseline)
             and d["metric"] == "acc"]  # fmt: skip
     if not mine:
-        return f"no paired difference against {_label(baseline)}"
+        return f"no paired difference against {label(baseline)}"
     if all(d["n"] < 2 for d in mine):
         return "one seed, so no interval and no claim either way"
-    fragile = [_label(d["method"]) for d in mine if d.get("fragile")]
+    fragile = [label(d["method"]) for d in mine if d.get("fragile")]
     mine = [d for d in mine if not d.get("fragile")]
-    beats = [f"{_label(d['method'])} ({_ci(d, digits)})" for d in mine
+    beats = [f"{label(d['method'])} ({_ci(d, digits)})" for d in mine
              if not d["within_noise"] and d["mean"] > 0]  # fmt: skip
-    trails = [_label(d["method"]) for d in mine if not d["within_noise"] and d["mean"] < 0]
-    noise = [_label(d["method"]) for d in mine if d["within_noise"]]
+    trails = [label(d["method"]) for d in mine if not d["within_noise"] and d["mean"] < 0]
+    noise = [label(d["method"]) for d in mine if d["within_noise"]]
     parts = [
         f"beats it: {_join(beats) if beats else 'none'}",
         f"trails it: {_join(trails) if trails else 'none'}",
@@ -195,8 +183,8 @@ def render_main(folder: Path, link: str) -> str:
     for e in rows:
         m = e["method"]
         lines.append(
-            f"| {_label(m)} | {_pm(e, 'acc', 100, 1)} | {_interval(_diff(diffs, head, m, 'ce'))} "
-            f"| {_interval(_diff(diffs, head, m, 'kd'))} | {_pm(e, 'kendall_tau', 1, 3)} |"
+            f"| {label(m)} | {_pm(e, 'acc')} | {_interval(_diff(diffs, head, m, 'ce'))} "
+            f"| {_interval(_diff(diffs, head, m, 'kd'))} | {_pm(e, 'kendall_tau')} |"
         )
     if any(e["setting"] == head and e["metric"] == "acc" for e in entries):
         lines += ["", verdict_paragraph(entries, head)]
@@ -208,9 +196,9 @@ def render_main(folder: Path, link: str) -> str:
     if taus:
         best = max(taus, key=lambda e: e["kendall_tau_mean"])
         base = {e["method"]: e["kendall_tau_mean"] for e in taus}
-        ref = ", ".join(f"{_label(m)} {base[m]:.3f}" for m in ("ce", "kd") if m in base)
+        ref = ", ".join(f"{label(m)} {base[m]:.3f}" for m in ("ce", "kd") if m in base)
         lines.append(
-            f"- The teacher's class ranking transfers best with {_label(best['method'])} "
+            f"- The teacher's class ranking transfers best with {label(best['method'])} "
             f"(mean Kendall tau {best['kendall_tau_mean']:.3f}; {ref})."
         )
     return _close(lines, folder, summary, diffs, settings)
@@ -254,9 +242,9 @@ def render_tuned(
             f" ({e['recipe']})" if e.get("recipe", "tuned") != "tuned" else ""
         )
         lines.append(
-            f"| {_label(m)} | {recipe} | {_pm(e, 'acc', 100, 1)} | "
+            f"| {label(m)} | {recipe} | {_pm(e, 'acc')} | "
             f"{_interval(_diff(diffs, head, m, 'ce'))} | {_interval(_diff(diffs, head, m, 'kd'))} "
-            f"| {_pm(e, 'kendall_tau', 1, 3)} |"
+            f"| {_pm(e, 'kendall_tau')} |"
         )
     if any(e["setting"] == head and e["metric"] == "acc" for e in entries):
         lines += ["", verdict_paragraph(entries, head)]

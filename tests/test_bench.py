@@ -18,6 +18,7 @@ from relkd_tutorial.bench import settings as bench_settings
 from relkd_tutorial.bench import store as bench_store
 from relkd_tutorial.bench.recipes import recipes_of_meta
 from relkd_tutorial.bench.tuned import arm_rows
+from relkd_tutorial.bench.verdict import comparisons
 from relkd_tutorial.data import load_fashion_mnist, partially_labelled, select_classes
 from relkd_tutorial.models import build_model
 from relkd_tutorial.stats import (
@@ -553,7 +554,7 @@ def test_report_functions_on_synthetic_rows() -> None:
     summary = report.summarize_runs(rows)
     assert [e["method"] for e in summary] == ["ce", "grkd"]
     assert summary[1]["acc_mean"] == pytest.approx(0.75)
-    diffs = report.paired_differences(rows, baselines=("ce",), metrics=("acc",))
+    diffs = comparisons(rows, families=("ce",), metrics=("acc",))
     assert len(diffs) == 1 and diffs[0]["mean"] == pytest.approx(4.0)
     assert diffs[0]["sentence"].startswith("[top-1] GRKD beats CE by 4.00 points")
 

@@ -16,10 +16,10 @@ import torch
 from _helpers import T_975_TABLE
 
 from relkd_tutorial.bench import cli, store
-from relkd_tutorial.bench.report import paired_differences
 from relkd_tutorial.bench.runner import Job
 from relkd_tutorial.bench.settings import default_settings
 from relkd_tutorial.bench.store import RUN_COLUMNS, ResultStore, read_runs
+from relkd_tutorial.bench.verdict import comparisons
 from relkd_tutorial.bench.workspace import build_workspace
 from relkd_tutorial.stats import mean_std
 from relkd_tutorial.tutorial import runs
@@ -316,7 +316,7 @@ def test_summary_table_is_mean_sample_std_and_t_interval_in_percent():
 def test_paired_vs_is_the_reports_paired_difference():
     rows = synthetic()
     d = paired_vs(rows, "kd", "ce")
-    ref = next(x for x in paired_differences(rows, baselines=["ce"], metrics=["acc"])
+    ref = next(x for x in comparisons(rows, families=["ce"], metrics=["acc"])
                if x["method"] == "kd")  # fmt: skip
     assert {k: d[k] for k in ref} == ref
     diffs = [100 * (ACC["kd", s] - ACC["ce", s]) for s in range(4)]

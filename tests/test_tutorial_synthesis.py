@@ -25,6 +25,7 @@ from relkd_tutorial.bench.settings import (
     params_tag,
 )
 from relkd_tutorial.bench.store import RUN_COLUMNS, ResultStore
+from relkd_tutorial.bench.verdict import stated
 from relkd_tutorial.tutorial import committed
 from relkd_tutorial.tutorial.prose import find_typed_results
 from relkd_tutorial.tutorial.synthesis import (
@@ -110,14 +111,14 @@ def test_both_arms_are_read_as_the_report_reads_them(tmp_path):
 def test_a_verdict_that_differs_in_the_second_run_set_is_fragile(tmp_path):
     main = folder(tmp_path / "r")
     b = committed.committed_benchmark(main, settings=("transfer",))
-    vs_rkd = committed._claim(committed_pick(b.entries, "rkd"))
+    vs_rkd = stated(committed_pick(b.entries, "rkd"))
     assert vs_rkd == "beats"  # +4 points on every seed
     second = folder(main / "replicate", shift={"grkd": (0.05, 0.02)})
     (second / "meta.json").write_text(json.dumps({**META, "environment": {"cpu_capability":
                                                                           "AVX2"}}))  # fmt: skip
     b = committed.committed_benchmark(main, settings=("transfer",))
     e = committed_pick(b.entries, "rkd")
-    assert committed._claim(e) == "fragile" and "AVX2" in b.second and "within noise in" in e[
+    assert stated(e) == "fragile" and "AVX2" in b.second and "within noise in" in e[
         "fragile"]  # fmt: skip
     text = question_sentence(b, "transfer")
     assert "GRKD is fragile against RKD" in text and "alone: beats" in text

@@ -30,8 +30,7 @@ def _std(e: dict[str, Any], metric: str) -> float:
 def _per_method(ax: Any, entries: Sequence[dict[str, Any]], ylabel: str, setting: str) -> Any:
     """A panel's method axis (the entries' labels), y label, title and grid."""
     ax.set_xticks(range(len(entries)), [e["label"] for e in entries], rotation=45, ha="right")
-    ax.set_ylabel(ylabel)
-    ax.set_title(setting)
+    ax.set(ylabel=ylabel, title=setting)
     ax.grid(axis="y", alpha=0.3)
     return ax
 
@@ -74,8 +73,7 @@ def plot_differences(diffs: Sequence[dict[str, Any]], setting: str, ax: Any) -> 
     ax.axvline(0.0, color="k", lw=0.8)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
-    ax.set_xlabel(f"paired difference, {METRIC_LABELS['acc']} (points), 95% CI")
-    ax.set_title(setting)
+    ax.set(xlabel=f"paired difference, {METRIC_LABELS['acc']} (points), 95% CI", title=setting)
     ax.grid(axis="x", alpha=0.3)
     return ax
 

@@ -22,7 +22,6 @@ from .settings import (
     ALPHA,
     BASELINES,
     CONTROL_WEIGHTS,
-    DIFF_METRICS,
     HEADLINE_BASELINE,
     METHOD_LABELS,
     METHODS,
@@ -65,17 +64,6 @@ def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 entry.update({f"{metric}_mean": mean, f"{metric}_std": std})
             out.append(entry)
     return out
-
-
-def paired_differences(
-    rows: Sequence[dict[str, Any]],
-    baselines: Sequence[str] = BASELINES,
-    metrics: Sequence[str] = DIFF_METRICS,
-    confidence: float = 0.95,
-) -> list[dict[str, Any]]:
-    """Every method minus each baseline (CE, KD), paired by seed: those families of
-    :func:`~.verdict.comparisons`."""
-    return verdict.comparisons(rows, tuple(baselines), metrics, confidence)
 
 
 # --- Text ---
@@ -339,7 +327,7 @@ def stdout_summary(
     """A compact text table per setting for the terminal (the headline arm, ``meta``'s recipes)."""
     rows = tuned.arm_rows(select_rows(rows, specs), recipes_of_meta(meta), "tuned")
     summary = summarize_runs(rows)
-    diffs = paired_differences(rows)
+    diffs = verdict.comparisons(rows, BASELINES)
     out = []
     for setting in _ordered_settings(rows):
         out.append(f"\n== {setting} ==")

@@ -85,15 +85,15 @@ def tuning_comparisons(
             arms = verdict.by_seed(verdict.finished(finals, setting, method=method), "params")
             labels = (f"{label(method)} tuned", f"{label(method)} at its defaults")
             verdict.add_paired(out, arms.get(tag, {}), arms.get("{}", {}), labels, ("acc",),
-                               verdict.CONFIDENCE, setting=setting, family="tuning",
-                               method=method, baseline=method, params=tag)  # fmt: skip
+                               setting=setting, family="tuning", method=method, baseline=method,
+                               params=tag)  # fmt: skip
     return verdict.holm_correct(out)
 
 
 def _mission_claims(entries: Sequence[dict[str, Any]], setting: str) -> dict[str, str]:
     """``{rival: verdict}`` of the question's top-1 family (``"fragile"`` where marked)."""
     mission = verdict.select(entries, setting=setting, family="mission", metric="acc")
-    return {e["baseline"]: "fragile" if e.get("fragile") else e["claim"] for e in mission}
+    return {e["baseline"]: verdict.stated(e) for e in mission}
 
 
 def tuning_paragraph(
@@ -268,8 +268,8 @@ def out_of_the_box(
         )
     if ran:
         base = arm_rows(rows, recipes, "defaults")
-        entries = _marked(verdict.comparisons(base), second, recipes, "defaults")
-        tuning = _marked(tuning_comparisons(rows, recipes), second, recipes, None)
+        entries = marked(verdict.comparisons(base), second, recipes, "defaults")
+        tuning = marked(tuning_comparisons(rows, recipes), second, recipes, None)
         methods = sorted({r["method"] for r in base if r["setting"] == setting
                           and r["phase"] == "final"}, key=_method_order)  # fmt: skip
         top1 = verdict.select(entries, setting=setting, metric="acc")
@@ -292,7 +292,7 @@ def out_of_the_box(
     return parts
 
 
-def _marked(
+def marked(
     entries: list[dict[str, Any]], second: tuple | None, recipes: Recipes | None, arm: str | None
 ) -> list[dict[str, Any]]:
     """``entries`` of one arm (``None``: the tuning comparisons) marked fragile
@@ -357,7 +357,7 @@ def headline_entries(
     entries = verdict.comparisons(rows)
     if recipes is None:
         return entries
-    return _marked(entries, second, recipes, "tuned")
+    return marked(entries, second, recipes, "tuned")
 
 
 def second_run_set(folder: str | Path) -> tuple[list[dict[str, Any]], str] | None:

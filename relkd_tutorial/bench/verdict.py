@@ -48,6 +48,8 @@ CONFIDENCE = 0.95
 #: either side (choice: p-values of replicated runs scatter by about that much,
 #: ``results/README.md``), so a verdict in that band is one perturbation away from the other side.
 FRAGILE_FACTOR = 5.0
+#: The Holm p-values ``(low, high)`` between which a verdict is fragile.
+FRAGILE_BAND = (ALPHA / FRAGILE_FACTOR, ALPHA * FRAGILE_FACTOR)
 
 #: The protocol's precision target (``docs/benchmark.md``): a method-vs-KD 95% interval no wider
 #: than this many points either side, in the headline setting's top-1.
@@ -109,6 +111,12 @@ def _p(e: dict[str, Any] | None, key: str = "p_holm", missing: str = "") -> str:
     return missing if e is None else format_p(e[key])
 
 
+def stated(e: dict[str, Any]) -> str:
+    """The entry's verdict as the report states it: ``"fragile"`` where :func:`mark_fragile`
+    marked it, else its claim."""
+    return "fragile" if e.get("fragile") else e["claim"]
+
+
 # --- Comparisons ---
 
 
@@ -134,7 +142,6 @@ def add_paired(
     b: dict[int, dict[str, Any]],
     labels: tuple[str, str],
     metrics: Sequence[str],
-    confidence: float,
     **keys: Any,
 ) -> None:
     """Append to ``out`` an entry per metric (``keys`` first): ``a`` minus ``b`` (``{seed: row}``
@@ -146,7 +153,7 @@ def add_paired(
         if not pairs:
             continue
         k = _scale(metric)
-        d = paired_difference([k * x for x, _ in pairs], [k * y for _, y in pairs], confidence)
+        d = paired_difference([k * x for x, _ in pairs], [k * y for _, y in pairs], CONFIDENCE)
         out.append({**keys, "metric": metric, "mean": d.mean, "std": d.std, "n": d.n,
                     "low": d.low, "high": d.high, "interval_excludes_zero": not d.within_noise,
                     "p": d.p_value, "_diff": d, "_labels": labels})  # fmt: skip
@@ -177,7 +184,6 @@ def comparisons(
     rows: Sequence[dict[str, Any]],
     families: Sequence[str] = FAMILIES,
     metrics: Sequence[str] = DIFF_METRICS,
-    confidence: float = CONFIDENCE,
 ) -> list[dict[str, Any]]:
     """Every comparison of every family, per setting and metric, over the final runs (seeds where
     both finished; accuracy in points): ``setting``, ``family``, ``method``, ``baseline``,
@@ -194,7 +200,7 @@ def comparisons(
                     continue  # so its combinations' control differs in more than one thing
                 labels = (label(method), label(baseline))
                 add_paired(out, by_method[method], by_method[baseline], labels, metrics,
-                           confidence, setting=setting, family=family, method=method,
+                           setting=setting, family=family, method=method,
                            baseline=baseline)  # fmt: skip
     return holm_correct(out)
 
@@ -219,15 +225,10 @@ def ablation_comparisons(rows: Sequence[dict[str, Any]], method: str) -> list[di
             tag = params_tag(v.params)
             if tag in by_tag:
                 add_paired(out, by_tag[tag], by_tag[default_tag], (v.name, "the default"),
-                           ("acc", "kendall_tau"), CONFIDENCE, setting=setting, family="ablation",
+                           ("acc", "kendall_tau"), setting=setting, family="ablation",
                            method=method, baseline=method, variant=v.name, choice=v.choice,
                            params=tag)  # fmt: skip
     return holm_correct(out)
-
-
-def fragile_band() -> tuple[float, float]:
-    """The Holm p-values ``(low, high)`` between which a verdict is fragile."""
-    return ALPHA / FRAGILE_FACTOR, ALPHA * FRAGILE_FACTOR
 
 
 def _key(e: dict[str, Any]) -> tuple[Any, ...]:
@@ -240,9 +241,9 @@ def mark_fragile(
     second_name: str = "the second run set",
 ) -> list[dict[str, Any]]:
     """Mark each entry fragile, in place (``e["fragile"]`` says why; ``""``: firm): its Holm p is
-    inside :func:`fragile_band`, or ``second`` (a second run set's entries) has another verdict;
+    inside :data:`FRAGILE_BAND`, or ``second`` (a second run set's entries) has another verdict;
     its ``sentence`` then says "fragile". Returns ``entries``."""
-    low, high = fragile_band()
+    low, high = FRAGILE_BAND
     other = {_key(e): e for e in second or ()}
     for e in entries:
         why = []
@@ -307,7 +308,7 @@ def verdict_paragraph(entries: Sequence[dict[str, Any]], setting: str) -> str:
     """The top-1 verdict of one setting from :func:`comparisons`' entries (no typed number): a
     sentence per family (KD, the controls, the question, the pseudo-label control) that ran."""
     chosen = select(entries, setting=setting, metric="acc")
-    low, high = fragile_band()
+    low, high = FRAGILE_BAND
     fragile = (
         f" and it is not fragile: its Holm p is not between {low:g} and {high:g}, and a second "
         "run set of the same runs, where there is one, gives the same verdict"

@@ -36,11 +36,18 @@ from ..bench.settings import (
     label,
 )
 from ..bench.store import read_meta, read_runs
-from ..bench.tuned import ARMS, arm_rows, second_run_set, tuned_methods, tuning_comparisons
-from ..bench.verdict import comparisons, mark_fragile
+from ..bench.tuned import (
+    arm_rows,
+    headline_entries,
+    marked,
+    second_run_set,
+    tuned_methods,
+    tuning_comparisons,
+)
+from ..bench.verdict import comparisons, find_entry, markdown_table, select, stated
 from ..bench.workspace import build_workspace
 from ..stats import format_p
-from .prose import Sentence, markdown_table, say
+from .prose import Sentence, say
 from .runs import Table, _check_metric, find_results_dir, protocol_setting, shown, summary_table
 
 
@@ -265,26 +272,21 @@ def committed_benchmark(
     folder = Path(results_dir) if results_dir is not None else find_results_dir()
     recipes = recipes_of_meta(read_meta(folder))
     tuned = committed_results(folder, settings, "tuned")
-    out = Benchmark(folder, recipes, tuned, {}, comparisons(
-        [r for c in tuned.values() for r in c.finished]))  # fmt: skip
+    second = second_run_set(folder) if recipes is not None else None
+    rows = [r for c in tuned.values() for r in c.finished]
+    out = Benchmark(folder, recipes, tuned, {}, headline_entries(rows, recipes, second))
     if recipes is None:
         return out
     out.defaults = committed_results(folder, settings, "defaults")
-    second = second_run_set(folder)
-    theirs: dict[str, Any] = {"tuned": None, "defaults": None, "tuning": None}
     if second is not None:
         out.second = second[1]
-        theirs = {arm: comparisons(arm_rows(second[0], recipes, arm)) for arm in ARMS}
-        theirs["tuning"] = tuning_comparisons(second[0], recipes)
-        out.second_entries = theirs["tuned"]
-    mark_fragile(out.entries, theirs["tuned"], out.second)
+        out.second_entries = comparisons(arm_rows(second[0], recipes, "tuned"))
     with_arms = [name for name in out.present if out.arms(name)]
     base = [r for name in with_arms for r in out.defaults[name].finished]
-    out.default_entries = mark_fragile(comparisons(base), theirs["defaults"], out.second)
+    out.default_entries = marked(comparisons(base), second, recipes, "defaults")
     both = {r["key"]: r for name in with_arms
             for r in (*out.tuned[name].finished, *out.defaults[name].finished)}  # fmt: skip
-    out.tuning = mark_fragile(tuning_comparisons(list(both.values()), recipes),
-                              theirs["tuning"], out.second)  # fmt: skip
+    out.tuning = marked(tuning_comparisons(list(both.values()), recipes), second, recipes, None)
     return out
 
 
@@ -312,13 +314,6 @@ def committed_student(
     )  # fmt: skip
 
 
-def _family(entries: Sequence[dict[str, Any]], setting: str, family: str,
-            metric: str = "acc") -> list[dict[str, Any]]:  # fmt: skip
-    return [
-        e for e in entries if (e["setting"], e["family"], e["metric"]) == (setting, family, metric)
-    ]
-
-
 def _pair_label(e: dict[str, Any], family: str) -> str:
     a, b = label(e["method"]), METHOD_LABELS.get(e["baseline"], "")
     if family in ("kd", "ce"):
@@ -337,14 +332,14 @@ def comparison_table(
     it), ``p``, ``p_holm`` (formatted), ``claim`` (or ``"fragile"``), ``sentence``, and
     ``baseline`` where the family has one (the plot names it)."""
     _check_metric(metric)
-    chosen = _family(entries, setting, family, metric)
+    chosen = select(entries, setting=setting, family=family, metric=metric)
     baselines = {e["baseline"] for e in chosen}
     out = []
     for e in chosen:
         r = {k: e[k] for k in ("method", "n", "mean", "low", "high", "within_noise", "claim",
                                "sentence")}  # fmt: skip
         r.update(label=_pair_label(e, family), p=format_p(e["p"]), p_holm=format_p(e["p_holm"]),
-                 claim=_claim(e), within_noise=e["within_noise"] or bool(e.get("fragile")))  # fmt: skip
+                 claim=stated(e), within_noise=e["within_noise"] or bool(e.get("fragile")))  # fmt: skip
         if len(baselines) == 1 and family != "ablation":
             r["baseline"] = e["baseline"]
         out.append(r)
@@ -357,12 +352,6 @@ _CLAIM_VERB = {"beats": "beats", "trails": "trails", "within noise": "is within 
                "fragile": "is fragile against"}  # fmt: skip
 
 
-def _claim(e: Mapping[str, Any]) -> str:
-    """The entry's verdict as the report states it: ``"fragile"`` where
-    :func:`~relkd_tutorial.bench.verdict.mark_fragile` marked it, else its claim."""
-    return "fragile" if e.get("fragile") else e["claim"]
-
-
 def _one(e: dict[str, Any]) -> Sentence:
     """``GRKD+KD is within noise of KD (+0.12 points, 95% CI ..., Holm p 0.51)``; fragile:
     ``... is fragile against KD (..., Holm p 0.03; alone: beats)``."""
@@ -372,7 +361,7 @@ def _one(e: dict[str, Any]) -> Sentence:
         "{a} {verb} {b} ({mean:+.{d}f} {unit}, 95% CI {low:+.{d}f} to {high:+.{d}f}, Holm p "
         "{p}{alone})",
         a=label(e["method"]),
-        verb=_CLAIM_VERB[_claim(e)],
+        verb=_CLAIM_VERB[stated(e)],
         b=label(e["baseline"]), mean=e["mean"], low=e["low"],
         high=e["high"], d=digits, unit=unit, p=format_p(e["p_holm"]),
         alone=f"; alone: {e['claim']}" if fragile else "",
@@ -384,7 +373,9 @@ def family_sentence(
 ) -> Sentence:
     """One family's comparisons as clauses (``GRKD trails RKD (-4.23 points, ...)``), joined by
     semicolons; empty where the setting has no such family."""
-    return Sentence("; ".join(map(_one, _family(entries, setting, family, metric))))
+    return Sentence(
+        "; ".join(map(_one, select(entries, setting=setting, family=family, metric=metric)))
+    )
 
 
 def _interval(e: Mapping[str, Any], digits: int, sign: str = "+") -> str:
@@ -411,7 +402,7 @@ def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
             ok = r is not None and not math.isnan(r["mean"])
             cells.append(_interval(r, digits, "") if ok else "n/a")
         body.append(cells)
-    return markdown_table(header, body)
+    return Sentence(markdown_table(" | ".join(header), body))
 
 
 def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "acc",
@@ -430,13 +421,12 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
     for method, baseline in pairs:
         cells = [_pair_label({"method": method, "baseline": baseline}, family)]
         for name in names:
-            e = next((e for e in chosen if (e["setting"], e["method"], e["baseline"])
-                      == (name, method, baseline)), None)  # fmt: skip
-            cells.append(f"{_interval(e, digits)} {_claim(e)}" if e else "")
+            e = find_entry(chosen, setting=name, method=method, baseline=baseline)
+            cells.append(f"{_interval(e, digits)} {stated(e)}" if e else "")
         body.append(cells)
     unit = " (points)" if metric in PERCENT else ""
     first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
-    return markdown_table([first + unit, *names], body)
+    return Sentence(markdown_table(" | ".join([first + unit, *names]), body))
 
 
 def _scrub(command: str) -> str:

@@ -23,13 +23,13 @@ from torch import Tensor
 from ..bench.runner import method_kwargs
 from ..bench.search_space import SEARCH_SPACE, WEIGHT, method_defaults
 from ..bench.settings import METHOD_LABELS, METHODS
+from ..bench.verdict import markdown_table as _table
 from ..bench.workspace import Workspace
 from ..data import TensorLoader
 from ..losses.refilled import centre_labels, mine_triplets
 from ..methods import SetupData, StepInputs, build_method
 from ..models import build_model
 from ..training import gradient_shares, seeded, stage_plan, term_gradient_norms
-from .prose import markdown_table as _table
 
 # --- Gradient shares at initialisation
 
@@ -238,7 +238,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """``rows`` (dicts with the same keys) as a Markdown table, columns in key order."""
     if not rows:
         raise ValueError("no rows to tabulate")
-    return _table(list(rows[0]), ([str(r[c]) for c in rows[0]] for r in rows))
+    return _table(" | ".join(rows[0]), ([str(r[c]) for c in rows[0]] for r in rows))
 
 
 # --- REFILLED's triplets per batch

@@ -104,11 +104,9 @@ def plot_histories(
             raise ValueError(f"run {name!r} has no {key!r} in every record")
         epochs = [r.get("epoch", i + 1) for i, r in enumerate(history)]
         ax.plot(epochs, [r[key] for r in history], marker="o", markersize=3, label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel or key)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _titled(ax, title)
+    return _titled(ax, title, "epoch", ylabel or key)
 
 
 # --- 00 setup and data --------------------------------------------------------------------------
@@ -138,8 +136,7 @@ def plot_image_grid(
         picked = np.flatnonzero(y == k)[:per_class]
         for j in range(per_class):
             ax = axes[k, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if j < len(picked):
@@ -252,11 +249,9 @@ def plot_timings(
         ax.plot(b, t, marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("batch size B")
-    ax.set_ylabel("time per call (ms)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return _titled(ax, title)
+    return _titled(ax, title, "batch size B", "time per call (ms)")
 
 
 # --- 03 RRD -------------------------------------------------------------------------------------
@@ -326,8 +321,7 @@ def plot_refilled_anchor(
             ax_map.scatter(xy[idx, 0], xy[idx, 1], s=40, facecolors="none", edgecolors=colour)
     ax_map.scatter([xy[a, 0]], [xy[a, 1]], s=160, marker="*", c=_ANCHOR, label="anchor", zorder=5)
     ax_map.set_title(f"student embedding (PCA), anchor {a}, class {view['label']}")
-    ax_map.set_xticks([])
-    ax_map.set_yticks([])
+    ax_map.set(xticks=[], yticks=[])
     ax_map.legend(loc="best", fontsize="x-small")
 
     n = len(view["positive"])
@@ -340,10 +334,8 @@ def plot_refilled_anchor(
     pad = 0.05 * (hi - lo)
     span = (lo - pad, hi + pad)
     ax_prob.plot(span, span, c="0.5", lw=0.8, ls="--")
-    ax_prob.set_xlim(span)
-    ax_prob.set_ylim(span)
-    ax_prob.set_xlabel(r"teacher $P^t=\sigma((d_{an}-d_{ap})/\tau_1)$")
-    ax_prob.set_ylabel(r"student $P^s$")
+    ax_prob.set(xlim=span, ylim=span)
+    _titled(ax_prob, None, r"teacher $P^t=\sigma((d_{an}-d_{ap})/\tau_1)$", r"student $P^s$")
     ax_prob.set_title(
         f"{n} semi-hard triplets (m={view['margin']:.2f}; batch: {view['batch_triplets']}), "
         f"mean loss term {view['loss']:.2e}",
@@ -364,8 +356,7 @@ def plot_refilled_anchor(
             for j, (idx, name) in enumerate(zip(trio, ("a", "p", "n"), strict=True)):
                 ax = fig.add_subplot(inner[0, 3 * i + j])
                 ax.imshow(images[idx], cmap="gray_r")
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax.set(xticks=[], yticks=[])
                 ax.set_xlabel(name, fontsize="x-small", labelpad=1)
                 if j == 1:
                     ax.set_title(
@@ -391,10 +382,8 @@ def plot_stage_curves(
                     cur["stage"], (prev["epoch"] + 0.5, 0.02), xycoords=("data", "axes fraction"),
                     color=line.get_color(), fontsize="x-small", rotation=90, va="bottom",
                 )  # fmt: skip
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(key)
     ax.legend(fontsize="small")
-    return ax
+    return _titled(ax, None, "epoch", key)
 
 
 # --- 05 GRKD -------------------------------------------------------------------------------------
@@ -423,8 +412,7 @@ def plot_preference_matrix(
     labels = [names[i] for i in order]
     ax.set_xticks(range(c), labels, rotation=45, ha="right", fontsize="small")
     ax.set_yticks(range(c), labels, fontsize="small")
-    ax.set_xlabel("k (less preferred)")
-    ax.set_ylabel("j (preferred by the teacher)")
+    _titled(ax, None, "k (less preferred)", "j (preferred by the teacher)")
     ax.set_title(f"|P| = {view['n_pairs']}, violated {view['n_violated']}", fontsize="small")
     return ax
 

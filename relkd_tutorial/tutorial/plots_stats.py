@@ -15,6 +15,7 @@ from typing import Any
 from matplotlib.axes import Axes
 
 from ..bench.settings import METRIC_LABELS, PERCENT, label
+from .plots import _titled
 
 INTERVALS_GID = "intervals"
 
@@ -46,10 +47,7 @@ def _draw(ax: Axes, rows: Sequence[Mapping[str, Any]], colors: Sequence[str], ze
     if zero:
         low, high = ax.get_xlim()
         ax.set_xlim(min(0.0, low), max(0.0, high))
-    ax.set_xlabel(xlabel)
-    if title:
-        ax.set_title(title)
-    return ax
+    return _titled(ax, title, xlabel)
 
 
 def plot_intervals(

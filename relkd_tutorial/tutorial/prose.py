@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import re
 import string
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,12 +146,6 @@ class Sentence(str):
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(str(self))
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> Sentence:
-    """A Markdown table of the given header and rows of cell texts."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return Sentence("\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]))
 
 
 def say(template: str, /, **values: Any) -> Sentence:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..bench.cli import default_preset, default_threads
-from ..bench.report import paired_differences, summarize_runs
+from ..bench.report import summarize_runs
 from ..bench.runner import Progress, run_setting
 from ..bench.settings import (
     FASHION_SETTINGS,
@@ -38,12 +38,12 @@ from ..bench.settings import (
 )
 from ..bench.store import ResultStore, read_runs
 from ..bench.store import find_results_dir as _find_results_dir
-from ..bench.verdict import comparisons
+from ..bench.verdict import comparisons, finished, markdown_table
 from ..bench.workspace import CACHE_ENV, build_workspace
 from ..fastmode import fast_mode
 from ..stats import format_p, mean_std, paired_difference
 from ..training import resolve_device
-from .prose import Sentence, markdown_table, say
+from .prose import Sentence, say
 
 
 class ResultsNotFoundError(FileNotFoundError):
@@ -239,13 +239,9 @@ def benchmark_runs(
                   f"(spec {', '.join(other)}, now {spec}); they are not used", file=out)  # fmt: skip
     store = ResultStore(cache)
 
-    def found_missing() -> tuple[
-        dict[tuple[str, int | None], dict[str, Any]], dict[str, list[int]]
-    ]:
+    def found_missing() -> tuple[dict[tuple[str, int | None], Any], dict[str, list[int]]]:
         found = {**_wanted(store.rows(), s.name, spec, methods, s.seeds), **committed}
-        return found, _missing(
-            found, methods, s.seeds
-        )  # the committed row wins where both hold one
+        return found, _missing(found, methods, s.seeds)  # a committed row wins over the cache's
 
     found, missing = found_missing()
     trained = 0
@@ -302,9 +298,8 @@ class Table(list):
                 return "" if math.isnan(v) else f"{v:.{digits}f}"
             return str(v)
 
-        return markdown_table(
-            self.columns, ([cell(r.get(c, "")) for c in self.columns] for r in self)
-        )
+        rows = ([cell(r.get(c, "")) for c in self.columns] for r in self)
+        return markdown_table(" | ".join(self.columns), rows)
 
 
 def _one_setting(rows: Sequence[dict[str, Any]], setting: str | None) -> list[dict[str, Any]]:
@@ -340,12 +335,8 @@ def summary_table(
     k, out = _check_metric(metric), []
     no_run = dict.fromkeys(("mean", "std", "low", "high"), math.nan)  # no finished seed
     for entry in summarize_runs(rows):
-        values = [
-            k * r[metric]
-            for r in rows
-            if r["method"] == entry["method"] and r["phase"] == "final" and r["status"] == "ok"
-            and not math.isnan(r[metric])
-        ]  # fmt: skip
+        ok = finished(rows, method=entry["method"])
+        values = [k * r[metric] for r in ok if not math.isnan(r[metric])]
         stats = seed_stats(values) if values else no_run
         out.append({"method": entry["method"], "label": entry["label"], "status": entry["status"],
                     "note": entry.get("note", ""), "n": entry.get("n", 0), **stats})  # fmt: skip
@@ -357,10 +348,11 @@ def paired_table(
     setting: str | None = None,
 ) -> Table:  # fmt: skip
     """Every method minus ``baseline``, paired by seed: the report's
-    :func:`~relkd_tutorial.bench.report.paired_differences` (points for accuracies), labelled."""
+    :func:`~relkd_tutorial.bench.verdict.comparisons` of that family (points for accuracies),
+    labelled."""
     rows = _one_setting(rows, setting)
     _check_metric(metric)
-    diffs = paired_differences(rows, baselines=[baseline], metrics=[metric])
+    diffs = comparisons(rows, families=(baseline,), metrics=(metric,))
     for d in diffs:
         d["label"] = label(d["method"])
     return Table(diffs, ["label", "n", "mean", "low", "high", "within_noise"], metric, "points")

@@ -266,8 +266,7 @@ def draw_schematic(method: str, ax: Axes | None = None) -> Figure:
 
         fig = plt.figure(figsize=FIGSIZE, layout="none")
         ax = fig.add_axes((0, 0, 1, 0.92))
-    ax.set_xlim(0, _W)
-    ax.set_ylim(0, _H)
+    ax.set(xlim=(0, _W), ylim=(0, _H))
     ax.set_axis_off()
     ax.set_title(_TITLES[key], fontsize=_FONT + 1)
     _DRAW[key](ax)

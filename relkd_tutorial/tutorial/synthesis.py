@@ -22,18 +22,16 @@ from ..bench.settings import (
     describe_params,
 )
 from ..bench.tuned import tuned_methods
-from ..bench.verdict import ablation_comparisons, comparisons
+from ..bench.verdict import ablation_comparisons, comparisons, markdown_table, select, stated
 from .committed import (
     _CLAIM_VERB,
     Benchmark,
     CommittedSetting,
-    _claim,
-    _family,
     _interval,
     _one,
     committed_benchmark,
 )
-from .prose import Sentence, markdown_table, say
+from .prose import Sentence, say
 
 #: What each family of :func:`~relkd_tutorial.bench.verdict.comparisons` compares (for sentences).
 FAMILY_WORDS: dict[str, str] = {
@@ -102,7 +100,7 @@ def question_sentence(bench: Benchmark, setting: str = "transfer") -> Sentence:
     c = bench.tuned.get(setting)
     if c is None or not c.present:
         return c.describe() if c is not None else Sentence(f"No {setting} runs are committed.")
-    mission = _family(bench.entries, setting, "mission")
+    mission = select(bench.entries, setting=setting, family="mission", metric="acc")
     if not mission:
         return say("The committed {s} runs hold no GRKD and rival to compare.", s=setting)
     recipe = bench.recipes.run_params(setting, MISSION_METHOD) if bench.recipes else {}
@@ -121,7 +119,7 @@ def question_sentence(bench: Benchmark, setting: str = "transfer") -> Sentence:
 
 
 def _short_cell(e: dict[str, Any] | None) -> str:
-    return "not run" if e is None else f"{_interval(e, 2)} {_claim(e)}"
+    return "not run" if e is None else f"{_interval(e, 2)} {stated(e)}"
 
 
 def _ablation(ablation: CommittedSetting | None) -> tuple[str, list[dict[str, Any]]] | None:
@@ -170,14 +168,14 @@ def synthesis_table(bench: Benchmark, ablation: CommittedSetting | None = None,
         body.append([label, str(n), *(_short_cell(e) for e in mine), other])
     if abl := _ablation(ablation):  # the variants claimed either way, the rest counted
         acc = [e for e in abl[1] if e["metric"] == "acc"]
-        moved = [f"{e['variant']} {_short_cell(e)}" for e in acc if _claim(e) != "within noise"]
+        moved = [f"{e['variant']} {_short_cell(e)}" for e in acc if stated(e) != "within noise"]
         rest = len(acc) - len(moved)
         cell = "; ".join(moved + ([f"{rest} other variants within noise"] if rest else []))
         n = max((e["n"] for e in abl[1]), default=0)
         body.append([abl[0], str(n), *("" for _ in MISSION_RIVALS), cell])
     if not body:
         raise ValueError("no line of evidence is committed")
-    return markdown_table(header, body)
+    return Sentence(markdown_table(" | ".join(header), body))
 
 
 def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = None,
@@ -192,12 +190,12 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
               if e]  # fmt: skip
     parts = [say("**Across the evidence.** The benchmark's answer is its first line ({h}): "
                  "{items}.", h=head_label, items="; ".join(
-                     f"against {METHOD_LABELS[e['baseline']]}, {_claim(e)}" for e in rivals))]  # fmt: skip
+                     f"against {METHOD_LABELS[e['baseline']]}, {stated(e)}" for e in rivals))]  # fmt: skip
     agree = []
     for e in rivals:
         theirs = [(label, x) for label, ent, s in lines[1:]
                   if (x := _pick(ent, s, "mission", MISSION_METHOD, e["baseline"])) is not None]  # fmt: skip
-        differ = [f"{label}: {_claim(x)}" for label, x in theirs if _claim(x) != _claim(e)]
+        differ = [f"{label}: {stated(x)}" for label, x in theirs if stated(x) != stated(e)]
         agree.append(say("{b} {k} of {m}{d}", b=METHOD_LABELS[e["baseline"]],
                          k=len(theirs) - len(differ), m=len(theirs),
                          d=f" (otherwise {'; '.join(differ)})" if differ else ""))  # fmt: skip
@@ -213,24 +211,24 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
             "within noise": "so these runs cannot tell GRKD's preferences from the teacher's hard "
             "labels on the pool",
             "fragile": "a verdict that does not survive a perturbation either way",
-        }[_claim(pseudo)]
+        }[stated(pseudo)]
         parts.append(say("In the first line GRKD {c} the pseudo-label control (CE on the teacher's top class over the "
-                         "unlabelled images; {v} points), {m}.", c=_CLAIM_VERB[_claim(pseudo)],
+                         "unlabelled images; {v} points), {m}.", c=_CLAIM_VERB[stated(pseudo)],
                          v=_interval(pseudo, 2), m=meaning))  # fmt: skip
     abl = _ablation(ablation)
     if abl is not None:
         acc = [e for e in abl[1] if e["metric"] == "acc"]
-        moved = [e for e in acc if _claim(e) != "within noise"]
+        moved = [e for e in acc if stated(e) != "within noise"]
         scale = next((e for e in acc if e["choice"].endswith("(scale)")), None)
         text = say("Of GRKD's own choices (the ablation's {k} variants), those that move top-1 "
                    "beyond noise: {n}{w}.", k=len(acc), n=len(moved),
-                   w=": " + ", ".join(f"{e['variant']} ({_claim(e)})" for e in moved)
+                   w=": " + ", ".join(f"{e['variant']} ({stated(e)})" for e in moved)
                    if moved else "")  # fmt: skip
         if scale is not None:
-            moves = _claim(scale) in ("beats", "trails")
+            moves = stated(scale) in ("beats", "trails")
             text = say(
                 "{t} '{v}' is the same loss at another weight ({c}, {d} points): {m}.", t=text,
-                v=scale["variant"], c=_claim(scale), d=_interval(scale, 2),
+                v=scale["variant"], c=stated(scale), d=_interval(scale, 2),
                 m="the loss scale alone moves GRKD's top-1, so a comparison at one weight compares "
                 "weights as much as losses (which is why every method's weight is tuned)" if moves
                 else "at this precision the loss scale alone does not separate from noise",
