@@ -11,11 +11,12 @@ never used. Later invocations and every ``--jobs`` worker load it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +248,7 @@ def build_workspace(
 
 # --- The workspace on disk: keyed by fingerprints, atomic, checked on load ---
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the checksum of the bytes leads the file
 CACHE_ENV = "RELKD_CACHE_DIR"
 
 
@@ -277,64 +278,15 @@ def workspace_path(ws: Workspace, directory: str | Path) -> Path:
     return Path(directory) / f"workspace_{ws.setting.name}_{workspace_key(ws)}.pt"
 
 
-def _tree_digest(obj: Any, h: Any) -> None:
-    """Feed a nested dict/list of tensors and plain values into the hash ``h``, canonically."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes() if t.numel() else b"")
-    elif isinstance(obj, dict):
-        h.update(b"{")
-        for k in sorted(obj):
-            h.update(repr(k).encode())
-            _tree_digest(obj[k], h)
-        h.update(b"}")
-    elif isinstance(obj, (list, tuple)):
-        h.update(b"[")
-        for item in obj:
-            _tree_digest(item, h)
-        h.update(b"]")
-    else:
-        h.update(repr(obj).encode())
-
-
-def _checksum(payload: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    _tree_digest(payload, h)
-    return h.hexdigest()
-
-
-def _imageset_state(data: ImageSet) -> dict[str, Any]:
-    return {
-        "images": data.images.cpu(),
-        "labels": data.labels.cpu(),
-        "class_names": list(data.class_names),
-        "name": data.name,
-        "mean": None if data.mean is None else list(data.mean),
-        "std": None if data.std is None else list(data.std),
-        "original_classes": None if data.original_classes is None else list(data.original_classes),
-    }
-
-
-def _imageset_from(state: dict[str, Any]) -> ImageSet:
-    def tup(v: Any) -> tuple | None:
-        return None if v is None else tuple(v)
-
-    return ImageSet(
-        state["images"], state["labels"], list(state["class_names"]), state["name"],
-        tup(state["mean"]), tup(state["std"]), tup(state["original_classes"]),
-    )  # fmt: skip
-
-
 def _payload(ws: Workspace) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT,
         "key": workspace_key(ws),
         "setting": json.dumps(asdict(ws.setting), sort_keys=True),
-        "splits": {
-            n: _imageset_state(d)
+        "splits": {  # loaded with map_location="cpu"
+            n: {f.name: getattr(d, f.name) for f in fields(d)}
             for n, d in (("pool", ws.pool), ("val", ws.val), ("test", ws.test))
-        },  # fmt: skip
+        },
         "teacher": {
             "arch": ws.teacher_arch,
             "num_classes": int(getattr(ws.teacher, "num_classes", 0)),
@@ -350,11 +302,15 @@ def _payload(ws: Workspace) -> dict[str, Any]:
 
 
 def save_workspace(ws: Workspace, directory: str | Path) -> Path:
-    """Write ``ws`` (splits, teacher weights, its outputs) atomically with a checksum."""
+    """Write ``ws`` (splits, teacher weights, its outputs) atomically: the SHA-256 of the
+    ``torch.save`` bytes (64 hex digits), then those bytes."""
     path = workspace_path(ws, directory)
-    payload = _payload(ws)
-    payload["checksum"] = _checksum(payload)
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()
+    torch.save(_payload(ws), buffer)
+    blob = buffer.getvalue()
+    _atomic_write(
+        path, lambda tmp: tmp.write_bytes(hashlib.sha256(blob).hexdigest().encode() + blob)
+    )
     return path
 
 
@@ -363,17 +319,17 @@ class CacheError(ValueError):
 
 
 def _read_payload(path: Path, key: str | None) -> dict[str, Any]:
+    data = path.read_bytes()
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data[64:]), map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, ...
         raise CacheError(f"{path.name} does not load ({type(err).__name__}: {err})") from err
+    if data[:64] != hashlib.sha256(data[64:]).hexdigest().encode():
+        raise CacheError(f"{path.name}: the checksum does not match its contents (corrupt)")
     if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
         raise CacheError(f"{path.name} is not a format-{CACHE_FORMAT} workspace file (stale)")
     if key is not None and payload.get("key") != key:
         raise CacheError(f"{path.name} holds workspace {payload.get('key')}, not {key} (stale)")
-    stored = payload.pop("checksum", None)
-    if stored != _checksum(payload):
-        raise CacheError(f"{path.name}: the checksum does not match its contents (corrupt)")
     return payload
 
 
@@ -425,7 +381,7 @@ def load_workspace(
         payload["teacher"]["id"]
     ):
         raise CacheError(f"{path.name} holds another configuration of {saved.name} (stale)")
-    splits = {n: _imageset_from(s) for n, s in payload["splits"].items()}
+    splits = {n: ImageSet(**s) for n, s in payload["splits"].items()}
     t = payload["teacher"]
     teacher = build_model(t["arch"], t["num_classes"], splits["pool"].images.shape[1])
     teacher.load_state_dict(t["state"])
