@@ -18,7 +18,7 @@ from relkd_tutorial.bench import settings as bench_settings
 from relkd_tutorial.bench import store as bench_store
 from relkd_tutorial.bench.recipes import recipes_of_meta
 from relkd_tutorial.bench.tuned import arm_rows
-from relkd_tutorial.data import load_fashion_mnist, partially_labelled, select_classes
+from relkd_tutorial.data import ImageSet, load_fashion_mnist, partially_labelled, select_classes
 from relkd_tutorial.models import build_model
 from relkd_tutorial.stats import (
     describe_difference,
@@ -440,6 +440,38 @@ def test_plan_flag_prints_the_full_config(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert "full wrn_40_2->wrn_16_2: 240 epochs" in out and "[150, 180, 210]" in out
     assert "transfer:" in out
+
+
+def test_the_full_setting_trains_records_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    """run_full on a stand-in for CIFAR-100 (random images, a given teacher, one epoch): each
+    run is recorded as it finishes, an n/a method gets its row, the same command skips all."""
+    g = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> ImageSet:
+        pixels = torch.randint(0, 255, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        return ImageSet(
+            pixels,
+            torch.arange(n) % 100,
+            [str(c) for c in range(100)],
+            "fake",
+            (0.5,) * 3,
+            (0.25,) * 3,
+        )
+
+    monkeypatch.setattr(full, "load_cifar100", lambda root: (images(200), images(100)))
+    teacher = tmp_path / "wrn.pt"
+    torch.save(build_model("wrn_40_2", 100, 3, seed=0).state_dict(), teacher)
+    argv = ["--settings", "full", "--pairs", "wrn_40_2->wrn_16_2", "--methods", "ce,pseudo_label",
+            "--seeds", "0", "--epochs", "1", "--teacher-checkpoint", f"wrn_40_2={teacher}",
+            "--out", str(tmp_path / "out"), "--no-plots", "--recipes", "none"]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = bench_store.read_runs(tmp_path / "out/runs.csv")
+    assert sorted((r["method"], r["status"]) for r in rows) == [
+        ("ce", "ok"),
+        ("pseudo_label", "n/a"),
+    ]
+    assert cli.main(argv) == 0  # the same command: nothing left to train
+    assert len(bench_store.read_runs(tmp_path / "out/runs.csv")) == 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 
 Two teacher -> student pairs of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020),
 ``resnet32x4 -> resnet8x4`` and ``wrn_40_2 -> wrn_16_2``, at the recipe of
-:func:`recipe_config` (240 epochs of SGD, crop + flip, the last epoch's accuracy; the teacher
+:meth:`FullPlan.config` (240 epochs of SGD, crop + flip, the last epoch's accuracy; the teacher
 runs live on every augmented batch). Every method runs at its published defaults (no tuning).
 A teacher comes from ``--teacher-checkpoint NAME=PATH`` (a ``state_dict`` of our
 ``build_model(NAME)`` or a :func:`~relkd_tutorial.training.fit` checkpoint; RepDistiller's own
@@ -17,6 +17,7 @@ published numbers (:data:`PUBLISHED`); ``docs/benchmark.md`` has the details.
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from ..methods import CrossEntropy, build_method
 from ..models import build_model
 from ..stats import mean_std
 from ..training import TrainConfig, evaluate, fit, seeded
-from .runner import Job, applicable, base_row, measured_fit, not_applicable_row
+from .runner import base_row, measured_fit, pending_jobs, plan_counts
 from .settings import METHODS, Setting, _parse_list
 from .workspace import Workspace, load_teacher_weights, teacher_fingerprint
 
@@ -48,18 +49,6 @@ RECIPE_DECAY_EPOCHS = (150, 180, 210)
 RECIPE_BATCH = 64
 RECIPE_CROP_PADDING = 4
 RRD_QUEUE_CIFAR = 16384
-
-
-def recipe_config(
-    epochs: int = RECIPE_EPOCHS, device: str = "auto", amp: str = "off", seed: int = 0
-) -> TrainConfig:
-    """The RepDistiller schedule as a :class:`~relkd_tutorial.training.TrainConfig`; the decay
-    epochs are fractions of the run, so a shortened run keeps the same shape."""
-    return TrainConfig(
-        epochs=epochs, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
-        schedule="step", milestones=tuple(e / RECIPE_EPOCHS for e in RECIPE_DECAY_EPOCHS),
-        gamma=0.1, device=device, amp=amp, seed=seed, progress=False,
-    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -84,7 +73,13 @@ class FullPlan:
         return f"full:{self.pair}"
 
     def config(self, seed: int, device: str = "auto", amp: str = "off") -> TrainConfig:
-        return recipe_config(self.epochs, device, amp, seed)
+        """The RepDistiller schedule; the decay epochs are fractions of the run, so a shortened
+        run keeps the same shape."""
+        return TrainConfig(
+            epochs=self.epochs, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=False,
+            weight_decay=5e-4, schedule="step", gamma=0.1, device=device, amp=amp, seed=seed,
+            milestones=tuple(e / RECIPE_EPOCHS for e in RECIPE_DECAY_EPOCHS), progress=False,
+        )  # fmt: skip
 
     def method_kwargs(self, method: str) -> dict[str, Any]:
         """Published defaults plus the pair's sizes (feature widths, queue, class count)."""
@@ -100,13 +95,9 @@ class FullPlan:
         return kwargs
 
 
-_FEATURE_DIMS: dict[str, int] = {}
-
-
+@functools.cache
 def _feature_dim(name: str) -> int:
-    if name not in _FEATURE_DIMS:
-        _FEATURE_DIMS[name] = build_model(name, 100, 3).feature_dim
-    return _FEATURE_DIMS[name]
+    return build_model(name, 100, 3).feature_dim
 
 
 def parse_teacher_checkpoints(items: list[str], pairs: list[str]) -> dict[str, str]:
@@ -241,22 +232,13 @@ def run_full(
             groups={},  # CIFAR-100 has no confusable groups defined here
         )  # fmt: skip
         specs.append(ws.spec)
+        todo = pending_jobs([ws], plan.methods, store)  # records the n/a rows
         progress.total += len(plan.methods) * len(plan.seeds)
-        done = store.done()
-        for method in plan.methods:
-            reason = applicable(method, ws)
-            if reason is not None:
-                row = not_applicable_row(plan.setting, ws.spec, method, reason)
-                if row["key"] not in done:
-                    store.append(row)
-                continue
-            for seed in plan.seeds:
-                job = Job(plan.setting, "final", method, {}, seed)
-                if job.key(ws.spec) in done:
-                    progress.done += 1
-                    continue
-                store.append(*_run_full_job(job, plan, ws, args.amp))
-                progress.run(job, row)
+        progress.done += plan_counts(setting, plan.methods, ws) - len(todo)
+        for _, job in todo:
+            row, history = _run_full_job(job, plan, ws, args.amp)
+            store.append(row, history)
+            progress.run(job, row)
         _print_beside_published(plan, store.rows(), ws.spec)
     return specs
 
