@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,33 +50,24 @@ from .workspace import Workspace
 # --- Peak memory of a run ---
 
 
-def _rss_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A ``/proc/self/status`` size (``VmRSS``, ``VmHWM``) in bytes; ``None`` without it."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration, ValueError):
         return None
 
 
 class PeakMemory:
-    """Peak memory a block added, in MiB: CUDA's peak allocation after a reset, or on a CPU
-    (choice) the peak of the resident set sampled every ``interval`` seconds from ``/proc``
-    minus its size at the start (allocator slack included; ``nan`` without ``/proc``)."""
+    """Peak memory a block added, in MiB: CUDA's peak allocation after a reset, or on a CPU the
+    kernel's resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``,
+    Linux >= 4.0) minus the resident set at the start (``nan`` without them)."""
 
-    def __init__(self, device: torch.device, interval: float = 0.005) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.interval = interval
         self.mib = math.nan
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start = 0
-        self._peak = 0
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            rss = _rss_bytes()
-            if rss is not None:
-                self._peak = max(self._peak, rss)
+        self._start: int | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -85,26 +75,20 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
             return self
-        start = _rss_bytes()
-        if start is not None:
-            self._start = self._peak = start
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # the high-water mark back to the resident set now
+        except OSError:
+            return self
+        self._start = _status_bytes("VmRSS")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        elif self._start is not None and (peak := _status_bytes("VmHWM")) is not None:
             self.mib = (peak - self._start) / 2**20
-            return
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            rss = _rss_bytes()
-            if rss is not None:
-                self._peak = max(self._peak, rss)
-            self.mib = (self._peak - self._start) / 2**20
 
 
 # --- One run ---
