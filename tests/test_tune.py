@@ -336,7 +336,7 @@ def test_the_package_ships_the_recipes_and_depends_on_optuna() -> None:
     assert any(d.startswith("optuna") for d in project["project"]["dependencies"])
     globs = project["tool"]["setuptools"]["package-data"]["relkd_tutorial"]
     assert "bench/recipes.json" in globs
-    assert tune.RECIPES_PATH == ROOT / "relkd_tutorial" / "bench" / "recipes.json"
+    assert tune.RECIPES_FILE == ROOT / "relkd_tutorial" / "bench" / "recipes.json"
 
 
 def test_tune_parser_and_plan(capsys: pytest.CaptureFixture[str]) -> None:
