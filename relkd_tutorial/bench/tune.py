@@ -32,13 +32,13 @@ import torch
 
 from ..data import TensorLoader
 from ..training import fit
-from .parallel import WorkspaceRef, spawn_pool, workspace_refs
+from .parallel import WorkspaceRef, load, spawn_pool, workspace_refs
 from .recipes import FORMAT, RECIPES_FILE
 from .runner import _clock, applicable, run_parts
 from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_defaults, method_space
 from .settings import Setting, describe_params, label
 from .store import cpu_info, git_commit
-from .workspace import Workspace, load_workspace, prepare_workspaces
+from .workspace import Workspace, prepare_workspaces
 
 
 def extra_trials(trials: int) -> int:
@@ -300,9 +300,7 @@ def _work(job: TuneJob, workspaces: Sequence[Workspace] | None = None) -> None:
     """A worker: every study in turn, again until a pass neither trains nor grows a range."""
     if workspaces is None:  # a worker process: load the workspaces its parent prepared
         torch.set_num_threads(job.threads)
-        workspaces = [
-            load_workspace(r.path, r.device, r.setting, r.channels_last) for r in job.refs
-        ]
+        workspaces = [load(ref) for ref in job.refs]
     storage = open_storage(job.storage)
     while True:
         did = False
