@@ -74,25 +74,17 @@ def read_runs(path: str | Path) -> list[dict[str, Any]]:
     _repair_tail(path)
     rows = []
     with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            if raw.get("key") in (None, ""):
-                continue
-            row: dict[str, Any] = dict(raw)
-            for c in NUMERIC_COLUMNS:
-                text = row.get(c, "")
-                row[c] = float(text) if text not in ("", None) else math.nan
-            seed = row.get("seed", "")
-            row["seed"] = int(seed) if seed not in ("", None) else None
-            rows.append(row)
+        for row in csv.DictReader(f):
+            if row.get("key"):
+                row.update({c: float(row[c]) if row.get(c) else math.nan for c in NUMERIC_COLUMNS})
+                row["seed"] = int(row["seed"]) if row.get("seed") else None
+                rows.append(row)
     return rows
 
 
 def latest_specs(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
     """For each setting, the spec (configuration fingerprint) of its most recently written row."""
-    specs: dict[str, str] = {}
-    for r in rows:
-        specs[r["setting"]] = r["spec"]
-    return specs
+    return {r["setting"]: r["spec"] for r in rows}
 
 
 def select_rows(
@@ -174,14 +166,12 @@ _CPUINFO = Path("/proc/cpuinfo")
 def cpu_info() -> dict[str, Any]:
     """``cpu_model``, ``cpu_capability`` (the instruction set torch's CPU kernels use) and
     ``aten_cpu_capability`` (the variable capping it): runs are bit-exact only on the same."""
-    model = None
     try:
-        for line in _CPUINFO.read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-                break
+        lines = _CPUINFO.read_text().splitlines()
     except OSError:
-        pass
+        lines = []
+    names = (x.split(":", 1)[1].strip() for x in lines if x.startswith("model name") and ":" in x)
+    model = next(names, None)
     return {
         "cpu_model": model or platform.processor() or None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -192,9 +182,10 @@ def cpu_info() -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     """Versions, device, threads, the CPU and its instruction set (:func:`cpu_info`), for
     ``meta.json``."""
+    import matplotlib
     import numpy
 
-    info: dict[str, Any] = {
+    return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
@@ -204,14 +195,8 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         **cpu_info(),
+        "matplotlib": matplotlib.__version__,
     }
-    try:
-        import matplotlib
-
-        info["matplotlib"] = matplotlib.__version__
-    except ImportError:  # pragma: no cover - a declared dependency
-        pass
-    return info
 
 
 def git_commit() -> str | None:
