@@ -44,7 +44,7 @@ from .settings import (
     has_unlabelled,
     params_tag,
 )
-from .store import NUMERIC_COLUMNS, ResultStore
+from .store import MEASURES, NUMERIC_COLUMNS, ResultStore
 from .workspace import Workspace
 
 # --- Peak memory of a run ---
@@ -162,11 +162,8 @@ def evaluate_student(
     for name in FASHION_MNIST_GROUPS:
         group = ws.groups.get(name)
         result[f"acc_{name}"] = group_accuracy(out.logits, out.labels, group) if group else math.nan
-    if ws.shared_classes:
-        tau = kendall_tau(teacher.logits.cpu(), out.logits)
-        result["kendall_tau"] = float(tau.nanmean())
-    else:
-        result["kendall_tau"] = math.nan
+    tau = kendall_tau(teacher.logits.cpu(), out.logits).nanmean() if ws.shared_classes else None
+    result["kendall_tau"] = math.nan if tau is None else float(tau)
     per_class = min(seed_batch, int(data.class_counts().min()))
     rows = sample_per_class(data.labels, per_class, seed=0, num_classes=data.num_classes)
     result["dist_corr"] = distance_matrix_correlation(
@@ -218,8 +215,7 @@ def measured_fit(
         row.update(evaluate_student(student, eval_set, ws))
         row["train_acc"] = history[-1].get("train_acc", math.nan) if history else math.nan
     else:
-        for k in ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc"):
-            row[k] = math.nan
+        row.update(dict.fromkeys(MEASURES, math.nan))
     return history
 
 

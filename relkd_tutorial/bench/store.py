@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 
-#: The measured columns of ``runs.csv``, read back as floats (NaN where empty).
-NUMERIC_COLUMNS = (
-    *("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc"),
-    *("seconds", "peak_mem_mb", "load1"),
-)
+#: What a run measures of its student (NaN where it diverged); with its cost, the numeric
+#: columns of ``runs.csv``, read back as floats (NaN where empty).
+MEASURES = ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc")
+NUMERIC_COLUMNS = (*MEASURES, "seconds", "peak_mem_mb", "load1")
 RUN_COLUMNS: tuple[str, ...] = (
     *("key", "setting", "spec", "phase", "method", "params", "seed", "status", "eval_split"),
     *NUMERIC_COLUMNS[:-1],
