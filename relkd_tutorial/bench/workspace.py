@@ -68,12 +68,9 @@ def class_groups(data: ImageSet) -> dict[str, tuple[int, ...]]:
     """The confusable groups in ``data``'s (relabelled) classes; a group left with fewer than
     two is dropped (its accuracy is n/a)."""
     original = data.original_classes or tuple(range(data.num_classes))
-    groups = {}
-    for name, members in FASHION_MNIST_GROUPS.items():
-        local = tuple(new for new, old in enumerate(original) if old in members)
-        if len(local) >= 2:
-            groups[name] = local
-    return groups
+    groups = {name: tuple(new for new, old in enumerate(original) if old in members)
+              for name, members in FASHION_MNIST_GROUPS.items()}  # fmt: skip
+    return {name: local for name, local in groups.items() if len(local) >= 2}
 
 
 @dataclass
@@ -282,7 +279,7 @@ def _payload(ws: Workspace) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT,
         "key": workspace_key(ws),
-        "setting": json.dumps(asdict(ws.setting), sort_keys=True),
+        "setting": asdict(ws.setting),
         "splits": {  # loaded with map_location="cpu"
             n: {f.name: getattr(d, f.name) for f in fields(d)}
             for n, d in (("pool", ws.pool), ("val", ws.val), ("test", ws.test))
@@ -371,18 +368,12 @@ def load_workspace(
     path = Path(path)
     device = torch.device(device)
     payload = _read_payload(path, None)
-    spec = json.loads(payload["setting"])  # an older file may hold a retired field ("sweep")
-    spec = {k: v for k, v in spec.items() if k in Setting.__dataclass_fields__}
-    spec["seeds"] = tuple(spec["seeds"])
-    saved = Setting(**spec)
+    saved, t = Setting(**payload["setting"]), payload["teacher"]
     if setting is None:
         setting = saved
-    elif setting.fingerprint(payload["teacher"]["id"]) != saved.fingerprint(
-        payload["teacher"]["id"]
-    ):
+    elif setting.fingerprint(t["id"]) != saved.fingerprint(t["id"]):
         raise CacheError(f"{path.name} holds another configuration of {saved.name} (stale)")
     splits = {n: ImageSet(**s) for n, s in payload["splits"].items()}
-    t = payload["teacher"]
     teacher = build_model(t["arch"], t["num_classes"], splits["pool"].images.shape[1])
     teacher.load_state_dict(t["state"])
     teacher = teacher.to(device).eval()
@@ -405,11 +396,9 @@ def prepare_workspace(
 ) -> Path:
     """Load ``ws``'s outputs from disk, compute the missing ones, save if anything was new."""
     found = attach_cached_outputs(ws, directory, log)
-    new = ws.precompute()
-    path = workspace_path(ws, directory)
-    if new or not found:
+    if ws.precompute() or not found:
         save_workspace(ws, directory)
-    return path
+    return workspace_path(ws, directory)
 
 
 def prepare_workspaces(
