@@ -46,9 +46,6 @@ PUBLISHED: dict[str, dict[str, float]] = {
 FULL_PAIRS: tuple[str, ...] = tuple(PUBLISHED)
 RECIPE_EPOCHS = 240
 RECIPE_DECAY_EPOCHS = (150, 180, 210)
-RECIPE_BATCH = 64
-RECIPE_CROP_PADDING = 4
-RRD_QUEUE_CIFAR = 16384
 
 
 @dataclass(frozen=True)
@@ -61,8 +58,8 @@ class FullPlan:
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
     epochs: int = RECIPE_EPOCHS
-    batch_size: int = RECIPE_BATCH
-    crop_padding: int = RECIPE_CROP_PADDING
+    batch_size: int = 64
+    crop_padding: int = 4
     flip: bool = True
     num_classes: int = 100
     teacher_checkpoint: str | None = None
@@ -83,16 +80,10 @@ class FullPlan:
 
     def method_kwargs(self, method: str) -> dict[str, Any]:
         """Published defaults plus the pair's sizes (feature widths, queue, class count)."""
-        kwargs: dict[str, Any] = {}
         if method in ("rrd", "rrd_kd"):
-            kwargs.update(
-                student_dim=_feature_dim(self.student),
-                teacher_dim=_feature_dim(self.teacher),
-                queue_size=RRD_QUEUE_CIFAR,
-            )
-        if method == "refilled":
-            kwargs["num_classes"] = self.num_classes
-        return kwargs
+            student, teacher = _feature_dim(self.student), _feature_dim(self.teacher)
+            return {"student_dim": student, "teacher_dim": teacher, "queue_size": 16384}
+        return {"num_classes": self.num_classes} if method == "refilled" else {}
 
 
 @functools.cache
@@ -125,7 +116,6 @@ def build_full_plan(
     epochs: int = RECIPE_EPOCHS,
 ) -> list[FullPlan]:
     """The full setting's plan (nothing is loaded or trained)."""
-
     pairs = list(FULL_PAIRS) if pairs is None else pairs
     unknown = [p for p in pairs if p not in PUBLISHED]
     if unknown:
@@ -143,7 +133,6 @@ def build_full_plan(
 
 
 def _plan_from_args(args: argparse.Namespace) -> list[FullPlan]:
-
     pairs = list(FULL_PAIRS) if args.pairs is None else _parse_list(args.pairs, FULL_PAIRS, "pairs")
     seeds = (0, 1, 2) if args.seeds is None else tuple(int(s) for s in args.seeds.split(","))
     return build_full_plan(
@@ -181,7 +170,6 @@ def load_or_train_teacher(
     log: Any = print,
 ) -> nn.Module:
     """The pair's CIFAR teacher: from ``plan.teacher_checkpoint``, a cached file, or trained now."""
-
     model = build_model(plan.teacher, plan.num_classes, 3, seed=0)
     cached = out_dir / "teachers" / f"{plan.teacher}.pt"
     path = plan.teacher_checkpoint or (cached if cached.exists() else None)
@@ -214,7 +202,6 @@ def run_full(
 
     Returns the specs (configuration fingerprints) of the pairs, for the summary.
     """
-
     train, test = load_cifar100(args.data_root)
     if args.pool_per_class is not None:  # a smoke test on a few images per class
         train = labelled_subset(train, args.pool_per_class, seed=0)
@@ -264,7 +251,6 @@ def _run_full_job(
 
 
 def _print_beside_published(plan: FullPlan, rows: list[dict[str, Any]], spec: str) -> None:
-
     print(f"\n{plan.pair}: ours (last epoch, mean ± std over seeds) vs published")
     if plan.epochs != RECIPE_EPOCHS:
         print(f"  (a {plan.epochs}-epoch run: NOT comparable with the 240-epoch published numbers)")
