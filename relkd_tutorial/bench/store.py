@@ -112,17 +112,11 @@ def find_results_dir(start: str | Path | None = None, name: str = "results") -> 
             )
         return folder
     here = Path.cwd() if start is None else Path(start)
-    searched: list[Path] = []
-    for parent in (here.resolve(), *here.resolve().parents):
-        candidate = parent / name
-        searched.append(candidate)
-        if (candidate / "runs.csv").is_file():
-            return candidate
+    searched = [parent / name for parent in (here.resolve(), *here.resolve().parents)]
     checkout = Path(__file__).resolve().parents[2] / name
-    if checkout not in searched:
-        searched.append(checkout)
-        if (checkout / "runs.csv").is_file():
-            return checkout
+    searched += [checkout] if checkout not in searched else []
+    if found := next((c for c in searched if (c / "runs.csv").is_file()), None):
+        return found
     raise FileNotFoundError(
         f"no benchmark results folder ({name}/ holding runs.csv) in {here} or any folder above it, "
         f"nor in this package's source checkout; searched {', '.join(str(p) for p in searched)}. "
@@ -220,12 +214,10 @@ def record_invocation(out_dir: Path, entry: dict[str, Any]) -> None:
     """Append this invocation, with the CPU it ran on (:func:`cpu_info`), to ``meta.json``; the
     top-level ``environment`` is the last invocation's."""
     path = out_dir / "meta.json"
-    meta: dict[str, Any] = {"invocations": []}
-    if path.exists():
-        try:
-            meta = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            meta = {"invocations": []}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):  # none yet, or unreadable: a fresh record
+        meta = {"invocations": []}
     meta.setdefault("invocations", []).append({**cpu_info(), **entry})
     meta["environment"] = environment()
     meta["git_commit"] = git_commit()
