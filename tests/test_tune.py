@@ -345,7 +345,7 @@ def test_tune_parser_and_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert "transfer" in out and "low-data" in out and "5 trials per method" in out
     assert "standard" not in out  # the tuned settings by default: transfer and low-data
     with pytest.raises(SystemExit, match="trials"):
-        tune.run_tuning(SimpleNamespace(trials=0), [], [], [], Path("."), True, "")
+        tune.main_tune(SimpleNamespace(trials=0), {}, [], True, "cpu", "")
 
 
 def test_a_method_that_cannot_run_in_a_setting_is_not_tuned_there(tmp_path: Path) -> None:

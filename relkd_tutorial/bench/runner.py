@@ -279,9 +279,6 @@ class Progress:
     trained: int = 0  # runs trained by this invocation
     started: float = field(default_factory=time.perf_counter)
 
-    def line(self, text: str) -> None:
-        print(text, file=self.stream or sys.stdout, flush=True)
-
     def run(self, job: Job, row: dict[str, Any]) -> None:
         self.done += 1
         self.trained += 1
@@ -294,10 +291,12 @@ class Progress:
             result = f"{split} acc {100 * row['acc']:.2f}%{tau_text}"
         else:
             result = row["status"]
-        self.line(
+        print(
             f"[{self.done:>{width}}/{self.total}] {job.setting} {job.phase} "
             f"{METHOD_LABELS[job.method]} ({describe_params(job.params)}) seed {job.seed}: "
-            f"{result}  {row['seconds']:.1f} s  (elapsed {_clock(elapsed)})"
+            f"{result}  {row['seconds']:.1f} s  (elapsed {_clock(elapsed)})",
+            file=self.stream or sys.stdout,
+            flush=True,
         )
 
 
@@ -361,8 +360,7 @@ def pending_jobs(
             jobs = ablation_jobs(setting, ablation)
         else:
             for method in methods:
-                reason = applicable(method, ws)
-                if reason is not None:
+                if (reason := applicable(method, ws)) is not None:
                     row = not_applicable_row(setting.name, ws.spec, method, reason)
                     if row["key"] not in done:
                         store.append(row)

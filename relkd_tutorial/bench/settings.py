@@ -334,7 +334,6 @@ def _parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
 
 # --- The report's orders and labels (tables and figures) ---
 
-SETTING_ORDER = ("transfer", "low-data", "standard", "cross-task", "full")
 SETTING_TITLES = {
     "transfer": "transfer (headline): n labelled per class + the rest unlabelled",
     "low-data": "low-data: n labelled per class, nothing else",
@@ -371,7 +370,7 @@ def pm(mean: float, std: float, digits: int) -> str:
 
 def _ordered_settings(rows: Iterable[dict[str, Any]]) -> list[str]:
     present = {r["setting"] for r in rows}
-    return [s for s in SETTING_ORDER if s in present] + sorted(present - set(SETTING_ORDER))
+    return [s for s in ALL_SETTINGS if s in present] + sorted(present - set(ALL_SETTINGS))
 
 
 def _method_order(method: str) -> int:

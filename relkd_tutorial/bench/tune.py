@@ -383,18 +383,37 @@ def tunable(methods: Sequence[str], ws: Workspace) -> list[str]:
     ]
 
 
-def run_tuning(
+#: The settings ``--tune`` tunes by default (the main job's tuned comparison reads them).
+TUNE_SETTINGS: tuple[str, ...] = ("transfer", "low-data")
+
+
+def tune_setting(setting: Setting) -> Setting:
+    """The setting a tuning trains in: the main job's, with the selection seeds as its seeds
+    (seeds are not part of the fingerprint, so the runs' configuration is the main job's)."""
+    return replace(setting, seeds=SELECTION_SEEDS, curves=False)
+
+
+def main_tune(
     args: Any,
-    workspaces: Sequence[Workspace],
-    paths: Sequence[Path],
+    settings: dict[str, Setting],
     methods: Sequence[str],
-    out_dir: Path,
     fast: bool,
+    device: torch.device,
     command: str,
 ) -> int:
-    """Tune every method on every workspace (``--jobs`` workers), then write the recipes."""
+    """``--tune`` of :func:`~.cli.main` (after its ``configure``): tune every method on every
+    setting (``--jobs`` workers), then write the recipes."""
     if args.trials < 1:
         raise SystemExit(f"--trials must be >= 1, got {args.trials}")
+    out_dir = Path(args.out or ("runs/tune-fast" if fast else "runs/tune"))
+    settings = {n: tune_setting(s) for n, s in settings.items()}
+    if args.plan:
+        for name, s in settings.items():
+            print(f"{name}: {s}")
+            print(f"  {args.trials} trials per method x {len(SELECTION_SEEDS)} selection seeds "
+                  f"(+ {extra_trials(args.trials)} per range that grows)")  # fmt: skip
+        return 0
+    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
     storage_url = args.storage or str(out_dir / "tuning.journal")
     recipes = Path(args.recipes) if args.recipes else (
         out_dir / "recipes.json" if fast else RECIPES_FILE
@@ -415,13 +434,12 @@ def run_tuning(
         flush=True,
     )
     tic = time.perf_counter()
+    job = TuneJob(workspace_refs(paths, workspaces), tuple(wanted), args.trials, storage_url,
+                  args.prune, torch.get_num_threads())  # fmt: skip
     try:
         if jobs == 1:
-            _work(TuneJob((), tuple(wanted), args.trials, storage_url, args.prune, 1), workspaces)
+            _work(job, workspaces)
         else:
-            refs = workspace_refs(paths, workspaces)
-            job = TuneJob(refs, tuple(wanted), args.trials, storage_url, args.prune,
-                          torch.get_num_threads())  # fmt: skip
             with spawn_pool(jobs) as pool:
                 for future in [pool.submit(_work, job) for _ in range(jobs)]:
                     future.result()
@@ -456,34 +474,3 @@ def run_tuning(
                   f"{100 * e['selection_score']:.2f}% over {e['trials']} trials{flag}")  # fmt: skip
     print(f"recipes written to {recipes}", flush=True)
     return 0
-
-
-#: The settings ``--tune`` tunes by default (the main job's tuned comparison reads them).
-TUNE_SETTINGS: tuple[str, ...] = ("transfer", "low-data")
-
-
-def tune_setting(setting: Setting) -> Setting:
-    """The setting a tuning trains in: the main job's, with the selection seeds as its seeds
-    (seeds are not part of the fingerprint, so the runs' configuration is the main job's)."""
-    return replace(setting, seeds=SELECTION_SEEDS, curves=False)
-
-
-def main_tune(
-    args: Any,
-    settings: dict[str, Setting],
-    methods: Sequence[str],
-    fast: bool,
-    device: torch.device,
-    command: str,
-) -> int:
-    """``--tune`` of :func:`~.cli.main` (after its ``configure``)."""
-    out_dir = Path(args.out or ("runs/tune-fast" if fast else "runs/tune"))
-    settings = {n: tune_setting(s) for n, s in settings.items()}
-    if args.plan:
-        for name, s in settings.items():
-            print(f"{name}: {s}")
-            print(f"  {args.trials} trials per method x {len(SELECTION_SEEDS)} selection seeds "
-                  f"(+ {extra_trials(args.trials)} per range that grows)")  # fmt: skip
-        return 0
-    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
-    return run_tuning(args, workspaces, paths, methods, out_dir, fast, command)
