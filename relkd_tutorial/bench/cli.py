@@ -132,9 +132,8 @@ def default_preset(device: torch.device | str) -> str:
 
 def default_threads(device: torch.device | str, threads: int | None) -> int | None:
     """Torch threads to set: ``threads`` if given, else 1 on a CPU, else ``None`` (leave as is)."""
-    if threads is not None:
-        return threads
-    return 1 if torch.device(device).type == "cpu" else None
+    cpu = torch.device(device).type == "cpu"
+    return threads if threads is not None else 1 if cpu else None
 
 
 def configure(
@@ -158,9 +157,7 @@ def configure(
     methods = _parse_list(args.methods, METHODS, "methods")
     base = default_settings(fast, preset)
     settings: dict[str, Setting] = {}
-    for name in names:
-        if name == "full":
-            continue
+    for name in (n for n in names if n != "full"):  # full's options: bench.full
         s = base[name]
         flags = ["epochs", "pool_per_class", "student"]
         flags += ["labelled_per_class"] if s.labelled_per_class is not None else []
@@ -171,17 +168,13 @@ def configure(
                 raise SystemExit("--seeds needs at least one seed")
         if ablation:  # its own seeds (selection; like tune.tune_setting): cached, shown, recorded
             changes.update(seeds=ablation_seeds(s.seeds), default_seeds=0)
-        s = replace(s, **changes)
-        if (
-            s.labelled_per_class is not None
-            and s.pool_per_class is not None
-            and s.labelled_per_class > s.pool_per_class
-        ):
+        s = settings[name] = replace(s, **changes)
+        labelled, pool = s.labelled_per_class, s.pool_per_class
+        if labelled is not None and pool is not None and labelled > pool:
             raise SystemExit(
-                f"{name}: {s.labelled_per_class} labelled images per class do not fit in a pool "
-                f"of {s.pool_per_class} per class; lower --labelled-per-class"
+                f"{name}: {labelled} labelled images per class do not fit in a pool of {pool} "
+                "per class; lower --labelled-per-class"
             )
-        settings[name] = s
     return fast, settings, methods
 
 

@@ -1,18 +1,11 @@
 """The tuned recipes the main job runs: read, checked and put in the one form a run key uses.
 
-The tuning writes each method's chosen hyperparameters per setting into
-``relkd_tutorial/bench/recipes.json`` (:data:`RECIPES_FILE`)::
-
-    {"format": 1, "invocation": {"command": "...", "trials": 24, ...},
-     "settings": {"transfer": {"grkd": {"params": {"grkd_weight": 12.3}, "space": {...},
-                                        "selection_score": 0.812, "trials": 24,
-                                        "extended": {...}, "at_edge": []}}}}
-
-:func:`load_recipes` refuses, naming the entry, what the benchmark cannot run (another format,
-an unknown setting, method or parameter, a parameter the benchmark sets itself, a value that is
-not a finite number, string or boolean, a bad range, a value outside its last range, a bad
-``at_edge`` name). :func:`canonical_params` drops every value equal to the method's default as it
-runs (:func:`effective_defaults`), so a recipe that chose the defaults has the default run's key.
+``--tune`` writes each method's chosen hyperparameters per setting into :data:`RECIPES_FILE`
+(``{"format": 1, "invocation": {...}, "settings": {setting: {method: {"params": {...}, "space",
+"selection_score", "trials", "extended", "at_edge"}}}}``). :func:`load_recipes` refuses, naming
+the entry, what the benchmark cannot run; :func:`canonical_params` drops every value equal to the
+method's default as it runs (:func:`effective_defaults`), so a recipe that chose the defaults has
+the default run's key.
 """
 
 from __future__ import annotations

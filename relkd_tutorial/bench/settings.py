@@ -271,15 +271,10 @@ class Setting:
 
 
 def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
-    """The Fashion-MNIST settings of fast mode (``fast=True``) or of a size ``preset``.
-
-    ``"cpu"``: the main job on a CPU (the whole 9,000-image pool beside the validation split;
-    epochs chosen to fit about half an hour on 2 cores with ``--jobs 2``); ``"quick"``: a
-    3,000-image pool, fewer seeds; ``"large"`` (the default on a GPU): longer schedules, whose
-    recipes must be tuned first (``--tune --preset large --recipes FILE``). Fast mode (any
-    preset): 150 images per class, a few epochs, two seeds. The sizes are below and in
-    ``docs/benchmark.md``; ``default_seeds``: the tuned methods' paper-default arm.
-    """
+    """The Fashion-MNIST settings of fast mode (``fast=True``, any preset) or of a size
+    ``preset``: ``"cpu"`` (the main job on a CPU), ``"quick"`` (a smaller pool, fewer seeds) or
+    ``"large"`` (the default on a GPU: longer schedules, whose recipes must be tuned first with
+    ``--tune --preset large --recipes FILE``). Why these sizes: ``docs/benchmark.md``."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if fast:
