@@ -86,20 +86,9 @@ CONTROL_WEIGHTS: dict[str, dict[str, float]] = {
 }
 
 #: Each method's control: the run that differs from it in one thing, its loss term
-#: (:data:`CONTROL_DIFFERS`; KD against CE also differs in the CE weight).
-CONTROLS: dict[str, str] = {
-    "pseudo_label": "ce",
-    "kd": "ce",
-    "rkd": "ce",
-    "rrd": "ce",
-    "rrd_kd": "kd",
-    "refilled": "ce",
-    "grkd": "ce",
-    "grkd_kd": "kd",
-    "rank_soft": "ce",
-    "rank_listwise": "ce",
-    "dist": "ce",
-}
+#: (:data:`CONTROL_DIFFERS`): KD for the combinations (:data:`CONTROL_WEIGHTS`), CE for the rest
+#: (KD against CE also differs in the CE weight).
+CONTROLS: dict[str, str] = {m: "kd" if m in CONTROL_WEIGHTS else "ce" for m in METHODS if m != "ce"}
 
 #: What a method adds to its control (the report's "differs in" column).
 CONTROL_DIFFERS: dict[str, str] = {
