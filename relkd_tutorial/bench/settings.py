@@ -33,16 +33,19 @@ METHOD_LABELS: dict[str, str] = {
 #: Every benchmarked method, in the report's order.
 METHODS: tuple[str, ...] = tuple(METHOD_LABELS)
 
+#: KD's CE and KD weights (CRD/RepDistiller), with which the combinations train too.
+KD_WEIGHTS: dict[str, float] = {"ce_weight": 0.1, "kd_weight": 0.9}
+
 #: The published (or our, where a paper is silent) defaults of each method and their source
 #: (``docs/benchmark.md``); REFILLED's last three are the benchmark's (``docs/refilled.md``).
 PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     "ce": ({}, "plain cross-entropy"),
     "pseudo_label": ({"pseudo_weight": 1.0}, "our control"),
-    "kd": ({"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}, "CRD/RepDistiller KD"),
+    "kd": ({**KD_WEIGHTS, "temperature": 4.0}, "CRD/RepDistiller KD"),
     "rkd": ({"distance_weight": 25.0, "angle_weight": 50.0}, "RepDistiller RKD (CE + 25 D + 50 A)"),
     "rrd": ({"rrd_weight": 1.0, "tau_s": 0.04, "tau_t": 0.10}, "RRD code (Sept 2024)"),
     "rrd_kd": (
-        {"ce_weight": 0.1, "kd_weight": 0.9, "rrd_weight": 1.0},
+        {**KD_WEIGHTS, "rrd_weight": 1.0},
         "KD's weights + the RRD term (controlled; the RRD README's CIFAR runs use 1 / 1 / 1)",
     ),
     "refilled": (
@@ -61,13 +64,7 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
         "the published summary's sum over class pairs (docs/grkd.md: chosen by measurement)",
     ),
     "grkd_kd": (
-        {
-            "ce_weight": 0.1,
-            "kd_weight": 0.9,
-            "grkd_weight": 1.0,
-            "temperature": 1.0,
-            "reduction": "sum",
-        },
+        {**KD_WEIGHTS, "grkd_weight": 1.0, "temperature": 1.0, "reduction": "sum"},
         "KD's weights + the GRKD term summed over pairs (controlled; docs/grkd.md)",
     ),
     "rank_soft": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
@@ -80,10 +77,7 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
 
 #: The combinations train with KD's CE and KD weights plus their term, so that ``X + KD`` minus KD
 #: is the effect of ``lambda * L_X`` alone; the constructors keep the published 1 / 1 / 1.
-CONTROL_WEIGHTS: dict[str, dict[str, float]] = {
-    "rrd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
-    "grkd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
-}
+CONTROL_WEIGHTS: dict[str, dict[str, float]] = {m: dict(KD_WEIGHTS) for m in ("rrd_kd", "grkd_kd")}
 
 #: Each method's control: the run that differs from it in one thing, its loss term
 #: (:data:`CONTROL_DIFFERS`): KD for the combinations (:data:`CONTROL_WEIGHTS`), CE for the rest
