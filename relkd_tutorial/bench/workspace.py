@@ -165,25 +165,23 @@ def fashion_teacher(path: str | Path | None, device: torch.device) -> nn.Module:
 
 
 def cross_task_teacher(
-    pool: ImageSet,
+    teacher_set: ImageSet,
     test: ImageSet,
     setting: Setting,
     out_dir: Path,
     device: torch.device,
     log: Callable[[str], None],
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The cross-task setting's ``teacher_cnn`` on classes 0-4 of the pool (CE, seed 0,
-    ``setting.teacher_epochs``), trained once and cached in ``out_dir`` with a JSON record."""
-    teacher_set, _ = cross_task_split(
-        pool, CROSS_TASK_TEACHER_CLASSES, CROSS_TASK_STUDENT_CLASSES, seed=0
-    )
+) -> nn.Module:
+    """The cross-task setting's ``teacher_cnn`` on ``teacher_set`` (classes 0-4 of the pool; CE,
+    seed 0, ``setting.teacher_epochs``), trained once and cached in ``out_dir`` with a JSON
+    record (its accuracy on classes 0-4 of ``test``)."""
     tag = hashlib.sha1(f"{_digest(teacher_set)}|{setting.teacher_epochs}".encode()).hexdigest()[:8]
     weights = out_dir / f"cross_task_teacher_{tag}.pt"
     record_path = weights.with_suffix(".json")
     model = build_model("teacher_cnn", len(CROSS_TASK_TEACHER_CLASSES), 1, seed=0)
     if weights.exists() and record_path.exists():
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return model.to(device).eval(), json.loads(record_path.read_text())
+        return model.to(device).eval()
     log(
         f"training the cross-task teacher (teacher_cnn on classes 0-4, {len(teacher_set)} images, "
         f"{setting.teacher_epochs} epochs; once, cached in {weights.name})"
@@ -207,7 +205,7 @@ def cross_task_teacher(
     torch.save(model.state_dict(), weights)
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     log(f"cross-task teacher: {100 * acc:.1f}% on classes 0-4 of the test set, {seconds:.0f} s")
-    return model.to(device).eval(), record
+    return model.to(device).eval()
 
 
 def build_workspace(
@@ -224,15 +222,12 @@ def build_workspace(
     if setting.name not in FASHION_SETTINGS:
         raise ValueError(f"setting must be one of {FASHION_SETTINGS}, got {setting.name!r}")
     pool, val, test = _fashion_splits(setting)
-    shared = True
-    if setting.name == "cross-task":
-        model, _ = cross_task_teacher(pool, test, setting, out_dir, device, log)
-        _, pool = cross_task_split(
-            pool, CROSS_TASK_TEACHER_CLASSES, CROSS_TASK_STUDENT_CLASSES, seed=0
-        )
-        val = select_classes(val, CROSS_TASK_STUDENT_CLASSES)
-        test = select_classes(test, CROSS_TASK_STUDENT_CLASSES)
-        shared = False
+    shared = setting.name != "cross-task"
+    if not shared:
+        classes = (CROSS_TASK_TEACHER_CLASSES, CROSS_TASK_STUDENT_CLASSES)
+        teacher_set, pool = cross_task_split(pool, *classes, seed=0)
+        model = cross_task_teacher(teacher_set, test, setting, out_dir, device, log)
+        val, test = (select_classes(d, CROSS_TASK_STUDENT_CLASSES) for d in (val, test))
     else:
         model = teacher if teacher is not None else fashion_teacher(teacher_path, device)
     model = model.to(device).eval()
