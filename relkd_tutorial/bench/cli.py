@@ -251,14 +251,11 @@ def plan_lines(
         if recipes is not None:
             tuned = [m for m in methods if recipes.get(name, m) is not None]
             extra = sum(len(a[1][1]) for a in arms.values() if len(a) > 1)
+            beside = f"{extra} at the paper defaults (first {s.default_seeds} seeds)"
             text += (
                 f": {len(methods)} methods x {len(s.seeds)} seeds at their recipes ({len(tuned)} "
-                f"tuned, {len(methods) - len(tuned)} not tuned: at their defaults)"
-                + (
-                    f", {extra} at the paper defaults (first {s.default_seeds} seeds)"
-                    if extra
-                    else ", no paper-default runs beside them"
-                )  # fmt: skip
+                f"tuned, {len(methods) - len(tuned)} not tuned: at their defaults), "
+                + (beside if extra else "no paper-default runs beside them")
             )
         lines.append(text)
         known = known and bool(mine)

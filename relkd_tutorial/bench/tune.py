@@ -198,9 +198,8 @@ def make_objective(
                 f"({describe_params(params)}): {text}  {now - tic:.1f} s  (elapsed "
                 f"{_clock(now - started)})")  # fmt: skip
 
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("round", r)
+        for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "round": r}.items():
+            trial.set_user_attr(key, value)
         params = _sample(trial, knobs)
         trial.set_user_attr("params", params)
         scores = []
