@@ -442,6 +442,18 @@ def test_plan_flag_prints_the_full_config(capsys: pytest.CaptureFixture[str]) ->
     assert "transfer:" in out
 
 
+def test_a_half_written_last_row_is_dropped_and_the_next_append_starts_clean(tmp_path) -> None:
+    store = bench_store.ResultStore(tmp_path)
+    store.append({"key": "a", "setting": "s", "status": "ok", "acc": 0.5})
+    with open(store.runs_path, "a") as f:
+        f.write("b,s,spec")  # a crash in the middle of an append
+    assert [r["key"] for r in store.rows()] == ["a"]
+    store.append({"key": "c", "setting": "s", "status": "ok", "acc": 0.25})
+    assert [(r["key"], r["acc"]) for r in store.rows()] == [("a", 0.5), ("c", 0.25)]
+    store.runs_path.write_text("key,setting")  # not one whole line
+    assert store.rows() == [] and store.runs_path.read_text() == ""
+
+
 def test_the_full_setting_trains_records_and_resumes(tmp_path: Path, monkeypatch) -> None:
     """run_full on a stand-in for CIFAR-100 (random images, a given teacher, one epoch): each
     run is recorded as it finishes, an n/a method gets its row, the same command skips all."""

@@ -133,7 +133,7 @@ def build_full_plan(
 
 
 def _plan_from_args(args: argparse.Namespace) -> list[FullPlan]:
-    pairs = list(FULL_PAIRS) if args.pairs is None else _parse_list(args.pairs, FULL_PAIRS, "pairs")
+    pairs = _parse_list(args.pairs or "all", FULL_PAIRS, "pairs")
     seeds = (0, 1, 2) if args.seeds is None else tuple(int(s) for s in args.seeds.split(","))
     return build_full_plan(
         pairs,

@@ -36,12 +36,9 @@ HISTORY_COLUMNS = ("key", "epoch", "stage", "lr", "loss", "train_acc", "eval_acc
 
 def _repair_tail(path: Path) -> None:
     """Drop a half-written last line (an interrupted append) so the next append starts clean."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        cut = data.rfind(b"\n")
-        path.write_bytes(data[: cut + 1] if cut >= 0 else b"")
+    data = path.read_bytes() if path.exists() else b""
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])  # no newline at all: empty
 
 
 def _append_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
