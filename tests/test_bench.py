@@ -233,7 +233,8 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
     # every method x seeds, no recipe; without unlabelled images the pseudo-label
     # control is one n/a row, not a run per seed
     counts = [
-        runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
+        len(runner.final_jobs(cpu[n], bench_settings.METHODS))
+        for n in bench_settings.DEFAULT_SETTINGS
     ]
     n, labelled_only = len(bench_settings.METHODS), len(bench_settings.NEEDS_UNLABELLED)
     assert counts == [16 * n, 8 * (n - labelled_only), 3 * (n - labelled_only)]

@@ -38,7 +38,7 @@ from . import report, tune
 from .full import describe_full_plan, run_full
 from .parallel import default_jobs, run_in_workers, workspace_refs
 from .recipes import Recipes, load_recipes
-from .runner import Job, Progress, _clock, ablation_jobs, arm_params, plan_counts, run_settings
+from .runner import Job, Progress, _clock, ablation_jobs, arm_params, final_jobs, run_settings
 from .search_space import ABLATION_SEEDS, ablation_seeds
 from .settings import (
     ABLATION_SETTING,
@@ -247,7 +247,7 @@ def plan_lines(
                 )
             continue
         arms = {m: arm_params(s, m, recipes, defaults) for m in methods}
-        text = f"  up to {plan_counts(s, methods, None, recipes, defaults)} training runs"
+        text = f"  up to {len(final_jobs(s, methods, None, recipes, defaults))} training runs"
         if recipes is not None:
             tuned = [m for m in methods if recipes.get(name, m) is not None]
             extra = sum(len(a[1][1]) for a in arms.values() if len(a) > 1)
@@ -331,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = [args.ablation]
         total = sum(len(ablation_jobs(ws.setting, args.ablation)) for ws in workspaces)
     else:
-        total = sum(plan_counts(ws.setting, methods, ws, recipes, defaults) for ws in workspaces)
+        total = sum(
+            len(final_jobs(ws.setting, methods, ws, recipes, defaults)) for ws in workspaces
+        )
     specs = {ws.spec for ws in workspaces}
     done_before = sum(
         1

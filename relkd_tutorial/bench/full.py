@@ -30,7 +30,7 @@ from ..methods import CrossEntropy, build_method
 from ..models import build_model
 from ..stats import mean_std
 from ..training import TrainConfig, evaluate, fit, seeded
-from .runner import base_row, measured_fit, pending_jobs, plan_counts
+from .runner import base_row, final_jobs, measured_fit, pending_jobs
 from .settings import METHODS, Setting, _parse_list
 from .workspace import Workspace, load_teacher_weights, teacher_fingerprint
 
@@ -221,7 +221,7 @@ def run_full(
         specs.append(ws.spec)
         todo = pending_jobs([ws], plan.methods, store)  # records the n/a rows
         progress.total += len(plan.methods) * len(plan.seeds)
-        progress.done += plan_counts(setting, plan.methods, ws) - len(todo)
+        progress.done += len(final_jobs(setting, plan.methods, ws)) - len(todo)
         for _, job in todo:
             row, history = _run_full_job(job, plan, ws, args.amp)
             store.append(row, history)

@@ -321,24 +321,26 @@ def arm_params(
     return arms
 
 
-def plan_counts(
+def final_jobs(
     setting: Setting,
     methods: Sequence[str],
     ws: Workspace | None = None,
     recipes: Recipes | None = None,
     defaults: bool = True,
-) -> int:
-    """Number of training runs a setting needs (every arm), without the n/a methods (without
-    ``ws``, only those the setting alone rules out)."""
-    runnable = [
-        m
-        for m in methods
-        if (ws is None or applicable(m, ws) is None)
-        and not (m in NEEDS_UNLABELLED and not has_unlabelled(setting))
+) -> list[Job]:
+    """The final runs of a setting: every method's headline (tuned) runs, then the paper-default
+    ones (:func:`arm_params`); without the n/a methods (without ``ws``, only those the setting
+    alone rules out)."""
+    arms = {m: arm_params(setting, m, recipes, defaults) for m in methods
+            if (ws is None or applicable(m, ws) is None)
+            and not (m in NEEDS_UNLABELLED and not has_unlabelled(setting))}  # fmt: skip
+    return [
+        Job(setting.name, "final", method, dict(params), seed)
+        for arm in range(2)
+        for method, method_arms in arms.items()
+        for params, seeds in method_arms[arm : arm + 1]
+        for seed in seeds
     ]
-    return sum(
-        len(seeds) for m in runnable for _, seeds in arm_params(setting, m, recipes, defaults)
-    )
 
 
 def pending_jobs(
@@ -365,15 +367,7 @@ def pending_jobs(
                     if row["key"] not in done:
                         store.append(row)
                         done.add(row["key"])
-            arms = {m: arm_params(setting, m, recipes, defaults) for m in methods
-                    if applicable(m, ws) is None}  # fmt: skip
-            jobs = [
-                Job(setting.name, "final", method, dict(params), seed)
-                for arm in range(2)  # the headline (tuned) runs of every method, then the defaults
-                for method, method_arms in arms.items()
-                for params, seeds in method_arms[arm : arm + 1]
-                for seed in seeds
-            ]
+            jobs = final_jobs(setting, methods, ws, recipes, defaults)
         for job in jobs:
             if job.key(ws.spec) not in done:
                 done.add(job.key(ws.spec))
