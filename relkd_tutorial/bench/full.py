@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,14 @@ class FullPlan:
     flip: bool = True
     num_classes: int = 100
     teacher_checkpoint: str | None = None
-    published: dict[str, float] = field(default_factory=dict)
 
     @property
     def setting(self) -> str:
         return f"full:{self.pair}"
+
+    @property
+    def published(self) -> dict[str, float]:
+        return PUBLISHED[self.pair]
 
     def config(self, seed: int, device: str = "auto", amp: str = "off") -> TrainConfig:
         """The RepDistiller schedule; the decay epochs are fractions of the run, so a shortened
@@ -121,27 +124,19 @@ def build_full_plan(
     if unknown:
         raise ValueError(f"unknown pairs {unknown}; choose from {list(FULL_PAIRS)}")
     checkpoints = teacher_checkpoints or {}
-    plans = []
-    for pair in pairs:
-        teacher, student = pair.split("->")
-        plans.append(FullPlan(
-            pair=pair, teacher=teacher, student=student, methods=tuple(methods or METHODS),
-            seeds=tuple(seeds), epochs=epochs, teacher_checkpoint=checkpoints.get(teacher),
-            published=dict(PUBLISHED[pair]),
-        ))  # fmt: skip
-    return plans
+    return [
+        FullPlan(pair, *pair.split("->"), tuple(methods or METHODS), tuple(seeds), epochs,
+                 teacher_checkpoint=checkpoints.get(pair.split("->")[0]))
+        for pair in pairs
+    ]  # fmt: skip
 
 
 def _plan_from_args(args: argparse.Namespace) -> list[FullPlan]:
     pairs = _parse_list(args.pairs or "all", FULL_PAIRS, "pairs")
     seeds = (0, 1, 2) if args.seeds is None else tuple(int(s) for s in args.seeds.split(","))
-    return build_full_plan(
-        pairs,
-        tuple(_parse_list(args.methods, METHODS, "methods")),
-        seeds,
-        parse_teacher_checkpoints(args.teacher_checkpoint, pairs),
-        args.epochs or RECIPE_EPOCHS,
-    )
+    methods = tuple(_parse_list(args.methods, METHODS, "methods"))
+    checkpoints = parse_teacher_checkpoints(args.teacher_checkpoint, pairs)
+    return build_full_plan(pairs, methods, seeds, checkpoints, args.epochs or RECIPE_EPOCHS)
 
 
 def describe_full_plan(args: argparse.Namespace) -> str:
