@@ -71,9 +71,8 @@ def spawn_pool(
     initargs: tuple = (),
     start_method: str = "spawn",
 ) -> ProcessPoolExecutor:
-    """A process pool whose workers start fresh (``spawn`` or ``forkserver``, never ``fork``)."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    """A process pool whose workers start fresh (``spawn`` or ``forkserver``, never ``fork``);
+    ``ProcessPoolExecutor`` refuses ``workers < 1``."""
     if start_method not in ("spawn", "forkserver"):
         raise ValueError("start_method must be 'spawn' or 'forkserver' (never fork torch)")
     return ProcessPoolExecutor(

@@ -126,8 +126,7 @@ class Workspace:
 
     def image_sets(self) -> list[ImageSet]:
         """Every image set the runs of the setting read: the seeds' training sets, val, test."""
-        sets = [self.train_set(seed) for seed in self.setting.seeds]
-        return [*sets, self.val, self.test]
+        return [*map(self.train_set, self.setting.seeds), self.val, self.test]
 
     def precompute(self) -> int:
         """Compute the teacher's outputs over :meth:`image_sets`; returns how many were new."""
