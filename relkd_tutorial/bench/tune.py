@@ -32,6 +32,7 @@ import torch
 
 from ..data import TensorLoader
 from ..training import fit
+from ..training.checkpoint import _atomic_write
 from .parallel import WorkspaceRef, load, spawn_pool, workspace_refs
 from .recipes import FORMAT, RECIPES_FILE
 from .runner import _clock, applicable, run_parts
@@ -237,9 +238,7 @@ def selected_trials(study: Any, target: int) -> list[Any]:
 
 def best_trial(trials: Sequence[Any]) -> Any | None:
     """The complete trial with the highest score; a tie goes to the earlier one (the default)."""
-    from optuna.trial import TrialState
-
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete = [t for t in trials if t.state in _states("COMPLETE") and t.value is not None]
     return max(complete, key=lambda t: (t.value, -t.number), default=None)
 
 
@@ -357,16 +356,13 @@ def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
 def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocation: dict) -> Path:
     """Write the recipe file (format :data:`FORMAT`), small and readable."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": FORMAT, "invocation": invocation, "settings": settings}
-    tmp = path.with_suffix(path.suffix + ".tmp")
     text = json.dumps(doc, indent=1)
     # a list of numbers on one line: [0.1, 100.0]
     text = re.sub(
         r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text
     )
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    _atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
     return path
 
 
