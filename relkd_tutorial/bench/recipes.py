@@ -203,9 +203,7 @@ def _recipe(setting: str, method: str, raw: Any) -> Recipe:
     if score is not None and not _number(score):
         raise ValueError(f"{where}: selection_score = {score!r} is not a finite number")
     trials = raw.get("trials")
-    if trials is not None and (
-        not isinstance(trials, int) or isinstance(trials, bool) or trials < 0
-    ):
+    if trials is not None and not (type(trials) is int and trials >= 0):  # a bool is no count
         raise ValueError(f"{where}: trials = {trials!r} is not a count")
     return Recipe(
         setting, method, params, space, extended, tuple(at_edge),
