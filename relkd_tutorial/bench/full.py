@@ -31,7 +31,7 @@ from ..models import build_model
 from ..stats import mean_std
 from ..training import TrainConfig, evaluate, fit, seeded
 from .runner import base_row, final_jobs, measured_fit, pending_jobs
-from .settings import METHODS, Setting, _parse_list
+from .settings import METHODS, Setting, _parse_list, pm
 from .workspace import Workspace, load_teacher_weights, teacher_fingerprint
 
 #: Top-1 (%) on CIFAR-100 as published: teacher, student (CE), KD, RKD, CRD from the CRD paper's
@@ -250,15 +250,11 @@ def _print_beside_published(plan: FullPlan, rows: list[dict[str, Any]], spec: st
     if plan.epochs != RECIPE_EPOCHS:
         print(f"  (a {plan.epochs}-epoch run: NOT comparable with the 240-epoch published numbers)")
     for method in (*plan.methods, "crd"):
-        ours = [
-            100 * r["acc"]
-            for r in rows
-            if r["spec"] == spec and r["method"] == method and r["status"] == "ok"
-        ]
+        mine = [r for r in rows if r["spec"] == spec and r["method"] == method]
+        ours = [100 * r["acc"] for r in mine if r["status"] == "ok"]
         text = "not run (not implemented here)" if method == "crd" else "n/a"
         if ours:
             mean, std, n = mean_std(ours)
-            text = f"{mean:.2f}" + ("" if n < 2 else f" ± {std:.2f}") + f" (n={n})"
-        published = plan.published.get(method)
-        pub = f"{published:.2f}" if published is not None else "-"
-        print(f"  {method:<14} ours {text:<26} published {pub}")
+            text = f"{pm(mean, std, 2)} (n={n})"  # one seed: the mean alone
+        pub = plan.published.get(method)
+        print(f"  {method:<14} ours {text:<26} published {'-' if pub is None else f'{pub:.2f}'}")
