@@ -19,7 +19,7 @@ from relkd_tutorial.bench import store as bench_store
 from relkd_tutorial.bench.recipes import recipes_of_meta
 from relkd_tutorial.bench.tuned import arm_rows
 from relkd_tutorial.bench.verdict import comparisons
-from relkd_tutorial.data import load_fashion_mnist, partially_labelled, select_classes
+from relkd_tutorial.data import ImageSet, load_fashion_mnist, partially_labelled, select_classes
 from relkd_tutorial.models import build_model
 from relkd_tutorial.stats import (
     describe_difference,
@@ -192,7 +192,7 @@ def test_groups_follow_the_class_selection() -> None:
 
 
 def test_peak_memory_is_measured_on_cpu() -> None:
-    if not Path("/proc/self/statm").exists():  # no /proc: the documented nan
+    if not Path("/proc/self/clear_refs").exists():  # no /proc: the documented nan
         with runner.PeakMemory(torch.device("cpu")) as memory:
             pass
         assert math.isnan(memory.mib)
@@ -234,7 +234,8 @@ def test_cpu_preset_is_the_powered_main_job() -> None:
     # every method x seeds, no recipe; without unlabelled images the pseudo-label
     # control is one n/a row, not a run per seed
     counts = [
-        runner.plan_counts(cpu[n], bench_settings.METHODS) for n in bench_settings.DEFAULT_SETTINGS
+        len(runner.final_jobs(cpu[n], bench_settings.METHODS))
+        for n in bench_settings.DEFAULT_SETTINGS
     ]
     n, labelled_only = len(bench_settings.METHODS), len(bench_settings.NEEDS_UNLABELLED)
     assert counts == [16 * n, 8 * (n - labelled_only), 3 * (n - labelled_only)]
@@ -441,6 +442,50 @@ def test_plan_flag_prints_the_full_config(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     assert "full wrn_40_2->wrn_16_2: 240 epochs" in out and "[150, 180, 210]" in out
     assert "transfer:" in out
+
+
+def test_a_half_written_last_row_is_dropped_and_the_next_append_starts_clean(tmp_path) -> None:
+    store = bench_store.ResultStore(tmp_path)
+    store.append({"key": "a", "setting": "s", "status": "ok", "acc": 0.5})
+    with open(store.runs_path, "a") as f:
+        f.write("b,s,spec")  # a crash in the middle of an append
+    assert [r["key"] for r in store.rows()] == ["a"]
+    store.append({"key": "c", "setting": "s", "status": "ok", "acc": 0.25})
+    assert [(r["key"], r["acc"]) for r in store.rows()] == [("a", 0.5), ("c", 0.25)]
+    store.runs_path.write_text("key,setting")  # not one whole line
+    assert store.rows() == [] and store.runs_path.read_text() == ""
+
+
+def test_the_full_setting_trains_records_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    """run_full on a stand-in for CIFAR-100 (random images, a given teacher, one epoch): each
+    run is recorded as it finishes, an n/a method gets its row, the same command skips all."""
+    g = torch.Generator().manual_seed(0)
+
+    def images(n: int) -> ImageSet:
+        pixels = torch.randint(0, 255, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+        return ImageSet(
+            pixels,
+            torch.arange(n) % 100,
+            [str(c) for c in range(100)],
+            "fake",
+            (0.5,) * 3,
+            (0.25,) * 3,
+        )
+
+    monkeypatch.setattr(full, "load_cifar100", lambda root: (images(200), images(100)))
+    teacher = tmp_path / "wrn.pt"
+    torch.save(build_model("wrn_40_2", 100, 3, seed=0).state_dict(), teacher)
+    argv = ["--settings", "full", "--pairs", "wrn_40_2->wrn_16_2", "--methods", "ce,pseudo_label",
+            "--seeds", "0", "--epochs", "1", "--teacher-checkpoint", f"wrn_40_2={teacher}",
+            "--out", str(tmp_path / "out"), "--no-plots", "--recipes", "none"]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = bench_store.read_runs(tmp_path / "out/runs.csv")
+    assert sorted((r["method"], r["status"]) for r in rows) == [
+        ("ce", "ok"),
+        ("pseudo_label", "n/a"),
+    ]
+    assert cli.main(argv) == 0  # the same command: nothing left to train
+    assert len(bench_store.read_runs(tmp_path / "out/runs.csv")) == 2
 
 
 # ---------------------------------------------------------------------------------------------

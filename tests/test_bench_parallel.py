@@ -64,12 +64,12 @@ def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path: Path, monke
     monkeypatch.setattr(parallel, "_run", _fake_run)
     recorded: list[str] = []
     with pytest.raises(parallel.WorkerError, match="no such method: boom"):
-        parallel.run_in_workers(jobs, lambda job, row, h: recorded.append(job.method), [], 2)
+        parallel.run_in_workers(jobs, lambda job, row, h: recorded.append(job.method), [None], 2)
     assert {"ce", "kd"} <= set(recorded) and "boom" not in recorded
     assert multiprocessing.active_children() == []
 
 
-def _fake_run(job, index):  # a module-level stand-in, so that spawned workers can unpickle it
+def _fake_run(job, ref):  # a module-level stand-in, so that spawned workers can unpickle it
     if job.method == "boom":
         raise ValueError(f"no such method: {job.method}")
     time.sleep(0.2 if job.method == "rkd" else 0.0)

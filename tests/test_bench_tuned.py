@@ -114,9 +114,9 @@ def test_the_arms_of_a_method() -> None:
     ]
     methods = list(MEANS)
     # 6 methods x 4 seeds, and KD, RRD, GRKD at their defaults on 2 seeds
-    assert runner.plan_counts(s, methods, None, REC) == 6 * 4 + 3 * 2
-    assert runner.plan_counts(s, methods, None, REC, defaults=False) == 6 * 4
-    assert runner.plan_counts(s, methods) == 6 * 4
+    assert len(runner.final_jobs(s, methods, None, REC)) == 6 * 4 + 3 * 2
+    assert len(runner.final_jobs(s, methods, None, REC, defaults=False)) == 6 * 4
+    assert len(runner.final_jobs(s, methods)) == 6 * 4
 
 
 def test_default_seeds_is_not_part_of_the_fingerprint() -> None:

@@ -336,7 +336,7 @@ def test_the_package_ships_the_recipes_and_depends_on_optuna() -> None:
     assert any(d.startswith("optuna") for d in project["project"]["dependencies"])
     globs = project["tool"]["setuptools"]["package-data"]["relkd_tutorial"]
     assert "bench/recipes.json" in globs
-    assert tune.RECIPES_PATH == ROOT / "relkd_tutorial" / "bench" / "recipes.json"
+    assert tune.RECIPES_FILE == ROOT / "relkd_tutorial" / "bench" / "recipes.json"
 
 
 def test_tune_parser_and_plan(capsys: pytest.CaptureFixture[str]) -> None:
@@ -345,7 +345,7 @@ def test_tune_parser_and_plan(capsys: pytest.CaptureFixture[str]) -> None:
     assert "transfer" in out and "low-data" in out and "5 trials per method" in out
     assert "standard" not in out  # the tuned settings by default: transfer and low-data
     with pytest.raises(SystemExit, match="trials"):
-        tune.run_tuning(SimpleNamespace(trials=0), [], [], [], Path("."), True, "")
+        tune.main_tune(SimpleNamespace(trials=0), {}, [], True, "cpu", "")
 
 
 def test_a_method_that_cannot_run_in_a_setting_is_not_tuned_there(tmp_path: Path) -> None:

@@ -29,7 +29,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -39,7 +38,7 @@ from . import report, tune
 from .full import describe_full_plan, run_full
 from .parallel import default_jobs, run_in_workers, workspace_refs
 from .recipes import Recipes, load_recipes
-from .runner import Job, Progress, _clock, ablation_jobs, arm_params, plan_counts, run_settings
+from .runner import Job, Progress, _clock, ablation_jobs, arm_params, final_jobs, run_settings
 from .search_space import ABLATION_SEEDS, ablation_seeds
 from .settings import (
     ABLATION_SETTING,
@@ -133,9 +132,8 @@ def default_preset(device: torch.device | str) -> str:
 
 def default_threads(device: torch.device | str, threads: int | None) -> int | None:
     """Torch threads to set: ``threads`` if given, else 1 on a CPU, else ``None`` (leave as is)."""
-    if threads is not None:
-        return threads
-    return 1 if torch.device(device).type == "cpu" else None
+    cpu = torch.device(device).type == "cpu"
+    return threads if threads is not None else 1 if cpu else None
 
 
 def configure(
@@ -159,36 +157,24 @@ def configure(
     methods = _parse_list(args.methods, METHODS, "methods")
     base = default_settings(fast, preset)
     settings: dict[str, Setting] = {}
-    for name in names:
-        if name == "full":
-            continue
+    for name in (n for n in names if n != "full"):  # full's options: bench.full
         s = base[name]
-        changes: dict[str, Any] = {}
+        flags = ["epochs", "pool_per_class", "student"]
+        flags += ["labelled_per_class"] if s.labelled_per_class is not None else []
+        changes = {f: getattr(args, f) for f in flags if getattr(args, f) is not None}
         if args.seeds is not None:
             changes["seeds"] = tuple(int(x) for x in args.seeds.split(",") if x.strip())
             if not changes["seeds"]:
                 raise SystemExit("--seeds needs at least one seed")
-        if args.epochs is not None:
-            changes["epochs"] = args.epochs
-        if args.pool_per_class is not None:
-            changes["pool_per_class"] = args.pool_per_class
-        if args.labelled_per_class is not None and s.labelled_per_class is not None:
-            changes["labelled_per_class"] = args.labelled_per_class
-        if args.student is not None:
-            changes["student"] = args.student
         if ablation:  # its own seeds (selection; like tune.tune_setting): cached, shown, recorded
             changes.update(seeds=ablation_seeds(s.seeds), default_seeds=0)
-        s = replace(s, **changes)
-        if (
-            s.labelled_per_class is not None
-            and s.pool_per_class is not None
-            and s.labelled_per_class > s.pool_per_class
-        ):
+        s = settings[name] = replace(s, **changes)
+        labelled, pool = s.labelled_per_class, s.pool_per_class
+        if labelled is not None and pool is not None and labelled > pool:
             raise SystemExit(
-                f"{name}: {s.labelled_per_class} labelled images per class do not fit in a pool "
-                f"of {s.pool_per_class} per class; lower --labelled-per-class"
+                f"{name}: {labelled} labelled images per class do not fit in a pool of {pool} "
+                "per class; lower --labelled-per-class"
             )
-        settings[name] = s
     return fast, settings, methods
 
 
@@ -202,69 +188,6 @@ def recipes_for(args: argparse.Namespace, settings: dict[str, Setting]) -> Recip
         return load_recipes(path)
     except (OSError, ValueError) as err:
         raise SystemExit(f"--recipes: {err}") from err
-
-
-def recipes_record(recipes: Recipes | None, settings: dict[str, Setting]) -> dict[str, Any]:
-    """What ``meta.json`` keeps of the recipes: those of the settings that ran under them (a
-    setting without a recipe as ``{}``), so that the report reads the runs as they were meant."""
-    if recipes is None:
-        return {}
-    return {"recipes": recipes.to_json(list(settings)), "recipes_file": recipes.path}
-
-
-def plan_lines(
-    settings: dict[str, Setting],
-    methods: Sequence[str],
-    recipes: Recipes | None,
-    defaults: bool,
-    out_dir: Path,
-    jobs: int,
-) -> list[str]:
-    """``--plan``'s lines: per setting its runs, by arm, and their time, estimated from the ``ok``
-    rows already in ``<out>/runs.csv`` (this machine only; those runs count as done)."""
-    rows = (
-        [r for r in ResultStore(out_dir).rows() if r["status"] == "ok"] if out_dir.exists() else []
-    )
-    done = {r["key"] for r in rows}
-    spec = {r["setting"]: r["spec"] for r in rows}  # the latest spec of each setting there
-    lines, seconds, every, known = [], 0.0, 0.0, True
-    for name, s in settings.items():
-        arms = {m: arm_params(s, m, recipes, defaults) for m in methods}
-        tuned = [m for m in methods if recipes is not None and recipes.get(name, m) is not None]
-        extra = sum(len(a[1][1]) for a in arms.values() if len(a) > 1)
-        total = plan_counts(s, methods, None, recipes, defaults)
-        lines.append(f"{name}: {s}")
-        text = f"  up to {total} training runs"
-        if recipes is not None:
-            text += (
-                f": {len(methods)} methods x {len(s.seeds)} seeds at their recipes ({len(tuned)} "
-                f"tuned, {len(methods) - len(tuned)} not tuned: at their defaults)"
-                + (
-                    f", {extra} at the paper defaults (first {s.default_seeds} seeds)"
-                    if extra
-                    else ", no paper-default runs beside them"
-                )  # fmt: skip
-            )
-        lines.append(text)
-        mine = [r for r in rows if r["setting"] == name]
-        if not mine:
-            known = False
-            continue
-        mean = sum(r["seconds"] for r in mine) / len(mine)
-        per = {m: [r["seconds"] for r in mine if r["method"] == m] for m in methods}
-        for m, a in arms.items():
-            for params, seeds in a:
-                key = Job(name, "final", m, params, 0).key(spec[name]).rsplit("|", 1)[0]
-                todo = [x for x in seeds if f"{key}|{x}" not in done]
-                each = sum(per[m]) / len(per[m]) if per[m] else mean
-                seconds, every = seconds + len(todo) * each, every + len(seeds) * each
-    if known and every:
-        lines.append(
-            f"time, from the seconds per run in {out_dir / 'runs.csv'} (this machine): about "
-            f"{every / 60:.0f} CPU-minutes for the whole plan ({every / 60 / jobs:.0f} minutes "
-            f"with {jobs} job(s)), about {seconds / 60:.0f} of them still to train"
-        )
-    return lines
 
 
 def earlier_ablation(out_dir: Path, method: str) -> str | None:
@@ -286,74 +209,102 @@ def earlier_ablation(out_dir: Path, method: str) -> str | None:
     )
 
 
-def ablation_plan_lines(
-    settings: dict[str, Setting], method: str, out_dir: Path, jobs: int
+def plan_lines(
+    settings: dict[str, Setting],
+    methods: Sequence[str],
+    recipes: Recipes | None,
+    defaults: bool,
+    out_dir: Path,
+    jobs: int,
+    ablation: str | None = None,
 ) -> list[str]:
-    """``--plan``'s lines for ``--ablation``: the runs, their seeds and split, and their time,
-    estimated from the ``ok`` runs of ``method`` in ``<out>/runs.csv`` (any phase; this machine)."""
+    """``--plan``'s lines: per setting its runs (by arm, or ``ablation``'s variants and seeds)
+    and their time, estimated from the ``ok`` rows already in ``<out>/runs.csv`` (this machine
+    only; those runs count as done)."""
     rows = [r for r in read_runs(out_dir / "runs.csv") if r["status"] == "ok"]
-    lines = []
+    done, runs_csv = {r["key"] for r in rows}, out_dir / "runs.csv"
+    lines, seconds, every, known = [], 0.0, 0.0, True
     for name, s in settings.items():
-        jobs_here = ablation_jobs(s, method)
-        seeds = sorted({j.seed for j in jobs_here})
-        lines += [
-            f"{name}: {s}",
-            f"  up to {len(jobs_here)} training runs ({method} ablation): "
-            f"{len(jobs_here) // len(seeds)} variants x {len(seeds)} selection seeds {seeds}, "
-            "scored on the validation split",
-        ]
-        done = {r["key"] for r in rows}
-        spec = next((r["spec"] for r in reversed(rows) if r["setting"] == name), "")
-        todo = sum(j.key(spec) not in done for j in jobs_here)
-        seconds = [r["seconds"] for r in rows if r["setting"] == name and r["method"] == method]
-        if seconds:
-            each = sum(seconds) / len(seconds)
+        mine = [r for r in rows if r["setting"] == name]
+        spec = mine[-1]["spec"] if mine else ""  # the latest spec of the setting there
+        lines.append(f"{name}: {s}")
+        if ablation:
+            planned = ablation_jobs(s, ablation)
+            seeds = sorted({j.seed for j in planned})
             lines.append(
-                f"time, from the {len(seconds)} {method} runs in {out_dir / 'runs.csv'} (this "
-                f"machine): about {len(jobs_here) * each / 60:.0f} CPU-minutes "
-                f"({len(jobs_here) * each / 60 / jobs:.0f} minutes with {jobs} job(s)), "
-                f"about {todo * each / 60:.0f} of them still to train"
+                f"  up to {len(planned)} training runs ({ablation} ablation): "
+                f"{len(planned) // len(seeds)} variants x {len(seeds)} selection seeds {seeds}, "
+                "scored on the validation split"
             )
-    reason = earlier_ablation(out_dir, method)
-    return lines + ([f"note: this command will stop: {reason}"] if reason else [])
+            times = [r["seconds"] for r in mine if r["method"] == ablation]
+            if times:
+                each, todo = sum(times) / len(times), sum(j.key(spec) not in done for j in planned)
+                lines.append(
+                    f"time, from the {len(times)} {ablation} runs in {runs_csv} (this "
+                    f"machine): about {len(planned) * each / 60:.0f} CPU-minutes "
+                    f"({len(planned) * each / 60 / jobs:.0f} minutes with {jobs} job(s)), "
+                    f"about {todo * each / 60:.0f} of them still to train"
+                )
+            continue
+        arms = {m: arm_params(s, m, recipes, defaults) for m in methods}
+        text = f"  up to {len(final_jobs(s, methods, None, recipes, defaults))} training runs"
+        if recipes is not None:
+            tuned = [m for m in methods if recipes.get(name, m) is not None]
+            extra = sum(len(a[1][1]) for a in arms.values() if len(a) > 1)
+            beside = f"{extra} at the paper defaults (first {s.default_seeds} seeds)"
+            text += (
+                f": {len(methods)} methods x {len(s.seeds)} seeds at their recipes ({len(tuned)} "
+                f"tuned, {len(methods) - len(tuned)} not tuned: at their defaults), "
+                + (beside if extra else "no paper-default runs beside them")
+            )
+        lines.append(text)
+        known = known and bool(mine)
+        for m, a in arms.items() if mine else ():
+            times = [r["seconds"] for r in mine if r["method"] == m] or [r["seconds"] for r in mine]
+            each = sum(times) / len(times)
+            for params, arm_seeds in a:
+                keys = [Job(name, "final", m, params, x).key(spec) for x in arm_seeds]
+                seconds += sum(k not in done for k in keys) * each
+                every += len(keys) * each
+    if ablation and (reason := earlier_ablation(out_dir, ablation)):
+        lines.append(f"note: this command will stop: {reason}")
+    if known and every and not ablation:
+        lines.append(
+            f"time, from the seconds per run in {runs_csv} (this machine): about "
+            f"{every / 60:.0f} CPU-minutes for the whole plan ({every / 60 / jobs:.0f} minutes "
+            f"with {jobs} job(s)), about {seconds / 60:.0f} of them still to train"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``relkd-bench`` / ``python -m relkd_tutorial.bench`` command."""
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
-    threads = default_threads(device, args.threads)
-    if threads is not None:
+    if (threads := default_threads(device, args.threads)) is not None:
         torch.set_num_threads(threads)
     if args.tune and args.settings is None:
         args.settings = ",".join(tune.TUNE_SETTINGS)
     fast, settings, methods = configure(args, device)
+    command = " ".join(["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])])
+    jobs = args.jobs = default_jobs(device) if args.jobs is None else args.jobs
     if args.tune:
-        command = " ".join(
-            ["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])]
-        )
-        args.jobs = default_jobs(device) if args.jobs is None else args.jobs
         return tune.main_tune(args, settings, methods, fast, device, command)
-    jobs = default_jobs(device) if args.jobs is None else args.jobs
     if jobs < 1:
         raise SystemExit(f"--jobs must be >= 1, got {jobs}")
     preset = args.preset or default_preset(device)
     out_dir = Path(args.out or ("runs/bench-fast" if fast else "runs/bench"))
-    names = list(settings)
     want_full = args.settings is not None and "full" in _parse_list(
         args.settings, ALL_SETTINGS, "settings"
     )
-    command = " ".join(["python -m relkd_tutorial.bench", *map(shlex.quote, argv or sys.argv[1:])])
     mode = "fast mode" if fast else f"default mode, {preset} preset"
 
     recipes = recipes_for(args, settings)
     defaults = not args.no_defaults
     if args.plan:
+        lines = plan_lines(settings, methods, recipes, defaults, out_dir, jobs, args.ablation)
         print(f"{mode}, {torch.get_num_threads()} torch thread(s), {jobs} job(s)")
-        if args.ablation:
-            print("\n".join(ablation_plan_lines(settings, args.ablation, out_dir, jobs)))
-        else:
-            print("\n".join(plan_lines(settings, methods, recipes, defaults, out_dir, jobs)))
+        print("\n".join(lines))
         if want_full:
             print(describe_full_plan(args))
         return 0
@@ -370,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tic = time.perf_counter()
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(
-        f"relkd_tutorial benchmark, {mode}: settings {', '.join(names) or '-'}"
+        f"relkd_tutorial benchmark, {mode}: settings {', '.join(settings) or '-'}"
         f"{' + full' if want_full else ''}; methods {', '.join(methods)}; device {device}, "
         f"{torch.get_num_threads()} threads, {jobs} jobs; results in {out_dir}/",
         flush=True,
@@ -380,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = [args.ablation]
         total = sum(len(ablation_jobs(ws.setting, args.ablation)) for ws in workspaces)
     else:
-        total = sum(plan_counts(ws.setting, methods, ws, recipes, defaults) for ws in workspaces)
+        total = sum(
+            len(final_jobs(ws.setting, methods, ws, recipes, defaults)) for ws in workspaces
+        )
     specs = {ws.spec for ws in workspaces}
     done_before = sum(
         1
@@ -406,17 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"per class), {s.epochs} epochs, seeds {list(s.seeds)}, "
               f"{f'the {args.ablation} ablation' if args.ablation else arms}", flush=True)  # fmt: skip
     workers = min(jobs, max(0, total - progress.done))
-    executor = None
-    if workers > 1:
-        executor = functools.partial(
-            run_in_workers,
-            refs=workspace_refs(paths, workspaces),
-            workers=workers,
-            threads=torch.get_num_threads(),
-        )
+    refs, threads = workspace_refs(paths, workspaces), torch.get_num_threads()
+    executor = functools.partial(run_in_workers, refs=refs, workers=workers, threads=threads)
     try:
-        run_settings(workspaces, methods, store, progress, executor, args.ablation, recipes,
-                     defaults)  # fmt: skip
+        run_settings(workspaces, methods, store, progress, executor if workers > 1 else None,
+                     args.ablation, recipes, defaults)  # fmt: skip
         if want_full:
             specs |= set(run_full(args, store, device, progress))
     except KeyboardInterrupt as err:  # Ctrl-C, or TrainingInterrupted from fit (SIGINT/SIGTERM)
@@ -448,7 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_average_start": load_start,
             "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "defaults_arm": defaults and recipes is not None,
-            **recipes_record(recipes, settings),
+            # the recipes of the settings that ran under them (one without a recipe as {})
+            **(
+                {}
+                if recipes is None
+                else {"recipes": recipes.to_json(list(settings)), "recipes_file": recipes.path}
+            ),
         },
     )
     report.write_report(out_dir, plots=not args.no_plots)
@@ -458,7 +410,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -5,7 +5,7 @@
 
 Two teacher -> student pairs of the CRD/RepDistiller benchmark (Tian et al., ICLR 2020),
 ``resnet32x4 -> resnet8x4`` and ``wrn_40_2 -> wrn_16_2``, at the recipe of
-:func:`recipe_config` (240 epochs of SGD, crop + flip, the last epoch's accuracy; the teacher
+:meth:`FullPlan.config` (240 epochs of SGD, crop + flip, the last epoch's accuracy; the teacher
 runs live on every augmented batch). Every method runs at its published defaults (no tuning).
 A teacher comes from ``--teacher-checkpoint NAME=PATH`` (a ``state_dict`` of our
 ``build_model(NAME)`` or a :func:`~relkd_tutorial.training.fit` checkpoint; RepDistiller's own
@@ -17,7 +17,8 @@ published numbers (:data:`PUBLISHED`); ``docs/benchmark.md`` has the details.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,8 @@ from ..methods import CrossEntropy, build_method
 from ..models import build_model
 from ..stats import mean_std
 from ..training import TrainConfig, evaluate, fit, seeded
-from .runner import Job, applicable, base_row, measured_fit, not_applicable_row
-from .settings import METHODS, Setting, _parse_list
+from .runner import base_row, final_jobs, measured_fit, pending_jobs
+from .settings import METHODS, Setting, _parse_list, pm
 from .workspace import Workspace, load_teacher_weights, teacher_fingerprint
 
 #: Top-1 (%) on CIFAR-100 as published: teacher, student (CE), KD, RKD, CRD from the CRD paper's
@@ -45,21 +46,6 @@ PUBLISHED: dict[str, dict[str, float]] = {
 FULL_PAIRS: tuple[str, ...] = tuple(PUBLISHED)
 RECIPE_EPOCHS = 240
 RECIPE_DECAY_EPOCHS = (150, 180, 210)
-RECIPE_BATCH = 64
-RECIPE_CROP_PADDING = 4
-RRD_QUEUE_CIFAR = 16384
-
-
-def recipe_config(
-    epochs: int = RECIPE_EPOCHS, device: str = "auto", amp: str = "off", seed: int = 0
-) -> TrainConfig:
-    """The RepDistiller schedule as a :class:`~relkd_tutorial.training.TrainConfig`; the decay
-    epochs are fractions of the run, so a shortened run keeps the same shape."""
-    return TrainConfig(
-        epochs=epochs, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
-        schedule="step", milestones=tuple(e / RECIPE_EPOCHS for e in RECIPE_DECAY_EPOCHS),
-        gamma=0.1, device=device, amp=amp, seed=seed, progress=False,
-    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,41 +58,40 @@ class FullPlan:
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
     epochs: int = RECIPE_EPOCHS
-    batch_size: int = RECIPE_BATCH
-    crop_padding: int = RECIPE_CROP_PADDING
+    batch_size: int = 64
+    crop_padding: int = 4
     flip: bool = True
     num_classes: int = 100
     teacher_checkpoint: str | None = None
-    published: dict[str, float] = field(default_factory=dict)
 
     @property
     def setting(self) -> str:
         return f"full:{self.pair}"
 
+    @property
+    def published(self) -> dict[str, float]:
+        return PUBLISHED[self.pair]
+
     def config(self, seed: int, device: str = "auto", amp: str = "off") -> TrainConfig:
-        return recipe_config(self.epochs, device, amp, seed)
+        """The RepDistiller schedule; the decay epochs are fractions of the run, so a shortened
+        run keeps the same shape."""
+        return TrainConfig(
+            epochs=self.epochs, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=False,
+            weight_decay=5e-4, schedule="step", gamma=0.1, device=device, amp=amp, seed=seed,
+            milestones=tuple(e / RECIPE_EPOCHS for e in RECIPE_DECAY_EPOCHS), progress=False,
+        )  # fmt: skip
 
     def method_kwargs(self, method: str) -> dict[str, Any]:
         """Published defaults plus the pair's sizes (feature widths, queue, class count)."""
-        kwargs: dict[str, Any] = {}
         if method in ("rrd", "rrd_kd"):
-            kwargs.update(
-                student_dim=_feature_dim(self.student),
-                teacher_dim=_feature_dim(self.teacher),
-                queue_size=RRD_QUEUE_CIFAR,
-            )
-        if method == "refilled":
-            kwargs["num_classes"] = self.num_classes
-        return kwargs
+            student, teacher = _feature_dim(self.student), _feature_dim(self.teacher)
+            return {"student_dim": student, "teacher_dim": teacher, "queue_size": 16384}
+        return {"num_classes": self.num_classes} if method == "refilled" else {}
 
 
-_FEATURE_DIMS: dict[str, int] = {}
-
-
+@functools.cache
 def _feature_dim(name: str) -> int:
-    if name not in _FEATURE_DIMS:
-        _FEATURE_DIMS[name] = build_model(name, 100, 3).feature_dim
-    return _FEATURE_DIMS[name]
+    return build_model(name, 100, 3).feature_dim
 
 
 def parse_teacher_checkpoints(items: list[str], pairs: list[str]) -> dict[str, str]:
@@ -134,34 +119,24 @@ def build_full_plan(
     epochs: int = RECIPE_EPOCHS,
 ) -> list[FullPlan]:
     """The full setting's plan (nothing is loaded or trained)."""
-
     pairs = list(FULL_PAIRS) if pairs is None else pairs
     unknown = [p for p in pairs if p not in PUBLISHED]
     if unknown:
         raise ValueError(f"unknown pairs {unknown}; choose from {list(FULL_PAIRS)}")
     checkpoints = teacher_checkpoints or {}
-    plans = []
-    for pair in pairs:
-        teacher, student = pair.split("->")
-        plans.append(FullPlan(
-            pair=pair, teacher=teacher, student=student, methods=tuple(methods or METHODS),
-            seeds=tuple(seeds), epochs=epochs, teacher_checkpoint=checkpoints.get(teacher),
-            published=dict(PUBLISHED[pair]),
-        ))  # fmt: skip
-    return plans
+    return [
+        FullPlan(pair, *pair.split("->"), tuple(methods or METHODS), tuple(seeds), epochs,
+                 teacher_checkpoint=checkpoints.get(pair.split("->")[0]))
+        for pair in pairs
+    ]  # fmt: skip
 
 
 def _plan_from_args(args: argparse.Namespace) -> list[FullPlan]:
-
-    pairs = list(FULL_PAIRS) if args.pairs is None else _parse_list(args.pairs, FULL_PAIRS, "pairs")
+    pairs = _parse_list(args.pairs or "all", FULL_PAIRS, "pairs")
     seeds = (0, 1, 2) if args.seeds is None else tuple(int(s) for s in args.seeds.split(","))
-    return build_full_plan(
-        pairs,
-        tuple(_parse_list(args.methods, METHODS, "methods")),
-        seeds,
-        parse_teacher_checkpoints(args.teacher_checkpoint, pairs),
-        args.epochs or RECIPE_EPOCHS,
-    )
+    methods = tuple(_parse_list(args.methods, METHODS, "methods"))
+    checkpoints = parse_teacher_checkpoints(args.teacher_checkpoint, pairs)
+    return build_full_plan(pairs, methods, seeds, checkpoints, args.epochs or RECIPE_EPOCHS)
 
 
 def describe_full_plan(args: argparse.Namespace) -> str:
@@ -190,7 +165,6 @@ def load_or_train_teacher(
     log: Any = print,
 ) -> nn.Module:
     """The pair's CIFAR teacher: from ``plan.teacher_checkpoint``, a cached file, or trained now."""
-
     model = build_model(plan.teacher, plan.num_classes, 3, seed=0)
     cached = out_dir / "teachers" / f"{plan.teacher}.pt"
     path = plan.teacher_checkpoint or (cached if cached.exists() else None)
@@ -223,7 +197,6 @@ def run_full(
 
     Returns the specs (configuration fingerprints) of the pairs, for the summary.
     """
-
     train, test = load_cifar100(args.data_root)
     if args.pool_per_class is not None:  # a smoke test on a few images per class
         train = labelled_subset(train, args.pool_per_class, seed=0)
@@ -241,22 +214,13 @@ def run_full(
             groups={},  # CIFAR-100 has no confusable groups defined here
         )  # fmt: skip
         specs.append(ws.spec)
+        todo = pending_jobs([ws], plan.methods, store)  # records the n/a rows
         progress.total += len(plan.methods) * len(plan.seeds)
-        done = store.done()
-        for method in plan.methods:
-            reason = applicable(method, ws)
-            if reason is not None:
-                row = not_applicable_row(plan.setting, ws.spec, method, reason)
-                if row["key"] not in done:
-                    store.append(row)
-                continue
-            for seed in plan.seeds:
-                job = Job(plan.setting, "final", method, {}, seed)
-                if job.key(ws.spec) in done:
-                    progress.done += 1
-                    continue
-                store.append(*_run_full_job(job, plan, ws, args.amp))
-                progress.run(job, row)
+        progress.done += len(final_jobs(setting, plan.methods, ws)) - len(todo)
+        for _, job in todo:
+            row, history = _run_full_job(job, plan, ws, args.amp)
+            store.append(row, history)
+            progress.run(job, row)
         _print_beside_published(plan, store.rows(), ws.spec)
     return specs
 
@@ -282,20 +246,15 @@ def _run_full_job(
 
 
 def _print_beside_published(plan: FullPlan, rows: list[dict[str, Any]], spec: str) -> None:
-
     print(f"\n{plan.pair}: ours (last epoch, mean ± std over seeds) vs published")
     if plan.epochs != RECIPE_EPOCHS:
         print(f"  (a {plan.epochs}-epoch run: NOT comparable with the 240-epoch published numbers)")
     for method in (*plan.methods, "crd"):
-        ours = [
-            100 * r["acc"]
-            for r in rows
-            if r["spec"] == spec and r["method"] == method and r["status"] == "ok"
-        ]
+        mine = [r for r in rows if r["spec"] == spec and r["method"] == method]
+        ours = [100 * r["acc"] for r in mine if r["status"] == "ok"]
         text = "not run (not implemented here)" if method == "crd" else "n/a"
         if ours:
             mean, std, n = mean_std(ours)
-            text = f"{mean:.2f}" + ("" if n < 2 else f" ± {std:.2f}") + f" (n={n})"
-        published = plan.published.get(method)
-        pub = f"{published:.2f}" if published is not None else "-"
-        print(f"  {method:<14} ours {text:<26} published {pub}")
+            text = f"{pm(mean, std, 2)} (n={n})"  # one seed: the mean alone
+        pub = plan.published.get(method)
+        print(f"  {method:<14} ours {text:<26} published {'-' if pub is None else f'{pub:.2f}'}")

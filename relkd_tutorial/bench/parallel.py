@@ -10,6 +10,7 @@ dies, stops the benchmark with a :class:`WorkerError` once the runs already star
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import signal
@@ -70,9 +71,8 @@ def spawn_pool(
     initargs: tuple = (),
     start_method: str = "spawn",
 ) -> ProcessPoolExecutor:
-    """A process pool whose workers start fresh (``spawn`` or ``forkserver``, never ``fork``)."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    """A process pool whose workers start fresh (``spawn`` or ``forkserver``, never ``fork``);
+    ``ProcessPoolExecutor`` refuses ``workers < 1``."""
     if start_method not in ("spawn", "forkserver"):
         raise ValueError("start_method must be 'spawn' or 'forkserver' (never fork torch)")
     return ProcessPoolExecutor(
@@ -80,27 +80,26 @@ def spawn_pool(
     )
 
 
-_REFS: list[WorkspaceRef] = []  # a worker's workspace files, and those it has loaded
-_LOADED: dict[int, Any] = {}
+@functools.cache
+def load(ref: WorkspaceRef) -> Any:
+    """The workspace saved at ``ref.path`` (:func:`~.workspace.load_workspace`), once a process."""
+    from .workspace import load_workspace
+
+    return load_workspace(ref.path, ref.device, ref.setting, ref.channels_last)
 
 
-def _init_worker(threads: int, refs: Sequence[WorkspaceRef]) -> None:
+def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     torch.set_num_threads(threads)
     from . import runner
 
     runner.HANDLE_SIGNALS = False
-    _REFS[:] = refs
 
 
-def _run(job: Any, index: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _run(job: Any, ref: WorkspaceRef) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from . import runner
-    from .workspace import load_workspace
 
-    if index not in _LOADED:
-        ref = _REFS[index]
-        _LOADED[index] = load_workspace(ref.path, ref.device, ref.setting, ref.channels_last)
-    return runner.run_job(job, _LOADED[index])
+    return runner.run_job(job, load(ref))
 
 
 def _end(pool: ProcessPoolExecutor) -> None:
@@ -130,7 +129,7 @@ def run_in_workers(
     from ..training.signals import StopSignals, TrainingInterrupted
 
     stop = StopSignals(announce=True).__enter__()
-    pool = spawn_pool(workers, _init_worker, (threads, list(refs)))
+    pool = spawn_pool(workers, _init_worker, (threads,))
     futures: dict[Future, Any] = {}
     error: WorkerError | None = None
     clean = False
@@ -151,7 +150,7 @@ def run_in_workers(
                 record(job, row, history)
 
     try:
-        futures = {pool.submit(_run, job, index): job for index, job in jobs}
+        futures = {pool.submit(_run, job, refs[index]): job for index, job in jobs}
         while futures and not stop.requested:
             take(wait(futures, POLL_SECONDS, FIRST_COMPLETED)[0])
             if error is not None:  # the runs not started are cancelled; the others finish

@@ -1,18 +1,11 @@
 """The tuned recipes the main job runs: read, checked and put in the one form a run key uses.
 
-The tuning writes each method's chosen hyperparameters per setting into
-``relkd_tutorial/bench/recipes.json`` (:data:`RECIPES_FILE`)::
-
-    {"format": 1, "invocation": {"command": "...", "trials": 24, ...},
-     "settings": {"transfer": {"grkd": {"params": {"grkd_weight": 12.3}, "space": {...},
-                                        "selection_score": 0.812, "trials": 24,
-                                        "extended": {...}, "at_edge": []}}}}
-
-:func:`load_recipes` refuses, naming the entry, what the benchmark cannot run (another format,
-an unknown setting, method or parameter, a parameter the benchmark sets itself, a value that is
-not a finite number, string or boolean, a bad range, a value outside its last range, a bad
-``at_edge`` name). :func:`canonical_params` drops every value equal to the method's default as it
-runs (:func:`effective_defaults`), so a recipe that chose the defaults has the default run's key.
+``--tune`` writes each method's chosen hyperparameters per setting into :data:`RECIPES_FILE`
+(``{"format": 1, "invocation": {...}, "settings": {setting: {method: {"params": {...}, "space",
+"selection_score", "trials", "extended", "at_edge"}}}}``). :func:`load_recipes` refuses, naming
+the entry, what the benchmark cannot run; :func:`canonical_params` drops every value equal to the
+method's default as it runs (:func:`effective_defaults`), so a recipe that chose the defaults has
+the default run's key.
 """
 
 from __future__ import annotations
@@ -21,7 +14,7 @@ import inspect
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +56,9 @@ class Recipe:
         return canonical_params(self.method, self.params)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"params": dict(self.params)}
-        out["space"] = {k: list(v) for k, v in self.space.items()}
-        out["extended"] = {k: [list(r) for r in v] for k, v in self.extended.items()}
-        out["at_edge"] = list(self.at_edge)
-        if self.selection_score is not None:
-            out["selection_score"] = self.selection_score
-        if self.trials is not None:
-            out["trials"] = self.trials
-        return out
+        """The file's form (ranges as tuples, which ``json`` writes as lists)."""
+        out = asdict(self)
+        return {k: v for k, v in out.items() if k not in ("setting", "method") and v is not None}
 
 
 @dataclass(frozen=True)
@@ -164,21 +151,13 @@ def canonical_params(method: str, params: Mapping[str, Value]) -> dict[str, Valu
 # --- Reading and checking a recipes file ---
 
 
-def _value(where: str, name: str, value: Any) -> Value:
-    if isinstance(value, (bool, str)):
-        return value
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{where}: {name} = {value!r} is not a finite number, a string or a bool")
-    return value
+def _number(x: Any) -> bool:
+    """Whether ``x`` is a finite int or float (not a bool)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _range(where: str, name: str, pair: Any) -> tuple[float, float]:
-    ok = (
-        isinstance(pair, (list, tuple))
-        and len(pair) == 2
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in pair)
-        and all(math.isfinite(x) for x in pair)
-    )
+    ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(map(_number, pair))
     if not ok or not pair[0] < pair[1]:
         raise ValueError(f"{where}: the range of {name} must be [low, high] with low < high, "
                          f"finite; got {pair!r}")  # fmt: skip
@@ -196,11 +175,15 @@ def _recipe(setting: str, method: str, raw: Any) -> Recipe:
             raise ValueError(f"{where}: {name!r} is set by the benchmark per setting, not a recipe")
         if name not in allowed:
             raise ValueError(f"{where}: unknown parameter {name!r}; {method} takes {list(allowed)}")
-        params[name] = _value(where, name, value)
+        if not isinstance(value, (bool, str)) and not _number(value):
+            raise ValueError(
+                f"{where}: {name} = {value!r} is not a finite number, a string or a bool"
+            )
+        params[name] = value
     space = {n: _range(where, n, r) for n, r in (raw.get("space") or {}).items()}
     extended: dict[str, tuple[tuple[float, float], ...]] = {}
     for name, ranges in (raw.get("extended") or {}).items():
-        if not isinstance(ranges, list) or not ranges:
+        if not isinstance(ranges, (list, tuple)) or not ranges:
             raise ValueError(f"{where}: extended[{name!r}] must be a list of ranges")
         extended[name] = tuple(_range(where, name, r) for r in ranges)
     for name in (*space, *extended):
@@ -214,17 +197,13 @@ def _recipe(setting: str, method: str, raw: Any) -> Recipe:
         if not last[0] - slack <= value <= last[1] + slack:
             raise ValueError(f"{where}: {name} = {value!r} lies outside its range {list(last)}")
     at_edge = raw.get("at_edge") or []
-    if not isinstance(at_edge, list) or any(n not in params for n in at_edge):
+    if not isinstance(at_edge, (list, tuple)) or any(n not in params for n in at_edge):
         raise ValueError(f"{where}: at_edge must list chosen parameters, got {at_edge!r}")
     score = raw.get("selection_score")
-    if score is not None and (
-        isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)
-    ):
+    if score is not None and not _number(score):
         raise ValueError(f"{where}: selection_score = {score!r} is not a finite number")
     trials = raw.get("trials")
-    if trials is not None and (
-        not isinstance(trials, int) or isinstance(trials, bool) or trials < 0
-    ):
+    if trials is not None and not (type(trials) is int and trials >= 0):  # a bool is no count
         raise ValueError(f"{where}: trials = {trials!r} is not a count")
     return Recipe(
         setting, method, params, space, extended, tuple(at_edge),

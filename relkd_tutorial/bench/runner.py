@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,39 +44,30 @@ from .settings import (
     has_unlabelled,
     params_tag,
 )
-from .store import NUMERIC_COLUMNS, ResultStore
+from .store import MEASURES, NUMERIC_COLUMNS, ResultStore
 from .workspace import Workspace
 
 # --- Peak memory of a run ---
 
 
-def _rss_bytes() -> int | None:
+def _status_bytes(field: str) -> int | None:
+    """A ``/proc/self/status`` size (``VmRSS``, ``VmHWM``) in bytes; ``None`` without it."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration, ValueError):
         return None
 
 
 class PeakMemory:
-    """Peak memory a block added, in MiB: CUDA's peak allocation after a reset, or on a CPU
-    (choice) the peak of the resident set sampled every ``interval`` seconds from ``/proc``
-    minus its size at the start (allocator slack included; ``nan`` without ``/proc``)."""
+    """Peak memory a block added, in MiB: CUDA's peak allocation after a reset, or on a CPU the
+    kernel's resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``,
+    Linux >= 4.0) minus the resident set at the start (``nan`` without them)."""
 
-    def __init__(self, device: torch.device, interval: float = 0.005) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.interval = interval
         self.mib = math.nan
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start = 0
-        self._peak = 0
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            rss = _rss_bytes()
-            if rss is not None:
-                self._peak = max(self._peak, rss)
+        self._start: int | None = None
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -85,26 +75,20 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
             return self
-        start = _rss_bytes()
-        if start is not None:
-            self._start = self._peak = start
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # the high-water mark back to the resident set now
+        except OSError:
+            return self
+        self._start = _status_bytes("VmRSS")
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
+        elif self._start is not None and (peak := _status_bytes("VmHWM")) is not None:
             self.mib = (peak - self._start) / 2**20
-            return
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            rss = _rss_bytes()
-            if rss is not None:
-                self._peak = max(self._peak, rss)
-            self.mib = (self._peak - self._start) / 2**20
 
 
 # --- One run ---
@@ -178,11 +162,8 @@ def evaluate_student(
     for name in FASHION_MNIST_GROUPS:
         group = ws.groups.get(name)
         result[f"acc_{name}"] = group_accuracy(out.logits, out.labels, group) if group else math.nan
-    if ws.shared_classes:
-        tau = kendall_tau(teacher.logits.cpu(), out.logits)
-        result["kendall_tau"] = float(tau.nanmean())
-    else:
-        result["kendall_tau"] = math.nan
+    tau = kendall_tau(teacher.logits.cpu(), out.logits).nanmean() if ws.shared_classes else None
+    result["kendall_tau"] = math.nan if tau is None else float(tau)
     per_class = min(seed_batch, int(data.class_counts().min()))
     rows = sample_per_class(data.labels, per_class, seed=0, num_classes=data.num_classes)
     result["dist_corr"] = distance_matrix_correlation(
@@ -234,8 +215,7 @@ def measured_fit(
         row.update(evaluate_student(student, eval_set, ws))
         row["train_acc"] = history[-1].get("train_acc", math.nan) if history else math.nan
     else:
-        for k in ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc"):
-            row[k] = math.nan
+        row.update(dict.fromkeys(MEASURES, math.nan))
     return history
 
 
@@ -299,9 +279,6 @@ class Progress:
     trained: int = 0  # runs trained by this invocation
     started: float = field(default_factory=time.perf_counter)
 
-    def line(self, text: str) -> None:
-        print(text, file=self.stream or sys.stdout, flush=True)
-
     def run(self, job: Job, row: dict[str, Any]) -> None:
         self.done += 1
         self.trained += 1
@@ -314,10 +291,12 @@ class Progress:
             result = f"{split} acc {100 * row['acc']:.2f}%{tau_text}"
         else:
             result = row["status"]
-        self.line(
+        print(
             f"[{self.done:>{width}}/{self.total}] {job.setting} {job.phase} "
             f"{METHOD_LABELS[job.method]} ({describe_params(job.params)}) seed {job.seed}: "
-            f"{result}  {row['seconds']:.1f} s  (elapsed {_clock(elapsed)})"
+            f"{result}  {row['seconds']:.1f} s  (elapsed {_clock(elapsed)})",
+            file=self.stream or sys.stdout,
+            flush=True,
         )
 
 
@@ -342,24 +321,26 @@ def arm_params(
     return arms
 
 
-def plan_counts(
+def final_jobs(
     setting: Setting,
     methods: Sequence[str],
     ws: Workspace | None = None,
     recipes: Recipes | None = None,
     defaults: bool = True,
-) -> int:
-    """Number of training runs a setting needs (every arm), without the n/a methods (without
-    ``ws``, only those the setting alone rules out)."""
-    runnable = [
-        m
-        for m in methods
-        if (ws is None or applicable(m, ws) is None)
-        and not (m in NEEDS_UNLABELLED and not has_unlabelled(setting))
+) -> list[Job]:
+    """The final runs of a setting: every method's headline (tuned) runs, then the paper-default
+    ones (:func:`arm_params`); without the n/a methods (without ``ws``, only those the setting
+    alone rules out)."""
+    arms = {m: arm_params(setting, m, recipes, defaults) for m in methods
+            if (ws is None or applicable(m, ws) is None)
+            and not (m in NEEDS_UNLABELLED and not has_unlabelled(setting))}  # fmt: skip
+    return [
+        Job(setting.name, "final", method, dict(params), seed)
+        for arm in range(2)
+        for method, method_arms in arms.items()
+        for params, seeds in method_arms[arm : arm + 1]
+        for seed in seeds
     ]
-    return sum(
-        len(seeds) for m in runnable for _, seeds in arm_params(setting, m, recipes, defaults)
-    )
 
 
 def pending_jobs(
@@ -381,21 +362,12 @@ def pending_jobs(
             jobs = ablation_jobs(setting, ablation)
         else:
             for method in methods:
-                reason = applicable(method, ws)
-                if reason is not None:
+                if (reason := applicable(method, ws)) is not None:
                     row = not_applicable_row(setting.name, ws.spec, method, reason)
                     if row["key"] not in done:
                         store.append(row)
                         done.add(row["key"])
-            arms = {m: arm_params(setting, m, recipes, defaults) for m in methods
-                    if applicable(m, ws) is None}  # fmt: skip
-            jobs = [
-                Job(setting.name, "final", method, dict(params), seed)
-                for arm in range(2)  # the headline (tuned) runs of every method, then the defaults
-                for method, method_arms in arms.items()
-                for params, seeds in method_arms[arm : arm + 1]
-                for seed in seeds
-            ]
+            jobs = final_jobs(setting, methods, ws, recipes, defaults)
         for job in jobs:
             if job.key(ws.spec) not in done:
                 done.add(job.key(ws.spec))

@@ -33,16 +33,19 @@ METHOD_LABELS: dict[str, str] = {
 #: Every benchmarked method, in the report's order.
 METHODS: tuple[str, ...] = tuple(METHOD_LABELS)
 
+#: KD's CE and KD weights (CRD/RepDistiller), with which the combinations train too.
+KD_WEIGHTS: dict[str, float] = {"ce_weight": 0.1, "kd_weight": 0.9}
+
 #: The published (or our, where a paper is silent) defaults of each method and their source
 #: (``docs/benchmark.md``); REFILLED's last three are the benchmark's (``docs/refilled.md``).
 PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
     "ce": ({}, "plain cross-entropy"),
     "pseudo_label": ({"pseudo_weight": 1.0}, "our control"),
-    "kd": ({"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}, "CRD/RepDistiller KD"),
+    "kd": ({**KD_WEIGHTS, "temperature": 4.0}, "CRD/RepDistiller KD"),
     "rkd": ({"distance_weight": 25.0, "angle_weight": 50.0}, "RepDistiller RKD (CE + 25 D + 50 A)"),
     "rrd": ({"rrd_weight": 1.0, "tau_s": 0.04, "tau_t": 0.10}, "RRD code (Sept 2024)"),
     "rrd_kd": (
-        {"ce_weight": 0.1, "kd_weight": 0.9, "rrd_weight": 1.0},
+        {**KD_WEIGHTS, "rrd_weight": 1.0},
         "KD's weights + the RRD term (controlled; the RRD README's CIFAR runs use 1 / 1 / 1)",
     ),
     "refilled": (
@@ -61,13 +64,7 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
         "the published summary's sum over class pairs (docs/grkd.md: chosen by measurement)",
     ),
     "grkd_kd": (
-        {
-            "ce_weight": 0.1,
-            "kd_weight": 0.9,
-            "grkd_weight": 1.0,
-            "temperature": 1.0,
-            "reduction": "sum",
-        },
+        {**KD_WEIGHTS, "grkd_weight": 1.0, "temperature": 1.0, "reduction": "sum"},
         "KD's weights + the GRKD term summed over pairs (controlled; docs/grkd.md)",
     ),
     "rank_soft": ({"rank_weight": 1.0, "temperature": 1.0}, "docs/ranking.md (our extension)"),
@@ -80,26 +77,12 @@ PAPER_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
 
 #: The combinations train with KD's CE and KD weights plus their term, so that ``X + KD`` minus KD
 #: is the effect of ``lambda * L_X`` alone; the constructors keep the published 1 / 1 / 1.
-CONTROL_WEIGHTS: dict[str, dict[str, float]] = {
-    "rrd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
-    "grkd_kd": {"ce_weight": 0.1, "kd_weight": 0.9},
-}
+CONTROL_WEIGHTS: dict[str, dict[str, float]] = {m: dict(KD_WEIGHTS) for m in ("rrd_kd", "grkd_kd")}
 
 #: Each method's control: the run that differs from it in one thing, its loss term
-#: (:data:`CONTROL_DIFFERS`; KD against CE also differs in the CE weight).
-CONTROLS: dict[str, str] = {
-    "pseudo_label": "ce",
-    "kd": "ce",
-    "rkd": "ce",
-    "rrd": "ce",
-    "rrd_kd": "kd",
-    "refilled": "ce",
-    "grkd": "ce",
-    "grkd_kd": "kd",
-    "rank_soft": "ce",
-    "rank_listwise": "ce",
-    "dist": "ce",
-}
+#: (:data:`CONTROL_DIFFERS`): KD for the combinations (:data:`CONTROL_WEIGHTS`), CE for the rest
+#: (KD against CE also differs in the CE weight).
+CONTROLS: dict[str, str] = {m: "kd" if m in CONTROL_WEIGHTS else "ce" for m in METHODS if m != "ce"}
 
 #: What a method adds to its control (the report's "differs in" column).
 CONTROL_DIFFERS: dict[str, str] = {
@@ -271,15 +254,10 @@ class Setting:
 
 
 def default_settings(fast: bool, preset: str = "cpu") -> dict[str, Setting]:
-    """The Fashion-MNIST settings of fast mode (``fast=True``) or of a size ``preset``.
-
-    ``"cpu"``: the main job on a CPU (the whole 9,000-image pool beside the validation split;
-    epochs chosen to fit about half an hour on 2 cores with ``--jobs 2``); ``"quick"``: a
-    3,000-image pool, fewer seeds; ``"large"`` (the default on a GPU): longer schedules, whose
-    recipes must be tuned first (``--tune --preset large --recipes FILE``). Fast mode (any
-    preset): 150 images per class, a few epochs, two seeds. The sizes are below and in
-    ``docs/benchmark.md``; ``default_seeds``: the tuned methods' paper-default arm.
-    """
+    """The Fashion-MNIST settings of fast mode (``fast=True``, any preset) or of a size
+    ``preset``: ``"cpu"`` (the main job on a CPU), ``"quick"`` (a smaller pool, fewer seeds) or
+    ``"large"`` (the default on a GPU: longer schedules, whose recipes must be tuned first with
+    ``--tune --preset large --recipes FILE``). Why these sizes: ``docs/benchmark.md``."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if fast:
@@ -334,7 +312,6 @@ def _parse_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
 
 # --- The report's orders and labels (tables and figures) ---
 
-SETTING_ORDER = ("transfer", "low-data", "standard", "cross-task", "full")
 SETTING_TITLES = {
     "transfer": "transfer (headline): n labelled per class + the rest unlabelled",
     "low-data": "low-data: n labelled per class, nothing else",
@@ -371,7 +348,7 @@ def pm(mean: float, std: float, digits: int) -> str:
 
 def _ordered_settings(rows: Iterable[dict[str, Any]]) -> list[str]:
     present = {r["setting"] for r in rows}
-    return [s for s in SETTING_ORDER if s in present] + sorted(present - set(SETTING_ORDER))
+    return [s for s in ALL_SETTINGS if s in present] + sorted(present - set(ALL_SETTINGS))
 
 
 def _method_order(method: str) -> int:

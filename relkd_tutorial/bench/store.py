@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 
-#: The measured columns of ``runs.csv``, read back as floats (NaN where empty).
-NUMERIC_COLUMNS = (
-    *("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc"),
-    *("seconds", "peak_mem_mb", "load1"),
-)
+#: What a run measures of its student (NaN where it diverged); with its cost, the numeric
+#: columns of ``runs.csv``, read back as floats (NaN where empty).
+MEASURES = ("acc", "acc_tops", "acc_footwear", "kendall_tau", "dist_corr", "train_acc")
+NUMERIC_COLUMNS = (*MEASURES, "seconds", "peak_mem_mb", "load1")
 RUN_COLUMNS: tuple[str, ...] = (
     *("key", "setting", "spec", "phase", "method", "params", "seed", "status", "eval_split"),
     *NUMERIC_COLUMNS[:-1],
@@ -37,12 +36,9 @@ HISTORY_COLUMNS = ("key", "epoch", "stage", "lr", "loss", "train_acc", "eval_acc
 
 def _repair_tail(path: Path) -> None:
     """Drop a half-written last line (an interrupted append) so the next append starts clean."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        cut = data.rfind(b"\n")
-        path.write_bytes(data[: cut + 1] if cut >= 0 else b"")
+    data = path.read_bytes() if path.exists() else b""
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])  # no newline at all: empty
 
 
 def _append_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
@@ -74,25 +70,17 @@ def read_runs(path: str | Path) -> list[dict[str, Any]]:
     _repair_tail(path)
     rows = []
     with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            if raw.get("key") in (None, ""):
-                continue
-            row: dict[str, Any] = dict(raw)
-            for c in NUMERIC_COLUMNS:
-                text = row.get(c, "")
-                row[c] = float(text) if text not in ("", None) else math.nan
-            seed = row.get("seed", "")
-            row["seed"] = int(seed) if seed not in ("", None) else None
-            rows.append(row)
+        for row in csv.DictReader(f):
+            if row.get("key"):
+                row.update({c: float(row[c]) if row.get(c) else math.nan for c in NUMERIC_COLUMNS})
+                row["seed"] = int(row["seed"]) if row.get("seed") else None
+                rows.append(row)
     return rows
 
 
 def latest_specs(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
     """For each setting, the spec (configuration fingerprint) of its most recently written row."""
-    specs: dict[str, str] = {}
-    for r in rows:
-        specs[r["setting"]] = r["spec"]
-    return specs
+    return {r["setting"]: r["spec"] for r in rows}
 
 
 def select_rows(
@@ -121,17 +109,11 @@ def find_results_dir(start: str | Path | None = None, name: str = "results") -> 
             )
         return folder
     here = Path.cwd() if start is None else Path(start)
-    searched: list[Path] = []
-    for parent in (here.resolve(), *here.resolve().parents):
-        candidate = parent / name
-        searched.append(candidate)
-        if (candidate / "runs.csv").is_file():
-            return candidate
+    searched = [parent / name for parent in (here.resolve(), *here.resolve().parents)]
     checkout = Path(__file__).resolve().parents[2] / name
-    if checkout not in searched:
-        searched.append(checkout)
-        if (checkout / "runs.csv").is_file():
-            return checkout
+    searched += [checkout] if checkout not in searched else []
+    if found := next((c for c in searched if (c / "runs.csv").is_file()), None):
+        return found
     raise FileNotFoundError(
         f"no benchmark results folder ({name}/ holding runs.csv) in {here} or any folder above it, "
         f"nor in this package's source checkout; searched {', '.join(str(p) for p in searched)}. "
@@ -174,14 +156,12 @@ _CPUINFO = Path("/proc/cpuinfo")
 def cpu_info() -> dict[str, Any]:
     """``cpu_model``, ``cpu_capability`` (the instruction set torch's CPU kernels use) and
     ``aten_cpu_capability`` (the variable capping it): runs are bit-exact only on the same."""
-    model = None
     try:
-        for line in _CPUINFO.read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-                break
+        lines = _CPUINFO.read_text().splitlines()
     except OSError:
-        pass
+        lines = []
+    names = (x.split(":", 1)[1].strip() for x in lines if x.startswith("model name") and ":" in x)
+    model = next(names, None)
     return {
         "cpu_model": model or platform.processor() or None,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -192,9 +172,10 @@ def cpu_info() -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     """Versions, device, threads, the CPU and its instruction set (:func:`cpu_info`), for
     ``meta.json``."""
+    import matplotlib
     import numpy
 
-    info: dict[str, Any] = {
+    return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
@@ -204,14 +185,8 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         **cpu_info(),
+        "matplotlib": matplotlib.__version__,
     }
-    try:
-        import matplotlib
-
-        info["matplotlib"] = matplotlib.__version__
-    except ImportError:  # pragma: no cover - a declared dependency
-        pass
-    return info
 
 
 def git_commit() -> str | None:
@@ -236,12 +211,10 @@ def record_invocation(out_dir: Path, entry: dict[str, Any]) -> None:
     """Append this invocation, with the CPU it ran on (:func:`cpu_info`), to ``meta.json``; the
     top-level ``environment`` is the last invocation's."""
     path = out_dir / "meta.json"
-    meta: dict[str, Any] = {"invocations": []}
-    if path.exists():
-        try:
-            meta = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            meta = {"invocations": []}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):  # none yet, or unreadable: a fresh record
+        meta = {"invocations": []}
     meta.setdefault("invocations", []).append({**cpu_info(), **entry})
     meta["environment"] = environment()
     meta["git_commit"] = git_commit()

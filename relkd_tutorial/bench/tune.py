@@ -16,6 +16,7 @@ the same command resumes. Why TPE, and the rest: ``docs/benchmark.md``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -31,16 +32,14 @@ import torch
 
 from ..data import TensorLoader
 from ..training import fit
-from .parallel import WorkspaceRef, spawn_pool, workspace_refs
+from ..training.checkpoint import _atomic_write
+from .parallel import WorkspaceRef, load, spawn_pool, workspace_refs
 from .recipes import FORMAT, RECIPES_FILE
 from .runner import _clock, applicable, run_parts
 from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_defaults, method_space
 from .settings import Setting, describe_params, label
 from .store import cpu_info, git_commit
-from .workspace import Workspace, load_workspace, prepare_workspaces
-
-#: Where the main job reads the committed recipes from (fast mode writes under ``--out``).
-RECIPES_PATH = RECIPES_FILE
+from .workspace import Workspace, prepare_workspaces
 
 
 def extra_trials(trials: int) -> int:
@@ -107,11 +106,7 @@ def prepare_study(study: Any, knobs: dict[str, Knob]) -> None:
 
 
 def _round_of(study: Any) -> int:
-    attrs = study.user_attrs
-    r = 0
-    while f"space_{r + 1}" in attrs:
-        r += 1
-    return r
+    return next(r for r in itertools.count() if f"space_{r + 1}" not in study.user_attrs)
 
 
 def _knobs_at(study: Any, knobs: dict[str, Knob], r: int) -> dict[str, Knob]:
@@ -197,9 +192,15 @@ def make_objective(
 
     def objective(trial: Any) -> float:
         tic = time.perf_counter()
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("round", r)
+
+        def progress(text: str) -> None:
+            now = time.perf_counter()
+            log(f"[{trial.number + 1:>3}/{target}] {ws.setting.name} tune {label(method)} "
+                f"({describe_params(params)}): {text}  {now - tic:.1f} s  (elapsed "
+                f"{_clock(now - started)})")  # fmt: skip
+
+        for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "round": r}.items():
+            trial.set_user_attr(key, value)
         params = _sample(trial, knobs)
         trial.set_user_attr("params", params)
         scores = []
@@ -215,23 +216,14 @@ def make_objective(
             try:
                 scores.append(validation_run(ws, method, params, seed, report))
             except optuna.TrialPruned as err:
-                _progress(log, trial, ws, method, params, f"pruned at {err}", tic, started, target)
+                progress(f"pruned at {err}")
                 raise
         value = sum(scores) / len(scores)
         trial.set_user_attr("diverged", any(s == 0.0 for s in scores))
-        text = f"val acc {100 * value:.2f}% (mean of {len(scores)} seeds)"
-        _progress(log, trial, ws, method, params, text, tic, started, target)
+        progress(f"val acc {100 * value:.2f}% (mean of {len(scores)} seeds)")
         return value
 
     return objective
-
-
-def _progress(log, trial, ws, method, params, text, tic, started, target) -> None:  # noqa: ANN001
-    now = time.perf_counter()
-    log(
-        f"[{trial.number + 1:>3}/{target}] {ws.setting.name} tune {label(method)}"
-        f" ({describe_params(params)}): {text}  {now - tic:.1f} s  (elapsed {_clock(now - started)})"
-    )
 
 
 # --- A study: trials up to the budget, edges extended; the workers ---
@@ -246,15 +238,8 @@ def selected_trials(study: Any, target: int) -> list[Any]:
 
 def best_trial(trials: Sequence[Any]) -> Any | None:
     """The complete trial with the highest score; a tie goes to the earlier one (the default)."""
-    from optuna.trial import TrialState
-
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    complete = [t for t in trials if t.state in _states("COMPLETE") and t.value is not None]
     return max(complete, key=lambda t: (t.value, -t.number), default=None)
-
-
-def _extensions(study: Any) -> list[list[str]]:
-    attrs = study.user_attrs
-    return [e for r in range(1, _round_of(study) + 1) for e in attrs.get(f"extended_{r}", [])]
 
 
 def edges(best: Any, knobs: dict[str, Knob]) -> dict[str, str]:
@@ -279,7 +264,7 @@ def tune_study(study: Any, ws: Workspace, method: str, trials: int, log: Callabl
         if _count(study, "RUNNING"):  # another worker's trial: it decides the edges when done
             return did
         sides = edges(best_trial(selected_trials(study, target)), knobs)
-        done = _extensions(study)
+        done = [e for i in range(1, r + 1) for e in study.user_attrs.get(f"extended_{i}", [])]
         grow = [
             [k, side]
             for k, side in sorted(sides.items())
@@ -313,9 +298,7 @@ def _work(job: TuneJob, workspaces: Sequence[Workspace] | None = None) -> None:
     """A worker: every study in turn, again until a pass neither trains nor grows a range."""
     if workspaces is None:  # a worker process: load the workspaces its parent prepared
         torch.set_num_threads(job.threads)
-        workspaces = [
-            load_workspace(r.path, r.device, r.setting, r.channels_last) for r in job.refs
-        ]
+        workspaces = [load(ref) for ref in job.refs]
     storage = open_storage(job.storage)
     while True:
         did = False
@@ -354,10 +337,8 @@ def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
     best = best_trial(chosen)
     if best is None:
         return None
-    ranges = {k: [study.user_attrs[f"space_{i}"][k] for i in range(r + 1)] for k in knobs}
-    history = {
-        k: [x for i, x in enumerate(v) if i == 0 or x != v[i - 1]] for k, v in ranges.items()
-    }
+    spaces = [study.user_attrs[f"space_{i}"] for i in range(r + 1)]  # a repeat is dropped:
+    history = {k: [x for x, _ in itertools.groupby(s[k] for s in spaces)] for k in knobs}
     default = [t for t in chosen if t.number == 0 and t.value is not None]
     return {
         "params": dict(best.user_attrs.get("params", best.params)),
@@ -375,16 +356,13 @@ def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
 def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocation: dict) -> Path:
     """Write the recipe file (format :data:`FORMAT`), small and readable."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"format": FORMAT, "invocation": invocation, "settings": settings}
-    tmp = path.with_suffix(path.suffix + ".tmp")
     text = json.dumps(doc, indent=1)
     # a list of numbers on one line: [0.1, 100.0]
     text = re.sub(
         r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text
     )
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    _atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
     return path
 
 
@@ -400,21 +378,40 @@ def tunable(methods: Sequence[str], ws: Workspace) -> list[str]:
     ]
 
 
-def run_tuning(
+#: The settings ``--tune`` tunes by default (the main job's tuned comparison reads them).
+TUNE_SETTINGS: tuple[str, ...] = ("transfer", "low-data")
+
+
+def tune_setting(setting: Setting) -> Setting:
+    """The setting a tuning trains in: the main job's, with the selection seeds as its seeds
+    (seeds are not part of the fingerprint, so the runs' configuration is the main job's)."""
+    return replace(setting, seeds=SELECTION_SEEDS, curves=False)
+
+
+def main_tune(
     args: Any,
-    workspaces: Sequence[Workspace],
-    paths: Sequence[Path],
+    settings: dict[str, Setting],
     methods: Sequence[str],
-    out_dir: Path,
     fast: bool,
+    device: torch.device,
     command: str,
 ) -> int:
-    """Tune every method on every workspace (``--jobs`` workers), then write the recipes."""
+    """``--tune`` of :func:`~.cli.main` (after its ``configure``): tune every method on every
+    setting (``--jobs`` workers), then write the recipes."""
     if args.trials < 1:
         raise SystemExit(f"--trials must be >= 1, got {args.trials}")
+    out_dir = Path(args.out or ("runs/tune-fast" if fast else "runs/tune"))
+    settings = {n: tune_setting(s) for n, s in settings.items()}
+    if args.plan:
+        for name, s in settings.items():
+            print(f"{name}: {s}")
+            print(f"  {args.trials} trials per method x {len(SELECTION_SEEDS)} selection seeds "
+                  f"(+ {extra_trials(args.trials)} per range that grows)")  # fmt: skip
+        return 0
+    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
     storage_url = args.storage or str(out_dir / "tuning.journal")
     recipes = Path(args.recipes) if args.recipes else (
-        out_dir / "recipes.json" if fast else RECIPES_PATH
+        out_dir / "recipes.json" if fast else RECIPES_FILE
     )  # fmt: skip
     jobs = max(1, args.jobs or 1)
     wanted = [m for m in methods if any(tunable([m], ws) for ws in workspaces)]
@@ -432,13 +429,12 @@ def run_tuning(
         flush=True,
     )
     tic = time.perf_counter()
+    job = TuneJob(workspace_refs(paths, workspaces), tuple(wanted), args.trials, storage_url,
+                  args.prune, torch.get_num_threads())  # fmt: skip
     try:
         if jobs == 1:
-            _work(TuneJob((), tuple(wanted), args.trials, storage_url, args.prune, 1), workspaces)
+            _work(job, workspaces)
         else:
-            refs = workspace_refs(paths, workspaces)
-            job = TuneJob(refs, tuple(wanted), args.trials, storage_url, args.prune,
-                          torch.get_num_threads())  # fmt: skip
             with spawn_pool(jobs) as pool:
                 for future in [pool.submit(_work, job) for _ in range(jobs)]:
                     future.result()
@@ -446,7 +442,12 @@ def run_tuning(
         print("\nstopped: the finished trials are kept in the storage (those in progress are "
               "marked failed); run the same command again to resume", file=sys.stderr)  # fmt: skip
         return 130
-    entries = collect_recipes(storage, workspaces, wanted, args.trials, args.prune)
+    entries: dict[str, dict[str, Any]] = {}
+    for ws in workspaces:
+        for method in tunable(wanted, ws):
+            study = _load_study(storage, ws, method, args.prune, args.trials)
+            if (entry := recipe_entry(study, method, args.trials)) is not None:
+                entries.setdefault(ws.setting.name, {})[method] = entry
     cpu = cpu_info()
     invocation = {
         "command": command,
@@ -468,49 +469,3 @@ def run_tuning(
                   f"{100 * e['selection_score']:.2f}% over {e['trials']} trials{flag}")  # fmt: skip
     print(f"recipes written to {recipes}", flush=True)
     return 0
-
-
-def collect_recipes(
-    storage: Any, workspaces: Sequence[Workspace], methods: Sequence[str], trials: int,
-    prune: bool,
-) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Every study's recipe entry, by setting and method."""
-    out: dict[str, dict[str, Any]] = {}
-    for ws in workspaces:
-        for method in tunable(methods, ws):
-            study = _load_study(storage, ws, method, prune, trials)
-            entry = recipe_entry(study, method, trials)
-            if entry is not None:
-                out.setdefault(ws.setting.name, {})[method] = entry
-    return out
-
-
-#: The settings ``--tune`` tunes by default (the main job's tuned comparison reads them).
-TUNE_SETTINGS: tuple[str, ...] = ("transfer", "low-data")
-
-
-def tune_setting(setting: Setting) -> Setting:
-    """The setting a tuning trains in: the main job's, with the selection seeds as its seeds
-    (seeds are not part of the fingerprint, so the runs' configuration is the main job's)."""
-    return replace(setting, seeds=SELECTION_SEEDS, curves=False)
-
-
-def main_tune(
-    args: Any,
-    settings: dict[str, Setting],
-    methods: Sequence[str],
-    fast: bool,
-    device: torch.device,
-    command: str,
-) -> int:
-    """``--tune`` of :func:`~.cli.main` (after its ``configure``)."""
-    out_dir = Path(args.out or ("runs/tune-fast" if fast else "runs/tune"))
-    settings = {n: tune_setting(s) for n, s in settings.items()}
-    if args.plan:
-        for name, s in settings.items():
-            print(f"{name}: {s}")
-            print(f"  {args.trials} trials per method x {len(SELECTION_SEEDS)} selection seeds "
-                  f"(+ {extra_trials(args.trials)} per range that grows)")  # fmt: skip
-        return 0
-    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
-    return run_tuning(args, workspaces, paths, methods, out_dir, fast, command)

@@ -11,11 +11,12 @@ never used. Later invocations and every ``--jobs`` worker load it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,9 @@ def class_groups(data: ImageSet) -> dict[str, tuple[int, ...]]:
     """The confusable groups in ``data``'s (relabelled) classes; a group left with fewer than
     two is dropped (its accuracy is n/a)."""
     original = data.original_classes or tuple(range(data.num_classes))
-    groups = {}
-    for name, members in FASHION_MNIST_GROUPS.items():
-        local = tuple(new for new, old in enumerate(original) if old in members)
-        if len(local) >= 2:
-            groups[name] = local
-    return groups
+    groups = {name: tuple(new for new, old in enumerate(original) if old in members)
+              for name, members in FASHION_MNIST_GROUPS.items()}  # fmt: skip
+    return {name: local for name, local in groups.items() if len(local) >= 2}
 
 
 @dataclass
@@ -128,8 +126,7 @@ class Workspace:
 
     def image_sets(self) -> list[ImageSet]:
         """Every image set the runs of the setting read: the seeds' training sets, val, test."""
-        sets = [self.train_set(seed) for seed in self.setting.seeds]
-        return [*sets, self.val, self.test]
+        return [*map(self.train_set, self.setting.seeds), self.val, self.test]
 
     def precompute(self) -> int:
         """Compute the teacher's outputs over :meth:`image_sets`; returns how many were new."""
@@ -167,25 +164,23 @@ def fashion_teacher(path: str | Path | None, device: torch.device) -> nn.Module:
 
 
 def cross_task_teacher(
-    pool: ImageSet,
+    teacher_set: ImageSet,
     test: ImageSet,
     setting: Setting,
     out_dir: Path,
     device: torch.device,
     log: Callable[[str], None],
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The cross-task setting's ``teacher_cnn`` on classes 0-4 of the pool (CE, seed 0,
-    ``setting.teacher_epochs``), trained once and cached in ``out_dir`` with a JSON record."""
-    teacher_set, _ = cross_task_split(
-        pool, CROSS_TASK_TEACHER_CLASSES, CROSS_TASK_STUDENT_CLASSES, seed=0
-    )
+) -> nn.Module:
+    """The cross-task setting's ``teacher_cnn`` on ``teacher_set`` (classes 0-4 of the pool; CE,
+    seed 0, ``setting.teacher_epochs``), trained once and cached in ``out_dir`` with a JSON
+    record (its accuracy on classes 0-4 of ``test``)."""
     tag = hashlib.sha1(f"{_digest(teacher_set)}|{setting.teacher_epochs}".encode()).hexdigest()[:8]
     weights = out_dir / f"cross_task_teacher_{tag}.pt"
     record_path = weights.with_suffix(".json")
     model = build_model("teacher_cnn", len(CROSS_TASK_TEACHER_CLASSES), 1, seed=0)
     if weights.exists() and record_path.exists():
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return model.to(device).eval(), json.loads(record_path.read_text())
+        return model.to(device).eval()
     log(
         f"training the cross-task teacher (teacher_cnn on classes 0-4, {len(teacher_set)} images, "
         f"{setting.teacher_epochs} epochs; once, cached in {weights.name})"
@@ -209,7 +204,7 @@ def cross_task_teacher(
     torch.save(model.state_dict(), weights)
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     log(f"cross-task teacher: {100 * acc:.1f}% on classes 0-4 of the test set, {seconds:.0f} s")
-    return model.to(device).eval(), record
+    return model.to(device).eval()
 
 
 def build_workspace(
@@ -226,15 +221,12 @@ def build_workspace(
     if setting.name not in FASHION_SETTINGS:
         raise ValueError(f"setting must be one of {FASHION_SETTINGS}, got {setting.name!r}")
     pool, val, test = _fashion_splits(setting)
-    shared = True
-    if setting.name == "cross-task":
-        model, _ = cross_task_teacher(pool, test, setting, out_dir, device, log)
-        _, pool = cross_task_split(
-            pool, CROSS_TASK_TEACHER_CLASSES, CROSS_TASK_STUDENT_CLASSES, seed=0
-        )
-        val = select_classes(val, CROSS_TASK_STUDENT_CLASSES)
-        test = select_classes(test, CROSS_TASK_STUDENT_CLASSES)
-        shared = False
+    shared = setting.name != "cross-task"
+    if not shared:
+        classes = (CROSS_TASK_TEACHER_CLASSES, CROSS_TASK_STUDENT_CLASSES)
+        teacher_set, pool = cross_task_split(pool, *classes, seed=0)
+        model = cross_task_teacher(teacher_set, test, setting, out_dir, device, log)
+        val, test = (select_classes(d, CROSS_TASK_STUDENT_CLASSES) for d in (val, test))
     else:
         model = teacher if teacher is not None else fashion_teacher(teacher_path, device)
     model = model.to(device).eval()
@@ -247,7 +239,7 @@ def build_workspace(
 
 # --- The workspace on disk: keyed by fingerprints, atomic, checked on load ---
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the checksum of the bytes leads the file
 CACHE_ENV = "RELKD_CACHE_DIR"
 
 
@@ -277,64 +269,15 @@ def workspace_path(ws: Workspace, directory: str | Path) -> Path:
     return Path(directory) / f"workspace_{ws.setting.name}_{workspace_key(ws)}.pt"
 
 
-def _tree_digest(obj: Any, h: Any) -> None:
-    """Feed a nested dict/list of tensors and plain values into the hash ``h``, canonically."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes() if t.numel() else b"")
-    elif isinstance(obj, dict):
-        h.update(b"{")
-        for k in sorted(obj):
-            h.update(repr(k).encode())
-            _tree_digest(obj[k], h)
-        h.update(b"}")
-    elif isinstance(obj, (list, tuple)):
-        h.update(b"[")
-        for item in obj:
-            _tree_digest(item, h)
-        h.update(b"]")
-    else:
-        h.update(repr(obj).encode())
-
-
-def _checksum(payload: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    _tree_digest(payload, h)
-    return h.hexdigest()
-
-
-def _imageset_state(data: ImageSet) -> dict[str, Any]:
-    return {
-        "images": data.images.cpu(),
-        "labels": data.labels.cpu(),
-        "class_names": list(data.class_names),
-        "name": data.name,
-        "mean": None if data.mean is None else list(data.mean),
-        "std": None if data.std is None else list(data.std),
-        "original_classes": None if data.original_classes is None else list(data.original_classes),
-    }
-
-
-def _imageset_from(state: dict[str, Any]) -> ImageSet:
-    def tup(v: Any) -> tuple | None:
-        return None if v is None else tuple(v)
-
-    return ImageSet(
-        state["images"], state["labels"], list(state["class_names"]), state["name"],
-        tup(state["mean"]), tup(state["std"]), tup(state["original_classes"]),
-    )  # fmt: skip
-
-
 def _payload(ws: Workspace) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT,
         "key": workspace_key(ws),
-        "setting": json.dumps(asdict(ws.setting), sort_keys=True),
-        "splits": {
-            n: _imageset_state(d)
+        "setting": asdict(ws.setting),
+        "splits": {  # loaded with map_location="cpu"
+            n: {f.name: getattr(d, f.name) for f in fields(d)}
             for n, d in (("pool", ws.pool), ("val", ws.val), ("test", ws.test))
-        },  # fmt: skip
+        },
         "teacher": {
             "arch": ws.teacher_arch,
             "num_classes": int(getattr(ws.teacher, "num_classes", 0)),
@@ -350,11 +293,15 @@ def _payload(ws: Workspace) -> dict[str, Any]:
 
 
 def save_workspace(ws: Workspace, directory: str | Path) -> Path:
-    """Write ``ws`` (splits, teacher weights, its outputs) atomically with a checksum."""
+    """Write ``ws`` (splits, teacher weights, its outputs) atomically: the SHA-256 of the
+    ``torch.save`` bytes (64 hex digits), then those bytes."""
     path = workspace_path(ws, directory)
-    payload = _payload(ws)
-    payload["checksum"] = _checksum(payload)
-    _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()
+    torch.save(_payload(ws), buffer)
+    blob = buffer.getvalue()
+    _atomic_write(
+        path, lambda tmp: tmp.write_bytes(hashlib.sha256(blob).hexdigest().encode() + blob)
+    )
     return path
 
 
@@ -363,17 +310,17 @@ class CacheError(ValueError):
 
 
 def _read_payload(path: Path, key: str | None) -> dict[str, Any]:
+    data = path.read_bytes()
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data[64:]), map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, not a torch file, ...
         raise CacheError(f"{path.name} does not load ({type(err).__name__}: {err})") from err
+    if data[:64] != hashlib.sha256(data[64:]).hexdigest().encode():
+        raise CacheError(f"{path.name}: the checksum does not match its contents (corrupt)")
     if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
         raise CacheError(f"{path.name} is not a format-{CACHE_FORMAT} workspace file (stale)")
     if key is not None and payload.get("key") != key:
         raise CacheError(f"{path.name} holds workspace {payload.get('key')}, not {key} (stale)")
-    stored = payload.pop("checksum", None)
-    if stored != _checksum(payload):
-        raise CacheError(f"{path.name}: the checksum does not match its contents (corrupt)")
     return payload
 
 
@@ -415,18 +362,12 @@ def load_workspace(
     path = Path(path)
     device = torch.device(device)
     payload = _read_payload(path, None)
-    spec = json.loads(payload["setting"])  # an older file may hold a retired field ("sweep")
-    spec = {k: v for k, v in spec.items() if k in Setting.__dataclass_fields__}
-    spec["seeds"] = tuple(spec["seeds"])
-    saved = Setting(**spec)
+    saved, t = Setting(**payload["setting"]), payload["teacher"]
     if setting is None:
         setting = saved
-    elif setting.fingerprint(payload["teacher"]["id"]) != saved.fingerprint(
-        payload["teacher"]["id"]
-    ):
+    elif setting.fingerprint(t["id"]) != saved.fingerprint(t["id"]):
         raise CacheError(f"{path.name} holds another configuration of {saved.name} (stale)")
-    splits = {n: _imageset_from(s) for n, s in payload["splits"].items()}
-    t = payload["teacher"]
+    splits = {n: ImageSet(**s) for n, s in payload["splits"].items()}
     teacher = build_model(t["arch"], t["num_classes"], splits["pool"].images.shape[1])
     teacher.load_state_dict(t["state"])
     teacher = teacher.to(device).eval()
@@ -449,11 +390,9 @@ def prepare_workspace(
 ) -> Path:
     """Load ``ws``'s outputs from disk, compute the missing ones, save if anything was new."""
     found = attach_cached_outputs(ws, directory, log)
-    new = ws.precompute()
-    path = workspace_path(ws, directory)
-    if new or not found:
+    if ws.precompute() or not found:
         save_workspace(ws, directory)
-    return path
+    return workspace_path(ws, directory)
 
 
 def prepare_workspaces(
