@@ -147,13 +147,18 @@ def is_integer(t: Tensor) -> bool:
     return not (t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex())
 
 
+def _check_real(name: str, value: float, what: str, ok: Callable[[float], bool]) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) for which ``ok`` holds."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a {what}, got {type(value).__name__}")
+    if not ok(value) or value == float("inf"):  # ok(NaN) is False
+        raise ValueError(f"{name} must be a finite {what}, got {value}")
+    return float(value)
+
+
 def check_positive(name: str, value: float) -> float:
     """Check that a hyperparameter (temperature, margin, weight scale) is a finite positive number."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
-    if not (value > 0) or value != value or value == float("inf"):
-        raise ValueError(f"{name} must be a finite positive number, got {value}")
-    return float(value)
+    return _check_real(name, value, "positive number", lambda v: v > 0)
 
 
 def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
@@ -164,9 +169,8 @@ def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
     """
     s = check_float_tensor("student_logits", student, 2, "(B, C)")
     t = check_float_tensor("teacher_logits", teacher, 2, "(B, C)")
-    check_same("device", "student_logits", s, "teacher_logits", t)
-    check_same("batch size", "student_logits", s, "teacher_logits", t)
-    check_same("number of classes C", "student_logits", s, "teacher_logits", t)
+    for what in ("device", "batch size", "number of classes C"):
+        check_same(what, "student_logits", s, "teacher_logits", t)
     return s, t
 
 
@@ -180,8 +184,8 @@ def check_feature_pair(
     """
     s = check_float_tensor("student_features", student, 2, "(B, D_S)")
     t = check_float_tensor("teacher_features", teacher, 2, "(B, D_T)")
-    check_same("device", "student_features", s, "teacher_features", t)
-    check_same("batch size", "student_features", s, "teacher_features", t)
+    for what in ("device", "batch size"):
+        check_same(what, "student_features", s, "teacher_features", t)
     check_min_batch("student_features", s, minimum, relation)
     return s, t
 
@@ -206,11 +210,7 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
 
 def check_nonnegative(name: str, value: float) -> float:
     """Check that a loss weight is a finite number >= 0."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
-    if not (value >= 0) or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
+    return _check_real(name, value, "number >= 0", lambda v: v >= 0)
 
 
 def loss_dtype(*tensors: Tensor) -> torch.dtype:
@@ -220,11 +220,9 @@ def loss_dtype(*tensors: Tensor) -> torch.dtype:
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
 
 
-@contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
+def full_precision(device: torch.device) -> torch.autocast:
     """Autocast off on ``device``: the loss math runs in its operands' dtype (:func:`loss_dtype`), not bf16."""
-    with torch.autocast(device_type=device.type, enabled=False):
-        yield
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def check_positive_int(name: str, value: object) -> int:
