@@ -74,7 +74,7 @@ def partially_labelled(data: ImageSet, n_per_class: int, *, seed: int = 0) -> Im
     idx = idx.to(data.labels.device)
     labels = torch.full_like(data.labels, -1)  # (N,)
     labels[idx] = data.labels[idx]
-    return data.with_labels(labels)._replace(name=f"{data.name}:{n_per_class}-labelled-per-class")
+    return data._replace(labels=labels, name=f"{data.name}:{n_per_class}-labelled-per-class")
 
 
 def split_validation(

@@ -287,12 +287,9 @@ def refilled_classifier_kl(
             f"student class), got {tuple(centres.shape)}"
         )
     check_labels("labels", labels, student_logits.shape[0], num_classes)
-    for name, t in (
-        ("teacher_features", teacher_features),
-        ("labels", labels),
-        ("centres", centres),
-    ):
-        check_same("device", "student_logits", student_logits, name, t)
+    check_same("device", "student_logits", student_logits, "teacher_features", teacher_features)
+    check_same("device", "student_logits", student_logits, "labels", labels)
+    check_same("device", "student_logits", student_logits, "centres", centres)
     tau2 = check_positive("tau2", tau2)
 
     dtype = loss_dtype(student_logits, teacher_features, centres)
