@@ -220,9 +220,12 @@ def loss_dtype(*tensors: Tensor) -> torch.dtype:
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors), torch.float32)
 
 
-def full_precision(device: torch.device) -> torch.autocast:
-    """Autocast off on ``device``: the loss math runs in its operands' dtype (:func:`loss_dtype`), not bf16."""
-    return torch.autocast(device_type=device.type, enabled=False)
+@contextmanager
+def full_precision(*tensors: Tensor) -> Iterator[torch.dtype]:
+    """Autocast off on the tensors' device; yields their :func:`loss_dtype`, the dtype the loss
+    math runs in (not bf16)."""
+    with torch.autocast(device_type=tensors[0].device.type, enabled=False):
+        yield loss_dtype(*tensors)
 
 
 def check_positive_int(name: str, value: object) -> int:

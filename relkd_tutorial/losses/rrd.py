@@ -46,8 +46,7 @@ def _log_probs(
     student_emb: Tensor, teacher_emb: Tensor, queue: Tensor, tau_s: float, tau_t: float
 ) -> tuple[Tensor, Tensor]:
     """:func:`rrd_log_probs` without the input checks (for callers that have checked already)."""
-    dtype = loss_dtype(student_emb, teacher_emb, queue)
-    with full_precision(student_emb.device):
+    with full_precision(student_emb, teacher_emb, queue) as dtype:
         keys = queue.detach().to(dtype)  # (K, d)
         log_p_s = F.log_softmax(
             cosine_similarity_matrix(student_emb.to(dtype), keys) / tau_s, dim=1
@@ -145,8 +144,7 @@ class ProjectionHead(nn.Module):
         if self.trainable:
             h = self.linear(features.to(weight.dtype))  # (B, d)
             return unit_rows(h.to(loss_dtype(h)))
-        with torch.no_grad(), full_precision(features.device):
-            dtype = loss_dtype(features, weight)
+        with torch.no_grad(), full_precision(features, weight) as dtype:
             h = F.linear(features.to(dtype), weight.to(dtype), bias.to(dtype))  # (B, d)
             return unit_rows(h)
 
