@@ -58,27 +58,25 @@ def previous_checkpoint(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.previous{path.suffix}")
 
 
-def _keep_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` a copy of ``src`` atomically (a hard link where the file system allows)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` where the file system allows, else a copy."""
     try:
-        os.link(src, tmp)
+        os.link(src, dst)
     except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+        shutil.copy2(src, dst)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (:func:`_atomic_write`); the file it replaces is kept
-    as :func:`previous_checkpoint`. At every moment ``path`` holds a complete checkpoint.
+    as :func:`previous_checkpoint` (also atomically). At every moment ``path`` holds a complete
+    checkpoint.
     """
     path = Path(path)
 
     def write(tmp: Path) -> None:
         torch.save(state, tmp)
         if path.is_file():
-            _keep_copy(path, previous_checkpoint(path))
+            _atomic_write(previous_checkpoint(path), lambda kept: _link_or_copy(path, kept))
 
     _atomic_write(path, write)
 
