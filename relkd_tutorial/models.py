@@ -36,7 +36,14 @@ class FeatureClassifier(nn.Module):
         self.feature_dim = int(feature_dim)
         self.num_classes = int(num_classes)
         self.fc = nn.Linear(feature_dim, num_classes)
-        _init_weights(self)
+        for m in self.modules():  # Kaiming-normal convolutions (fan-out), BN 1 / 0
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, C_in, H, W)`` images -> ``(B, D)`` pooled penultimate features."""
@@ -47,17 +54,6 @@ class FeatureClassifier(nn.Module):
         """``(B, C_in, H, W)`` -> ``(features (B, D), logits (B, num_classes))``."""
         features = self.forward_features(x)  # (B, D)
         return features, self.fc(features)  # (B, D), (B, num_classes)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:

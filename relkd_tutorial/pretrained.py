@@ -62,39 +62,44 @@ def shipped_teacher_stem(classes: Sequence[int] | None = None) -> str:
     return f"{SHIPPED_TEACHER}_classes" + "_".join(map(str, classes))
 
 
-def _stem(classes: Sequence[int] | None, stem: str | None) -> str:
-    if stem is None:
-        return shipped_teacher_stem(classes)
-    if classes is not None:
-        raise ValueError("give classes or stem, not both")
-    if stem not in SHIPPED_TEN_CLASS_TEACHERS:
-        raise ValueError(
-            f"unknown ten-class teacher {stem!r}; choose from {SHIPPED_TEN_CLASS_TEACHERS}"
-        )
-    return stem
-
-
 def shipped_teacher_paths(
     classes: Sequence[int] | None = None, stem: str | None = None
 ) -> tuple[Path, Path]:
     """``(weights .pt, info .json)`` of the shipped teacher (of ``classes``; ``None``: all ten;
     ``stem``: one of :data:`SHIPPED_TEN_CLASS_TEACHERS`)."""
+    if stem is None:
+        stem = shipped_teacher_stem(classes)
+    elif classes is not None:
+        raise ValueError("give classes or stem, not both")
+    elif stem not in SHIPPED_TEN_CLASS_TEACHERS:
+        raise ValueError(
+            f"unknown ten-class teacher {stem!r}; choose from {SHIPPED_TEN_CLASS_TEACHERS}"
+        )
     folder = data_dir()
-    stem = _stem(classes, stem)
     return folder / f"{stem}.pt", folder / f"{stem}.json"
+
+
+def _check_shipped(path: Path, classes: Sequence[int] | None, stem: str | None) -> Path:
+    """``path``, or a ``FileNotFoundError`` saying how to restore or rebuild it."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
+            "`python scripts/train_teacher.py`"
+            + ("" if classes is None else f" --classes {','.join(map(str, classes))}")
+            + {
+                HELDOUT_TEACHER: " --exclude-validation 100",
+                DISJOINT_TEACHER: " --disjoint-from-subset",
+            }.get(stem or "", "")  # fmt: skip
+        )
+    return path
 
 
 def shipped_teacher_info(
     classes: Sequence[int] | None = None, stem: str | None = None
 ) -> dict[str, Any]:
     """The shipped teacher's record: accuracy, command, versions, history (what it trained on)."""
-    _, info_path = shipped_teacher_paths(classes, stem)
-    if not info_path.exists():
-        raise FileNotFoundError(
-            f"{info_path} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
-            "`python scripts/train_teacher.py`"
-        )
-    return json.loads(info_path.read_text())
+    info = _check_shipped(shipped_teacher_paths(classes, stem)[1], classes, stem)
+    return json.loads(info.read_text())
 
 
 def load_shipped_teacher(
@@ -109,17 +114,7 @@ def load_shipped_teacher(
     :data:`HELDOUT_TEACHER`). Raises ``FileNotFoundError`` (says how to restore or rebuild) or
     :class:`~relkd_tutorial.data.ChecksumError`.
     """
-    weights, _ = shipped_teacher_paths(classes, stem)
-    if not weights.exists():
-        raise FileNotFoundError(
-            f"{weights} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
-            "`python scripts/train_teacher.py`"
-            + ("" if classes is None else f" --classes {','.join(map(str, classes))}")
-            + {
-                HELDOUT_TEACHER: " --exclude-validation 100",
-                DISJOINT_TEACHER: " --disjoint-from-subset",
-            }.get(stem or "", "")  # fmt: skip
-        )
+    weights = _check_shipped(shipped_teacher_paths(classes, stem)[0], classes, stem)
     verify_sha256(weights)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)

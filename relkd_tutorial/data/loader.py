@@ -195,14 +195,11 @@ class TensorLoader:
         n, p = len(self.labels), self.crop_padding
         generator = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        offsets, flips = torch.zeros(n, 2, dtype=torch.int64), torch.zeros(n, dtype=torch.bool)
         if p > 0:
             offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=generator)
-        else:
-            offsets = torch.zeros(n, 2, dtype=torch.int64)
         if self.flip:
             flips = torch.randint(0, 2, (n,), generator=generator).bool()
-        else:
-            flips = torch.zeros(n, dtype=torch.bool)
         return order, offsets, flips
 
     def _rank_slice(self, start: int, stop: int) -> tuple[int, int]:
