@@ -7,18 +7,16 @@ against ``SHA256SUMS`` and read with ``weights_only=True``. Beside it: the **cro
 (same recipe, classes 0-4 only, ``--classes 0,1,2,3,4``; notebook 04) and the **held-out** one
 (:data:`HELDOUT_TEACHER`, trained without the benchmark's validation split,
 ``--exclude-validation 100``; its record's ``trained_on`` names the rule and the SHA-256 of its
-positions, :func:`index_digest`). The benchmark's teacher is ``bench.settings.BENCH_TEACHER``.
+positions, ``index_digest`` in that script). The benchmark's teacher is ``bench.settings.BENCH_TEACHER``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .data.datasets import RESTORE_SHIPPED, data_dir, verify_sha256
@@ -36,12 +34,6 @@ DISJOINT_TEACHER = f"{SHIPPED_TEACHER}_disjoint"
 SHIPPED_TEN_CLASS_TEACHERS: tuple[str, ...] = (SHIPPED_TEACHER, HELDOUT_TEACHER, DISJOINT_TEACHER)
 #: The classes of the shipped cross-task teacher (notebook 04: the student learns 5-9).
 CROSS_TASK_TEACHER_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4)
-
-
-def index_digest(indices: Sequence[int] | np.ndarray) -> str:
-    """SHA-256 (hex) of a set of positions: sorted, unique, as little-endian int64 bytes."""
-    arr = np.unique(np.asarray(indices, dtype=np.int64)).astype("<i8")
-    return hashlib.sha256(arr.tobytes()).hexdigest()
 
 
 def shipped_teacher_stem(classes: Sequence[int] | None = None) -> str:
