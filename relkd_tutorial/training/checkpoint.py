@@ -102,9 +102,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 "not loaded, because unpickling it could run arbitrary code"
             ) from err
         kind = "empty" if path.stat().st_size == 0 else "truncated or corrupt"
+        # the informative part of the message: its unpickler error, if any; its first line
+        words = str(err).split("WeightsUnpickler error:")[-1].strip().split("\n")[0].strip()
         raise ValueError(
             f"checkpoint {path} is {kind} and cannot be loaded ({type(err).__name__}: "
-            f"{_first_words(err)})"
+            f"{words[:200]})"
         ) from err
     found = state.get("format") if isinstance(state, dict) else None
     if found == CHECKPOINT_FORMAT:
@@ -116,16 +118,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "wrote it"
         )
     raise ValueError(f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})")
-
-
-def _first_words(err: Exception) -> str:
-    """The informative part of a ``torch.load`` error (its unpickler message, if any)."""
-    text = str(err)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else ""
 
 
 def _check_training_state(state: dict[str, Any], path: Path) -> None:
