@@ -192,13 +192,7 @@ def check_feature_pair(
 
 def check_optional_count(name: str, value: object) -> int | None:
     """Check an optional positive integer such as ``top_k`` (``None`` means "all")."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1 (or None for all classes), got {value}")
-    return int(value)
+    return None if value is None else check_count(name, value)
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
@@ -228,19 +222,14 @@ def full_precision(*tensors: Tensor) -> Iterator[torch.dtype]:
         yield loss_dtype(*tensors)
 
 
-def check_positive_int(name: str, value: object) -> int:
-    """Check that a count (batch size, samples per class, world size) is a positive int."""
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """Check that a count is an int ``>= minimum``: 1 (a batch size, samples per class, a world
+    size: a positive int) or 0 (a seed, an epoch, a padding: a non-negative int)."""
+    kind = "a positive int" if minimum else "a non-negative int"
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
-
-
-def check_non_negative_int(name: str, value: object) -> int:
-    """Check that a seed or an epoch number is a non-negative int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {kind}, got {value}")
     return int(value)
 
 

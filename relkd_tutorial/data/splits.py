@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_non_negative_int, check_positive, check_positive_int
+from .._checks import check_count, check_positive
 from .imageset import ImageSet
 
 
@@ -16,7 +16,7 @@ def _class_permutations(labels: Tensor, num_classes: int, seed: int) -> list[Ten
     classes are walked in order, so the first ``n`` of a class are a prefix of its first ``n + 1``.
     """
     labels = labels.cpu()
-    generator = torch.Generator().manual_seed(check_non_negative_int("seed", seed))
+    generator = torch.Generator().manual_seed(check_count("seed", seed, 0))
     orders = []
     for k in range(num_classes):
         members = torch.nonzero(labels == k).flatten()  # (N_k,)
@@ -27,7 +27,7 @@ def _class_permutations(labels: Tensor, num_classes: int, seed: int) -> list[Ten
 def _pick_per_class(
     labels: Tensor, n_per_class: int, seed: int, class_names: Sequence[str]
 ) -> Tensor:
-    n_per_class = check_positive_int("n_per_class", n_per_class)
+    n_per_class = check_count("n_per_class", n_per_class)
     chosen = []
     for k, order in enumerate(_class_permutations(labels, len(class_names), seed)):
         if len(order) < n_per_class:
@@ -89,7 +89,7 @@ def split_validation(
         raise ValueError("give exactly one of per_class or fraction")
     counts = data.class_counts().tolist()  # (K,)
     if per_class is not None:
-        take = [check_positive_int("per_class", per_class)] * data.num_classes
+        take = [check_count("per_class", per_class)] * data.num_classes
     else:
         if check_positive("fraction", fraction) >= 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")

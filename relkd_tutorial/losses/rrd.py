@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from .._checks import (
     check_choice,
+    check_count,
     check_feature_pair,
     check_float_tensor,
     check_positive,
-    check_positive_int,
     check_same,
     full_precision,
     loss_dtype,
@@ -127,8 +127,8 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int = 128, trainable: bool = True) -> None:
         super().__init__()
-        check_positive_int("in_dim", in_dim)
-        check_positive_int("out_dim", out_dim)
+        check_count("in_dim", in_dim)
+        check_count("out_dim", out_dim)
         self.linear = nn.Linear(in_dim, out_dim)
         self.trainable = bool(trainable)
         if not self.trainable:
@@ -165,8 +165,8 @@ class EmbeddingQueue(nn.Module):
 
     def __init__(self, size: int, dim: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        check_positive_int("size", size)
-        check_positive_int("dim", dim)
+        check_count("size", size)
+        check_count("dim", dim)
         keys = F.normalize(torch.randn(size, dim, generator=generator), dim=1)  # (K, d)
         self.register_buffer("keys", keys)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
