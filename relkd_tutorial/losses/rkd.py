@@ -22,12 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import (
-    check_feature_pair,
-    check_nonnegative,
-    check_optional_count,
-    full_precision,
-)
+from .._checks import check_feature_pair, check_nonnegative, check_optional_count, full_precision
 from ..relations import gram_and_inverse_distances, normalized_pairwise_distances, rescaled
 
 # Elements of one (vertices, B, B) chunk; 2^16 float32 = 256 KiB keeps a chunk's temporaries in
