@@ -87,11 +87,6 @@ class PlainCNN(FeatureClassifier):
         super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
 
 
-TEACHER_CNN_WIDTHS = ((32, 32), (64, 64), (128, 128))
-STUDENT_CNN_S_WIDTHS = ((8,), (16,), (32,))
-STUDENT_CNN_M_WIDTHS = ((16,), (32,), (64,))
-
-
 class BasicBlock(nn.Module):
     """Post-activation residual block: ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``.
 
@@ -194,9 +189,9 @@ class WideResNet(FeatureClassifier):
 
 
 _BUILDERS: dict[str, Callable[[int, int], FeatureClassifier]] = {
-    "teacher_cnn": lambda c, i: PlainCNN(TEACHER_CNN_WIDTHS, c, i),
-    "student_cnn_s": lambda c, i: PlainCNN(STUDENT_CNN_S_WIDTHS, c, i),
-    "student_cnn_m": lambda c, i: PlainCNN(STUDENT_CNN_M_WIDTHS, c, i),
+    "teacher_cnn": lambda c, i: PlainCNN(((32, 32), (64, 64), (128, 128)), c, i),
+    "student_cnn_s": lambda c, i: PlainCNN(((8,), (16,), (32,)), c, i),
+    "student_cnn_m": lambda c, i: PlainCNN(((16,), (32,), (64,)), c, i),
     "resnet8x4": lambda c, i: CifarResNet(8, 32, (64, 128, 256), c, i),
     "resnet32x4": lambda c, i: CifarResNet(32, 32, (64, 128, 256), c, i),
     "wrn_16_2": lambda c, i: WideResNet(16, 2, c, i),

@@ -322,8 +322,7 @@ def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> Wr
         raise _no_head_error(
             model, f"the widths of its head(s) {list(names)} cannot be read from their layers"
         )
-    distinct = set(widths)
-    feature_dim = widths[0] if len(distinct) == 1 else sum(widths)  # type: ignore[arg-type]
+    feature_dim = widths[0] if len(set(widths)) == 1 else sum(widths)  # type: ignore[arg-type]
     return WrappedClassifier(
         model,
         names,
