@@ -239,10 +239,8 @@ def load_fashion_mnist(
         with np.load(path, allow_pickle=False) as npz:
             return _fashion_pair(npz, "fashion_mnist_subset")
     if source == "full":
-        candidates = []
-        if root is not None:
-            candidates += [Path(root), Path(root) / "FashionMNIST" / "raw"]
-        candidates.append(DEBIAN_FASHION_MNIST_DIR)
+        given = [] if root is None else [Path(root), Path(root) / "FashionMNIST" / "raw"]
+        candidates = [*given, DEBIAN_FASHION_MNIST_DIR]
         folder = find_idx_folder(candidates)
         if folder is None:
             raise _missing_fashion_mnist(candidates)

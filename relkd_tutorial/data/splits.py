@@ -70,8 +70,7 @@ def partially_labelled(data: ImageSet, n_per_class: int, *, seed: int = 0) -> Im
     All other images get label ``-1`` (unlabelled): the loop trains them with the distillation
     terms only. The labelled images are those :func:`labelled_subset` picks with the same seed.
     """
-    idx = _pick_per_class(data.labels, n_per_class, seed, data.class_names)
-    idx = idx.to(data.labels.device)
+    idx = _pick_per_class(data.labels, n_per_class, seed, data.class_names).to(data.labels.device)
     labels = torch.full_like(data.labels, -1)  # (N,)
     labels[idx] = data.labels[idx]
     return data._replace(labels=labels, name=f"{data.name}:{n_per_class}-labelled-per-class")
