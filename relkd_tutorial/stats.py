@@ -110,10 +110,7 @@ def t_quantile(p: float, df: float) -> float:
         lo, hi = hi, 2.0 * hi
     for _ in range(200):
         mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
         if hi - lo <= 1e-12 * hi:
             break
     return 0.5 * (lo + hi)
