@@ -17,11 +17,8 @@ def _class_permutations(labels: Tensor, num_classes: int, seed: int) -> list[Ten
     """
     labels = labels.cpu()
     generator = torch.Generator().manual_seed(check_count("seed", seed, 0))
-    orders = []
-    for k in range(num_classes):
-        members = torch.nonzero(labels == k).flatten()  # (N_k,)
-        orders.append(members[torch.randperm(len(members), generator=generator)])
-    return orders
+    members = [torch.nonzero(labels == k).flatten() for k in range(num_classes)]  # (N_k,) each
+    return [m[torch.randperm(len(m), generator=generator)] for m in members]  # drawn in class order
 
 
 def _pick_per_class(
