@@ -147,13 +147,18 @@ def is_integer(t: Tensor) -> bool:
     return not (t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex())
 
 
+def _check_real(name: str, value: float, what: str, ok: Callable[[float], bool]) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) for which ``ok`` holds."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a {what}, got {type(value).__name__}")
+    if not ok(value) or value == float("inf"):  # ok(NaN) is False
+        raise ValueError(f"{name} must be a finite {what}, got {value}")
+    return float(value)
+
+
 def check_positive(name: str, value: float) -> float:
     """Check that a hyperparameter (temperature, margin, weight scale) is a finite positive number."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
-    if not (value > 0) or value != value or value == float("inf"):
-        raise ValueError(f"{name} must be a finite positive number, got {value}")
-    return float(value)
+    return _check_real(name, value, "positive number", lambda v: v > 0)
 
 
 def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
@@ -164,9 +169,8 @@ def check_logit_pair(student: object, teacher: object) -> tuple[Tensor, Tensor]:
     """
     s = check_float_tensor("student_logits", student, 2, "(B, C)")
     t = check_float_tensor("teacher_logits", teacher, 2, "(B, C)")
-    check_same("device", "student_logits", s, "teacher_logits", t)
-    check_same("batch size", "student_logits", s, "teacher_logits", t)
-    check_same("number of classes C", "student_logits", s, "teacher_logits", t)
+    for what in ("device", "batch size", "number of classes C"):
+        check_same(what, "student_logits", s, "teacher_logits", t)
     return s, t
 
 
@@ -180,21 +184,15 @@ def check_feature_pair(
     """
     s = check_float_tensor("student_features", student, 2, "(B, D_S)")
     t = check_float_tensor("teacher_features", teacher, 2, "(B, D_T)")
-    check_same("device", "student_features", s, "teacher_features", t)
-    check_same("batch size", "student_features", s, "teacher_features", t)
+    for what in ("device", "batch size"):
+        check_same(what, "student_features", s, "teacher_features", t)
     check_min_batch("student_features", s, minimum, relation)
     return s, t
 
 
 def check_optional_count(name: str, value: object) -> int | None:
     """Check an optional positive integer such as ``top_k`` (``None`` means "all")."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1 (or None for all classes), got {value}")
-    return int(value)
+    return None if value is None else check_count(name, value)
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
@@ -206,11 +204,7 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
 
 def check_nonnegative(name: str, value: float) -> float:
     """Check that a loss weight is a finite number >= 0."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__}")
-    if not (value >= 0) or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    return float(value)
+    return _check_real(name, value, "number >= 0", lambda v: v >= 0)
 
 
 def loss_dtype(*tensors: Tensor) -> torch.dtype:
@@ -221,25 +215,21 @@ def loss_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 @contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
-    """Autocast off on ``device``: the loss math runs in its operands' dtype (:func:`loss_dtype`), not bf16."""
-    with torch.autocast(device_type=device.type, enabled=False):
-        yield
+def full_precision(*tensors: Tensor) -> Iterator[torch.dtype]:
+    """Autocast off on the tensors' device; yields their :func:`loss_dtype`, the dtype the loss
+    math runs in (not bf16)."""
+    with torch.autocast(device_type=tensors[0].device.type, enabled=False):
+        yield loss_dtype(*tensors)
 
 
-def check_positive_int(name: str, value: object) -> int:
-    """Check that a count (batch size, samples per class, world size) is a positive int."""
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """Check that a count is an int ``>= minimum``: 1 (a batch size, samples per class, a world
+    size: a positive int) or 0 (a seed, an epoch, a padding: a non-negative int)."""
+    kind = "a positive int" if minimum else "a non-negative int"
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
-
-
-def check_non_negative_int(name: str, value: object) -> int:
-    """Check that a seed or an epoch number is a non-negative int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {kind}, got {value}")
     return int(value)
 
 

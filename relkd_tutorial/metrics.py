@@ -97,8 +97,7 @@ def kendall_tau(
     n, c = teacher_logits.shape
     if c < 2:
         raise ValueError(f"kendall_tau needs at least 2 classes, got logits of shape {(n, c)}")
-    if chunk_size is None:
-        chunk_size = max(1, 2**24 // (c * c))
+    chunk_size = max(1, 2**24 // (c * c)) if chunk_size is None else chunk_size
     out = []
     for lo in range(0, n, chunk_size):
         t = teacher_logits[lo : lo + chunk_size].double()  # (b, C)

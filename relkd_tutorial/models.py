@@ -36,7 +36,14 @@ class FeatureClassifier(nn.Module):
         self.feature_dim = int(feature_dim)
         self.num_classes = int(num_classes)
         self.fc = nn.Linear(feature_dim, num_classes)
-        _init_weights(self)
+        for m in self.modules():  # Kaiming-normal convolutions (fan-out), BN 1 / 0
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``(B, C_in, H, W)`` images -> ``(B, D)`` pooled penultimate features."""
@@ -47,17 +54,6 @@ class FeatureClassifier(nn.Module):
         """``(B, C_in, H, W)`` -> ``(features (B, D), logits (B, num_classes))``."""
         features = self.forward_features(x)  # (B, D)
         return features, self.fc(features)  # (B, D), (B, num_classes)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -89,11 +85,6 @@ class PlainCNN(FeatureClassifier):
                 layers.append(conv_bn_relu(c, width))
                 c = width
         super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
-
-
-TEACHER_CNN_WIDTHS = ((32, 32), (64, 64), (128, 128))
-STUDENT_CNN_S_WIDTHS = ((8,), (16,), (32,))
-STUDENT_CNN_M_WIDTHS = ((16,), (32,), (64,))
 
 
 class BasicBlock(nn.Module):
@@ -198,9 +189,9 @@ class WideResNet(FeatureClassifier):
 
 
 _BUILDERS: dict[str, Callable[[int, int], FeatureClassifier]] = {
-    "teacher_cnn": lambda c, i: PlainCNN(TEACHER_CNN_WIDTHS, c, i),
-    "student_cnn_s": lambda c, i: PlainCNN(STUDENT_CNN_S_WIDTHS, c, i),
-    "student_cnn_m": lambda c, i: PlainCNN(STUDENT_CNN_M_WIDTHS, c, i),
+    "teacher_cnn": lambda c, i: PlainCNN(((32, 32), (64, 64), (128, 128)), c, i),
+    "student_cnn_s": lambda c, i: PlainCNN(((8,), (16,), (32,)), c, i),
+    "student_cnn_m": lambda c, i: PlainCNN(((16,), (32,), (64,)), c, i),
     "resnet8x4": lambda c, i: CifarResNet(8, 32, (64, 128, 256), c, i),
     "resnet32x4": lambda c, i: CifarResNet(32, 32, (64, 128, 256), c, i),
     "wrn_16_2": lambda c, i: WideResNet(16, 2, c, i),

@@ -7,18 +7,16 @@ against ``SHA256SUMS`` and read with ``weights_only=True``. Beside it: the **cro
 (same recipe, classes 0-4 only, ``--classes 0,1,2,3,4``; notebook 04) and the **held-out** one
 (:data:`HELDOUT_TEACHER`, trained without the benchmark's validation split,
 ``--exclude-validation 100``; its record's ``trained_on`` names the rule and the SHA-256 of its
-positions, :func:`index_digest`). The benchmark's teacher is ``bench.settings.BENCH_TEACHER``.
+positions, ``index_digest`` in that script). The benchmark's teacher is ``bench.settings.BENCH_TEACHER``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .data.datasets import RESTORE_SHIPPED, data_dir, verify_sha256
@@ -36,12 +34,6 @@ DISJOINT_TEACHER = f"{SHIPPED_TEACHER}_disjoint"
 SHIPPED_TEN_CLASS_TEACHERS: tuple[str, ...] = (SHIPPED_TEACHER, HELDOUT_TEACHER, DISJOINT_TEACHER)
 #: The classes of the shipped cross-task teacher (notebook 04: the student learns 5-9).
 CROSS_TASK_TEACHER_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4)
-
-
-def index_digest(indices: Sequence[int] | np.ndarray) -> str:
-    """SHA-256 (hex) of a set of positions: sorted, unique, as little-endian int64 bytes."""
-    arr = np.unique(np.asarray(indices, dtype=np.int64)).astype("<i8")
-    return hashlib.sha256(arr.tobytes()).hexdigest()
 
 
 def shipped_teacher_stem(classes: Sequence[int] | None = None) -> str:
@@ -62,39 +54,44 @@ def shipped_teacher_stem(classes: Sequence[int] | None = None) -> str:
     return f"{SHIPPED_TEACHER}_classes" + "_".join(map(str, classes))
 
 
-def _stem(classes: Sequence[int] | None, stem: str | None) -> str:
-    if stem is None:
-        return shipped_teacher_stem(classes)
-    if classes is not None:
-        raise ValueError("give classes or stem, not both")
-    if stem not in SHIPPED_TEN_CLASS_TEACHERS:
-        raise ValueError(
-            f"unknown ten-class teacher {stem!r}; choose from {SHIPPED_TEN_CLASS_TEACHERS}"
-        )
-    return stem
-
-
 def shipped_teacher_paths(
     classes: Sequence[int] | None = None, stem: str | None = None
 ) -> tuple[Path, Path]:
     """``(weights .pt, info .json)`` of the shipped teacher (of ``classes``; ``None``: all ten;
     ``stem``: one of :data:`SHIPPED_TEN_CLASS_TEACHERS`)."""
+    if stem is None:
+        stem = shipped_teacher_stem(classes)
+    elif classes is not None:
+        raise ValueError("give classes or stem, not both")
+    elif stem not in SHIPPED_TEN_CLASS_TEACHERS:
+        raise ValueError(
+            f"unknown ten-class teacher {stem!r}; choose from {SHIPPED_TEN_CLASS_TEACHERS}"
+        )
     folder = data_dir()
-    stem = _stem(classes, stem)
     return folder / f"{stem}.pt", folder / f"{stem}.json"
+
+
+def _check_shipped(path: Path, classes: Sequence[int] | None, stem: str | None) -> Path:
+    """``path``, or a ``FileNotFoundError`` saying how to restore or rebuild it."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
+            "`python scripts/train_teacher.py`"
+            + ("" if classes is None else f" --classes {','.join(map(str, classes))}")
+            + {
+                HELDOUT_TEACHER: " --exclude-validation 100",
+                DISJOINT_TEACHER: " --disjoint-from-subset",
+            }.get(stem or "", "")  # fmt: skip
+        )
+    return path
 
 
 def shipped_teacher_info(
     classes: Sequence[int] | None = None, stem: str | None = None
 ) -> dict[str, Any]:
     """The shipped teacher's record: accuracy, command, versions, history (what it trained on)."""
-    _, info_path = shipped_teacher_paths(classes, stem)
-    if not info_path.exists():
-        raise FileNotFoundError(
-            f"{info_path} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
-            "`python scripts/train_teacher.py`"
-        )
-    return json.loads(info_path.read_text())
+    info = _check_shipped(shipped_teacher_paths(classes, stem)[1], classes, stem)
+    return json.loads(info.read_text())
 
 
 def load_shipped_teacher(
@@ -109,17 +106,7 @@ def load_shipped_teacher(
     :data:`HELDOUT_TEACHER`). Raises ``FileNotFoundError`` (says how to restore or rebuild) or
     :class:`~relkd_tutorial.data.ChecksumError`.
     """
-    weights, _ = shipped_teacher_paths(classes, stem)
-    if not weights.exists():
-        raise FileNotFoundError(
-            f"{weights} is missing; restore it with {RESTORE_SHIPPED} or rebuild it with "
-            "`python scripts/train_teacher.py`"
-            + ("" if classes is None else f" --classes {','.join(map(str, classes))}")
-            + {
-                HELDOUT_TEACHER: " --exclude-validation 100",
-                DISJOINT_TEACHER: " --disjoint-from-subset",
-            }.get(stem or "", "")  # fmt: skip
-        )
+    weights = _check_shipped(shipped_teacher_paths(classes, stem)[0], classes, stem)
     verify_sha256(weights)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)

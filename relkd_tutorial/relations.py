@@ -370,12 +370,10 @@ def semi_hard_triplets(
     d_an = torch.where(negative, dist, torch.full_like(dist, float("-inf")))  # (B, B)
     step = max(1, _TRIPLET_CHUNK // max(1, b))
     found: list[tuple[Tensor, Tensor, Tensor]] = []
-    for start in range(0, anchor.shape[0], step):
+    for start in range(0, max(1, anchor.shape[0]), step):  # once if P = 0: three empty tensors
         a, p = anchor[start : start + step], pos[start : start + step]  # (P',)
         gap = d_an[a] - dist[a, p][:, None]  # (P', B)  [pair, n] = d_an - d_ap
         pair, n = ((gap > 0) & (gap <= margin)).nonzero(as_tuple=True)  # (T',) each
         found.append((a[pair], p[pair], n))
-    if not found:
-        return tuple(labels.new_zeros(0, dtype=torch.long) for _ in range(3))  # type: ignore[return-value]
-    a, p, n = (torch.cat(idx) if len(idx) > 1 else idx[0] for idx in zip(*found, strict=True))
+    a, p, n = (torch.cat(idx) for idx in zip(*found, strict=True))
     return a, p, n

@@ -81,9 +81,7 @@ def t_two_sided_p(t: float, df: float) -> float:
     df = _check_df(df)
     if math.isnan(t):
         return math.nan
-    if math.isinf(t):
-        return 0.0
-    return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))  # |t| = inf: I_0 = 0
 
 
 def t_cdf(t: float, df: float) -> float:
@@ -110,10 +108,7 @@ def t_quantile(p: float, df: float) -> float:
         lo, hi = hi, 2.0 * hi
     for _ in range(200):
         mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
         if hi - lo <= 1e-12 * hi:
             break
     return 0.5 * (lo + hi)
@@ -212,15 +207,6 @@ def paired_difference(
     return PairedDifference(mean, std, n, mean - half, mean + half, confidence)
 
 
-def describe_difference(
-    a: str, b: str, diff: PairedDifference, unit: str = "points", digits: int = 2
-) -> str:
-    """One plain sentence for ``a - b``, "within noise" when the interval contains 0, e.g.
-    ``grkd beats ce by 3.10 points (95% CI +1.20 to +5.00, 5 paired seeds).``
-    """
-    return describe_corrected(a, b, diff, None, None, unit, digits)
-
-
 def format_p(p: float) -> str:
     """A p-value in two significant digits (``"0.031"``, ``"0.5"``), ``"< 0.001"`` below 0.001."""
     if math.isnan(p):
@@ -243,17 +229,16 @@ def describe_corrected(
     a: str,
     b: str,
     diff: PairedDifference,
-    p_adjusted: float | None,
-    family_size: int | None,
+    p_adjusted: float | None = None,
+    family_size: int | None = None,
     unit: str = "points",
     digits: int = 2,
     alpha: float = 0.05,
 ) -> str:
-    """One sentence for ``a - b`` as one of ``family_size`` Holm-corrected comparisons: as
-    :func:`describe_difference` plus the adjusted p-value, "within noise" if the interval contains 0
-    or the adjusted p-value exceeds ``alpha``, e.g. ``GRKD beats CE by 3.10 points (95% CI +1.20 to
-    +5.00, 8 paired seeds; Holm p 0.004 over 9).`` ``p_adjusted=None``: no family (the interval
-    alone decides).
+    """One sentence for ``a - b`` as one of ``family_size`` Holm-corrected comparisons, "within
+    noise" if the interval contains 0 or the adjusted p-value exceeds ``alpha``, e.g. ``GRKD beats
+    CE by 3.10 points (95% CI +1.20 to +5.00, 8 paired seeds; Holm p 0.004 over 9).``
+    ``p_adjusted=None`` (default): no family, the interval alone decides (``... 5 paired seeds).``).
     """
     f = f"{{:+.{digits}f}}"
     mean = f"{f.format(diff.mean)} {unit}"

@@ -274,10 +274,8 @@ class TeacherCache:
         if int(index.min()) < 0:
             raise ValueError(f"sample indices must be >= 0, got {int(index.min())}")
         n = int(index.max()) + 1
-        filled = torch.zeros(n, dtype=torch.bool, device=index.device)
-        filled[index] = True
-        if not bool(filled.all()):
-            missing = int((~filled).sum())
+        missing = int((torch.bincount(index, minlength=n) == 0).sum())  # rows no sample filled
+        if missing:
             raise ValueError(
                 f"the loader's indices leave {missing} of {n} rows of the cache empty; build the "
                 "cache over the whole data set (indices 0..N-1), un-augmented and without drop_last"

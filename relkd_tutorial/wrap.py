@@ -120,9 +120,7 @@ class WrappedClassifier(nn.Module):
                 "output the model returns>'; for a timm model whose logits average two heads (a "
                 "distilled model), leave head=None"
             )
-        return self._checked(_pre_logits(inputs), logits), logits
-
-    def _checked(self, features: Any, logits: Tensor) -> Tensor:
+        features = _pre_logits(inputs)
         shape = tuple(features.shape) if isinstance(features, Tensor) else type(features)
         if not isinstance(features, Tensor) or features.dim() != 2 or logits.dim() != 2:
             raise ValueError(
@@ -137,7 +135,7 @@ class WrappedClassifier(nn.Module):
                 f"{tuple(logits.shape)}, but its head(s) {list(self.head_names)} declare "
                 f"feature_dim={self.feature_dim} and num_classes={self.num_classes}"
             )
-        return features
+        return features, logits
 
     def unwrap(self) -> nn.Module:
         """Remove the hooks and return the original model (trained in place)."""
@@ -178,7 +176,7 @@ def _pre_logits(inputs: list[Any]) -> Any:
         for t in inputs
     ]
     if len(flat) == 1 or any(not isinstance(t, Tensor) or t.dim() != 2 for t in flat):
-        return flat[0]  # one head, or refused by _checked with the shape
+        return flat[0]  # one head, or refused by forward with the shape
     if all(t.shape == flat[0].shape for t in flat):
         return sum(flat[1:], flat[0]) / len(flat)
     return torch.cat(flat, dim=1)
@@ -324,8 +322,7 @@ def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> Wr
         raise _no_head_error(
             model, f"the widths of its head(s) {list(names)} cannot be read from their layers"
         )
-    distinct = set(widths)
-    feature_dim = widths[0] if len(distinct) == 1 else sum(widths)  # type: ignore[arg-type]
+    feature_dim = widths[0] if len(set(widths)) == 1 else sum(widths)  # type: ignore[arg-type]
     return WrappedClassifier(
         model,
         names,

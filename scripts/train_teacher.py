@@ -31,6 +31,7 @@ Checkpoints go to ``runs/teacher`` each epoch, so an interrupted run continues w
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import shlex
@@ -57,10 +58,16 @@ from relkd_tutorial.pretrained import (
     DISJOINT_TEACHER,
     HELDOUT_TEACHER,
     SHIPPED_TEACHER_MODEL,
-    index_digest,
     shipped_teacher_stem,
 )
 from relkd_tutorial.training import TrainConfig, evaluate, fit
+
+
+def index_digest(indices) -> str:
+    """SHA-256 (hex) of a set of positions: sorted, unique, as little-endian int64 bytes (the
+    ``indices_sha256`` of a record's ``trained_on``)."""
+    arr = np.unique(np.asarray(indices, dtype=np.int64)).astype("<i8")
+    return hashlib.sha256(arr.tobytes()).hexdigest()
 
 
 def _command(args: list[str]) -> str:

@@ -75,15 +75,16 @@ def test_the_heldout_record_names_an_index_set_disjoint_from_every_validation_sp
     n = rec["val_per_class_excluded"]
     assert n >= max(_val_per_class())
     train, _ = load_fashion_mnist("subset")
-    expected, keep = _script().heldout_training_set(train, n)
+    script = _script()
+    expected, keep = script.heldout_training_set(train, n)
     assert rec["count"] == len(keep) == len(train) - n * train.num_classes == len(expected)
-    assert rec["indices_sha256"] == pretrained.index_digest(keep)
+    assert rec["indices_sha256"] == script.index_digest(keep)
     for size in _val_per_class():
         assert not set(keep) & set(_val_indices(train, size)), size
     # the digest is of the set: another set (one image swapped in) gives another digest
     other = np.sort(np.concatenate([keep[1:], _val_indices(train, n)[:1]]))
-    assert pretrained.index_digest(other) != rec["indices_sha256"]
-    assert pretrained.index_digest(keep[::-1]) == rec["indices_sha256"]
+    assert script.index_digest(other) != rec["indices_sha256"]
+    assert script.index_digest(keep[::-1]) == rec["indices_sha256"]
     # the test split is the other Fashion-MNIST file: its images are never among the training ones
     with np.load(data_dir() / FASHION_MNIST_SUBSET_FILE) as npz:
         assert npz["test_source_index"].shape == (2000,)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .._checks import check_non_negative_int, check_positive_int
+from .._checks import check_count
 from .imageset import ImageSet, pixel_sums, stats_from_sums
 from .loader import TensorLoader, epoch_generator, normalize
 
@@ -136,7 +136,7 @@ class ImageStream(Dataset):
 
     def __post_init__(self) -> None:
         self.augment = bool(self.augment)
-        self.crop_padding = check_non_negative_int("crop_padding", self.crop_padding)
+        self.crop_padding = check_count("crop_padding", self.crop_padding, 0)
 
     @property
     def num_classes(self) -> int:
@@ -225,7 +225,7 @@ def from_torchvision(
     if n == 0:
         raise ValueError("the dataset is empty: it holds no images")
     _check_transform(getattr(dataset, "transform", None))
-    max_bytes = check_positive_int("max_bytes", max_bytes)
+    max_bytes = check_count("max_bytes", max_bytes)
     decoder = _Decoder(_size_pair(size), channels)
     name = name or type(dataset).__name__
     first = decoder(dataset[0][0], 0)  # fixes the shape every image must have
@@ -283,11 +283,11 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0) -> None:
         self.n, self.shuffle = n, bool(shuffle)
-        self.seed = check_non_negative_int("seed", seed)
+        self.seed = check_count("seed", seed, 0)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = check_non_negative_int("epoch", epoch)
+        self.epoch = check_count("epoch", epoch, 0)
 
     def __len__(self) -> int:
         return self.n
@@ -324,13 +324,13 @@ def image_loader(
         )  # fmt: skip
     if not isinstance(data, ImageStream):
         raise TypeError(f"data must be an ImageSet or an ImageStream, got {type(data).__name__}")
-    batch_size = check_positive_int("batch_size", batch_size)
+    batch_size = check_count("batch_size", batch_size)
     stream = data.with_augmentation(augment)
     return DataLoader(
         stream,
         batch_size=batch_size,
         sampler=EpochSampler(len(stream), shuffle=train, seed=seed),
         drop_last=train and len(stream) > batch_size,
-        num_workers=check_non_negative_int("num_workers", num_workers),
+        num_workers=check_count("num_workers", num_workers, 0),
         generator=torch.Generator().manual_seed(seed),
     )

@@ -95,14 +95,9 @@ class ChecksumError(ValueError):
 
 def read_sha256sums(manifest: str | Path) -> dict[str, str]:
     """Parse a ``sha256sum``-format manifest (``<hex>  <file name>`` per line) into ``{name: hex}``."""
-    entries: dict[str, str] = {}
-    for line in Path(manifest).read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        digest, name = line.split(maxsplit=1)
-        entries[name.lstrip("*")] = digest.lower()
-    return entries
+    lines = (line.strip() for line in Path(manifest).read_text().splitlines())
+    rows = [line.split(maxsplit=1) for line in lines if line and not line.startswith("#")]
+    return {name.lstrip("*"): digest.lower() for digest, name in rows}
 
 
 def verify_sha256(path: str | Path, manifest: str | Path | None = None) -> None:
@@ -144,8 +139,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw  # gzip's magic bytes
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
@@ -232,12 +226,20 @@ def load_fashion_mnist(
             raise ValueError(
                 'root is not used with source="subset" (set RELKD_DATA_DIR to move the data folder)'
             )
-        return _load_fashion_subset()
+        path = data_dir() / FASHION_MNIST_SUBSET_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"The shipped Fashion-MNIST subset {path} is missing. It is package data of "
+                f"relkd_tutorial: restore it with {RESTORE_SHIPPED}, or point RELKD_DATA_DIR at "
+                "a folder holding it and its SHA256SUMS. Alternatively use "
+                'load_fashion_mnist("full") or ("download").'
+            )
+        verify_sha256(path)
+        with np.load(path, allow_pickle=False) as npz:
+            return _fashion_pair(npz, "fashion_mnist_subset")
     if source == "full":
-        candidates = []
-        if root is not None:
-            candidates += [Path(root), Path(root) / "FashionMNIST" / "raw"]
-        candidates.append(DEBIAN_FASHION_MNIST_DIR)
+        given = [] if root is None else [Path(root), Path(root) / "FashionMNIST" / "raw"]
+        candidates = [*given, DEBIAN_FASHION_MNIST_DIR]
         folder = find_idx_folder(candidates)
         if folder is None:
             raise _missing_fashion_mnist(candidates)
@@ -252,20 +254,6 @@ def load_fashion_mnist(
             sets.append(_fashion_imageset(ds.data.numpy(), ds.targets, f"fashion_mnist/{split}"))
         return sets[0], sets[1]
     raise ValueError(f'source must be "subset", "full" or "download", got {source!r}')
-
-
-def _load_fashion_subset() -> tuple[ImageSet, ImageSet]:
-    path = data_dir() / FASHION_MNIST_SUBSET_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The shipped Fashion-MNIST subset {path} is missing. It is package data of "
-            f"relkd_tutorial: restore it with {RESTORE_SHIPPED}, or point RELKD_DATA_DIR at a "
-            'folder holding it and its SHA256SUMS. Alternatively use load_fashion_mnist("full") '
-            'or ("download").'
-        )
-    verify_sha256(path)
-    with np.load(path, allow_pickle=False) as npz:
-        return _fashion_pair(npz, "fashion_mnist_subset")
 
 
 def _fashion_pair(arrays: Any, name: str) -> tuple[ImageSet, ImageSet]:

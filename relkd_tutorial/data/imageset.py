@@ -131,10 +131,6 @@ class ImageSet:
             raise TypeError(f"indices must be a 1-D int64 or bool tensor, got {idx.dtype}")
         return self._replace(images=self.images[idx], labels=self.labels[idx])
 
-    def with_labels(self, labels: Tensor) -> ImageSet:
-        """The same images with other labels (e.g. ``-1`` for images made unlabelled)."""
-        return self._replace(labels=labels)
-
     def to(self, device: str | torch.device) -> ImageSet:
         """A copy with images and labels on ``device``."""
         return self._replace(images=self.images.to(device), labels=self.labels.to(device))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_non_negative_int, check_positive_int
+from .._checks import check_count
 from .imageset import Batch, ImageSet
 
 
@@ -66,7 +66,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     ``SeedSequence`` mixes the pair, so ``(0, 1)`` and ``(1, 0)`` give unrelated streams).
     """
     state = np.random.SeedSequence(
-        [check_non_negative_int("seed", seed), check_non_negative_int("epoch", epoch)]
+        [check_count("seed", seed, 0), check_count("epoch", epoch, 0)]
     ).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -111,8 +111,8 @@ class TensorLoader:
     ) -> None:
         if not isinstance(data, ImageSet):
             raise TypeError(f"data must be an ImageSet, got {type(data).__name__}")
-        self.batch_size = check_positive_int("batch_size", batch_size)
-        self.world_size = check_positive_int("world_size", world_size)
+        self.batch_size = check_count("batch_size", batch_size)
+        self.world_size = check_count("world_size", world_size)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
         if self.batch_size % self.world_size:
@@ -120,7 +120,7 @@ class TensorLoader:
                 f"batch_size={batch_size} must be divisible by world_size={world_size} "
                 "(each rank takes an equal slice of every global batch)"
             )
-        crop_padding = check_non_negative_int("crop_padding", crop_padding)
+        crop_padding = check_count("crop_padding", crop_padding, 0)
         mean = data.mean if mean is None else tuple(float(m) for m in mean)
         std = data.std if std is None else tuple(float(s) for s in std)
         channels = data.images.shape[1]
@@ -153,7 +153,7 @@ class TensorLoader:
         self._pixels = F.pad(pixels, (p, p, p, p)) if p else pixels
         self.flip = bool(flip) and bool(augment)
         self.drop_last = bool(drop_last)
-        self.seed = check_non_negative_int("seed", seed)
+        self.seed = check_count("seed", seed, 0)
         self.channels_last = bool(channels_last)
         self.mean, self.std = mean, std
         self.rank = rank
@@ -175,7 +175,7 @@ class TensorLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order and augmentation the next ``iter()`` produces."""
-        self.epoch = check_non_negative_int("epoch", epoch)
+        self.epoch = check_count("epoch", epoch, 0)
 
     def __len__(self) -> int:
         """Batches per epoch (the same on every rank)."""
@@ -195,14 +195,11 @@ class TensorLoader:
         n, p = len(self.labels), self.crop_padding
         generator = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        offsets, flips = torch.zeros(n, 2, dtype=torch.int64), torch.zeros(n, dtype=torch.bool)
         if p > 0:
             offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=generator)
-        else:
-            offsets = torch.zeros(n, 2, dtype=torch.int64)
         if self.flip:
             flips = torch.randint(0, 2, (n,), generator=generator).bool()
-        else:
-            flips = torch.zeros(n, dtype=torch.bool)
         return order, offsets, flips
 
     def _rank_slice(self, start: int, stop: int) -> tuple[int, int]:

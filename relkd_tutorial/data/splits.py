@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_non_negative_int, check_positive, check_positive_int
+from .._checks import check_count, check_positive
 from .imageset import ImageSet
 
 
@@ -16,18 +16,15 @@ def _class_permutations(labels: Tensor, num_classes: int, seed: int) -> list[Ten
     classes are walked in order, so the first ``n`` of a class are a prefix of its first ``n + 1``.
     """
     labels = labels.cpu()
-    generator = torch.Generator().manual_seed(check_non_negative_int("seed", seed))
-    orders = []
-    for k in range(num_classes):
-        members = torch.nonzero(labels == k).flatten()  # (N_k,)
-        orders.append(members[torch.randperm(len(members), generator=generator)])
-    return orders
+    generator = torch.Generator().manual_seed(check_count("seed", seed, 0))
+    members = [torch.nonzero(labels == k).flatten() for k in range(num_classes)]  # (N_k,) each
+    return [m[torch.randperm(len(m), generator=generator)] for m in members]  # drawn in class order
 
 
 def _pick_per_class(
     labels: Tensor, n_per_class: int, seed: int, class_names: Sequence[str]
 ) -> Tensor:
-    n_per_class = check_positive_int("n_per_class", n_per_class)
+    n_per_class = check_count("n_per_class", n_per_class)
     chosen = []
     for k, order in enumerate(_class_permutations(labels, len(class_names), seed)):
         if len(order) < n_per_class:
@@ -70,11 +67,10 @@ def partially_labelled(data: ImageSet, n_per_class: int, *, seed: int = 0) -> Im
     All other images get label ``-1`` (unlabelled): the loop trains them with the distillation
     terms only. The labelled images are those :func:`labelled_subset` picks with the same seed.
     """
-    idx = _pick_per_class(data.labels, n_per_class, seed, data.class_names)
-    idx = idx.to(data.labels.device)
+    idx = _pick_per_class(data.labels, n_per_class, seed, data.class_names).to(data.labels.device)
     labels = torch.full_like(data.labels, -1)  # (N,)
     labels[idx] = data.labels[idx]
-    return data.with_labels(labels)._replace(name=f"{data.name}:{n_per_class}-labelled-per-class")
+    return data._replace(labels=labels, name=f"{data.name}:{n_per_class}-labelled-per-class")
 
 
 def split_validation(
@@ -89,7 +85,7 @@ def split_validation(
         raise ValueError("give exactly one of per_class or fraction")
     counts = data.class_counts().tolist()  # (K,)
     if per_class is not None:
-        take = [check_positive_int("per_class", per_class)] * data.num_classes
+        take = [check_count("per_class", per_class)] * data.num_classes
     else:
         if check_positive("fraction", fraction) >= 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")

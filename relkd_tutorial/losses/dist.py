@@ -68,7 +68,7 @@ def dist_inter_loss(
     ``Y = softmax(z / tau)`` row-wise, ``rho`` Pearson's correlation over the ``C >= 2`` classes of
     image ``i`` (:func:`dist_loss`); logits ``(B, C)``, the teacher's detached.
     """
-    with full_precision(student_logits.device):
+    with full_precision(student_logits):
         y_s, y_t, temp = _probabilities(student_logits, teacher_logits, temperature)
         return temp**2 * _one_minus_pearson(y_s, y_t)
 
@@ -82,7 +82,7 @@ def dist_intra_loss(
     :func:`dist_inter_loss` on the transposed probability matrices: the correlation over the batch's
     ``B >= 2`` images of class ``j``'s probabilities (softened over the classes first).
     """
-    with full_precision(student_logits.device):
+    with full_precision(student_logits):
         y_s, y_t, temp = _probabilities(student_logits, teacher_logits, temperature)
         check_min_batch("student_logits", y_s, 2, "DIST's intra-class relation")
         return temp**2 * _one_minus_pearson(y_s.T, y_t.T)

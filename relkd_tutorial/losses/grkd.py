@@ -32,7 +32,6 @@ from .._checks import (
     check_optional_count,
     check_positive,
     full_precision,
-    loss_dtype,
 )
 from ..relations import (
     PAIR_CHUNK_ELEMENTS,
@@ -144,8 +143,7 @@ def grkd_loss(
     check_choice("weighting", weighting, WEIGHTINGS)
     check_choice("reduction", reduction, REDUCTIONS)
     b, c = z.shape
-    dtype = loss_dtype(z, t)
-    with full_precision(z.device):
+    with full_precision(z, t) as dtype:
         v = z.to(dtype) / temp  # (B, C)
         v = v - v.mean(dim=1, keepdim=True)  # exact (shift invariance); keeps P(v) well scaled
         t = t.detach().to(dtype)  # (B, C)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import LossModule, check_logit_pair, check_positive, full_precision, loss_dtype
+from .._checks import LossModule, check_logit_pair, check_positive, full_precision
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
@@ -25,8 +25,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     """
     z, t = check_logit_pair(student_logits, teacher_logits)
     temp = check_positive("temperature", temperature)
-    dtype = loss_dtype(z, t)
-    with full_precision(z.device):
+    with full_precision(z, t) as dtype:
         log_q = F.log_softmax(z.to(dtype) / temp, dim=1)  # (B, C) student
         log_p = F.log_softmax(t.detach().to(dtype) / temp, dim=1)  # (B, C) teacher
         # sum_i sum_c p_ic (log p_ic - log q_ic) / B

@@ -19,7 +19,6 @@ from .._checks import (
     check_optional_count,
     check_positive,
     full_precision,
-    loss_dtype,
 )
 from ..relations import descending_order, pairwise_logaddexp_sum, soft_wins
 
@@ -47,8 +46,7 @@ def soft_pairwise_rank_loss(
     c = z.shape[1]
     if c < 2:
         raise ValueError(f"student_logits has C = {c} classes; a pairwise loss needs C >= 2")
-    dtype = loss_dtype(z, t)
-    with full_precision(z.device):
+    with full_precision(z, t) as dtype:
         v = z.to(dtype) / temp  # (B, C)
         v = v - v.mean(dim=1, keepdim=True)  # exact (shift invariance); keeps P(v) well scaled
         targets = soft_wins(t.detach().to(dtype) / teacher_temp)  # (B, C)  Y_a = sum_b y_ab
@@ -79,8 +77,7 @@ def listwise_rank_loss(
     k = check_optional_count("top_k", top_k)
     c = z.shape[1]
     k = c if k is None else min(k, c)
-    dtype = loss_dtype(z, t)
-    with full_precision(z.device):
+    with full_precision(z, t) as dtype:
         order = descending_order(t.detach())[1]  # (B, C)
         v = (z.to(dtype) / temp).gather(1, order)  # (B, C) student scores in the teacher's order
         # log sum_{s >= r} exp(v_s) for every r: a reversed cumulative logsumexp

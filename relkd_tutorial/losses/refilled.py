@@ -74,7 +74,7 @@ def mine_triplets(
     check_labels("labels", labels, student_features.shape[0])
     check_same("device", "student_features", student_features, "labels", labels)
     margin = check_positive("margin", margin)
-    with torch.no_grad(), full_precision(student_features.device):
+    with torch.no_grad(), full_precision(student_features):
         dist = embedding_distances(student_features.detach())  # (B, B)
         return semi_hard_triplets(dist, labels, margin)
 
@@ -176,7 +176,7 @@ def refilled_embedding_loss(
         triplets = mine_triplets(student_features, labels, margin)
     a, p, n = _check_triplets(triplets, student_features.shape[0], student_features.device)
 
-    with full_precision(student_features.device):
+    with full_precision(student_features):
         d_s = embedding_distances(student_features)  # (B, B)
         if a.shape[0] == 0:  # no triplet: nothing to match (choice), but keep the graph
             return d_s.sum() * 0.0
@@ -215,7 +215,7 @@ def class_centres(features: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     check_float_tensor("features", features, 2, "(N, D)")
     check_labels("labels", labels, features.shape[0], num_classes)
     check_same("device", "features", features, "labels", labels)
-    with torch.no_grad(), full_precision(features.device):
+    with torch.no_grad(), full_precision(features):
         f = rescaled(features.detach().to(loss_dtype(features)))  # (N, D); the centres are
         # unit vectors, so a common scale does not change them, but the sums cannot overflow
         row = torch.where(labels >= 0, labels, torch.full_like(labels, num_classes))  # (N,)
@@ -241,8 +241,7 @@ def centre_labels(teacher_features: Tensor, labels: Tensor, centres: Tensor) -> 
     check_labels("labels", labels, teacher_features.shape[0], centres.shape[0])
     check_same("device", "teacher_features", teacher_features, "centres", centres)
     check_same("device", "teacher_features", teacher_features, "labels", labels)
-    with torch.no_grad(), full_precision(teacher_features.device):
-        dtype = loss_dtype(teacher_features, centres)
+    with torch.no_grad(), full_precision(teacher_features, centres) as dtype:
         has_centre = centres.abs().sum(dim=1) > 0  # (C,)
         if not bool(has_centre.any()):
             raise ValueError("centres has no non-zero row: no class to label the samples with")
@@ -287,16 +286,12 @@ def refilled_classifier_kl(
             f"student class), got {tuple(centres.shape)}"
         )
     check_labels("labels", labels, student_logits.shape[0], num_classes)
-    for name, t in (
-        ("teacher_features", teacher_features),
-        ("labels", labels),
-        ("centres", centres),
-    ):
-        check_same("device", "student_logits", student_logits, name, t)
+    check_same("device", "student_logits", student_logits, "teacher_features", teacher_features)
+    check_same("device", "student_logits", student_logits, "labels", labels)
+    check_same("device", "student_logits", student_logits, "centres", centres)
     tau2 = check_positive("tau2", tau2)
 
-    dtype = loss_dtype(student_logits, teacher_features, centres)
-    with full_precision(student_logits.device):
+    with full_precision(student_logits, teacher_features, centres) as dtype:
         has_centre = centres.detach().abs().sum(dim=1) > 0  # (C,)
         present = batch_classes(labels, num_classes)  # (C,)
         if input_checks_enabled() and bool((present & ~has_centre).any()):

@@ -22,13 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import (
-    check_feature_pair,
-    check_nonnegative,
-    check_optional_count,
-    full_precision,
-    loss_dtype,
-)
+from .._checks import check_feature_pair, check_nonnegative, check_optional_count, full_precision
 from ..relations import gram_and_inverse_distances, normalized_pairwise_distances, rescaled
 
 # Elements of one (vertices, B, B) chunk; 2^16 float32 = 256 KiB keeps a chunk's temporaries in
@@ -48,8 +42,7 @@ def rkd_distance_loss(student_features: Tensor, teacher_features: Tensor) -> Ten
     s, t = check_feature_pair(
         student_features, teacher_features, 2, "the RKD distance potential (a pair)"
     )
-    dtype = loss_dtype(s, t)
-    with full_precision(s.device):
+    with full_precision(s, t) as dtype:
         # rescaled(): psi_D is scale invariant; this keeps its squares finite and non-zero
         psi_s = normalized_pairwise_distances(rescaled(s.to(dtype)))  # (B, B)
         with torch.no_grad():
@@ -146,8 +139,7 @@ def rkd_angle_loss(
     rows = check_optional_count("chunk_size", chunk_size)
     b = s.shape[0]
     rows = rows if rows is not None else max(1, ANGLE_CHUNK_ELEMENTS // (b * b))
-    dtype = loss_dtype(s, t)
-    with full_precision(s.device):
+    with full_precision(s, t) as dtype:
         # rescaled(): cosines are scale invariant; this keeps the Gram matrix finite, non-zero
         gram_s, inv_s = gram_and_inverse_distances(rescaled(s.to(dtype)))  # (B, B) each
         with torch.no_grad():

@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from .._checks import (
     check_choice,
+    check_count,
     check_feature_pair,
     check_float_tensor,
     check_positive,
-    check_positive_int,
     check_same,
     full_precision,
     loss_dtype,
@@ -46,8 +46,7 @@ def _log_probs(
     student_emb: Tensor, teacher_emb: Tensor, queue: Tensor, tau_s: float, tau_t: float
 ) -> tuple[Tensor, Tensor]:
     """:func:`rrd_log_probs` without the input checks (for callers that have checked already)."""
-    dtype = loss_dtype(student_emb, teacher_emb, queue)
-    with full_precision(student_emb.device):
+    with full_precision(student_emb, teacher_emb, queue) as dtype:
         keys = queue.detach().to(dtype)  # (K, d)
         log_p_s = F.log_softmax(
             cosine_similarity_matrix(student_emb.to(dtype), keys) / tau_s, dim=1
@@ -128,8 +127,8 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int = 128, trainable: bool = True) -> None:
         super().__init__()
-        check_positive_int("in_dim", in_dim)
-        check_positive_int("out_dim", out_dim)
+        check_count("in_dim", in_dim)
+        check_count("out_dim", out_dim)
         self.linear = nn.Linear(in_dim, out_dim)
         self.trainable = bool(trainable)
         if not self.trainable:
@@ -145,8 +144,7 @@ class ProjectionHead(nn.Module):
         if self.trainable:
             h = self.linear(features.to(weight.dtype))  # (B, d)
             return unit_rows(h.to(loss_dtype(h)))
-        with torch.no_grad(), full_precision(features.device):
-            dtype = loss_dtype(features, weight)
+        with torch.no_grad(), full_precision(features, weight) as dtype:
             h = F.linear(features.to(dtype), weight.to(dtype), bias.to(dtype))  # (B, d)
             return unit_rows(h)
 
@@ -167,8 +165,8 @@ class EmbeddingQueue(nn.Module):
 
     def __init__(self, size: int, dim: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        check_positive_int("size", size)
-        check_positive_int("dim", dim)
+        check_count("size", size)
+        check_count("dim", dim)
         keys = F.normalize(torch.randn(size, dim, generator=generator), dim=1)  # (K, d)
         self.register_buffer("keys", keys)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))

@@ -76,7 +76,7 @@ def masked_cross_entropy(logits: Tensor, targets: Tensor, keep: Tensor) -> Tenso
     """
     first = torch.argsort((~keep).to(torch.uint8), stable=True)  # (B,) kept rows first
     targets = torch.where(keep, targets, -1)[first]  # (B,) -1: ignored
-    with full_precision(logits.device):
+    with full_precision(logits):
         z = logits[first].to(loss_dtype(logits))  # (B, C)
         ce = F.cross_entropy(z, targets, ignore_index=-1)  # 0/0 if nothing is kept
     return torch.where(keep.any(), ce, logits.sum() * 0.0)

@@ -211,12 +211,8 @@ def pseudo_label_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
     ``L_PL = -(1/|U|) sum_{i in U} log softmax(z_i)_{argmax_c t_ic}``, ``U = {i : y_i = -1}``:
     hard labels, no temperature (Lee, 2013, with the teacher as the labeller); ties go to the
     lowest class. No unlabelled image: exactly 0 with a gradient path
-    (:func:`~relkd_tutorial.methods.base.masked_cross_entropy`).
-
-    Args:
-        student_logits: ``(B, C)``.
-        teacher_logits: ``(B, C)``, the teacher's logits over the student's classes.
-        labels: ``(B,)`` integer labels in ``[-1, C)``; ``-1`` marks an unlabelled image.
+    (:func:`~relkd_tutorial.methods.base.masked_cross_entropy`). ``student_logits`` and
+    ``teacher_logits`` (over the student's classes) ``(B, C)``, ``labels`` ``(B,)`` in ``[-1, C)``.
     """
     check_float_tensor("student_logits", student_logits, 2, "(B, C)")
     check_float_tensor("teacher_logits", teacher_logits, 2, "(B, C)")

@@ -58,27 +58,25 @@ def previous_checkpoint(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.previous{path.suffix}")
 
 
-def _keep_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` a copy of ``src`` atomically (a hard link where the file system allows)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` where the file system allows, else a copy."""
     try:
-        os.link(src, tmp)
+        os.link(src, dst)
     except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+        shutil.copy2(src, dst)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (:func:`_atomic_write`); the file it replaces is kept
-    as :func:`previous_checkpoint`. At every moment ``path`` holds a complete checkpoint.
+    as :func:`previous_checkpoint` (also atomically). At every moment ``path`` holds a complete
+    checkpoint.
     """
     path = Path(path)
 
     def write(tmp: Path) -> None:
         torch.save(state, tmp)
         if path.is_file():
-            _keep_copy(path, previous_checkpoint(path))
+            _atomic_write(previous_checkpoint(path), lambda kept: _link_or_copy(path, kept))
 
     _atomic_write(path, write)
 
@@ -104,9 +102,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 "not loaded, because unpickling it could run arbitrary code"
             ) from err
         kind = "empty" if path.stat().st_size == 0 else "truncated or corrupt"
+        # the informative part of the message: its unpickler error, if any; its first line
+        words = str(err).split("WeightsUnpickler error:")[-1].strip().split("\n")[0].strip()
         raise ValueError(
             f"checkpoint {path} is {kind} and cannot be loaded ({type(err).__name__}: "
-            f"{_first_words(err)})"
+            f"{words[:200]})"
         ) from err
     found = state.get("format") if isinstance(state, dict) else None
     if found == CHECKPOINT_FORMAT:
@@ -118,16 +118,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "wrote it"
         )
     raise ValueError(f"{path} is not a relkd_tutorial training checkpoint ({CHECKPOINT_FORMAT})")
-
-
-def _first_words(err: Exception) -> str:
-    """The informative part of a ``torch.load`` error (its unpickler message, if any)."""
-    text = str(err)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else ""
 
 
 def _check_training_state(state: dict[str, Any], path: Path) -> None:

@@ -183,8 +183,7 @@ def _check_plain(name: str, value: Any) -> None:
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` -> cuda if available, else mps if available, else cpu; otherwise as given."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
+    has_mps = torch.backends.mps.is_available()
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     try:
