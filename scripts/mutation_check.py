@@ -202,8 +202,8 @@ MUTANTS: list[Mutant] = [
     ),  # fmt: skip
     Mutant(
         "kd_weight_dropped", "method",
-        '_weighted(terms, "kd", self.kd_weight, lambda: kd_loss(z, t, self.temperature))',
-        '_weighted(terms, "kd", 1.0, lambda: kd_loss(z, t, self.temperature))',
+        'self._logit_terms(inputs, ("kd", self.kd_weight, kd))',
+        'self._logit_terms(inputs, ("kd", 1.0, kd))',
         (KNOBS_METHODS,),
     ),
     Mutant(
@@ -218,7 +218,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "dist_beta_dropped", "method",
-        '_weighted(terms, "dist_inter", self.beta,', '_weighted(terms, "dist_inter", 1.0,',
+        '("dist_inter", self.beta, inter)', '("dist_inter", 1.0, inter)',
         (KNOBS_METHODS,),
     ),
     Mutant(
@@ -229,8 +229,8 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "grkd_weight_dropped", "method",
-        '_weighted(terms, "grkd", self.grkd_weight,',
-        '_weighted(terms, "grkd", 1.0,',
+        '("grkd", self.grkd_weight, self.loss)',
+        '("grkd", 1.0, self.loss)',
         (KNOBS_METHODS,),
     ),
     Mutant(
@@ -247,7 +247,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "rank_weight_dropped", "method",
-        '_weighted(terms, "rank", self.rank_weight,', '_weighted(terms, "rank", 1.0,',
+        '("rank", self.rank_weight, self.loss)', '("rank", 1.0, self.loss)',
         (KNOBS_METHODS,),
     ),
     Mutant(
@@ -292,7 +292,9 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "refilled_default_stage1_fraction", "method",
-        "stage1_fraction: float = 0.3,", "stage1_fraction: float = 0.5,", (KNOBS_METHODS,),
+        "        stage1_fraction: float = 0.3,\n        form",
+        "        stage1_fraction: float = 0.5,\n        form",
+        (KNOBS_METHODS,),
     ),
     Mutant(
         "refilled_restrict_to_batch_ignored", "method",
