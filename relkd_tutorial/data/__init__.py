@@ -9,7 +9,14 @@ crop, flip and normalise whole batches on the device; an epoch is a pure functio
 
 # ruff: noqa: F401 - the imports below are the subpackage's public names
 
-from .custom import ImageStream, from_torchvision, image_folder, image_loader
+from .custom import (
+    DEFAULT_MAX_BYTES,
+    EpochSampler,
+    ImageStream,
+    from_torchvision,
+    image_folder,
+    image_loader,
+)
 from .datasets import (
     CIFAR100_MEAN,
     CIFAR100_STD,
@@ -18,18 +25,28 @@ from .datasets import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     FASHION_MNIST_SUBSET_FILE,
+    RESTORE_SHIPPED,
+    SHIPPED_DATA_FOLDER,
     ChecksumError,
     data_dir,
     find_idx_folder,
     load_cifar100,
     load_fashion_mnist,
+    read_fashion_mnist_idx,
+    read_idx,
     read_sha256sums,
     sha256_of,
     shipped_data_dir,
     verify_sha256,
 )
 from .imageset import Batch, ImageSet
-from .loader import TensorLoader, normalize
+from .loader import (
+    TensorLoader,
+    crop_and_flip_padded,
+    epoch_generator,
+    normalization_affine,
+    normalize,
+)
 from .splits import (
     cross_task_split,
     labelled_subset,

@@ -13,6 +13,13 @@ from .ranking import (
     listwise_rank_loss,
     soft_pairwise_rank_loss,
 )
-from .refilled import class_centres, mine_triplets, refilled_classifier_kl, refilled_embedding_loss
+from .refilled import (
+    batch_classes,
+    centre_labels,
+    class_centres,
+    mine_triplets,
+    refilled_classifier_kl,
+    refilled_embedding_loss,
+)
 from .rkd import RKDLoss, rkd_angle_loss, rkd_distance_loss
-from .rrd import RRDLoss, rrd_decomposition, rrd_log_probs, rrd_loss
+from .rrd import EmbeddingQueue, ProjectionHead, RRDLoss, rrd_decomposition, rrd_log_probs, rrd_loss

@@ -6,7 +6,15 @@
 
 # ruff: noqa: F401 - the imports below are the subpackage's public names
 
-from .base import CrossEntropy, Method, SetupData, Stage, StepInputs, supervised_cross_entropy
+from .base import (
+    CrossEntropy,
+    Method,
+    SetupData,
+    Stage,
+    StepInputs,
+    supervised_cross_entropy,
+    with_total,
+)
 from .compose import RRDKD, GRKDWithKD, WithKD, with_kd
 from .embedding import RRD, Refilled
 from .logit_relation import (
@@ -14,6 +22,7 @@ from .logit_relation import (
     GRKD,
     KD,
     RKD,
+    RKD_CONVENTIONS,
     ListwiseRank,
     PseudoLabel,
     RKDAngle,

@@ -6,11 +6,11 @@
 
 # ruff: noqa: F401 - the imports below are the subpackage's public names
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, previous_checkpoint, save_checkpoint, write_history_csv
 from .config import TrainConfig, resolve_device
 from .diagnostics import gradient_shares, term_gradient_norms
 from .loop import fit
-from .rng import seed_everything, seeded
-from .schedule import lr_factor, stage_plan
-from .signals import TrainingInterrupted
-from .steps import evaluate
+from .rng import get_rng_state, seed_everything, seeded, set_rng_state
+from .schedule import build_optimizer, build_scheduler, lr_factor, stage_plan
+from .signals import StopSignals, TrainingInterrupted
+from .steps import evaluate, make_step_inputs, student_forward
