@@ -70,7 +70,7 @@ def test_a_good_file_gives_setting_method_params_and_the_flags(tmp_path: Path) -
     # the file's form round-trips; settings may be restricted (absent ones come back empty)
     again = rc.parse_recipes(r.to_json())
     assert again.params == r.params and again.get("transfer", "grkd") == g
-    assert rc.parse_recipes(r.to_json(["transfer", "standard"])).params["standard"] == {}
+    assert rc.parse_recipes(r.to_json(["transfer", "standard"])).settings["standard"] == {}
 
 
 def test_a_recipe_equal_to_the_defaults_has_the_default_runs_key(tmp_path: Path) -> None:

@@ -70,11 +70,6 @@ class Recipes:
     invocation: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
 
-    @property
-    def params(self) -> dict[str, dict[str, dict[str, Value]]]:
-        """``setting -> method -> params`` (as written)."""
-        return {s: {m: dict(r.params) for m, r in ms.items()} for s, ms in self.settings.items()}
-
     def get(self, setting: str, method: str) -> Recipe | None:
         """The recipe of ``method`` in ``setting``, or ``None`` (not tuned there)."""
         return self.settings.get(setting, {}).get(method)

@@ -399,9 +399,3 @@ def run_settings(
     for index, job in jobs:
         record(job, *run_job(job, workspaces[index]))  # the module's (patchable) run_job
 
-
-def run_setting(
-    ws: Workspace, methods: Sequence[str], store: ResultStore, progress: Progress
-) -> None:
-    """Every method of ``methods`` on every seed of ``ws``'s setting, at its paper defaults."""
-    run_settings([ws], methods, store, progress)

@@ -78,16 +78,12 @@ def read_runs(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def latest_specs(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """For each setting, the spec (configuration fingerprint) of its most recently written row."""
-    return {r["setting"]: r["spec"] for r in rows}
-
-
 def select_rows(
     rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Rows of the given specs (default: the latest spec of each setting)."""
-    keep = set(specs) if specs is not None else set(latest_specs(rows).values())
+    """Rows of the given specs (default: each setting's latest, the spec of its last row)."""
+    latest = {r["setting"]: r["spec"] for r in rows}.values()
+    keep = set(latest if specs is None else specs)
     return [r for r in rows if r["spec"] in keep]
 
 
