@@ -62,20 +62,36 @@ def _fmt(value: Any) -> Any:
     return value
 
 
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _float(text: str | None) -> float:
+    return float(text) if text else math.nan
+
+
 def read_runs(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``runs.csv``: numeric columns as floats (NaN for empty), seed as int or None."""
     path = Path(path)
-    if not path.exists():
-        return []
-    _repair_tail(path)
-    rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("key"):
-                row.update({c: float(row[c]) if row.get(c) else math.nan for c in NUMERIC_COLUMNS})
-                row["seed"] = int(row["seed"]) if row.get("seed") else None
-                rows.append(row)
+    if path.exists():
+        _repair_tail(path)
+    rows = [row for row in _read_csv(path) if row.get("key")]
+    for row in rows:
+        row.update({c: _float(row.get(c)) for c in NUMERIC_COLUMNS})
+        row["seed"] = int(row["seed"]) if row.get("seed") else None
     return rows
+
+
+def read_histories(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """``histories.csv`` as ``{run key: [epoch records]}`` (``key`` and ``stage`` as text)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for raw in _read_csv(Path(path)):
+        record = {k: v if k in ("key", "stage") else _float(v) for k, v in raw.items()}
+        out.setdefault(raw["key"], []).append(record)
+    return out
 
 
 def select_rows(

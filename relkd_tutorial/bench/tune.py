@@ -105,16 +105,16 @@ def prepare_study(study: Any, knobs: dict[str, Knob]) -> None:
         study.enqueue_trial({k: v.default for k, v in knobs.items()}, skip_if_exists=True)
 
 
-def _round_of(study: Any) -> int:
-    return next(r for r in itertools.count() if f"space_{r + 1}" not in study.user_attrs)
-
-
-def _knobs_at(study: Any, knobs: dict[str, Knob], r: int) -> dict[str, Knob]:
+def _round(study: Any, method: str, trials: int) -> tuple[int, dict[str, Knob], int]:
+    """``(r, knobs, target)``: the study's round (how many times its ranges grew), its knobs at
+    that round's ranges and the trials it gets by then."""
+    r = next(r for r in itertools.count() if f"space_{r + 1}" not in study.user_attrs)
     ranges = study.user_attrs.get(f"space_{r}", {})
-    return {
+    knobs = {
         k: replace(v, low=ranges[k][0], high=ranges[k][1]) if k in ranges else v
-        for k, v in knobs.items()
+        for k, v in (method_space(method) or {}).items()
     }
+    return r, knobs, trials + r * extra_trials(trials)
 
 
 def _states(*names: str) -> tuple:
@@ -251,12 +251,9 @@ def edges(best: Any, knobs: dict[str, Knob]) -> dict[str, str]:
 
 def tune_study(study: Any, ws: Workspace, method: str, trials: int, log: Callable) -> bool:
     """Run this worker's share of one study; returns whether it ran a trial or grew a range."""
-    first = method_space(method) or {}
     did = False
     while True:
-        r = _round_of(study)
-        knobs = _knobs_at(study, first, r)
-        target = trials + r * extra_trials(trials)
+        r, knobs, target = _round(study, method, trials)
         objective = make_objective(ws, method, knobs, SELECTION_SEEDS, r, target, log)
         while _count(study, "COMPLETE", "PRUNED", "RUNNING") < target:
             study.optimize(objective, n_trials=1, catch=())
@@ -330,10 +327,8 @@ def add_arguments(parser: Any) -> None:
 
 def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
     """A study's recipe: the chosen params, the ranges, the score, the extensions, the edges."""
-    first = method_space(method) or {}
-    r = _round_of(study)
-    knobs = _knobs_at(study, first, r)
-    chosen = selected_trials(study, trials + r * extra_trials(trials))
+    r, knobs, target = _round(study, method, trials)
+    chosen = selected_trials(study, target)
     best = best_trial(chosen)
     if best is None:
         return None
