@@ -30,17 +30,15 @@ POLL_SECONDS = 0.2
 GRACE_SECONDS = 5.0
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask), at least 1."""
+def default_jobs(device: torch.device | str) -> int:
+    """Runs at once by default: on a CPU the cores this process may run on (its affinity mask),
+    at least 1; 1 on a GPU (one device, one run)."""
+    if torch.device(device).type != "cpu":
+        return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def default_jobs(device: torch.device | str) -> int:
-    """Runs at once by default: the usable cores on a CPU, 1 on a GPU (one device, one run)."""
-    return usable_cores() if torch.device(device).type == "cpu" else 1
 
 
 @dataclass(frozen=True)
