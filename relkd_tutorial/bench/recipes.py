@@ -91,14 +91,6 @@ class Recipes:
         }
 
 
-def allowed_params(method: str) -> tuple[str, ...]:
-    """The constructor arguments of ``method`` a recipe may set (all but :data:`BENCH_MANAGED`)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
-    names = inspect.signature(_registry()[method]).parameters  # a class or a builder function
-    return tuple(p for p in names if p not in BENCH_MANAGED)
-
-
 def effective_defaults(method: str) -> dict[str, Value]:
     """The values ``method`` runs at without overrides: the constructor's (not ``None``)
     defaults, then :data:`~.settings.CONTROL_WEIGHTS`, then :data:`~.settings.PAPER_DEFAULTS`."""
@@ -163,7 +155,8 @@ def _recipe(setting: str, method: str, raw: Any) -> Recipe:
     where = f"recipe {setting}/{method}"
     if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict):
         raise ValueError(f"{where}: needs an object with a 'params' object, got {raw!r}")
-    allowed = allowed_params(method)
+    signature = inspect.signature(_registry()[method])  # a class or a builder function
+    allowed = [p for p in signature.parameters if p not in BENCH_MANAGED]  # all a recipe may set
     params: dict[str, Value] = {}
     for name, value in raw["params"].items():
         if name in BENCH_MANAGED:

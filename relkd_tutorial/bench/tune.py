@@ -36,7 +36,7 @@ from ..training.checkpoint import _atomic_write
 from .parallel import WorkspaceRef, load, spawn_pool, workspace_refs
 from .recipes import FORMAT, RECIPES_FILE
 from .runner import _clock, applicable, run_parts
-from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_defaults, method_space
+from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_space
 from .settings import Setting, describe_params, label
 from .store import cpu_info, git_commit
 from .workspace import Workspace, prepare_workspaces
@@ -366,11 +366,7 @@ def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocat
 
 def tunable(methods: Sequence[str], ws: Workspace) -> list[str]:
     """The methods with something to tune (CE has nothing) that can run in ``ws``'s setting."""
-    return [
-        m
-        for m in methods
-        if method_space(m) and method_defaults(m) is not None and applicable(m, ws) is None
-    ]
+    return [m for m in methods if method_space(m) and applicable(m, ws) is None]
 
 
 #: The settings ``--tune`` tunes by default (the main job's tuned comparison reads them).
