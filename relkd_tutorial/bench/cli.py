@@ -143,7 +143,7 @@ def configure(
     :func:`default_preset`) picks the sizes, fast mode overrides it, explicit flags both."""
     fast = fast_mode() if args.fast is None else bool(args.fast)
     preset = args.preset or default_preset(device)
-    ablation = getattr(args, "ablation", None)
+    ablation = args.ablation
     if ablation and args.seeds is not None:
         raise SystemExit(
             f"--seeds does not apply to --ablation: an ablation chooses defaults, so it runs on "
@@ -178,11 +178,11 @@ def configure(
     return fast, settings, methods
 
 
-def recipes_for(args: argparse.Namespace, settings: dict[str, Setting]) -> Recipes | None:
+def recipes_for(args: argparse.Namespace) -> Recipes | None:
     """The recipes the runs use: ``--recipes`` (default :data:`~.recipes.RECIPES_FILE`);
     ``None`` (paper defaults) for ``--recipes none`` and for an ablation."""
-    path = getattr(args, "recipes", None)
-    if getattr(args, "ablation", None) or (path or "").lower() == "none":
+    path = args.recipes
+    if args.ablation or (path or "").lower() == "none":
         return None
     try:
         return load_recipes(path)
@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     mode = "fast mode" if fast else f"default mode, {preset} preset"
 
-    recipes = recipes_for(args, settings)
+    recipes = recipes_for(args)
     defaults = not args.no_defaults
     if args.plan:
         lines = plan_lines(settings, methods, recipes, defaults, out_dir, jobs, args.ablation)
