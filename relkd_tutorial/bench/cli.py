@@ -36,7 +36,7 @@ from ..fastmode import fast_mode
 from ..training import resolve_device
 from . import report, tune
 from .full import describe_full_plan, run_full
-from .parallel import default_jobs, run_in_workers, workspace_refs
+from .parallel import default_jobs, run_in_workers
 from .recipes import Recipes, load_recipes
 from .runner import Job, Progress, _clock, ablation_jobs, arm_params, final_jobs, run_settings
 from .search_space import ABLATION_SEEDS, ablation_seeds
@@ -326,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads, {jobs} jobs; results in {out_dir}/",
         flush=True,
     )
-    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
+    workspaces, refs = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
     if args.ablation:
         methods = [args.ablation]
         total = sum(len(ablation_jobs(ws.setting, args.ablation)) for ws in workspaces)
@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"per class), {s.epochs} epochs, seeds {list(s.seeds)}, "
               f"{f'the {args.ablation} ablation' if args.ablation else arms}", flush=True)  # fmt: skip
     workers = min(jobs, max(0, total - progress.done))
-    refs, threads = workspace_refs(paths, workspaces), torch.get_num_threads()
+    threads = torch.get_num_threads()
     executor = functools.partial(run_in_workers, refs=refs, workers=workers, threads=threads)
     try:
         run_settings(workspaces, methods, store, progress, executor if workers > 1 else None,
