@@ -34,7 +34,7 @@ import torch
 
 from ..fastmode import fast_mode
 from ..training import resolve_device
-from . import report, tune
+from . import report, tune, verdict
 from .full import describe_full_plan, run_full
 from .parallel import default_jobs, run_in_workers
 from .recipes import Recipes, load_recipes
@@ -194,11 +194,8 @@ def earlier_ablation(out_dir: Path, method: str) -> str | None:
     """Why ``method``'s ablation may not run into ``out_dir`` (``None``: it may): its ``runs.csv``
     holds ablation runs of another split (an earlier protocol scored the ablation on the test
     split with evaluation seeds), which the report would pair with the new ones."""
-    old = [
-        r
-        for r in read_runs(out_dir / "runs.csv")
-        if r["phase"] == "ablation" and r["method"] == method and r["eval_split"] != "val"
-    ]
+    ablated = verdict.select(read_runs(out_dir / "runs.csv"), phase="ablation", method=method)
+    old = [r for r in ablated if r["eval_split"] != "val"]
     if not old:
         return None
     return (
