@@ -450,7 +450,7 @@ def test_the_notebooks_read_the_headline_arm_of_a_tuned_folder(tmp_path: Path, m
     plain = committed.committed_results(tmp_path, settings=("transfer",))["transfer"]
     assert len(plain.rows) == 6 * 16 + 3 * 8  # no meta.json: one arm, every row
     (tmp_path / "meta.json").write_text(json.dumps(META))
-    assert recipes_of_meta(read_meta(tmp_path)).params == REC.params
+    assert recipes_of_meta(read_meta(tmp_path)).settings == REC.settings
     top = committed.committed_results(tmp_path, settings=("transfer",))["transfer"]
     assert len(top.rows) == 6 * 16
     assert {r["params"] for r in top.rows if r["method"] == "grkd"} == {'{"grkd_weight":30.0}'}

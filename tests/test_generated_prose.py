@@ -28,10 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from relkd_tutorial.bench.figures import read_histories
 from relkd_tutorial.bench.report import markdown_report
 from relkd_tutorial.bench.settings import METHOD_LABELS
-from relkd_tutorial.bench.store import read_runs
+from relkd_tutorial.bench.store import read_histories, read_runs
 from relkd_tutorial.bench.tuned import second_run_set
 from relkd_tutorial.stats import paired_difference
 from relkd_tutorial.tutorial.prose import Sentence, find_typed_results, say

@@ -466,7 +466,7 @@ def test_the_ablation_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     n = len(EXPECTED_VARIANTS) * len(space.ABLATION_SEEDS)
     assert f"up to {n} training runs (grkd ablation)" in out
     assert f"8 selection seeds {list(space.ABLATION_SEEDS)}, scored on the validation split" in out
-    assert cli.recipes_for(args, settings) is None  # the paper defaults, not the tuned recipe
+    assert cli.recipes_for(args) is None  # the paper defaults, not the tuned recipe
     assert args.teacher is None  # the main job's teacher (settings.BENCH_TEACHER)
     main = bs.default_settings(fast=False)["transfer"]
     assert settings["transfer"].fingerprint("t") == main.fingerprint("t")  # the main job's sizes

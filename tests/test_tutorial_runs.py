@@ -84,19 +84,20 @@ def write(folder: Path, rows: list[dict]) -> Path:
 
 
 def fake_runner(calls: list, stop_after: int | None = None):
-    """A stand-in for ``run_setting``: appends one row per seed (acc 0.5 + seed / 100)."""
+    """A stand-in for ``run_settings``: appends one row per seed (acc 0.5 + seed / 100)."""
 
-    def run_setting(ws, methods, store, progress):
-        for method in methods:
-            for seed in ws.setting.seeds:
-                if stop_after is not None and len(calls) >= stop_after:
-                    raise KeyboardInterrupt
-                calls.append((method, seed))
-                store.append(row(ws.spec, method, seed, 0.5 + seed / 100))
-                progress.done += 1
-                progress.trained += 1
+    def run_settings(workspaces, methods, store, progress):
+        for ws in workspaces:
+            for method in methods:
+                for seed in ws.setting.seeds:
+                    if stop_after is not None and len(calls) >= stop_after:
+                        raise KeyboardInterrupt
+                    calls.append((method, seed))
+                    store.append(row(ws.spec, method, seed, 0.5 + seed / 100))
+                    progress.done += 1
+                    progress.trained += 1
 
-    return run_setting
+    return run_settings
 
 
 ACC = {("ce", s): 0.70 + s / 100 for s in range(4)} | {("kd", s): 0.75 + s / 90 for s in range(4)}
@@ -149,7 +150,7 @@ def test_missing_runs_raise_a_clear_error_when_training_is_off(tmp_path, specs):
 
 def test_missing_runs_are_trained_once_into_the_cache(tmp_path, specs, monkeypatch, capsys):
     calls: list = []
-    monkeypatch.setattr(runs, "run_setting", fake_runner(calls))
+    monkeypatch.setattr(runs, "run_settings", fake_runner(calls))
     results = write(tmp_path / "results", [r for r in committed(specs) if r["method"] == "ce"])
     kwargs = dict(fast=False, results_dir=results, cache_dir=tmp_path / "cache")
     first = benchmark_runs("transfer", ("ce", "kd"), **kwargs)
@@ -165,12 +166,12 @@ def test_missing_runs_are_trained_once_into_the_cache(tmp_path, specs, monkeypat
 
 def test_an_interrupted_call_resumes_where_it_stopped(tmp_path, specs, monkeypatch):
     calls: list = []
-    monkeypatch.setattr(runs, "run_setting", fake_runner(calls, stop_after=3))
+    monkeypatch.setattr(runs, "run_settings", fake_runner(calls, stop_after=3))
     kwargs = dict(fast=False, results_dir=False, cache_dir=tmp_path / "cache")
     with pytest.raises(KeyboardInterrupt):
         benchmark_runs("transfer", ("ce", "kd"), **kwargs)
     assert calls == [("ce", 0), ("ce", 1), ("ce", 2)]
-    monkeypatch.setattr(runs, "run_setting", fake_runner(calls))
+    monkeypatch.setattr(runs, "run_settings", fake_runner(calls))
     got = benchmark_runs("transfer", ("ce", "kd"), **kwargs)
     assert calls[3:] == [("ce", 3)] + [("kd", s) for s in range(4)]
     assert len(got) == 8 and got.trained == 5
@@ -190,7 +191,7 @@ def test_fast_mode_reads_only_the_cache(tmp_path, specs, monkeypatch):
 
 def test_an_na_method_gives_its_row_and_is_not_trained(tmp_path, specs, monkeypatch):
     calls: list = []
-    monkeypatch.setattr(runs, "run_setting", fake_runner(calls))
+    monkeypatch.setattr(runs, "run_settings", fake_runner(calls))
     na = row(specs[False], "kd", None, math.nan, status="n/a", note="no shared classes",
              key="transfer|na")  # fmt: skip
     results = write(tmp_path / "results", [*committed(specs)[:4], na])

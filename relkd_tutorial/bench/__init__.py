@@ -8,14 +8,5 @@ Its modules and the one-way arrows between them: ``docs/architecture.md``.
 # ruff: noqa: F401 - the imports below are the subpackage's public names
 
 from .cli import main
-from .settings import (
-    DEFAULT_SETTINGS,
-    METHOD_LABELS,
-    METHODS,
-    PAPER_DEFAULTS,
-    Setting,
-    default_settings,
-    describe_params,
-)
-from .store import ResultStore, read_runs
-from .workspace import teacher_fingerprint
+from .settings import METHOD_LABELS, METHODS, PAPER_DEFAULTS, default_settings, describe_params
+from .store import read_runs

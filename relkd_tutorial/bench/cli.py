@@ -34,9 +34,9 @@ import torch
 
 from ..fastmode import fast_mode
 from ..training import resolve_device
-from . import report, tune
+from . import report, tune, verdict
 from .full import describe_full_plan, run_full
-from .parallel import default_jobs, run_in_workers, workspace_refs
+from .parallel import default_jobs, run_in_workers
 from .recipes import Recipes, load_recipes
 from .runner import Job, Progress, _clock, ablation_jobs, arm_params, final_jobs, run_settings
 from .search_space import ABLATION_SEEDS, ablation_seeds
@@ -143,7 +143,7 @@ def configure(
     :func:`default_preset`) picks the sizes, fast mode overrides it, explicit flags both."""
     fast = fast_mode() if args.fast is None else bool(args.fast)
     preset = args.preset or default_preset(device)
-    ablation = getattr(args, "ablation", None)
+    ablation = args.ablation
     if ablation and args.seeds is not None:
         raise SystemExit(
             f"--seeds does not apply to --ablation: an ablation chooses defaults, so it runs on "
@@ -178,11 +178,11 @@ def configure(
     return fast, settings, methods
 
 
-def recipes_for(args: argparse.Namespace, settings: dict[str, Setting]) -> Recipes | None:
+def recipes_for(args: argparse.Namespace) -> Recipes | None:
     """The recipes the runs use: ``--recipes`` (default :data:`~.recipes.RECIPES_FILE`);
     ``None`` (paper defaults) for ``--recipes none`` and for an ablation."""
-    path = getattr(args, "recipes", None)
-    if getattr(args, "ablation", None) or (path or "").lower() == "none":
+    path = args.recipes
+    if args.ablation or (path or "").lower() == "none":
         return None
     try:
         return load_recipes(path)
@@ -194,11 +194,8 @@ def earlier_ablation(out_dir: Path, method: str) -> str | None:
     """Why ``method``'s ablation may not run into ``out_dir`` (``None``: it may): its ``runs.csv``
     holds ablation runs of another split (an earlier protocol scored the ablation on the test
     split with evaluation seeds), which the report would pair with the new ones."""
-    old = [
-        r
-        for r in read_runs(out_dir / "runs.csv")
-        if r["phase"] == "ablation" and r["method"] == method and r["eval_split"] != "val"
-    ]
+    ablated = verdict.select(read_runs(out_dir / "runs.csv"), phase="ablation", method=method)
+    old = [r for r in ablated if r["eval_split"] != "val"]
     if not old:
         return None
     return (
@@ -299,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     mode = "fast mode" if fast else f"default mode, {preset} preset"
 
-    recipes = recipes_for(args, settings)
+    recipes = recipes_for(args)
     defaults = not args.no_defaults
     if args.plan:
         lines = plan_lines(settings, methods, recipes, defaults, out_dir, jobs, args.ablation)
@@ -326,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads, {jobs} jobs; results in {out_dir}/",
         flush=True,
     )
-    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
+    workspaces, refs = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
     if args.ablation:
         methods = [args.ablation]
         total = sum(len(ablation_jobs(ws.setting, args.ablation)) for ws in workspaces)
@@ -359,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"per class), {s.epochs} epochs, seeds {list(s.seeds)}, "
               f"{f'the {args.ablation} ablation' if args.ablation else arms}", flush=True)  # fmt: skip
     workers = min(jobs, max(0, total - progress.done))
-    refs, threads = workspace_refs(paths, workspaces), torch.get_num_threads()
+    threads = torch.get_num_threads()
     executor = functools.partial(run_in_workers, refs=refs, workers=workers, threads=threads)
     try:
         run_settings(workspaces, methods, store, progress, executor if workers > 1 else None,

@@ -1,13 +1,10 @@
 """The report's plots, from the rows and tables of :mod:`.report`: each draws onto a given
-matplotlib ``Axes`` and returns it; :func:`report_figures` draws them all, :func:`read_histories`
-reads ``histories.csv``."""
+matplotlib ``Axes`` and returns it; :func:`report_figures` draws them all."""
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from .settings import (
@@ -19,7 +16,7 @@ from .settings import (
     _scale,
     label,
 )
-from .verdict import finished
+from .verdict import find_entry, finished
 
 
 def _std(e: dict[str, Any], metric: str) -> float:
@@ -95,20 +92,6 @@ def curve_value(
     return "train_acc"
 
 
-def read_histories(path: str | Path) -> dict[str, list[dict[str, float]]]:
-    """``histories.csv`` as ``{run key: [epoch records]}``."""
-    path = Path(path)
-    out: dict[str, list[dict[str, float]]] = {}
-    if not path.exists():
-        return out
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            record = {k: v if k in ("key", "stage") else float(v) if v else math.nan
-                      for k, v in raw.items()}  # fmt: skip
-            out.setdefault(raw["key"], []).append(record)
-    return out
-
-
 def plot_curves(
     rows: Sequence[dict[str, Any]],
     histories: dict[str, list[dict[str, float]]],
@@ -141,7 +124,7 @@ def plot_curves(
 
 def seconds_of(summary: Sequence[dict[str, Any]], setting: str, method: str) -> float | None:
     """The mean training seconds per run of ``method`` in ``setting`` (``None``: not run, n/a)."""
-    e = next((e for e in summary if (e["setting"], e["method"]) == (setting, method)), None)
+    e = find_entry(summary, setting=setting, method=method)
     return None if e is None or e["status"] == "n/a" else e["seconds_mean"]
 
 

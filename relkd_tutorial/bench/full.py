@@ -28,8 +28,8 @@ from torch import nn
 from ..data import ImageSet, TensorLoader, labelled_subset, load_cifar100
 from ..methods import CrossEntropy, build_method
 from ..models import build_model
-from ..stats import mean_std
 from ..training import TrainConfig, evaluate, fit, seeded
+from . import verdict
 from .runner import base_row, final_jobs, measured_fit, pending_jobs
 from .settings import METHODS, Setting, _parse_list, pm
 from .workspace import Workspace, load_teacher_weights, teacher_fingerprint
@@ -250,11 +250,10 @@ def _print_beside_published(plan: FullPlan, rows: list[dict[str, Any]], spec: st
     if plan.epochs != RECIPE_EPOCHS:
         print(f"  (a {plan.epochs}-epoch run: NOT comparable with the 240-epoch published numbers)")
     for method in (*plan.methods, "crd"):
-        mine = [r for r in rows if r["spec"] == spec and r["method"] == method]
-        ours = [100 * r["acc"] for r in mine if r["status"] == "ok"]
+        ok = verdict.select(rows, spec=spec, method=method, status="ok")
+        mean, std, n = verdict.column_stats(ok, "acc", 100.0)
         text = "not run (not implemented here)" if method == "crd" else "n/a"
-        if ours:
-            mean, std, n = mean_std(ours)
+        if n:
             text = f"{pm(mean, std, 2)} (n={n})"  # one seed: the mean alone
         pub = plan.published.get(method)
         print(f"  {method:<14} ours {text:<26} published {'-' if pub is None else f'{pub:.2f}'}")

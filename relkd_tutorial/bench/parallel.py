@@ -10,19 +10,17 @@ dies, stops the benchmark with a :class:`WorkerError` once the runs already star
 
 from __future__ import annotations
 
-import functools
 import multiprocessing as mp
 import os
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .settings import Setting
+from .workspace import WorkspaceRef, load
 
 #: How often the parent checks for a stop signal while it waits for runs (seconds).
 POLL_SECONDS = 0.2
@@ -30,35 +28,15 @@ POLL_SECONDS = 0.2
 GRACE_SECONDS = 5.0
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask), at least 1."""
+def default_jobs(device: torch.device | str) -> int:
+    """Runs at once by default: on a CPU the cores this process may run on (its affinity mask),
+    at least 1; 1 on a GPU (one device, one run)."""
+    if torch.device(device).type != "cpu":
+        return 1
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def default_jobs(device: torch.device | str) -> int:
-    """Runs at once by default: the usable cores on a CPU, 1 on a GPU (one device, one run)."""
-    return usable_cores() if torch.device(device).type == "cpu" else 1
-
-
-@dataclass(frozen=True)
-class WorkspaceRef:
-    """What a worker needs to load a workspace: its file, the setting, the layout, the device."""
-
-    path: str
-    setting: Setting
-    channels_last: bool
-    device: str
-
-
-def workspace_refs(paths: Sequence[Any], workspaces: Sequence[Any]) -> tuple[WorkspaceRef, ...]:
-    """The :class:`WorkspaceRef` of each workspace saved at its path (:func:`~.workspace.prepare_workspaces`)."""
-    return tuple(
-        WorkspaceRef(str(p), ws.setting, ws.channels_last, str(ws.device))
-        for p, ws in zip(paths, workspaces, strict=True)
-    )
 
 
 class WorkerError(RuntimeError):
@@ -78,14 +56,6 @@ def spawn_pool(
     return ProcessPoolExecutor(
         workers, mp.get_context(start_method), initializer=initializer, initargs=initargs
     )
-
-
-@functools.cache
-def load(ref: WorkspaceRef) -> Any:
-    """The workspace saved at ``ref.path`` (:func:`~.workspace.load_workspace`), once a process."""
-    from .workspace import load_workspace
-
-    return load_workspace(ref.path, ref.device, ref.setting, ref.channels_last)
 
 
 def _init_worker(threads: int) -> None:

@@ -70,11 +70,6 @@ class Recipes:
     invocation: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
 
-    @property
-    def params(self) -> dict[str, dict[str, dict[str, Value]]]:
-        """``setting -> method -> params`` (as written)."""
-        return {s: {m: dict(r.params) for m, r in ms.items()} for s, ms in self.settings.items()}
-
     def get(self, setting: str, method: str) -> Recipe | None:
         """The recipe of ``method`` in ``setting``, or ``None`` (not tuned there)."""
         return self.settings.get(setting, {}).get(method)
@@ -94,14 +89,6 @@ class Recipes:
                 s: {m: r.to_json() for m, r in self.settings.get(s, {}).items()} for s in names
             },
         }
-
-
-def allowed_params(method: str) -> tuple[str, ...]:
-    """The constructor arguments of ``method`` a recipe may set (all but :data:`BENCH_MANAGED`)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
-    names = inspect.signature(_registry()[method]).parameters  # a class or a builder function
-    return tuple(p for p in names if p not in BENCH_MANAGED)
 
 
 def effective_defaults(method: str) -> dict[str, Value]:
@@ -168,7 +155,8 @@ def _recipe(setting: str, method: str, raw: Any) -> Recipe:
     where = f"recipe {setting}/{method}"
     if not isinstance(raw, dict) or not isinstance(raw.get("params"), dict):
         raise ValueError(f"{where}: needs an object with a 'params' object, got {raw!r}")
-    allowed = allowed_params(method)
+    signature = inspect.signature(_registry()[method])  # a class or a builder function
+    allowed = [p for p in signature.parameters if p not in BENCH_MANAGED]  # all a recipe may set
     params: dict[str, Value] = {}
     for name, value in raw["params"].items():
         if name in BENCH_MANAGED:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import figures, tuned, verdict
-from .figures import curve_value, plot_curves, plot_seconds, read_histories  # noqa: F401 (06)
+from .figures import curve_value, plot_curves, plot_seconds  # noqa: F401 (06)
 from .recipes import recipes_of_meta
 from .settings import (
     ABLATIONS,
@@ -36,7 +36,7 @@ from .settings import (
     label,
     pm,
 )
-from .store import read_meta, read_runs, select_rows
+from .store import read_histories, read_meta, read_runs, select_rows  # noqa: F401 (06)
 
 
 def summarize_runs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

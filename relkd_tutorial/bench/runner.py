@@ -149,9 +149,7 @@ def student_config(
     )  # fmt: skip
 
 
-def evaluate_student(
-    student: nn.Module, data: ImageSet, ws: Workspace, seed_batch: int = DIST_CORR_PER_CLASS
-) -> dict[str, float]:
+def evaluate_student(student: nn.Module, data: ImageSet, ws: Workspace) -> dict[str, float]:
     """Top-1, group accuracies, mean Kendall tau and distance correlation on ``data``."""
     loader = TensorLoader.for_evaluation(
         data, 1000, device=ws.device, channels_last=getattr(ws, "channels_last", False)
@@ -164,7 +162,7 @@ def evaluate_student(
         result[f"acc_{name}"] = group_accuracy(out.logits, out.labels, group) if group else math.nan
     tau = kendall_tau(teacher.logits.cpu(), out.logits).nanmean() if ws.shared_classes else None
     result["kendall_tau"] = math.nan if tau is None else float(tau)
-    per_class = min(seed_batch, int(data.class_counts().min()))
+    per_class = min(DIST_CORR_PER_CLASS, int(data.class_counts().min()))
     rows = sample_per_class(data.labels, per_class, seed=0, num_classes=data.num_classes)
     result["dist_corr"] = distance_matrix_correlation(
         teacher.features.cpu()[rows], out.features[rows]
@@ -398,10 +396,3 @@ def run_settings(
         return
     for index, job in jobs:
         record(job, *run_job(job, workspaces[index]))  # the module's (patchable) run_job
-
-
-def run_setting(
-    ws: Workspace, methods: Sequence[str], store: ResultStore, progress: Progress
-) -> None:
-    """Every method of ``methods`` on every seed of ``ws``'s setting, at its paper defaults."""
-    run_settings([ws], methods, store, progress)

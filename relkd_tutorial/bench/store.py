@@ -62,40 +62,52 @@ def _fmt(value: Any) -> Any:
     return value
 
 
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _float(text: str | None) -> float:
+    return float(text) if text else math.nan
+
+
 def read_runs(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``runs.csv``: numeric columns as floats (NaN for empty), seed as int or None."""
     path = Path(path)
-    if not path.exists():
-        return []
-    _repair_tail(path)
-    rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("key"):
-                row.update({c: float(row[c]) if row.get(c) else math.nan for c in NUMERIC_COLUMNS})
-                row["seed"] = int(row["seed"]) if row.get("seed") else None
-                rows.append(row)
+    if path.exists():
+        _repair_tail(path)
+    rows = [row for row in _read_csv(path) if row.get("key")]
+    for row in rows:
+        row.update({c: _float(row.get(c)) for c in NUMERIC_COLUMNS})
+        row["seed"] = int(row["seed"]) if row.get("seed") else None
     return rows
 
 
-def latest_specs(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """For each setting, the spec (configuration fingerprint) of its most recently written row."""
-    return {r["setting"]: r["spec"] for r in rows}
+def read_histories(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """``histories.csv`` as ``{run key: [epoch records]}`` (``key`` and ``stage`` as text)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for raw in _read_csv(Path(path)):
+        record = {k: v if k in ("key", "stage") else _float(v) for k, v in raw.items()}
+        out.setdefault(raw["key"], []).append(record)
+    return out
 
 
 def select_rows(
     rows: Sequence[dict[str, Any]], specs: Iterable[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Rows of the given specs (default: the latest spec of each setting)."""
-    keep = set(specs) if specs is not None else set(latest_specs(rows).values())
+    """Rows of the given specs (default: each setting's latest, the spec of its last row)."""
+    latest = {r["setting"]: r["spec"] for r in rows}.values()
+    keep = set(latest if specs is None else specs)
     return [r for r in rows if r["spec"] in keep]
 
 
 RESULTS_ENV = "RELKD_RESULTS_DIR"
 
 
-def find_results_dir(start: str | Path | None = None, name: str = "results") -> Path:
-    """The committed results folder holding ``runs.csv``: ``$RELKD_RESULTS_DIR``, else ``name``
+def find_results_dir(start: str | Path | None = None) -> Path:
+    """The committed results folder holding ``runs.csv``: ``$RELKD_RESULTS_DIR``, else ``results``
     in ``start`` (default: the current directory) or above it, else the source checkout's
     ``results/``; :class:`FileNotFoundError` names every place searched."""
     override = os.environ.get(RESULTS_ENV, "").strip()
@@ -109,13 +121,13 @@ def find_results_dir(start: str | Path | None = None, name: str = "results") -> 
             )
         return folder
     here = Path.cwd() if start is None else Path(start)
-    searched = [parent / name for parent in (here.resolve(), *here.resolve().parents)]
-    checkout = Path(__file__).resolve().parents[2] / name
+    searched = [parent / "results" for parent in (here.resolve(), *here.resolve().parents)]
+    checkout = Path(__file__).resolve().parents[2] / "results"
     searched += [checkout] if checkout not in searched else []
     if found := next((c for c in searched if (c / "runs.csv").is_file()), None):
         return found
     raise FileNotFoundError(
-        f"no benchmark results folder ({name}/ holding runs.csv) in {here} or any folder above it, "
+        f"no benchmark results folder (results/ holding runs.csv) in {here} or any folder above it, "
         f"nor in this package's source checkout; searched {', '.join(str(p) for p in searched)}. "
         f"Set {RESULTS_ENV} to the folder holding runs.csv (the repository's results/), or open "
         "the notebook from inside a clone of the repository"

@@ -33,13 +33,13 @@ import torch
 from ..data import TensorLoader
 from ..training import fit
 from ..training.checkpoint import _atomic_write
-from .parallel import WorkspaceRef, load, spawn_pool, workspace_refs
+from .parallel import spawn_pool
 from .recipes import FORMAT, RECIPES_FILE
 from .runner import _clock, applicable, run_parts
-from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_defaults, method_space
+from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_space
 from .settings import Setting, describe_params, label
 from .store import cpu_info, git_commit
-from .workspace import Workspace, prepare_workspaces
+from .workspace import Workspace, WorkspaceRef, load, prepare_workspaces
 
 
 def extra_trials(trials: int) -> int:
@@ -105,16 +105,16 @@ def prepare_study(study: Any, knobs: dict[str, Knob]) -> None:
         study.enqueue_trial({k: v.default for k, v in knobs.items()}, skip_if_exists=True)
 
 
-def _round_of(study: Any) -> int:
-    return next(r for r in itertools.count() if f"space_{r + 1}" not in study.user_attrs)
-
-
-def _knobs_at(study: Any, knobs: dict[str, Knob], r: int) -> dict[str, Knob]:
+def _current_round(study: Any, method: str, trials: int) -> tuple[int, dict[str, Knob], int]:
+    """``(r, knobs, target)``: the study's round (how many times its ranges grew), its knobs at
+    that round's ranges and the trials it gets by then."""
+    r = next(r for r in itertools.count() if f"space_{r + 1}" not in study.user_attrs)
     ranges = study.user_attrs.get(f"space_{r}", {})
-    return {
+    knobs = {
         k: replace(v, low=ranges[k][0], high=ranges[k][1]) if k in ranges else v
-        for k, v in knobs.items()
+        for k, v in (method_space(method) or {}).items()
     }
+    return r, knobs, trials + r * extra_trials(trials)
 
 
 def _states(*names: str) -> tuple:
@@ -251,12 +251,9 @@ def edges(best: Any, knobs: dict[str, Knob]) -> dict[str, str]:
 
 def tune_study(study: Any, ws: Workspace, method: str, trials: int, log: Callable) -> bool:
     """Run this worker's share of one study; returns whether it ran a trial or grew a range."""
-    first = method_space(method) or {}
     did = False
     while True:
-        r = _round_of(study)
-        knobs = _knobs_at(study, first, r)
-        target = trials + r * extra_trials(trials)
+        r, knobs, target = _current_round(study, method, trials)
         objective = make_objective(ws, method, knobs, SELECTION_SEEDS, r, target, log)
         while _count(study, "COMPLETE", "PRUNED", "RUNNING") < target:
             study.optimize(objective, n_trials=1, catch=())
@@ -330,10 +327,8 @@ def add_arguments(parser: Any) -> None:
 
 def recipe_entry(study: Any, method: str, trials: int) -> dict[str, Any] | None:
     """A study's recipe: the chosen params, the ranges, the score, the extensions, the edges."""
-    first = method_space(method) or {}
-    r = _round_of(study)
-    knobs = _knobs_at(study, first, r)
-    chosen = selected_trials(study, trials + r * extra_trials(trials))
+    r, knobs, target = _current_round(study, method, trials)
+    chosen = selected_trials(study, target)
     best = best_trial(chosen)
     if best is None:
         return None
@@ -371,11 +366,7 @@ def write_recipes(path: str | Path, settings: dict[str, dict[str, Any]], invocat
 
 def tunable(methods: Sequence[str], ws: Workspace) -> list[str]:
     """The methods with something to tune (CE has nothing) that can run in ``ws``'s setting."""
-    return [
-        m
-        for m in methods
-        if method_space(m) and method_defaults(m) is not None and applicable(m, ws) is None
-    ]
+    return [m for m in methods if method_space(m) and applicable(m, ws) is None]
 
 
 #: The settings ``--tune`` tunes by default (the main job's tuned comparison reads them).
@@ -408,7 +399,7 @@ def main_tune(
             print(f"  {args.trials} trials per method x {len(SELECTION_SEEDS)} selection seeds "
                   f"(+ {extra_trials(args.trials)} per range that grows)")  # fmt: skip
         return 0
-    workspaces, paths = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
+    workspaces, refs = prepare_workspaces(settings.values(), out_dir, device, args.teacher)
     storage_url = args.storage or str(out_dir / "tuning.journal")
     recipes = Path(args.recipes) if args.recipes else (
         out_dir / "recipes.json" if fast else RECIPES_FILE
@@ -429,8 +420,9 @@ def main_tune(
         flush=True,
     )
     tic = time.perf_counter()
-    job = TuneJob(workspace_refs(paths, workspaces), tuple(wanted), args.trials, storage_url,
-                  args.prune, torch.get_num_threads())  # fmt: skip
+    job = TuneJob(
+        refs, tuple(wanted), args.trials, storage_url, args.prune, torch.get_num_threads()
+    )
     try:
         if jobs == 1:
             _work(job, workspaces)

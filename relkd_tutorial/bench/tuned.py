@@ -162,8 +162,7 @@ def precision_cost_sentence(
     need = next(k for k in itertools.count(2) if t_quantile(q, k - 1) * sd / math.sqrt(k) <= target)
     ok = verdict.finished(rows, setting)
     methods = {r["method"] for r in ok}
-    seconds = [r["seconds"] for r in ok if not math.isnan(r["seconds"])]
-    per_run = sum(seconds) / len(seconds) if seconds else math.nan
+    per_run = verdict.column_stats(ok, "seconds")[0]  # NaN without a timed run
     more = max(0, need - have) * len(methods)
     total = more * per_run
     cost = f"{total / 3600:.1f} CPU-hours" if total >= 3600 else f"{total / 60:.0f} CPU-minutes"

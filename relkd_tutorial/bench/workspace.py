@@ -10,6 +10,7 @@ never used. Later invocations and every ``--jobs`` worker load it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -395,13 +396,32 @@ def prepare_workspace(
     return workspace_path(ws, directory)
 
 
+@dataclass(frozen=True)
+class WorkspaceRef:
+    """What a worker process needs to load a prepared workspace (:func:`load`): its file, the
+    setting, the layout, the device."""
+
+    path: str
+    setting: Setting
+    channels_last: bool
+    device: str
+
+
+@functools.cache
+def load(ref: WorkspaceRef) -> Workspace:
+    """The workspace saved at ``ref.path`` (:func:`load_workspace`), once a process."""
+    return load_workspace(ref.path, ref.device, ref.setting, ref.channels_last)
+
+
 def prepare_workspaces(
     settings: Iterable[Setting], out_dir: Path, device: torch.device, teacher: str | None = None
-) -> tuple[list[Workspace], list[Path]]:
+) -> tuple[list[Workspace], tuple[WorkspaceRef, ...]]:
     """Every setting's workspace (:func:`build_workspace`), prepared in :func:`cache_dir`, and
-    its file (what a worker process loads)."""
-    workspaces, paths = [], []
+    the :class:`WorkspaceRef` of its file (what a worker process loads)."""
+    workspaces, refs = [], []
     for s in settings:
-        workspaces.append(build_workspace(s, out_dir, device, teacher))
-        paths.append(prepare_workspace(workspaces[-1], cache_dir(out_dir)))
-    return workspaces, paths
+        ws = build_workspace(s, out_dir, device, teacher)
+        workspaces.append(ws)
+        path = prepare_workspace(ws, cache_dir(out_dir))
+        refs.append(WorkspaceRef(str(path), s, ws.channels_last, str(ws.device)))
+    return workspaces, tuple(refs)

@@ -25,7 +25,7 @@ import torch
 
 from ..bench.cli import default_preset, default_threads
 from ..bench.report import summarize_runs
-from ..bench.runner import Progress, run_setting
+from ..bench.runner import Progress, run_settings
 from ..bench.settings import (
     FASHION_SETTINGS,
     METHODS,
@@ -262,7 +262,7 @@ def benchmark_runs(
                 for method, seeds in missing.items():
                     # the fingerprint ignores seeds: a workspace over the missing seeds keeps the spec
                     part = replace(ws, setting=replace(s, seeds=tuple(seeds)))
-                    run_setting(part, [method], store, progress)
+                    run_settings([part], [method], store, progress)
                 trained = progress.trained
         found, left = found_missing()
         if left:
