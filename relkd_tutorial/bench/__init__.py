@@ -8,5 +8,14 @@ Its modules and the one-way arrows between them: ``docs/architecture.md``.
 # ruff: noqa: F401 - the imports below are the subpackage's public names
 
 from .cli import main
-from .settings import METHOD_LABELS, METHODS, PAPER_DEFAULTS, default_settings, describe_params
-from .store import read_runs
+from .settings import (
+    DEFAULT_SETTINGS,
+    METHOD_LABELS,
+    METHODS,
+    PAPER_DEFAULTS,
+    Setting,
+    default_settings,
+    describe_params,
+)
+from .store import ResultStore, read_runs
+from .workspace import teacher_fingerprint
