@@ -15,7 +15,6 @@ import contextlib
 import math
 import os
 import shutil
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -204,13 +203,12 @@ def benchmark_runs(
     cache_dir: str | Path | None = None,
     device: str = "cpu",
     train: bool = True,
-    stream: Any = None,
 ) -> Runs:
     """The benchmark's final runs of ``methods`` in a Fashion-MNIST ``setting``: committed,
     cached or trained now on ``device`` (``train=False``: :class:`MissingRunsError` instead).
     ``results_dir``: ``None`` finds it, ``False`` reads none (nor does fast mode). One row per
     (method, seed) as in ``runs.csv``, in ``methods`` order then by seed; a method that cannot run
-    in the setting gives one ``n/a`` row. Progress goes to ``stream`` (default stdout)."""
+    in the setting gives one ``n/a`` row; progress goes to stdout."""
     fast = fast_mode() if fast is None else bool(fast)
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
@@ -219,7 +217,6 @@ def benchmark_runs(
     s = protocol_setting(setting, fast=fast)
     # the paper-default arm: where tuned recipes ran beside it, on its first default_seeds seeds
     s = replace(s, seeds=s.seeds[: s.default_seeds] or s.seeds)
-    out = sys.stdout if stream is None else stream
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(fast)
     results: Path | None = None
     if not fast and results_dir is not False:
@@ -228,7 +225,7 @@ def benchmark_runs(
             raise ResultsNotFoundError(f"{results} has no runs.csv (results_dir={results_dir!r})")
         _copy_cross_task_teachers(results, cache)
     dev = resolve_device(device)
-    ws = build_workspace(s, cache, dev, log=lambda text: print(text, file=out, flush=True))
+    ws = build_workspace(s, cache, dev, log=lambda text: print(text, flush=True))
     spec = ws.spec
     committed_rows = read_runs(results / "runs.csv") if results is not None else []
     committed = _wanted(committed_rows, s.name, spec, methods, s.seeds)
@@ -236,7 +233,7 @@ def benchmark_runs(
         other = sorted({r["spec"] for r in committed_rows if r["setting"] == s.name})
         if other:
             print(f"{shown(results / 'runs.csv')} holds {s.name} runs of another configuration "
-                  f"(spec {', '.join(other)}, now {spec}); they are not used", file=out)  # fmt: skip
+                  f"(spec {', '.join(other)}, now {spec}); they are not used")  # fmt: skip
     store = ResultStore(cache)
 
     def found_missing() -> tuple[dict[tuple[str, int | None], Any], dict[str, list[int]]]:
@@ -257,8 +254,8 @@ def benchmark_runs(
             if missing:
                 count = sum(map(len, missing.values()))
                 print(f"training {count} benchmark runs of {s.name} ({s.epochs} epochs) into "
-                      f"{shown(cache)} (once per machine)", file=out, flush=True)  # fmt: skip
-                progress = Progress(total=count, stream=out)
+                      f"{shown(cache)} (once per machine)", flush=True)  # fmt: skip
+                progress = Progress(total=count)
                 for method, seeds in missing.items():
                     # the fingerprint ignores seeds: a workspace over the missing seeds keeps the spec
                     part = replace(ws, setting=replace(s, seeds=tuple(seeds)))
@@ -274,7 +271,7 @@ def benchmark_runs(
         sources[str(results / "runs.csv")] = sum(k in committed for k in keys)
     sources[str(cache / "runs.csv")] = sum(k not in committed for k in keys)
     runs = Runs(rows, s, spec, sources, trained)
-    print(runs.describe(), file=out, flush=True)
+    print(runs.describe(), flush=True)
     return runs
 
 
