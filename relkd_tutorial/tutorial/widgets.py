@@ -291,7 +291,7 @@ def rrd_sample_view(
     ``p^T(k) = softmax_k(<u, q_k> / tau_t)``, ``p^S(k) = softmax_k(<s, q_k> / tau_s)`` (inputs
     L2-normalised), ``L = KL(p^T || p^S) + H(p^T)`` (:func:`~relkd_tutorial.losses.rrd.
     rrd_decomposition`). Returns ``order``, ``p_teacher``, ``p_student`` (in that order), ``loss``,
-    ``kl``, ``entropy``, ``student_entropy``, ``effective_slots_{teacher,student}`` = ``exp(H)``,
+    ``kl``, ``entropy``, ``effective_slots_{teacher,student}`` = ``exp(H)`` of each side,
     ``tau_s``, ``tau_t``."""
     s = _as_float64("student_emb", student_emb, 1, "(d,)")
     u = _as_float64("teacher_emb", teacher_emb, 1, "(d,)")
@@ -305,7 +305,6 @@ def rrd_sample_view(
     parts = rrd_decomposition(s[None], u[None], q, tau_s, tau_t)
     p_s, p_t = (log_p[0].exp() for log_p in rrd_log_probs(s[None], u[None], q, tau_s, tau_t))
     order = torch.sort(p_t, descending=True, stable=True).indices  # (K,)
-    h_s = _entropy(p_s)
     return {
         "order": order.numpy(),
         "p_teacher": p_t[order].numpy(),
@@ -313,9 +312,8 @@ def rrd_sample_view(
         "loss": float(parts["loss"]),
         "kl": float(parts["kl"]),
         "entropy": float(parts["entropy"]),
-        "student_entropy": h_s,
         "effective_slots_teacher": math.exp(float(parts["entropy"])),
-        "effective_slots_student": math.exp(h_s),
+        "effective_slots_student": math.exp(_entropy(p_s)),
         "tau_s": tau_s,
         "tau_t": tau_t,
     }
@@ -355,8 +353,8 @@ def refilled_anchor_view(
     ``1/2 [P^T log(P^T/P^S) + (1 - P^T) log((1 - P^T)/(1 - P^S))]``. Features ``(B, D_S)``,
     ``(B, D_T)``; ``labels`` ``(B,)`` (``-1``: no triplet). Returns the arguments, ``coords``
     ``(B, 2)`` (PCA of the student's), ``positives`` / ``negatives``, per triplet ``positive``,
-    ``negative``, ``d_{ap,an}_{student,teacher}``, ``p_student``, ``p_teacher``, ``loss_terms``,
-    their mean ``loss`` (0.0 without triplets) and ``batch_triplets``."""
+    ``negative``, ``p_student``, ``p_teacher``, ``loss_terms``, their mean ``loss`` (0.0 without
+    triplets) and ``batch_triplets``."""
     f_s, f_t = check_feature_pair(student_features, teacher_features)
     b = f_s.shape[0]
     y = check_labels("labels", labels, b).cpu()
@@ -392,10 +390,6 @@ def refilled_anchor_view(
         "negatives": negatives.numpy(),
         "positive": p.numpy(),
         "negative": n.numpy(),
-        "d_ap_student": d_s[anchor, p].numpy(),
-        "d_an_student": d_s[anchor, n].numpy(),
-        "d_ap_teacher": d_t[anchor, p].numpy(),
-        "d_an_teacher": d_t[anchor, n].numpy(),
         "p_student": log_ps.exp().numpy(),
         "p_teacher": log_pt.exp().numpy(),
         "loss_terms": terms.numpy(),
