@@ -195,9 +195,8 @@ def softened_distribution(logits: object, temperature: float) -> dict[str, objec
     """One image's softened teacher distribution ``p = softmax(t / T)`` and its entropy.
 
     ``logits``: ``(C,)``; ``temperature``: ``T > 0``. Returns ``probs`` ``(C,)``, ``entropy``
-    ``H(p)`` in nats, ``max_entropy`` ``log C`` (uniform, reached as ``T -> inf``),
-    ``normalized_entropy`` ``H / log C``, ``top`` (the argmax, the same at every ``T``),
-    ``top_prob`` and ``temperature``.
+    ``H(p)`` in nats, ``max_entropy`` ``log C`` (uniform, reached as ``T -> inf``), ``top``
+    (the argmax, the same at every ``T``) and ``temperature``.
     """
     t = _as_float64("logits", logits, 1, "(C,)")
     temp = check_positive("temperature", temperature)
@@ -205,15 +204,11 @@ def softened_distribution(logits: object, temperature: float) -> dict[str, objec
     if c < 2:
         raise ValueError(f"logits need at least 2 classes, got {c}")
     p = F.softmax(t / temp, dim=0)  # (C,)
-    h = _entropy(p)
-    top = int(t.argmax())
     return {
         "probs": p.numpy(),
-        "entropy": h,
+        "entropy": _entropy(p),
         "max_entropy": math.log(c),
-        "normalized_entropy": h / math.log(c),
-        "top": top,
-        "top_prob": float(p[top]),
+        "top": int(t.argmax()),
         "temperature": temp,
     }
 
