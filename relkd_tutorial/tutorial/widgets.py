@@ -427,8 +427,8 @@ def grkd_pair_view(
     ``softplus(-(z_j - z_k) / tau)``, violated where ``z_j <= z_k``, and the loss and gradient of
     :func:`~relkd_tutorial.losses.grkd.grkd_loss`. Returns ``teacher``, ``student``,
     ``preferred``, ``violated`` (``(C, C)``, row = preferred class), ``pair_loss``, ``n_pairs``,
-    ``n_violated``, ``loss``, ``grad`` (``(C,)``, sums to 0), ``teacher_order``, ``kendall_tau``
-    (tau-b, NaN if a side is all tied), ``temperature``, ``top_k``."""
+    ``n_violated``, ``loss``, ``grad`` (``(C,)``, sums to 0), ``teacher_order`` and
+    ``kendall_tau`` (tau-b, NaN if a side is all tied)."""
     t, z = _logit_rows(teacher_logits, student_logits)  # (1, C) each
     tau = check_positive("temperature", temperature)
     c = t.shape[1]
@@ -445,8 +445,6 @@ def grkd_pair_view(
     return {
         "teacher": t[0].tolist(),
         "student": z[0].tolist(),
-        "temperature": tau,
-        "top_k": top_k,
         "preferred": preferred.numpy(),
         "violated": violated.numpy(),
         "pair_loss": pair_loss.numpy(),
