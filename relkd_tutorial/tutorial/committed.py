@@ -394,14 +394,9 @@ def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
     digits = 2 if metric in PERCENT else 3
     labels = list(dict.fromkeys(r["label"] for t in tables.values() for r in t))
     header = ["method"] + [f"{name} ({max(r['n'] for r in t)} seeds)" for name, t in tables.items()]
-    body = []
-    for name in labels:
-        cells = [name]
-        for t in tables.values():
-            r = next((r for r in t if r["label"] == name), None)
-            ok = r is not None and not math.isnan(r["mean"])
-            cells.append(_interval(r, digits, "") if ok else "n/a")
-        body.append(cells)
+    cells = {(n, r["label"]): _interval(r, digits, "") for n, t in tables.items() for r in t
+             if not math.isnan(r["mean"])}  # fmt: skip
+    body = [[m, *(cells.get((n, m), "n/a") for n in tables)] for m in labels]
     return Sentence(markdown_table(" | ".join(header), body))
 
 
@@ -419,11 +414,9 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
     pairs = list(dict.fromkeys((e["method"], e["baseline"]) for e in chosen))
     body = []
     for method, baseline in pairs:
-        cells = [_pair_label({"method": method, "baseline": baseline}, family)]
-        for name in names:
-            e = find_entry(chosen, setting=name, method=method, baseline=baseline)
-            cells.append(f"{_interval(e, digits)} {stated(e)}" if e else "")
-        body.append(cells)
+        found = [find_entry(chosen, setting=n, method=method, baseline=baseline) for n in names]
+        body.append([_pair_label({"method": method, "baseline": baseline}, family),
+                     *(f"{_interval(e, digits)} {stated(e)}" if e else "" for e in found)])  # fmt: skip
     unit = " (points)" if metric in PERCENT else ""
     first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
     return Sentence(markdown_table(" | ".join([first + unit, *names]), body))
