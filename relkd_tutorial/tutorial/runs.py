@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from ..bench.cli import default_preset, default_threads
 from ..bench.report import summarize_runs
@@ -157,23 +158,6 @@ def _missing(found: dict[tuple[str, int | None], Any], methods: Sequence[str],
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` (two kernels must not train the same runs at once)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        yield
-        return
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _threads(device: torch.device) -> Iterator[None]:
     """The benchmark's torch threads while training (one on a CPU), restored afterwards."""
     before = torch.get_num_threads()
@@ -249,7 +233,8 @@ def benchmark_runs(
                 f"committed nor cached: {missing}; call with train=True or run python -m "
                 f"relkd_tutorial.bench --settings {s.name} --methods {','.join(missing)} --out {cache}"
             )
-        with _locked(cache), _threads(dev):
+        cache.mkdir(parents=True, exist_ok=True)  # one kernel at a time trains into the cache
+        with FileLock(cache / ".lock"), _threads(dev):
             found, missing = found_missing()  # another kernel may have trained them meanwhile
             if missing:
                 count = sum(map(len, missing.values()))
