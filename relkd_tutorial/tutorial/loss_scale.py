@@ -30,6 +30,7 @@ from ..losses.refilled import centre_labels, mine_triplets
 from ..methods import SetupData, StepInputs, build_method
 from ..models import build_model
 from ..training import gradient_shares, seeded, stage_plan, term_gradient_norms
+from .plots import _titled
 
 # --- Gradient shares at initialisation
 
@@ -313,10 +314,8 @@ def plot_weight_scores(
                 color=f"C{i % 10}", ls="-" if i < 10 else "--", label=METHOD_LABELS.get(m, m))  # fmt: skip
     ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
     ax.set_xscale("log")
-    ax.set_xlabel("loss-weight multiplier (x the paper default; log scale)")
-    ax.set_ylabel("validation top-1 %")
-    if title:
-        ax.set_title(title)
+    xlabel = "loss-weight multiplier (x the paper default; log scale)"
+    _titled(ax, title, xlabel, "validation top-1 %")
 
 
 def plot_rank_view(
