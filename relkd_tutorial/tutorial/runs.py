@@ -149,14 +149,6 @@ def _wanted(rows: Sequence[dict[str, Any]], setting: str, spec: str, methods: Se
     return out
 
 
-def _missing(found: dict[tuple[str, int | None], Any], methods: Sequence[str],
-             seeds: Sequence[int]) -> dict[str, list[int]]:  # fmt: skip
-    gaps = {
-        m: [s for s in seeds if (m, s) not in found] for m in methods if (m, None) not in found
-    }  # fmt: skip (n/a there: nothing to train)
-    return {m: gap for m, gap in gaps.items() if gap}
-
-
 @contextlib.contextmanager
 def _threads(device: torch.device) -> Iterator[None]:
     """The benchmark's torch threads while training (one on a CPU), restored afterwards."""
@@ -221,8 +213,11 @@ def benchmark_runs(
     store = ResultStore(cache)
 
     def found_missing() -> tuple[dict[tuple[str, int | None], Any], dict[str, list[int]]]:
+        # a committed row wins over the cache's; a method with an n/a row has nothing to train
         found = {**_wanted(store.rows(), s.name, spec, methods, s.seeds), **committed}
-        return found, _missing(found, methods, s.seeds)  # a committed row wins over the cache's
+        gaps = {m: [x for x in s.seeds if (m, x) not in found]
+                for m in methods if (m, None) not in found}  # fmt: skip
+        return found, {m: gap for m, gap in gaps.items() if gap}
 
     found, missing = found_missing()
     trained = 0
