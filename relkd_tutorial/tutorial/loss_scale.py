@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -88,13 +89,10 @@ def initial_gradient_shares(
                 per_seed.setdefault((row, name, stage), []).append(
                     {"norms": norms, "shares": gradient_shares(norms)}
                 )
-
-    def mean(results: list[dict[str, Any]], key: str, term: str) -> float:
-        return math.fsum(r[key][term] for r in results) / len(results)
-
     return [
-        {"label": row, "method": name, "term": term, "share": mean(results, "shares", term),
-         "norm": mean(results, "norms", term)}
+        {"label": row, "method": name, "term": term,
+         "share": fmean(r["shares"][term] for r in results),
+         "norm": fmean(r["norms"][term] for r in results)}
         for (row, name, _), results in per_seed.items() for term in results[0]["norms"]
     ]  # fmt: skip
 
