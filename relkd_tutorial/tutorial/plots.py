@@ -137,8 +137,7 @@ def plot_image_grid(
         for j in range(per_class):
             ax = axes[k, j]
             ax.set(xticks=[], yticks=[])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            ax.spines[:].set_visible(False)
             if j < len(picked):
                 ax.imshow(x[picked[j]], cmap="gray_r")
         axes[k, 0].set_ylabel(class_names[k], rotation=0, ha="right", va="center", fontsize=9)
