@@ -162,14 +162,6 @@ def _threads(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _copy_cross_task_teachers(results: Path, cache: Path) -> None:
-    """Reuse a committed cross-task teacher (trained once) instead of training it again."""
-    cache.mkdir(parents=True, exist_ok=True)
-    for src in results.glob("cross_task_teacher_*"):
-        if src.suffix in (".pt", ".json") and not (cache / src.name).exists():
-            shutil.copy2(src, cache / src.name)
-
-
 def benchmark_runs(
     setting: str = "transfer",
     methods: Sequence[str] = ("ce", "kd"),
@@ -199,7 +191,10 @@ def benchmark_runs(
         results = find_results_dir() if results_dir in (None, True) else Path(results_dir)
         if not (results / "runs.csv").is_file():
             raise ResultsNotFoundError(f"{results} has no runs.csv (results_dir={results_dir!r})")
-        _copy_cross_task_teachers(results, cache)
+        cache.mkdir(parents=True, exist_ok=True)
+        for src in results.glob("cross_task_teacher_*"):  # a committed one, not trained again
+            if src.suffix in (".pt", ".json") and not (cache / src.name).exists():
+                shutil.copy2(src, cache / src.name)
     dev = resolve_device(device)
     ws = build_workspace(s, cache, dev, log=lambda text: print(text, flush=True))
     spec = ws.spec
