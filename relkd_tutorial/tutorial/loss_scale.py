@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, geometric_mean
 from typing import Any
 
 import torch
@@ -118,13 +118,11 @@ def weight_multiplier(method: str, params: Mapping[str, float]) -> float:
     defaults = method_defaults(method) or {}
     if not knobs or any(k not in defaults for k in knobs):
         raise ValueError(f"method {method!r} has no tuned loss weight (knobs: {knobs})")
-    logs = []
-    for k in knobs:
-        value = float(params.get(k, defaults[k]))
+    values = {k: float(params.get(k, defaults[k])) for k in knobs}
+    for k, value in values.items():
         if not value > 0:
             raise ValueError(f"{method}: weight {k}={value} must be positive")
-        logs.append(math.log(value / defaults[k]))
-    return math.exp(math.fsum(logs) / len(logs))
+    return geometric_mean(values[k] / defaults[k] for k in knobs)
 
 
 def trial_rows(path: str | Path, setting: str | None = None) -> list[dict[str, Any]]:
