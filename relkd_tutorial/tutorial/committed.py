@@ -201,22 +201,22 @@ def committed_ablation(
     spec = _spec(s, folder / "cache")
     variants = ablation_variants(method)
     command = f"python -m relkd_tutorial.bench --ablation {method} --out results/{method}-ablation"
-    best: tuple[list[dict[str, Any]], Path | None, int] = ([], None, 0)
+    rows: list[dict[str, Any]] = []
+    source, stale = None, 0
     for where in (folder / f"{method}-ablation", folder):
-        rows, source = _rows(where)
-        mine = [r for r in rows if r["phase"] == "ablation" and r["method"] == method]
+        found, path = _rows(where)
+        mine = [r for r in found if r["phase"] == "ablation" and r["method"] == method]
         current = [r for r in mine if r["spec"] == spec and r["eval_split"] == "val"]
         if current:
-            best = (current, source, len(mine) - len(current))
+            rows, source, stale = current, path, len(mine) - len(current)
             break
-        if mine and not best[0]:  # an earlier protocol's ablation (any split), shown as such
+        if mine and not rows:  # an earlier protocol's ablation (any split), shown as such
             older = _shown_spec(mine, spec)
-            best = ([r for r in mine if r["spec"] == older], source, 0)
-    shown_spec = best[0][0]["spec"] if best[0] else spec
+            rows, source = [r for r in mine if r["spec"] == older], path
     return CommittedSetting(
-        name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=shown_spec, rows=best[0],
-        expected=len(variants) * len(ablation_seeds(s.seeds)), stale=best[2], command=command, source=best[1],
-        protocol_spec=spec, split="val",
+        name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=rows[0]["spec"] if rows else spec,
+        rows=rows, expected=len(variants) * len(ablation_seeds(s.seeds)), stale=stale, command=command,
+        source=source, protocol_spec=spec, split="val",
     )  # fmt: skip
 
 
