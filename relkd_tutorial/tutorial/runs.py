@@ -153,9 +153,7 @@ def _wanted(rows: Sequence[dict[str, Any]], setting: str, spec: str, methods: Se
 def _threads(device: torch.device) -> Iterator[None]:
     """The benchmark's torch threads while training (one on a CPU), restored afterwards."""
     before = torch.get_num_threads()
-    wanted = default_threads(device, None)
-    if wanted is not None:
-        torch.set_num_threads(wanted)
+    torch.set_num_threads(default_threads(device, None) or before)  # None (a GPU): torch's own
     try:
         yield
     finally:
