@@ -479,8 +479,5 @@ def ranking_loss_gradients(
         "soft pairwise": lambda zz, tt: soft_pairwise_rank_loss(zz, tt, tau, tau),
         "listwise": lambda zz, tt: listwise_rank_loss(zz, tt, tau),
     }
-    out = {}
-    for name in RANKING_LOSSES:
-        loss, grad = _loss_and_grad(losses[name], z, t)
-        out[name] = {"loss": loss, "grad": grad}
-    return out
+    results = {name: _loss_and_grad(losses[name], z, t) for name in RANKING_LOSSES}
+    return {name: {"loss": loss, "grad": grad} for name, (loss, grad) in results.items()}
