@@ -201,22 +201,22 @@ def committed_ablation(
     spec = _spec(s, folder / "cache")
     variants = ablation_variants(method)
     command = f"python -m relkd_tutorial.bench --ablation {method} --out results/{method}-ablation"
-    best: tuple[list[dict[str, Any]], Path | None, int] = ([], None, 0)
+    rows: list[dict[str, Any]] = []
+    source, stale = None, 0
     for where in (folder / f"{method}-ablation", folder):
-        rows, source = _rows(where)
-        mine = [r for r in rows if r["phase"] == "ablation" and r["method"] == method]
+        found, path = _rows(where)
+        mine = [r for r in found if r["phase"] == "ablation" and r["method"] == method]
         current = [r for r in mine if r["spec"] == spec and r["eval_split"] == "val"]
         if current:
-            best = (current, source, len(mine) - len(current))
+            rows, source, stale = current, path, len(mine) - len(current)
             break
-        if mine and not best[0]:  # an earlier protocol's ablation (any split), shown as such
+        if mine and not rows:  # an earlier protocol's ablation (any split), shown as such
             older = _shown_spec(mine, spec)
-            best = ([r for r in mine if r["spec"] == older], source, 0)
-    shown_spec = best[0][0]["spec"] if best[0] else spec
+            rows, source = [r for r in mine if r["spec"] == older], path
     return CommittedSetting(
-        name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=shown_spec, rows=best[0],
-        expected=len(variants) * len(ablation_seeds(s.seeds)), stale=best[2], command=command, source=best[1],
-        protocol_spec=spec, split="val",
+        name=f"{ABLATION_SETTING} ({method} ablation)", setting=s, spec=rows[0]["spec"] if rows else spec,
+        rows=rows, expected=len(variants) * len(ablation_seeds(s.seeds)), stale=stale, command=command,
+        source=source, protocol_spec=spec, split="val",
     )  # fmt: skip
 
 
@@ -305,7 +305,7 @@ def committed_student(
     seeds = tuple(sorted({r["seed"] for r in rows if r["status"] == "ok"})) or s.seeds
     s = replace(s, student=student, seeds=seeds)
     spec = _spec(s, where / "cache") if rows else ""
-    mine = [r for r in arm_rows(rows, recipes_of_meta(read_meta(where)), "tuned")
+    mine = [r for r in arm_rows(rows, recipes_of_meta(meta), "tuned")
             if r["setting"] == "transfer" and r["phase"] == "final"]  # fmt: skip
     return _committed(
         mine, spec, name=f"transfer, `{student}`", setting=s, expected=_expected_runs(s),
@@ -394,14 +394,9 @@ def means_table(rows_by_setting: Mapping[str, Sequence[dict[str, Any]]],
     digits = 2 if metric in PERCENT else 3
     labels = list(dict.fromkeys(r["label"] for t in tables.values() for r in t))
     header = ["method"] + [f"{name} ({max(r['n'] for r in t)} seeds)" for name, t in tables.items()]
-    body = []
-    for name in labels:
-        cells = [name]
-        for t in tables.values():
-            r = next((r for r in t if r["label"] == name), None)
-            ok = r is not None and not math.isnan(r["mean"])
-            cells.append(_interval(r, digits, "") if ok else "n/a")
-        body.append(cells)
+    cells = {(n, r["label"]): _interval(r, digits, "") for n, t in tables.items() for r in t
+             if not math.isnan(r["mean"])}  # fmt: skip
+    body = [[m, *(cells.get((n, m), "n/a") for n in tables)] for m in labels]
     return Sentence(markdown_table(" | ".join(header), body))
 
 
@@ -419,11 +414,9 @@ def family_table(entries: Sequence[dict[str, Any]], family: str, metric: str = "
     pairs = list(dict.fromkeys((e["method"], e["baseline"]) for e in chosen))
     body = []
     for method, baseline in pairs:
-        cells = [_pair_label({"method": method, "baseline": baseline}, family)]
-        for name in names:
-            e = find_entry(chosen, setting=name, method=method, baseline=baseline)
-            cells.append(f"{_interval(e, digits)} {stated(e)}" if e else "")
-        body.append(cells)
+        found = [find_entry(chosen, setting=n, method=method, baseline=baseline) for n in names]
+        body.append([_pair_label({"method": method, "baseline": baseline}, family),
+                     *(f"{_interval(e, digits)} {stated(e)}" if e else "" for e in found)])  # fmt: skip
     unit = " (points)" if metric in PERCENT else ""
     first = "comparison" if family not in ("kd", "ce") else f"method vs {family.upper()}"
     return Sentence(markdown_table(" | ".join([first + unit, *names]), body))

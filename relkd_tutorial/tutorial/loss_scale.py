@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from statistics import fmean, geometric_mean
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from ..losses.refilled import centre_labels, mine_triplets
 from ..methods import SetupData, StepInputs, build_method
 from ..models import build_model
 from ..training import gradient_shares, seeded, stage_plan, term_gradient_norms
+from .plots import _titled
 
 # --- Gradient shares at initialisation
 
@@ -87,13 +89,10 @@ def initial_gradient_shares(
                 per_seed.setdefault((row, name, stage), []).append(
                     {"norms": norms, "shares": gradient_shares(norms)}
                 )
-
-    def mean(results: list[dict[str, Any]], key: str, term: str) -> float:
-        return math.fsum(r[key][term] for r in results) / len(results)
-
     return [
-        {"label": row, "method": name, "term": term, "share": mean(results, "shares", term),
-         "norm": mean(results, "norms", term)}
+        {"label": row, "method": name, "term": term,
+         "share": fmean(r["shares"][term] for r in results),
+         "norm": fmean(r["norms"][term] for r in results)}
         for (row, name, _), results in per_seed.items() for term in results[0]["norms"]
     ]  # fmt: skip
 
@@ -119,13 +118,11 @@ def weight_multiplier(method: str, params: Mapping[str, float]) -> float:
     defaults = method_defaults(method) or {}
     if not knobs or any(k not in defaults for k in knobs):
         raise ValueError(f"method {method!r} has no tuned loss weight (knobs: {knobs})")
-    logs = []
-    for k in knobs:
-        value = float(params.get(k, defaults[k]))
+    values = {k: float(params.get(k, defaults[k])) for k in knobs}
+    for k, value in values.items():
         if not value > 0:
             raise ValueError(f"{method}: weight {k}={value} must be positive")
-        logs.append(math.log(value / defaults[k]))
-    return math.exp(math.fsum(logs) / len(logs))
+    return geometric_mean(values[k] / defaults[k] for k in knobs)
 
 
 def trial_rows(path: str | Path, setting: str | None = None) -> list[dict[str, Any]]:
@@ -313,10 +310,8 @@ def plot_weight_scores(
                 color=f"C{i % 10}", ls="-" if i < 10 else "--", label=METHOD_LABELS.get(m, m))  # fmt: skip
     ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
     ax.set_xscale("log")
-    ax.set_xlabel("loss-weight multiplier (x the paper default; log scale)")
-    ax.set_ylabel("validation top-1 %")
-    if title:
-        ax.set_title(title)
+    xlabel = "loss-weight multiplier (x the paper default; log scale)"
+    _titled(ax, title, xlabel, "validation top-1 %")
 
 
 def plot_rank_view(

@@ -137,8 +137,7 @@ def plot_image_grid(
         for j in range(per_class):
             ax = axes[k, j]
             ax.set(xticks=[], yticks=[])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
+            ax.spines[:].set_visible(False)
             if j < len(picked):
                 ax.imshow(x[picked[j]], cmap="gray_r")
         axes[k, 0].set_ylabel(class_names[k], rotation=0, ha="right", va="center", fontsize=9)
@@ -159,9 +158,8 @@ def plot_class_counts(
             raise ValueError(f"counts[{split!r}] has {v.shape[0]} entries for {c} classes")
         ax.bar(np.arange(c) + (s - (len(counts) - 1) / 2) * width, v, width, label=split)
     ax.set_xticks(range(c), class_names, rotation=45, ha="right")
-    ax.set_ylabel("images")
     ax.legend()
-    return _titled(ax, title)
+    return _titled(ax, title, None, "images")
 
 
 # --- 01 KD --------------------------------------------------------------------------------------
@@ -183,12 +181,9 @@ def plot_soft_targets(
         bars[int(true_class)].set_linewidth(2)
     ax.set_ylim(0, 1)
     ax.set_xticks(range(p.shape[0]), class_names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(r"$p^t_c = \mathrm{softmax}(z^t/T)_c$")
-    ax.set_title(
-        f"T = {view['temperature']:.3g}:  H(p) = {view['entropy']:.3f} nats "
-        f"(max log C = {view['max_entropy']:.3f})"
-    )
-    return ax
+    title = f"T = {view['temperature']:.3g}:  H(p) = {view['entropy']:.3f} nats "
+    title += f"(max log C = {view['max_entropy']:.3f})"
+    return _titled(ax, title, None, r"$p^t_c = \mathrm{softmax}(z^t/T)_c$")
 
 
 # --- 02 RKD -------------------------------------------------------------------------------------
@@ -461,6 +456,5 @@ def plot_loss_gradients(
         ax.bar(x - 0.4 + width * (i + 0.5), shown, width=width, label=f"{name} (max {scale:.3f})")
     ax.axhline(0, c="k", lw=0.5)
     ax.set_xticks(x, labels, rotation=45, ha="right", fontsize="small")
-    ax.set_ylabel(r"$-\partial L/\partial z_c$ / max")
     ax.legend(fontsize="x-small")
-    return ax
+    return _titled(ax, None, None, r"$-\partial L/\partial z_c$ / max")

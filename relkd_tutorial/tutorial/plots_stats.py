@@ -28,9 +28,12 @@ def _entries(table: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def _draw(ax: Axes, rows: Sequence[Mapping[str, Any]], colors: Sequence[str], zero: bool,
-          xlabel: str, title: str | None) -> Axes:  # fmt: skip
-    """Each row's dot and interval line (the first row on top); ``zero``: the axis includes 0."""
+          xlabel: str, title: str | None, bars: bool = False) -> Axes:  # fmt: skip
+    """Each row's dot (over a bar from zero with ``bars``) and interval line (the first row on
+    top); ``zero``: the axis includes 0."""
     ys = list(range(len(rows)))[::-1]  # the first row on top
+    if bars:
+        ax.barh(ys, [r["mean"] for r in rows], color=colors, alpha=0.35, height=0.6)
     keep = [i for i, r in enumerate(rows) if not (math.isnan(r["low"]) or math.isnan(r["high"]))]
     lines = ax.hlines(
         [ys[i] for i in keep], [rows[i]["low"] for i in keep], [rows[i]["high"] for i in keep],
@@ -69,12 +72,8 @@ def plot_intervals(
         raise ValueError(f"style must be 'dot' or 'bar', got {style!r}")
     rows = _entries(table)
     colors = [color or f"C{i % 10}" for i in range(len(rows))]
-    if style == "bar":
-        ys = list(range(len(rows)))[::-1]
-        ax.barh(ys, [r["mean"] for r in rows], color=colors, alpha=0.35, height=0.6)
-    metric = getattr(table, "metric", None)
-    return _draw(ax, rows, colors, style == "bar" or zero,
-                 xlabel or METRIC_LABELS.get(metric, "mean"), title)  # fmt: skip
+    xlabel = xlabel or METRIC_LABELS.get(getattr(table, "metric", None), "mean")
+    return _draw(ax, rows, colors, style == "bar" or zero, xlabel, title, style == "bar")
 
 
 def plot_paired(

@@ -96,27 +96,18 @@ def _after_reference(masked_line: str, start: int) -> bool:
     return bool(before) and before.group(1).lower() in ALLOWED_BEFORE_DECIMAL
 
 
-def _decimal_allowed(masked_line: str, m: re.Match[str]) -> bool:
-    if m.group(0).count(".") >= 2:  # a version or a section: 2.14.1, 3.2.1
-        return True
-    return _after_reference(masked_line, m.start())
-
-
 def _line_findings(masked: str, original: str, line_no: int) -> list[Finding]:
     found: list[Finding] = []
     taken: list[tuple[int, int]] = []
-    for reason, pattern in _RULES:
+    for reason, pattern in (*_RULES, ("decimal number", _DECIMAL)):
         for m in pattern.finditer(masked):
-            if any(a < m.end() and m.start() < b for a, b in taken):
+            version = pattern is _DECIMAL and m.group(0).count(".") >= 2  # 2.14.1, section 3.2.1
+            if version or any(a < m.end() and m.start() < b for a, b in taken):
                 continue
             if _after_reference(masked, m.start()):
                 continue
             taken.append((m.start(), m.end()))
             found.append(Finding(line_no, original, m.group(0).strip(), reason))
-    for m in _DECIMAL.finditer(masked):
-        if any(a < m.end() and m.start() < b for a, b in taken) or _decimal_allowed(masked, m):
-            continue
-        found.append(Finding(line_no, original, m.group(0), "decimal number"))
     return sorted(found, key=lambda f: original.find(f.match))
 
 

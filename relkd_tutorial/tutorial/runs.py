@@ -15,13 +15,13 @@ import contextlib
 import math
 import os
 import shutil
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from ..bench.cli import default_preset, default_threads
 from ..bench.report import summarize_runs
@@ -149,50 +149,15 @@ def _wanted(rows: Sequence[dict[str, Any]], setting: str, spec: str, methods: Se
     return out
 
 
-def _missing(found: dict[tuple[str, int | None], Any], methods: Sequence[str],
-             seeds: Sequence[int]) -> dict[str, list[int]]:  # fmt: skip
-    gaps = {
-        m: [s for s in seeds if (m, s) not in found] for m in methods if (m, None) not in found
-    }  # fmt: skip (n/a there: nothing to train)
-    return {m: gap for m, gap in gaps.items() if gap}
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` (two kernels must not train the same runs at once)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        yield
-        return
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @contextlib.contextmanager
 def _threads(device: torch.device) -> Iterator[None]:
     """The benchmark's torch threads while training (one on a CPU), restored afterwards."""
     before = torch.get_num_threads()
-    wanted = default_threads(device, None)
-    if wanted is not None:
-        torch.set_num_threads(wanted)
+    torch.set_num_threads(default_threads(device, None) or before)  # None (a GPU): torch's own
     try:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _copy_cross_task_teachers(results: Path, cache: Path) -> None:
-    """Reuse a committed cross-task teacher (trained once) instead of training it again."""
-    cache.mkdir(parents=True, exist_ok=True)
-    for src in results.glob("cross_task_teacher_*"):
-        if src.suffix in (".pt", ".json") and not (cache / src.name).exists():
-            shutil.copy2(src, cache / src.name)
 
 
 def benchmark_runs(
@@ -204,13 +169,12 @@ def benchmark_runs(
     cache_dir: str | Path | None = None,
     device: str = "cpu",
     train: bool = True,
-    stream: Any = None,
 ) -> Runs:
     """The benchmark's final runs of ``methods`` in a Fashion-MNIST ``setting``: committed,
     cached or trained now on ``device`` (``train=False``: :class:`MissingRunsError` instead).
     ``results_dir``: ``None`` finds it, ``False`` reads none (nor does fast mode). One row per
     (method, seed) as in ``runs.csv``, in ``methods`` order then by seed; a method that cannot run
-    in the setting gives one ``n/a`` row. Progress goes to ``stream`` (default stdout)."""
+    in the setting gives one ``n/a`` row; progress goes to stdout."""
     fast = fast_mode() if fast is None else bool(fast)
     methods = list(dict.fromkeys(methods))
     unknown = [m for m in methods if m not in METHODS]
@@ -219,16 +183,18 @@ def benchmark_runs(
     s = protocol_setting(setting, fast=fast)
     # the paper-default arm: where tuned recipes ran beside it, on its first default_seeds seeds
     s = replace(s, seeds=s.seeds[: s.default_seeds] or s.seeds)
-    out = sys.stdout if stream is None else stream
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir(fast)
     results: Path | None = None
     if not fast and results_dir is not False:
         results = find_results_dir() if results_dir in (None, True) else Path(results_dir)
         if not (results / "runs.csv").is_file():
             raise ResultsNotFoundError(f"{results} has no runs.csv (results_dir={results_dir!r})")
-        _copy_cross_task_teachers(results, cache)
+        cache.mkdir(parents=True, exist_ok=True)
+        for src in results.glob("cross_task_teacher_*"):  # a committed one, not trained again
+            if src.suffix in (".pt", ".json") and not (cache / src.name).exists():
+                shutil.copy2(src, cache / src.name)
     dev = resolve_device(device)
-    ws = build_workspace(s, cache, dev, log=lambda text: print(text, file=out, flush=True))
+    ws = build_workspace(s, cache, dev, log=lambda text: print(text, flush=True))
     spec = ws.spec
     committed_rows = read_runs(results / "runs.csv") if results is not None else []
     committed = _wanted(committed_rows, s.name, spec, methods, s.seeds)
@@ -236,12 +202,15 @@ def benchmark_runs(
         other = sorted({r["spec"] for r in committed_rows if r["setting"] == s.name})
         if other:
             print(f"{shown(results / 'runs.csv')} holds {s.name} runs of another configuration "
-                  f"(spec {', '.join(other)}, now {spec}); they are not used", file=out)  # fmt: skip
+                  f"(spec {', '.join(other)}, now {spec}); they are not used")  # fmt: skip
     store = ResultStore(cache)
 
     def found_missing() -> tuple[dict[tuple[str, int | None], Any], dict[str, list[int]]]:
+        # a committed row wins over the cache's; a method with an n/a row has nothing to train
         found = {**_wanted(store.rows(), s.name, spec, methods, s.seeds), **committed}
-        return found, _missing(found, methods, s.seeds)  # a committed row wins over the cache's
+        gaps = {m: [x for x in s.seeds if (m, x) not in found]
+                for m in methods if (m, None) not in found}  # fmt: skip
+        return found, {m: gap for m, gap in gaps.items() if gap}
 
     found, missing = found_missing()
     trained = 0
@@ -252,13 +221,14 @@ def benchmark_runs(
                 f"committed nor cached: {missing}; call with train=True or run python -m "
                 f"relkd_tutorial.bench --settings {s.name} --methods {','.join(missing)} --out {cache}"
             )
-        with _locked(cache), _threads(dev):
+        cache.mkdir(parents=True, exist_ok=True)  # one kernel at a time trains into the cache
+        with FileLock(cache / ".lock"), _threads(dev):
             found, missing = found_missing()  # another kernel may have trained them meanwhile
             if missing:
                 count = sum(map(len, missing.values()))
                 print(f"training {count} benchmark runs of {s.name} ({s.epochs} epochs) into "
-                      f"{shown(cache)} (once per machine)", file=out, flush=True)  # fmt: skip
-                progress = Progress(total=count, stream=out)
+                      f"{shown(cache)} (once per machine)", flush=True)  # fmt: skip
+                progress = Progress(total=count)
                 for method, seeds in missing.items():
                     # the fingerprint ignores seeds: a workspace over the missing seeds keeps the spec
                     part = replace(ws, setting=replace(s, seeds=tuple(seeds)))
@@ -274,7 +244,7 @@ def benchmark_runs(
         sources[str(results / "runs.csv")] = sum(k in committed for k in keys)
     sources[str(cache / "runs.csv")] = sum(k not in committed for k in keys)
     runs = Runs(rows, s, spec, sources, trained)
-    print(runs.describe(), file=out, flush=True)
+    print(runs.describe(), flush=True)
     return runs
 
 

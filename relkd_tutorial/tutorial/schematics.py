@@ -228,28 +228,25 @@ def _overview(ax: Axes) -> None:
           "against the student's same quantity; orange: into the student")  # fmt: skip
 
 
-_DRAW: dict[str, Callable[[Axes], None]] = {
-    "overview": _overview,
-    "kd": lambda ax: _pipeline(ax, *_PIPELINES["kd"]),
-    "rkd": lambda ax: _pipeline(ax, *_PIPELINES["rkd"]),
-    "rrd": _rrd,
-    "refilled": _refilled,
-    "grkd": lambda ax: _pipeline(ax, *_PIPELINES["grkd"]),
-}
-_TITLES = {
-    "overview": "What a teacher can give: logits or features, per sample or as relations",
-    "kd": "KD (Hinton et al. 2015): match the softened class distributions",
-    "rkd": "RKD (Park et al. 2019): match distances and angles between samples",
-    "rrd": "RRD (Giakoumoglou & Stathaki 2024): match similarities to a memory of teacher "
-    "embeddings",
-    "refilled": "REFILLED (Ye et al. 2020): match triplet relations, then a local classifier",
-    "grkd": "GRKD (our reconstruction of Li et al. 2025): keep the teacher's class order",
-}
+_SCHEMATICS: dict[str, tuple[str, Callable[[Axes], None]]] = {  # name: (title, drawing)
+    "overview": ("What a teacher can give: logits or features, per sample or as relations",
+                 _overview),
+    "kd": ("KD (Hinton et al. 2015): match the softened class distributions",
+           lambda ax: _pipeline(ax, *_PIPELINES["kd"])),
+    "rkd": ("RKD (Park et al. 2019): match distances and angles between samples",
+            lambda ax: _pipeline(ax, *_PIPELINES["rkd"])),
+    "rrd": ("RRD (Giakoumoglou & Stathaki 2024): match similarities to a memory of teacher "
+            "embeddings", _rrd),
+    "refilled": ("REFILLED (Ye et al. 2020): match triplet relations, then a local classifier",
+                 _refilled),
+    "grkd": ("GRKD (our reconstruction of Li et al. 2025): keep the teacher's class order",
+             lambda ax: _pipeline(ax, *_PIPELINES["grkd"])),
+}  # fmt: skip
 
 
 def available_schematics() -> list[str]:
     """The names :func:`draw_schematic` accepts."""
-    return list(_DRAW)
+    return list(_SCHEMATICS)
 
 
 def draw_schematic(method: str, ax: Axes | None = None) -> Figure:
@@ -257,7 +254,7 @@ def draw_schematic(method: str, ax: Axes | None = None) -> Figure:
     return its figure; without ``ax``, a new ``pyplot`` figure of :data:`FIGSIZE` (``plt.close``
     frees it). Texts are in points, so an ``ax`` much smaller than ``FIGSIZE`` crowds them."""
     key = method.lower() if isinstance(method, str) else None
-    if key not in _DRAW:
+    if key not in _SCHEMATICS:
         raise ValueError(
             f"unknown schematic {method!r}; choose one of {', '.join(available_schematics())}"
         )
@@ -268,8 +265,9 @@ def draw_schematic(method: str, ax: Axes | None = None) -> Figure:
         ax = fig.add_axes((0, 0, 1, 0.92))
     ax.set(xlim=(0, _W), ylim=(0, _H))
     ax.set_axis_off()
-    ax.set_title(_TITLES[key], fontsize=_FONT + 1)
-    _DRAW[key](ax)
+    title, draw = _SCHEMATICS[key]
+    ax.set_title(title, fontsize=_FONT + 1)
+    draw(ax)
     figure = ax.get_figure()
     assert isinstance(figure, Figure)
     return figure

@@ -122,13 +122,15 @@ def _short_cell(e: dict[str, Any] | None) -> str:
     return "not run" if e is None else f"{_interval(e, 2)} {stated(e)}"
 
 
-def _ablation(ablation: CommittedSetting | None) -> tuple[str, list[dict[str, Any]]] | None:
-    """The GRKD ablation's line of evidence, ``(label, comparisons)``; ``None``: not committed."""
+def _ablation(ablation: CommittedSetting | None) -> tuple[str, list[dict], list[dict]] | None:
+    """The GRKD ablation's line of evidence, ``(label, top-1 comparisons, those claimed either
+    way)``; ``None``: not committed."""
     if ablation is None or not ablation.present:
         return None
     early = ", earlier protocol" if ablation.earlier else ""
-    return (f"GRKD ablation ({_split(ablation)} split{early})",
-            ablation_comparisons(ablation.finished, MISSION_METHOD))  # fmt: skip
+    acc = select(ablation_comparisons(ablation.finished, MISSION_METHOD), metric="acc")
+    moved = [e for e in acc if stated(e) != "within noise"]
+    return f"GRKD ablation ({_split(ablation)} split{early})", acc, moved
 
 
 def _lines(bench: Benchmark, student: CommittedSetting | None
@@ -167,12 +169,12 @@ def synthesis_table(bench: Benchmark, ablation: CommittedSetting | None = None,
         other = f"vs {METHOD_LABELS[PSEUDO_LABEL_CONTROL]}: {_short_cell(pseudo)}" if pseudo else ""
         body.append([label, str(n), *(_short_cell(e) for e in mine), other])
     if abl := _ablation(ablation):  # the variants claimed either way, the rest counted
-        acc = [e for e in abl[1] if e["metric"] == "acc"]
-        moved = [f"{e['variant']} {_short_cell(e)}" for e in acc if stated(e) != "within noise"]
+        name, acc, moved = abl
         rest = len(acc) - len(moved)
-        cell = "; ".join(moved + ([f"{rest} other variants within noise"] if rest else []))
-        n = max((e["n"] for e in abl[1]), default=0)
-        body.append([abl[0], str(n), *("" for _ in MISSION_RIVALS), cell])
+        cells = [f"{e['variant']} {_short_cell(e)}" for e in moved]
+        cell = "; ".join(cells + ([f"{rest} other variants within noise"] if rest else []))
+        n = max((e["n"] for e in acc), default=0)
+        body.append([name, str(n), *("" for _ in MISSION_RIVALS), cell])
     if not body:
         raise ValueError("no line of evidence is committed")
     return Sentence(markdown_table(" | ".join(header), body))
@@ -215,10 +217,8 @@ def synthesis_sentence(bench: Benchmark, ablation: CommittedSetting | None = Non
         parts.append(say("In the first line GRKD {c} the pseudo-label control (CE on the teacher's top class over the "
                          "unlabelled images; {v} points), {m}.", c=_CLAIM_VERB[stated(pseudo)],
                          v=_interval(pseudo, 2), m=meaning))  # fmt: skip
-    abl = _ablation(ablation)
-    if abl is not None:
-        acc = [e for e in abl[1] if e["metric"] == "acc"]
-        moved = [e for e in acc if stated(e) != "within noise"]
+    if abl := _ablation(ablation):
+        _, acc, moved = abl
         scale = next((e for e in acc if e["choice"].endswith("(scale)")), None)
         text = say("Of GRKD's own choices (the ablation's {k} variants), those that move top-1 "
                    "beyond noise: {n}{w}.", k=len(acc), n=len(moved),

@@ -195,9 +195,8 @@ def softened_distribution(logits: object, temperature: float) -> dict[str, objec
     """One image's softened teacher distribution ``p = softmax(t / T)`` and its entropy.
 
     ``logits``: ``(C,)``; ``temperature``: ``T > 0``. Returns ``probs`` ``(C,)``, ``entropy``
-    ``H(p)`` in nats, ``max_entropy`` ``log C`` (uniform, reached as ``T -> inf``),
-    ``normalized_entropy`` ``H / log C``, ``top`` (the argmax, the same at every ``T``),
-    ``top_prob`` and ``temperature``.
+    ``H(p)`` in nats, ``max_entropy`` ``log C`` (uniform, reached as ``T -> inf``), ``top``
+    (the argmax, the same at every ``T``) and ``temperature``.
     """
     t = _as_float64("logits", logits, 1, "(C,)")
     temp = check_positive("temperature", temperature)
@@ -205,15 +204,11 @@ def softened_distribution(logits: object, temperature: float) -> dict[str, objec
     if c < 2:
         raise ValueError(f"logits need at least 2 classes, got {c}")
     p = F.softmax(t / temp, dim=0)  # (C,)
-    h = _entropy(p)
-    top = int(t.argmax())
     return {
         "probs": p.numpy(),
-        "entropy": h,
+        "entropy": _entropy(p),
         "max_entropy": math.log(c),
-        "normalized_entropy": h / math.log(c),
-        "top": top,
-        "top_prob": float(p[top]),
+        "top": int(t.argmax()),
         "temperature": temp,
     }
 
@@ -291,7 +286,7 @@ def rrd_sample_view(
     ``p^T(k) = softmax_k(<u, q_k> / tau_t)``, ``p^S(k) = softmax_k(<s, q_k> / tau_s)`` (inputs
     L2-normalised), ``L = KL(p^T || p^S) + H(p^T)`` (:func:`~relkd_tutorial.losses.rrd.
     rrd_decomposition`). Returns ``order``, ``p_teacher``, ``p_student`` (in that order), ``loss``,
-    ``kl``, ``entropy``, ``student_entropy``, ``effective_slots_{teacher,student}`` = ``exp(H)``,
+    ``kl``, ``entropy``, ``effective_slots_{teacher,student}`` = ``exp(H)`` of each side,
     ``tau_s``, ``tau_t``."""
     s = _as_float64("student_emb", student_emb, 1, "(d,)")
     u = _as_float64("teacher_emb", teacher_emb, 1, "(d,)")
@@ -305,7 +300,6 @@ def rrd_sample_view(
     parts = rrd_decomposition(s[None], u[None], q, tau_s, tau_t)
     p_s, p_t = (log_p[0].exp() for log_p in rrd_log_probs(s[None], u[None], q, tau_s, tau_t))
     order = torch.sort(p_t, descending=True, stable=True).indices  # (K,)
-    h_s = _entropy(p_s)
     return {
         "order": order.numpy(),
         "p_teacher": p_t[order].numpy(),
@@ -313,9 +307,8 @@ def rrd_sample_view(
         "loss": float(parts["loss"]),
         "kl": float(parts["kl"]),
         "entropy": float(parts["entropy"]),
-        "student_entropy": h_s,
         "effective_slots_teacher": math.exp(float(parts["entropy"])),
-        "effective_slots_student": math.exp(h_s),
+        "effective_slots_student": math.exp(_entropy(p_s)),
         "tau_s": tau_s,
         "tau_t": tau_t,
     }
@@ -355,8 +348,8 @@ def refilled_anchor_view(
     ``1/2 [P^T log(P^T/P^S) + (1 - P^T) log((1 - P^T)/(1 - P^S))]``. Features ``(B, D_S)``,
     ``(B, D_T)``; ``labels`` ``(B,)`` (``-1``: no triplet). Returns the arguments, ``coords``
     ``(B, 2)`` (PCA of the student's), ``positives`` / ``negatives``, per triplet ``positive``,
-    ``negative``, ``d_{ap,an}_{student,teacher}``, ``p_student``, ``p_teacher``, ``loss_terms``,
-    their mean ``loss`` (0.0 without triplets) and ``batch_triplets``."""
+    ``negative``, ``p_student``, ``p_teacher``, ``loss_terms``, their mean ``loss`` (0.0 without
+    triplets) and ``batch_triplets``."""
     f_s, f_t = check_feature_pair(student_features, teacher_features)
     b = f_s.shape[0]
     y = check_labels("labels", labels, b).cpu()
@@ -392,10 +385,6 @@ def refilled_anchor_view(
         "negatives": negatives.numpy(),
         "positive": p.numpy(),
         "negative": n.numpy(),
-        "d_ap_student": d_s[anchor, p].numpy(),
-        "d_an_student": d_s[anchor, n].numpy(),
-        "d_ap_teacher": d_t[anchor, p].numpy(),
-        "d_an_teacher": d_t[anchor, n].numpy(),
         "p_student": log_ps.exp().numpy(),
         "p_teacher": log_pt.exp().numpy(),
         "loss_terms": terms.numpy(),
@@ -438,8 +427,8 @@ def grkd_pair_view(
     ``softplus(-(z_j - z_k) / tau)``, violated where ``z_j <= z_k``, and the loss and gradient of
     :func:`~relkd_tutorial.losses.grkd.grkd_loss`. Returns ``teacher``, ``student``,
     ``preferred``, ``violated`` (``(C, C)``, row = preferred class), ``pair_loss``, ``n_pairs``,
-    ``n_violated``, ``loss``, ``grad`` (``(C,)``, sums to 0), ``teacher_order``, ``kendall_tau``
-    (tau-b, NaN if a side is all tied), ``temperature``, ``top_k``."""
+    ``n_violated``, ``loss``, ``grad`` (``(C,)``, sums to 0), ``teacher_order`` and
+    ``kendall_tau`` (tau-b, NaN if a side is all tied)."""
     t, z = _logit_rows(teacher_logits, student_logits)  # (1, C) each
     tau = check_positive("temperature", temperature)
     c = t.shape[1]
@@ -456,8 +445,6 @@ def grkd_pair_view(
     return {
         "teacher": t[0].tolist(),
         "student": z[0].tolist(),
-        "temperature": tau,
-        "top_k": top_k,
         "preferred": preferred.numpy(),
         "violated": violated.numpy(),
         "pair_loss": pair_loss.numpy(),
@@ -492,8 +479,5 @@ def ranking_loss_gradients(
         "soft pairwise": lambda zz, tt: soft_pairwise_rank_loss(zz, tt, tau, tau),
         "listwise": lambda zz, tt: listwise_rank_loss(zz, tt, tau),
     }
-    out = {}
-    for name in RANKING_LOSSES:
-        loss, grad = _loss_and_grad(losses[name], z, t)
-        out[name] = {"loss": loss, "grad": grad}
-    return out
+    results = {name: _loss_and_grad(losses[name], z, t) for name in RANKING_LOSSES}
+    return {name: {"loss": loss, "grad": grad} for name, (loss, grad) in results.items()}
