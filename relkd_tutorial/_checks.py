@@ -241,11 +241,16 @@ class LossModule(nn.Module):
     fn: Callable[..., Tensor]
     checks: dict[str, Callable[[str, Any], Any]]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """The subclass's signature is ``fn``'s options (``help()``, IDEs and ``bind`` read it)."""
+        super().__init_subclass__(**kwargs)
+        params = list(inspect.signature(cls.fn).parameters.values())[2:]  # after the two tensors
+        plain = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params]
+        cls.__signature__ = inspect.Signature(plain, return_annotation=None)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        params = list(inspect.signature(self.fn).parameters.values())[2:]  # after the two tensors
-        plain = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params]
-        bound = inspect.Signature(plain).bind(*args, **kwargs)
+        bound = self.__signature__.bind(*args, **kwargs)
         bound.apply_defaults()
         self.options = tuple(bound.arguments)
         for name, value in bound.arguments.items():

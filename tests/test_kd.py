@@ -102,3 +102,32 @@ def test_kd_module_and_bad_input() -> None:
         kd_loss(z, t, temperature=0.0)
     with pytest.raises(TypeError, match="temperature"):
         KDLoss(temperature="4")  # type: ignore[arg-type]
+
+
+def test_the_loss_modules_show_and_bind_their_functions_options() -> None:
+    """Each loss module's constructor is its function's options (for ``help()`` and IDEs), in
+    order, with the function's defaults; an unknown option is a TypeError naming it."""
+    import inspect
+
+    from relkd_tutorial.losses import (
+        DISTLoss,
+        GRKDLoss,
+        ListwiseRankLoss,
+        SoftPairwiseRankLoss,
+        dist_loss,
+        grkd_loss,
+        listwise_rank_loss,
+        soft_pairwise_rank_loss,
+    )
+
+    pairs = [(KDLoss, kd_loss), (GRKDLoss, grkd_loss), (DISTLoss, dist_loss),
+             (SoftPairwiseRankLoss, soft_pairwise_rank_loss),
+             (ListwiseRankLoss, listwise_rank_loss)]  # fmt: skip
+    for module, fn in pairs:
+        shown = inspect.signature(module).parameters
+        options = list(inspect.signature(fn).parameters.values())[2:]
+        assert list(shown) == [p.name for p in options], module.__name__
+        assert [p.default for p in shown.values()] == [p.default for p in options]
+    assert KDLoss(2.5).temperature == 2.5
+    with pytest.raises(TypeError, match="tau"):
+        KDLoss(tau=3.0)
