@@ -253,7 +253,15 @@ def from_torchvision(
     return ImageStream(dataset, labels, data.class_names, decoder, data.mean, data.std, name)  # type: ignore[arg-type]
 
 
-def image_folder(root: str | Path, **options: Any) -> ImageSet | ImageStream:
+def image_folder(
+    root: str | Path,
+    *,
+    size: int | Sequence[int] | None = None,
+    channels: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ImageSet | ImageStream:
     """A folder with one sub-folder of images per class (``root/<class>/<image>``) as
     :func:`from_torchvision` returns it, with its options (``size``, ``channels``, ``mean``,
     ``std``, ``max_bytes``); torchvision's ``ImageFolder``: classes in sorted order, every image
@@ -274,6 +282,7 @@ def image_folder(root: str | Path, **options: Any) -> ImageSet | ImageStream:
             f"{root} holds no images in the expected layout root/<class name>/<image file> "
             f"(one sub-folder per class; extensions .png, .jpg, ...): {err}"
         ) from None
+    options = dict(size=size, channels=channels, mean=mean, std=std, max_bytes=max_bytes)
     return from_torchvision(dataset, name=root.name, **options)
 
 
