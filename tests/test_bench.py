@@ -25,9 +25,9 @@ from relkd_tutorial.stats import describe_corrected as describe_difference  # no
 from relkd_tutorial.stats import (
     mean_std,
     paired_difference,
-    regularized_incomplete_beta,
     t_cdf,
     t_quantile,
+    t_two_sided_p,
 )
 from relkd_tutorial.training import lr_factor
 
@@ -61,11 +61,12 @@ def test_t_quantile_tends_to_the_normal_and_inverts_the_cdf() -> None:
     assert t_cdf(math.inf, 3) == 1.0 and t_cdf(-math.inf, 3) == 0.0
 
 
-def test_incomplete_beta_closed_forms() -> None:
-    for x in (0.0, 0.1, 0.5, 0.93, 1.0):
-        assert regularized_incomplete_beta(1, 1, x) == pytest.approx(x, abs=1e-14)
-        assert regularized_incomplete_beta(3, 1, x) == pytest.approx(x**3, abs=1e-14)
-        assert regularized_incomplete_beta(1, 4, x) == pytest.approx(1 - (1 - x) ** 4, abs=1e-14)
+def test_two_sided_p_closed_forms() -> None:
+    # nu = 1 (Cauchy): P(|T| >= t) = 1 - 2 atan(t) / pi; nu = 2: P(|T| >= t) = 1 - t / sqrt(2 + t^2)
+    for t in (0.0, 0.1, 0.5, 2.0, 30.0, 1e4):
+        assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, rel=1e-12)
+        assert t_two_sided_p(-t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
+    assert math.isnan(t_two_sided_p(math.nan, 3))
 
 
 @pytest.mark.parametrize(
