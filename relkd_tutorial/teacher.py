@@ -45,12 +45,12 @@ def as_batch(item: object, device: torch.device | str | None = None) -> Batch:
         )
     index = None if index is None else torch.as_tensor(index)
     _check_batch(x, y, index)
-
-    def move(t: Tensor) -> Tensor:
-        return t if device is None else t.to(device, non_blocking=True)
-
-    index = None if index is None else move(index).long()
-    return Batch(x=move(x), y=move(y).long(), index=index)  # type: ignore[arg-type]  # may be None
+    if device is not None:
+        x, y, index = (
+            None if t is None else t.to(device, non_blocking=True) for t in (x, y, index)
+        )
+    index = None if index is None else index.long()
+    return Batch(x=x, y=y.long(), index=index)  # type: ignore[arg-type]  # index may be None
 
 
 def _check_batch(x: Tensor, y: Tensor, index: Tensor | None) -> None:
@@ -212,12 +212,9 @@ class TeacherCache:
         """The whole cache as the :class:`SetupData` a ``needs_setup`` method receives."""
         return SetupData(self.features, self.logits, self.labels)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"features": self.features, "logits": self.logits, "labels": self.labels}
-
     def save(self, path: str | Path) -> None:
         """Save to a file loadable with ``torch.load(..., weights_only=True)``."""
-        torch.save({k: v.cpu() for k, v in self.state_dict().items()}, Path(path))
+        torch.save({k: v.cpu() for k, v in vars(self).items()}, Path(path))
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TeacherCache:
