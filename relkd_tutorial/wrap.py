@@ -153,9 +153,7 @@ class WrappedClassifier(nn.Module):
 
 def _is_returned(output: Any, logits: Tensor) -> bool:
     """The model returned the head's output: the same tensor, or a ``(B, C, 1, 1)`` map flattened."""
-    if output is logits:
-        return True
-    return (
+    return output is logits or (
         isinstance(output, Tensor)
         and output.dim() == 4
         and tuple(output.shape[2:]) == (1, 1)
@@ -211,19 +209,15 @@ def _name_of(model: nn.Module, module: nn.Module) -> str | None:
 
 def _named_head(model: nn.Module, head: str | nn.Module) -> str:
     """The name of the layer passed as ``head=`` (it must be an ``nn.Linear`` of ``model``)."""
-    if isinstance(head, nn.Module):
-        name = _name_of(model, head)
-        if name is None:
-            raise ValueError("head= is a module that is not part of the model")
-    elif isinstance(head, str):
-        name = head
-        try:
-            model.get_submodule(name)
-        except AttributeError:
-            raise _no_head_error(model, f"it has no submodule {name!r}") from None
-    else:
+    if not isinstance(head, (str, nn.Module)):
         raise TypeError(f"head must be a submodule name, a module or None, got {head!r}")
-    module = model.get_submodule(name)
+    name = _name_of(model, head) if isinstance(head, nn.Module) else head
+    if name is None:
+        raise ValueError("head= is a module that is not part of the model")
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise _no_head_error(model, f"it has no submodule {name!r}") from None
     if not isinstance(module, nn.Linear):
         raise _no_head_error(model, f"{name!r} is a {type(module).__name__}, not an nn.Linear")
     return name
