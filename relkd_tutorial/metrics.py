@@ -24,11 +24,9 @@ from .teacher import TeacherCache, as_batch, module_device, split_outputs, teach
 
 #: The confusable groups of Fashion-MNIST (class names: ``FASHION_MNIST_CLASSES`` from
 #: :mod:`relkd_tutorial.data`): upper-body garments and footwear.
-FASHION_MNIST_TOPS: tuple[int, ...] = (0, 2, 4, 6)  # T-shirt/top, pullover, coat, shirt
-FASHION_MNIST_FOOTWEAR: tuple[int, ...] = (5, 7, 9)  # sandal, sneaker, ankle boot
 FASHION_MNIST_GROUPS: dict[str, tuple[int, ...]] = {
-    "tops": FASHION_MNIST_TOPS,
-    "footwear": FASHION_MNIST_FOOTWEAR,
+    "tops": (0, 2, 4, 6),  # T-shirt/top, pullover, coat, shirt
+    "footwear": (5, 7, 9),  # sandal, sneaker, ankle boot
 }
 
 
@@ -54,8 +52,8 @@ def per_class_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 
 def group_accuracy(logits: Tensor, labels: Tensor, group: Iterable[int]) -> float:
     """Accuracy over the samples whose *true* class is in ``group`` (e.g.
-    :data:`FASHION_MNIST_TOPS`), whatever class is predicted: the fine-grained part of the test set.
-    NaN if none belongs to it.
+    ``FASHION_MNIST_GROUPS["tops"]``), whatever class is predicted: the fine-grained part of the
+    test set. NaN if none belongs to it.
     """
     pred, y = _predictions(logits, labels)
     members = torch.as_tensor(sorted(set(int(c) for c in group)), device=y.device)  # (G,)
