@@ -106,13 +106,6 @@ def _label(value: Any, i: int) -> int:
     return int(value)
 
 
-def _class_names(dataset: Any, labels: Tensor, class_names: Sequence[str] | None) -> list[str]:
-    names = getattr(dataset, "classes", None) if class_names is None else class_names
-    if names is None:
-        names = range(int(labels.max()) + 1 if labels.numel() else 1)
-    return [str(c) for c in names]
-
-
 @dataclasses.dataclass(eq=False, repr=False)
 class ImageStream(Dataset):
     """A dataset too big for memory, decoded image by image: item ``i`` is ``(x, y, i)``.
@@ -242,7 +235,9 @@ def from_torchvision(
             images[i] = first if i == 0 else decoder(image, i)
         elif need_stats:
             sums = [a + b for a, b in zip(sums, pixel_sums(decoder(image, i)[None]), strict=True)]
-    data = ImageSet(images, labels, _class_names(dataset, labels, class_names), name, mean, std)
+    names = getattr(dataset, "classes", None) if class_names is None else class_names
+    names = range(int(labels.max()) + 1) if names is None else names  # "0".."K-1" (n >= 1)
+    data = ImageSet(images, labels, names, name, mean, std)  # type: ignore[arg-type]
     if need_stats:
         got = data.pixel_stats() if in_memory else stats_from_sums(*sums)
         data = data._replace(
