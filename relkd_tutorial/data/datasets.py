@@ -165,11 +165,9 @@ def _fashion_imageset(images: np.ndarray | Tensor, labels: Any, name: str) -> Im
 
 def find_idx_folder(candidates: Sequence[str | Path]) -> Path | None:
     """The first folder holding all four Fashion-MNIST IDX files (each plain or ``.gz``)."""
-    for folder in candidates:
-        folder = Path(folder)
-        if all(_idx_file(folder, stem) is not None for stem in _FASHION_MNIST_FILES.values()):
-            return folder
-    return None
+    stems = _FASHION_MNIST_FILES.values()
+    folders = (Path(folder) for folder in candidates)
+    return next((f for f in folders if all(_idx_file(f, s) is not None for s in stems)), None)
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
