@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from .imageset import ImageSet
 
@@ -152,13 +151,6 @@ def read_idx(path: str | Path) -> np.ndarray:
     return values.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _fashion_imageset(images: np.ndarray | Tensor, labels: Any, name: str) -> ImageSet:
-    """Wrap ``(N, 28, 28)`` uint8 pixels and labels as a one-channel :class:`ImageSet`."""
-    x = torch.as_tensor(np.asarray(images, dtype=np.uint8)).unsqueeze(1).contiguous()
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    return ImageSet(x, y, list(FASHION_MNIST_CLASSES), name, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-
-
 def find_idx_folder(candidates: Sequence[str | Path]) -> Path | None:
     """The first folder holding all four Fashion-MNIST IDX files (each plain or ``.gz``)."""
     stems = _FASHION_MNIST_FILES.values()
@@ -242,21 +234,24 @@ def load_fashion_mnist(
         from torchvision.datasets import FashionMNIST  # lazy: only this path needs torchvision
 
         root = Path(root) if root is not None else Path.home() / ".cache" / "relkd_tutorial"
-        sets = []
+        arrays = {}
         for split, train in (("train", True), ("test", False)):
             ds = FashionMNIST(str(root), train=train, download=True)
-            sets.append(_fashion_imageset(ds.data.numpy(), ds.targets, f"fashion_mnist/{split}"))
-        return sets[0], sets[1]
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = ds.data.numpy(), ds.targets
+        return _fashion_pair(arrays, "fashion_mnist")
     raise ValueError(f'source must be "subset", "full" or "download", got {source!r}')
 
 
 def _fashion_pair(arrays: Any, name: str) -> tuple[ImageSet, ImageSet]:
-    """``(train, test)`` from the arrays ``{train,test}_{images,labels}``."""
-    train, test = (
-        _fashion_imageset(arrays[f"{s}_images"], arrays[f"{s}_labels"], f"{name}/{s}")
-        for s in ("train", "test")
-    )
-    return train, test
+    """``(train, test)`` one-channel :class:`ImageSet` s from the arrays
+    ``{train,test}_{images,labels}`` (``(N, 28, 28)`` uint8 pixels, ``(N,)`` labels)."""
+    sets = []
+    for s in ("train", "test"):
+        x = torch.as_tensor(np.asarray(arrays[f"{s}_images"], dtype=np.uint8)).unsqueeze(1)
+        y = torch.as_tensor(np.asarray(arrays[f"{s}_labels"]), dtype=torch.int64)
+        classes, stats = list(FASHION_MNIST_CLASSES), (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+        sets.append(ImageSet(x.contiguous(), y, classes, f"{name}/{s}", *stats))
+    return sets[0], sets[1]
 
 
 def load_cifar100(
