@@ -45,14 +45,10 @@ class FeatureClassifier(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``(B, C_in, H, W)`` images -> ``(B, D)`` pooled penultimate features."""
-        fmap = self.body(x)  # (B, D, h, w), after the last ReLU
-        return F.adaptive_avg_pool2d(fmap, 1).flatten(1)  # (B, D)
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C_in, H, W)`` -> ``(features (B, D), logits (B, num_classes))``."""
-        features = self.forward_features(x)  # (B, D)
+        fmap = self.body(x)  # (B, D, h, w), after the last ReLU
+        features = F.adaptive_avg_pool2d(fmap, 1).flatten(1)  # (B, D) pooled penultimate features
         return features, self.fc(features)  # (B, D), (B, num_classes)
 
 
