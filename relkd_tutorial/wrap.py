@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 __all__ = ["WrappedClassifier", "wrap_classifier"]
 
@@ -265,13 +266,6 @@ def _width(module: nn.Module, *, inputs: bool) -> int | None:
     return None
 
 
-def _uninitialized(module: nn.Module) -> bool:
-    return any(
-        isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
-        for m in module.modules()
-    )
-
-
 def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> WrappedClassifier:
     """Wrap a classifier ``model(x) -> logits`` so that it returns
     ``(features (B, D), logits (B, C))``.
@@ -304,7 +298,7 @@ def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> Wr
             raise _no_head_error(model, "it has no nn.Linear layer")
         names = (linears[-1],)
     heads = [model.get_submodule(n) for n in names]
-    lazy = [n for n, h in zip(names, heads, strict=True) if _uninitialized(h)]
+    lazy = [n for n, h in zip(names, heads, strict=True) if any(map(is_lazy, h.parameters()))]
     if lazy:
         raise ValueError(
             f"the head(s) {lazy} of {type(model).__name__} are lazy layers whose shapes are not "
