@@ -31,19 +31,10 @@ from .loader import TensorLoader, epoch_generator, normalize
 DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
-def _size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    pair = (size, size) if isinstance(size, int) and not isinstance(size, bool) else tuple(size)
-    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in pair):
-        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
-    return pair[0], pair[1]
-
-
 class _Decoder:
     """One image -> ``(C, H, W)`` uint8 tensor (resize, channel conversion), with clear errors."""
 
-    def __init__(self, size: tuple[int, int] | None, channels: int | None) -> None:
+    def __init__(self, size: int | Sequence[int] | None, channels: int | None) -> None:
         from torchvision.transforms import v2  # lazy: only this path needs torchvision
 
         if channels not in (None, 1, 3):
@@ -54,7 +45,10 @@ class _Decoder:
         elif channels == 3:
             steps.append(v2.RGB())
         if size is not None:
-            steps.append(v2.Resize(size, antialias=True))
+            pair = (size, size) if type(size) is int else tuple(size)  # type(True) is bool
+            if len(pair) != 2 or not all(type(s) is int and s >= 1 for s in pair):
+                raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+            steps.append(v2.Resize(pair, antialias=True))
         self.transform = v2.Compose(steps)
         self.shape: tuple[int, ...] | None = None  # of the first image, which all must share
 
@@ -219,7 +213,7 @@ def from_torchvision(
         raise ValueError("the dataset is empty: it holds no images")
     _check_transform(getattr(dataset, "transform", None))
     max_bytes = check_count("max_bytes", max_bytes)
-    decoder = _Decoder(_size_pair(size), channels)
+    decoder = _Decoder(size, channels)
     name = name or type(dataset).__name__
     first = decoder(dataset[0][0], 0)  # fixes the shape every image must have
     in_memory, need_stats = n * first.numel() <= max_bytes, mean is None or std is None
