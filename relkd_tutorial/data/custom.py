@@ -39,11 +39,8 @@ class _Decoder:
 
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
-        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.uint8, scale=True)]
-        if channels == 1:
-            steps.append(v2.Grayscale(1))
-        elif channels == 3:
-            steps.append(v2.RGB())
+        convert = {None: [], 1: [v2.Grayscale(1)], 3: [v2.RGB()]}[channels]
+        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.uint8, scale=True), *convert]
         if size is not None:
             pair = (size, size) if type(size) is int else tuple(size)  # type(True) is bool
             if len(pair) != 2 or not all(type(s) is int and s >= 1 for s in pair):
