@@ -153,16 +153,13 @@ class Outputs:
 
 @torch.no_grad()
 def collect_outputs(
-    model: nn.Module,
-    loader: Iterable[object],
-    teacher: nn.Module | TeacherCache | None = None,
-    device: torch.device | str | None = None,
+    model: nn.Module, loader: Iterable[object], teacher: nn.Module | TeacherCache | None = None
 ) -> Outputs:
     """Run ``model`` (in eval mode, restored after) and optionally ``teacher`` (a module, or a
-    :class:`TeacherCache` needing indices) over ``loader`` on ``device`` (default: the model's);
-    returns :class:`Outputs` of CPU tensors in loader order, for the metrics above.
+    :class:`TeacherCache` needing indices) over ``loader`` on the model's device; returns
+    :class:`Outputs` of CPU tensors in loader order, for the metrics above.
     """
-    device = module_device(model) if device is None else device
+    device = module_device(model)
     was_training = model.training
     model.eval()
     parts: dict[str, list[Tensor]] = {f.name: [] for f in dataclasses.fields(Outputs)}
