@@ -110,16 +110,14 @@ def kendall_tau(
     return torch.cat(out)  # (N,)
 
 
-def distance_matrix_correlation(
-    teacher_features: Tensor, student_features: Tensor, rel_tol: float = 1e-6
-) -> float:
+def distance_matrix_correlation(teacher_features: Tensor, student_features: Tensor) -> float:
     """Pearson correlation of the teacher's and the student's pairwise distances over a batch.
 
     Over the ``N (N - 1) / 2`` pairs ``i < j``, ``r_D = cov(d^t, d^s) / (std(d^t) std(d^s))`` in
     float64: 1 when the student's distances are an increasing affine function of the teacher's, the
     global scale of each space ignored (not Szekely's distance correlation, which measures
     dependence). Features ``(N, D_T)`` and ``(N, D_S)``, ``N >= 3``. NaN if either side's distances
-    are all equal (``std <= rel_tol * mean``; choice: 1e-6 is above float32 rounding).
+    are all equal (``std <= 1e-6 mean``; choice: 1e-6 is above float32 rounding).
     """
     check_float_tensor("teacher_features", teacher_features, 2, "(N, D_T)")
     check_float_tensor("student_features", student_features, 2, "(N, D_S)")
@@ -133,7 +131,7 @@ def distance_matrix_correlation(
     d_t = pairwise_distances(teacher_features.double())[iu[0], iu[1]]  # (P,)
     d_s = pairwise_distances(student_features.double())[iu[0], iu[1]]  # (P,)
     for d in (d_t, d_s):
-        if float(d.std(correction=0)) <= rel_tol * float(d.mean()):
+        if float(d.std(correction=0)) <= 1e-6 * float(d.mean()):
             return float("nan")  # all distances equal (up to rounding): correlation undefined
     d_t, d_s = d_t - d_t.mean(), d_s - d_s.mean()  # (P,), centred
     return float((d_t * d_s).sum() / (d_t.square().sum() * d_s.square().sum()).sqrt())
