@@ -61,10 +61,8 @@ def group_accuracy(logits: Tensor, labels: Tensor, group: Iterable[int]) -> floa
         raise ValueError("group must contain at least one class")
     if int(members.min()) < 0 or int(members.max()) >= logits.shape[1]:
         raise ValueError(f"group {members.tolist()} has classes outside [0, {logits.shape[1]})")
-    inside = torch.isin(y, members)  # (L,)
-    if not bool(inside.any()):
-        return float("nan")
-    return float((pred[inside] == y[inside]).float().mean())
+    hits = (pred == y)[torch.isin(y, members)]  # (L_G,) over the group's labelled samples
+    return float(hits.float().mean()) if hits.numel() else float("nan")
 
 
 def confusion_matrix(logits: Tensor, labels: Tensor) -> Tensor:
