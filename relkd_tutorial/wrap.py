@@ -78,8 +78,7 @@ class WrappedClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C_in, H, W)`` images -> ``(features (B, D), logits (B, C))``."""
-        self._seen.clear()
-        self._active = True
+        self._active = True  # _seen is empty: the last forward cleared it
         try:
             logits = self.model(x)
             seen = list(self._seen)
