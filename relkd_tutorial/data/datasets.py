@@ -180,22 +180,6 @@ def read_fashion_mnist_idx(folder: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _missing_fashion_mnist(searched: Sequence[Path]) -> FileNotFoundError:
-    looked = "\n".join(f"  - {p}" for p in searched)
-    files = ", ".join(f"{stem}[.gz]" for stem in _FASHION_MNIST_FILES.values())
-    return FileNotFoundError(
-        "The full Fashion-MNIST IDX files were not found. Looked in:\n"
-        f"{looked}\n"
-        "Any one of these fixes it:\n"
-        "  1. Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (installs them in "
-        f"{DEBIAN_FASHION_MNIST_DIR}/);\n"
-        f"  2. put the four files ({files}) in a folder and pass root=<that folder> "
-        "(or <root>/FashionMNIST/raw/, torchvision's layout);\n"
-        '  3. with internet: load_fashion_mnist("download", root=<a folder>);\n'
-        '  or use the 10k/2k subset shipped with the repository: load_fashion_mnist("subset").'
-    )
-
-
 def load_fashion_mnist(
     source: str = "subset", root: str | Path | None = None
 ) -> tuple[ImageSet, ImageSet]:
@@ -228,7 +212,20 @@ def load_fashion_mnist(
         candidates = [*given, DEBIAN_FASHION_MNIST_DIR]
         folder = find_idx_folder(candidates)
         if folder is None:
-            raise _missing_fashion_mnist(candidates)
+            looked = "\n".join(f"  - {p}" for p in candidates)
+            files = ", ".join(f"{stem}[.gz]" for stem in _FASHION_MNIST_FILES.values())
+            raise FileNotFoundError(
+                "The full Fashion-MNIST IDX files were not found. Looked in:\n"
+                f"{looked}\n"
+                "Any one of these fixes it:\n"
+                "  1. Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (installs them "
+                f"in {DEBIAN_FASHION_MNIST_DIR}/);\n"
+                f"  2. put the four files ({files}) in a folder and pass root=<that folder> "
+                "(or <root>/FashionMNIST/raw/, torchvision's layout);\n"
+                '  3. with internet: load_fashion_mnist("download", root=<a folder>);\n'
+                "  or use the 10k/2k subset shipped with the repository: "
+                'load_fashion_mnist("subset").'
+            )
         return _fashion_pair(read_fashion_mnist_idx(folder), "fashion_mnist")
     if source == "download":
         from torchvision.datasets import FashionMNIST  # lazy: only this path needs torchvision
