@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ._checks import check_float_tensor, check_labels, check_same
 from .data import FASHION_MNIST_CLASSES as FASHION_MNIST_CLASSES  # re-exported with the groups
 from .relations import pairwise_distances
-from .teacher import TeacherCache, as_batch, module_device, split_outputs, teacher_outputs
+from .teacher import TeacherCache, as_batch, module_device, run_model, teacher_outputs
 
 #: The confusable groups of Fashion-MNIST (class names: ``FASHION_MNIST_CLASSES`` from
 #: :mod:`relkd_tutorial.data`): upper-body garments and footwear.
@@ -162,7 +162,7 @@ def collect_outputs(
     try:
         for item in loader:
             batch = as_batch(item, device)
-            f, z = split_outputs(model(batch.x), "model")
+            f, z = run_model(model, batch.x, "model")
             got = {"features": f.float(), "logits": z.float(), "labels": batch.y}
             got["index"] = batch.index
             if teacher is not None:

@@ -105,8 +105,25 @@ class IndexedDataset(torch.utils.data.Dataset):
         return x, y, i
 
 
-def split_outputs(out: object, who: str) -> tuple[Tensor, Tensor]:
-    """Check a model's output is ``(features (B, D), logits (B, C))`` and return it."""
+def run_model(
+    model: nn.Module,
+    x: Tensor,
+    who: str,
+    *,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``model(x)`` checked as ``(features (B, D), logits (B, C))``, under autocast if
+    ``autocast_dtype`` is given, with ``channels_last`` images if asked; ``who`` names the model
+    in the errors."""
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(
+        device_type=x.device.type,
+        dtype=autocast_dtype or torch.bfloat16,
+        enabled=autocast_dtype is not None,
+    ):
+        out = model(x)
     if (
         not isinstance(out, (tuple, list))
         or len(out) != 2
@@ -123,26 +140,6 @@ def split_outputs(out: object, who: str) -> tuple[Tensor, Tensor]:
             f"{tuple(features.shape)} and {tuple(logits.shape)}"
         )
     return features, logits
-
-
-def run_model(
-    model: nn.Module,
-    x: Tensor,
-    who: str,
-    *,
-    channels_last: bool = False,
-    autocast_dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``model(x)`` checked as ``(features (B, D), logits (B, C))``, under autocast if
-    ``autocast_dtype`` is given, with ``channels_last`` images if asked."""
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(
-        device_type=x.device.type,
-        dtype=autocast_dtype or torch.bfloat16,
-        enabled=autocast_dtype is not None,
-    ):
-        return split_outputs(model(x), who)
 
 
 @dataclass
