@@ -248,7 +248,7 @@ class TeacherCache:
         if device is None:
             device = module_device(teacher) if isinstance(teacher, nn.Module) else teacher.device
         device = torch.device(device)
-        chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        chunks: list[tuple[Tensor, ...]] = []
         for item in loader:
             batch = as_batch(item, device)
             if batch.index is None:
@@ -259,8 +259,7 @@ class TeacherCache:
             f, z = teacher_outputs(
                 teacher, batch, channels_last=channels_last, autocast_dtype=autocast_dtype
             )
-            to = torch.device(storage_device)
-            chunks.append((batch.index.to(to), f.to(to), z.to(to), batch.y.to(to)))
+            chunks.append(tuple(t.to(storage_device) for t in (batch.index, f, z, batch.y)))
         if not chunks:
             raise ValueError("TeacherCache.build got an empty loader")
         # (N',), (N', D_T), (N', C_T), (N',)
