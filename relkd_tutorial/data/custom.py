@@ -163,8 +163,6 @@ def _check_transform(transform: Any) -> None:
     frozen into an :class:`ImageSet` (and redrawn at every access of an :class:`ImageStream`,
     pixel statistics included).
     """
-    if transform is None:
-        return
     names = [type(t).__name__ for t in getattr(transform, "transforms", [transform])]
     if "Normalize" in names:
         raise ValueError(
