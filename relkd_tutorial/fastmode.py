@@ -14,8 +14,6 @@ _FALSE = {"0", "false", "no", "off"}
 def fast_mode() -> bool:
     """Whether fast mode is on (see the module docstring)."""
     explicit = os.environ.get("RELKD_FAST", "").strip().lower()
-    if explicit in _TRUE:
-        return True
-    if explicit in _FALSE:
-        return False
+    if explicit in _TRUE | _FALSE:
+        return explicit in _TRUE
     return os.environ.get("CI", "").strip().lower() == "true"

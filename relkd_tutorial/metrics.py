@@ -20,15 +20,13 @@ from torch import Tensor, nn
 from ._checks import check_float_tensor, check_labels, check_same
 from .data import FASHION_MNIST_CLASSES as FASHION_MNIST_CLASSES  # re-exported with the groups
 from .relations import pairwise_distances
-from .teacher import TeacherCache, as_batch, module_device, split_outputs, teacher_outputs
+from .teacher import TeacherCache, as_batch, module_device, run_model, teacher_outputs
 
 #: The confusable groups of Fashion-MNIST (class names: ``FASHION_MNIST_CLASSES`` from
 #: :mod:`relkd_tutorial.data`): upper-body garments and footwear.
-FASHION_MNIST_TOPS: tuple[int, ...] = (0, 2, 4, 6)  # T-shirt/top, pullover, coat, shirt
-FASHION_MNIST_FOOTWEAR: tuple[int, ...] = (5, 7, 9)  # sandal, sneaker, ankle boot
 FASHION_MNIST_GROUPS: dict[str, tuple[int, ...]] = {
-    "tops": FASHION_MNIST_TOPS,
-    "footwear": FASHION_MNIST_FOOTWEAR,
+    "tops": (0, 2, 4, 6),  # T-shirt/top, pullover, coat, shirt
+    "footwear": (5, 7, 9),  # sandal, sneaker, ankle boot
 }
 
 
@@ -54,8 +52,8 @@ def per_class_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 
 def group_accuracy(logits: Tensor, labels: Tensor, group: Iterable[int]) -> float:
     """Accuracy over the samples whose *true* class is in ``group`` (e.g.
-    :data:`FASHION_MNIST_TOPS`), whatever class is predicted: the fine-grained part of the test set.
-    NaN if none belongs to it.
+    ``FASHION_MNIST_GROUPS["tops"]``), whatever class is predicted: the fine-grained part of the
+    test set. NaN if none belongs to it.
     """
     pred, y = _predictions(logits, labels)
     members = torch.as_tensor(sorted(set(int(c) for c in group)), device=y.device)  # (G,)
@@ -63,10 +61,8 @@ def group_accuracy(logits: Tensor, labels: Tensor, group: Iterable[int]) -> floa
         raise ValueError("group must contain at least one class")
     if int(members.min()) < 0 or int(members.max()) >= logits.shape[1]:
         raise ValueError(f"group {members.tolist()} has classes outside [0, {logits.shape[1]})")
-    inside = torch.isin(y, members)  # (L,)
-    if not bool(inside.any()):
-        return float("nan")
-    return float((pred[inside] == y[inside]).float().mean())
+    hits = (pred == y)[torch.isin(y, members)]  # (L_G,) over the group's labelled samples
+    return float(hits.float().mean()) if hits.numel() else float("nan")
 
 
 def confusion_matrix(logits: Tensor, labels: Tensor) -> Tensor:
@@ -112,16 +108,14 @@ def kendall_tau(
     return torch.cat(out)  # (N,)
 
 
-def distance_matrix_correlation(
-    teacher_features: Tensor, student_features: Tensor, rel_tol: float = 1e-6
-) -> float:
+def distance_matrix_correlation(teacher_features: Tensor, student_features: Tensor) -> float:
     """Pearson correlation of the teacher's and the student's pairwise distances over a batch.
 
     Over the ``N (N - 1) / 2`` pairs ``i < j``, ``r_D = cov(d^t, d^s) / (std(d^t) std(d^s))`` in
     float64: 1 when the student's distances are an increasing affine function of the teacher's, the
     global scale of each space ignored (not Szekely's distance correlation, which measures
     dependence). Features ``(N, D_T)`` and ``(N, D_S)``, ``N >= 3``. NaN if either side's distances
-    are all equal (``std <= rel_tol * mean``; choice: 1e-6 is above float32 rounding).
+    are all equal (``std <= 1e-6 mean``; choice: 1e-6 is above float32 rounding).
     """
     check_float_tensor("teacher_features", teacher_features, 2, "(N, D_T)")
     check_float_tensor("student_features", student_features, 2, "(N, D_S)")
@@ -135,7 +129,7 @@ def distance_matrix_correlation(
     d_t = pairwise_distances(teacher_features.double())[iu[0], iu[1]]  # (P,)
     d_s = pairwise_distances(student_features.double())[iu[0], iu[1]]  # (P,)
     for d in (d_t, d_s):
-        if float(d.std(correction=0)) <= rel_tol * float(d.mean()):
+        if float(d.std(correction=0)) <= 1e-6 * float(d.mean()):
             return float("nan")  # all distances equal (up to rounding): correlation undefined
     d_t, d_s = d_t - d_t.mean(), d_s - d_s.mean()  # (P,), centred
     return float((d_t * d_s).sum() / (d_t.square().sum() * d_s.square().sum()).sqrt())
@@ -155,23 +149,20 @@ class Outputs:
 
 @torch.no_grad()
 def collect_outputs(
-    model: nn.Module,
-    loader: Iterable[object],
-    teacher: nn.Module | TeacherCache | None = None,
-    device: torch.device | str | None = None,
+    model: nn.Module, loader: Iterable[object], teacher: nn.Module | TeacherCache | None = None
 ) -> Outputs:
     """Run ``model`` (in eval mode, restored after) and optionally ``teacher`` (a module, or a
-    :class:`TeacherCache` needing indices) over ``loader`` on ``device`` (default: the model's);
-    returns :class:`Outputs` of CPU tensors in loader order, for the metrics above.
+    :class:`TeacherCache` needing indices) over ``loader`` on the model's device; returns
+    :class:`Outputs` of CPU tensors in loader order, for the metrics above.
     """
-    device = module_device(model) if device is None else device
+    device = module_device(model)
     was_training = model.training
     model.eval()
     parts: dict[str, list[Tensor]] = {f.name: [] for f in dataclasses.fields(Outputs)}
     try:
         for item in loader:
             batch = as_batch(item, device)
-            f, z = split_outputs(model(batch.x), "model")
+            f, z = run_model(model, batch.x, "model")
             got = {"features": f.float(), "logits": z.float(), "labels": batch.y}
             got["index"] = batch.index
             if teacher is not None:

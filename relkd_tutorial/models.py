@@ -45,14 +45,10 @@ class FeatureClassifier(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``(B, C_in, H, W)`` images -> ``(B, D)`` pooled penultimate features."""
-        fmap = self.body(x)  # (B, D, h, w), after the last ReLU
-        return F.adaptive_avg_pool2d(fmap, 1).flatten(1)  # (B, D)
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C_in, H, W)`` -> ``(features (B, D), logits (B, num_classes))``."""
-        features = self.forward_features(x)  # (B, D)
+        fmap = self.body(x)  # (B, D, h, w), after the last ReLU
+        features = F.adaptive_avg_pool2d(fmap, 1).flatten(1)  # (B, D) pooled penultimate features
         return features, self.fc(features)  # (B, D), (B, num_classes)
 
 
@@ -127,23 +123,16 @@ def _stages(
 class CifarResNet(FeatureClassifier):
     """CIFAR ResNet of depth ``6n + 2`` (He et al. 2016, §4.2; RepDistiller ``resnetD``).
 
-    Stem: 3x3 conv to ``stem`` channels + BN + ReLU. Three stages of ``n`` BasicBlocks with widths
-    ``widths`` and strides 1, 2, 2. Feature: the last block's output (after its ReLU), pooled:
-    ``D = widths[-1]``. ``resnet8x4``: n=1, stem 32, widths (64, 128, 256); ``resnet32x4``: n=5.
+    Stem: 3x3 conv to 32 channels + BN + ReLU. Three stages of ``n`` BasicBlocks with widths
+    64, 128, 256 (the "x4" nets) and strides 1, 2, 2. Feature: the last block's output (after its
+    ReLU), pooled: ``D = 256``. ``resnet8x4``: n=1; ``resnet32x4``: n=5.
     """
 
-    def __init__(
-        self,
-        depth: int,
-        stem: int = 32,
-        widths: tuple[int, int, int] = (64, 128, 256),
-        num_classes: int = 100,
-        in_channels: int = 3,
-    ) -> None:
+    def __init__(self, depth: int, num_classes: int = 100, in_channels: int = 3) -> None:
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
-        layers: list[nn.Module] = [conv_bn_relu(in_channels, stem)]
-        c = _stages(layers, BasicBlock, stem, widths, (depth - 2) // 6)
+        layers: list[nn.Module] = [conv_bn_relu(in_channels, 32)]  # the stem
+        c = _stages(layers, BasicBlock, 32, (64, 128, 256), (depth - 2) // 6)
         super().__init__(nn.Sequential(*layers), feature_dim=c, num_classes=num_classes)
 
 
@@ -192,8 +181,8 @@ _BUILDERS: dict[str, Callable[[int, int], FeatureClassifier]] = {
     "teacher_cnn": lambda c, i: PlainCNN(((32, 32), (64, 64), (128, 128)), c, i),
     "student_cnn_s": lambda c, i: PlainCNN(((8,), (16,), (32,)), c, i),
     "student_cnn_m": lambda c, i: PlainCNN(((16,), (32,), (64,)), c, i),
-    "resnet8x4": lambda c, i: CifarResNet(8, 32, (64, 128, 256), c, i),
-    "resnet32x4": lambda c, i: CifarResNet(32, 32, (64, 128, 256), c, i),
+    "resnet8x4": lambda c, i: CifarResNet(8, c, i),
+    "resnet32x4": lambda c, i: CifarResNet(32, c, i),
     "wrn_16_2": lambda c, i: WideResNet(16, 2, c, i),
     "wrn_40_2": lambda c, i: WideResNet(40, 2, c, i),
 }

@@ -20,7 +20,6 @@ import copy
 import functools
 import json
 import math
-import sys
 import time
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
@@ -353,4 +352,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -45,12 +45,12 @@ def as_batch(item: object, device: torch.device | str | None = None) -> Batch:
         )
     index = None if index is None else torch.as_tensor(index)
     _check_batch(x, y, index)
-
-    def move(t: Tensor) -> Tensor:
-        return t if device is None else t.to(device, non_blocking=True)
-
-    index = None if index is None else move(index).long()
-    return Batch(x=move(x), y=move(y).long(), index=index)  # type: ignore[arg-type]  # may be None
+    if device is not None:
+        x, y, index = (
+            None if t is None else t.to(device, non_blocking=True) for t in (x, y, index)
+        )
+    index = None if index is None else index.long()
+    return Batch(x=x, y=y.long(), index=index)  # type: ignore[arg-type]  # index may be None
 
 
 def _check_batch(x: Tensor, y: Tensor, index: Tensor | None) -> None:
@@ -105,8 +105,25 @@ class IndexedDataset(torch.utils.data.Dataset):
         return x, y, i
 
 
-def split_outputs(out: object, who: str) -> tuple[Tensor, Tensor]:
-    """Check a model's output is ``(features (B, D), logits (B, C))`` and return it."""
+def run_model(
+    model: nn.Module,
+    x: Tensor,
+    who: str,
+    *,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``model(x)`` checked as ``(features (B, D), logits (B, C))``, under autocast if
+    ``autocast_dtype`` is given, with ``channels_last`` images if asked; ``who`` names the model
+    in the errors."""
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(
+        device_type=x.device.type,
+        dtype=autocast_dtype or torch.bfloat16,
+        enabled=autocast_dtype is not None,
+    ):
+        out = model(x)
     if (
         not isinstance(out, (tuple, list))
         or len(out) != 2
@@ -123,26 +140,6 @@ def split_outputs(out: object, who: str) -> tuple[Tensor, Tensor]:
             f"{tuple(features.shape)} and {tuple(logits.shape)}"
         )
     return features, logits
-
-
-def run_model(
-    model: nn.Module,
-    x: Tensor,
-    who: str,
-    *,
-    channels_last: bool = False,
-    autocast_dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``model(x)`` checked as ``(features (B, D), logits (B, C))``, under autocast if
-    ``autocast_dtype`` is given, with ``channels_last`` images if asked."""
-    if channels_last and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(
-        device_type=x.device.type,
-        dtype=autocast_dtype or torch.bfloat16,
-        enabled=autocast_dtype is not None,
-    ):
-        return split_outputs(model(x), who)
 
 
 @dataclass
@@ -212,12 +209,9 @@ class TeacherCache:
         """The whole cache as the :class:`SetupData` a ``needs_setup`` method receives."""
         return SetupData(self.features, self.logits, self.labels)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"features": self.features, "logits": self.logits, "labels": self.labels}
-
     def save(self, path: str | Path) -> None:
         """Save to a file loadable with ``torch.load(..., weights_only=True)``."""
-        torch.save({k: v.cpu() for k, v in self.state_dict().items()}, Path(path))
+        torch.save({k: v.cpu() for k, v in vars(self).items()}, Path(path))
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TeacherCache:
@@ -254,7 +248,7 @@ class TeacherCache:
         if device is None:
             device = module_device(teacher) if isinstance(teacher, nn.Module) else teacher.device
         device = torch.device(device)
-        chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        chunks: list[tuple[Tensor, ...]] = []
         for item in loader:
             batch = as_batch(item, device)
             if batch.index is None:
@@ -265,8 +259,7 @@ class TeacherCache:
             f, z = teacher_outputs(
                 teacher, batch, channels_last=channels_last, autocast_dtype=autocast_dtype
             )
-            to = torch.device(storage_device)
-            chunks.append((batch.index.to(to), f.to(to), z.to(to), batch.y.to(to)))
+            chunks.append(tuple(t.to(storage_device) for t in (batch.index, f, z, batch.y)))
         if not chunks:
             raise ValueError("TeacherCache.build got an empty loader")
         # (N',), (N', D_T), (N', C_T), (N',)

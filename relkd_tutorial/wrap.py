@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 __all__ = ["WrappedClassifier", "wrap_classifier"]
 
@@ -77,8 +78,7 @@ class WrappedClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, C_in, H, W)`` images -> ``(features (B, D), logits (B, C))``."""
-        self._seen.clear()
-        self._active = True
+        self._active = True  # _seen is empty: the last forward cleared it
         try:
             logits = self.model(x)
             seen = list(self._seen)
@@ -153,9 +153,7 @@ class WrappedClassifier(nn.Module):
 
 def _is_returned(output: Any, logits: Tensor) -> bool:
     """The model returned the head's output: the same tensor, or a ``(B, C, 1, 1)`` map flattened."""
-    if output is logits:
-        return True
-    return (
+    return output is logits or (
         isinstance(output, Tensor)
         and output.dim() == 4
         and tuple(output.shape[2:]) == (1, 1)
@@ -211,19 +209,15 @@ def _name_of(model: nn.Module, module: nn.Module) -> str | None:
 
 def _named_head(model: nn.Module, head: str | nn.Module) -> str:
     """The name of the layer passed as ``head=`` (it must be an ``nn.Linear`` of ``model``)."""
-    if isinstance(head, nn.Module):
-        name = _name_of(model, head)
-        if name is None:
-            raise ValueError("head= is a module that is not part of the model")
-    elif isinstance(head, str):
-        name = head
-        try:
-            model.get_submodule(name)
-        except AttributeError:
-            raise _no_head_error(model, f"it has no submodule {name!r}") from None
-    else:
+    if not isinstance(head, (str, nn.Module)):
         raise TypeError(f"head must be a submodule name, a module or None, got {head!r}")
-    module = model.get_submodule(name)
+    name = _name_of(model, head) if isinstance(head, nn.Module) else head
+    if name is None:
+        raise ValueError("head= is a module that is not part of the model")
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise _no_head_error(model, f"it has no submodule {name!r}") from None
     if not isinstance(module, nn.Linear):
         raise _no_head_error(model, f"{name!r} is a {type(module).__name__}, not an nn.Linear")
     return name
@@ -271,13 +265,6 @@ def _width(module: nn.Module, *, inputs: bool) -> int | None:
     return None
 
 
-def _uninitialized(module: nn.Module) -> bool:
-    return any(
-        isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
-        for m in module.modules()
-    )
-
-
 def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> WrappedClassifier:
     """Wrap a classifier ``model(x) -> logits`` so that it returns
     ``(features (B, D), logits (B, C))``.
@@ -310,7 +297,7 @@ def wrap_classifier(model: nn.Module, head: str | nn.Module | None = None) -> Wr
             raise _no_head_error(model, "it has no nn.Linear layer")
         names = (linears[-1],)
     heads = [model.get_submodule(n) for n in names]
-    lazy = [n for n, h in zip(names, heads, strict=True) if _uninitialized(h)]
+    lazy = [n for n, h in zip(names, heads, strict=True) if any(map(is_lazy, h.parameters()))]
     if lazy:
         raise ValueError(
             f"the head(s) {lazy} of {type(model).__name__} are lazy layers whose shapes are not "

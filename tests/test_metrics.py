@@ -11,9 +11,7 @@ import torch
 from relkd_tutorial.data import Batch
 from relkd_tutorial.metrics import (
     FASHION_MNIST_CLASSES,
-    FASHION_MNIST_FOOTWEAR,
     FASHION_MNIST_GROUPS,
-    FASHION_MNIST_TOPS,
     accuracy,
     collect_outputs,
     confusion_matrix,
@@ -98,18 +96,18 @@ def test_metrics_agree_with_loops_on_random_data():
 
 
 def test_fashion_mnist_groups():
-    assert [FASHION_MNIST_CLASSES[k] for k in FASHION_MNIST_TOPS] == [
+    assert list(FASHION_MNIST_GROUPS) == ["tops", "footwear"]
+    assert [FASHION_MNIST_CLASSES[k] for k in FASHION_MNIST_GROUPS["tops"]] == [
         "T-shirt/top",
         "Pullover",
         "Coat",
         "Shirt",
     ]
-    assert [FASHION_MNIST_CLASSES[k] for k in FASHION_MNIST_FOOTWEAR] == [
+    assert [FASHION_MNIST_CLASSES[k] for k in FASHION_MNIST_GROUPS["footwear"]] == [
         "Sandal",
         "Sneaker",
         "Ankle boot",
     ]
-    assert FASHION_MNIST_GROUPS == {"tops": FASHION_MNIST_TOPS, "footwear": FASHION_MNIST_FOOTWEAR}
 
 
 def naive_tau_b(t: list[float], s: list[float]) -> float:

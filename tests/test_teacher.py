@@ -70,7 +70,7 @@ def test_cache_save_load_round_trip_and_setup_data(tmp_path):
     cache.save(tmp_path / "cache.pt")
     torch.load(tmp_path / "cache.pt", weights_only=True)  # plain tensors only
     loaded = TeacherCache.load(tmp_path / "cache.pt")
-    for a, b in zip(cache.state_dict().values(), loaded.state_dict().values(), strict=True):
+    for a, b in zip(vars(cache).values(), vars(loaded).values(), strict=True):
         assert torch.equal(a, b)
     setup = cache.setup_data()
     assert setup.teacher_features is cache.features and torch.equal(setup.labels, y)

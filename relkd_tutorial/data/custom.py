@@ -31,30 +31,21 @@ from .loader import TensorLoader, epoch_generator, normalize
 DEFAULT_MAX_BYTES = 2 * 1024**3
 
 
-def _size_pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    pair = (size, size) if isinstance(size, int) and not isinstance(size, bool) else tuple(size)
-    if len(pair) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in pair):
-        raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
-    return pair[0], pair[1]
-
-
 class _Decoder:
     """One image -> ``(C, H, W)`` uint8 tensor (resize, channel conversion), with clear errors."""
 
-    def __init__(self, size: tuple[int, int] | None, channels: int | None) -> None:
+    def __init__(self, size: int | Sequence[int] | None, channels: int | None) -> None:
         from torchvision.transforms import v2  # lazy: only this path needs torchvision
 
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
-        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.uint8, scale=True)]
-        if channels == 1:
-            steps.append(v2.Grayscale(1))
-        elif channels == 3:
-            steps.append(v2.RGB())
+        convert = {None: [], 1: [v2.Grayscale(1)], 3: [v2.RGB()]}[channels]
+        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.uint8, scale=True), *convert]
         if size is not None:
-            steps.append(v2.Resize(size, antialias=True))
+            pair = (size, size) if type(size) is int else tuple(size)  # type(True) is bool
+            if len(pair) != 2 or not all(type(s) is int and s >= 1 for s in pair):
+                raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
+            steps.append(v2.Resize(pair, antialias=True))
         self.transform = v2.Compose(steps)
         self.shape: tuple[int, ...] | None = None  # of the first image, which all must share
 
@@ -104,13 +95,6 @@ def _label(value: Any, i: int) -> int:
             "indices (0..K-1, -1 = unlabelled): map them with the dataset's target_transform"
         )
     return int(value)
-
-
-def _class_names(dataset: Any, labels: Tensor, class_names: Sequence[str] | None) -> list[str]:
-    names = getattr(dataset, "classes", None) if class_names is None else class_names
-    if names is None:
-        names = range(int(labels.max()) + 1 if labels.numel() else 1)
-    return [str(c) for c in names]
 
 
 @dataclasses.dataclass(eq=False, repr=False)
@@ -179,8 +163,6 @@ def _check_transform(transform: Any) -> None:
     frozen into an :class:`ImageSet` (and redrawn at every access of an :class:`ImageStream`,
     pixel statistics included).
     """
-    if transform is None:
-        return
     names = [type(t).__name__ for t in getattr(transform, "transforms", [transform])]
     if "Normalize" in names:
         raise ValueError(
@@ -226,7 +208,7 @@ def from_torchvision(
         raise ValueError("the dataset is empty: it holds no images")
     _check_transform(getattr(dataset, "transform", None))
     max_bytes = check_count("max_bytes", max_bytes)
-    decoder = _Decoder(_size_pair(size), channels)
+    decoder = _Decoder(size, channels)
     name = name or type(dataset).__name__
     first = decoder(dataset[0][0], 0)  # fixes the shape every image must have
     in_memory, need_stats = n * first.numel() <= max_bytes, mean is None or std is None
@@ -242,7 +224,9 @@ def from_torchvision(
             images[i] = first if i == 0 else decoder(image, i)
         elif need_stats:
             sums = [a + b for a, b in zip(sums, pixel_sums(decoder(image, i)[None]), strict=True)]
-    data = ImageSet(images, labels, _class_names(dataset, labels, class_names), name, mean, std)
+    names = getattr(dataset, "classes", None) if class_names is None else class_names
+    names = range(int(labels.max()) + 1) if names is None else names  # "0".."K-1" (n >= 1)
+    data = ImageSet(images, labels, names, name, mean, std)  # type: ignore[arg-type]
     if need_stats:
         got = data.pixel_stats() if in_memory else stats_from_sums(*sums)
         data = data._replace(

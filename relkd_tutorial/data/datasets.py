@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from .imageset import ImageSet
 
@@ -81,12 +80,8 @@ def data_dir() -> Path:
 
 
 def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex SHA-256 digest of a file's bytes (read whole: the shipped files are a few MB)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class ChecksumError(ValueError):
@@ -156,20 +151,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     return values.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _fashion_imageset(images: np.ndarray | Tensor, labels: Any, name: str) -> ImageSet:
-    """Wrap ``(N, 28, 28)`` uint8 pixels and labels as a one-channel :class:`ImageSet`."""
-    x = torch.as_tensor(np.asarray(images, dtype=np.uint8)).unsqueeze(1).contiguous()
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    return ImageSet(x, y, list(FASHION_MNIST_CLASSES), name, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-
-
 def find_idx_folder(candidates: Sequence[str | Path]) -> Path | None:
     """The first folder holding all four Fashion-MNIST IDX files (each plain or ``.gz``)."""
-    for folder in candidates:
-        folder = Path(folder)
-        if all(_idx_file(folder, stem) is not None for stem in _FASHION_MNIST_FILES.values()):
-            return folder
-    return None
+    stems = _FASHION_MNIST_FILES.values()
+    folders = (Path(folder) for folder in candidates)
+    return next((f for f in folders if all(_idx_file(f, s) is not None for s in stems)), None)
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
@@ -192,22 +178,6 @@ def read_fashion_mnist_idx(folder: str | Path) -> dict[str, np.ndarray]:
                 f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match"
             )
     return arrays
-
-
-def _missing_fashion_mnist(searched: Sequence[Path]) -> FileNotFoundError:
-    looked = "\n".join(f"  - {p}" for p in searched)
-    files = ", ".join(f"{stem}[.gz]" for stem in _FASHION_MNIST_FILES.values())
-    return FileNotFoundError(
-        "The full Fashion-MNIST IDX files were not found. Looked in:\n"
-        f"{looked}\n"
-        "Any one of these fixes it:\n"
-        "  1. Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (installs them in "
-        f"{DEBIAN_FASHION_MNIST_DIR}/);\n"
-        f"  2. put the four files ({files}) in a folder and pass root=<that folder> "
-        "(or <root>/FashionMNIST/raw/, torchvision's layout);\n"
-        '  3. with internet: load_fashion_mnist("download", root=<a folder>);\n'
-        '  or use the 10k/2k subset shipped with the repository: load_fashion_mnist("subset").'
-    )
 
 
 def load_fashion_mnist(
@@ -242,27 +212,43 @@ def load_fashion_mnist(
         candidates = [*given, DEBIAN_FASHION_MNIST_DIR]
         folder = find_idx_folder(candidates)
         if folder is None:
-            raise _missing_fashion_mnist(candidates)
+            looked = "\n".join(f"  - {p}" for p in candidates)
+            files = ", ".join(f"{stem}[.gz]" for stem in _FASHION_MNIST_FILES.values())
+            raise FileNotFoundError(
+                "The full Fashion-MNIST IDX files were not found. Looked in:\n"
+                f"{looked}\n"
+                "Any one of these fixes it:\n"
+                "  1. Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist` (installs them "
+                f"in {DEBIAN_FASHION_MNIST_DIR}/);\n"
+                f"  2. put the four files ({files}) in a folder and pass root=<that folder> "
+                "(or <root>/FashionMNIST/raw/, torchvision's layout);\n"
+                '  3. with internet: load_fashion_mnist("download", root=<a folder>);\n'
+                "  or use the 10k/2k subset shipped with the repository: "
+                'load_fashion_mnist("subset").'
+            )
         return _fashion_pair(read_fashion_mnist_idx(folder), "fashion_mnist")
     if source == "download":
         from torchvision.datasets import FashionMNIST  # lazy: only this path needs torchvision
 
         root = Path(root) if root is not None else Path.home() / ".cache" / "relkd_tutorial"
-        sets = []
+        arrays = {}
         for split, train in (("train", True), ("test", False)):
             ds = FashionMNIST(str(root), train=train, download=True)
-            sets.append(_fashion_imageset(ds.data.numpy(), ds.targets, f"fashion_mnist/{split}"))
-        return sets[0], sets[1]
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = ds.data.numpy(), ds.targets
+        return _fashion_pair(arrays, "fashion_mnist")
     raise ValueError(f'source must be "subset", "full" or "download", got {source!r}')
 
 
 def _fashion_pair(arrays: Any, name: str) -> tuple[ImageSet, ImageSet]:
-    """``(train, test)`` from the arrays ``{train,test}_{images,labels}``."""
-    train, test = (
-        _fashion_imageset(arrays[f"{s}_images"], arrays[f"{s}_labels"], f"{name}/{s}")
-        for s in ("train", "test")
-    )
-    return train, test
+    """``(train, test)`` one-channel :class:`ImageSet` s from the arrays
+    ``{train,test}_{images,labels}`` (``(N, 28, 28)`` uint8 pixels, ``(N,)`` labels)."""
+    sets = []
+    for s in ("train", "test"):
+        x = torch.as_tensor(np.asarray(arrays[f"{s}_images"], dtype=np.uint8)).unsqueeze(1)
+        y = torch.as_tensor(np.asarray(arrays[f"{s}_labels"]), dtype=torch.int64)
+        classes, stats = list(FASHION_MNIST_CLASSES), (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+        sets.append(ImageSet(x.contiguous(), y, classes, f"{name}/{s}", *stats))
+    return sets[0], sets[1]
 
 
 def load_cifar100(

@@ -202,22 +202,15 @@ class TensorLoader:
             flips = torch.randint(0, 2, (n,), generator=generator).bool()
         return order, offsets, flips
 
-    def _rank_slice(self, start: int, stop: int) -> tuple[int, int]:
-        """This rank's contiguous part of the global batch ``[start, stop)`` (tensor_split rule)."""
-        size, w, r = stop - start, self.world_size, self.rank
-        base, extra = divmod(size, w)
-        lo = start + r * base + min(r, extra)
-        return lo, lo + base + (1 if r < extra else 0)
-
     def _batches(self, epoch: int) -> Iterator[Batch]:
-        order, offsets, flips = (t.to(self.device) for t in self.epoch_plan(epoch))
-        n = len(self.labels)
+        plan = [t.to(self.device) for t in self.epoch_plan(epoch)]  # order, offsets, flips
         for b in range(len(self)):
-            lo, hi = self._rank_slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
-            index = order[lo:hi]  # (B_r,)
+            # this rank's contiguous part of the global batch b (torch.tensor_split's rule)
+            part = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            index, offsets, flips = (t[part].tensor_split(self.world_size)[self.rank] for t in plan)
             images = self._pixels[index]  # (B_r, C, H + 2p, W + 2p) uint8
             if self.augments:
-                images = crop_and_flip_padded(images, self.image_size, offsets[lo:hi], flips[lo:hi])
+                images = crop_and_flip_padded(images, self.image_size, offsets, flips)
             # normalize(): (u / 255 - mean) / std as one multiply and one add, (B_r, C, H, W)
             x = images.float().mul_(self._scale).add_(self._shift)
             if self.channels_last:
