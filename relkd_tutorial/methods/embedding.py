@@ -10,6 +10,7 @@ from .._checks import (
     check_float_tensor,
     check_labels,
     check_nonnegative,
+    check_optional_count,
     check_positive,
 )
 from ..losses.refilled import (
@@ -124,8 +125,6 @@ class Refilled(Method):
         self.form = check_choice("form", form, FORMS)
         self.centre_mode = check_choice("centres", centres, ("global", "local"))
         self.stage1_labels = check_choice("stage1_labels", stage1_labels, STAGE1_LABELS)
-        if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes}")
         self.needs_setup = centres == "global"
         self.margin = check_positive("margin", margin)
         self.tau1 = check_positive("tau1", tau1)
@@ -133,7 +132,7 @@ class Refilled(Method):
         self.lambda1 = check_nonnegative("lambda1", lambda1)
         self.lambda2 = check_nonnegative("lambda2", lambda2)
         self.ce_weight = check_nonnegative("ce_weight", ce_weight)
-        self.num_classes = num_classes
+        self.num_classes = check_optional_count("num_classes", num_classes)
         self.restrict_to_batch = bool(restrict_to_batch)
         # (C, D_T); empty until setup() (its shape is only known then; see _load_from_state_dict)
         self.register_buffer("class_centres", torch.zeros(0, 0))
