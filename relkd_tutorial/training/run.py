@@ -41,7 +41,7 @@ from .distributed import (
     wrap_student,
 )
 from .distributed import barrier as _barrier
-from .progress import _EpochProgress, _progress_enabled, _summary
+from .progress import _EpochProgress, _progress_enabled
 from .rng import _rank_state, get_rng_state, seed_everything, set_rng_state
 from .schedule import StagePlan, check_resume_plan, restore_schedule, stage_plan
 from .signals import StopSignals, TrainingInterrupted, _interrupted
@@ -279,7 +279,8 @@ class _Run:
         exception it raises stops the run); stop if a signal came."""
         self.history.append(record)
         if self.show:
-            tqdm.write(_summary(record))
+            values = [f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)]
+            tqdm.write("  ".join([f"epoch {record['epoch']} [{record['stage']}]", *values]))
         if self.ckpt_path is not None:
             self.write_checkpoint(epoch + 1)
         if self.config.history_csv is not None and self.rank == 0:
