@@ -17,7 +17,6 @@ from ..losses.refilled import (
     FORMS,
     centre_labels,
     class_centres,
-    mine_triplets,
     refilled_classifier_kl,
     refilled_embedding_loss,
 )
@@ -136,7 +135,6 @@ class Refilled(Method):
         self.restrict_to_batch = bool(restrict_to_batch)
         # (C, D_T); empty until setup() (its shape is only known then; see _load_from_state_dict)
         self.register_buffer("class_centres", torch.zeros(0, 0))
-        self.last_num_triplets = 0  # diagnostics: triplets mined at the last stage-1 step
 
     def stages(self) -> list[Stage]:
         f1 = self.stage1_fraction
@@ -190,16 +188,8 @@ class Refilled(Method):
                 labels = centre_labels(
                     teacher_features, labels, centres.to(teacher_features.device)
                 )
-            a, p, n = mine_triplets(inputs.student_features, labels, self.margin)
-            self.last_num_triplets = int(a.shape[0])
-            l1 = refilled_embedding_loss(
-                inputs.student_features,
-                teacher_features,
-                labels,
-                self.margin,
-                self.tau1,
-                self.form,
-                triplets=(a, p, n),
+            l1 = refilled_embedding_loss(  # on the semi-hard triplets it mines under `labels`
+                inputs.student_features, teacher_features, labels, self.margin, self.tau1, self.form
             )
             return with_total({"relation": self.lambda1 * l1})
         centres = self._centres_for(inputs, teacher_features)
