@@ -53,14 +53,6 @@ def previous_checkpoint(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.previous{path.suffix}")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` as a hard link to ``src`` where the file system allows, else a copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (:func:`_atomic_write`); the file it replaces is kept
     as :func:`previous_checkpoint` (also atomically). At every moment ``path`` holds a complete
@@ -68,10 +60,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """
     path = Path(path)
 
+    def keep(kept: Path) -> None:  # a hard link where the file system allows, else a copy
+        try:
+            os.link(path, kept)
+        except OSError:
+            shutil.copy2(path, kept)
+
     def write(tmp: Path) -> None:
         torch.save(state, tmp)
         if path.is_file():
-            _atomic_write(previous_checkpoint(path), lambda kept: _link_or_copy(path, kept))
+            _atomic_write(previous_checkpoint(path), keep)
 
     _atomic_write(path, write)
 
