@@ -228,15 +228,15 @@ MUTANTS: list[Mutant] = [
         (KNOBS_METHODS,),
     ),
     Mutant(
-        "grkd_weight_dropped", "method",
-        '("grkd", self.grkd_weight, self.loss)',
-        '("grkd", 1.0, self.loss)',
+        "loss_method_weight_dropped", "method",
+        "(self.term, weight, self.loss)",
+        "(self.term, 1.0, self.loss)",
         (KNOBS_METHODS,),
     ),
     Mutant(
         "grkd_default_temperature", "method",
-        "grkd_weight: float = 1.0,\n        temperature: float = 1.0,\n        top_k",
-        "grkd_weight: float = 1.0,\n        temperature: float = 2.0,\n        top_k",
+        "temperature: float = 1.0,\n    top_k: int | None = None,\n    weighting",
+        "temperature: float = 2.0,\n    top_k: int | None = None,\n    weighting",
         (KNOBS_METHODS,),
     ),
     Mutant(
@@ -246,8 +246,8 @@ MUTANTS: list[Mutant] = [
         (KNOBS_METHODS,),
     ),
     Mutant(
-        "rank_weight_dropped", "method",
-        '("rank", self.rank_weight, self.loss)', '("rank", 1.0, self.loss)',
+        "loss_method_weights_swapped", "method",
+        "ce_weight, weight, *options = bound", "weight, ce_weight, *options = bound",
         (KNOBS_METHODS,),
     ),
     Mutant(

@@ -161,12 +161,11 @@ class RKDLoss(nn.Module):
 
     def forward(self, student_features: Tensor, teacher_features: Tensor) -> Tensor:
         total = student_features.new_zeros((), dtype=torch.float32)
-        if self.distance_weight > 0:
-            d = rkd_distance_loss(student_features, teacher_features)
-            total = total.to(d.dtype) + self.distance_weight * d
-        if self.angle_weight > 0:
-            a = rkd_angle_loss(student_features, teacher_features)
-            total = total.to(a.dtype) + self.angle_weight * a
+        terms = ((self.distance_weight, rkd_distance_loss), (self.angle_weight, rkd_angle_loss))
+        for weight, loss in terms:
+            if weight > 0:
+                value = loss(student_features, teacher_features)
+                total = total.to(value.dtype) + weight * value
         return total
 
     def extra_repr(self) -> str:

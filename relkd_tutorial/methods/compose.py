@@ -105,10 +105,11 @@ def plus_kd(build: Callable[..., Method], name: str, positional: int = 0) -> Cal
         return WithKD(build(*args, **kwargs), kd_weight, kd_temperature)
 
     build_with_kd.__name__ = build_with_kd.__qualname__ = name
-    kd = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in
-          (("kd_weight", 1.0), ("kd_temperature", 4.0))]  # fmt: skip
-    own = list(inspect.signature(build).parameters.values())
-    build_with_kd.__signature__ = inspect.Signature(own + kd)  # type: ignore[attr-defined]
+    own = inspect.signature(build).parameters.values()
+    kd = [
+        p for p in inspect.signature(build_with_kd).parameters.values() if p.kind == p.KEYWORD_ONLY
+    ]
+    build_with_kd.__signature__ = inspect.Signature([*own, *kd])  # type: ignore[attr-defined]
     build_with_kd.__doc__ = (
         f"``with_kd({getattr(build, '__name__', build)}(*args, **kwargs))`` with ``kd_weight`` "
         "(1) and ``kd_temperature`` (4) keyword-only: a :class:`WithKD`."

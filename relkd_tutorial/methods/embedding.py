@@ -10,13 +10,13 @@ from .._checks import (
     check_float_tensor,
     check_labels,
     check_nonnegative,
+    check_optional_count,
     check_positive,
 )
 from ..losses.refilled import (
     FORMS,
     centre_labels,
     class_centres,
-    mine_triplets,
     refilled_classifier_kl,
     refilled_embedding_loss,
 )
@@ -124,8 +124,6 @@ class Refilled(Method):
         self.form = check_choice("form", form, FORMS)
         self.centre_mode = check_choice("centres", centres, ("global", "local"))
         self.stage1_labels = check_choice("stage1_labels", stage1_labels, STAGE1_LABELS)
-        if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes}")
         self.needs_setup = centres == "global"
         self.margin = check_positive("margin", margin)
         self.tau1 = check_positive("tau1", tau1)
@@ -133,11 +131,10 @@ class Refilled(Method):
         self.lambda1 = check_nonnegative("lambda1", lambda1)
         self.lambda2 = check_nonnegative("lambda2", lambda2)
         self.ce_weight = check_nonnegative("ce_weight", ce_weight)
-        self.num_classes = num_classes
+        self.num_classes = check_optional_count("num_classes", num_classes)
         self.restrict_to_batch = bool(restrict_to_batch)
         # (C, D_T); empty until setup() (its shape is only known then; see _load_from_state_dict)
         self.register_buffer("class_centres", torch.zeros(0, 0))
-        self.last_num_triplets = 0  # diagnostics: triplets mined at the last stage-1 step
 
     def stages(self) -> list[Stage]:
         f1 = self.stage1_fraction
@@ -191,16 +188,8 @@ class Refilled(Method):
                 labels = centre_labels(
                     teacher_features, labels, centres.to(teacher_features.device)
                 )
-            a, p, n = mine_triplets(inputs.student_features, labels, self.margin)
-            self.last_num_triplets = int(a.shape[0])
-            l1 = refilled_embedding_loss(
-                inputs.student_features,
-                teacher_features,
-                labels,
-                self.margin,
-                self.tau1,
-                self.form,
-                triplets=(a, p, n),
+            l1 = refilled_embedding_loss(  # on the semi-hard triplets it mines under `labels`
+                inputs.student_features, teacher_features, labels, self.margin, self.tau1, self.form
             )
             return with_total({"relation": self.lambda1 * l1})
         centres = self._centres_for(inputs, teacher_features)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
+from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import (
+    LossModule,
     check_choice,
     check_float_tensor,
     check_labels,
@@ -100,77 +103,66 @@ class RKDAngle(RKD):
     default_weights = (None, 0.0, None)
 
 
-class GRKD(Method):
+class _LogitLossMethod(Method):
+    """``ce_weight CE + <term>_weight L`` for a loss module ``loss_class`` on the student's and the
+    teacher's logits (both weights 1 by default, choice); terms ``"ce"`` and ``term``.
+
+    The constructor takes the two weights, then ``loss_class``'s options with its defaults, by
+    position or name; they are its signature (``help()``, IDEs and ``build_method`` read it).
+    """
+
+    needs_teacher = True
+    term: str  # the loss term's name; its weight is the attribute ``<term>_weight``
+    loss_class: type[LossModule]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        weights = [
+            inspect.Parameter(w, kind, default=1.0, annotation="float")
+            for w in ("ce_weight", f"{cls.term}_weight")
+        ]
+        options = inspect.signature(cls.loss_class).parameters.values()
+        cls.__signature__ = inspect.Signature([*weights, *options], return_annotation=None)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        bound = self.__signature__.bind(*args, **kwargs)
+        bound.apply_defaults()
+        ce_weight, weight, *options = bound.arguments.values()
+        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
+        setattr(self, f"{self.term}_weight", check_nonnegative(f"{self.term}_weight", weight))
+        self.loss = self.loss_class(*options)
+
+    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
+        weight = getattr(self, f"{self.term}_weight")
+        return self._logit_terms(inputs, (self.term, weight, self.loss))
+
+
+class GRKD(_LogitLossMethod):
     """GRKD: ``ce_weight CE + grkd_weight L_GR`` (1 / 1, ``tau = 1``; ``docs/grkd.md``); the other
     options are :func:`~relkd_tutorial.losses.grkd.grkd_loss`'s. Terms ``"ce"``, ``"grkd"``.
     """
 
     name = "grkd"
-    needs_teacher = True
-
-    def __init__(
-        self,
-        ce_weight: float = 1.0,
-        grkd_weight: float = 1.0,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        weighting: str = "uniform",
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
-        self.grkd_weight = check_nonnegative("grkd_weight", grkd_weight)
-        self.loss = GRKDLoss(temperature, top_k, weighting, reduction)
-
-    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        return self._logit_terms(inputs, ("grkd", self.grkd_weight, self.loss))
+    term = "grkd"
+    loss_class = GRKDLoss
 
 
-class _RankingMethod(Method):
-    """``ce_weight CE + rank_weight L_rank`` (1 / 1, choice) for a ranking loss module ``self.loss``; terms ``"ce"``, ``"rank"``."""
-
-    needs_teacher = True
-    loss: nn.Module
-
-    def __init__(self, ce_weight: float, rank_weight: float) -> None:
-        super().__init__()
-        self.ce_weight = check_nonnegative("ce_weight", ce_weight)
-        self.rank_weight = check_nonnegative("rank_weight", rank_weight)
-
-    def loss_terms(self, inputs: StepInputs) -> dict[str, Tensor]:
-        return self._logit_terms(inputs, ("rank", self.rank_weight, self.loss))
-
-
-class SoftRank(_RankingMethod):
+class SoftRank(_LogitLossMethod):
     """Soft pairwise ranking (:func:`~relkd_tutorial.losses.ranking.soft_pairwise_rank_loss`)."""
 
     name = "rank_soft"
-
-    def __init__(
-        self,
-        ce_weight: float = 1.0,
-        rank_weight: float = 1.0,
-        temperature: float = 1.0,
-        teacher_temperature: float = 1.0,
-    ) -> None:
-        super().__init__(ce_weight, rank_weight)
-        self.loss = SoftPairwiseRankLoss(temperature, teacher_temperature)
+    term = "rank"
+    loss_class = SoftPairwiseRankLoss
 
 
-class ListwiseRank(_RankingMethod):
+class ListwiseRank(_LogitLossMethod):
     """Listwise Plackett-Luce ranking (:func:`~relkd_tutorial.losses.ranking.listwise_rank_loss`)."""
 
     name = "rank_listwise"
-
-    def __init__(
-        self,
-        ce_weight: float = 1.0,
-        rank_weight: float = 1.0,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-    ) -> None:
-        super().__init__(ce_weight, rank_weight)
-        self.loss = ListwiseRankLoss(temperature, top_k)
+    term = "rank"
+    loss_class = ListwiseRankLoss
 
 
 class DIST(Method):

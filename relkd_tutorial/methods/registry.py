@@ -44,25 +44,20 @@ def build_method(name: str, **kwargs: object) -> Method:
 
 def _build(name: str, builder: Callable[..., Method], kwargs: dict[str, object]) -> Method:
     """``builder(**kwargs)``, after checking ``kwargs`` against its signature (a class or a
-    builder function): an unknown or a missing option names the method's options."""
+    builder function, every option named): an unknown or a missing option names the method's
+    options."""
     params = inspect.signature(builder).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        options = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
-        unknown = sorted(set(kwargs) - set(options))
-        if unknown:
-            raise TypeError(
-                f"method {name!r} has no option {', '.join(map(repr, unknown))}; its options "
-                f"are {options}"
-            )
-        missing = [
-            n for n, p in params.items()
-            if p.default is inspect.Parameter.empty and n not in kwargs
-            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        ]  # fmt: skip
-        if missing:
-            raise TypeError(
-                f"method {name!r} needs the option(s) {missing}; its options are {options}"
-            )
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(
+            f"method {name!r} has no option {', '.join(map(repr, unknown))}; its options "
+            f"are {list(params)}"
+        )
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
+    if missing:
+        raise TypeError(
+            f"method {name!r} needs the option(s) {missing}; its options are {list(params)}"
+        )
     return builder(**kwargs)
 
 

@@ -14,18 +14,13 @@ import os
 import shutil
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..methods import Method
 from .config import TrainConfig
-from .distributed import all_gather_objects, get_rank
-from .progress import _EpochProgress
-from .rng import get_rng_state
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "relkd_tutorial.checkpoint/1"
@@ -58,14 +53,6 @@ def previous_checkpoint(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.previous{path.suffix}")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` as a hard link to ``src`` where the file system allows, else a copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (:func:`_atomic_write`); the file it replaces is kept
     as :func:`previous_checkpoint` (also atomically). At every moment ``path`` holds a complete
@@ -73,10 +60,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """
     path = Path(path)
 
+    def keep(kept: Path) -> None:  # a hard link where the file system allows, else a copy
+        try:
+            os.link(path, kept)
+        except OSError:
+            shutil.copy2(path, kept)
+
     def write(tmp: Path) -> None:
         torch.save(state, tmp)
         if path.is_file():
-            _atomic_write(previous_checkpoint(path), lambda kept: _link_or_copy(path, kept))
+            _atomic_write(previous_checkpoint(path), keep)
 
     _atomic_write(path, write)
 
@@ -172,52 +165,6 @@ def write_history_csv(history: Sequence[dict[str, Any]], path: str | Path) -> No
             writer.writerows(history)
 
     _atomic_write(Path(path), write)
-
-
-@dataclass
-class _RunParts:
-    """Everything with state that a checkpoint saves, besides the history and the config."""
-
-    student: nn.Module
-    method: Method
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    stage: str
-
-
-def _write_checkpoint(
-    path: Path,
-    parts: _RunParts,
-    history: list[dict[str, Any]],
-    config: TrainConfig,
-    epoch: int,
-    progress: _EpochProgress | None = None,
-) -> None:
-    """Rank 0 writes the state after ``epoch`` epochs (and ``progress.steps`` more steps); every
-    rank must call it (the RNG states of all ranks are gathered).
-    """
-    rngs = all_gather_objects(get_rng_state())
-    state: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "step": 0 if progress is None else progress.steps,
-        "stage": parts.stage,
-        "model": parts.student.state_dict(),  # the unwrapped student, never the DDP wrapper
-        "method": parts.method.state_dict(),
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict(),
-        "rng": rngs[0],
-        "history": history,
-        "config": asdict(config),
-    }
-    if len(rngs) > 1:
-        state["rng_ranks"] = rngs
-    if progress is not None:
-        state.update(progress.checkpoint_entries())
-    if get_rank() == 0:
-        save_checkpoint(path, state)
 
 
 def _checkpoint_path(config: TrainConfig) -> Path | None:

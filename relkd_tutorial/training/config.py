@@ -6,7 +6,7 @@ import math
 import numbers
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -84,8 +84,7 @@ class TrainConfig:
         if not isinstance(self.resume, (bool, str)):
             raise TypeError(f"resume must be a bool or a checkpoint path, got {self.resume!r}")
         _check_plain("extra", self.extra)
-        for name in ("nesterov", "channels_last", "compile", "progress", "handle_signals",
-                     "sync_batchnorm"):  # fmt: skip
+        for name in (f.name for f in fields(self) if f.type == "bool"):  # the switches
             # a string such as "False" (from a command line) would silently mean True
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -99,7 +98,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is None and "None" in rule:
                 continue
-            value = _integer(name, value) if kind is int else _finite(name, value)
+            value = _number(name, value, kind)
             if not ok(value):
                 raise ValueError(f"{name} must be {rule}, got {value!r}")
             setattr(self, name, value)
@@ -110,7 +109,7 @@ class TrainConfig:
                 f"milestones must be a sequence of fractions of a stage, e.g. (0.5, 0.75), got "
                 f"{self.milestones!r}"
             )
-        self.milestones = tuple(_finite("milestones", m) for m in self.milestones)
+        self.milestones = tuple(_number("milestones", m) for m in self.milestones)
         if any(not (0 < m < 1) for m in self.milestones) or list(self.milestones) != sorted(
             self.milestones
         ):
@@ -145,20 +144,16 @@ _NUMBERS: dict[str, tuple[type, Callable[[Any], bool], str]] = {
 }
 
 
-def _finite(name: str, value: Any) -> float:
-    """A finite real number as a Python float (NaN, inf, strings, tensors and bools refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
+def _number(name: str, value: Any, kind: type = float) -> Any:
+    """A finite real number as a Python ``float``, or an int (numpy integers accepted) as a Python
+    ``int`` (``kind=int``); NaN, inf, strings, tensors, bools (and floats for an int) refused.
+    """
+    what, abc = ("an int", numbers.Integral) if kind is int else ("a real number", numbers.Real)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, abc):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
+    if kind is float and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
-def _integer(name: str, value: Any) -> int:
-    """An int (numpy integers accepted) as a Python int; floats, bools and strings refused."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    return int(value)
+    return kind(value)
 
 
 def _check_plain(name: str, value: Any) -> None:

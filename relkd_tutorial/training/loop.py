@@ -30,7 +30,6 @@ from torch import nn
 from .._checks import training_checks
 from ..methods import Method
 from ..teacher import TeacherCache, as_batch, teacher_outputs
-from .checkpoint import _RunParts
 from .config import TrainConfig
 from .distributed import average_gradients, gather_step_inputs
 from .run import _Run
@@ -95,7 +94,6 @@ def fit(
             optimizer = build_optimizer(trainable_parameters(student, method), config)
             scheduler = build_scheduler(optimizer, config, stage.epochs)
             run.resume_optimizer(optimizer, scheduler)
-            parts = _RunParts(student, method, optimizer, scheduler, run.scaler, stage.name)
             params = [p for group in optimizer.param_groups for p in group["params"]]
             student_ids = {id(p) for p in student.parameters()}
             method_params = [p for p in params if id(p) not in student_ids]  # synced by hand
@@ -140,7 +138,7 @@ def fit(
                         if run.show and meter.steps % config.log_every == 0:
                             bar.set_postfix(meter.running_means())  # one host read
                         if run.stop_requested(stop):
-                            raise run.stop_mid_epoch(parts, epoch, meter, tic, stop)
+                            raise run.stop_mid_epoch(epoch, meter, tic, stop)
                 record = {"epoch": epoch + 1, "stage": stage.name, "lr": lr}
                 record.update(meter.means(epoch, student, method))  # one read; stops on NaN/inf
                 scheduler.step()
@@ -148,7 +146,7 @@ def fit(
                     result = _evaluate_all_ranks(student, eval_loader, run.device, config)
                     record["eval_loss"], record["eval_acc"] = result["loss"], result["acc"]
                 record["seconds"] = time.perf_counter() - tic
-                run.end_epoch(parts, record, epoch, stop, on_epoch)  # checkpoint, CSV, signal
+                run.end_epoch(record, epoch, stop, on_epoch)  # checkpoint, CSV, signal
     return run.finish()
 
 

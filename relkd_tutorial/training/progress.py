@@ -132,8 +132,3 @@ class _EpochProgress:
             seconds=float(partial["seconds"]),
             rng=_rank_state(state, "rng", rank, world),
         )
-
-
-def _summary(record: dict[str, Any]) -> str:
-    values = [f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)]  # not epoch, stage
-    return "  ".join([f"epoch {record['epoch']} [{record['stage']}]", *values])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,15 @@ from tqdm.auto import tqdm
 from ..methods import Method
 from ..teacher import TeacherCache
 from .checkpoint import (
+    CHECKPOINT_FORMAT,
     _checkpoint_path,
     _resume_state,
-    _RunParts,
-    _write_checkpoint,
+    save_checkpoint,
     write_history_csv,
 )
 from .config import TrainConfig, _autocast_dtype, resolve_device
 from .distributed import (
+    all_gather_objects,
     any_rank,
     broadcast_module_state,
     check_sharded_loader,
@@ -40,7 +41,7 @@ from .distributed import (
     wrap_student,
 )
 from .distributed import barrier as _barrier
-from .progress import _EpochProgress, _progress_enabled, _summary
+from .progress import _EpochProgress, _progress_enabled
 from .rng import _rank_state, get_rng_state, seed_everything, set_rng_state
 from .schedule import StagePlan, check_resume_plan, restore_schedule, stage_plan
 from .signals import StopSignals, TrainingInterrupted, _interrupted
@@ -67,6 +68,9 @@ class _Run:
     world: int = 1
     rank: int = 0
     _mid_stage: bool = False  # the stage being entered continues a checkpoint's
+    stage: str = ""  # the stage being trained, its optimizer and schedule (resume_optimizer)
+    optimizer: Any = None
+    scheduler: Any = None
 
     @property
     def show(self) -> bool:
@@ -154,7 +158,7 @@ class _Run:
         that draws random numbers (a re-initialised head) draws the same ones. Returns a
         mid-epoch checkpoint's running sums, if any.
         """
-        state, progress = self.resume_state, None
+        state, progress, self.stage = self.resume_state, None, stage.name
         step = 0 if state is None else int(state.get("step", 0))
         self._mid_stage = state is not None and (state["epoch"] > stage.first or step > 0)
         if self._mid_stage:
@@ -174,7 +178,8 @@ class _Run:
         return progress
 
     def resume_optimizer(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        """Continue the stage's optimizer and schedule when resuming inside the stage."""
+        """The stage's optimizer and schedule, continued when resuming inside the stage."""
+        self.optimizer, self.scheduler = optimizer, scheduler
         if self._mid_stage:
             assert self.resume_state is not None
             optimizer.load_state_dict(self.resume_state["optimizer"])
@@ -226,20 +231,45 @@ class _Run:
         """A stop signal on any rank (under ``torchrun``: one collective per step)."""
         return self.config.handle_signals and any_rank(stop.requested, self.device)
 
+    def write_checkpoint(self, epoch: int, progress: _EpochProgress | None = None) -> None:
+        """Rank 0 writes the state after ``epoch`` epochs (and ``progress.steps`` more steps) to
+        ``ckpt_path``; every rank must call it (the RNG states of all ranks are gathered).
+        """
+        rngs = all_gather_objects(get_rng_state())
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "step": 0 if progress is None else progress.steps,
+            "stage": self.stage,
+            "model": self.student.state_dict(),  # the unwrapped student, never the DDP wrapper
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs[0],
+            "history": self.history,
+            "config": asdict(self.config),
+        }
+        if len(rngs) > 1:
+            state["rng_ranks"] = rngs
+        if progress is not None:
+            state.update(progress.checkpoint_entries())
+        if self.rank == 0:
+            save_checkpoint(self.ckpt_path, state)  # type: ignore[arg-type]
+
     def stop_mid_epoch(
-        self, parts: _RunParts, epoch: int, meter: _EpochProgress, tic: float, stop: StopSignals
+        self, epoch: int, meter: _EpochProgress, tic: float, stop: StopSignals
     ) -> TrainingInterrupted:
         """Save the epoch so far (a mid-epoch checkpoint); the exception that ends the run."""
         meter.seconds = time.perf_counter() - tic
         _check_finite_state(epoch, self.student, self.method)
         if self.ckpt_path is not None:
-            _write_checkpoint(self.ckpt_path, parts, self.history, self.config, epoch, meter)
+            self.write_checkpoint(epoch, meter)
             _barrier()  # rank 0's file is complete before any rank exits
         return _interrupted(stop.signum, self.ckpt_path, epoch, meter.steps)
 
     def end_epoch(
         self,
-        parts: _RunParts,
         record: dict[str, Any],
         epoch: int,
         stop: StopSignals,
@@ -249,9 +279,10 @@ class _Run:
         exception it raises stops the run); stop if a signal came."""
         self.history.append(record)
         if self.show:
-            tqdm.write(_summary(record))
+            values = [f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)]
+            tqdm.write("  ".join([f"epoch {record['epoch']} [{record['stage']}]", *values]))
         if self.ckpt_path is not None:
-            _write_checkpoint(self.ckpt_path, parts, self.history, self.config, epoch + 1)
+            self.write_checkpoint(epoch + 1)
         if self.config.history_csv is not None and self.rank == 0:
             write_history_csv(self.history, self.config.history_csv)
         if on_epoch is not None:
