@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import (
+    check_count,
     check_feature_pair,
     check_float_tensor,
     check_labels,
@@ -110,8 +111,6 @@ def block_contrast(
     none, and vice versa), and ``ratio = within / between`` (``inf`` if 0). ``groups``: e.g.
     :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`; learnt groups give ``within > between``."""
     m, group_of, same = _grouped_matrix(matrix, groups)
-    if int((group_of >= 0).sum()) == 0:
-        raise ValueError("groups must contain at least one class")
     if skip_diagonal:
         same &= ~torch.eye(m.shape[0], dtype=torch.bool)
     in_some = group_of >= 0  # (C,)
@@ -325,8 +324,7 @@ def pca_2d(x: Tensor) -> np.ndarray:
     xc = x - x.mean(dim=0, keepdim=True)  # (N, D)
     _, _, vh = torch.linalg.svd(xc, full_matrices=False)  # vh: (min(N, D), D)
     coords = xc @ vh[:2].t()  # (N, k), k <= 2
-    if coords.shape[1] < 2:
-        coords = torch.cat([coords, coords.new_zeros(coords.shape[0], 2 - coords.shape[1])], dim=1)
+    coords = F.pad(coords, (0, 2 - coords.shape[1]))  # (N, 2): rank 1 gets a zero second column
     big = coords.abs().argmax(dim=0)  # (2,)
     signs = torch.sign(coords[big, torch.arange(2)])  # (2,)
     signs[signs == 0] = 1.0
@@ -353,10 +351,8 @@ def refilled_anchor_view(
     f_s, f_t = check_feature_pair(student_features, teacher_features)
     b = f_s.shape[0]
     y = check_labels("labels", labels, b).cpu()
-    if isinstance(anchor, bool) or not isinstance(anchor, (int, np.integer)):
-        raise TypeError(f"anchor must be an int in [0, {b}), got {type(anchor).__name__}")
-    anchor = int(anchor)
-    if not 0 <= anchor < b:
+    anchor = check_count("anchor", anchor, 0)
+    if anchor >= b:
         raise ValueError(f"anchor must lie in [0, {b}) (the batch size), got {anchor}")
     margin = check_positive("margin", margin)
     tau1 = check_positive("tau1", tau1)
