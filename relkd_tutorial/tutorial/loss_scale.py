@@ -68,7 +68,7 @@ def initial_gradient_shares(
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
     setting = ws.setting
-    per_seed: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    per_seed: dict[tuple[str, str, str], list[dict[str, float]]] = {}  # each seed's norms
     for seed in seeds:
         train = ws.train_set(seed)
         cache = ws.teacher_cache(train)
@@ -86,14 +86,12 @@ def initial_gradient_shares(
                 student = build_model(setting.student, ws.num_classes, 1, seed=seed)
                 row = label if len(stages) == 1 else f"{label} ({stage})"
                 norms = term_gradient_norms(method, student, batches[0], cache)
-                per_seed.setdefault((row, name, stage), []).append(
-                    {"norms": norms, "shares": gradient_shares(norms)}
-                )
+                per_seed.setdefault((row, name, stage), []).append(norms)
     return [
         {"label": row, "method": name, "term": term,
-         "share": fmean(r["shares"][term] for r in results),
-         "norm": fmean(r["norms"][term] for r in results)}
-        for (row, name, _), results in per_seed.items() for term in results[0]["norms"]
+         "share": fmean(gradient_shares(n)[term] for n in results),
+         "norm": fmean(n[term] for n in results)}
+        for (row, name, _), results in per_seed.items() for term in results[0]
     ]  # fmt: skip
 
 
@@ -213,9 +211,7 @@ def rank_table(
     """One row per method with a weight: its tuned rank and multiplier, and its rank at the trial
     nearest each of ``multipliers`` (column ``"x<m>"``, with that trial's multiplier)."""
     out = []
-    for m in methods(rows):
-        if not weight_knobs(m):
-            continue
+    for m in filter(weight_knobs, methods(rows)):
         best = max(_of(rows, m), key=lambda r: (r["value"], -r["number"]))
         row: dict[str, Any] = {
             "method": METHOD_LABELS.get(m, m),
