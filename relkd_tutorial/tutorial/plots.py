@@ -119,12 +119,10 @@ def plot_image_grid(
     ``per_class`` of its ``(N, 1, H, W)`` or ``(N, H, W)`` ``images`` (in grey; ``labels``
     ``(N,)``); a class with fewer images leaves blank cells."""
     x = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)  # type: ignore[union-attr]
-    if x.ndim == 4:
-        if x.shape[1] != 1:
-            raise ValueError(f"images must have one channel, got shape {x.shape}")
-        x = x[:, 0]
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]  # (N, 1, H, W) -> (N, H, W)
     if x.ndim != 3:
-        raise ValueError(f"images must be (N, 1, H, W) or (N, H, W), got shape {x.shape}")
+        raise ValueError(f"images must be (N, H, W) or one channel (N, 1, H, W), got {x.shape}")
     y = _array("labels", labels, 1)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
