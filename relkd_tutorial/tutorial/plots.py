@@ -59,10 +59,7 @@ def plot_heatmap(
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
     if annotate:
-        finite = m[np.isfinite(m)]
-        lo = vmin if vmin is not None else (finite.min() if finite.size else 0.0)
-        hi = vmax if vmax is not None else (finite.max() if finite.size else 1.0)
-        mid = (lo + hi) / 2
+        mid = sum(im.get_clim()) / 2  # the colour scale's middle (vmin, vmax or the finite range)
         for (r, c), v in np.ndenumerate(m):
             if np.isfinite(v):
                 color = "white" if v < mid else "black"
@@ -175,8 +172,7 @@ def plot_soft_targets(
     colors[int(view["top"])] = "navy"
     bars = ax.bar(range(p.shape[0]), p, color=colors)
     if true_class is not None and true_class != int(view["top"]):
-        bars[int(true_class)].set_edgecolor("red")
-        bars[int(true_class)].set_linewidth(2)
+        bars[int(true_class)].set(edgecolor="red", linewidth=2)
     ax.set_ylim(0, 1)
     ax.set_xticks(range(p.shape[0]), class_names, rotation=45, ha="right", fontsize=8)
     title = f"T = {view['temperature']:.3g}:  H(p) = {view['entropy']:.3f} nats "
