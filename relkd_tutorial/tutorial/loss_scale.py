@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..bench.runner import method_kwargs
+from ..bench.runner import method_kwargs, run_parts
 from ..bench.search_space import SEARCH_SPACE, WEIGHT, method_defaults
 from ..bench.settings import METHOD_LABELS, METHODS
+from ..bench.tune import open_storage
 from ..bench.verdict import markdown_table as _table
 from ..bench.workspace import Workspace
 from ..data import TensorLoader
@@ -130,14 +131,11 @@ def trial_rows(path: str | Path, setting: str | None = None) -> list[dict[str, A
     ``multiplier`` (``nan`` without a weight). FileNotFoundError: no file (Optuna would create
     one); ValueError: two studies of one method and setting (their trials would mix)."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.trial import TrialState
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no tuning journal at {path}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    storage = open_storage(path)  # the tuning's own: a journal file, Optuna's log quiet
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[str, str], str] = {}
     for name in optuna.study.get_all_study_names(storage):
@@ -151,7 +149,7 @@ def trial_rows(path: str | Path, setting: str | None = None) -> list[dict[str, A
             raise ValueError(f"two studies of {key} in {path.name}: {seen[key]!r} and {name!r}")
         seen[key] = name
         study = optuna.load_study(study_name=name, storage=storage)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             m = weight_multiplier(key[1], t.params) if weight_knobs(key[1]) else math.nan
             rows.append({"setting": key[0], "method": key[1], "number": t.number,
                          "value": float(t.value), "params": dict(t.params), "multiplier": m})  # fmt: skip
@@ -263,16 +261,12 @@ def refilled_budget(
     the teacher's centre-classifier label (the benchmark's), and ``stage1_epochs`` of ``epochs``
     (:func:`~relkd_tutorial.training.stage_plan`) and ``stage1_steps``."""
     setting = ws.setting
-    train = ws.train_set(seed)
-    cache = ws.teacher_cache(train)
-    loader = TensorLoader(train, setting.batch_size, augment=False, seed=seed)
+    params = {"stage1_fraction": stage1_fraction}
+    student, method, loader, _, cache = run_parts(ws, "refilled", params, seed)  # as a run's
     batch = next(iter(loader))
-    kwargs = method_kwargs("refilled", {"stage1_fraction": stage1_fraction}, ws, len(train))
-    method = build_method("refilled", **kwargs)
     method.setup(SetupData(cache.features, cache.logits, cache.labels))
-    student = build_model(setting.student, ws.num_classes, 1, seed=seed).train()
-    with torch.no_grad():
-        features = student(batch.x)[0]  # (B, D_S), as the first training step sees them
+    with torch.no_grad():  # (B, D_S), as the first training step sees them
+        features = student.to(batch.x.device).train()(batch.x)[0]
     teacher_labels = centre_labels(cache.lookup(batch.index)[0], batch.y, method.class_centres)
     stage1 = stage_plan(method.stages(), setting.epochs)[0]
     return {
