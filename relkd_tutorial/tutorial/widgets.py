@@ -237,10 +237,8 @@ def transform_points(
         raise ValueError(f"points must have shape (N, 2), got {tuple(x.shape)}")
     s = check_positive("scale", scale)
     theta = math.radians(float(angle_deg))
-    rot = torch.tensor(
-        [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
-        dtype=torch.float64,
-    )  # (2, 2)
+    cos, sin = math.cos(theta), math.sin(theta)
+    rot = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)  # (2, 2)
     out = s * x @ rot.t() + _as_float64("shift", shift, 1, "(2,)")  # (N, 2)
     if moved_index is not None:
         i = int(moved_index)
