@@ -356,7 +356,6 @@ def _one(e: dict[str, Any]) -> Sentence:
     """``GRKD+KD is within noise of KD (+0.12 points, 95% CI ..., Holm p 0.51)``; fragile:
     ``... is fragile against KD (..., Holm p 0.03; alone: beats)``."""
     unit, digits = ("points", 2) if e["metric"] in PERCENT else ("in tau", 3)
-    fragile = bool(e.get("fragile"))
     return say(
         "{a} {verb} {b} ({mean:+.{d}f} {unit}, 95% CI {low:+.{d}f} to {high:+.{d}f}, Holm p "
         "{p}{alone})",
@@ -364,7 +363,7 @@ def _one(e: dict[str, Any]) -> Sentence:
         verb=_CLAIM_VERB[stated(e)],
         b=label(e["baseline"]), mean=e["mean"], low=e["low"],
         high=e["high"], d=digits, unit=unit, p=format_p(e["p_holm"]),
-        alone=f"; alone: {e['claim']}" if fragile else "",
+        alone=f"; alone: {e['claim']}" if e.get("fragile") else "",
     )  # fmt: skip
 
 
