@@ -38,7 +38,7 @@ from ..bench.settings import (
 )
 from ..bench.store import ResultStore, read_runs
 from ..bench.store import find_results_dir as _find_results_dir
-from ..bench.verdict import comparisons, finished, markdown_table
+from ..bench.verdict import comparisons, finished, markdown_table, select
 from ..bench.workspace import CACHE_ENV, build_workspace
 from ..fastmode import fast_mode
 from ..stats import format_p, mean_std, paired_difference
@@ -137,9 +137,7 @@ def _wanted(rows: Sequence[dict[str, Any]], setting: str, spec: str, methods: Se
     method at its paper defaults (params ``{}``), the arm whose controls differ in one term; the
     tuned arm of the same folder is notebook 06's headline."""
     out: dict[tuple[str, int | None], dict[str, Any]] = {}
-    for r in rows:
-        if (r["setting"], r["spec"], r["phase"]) != (setting, spec, "final"):
-            continue
+    for r in select(rows, setting=setting, spec=spec, phase="final"):
         if r["method"] not in methods:
             continue
         if r["status"] == "n/a":
