@@ -130,11 +130,10 @@ def within_group_share(matrix: object, groups: Mapping[str, Sequence[int]]) -> f
     if bool((m < 0).any()):
         raise ValueError("matrix must be non-negative")
     off = ~torch.eye(m.shape[0], dtype=torch.bool)  # (C, C)
-    same &= off
     total = float(m[off].sum())
     if total <= 0:
         raise ValueError("the matrix has no off-diagonal mass")
-    return float(m[same].sum()) / total
+    return float(m[same & off].sum()) / total
 
 
 def _class_means(x: Tensor, y: Tensor, c: int) -> tuple[Tensor, Tensor]:
