@@ -41,7 +41,7 @@ from ..bench.store import find_results_dir as _find_results_dir
 from ..bench.verdict import comparisons, finished, markdown_table, select
 from ..bench.workspace import CACHE_ENV, build_workspace
 from ..fastmode import fast_mode
-from ..stats import format_p, mean_std, paired_difference
+from ..stats import format_p, paired_difference
 from ..training import resolve_device
 from .prose import Sentence, say
 
@@ -289,9 +289,8 @@ def _check_metric(metric: str) -> float:
 def seed_stats(values: Sequence[float]) -> dict[str, Any]:
     """``n``, ``mean``, sample ``std`` (``n - 1``) and the one-sample ``t`` interval ``low``,
     ``high`` (``mean -+ t s / sqrt(n)``; NaN with one seed) of per-seed values."""
-    mean, std, n = mean_std(values)
-    ci = paired_difference(values, [0.0] * n)
-    return {"n": n, "mean": mean, "std": std, "low": ci.low, "high": ci.high}
+    d = paired_difference(values, [0.0] * len(values))  # values - 0: exactly the values
+    return {"n": d.n, "mean": d.mean, "std": d.std, "low": d.low, "high": d.high}
 
 
 def summary_table(
