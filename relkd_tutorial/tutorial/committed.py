@@ -295,8 +295,7 @@ def committed_student(
 ) -> CommittedSetting:
     """The second student's committed transfer runs (``<results>/<folder>/``, the student its
     ``meta.json`` records), tuned arm; an earlier protocol's are labelled ``earlier``."""
-    base = Path(results_dir) if results_dir is not None else find_results_dir()
-    where = base / folder
+    where = (Path(results_dir) if results_dir is not None else find_results_dir()) / folder
     rows, source = _rows(where)
     meta = read_meta(where) or {}
     runs = [inv.get("settings", {}).get("transfer", {}) for inv in meta.get("invocations", [])]
