@@ -366,11 +366,10 @@ def refilled_anchor_view(
     log_pt, log_qt = F.logsigmoid(gap_t), F.logsigmoid(-gap_t)  # log P^T, log(1 - P^T)
     terms = 0.5 * (log_pt.exp() * (log_pt - log_ps) + log_qt.exp() * (log_qt - log_qs))  # (T_a,)
 
-    label = int(y[anchor])
     positives, negatives = (torch.nonzero(m[anchor]).flatten() for m in triplet_label_masks(y))
     return {
         "anchor": anchor,
-        "label": label,
+        "label": int(y[anchor]),
         "margin": margin,
         "tau1": tau1,
         "coords": pca_2d(F.normalize(f_s, dim=1)),
