@@ -12,6 +12,7 @@ triplets REFILLED's stage 1 can use in a batch.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,17 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..bench.runner import method_kwargs, run_parts
+from ..bench.runner import run_parts
 from ..bench.search_space import SEARCH_SPACE, WEIGHT, method_defaults
 from ..bench.settings import METHOD_LABELS, METHODS
 from ..bench.tune import open_storage
 from ..bench.verdict import markdown_table as _table
 from ..bench.workspace import Workspace
-from ..data import TensorLoader
 from ..losses.refilled import centre_labels, mine_triplets
-from ..methods import SetupData, StepInputs, build_method
-from ..models import build_model
-from ..training import gradient_shares, seeded, stage_plan, term_gradient_norms
+from ..methods import SetupData, StepInputs
+from ..training import gradient_shares, stage_plan, term_gradient_norms
 from .plots import _titled
 
 # --- Gradient shares at initialisation
@@ -68,25 +67,20 @@ def initial_gradient_shares(
     ``label``, ``method``, ``term``, ``share`` and ``norm`` (means over seeds)."""
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
-    setting = ws.setting
     per_seed: dict[tuple[str, str, str], list[dict[str, float]]] = {}  # each seed's norms
     for seed in seeds:
-        train = ws.train_set(seed)
-        cache = ws.teacher_cache(train)
-        batches = list(TensorLoader(train, setting.batch_size, augment=False, seed=seed))
         for label, name, overrides in variants:
-            with seeded(seed):
-                method = build_method(name, **method_kwargs(name, overrides, ws, len(train)))
+            student, method, loader, _, cache = run_parts(ws, name, overrides, seed)  # a run's
+            batches = list(loader)
             if method.needs_setup:
                 method.setup(SetupData(cache.features, cache.logits, cache.labels))
             if hasattr(method, "rrd"):
                 fill_rrd_queue(method, batches[1:], cache)
             stages = [s.name for s in method.stages()]
-            for stage in stages:
+            for stage in stages:  # each stage from the same initial student
                 method.set_stage(stage)
-                student = build_model(setting.student, ws.num_classes, 1, seed=seed)
                 row = label if len(stages) == 1 else f"{label} ({stage})"
-                norms = term_gradient_norms(method, student, batches[0], cache)
+                norms = term_gradient_norms(method, copy.deepcopy(student), batches[0], cache)
                 per_seed.setdefault((row, name, stage), []).append(norms)
     return [
         {"label": row, "method": name, "term": term,
