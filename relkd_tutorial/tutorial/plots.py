@@ -385,9 +385,8 @@ def plot_preference_matrix(
     matrix in the teacher's order (``P``: the strict upper triangle without ties): blue where the
     student agrees, red where it violates the pair, each cell labelled with the pair's loss."""
     order = np.asarray(view["teacher_order"])
-    pref = np.asarray(view["preferred"])[np.ix_(order, order)]  # (C, C), teacher order
-    viol = np.asarray(view["violated"])[np.ix_(order, order)]
-    loss = np.asarray(view["pair_loss"])[np.ix_(order, order)]
+    ix = np.ix_(order, order)  # (C, C) matrices in the teacher's order
+    pref, viol, loss = (np.asarray(view[k])[ix] for k in ("preferred", "violated", "pair_loss"))
     c = len(order)
     colours = np.ones((c, c, 3))  # white outside P
     colours[pref & ~viol] = (0.70, 0.82, 0.95)  # agreed: light blue
@@ -438,13 +437,12 @@ def plot_loss_gradients(
     Each loss's bars are divided by its largest absolute entry, so the *directions* compare even
     though the losses have different scales (the legend gives the scale).
     """
-    names = list(grads)
     c = len(next(iter(grads.values()))["grad"])
     labels = [str(i) for i in range(c)] if class_names is None else list(class_names)
-    width = 0.8 / max(1, len(names))
+    width = 0.8 / len(grads)
     x = np.arange(c)
-    for i, name in enumerate(names):
-        g = -np.asarray(grads[name]["grad"])
+    for i, (name, view) in enumerate(grads.items()):
+        g = -np.asarray(view["grad"])
         scale = float(np.abs(g).max())
         shown = g / scale if scale > 0 else g
         ax.bar(x - 0.4 + width * (i + 0.5), shown, width=width, label=f"{name} (max {scale:.3f})")
