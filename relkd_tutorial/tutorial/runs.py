@@ -333,10 +333,9 @@ def paired_vs(
     for d in paired_table(rows, baseline, metric, setting=setting):
         if d["method"] == method:
             return d
-    present = sorted({r["method"] for r in rows})
     raise ValueError(
         f"no paired difference {method!r} - {baseline!r} for {metric!r}: both need finished runs "
-        f"on common seeds (methods in the rows: {present})"
+        f"on common seeds (methods in the rows: {sorted({r['method'] for r in rows})})"
     )
 
 
