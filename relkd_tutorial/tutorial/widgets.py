@@ -400,12 +400,13 @@ def _logit_rows(teacher: object, student: object) -> tuple[Tensor, Tensor]:
     return t[None], z[None]
 
 
-def _loss_and_grad(loss_fn, z: Tensor, t: Tensor) -> tuple[float, np.ndarray]:
-    """``(loss, d loss / d z)`` of ``loss_fn(z, t)`` for one ``(1, C)`` row, in float64."""
+def _loss_and_grad(loss_fn, z: Tensor, t: Tensor) -> dict[str, object]:
+    """``{"loss": loss, "grad": d loss / d z}`` of ``loss_fn(z, t)`` for one ``(1, C)`` row, in
+    float64 (the grad ``(C,)``)."""
     z = z.clone().requires_grad_(True)
     loss = loss_fn(z, t)
     (grad,) = torch.autograd.grad(loss, z)
-    return float(loss.detach()), grad[0].numpy()
+    return {"loss": float(loss.detach()), "grad": grad[0].numpy()}
 
 
 def grkd_pair_view(
@@ -433,7 +434,6 @@ def grkd_pair_view(
     gaps = z[0][:, None] - z[0][None, :]  # (C, C)  z_j - z_k
     pair_loss = torch.where(preferred, F.softplus(-gaps / tau), torch.zeros_like(gaps))
     violated = preferred & (gaps <= 0)  # (C, C)
-    loss, grad = _loss_and_grad(lambda zz, tt: grkd_loss(zz, tt, tau, top_k), z, t)
     return {
         "teacher": t[0].tolist(),
         "student": z[0].tolist(),
@@ -442,8 +442,7 @@ def grkd_pair_view(
         "pair_loss": pair_loss.numpy(),
         "n_pairs": int(preferred.sum()),
         "n_violated": int(violated.sum()),
-        "loss": loss,
-        "grad": grad,
+        **_loss_and_grad(lambda zz, tt: grkd_loss(zz, tt, tau, top_k), z, t),  # loss, grad
         "teacher_order": order.tolist(),
         "kendall_tau": float(kendall_tau(t, z)[0]),
     }
@@ -471,5 +470,4 @@ def ranking_loss_gradients(
         "soft pairwise": lambda zz, tt: soft_pairwise_rank_loss(zz, tt, tau, tau),
         "listwise": lambda zz, tt: listwise_rank_loss(zz, tt, tau),
     }
-    results = {name: _loss_and_grad(losses[name], z, t) for name in RANKING_LOSSES}
-    return {name: {"loss": loss, "grad": grad} for name, (loss, grad) in results.items()}
+    return {name: _loss_and_grad(losses[name], z, t) for name in RANKING_LOSSES}
