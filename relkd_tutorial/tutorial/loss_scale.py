@@ -254,7 +254,6 @@ def refilled_budget(
     the labelled samples (the papers') and ``semi_hard_teacher`` with the unlabelled ones under
     the teacher's centre-classifier label (the benchmark's), and ``stage1_epochs`` of ``epochs``
     (:func:`~relkd_tutorial.training.stage_plan`) and ``stage1_steps``."""
-    setting = ws.setting
     params = {"stage1_fraction": stage1_fraction}
     student, method, loader, _, cache = run_parts(ws, "refilled", params, seed)  # as a run's
     batch = next(iter(loader))
@@ -262,7 +261,7 @@ def refilled_budget(
     with torch.no_grad():  # (B, D_S), as the first training step sees them
         features = student.to(batch.x.device).train()(batch.x)[0]
     teacher_labels = centre_labels(cache.lookup(batch.index)[0], batch.y, method.class_centres)
-    stage1 = stage_plan(method.stages(), setting.epochs)[0]
+    stage1 = stage_plan(method.stages(), ws.setting.epochs)[0]
     return {
         "batch": int(batch.y.shape[0]),
         "labelled": int((batch.y >= 0).sum()),
@@ -270,7 +269,7 @@ def refilled_budget(
         "semi_hard": semi_hard_count(features, batch.y, margin),
         "semi_hard_teacher": semi_hard_count(features, teacher_labels, margin),
         "stage1_epochs": stage1.epochs,
-        "epochs": setting.epochs,
+        "epochs": ws.setting.epochs,
         "stage1_steps": stage1.epochs * len(loader),
     }
 
