@@ -304,8 +304,7 @@ def committed_student(
     seeds = tuple(sorted({r["seed"] for r in rows if r["status"] == "ok"})) or s.seeds
     s = replace(s, student=student, seeds=seeds)
     spec = _spec(s, where / "cache") if rows else ""
-    mine = [r for r in arm_rows(rows, recipes_of_meta(meta), "tuned")
-            if r["setting"] == "transfer" and r["phase"] == "final"]  # fmt: skip
+    mine = select(arm_rows(rows, recipes_of_meta(meta), "tuned"), setting="transfer", phase="final")
     return _committed(
         mine, spec, name=f"transfer, `{student}`", setting=s, expected=_expected_runs(s),
         source=source, command=f"python -m relkd_tutorial.bench --settings transfer --student {student} "
