@@ -295,8 +295,7 @@ def committed_student(
 ) -> CommittedSetting:
     """The second student's committed transfer runs (``<results>/<folder>/``, the student its
     ``meta.json`` records), tuned arm; an earlier protocol's are labelled ``earlier``."""
-    base = Path(results_dir) if results_dir is not None else find_results_dir()
-    where = base / folder
+    where = (Path(results_dir) if results_dir is not None else find_results_dir()) / folder
     rows, source = _rows(where)
     meta = read_meta(where) or {}
     runs = [inv.get("settings", {}).get("transfer", {}) for inv in meta.get("invocations", [])]
@@ -305,8 +304,7 @@ def committed_student(
     seeds = tuple(sorted({r["seed"] for r in rows if r["status"] == "ok"})) or s.seeds
     s = replace(s, student=student, seeds=seeds)
     spec = _spec(s, where / "cache") if rows else ""
-    mine = [r for r in arm_rows(rows, recipes_of_meta(meta), "tuned")
-            if r["setting"] == "transfer" and r["phase"] == "final"]  # fmt: skip
+    mine = select(arm_rows(rows, recipes_of_meta(meta), "tuned"), setting="transfer", phase="final")
     return _committed(
         mine, spec, name=f"transfer, `{student}`", setting=s, expected=_expected_runs(s),
         source=source, command=f"python -m relkd_tutorial.bench --settings transfer --student {student} "
@@ -356,7 +354,6 @@ def _one(e: dict[str, Any]) -> Sentence:
     """``GRKD+KD is within noise of KD (+0.12 points, 95% CI ..., Holm p 0.51)``; fragile:
     ``... is fragile against KD (..., Holm p 0.03; alone: beats)``."""
     unit, digits = ("points", 2) if e["metric"] in PERCENT else ("in tau", 3)
-    fragile = bool(e.get("fragile"))
     return say(
         "{a} {verb} {b} ({mean:+.{d}f} {unit}, 95% CI {low:+.{d}f} to {high:+.{d}f}, Holm p "
         "{p}{alone})",
@@ -364,7 +361,7 @@ def _one(e: dict[str, Any]) -> Sentence:
         verb=_CLAIM_VERB[stated(e)],
         b=label(e["baseline"]), mean=e["mean"], low=e["low"],
         high=e["high"], d=digits, unit=unit, p=format_p(e["p_holm"]),
-        alone=f"; alone: {e['claim']}" if fragile else "",
+        alone=f"; alone: {e['claim']}" if e.get("fragile") else "",
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ triplets REFILLED's stage 1 can use in a batch.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,16 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..bench.runner import method_kwargs
+from ..bench.runner import run_parts
 from ..bench.search_space import SEARCH_SPACE, WEIGHT, method_defaults
 from ..bench.settings import METHOD_LABELS, METHODS
+from ..bench.tune import open_storage
 from ..bench.verdict import markdown_table as _table
 from ..bench.workspace import Workspace
-from ..data import TensorLoader
 from ..losses.refilled import centre_labels, mine_triplets
-from ..methods import SetupData, StepInputs, build_method
-from ..models import build_model
-from ..training import gradient_shares, seeded, stage_plan, term_gradient_norms
+from ..methods import SetupData, StepInputs
+from ..training import gradient_shares, stage_plan, term_gradient_norms
 from .plots import _titled
 
 # --- Gradient shares at initialisation
@@ -67,33 +67,26 @@ def initial_gradient_shares(
     ``label``, ``method``, ``term``, ``share`` and ``norm`` (means over seeds)."""
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
-    setting = ws.setting
-    per_seed: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    per_seed: dict[tuple[str, str, str], list[dict[str, float]]] = {}  # each seed's norms
     for seed in seeds:
-        train = ws.train_set(seed)
-        cache = ws.teacher_cache(train)
-        batches = list(TensorLoader(train, setting.batch_size, augment=False, seed=seed))
         for label, name, overrides in variants:
-            with seeded(seed):
-                method = build_method(name, **method_kwargs(name, overrides, ws, len(train)))
+            student, method, loader, _, cache = run_parts(ws, name, overrides, seed)  # a run's
+            batches = list(loader)
             if method.needs_setup:
                 method.setup(SetupData(cache.features, cache.logits, cache.labels))
             if hasattr(method, "rrd"):
                 fill_rrd_queue(method, batches[1:], cache)
             stages = [s.name for s in method.stages()]
-            for stage in stages:
+            for stage in stages:  # each stage from the same initial student
                 method.set_stage(stage)
-                student = build_model(setting.student, ws.num_classes, 1, seed=seed)
                 row = label if len(stages) == 1 else f"{label} ({stage})"
-                norms = term_gradient_norms(method, student, batches[0], cache)
-                per_seed.setdefault((row, name, stage), []).append(
-                    {"norms": norms, "shares": gradient_shares(norms)}
-                )
+                norms = term_gradient_norms(method, copy.deepcopy(student), batches[0], cache)
+                per_seed.setdefault((row, name, stage), []).append(norms)
     return [
         {"label": row, "method": name, "term": term,
-         "share": fmean(r["shares"][term] for r in results),
-         "norm": fmean(r["norms"][term] for r in results)}
-        for (row, name, _), results in per_seed.items() for term in results[0]["norms"]
+         "share": fmean(gradient_shares(n)[term] for n in results),
+         "norm": fmean(n[term] for n in results)}
+        for (row, name, _), results in per_seed.items() for term in results[0]
     ]  # fmt: skip
 
 
@@ -132,14 +125,11 @@ def trial_rows(path: str | Path, setting: str | None = None) -> list[dict[str, A
     ``multiplier`` (``nan`` without a weight). FileNotFoundError: no file (Optuna would create
     one); ValueError: two studies of one method and setting (their trials would mix)."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.trial import TrialState
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no tuning journal at {path}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    storage = open_storage(path)  # the tuning's own: a journal file, Optuna's log quiet
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[str, str], str] = {}
     for name in optuna.study.get_all_study_names(storage):
@@ -153,7 +143,7 @@ def trial_rows(path: str | Path, setting: str | None = None) -> list[dict[str, A
             raise ValueError(f"two studies of {key} in {path.name}: {seen[key]!r} and {name!r}")
         seen[key] = name
         study = optuna.load_study(study_name=name, storage=storage)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             m = weight_multiplier(key[1], t.params) if weight_knobs(key[1]) else math.nan
             rows.append({"setting": key[0], "method": key[1], "number": t.number,
                          "value": float(t.value), "params": dict(t.params), "multiplier": m})  # fmt: skip
@@ -213,9 +203,7 @@ def rank_table(
     """One row per method with a weight: its tuned rank and multiplier, and its rank at the trial
     nearest each of ``multipliers`` (column ``"x<m>"``, with that trial's multiplier)."""
     out = []
-    for m in methods(rows):
-        if not weight_knobs(m):
-            continue
+    for m in filter(weight_knobs, methods(rows)):
         best = max(_of(rows, m), key=lambda r: (r["value"], -r["number"]))
         row: dict[str, Any] = {
             "method": METHOD_LABELS.get(m, m),
@@ -266,19 +254,14 @@ def refilled_budget(
     the labelled samples (the papers') and ``semi_hard_teacher`` with the unlabelled ones under
     the teacher's centre-classifier label (the benchmark's), and ``stage1_epochs`` of ``epochs``
     (:func:`~relkd_tutorial.training.stage_plan`) and ``stage1_steps``."""
-    setting = ws.setting
-    train = ws.train_set(seed)
-    cache = ws.teacher_cache(train)
-    loader = TensorLoader(train, setting.batch_size, augment=False, seed=seed)
+    params = {"stage1_fraction": stage1_fraction}
+    student, method, loader, _, cache = run_parts(ws, "refilled", params, seed)  # as a run's
     batch = next(iter(loader))
-    kwargs = method_kwargs("refilled", {"stage1_fraction": stage1_fraction}, ws, len(train))
-    method = build_method("refilled", **kwargs)
     method.setup(SetupData(cache.features, cache.logits, cache.labels))
-    student = build_model(setting.student, ws.num_classes, 1, seed=seed).train()
-    with torch.no_grad():
-        features = student(batch.x)[0]  # (B, D_S), as the first training step sees them
+    with torch.no_grad():  # (B, D_S), as the first training step sees them
+        features = student.to(batch.x.device).train()(batch.x)[0]
     teacher_labels = centre_labels(cache.lookup(batch.index)[0], batch.y, method.class_centres)
-    stage1 = stage_plan(method.stages(), setting.epochs)[0]
+    stage1 = stage_plan(method.stages(), ws.setting.epochs)[0]
     return {
         "batch": int(batch.y.shape[0]),
         "labelled": int((batch.y >= 0).sum()),
@@ -286,7 +269,7 @@ def refilled_budget(
         "semi_hard": semi_hard_count(features, batch.y, margin),
         "semi_hard_teacher": semi_hard_count(features, teacher_labels, margin),
         "stage1_epochs": stage1.epochs,
-        "epochs": setting.epochs,
+        "epochs": ws.setting.epochs,
         "stage1_steps": stage1.epochs * len(loader),
     }
 

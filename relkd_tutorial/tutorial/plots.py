@@ -59,10 +59,7 @@ def plot_heatmap(
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
     if annotate:
-        finite = m[np.isfinite(m)]
-        lo = vmin if vmin is not None else (finite.min() if finite.size else 0.0)
-        hi = vmax if vmax is not None else (finite.max() if finite.size else 1.0)
-        mid = (lo + hi) / 2
+        mid = sum(im.get_clim()) / 2  # the colour scale's middle (vmin, vmax or the finite range)
         for (r, c), v in np.ndenumerate(m):
             if np.isfinite(v):
                 color = "white" if v < mid else "black"
@@ -119,12 +116,10 @@ def plot_image_grid(
     ``per_class`` of its ``(N, 1, H, W)`` or ``(N, H, W)`` ``images`` (in grey; ``labels``
     ``(N,)``); a class with fewer images leaves blank cells."""
     x = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)  # type: ignore[union-attr]
-    if x.ndim == 4:
-        if x.shape[1] != 1:
-            raise ValueError(f"images must have one channel, got shape {x.shape}")
-        x = x[:, 0]
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]  # (N, 1, H, W) -> (N, H, W)
     if x.ndim != 3:
-        raise ValueError(f"images must be (N, 1, H, W) or (N, H, W), got shape {x.shape}")
+        raise ValueError(f"images must be (N, H, W) or one channel (N, 1, H, W), got {x.shape}")
     y = _array("labels", labels, 1)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
@@ -177,8 +172,7 @@ def plot_soft_targets(
     colors[int(view["top"])] = "navy"
     bars = ax.bar(range(p.shape[0]), p, color=colors)
     if true_class is not None and true_class != int(view["top"]):
-        bars[int(true_class)].set_edgecolor("red")
-        bars[int(true_class)].set_linewidth(2)
+        bars[int(true_class)].set(edgecolor="red", linewidth=2)
     ax.set_ylim(0, 1)
     ax.set_xticks(range(p.shape[0]), class_names, rotation=45, ha="right", fontsize=8)
     title = f"T = {view['temperature']:.3g}:  H(p) = {view['entropy']:.3f} nats "
@@ -391,9 +385,8 @@ def plot_preference_matrix(
     matrix in the teacher's order (``P``: the strict upper triangle without ties): blue where the
     student agrees, red where it violates the pair, each cell labelled with the pair's loss."""
     order = np.asarray(view["teacher_order"])
-    pref = np.asarray(view["preferred"])[np.ix_(order, order)]  # (C, C), teacher order
-    viol = np.asarray(view["violated"])[np.ix_(order, order)]
-    loss = np.asarray(view["pair_loss"])[np.ix_(order, order)]
+    ix = np.ix_(order, order)  # (C, C) matrices in the teacher's order
+    pref, viol, loss = (np.asarray(view[k])[ix] for k in ("preferred", "violated", "pair_loss"))
     c = len(order)
     colours = np.ones((c, c, 3))  # white outside P
     colours[pref & ~viol] = (0.70, 0.82, 0.95)  # agreed: light blue
@@ -444,13 +437,12 @@ def plot_loss_gradients(
     Each loss's bars are divided by its largest absolute entry, so the *directions* compare even
     though the losses have different scales (the legend gives the scale).
     """
-    names = list(grads)
     c = len(next(iter(grads.values()))["grad"])
     labels = [str(i) for i in range(c)] if class_names is None else list(class_names)
-    width = 0.8 / max(1, len(names))
+    width = 0.8 / len(grads)
     x = np.arange(c)
-    for i, name in enumerate(names):
-        g = -np.asarray(grads[name]["grad"])
+    for i, (name, view) in enumerate(grads.items()):
+        g = -np.asarray(view["grad"])
         scale = float(np.abs(g).max())
         shown = g / scale if scale > 0 else g
         ax.bar(x - 0.4 + width * (i + 0.5), shown, width=width, label=f"{name} (max {scale:.3f})")

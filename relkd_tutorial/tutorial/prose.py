@@ -90,12 +90,6 @@ def mask_markup(text: str) -> str:
     return text
 
 
-def _after_reference(masked_line: str, start: int) -> bool:
-    """Whether the number at ``start`` follows a reference word (``Eq. 4 times`` is fine)."""
-    before = _WORD_BEFORE.search(masked_line[:start])
-    return bool(before) and before.group(1).lower() in ALLOWED_BEFORE_DECIMAL
-
-
 def _line_findings(masked: str, original: str, line_no: int) -> list[Finding]:
     found: list[Finding] = []
     taken: list[tuple[int, int]] = []
@@ -104,7 +98,8 @@ def _line_findings(masked: str, original: str, line_no: int) -> list[Finding]:
             version = pattern is _DECIMAL and m.group(0).count(".") >= 2  # 2.14.1, section 3.2.1
             if version or any(a < m.end() and m.start() < b for a, b in taken):
                 continue
-            if _after_reference(masked, m.start()):
+            before = _WORD_BEFORE.search(masked[: m.start()])  # a reference: Eq. 4 times is fine
+            if before and before.group(1).lower() in ALLOWED_BEFORE_DECIMAL:
                 continue
             taken.append((m.start(), m.end()))
             found.append(Finding(line_no, original, m.group(0).strip(), reason))

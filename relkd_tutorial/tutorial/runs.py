@@ -38,10 +38,10 @@ from ..bench.settings import (
 )
 from ..bench.store import ResultStore, read_runs
 from ..bench.store import find_results_dir as _find_results_dir
-from ..bench.verdict import comparisons, finished, markdown_table
+from ..bench.verdict import comparisons, finished, markdown_table, select
 from ..bench.workspace import CACHE_ENV, build_workspace
 from ..fastmode import fast_mode
-from ..stats import format_p, mean_std, paired_difference
+from ..stats import format_p, paired_difference
 from ..training import resolve_device
 from .prose import Sentence, say
 
@@ -137,9 +137,7 @@ def _wanted(rows: Sequence[dict[str, Any]], setting: str, spec: str, methods: Se
     method at its paper defaults (params ``{}``), the arm whose controls differ in one term; the
     tuned arm of the same folder is notebook 06's headline."""
     out: dict[tuple[str, int | None], dict[str, Any]] = {}
-    for r in rows:
-        if (r["setting"], r["spec"], r["phase"]) != (setting, spec, "final"):
-            continue
+    for r in select(rows, setting=setting, spec=spec, phase="final"):
         if r["method"] not in methods:
             continue
         if r["status"] == "n/a":
@@ -291,9 +289,8 @@ def _check_metric(metric: str) -> float:
 def seed_stats(values: Sequence[float]) -> dict[str, Any]:
     """``n``, ``mean``, sample ``std`` (``n - 1``) and the one-sample ``t`` interval ``low``,
     ``high`` (``mean -+ t s / sqrt(n)``; NaN with one seed) of per-seed values."""
-    mean, std, n = mean_std(values)
-    ci = paired_difference(values, [0.0] * n)
-    return {"n": n, "mean": mean, "std": std, "low": ci.low, "high": ci.high}
+    d = paired_difference(values, [0.0] * len(values))  # values - 0: exactly the values
+    return {"n": d.n, "mean": d.mean, "std": d.std, "low": d.low, "high": d.high}
 
 
 def summary_table(
@@ -336,10 +333,9 @@ def paired_vs(
     for d in paired_table(rows, baseline, metric, setting=setting):
         if d["method"] == method:
             return d
-    present = sorted({r["method"] for r in rows})
     raise ValueError(
         f"no paired difference {method!r} - {baseline!r} for {metric!r}: both need finished runs "
-        f"on common seeds (methods in the rows: {present})"
+        f"on common seeds (methods in the rows: {sorted({r['method'] for r in rows})})"
     )
 
 

@@ -35,8 +35,7 @@ def _box(ax: Axes, x: float, y: float, text: str, color: str = NEUTRAL, **kw) ->
 
 def _note(ax: Axes, x: float, y: float, text: str, color: str = NEUTRAL, **kw) -> Text:
     """A small unframed label (on an arrow, or a heading)."""
-    kw.setdefault("fontsize", _FONT - 1.5)
-    kw.setdefault("ha", "center")
+    kw = {"fontsize": _FONT - 1.5, "ha": "center", **kw}  # the defaults, then the caller's
     return ax.text(x, y, text, va="center", color=color, zorder=4, **kw)
 
 
@@ -49,7 +48,7 @@ def _arrow(
     via: Sequence[tuple[float, float]] = (),
     dashed: bool = False,
     rad: float = 0.0,
-) -> FancyArrowPatch:
+) -> None:
     """An arrow from box ``a`` to box ``b``, clipped at both frames (drawn above the boxes: a
     frame gets its position when its text is drawn); ``via``: corners of a polyline route;
     ``rad``: a curved arc."""
@@ -57,18 +56,14 @@ def _arrow(
     dash = (0, (4, 3)) if dashed else "-"
     last = len(points) - 2
     for k in range(last + 1):  # a route is straight segments; only its last has the head
-        ends = dict(
+        ax.add_patch(FancyArrowPatch(
+            points[k], points[k + 1], arrowstyle="-|>" if k == last else "-",
             patchA=a.get_bbox_patch() if k == 0 else None,
             patchB=b.get_bbox_patch() if k == last else None,
             shrinkA=2 if k == 0 else 0, shrinkB=2 if k == last else 0,
-        )  # fmt: skip
-        arrow = FancyArrowPatch(
-            points[k], points[k + 1], arrowstyle="-|>" if k == last else "-",
             connectionstyle=f"arc3,rad={rad}", mutation_scale=11, color=color, lw=1.3,
-            linestyle=dash, capstyle="projecting", zorder=3.5, **ends,
-        )  # fmt: skip
-        ax.add_patch(arrow)
-    return arrow
+            linestyle=dash, capstyle="projecting", zorder=3.5,
+        ))  # fmt: skip
 
 
 def _nets(ax: Axes, x_in: float = 0.55, x_net: float = 1.75) -> tuple[Text, Text, Text]:

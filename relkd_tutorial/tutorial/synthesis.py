@@ -136,15 +136,14 @@ def _ablation(ablation: CommittedSetting | None) -> tuple[str, list[dict], list[
 def _lines(bench: Benchmark, student: CommittedSetting | None
            ) -> list[tuple[str, list[dict[str, Any]], str]]:  # fmt: skip
     """The main job's lines of evidence: ``(label, entries, setting)``, the headline first."""
+    present = [name for name in ("transfer", "low-data") if name in bench.present]
     out = []
-    for name in ("transfer", "low-data"):
-        if name in bench.present:
-            arm = "tuned" if tuned_methods(bench.recipes, name) else "paper defaults"
-            early = ", earlier protocol" if bench.tuned[name].earlier else ""
-            out.append((f"{arm}, {name}{early}", bench.entries, name))
-    for name in ("transfer", "low-data"):
-        if name in bench.present and bench.arms(name):
-            out.append((f"paper defaults, {name}", bench.default_entries, name))
+    for name in present:
+        arm = "tuned" if tuned_methods(bench.recipes, name) else "paper defaults"
+        early = ", earlier protocol" if bench.tuned[name].earlier else ""
+        out.append((f"{arm}, {name}{early}", bench.entries, name))
+    for name in filter(bench.arms, present):
+        out.append((f"paper defaults, {name}", bench.default_entries, name))
     if bench.second and "transfer" in bench.present:
         out.append((f"tuned, transfer, {bench.second}", bench.second_entries, "transfer"))
     if student is not None and student.present:

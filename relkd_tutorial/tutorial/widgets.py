@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import (
+    check_count,
     check_feature_pair,
     check_float_tensor,
     check_labels,
@@ -110,8 +111,6 @@ def block_contrast(
     none, and vice versa), and ``ratio = within / between`` (``inf`` if 0). ``groups``: e.g.
     :data:`relkd_tutorial.metrics.FASHION_MNIST_GROUPS`; learnt groups give ``within > between``."""
     m, group_of, same = _grouped_matrix(matrix, groups)
-    if int((group_of >= 0).sum()) == 0:
-        raise ValueError("groups must contain at least one class")
     if skip_diagonal:
         same &= ~torch.eye(m.shape[0], dtype=torch.bool)
     in_some = group_of >= 0  # (C,)
@@ -131,11 +130,10 @@ def within_group_share(matrix: object, groups: Mapping[str, Sequence[int]]) -> f
     if bool((m < 0).any()):
         raise ValueError("matrix must be non-negative")
     off = ~torch.eye(m.shape[0], dtype=torch.bool)  # (C, C)
-    same &= off
     total = float(m[off].sum())
     if total <= 0:
         raise ValueError("the matrix has no off-diagonal mass")
-    return float(m[same].sum()) / total
+    return float(m[same & off].sum()) / total
 
 
 def _class_means(x: Tensor, y: Tensor, c: int) -> tuple[Tensor, Tensor]:
@@ -238,10 +236,8 @@ def transform_points(
         raise ValueError(f"points must have shape (N, 2), got {tuple(x.shape)}")
     s = check_positive("scale", scale)
     theta = math.radians(float(angle_deg))
-    rot = torch.tensor(
-        [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
-        dtype=torch.float64,
-    )  # (2, 2)
+    cos, sin = math.cos(theta), math.sin(theta)
+    rot = torch.tensor([[cos, -sin], [sin, cos]], dtype=torch.float64)  # (2, 2)
     out = s * x @ rot.t() + _as_float64("shift", shift, 1, "(2,)")  # (N, 2)
     if moved_index is not None:
         i = int(moved_index)
@@ -325,8 +321,7 @@ def pca_2d(x: Tensor) -> np.ndarray:
     xc = x - x.mean(dim=0, keepdim=True)  # (N, D)
     _, _, vh = torch.linalg.svd(xc, full_matrices=False)  # vh: (min(N, D), D)
     coords = xc @ vh[:2].t()  # (N, k), k <= 2
-    if coords.shape[1] < 2:
-        coords = torch.cat([coords, coords.new_zeros(coords.shape[0], 2 - coords.shape[1])], dim=1)
+    coords = F.pad(coords, (0, 2 - coords.shape[1]))  # (N, 2): rank 1 gets a zero second column
     big = coords.abs().argmax(dim=0)  # (2,)
     signs = torch.sign(coords[big, torch.arange(2)])  # (2,)
     signs[signs == 0] = 1.0
@@ -353,10 +348,8 @@ def refilled_anchor_view(
     f_s, f_t = check_feature_pair(student_features, teacher_features)
     b = f_s.shape[0]
     y = check_labels("labels", labels, b).cpu()
-    if isinstance(anchor, bool) or not isinstance(anchor, (int, np.integer)):
-        raise TypeError(f"anchor must be an int in [0, {b}), got {type(anchor).__name__}")
-    anchor = int(anchor)
-    if not 0 <= anchor < b:
+    anchor = check_count("anchor", anchor, 0)
+    if anchor >= b:
         raise ValueError(f"anchor must lie in [0, {b}) (the batch size), got {anchor}")
     margin = check_positive("margin", margin)
     tau1 = check_positive("tau1", tau1)
@@ -373,11 +366,10 @@ def refilled_anchor_view(
     log_pt, log_qt = F.logsigmoid(gap_t), F.logsigmoid(-gap_t)  # log P^T, log(1 - P^T)
     terms = 0.5 * (log_pt.exp() * (log_pt - log_ps) + log_qt.exp() * (log_qt - log_qs))  # (T_a,)
 
-    label = int(y[anchor])
     positives, negatives = (torch.nonzero(m[anchor]).flatten() for m in triplet_label_masks(y))
     return {
         "anchor": anchor,
-        "label": label,
+        "label": int(y[anchor]),
         "margin": margin,
         "tau1": tau1,
         "coords": pca_2d(F.normalize(f_s, dim=1)),
@@ -408,12 +400,13 @@ def _logit_rows(teacher: object, student: object) -> tuple[Tensor, Tensor]:
     return t[None], z[None]
 
 
-def _loss_and_grad(loss_fn, z: Tensor, t: Tensor) -> tuple[float, np.ndarray]:
-    """``(loss, d loss / d z)`` of ``loss_fn(z, t)`` for one ``(1, C)`` row, in float64."""
+def _loss_and_grad(loss_fn, z: Tensor, t: Tensor) -> dict[str, object]:
+    """``{"loss": loss, "grad": d loss / d z}`` of ``loss_fn(z, t)`` for one ``(1, C)`` row, in
+    float64 (the grad ``(C,)``)."""
     z = z.clone().requires_grad_(True)
     loss = loss_fn(z, t)
     (grad,) = torch.autograd.grad(loss, z)
-    return float(loss.detach()), grad[0].numpy()
+    return {"loss": float(loss.detach()), "grad": grad[0].numpy()}
 
 
 def grkd_pair_view(
@@ -441,7 +434,6 @@ def grkd_pair_view(
     gaps = z[0][:, None] - z[0][None, :]  # (C, C)  z_j - z_k
     pair_loss = torch.where(preferred, F.softplus(-gaps / tau), torch.zeros_like(gaps))
     violated = preferred & (gaps <= 0)  # (C, C)
-    loss, grad = _loss_and_grad(lambda zz, tt: grkd_loss(zz, tt, tau, top_k), z, t)
     return {
         "teacher": t[0].tolist(),
         "student": z[0].tolist(),
@@ -450,8 +442,7 @@ def grkd_pair_view(
         "pair_loss": pair_loss.numpy(),
         "n_pairs": int(preferred.sum()),
         "n_violated": int(violated.sum()),
-        "loss": loss,
-        "grad": grad,
+        **_loss_and_grad(lambda zz, tt: grkd_loss(zz, tt, tau, top_k), z, t),  # loss, grad
         "teacher_order": order.tolist(),
         "kendall_tau": float(kendall_tau(t, z)[0]),
     }
@@ -479,5 +470,4 @@ def ranking_loss_gradients(
         "soft pairwise": lambda zz, tt: soft_pairwise_rank_loss(zz, tt, tau, tau),
         "listwise": lambda zz, tt: listwise_rank_loss(zz, tt, tau),
     }
-    results = {name: _loss_and_grad(losses[name], z, t) for name in RANKING_LOSSES}
-    return {name: {"loss": loss, "grad": grad} for name, (loss, grad) in results.items()}
+    return {name: _loss_and_grad(losses[name], z, t) for name in RANKING_LOSSES}
