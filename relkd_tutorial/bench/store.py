@@ -76,8 +76,7 @@ def _float(text: str | None) -> float:
 def read_runs(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``runs.csv``: numeric columns as floats (NaN for empty), seed as int or None."""
     path = Path(path)
-    if path.exists():
-        _repair_tail(path)
+    _repair_tail(path)
     rows = [row for row in _read_csv(path) if row.get("key")]
     for row in rows:
         row.update({c: _float(row.get(c)) for c in NUMERIC_COLUMNS})

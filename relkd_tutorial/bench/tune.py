@@ -36,7 +36,7 @@ from ..training.checkpoint import _atomic_write
 from .parallel import spawn_pool
 from .recipes import FORMAT, RECIPES_FILE
 from .runner import _clock, applicable, run_parts
-from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_space
+from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_space, round4
 from .settings import Setting, describe_params, label
 from .store import cpu_info, git_commit
 from .workspace import Workspace, WorkspaceRef, load, prepare_workspaces
@@ -170,22 +170,18 @@ def validation_run(
 
 def _sample(trial: Any, knobs: dict[str, Knob]) -> dict[str, float]:
     """The trial's knobs, rounded to 4 significant digits (what runs is what the recipe says)."""
-    return {
-        k: float(f"{trial.suggest_float(k, v.low, v.high, log=v.log):.4g}")
-        for k, v in knobs.items()
-    }
+    return {k: round4(trial.suggest_float(k, v.low, v.high, log=v.log)) for k, v in knobs.items()}
 
 
 def make_objective(
     ws: Workspace,
     method: str,
     knobs: dict[str, Knob],
-    seeds: Sequence[int],
     r: int,
     target: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None],
 ) -> Callable[[Any], float]:
-    """Optuna's objective: the mean validation top-1 of the sampled params over ``seeds``."""
+    """Optuna's objective: the sampled params' mean validation top-1 over the selection seeds."""
     import optuna
 
     started = time.perf_counter()
@@ -204,7 +200,7 @@ def make_objective(
         params = _sample(trial, knobs)
         trial.set_user_attr("params", params)
         scores = []
-        for i, seed in enumerate(seeds):
+        for i, seed in enumerate(SELECTION_SEEDS):
 
             def report(record: dict[str, Any], i: int = i, seed: int = seed) -> None:
                 trial.report(
@@ -254,7 +250,7 @@ def tune_study(study: Any, ws: Workspace, method: str, trials: int, log: Callabl
     did = False
     while True:
         r, knobs, target = _current_round(study, method, trials)
-        objective = make_objective(ws, method, knobs, SELECTION_SEEDS, r, target, log)
+        objective = make_objective(ws, method, knobs, r, target, log)
         while _count(study, "COMPLETE", "PRUNED", "RUNNING") < target:
             study.optimize(objective, n_trials=1, catch=())
             did = True
