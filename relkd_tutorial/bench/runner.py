@@ -301,9 +301,7 @@ def arm_params(
     its canonical recipe (``{}`` without one, or without ``recipes``) on every seed, then, with
     ``defaults`` and a recipe that differs from them, its paper defaults on the first
     ``setting.default_seeds`` seeds."""
-    if recipes is None:
-        return [({}, tuple(setting.seeds))]
-    tuned = recipes.run_params(setting.name, method)
+    tuned = recipes.run_params(setting.name, method) if recipes is not None else {}
     arms: list[tuple[dict[str, Any], tuple[int, ...]]] = [(tuned, tuple(setting.seeds))]
     if defaults and tuned and setting.default_seeds > 0:
         arms.append(({}, tuple(setting.seeds[: setting.default_seeds])))

@@ -48,8 +48,7 @@ def _append_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", restval="")
     if new:
         writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
     with open(path, "a", newline="") as f:
         f.write(buffer.getvalue())
         f.flush()
