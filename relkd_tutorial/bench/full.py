@@ -199,10 +199,9 @@ def run_full(
     train, test = load_cifar100(args.data_root)
     if args.pool_per_class is not None:  # a smoke test on a few images per class
         train = labelled_subset(train, args.pool_per_class, seed=0)
-    out_dir = Path(store.out_dir)
     specs = []
     for plan in _plan_from_args(args):
-        teacher = load_or_train_teacher(plan, train, test, out_dir, device, args.amp)
+        teacher = load_or_train_teacher(plan, train, test, store.out_dir, device, args.amp)
         setting = Setting(
             plan.setting, None, False, plan.epochs, plan.batch_size, 0.05, plan.seeds,
             plan.student,

@@ -74,8 +74,7 @@ def _end(pool: ProcessPoolExecutor) -> None:
     """End the workers at once (SIGTERM, then SIGKILL) and cancel what has not started."""
     processes = list((pool._processes or {}).values())  # no public handle before Python 3.14
     for p in processes:
-        if p.is_alive():
-            p.terminate()
+        p.terminate()  # a no-op for one that has exited
     for p in processes:
         p.join(GRACE_SECONDS)
         if p.is_alive():

@@ -129,17 +129,15 @@ def _count(study: Any, *states: str) -> int:
 
 def _fail_dead_trials(storage: Any, study: Any) -> None:
     """Mark failed the running trials of this host whose worker process is gone (killed)."""
-    from optuna.trial import TrialState
-
     study_id = storage.get_study_id_from_name(study.study_name)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in study.get_trials(deepcopy=False, states=_states("RUNNING")):
         if t.user_attrs.get("host") != socket.gethostname() or "pid" not in t.user_attrs:
             continue
         try:
             os.kill(int(t.user_attrs["pid"]), 0)
         except ProcessLookupError:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            storage.set_trial_state_values(trial_id, _states("FAIL")[0])
         except PermissionError:
             pass
 
