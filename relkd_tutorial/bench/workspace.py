@@ -173,8 +173,7 @@ def cross_task_teacher(
     record_path = weights.with_suffix(".json")
     model = build_model("teacher_cnn", len(CROSS_TASK_TEACHER_CLASSES), 1, seed=0)
     if weights.exists() and record_path.exists():
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return model.to(device).eval()
+        return load_teacher_weights(weights, model).to(device)
     log(
         f"training the cross-task teacher (teacher_cnn on classes 0-4, {len(teacher_set)} images, "
         f"{setting.teacher_epochs} epochs; once, cached in {weights.name})"
