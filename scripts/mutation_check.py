@@ -446,8 +446,8 @@ MUTANTS: list[Mutant] = [
     # ------------------------------------------------------------------ benchmark helpers
     Mutant(
         "peak_memory_in_kib", "bench",
-        "self.mib = (peak - self._start) / 2**20",
-        "self.mib = (peak - self._start) / 2**10",
+        "memory.mib = (peak - start) / 2**20",
+        "memory.mib = (peak - start) / 2**10",
         ("tests/test_bench.py::test_peak_memory_is_measured_on_cpu",),
     ),
     Mutant(

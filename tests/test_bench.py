@@ -194,12 +194,12 @@ def test_groups_follow_the_class_selection() -> None:
 
 def test_peak_memory_is_measured_on_cpu() -> None:
     if not Path("/proc/self/clear_refs").exists():  # no /proc: the documented nan
-        with runner.PeakMemory(torch.device("cpu")) as memory:
+        with runner.peak_memory(torch.device("cpu")) as memory:
             pass
         assert math.isnan(memory.mib)
         return
     gc.collect()  # garbage of earlier tests freed inside the block would hide what it adds
-    with runner.PeakMemory(torch.device("cpu")) as memory:
+    with runner.peak_memory(torch.device("cpu")) as memory:
         # 64 MiB: above malloc's largest mmap threshold (32 MiB), so fresh pages, all touched
         block = torch.ones(64 * 2**20 // 4)
         block += 1

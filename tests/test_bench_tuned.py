@@ -137,7 +137,7 @@ def _train(monkeypatch, store, ws, recipes, defaults=True) -> list[str]:
         return _row(job.setting, job.method, job.params, job.seed, 0.5, spec=ws.spec), []
 
     monkeypatch.setattr(runner, "run_job", fake_run_job)
-    progress = runner.Progress(total=100, stream=open("/dev/null", "w"))  # noqa: SIM115
+    progress = runner.Progress(total=100)  # its lines go to pytest's captured stdout
     runner.run_settings([ws], list(MEANS), store, progress, recipes=recipes, defaults=defaults)
     return calls
 

@@ -143,14 +143,15 @@ def plot_seconds(summary: Sequence[dict[str, Any]], ax: Any) -> Any:
     return ax
 
 
-def _grid(n: int, height: float = 4.0) -> tuple[Any, Any]:
-    """A figure of ``n`` panels, two per row. Built without pyplot (choice): no GUI backend is
-    touched and nothing stays open; a notebook shows it with ``display(fig)``."""
+def _grid(n: int, size: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure of ``n`` panels of ``size`` (width, height) each, two per row. Built without pyplot
+    (choice): no GUI backend is touched and nothing stays open; a notebook shows it with
+    ``display(fig)``."""
     from matplotlib.figure import Figure
 
     cols = min(n, 2)
     rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(5.0 * cols, height * rows))
+    fig = Figure(figsize=(size[0] * cols, size[1] * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
@@ -170,28 +171,23 @@ def report_figures(
         return {}
     taus = [s for s in settings if any(e["setting"] == s and not math.isnan(
         e.get("kendall_tau_mean", math.nan)) for e in summary)]  # fmt: skip
-    panels = {  # stem: the settings with a panel, the panel's height, how one is drawn
-        "accuracy": (settings, 4.0, lambda s, ax: plot_accuracy(summary, s, ax)),
-        "differences": (settings, 5.5, lambda s, ax: plot_differences(diffs, s, ax)),
-        "kendall_tau": (taus, 4.0, lambda s, ax: plot_metric(summary, s, ax, "kendall_tau")),
-        "curves": (settings, 4.0, lambda s, ax: plot_curves(
+    panels = {  # stem: the settings with a panel (seconds: one of all), its size, how one is drawn
+        "accuracy": (settings, (5.0, 4.0), lambda s, ax: plot_accuracy(summary, s, ax)),
+        "differences": (settings, (5.0, 5.5), lambda s, ax: plot_differences(diffs, s, ax)),
+        "kendall_tau": (taus, (5.0, 4.0), lambda s, ax: plot_metric(summary, s, ax, "kendall_tau")),
+        "curves": (settings, (5.0, 4.0), lambda s, ax: plot_curves(
             rows, histories, s, ax, value=curve_value(rows, histories, s))),
+        "seconds": (["all"], (9.0, 4.0), lambda _, ax: plot_seconds(summary, ax)),
     }  # fmt: skip
     figures: dict[str, Any] = {}
-    for stem, (chosen, height, draw) in panels.items():
+    for stem, (chosen, size, draw) in panels.items():
         if not chosen:
             continue
-        fig, axes = _grid(len(chosen), height=height)
+        fig, axes = _grid(len(chosen), size)
         for s, ax in zip(chosen, axes, strict=False):
             draw(s, ax)
         if stem == "accuracy":
             axes[0].legend(fontsize=8)
         fig.tight_layout()
         figures[stem] = fig
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 4))
-    plot_seconds(summary, fig.subplots())
-    fig.tight_layout()
-    figures["seconds"] = fig
     return figures

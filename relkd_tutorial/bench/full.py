@@ -162,7 +162,6 @@ def load_or_train_teacher(
     out_dir: Path,
     device: torch.device,
     amp: str = "off",
-    log: Any = print,
 ) -> nn.Module:
     """The pair's CIFAR teacher: from ``plan.teacher_checkpoint``, a cached file, or trained now."""
     model = build_model(plan.teacher, plan.num_classes, 3, seed=0)
@@ -170,7 +169,7 @@ def load_or_train_teacher(
     path = plan.teacher_checkpoint or (cached if cached.exists() else None)
     if path is not None:
         return load_teacher_weights(path, model).to(device)
-    log(
+    print(
         f"no checkpoint for {plan.teacher}: training it with the recipe ({plan.epochs} epochs; "
         "about 9 days on a 2-core CPU, hours on a GPU); resumable from "
         f"{out_dir / 'teachers' / plan.teacher}"
@@ -186,7 +185,7 @@ def load_or_train_teacher(
     cached.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), cached)
     acc = evaluate(model, TensorLoader.for_evaluation(test, 500, device=device))["acc"]
-    log(f"{plan.teacher}: {100 * acc:.2f}% test top-1 (published {plan.published['teacher']})")
+    print(f"{plan.teacher}: {100 * acc:.2f}% test top-1 (published {plan.published['teacher']})")
     return model.eval()
 
 
@@ -200,10 +199,9 @@ def run_full(
     train, test = load_cifar100(args.data_root)
     if args.pool_per_class is not None:  # a smoke test on a few images per class
         train = labelled_subset(train, args.pool_per_class, seed=0)
-    out_dir = Path(store.out_dir)
     specs = []
     for plan in _plan_from_args(args):
-        teacher = load_or_train_teacher(plan, train, test, out_dir, device, args.amp)
+        teacher = load_or_train_teacher(plan, train, test, store.out_dir, device, args.amp)
         setting = Setting(
             plan.setting, None, False, plan.epochs, plan.batch_size, 0.05, plan.seeds,
             plan.student,

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..training import StopSignals, TrainingInterrupted
+from . import runner
 from .workspace import WorkspaceRef, load
 
 #: How often the parent checks for a stop signal while it waits for runs (seconds).
@@ -61,14 +63,10 @@ def spawn_pool(
 def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     torch.set_num_threads(threads)
-    from . import runner
-
     runner.HANDLE_SIGNALS = False
 
 
 def _run(job: Any, ref: WorkspaceRef) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from . import runner
-
     return runner.run_job(job, load(ref))
 
 
@@ -76,8 +74,7 @@ def _end(pool: ProcessPoolExecutor) -> None:
     """End the workers at once (SIGTERM, then SIGKILL) and cancel what has not started."""
     processes = list((pool._processes or {}).values())  # no public handle before Python 3.14
     for p in processes:
-        if p.is_alive():
-            p.terminate()
+        p.terminate()  # a no-op for one that has exited
     for p in processes:
         p.join(GRACE_SECONDS)
         if p.is_alive():
@@ -96,8 +93,6 @@ def run_in_workers(
     """Run ``jobs`` (``(workspace index, job)`` pairs) in ``workers`` processes, calling
     ``record(job, row, history)`` in this process as each run finishes (the executor of
     :func:`~.runner.run_settings`)."""
-    from ..training.signals import StopSignals, TrainingInterrupted
-
     stop = StopSignals(announce=True).__enter__()
     pool = spawn_pool(workers, _init_worker, (threads,))
     futures: dict[Future, Any] = {}

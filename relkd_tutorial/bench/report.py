@@ -238,9 +238,8 @@ def markdown_report(
             ("ce", "kendall_tau", "Kendall tau against CE (did the ranking transfer)"),
         ):
             these = verdict.select(entries, setting=setting, family=family, metric=metric)
-            sentences = [f"- {e['sentence']}" for e in these]
-            if sentences:
-                parts += [f"{title}:", "", *sentences, ""]
+            bullets = "\n".join(f"- {e['sentence']}" for e in these)
+            parts += verdict.paragraphs(bullets and f"{title}:\n\n{bullets}")
         if tuned_here:
             parts += tuned.out_of_the_box(everything, recipes, setting, entries, second)
     parts += _ablation_markdown(rows)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -59,36 +60,28 @@ def _status_bytes(field: str) -> int | None:
         return None
 
 
-class PeakMemory:
-    """Peak memory a block added, in MiB: CUDA's peak allocation after a reset, or on a CPU the
-    kernel's resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``,
-    Linux >= 4.0) minus the resident set at the start (``nan`` without them)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.mib = math.nan
-        self._start: int | None = None
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            return self
-        try:
+@contextmanager
+def peak_memory(device: torch.device) -> Iterator[SimpleNamespace]:
+    """Peak memory the block added, in MiB (the yielded ``.mib``, set when the block ends): CUDA's
+    peak allocation after a reset, or on a CPU the kernel's resident-set high-water mark
+    (``VmHWM``, reset through ``/proc/self/clear_refs``, Linux >= 4.0) minus the resident set at
+    the start (``nan`` without them)."""
+    memory, start = SimpleNamespace(mib=math.nan), None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+    else:
+        with suppress(OSError):  # no clear_refs: no start, so nan
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # the high-water mark back to the resident set now
-        except OSError:
-            return self
-        self._start = _status_bytes("VmRSS")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.mib = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
-        elif self._start is not None and (peak := _status_bytes("VmHWM")) is not None:
-            self.mib = (peak - self._start) / 2**20
+            start = _status_bytes("VmRSS")
+    yield memory
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        memory.mib = (torch.cuda.max_memory_allocated(device) - start) / 2**20
+    elif start is not None and (peak := _status_bytes("VmHWM")) is not None:
+        memory.mib = (peak - start) / 2**20
 
 
 # --- One run ---
@@ -199,7 +192,7 @@ def measured_fit(
     ``"diverged"``, metrics NaN."""
     history: list[dict[str, Any]] = []
     tic = time.perf_counter()
-    with PeakMemory(ws.device) as memory:
+    with peak_memory(ws.device) as memory:
         try:
             history = train()
             row["status"] = "ok"
@@ -272,7 +265,6 @@ class Progress:
     """One line per run: ``[ 12/86] transfer final grkd (grkd_weight=3) seed 2: ...``."""
 
     total: int
-    stream: Any = None
     done: int = 0
     trained: int = 0  # runs trained by this invocation
     started: float = field(default_factory=time.perf_counter)
@@ -293,7 +285,6 @@ class Progress:
             f"[{self.done:>{width}}/{self.total}] {job.setting} {job.phase} "
             f"{METHOD_LABELS[job.method]} ({describe_params(job.params)}) seed {job.seed}: "
             f"{result}  {row['seconds']:.1f} s  (elapsed {_clock(elapsed)})",
-            file=self.stream or sys.stdout,
             flush=True,
         )
 
@@ -310,9 +301,7 @@ def arm_params(
     its canonical recipe (``{}`` without one, or without ``recipes``) on every seed, then, with
     ``defaults`` and a recipe that differs from them, its paper defaults on the first
     ``setting.default_seeds`` seeds."""
-    if recipes is None:
-        return [({}, tuple(setting.seeds))]
-    tuned = recipes.run_params(setting.name, method)
+    tuned = recipes.run_params(setting.name, method) if recipes is not None else {}
     arms: list[tuple[dict[str, Any], tuple[int, ...]]] = [(tuned, tuple(setting.seeds))]
     if defaults and tuned and setting.default_seeds > 0:
         arms.append(({}, tuple(setting.seeds[: setting.default_seeds])))

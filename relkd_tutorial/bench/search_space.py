@@ -107,7 +107,8 @@ class Knob:
         raise ValueError(f"side must be 'low' or 'high', got {side!r}")
 
 
-def _round(x: float) -> float:
+def round4(x: float) -> float:
+    """``x`` rounded to 4 significant digits (a range's bounds, a sampled value)."""
     return float(f"{x:.4g}")
 
 
@@ -118,7 +119,7 @@ def _knob(name: str, default: float, scale: Scale) -> Knob:
         low, high = default * scale.low, default * scale.high
     else:
         low, high = scale.low, scale.high
-    return Knob(name, default, _round(low), _round(high), scale.log, scale.extendable)
+    return Knob(name, default, round4(low), round4(high), scale.log, scale.extendable)
 
 
 def method_defaults(method: str) -> dict[str, float] | None:

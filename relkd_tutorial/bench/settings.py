@@ -244,8 +244,7 @@ class Setting:
     def fingerprint(self, teacher_id: str) -> str:
         """8 hex digits identifying everything that changes a run's result except method and seed."""
         spec = asdict(self)
-        for k in ("seeds", "curves", "default_seeds"):
-            spec.pop(k)
+        del spec["seeds"], spec["curves"], spec["default_seeds"]
         spec["teacher"] = teacher_id
         # the combinations' weights changed what their runs mean: never mix the old protocol's
         spec["control_weights"] = CONTROL_WEIGHTS

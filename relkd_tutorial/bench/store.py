@@ -48,8 +48,7 @@ def _append_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", restval="")
     if new:
         writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _fmt(v) for k, v in row.items()})
+    writer.writerows({k: _fmt(v) for k, v in row.items()} for row in rows)
     with open(path, "a", newline="") as f:
         f.write(buffer.getvalue())
         f.flush()
@@ -76,8 +75,7 @@ def _float(text: str | None) -> float:
 def read_runs(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``runs.csv``: numeric columns as floats (NaN for empty), seed as int or None."""
     path = Path(path)
-    if path.exists():
-        _repair_tail(path)
+    _repair_tail(path)
     rows = [row for row in _read_csv(path) if row.get("key")]
     for row in rows:
         row.update({c: _float(row.get(c)) for c in NUMERIC_COLUMNS})

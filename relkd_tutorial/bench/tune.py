@@ -36,7 +36,7 @@ from ..training.checkpoint import _atomic_write
 from .parallel import spawn_pool
 from .recipes import FORMAT, RECIPES_FILE
 from .runner import _clock, applicable, run_parts
-from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_space
+from .search_space import MAX_EXTENSIONS, SELECTION_SEEDS, Knob, method_space, round4
 from .settings import Setting, describe_params, label
 from .store import cpu_info, git_commit
 from .workspace import Workspace, WorkspaceRef, load, prepare_workspaces
@@ -129,17 +129,15 @@ def _count(study: Any, *states: str) -> int:
 
 def _fail_dead_trials(storage: Any, study: Any) -> None:
     """Mark failed the running trials of this host whose worker process is gone (killed)."""
-    from optuna.trial import TrialState
-
     study_id = storage.get_study_id_from_name(study.study_name)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in study.get_trials(deepcopy=False, states=_states("RUNNING")):
         if t.user_attrs.get("host") != socket.gethostname() or "pid" not in t.user_attrs:
             continue
         try:
             os.kill(int(t.user_attrs["pid"]), 0)
         except ProcessLookupError:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            storage.set_trial_state_values(trial_id, _states("FAIL")[0])
         except PermissionError:
             pass
 
@@ -170,22 +168,18 @@ def validation_run(
 
 def _sample(trial: Any, knobs: dict[str, Knob]) -> dict[str, float]:
     """The trial's knobs, rounded to 4 significant digits (what runs is what the recipe says)."""
-    return {
-        k: float(f"{trial.suggest_float(k, v.low, v.high, log=v.log):.4g}")
-        for k, v in knobs.items()
-    }
+    return {k: round4(trial.suggest_float(k, v.low, v.high, log=v.log)) for k, v in knobs.items()}
 
 
 def make_objective(
     ws: Workspace,
     method: str,
     knobs: dict[str, Knob],
-    seeds: Sequence[int],
     r: int,
     target: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None],
 ) -> Callable[[Any], float]:
-    """Optuna's objective: the mean validation top-1 of the sampled params over ``seeds``."""
+    """Optuna's objective: the sampled params' mean validation top-1 over the selection seeds."""
     import optuna
 
     started = time.perf_counter()
@@ -204,7 +198,7 @@ def make_objective(
         params = _sample(trial, knobs)
         trial.set_user_attr("params", params)
         scores = []
-        for i, seed in enumerate(seeds):
+        for i, seed in enumerate(SELECTION_SEEDS):
 
             def report(record: dict[str, Any], i: int = i, seed: int = seed) -> None:
                 trial.report(
@@ -254,7 +248,7 @@ def tune_study(study: Any, ws: Workspace, method: str, trials: int, log: Callabl
     did = False
     while True:
         r, knobs, target = _current_round(study, method, trials)
-        objective = make_objective(ws, method, knobs, SELECTION_SEEDS, r, target, log)
+        objective = make_objective(ws, method, knobs, r, target, log)
         while _count(study, "COMPLETE", "PRUNED", "RUNNING") < target:
             study.optimize(objective, n_trials=1, catch=())
             did = True

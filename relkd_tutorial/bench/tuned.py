@@ -354,9 +354,7 @@ def headline_entries(
     """:func:`~.verdict.comparisons` of the headline ``rows``; with recipes, marked fragile
     (:func:`~.verdict.mark_fragile`) against ``second`` (:func:`second_run_set`)."""
     entries = verdict.comparisons(rows)
-    if recipes is None:
-        return entries
-    return marked(entries, second, recipes, "tuned")
+    return entries if recipes is None else marked(entries, second, recipes, "tuned")
 
 
 def second_run_set(folder: str | Path) -> tuple[list[dict[str, Any]], str] | None:

@@ -66,13 +66,8 @@ def finished(
     method: str | None = None,
 ) -> list[dict[str, Any]]:
     """The finished runs (``status`` ok) of ``phase``, of ``setting`` and ``method`` if given."""
-    return [
-        r
-        for r in rows
-        if (r["phase"], r["status"]) == (phase, "ok")
-        and setting in (None, r["setting"])
-        and method in (None, r["method"])
-    ]
+    given = {k: v for k, v in (("setting", setting), ("method", method)) if v is not None}
+    return select(rows, phase=phase, status="ok", **given)
 
 
 def by_seed(rows: Iterable[dict[str, Any]], key: str) -> dict[Any, dict[int, dict[str, Any]]]:
@@ -125,13 +120,12 @@ def family_pairs(family: str, methods: Iterable[str]) -> list[tuple[str, str]]:
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
     present = sorted(set(methods), key=_method_order)
-    logit = [m for m in present if m in NEEDS_SHARED_CLASSES]
     candidates = {
         "control": [(m, CONTROLS.get(m)) for m in present],
         "kd": [(m, "kd") for m in present],
         "ce": [(m, "ce") for m in present],
         "mission": [(MISSION_METHOD, r) for r in MISSION_RIVALS],
-        "pseudo": [(m, PSEUDO_LABEL_CONTROL) for m in logit],
+        "pseudo": [(m, PSEUDO_LABEL_CONTROL) for m in present if m in NEEDS_SHARED_CLASSES],
     }[family]
     return [(m, b) for m, b in candidates if m != b and m in present and b in present]
 

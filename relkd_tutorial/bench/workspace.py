@@ -129,13 +129,6 @@ class Workspace:
         """Every image set the runs of the setting read: the seeds' training sets, val, test."""
         return [*map(self.train_set, self.setting.seeds), self.val, self.test]
 
-    def precompute(self) -> int:
-        """Compute the teacher's outputs over :meth:`image_sets`; returns how many were new."""
-        before = len(self._caches)
-        for data in self.image_sets():
-            self.teacher_cache(data)
-        return len(self._caches) - before
-
 
 def _fashion_splits(setting: Setting) -> tuple[ImageSet, ImageSet, ImageSet]:
     """``(pool, val, test)``: the shipped subset, a validation split, an optional smaller pool."""
@@ -180,8 +173,7 @@ def cross_task_teacher(
     record_path = weights.with_suffix(".json")
     model = build_model("teacher_cnn", len(CROSS_TASK_TEACHER_CLASSES), 1, seed=0)
     if weights.exists() and record_path.exists():
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return model.to(device).eval()
+        return load_teacher_weights(weights, model).to(device)
     log(
         f"training the cross-task teacher (teacher_cnn on classes 0-4, {len(teacher_set)} images, "
         f"{setting.teacher_epochs} epochs; once, cached in {weights.name})"
@@ -391,7 +383,10 @@ def prepare_workspace(
 ) -> Path:
     """Load ``ws``'s outputs from disk, compute the missing ones, save if anything was new."""
     found = attach_cached_outputs(ws, directory, log)
-    if ws.precompute() or not found:
+    before = len(ws._caches)
+    for data in ws.image_sets():
+        ws.teacher_cache(data)
+    if len(ws._caches) > before or not found:
         save_workspace(ws, directory)
     return workspace_path(ws, directory)
 
