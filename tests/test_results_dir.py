@@ -1,4 +1,4 @@
-"""``bench.store.find_results_dir``: how notebook 06 finds the committed benchmark results.
+"""``tutorial.runs.find_results_dir``: how notebook 06 finds the committed benchmark results.
 
 Found from ``notebooks/``, from the repository root, from a copy of the notebooks folder placed
 next to a ``results/`` anywhere, from a folder outside every checkout (the package's own source
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relkd_tutorial.bench import store as bench_store
-from relkd_tutorial.bench.store import RESULTS_ENV, find_results_dir
+from relkd_tutorial.tutorial import runs as tutorial_runs
+from relkd_tutorial.tutorial.runs import RESULTS_ENV, find_results_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,8 +67,8 @@ def test_nothing_found_names_the_variable_to_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a package installed without its checkout: no results/ beside it
-    fake = tmp_path / "site-packages" / "relkd_tutorial" / "bench" / "store.py"
-    monkeypatch.setattr(bench_store, "__file__", str(fake))
+    fake = tmp_path / "site-packages" / "relkd_tutorial" / "tutorial" / "runs.py"
+    monkeypatch.setattr(tutorial_runs, "__file__", str(fake))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     with pytest.raises(FileNotFoundError, match=RESULTS_ENV) as err:

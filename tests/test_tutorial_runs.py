@@ -15,7 +15,7 @@ import pytest
 import torch
 from _helpers import T_975_TABLE
 
-from relkd_tutorial.bench import cli, store
+from relkd_tutorial.bench import cli
 from relkd_tutorial.bench.runner import Job
 from relkd_tutorial.bench.settings import default_settings
 from relkd_tutorial.bench.store import RUN_COLUMNS, ResultStore, read_runs
@@ -227,7 +227,7 @@ def test_results_dir_is_found_from_the_env_or_by_walking_up(tmp_path, monkeypatc
 def test_no_results_anywhere_is_a_clear_error_not_a_stopiteration(tmp_path, monkeypatch):
     monkeypatch.delenv("RELKD_RESULTS_DIR", raising=False)
     monkeypatch.setattr(
-        store, "__file__", str(tmp_path / "site" / "relkd_tutorial" / "bench" / "store.py")
+        runs, "__file__", str(tmp_path / "site" / "relkd_tutorial" / "tutorial" / "runs.py")
     )
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(ResultsNotFoundError, match="Set RELKD_RESULTS_DIR"):

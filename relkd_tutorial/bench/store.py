@@ -101,37 +101,6 @@ def select_rows(
     return [r for r in rows if r["spec"] in keep]
 
 
-RESULTS_ENV = "RELKD_RESULTS_DIR"
-
-
-def find_results_dir(start: str | Path | None = None) -> Path:
-    """The committed results folder holding ``runs.csv``: ``$RELKD_RESULTS_DIR``, else ``results``
-    in ``start`` (default: the current directory) or above it, else the source checkout's
-    ``results/``; :class:`FileNotFoundError` names every place searched."""
-    override = os.environ.get(RESULTS_ENV, "").strip()
-    if override:
-        folder = Path(override).expanduser()
-        if not (folder / "runs.csv").is_file():
-            raise FileNotFoundError(
-                f"{RESULTS_ENV}={override!r} does not hold runs.csv; point it at the benchmark's "
-                "results folder (the repository's results/, written by "
-                "`python -m relkd_tutorial.bench --out results`)"
-            )
-        return folder
-    here = Path.cwd() if start is None else Path(start)
-    searched = [parent / "results" for parent in (here.resolve(), *here.resolve().parents)]
-    checkout = Path(__file__).resolve().parents[2] / "results"
-    searched += [checkout] if checkout not in searched else []
-    if found := next((c for c in searched if (c / "runs.csv").is_file()), None):
-        return found
-    raise FileNotFoundError(
-        f"no benchmark results folder (results/ holding runs.csv) in {here} or any folder above it, "
-        f"nor in this package's source checkout; searched {', '.join(str(p) for p in searched)}. "
-        f"Set {RESULTS_ENV} to the folder holding runs.csv (the repository's results/), or open "
-        "the notebook from inside a clone of the repository"
-    )
-
-
 class ResultStore:
     """``runs.csv`` and ``histories.csv`` in ``out_dir``, appended one run at a time."""
 

@@ -37,7 +37,6 @@ from ..bench.settings import (
     params_tag,
 )
 from ..bench.store import ResultStore, read_runs
-from ..bench.store import find_results_dir as _find_results_dir
 from ..bench.verdict import comparisons, finished, markdown_table, select
 from ..bench.workspace import CACHE_ENV, build_workspace
 from ..fastmode import fast_mode
@@ -57,16 +56,36 @@ class MissingRunsError(RuntimeError):
 # --- Where the runs live
 
 
+RESULTS_ENV = "RELKD_RESULTS_DIR"
+_NO_RESULTS = "; or call benchmark_runs(..., results_dir=False) to train every run into the cache"
+
+
 def find_results_dir(start: str | Path | None = None) -> Path:
-    """The committed results folder (:func:`relkd_tutorial.bench.store.find_results_dir`), or a
-    :class:`ResultsNotFoundError` that names the variable to set."""
-    try:
-        return _find_results_dir(start)
-    except FileNotFoundError as err:
-        raise ResultsNotFoundError(
-            f"{err}; or call benchmark_runs(..., results_dir=False) to train every run into the "
-            "cache"
-        ) from err
+    """The committed results folder holding ``runs.csv``: ``$RELKD_RESULTS_DIR``, else ``results``
+    in ``start`` (default: the current directory) or above it, else the source checkout's
+    ``results/``; :class:`ResultsNotFoundError` names every place searched and what to set."""
+    override = os.environ.get(RESULTS_ENV, "").strip()
+    if override:
+        folder = Path(override).expanduser()
+        if not (folder / "runs.csv").is_file():
+            raise ResultsNotFoundError(
+                f"{RESULTS_ENV}={override!r} does not hold runs.csv; point it at the benchmark's "
+                "results folder (the repository's results/, written by "
+                f"`python -m relkd_tutorial.bench --out results`){_NO_RESULTS}"
+            )
+        return folder
+    here = Path.cwd() if start is None else Path(start)
+    searched = [parent / "results" for parent in (here.resolve(), *here.resolve().parents)]
+    checkout = Path(__file__).resolve().parents[2] / "results"
+    searched += [checkout] if checkout not in searched else []
+    if found := next((c for c in searched if (c / "runs.csv").is_file()), None):
+        return found
+    raise ResultsNotFoundError(
+        f"no benchmark results folder (results/ holding runs.csv) in {here} or any folder above it, "
+        f"nor in this package's source checkout; searched {', '.join(str(p) for p in searched)}. "
+        f"Set {RESULTS_ENV} to the folder holding runs.csv (the repository's results/), or open "
+        f"the notebook from inside a clone of the repository{_NO_RESULTS}"
+    )
 
 
 def shown(path: str | Path) -> str:
