@@ -46,6 +46,7 @@ from . import (
     seeded,
 )
 from .teacher import run_model
+from .training.progress import RESERVED_KEYS  # the history columns that are not loss terms
 
 QUIET = {"progress": False, "handle_signals": False}  # in every self-check run's TrainConfig
 
@@ -217,8 +218,8 @@ def check_row(
         peak = _peak_mib(device)
     except Exception as exc:  # a row that raises is reported, never dropped
         return {**row, "status": "error", "reason": f"{type(exc).__name__}: {exc}"[:300]}
-    not_terms = {"epoch", "stage", "lr", "train_acc", "seconds"}
-    finite = all(math.isfinite(v) for r in history for k, v in r.items() if k not in not_terms)
+    terms = (v for r in history for k, v in r.items() if k not in RESERVED_KEYS)  # loss terms
+    finite = all(math.isfinite(v) for v in terms)
     row.update(check, status="ok" if check["ok"] and finite else "FAIL")
     row.update(train_terms_finite=finite, peak_mib=peak)
     row["images_per_s"] = steps * size.batch_size / history[-1]["seconds"]
