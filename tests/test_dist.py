@@ -185,7 +185,7 @@ def test_beta_and_gamma_weight_their_own_term_only() -> None:
     got = float(dist_loss(z, t, beta=2.5, gamma=0.4))
     assert got == pytest.approx(2.5 * inter + 0.4 * intra, rel=1e-12)
     zero = dist_loss(z.requires_grad_(True), t, beta=0.0, gamma=0.0)
-    assert float(zero) == 0.0 and zero.requires_grad
+    assert float(zero.detach()) == 0.0 and zero.requires_grad
 
 
 def test_temperature_softens_both_sides_and_scales_by_tau_squared() -> None:
