@@ -305,7 +305,8 @@ def test_each_argument_is_used(name: str, arg: str) -> None:
     term = WEIGHT_TERM.get(arg)
     if term in default:  # a weight: exactly its ratio on its own term, nothing else moves
         base = inspect.signature(SPECS[name][3]).parameters[arg].default
-        assert float(terms[term] / default[term]) == pytest.approx(value / base, rel=1e-6)
+        ratio = (terms[term] / default[term]).detach()
+        assert float(ratio) == pytest.approx(value / base, rel=1e-6)
         assert set(changed) == {"loss", term}, changed
 
 
